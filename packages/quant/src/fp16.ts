@@ -1,0 +1,91 @@
+/**
+ * IEEE binary16 helpers. `roundHalf` rounds a number to the nearest fp16 value (ties to even),
+ * which is what a CUDA fp16 tensor op does to its fp32 result.
+ */
+
+const MAX_HALF = 65504;
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+/**
+ * Round `x` to float32 and then to the nearest fp16 value (ties to even) — the rounding a CUDA fp16
+ * tensor op applies to its fp32 result. Overflow gives ±Infinity; NaN stays NaN.
+ */
+export function roundHalf(x: number): number {
+  f32[0] = x;
+  const b = u32[0]!;
+  const exp = (b >>> 23) & 0xff;
+  if (exp === 0xff) return f32[0]!;
+  const ax = Math.abs(f32[0]!);
+  if (ax === 0 || exp === 0) return x < 0 ? -0 : 0;
+  const e = exp - 127;
+  const ulp = e >= -14 ? POW2[e - 10 + 64]! : 5.960464477539063e-8;
+  const r = roundHalfEven(ax / ulp) * ulp;
+  if (r > MAX_HALF) return x > 0 ? Infinity : -Infinity;
+  return x < 0 ? -r : r;
+}
+
+const POW2 = Float64Array.from({ length: 200 }, (_, i) => 2 ** (i - 64));
+
+/** Round to the nearest integer, ties to even (like `torch.round` / `numpy.round`). */
+export function roundHalfEven(v: number): number {
+  const r = Math.round(v);
+  return r - v === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** Encode a number (rounded to fp16) as its 16-bit pattern. */
+export function halfToBits(x: number): number {
+  const h = roundHalf(x);
+  if (h !== h) return 0x7e00;
+  f32[0] = h; // exact: every fp16 value is an fp32 value
+  const b = u32[0]!;
+  const sign = (b >>> 16) & 0x8000;
+  const exp = (b >>> 23) & 0xff;
+  const mant = b & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00;
+  if (exp === 0) return sign;
+  const e = exp - 127 + 15;
+  if (e <= 0) {
+    // subnormal half: value = mant' * 2^-24
+    return sign | Math.round(Math.abs(h) / 5.960464477539063e-8);
+  }
+  return sign | (e << 10) | (mant >>> 13);
+}
+
+let decodeTable: Float32Array | undefined;
+
+/** Decode a 16-bit fp16 pattern to a number. */
+export function bitsToHalf(bits: number): number {
+  return halfTable()[bits & 0xffff]!;
+}
+
+/** A 65536-entry table mapping every fp16 bit pattern to its value (built once, 256 KiB). */
+export function halfTable(): Float32Array {
+  if (decodeTable) return decodeTable;
+  const t = new Float32Array(65536);
+  for (let b = 0; b < 65536; b++) {
+    const sign = b & 0x8000 ? -1 : 1;
+    const exp = (b >>> 10) & 0x1f;
+    const mant = b & 0x3ff;
+    let v: number;
+    if (exp === 0) v = mant * 5.960464477539063e-8;
+    else if (exp === 31) v = mant ? NaN : Infinity;
+    else v = (1 + mant / 1024) * 2 ** (exp - 15);
+    t[b] = sign * v;
+  }
+  decodeTable = t;
+  return t;
+}
+
+/** Encode every element of `src` as fp16 bit patterns. */
+export function toHalfBits(src: ArrayLike<number>, out = new Uint16Array(src.length)): Uint16Array {
+  for (let i = 0; i < src.length; i++) out[i] = halfToBits(src[i]!);
+  return out;
+}
+
+/** Decode fp16 bit patterns to float32. */
+export function fromHalfBits(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
+  const t = halfTable();
+  for (let i = 0; i < src.length; i++) out[i] = t[src[i]!]!;
+  return out;
+}

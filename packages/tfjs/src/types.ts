@@ -1,0 +1,72 @@
+import type { Tensor3D } from '@tensorflow/tfjs-core';
+
+/** Shape of the cache a model needs: number of layers, KV heads per layer, head dimension. */
+export interface KvCacheShape {
+  layers: number;
+  kvHeads: number;
+  headDim: number;
+  /** Largest number of tokens the cache may hold; appending past it throws `E_CAPACITY`. Default: unlimited. */
+  maxTokens?: number;
+}
+
+/** Bytes held by a cache, split by kind, plus the two bit accountings. */
+export interface KvMemoryReport {
+  /** Bytes of packed integer codes. */
+  codeBytes: number;
+  /** Bytes of per-group scales and zero-points. */
+  metadataBytes: number;
+  /** Bytes of full-precision K/V (the residual window, or everything for `full`). */
+  residualBytes: number;
+  /** codeBytes + metadataBytes + residualBytes. */
+  totalBytes: number;
+  /** Tokens held (per layer). */
+  tokens: number;
+  /** K/V elements represented: 2 · layers · kvHeads · headDim · tokens. */
+  elements: number;
+  /** Paper-style equivalent bits: code bits only, averaged over K, V and layers (borrowed codes count 0). */
+  paperBitsPerElement: number;
+  /** True stored bits per element: 8 · totalBytes / elements. */
+  trueBitsPerElement: number;
+}
+
+/**
+ * A KV cache for one sequence (batch 1). The model calls, for every layer at every step:
+ * `append` (or `prefill`) with the new keys/values (after RoPE), then `attend` with the queries.
+ *
+ * Scheduling (the reference's): while a step runs, the new tokens are held in full precision; after `attend`
+ * (or before the next append), keys are quantized in whole multiples of the residual length R and values
+ * beyond the most recent R tokens, one token at a time.
+ */
+export interface KvCache {
+  /** Id of the strategy that created this cache. */
+  readonly strategyId: string;
+  readonly shape: Readonly<KvCacheShape>;
+  /** Append many tokens at once. `keys`/`values`: `[kvHeads, tokens, headDim]` float32. */
+  prefill(layer: number, keys: Tensor3D, values: Tensor3D): void;
+  /** Append one token. `keys`/`values`: `[kvHeads, 1, headDim]` float32. */
+  append(layer: number, keys: Tensor3D, values: Tensor3D): void;
+  /**
+   * Causal attention of `queries` (`[qHeads, q, headDim]`, the last `q` positions) over everything the layer holds,
+   * scaled by 1/√headDim, GQA when qHeads > kvHeads. Returns `[qHeads, q, headDim]`.
+   */
+  attend(layer: number, queries: Tensor3D): Tensor3D;
+  /** Tokens held by `layer` (default 0). */
+  seqLength(layer?: number): number;
+  /** Bytes actually held and both bit accountings. */
+  memory(): KvMemoryReport;
+  /** The layer's K/V as the attention sees them (quantized part dequantized), `[kvHeads, tokens, headDim]`. */
+  dequantize(layer: number): { keys: Tensor3D; values: Tensor3D };
+  /** Drop every token (keeps the configuration). */
+  reset(): void;
+  /** Free all memory; the cache is unusable afterwards. */
+  dispose(): void;
+}
+
+/** A way of storing the KV cache. Implement this (one file) to add a strategy. */
+export interface KvCacheStrategy<Options = unknown> {
+  readonly specificationVersion: 'v1';
+  /** Short stable id, e.g. `'kivi'`. */
+  readonly id: string;
+  readonly options: Readonly<Options>;
+  createCache(shape: KvCacheShape): KvCache;
+}
