@@ -1,0 +1,140 @@
+import { XqConfigError } from '@xquant/quant';
+import { validatePlan } from './plan.js';
+import type { CrossLayerPlan, LayerStorage } from './types.js';
+
+/** Options of {@link accountBits}. */
+export interface AccountBitsOptions {
+  /** The plan to account (validated; forward donors are accepted here). */
+  plan: CrossLayerPlan;
+  /** KV heads per layer. */
+  kvHeads: number;
+  /** Channels per head. */
+  headDim: number;
+  /** Context length in tokens (≥ 1). */
+  tokens: number;
+  /**
+   * Full-precision residual window R (a multiple of `groupSize`, or 0). Keys are quantized in whole multiples of R
+   * (`⌊T/R⌋·R` tokens), values for all but the last R tokens (`max(0, T − R)`), as in the reference cache.
+   * With R = 0 every value and `⌊T/groupSize⌋·groupSize` keys are quantized.
+   */
+  residualLength: number;
+  /** Elements per group (keys: tokens per channel group; values: channels per token group). Must divide `headDim`. */
+  groupSize: number;
+  /** Bits of each stored scale and of each zero-point; default 16 (fp16). */
+  metadataBits?: number;
+  /** Bits of one full-precision element (residual window, and every element of a bits-16 layer); default 16. */
+  residualBits?: number;
+}
+
+/** Bytes of one layer's keys or values. */
+export interface TensorBytes {
+  /** Packed codes (0 for a layer that borrows codes). */
+  codeBytes: number;
+  /** Scale and zero-point of every quantized group (borrowing layers pay this too). */
+  metadataBytes: number;
+  /** Full-precision elements: the residual window, or the whole tensor for a bits-16 layer. */
+  residualBytes: number;
+  /** Quantized tokens of this tensor (0 for a bits-16 layer). */
+  quantizedTokens: number;
+}
+
+/** What {@link accountBits} returns. */
+export interface BitAccount {
+  /**
+   * The paper's equivalent width: code bits averaged over the 2·L key/value tensors, with a borrowing layer counting 0
+   * and a bits-16 layer counting 16. Ignores scale, zero-point and the residual window.
+   */
+  paperBits: number;
+  /** True stored bits per K/V element: all bytes below × 8 / (2 · layers · tokens · kvHeads · headDim). */
+  storedBitsPerElement: number;
+  /** Sum over layers of packed code bytes. */
+  codeBytes: number;
+  /** Sum over layers of scale/zero-point bytes. */
+  metadataBytes: number;
+  /** Sum over layers of full-precision bytes. */
+  residualBytes: number;
+  /** `codeBytes + metadataBytes + residualBytes`. */
+  totalBytes: number;
+  /** Elements accounted: 2 · layers · tokens · kvHeads · headDim. */
+  elements: number;
+  /** Per layer breakdown. */
+  perLayer: { keys: TensorBytes; values: TensorBytes }[];
+}
+
+function positiveInt(v: number, what: string): void {
+  if (!Number.isInteger(v) || v <= 0) throw new XqConfigError('E_CONFIG', `${what} must be a positive integer; got ${String(v)}`);
+}
+
+/**
+ * Memory of a KV cache under a plan: the paper's equivalent bit width and the true stored bits per element
+ * (codes + scale + zero per group + full-precision residual window), with a byte breakdown. Codes are counted as
+ * stored: keys packed along tokens per channel, values along channels per token, in 32-bit words.
+ * @example
+ * const plan = xquantPlan({ layers: 8, keyBits: 2, valueBits: 1, valueShareFrom: 4 });
+ * accountBits({ plan, kvHeads: 2, headDim: 64, tokens: 2048, residualLength: 32, groupSize: 32 });
+ * // → paperBits 1.375, storedBitsPerElement ≈ 2.486
+ */
+export function accountBits(options: AccountBitsOptions): BitAccount {
+  const { plan, kvHeads, headDim, tokens, residualLength: R, groupSize: gs } = options;
+  const metadataBits = options.metadataBits ?? 16;
+  const residualBits = options.residualBits ?? 16;
+  validatePlan(plan, { allowForwardDonors: true });
+  positiveInt(kvHeads, 'kvHeads');
+  positiveInt(headDim, 'headDim');
+  positiveInt(tokens, 'tokens');
+  positiveInt(gs, 'groupSize');
+  if (!Number.isInteger(R) || R < 0 || R % gs !== 0) {
+    throw new XqConfigError('E_RESIDUAL', `residualLength must be 0 or a positive multiple of groupSize (${gs}); got ${String(R)}`);
+  }
+  if (headDim % gs !== 0) {
+    throw new XqConfigError('E_GROUP_SIZE', `groupSize ${gs} must divide headDim ${headDim} (values are grouped along channels)`);
+  }
+  for (const [v, what] of [[metadataBits, 'metadataBits'], [residualBits, 'residualBits']] as const) {
+    if (!Number.isFinite(v) || v < 0) throw new XqConfigError('E_CONFIG', `${what} must be a non-negative number; got ${String(v)}`);
+  }
+  const E = kvHeads * headDim;
+  const keyTokens = R > 0 ? Math.floor(tokens / R) * R : Math.floor(tokens / gs) * gs;
+  const valueTokens = Math.max(0, tokens - R);
+  const words = (cols: number, bits: number) => Math.ceil((cols * bits) / 32);
+
+  const tensor = (s: LayerStorage, kind: 'keys' | 'values'): TensorBytes => {
+    if (s.bits === 16) return { codeBytes: 0, metadataBytes: 0, residualBytes: (tokens * E * residualBits) / 8, quantizedTokens: 0 };
+    const tq = kind === 'keys' ? keyTokens : valueTokens;
+    // keys: rows = channels (E), packed along tq tokens; values: rows = tq·kvHeads tokens-heads, packed along headDim
+    const codeWords = kind === 'keys' ? E * words(tq, s.bits) : tq * kvHeads * words(headDim, s.bits);
+    const groups = (tq * E) / gs;
+    return {
+      codeBytes: s.codesFrom === null ? codeWords * 4 : 0,
+      metadataBytes: (groups * 2 * metadataBits) / 8,
+      residualBytes: ((tokens - tq) * E * residualBits) / 8,
+      quantizedTokens: tq,
+    };
+  };
+
+  const perLayer = plan.keys.map((k, l) => ({ keys: tensor(k, 'keys'), values: tensor(plan.values[l]!, 'values') }));
+  let codeBytes = 0;
+  let metadataBytes = 0;
+  let residualBytes = 0;
+  for (const p of perLayer) {
+    for (const t of [p.keys, p.values]) {
+      codeBytes += t.codeBytes;
+      metadataBytes += t.metadataBytes;
+      residualBytes += t.residualBytes;
+    }
+  }
+  const L = plan.keys.length;
+  const elements = 2 * L * tokens * E;
+  const paperBits =
+    [...plan.keys, ...plan.values].reduce((acc, s) => acc + (s.codesFrom === null ? s.bits : 0), 0) / (2 * L);
+  const totalBytes = codeBytes + metadataBytes + residualBytes;
+  return {
+    paperBits,
+    storedBitsPerElement: (totalBytes * 8) / elements,
+    codeBytes,
+    metadataBytes,
+    residualBytes,
+    totalBytes,
+    elements,
+    perLayer,
+  };
+}
