@@ -5,7 +5,7 @@
 type CommandModule = { run(argv: string[]): Promise<number>; summary: string };
 
 const COMMANDS: Record<string, () => Promise<CommandModule>> = {
-  // verify: () => import('./commands/verify.js'),
+  verify: () => import('./commands/verify.js'),
 };
 
 async function main(argv: string[]): Promise<number> {
