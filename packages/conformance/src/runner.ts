@@ -391,7 +391,7 @@ async function runChecked(family: GoldenFamily, c: GoldenCase, spec: Spec, optio
       checks: [],
     };
   }
-  return { name: c.name, family, checks, ...summarizeChecks(family, c, spec, checks) };
+  return { name: c.name, family, ...summarizeChecks(family, c, spec, checks), checks };
 }
 
 /**
