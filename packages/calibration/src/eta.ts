@@ -14,7 +14,12 @@ import type { Calibrator } from './types.js';
  * The η values the XQuant paper and the authors' code search over, by bit width: 1-bit `{0, 1/6, 1/3}`,
  * 2-bit `{0, 0.045, 0.09}` (the reference's `g1` / `g2`, indexed by the last two annotation fields).
  */
-export const ETA_GRID: Readonly<{ 1: readonly number[]; 2: readonly number[] }> = Object.freeze({
+export const ETA_GRID: Readonly<{
+  /** 1-bit grid `[0, 1/6, 1/3]`. */
+  1: readonly number[];
+  /** 2-bit grid `[0, 0.045, 0.09]`. */
+  2: readonly number[];
+}> = Object.freeze({
   1: Object.freeze([0, 1 / 6, 2 / 6]),
   2: Object.freeze([0, 0.045, 0.09]),
 });
@@ -47,7 +52,12 @@ export function calibrateScaleZero(
   bits: Bits,
   eta: number,
   precision: Precision = 'fp16',
-): { scale: number; zero: number } {
+): {
+  /** Calibrated scale `ŝ`. */
+  scale: number;
+  /** Calibrated zero-point `ẑ`. */
+  zero: number;
+} {
   const r = rounder(precision);
   const rev = (1 << bits) - 1;
   const etaF = Math.fround(eta);
@@ -116,7 +126,10 @@ export interface EtaCalibratorOptions {
  * const cal = etaCalibrator({ etaByBits: { 1: 1 / 6, 2: 0.045, 4: 0.01 } });
  * const calibrated = cal.calibrate(stats);
  */
-export function etaCalibrator(options: EtaCalibratorOptions = {}): Calibrator & { readonly etaByBits: EtaByBits } {
+export function etaCalibrator(options: EtaCalibratorOptions = {}): Calibrator & {
+  /** The validated, frozen η table this calibrator uses. */
+  readonly etaByBits: EtaByBits;
+} {
   const etaByBits = options.etaByBits === undefined ? XQUANT_ETA : options.etaByBits;
   if (typeof etaByBits !== 'object' || etaByBits === null) {
     throw new XqConfigError('E_CONFIG', `etaByBits must be an object mapping bit widths to η; got ${String(etaByBits)}`);

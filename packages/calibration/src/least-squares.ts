@@ -30,7 +30,7 @@ function groupSse(x: ArrayLike<number>, codes: ArrayLike<number>, base: number, 
  *
  * Codes are never changed. `values` and `codes` are `[rows, cols]` in the quantizer's layout (see {@link CalibrationContext}).
  * Throws {@link XqConfigError} when either is missing, {@link XqShapeError} on a length mismatch, and
- * {@link XqNumericError} (from `@xquant/quant`) on NaN/Infinity.
+ * `XqNumericError` (from `@xquant/quant`) on NaN/Infinity.
  */
 export function leastSquaresStats<S extends GroupStats>(stats: S, context: CalibrationContext): S {
   assertGroupStats(stats);

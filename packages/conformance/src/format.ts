@@ -23,24 +23,33 @@ export const MAX_ARRAY_RANK = 8;
 
 /** A decoded golden array: row-major little-endian data of `shape`. */
 export interface GoldenArray {
+  /** Row-major shape. */
   shape: number[];
+  /** Storage dtype. */
   dtype: 'float32' | 'int32';
   /** The dtype the reference produced (`float16` values are stored widened to float32, exactly). */
   origDtype?: string;
+  /** The decoded elements. */
   data: Float32Array | Int32Array;
 }
 
 /** One golden case: its parameters (see the golden README) and its decoded arrays. */
 export interface GoldenCase {
+  /** Unique within the file; encodes D, T, gs, bits (and η index). */
   name: string;
+  /** kind, B, H, T, D, group_size, bits, dtype, gamma and per-family extras (see the package README). */
   params: Record<string, unknown>;
+  /** Decoded arrays by name. */
   arrays: Record<string, GoldenArray>;
 }
 
 /** A parsed, validated golden file. */
 export interface GoldenFile {
+  /** Which computation the cases exercise. */
   family: GoldenFamily;
+  /** Free text from the generator. */
   description?: string;
+  /** The cases, in file order. */
   cases: GoldenCase[];
 }
 

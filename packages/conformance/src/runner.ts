@@ -14,7 +14,9 @@ import { xquantTarget, type ConformanceTarget } from './target.js';
 
 /** The attention criterion of family g: `|out − ref_f64| ≤ rel·absum + abs`, per output element. */
 export interface AttentionTolerance {
+  /** Factor on `absum = Σ|a_k|·|ĉ_k|`. */
   rel: number;
+  /** Absolute slack. */
   abs: number;
 }
 
@@ -38,6 +40,7 @@ export interface RunOptions {
 export interface ArrayCheck {
   /** Name of the reference array (`codes` for codes unpacked from a packed reference array is `codes*`). */
   array: string;
+  /** How the array is judged (see above). */
   criterion: 'exact' | 'tolerance' | 'info';
   /** Elements compared. */
   compared: number;
@@ -45,6 +48,7 @@ export interface ArrayCheck {
   mismatches: number;
   /** Max |ours − reference| (0 for integer arrays). */
   maxAbsError: number;
+  /** Whether this array meets its criterion (always true for `info`). */
   passed: boolean;
   /** Human-readable description of the first mismatch, or extra figures. */
   note?: string;
@@ -52,8 +56,11 @@ export interface ArrayCheck {
 
 /** The result of one golden case. */
 export interface CaseResult {
+  /** The case name from the file. */
   name: string;
+  /** The file's family. */
   family: GoldenFamily;
+  /** Every deciding check passed. */
   passed: boolean;
   /** Max |ours − reference| over the float outputs that decide the case (attention: vs `ref_f64`). */
   maxAbsError: number;
@@ -61,6 +68,7 @@ export interface CaseResult {
   mismatchedCodes: number;
   /** One line: what was compared, or what failed first. */
   detail: string;
+  /** One entry per compared array (empty when the target threw). */
   checks: ArrayCheck[];
 }
 
@@ -410,7 +418,14 @@ export async function runGoldenFile(source: GoldenSource, options: RunOptions = 
 }
 
 /** Counts of a result list. */
-export function summarizeResults(results: readonly CaseResult[]): { total: number; passed: number; failed: number } {
+export function summarizeResults(results: readonly CaseResult[]): {
+  /** Cases run. */
+  total: number;
+  /** Cases that passed. */
+  passed: number;
+  /** Cases that failed. */
+  failed: number;
+} {
   const passed = results.filter((r) => r.passed).length;
   return { total: results.length, passed, failed: results.length - passed };
 }

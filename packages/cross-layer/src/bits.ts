@@ -58,7 +58,12 @@ export interface BitAccount {
   /** Elements accounted: 2 · layers · tokens · kvHeads · headDim. */
   elements: number;
   /** Per layer breakdown. */
-  perLayer: { keys: TensorBytes; values: TensorBytes }[];
+  perLayer: {
+    /** This layer's keys. */
+    keys: TensorBytes;
+    /** This layer's values. */
+    values: TensorBytes;
+  }[];
 }
 
 function positiveInt(v: number, what: string): void {

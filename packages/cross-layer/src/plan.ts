@@ -172,7 +172,12 @@ export interface GroupedPlanOptions {
   /** Position of the dominant layer inside each group (0 = first, the paper's best); clamped to a short last group. */
   dominant?: number;
   /** Which tensors share codes; default both. */
-  share?: { keys?: boolean; values?: boolean };
+  share?: {
+    /** Share key codes (default true). */
+    keys?: boolean;
+    /** Share value codes (default true). */
+    values?: boolean;
+  };
   /** Only groups whose first layer is ≥ this index share (default 0). */
   shareFrom?: number;
 }
@@ -214,7 +219,12 @@ export function groupedPlan(options: GroupedPlanOptions): CrossLayerPlan {
 }
 
 /** The reference's η grids indexed by the annotation's last two fields: `g1` (1-bit) and `g2` (2-bit). */
-export const ANNOTATION_ETA_GRID: Readonly<{ 1: readonly number[]; 2: readonly number[] }> = Object.freeze({
+export const ANNOTATION_ETA_GRID: Readonly<{
+  /** `g1`: η of 1-bit tensors. */
+  1: readonly number[];
+  /** `g2`: η of 2-bit tensors. */
+  2: readonly number[];
+}> = Object.freeze({
   1: Object.freeze([0, 1 / 6, 2 / 6]),
   2: Object.freeze([0, 0.045, 0.09]),
 });
@@ -237,9 +247,16 @@ export interface Annotation {
 
 /** What {@link planFromAnnotation} returns. */
 export interface AnnotatedPlan {
+  /** The validated plan. */
   plan: CrossLayerPlan;
   /** η by bit width: `{ 1: g1[E1], 2: g2[E2] }` (usable as `etaCalibrator({ etaByBits })`). */
-  etaByBits: { 1: number; 2: number };
+  etaByBits: {
+    /** η of 1-bit tensors, `g1[E1]`. */
+    1: number;
+    /** η of 2-bit tensors, `g2[E2]`. */
+    2: number;
+  };
+  /** The parsed annotation fields. */
   annotation: Annotation;
 }
 
@@ -277,7 +294,12 @@ export function planFromAnnotation(annotation: string, layers: number): Annotate
 }
 
 /** Layers whose codes are borrowed by at least one other layer, for keys and values. */
-export function donorLayers(plan: CrossLayerPlan): { keys: number[]; values: number[] } {
+export function donorLayers(plan: CrossLayerPlan): {
+  /** Key donor layers, ascending. */
+  keys: number[];
+  /** Value donor layers, ascending. */
+  values: number[];
+} {
   const of = (side: readonly LayerStorage[]) => [...new Set(side.flatMap((s) => (s.codesFrom === null ? [] : [s.codesFrom])))].sort((a, b) => a - b);
   return { keys: of(plan.keys), values: of(plan.values) };
 }
