@@ -70,3 +70,27 @@ export interface KvCacheStrategy<Options = unknown> {
   readonly options: Readonly<Options>;
   createCache(shape: KvCacheShape): KvCache;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Extensions (additive; the interfaces above are the contract the models package codes against).
+
+/** Options shared by every quantized strategy. */
+export interface QuantizedCacheOptions {
+  /** Residual length R: keys are quantized in whole blocks of R tokens, the newest R values stay full precision. Default 128. */
+  residualLength?: number;
+  /** Elements sharing one scale and zero-point (tokens for keys, channels for values). Default 32. */
+  groupSize?: number;
+  /** Quantizer arithmetic and metadata storage: `'fp16'` (default, the reference's) or `'fp32'`. */
+  precision?: 'fp16' | 'fp32';
+}
+
+/** Overrides accepted by {@link createKvCache} for presets; strategy ids accept their full options. */
+export interface PresetOverrides extends QuantizedCacheOptions {}
+
+/** A KV cache that can also read its inputs asynchronously (needed on WebGPU, where tensors cannot be read synchronously). */
+export interface AsyncKvCache extends KvCache {
+  /** {@link KvCache.prefill} that reads the tensors with `await data()`. */
+  prefillAsync(layer: number, keys: Tensor3D, values: Tensor3D): Promise<void>;
+  /** {@link KvCache.append} that reads the tensors with `await data()`. */
+  appendAsync(layer: number, keys: Tensor3D, values: Tensor3D): Promise<void>;
+}

@@ -1,0 +1,90 @@
+import type { Tensor3D } from '@tensorflow/tfjs-core';
+import { XqConfigError, type Bits, type Precision } from '@xquant/quant';
+import type { StoredMeta } from '../quantized/store.js';
+import { denseAttentionKernel } from './dense.js';
+import { jsPackedAttentionKernel } from './js-attention.js';
+
+/** A flushed key block with its codes resolved (the donor's codes when the layer borrows them). */
+export interface KeyBlockView {
+  /** Position of the first token. */
+  readonly start: number;
+  readonly tokens: number;
+  /** `[kvHeads, headDim, tokens·bits/32]`, codes along tokens per channel, LSB first (the reference layout). */
+  readonly packed: Uint32Array;
+  /** `[kvHeads, headDim, tokens/groupSize]`, fp16 bit patterns (Uint16Array) or float32. */
+  readonly scale: StoredMeta;
+  readonly zero: StoredMeta;
+}
+
+/** A chunk of quantized values with codes resolved: token-major `packed` `[capacity, kvHeads, headDim·bits/32]`. */
+export interface ValueChunkView {
+  readonly start: number;
+  readonly capacity: number;
+  /** Valid tokens (the first `filled` rows). */
+  readonly filled: number;
+  readonly packed: Uint32Array;
+  /** `[capacity, kvHeads, headDim/groupSize]`, fp16 bit patterns or float32. */
+  readonly scale: StoredMeta;
+  readonly zero: StoredMeta;
+}
+
+/**
+ * What an attention kernel sees of one layer of a quantized cache. Positions `0 … quantizedKeys−1` of the keys are in
+ * `keyBlocks`, the rest (`residualKeys`, token-major `[n, kvHeads, headDim]` float32) follow; values likewise.
+ */
+export interface QuantizedLayerView {
+  readonly layer: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  readonly groupSize: number;
+  readonly precision: Precision;
+  /** Tokens held. */
+  readonly tokens: number;
+  /** 16 = the layer keeps this tensor in full precision (no blocks). */
+  readonly keyBits: Bits | 16;
+  readonly valueBits: Bits | 16;
+  readonly quantizedKeys: number;
+  readonly quantizedValues: number;
+  readonly keyBlocks: readonly KeyBlockView[];
+  readonly valueChunks: readonly ValueChunkView[];
+  readonly residualKeys: Float32Array;
+  readonly residualValues: Float32Array;
+  /** Increases whenever the layer's storage changes (lets a kernel keep device-side mirrors up to date). */
+  readonly version: number;
+  /** Decode `n` stored scales/zeros from `offset` to float32. */
+  decodeMeta(meta: StoredMeta, offset: number, n: number, out?: Float32Array): Float32Array;
+}
+
+/**
+ * Attention over a quantized layer: causal, 1/√headDim, GQA; `queries` `[qHeads, q, headDim]` are the last `q` positions.
+ * Register one per tfjs backend with {@link registerAttentionKernel} (e.g. WGSL kernels from `@xquant/webgpu`).
+ */
+export interface AttentionKernel {
+  /** Short id, e.g. `'js-packed'`. */
+  readonly id: string;
+  attend(layer: QuantizedLayerView, queries: Tensor3D): Tensor3D;
+}
+
+const kernels = new Map<string, AttentionKernel>();
+/** Backends whose tensors can be read synchronously, where the packed JS kernels run. */
+const SYNC_READABLE = new Set(['cpu', 'wasm', 'tensorflow']);
+
+/** Use `kernel` for quantized attention whenever tfjs backend `backend` (e.g. `'webgpu'`) is active. Returns the previous one. */
+export function registerAttentionKernel(backend: string, kernel: AttentionKernel): AttentionKernel | undefined {
+  if (typeof backend !== 'string' || backend.length === 0) throw new XqConfigError('E_CONFIG', `backend must be a non-empty string; got ${String(backend)}`);
+  if (!kernel || typeof kernel.attend !== 'function') throw new XqConfigError('E_CONFIG', 'kernel must have an attend(layer, queries) method');
+  const prev = kernels.get(backend);
+  kernels.set(backend, kernel);
+  return prev;
+}
+
+/** Remove the kernel registered for `backend` (the default applies again). */
+export function unregisterAttentionKernel(backend: string): void {
+  kernels.delete(backend);
+}
+
+/** The kernel used on `backend`: the registered one, else the default (packed JS kernels where tensors can be read synchronously, dequantize-then-attend elsewhere). */
+export function attentionKernelFor(backend: string | null): AttentionKernel {
+  return (backend !== null ? kernels.get(backend) : undefined) ?? (backend !== null && !SYNC_READABLE.has(backend) ? denseAttentionKernel : jsPackedAttentionKernel);
+}
+

@@ -1,0 +1,491 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { Tensor3D } from '@tensorflow/tfjs-core';
+import type { Calibrator } from '@xquant/calibration';
+import { validatePlan, type CrossLayerPlan } from '@xquant/cross-layer';
+import {
+  XqConfigError,
+  XqStateError,
+  assertFinite,
+  dequantizeKv,
+  dequantizeRows,
+  kvStats,
+  quantizeKeys,
+  quantizeValues,
+  transposeTokensChannels,
+  unpackCodes,
+  unpackKv,
+  type Bits,
+  type GroupStats,
+  type PackedKv,
+  type Precision,
+} from '@xquant/quant';
+import { attentionKernelFor, type QuantizedLayerView } from '../kernels/registry.js';
+import type { AsyncKvCache, KvCacheShape, KvMemoryReport } from '../types.js';
+import { checkAlive, checkKv, checkLayer, checkQueries, validateCacheShape } from '../validate.js';
+import {
+  ResidualBuffer,
+  allocMeta,
+  headMajorToTokenMajor,
+  readMeta,
+  tokenMajorToHeadMajor,
+  writeMeta,
+  type KeyBlock,
+  type KindSpec,
+  type ValueChunk,
+} from './store.js';
+
+/** Everything a quantized cache needs, resolved for a given number of layers. */
+export interface QuantizedCacheConfig {
+  /** Id reported by {@link KvCache.strategyId}. */
+  strategyId: string;
+  residualLength: number;
+  groupSize: number;
+  precision: Precision;
+  /** Per layer: key bits (16 = kept in full precision) and the layer whose key codes it reads (null: its own). */
+  keys: readonly KindSpec[];
+  /** Per layer: value bits and donor layer, as for keys. */
+  values: readonly KindSpec[];
+  /** Calibrator applied to a layer's key/value statistics after quantization (null: none). */
+  keyCalibrators?: readonly (Calibrator | null)[];
+  valueCalibrators?: readonly (Calibrator | null)[];
+  /** Tokens per allocated chunk of quantized values (default 64). */
+  valueChunkTokens?: number;
+}
+
+interface LayerState {
+  kRes: ResidualBuffer;
+  vRes: ResidualBuffer;
+  keyBlocks: KeyBlock[];
+  valueChunks: ValueChunk[];
+  quantizedKeys: number;
+  quantizedValues: number;
+  tokens: number;
+  /** New tokens arrived since the last flush. */
+  pending: boolean;
+  version: number;
+}
+
+/** Throws a typed error unless the config is consistent with the shape. */
+export function validateQuantizedConfig(cfg: QuantizedCacheConfig, shape: KvCacheShape): void {
+  const { residualLength: R, groupSize: gs, precision } = cfg;
+  const L = shape.layers;
+  if (!Number.isInteger(gs) || gs <= 0) throw new XqConfigError('E_GROUP_SIZE', `groupSize must be a positive integer; got ${String(gs)}`);
+  if (!Number.isInteger(R) || R <= 0) throw new XqConfigError('E_RESIDUAL', `residualLength must be a positive integer; got ${String(R)}`);
+  if (precision !== 'fp16' && precision !== 'fp32') throw new XqConfigError('E_CONFIG', `precision must be 'fp16' or 'fp32'; got ${String(precision)}`);
+  validatePlan({ keys: cfg.keys as KindSpec[], values: cfg.values as KindSpec[] }, { allowForwardDonors: true });
+  for (const kind of ['keys', 'values'] as const) {
+    const specs = cfg[kind];
+    if (specs.length !== L) {
+      throw new XqConfigError('E_PLAN', `${kind}: expected one storage entry per layer (${L}); got ${Array.isArray(specs) ? specs.length : typeof specs}`);
+    }
+    specs.forEach((s, l) => {
+      if (s.bits === 16) return;
+      const fpw = 32 / s.bits;
+      if (kind === 'keys') {
+        if (R % gs !== 0 || R % fpw !== 0) {
+          throw new XqConfigError('E_RESIDUAL', `residualLength ${R} must be a multiple of groupSize ${gs} and of ${fpw} (${s.bits}-bit keys are quantized in blocks of R tokens)`);
+        }
+      } else if (shape.headDim % gs !== 0 || shape.headDim % fpw !== 0) {
+        throw new XqConfigError('E_GROUP_SIZE', `headDim ${shape.headDim} must be a multiple of groupSize ${gs} and of ${fpw} (${s.bits}-bit values are grouped along channels)`);
+      }
+    });
+  }
+  const vc = cfg.valueChunkTokens ?? 64;
+  if (!Number.isInteger(vc) || vc <= 0) throw new XqConfigError('E_CONFIG', `valueChunkTokens must be a positive integer; got ${String(vc)}`);
+}
+
+/**
+ * The generic quantized KV cache: owns the residual window, the flush schedule (the reference's), code sharing between
+ * layers, calibration, memory accounting and disposal. Strategies only describe per-layer storage
+ * ({@link QuantizedCacheConfig}); see `defineQuantizedStrategy`.
+ *
+ * Schedule: new tokens are held in float32; after `attend` (or before the next append when attend was skipped) keys
+ * are quantized in blocks of exactly R tokens (the remainder stays float32) and values beyond the newest R tokens are
+ * quantized, one token per decode step. The quantizer gets fp16 copies (precision `'fp16'`), as in the reference.
+ * Quantized data lives in JS typed arrays; attention runs through the kernel registered for the active backend.
+ */
+export class QuantizedKvCache implements AsyncKvCache {
+  readonly shape: Readonly<KvCacheShape>;
+  readonly strategyId: string;
+  readonly config: Readonly<QuantizedCacheConfig>;
+  private layers: LayerState[];
+  private disposed = false;
+  private readonly rowSize: number;
+  private readonly chunkTokens: number;
+  private metaScratch = new Float32Array(0);
+
+  constructor(config: QuantizedCacheConfig, shape: KvCacheShape) {
+    this.shape = validateCacheShape(shape);
+    validateQuantizedConfig(config, this.shape);
+    this.config = Object.freeze({ ...config });
+    this.strategyId = config.strategyId;
+    this.rowSize = this.shape.kvHeads * this.shape.headDim;
+    this.chunkTokens = config.valueChunkTokens ?? 64;
+    this.layers = Array.from({ length: this.shape.layers }, () => this.freshLayer());
+  }
+
+  private freshLayer(): LayerState {
+    const R = this.config.residualLength;
+    return {
+      kRes: new ResidualBuffer(this.rowSize, this.config.groupSize, 0),
+      vRes: new ResidualBuffer(this.rowSize, R + 1, R + 1),
+      keyBlocks: [],
+      valueChunks: [],
+      quantizedKeys: 0,
+      quantizedValues: 0,
+      tokens: 0,
+      pending: false,
+      version: 0,
+    };
+  }
+
+  // ---- input -----------------------------------------------------------------------------------------------
+
+  private begin(layer: number, keys: Tensor3D, values: Tensor3D, single: boolean): number {
+    checkAlive(this.disposed, 'prefill/append');
+    checkLayer(layer, this.shape.layers);
+    const st = this.layers[layer]!;
+    if (st.pending) this.flush(layer);
+    return checkKv(this.shape, keys, values, st.tokens, single);
+  }
+
+  private commit(layer: number, k: Float32Array, v: Float32Array, n: number): void {
+    const { kvHeads, headDim } = this.shape;
+    const st = this.layers[layer]!;
+    const where = (i: number) => `layer ${layer}, head ${Math.floor(i / (n * headDim))}, token ${st.tokens + (Math.floor(i / headDim) % n)}, channel ${i % headDim}`;
+    assertFinite(k, 'keys', where);
+    assertFinite(v, 'values', where);
+    st.kRes.push(headMajorToTokenMajor(k, n, kvHeads, headDim), n);
+    st.vRes.push(headMajorToTokenMajor(v, n, kvHeads, headDim), n);
+    st.tokens += n;
+    st.pending = true;
+    st.version++;
+  }
+
+  private readSync(x: Tensor3D, what: string): Float32Array {
+    try {
+      return x.dataSync() as Float32Array;
+    } catch (e) {
+      throw new XqStateError('E_STATE', `${what} cannot be read synchronously on the '${tf.getBackend()}' backend; use prefillAsync/appendAsync there`, { cause: e });
+    }
+  }
+
+  prefill(layer: number, keys: Tensor3D, values: Tensor3D): void {
+    const n = this.begin(layer, keys, values, false);
+    this.commit(layer, this.readSync(keys, 'keys'), this.readSync(values, 'values'), n);
+  }
+  append(layer: number, keys: Tensor3D, values: Tensor3D): void {
+    const n = this.begin(layer, keys, values, true);
+    this.commit(layer, this.readSync(keys, 'keys'), this.readSync(values, 'values'), n);
+  }
+  async prefillAsync(layer: number, keys: Tensor3D, values: Tensor3D): Promise<void> {
+    const n = this.begin(layer, keys, values, false);
+    const [k, v] = await Promise.all([keys.data(), values.data()]);
+    this.commit(layer, k as Float32Array, v as Float32Array, n);
+  }
+  async appendAsync(layer: number, keys: Tensor3D, values: Tensor3D): Promise<void> {
+    const n = this.begin(layer, keys, values, true);
+    const [k, v] = await Promise.all([keys.data(), values.data()]);
+    this.commit(layer, k as Float32Array, v as Float32Array, n);
+  }
+
+  // ---- attention -------------------------------------------------------------------------------------------
+
+  attend(layer: number, queries: Tensor3D): Tensor3D {
+    checkAlive(this.disposed, 'attend');
+    checkLayer(layer, this.shape.layers);
+    const st = this.layers[layer]!;
+    checkQueries(this.shape, layer, queries, st.tokens);
+    const out = attentionKernelFor(tf.getBackend()).attend(this.view(layer), queries);
+    this.flush(layer);
+    return out;
+  }
+
+  /** The per-layer storage plan (bits and code donors of keys and values), e.g. for `accountBits` of @xquant/cross-layer. */
+  get plan(): CrossLayerPlan {
+    return { keys: this.config.keys.map((s) => ({ ...s })), values: this.config.values.map((s) => ({ ...s })) };
+  }
+
+  /** A read-only view of a layer's storage, with borrowed codes resolved, for attention kernels. */
+  view(layer: number): QuantizedLayerView {
+    checkLayer(layer, this.shape.layers);
+    const st = this.layers[layer]!;
+    const cfg = this.config;
+    const ks = cfg.keys[layer]!;
+    const vs = cfg.values[layer]!;
+    const keyBlocks = st.keyBlocks.map((b, i) => ({ ...b, packed: b.packed ?? this.donorKeyCodes(ks.codesFrom!, i, b, layer) }));
+    const valueChunks = st.valueChunks.map((c, i) => ({
+      start: c.start,
+      filled: c.filled,
+      capacity: c.capacity,
+      scale: c.scale,
+      zero: c.zero,
+      packed: c.packed ?? this.donorValueCodes(vs.codesFrom!, i, c, layer),
+    }));
+    return {
+      layer,
+      kvHeads: this.shape.kvHeads,
+      headDim: this.shape.headDim,
+      groupSize: cfg.groupSize,
+      precision: cfg.precision,
+      tokens: st.tokens,
+      keyBits: ks.bits,
+      valueBits: vs.bits,
+      quantizedKeys: st.quantizedKeys,
+      quantizedValues: st.quantizedValues,
+      keyBlocks,
+      valueChunks,
+      residualKeys: st.kRes.data.subarray(0, st.kRes.count * this.rowSize),
+      residualValues: st.vRes.data.subarray(0, st.vRes.count * this.rowSize),
+      version: st.version,
+      decodeMeta: (m, off, n, out) => readMeta(m, off, n, out),
+    };
+  }
+
+  private donorKeyCodes(donor: number, i: number, b: KeyBlock, layer: number): Uint32Array {
+    const db = this.layers[donor]!.keyBlocks[i];
+    if (!db || db.start !== b.start || db.tokens !== b.tokens || !db.packed) {
+      throw new XqStateError('E_STATE', `layer ${layer} reads key codes of layer ${donor}, which has not quantized tokens ${b.start}…${b.start + b.tokens - 1} yet (layers must advance together)`);
+    }
+    return db.packed;
+  }
+
+  private donorValueCodes(donor: number, i: number, c: ValueChunk, layer: number): Uint32Array {
+    const dc = this.layers[donor]!.valueChunks[i];
+    if (!dc || dc.start !== c.start || dc.filled < c.filled || !dc.packed) {
+      throw new XqStateError('E_STATE', `layer ${layer} reads value codes of layer ${donor}, which has not quantized tokens ${c.start}…${c.start + c.filled - 1} yet (layers must advance together)`);
+    }
+    return dc.packed;
+  }
+
+  // ---- flush -----------------------------------------------------------------------------------------------
+
+  private calibrate(
+    kind: 'keys' | 'values',
+    layer: number,
+    stats: GroupStats,
+    values: () => Float32Array | undefined,
+    codes: () => Uint8Array | undefined,
+  ): GroupStats {
+    const cal = (kind === 'keys' ? this.config.keyCalibrators : this.config.valueCalibrators)?.[layer];
+    if (!cal) return stats;
+    return cal.calibrate(stats, { values: values(), codes: codes() });
+  }
+
+  /** Quantize what the schedule says is due for `layer` (called after attend, or before the next append). */
+  private flush(layer: number): void {
+    const st = this.layers[layer]!;
+    st.pending = false;
+    const { kvHeads: H, headDim: D } = this.shape;
+    const { residualLength: R, groupSize, precision } = this.config;
+    const ks = this.config.keys[layer]!;
+    const vs = this.config.values[layer]!;
+    if (ks.bits !== 16) {
+      while (st.kRes.count >= R) {
+        const start = st.kRes.start;
+        const x = tokenMajorToHeadMajor(st.kRes.shift(R), R, H, D);
+        const blockShape = { heads: H, tokens: R, headDim: D };
+        const opts = { bits: ks.bits as Bits, groupSize, precision };
+        let stats: GroupStats;
+        let packed: Uint32Array | null = null;
+        if (ks.codesFrom === null) {
+          const pk = quantizeKeys(x, blockShape, opts);
+          packed = pk.packed;
+          stats = this.calibrate('keys', layer, pk, () => transposeTokensChannels(x, blockShape), () => unpackKv(pk));
+        } else {
+          const raw = kvStats(x, blockShape, 'channel', opts);
+          const db = this.layers[ks.codesFrom]!.keyBlocks[st.keyBlocks.length];
+          const codes = () => (db?.packed && db.start === start ? unpackCodes(db.packed, raw.rows, raw.cols, ks.bits as Bits) : undefined);
+          stats = this.calibrate('keys', layer, raw, () => transposeTokensChannels(x, blockShape), codes);
+        }
+        const scale = allocMeta(stats.scale.length, precision);
+        const zero = allocMeta(stats.zero.length, precision);
+        writeMeta(scale, 0, stats.scale);
+        writeMeta(zero, 0, stats.zero);
+        st.keyBlocks.push({ start, tokens: R, packed, scale, zero });
+        st.quantizedKeys += R;
+      }
+    }
+    if (vs.bits !== 16 && st.vRes.count > R) {
+      const n = st.vRes.count - R;
+      const start = st.vRes.start;
+      const x = tokenMajorToHeadMajor(st.vRes.shift(n), n, H, D);
+      const blockShape = { heads: H, tokens: n, headDim: D };
+      const opts = { bits: vs.bits as Bits, groupSize, precision };
+      let stats: GroupStats;
+      let packed: Uint32Array | null = null;
+      if (vs.codesFrom === null) {
+        const pv = quantizeValues(x, blockShape, opts);
+        packed = pv.packed;
+        stats = this.calibrate('values', layer, pv, () => x, () => unpackKv(pv));
+      } else {
+        const raw = kvStats(x, blockShape, 'token', opts);
+        const donor = vs.codesFrom;
+        stats = this.calibrate('values', layer, raw, () => x, () => this.donorValueCodesFor(donor, start, n, vs.bits as Bits));
+      }
+      this.writeValues(st, start, n, packed, stats, vs.codesFrom === null);
+      st.quantizedValues += n;
+    }
+    st.version++;
+  }
+
+  /** Donor's value codes for tokens start…start+n−1 in the quantizer layout `[heads, n, D]` (undefined if not there yet). */
+  private donorValueCodesFor(donor: number, start: number, n: number, bits: Bits): Uint8Array | undefined {
+    const { kvHeads: H, headDim: D } = this.shape;
+    const ds = this.layers[donor]!;
+    if (ds.quantizedValues < start + n) return undefined;
+    const wpr = (D * bits) / 32;
+    const out = new Uint8Array(H * n * D);
+    const m = (1 << bits) - 1;
+    for (let t = 0; t < n; t++) {
+      const pos = start + t;
+      const c = ds.valueChunks[Math.floor(pos / this.chunkTokens)]!;
+      const row = pos - c.start;
+      for (let h = 0; h < H; h++) {
+        const wo = (row * H + h) * wpr;
+        for (let d = 0; d < D; d++) out[(h * n + t) * D + d] = (c.packed![wo + Math.floor((d * bits) / 32)]! >>> ((d % (32 / bits)) * bits)) & m;
+      }
+    }
+    return out;
+  }
+
+  private writeValues(st: LayerState, start: number, n: number, packed: Uint32Array | null, stats: GroupStats, own: boolean): void {
+    const { kvHeads: H, headDim: D } = this.shape;
+    const { precision, groupSize } = this.config;
+    const bits = stats.bits;
+    const wpr = (D * bits) / 32;
+    const G = D / groupSize;
+    const C = this.chunkTokens;
+    for (let t = 0; t < n; t++) {
+      const pos = start + t;
+      const ci = Math.floor(pos / C);
+      while (st.valueChunks.length <= ci) {
+        const cs = st.valueChunks.length * C;
+        st.valueChunks.push({
+          start: cs,
+          capacity: C,
+          filled: 0,
+          packed: own ? new Uint32Array(C * H * wpr) : null,
+          scale: allocMeta(C * H * G, precision),
+          zero: allocMeta(C * H * G, precision),
+        });
+      }
+      const c = st.valueChunks[ci]!;
+      const row = pos - c.start;
+      for (let h = 0; h < H; h++) {
+        const src = h * n + t; // [heads, n, …] row of the quantizer output
+        if (packed && c.packed) c.packed.set(packed.subarray(src * wpr, (src + 1) * wpr), (row * H + h) * wpr);
+        writeMeta(c.scale, (row * H + h) * G, stats.scale, src * G, G);
+        writeMeta(c.zero, (row * H + h) * G, stats.zero, src * G, G);
+      }
+      c.filled = row + 1;
+    }
+  }
+
+  // ---- inspection ------------------------------------------------------------------------------------------
+
+  seqLength(layer = 0): number {
+    checkLayer(layer, this.shape.layers);
+    return this.layers[layer]!.tokens;
+  }
+
+  memory(): KvMemoryReport {
+    let codeBytes = 0;
+    let metadataBytes = 0;
+    let residualBytes = 0;
+    for (const st of this.layers) {
+      for (const b of st.keyBlocks) {
+        codeBytes += b.packed?.byteLength ?? 0;
+        metadataBytes += b.scale.byteLength + b.zero.byteLength;
+      }
+      for (const c of st.valueChunks) {
+        codeBytes += c.packed?.byteLength ?? 0;
+        metadataBytes += c.scale.byteLength + c.zero.byteLength;
+      }
+      residualBytes += st.kRes.data.byteLength + st.vRes.data.byteLength;
+    }
+    const totalBytes = codeBytes + metadataBytes + residualBytes;
+    const tokens = this.layers[0]!.tokens;
+    const elements = 2 * this.shape.layers * this.shape.kvHeads * this.shape.headDim * tokens;
+    return {
+      codeBytes,
+      metadataBytes,
+      residualBytes,
+      totalBytes,
+      tokens,
+      elements,
+      paperBitsPerElement: paperBits(this.config),
+      trueBitsPerElement: elements === 0 ? 0 : (8 * totalBytes) / elements,
+    };
+  }
+
+  /**
+   * The layer's K/V as attention sees them, `[kvHeads, tokens, headDim]`: the quantized part dequantized with the
+   * reference formula `r(r(code·scale) + zero)` (r = rounding of the precision), the rest as held.
+   */
+  dequantize(layer: number): { keys: Tensor3D; values: Tensor3D } {
+    checkAlive(this.disposed, 'dequantize');
+    const v = this.view(layer);
+    const { keys, values } = dequantizeView(v);
+    const { kvHeads: H, headDim: D } = this.shape;
+    return { keys: tf.tensor3d(keys, [H, v.tokens, D]), values: tf.tensor3d(values, [H, v.tokens, D]) };
+  }
+
+  reset(): void {
+    checkAlive(this.disposed, 'reset');
+    this.layers = this.layers.map(() => this.freshLayer());
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.layers = [];
+    this.disposed = true;
+  }
+}
+
+/** Paper-style bits: code bits averaged over K, V and layers; a borrowing layer counts 0, full precision 16. */
+export function paperBits(cfg: Pick<QuantizedCacheConfig, 'keys' | 'values'>): number {
+  let sum = 0;
+  for (const s of [...cfg.keys, ...cfg.values]) sum += s.codesFrom === null ? s.bits : 0;
+  return sum / (cfg.keys.length + cfg.values.length);
+}
+
+/** Dequantize a layer view into head-major float32 arrays `[kvHeads, tokens, headDim]` (keys, values). */
+export function dequantizeView(v: QuantizedLayerView): { keys: Float32Array; values: Float32Array } {
+  const { kvHeads: H, headDim: D, tokens: N, groupSize, precision } = v;
+  const keys = new Float32Array(H * N * D);
+  const values = new Float32Array(H * N * D);
+  for (const b of v.keyBlocks) {
+    const G = b.tokens / groupSize;
+    const block: PackedKv = {
+      axis: 'channel', heads: H, tokens: b.tokens, headDim: D, rows: H * D, cols: b.tokens,
+      bits: v.keyBits as Bits, groupSize, precision, packed: b.packed,
+      scale: readMeta(b.scale, 0, H * D * G), zero: readMeta(b.zero, 0, H * D * G),
+    };
+    const deq = dequantizeKv(block); // [H, R, D]
+    for (let h = 0; h < H; h++) keys.set(deq.subarray(h * b.tokens * D, (h + 1) * b.tokens * D), (h * N + b.start) * D);
+  }
+  for (const c of v.valueChunks) {
+    if (c.filled === 0) continue;
+    const rows = c.filled * H;
+    const bits = v.valueBits as Bits;
+    const G = D / groupSize;
+    const codes = unpackCodes(c.packed.subarray(0, (rows * D * bits) / 32), rows, D, bits);
+    const deq = dequantizeRows(codes, {
+      rows, cols: D, bits, groupSize, precision,
+      scale: readMeta(c.scale, 0, rows * G), zero: readMeta(c.zero, 0, rows * G),
+    }); // token-major [filled, H, D]
+    for (let t = 0; t < c.filled; t++) {
+      for (let h = 0; h < H; h++) values.set(deq.subarray((t * H + h) * D, (t * H + h + 1) * D), (h * N + c.start + t) * D);
+    }
+  }
+  const rk = v.residualKeys.length / (H * D);
+  for (let t = 0; t < rk; t++) {
+    for (let h = 0; h < H; h++) keys.set(v.residualKeys.subarray((t * H + h) * D, (t * H + h + 1) * D), (h * N + v.quantizedKeys + t) * D);
+  }
+  const rv = v.residualValues.length / (H * D);
+  for (let t = 0; t < rv; t++) {
+    for (let h = 0; h < H; h++) values.set(v.residualValues.subarray((t * H + h) * D, (t * H + h + 1) * D), (h * N + v.quantizedValues + t) * D);
+  }
+  return { keys, values };
+}

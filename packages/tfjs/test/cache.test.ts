@@ -1,0 +1,242 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { accountBits } from '@xquant/cross-layer';
+import { calibrateStats } from '@xquant/calibration';
+import { dequantizeKv, kvStats, quantizeValues, shareCodes } from '@xquant/quant';
+import {
+  createKvCache,
+  full,
+  plainAttention,
+  registerAttentionKernel,
+  unregisterAttentionKernel,
+  jsPackedAttentionKernel,
+  QuantizedKvCache,
+  type KvCache,
+  type QuantizedLayerView,
+} from '@xquant/tfjs';
+import { kvLike, maxAbs, maxAbsDiff, randn, refAttention, useCpu } from './helpers.js';
+
+const PRESETS = ['kivi-2', 'kivi-1', 'asymkv-1.5', 'xquant-1.38', 'xquant-nocal', 'xquant-noshare', 'xquant-k-share'] as const;
+
+beforeAll(useCpu);
+
+interface Run {
+  cache: KvCache;
+  keys: Float32Array[]; // per layer, head-major [H, T, D] of everything appended
+  values: Float32Array[];
+  outs: Float32Array[]; // last attend output per layer
+}
+
+/** Drive a cache like a model: prefill P tokens, then `steps` decode steps, every layer each step. */
+function drive(cache: KvCache, L: number, H: number, D: number, qH: number, P: number, steps: number, seed: number, check?: (layer: number, step: number) => void): Run {
+  const T = P + steps;
+  const keys: Float32Array[] = [];
+  const values: Float32Array[] = [];
+  for (let l = 0; l < L; l++) {
+    keys.push(kvLike(H, T, D, seed + 10 * l));
+    values.push(randn(H * T * D, seed + 10 * l + 1, 0.8, 0.1));
+  }
+  const slice = (x: Float32Array, t0: number, n: number) => {
+    const out = new Float32Array(H * n * D);
+    for (let h = 0; h < H; h++) out.set(x.subarray((h * T + t0) * D, (h * T + t0 + n) * D), h * n * D);
+    return tf.tensor3d(out, [H, n, D]);
+  };
+  const outs: Float32Array[] = new Array(L);
+  for (let step = -1; step < steps; step++) {
+    for (let l = 0; l < L; l++) {
+      const t0 = step < 0 ? 0 : P + step;
+      const n = step < 0 ? P : 1;
+      const k = slice(keys[l]!, t0, n);
+      const v = slice(values[l]!, t0, n);
+      if (step < 0) cache.prefill(l, k, v);
+      else cache.append(l, k, v);
+      k.dispose();
+      v.dispose();
+      check?.(l, step);
+      const q = tf.tensor3d(randn(qH * n * D, seed * 7 + step * 31 + l), [qH, n, D]);
+      const o = cache.attend(l, q);
+      outs[l] = o.dataSync() as Float32Array;
+      q.dispose();
+      o.dispose();
+    }
+  }
+  return { cache, keys, values, outs };
+}
+
+describe('full strategy', () => {
+  it('equals plain tfjs attention and a float64 reference (prefill and decode, GQA)', () => {
+    const L = 2, H = 2, D = 16, qH = 4, P = 20;
+    const cache = createKvCache('full', { layers: L, kvHeads: H, headDim: D });
+    // prefill: compare against float64 causal attention
+    const k = kvLike(H, P, D, 1);
+    const v = randn(H * P * D, 2);
+    const q = randn(qH * P * D, 3);
+    cache.prefill(0, tf.tensor3d(k, [H, P, D]), tf.tensor3d(v, [H, P, D]));
+    const o = cache.attend(0, tf.tensor3d(q, [qH, P, D]));
+    const ref = refAttention(q, k, v, qH, P, H, P, D);
+    expect(maxAbsDiff(o.dataSync(), ref)).toBeLessThan(1e-5 * Math.max(1, maxAbs(ref)));
+    // decode with more chunks than one: chunkTokens small
+    const small = full({ chunkTokens: 7 }).createCache({ layers: 1, kvHeads: H, headDim: D });
+    const big = createKvCache('full', { layers: 1, kvHeads: H, headDim: D });
+    for (const c of [small, big]) c.prefill(0, tf.tensor3d(k, [H, P, D]), tf.tensor3d(v, [H, P, D]));
+    const q1 = tf.tensor3d(randn(qH * D, 4), [qH, 1, D]);
+    for (let s = 0; s < 10; s++) {
+      const kn = tf.tensor3d(randn(H * D, 100 + s), [H, 1, D]);
+      const vn = tf.tensor3d(randn(H * D, 200 + s), [H, 1, D]);
+      small.append(0, kn, vn);
+      big.append(0, kn, vn);
+    }
+    const a = small.attend(0, q1).dataSync();
+    const { keys, values } = big.dequantize(0);
+    const b = plainAttention(q1, keys, values).dataSync();
+    expect(maxAbsDiff(a, b)).toBeLessThan(1e-6);
+    expect(big.seqLength(0)).toBe(P + 10);
+  });
+});
+
+describe.each(PRESETS)('%s', (preset) => {
+  it('attention equals dequantize() then plain attention (fp16 and fp32 quantizer)', () => {
+    const L = 4, H = 2, D = 64, qH = 8, R = 32;
+    for (const precision of ['fp16', 'fp32'] as const) {
+      const cache = createKvCache(preset, { layers: L, kvHeads: H, headDim: D }, { residualLength: R, precision });
+      const { outs } = drive(cache, L, H, D, qH, 45, 40, 11, (l, step) => {
+        if (step < 5 || step % 9 !== 0) return;
+        // before attend: compare the kernel against dequantize + plain attention for a multi-row query too
+        const q = tf.tensor3d(randn(qH * 3 * D, 999 + step), [qH, 3, D]);
+        const view = (cache as QuantizedKvCache).view(l);
+        const a = jsPackedAttentionKernel.attend(view, q).dataSync();
+        const { keys, values } = cache.dequantize(l);
+        const b = plainAttention(q, keys, values).dataSync();
+        // The kernels use exact code·scale + zero; dequantize() rounds to fp16 as the reference does (≤ 2^-11 relative).
+        const tol = precision === 'fp16' ? 2e-3 * maxAbs(b) + 1e-5 : 1e-5 * maxAbs(b) + 1e-6;
+        expect(maxAbsDiff(a, b)).toBeLessThan(tol);
+        tf.dispose([q, keys, values]);
+      });
+      expect(outs.every((o) => o.every(Number.isFinite))).toBe(true);
+      const m = cache.memory();
+      expect(m.tokens).toBe(85);
+      cache.dispose();
+    }
+  });
+});
+
+describe('flush schedule (reference-fidelity §2)', () => {
+  it('keys in whole multiples of R, values beyond the newest R, one per step; flushed after attend', () => {
+    const seen: { layer: number; tokens: number; qk: number; qv: number }[] = [];
+    const spy = {
+      id: 'spy',
+      attend(v: QuantizedLayerView, q: tf.Tensor3D) {
+        seen.push({ layer: v.layer, tokens: v.tokens, qk: v.quantizedKeys, qv: v.quantizedValues });
+        return jsPackedAttentionKernel.attend(v, q);
+      },
+    };
+    registerAttentionKernel('cpu', spy);
+    try {
+      const R = 32, P = 50, steps = 80;
+      const cache = createKvCache('kivi-2', { layers: 2, kvHeads: 1, headDim: 32 }, { residualLength: R });
+      drive(cache, 2, 1, 32, 2, P, steps, 5);
+      // first attend is the prefill: nothing quantized yet
+      expect(seen[0]).toEqual({ layer: 0, tokens: P, qk: 0, qv: 0 });
+      for (const s of seen.slice(2)) {
+        const p = s.tokens - 1; // position of the token fed this step
+        expect(s.qk).toBe(Math.floor(p / R) * R);
+        expect(s.qv).toBe(Math.max(0, p - R));
+      }
+      expect(seen.length).toBe(2 * (steps + 1));
+    } finally {
+      unregisterAttentionKernel('cpu');
+    }
+  });
+
+  it('flushes before the next append when attend was skipped', () => {
+    const R = 32;
+    const cache = createKvCache('kivi-2', { layers: 1, kvHeads: 1, headDim: 32 }, { residualLength: R }) as QuantizedKvCache;
+    const x = tf.tensor3d(randn(40 * 32, 1), [1, 40, 32]);
+    cache.prefill(0, x, x);
+    expect(cache.view(0).quantizedKeys).toBe(0); // pending until attend or next append
+    const t = tf.tensor3d(randn(32, 2), [1, 1, 32]);
+    cache.append(0, t, t);
+    expect(cache.view(0).quantizedKeys).toBe(32);
+    expect(cache.view(0).quantizedValues).toBe(8);
+  });
+});
+
+describe('cross-layer sharing', () => {
+  it('a borrowing layer dequantizes as donor codes × its own calibrated scale/zero', () => {
+    const L = 4, H = 2, D = 64, R = 32, P = 70;
+    const cache = createKvCache('xquant-1.38', { layers: L, kvHeads: H, headDim: D }, { residualLength: R });
+    const run = drive(cache, L, H, D, 4, P, 0, 21);
+    const qv = P - R; // quantized values after the prefill flush
+    const take = (x: Float32Array) => {
+      const out = new Float32Array(H * qv * D);
+      for (let h = 0; h < H; h++) out.set(x.subarray(h * P * D, (h * P + qv) * D), h * qv * D);
+      return out;
+    };
+    const shape = { heads: H, tokens: qv, headDim: D };
+    const opts = { bits: 1 as const, groupSize: 32, precision: 'fp16' as const };
+    const donor = quantizeValues(take(run.values[2]!), shape, opts);
+    const own = calibrateStats(kvStats(take(run.values[3]!), shape, 'token', opts), 1 / 6);
+    const expected = dequantizeKv(shareCodes(own, donor));
+    const got = cache.dequantize(3).values.dataSync();
+    const gotQ = take(got as Float32Array);
+    expect(maxAbsDiff(gotQ, expected)).toBe(0);
+    // and layer 3 holds no value codes of its own: code bytes of values = layers 0..2 only
+    const plain = createKvCache('xquant-noshare', { layers: L, kvHeads: H, headDim: D }, { residualLength: R });
+    drive(plain, L, H, D, 4, P, 0, 21);
+    // values are allocated in chunks of 64 tokens: one chunk of 1-bit codes of layer 3
+    expect(plain.memory().codeBytes - cache.memory().codeBytes).toBe(64 * H * (D / 32) * 4);
+  });
+
+  it('supports any share-group size and a group size other than 32 (the reference needs gs = 32)', () => {
+    const L = 6, H = 1, D = 64, R = 64;
+    const cache = createKvCache('xquant', { layers: L, kvHeads: H, headDim: D }, {
+      residualLength: R, groupSize: 64, keyShareFrom: 0, valueShareFrom: 0, shareGroup: 3,
+    }) as QuantizedKvCache;
+    expect(cache.plan.keys.map((k) => k.codesFrom)).toEqual([null, 0, 0, null, 3, 3]);
+    drive(cache, L, H, D, 2, 130, 3, 8, (l, step) => {
+      if (step !== 2) return;
+      const q = tf.tensor3d(randn(2 * D, 77), [2, 1, D]);
+      const a = jsPackedAttentionKernel.attend(cache.view(l), q).dataSync();
+      const { keys, values } = cache.dequantize(l);
+      const b = plainAttention(q, keys, values).dataSync();
+      expect(maxAbsDiff(a, b)).toBeLessThan(2e-3 * maxAbs(b) + 1e-5);
+    });
+  });
+});
+
+describe('memory accounting', () => {
+  it.each(PRESETS)('%s: reported bytes are the allocated typed arrays and match accountBits', (preset) => {
+    const L = 8, H = 2, D = 64, R = 32;
+    const cache = createKvCache(preset, { layers: L, kvHeads: H, headDim: D }, { residualLength: R }) as QuantizedKvCache;
+    drive(cache, L, H, D, 2, 128, 64, 3); // T = 192 = 6R: every key quantized, values: T − R
+    const m = cache.memory();
+    const T = 192;
+    expect(m.tokens).toBe(T);
+    const acc = accountBits({ plan: cache.plan, kvHeads: H, headDim: D, tokens: T, residualLength: R, groupSize: 32, residualBits: 32 });
+    expect(m.paperBitsPerElement).toBeCloseTo(acc.paperBits, 12);
+    expect(m.elements).toBe(acc.elements);
+    // values are allocated in chunks of 64 tokens: T − R = 160 quantized → 192 allocated; the value window holds R+1 slots
+    const valueSlack = (quantBits: number[], borrow: boolean[]) =>
+      quantBits.reduce((s, b, l) => s + 32 * H * ((borrow[l] ? 0 : (D * b) / 8) + (2 * 2 * D) / 32), 0);
+    const vb = cache.plan.values.map((v) => v.bits as number);
+    const vborrow = cache.plan.values.map((v) => v.codesFrom !== null);
+    const residualSlot = L * H * D * 4; // one extra fp32 token of value window per layer
+    expect(m.totalBytes).toBe(acc.totalBytes + valueSlack(vb, vborrow) + residualSlot);
+    expect(m.codeBytes + m.metadataBytes + m.residualBytes).toBe(m.totalBytes);
+    expect(m.trueBitsPerElement).toBeCloseTo((8 * m.totalBytes) / m.elements, 12);
+  });
+
+  it('8-layer presets have the paper bits of the reference table', () => {
+    const expected: Record<string, number> = {
+      'kivi-2': 2, 'kivi-1': 1, 'asymkv-1.5': 1.5, 'xquant-1.38': 1.375, 'xquant-nocal': 1.375, 'xquant-noshare': 1.5, 'xquant-k-share': 1.125, full: 16,
+    };
+    for (const [id, bits] of Object.entries(expected)) {
+      expect(createKvCache(id, { layers: 8, kvHeads: 2, headDim: 64 }).memory().paperBitsPerElement).toBe(bits);
+    }
+    const x = createKvCache('xquant-1.38', { layers: 8, kvHeads: 2, headDim: 64 }) as QuantizedKvCache;
+    expect(x.plan.values.map((v) => v.codesFrom)).toEqual([null, null, null, null, null, 4, null, 6]);
+    expect(x.plan.keys.every((k) => k.bits === 2 && k.codesFrom === null)).toBe(true);
+    const ks = createKvCache('xquant-k-share', { layers: 8, kvHeads: 2, headDim: 64 }) as QuantizedKvCache;
+    expect(ks.plan.keys.map((v) => v.codesFrom)).toEqual([null, null, null, null, null, 4, null, 6]);
+  });
+});

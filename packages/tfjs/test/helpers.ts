@@ -1,0 +1,113 @@
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-cpu';
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { halfTable } from '@xquant/quant';
+
+export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+export const REFS_DIR = fileURLToPath(new URL('../../../../shared/eval/refs/', import.meta.url));
+export const hasRefs = existsSync(REFS_DIR + 'xq-llama-20m.safetensors');
+
+export async function useCpu(): Promise<void> {
+  tf.enableProdMode();
+  await tf.setBackend('cpu');
+}
+
+/** Deterministic PRNG (mulberry32) with a normal sampler. */
+export function rng(seed: number): { uniform(): number; normal(): number } {
+  let a = seed >>> 0;
+  const uniform = () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return {
+    uniform,
+    normal: () => Math.sqrt(-2 * Math.log(uniform() + 1e-12)) * Math.cos(2 * Math.PI * uniform()),
+  };
+}
+
+export function randn(n: number, seed: number, scale = 1, offset = 0): Float32Array {
+  const r = rng(seed);
+  return Float32Array.from({ length: n }, () => r.normal() * scale + offset);
+}
+
+/** Keys-like data: per-channel offsets and a few outlier channels, `[heads, tokens, d]`. */
+export function kvLike(heads: number, tokens: number, d: number, seed: number): Float32Array {
+  const r = rng(seed);
+  const mean = Float64Array.from({ length: heads * d }, (_, i) => (i % d < 2 ? 6 : 0) + r.normal() * 0.5);
+  const x = new Float32Array(heads * tokens * d);
+  for (let h = 0; h < heads; h++) for (let t = 0; t < tokens; t++) for (let c = 0; c < d; c++) x[(h * tokens + t) * d + c] = mean[h * d + c]! + r.normal();
+  return x;
+}
+
+/** Float64 causal GQA attention: q `[qH, nq, d]`, k/v `[kvH, T, d]` → `[qH, nq, d]`. */
+export function refAttention(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, qH: number, nq: number, kvH: number, T: number, d: number): Float64Array {
+  const out = new Float64Array(qH * nq * d);
+  const rep = qH / kvH;
+  const s = 1 / Math.sqrt(d);
+  for (let h = 0; h < qH; h++) {
+    const kh = Math.floor(h / rep);
+    for (let i = 0; i < nq; i++) {
+      const last = T - nq + i;
+      const sc = new Float64Array(last + 1);
+      let mx = -Infinity;
+      for (let t = 0; t <= last; t++) {
+        let acc = 0;
+        for (let c = 0; c < d; c++) acc += q[(h * nq + i) * d + c]! * k[(kh * T + t) * d + c]!;
+        sc[t] = acc * s;
+        if (sc[t]! > mx) mx = sc[t]!;
+      }
+      let sum = 0;
+      for (let t = 0; t <= last; t++) {
+        sc[t] = Math.exp(sc[t]! - mx);
+        sum += sc[t]!;
+      }
+      for (let t = 0; t <= last; t++) {
+        const p = sc[t]! / sum;
+        for (let c = 0; c < d; c++) out[(h * nq + i) * d + c] += p * v[(kh * T + t) * d + c]!;
+      }
+    }
+  }
+  return out;
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+export function maxAbs(a: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]!));
+  return m;
+}
+
+/** Minimal safetensors reader (F16/F32/F64/I64 → numbers), enough for the eval refs. */
+export function readSafetensors(path: string): Map<string, { shape: number[]; data: Float32Array }> {
+  const buf = readFileSync(path);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+  const base = 8 + n;
+  const out = new Map<string, { shape: number[]; data: Float32Array }>();
+  const t16 = halfTable();
+  for (const [name, info] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    const [s, e] = info.data_offsets;
+    const bytes = buf.subarray(base + s, base + e);
+    let data: Float32Array;
+    if (info.dtype === 'F16') {
+      data = new Float32Array(bytes.length / 2);
+      for (let i = 0; i < data.length; i++) data[i] = t16[bytes.readUInt16LE(i * 2)]!;
+    } else if (info.dtype === 'F32') {
+      data = new Float32Array(bytes.length / 4);
+      for (let i = 0; i < data.length; i++) data[i] = bytes.readFloatLE(i * 4);
+    } else continue;
+    out.set(name, { shape: info.shape, data });
+  }
+  return out;
+}
