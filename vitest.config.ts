@@ -11,6 +11,8 @@ export default defineConfig({
       '@xquant/cross-layer': pkg('cross-layer'),
       '@xquant/tfjs': pkg('tfjs'),
       '@xquant/models': pkg('models'),
+      '@xquant/conformance': pkg('conformance'),
+      '@xquant/webgpu': pkg('webgpu'),
     },
   },
   test: {
