@@ -220,7 +220,7 @@ export async function generate(options: GenerateOptions): Promise<GenerateResult
       stopReason = 'abort';
       break;
     }
-    const logits = model.forward(input, cache, 'last');
+    const logits = await model.forwardAsync(input, cache, 'last');
     let row: Float32Array;
     try {
       row = (await logits.data()) as Float32Array;

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { XqConfigError, XqFormatError, XqNumericError, XqShapeError, XqStateError } from '@xquant/quant';
-import type { KvCache, KvCacheShape } from '@xquant/tfjs';
+import type { AsyncKvCache, KvCache, KvCacheShape } from '@xquant/tfjs';
 import type { ModelConfig } from './config.js';
 import { validateModelConfig } from './config.js';
 import { ropeInverseFrequencies, ropeTables } from './rope.js';
@@ -14,6 +14,16 @@ export interface WeightSource {
   shape(name: string): number[];
   /** The weight as float32, row-major. */
   read(name: string): Promise<Float32Array>;
+}
+
+interface ForwardState {
+  T: number;
+  rows: number;
+  append: boolean;
+  cos: tf.Tensor2D;
+  sin: tf.Tensor2D;
+  /** Residual stream [T, hidden]. */
+  x: tf.Tensor2D;
 }
 
 /** Which positions {@link DecoderModel.forward} returns logits for. */
@@ -194,12 +204,7 @@ export class DecoderModel {
     }
   }
 
-  /**
-   * Run `ids` (the next tokens after what `cache` holds) through the model, appending their K/V to `cache`.
-   * Returns logits `[rows, vocab]` for the last position (default), all positions, or the last `n`.
-   * Synchronous: every intermediate is freed; only the returned tensor stays (dispose it after reading).
-   */
-  forward(ids: ArrayLike<number>, cache: KvCache, logits: LogitsSelection = 'last'): tf.Tensor2D {
+  private begin(ids: ArrayLike<number>, cache: KvCache, logits: LogitsSelection): ForwardState {
     this.checkInputs(ids, cache);
     const c = this.config;
     const T = ids.length;
@@ -208,43 +213,148 @@ export class DecoderModel {
       throw new XqShapeError(`forward: lastN must be an integer in [1, ${T}], got ${rows}`);
     }
     const start = cache.seqLength(0);
-    const { cos: cosData, sin: sinData } = ropeTables(this.invFreq, start, T);
+    for (let l = 1; l < c.numLayers; l++) {
+      if (cache.seqLength(l) !== start) {
+        throw new XqStateError('E_STATE', `forward: cache layers disagree on length (layer 0 holds ${start} tokens, layer ${l} ${cache.seqLength(l)}); reset the cache`);
+      }
+    }
+    const { cos, sin } = ropeTables(this.invFreq, start, T);
     const half = c.headDim / 2;
+    return tf.tidy(() => ({
+      T,
+      rows,
+      append: T === 1 && start > 0,
+      cos: tf.tensor2d(cos, [T, half]),
+      sin: tf.tensor2d(sin, [T, half]),
+      x: tf.gather(this.embed, tf.tensor1d(Array.from(ids), 'int32')) as tf.Tensor2D,
+    }));
+  }
+
+  /** Attention inputs of layer `l`: q [nh, T, hd] and k, v [nkv, T, hd] after RoPE. */
+  private projectQkv(l: number, st: ForwardState): { q: tf.Tensor3D; k: tf.Tensor3D; v: tf.Tensor3D } {
+    const c = this.config;
+    const { T } = st;
+    const w = this.layers[l]!;
     const qd = c.numHeads * c.headDim;
     const kvd = c.numKvHeads * c.headDim;
     return tf.tidy(() => {
-      const cos = tf.tensor2d(cosData, [T, half]);
-      const sin = tf.tensor2d(sinData, [T, half]);
-      let x = tf.gather(this.embed, tf.tensor1d(Array.from(ids), 'int32')) as tf.Tensor2D;
-      for (let l = 0; l < c.numLayers; l++) {
-        const w = this.layers[l]!;
-        const h = this.rmsNorm(x, w.inputNorm);
-        let qkv = tf.matMul(h, w.qkv);
-        if (w.qkvBias) qkv = tf.add(qkv, w.qkvBias);
-        const heads = (from: number, n: number): tf.Tensor3D =>
-          tf.transpose(tf.reshape(tf.slice(qkv, [0, from], [T, n * c.headDim]), [T, n, c.headDim]), [1, 0, 2]);
-        const q = this.rope(heads(0, c.numHeads), cos, sin);
-        const k = this.rope(heads(qd, c.numKvHeads), cos, sin);
-        const v = heads(qd + kvd, c.numKvHeads);
-        if (T === 1 && cache.seqLength(l) > 0) cache.append(l, k, v);
-        else cache.prefill(l, k, v);
-        const attn = cache.attend(l, q); // [nh, T, hd]
-        let o = tf.matMul(tf.reshape(tf.transpose(attn, [1, 0, 2]), [T, qd]), w.o);
-        if (w.oBias) o = tf.add(o, w.oBias);
-        x = tf.add(x, o);
-        const h2 = this.rmsNorm(x, w.postNorm);
-        let gu = tf.matMul(h2, w.gateUp);
-        if (w.gateUpBias) gu = tf.add(gu, w.gateUpBias);
-        const gate = tf.slice(gu, [0, 0], [T, c.intermediateSize]);
-        const up = tf.slice(gu, [0, c.intermediateSize], [T, c.intermediateSize]);
-        let mlp = tf.matMul(tf.mul(tf.mul(gate, tf.sigmoid(gate)), up), w.down);
-        if (w.downBias) mlp = tf.add(mlp, w.downBias);
-        x = tf.add(x, mlp);
-      }
-      const tail = rows === T ? x : tf.slice(x, [T - rows, 0], [rows, c.hiddenSize]);
+      const h = this.rmsNorm(st.x, w.inputNorm);
+      let qkv = tf.matMul(h, w.qkv);
+      if (w.qkvBias) qkv = tf.add(qkv, w.qkvBias);
+      const heads = (from: number, n: number): tf.Tensor3D =>
+        tf.transpose(tf.reshape(tf.slice(qkv, [0, from], [T, n * c.headDim]), [T, n, c.headDim]), [1, 0, 2]);
+      return {
+        q: this.rope(heads(0, c.numHeads), st.cos, st.sin),
+        k: this.rope(heads(qd, c.numKvHeads), st.cos, st.sin),
+        v: heads(qd + kvd, c.numKvHeads),
+      };
+    });
+  }
+
+  /** Residual stream after layer `l` given its attention output [nh, T, hd]. */
+  private finishLayer(l: number, st: ForwardState, attn: tf.Tensor3D): tf.Tensor2D {
+    const c = this.config;
+    const { T } = st;
+    const w = this.layers[l]!;
+    return tf.tidy(() => {
+      let o = tf.matMul(tf.reshape(tf.transpose(attn, [1, 0, 2]), [T, c.numHeads * c.headDim]), w.o);
+      if (w.oBias) o = tf.add(o, w.oBias);
+      const x = tf.add(st.x, o) as tf.Tensor2D;
+      const h = this.rmsNorm(x, w.postNorm);
+      let gu = tf.matMul(h, w.gateUp);
+      if (w.gateUpBias) gu = tf.add(gu, w.gateUpBias);
+      const gate = tf.slice(gu, [0, 0], [T, c.intermediateSize]);
+      const up = tf.slice(gu, [0, c.intermediateSize], [T, c.intermediateSize]);
+      let mlp = tf.matMul(tf.mul(tf.mul(gate, tf.sigmoid(gate)), up), w.down);
+      if (w.downBias) mlp = tf.add(mlp, w.downBias);
+      return tf.add(x, mlp) as tf.Tensor2D;
+    });
+  }
+
+  private logits(st: ForwardState): tf.Tensor2D {
+    return tf.tidy(() => {
+      const { T, rows } = st;
+      const tail = rows === T ? st.x : tf.slice(st.x, [T - rows, 0], [rows, this.config.hiddenSize]);
       const normed = this.rmsNorm(tail, this.finalNorm);
       return (this.lmHead ? tf.matMul(normed, this.lmHead) : tf.matMul(normed, this.embed, false, true)) as tf.Tensor2D;
     });
+  }
+
+  private advance(l: number, st: ForwardState, attn: tf.Tensor3D): void {
+    try {
+      const next = this.finishLayer(l, st, attn);
+      st.x.dispose();
+      st.x = next;
+    } finally {
+      attn.dispose();
+    }
+  }
+
+  private static release(st: ForwardState): void {
+    st.x.dispose();
+    st.cos.dispose();
+    st.sin.dispose();
+  }
+
+  /**
+   * Run `ids` (the next tokens after what `cache` holds) through the model, appending their K/V to `cache`.
+   * Returns logits `[rows, vocab]` for the last position (default), all positions, or the last `n`.
+   * Synchronous; each stage runs in its own `tf.tidy` and the cache is called outside them, so a cache may
+   * keep (copies of) its inputs without `tf.keep`. Only the returned tensor remains: dispose it after reading.
+   * The K/V tensors handed to the cache are disposed after the call, so a cache must copy what it keeps.
+   */
+  forward(ids: ArrayLike<number>, cache: KvCache, logits: LogitsSelection = 'last'): tf.Tensor2D {
+    const st = this.begin(ids, cache, logits);
+    try {
+      for (let l = 0; l < this.config.numLayers; l++) {
+        const { q, k, v } = this.projectQkv(l, st);
+        let attn: tf.Tensor3D;
+        try {
+          if (st.append) cache.append(l, k, v);
+          else cache.prefill(l, k, v);
+          attn = cache.attend(l, q);
+        } finally {
+          q.dispose();
+          k.dispose();
+          v.dispose();
+        }
+        this.advance(l, st, attn);
+      }
+      return this.logits(st);
+    } finally {
+      DecoderModel.release(st);
+    }
+  }
+
+  /**
+   * {@link DecoderModel.forward} for caches that must read their inputs asynchronously (WebGPU): uses the
+   * cache's `prefillAsync`/`appendAsync` when it has them, else the synchronous calls.
+   */
+  async forwardAsync(ids: ArrayLike<number>, cache: KvCache, logits: LogitsSelection = 'last'): Promise<tf.Tensor2D> {
+    const st = this.begin(ids, cache, logits);
+    const asyncCache = cache as Partial<AsyncKvCache> & KvCache;
+    try {
+      for (let l = 0; l < this.config.numLayers; l++) {
+        const { q, k, v } = this.projectQkv(l, st);
+        let attn: tf.Tensor3D;
+        try {
+          if (st.append) {
+            if (asyncCache.appendAsync) await asyncCache.appendAsync(l, k, v);
+            else cache.append(l, k, v);
+          } else if (asyncCache.prefillAsync) await asyncCache.prefillAsync(l, k, v);
+          else cache.prefill(l, k, v);
+          attn = cache.attend(l, q);
+        } finally {
+          q.dispose();
+          k.dispose();
+          v.dispose();
+        }
+        this.advance(l, st, attn);
+      }
+      return this.logits(st);
+    } finally {
+      DecoderModel.release(st);
+    }
   }
 
   /** Free every weight tensor; the model is unusable afterwards. */

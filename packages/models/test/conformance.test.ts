@@ -3,8 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { halfTable } from '@xquant/quant';
 import { generate, loadModel, SafetensorsFile, type LoadedModel } from '../src/index.js';
-import { useBackend } from './support/backend.js';
-import { createF32Cache } from './support/f32-cache.js';
+import { createKvCache, selectBackend } from '@xquant/tfjs';
 
 const SHARED = '../shared';
 const REFS = `${SHARED}/eval/refs`;
@@ -30,10 +29,11 @@ function argmaxRows(data: Float32Array, cols: number): number[] {
   return out;
 }
 
-describe.skipIf(!have)('conformance vs ../shared/eval/refs (float64 logits, greedy ids, K/V; skipped: refs or models absent)', () => {
+describe.skipIf(!have)('conformance with the full cache vs ../shared/eval/refs (float64 logits, greedy ids, K/V; skipped when refs/models are absent)', () => {
   const prompts: Prompt[] = have ? JSON.parse(readFileSync(`${SHARED}/eval/prompts.json`, 'utf8')) : [];
   beforeAll(async () => {
-    await useBackend('wasm');
+    tf.env().set('IS_TEST', true);
+    await selectBackend({ prefer: 'wasm' });
   });
 
   for (const name of MODELS) {
@@ -62,7 +62,7 @@ describe.skipIf(!have)('conformance vs ../shared/eval/refs (float64 logits, gree
 
       it('short: logits at all 20 positions within 1e-3 of the float64 reference', async () => {
         const p = prompts.find((x) => x.name === 'short')!;
-        const cache = createF32Cache(loaded.model.cacheShape);
+        const cache = createKvCache('full', loaded.model.cacheShape);
         const logits = loaded.model.forward(p.input_ids, cache, 'all');
         const got = (await logits.data()) as Float32Array;
         logits.dispose();
@@ -76,7 +76,7 @@ describe.skipIf(!have)('conformance vs ../shared/eval/refs (float64 logits, gree
       for (const which of ['short', 'medium', 'long'] as const) {
         it(`${which}: last-4 logits within 1e-3 of float64, 32 greedy ids equal the reference${which === 'long' ? ', post-RoPE K/V match' : ''}`, async () => {
           const p = prompts.find((x) => x.name === which)!;
-          const cache = createF32Cache(loaded.model.cacheShape);
+          const cache = createKvCache('full', loaded.model.cacheShape);
           const before = tf.memory().numTensors;
           const logits = loaded.model.forward(p.input_ids, cache, { lastN: 4 });
           const got = (await logits.data()) as Float32Array;
@@ -114,8 +114,7 @@ describe.skipIf(!have)('conformance vs ../shared/eval/refs (float64 logits, gree
           });
           const greedy = [argmaxRows(got.subarray(3 * 8192), 8192)[0]!, ...rest.ids];
           expect(greedy).toEqual(Array.from(await ref.readRaw(`${which}.greedy_ids`), Number));
-          const held = 2 * loaded.config.numLayers;
-          expect(tf.memory().numTensors).toBe(before + held);
+          expect(cache.seqLength(0)).toBe(p.input_ids.length + 31);
           cache.dispose();
           expect(tf.memory().numTensors).toBe(before);
         });
@@ -123,7 +122,7 @@ describe.skipIf(!have)('conformance vs ../shared/eval/refs (float64 logits, gree
 
       it('generate(prompt) streams the reference greedy continuation of the short prompt as text', async () => {
         const p = prompts.find((x) => x.name === 'short')!;
-        const cache = createF32Cache(loaded.model.cacheShape);
+        const cache = createKvCache('full', loaded.model.cacheShape);
         let streamed = '';
         const out = await generate({
           model: loaded.model,
