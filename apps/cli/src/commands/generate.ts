@@ -1,0 +1,188 @@
+import { parseArgs } from 'node:util';
+import * as tf from '@tensorflow/tfjs-core';
+import { generate, loadModel } from '@xquant/models';
+import { BACKEND_ORDER, createKvCache, PRESETS, selectBackend, type BackendName } from '@xquant/tfjs';
+
+/** One-line description shown by `xquant --help`. */
+export const summary = 'generate text with a Llama/Qwen2 model (HF directory, .safetensors or .gguf) through a chosen KV cache';
+
+const USAGE = `usage: xquant generate --model DIR|FILE --prompt TEXT [options]
+
+Loads the model (Hugging Face directory, .safetensors with config.json beside it, or .gguf), runs the prompt
+through a KV cache of the chosen preset and streams the generated text to stdout. Backend, speed and cache
+memory go to stderr.
+
+options:
+  --model DIR|FILE        model directory, .safetensors or .gguf file (required)
+  --prompt TEXT           prompt text; the tokenizer adds BOS (required)
+  --cache PRESET          KV cache preset (default full): ${PRESETS.map((p) => p.id).join(', ')}
+  --residual-length R     residual window of quantized presets (default: the preset's)
+  --max-new-tokens N      tokens to generate (default 32)
+  --temperature T         0 = greedy (default 0)
+  --top-k K               keep the K most likely tokens (default 0 = off)
+  --top-p P               nucleus sampling mass in (0, 1] (default 1 = off)
+  --seed S                sampler seed (default: from the clock; printed)
+  --ignore-eos            keep generating after an end-of-sequence token
+  --backend NAME          tfjs backend: ${BACKEND_ORDER.join(', ')} (default: first available in that order)
+  --tokenizer PATH        tokenizer.json to use instead of the model's
+  --json                  print one JSON object (text, ids, timings, memory) instead of streaming
+  -h, --help              show this help`;
+
+class UsageError extends Error {}
+
+function num(v: string | undefined, name: string, check: (x: number) => boolean, rule: string): number | undefined {
+  if (v === undefined) return undefined;
+  const x = Number(v);
+  if (v.trim() === '' || !Number.isFinite(x) || !check(x)) throw new UsageError(`--${name} must be ${rule}, got '${v}'`);
+  return x;
+}
+
+function formatError(e: unknown): string {
+  const err = e as { name?: string; code?: string; message?: string };
+  return `${err?.name ?? 'Error'}${err?.code ? ` [${err.code}]` : ''}: ${err?.message ?? String(e)}`;
+}
+
+/** `xquant generate …`; returns the exit code (0 ok, 1 runtime error, 2 usage error). */
+export async function run(argv: string[]): Promise<number> {
+  let o: {
+    model?: string;
+    prompt?: string;
+    cache: string;
+    backend?: BackendName;
+    tokenizer?: string;
+    json: boolean;
+    ignoreEos: boolean;
+    maxNewTokens: number;
+    temperature: number;
+    topK: number;
+    topP: number;
+    seed?: number;
+    residualLength?: number;
+  };
+  try {
+    const { values: v } = parseArgs({
+      args: argv,
+      options: {
+        model: { type: 'string' },
+        prompt: { type: 'string' },
+        cache: { type: 'string', default: 'full' },
+        'residual-length': { type: 'string' },
+        'max-new-tokens': { type: 'string' },
+        temperature: { type: 'string' },
+        'top-k': { type: 'string' },
+        'top-p': { type: 'string' },
+        seed: { type: 'string' },
+        'ignore-eos': { type: 'boolean', default: false },
+        backend: { type: 'string' },
+        tokenizer: { type: 'string' },
+        json: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h' },
+      },
+      allowPositionals: false,
+    });
+    if (v.help) {
+      console.log(USAGE);
+      return 0;
+    }
+    if (!v.model) throw new UsageError('--model is required');
+    if (v.prompt === undefined) throw new UsageError('--prompt is required');
+    const presets = PRESETS.map((p) => p.id);
+    if (!presets.includes(v.cache!)) throw new UsageError(`--cache must be one of ${presets.join(', ')}; got '${v.cache}'`);
+    if (v.backend !== undefined && !(BACKEND_ORDER as readonly string[]).includes(v.backend)) {
+      throw new UsageError(`--backend must be one of ${BACKEND_ORDER.join(', ')}; got '${v.backend}'`);
+    }
+    const int = (x: number) => Number.isInteger(x) && x >= 0;
+    o = {
+      model: v.model,
+      prompt: v.prompt,
+      cache: v.cache!,
+      backend: v.backend as BackendName | undefined,
+      tokenizer: v.tokenizer,
+      json: v.json!,
+      ignoreEos: v['ignore-eos']!,
+      maxNewTokens: num(v['max-new-tokens'], 'max-new-tokens', int, 'an integer ≥ 0') ?? 32,
+      temperature: num(v.temperature, 'temperature', (x) => x >= 0, 'a number ≥ 0') ?? 0,
+      topK: num(v['top-k'], 'top-k', int, 'an integer ≥ 0') ?? 0,
+      topP: num(v['top-p'], 'top-p', (x) => x > 0 && x <= 1, 'in (0, 1]') ?? 1,
+      seed: num(v.seed, 'seed', (x) => Number.isInteger(x) && x >= 0 && x < 2 ** 32, 'an integer in [0, 2^32)'),
+      residualLength: num(v['residual-length'], 'residual-length', (x) => Number.isInteger(x) && x > 0, 'a positive integer'),
+    };
+  } catch (e) {
+    const msg = e instanceof UsageError ? e.message : (e as Error).message;
+    console.error(`xquant generate: ${msg}\n\n${USAGE}`);
+    return 2;
+  }
+
+  const info = (line: string) => {
+    if (!o.json) console.error(line);
+  };
+  let cache: ReturnType<typeof createKvCache> | undefined;
+  let dispose: (() => void) | undefined;
+  try {
+    tf.enableProdMode();
+    const sel = await selectBackend(o.backend ? { prefer: o.backend } : {});
+    info(`backend: ${sel.backend} (${sel.reason})${sel.skipped.length ? `; skipped ${sel.skipped.map((s) => `${s.name}: ${s.why}`).join('; ')}` : ''}`);
+    const t0 = performance.now();
+    const loaded = await loadModel(o.model!, o.tokenizer ? { tokenizerPath: o.tokenizer } : {});
+    dispose = () => loaded.model.dispose();
+    const c = loaded.config;
+    info(
+      `model: ${c.architecture}, ${c.numLayers} layers, ${c.numHeads} heads / ${c.numKvHeads} KV heads, head_dim ${c.headDim}, vocab ${c.vocabSize} (${loaded.source.format}, loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s)`,
+    );
+    cache = createKvCache(o.cache, loaded.model.cacheShape, o.residualLength ? { residualLength: o.residualLength } : undefined);
+    info(`cache: ${o.cache}${o.residualLength ? ` (residual length ${o.residualLength})` : ''}`);
+    const result = await generate({
+      model: loaded.model,
+      tokenizer: loaded.tokenizer,
+      cache,
+      prompt: o.prompt!,
+      maxNewTokens: o.maxNewTokens,
+      temperature: o.temperature,
+      topK: o.topK,
+      topP: o.topP,
+      ...(o.seed !== undefined ? { seed: o.seed } : {}),
+      stopOnEos: !o.ignoreEos,
+      onToken: o.json ? undefined : (t) => void process.stdout.write(t.text),
+    });
+    const mem = cache.memory();
+    if (o.json) {
+      console.log(
+        JSON.stringify({
+          model: o.model,
+          format: loaded.source.format,
+          architecture: c.architecture,
+          backend: sel.backend,
+          backendReason: sel.reason,
+          cache: o.cache,
+          residualLength: o.residualLength ?? null,
+          prompt: o.prompt,
+          promptIds: result.promptIds,
+          ids: result.ids,
+          text: result.text,
+          stopReason: result.stopReason,
+          seed: result.seed,
+          sampling: { temperature: o.temperature, topK: o.topK, topP: o.topP },
+          timings: result.timings,
+          memory: mem,
+        }),
+      );
+    } else {
+      process.stdout.write('\n');
+      const t = result.timings;
+      info(
+        `${result.ids.length} tokens (${result.stopReason}) after a ${result.promptIds.length}-token prompt: prefill ${t.prefillMs.toFixed(0)} ms, ${t.tokensPerSecond.toFixed(2)} tokens/s overall, ${t.decodeTokensPerSecond.toFixed(2)} tokens/s decoding${o.temperature > 0 ? `, seed ${result.seed}` : ''}`,
+      );
+      info(
+        `cache memory: ${mem.totalBytes} bytes for ${mem.tokens} tokens (codes ${mem.codeBytes}, scales/zeros ${mem.metadataBytes}, full precision ${mem.residualBytes}); ${mem.paperBitsPerElement.toFixed(3)} paper bits, ${mem.trueBitsPerElement.toFixed(3)} stored bits per element`,
+      );
+    }
+    return 0;
+  } catch (e) {
+    console.error(`xquant generate: ${formatError(e)}`);
+    if (process.env.XQ_DEBUG) console.error(e);
+    return 1;
+  } finally {
+    cache?.dispose();
+    dispose?.();
+  }
+}
