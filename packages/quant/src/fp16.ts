@@ -3,29 +3,51 @@
  * which is what a CUDA fp16 tensor op does to its fp32 result.
  */
 
-const MAX_HALF = 65504;
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 
+/** 1.5·2^28: adding and subtracting it rounds |v| < 2^-14 to a multiple of 2^-24 (the fp16 subnormal step), ties to even. */
+const SUBNORMAL_MAGIC = 402653184;
+
 /**
  * Round `x` to float32 and then to the nearest fp16 value (ties to even) — the rounding a CUDA fp16
- * tensor op applies to its fp32 result. Overflow gives ±Infinity; NaN stays NaN.
+ * tensor op applies to its fp32 result. Overflow gives ±Infinity; NaN stays NaN; the sign of zero is kept.
  */
 export function roundHalf(x: number): number {
   f32[0] = x;
   const b = u32[0]!;
-  const exp = (b >>> 23) & 0xff;
-  if (exp === 0xff) return f32[0]!;
-  const ax = Math.abs(f32[0]!);
-  if (ax === 0 || exp === 0) return x < 0 ? -0 : 0;
-  const e = exp - 127;
-  const ulp = e >= -14 ? POW2[e - 10 + 64]! : 5.960464477539063e-8;
-  const r = roundHalfEven(ax / ulp) * ulp;
-  if (r > MAX_HALF) return x > 0 ? Infinity : -Infinity;
-  return x < 0 ? -r : r;
+  const a = b & 0x7fffffff;
+  if (a >= 0x38800000) {
+    if (a >= 0x7f800000) return f32[0]!;
+    if (a >= 0x477ff000) return b >>> 31 ? -Infinity : Infinity;
+    u32[0] = (b & 0x80000000) | ((a + 0xfff + ((a >>> 13) & 1)) & 0xffffe000);
+    return f32[0]!;
+  }
+  const v = f32[0]!;
+  const r = ((v < 0 ? -v : v) + SUBNORMAL_MAGIC) - SUBNORMAL_MAGIC;
+  return b >>> 31 ? -r : r;
 }
 
-const POW2 = Float64Array.from({ length: 200 }, (_, i) => 2 ** (i - 64));
+/**
+ * Round every element of a Float32Array to fp16 in place (ties to even, overflow to ±Infinity), over `[start, end)`.
+ * Equivalent to `x[i] = roundHalf(x[i])` but works on the bit patterns directly.
+ */
+export function roundHalfInPlace(x: Float32Array, start = 0, end = x.length): void {
+  const u = new Uint32Array(x.buffer, x.byteOffset, x.length);
+  for (let i = start; i < end; i++) {
+    const b = u[i]!;
+    const a = b & 0x7fffffff;
+    if (a >= 0x38800000) {
+      if (a >= 0x7f800000) continue;
+      u[i] = a >= 0x477ff000 ? (b & 0x80000000) | 0x7f800000 : (b & 0x80000000) | ((a + 0xfff + ((a >>> 13) & 1)) & 0xffffe000);
+    } else if (a !== 0) {
+      const v = x[i]!;
+      x[i] = ((v < 0 ? -v : v) + SUBNORMAL_MAGIC) - SUBNORMAL_MAGIC;
+      u[i] = u[i]! | (b & 0x80000000);
+    }
+  }
+}
+
 
 /** Round to the nearest integer, ties to even (like `torch.round` / `numpy.round`). */
 export function roundHalfEven(v: number): number {

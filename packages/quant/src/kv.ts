@@ -1,12 +1,16 @@
 import { XqConfigError, XqShapeError } from './errors.js';
 import { packCodes, unpackCodes } from './pack.js';
-import { dequantizeRows, groupStats, quantizeRows, type GroupStats, type PackedRows } from './quantize.js';
-import { assertDim, assertFinite, assertLength, type GroupQuantOptions, type QuantAxis } from './types.js';
+import { checkOptions, codesOfRounded, roundAndCheck, statsOfRounded } from './core.js';
+import { dequantizeRows, type GroupStats, type PackedRows } from './quantize.js';
+import { assertDim, assertLength, type GroupQuantOptions, type QuantAxis } from './types.js';
 
 /** Shape of one layer's K or V block for one sequence: `[heads, tokens, headDim]`, row-major. */
 export interface KvBlockShape {
+  /** KV heads. */
   heads: number;
+  /** Tokens (sequence positions). */
   tokens: number;
+  /** Channels per head. */
   headDim: number;
 }
 
@@ -28,35 +32,62 @@ function checkShape(x: ArrayLike<number>, shape: KvBlockShape, what: string): vo
   assertDim(shape.tokens, 'tokens');
   assertDim(shape.headDim, 'headDim');
   assertLength(x, shape.heads * shape.tokens * shape.headDim, `${what} [heads=${shape.heads}, tokens=${shape.tokens}, headDim=${shape.headDim}]`);
-  const { tokens, headDim } = shape;
-  assertFinite(x, what, (i) => {
-    const h = Math.floor(i / (tokens * headDim));
-    const t = Math.floor(i / headDim) % tokens;
-    return `head ${h}, token ${t}, channel ${i % headDim}`;
-  });
 }
 
-/** `[heads, tokens, headDim]` → `[heads, headDim, tokens]` */
+/**
+ * Copies `x` (`[heads, tokens, headDim]`) into the storage layout of `axis` (transposed for keys), rounds it to the
+ * precision and rejects NaN/±Infinity and overflow, naming head, token and channel.
+ */
+function storageRounded(x: ArrayLike<number>, shape: KvBlockShape, axis: QuantAxis, precision: 'fp16' | 'fp32', what: string): Float32Array {
+  const { tokens: T, headDim: D } = shape;
+  if (axis === 'channel') {
+    const xr = transposeTokensChannels(x, shape);
+    roundAndCheck(xr, precision, what, (i) => {
+      const h = Math.floor(i / (T * D));
+      return `head ${h}, token ${i % T}, channel ${Math.floor(i / T) % D}`;
+    }, (i) => x[Math.floor(i / (T * D)) * T * D + (i % T) * D + (Math.floor(i / T) % D)]!);
+    return xr;
+  }
+  const xr = new Float32Array(shape.heads * T * D);
+  xr.set(x);
+  roundAndCheck(xr, precision, what, (i) => `head ${Math.floor(i / (T * D))}, token ${Math.floor(i / D) % T}, channel ${i % D}`, (i) => x[i]!);
+  return xr;
+}
+
+const rowWhere = (axis: QuantAxis, s: KvBlockShape) => (row: number, col: number): string =>
+  axis === 'channel'
+    ? `head ${Math.floor(row / s.headDim)}, channel ${row % s.headDim}, tokens ${col}…`
+    : `head ${Math.floor(row / s.tokens)}, token ${row % s.tokens}, channels ${col}…`;
+
+/** `[heads, tokens, headDim]` → `[heads, headDim, tokens]` (as float32) */
 export function transposeTokensChannels(x: ArrayLike<number>, shape: KvBlockShape): Float32Array {
   const { heads, tokens, headDim } = shape;
   const out = new Float32Array(heads * tokens * headDim);
+  const B = 16;
   for (let h = 0; h < heads; h++) {
     const base = h * tokens * headDim;
-    for (let t = 0; t < tokens; t++) {
-      for (let d = 0; d < headDim; d++) out[base + d * tokens + t] = x[base + t * headDim + d]!;
+    for (let t0 = 0; t0 < tokens; t0 += B) {
+      const t1 = Math.min(t0 + B, tokens);
+      for (let d = 0; d < headDim; d++) {
+        for (let t = t0, o = base + d * tokens + t0, i = base + t0 * headDim + d; t < t1; t++, o++, i += headDim) out[o] = x[i]!;
+      }
     }
   }
   return out;
 }
 
-/** `[heads, headDim, tokens]` → `[heads, tokens, headDim]` */
+/** `[heads, headDim, tokens]` → `[heads, tokens, headDim]` (as float32) */
 export function transposeChannelsTokens(x: ArrayLike<number>, shape: KvBlockShape): Float32Array {
   const { heads, tokens, headDim } = shape;
   const out = new Float32Array(heads * tokens * headDim);
+  const B = 16;
   for (let h = 0; h < heads; h++) {
     const base = h * tokens * headDim;
-    for (let d = 0; d < headDim; d++) {
-      for (let t = 0; t < tokens; t++) out[base + t * headDim + d] = x[base + d * tokens + t]!;
+    for (let t0 = 0; t0 < tokens; t0 += B) {
+      const t1 = Math.min(t0 + B, tokens);
+      for (let d = 0; d < headDim; d++) {
+        for (let t = t0, i = base + d * tokens + t0, o = base + t0 * headDim + d; t < t1; t++, i++, o += headDim) out[o] = x[i]!;
+      }
     }
   }
   return out;
@@ -71,11 +102,18 @@ function rowsOf(axis: QuantAxis, s: KvBlockShape): [number, number] {
  * `keys` is `[heads, tokens, headDim]`; `tokens` must be a multiple of `groupSize` and of `32/bits`.
  */
 export function quantizeKeys(keys: ArrayLike<number>, shape: KvBlockShape, opts: GroupQuantOptions): PackedKv {
-  checkShape(keys, shape, 'keys');
-  const [rows, cols] = rowsOf('channel', shape);
-  const q = quantizeRows(transposeTokensChannels(keys, shape), rows, cols, opts);
-  const { codes, ...stats } = q;
-  return { ...stats, ...shape, axis: 'channel', packed: packCodes(codes, rows, cols, opts.bits) };
+  return quantizeKv(keys, shape, 'channel', opts);
+}
+
+function quantizeKv(x: ArrayLike<number>, shape: KvBlockShape, axis: QuantAxis, opts: GroupQuantOptions): PackedKv {
+  const what = axis === 'channel' ? 'keys' : 'values';
+  checkShape(x, shape, what);
+  const [rows, cols] = rowsOf(axis, shape);
+  const precision = checkOptions(rows, cols, opts, axis === 'channel' ? 'tokens' : 'headDim');
+  const xr = storageRounded(x, shape, axis, precision, what);
+  const stats = statsOfRounded(xr, rows, cols, opts.bits, opts.groupSize, precision, rowWhere(axis, shape));
+  const packed = packCodes(codesOfRounded(xr, stats), rows, cols, opts.bits);
+  return { ...stats, ...shape, axis, packed };
 }
 
 /**
@@ -83,19 +121,17 @@ export function quantizeKeys(keys: ArrayLike<number>, shape: KvBlockShape, opts:
  * `values` is `[heads, tokens, headDim]`; `headDim` must be a multiple of `groupSize` and of `32/bits`.
  */
 export function quantizeValues(values: ArrayLike<number>, shape: KvBlockShape, opts: GroupQuantOptions): PackedKv {
-  checkShape(values, shape, 'values');
-  const [rows, cols] = rowsOf('token', shape);
-  const q = quantizeRows(values, rows, cols, opts);
-  const { codes, ...stats } = q;
-  return { ...stats, ...shape, axis: 'token', packed: packCodes(codes, rows, cols, opts.bits) };
+  return quantizeKv(values, shape, 'token', opts);
 }
 
 /** Group statistics of keys or values without codes (the upper layer of a cross-layer group). */
 export function kvStats(x: ArrayLike<number>, shape: KvBlockShape, axis: QuantAxis, opts: GroupQuantOptions): KvStats {
-  checkShape(x, shape, axis === 'channel' ? 'keys' : 'values');
+  const what = axis === 'channel' ? 'keys' : 'values';
+  checkShape(x, shape, what);
   const [rows, cols] = rowsOf(axis, shape);
-  const src = axis === 'channel' ? transposeTokensChannels(x, shape) : x;
-  return { ...groupStats(src, rows, cols, opts), ...shape, axis };
+  const precision = checkOptions(rows, cols, opts, axis === 'channel' ? 'tokens' : 'headDim');
+  const xr = storageRounded(x, shape, axis, precision, what);
+  return { ...statsOfRounded(xr, rows, cols, opts.bits, opts.groupSize, precision, rowWhere(axis, shape)), ...shape, axis };
 }
 
 /**

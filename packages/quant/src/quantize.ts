@@ -1,22 +1,19 @@
-import { roundHalf, roundHalfEven } from './fp16.js';
+import { checkOptions, codesOfRounded, roundAndCheck, statsOfRounded } from './core.js';
+import { roundHalf, roundHalfInPlace } from './fp16.js';
 import { packCodes } from './pack.js';
-import {
-  assertBits,
-  assertDim,
-  assertFinite,
-  assertGroupSize,
-  assertLength,
-  type Bits,
-  type GroupQuantOptions,
-  type Precision,
-} from './types.js';
+import { assertLength, type Bits, type GroupQuantOptions, type Precision } from './types.js';
 
 /** Per-group scale and zero-point (the group minimum) of a `[rows, cols]` block quantized along `cols`. */
 export interface GroupStats {
+  /** Number of rows (each row is quantized independently). */
   rows: number;
+  /** Length of the quantized axis. */
   cols: number;
+  /** Bits per code. */
   bits: Bits;
+  /** Consecutive elements of a row that share one scale and zero-point. */
   groupSize: number;
+  /** Arithmetic the statistics were computed (and are dequantized) in. */
   precision: Precision;
   /** `[rows, cols / groupSize]` */
   scale: Float32Array;
@@ -41,76 +38,41 @@ export function rounder(precision: Precision): (x: number) => number {
   return precision === 'fp16' ? roundHalf : Math.fround;
 }
 
-function validate(x: ArrayLike<number>, rows: number, cols: number, opts: GroupQuantOptions): Precision {
-  assertDim(rows, 'rows');
-  assertDim(cols, 'cols');
-  assertBits(opts.bits);
-  assertGroupSize(opts.groupSize, cols, opts.bits, 'cols');
-  assertLength(x, rows * cols, 'input');
-  const precision = opts.precision ?? 'fp16';
-  if (precision !== 'fp16' && precision !== 'fp32') {
-    throw new TypeError(`precision must be 'fp16' or 'fp32'; got ${String(precision)}`);
-  }
-  return precision;
+function roundedCopy(x: ArrayLike<number>, n: number, precision: Precision, cols: number): Float32Array {
+  const xr = new Float32Array(n);
+  xr.set(x);
+  roundAndCheck(xr, precision, 'input', (i) => `row ${Math.floor(i / cols)}, column ${i % cols}`, (i) => x[i]!);
+  return xr;
 }
+
+const rowColWhere = (row: number, col: number) => `row ${row}, column ${col}`;
 
 /**
  * Scale and zero-point of every group, without codes (the reference's `anno=1`), used by the upper
  * layer of a cross-layer group. `scale = (max − min)/(2^bits − 1)` computed as `R · (1/m)`, `zero = min`.
+ * @throws {@link XqConfigError} for unsupported bits or group size, {@link XqShapeError} for a length mismatch,
+ * {@link XqNumericError} for NaN/±Infinity or a value or group range that overflows the precision.
  */
 export function groupStats(x: ArrayLike<number>, rows: number, cols: number, opts: GroupQuantOptions): GroupStats {
-  const precision = validate(x, rows, cols, opts);
-  assertFinite(x, 'input', (i) => `row ${Math.floor(i / cols)}, column ${i % cols}`);
-  const { bits, groupSize } = opts;
-  const r = rounder(precision);
-  const invM = Math.fround(1 / ((1 << bits) - 1));
-  const groups = cols / groupSize;
-  const scale = new Float32Array(rows * groups);
-  const zero = new Float32Array(rows * groups);
-  for (let row = 0; row < rows; row++) {
-    for (let g = 0; g < groups; g++) {
-      const base = row * cols + g * groupSize;
-      let mn = Infinity;
-      let mx = -Infinity;
-      for (let j = 0; j < groupSize; j++) {
-        const v = r(x[base + j]!);
-        if (v < mn) mn = v;
-        if (v > mx) mx = v;
-      }
-      const range = r(mx - mn);
-      scale[row * groups + g] = r(range * invM);
-      zero[row * groups + g] = mn;
-    }
-  }
-  return { rows, cols, bits, groupSize, precision, scale, zero };
+  const precision = checkOptions(rows, cols, opts);
+  assertLength(x, rows * cols, 'input');
+  const xr = roundedCopy(x, rows * cols, precision, cols);
+  return statsOfRounded(xr, rows, cols, opts.bits, opts.groupSize, precision, rowColWhere);
 }
 
 /**
  * Asymmetric min/max quantization of a row-major `[rows, cols]` block along `cols`, in groups of `groupSize`.
  * Follows the reference arithmetic exactly: `d = r(r(x − min) / scale)`, clamp to `[0, 2^bits − 1]`,
  * round half to even; a constant group (scale 0) gives code 0.
+ * @throws {@link XqConfigError} for unsupported bits or group size, {@link XqShapeError} for a length mismatch,
+ * {@link XqNumericError} for NaN/±Infinity or a value or group range that overflows the precision.
  */
 export function quantizeRows(x: ArrayLike<number>, rows: number, cols: number, opts: GroupQuantOptions): QuantizedRows {
-  const stats = groupStats(x, rows, cols, opts);
-  const r = rounder(stats.precision);
-  const m = (1 << opts.bits) - 1;
-  const { groupSize } = opts;
-  const groups = cols / groupSize;
-  const codes = new Uint8Array(rows * cols);
-  for (let row = 0; row < rows; row++) {
-    for (let g = 0; g < groups; g++) {
-      const s = stats.scale[row * groups + g]!;
-      const mn = stats.zero[row * groups + g]!;
-      const base = row * cols + g * groupSize;
-      for (let j = 0; j < groupSize; j++) {
-        const d = r(r(r(x[base + j]!) - mn) / s);
-        // clamp before rounding; NaN (0/0 of a constant group) maps to 0
-        const c = roundHalfEven(d < 0 ? 0 : d > m ? m : d);
-        codes[base + j] = c === c ? c : 0;
-      }
-    }
-  }
-  return { ...stats, codes };
+  const precision = checkOptions(rows, cols, opts);
+  assertLength(x, rows * cols, 'input');
+  const xr = roundedCopy(x, rows * cols, precision, cols);
+  const stats = statsOfRounded(xr, rows, cols, opts.bits, opts.groupSize, precision, rowColWhere);
+  return { ...stats, codes: codesOfRounded(xr, stats) };
 }
 
 /** {@link quantizeRows} followed by {@link packCodes}. */
@@ -123,20 +85,24 @@ export function quantizeAndPackRows(x: ArrayLike<number>, rows: number, cols: nu
 /**
  * Dequantize codes with group statistics: `x̂ = r(r(code·scale) + zero)` (two roundings, no FMA, as the reference).
  * `codes` may come from another block (cross-layer sharing) as long as the shapes agree.
+ * @throws {@link XqShapeError} when `codes` does not have `rows·cols` elements.
  */
 export function dequantizeRows(codes: Uint8Array, stats: GroupStats): Float32Array {
   const { rows, cols, groupSize } = stats;
   assertLength(codes, rows * cols, 'codes');
-  const r = rounder(stats.precision);
+  const half = stats.precision === 'fp16';
   const groups = cols / groupSize;
   const out = new Float32Array(rows * cols);
-  for (let row = 0; row < rows; row++) {
-    for (let g = 0; g < groups; g++) {
-      const s = stats.scale[row * groups + g]!;
-      const z = stats.zero[row * groups + g]!;
-      const base = row * cols + g * groupSize;
-      for (let j = 0; j < groupSize; j++) out[base + j] = r(r(codes[base + j]! * s) + z);
-    }
+  const { scale, zero } = stats;
+  for (let k = 0, i = 0; k < rows * groups; k++) {
+    const s = scale[k]!;
+    for (const e = i + groupSize; i < e; i++) out[i] = codes[i]! * s;
   }
+  if (half) roundHalfInPlace(out);
+  for (let k = 0, i = 0; k < rows * groups; k++) {
+    const z = zero[k]!;
+    for (const e = i + groupSize; i < e; i++) out[i] = out[i]! + z;
+  }
+  if (half) roundHalfInPlace(out);
   return out;
 }
