@@ -13,6 +13,7 @@ export default defineConfig({
       '@xquant/models': pkg('models'),
       '@xquant/conformance': pkg('conformance'),
       '@xquant/webgpu': pkg('webgpu'),
+      '@xquant/eval': pkg('eval'),
     },
   },
   test: {

@@ -6,6 +6,7 @@ type CommandModule = { run(argv: string[]): Promise<number>; summary: string };
 
 const COMMANDS: Record<string, () => Promise<CommandModule>> = {
   verify: () => import('./commands/verify.js'),
+  eval: () => import('./commands/eval.js'),
   generate: () => import('./commands/generate.js'),
 };
 

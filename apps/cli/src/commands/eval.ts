@@ -1,0 +1,201 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import {
+  mergeResults,
+  openEvalModel,
+  parseShard,
+  readEvalFile,
+  resolveCacheSpecs,
+  resultsMarkdown,
+  runEval,
+  summarize,
+  type EvalResults,
+} from '@xquant/eval';
+import { XqError, XqFormatError } from '@xquant/quant';
+import type { BackendName } from '@xquant/tfjs';
+
+/** One-line description shown by `xquant --help`. */
+export const summary = 'fidelity of KV caches on a model: ppl, KL to full, top-1, passkey (reference protocol); merge shards';
+
+const USAGE = `usage: xquant eval --model DIR --data FILE.jsonl... [--caches LIST] [options]
+       xquant eval merge RESULTS.json... [--out FILE] [--json]
+
+Runs the reference-fidelity protocol with each cache actually in use. Prose files (prose_512.jsonl): prefill 64
+tokens, feed tokens 64…510 one at a time (teacher forcing); ppl over the 448 predictions, mean KL(full ‖ cache)
+and top-1 agreement with full. Passkey files (passkey_L.jsonl): prefill all but 16 tokens, feed those one at a
+time, greedy-generate up to 8 tokens (stop at EOS); accuracy per length. Files are recognised by their records.
+
+options:
+  --model DIR          Hugging Face model directory (or .safetensors / .gguf file)
+  --data FILE...       eval JSONL files (more files may follow as plain arguments)
+  --caches LIST        comma-separated presets (full, kivi-2, kivi-1, asymkv-1.5, xquant-1.38, xquant-nocal,
+                       xquant-noshare, xquant-k-share) or @preset.json (from 'xquant plan'); default
+                       full,kivi-2,asymkv-1.5,xquant-1.38. full is always run (KL and top-1 need it)
+  --residual R[,R]     residual length(s) R; each preset runs at each (default 128)
+  --group-size G[,G]   group size(s) (default 32)
+  --limit N            first N records of each file
+  --shard i/n          evaluate records p with p % n == i (run n processes, then 'xquant eval merge')
+  --backend NAME       tfjs backend: tensorflow, wasm or cpu (default: the first that loads of these)
+  --no-shared-prefill  prefill every cache through the model instead of copying the full prefill's K/V
+  --out FILE           write the results JSON to FILE and the markdown table to FILE with .md
+  --json               print the results JSON on stdout (else the markdown table)
+  -h, --help           show this help`;
+
+function list(v: string | undefined): number[] | undefined {
+  if (v === undefined) return undefined;
+  return v.split(',').map((s) => {
+    const n = Number(s.trim());
+    if (s.trim() === '' || !Number.isInteger(n) || n <= 0) throw new XqError('E_CONFIG', `expected comma-separated positive integers; got '${v}'`);
+    return n;
+  });
+}
+
+function mdPath(out: string): string {
+  return out.toLowerCase().endsWith('.json') ? `${out.slice(0, -5)}.md` : `${out}.md`;
+}
+
+function emit(results: EvalResults, out: string | undefined, json: boolean): void {
+  const md = resultsMarkdown(results);
+  if (out) {
+    writeFileSync(out, `${JSON.stringify(results)}\n`);
+    writeFileSync(mdPath(out), `${md}\n`);
+  }
+  if (json) process.stdout.write(`${JSON.stringify(results)}\n`);
+  else process.stdout.write(`${md}\n`);
+}
+
+function readResults(path: string): EvalResults {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new XqError('E_IO', `${path}: cannot read results file (${(e as Error).message})`, { cause: e });
+  }
+  try {
+    return JSON.parse(text) as EvalResults;
+  } catch (e) {
+    throw new XqFormatError(`${path}: not a JSON results file (${(e as Error).message})`, { cause: e });
+  }
+}
+
+async function merge(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { out: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    allowPositionals: true,
+  });
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (positionals.length === 0) {
+    console.error(`xquant eval merge: no results files given\n\n${USAGE}`);
+    return 2;
+  }
+  const merged = mergeResults(positionals.map(readResults));
+  emit(merged, values.out, values.json ?? false);
+  return 0;
+}
+
+/** `xquant eval …` / `xquant eval merge …`; returns the exit code (0 ok, 1 error, 2 usage). */
+export async function run(argv: string[]): Promise<number> {
+  if (argv[0] === 'merge') {
+    try {
+      return await merge(argv.slice(1));
+    } catch (e) {
+      if (e instanceof TypeError && (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+        console.error(`xquant eval merge: ${e.message}\n\n${USAGE}`);
+        return 2;
+      }
+      throw e;
+    }
+  }
+  let values: {
+    model?: string;
+    data?: string[];
+    caches?: string;
+    residual?: string;
+    'group-size'?: string;
+    limit?: string;
+    shard?: string;
+    backend?: string;
+    'no-shared-prefill'?: boolean;
+    out?: string;
+    json?: boolean;
+    help?: boolean;
+  };
+  let positionals: string[];
+  try {
+    const parsed = parseArgs({
+      args: argv,
+      options: {
+        model: { type: 'string' },
+        data: { type: 'string', multiple: true },
+        caches: { type: 'string' },
+        residual: { type: 'string' },
+        'group-size': { type: 'string' },
+        limit: { type: 'string' },
+        shard: { type: 'string' },
+        backend: { type: 'string' },
+        'no-shared-prefill': { type: 'boolean' },
+        out: { type: 'string' },
+        json: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      allowPositionals: true,
+    });
+    values = parsed.values;
+    positionals = parsed.positionals;
+  } catch (e) {
+    console.error(`xquant eval: ${(e as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  const data = [...(values.data ?? []), ...positionals];
+  if (!values.model || data.length === 0) {
+    console.error(`xquant eval: --model and --data are required\n\n${USAGE}`);
+    return 2;
+  }
+  let limit: number | undefined;
+  if (values.limit !== undefined) {
+    limit = Number(values.limit);
+    if (!Number.isInteger(limit) || limit < 1) {
+      console.error(`xquant eval: --limit must be a positive integer; got '${values.limit}'`);
+      return 2;
+    }
+  }
+  const shard = values.shard === undefined ? undefined : parseShard(values.shard);
+  const caches = resolveCacheSpecs((values.caches ?? 'full,kivi-2,asymkv-1.5,xquant-1.38').split(','), {
+    residualLengths: list(values.residual),
+    groupSizes: list(values['group-size']),
+  });
+  const files = [];
+  for (const f of data) files.push(await readEvalFile(f));
+  const rt = await openEvalModel(values.model, { backend: values.backend as BackendName | undefined });
+  process.stderr.write(
+    `xquant eval: ${rt.name} (${rt.config.architecture}, ${rt.config.numLayers} layers) on ${rt.backend.backend} (${rt.backend.reason}); ` +
+      `${caches.length} configs × ${files.map((f) => `${f.name}${limit ? ` [≤${limit}]` : ''}`).join(', ')}${shard ? `, shard ${shard.index}/${shard.count}` : ''}\n`,
+  );
+  try {
+    const results = await runEval({
+      model: rt.model,
+      tokenizer: rt.tokenizer,
+      modelInfo: { name: rt.name, path: values.model },
+      files,
+      caches,
+      limit,
+      shard,
+      sharedPrefill: !values['no-shared-prefill'],
+    });
+    emit(results, values.out, values.json ?? false);
+    const secs = Object.values(results.timing).reduce((a, t) => a + t.seconds, 0);
+    const rows = summarize(results).length;
+    process.stderr.write(`xquant eval: ${rows} configs, ${results.prose.length} prose + ${results.passkey.length} passkey records in ${secs.toFixed(0)} s\n`);
+    return 0;
+  } finally {
+    rt.model.dispose();
+  }
+}

@@ -1,0 +1,366 @@
+import { basename } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { XqConfigError, XqShapeError } from '@xquant/quant';
+import type { KvCache, KvCacheShape } from '@xquant/tfjs';
+import { FULL_ID, createCacheFor, specBits, type CacheSpec } from './configs.js';
+import { argmax, firstDigits, klDivergence, logSoftmax, type ProseSums } from './metrics.js';
+import { ProgressBar, type ProgressStream } from './progress.js';
+import type { EvalFile, PasskeyRecord, ProseRecord } from './records.js';
+import {
+  RESULTS_FORMAT,
+  sortRecords,
+  type EvalResults,
+  type PasskeyOutcome,
+  type PasskeyRecordResult,
+  type ProseRecordResult,
+  type Shard,
+} from './results.js';
+
+/** What the protocol needs from a model (a `DecoderModel` of @xquant/models fits). */
+export interface EvalModel {
+  readonly cacheShape: KvCacheShape;
+  readonly config: { vocabSize: number; eosTokenIds?: number[]; architecture?: string };
+  /** Run `ids` after what `cache` holds; logits `[rows, vocab]` of the last position (default). */
+  forward(ids: ArrayLike<number>, cache: KvCache, logits?: 'last'): tf.Tensor2D;
+}
+
+/** What the protocol needs from a tokenizer (decoding passkey continuations). */
+export interface EvalTokenizer {
+  decode(ids: ArrayLike<number>, options?: { skipSpecialTokens?: boolean }): string;
+}
+
+/** Protocol constants (defaults: the reference-fidelity protocol). */
+export interface ProtocolOptions {
+  /** Prose: tokens prefilled at full precision (default 64; predictions at positions P−1 … T−2). */
+  prosePrefill?: number;
+  /** Passkey: prompt tokens fed one at a time after prefilling the rest (default 16). */
+  passkeyTail?: number;
+  /** Passkey: most tokens generated, greedy (default 8). */
+  passkeyMaxNew?: number;
+  /** Generation stops at these ids (default the model's eos ids, else [1]). */
+  eosIds?: number[];
+  /**
+   * Compute the full-precision prefill once per record and copy its K/V into every cache (default true). The state is
+   * the one each cache reaches by prefilling itself (prefill attention is full precision in every cache); the anchor
+   * runs the same way (reference-fidelity README §3 d). False prefills each cache through the model.
+   */
+  sharedPrefill?: boolean;
+}
+
+/** Options of {@link runEval}. */
+export interface RunEvalOptions extends ProtocolOptions {
+  model: EvalModel;
+  tokenizer: EvalTokenizer;
+  /** Name and path of the model, recorded in the results. */
+  modelInfo?: { name?: string; path?: string };
+  files: readonly EvalFile[];
+  /** Configurations (see `resolveCacheSpecs`); `full` is added when absent (KL and top-1 need it). */
+  caches: readonly CacheSpec[];
+  /** First `limit` records of each file. */
+  limit?: number;
+  /** Evaluate only this shard of the records. */
+  shard?: Shard;
+  /** Context length for the bit accounting (default 2048). */
+  bitsTokens?: number;
+  /** Progress bar stream (default stderr); false for none. */
+  progress?: ProgressStream | false;
+  /** Called after every (record, configuration) with the seconds it took. */
+  onStep?: (info: { file: string; index: number; config: string; seconds: number }) => void;
+}
+
+/** Parse `i/n` (0 ≤ i < n). */
+export function parseShard(text: string): Shard {
+  const m = /^(\d+)\/(\d+)$/.exec(text.trim());
+  const index = m ? Number(m[1]) : NaN;
+  const count = m ? Number(m[2]) : NaN;
+  if (!m || count < 1 || index >= count) throw new XqConfigError('E_CONFIG', `shard must be 'i/n' with 0 ≤ i < n (e.g. 0/4); got '${text}'`);
+  return { index, count };
+}
+
+/** The records a shard evaluates: the `limit` first of each file, then every `count`-th of the concatenated list. */
+export function selectRecords(files: readonly EvalFile[], limit?: number, shard?: Shard): { file: EvalFile; index: number }[] {
+  if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) throw new XqConfigError('E_CONFIG', `limit must be a positive integer; got ${String(limit)}`);
+  if (shard && (!Number.isInteger(shard.index) || !Number.isInteger(shard.count) || shard.count < 1 || shard.index < 0 || shard.index >= shard.count)) {
+    throw new XqConfigError('E_CONFIG', `shard must satisfy 0 ≤ index < count; got ${shard.index}/${shard.count}`);
+  }
+  const all: { file: EvalFile; index: number }[] = [];
+  for (const file of files) {
+    const n = Math.min(file.records.length, limit ?? Infinity);
+    for (let i = 0; i < n; i++) all.push({ file, index: i });
+  }
+  return shard ? all.filter((_, p) => p % shard.count === shard.index) : all;
+}
+
+async function readLogits(t: tf.Tensor2D): Promise<Float32Array> {
+  try {
+    return (await t.data()) as Float32Array;
+  } finally {
+    t.dispose();
+  }
+}
+
+/** Per-layer K/V of a full-precision prefill, to be copied into each cache. */
+type KvSnapshot = { keys: tf.Tensor3D; values: tf.Tensor3D }[];
+
+function snapshot(cache: KvCache): KvSnapshot {
+  return Array.from({ length: cache.shape.layers }, (_, l) => cache.dequantize(l));
+}
+
+function disposeSnapshot(s: KvSnapshot): void {
+  for (const { keys, values } of s) {
+    keys.dispose();
+    values.dispose();
+  }
+}
+
+function loadSnapshot(cache: KvCache, s: KvSnapshot): void {
+  s.forEach(({ keys, values }, l) => cache.prefill(l, keys, values));
+}
+
+/** Timer and per-config accounting shared by the record runners. */
+class Ledger {
+  readonly timing: EvalResults['timing'] = {};
+  constructor(
+    private readonly bar: ProgressBar | null,
+    private readonly onStep: RunEvalOptions['onStep'],
+  ) {}
+  async time<T>(file: string, index: number, config: string, fn: () => Promise<{ value: T; steps: number }>): Promise<T> {
+    const t0 = performance.now();
+    const { value, steps } = await fn();
+    const seconds = (performance.now() - t0) / 1000;
+    const acc = (this.timing[config] ??= { seconds: 0, steps: 0, records: 0 });
+    acc.seconds += seconds;
+    acc.steps += steps;
+    acc.records += 1;
+    this.bar?.tick(1, `${file}#${index} ${config} ${seconds.toFixed(1)}s`);
+    this.onStep?.({ file, index, config, seconds });
+    return value;
+  }
+}
+
+interface Ctx {
+  model: EvalModel;
+  tokenizer: EvalTokenizer;
+  caches: readonly CacheSpec[];
+  prosePrefill: number;
+  passkeyTail: number;
+  passkeyMaxNew: number;
+  eos: Set<number>;
+  shared: boolean;
+  ledger: Ledger;
+}
+
+/**
+ * One prose record under every configuration: full first (its log-probabilities at the 448 positions stay in memory
+ * as float64), then each cache with the same teacher-forced ids, scored against them.
+ */
+async function runProseRecord(ctx: Ctx, file: string, index: number, rec: ProseRecord): Promise<ProseRecordResult> {
+  const { model } = ctx;
+  const ids = rec.inputIds;
+  const T = ids.length;
+  const P = ctx.prosePrefill;
+  if (T < P + 1) throw new XqShapeError(`${file} record ${index}: ${T} tokens, the prose protocol needs more than the ${P}-token prefill`);
+  const V = model.config.vocabSize;
+  const n = T - P; // predictions at positions P−1 … T−2
+  const fullLogp = new Float64Array(n * V);
+  const fullTop = new Int32Array(n);
+  const row = new Float64Array(V);
+  const perCache: Record<string, ProseSums> = {};
+
+  const score = (logp: Float64Array, off: number, j: number, sums: ProseSums) => {
+    const lp = -logp[off + ids[P + j]!]!;
+    sums.nll += lp;
+    if (j > 0) sums.nllExclFirst += lp;
+    sums.kl += klDivergence(fullLogp, logp, j * V, off, V);
+    if (argmax(logp, off, V) === fullTop[j]) sums.top1++;
+    sums.n++;
+  };
+
+  const full = createCacheFor(ctx.caches.find((c) => c.id === FULL_ID)!, model.cacheShape);
+  const held: { snap: KvSnapshot | null } = { snap: null };
+  try {
+    await ctx.ledger.time(file, index, FULL_ID, async () => {
+      logSoftmax(await readLogits(model.forward(ids.slice(0, P), full)), fullLogp.subarray(0, V));
+      if (ctx.shared) held.snap = snapshot(full);
+      for (let j = 1; j < n; j++) {
+        logSoftmax(await readLogits(model.forward([ids[P + j - 1]!], full)), fullLogp.subarray(j * V, (j + 1) * V));
+      }
+      for (let j = 0; j < n; j++) fullTop[j] = argmax(fullLogp, j * V, V);
+      const sums: ProseSums = { n: 0, nll: 0, nllExclFirst: 0, kl: 0, top1: 0 };
+      for (let j = 0; j < n; j++) score(fullLogp, j * V, j, sums);
+      perCache[FULL_ID] = sums;
+      return { value: undefined, steps: n };
+    });
+    full.dispose();
+    for (const spec of ctx.caches) {
+      if (spec.id === FULL_ID) continue;
+      perCache[spec.id] = await ctx.ledger.time(file, index, spec.id, async () => {
+        const cache = createCacheFor(spec, model.cacheShape);
+        try {
+          const sums: ProseSums = { n: 0, nll: 0, nllExclFirst: 0, kl: 0, top1: 0 };
+          if (held.snap) {
+            loadSnapshot(cache, held.snap);
+            score(fullLogp, 0, 0, sums); // position P−1 comes from the (full-precision) prefill
+          } else {
+            logSoftmax(await readLogits(model.forward(ids.slice(0, P), cache)), row);
+            score(row, 0, 0, sums);
+          }
+          for (let j = 1; j < n; j++) {
+            logSoftmax(await readLogits(model.forward([ids[P + j - 1]!], cache)), row);
+            score(row, 0, j, sums);
+          }
+          return { value: sums, steps: n };
+        } finally {
+          cache.dispose();
+        }
+      });
+    }
+  } finally {
+    full.dispose();
+    if (held.snap) disposeSnapshot(held.snap);
+  }
+  return { file, index, id: rec.id, perCache };
+}
+
+/** Feed the tail one token at a time, then greedy-decode up to maxNew tokens, stopping at EOS. */
+async function passkeyContinue(ctx: Ctx, cache: KvCache, tail: readonly number[]): Promise<{ ids: number[]; steps: number }> {
+  let logits: Float32Array | null = null;
+  let steps = 0;
+  for (const id of tail) {
+    logits = await readLogits(ctx.model.forward([id], cache));
+    steps++;
+  }
+  const out: number[] = [];
+  let tok = argmax(logits!);
+  while (!ctx.eos.has(tok)) {
+    out.push(tok);
+    if (out.length >= ctx.passkeyMaxNew) break;
+    tok = argmax(await readLogits(ctx.model.forward([tok], cache)));
+    steps++;
+  }
+  return { ids: out, steps };
+}
+
+async function runPasskeyRecord(ctx: Ctx, file: string, index: number, rec: PasskeyRecord): Promise<PasskeyRecordResult> {
+  const { model } = ctx;
+  const ids = rec.inputIds;
+  const P = ids.length - ctx.passkeyTail;
+  if (P < 1) throw new XqShapeError(`${file} record ${index}: ${ids.length} tokens, the passkey protocol needs more than the ${ctx.passkeyTail}-token tail`);
+  const tail = ids.slice(P);
+  const perCache: Record<string, PasskeyOutcome> = {};
+  const outcome = (gen: number[]): PasskeyOutcome => {
+    const text = ctx.tokenizer.decode(gen, { skipSpecialTokens: true });
+    return { ids: gen, text, correct: firstDigits(text) === rec.answer };
+  };
+  const full = createCacheFor(ctx.caches.find((c) => c.id === FULL_ID)!, model.cacheShape);
+  const held: { snap: KvSnapshot | null } = { snap: null };
+  try {
+    perCache[FULL_ID] = await ctx.ledger.time(file, index, FULL_ID, async () => {
+      await readLogits(model.forward(ids.slice(0, P), full));
+      if (ctx.shared) held.snap = snapshot(full);
+      const r = await passkeyContinue(ctx, full, tail);
+      return { value: outcome(r.ids), steps: r.steps };
+    });
+    full.dispose();
+    for (const spec of ctx.caches) {
+      if (spec.id === FULL_ID) continue;
+      perCache[spec.id] = await ctx.ledger.time(file, index, spec.id, async () => {
+        const cache = createCacheFor(spec, model.cacheShape);
+        try {
+          if (held.snap) loadSnapshot(cache, held.snap);
+          else await readLogits(model.forward(ids.slice(0, P), cache));
+          const r = await passkeyContinue(ctx, cache, tail);
+          return { value: outcome(r.ids), steps: r.steps };
+        } finally {
+          cache.dispose();
+        }
+      });
+    }
+  } finally {
+    full.dispose();
+    if (held.snap) disposeSnapshot(held.snap);
+  }
+  return { file, index, id: rec.id, length: rec.length, answer: rec.answer, perCache };
+}
+
+/**
+ * Run the reference-fidelity protocol (reference-fidelity README §2) for every configuration on every selected record.
+ *
+ * - Prose: prefill ids[0:P] (P = 64) at full precision, then feed ids[P … T−2] one at a time through the cache
+ *   (teacher forcing): T − P predictions per record at positions P−1 … T−2 (448 for 512 tokens). Per record and cache:
+ *   Σ NLL, Σ NLL without position P−1, Σ KL(full ‖ cache) and top-1 agreement with `full`, all in float64; the full run's
+ *   log-probabilities are kept in memory per record.
+ * - Passkey: prefill all but the last 16 tokens, feed those one at a time, greedy-decode up to 8 tokens in all
+ *   (stopping at EOS); decode without special tokens; correct iff the first run of digits equals the answer.
+ *
+ * Records are processed one at a time, each under `full` then every cache; results are sorted canonically so shards
+ * merge to the unsharded result exactly.
+ */
+export async function runEval(options: RunEvalOptions): Promise<EvalResults> {
+  const { model, files } = options;
+  if (!files.length) throw new XqConfigError('E_CONFIG', 'runEval: no eval files given');
+  const prosePrefill = options.prosePrefill ?? 64;
+  const passkeyTail = options.passkeyTail ?? 16;
+  const passkeyMaxNew = options.passkeyMaxNew ?? 8;
+  for (const [v, what] of [[prosePrefill, 'prosePrefill'], [passkeyTail, 'passkeyTail'], [passkeyMaxNew, 'passkeyMaxNew']] as const) {
+    if (!Number.isInteger(v) || v < 1) throw new XqConfigError('E_CONFIG', `${what} must be a positive integer; got ${String(v)}`);
+  }
+  const eosIds = options.eosIds ?? (model.config.eosTokenIds?.length ? model.config.eosTokenIds : [1]);
+  const caches = options.caches.some((c) => c.id === FULL_ID)
+    ? options.caches
+    : [{ id: FULL_ID, method: FULL_ID, strategy: FULL_ID, options: {}, residualLength: null, groupSize: null }, ...options.caches];
+  const ids = caches.map((c) => c.id);
+  if (new Set(ids).size !== ids.length) throw new XqConfigError('E_CONFIG', `runEval: configuration ids must be unique; got ${ids.join(', ')}`);
+  const selected = selectRecords(files, options.limit, options.shard);
+  const bar = options.progress === false ? null : new ProgressBar(selected.length * caches.length, { stream: options.progress, label: 'eval' });
+  const ledger = new Ledger(bar, options.onStep);
+  const ctx: Ctx = {
+    model,
+    tokenizer: options.tokenizer,
+    caches,
+    prosePrefill,
+    passkeyTail,
+    passkeyMaxNew,
+    eos: new Set(eosIds),
+    shared: options.sharedPrefill ?? true,
+    ledger,
+  };
+  const shape = model.cacheShape;
+  const configs = caches.map((c) => ({ ...c, ...specBits(c, shape, options.bitsTokens ?? 2048) }));
+  const prose: ProseRecordResult[] = [];
+  const passkey: PasskeyRecordResult[] = [];
+  for (const { file, index } of selected) {
+    const rec = file.records[index]!;
+    if (rec.kind === 'prose') prose.push(await runProseRecord(ctx, file.name, index, rec));
+    else passkey.push(await runPasskeyRecord(ctx, file.name, index, rec));
+  }
+  bar?.finish();
+  const fileList = files.map((f) => ({
+    name: f.name,
+    kind: f.kind,
+    records: f.records.length,
+    selected: selected.filter((s) => s.file === f).length,
+  }));
+  const path = options.modelInfo?.path ?? '';
+  return {
+    format: RESULTS_FORMAT,
+    model: {
+      name: options.modelInfo?.name ?? (path ? basename(path) : 'model'),
+      path,
+      architecture: model.config.architecture ?? 'unknown',
+      layers: shape.layers,
+      kvHeads: shape.kvHeads,
+      headDim: shape.headDim,
+      vocabSize: model.config.vocabSize,
+    },
+    backend: tf.getBackend(),
+    protocol: { prosePrefill, passkeyTail, passkeyMaxNew, eosIds: [...eosIds], sharedPrefill: ctx.shared },
+    files: fileList,
+    limit: options.limit ?? null,
+    shards: options.shard ? [{ ...options.shard }] : [],
+    configs,
+    prose: sortRecords(prose, fileList),
+    passkey: sortRecords(passkey, fileList),
+    timing: ledger.timing,
+  };
+}

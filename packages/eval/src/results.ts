@@ -1,0 +1,232 @@
+import { XqConfigError, XqFormatError } from '@xquant/quant';
+import type { CacheSpec, SpecBits } from './configs.js';
+import { summarizeProse, type ProseSummary, type ProseSums } from './metrics.js';
+
+/** Format tag of results files written by {@link runEval} and {@link mergeResults}. */
+export const RESULTS_FORMAT = 'xquant-eval/v1';
+
+/** A configuration as evaluated, with its bit accounting. */
+export interface ConfigResult extends CacheSpec, SpecBits {}
+
+/** Per-cache outcome of one prose record. */
+export interface ProseRecordResult {
+  /** Eval file name. */
+  file: string;
+  /** Index of the record in its file (0-based). */
+  index: number;
+  id: string;
+  /** Sums per configuration id. */
+  perCache: Record<string, ProseSums>;
+}
+
+/** What one cache generated for a passkey prompt. */
+export interface PasskeyOutcome {
+  /** Generated ids before EOS. */
+  ids: number[];
+  /** Their decoded text (special tokens skipped). */
+  text: string;
+  /** First run of digits equals the answer. */
+  correct: boolean;
+}
+
+/** Per-cache outcome of one passkey prompt. */
+export interface PasskeyRecordResult {
+  file: string;
+  index: number;
+  id: string;
+  /** Length bucket. */
+  length: number;
+  answer: string;
+  perCache: Record<string, PasskeyOutcome>;
+}
+
+/** Shard of the record list: this process handles records whose position p in the list has `p % count === index`. */
+export interface Shard {
+  index: number;
+  count: number;
+}
+
+/** Everything an eval run (or a merge of shards) produced. */
+export interface EvalResults {
+  format: typeof RESULTS_FORMAT;
+  model: { name: string; path: string; architecture: string; layers: number; kvHeads: number; headDim: number; vocabSize: number };
+  /** tfjs backend the numbers were computed on. */
+  backend: string;
+  protocol: {
+    /** Prose: tokens prefilled at full precision before teacher forcing. */
+    prosePrefill: number;
+    /** Passkey: prompt tokens fed one at a time after the prefill. */
+    passkeyTail: number;
+    /** Passkey: most tokens generated. */
+    passkeyMaxNew: number;
+    /** Generation stops at these ids. */
+    eosIds: number[];
+    /** The full-precision prefill's K/V were computed once and copied into every cache (identical state). */
+    sharedPrefill: boolean;
+  };
+  /** Files evaluated, in order (records are sorted by this order, then by index). */
+  files: { name: string; kind: 'prose' | 'passkey'; records: number; selected: number }[];
+  /** `--limit` (records per file), or null. */
+  limit: number | null;
+  /** Shards merged into this result (one entry for a single sharded run; empty when unsharded). */
+  shards: Shard[];
+  configs: ConfigResult[];
+  prose: ProseRecordResult[];
+  passkey: PasskeyRecordResult[];
+  /** Wall time and decode steps spent per configuration (summed over records and shards). */
+  timing: Record<string, { seconds: number; steps: number; records: number }>;
+}
+
+/** Passkey accuracy at one length. */
+export interface PasskeyAccuracy {
+  correct: number;
+  n: number;
+  accuracy: number;
+}
+
+/** Aggregates of one configuration. */
+export interface ConfigSummary {
+  config: ConfigResult;
+  prose: ProseSummary | null;
+  /** By length bucket. */
+  passkey: Record<number, PasskeyAccuracy>;
+}
+
+/** Sort records canonically: by the file order of `files`, then by index. */
+export function sortRecords<T extends { file: string; index: number }>(records: T[], files: readonly { name: string }[]): T[] {
+  const order = new Map(files.map((f, i) => [f.name, i]));
+  return [...records].sort((a, b) => (order.get(a.file)! - order.get(b.file)!) || a.index - b.index);
+}
+
+/** Per-configuration aggregates (prose sums added in canonical record order; passkey accuracy per length). */
+export function summarize(results: EvalResults): ConfigSummary[] {
+  const prose = sortRecords(results.prose, results.files);
+  const passkey = sortRecords(results.passkey, results.files);
+  return results.configs.map((config) => {
+    const sums = prose.map((r) => r.perCache[config.id]).filter((s): s is ProseSums => s !== undefined);
+    const byLength: Record<number, PasskeyAccuracy> = {};
+    for (const r of passkey) {
+      const o = r.perCache[config.id];
+      if (!o) continue;
+      const a = (byLength[r.length] ??= { correct: 0, n: 0, accuracy: 0 });
+      a.n++;
+      if (o.correct) a.correct++;
+    }
+    for (const a of Object.values(byLength)) a.accuracy = a.correct / a.n;
+    return { config, prose: sums.length ? summarizeProse(sums) : null, passkey: byLength };
+  });
+}
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/**
+ * Merge results of shards (or of runs over different files) of the same model and configurations into one result.
+ * Records are concatenated and sorted canonically, so merging all shards gives exactly the unsharded numbers.
+ * Throws `E_FORMAT` for a foreign file, `E_CONFIG` when the model, protocol or configurations differ or a record
+ * appears twice.
+ */
+export function mergeResults(parts: readonly EvalResults[]): EvalResults {
+  if (parts.length === 0) throw new XqConfigError('E_CONFIG', 'mergeResults: nothing to merge (got 0 results)');
+  for (const [i, p] of parts.entries()) {
+    if (!p || p.format !== RESULTS_FORMAT) throw new XqFormatError(`mergeResults: input ${i} is not an xquant eval result (format ${JSON.stringify(p?.format)}, expected ${RESULTS_FORMAT})`);
+  }
+  const first = parts[0]!;
+  const configIds = (r: EvalResults) => r.configs.map((c) => c.id);
+  for (const [i, p] of parts.entries()) {
+    if (!sameJson(p.model, first.model)) throw new XqConfigError('E_CONFIG', `mergeResults: input ${i} is for model ${p.model.name} (${p.model.path}), input 0 for ${first.model.name} (${first.model.path})`);
+    if (!sameJson(p.protocol, first.protocol)) throw new XqConfigError('E_CONFIG', `mergeResults: input ${i} used protocol ${JSON.stringify(p.protocol)}, input 0 ${JSON.stringify(first.protocol)}`);
+    if (!sameJson(configIds(p), configIds(first))) {
+      throw new XqConfigError('E_CONFIG', `mergeResults: input ${i} has configurations [${configIds(p).join(', ')}], input 0 [${configIds(first).join(', ')}]`);
+    }
+  }
+  const files: EvalResults['files'] = [];
+  for (const p of parts) {
+    for (const f of p.files) {
+      const have = files.find((x) => x.name === f.name);
+      if (!have) files.push({ ...f });
+      else if (have.kind !== f.kind || have.records !== f.records) {
+        throw new XqConfigError('E_CONFIG', `mergeResults: file ${f.name} differs between inputs (${have.kind}, ${have.records} records vs ${f.kind}, ${f.records})`);
+      }
+    }
+  }
+  const seen = new Set<string>();
+  const take = <T extends { file: string; index: number }>(list: T[]) => {
+    for (const r of list) {
+      const key = `${r.file}#${r.index}`;
+      if (seen.has(key)) throw new XqConfigError('E_CONFIG', `mergeResults: record ${r.index} of ${r.file} appears in more than one input`);
+      seen.add(key);
+    }
+    return list;
+  };
+  const prose = sortRecords(parts.flatMap((p) => take(p.prose)), files);
+  const passkey = sortRecords(parts.flatMap((p) => take(p.passkey)), files);
+  for (const f of files) {
+    const pick = f.kind === 'prose' ? prose : passkey;
+    f.selected = pick.filter((r) => r.file === f.name).length;
+  }
+  const timing: EvalResults['timing'] = {};
+  for (const p of parts) {
+    for (const [id, t] of Object.entries(p.timing)) {
+      const acc = (timing[id] ??= { seconds: 0, steps: 0, records: 0 });
+      acc.seconds += t.seconds;
+      acc.steps += t.steps;
+      acc.records += t.records;
+    }
+  }
+  const shards = parts.flatMap((p) => p.shards).sort((a, b) => a.index - b.index);
+  return {
+    ...first,
+    files,
+    limit: parts.every((p) => p.limit === first.limit) ? first.limit : null,
+    shards,
+    prose,
+    passkey,
+    timing,
+  };
+}
+
+function fmt(v: number | undefined | null, digits: number): string {
+  return v === undefined || v === null || Number.isNaN(v) ? '–' : v.toFixed(digits);
+}
+
+/**
+ * Markdown tables of a result: one table per residual length (full repeated in each), with paper bits, true stored
+ * bits, held bits, ppl, ppl without the prefill position, KL, top-1 and passkey % per length.
+ */
+export function resultsMarkdown(results: EvalResults, options: { title?: string } = {}): string {
+  const rows = summarize(results);
+  const lengths = [...new Set(results.passkey.map((r) => r.length))].sort((a, b) => a - b);
+  const groups = [...new Set(rows.filter((r) => r.config.residualLength !== null).map((r) => `${r.config.residualLength}/${r.config.groupSize}`))];
+  if (groups.length === 0) groups.push('');
+  const out: string[] = [];
+  const nProse = results.prose.length;
+  const nPass = lengths.map((L) => results.passkey.filter((r) => r.length === L).length);
+  for (const g of groups) {
+    const [R, G] = g.split('/');
+    const head = `**${options.title ?? results.model.name}${g ? `, R = ${R}, group size ${G}` : ''}** (${nProse} prose records; passkey over ${nPass.join('/')} prompts per length)`;
+    out.push(head, '');
+    const cols = ['config', 'paper bits', `stored bits @${rows[0]?.config.tokens ?? 2048}`, 'held bits', 'ppl', 'ppl excl. first', 'KL', 'top-1'];
+    if (lengths.length) cols.push(`passkey ${lengths.join('/')}`);
+    out.push(`| ${cols.join(' | ')} |`, `|${cols.map((_, i) => (i === 0 ? '---' : i === cols.length - 1 && lengths.length ? '---' : '---:')).join('|')}|`);
+    for (const r of rows) {
+      if (r.config.residualLength !== null && `${r.config.residualLength}/${r.config.groupSize}` !== g) continue;
+      const p = r.prose;
+      const cells = [
+        r.config.method,
+        fmt(r.config.paperBits, 3),
+        fmt(r.config.storedBits, 3),
+        fmt(r.config.heldBits, 3),
+        fmt(p?.ppl, 2),
+        fmt(p?.pplExclFirst, 2),
+        fmt(p?.kl, 4),
+        fmt(p?.top1, 4),
+      ];
+      if (lengths.length) cells.push(lengths.map((L) => (r.passkey[L] ? (r.passkey[L]!.accuracy * 100).toFixed(0) : '–')).join('/'));
+      out.push(`| ${cells.join(' | ')} |`);
+    }
+    out.push('');
+  }
+  return out.join('\n');
+}
