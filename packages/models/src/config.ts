@@ -107,7 +107,7 @@ export function parseRopeScaling(raw: unknown, source: string): RopeScaling {
 
 /**
  * Normalise a Hugging Face `config.json` (LlamaForCausalLM or Qwen2ForCausalLM) into a {@link ModelConfig}.
- * `generation` (generation_config.json) may override bos/eos ids. Throws {@link XqConfigError} for an
+ * `generation` (generation_config.json) may override bos/eos ids. Throws `XqConfigError` for an
  * unsupported architecture or a missing/invalid field.
  */
 export function parseHfConfig(raw: unknown, source = 'config.json', generation?: unknown): ModelConfig {

@@ -39,8 +39,11 @@ function rotl(x: number, k: number): number {
 
 /** Sampling settings: temperature 0 (default) is greedy argmax; topK 0 and topP 1 switch those filters off. */
 export interface SamplingOptions {
+  /** Softmax temperature; 0 (default) = greedy argmax. */
   temperature?: number;
+  /** Keep only the K most likely tokens (0 = off, default). */
   topK?: number;
+  /** Keep the smallest set of most likely tokens whose probability reaches P (1 = off, default). */
   topP?: number;
 }
 
@@ -113,9 +116,11 @@ export interface GeneratedToken {
 
 /** Options of {@link generate}. Give `prompt` (needs `tokenizer`) or `ids`. */
 export interface GenerateOptions extends SamplingOptions {
+  /** The model to run. */
   model: DecoderModel;
   /** The cache to fill; generation continues after whatever it already holds. */
   cache: KvCache;
+  /** Needed for a text `prompt` and for streamed/decoded text. */
   tokenizer?: TextTokenizer;
   /** Prompt text, encoded with the tokenizer (special tokens such as BOS added). */
   prompt?: string;
@@ -137,14 +142,17 @@ export interface GenerateOptions extends SamplingOptions {
 
 /** What {@link generate} produced. */
 export interface GenerateResult {
+  /** Token ids of the prompt as fed to the model. */
   promptIds: number[];
   /** Generated ids (including a final EOS when it stopped on one). */
   ids: number[];
   /** Decoded generated text (special tokens skipped), or '' without a tokenizer. */
   text: string;
+  /** Why generation ended: an EOS token, `maxNewTokens`, or the abort signal. */
   stopReason: 'eos' | 'length' | 'abort';
   /** Sampler seed used. */
   seed: number;
+  /** Wall-clock timings (performance.now). */
   timings: {
     /** Prompt forward pass (ms). */
     prefillMs: number;

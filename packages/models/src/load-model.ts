@@ -11,10 +11,13 @@ import { loadTokenizer } from './tokenizer.js';
 
 /** A loaded model: its configuration, tokenizer and runtime. */
 export interface LoadedModel {
+  /** Normalised model configuration. */
   config: ModelConfig;
+  /** The model's tokenizer (or the one given by `tokenizerPath`). */
   tokenizer: TextTokenizer;
+  /** The runtime; call `dispose()` to free its weights. */
   model: DecoderModel;
-  /** What was loaded and how (format, weight file(s)). */
+  /** What was loaded: the format and the weight file (or shard index) path. */
   source: { format: 'safetensors' | 'gguf'; path: string };
 }
 
@@ -40,8 +43,8 @@ async function ensureBackend(): Promise<void> {
  * Load a Llama or Qwen2 model from a Hugging Face directory (config.json, safetensors single or sharded,
  * tokenizer.json), from one `.safetensors` file (config.json and tokenizer.json beside it), or from a
  * `.gguf` file (F32/F16/Q8_0; tokenizer from GGUF metadata). Weights are up-cast to float32 on the active
- * tfjs backend. Errors: `E_IO` for a wrong path, {@link XqConfigError} for an unsupported architecture,
- * {@link XqFormatError} for corrupt files.
+ * tfjs backend. Errors: `E_IO` for a wrong path, `XqConfigError` for an unsupported architecture,
+ * `XqFormatError` for corrupt files.
  */
 export async function loadModel(pathOrFile: string, options: LoadModelOptions = {}): Promise<LoadedModel> {
   if (!existsSync(pathOrFile)) throw new XqError('E_IO', `${pathOrFile}: no such file or directory`);

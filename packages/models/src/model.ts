@@ -9,6 +9,7 @@ import { ropeInverseFrequencies, ropeTables } from './rope.js';
 export interface WeightSource {
   /** Human-readable origin, used in error messages. */
   readonly source: string;
+  /** True when the weight exists. */
   has(name: string): boolean;
   /** Declared shape of `name` (HF orientation: `[out, in]` for projections). */
   shape(name: string): number[];
@@ -27,7 +28,7 @@ interface ForwardState {
 }
 
 /** Which positions {@link DecoderModel.forward} returns logits for. */
-export type LogitsSelection = 'last' | 'all' | { lastN: number };
+export type LogitsSelection = 'last' | 'all' | { /** The last n positions. */ lastN: number };
 
 interface LayerWeights {
   inputNorm: tf.Tensor1D;
@@ -53,7 +54,7 @@ function checkFinite(data: Float32Array, name: string, source: string): void {
 
 /**
  * A decoder-only Llama / Qwen2 model on TensorFlow.js (float32): embedding, RMSNorm, RoPE, GQA attention
- * through a {@link KvCache}, SwiGLU MLP, tied or untied output projection. Runs on the active tfjs backend.
+ * through a `KvCache`, SwiGLU MLP, tied or untied output projection. Runs on the active tfjs backend.
  */
 export class DecoderModel {
   private disposed = false;

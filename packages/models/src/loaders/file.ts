@@ -3,7 +3,7 @@ import { XqError, XqFormatError } from '@xquant/quant';
 
 /**
  * A file opened for bounded random-access reads: every read is checked against the file size first,
- * so a corrupt offset gives an {@link XqFormatError}, never a short read or a huge allocation.
+ * so a corrupt offset gives an `XqFormatError`, never a short read or a huge allocation.
  * @internal
  */
 export class BoundedFile {
@@ -77,7 +77,7 @@ export async function readSmallTextFile(path: string, maxBytes: number, what: st
   }
 }
 
-/** Parse JSON text, turning a syntax error into an {@link XqFormatError} that names the file. @internal */
+/** Parse JSON text, turning a syntax error into an `XqFormatError` that names the file. @internal */
 export function parseJson(text: string, source: string): unknown {
   try {
     return JSON.parse(text) as unknown;

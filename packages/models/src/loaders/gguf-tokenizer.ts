@@ -40,7 +40,7 @@ function int(v: unknown): number | undefined {
  * Rebuild a `tokenizer.json` + `tokenizer_config.json` pair from GGUF `tokenizer.ggml.*` metadata for a
  * byte-level BPE vocabulary (`tokenizer.ggml.model = "gpt2"`). Control (type 3) and user-defined (type 4)
  * tokens become added tokens; `add_bos_token` becomes a BOS-prepending post-processor. SentencePiece
- * (`"llama"`) vocabularies and unknown pre-tokenizers throw {@link XqFormatError}.
+ * (`"llama"`) vocabularies and unknown pre-tokenizers throw `XqFormatError`.
  */
 export function ggufTokenizerJson(md: Record<string, unknown>, source: string): { json: object; config: object } {
   const model = md['tokenizer.ggml.model'];

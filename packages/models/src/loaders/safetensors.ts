@@ -245,7 +245,7 @@ export class SafetensorsFile {
     return [...this.header.tensors.keys()];
   }
 
-  /** Dtype, shape and location of `name`; throws {@link XqFormatError} when absent. */
+  /** Dtype, shape and location of `name`; throws `XqFormatError` when absent. */
   info(name: string): SafetensorsTensorInfo {
     const t = this.header.tensors.get(name);
     if (!t) throw new XqFormatError(`${this.header.path}: no tensor named '${name}'`);
