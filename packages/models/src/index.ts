@@ -3,7 +3,17 @@
  * Llama and Qwen2 decoder runtime on TensorFlow.js that runs on any `KvCache` from `@xquant/tfjs`;
  * bounded safetensors / GGUF / tokenizer loading; streaming generation.
  */
-export * from './loaders/safetensors.js';
+export {
+  SafetensorsFile,
+  readSafetensorsHeader,
+  SAFETENSORS_MAX_HEADER_BYTES,
+  SAFETENSORS_MAX_DIMS,
+  SAFETENSORS_MAX_DIM,
+  type SafetensorsDtype,
+  type SafetensorsHeader,
+  type SafetensorsTensorInfo,
+  type SafetensorsRawArray,
+} from './loaders/safetensors.js';
 export { SafetensorsWeights, readHfConfig, openHfWeights, CONFIG_JSON_MAX_BYTES } from './loaders/hf-dir.js';
 export {
   readGgufHeader,
