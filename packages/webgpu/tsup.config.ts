@@ -1,6 +1,6 @@
 import { defineConfig } from 'tsup';
 export default defineConfig({
-  entry: { index: 'src/index.ts' },
+  entry: { index: 'src/index.ts', tfjs: 'src/tfjs.ts' },
   format: ['esm', 'cjs'],
   dts: true,
   sourcemap: true,

@@ -120,7 +120,7 @@ const COPY_DST = 0x08;
 const UNIFORM = 0x40;
 const MAP_READ = 0x01;
 
-const DEFAULT_STAGE: StageSpec = { bits: 2, groupSize: 32, meta: 'f16' };
+const DEFAULT_STAGE: StageSpec = { bits: 2, meta: 'f16' };
 
 /**
  * Packed-code decode attention on a `GPUDevice`. Create with {@link createPackedAttention}; upload blocks with
@@ -214,7 +214,8 @@ export class PackedAttentionGpu {
   }
 
   private params(p: Partial<Params>): GPUBuffer {
-    const buf = this.device.createBuffer({ size: 48, usage: UNIFORM | COPY_DST, mappedAtCreation: true, label: 'params' });
+    const size = Math.ceil(PARAM_FIELDS.length / 4) * 16;
+    const buf = this.device.createBuffer({ size, usage: UNIFORM | COPY_DST, mappedAtCreation: true, label: 'params' });
     const u = new Uint32Array(buf.getMappedRange());
     const f = new Float32Array(u.buffer);
     PARAM_FIELDS.forEach((k, i) => {
@@ -254,7 +255,7 @@ export class PackedAttentionGpu {
     const out = args.out ?? this.createOutput(outLength, 'scores');
     this.checkSize(out, outLength, 'out');
     const dims = layoutDims(keys);
-    const params = this.params({ tk: keys.tokens, n: keys.tokens, kws: dims.wordsPerRow, kgs: dims.groupsPerRow, ostride: keys.tokens });
+    const params = this.params({ tk: keys.tokens, n: keys.tokens, kws: dims.wordsPerRow, kgs: dims.groupsPerRow, kgsz: keys.groupSize, ostride: keys.tokens });
     const bg = this.bind(pipe, [args.q, keys.codes, keys.meta, out, params]);
     const grid: [number, number, number] = [Math.ceil(keys.tokens / CHUNK_TOKENS), keys.heads, Math.ceil(rep / hg)];
     return {
@@ -296,7 +297,7 @@ export class PackedAttentionGpu {
       nc,
       kvHeads: values.heads,
       nhg: Math.ceil(rep / hg),
-      params: { tv: values.tokens, n: values.tokens, vcap: values.capacity, nc, ostride: pStride },
+      params: { tv: values.tokens, n: values.tokens, vcap: values.capacity, vgsz: values.groupSize, vgpr: values.headDim / values.groupSize, nc, ostride: pStride },
       out: args.out,
       packedBytes: packedBytes(values),
     });
@@ -364,7 +365,10 @@ export class PackedAttentionGpu {
           tv,
           kws: kd.wordsPerRow,
           kgs: kd.groupsPerRow,
+          kgsz: keys?.groupSize ?? 32,
           vcap: values?.capacity ?? 0,
+          vgsz: values?.groupSize ?? 32,
+          vgpr: values ? D / values.groupSize : 1,
           rkcap: rk?.capacity ?? 0,
           rvcap: rv?.capacity ?? 0,
           nc,
@@ -445,7 +449,7 @@ export class PackedAttentionGpu {
 }
 
 function stage(kv: GpuKv): StageSpec {
-  return { bits: kv.bits, groupSize: kv.groupSize, meta: kv.metaFormat };
+  return { bits: kv.bits, meta: kv.metaFormat };
 }
 
 /** Wrap a `GPUDevice` in the packed-attention kernels. */

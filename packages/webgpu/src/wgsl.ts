@@ -15,7 +15,6 @@ import type { GpuBits, MetaFormat } from './layout.js';
 /** Bits, group size and metadata format of one operand. @internal */
 export interface StageSpec {
   bits: GpuBits;
-  groupSize: number;
   meta: MetaFormat;
 }
 
@@ -47,7 +46,7 @@ const RED = 2176; // floats of the reduction scratch (both stages need exactly 1
 const NEG = '-3.0e38';
 
 /** Uniform fields shared by every kernel, in order. `scale` is f32, the rest u32. @internal */
-export const PARAM_FIELDS = ['n', 'tk', 'tv', 'kws', 'kgs', 'vcap', 'rkcap', 'rvcap', 'nc', 'ostride', 'scale'] as const;
+export const PARAM_FIELDS = ['n', 'tk', 'tv', 'kws', 'kgs', 'kgsz', 'vcap', 'vgsz', 'vgpr', 'rkcap', 'rvcap', 'nc', 'ostride', 'scale'] as const;
 /** Values of the uniform fields. @internal */
 export type Params = Record<(typeof PARAM_FIELDS)[number], number>;
 
@@ -149,9 +148,9 @@ function slotWords(bits: GpuBits, e0: string): { words: string[]; shift?: string
 
 function header(g: Gen, spec: { kind: KernelKind | 'combine' }, metas: Partial<Record<string, MetaFormat>>): void {
   if (g.target === 'tfjs') return;
-  g.push(
-    'struct Params { n: u32, tk: u32, tv: u32, kws: u32, kgs: u32, vcap: u32, rkcap: u32, rvcap: u32, nc: u32, ostride: u32, scale: f32, pad: u32 };',
-  );
+  const fields = PARAM_FIELDS.map((f) => `${f}: ${f === 'scale' ? 'f32' : 'u32'}`);
+  while (fields.length % 4) fields.push(`pad${fields.length}: u32`);
+  g.push(`struct Params { ${fields.join(', ')} };`);
   const names = inputNames(spec.kind);
   names.forEach((name, i) => {
     let ty = 'array<f32>';
@@ -199,7 +198,7 @@ function keyStage(g: Gen, s: ShaderSpec): void {
   const sw = slotWords(ks.bits, 't0');
   sw.words.forEach((w, k) => g.push(`let wo${k} = ${w};`));
   if (sw.shift) g.push(`let sh = ${sw.shift};`);
-  g.push(`let gi = t0 / ${ks.groupSize}u;`);
+  g.push(`let gi = t0 / ${P('kgsz')};`);
   g.push(`for (var dd = 0u; dd < ${CPS}u; dd = dd + ${U}u) {`);
   for (let u = 0; u < U; u++) {
     g.push(`let d${u} = cs * ${CPS}u + dd + ${u}u;`, `let r${u} = kv * ${D}u + d${u};`);
@@ -306,7 +305,6 @@ function valueStage(g: Gen, s: ShaderSpec): void {
   const TPT = CHUNK_TOKENS / TGN;
   const UV = Math.min(s.unroll, TPT);
   const VWPR = (D * vs.bits) / 32;
-  const VGPR = D / vs.groupSize;
   const P = (n: string) => g.p(n);
   const pos = positions(vs.bits);
   const log2 = (x: number) => Math.round(Math.log2(x));
@@ -318,7 +316,7 @@ function valueStage(g: Gen, s: ShaderSpec): void {
   const sw = slotWords(vs.bits, 'j * 16u');
   sw.words.forEach((w, k) => g.push(`let vo${k} = ${w};`));
   if (sw.shift) g.push(`let vsh = ${sw.shift};`);
-  g.push(`let vg = (j * 16u) / ${vs.groupSize}u;`);
+  g.push(`let vg = (j * 16u) / ${P('vgsz')};`);
   const tokenMath = (tag: string, tl: string, ok: string) => {
     const dec = slot(vs.bits, sw.words.map((_, k) => `x${tag}_${k}`), `v${tag}`, sw.shift ? 'vsh' : undefined);
     g.push(...dec.pre);
@@ -337,7 +335,7 @@ function valueStage(g: Gen, s: ShaderSpec): void {
   for (let u = 0; u < UV; u++) {
     g.push(`let tl${u} = tg + (ii + ${u}u) * ${TGN}u;`, `let ok${u} = c0 + tl${u} < ${P('tv')};`, `let row${u} = vrow0 + min(c0 + tl${u}, tvl);`);
     sw.words.forEach((_, k) => g.push(`let x${u}_${k} = ${g.u32('vc', `row${u} * ${VWPR}u + vo${k}`)};`));
-    g.push(`let n${u} = ${g.meta('vm', `row${u} * ${VGPR}u + vg`, vs.meta)};`);
+    g.push(`let n${u} = ${g.meta('vm', `row${u} * ${P('vgpr')} + vg`, vs.meta)};`);
   }
   for (let u = 0; u < UV; u++) tokenMath(String(u), `tl${u}`, `ok${u}`);
   g.push('}');
