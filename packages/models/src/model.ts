@@ -358,6 +358,78 @@ export class DecoderModel {
     }
   }
 
+  /**
+   * Run several sequences at once, each through its own cache: `ids[b]` are the next tokens of sequence `b`
+   * (every sequence must bring the same number of tokens; their positions may differ). Weight matmuls run on
+   * all sequences together, attention per sequence through `caches[b]`. Returns logits `[B·rows, vocab]`,
+   * sequence-major (`rows` per sequence as in {@link DecoderModel.forward}). The same cache must not appear twice.
+   */
+  forwardBatch(ids: ArrayLike<number>[], caches: KvCache[], logits: LogitsSelection = 'last'): tf.Tensor2D {
+    if (ids.length === 0) throw new XqShapeError('forwardBatch: needs at least one sequence, got 0');
+    if (ids.length !== caches.length) {
+      throw new XqShapeError(`forwardBatch: ${ids.length} sequences but ${caches.length} caches`);
+    }
+    if (new Set(caches).size !== caches.length) throw new XqStateError('E_STATE', 'forwardBatch: the same cache appears twice');
+    const T = ids[0]!.length;
+    ids.forEach((seq, b) => {
+      if (seq.length !== T) throw new XqShapeError(`forwardBatch: sequence ${b} has ${seq.length} tokens, sequence 0 has ${T}`);
+    });
+    const B = ids.length;
+    const states = ids.map((seq, b) => this.begin(seq, caches[b]!, logits));
+    const c = this.config;
+    const { rows } = states[0]!;
+    const st: ForwardState = tf.tidy(() => ({
+      T: B * T,
+      rows,
+      append: false,
+      cos: B === 1 ? tf.clone(states[0]!.cos) : (tf.concat(states.map((s) => s.cos), 0) as tf.Tensor2D),
+      sin: B === 1 ? tf.clone(states[0]!.sin) : (tf.concat(states.map((s) => s.sin), 0) as tf.Tensor2D),
+      x: B === 1 ? tf.clone(states[0]!.x) : (tf.concat(states.map((s) => s.x), 0) as tf.Tensor2D),
+    }));
+    for (const s of states) DecoderModel.release(s);
+    try {
+      for (let l = 0; l < c.numLayers; l++) {
+        const { q, k, v } = this.projectQkv(l, st);
+        const outs: tf.Tensor3D[] = [];
+        let attn: tf.Tensor3D;
+        try {
+          for (let b = 0; b < B; b++) {
+            const part = (x: tf.Tensor3D) => tf.slice(x, [0, b * T, 0], [x.shape[0], T, c.headDim]) as tf.Tensor3D;
+            const qb = part(q);
+            const kb = part(k);
+            const vb = part(v);
+            try {
+              if (states[b]!.append) caches[b]!.append(l, kb, vb);
+              else caches[b]!.prefill(l, kb, vb);
+              outs.push(caches[b]!.attend(l, qb));
+            } finally {
+              qb.dispose();
+              kb.dispose();
+              vb.dispose();
+            }
+          }
+          attn = B === 1 ? outs[0]! : (tf.concat(outs, 1) as tf.Tensor3D);
+        } finally {
+          q.dispose();
+          k.dispose();
+          v.dispose();
+          if (B > 1) for (const o of outs) o.dispose();
+        }
+        this.advance(l, st, attn);
+      }
+      if (rows === T || B === 1) return this.logits({ ...st, T: B * T, rows: B * rows });
+      return tf.tidy(() => {
+        const pick: number[] = [];
+        for (let b = 0; b < B; b++) for (let r = T - rows; r < T; r++) pick.push(b * T + r);
+        const sel = tf.gather(st.x, tf.tensor1d(pick, 'int32')) as tf.Tensor2D;
+        const normed = this.rmsNorm(sel, this.finalNorm);
+        return (this.lmHead ? tf.matMul(normed, this.lmHead) : tf.matMul(normed, this.embed, false, true)) as tf.Tensor2D;
+      });
+    } finally {
+      DecoderModel.release(st);
+    }
+  }
+
   /** Free every weight tensor; the model is unusable afterwards. */
   dispose(): void {
     if (this.disposed) return;
