@@ -7,6 +7,9 @@ type CommandModule = { run(argv: string[]): Promise<number>; summary: string };
 const COMMANDS: Record<string, () => Promise<CommandModule>> = {
   verify: () => import('./commands/verify.js'),
   eval: () => import('./commands/eval.js'),
+  bench: () => import('./commands/bench.js'),
+  report: () => import('./commands/report.js'),
+  plan: () => import('./commands/plan.js'),
   generate: () => import('./commands/generate.js'),
 };
 

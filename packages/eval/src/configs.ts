@@ -11,6 +11,7 @@ import {
   type KvCache,
   type KvCacheShape,
 } from '@xquant/tfjs';
+import { registerPlannedStrategy } from './planned.js';
 
 /** One cache configuration under evaluation: a preset (or strategy) with its residual length and group size. */
 export interface CacheSpec {
@@ -79,6 +80,7 @@ export function readPresetFile(path: string): PresetFile {
  * Unknown names throw `E_STRATEGY_UNKNOWN` listing the presets.
  */
 export function resolveCacheSpecs(names: readonly string[], options: ResolveCacheOptions = {}): CacheSpec[] {
+  registerPlannedStrategy();
   checkPositiveInts(options.residualLengths, 'residual length');
   checkPositiveInts(options.groupSizes, 'group size');
   const Rs = options.residualLengths?.length ? options.residualLengths : [DEFAULT_RESIDUAL_LENGTH];
@@ -113,6 +115,7 @@ export function resolveCacheSpecs(names: readonly string[], options: ResolveCach
 
 /** Create the KV cache of a configuration for a model's cache shape. */
 export function createCacheFor(spec: CacheSpec, shape: KvCacheShape): KvCache {
+  registerPlannedStrategy();
   return spec.strategy === FULL_ID ? createKvCache(FULL_ID, shape) : createKvCache(spec.strategy, shape, spec.options);
 }
 
@@ -155,15 +158,16 @@ export function specBits(spec: CacheSpec, shape: KvCacheShape, tokens = 2048): S
       seed = (seed * 1103515245 + 12345) & 0x7fffffff;
       return seed / 0x7fffffff - 0.5;
     };
+    const q = tf.zeros([kvHeads, 1, headDim]) as tf.Tensor3D;
     for (let l = 0; l < shape.layers; l++) {
-      const data = new Float32Array(kvHeads * tokens * headDim).map(rand);
-      tf.tidy(() => {
-        const k = tf.tensor3d(data, [kvHeads, tokens, headDim]);
-        const v = tf.tensor3d(data, [kvHeads, tokens, headDim]);
-        cache.prefill(l, k, v);
-        cache.attend(l, tf.zeros([kvHeads, 1, headDim]) as tf.Tensor3D).dispose(); // triggers the flush
-      });
+      const k = tf.tensor3d(new Float32Array(kvHeads * tokens * headDim).map(rand), [kvHeads, tokens, headDim]);
+      const v = tf.tensor3d(new Float32Array(kvHeads * tokens * headDim).map(rand), [kvHeads, tokens, headDim]);
+      cache.prefill(l, k, v); // outside tf.tidy: the full cache keeps a clone
+      k.dispose();
+      v.dispose();
+      cache.attend(l, q).dispose(); // attend ends with the schedule's flush
     }
+    q.dispose();
     return { paperBits: acct.paperBits, storedBits: acct.storedBitsPerElement, heldBits: cache.memory().trueBitsPerElement, tokens };
   } finally {
     cache.dispose();

@@ -3,6 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { XqConfigError, XqShapeError } from '@xquant/quant';
 import type { KvCache, KvCacheShape } from '@xquant/tfjs';
 import { FULL_ID, createCacheFor, specBits, type CacheSpec } from './configs.js';
+import { captureLayers, layerErrors } from './layer-error.js';
 import { argmax, firstDigits, klDivergence, logSoftmax, type ProseSums } from './metrics.js';
 import { ProgressBar, type ProgressStream } from './progress.js';
 import type { EvalFile, PasskeyRecord, ProseRecord } from './records.js';
@@ -64,6 +65,11 @@ export interface RunEvalOptions extends ProtocolOptions {
   bitsTokens?: number;
   /** Progress bar stream (default stderr); false for none. */
   progress?: ProgressStream | false;
+  /**
+   * Token ids of a prompt for the per-layer error diagnostic (each layer in isolation: attention output, keys and
+   * values vs full precision, see `layerErrors`); omitted = not computed.
+   */
+  layerErrorPrompt?: readonly number[];
   /** Called after every (record, configuration) with the seconds it took. */
   onStep?: (info: { file: string; index: number; config: string; seconds: number }) => void;
 }
@@ -335,6 +341,13 @@ export async function runEval(options: RunEvalOptions): Promise<EvalResults> {
     else passkey.push(await runPasskeyRecord(ctx, file.name, index, rec));
   }
   bar?.finish();
+  let layerErrorResult: EvalResults['layerErrors'];
+  if (options.layerErrorPrompt) {
+    const cap = await captureLayers(model, options.layerErrorPrompt);
+    const perCache: NonNullable<EvalResults['layerErrors']>['perCache'] = {};
+    for (const spec of caches) perCache[spec.id] = layerErrors(cap, (s) => createCacheFor(spec, s));
+    layerErrorResult = { promptTokens: cap.tokens, queryRows: cap.queryRows, perCache };
+  }
   const fileList = files.map((f) => ({
     name: f.name,
     kind: f.kind,
@@ -362,5 +375,6 @@ export async function runEval(options: RunEvalOptions): Promise<EvalResults> {
     prose: sortRecords(prose, fileList),
     passkey: sortRecords(passkey, fileList),
     timing: ledger.timing,
+    ...(layerErrorResult ? { layerErrors: layerErrorResult } : {}),
   };
 }

@@ -1,5 +1,6 @@
 import { XqConfigError, XqFormatError } from '@xquant/quant';
 import type { CacheSpec, SpecBits } from './configs.js';
+import type { LayerError } from './layer-error.js';
 import { summarizeProse, type ProseSummary, type ProseSums } from './metrics.js';
 
 /** Format tag of results files written by {@link runEval} and {@link mergeResults}. */
@@ -75,6 +76,8 @@ export interface EvalResults {
   passkey: PasskeyRecordResult[];
   /** Wall time and decode steps spent per configuration (summed over records and shards). */
   timing: Record<string, { seconds: number; steps: number; records: number }>;
+  /** Per-layer error diagnostic of every configuration on one prompt (each layer in isolation), if computed. */
+  layerErrors?: { promptTokens: number; queryRows: number; perCache: Record<string, LayerError[]> };
 }
 
 /** Passkey accuracy at one length. */

@@ -1,0 +1,104 @@
+import { writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { benchMarkdown, openEvalModel, resolveCacheSpecs, runBench } from '@xquant/eval';
+import { XqError } from '@xquant/quant';
+import type { BackendName } from '@xquant/tfjs';
+
+/** One-line description shown by `xquant --help`. */
+export const summary = 'decode-step speed and cache memory per cache preset and context length (JSON + table)';
+
+const USAGE = `usage: xquant bench --model DIR [--caches LIST] [options]
+
+Times single-token decode steps through each cache after a full-precision prefill of C random tokens (C from
+--contexts), with 'full' as the baseline in the same run, and measures the memory each cache holds at each length
+of --memory-contexts (random K/V, no model). Prints markdown tables; --out writes JSON (+ .md beside it).
+
+options:
+  --model DIR               model directory (or .safetensors / .gguf)
+  --caches LIST             presets or @preset.json (default full,kivi-2,kivi-1,asymkv-1.5,xquant-1.38)
+  --residual R[,R]          residual length(s) (default 128)
+  --group-size G[,G]        group size(s) (default 32)
+  --contexts LIST           context lengths for speed (default 256,512,1024,2048)
+  --memory-contexts LIST    context lengths for memory (default 256,…,16384)
+  --steps N                 timed decode steps per run (default 16)
+  --backend NAME            tensorflow, wasm or cpu (default: the first that loads)
+  --out FILE                write JSON to FILE and markdown to FILE with .md
+  --json                    print the JSON on stdout (else the tables)
+  -h, --help                show this help`;
+
+function ints(v: string | undefined, what: string): number[] | undefined {
+  if (v === undefined) return undefined;
+  return v.split(',').map((s) => {
+    const n = Number(s.trim());
+    if (!Number.isInteger(n) || n <= 0) throw new XqError('E_CONFIG', `${what}: expected comma-separated positive integers; got '${v}'`);
+    return n;
+  });
+}
+
+/** `xquant bench …`; returns the exit code. */
+export async function run(argv: string[]): Promise<number> {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    values = parseArgs({
+      args: argv,
+      options: {
+        model: { type: 'string' },
+        caches: { type: 'string' },
+        residual: { type: 'string' },
+        'group-size': { type: 'string' },
+        contexts: { type: 'string' },
+        'memory-contexts': { type: 'string' },
+        steps: { type: 'string' },
+        backend: { type: 'string' },
+        out: { type: 'string' },
+        json: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }).values;
+  } catch (e) {
+    console.error(`xquant bench: ${(e as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (typeof values.model !== 'string') {
+    console.error(`xquant bench: --model is required\n\n${USAGE}`);
+    return 2;
+  }
+  const caches = resolveCacheSpecs(String(values.caches ?? 'full,kivi-2,kivi-1,asymkv-1.5,xquant-1.38').split(','), {
+    residualLengths: ints(values.residual as string | undefined, '--residual'),
+    groupSizes: ints(values['group-size'] as string | undefined, '--group-size'),
+  });
+  const steps = ints(values.steps as string | undefined, '--steps')?.[0];
+  const rt = await openEvalModel(values.model, { backend: values.backend as BackendName | undefined });
+  process.stderr.write(`xquant bench: ${rt.name} on ${rt.backend.backend} (${rt.backend.reason}), ${caches.length} configs\n`);
+  try {
+    let last = 0;
+    const result = await runBench({
+      model: rt.model,
+      modelName: rt.name,
+      caches,
+      contexts: ints(values.contexts as string | undefined, '--contexts'),
+      memoryContexts: ints(values['memory-contexts'] as string | undefined, '--memory-contexts'),
+      steps,
+      log: (line) => {
+        const now = Date.now();
+        if (now - last > 1000) {
+          process.stderr.write(`${line}\n`);
+          last = now;
+        }
+      },
+    });
+    const md = benchMarkdown(result);
+    if (typeof values.out === 'string') {
+      writeFileSync(values.out, `${JSON.stringify(result, null, 1)}\n`);
+      writeFileSync(values.out.replace(/\.json$/i, '') + '.md', md);
+    }
+    process.stdout.write(values.json ? `${JSON.stringify(result)}\n` : md);
+    return 0;
+  } finally {
+    rt.model.dispose();
+  }
+}

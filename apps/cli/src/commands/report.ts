@@ -1,0 +1,89 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { BENCH_FORMAT, RESULTS_FORMAT, parseAnchor, renderReport, type BenchResults, type EvalResults, type ReportInput } from '@xquant/eval';
+import { XqError, XqFormatError } from '@xquant/quant';
+
+/** One-line description shown by `xquant --help`. */
+export const summary = 'render eval / bench / plan JSON as one self-contained HTML page with plots';
+
+const USAGE = `usage: xquant report --in FILE.json... --out report.html [--anchor results.json] [--title TEXT] [--note TEXT]
+
+Reads results of 'xquant eval' (or 'eval merge'), 'xquant bench' and 'xquant plan' (recognised by their format
+field) and writes ONE HTML file with inline SVG plots: KL, perplexity and passkey accuracy vs true stored bits per
+method, per-layer attention error, memory and stored bits vs context length, decode speed, and plan tables.
+
+options:
+  --in FILE...      input JSON files (more may follow as plain arguments)
+  --out FILE        the HTML file to write (required)
+  --anchor FILE     reference results (reference-fidelity/results.json) drawn as extra series
+  --title TEXT      page title
+  --note TEXT       text shown under the title (e.g. the command that made the inputs)
+  --json            print {"out": FILE, "bytes": N} on stdout
+  -h, --help        show this help`;
+
+function readJson(path: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new XqError('E_IO', `${path}: cannot read (${(e as Error).message})`, { cause: e });
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new XqFormatError(`${path}: not JSON (${(e as Error).message})`, { cause: e });
+  }
+}
+
+/** `xquant report …`; returns the exit code. */
+export async function run(argv: string[]): Promise<number> {
+  let values: { in?: string[]; out?: string; anchor?: string; title?: string; note?: string; json?: boolean; help?: boolean };
+  let positionals: string[];
+  try {
+    const parsed = parseArgs({
+      args: argv,
+      options: {
+        in: { type: 'string', multiple: true },
+        out: { type: 'string' },
+        anchor: { type: 'string' },
+        title: { type: 'string' },
+        note: { type: 'string' },
+        json: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      allowPositionals: true,
+    });
+    values = parsed.values;
+    positionals = parsed.positionals;
+  } catch (e) {
+    console.error(`xquant report: ${(e as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  const inputs = [...(values.in ?? []), ...positionals];
+  if (!values.out || inputs.length === 0) {
+    console.error(`xquant report: --in and --out are required\n\n${USAGE}`);
+    return 2;
+  }
+  const input: { results: EvalResults[]; bench: BenchResults[]; plans: NonNullable<ReportInput['plans']>[number][] } = { results: [], bench: [], plans: [] };
+  for (const f of inputs) {
+    const j = readJson(f) as { format?: string };
+    if (j?.format === RESULTS_FORMAT) input.results.push(j as EvalResults);
+    else if (j?.format === BENCH_FORMAT) input.bench.push(j as BenchResults);
+    else if (j?.format === 'xquant-plan/v1') input.plans.push(j as NonNullable<ReportInput['plans']>[number]);
+    else throw new XqFormatError(`${f}: not an xquant eval, bench or plan result (format ${JSON.stringify(j?.format)})`);
+  }
+  const html = renderReport({
+    ...input,
+    anchor: values.anchor ? parseAnchor(readJson(values.anchor)) : undefined,
+    title: values.title,
+    note: values.note,
+  });
+  writeFileSync(values.out, html);
+  if (values.json) process.stdout.write(`${JSON.stringify({ out: values.out, bytes: Buffer.byteLength(html) })}\n`);
+  else process.stderr.write(`xquant report: wrote ${values.out} (${Buffer.byteLength(html)} bytes, ${input.results.length} eval, ${input.bench.length} bench, ${input.plans.length} plan inputs)\n`);
+  return 0;
+}

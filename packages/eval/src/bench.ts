@@ -1,0 +1,183 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { accountBits } from '@xquant/cross-layer';
+import { XqConfigError } from '@xquant/quant';
+import { createKvCache, type KvCache } from '@xquant/tfjs';
+import { FULL_ID, cachePlan, createCacheFor, type CacheSpec } from './configs.js';
+import type { EvalModel } from './protocol.js';
+
+/** Format tag of {@link BenchResults}. */
+export const BENCH_FORMAT = 'xquant-bench/v1';
+
+/** Options of {@link runBench}. */
+export interface BenchOptions {
+  model: EvalModel;
+  /** Configurations; `full` is added as the baseline. */
+  caches: readonly CacheSpec[];
+  /** Context lengths for the decode-speed runs. Default [256, 512, 1024, 2048]. */
+  contexts?: readonly number[];
+  /** Context lengths for the memory sweep (no model runs). Default 256 … 16384 (powers of two). */
+  memoryContexts?: readonly number[];
+  /** Timed decode steps per run. Default 16. */
+  steps?: number;
+  /** Untimed steps before timing. Default 2. */
+  warmup?: number;
+  /** Model name recorded in the results. */
+  modelName?: string;
+  /** Called before each run (progress). */
+  log?: (line: string) => void;
+}
+
+/** Decode speed of one configuration at one context length. */
+export interface BenchSpeedRow {
+  config: string;
+  method: string;
+  residualLength: number | null;
+  groupSize: number | null;
+  /** Tokens in the cache when timing started. */
+  context: number;
+  /** Mean wall time of one decode step (model forward through the cache + reading the logits), ms. */
+  msPerStep: number;
+  /** Bytes the cache holds after the timed steps (`cache.memory().totalBytes`). */
+  bytes: number;
+}
+
+/** Memory of one configuration at one context length. */
+export interface BenchMemoryRow {
+  config: string;
+  method: string;
+  context: number;
+  /** Bytes held by this implementation (`cache.memory()`: float32 residual window and buffers included). */
+  heldBytes: number;
+  heldBits: number;
+  /** True stored bits per element with an fp16 residual window (`accountBits`). */
+  storedBits: number;
+  paperBits: number;
+}
+
+/** Output of {@link runBench}. */
+export interface BenchResults {
+  format: typeof BENCH_FORMAT;
+  model: string;
+  backend: string;
+  steps: number;
+  speed: BenchSpeedRow[];
+  memory: BenchMemoryRow[];
+}
+
+function lcg(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+function fillRandom(cache: KvCache, tokens: number, rand: () => number): void {
+  const { layers, kvHeads, headDim } = cache.shape;
+  const q = tf.zeros([kvHeads, 1, headDim]) as tf.Tensor3D;
+  for (let l = 0; l < layers; l++) {
+    const k = tf.tensor3d(Float32Array.from({ length: kvHeads * tokens * headDim }, () => rand() * 4 - 2), [kvHeads, tokens, headDim]);
+    const v = tf.tensor3d(Float32Array.from({ length: kvHeads * tokens * headDim }, () => rand() * 4 - 2), [kvHeads, tokens, headDim]);
+    cache.prefill(l, k, v);
+    k.dispose();
+    v.dispose();
+    cache.attend(l, q).dispose();
+  }
+  q.dispose();
+}
+
+/**
+ * Decode-step speed and cache memory per configuration and context length on the active tfjs backend, with `full` as
+ * the baseline in the same run. Speed: a full-precision prefill of `context` random tokens is copied into each cache,
+ * then `warmup` + `steps` single-token forwards run through it. Memory: caches filled with random K/V, no model.
+ */
+export async function runBench(options: BenchOptions): Promise<BenchResults> {
+  const { model } = options;
+  const log = options.log ?? (() => {});
+  const steps = options.steps ?? 16;
+  const warmup = options.warmup ?? 2;
+  if (!Number.isInteger(steps) || steps < 1) throw new XqConfigError('E_CONFIG', `steps must be a positive integer; got ${String(steps)}`);
+  const contexts = options.contexts ?? [256, 512, 1024, 2048];
+  const memoryContexts = options.memoryContexts ?? [256, 512, 1024, 2048, 4096, 8192, 16384];
+  for (const t of [...contexts, ...memoryContexts]) {
+    if (!Number.isInteger(t) || t < 1) throw new XqConfigError('E_CONFIG', `context lengths must be positive integers; got ${String(t)}`);
+  }
+  const caches: CacheSpec[] = options.caches.some((c) => c.id === FULL_ID)
+    ? [...options.caches]
+    : [{ id: FULL_ID, method: FULL_ID, strategy: FULL_ID, options: {}, residualLength: null, groupSize: null }, ...options.caches];
+  const shape = model.cacheShape;
+  const V = model.config.vocabSize;
+  const speed: BenchSpeedRow[] = [];
+  for (const T of contexts) {
+    const rand = lcg(T);
+    const ids = Array.from({ length: T }, () => 2 + Math.floor(rand() * (V - 2)));
+    const next = Array.from({ length: warmup + steps }, () => 2 + Math.floor(rand() * (V - 2)));
+    log(`bench: prefill ${T} tokens`);
+    const full = createKvCache(FULL_ID, shape);
+    model.forward(ids, full).dispose();
+    const snap = Array.from({ length: shape.layers }, (_, l) => full.dequantize(l));
+    full.dispose();
+    try {
+      for (const spec of caches) {
+        log(`bench: ${spec.id} at ${T} tokens`);
+        const cache = createCacheFor(spec, shape);
+        try {
+          snap.forEach(({ keys, values }, l) => cache.prefill(l, keys, values));
+          let t0 = 0;
+          for (let i = 0; i < warmup + steps; i++) {
+            if (i === warmup) t0 = performance.now();
+            const logits = model.forward([next[i]!], cache);
+            await logits.data();
+            logits.dispose();
+          }
+          const ms = (performance.now() - t0) / steps;
+          speed.push({ config: spec.id, method: spec.method, residualLength: spec.residualLength, groupSize: spec.groupSize, context: T, msPerStep: ms, bytes: cache.memory().totalBytes });
+        } finally {
+          cache.dispose();
+        }
+      }
+    } finally {
+      for (const s of snap) {
+        s.keys.dispose();
+        s.values.dispose();
+      }
+    }
+  }
+  const memory: BenchMemoryRow[] = [];
+  for (const T of memoryContexts) {
+    for (const spec of caches) {
+      log(`bench: memory of ${spec.id} at ${T} tokens`);
+      const cache = createCacheFor(spec, shape);
+      try {
+        fillRandom(cache, T, lcg(T + 7));
+        const m = cache.memory();
+        const isFull = spec.id === FULL_ID;
+        const acct = isFull
+          ? { storedBitsPerElement: 16, paperBits: 16 }
+          : accountBits({ plan: cachePlan(cache), kvHeads: shape.kvHeads, headDim: shape.headDim, tokens: T, residualLength: spec.residualLength!, groupSize: spec.groupSize! });
+        memory.push({ config: spec.id, method: spec.method, context: T, heldBytes: m.totalBytes, heldBits: m.trueBitsPerElement, storedBits: acct.storedBitsPerElement, paperBits: acct.paperBits });
+      } finally {
+        cache.dispose();
+      }
+    }
+  }
+  return { format: BENCH_FORMAT, model: options.modelName ?? 'model', backend: tf.getBackend(), steps, speed, memory };
+}
+
+/** Markdown tables of a bench run: speed (with the ratio to `full` at the same context) and memory. */
+export function benchMarkdown(b: BenchResults): string {
+  const out: string[] = [`**Decode step, ${b.model} on ${b.backend}** (mean of ${b.steps} steps; ratio = config / full at the same context)`, ''];
+  out.push('| config | context | ms/step | × full | cache KiB | × full |', '|---|---:|---:|---:|---:|---:|');
+  for (const r of b.speed) {
+    const base = b.speed.find((x) => x.config === FULL_ID && x.context === r.context);
+    out.push(
+      `| ${r.config} | ${r.context} | ${r.msPerStep.toFixed(1)} | ${base ? (r.msPerStep / base.msPerStep).toFixed(2) : '–'} | ${(r.bytes / 1024).toFixed(0)} | ${base ? (r.bytes / base.bytes).toFixed(3) : '–'} |`,
+    );
+  }
+  out.push('', `**Cache memory, ${b.model}** (held = this implementation, float32 residual window; stored = fp16 residual, the paper-comparable figure)`, '');
+  out.push('| config | context | held KiB | held bits | stored bits | paper bits |', '|---|---:|---:|---:|---:|---:|');
+  for (const r of b.memory) {
+    out.push(`| ${r.config} | ${r.context} | ${(r.heldBytes / 1024).toFixed(0)} | ${r.heldBits.toFixed(3)} | ${r.storedBits.toFixed(3)} | ${r.paperBits.toFixed(3)} |`);
+  }
+  return `${out.join('\n')}\n`;
+}

@@ -1,0 +1,405 @@
+import { accountBits, type LayerStorage } from '@xquant/cross-layer';
+import { XqConfigError, type Bits } from '@xquant/quant';
+import type { KvCacheShape } from '@xquant/tfjs';
+import { FULL_ID, type CacheSpec, type PresetFile } from './configs.js';
+import { captureLayers, layerErrors } from './layer-error.js';
+import { planned, type CalibrationChoice, type PlannedOptions } from './planned.js';
+import { runEval, type EvalModel } from './protocol.js';
+import type { EvalFile } from './records.js';
+import { summarize } from './results.js';
+import { bestDonors, codeAgreement, type CodeAgreement } from './similarity.js';
+
+type Kind = 'keys' | 'values';
+type TensorBits = Bits | 16;
+
+/** Options of {@link planForBudget}. */
+export interface PlanOptions {
+  /** The model (a `DecoderModel` fits). */
+  model: EvalModel;
+  /** Budget in true stored bits per K/V element (codes + fp16 scale/zero + fp16 residual window) at `tokens`. */
+  budgetBits: number;
+  /** Token ids of a short calibration prompt (starts with BOS; ≥ prefill + 32 tokens; ~300 is plenty). */
+  calibrationPrompt: readonly number[];
+  /** Residual length R (fixed, part of the budget). Default 128. */
+  residualLength?: number;
+  /** Context length at which the budget is accounted. Default 2048. */
+  tokens?: number;
+  /** Group sizes to try (one per plan; must divide headDim and R). Default [32, 64]. */
+  groupSizes?: number[];
+  /** Bit widths a tensor may get (16 = full precision). Default [1, 2, 4, 16]. */
+  bitChoices?: TensorBits[];
+  /** Calibrations a tensor may get. Default ['none', 'eta', 'least-squares']. */
+  calibrations?: CalibrationChoice[];
+  /** Try cross-layer code sharing (donors chosen by measured code agreement). Default true. */
+  sharing?: boolean;
+  /** Weigh each tensor's attention error by the KL it causes alone (one KL run per tensor). Default true. */
+  sensitivity?: boolean;
+  /** Plans verified by their KL on the calibration prompt. Default 6. */
+  maxVerify?: number;
+  /** Prefill before teacher forcing on the calibration prompt. Default 64. */
+  prefill?: number;
+  /** Progress messages (one line each). */
+  log?: (line: string) => void;
+}
+
+/** One verified candidate. */
+export interface PlanCandidate {
+  name: string;
+  options: PlannedOptions;
+  storedBits: number;
+  paperBits: number;
+  /** Predicted Σ weighted squared attention errors (what the search minimised). */
+  predicted: number;
+  /** Mean KL(full ‖ plan) on the calibration prompt. */
+  kl: number;
+  top1: number;
+}
+
+/** What {@link planForBudget} returns. */
+export interface PlanResult {
+  /** The chosen plan as a reusable preset (`xquant eval --caches @plan.json`, or `planned(preset.options)`). */
+  preset: PresetFile;
+  /** Its KL, top-1 and bits. */
+  best: PlanCandidate;
+  /** Every verified candidate, best first. */
+  candidates: PlanCandidate[];
+  /** Per tensor, KL on the calibration prompt when only it is 1-bit (if sensitivity ran), and its attention error. */
+  sensitivity: { layer: number; kind: Kind; kl: number; error: number }[];
+  /** Inter-layer code agreement (1-bit) on the calibration prompt. */
+  agreement: { keys: CodeAgreement; values: CodeAgreement };
+  /** Cheapest plan considered, in stored bits (when the budget is below it, planning fails with this figure). */
+  minimumBits: number;
+}
+
+interface Choice {
+  bits: TensorBits;
+  cal: CalibrationChoice;
+  donor: number | null;
+  /** Relative attention error of the layer with only this tensor quantized this way. */
+  err: number;
+}
+
+interface Plan {
+  gs: number;
+  keys: Choice[];
+  values: Choice[];
+}
+
+function fp(layers: number): LayerStorage[] {
+  return Array.from({ length: layers }, () => ({ bits: 16 as const, codesFrom: null }));
+}
+
+function calKey(c: CalibrationChoice): string {
+  return typeof c === 'string' ? c : `eta=${c.eta}`;
+}
+
+function plannedOptions(plan: Plan, R: number): PlannedOptions {
+  const st = (c: Choice): LayerStorage => ({ bits: c.bits, codesFrom: c.donor });
+  return {
+    residualLength: R,
+    groupSize: plan.gs,
+    keys: plan.keys.map(st),
+    values: plan.values.map(st),
+    keyCalibration: plan.keys.map((c) => c.cal),
+    valueCalibration: plan.values.map((c) => c.cal),
+  };
+}
+
+/**
+ * Search a per-tensor KV-cache plan for the best fidelity within a budget of true stored bits per element.
+ *
+ * 1. Prefill the calibration prompt at full precision and capture every layer's K, V and last queries.
+ * 2. For every tensor (layer × K/V), bit width, group size and calibration, measure the layer's relative attention
+ *    error with only that tensor quantized; optionally weigh tensors by the KL each causes alone (sensitivity).
+ * 3. Per group size, start from the cheapest widths and greedily upgrade the tensor with the best predicted gain per
+ *    stored bit until the budget is spent; then try cross-layer sharing with the donors the measured code agreement
+ *    suggests, re-spending the saved bits, and keep a share only if the prediction improves.
+ * 4. Verify the best few plans (and their all-η / all-least-squares variants) by their real KL on the calibration
+ *    prompt through the model, and return the best as a reusable preset of the {@link planned} strategy.
+ */
+export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
+  const { model, budgetBits } = options;
+  const log = options.log ?? (() => {});
+  if (!Number.isFinite(budgetBits) || budgetBits <= 0) throw new XqConfigError('E_CONFIG', `budgetBits must be a positive number; got ${String(budgetBits)}`);
+  const R = options.residualLength ?? 128;
+  const tokens = options.tokens ?? 2048;
+  const shape: KvCacheShape = model.cacheShape;
+  const L = shape.layers;
+  const prefill = options.prefill ?? 64;
+  const ids = [...options.calibrationPrompt];
+  if (ids.length < prefill + 32) throw new XqConfigError('E_CONFIG', `calibrationPrompt: need at least ${prefill + 32} tokens (prefill ${prefill} + 32 scored); got ${ids.length}`);
+  const bitChoices = options.bitChoices ?? [1, 2, 4, 16];
+  const cals = options.calibrations ?? ['none', 'eta', 'least-squares'];
+  const groupSizes = (options.groupSizes ?? [32, 64]).filter((g) => {
+    const ok = Number.isInteger(g) && g > 0 && shape.headDim % g === 0 && R % g === 0 && R % 32 === 0;
+    if (!ok) log(`plan: group size ${g} skipped (must divide headDim ${shape.headDim} and R ${R}; 1-bit keys need R a multiple of 32)`);
+    return ok;
+  });
+  if (groupSizes.length === 0) throw new XqConfigError('E_GROUP_SIZE', `no usable group size for headDim ${shape.headDim} and R ${R}`);
+
+  log(`plan: capturing K/V/queries of ${ids.length} calibration tokens`);
+  const cap = await captureLayers(model, ids, { queryRows: 32 });
+  const agreement = { keys: codeAgreement(cap, 'keys', { bits: 1, groupSize: 32 }), values: codeAgreement(cap, 'values', { bits: 1, groupSize: 32 }) };
+
+  // ---- bytes per tensor (additive over tensors) -------------------------------------------------------------
+  const elements = 2 * L * tokens * shape.kvHeads * shape.headDim;
+  const byteCache = new Map<string, number>();
+  const tensorBytes = (kind: Kind, bits: TensorBits, shared: boolean, gs: number): number => {
+    const key = `${kind}/${bits}/${shared}/${gs}`;
+    let b = byteCache.get(key);
+    if (b === undefined) {
+      const keys = fp(2);
+      const values = fp(2);
+      (kind === 'keys' ? keys : values)[1] = { bits, codesFrom: shared ? 0 : null };
+      (kind === 'keys' ? keys : values)[0] = { bits, codesFrom: null };
+      const acct = accountBits({ plan: { keys, values }, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens, residualLength: R, groupSize: gs });
+      const t = acct.perLayer[1]![kind];
+      b = t.codeBytes + t.metadataBytes + t.residualBytes;
+      byteCache.set(key, b);
+    }
+    return b;
+  };
+  const planBits = (p: Plan): number => {
+    let bytes = 0;
+    for (const kind of ['keys', 'values'] as const) for (const c of p[kind]) bytes += tensorBytes(kind, c.bits, c.donor !== null, p.gs);
+    return (8 * bytes) / elements;
+  };
+
+  // ---- per-tensor errors ------------------------------------------------------------------------------------
+  const errCache = new Map<string, number>();
+  /** Attention error of layer l with tensor (l, kind) stored as `c` (and, if shared, its donor at the same bits, own codes). */
+  const tensorError = (l: number, kind: Kind, bits: TensorBits, cal: CalibrationChoice, donor: number | null, gs: number, donorCal: CalibrationChoice = 'eta'): number => {
+    if (bits === 16) return 0;
+    const key = `${l}/${kind}/${bits}/${calKey(cal)}/${donor}/${gs}/${calKey(donorCal)}`;
+    let e = errCache.get(key);
+    if (e === undefined) {
+      const keys = fp(L);
+      const values = fp(L);
+      const kc: CalibrationChoice[] = Array.from({ length: L }, () => 'none');
+      const vc: CalibrationChoice[] = Array.from({ length: L }, () => 'none');
+      const st = kind === 'keys' ? keys : values;
+      const cc = kind === 'keys' ? kc : vc;
+      st[l] = { bits, codesFrom: donor };
+      cc[l] = cal;
+      if (donor !== null) {
+        st[donor] = { bits, codesFrom: null };
+        cc[donor] = donorCal;
+      }
+      const strat = planned({ residualLength: R, groupSize: gs, keys, values, keyCalibration: kc, valueCalibration: vc });
+      e = layerErrors(cap, (s) => strat.createCache(s), [l])[0]!.attention;
+      errCache.set(key, e);
+    }
+    return e;
+  };
+  const bestOwn = (l: number, kind: Kind, bits: TensorBits, gs: number): Choice => {
+    let best: Choice = { bits, cal: 'none', donor: null, err: Infinity };
+    for (const cal of bits === 16 ? (['none'] as CalibrationChoice[]) : cals) {
+      const err = tensorError(l, kind, bits, cal, null, gs);
+      if (err < best.err) best = { bits, cal, donor: null, err };
+    }
+    return best;
+  };
+
+  log(`plan: measuring per-tensor attention errors (${L} layers × K/V × ${bitChoices.length} widths × ${cals.length} calibrations × ${groupSizes.length} group sizes)`);
+  const table = new Map<number, { keys: Choice[][]; values: Choice[][] }>();
+  for (const gs of groupSizes) {
+    const t = { keys: [] as Choice[][], values: [] as Choice[][] };
+    for (const kind of ['keys', 'values'] as const) {
+      for (let l = 0; l < L; l++) t[kind].push(bitChoices.map((b) => bestOwn(l, kind, b, gs)));
+    }
+    table.set(gs, t);
+  }
+
+  // ---- sensitivity: KL when a single tensor is 1-bit --------------------------------------------------------
+  const weights = { keys: new Array<number>(L).fill(1), values: new Array<number>(L).fill(1) };
+  const sensitivity: PlanResult['sensitivity'] = [];
+  const evalFile: EvalFile = { path: 'calibration', name: 'calibration', kind: 'prose', records: [{ kind: 'prose', id: 'calibration', inputIds: ids }] };
+  const klOf = async (specs: { name: string; options: PlannedOptions }[]) => {
+    const caches: CacheSpec[] = [
+      { id: FULL_ID, method: FULL_ID, strategy: FULL_ID, options: {}, residualLength: null, groupSize: null },
+      ...specs.map((s) => ({ id: s.name, method: s.name, strategy: 'planned', options: s.options as unknown as Record<string, unknown>, residualLength: R, groupSize: s.options.groupSize ?? 32 })),
+    ];
+    const res = await runEval({ model, tokenizer: { decode: () => '' }, files: [evalFile], caches, prosePrefill: prefill, progress: false, bitsTokens: tokens });
+    const sums = summarize(res);
+    return specs.map((s) => sums.find((x) => x.config.id === s.name)!.prose!);
+  };
+  if (options.sensitivity ?? true) {
+    const gs0 = groupSizes[0]!;
+    const specs: { name: string; options: PlannedOptions }[] = [];
+    for (const kind of ['keys', 'values'] as const) {
+      for (let l = 0; l < L; l++) {
+        const keys = fp(L);
+        const values = fp(L);
+        (kind === 'keys' ? keys : values)[l] = { bits: 1, codesFrom: null };
+        specs.push({ name: `${kind}${l}`, options: { residualLength: R, groupSize: gs0, keys, values, keyCalibration: 'eta', valueCalibration: 'eta' } });
+      }
+    }
+    log(`plan: sensitivity — KL of each of ${specs.length} tensors alone at 1 bit on the calibration prompt`);
+    const kls = await klOf(specs);
+    specs.forEach((s, i) => {
+      const kind: Kind = s.name.startsWith('keys') ? 'keys' : 'values';
+      const l = Number(s.name.slice(kind.length));
+      const err = tensorError(l, kind, 1, 'eta', null, gs0);
+      const kl = kls[i]!.kl;
+      sensitivity.push({ layer: l, kind, kl, error: err });
+      weights[kind][l] = err > 0 ? Math.max(kl, 1e-6) / (err * err) : 1;
+    });
+  }
+  const contribution = (kind: Kind, l: number, c: Choice) => weights[kind][l]! * c.err * c.err;
+  const predicted = (p: Plan) => {
+    let s = 0;
+    for (const kind of ['keys', 'values'] as const) p[kind].forEach((c, l) => (s += contribution(kind, l, c)));
+    return s;
+  };
+
+  // ---- greedy allocation ------------------------------------------------------------------------------------
+  const frozen = (p: Plan, kind: Kind, l: number) => p[kind][l]!.donor !== null || p[kind].some((c) => c.donor === l);
+  const spend = (p: Plan): Plan => {
+    const t = table.get(p.gs)!;
+    const cur = { gs: p.gs, keys: [...p.keys], values: [...p.values] };
+    for (;;) {
+      const used = planBits(cur);
+      let best: { kind: Kind; l: number; c: Choice; ratio: number } | null = null;
+      for (const kind of ['keys', 'values'] as const) {
+        for (let l = 0; l < L; l++) {
+          if (frozen(cur, kind, l)) continue;
+          const now = cur[kind][l]!;
+          for (const c of t[kind][l]!) {
+            if (c.bits <= now.bits) continue;
+            const dBits = ((8 * (tensorBytes(kind, c.bits, false, p.gs) - tensorBytes(kind, now.bits, false, p.gs))) / elements);
+            if (used + dBits > budgetBits + 1e-12) continue;
+            const gain = contribution(kind, l, now) - contribution(kind, l, c);
+            const ratio = gain / dBits;
+            if (gain > 0 && (!best || ratio > best.ratio)) best = { kind, l, c, ratio };
+          }
+        }
+      }
+      if (!best) return cur;
+      cur[best.kind][best.l] = best.c;
+    }
+  };
+
+  const donorsFor = { keys: bestDonors(agreement.keys), values: bestDonors(agreement.values) };
+  const share = (p: Plan, kind: Kind, l: number, d: number): Plan | null => {
+    if (d === l || frozen(p, kind, l) || p[kind][d]!.donor !== null) return null;
+    const bits = p[kind][d]!.bits;
+    if (bits === 16) return null;
+    const next = { gs: p.gs, keys: [...p.keys], values: [...p.values] };
+    let best: Choice | null = null;
+    for (const cal of cals) {
+      const err = tensorError(l, kind, bits, cal, d, p.gs, p[kind][d]!.cal);
+      if (!best || err < best.err) best = { bits, cal, donor: d, err };
+    }
+    next[kind][l] = best!;
+    return next;
+  };
+
+  const minimal = (gs: number): Plan => {
+    const t = table.get(gs)!;
+    const minBits = Math.min(...bitChoices);
+    const pick = (kind: Kind) => t[kind].map((row) => row.find((c) => c.bits === minBits)!);
+    return { gs, keys: pick('keys'), values: pick('values') };
+  };
+
+  const plans: { name: string; plan: Plan }[] = [];
+  let minimumBits = Infinity;
+  for (const gs of groupSizes) {
+    let p = minimal(gs);
+    // Over budget even at the cheapest widths: share codes (least harm per saved bit first) until it fits.
+    while (planBits(p) > budgetBits && options.sharing !== false) {
+      let best: { plan: Plan; cost: number } | null = null;
+      for (const kind of ['keys', 'values'] as const) {
+        for (const { layer, donor } of donorsFor[kind]) {
+          for (const d of new Set([donor, layer - 1])) {
+            const q = share(p, kind, layer, d);
+            if (!q) continue;
+            const saved = planBits(p) - planBits(q);
+            const cost = (predicted(q) - predicted(p)) / Math.max(saved, 1e-9);
+            if (!best || cost < best.cost) best = { plan: q, cost };
+          }
+        }
+      }
+      if (!best) break;
+      p = best.plan;
+    }
+    minimumBits = Math.min(minimumBits, planBits(p));
+    if (planBits(p) > budgetBits + 1e-12) {
+      log(`plan: group size ${gs}: even the cheapest plan needs ${planBits(p).toFixed(3)} bits > budget ${budgetBits}`);
+      continue;
+    }
+    p = spend(p);
+    plans.push({ name: `g${gs}`, plan: p });
+    if (options.sharing !== false) {
+      // Sharing pass: accept a share when re-spending the saved bits lowers the prediction.
+      let improved = true;
+      let q = p;
+      while (improved) {
+        improved = false;
+        let best: Plan | null = null;
+        for (const kind of ['keys', 'values'] as const) {
+          for (const { layer, donor } of donorsFor[kind]) {
+            for (const d of new Set([donor, layer - 1])) {
+              const s = share(q, kind, layer, d);
+              if (!s) continue;
+              const r = spend(s);
+              if (predicted(r) < predicted(best ?? q) - 1e-12) best = r;
+            }
+          }
+        }
+        if (best) {
+          q = best;
+          improved = true;
+        }
+      }
+      if (q !== p) plans.push({ name: `g${gs}-shared`, plan: q });
+    }
+  }
+  if (plans.length === 0) {
+    throw new XqConfigError('E_CONFIG', `budget ${budgetBits} bits per element is below the cheapest plan (${minimumBits.toFixed(3)} bits at ${tokens} tokens, R = ${R}); raise the budget or R`);
+  }
+
+  // ---- verification by KL -----------------------------------------------------------------------------------
+  plans.sort((a, b) => predicted(a.plan) - predicted(b.plan));
+  const verify: { name: string; plan: Plan }[] = [];
+  for (const p of plans.slice(0, Math.max(1, (options.maxVerify ?? 6) - 2))) verify.push(p);
+  const top = plans[0]!;
+  for (const cal of ['eta', 'least-squares'] as const) {
+    const v = (cs: Choice[]) => cs.map((c) => ({ ...c, cal: c.bits === 16 ? ('none' as const) : cal }));
+    verify.push({ name: `${top.name}-all-${cal}`, plan: { gs: top.plan.gs, keys: v(top.plan.keys), values: v(top.plan.values) } });
+  }
+  log(`plan: verifying ${verify.length} plans by KL on the calibration prompt`);
+  const kls = await klOf(verify.map((v) => ({ name: v.name, options: plannedOptions(v.plan, R) })));
+  const candidates: PlanCandidate[] = verify.map((v, i) => {
+    const options = plannedOptions(v.plan, R);
+    const acct = accountBits({ plan: { keys: options.keys, values: options.values }, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens, residualLength: R, groupSize: v.plan.gs });
+    return { name: v.name, options, storedBits: acct.storedBitsPerElement, paperBits: acct.paperBits, predicted: predicted(v.plan), kl: kls[i]!.kl, top1: kls[i]!.top1 };
+  });
+  candidates.sort((a, b) => a.kl - b.kl);
+  const best = candidates[0]!;
+  const name = `plan-${budgetBits}b-R${R}`;
+  return {
+    preset: { name, strategy: 'planned', options: best.options as unknown as Record<string, unknown> },
+    best,
+    candidates,
+    sensitivity,
+    agreement,
+    minimumBits,
+  };
+}
+
+/** Calibration text used when none is given (written for this project; not from any eval set). */
+export const DEFAULT_CALIBRATION_TEXT = [
+  'The committee met on a grey morning to decide what should be done with the old library building. Some members',
+  'wanted to sell it, arguing that the town could no longer afford the repairs to the roof and the heating, while',
+  'others insisted that a town without a library would soon become a town without readers. After two hours of',
+  'discussion, the chairman proposed a compromise: the ground floor would stay open as a reading room, the upper',
+  'floors would be rented to a small school of music, and the money from the rent would pay for the roof. The',
+  'proposal was accepted by a narrow majority. In the weeks that followed, volunteers moved the books, repaired the',
+  'shelves and painted the walls. When the reading room opened again in spring, more people came than anyone had',
+  'expected, and the sound of pianos drifting down the stairs became part of the place. Years later, people would',
+  'remember that winter as the time when the town learned that it could still make decisions together, slowly and',
+  'with some noise, but in the end sensibly. The records of the meeting were kept in a box in the basement, where',
+  'they were found by a student who was writing a short history of the town for her final examination. She read',
+  'them carefully, copied the most interesting passages by hand, and asked the oldest members of the committee what',
+  'they remembered. Their answers did not always agree with the records, and sometimes not with each other.',
+].join(' ');
