@@ -1,0 +1,192 @@
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { DecoderModel } from '@xquant/models';
+import {
+  argmax,
+  createCacheFor,
+  logSoftmax,
+  mergeResults,
+  parseEvalJsonl,
+  resolveCacheSpecs,
+  resultsMarkdown,
+  runEval,
+  summarize,
+  type EvalFile,
+  type EvalResults,
+} from '@xquant/eval';
+import { scriptedModel, tinyModel, useCpu } from './support/tiny.js';
+
+const T = 100;
+const P = 16;
+
+function lcg(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0), s / 2 ** 32);
+}
+
+function proseFile(records: number, seed = 3): EvalFile {
+  const r = lcg(seed);
+  const lines = Array.from({ length: records }, (_, i) => JSON.stringify({ id: `r${i}`, input_ids: [0, ...Array.from({ length: T - 1 }, () => 2 + Math.floor(r() * 62))] }));
+  return parseEvalJsonl(lines.join('\n'), 'prose_tiny.jsonl');
+}
+
+const stripVolatile = (r: EvalResults) => ({ ...r, timing: {}, shards: [] });
+
+describe('prose protocol on a tiny random Llama (cpu backend)', () => {
+  let model: DecoderModel;
+  const decode = { decode: (ids: ArrayLike<number>) => Array.from(ids).join(' ') };
+  beforeAll(async () => {
+    await useCpu();
+    model = await tinyModel();
+  });
+
+  it('full through the harness = one plain forward; ppl, KL, top-1 and the excl-first ppl match float64 sums written here', async () => {
+    const file = proseFile(1);
+    const ids = file.records[0]!.inputIds;
+    const caches = resolveCacheSpecs(['kivi-2'], { residualLengths: [32], groupSizes: [32] });
+    const res = await runEval({ model, tokenizer: decode, files: [file], caches, prosePrefill: P, progress: false, sharedPrefill: false });
+    // plain forward of the whole record with a full cache: logits at every position
+    const full = createCacheFor(caches[0]!, model.cacheShape);
+    const all = model.forward(ids, full, 'all');
+    const allLogits = all.dataSync();
+    all.dispose();
+    full.dispose();
+    // the kivi-2 run, teacher forced by hand: own prefill of P tokens, then one token per step
+    const kc = createCacheFor(caches[1]!, model.cacheShape);
+    const rows: Float32Array[] = [];
+    let l = model.forward(ids.slice(0, P), kc);
+    rows.push(l.dataSync() as Float32Array);
+    l.dispose();
+    for (let p = P; p < T - 1; p++) {
+      l = model.forward([ids[p]!], kc);
+      rows.push(Float32Array.from(l.dataSync()));
+      l.dispose();
+    }
+    kc.dispose();
+    const V = 64;
+    let nllF = 0;
+    let nllQ = 0;
+    let nllQex = 0;
+    let kl = 0;
+    let top1 = 0;
+    for (let j = 0; j < T - P; j++) {
+      const pos = P - 1 + j;
+      const f = Array.from(allLogits.subarray(pos * V, (pos + 1) * V), Number);
+      const q = Array.from(rows[j]!, Number);
+      const zf = Math.log(f.reduce((a, v) => a + Math.exp(v), 0));
+      const zq = Math.log(q.reduce((a, v) => a + Math.exp(v), 0));
+      const tgt = ids[pos + 1]!;
+      nllF += zf - f[tgt]!;
+      nllQ += zq - q[tgt]!;
+      if (j > 0) nllQex += zq - q[tgt]!;
+      for (let c = 0; c < V; c++) kl += Math.exp(f[c]! - zf) * (f[c]! - zf - (q[c]! - zq));
+      if (argmax(f) === argmax(q)) top1++;
+    }
+    const n = T - P;
+    const [sf, sq] = summarize(res);
+    expect(sf!.prose!.predictions).toBe(n);
+    expect(Math.abs(Math.log(sf!.prose!.ppl) - nllF / n)).toBeLessThan(2e-5);
+    expect(sf!.prose!.kl).toBe(0);
+    expect(sf!.prose!.top1).toBe(1);
+    expect(Math.abs(Math.log(sq!.prose!.ppl) - nllQ / n)).toBeLessThan(2e-5);
+    expect(Math.abs(Math.log(sq!.prose!.pplExclFirst) - nllQex / (n - 1))).toBeLessThan(2e-5);
+    expect(Math.abs(sq!.prose!.kl - kl / n)).toBeLessThan(1e-4 * Math.max(1, kl / n));
+    expect(sq!.prose!.kl).toBeGreaterThan(0);
+    expect(Math.abs(sq!.prose!.top1 - top1 / n)).toBeLessThanOrEqual(1 / n + 1e-12); // one near-tie may flip
+  });
+
+  it('shared prefill (K/V copied from full) gives the same numbers as prefilling every cache', async () => {
+    const file = proseFile(1, 11);
+    const caches = resolveCacheSpecs(['kivi-1', 'xquant-1.38'], { residualLengths: [32] });
+    const a = await runEval({ model, tokenizer: decode, files: [file], caches, prosePrefill: P, progress: false, sharedPrefill: true });
+    const b = await runEval({ model, tokenizer: decode, files: [file], caches, prosePrefill: P, progress: false, sharedPrefill: false });
+    for (const id of ['kivi-1/R32/g32', 'xquant-1.38/R32/g32']) {
+      const x = a.prose[0]!.perCache[id]!;
+      const y = b.prose[0]!.perCache[id]!;
+      expect(x.n).toBe(y.n);
+      expect(Math.abs(x.nll - y.nll)).toBeLessThan(1e-4 * x.n);
+      expect(Math.abs(x.kl - y.kl)).toBeLessThan(1e-4 * x.n);
+    }
+  });
+
+  it('shards merged = the unsharded run (records, configs and every sum); merge rejects overlaps and foreign inputs', async () => {
+    const file = proseFile(3, 5);
+    const caches = resolveCacheSpecs(['kivi-2'], { residualLengths: [32] });
+    const opts = { model, tokenizer: decode, files: [file], caches, prosePrefill: P, progress: false as const };
+    const whole = await runEval(opts);
+    const parts = [];
+    for (const index of [2, 0, 1]) parts.push(await runEval({ ...opts, shard: { index, count: 3 } }));
+    expect(parts.map((p) => p.prose.length)).toEqual([1, 1, 1]);
+    const merged = mergeResults(parts);
+    expect(merged.shards.map((s) => s.index)).toEqual([0, 1, 2]);
+    expect(stripVolatile(merged)).toEqual(stripVolatile(whole));
+    expect(summarize(merged)).toEqual(summarize(whole));
+    expect(resultsMarkdown(merged)).toBe(resultsMarkdown(whole));
+    expect(() => mergeResults([parts[0]!, parts[0]!])).toThrow(/appears in more than one input/);
+    expect(() => mergeResults([{ ...parts[0]!, format: 'nope' } as unknown as EvalResults])).toThrow(/not an xquant eval result/);
+    expect(() => mergeResults([parts[0]!, { ...parts[1]!, configs: parts[1]!.configs.slice(0, 1) }])).toThrow(/configurations/);
+  });
+
+  it('results carry paper/stored bits from the plan and the measured bits of cache.memory()', async () => {
+    const file = proseFile(1);
+    const res = await runEval({ model, tokenizer: decode, files: [file], caches: resolveCacheSpecs(['kivi-2', 'asymkv-1.5'], { residualLengths: [32] }), prosePrefill: P, progress: false, limit: 1 });
+    const byId = Object.fromEntries(res.configs.map((c) => [c.id, c]));
+    // headDim 32, gs 32, R 32, T 2048: codes b, metadata 1, values keep 32 fp16 tokens
+    const stored = (kb: number, vb: number) => ((kb + 1) * 2048 + (vb + 1) * 2016 + 16 * 32) / (2 * 2048);
+    expect(byId['kivi-2/R32/g32']!.paperBits).toBe(2);
+    expect(byId['kivi-2/R32/g32']!.storedBits).toBeCloseTo(stored(2, 2), 12);
+    expect(byId['asymkv-1.5/R32/g32']!.storedBits).toBeCloseTo(stored(2, 1), 12);
+    expect(byId['full']!.storedBits).toBe(16);
+    expect(byId['full']!.heldBits).toBe(32); // float32
+    expect(byId['kivi-2/R32/g32']!.heldBits).toBeGreaterThan(byId['kivi-2/R32/g32']!.storedBits);
+    expect(byId['kivi-2/R32/g32']!.heldBits).toBeLessThan(4);
+  });
+
+  it('layer-error diagnostic: zero for full, grows as bits drop', async () => {
+    const ids = proseFile(1).records[0]!.inputIds;
+    const res = await runEval({
+      model, tokenizer: decode, files: [proseFile(1)], caches: resolveCacheSpecs(['kivi-2', 'kivi-1'], { residualLengths: [32] }),
+      prosePrefill: P, progress: false, layerErrorPrompt: ids,
+    });
+    const le = res.layerErrors!.perCache;
+    for (const l of le.full!) expect(l.attention).toBeLessThan(1e-6);
+    for (let l = 0; l < 2; l++) {
+      expect(le['kivi-1/R32/g32']![l]!.keys).toBeGreaterThan(le['kivi-2/R32/g32']![l]!.keys);
+      expect(le['kivi-1/R32/g32']![l]!.attention).toBeGreaterThan(le['kivi-2/R32/g32']![l]!.attention);
+    }
+  });
+
+  it('rejects a record shorter than the prefill', async () => {
+    const short = parseEvalJsonl(JSON.stringify({ input_ids: [0, 2, 3] }), 's.jsonl');
+    await expect(runEval({ model, tokenizer: decode, files: [short], caches: resolveCacheSpecs([]), progress: false })).rejects.toThrow(/more than the 64-token prefill/);
+  });
+});
+
+describe('passkey protocol with a scripted model', () => {
+  beforeAll(useCpu);
+  const n = 40;
+  const ids = [0, ...Array.from({ length: n - 1 }, (_, i) => 3 + (i % 5))];
+  const file = (answer: string) =>
+    parseEvalJsonl(JSON.stringify({ id: 'p', length_bucket: 256, n_tokens: n, answer, input_ids: ids }), 'passkey_256.jsonl');
+  // token → text: 4 → "4", 5 → "8", 6 → "21", 7 → "3", 8 → " x", 9 → "<|eos|>"-like special skipped by the tokenizer
+  const text: Record<number, string> = { 4: '4', 5: '8', 6: '21', 7: '3', 8: ' x', 1: '' };
+  const tokenizer = { decode: (t: ArrayLike<number>, o?: { skipSpecialTokens?: boolean }) => Array.from(t).map((i) => (i === 1 && !o?.skipSpecialTokens ? '<|eos|>' : text[i] ?? '?')).join('') };
+
+  it('greedy tokens after the 16-token tail, stops at EOS, first digit run must equal the answer', async () => {
+    const model = scriptedModel([8, 4, 5, 6, 1, 7, 7], n);
+    const res = await runEval({ model, tokenizer, files: [file('4821')], caches: resolveCacheSpecs([]), progress: false });
+    const o = res.passkey[0]!.perCache.full!;
+    expect(o.ids).toEqual([8, 4, 5, 6]);
+    expect(o.text).toBe(' x4821');
+    expect(o.correct).toBe(true);
+    const wrong = await runEval({ model, tokenizer, files: [file('482')], caches: resolveCacheSpecs([]), progress: false });
+    expect(wrong.passkey[0]!.perCache.full!.correct).toBe(false); // 4821 ≠ 482: the whole run must match
+  });
+
+  it('at most 8 tokens are generated', async () => {
+    const model = scriptedModel([4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4], n);
+    const res = await runEval({ model, tokenizer, files: [file('44444444')], caches: resolveCacheSpecs([]), progress: false });
+    expect(res.passkey[0]!.perCache.full!.ids).toHaveLength(8);
+    expect(res.passkey[0]!.perCache.full!.correct).toBe(true);
+    expect(summarize(res)[0]!.passkey[256]).toEqual({ correct: 1, n: 1, accuracy: 1 });
+  });
+});
