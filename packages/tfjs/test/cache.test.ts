@@ -101,16 +101,19 @@ describe.each(PRESETS)('%s', (preset) => {
       const cache = createKvCache(preset, { layers: L, kvHeads: H, headDim: D }, { residualLength: R, precision });
       const { outs } = drive(cache, L, H, D, qH, 45, 40, 11, (l, step) => {
         if (step < 5 || step % 9 !== 0) return;
-        // before attend: compare the kernel against dequantize + plain attention for a multi-row query too
-        const q = tf.tensor3d(randn(qH * 3 * D, 999 + step), [qH, 3, D]);
-        const view = (cache as QuantizedKvCache).view(l);
-        const a = jsPackedAttentionKernel.attend(view, q).dataSync();
-        const { keys, values } = cache.dequantize(l);
-        const b = plainAttention(q, keys, values).dataSync();
-        // The kernels use exact code·scale + zero; dequantize() rounds to fp16 as the reference does (≤ 2^-11 relative).
-        const tol = precision === 'fp16' ? 2e-3 * maxAbs(b) + 1e-5 : 1e-5 * maxAbs(b) + 1e-6;
-        expect(maxAbsDiff(a, b)).toBeLessThan(tol);
-        tf.dispose([q, keys, values]);
+        // before attend: compare the kernels against dequantize + plain attention, for one query row (4 vectors
+        // per KV head: the WebAssembly SIMD path) and for three rows (the JS path)
+        for (const rows of [1, 3]) {
+          const q = tf.tensor3d(randn(qH * rows * D, 999 + step + rows), [qH, rows, D]);
+          const view = (cache as QuantizedKvCache).view(l);
+          const a = jsPackedAttentionKernel.attend(view, q).dataSync();
+          const { keys, values } = cache.dequantize(l);
+          const b = plainAttention(q, keys, values).dataSync();
+          // The kernels use exact code·scale + zero; dequantize() rounds to fp16 as the reference does (≤ 2^-11 relative).
+          const tol = precision === 'fp16' ? 2e-3 * maxAbs(b) + 1e-5 : 1e-5 * maxAbs(b) + 1e-6;
+          expect(maxAbsDiff(a, b)).toBeLessThan(tol);
+          tf.dispose([q, keys, values]);
+        }
       });
       expect(outs.every((o) => o.every(Number.isFinite))).toBe(true);
       const m = cache.memory();

@@ -188,6 +188,10 @@ export function valueChunkMix(
     }
     return;
   }
+  if (M === 4) {
+    valueMixLut4(packed, h, heads, D, n, bits, gs, scale, P, stride, pOffset, O);
+    return;
+  }
   const k = 4 / bits; // tokens per table
   if (V.tab.length < 16 * M) V.tab = new Float64Array(16 * M);
   const tab = V.tab;
@@ -225,6 +229,99 @@ export function valueChunkMix(
           else if (bits === 2) idx |= ((x1 >>> sh) & 3) << 2;
           const e = idx * M;
           for (let m = 0; m < M; m++) O[m * D + d] += tab[e + m]!;
+        }
+      }
+    }
+  }
+}
+
+const T4 = new Float64Array(128);
+
+/** Builds the 16-entry × 4-query table of `kk` consecutive tokens (from `t0`) of group `g` at `tab[base…base+63]`. */
+function buildTable4(
+  tab: Float64Array, base: number, t0: number, kk: number, h: number, heads: number, G: number, g: number, mask: number,
+  scale: Float32Array, P: Float32Array, p0o: number, p1o: number, p2o: number, p3o: number,
+): void {
+  tab[base] = 0; tab[base + 1] = 0; tab[base + 2] = 0; tab[base + 3] = 0;
+  let size = 4;
+  for (let j = 0; j < kk; j++) {
+    const t = t0 + j;
+    const s = scale[(t * heads + h) * G + g]!;
+    const a0 = P[p0o + t]! * s, a1 = P[p1o + t]! * s, a2 = P[p2o + t]! * s, a3 = P[p3o + t]! * s;
+    for (let c = 1; c <= mask; c++) {
+      const off = base + c * size;
+      for (let b = base; b < base + size; b += 4) {
+        tab[off + b - base] = tab[b]! + c * a0;
+        tab[off + b - base + 1] = tab[b + 1]! + c * a1;
+        tab[off + b - base + 2] = tab[b + 2]! + c * a2;
+        tab[off + b - base + 3] = tab[b + 3]! + c * a3;
+      }
+    }
+    size *= mask + 1;
+  }
+}
+
+/**
+ * {@link valueChunkMix}'s table path for exactly four query vectors (the GQA decode case), unrolled: two tables
+ * (2 × 4/bits tokens) per pass over the channels, so each output is read and written once per pass. Zero term excluded.
+ */
+function valueMixLut4(
+  packed: Uint32Array, h: number, heads: number, D: number, n: number, bits: number, gs: number,
+  scale: Float32Array, P: Float32Array, stride: number, pOffset: number, O: Float64Array,
+): void {
+  const fpw = 32 / bits;
+  const wpr = D / fpw;
+  const G = D / gs;
+  const mask = (1 << bits) - 1;
+  const k = 4 / bits;
+  const tab = T4;
+  const p0o = pOffset, p1o = stride + pOffset, p2o = 2 * stride + pOffset, p3o = 3 * stride + pOffset;
+  const D1 = D, D2 = 2 * D, D3 = 3 * D;
+  const ts = heads * wpr; // words between consecutive tokens of a head
+  for (let t0 = 0; t0 < n; t0 += 2 * k) {
+    const ka = Math.min(k, n - t0);
+    const kb = Math.max(0, Math.min(k, n - t0 - k));
+    const rowBase = (t0 * heads + h) * wpr;
+    for (let g = 0; g < G; g++) {
+      buildTable4(tab, 0, t0, ka, h, heads, G, g, mask, scale, P, p0o, p1o, p2o, p3o);
+      buildTable4(tab, 64, t0 + k, kb, h, heads, G, g, mask, scale, P, p0o, p1o, p2o, p3o);
+      const dEnd = (g + 1) * gs;
+      for (let d = g * gs; d < dEnd; ) {
+        const wi = (d / fpw) | 0;
+        const wEnd = Math.min(dEnd, (wi + 1) * fpw);
+        const r = rowBase + wi;
+        if (bits === 1) {
+          const x0 = packed[r]!, x1 = ka > 1 ? packed[r + ts]! : 0, x2 = ka > 2 ? packed[r + 2 * ts]! : 0, x3 = ka > 3 ? packed[r + 3 * ts]! : 0;
+          const y0 = kb > 0 ? packed[r + 4 * ts]! : 0, y1 = kb > 1 ? packed[r + 5 * ts]! : 0, y2 = kb > 2 ? packed[r + 6 * ts]! : 0, y3 = kb > 3 ? packed[r + 7 * ts]! : 0;
+          for (let sh = d - wi * fpw; d < wEnd; d++, sh++) {
+            const e = (((x0 >>> sh) & 1) | (((x1 >>> sh) & 1) << 1) | (((x2 >>> sh) & 1) << 2) | (((x3 >>> sh) & 1) << 3)) << 2;
+            const f = 64 + ((((y0 >>> sh) & 1) | (((y1 >>> sh) & 1) << 1) | (((y2 >>> sh) & 1) << 2) | (((y3 >>> sh) & 1) << 3)) << 2);
+            O[d] += tab[e]! + tab[f]!;
+            O[D1 + d] += tab[e + 1]! + tab[f + 1]!;
+            O[D2 + d] += tab[e + 2]! + tab[f + 2]!;
+            O[D3 + d] += tab[e + 3]! + tab[f + 3]!;
+          }
+        } else if (bits === 2) {
+          const x0 = packed[r]!, x1 = ka > 1 ? packed[r + ts]! : 0;
+          const y0 = kb > 0 ? packed[r + 2 * ts]! : 0, y1 = kb > 1 ? packed[r + 3 * ts]! : 0;
+          for (let sh = (d - wi * fpw) * 2; d < wEnd; d++, sh += 2) {
+            const e = (((x0 >>> sh) & 3) | (((x1 >>> sh) & 3) << 2)) << 2;
+            const f = 64 + ((((y0 >>> sh) & 3) | (((y1 >>> sh) & 3) << 2)) << 2);
+            O[d] += tab[e]! + tab[f]!;
+            O[D1 + d] += tab[e + 1]! + tab[f + 1]!;
+            O[D2 + d] += tab[e + 2]! + tab[f + 2]!;
+            O[D3 + d] += tab[e + 3]! + tab[f + 3]!;
+          }
+        } else {
+          const x0 = packed[r]!, y0 = kb > 0 ? packed[r + ts]! : 0;
+          for (let sh = (d - wi * fpw) * 4; d < wEnd; d++, sh += 4) {
+            const e = ((x0 >>> sh) & 15) << 2;
+            const f = 64 + (((y0 >>> sh) & 15) << 2);
+            O[d] += tab[e]! + tab[f]!;
+            O[D1 + d] += tab[e + 1]! + tab[f + 1]!;
+            O[D2 + d] += tab[e + 2]! + tab[f + 2]!;
+            O[D3 + d] += tab[e + 3]! + tab[f + 3]!;
+          }
         }
       }
     }

@@ -281,9 +281,11 @@ export class QuantizedKvCache implements AsyncKvCache {
     const ks = this.config.keys[layer]!;
     const vs = this.config.values[layer]!;
     if (ks.bits !== 16) {
-      while (st.kRes.count >= R) {
-        const start = st.kRes.start;
-        const x = tokenMajorToHeadMajor(st.kRes.shift(R), R, H, D);
+      const blocks = Math.floor(st.kRes.count / R);
+      const due = blocks > 0 ? st.kRes.shift(blocks * R) : null; // one copy for all due blocks (token-major)
+      for (let bi = 0; bi < blocks; bi++) {
+        const start = st.kRes.start - (blocks - bi) * R;
+        const x = tokenMajorToHeadMajor(due!.subarray(bi * R * this.rowSize, (bi + 1) * R * this.rowSize), R, H, D);
         const blockShape = { heads: H, tokens: R, headDim: D };
         const opts = { bits: ks.bits as Bits, groupSize, precision };
         let stats: GroupStats;
