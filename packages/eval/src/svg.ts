@@ -34,6 +34,19 @@ function niceTicks(lo: number, hi: number, n = 5): number[] {
   return out;
 }
 
+/** Ticks for a log10 axis spanning [lo, hi] (in log10 units): decades, plus 2× and 5× when few decades show. */
+function logTicks(lo: number, hi: number): number[] {
+  const out: number[] = [];
+  const mults = hi - lo < 2.5 ? [1, 2, 5] : [1];
+  for (let e = Math.floor(lo); e <= Math.ceil(hi); e++) {
+    for (const m of mults) {
+      const v = m * 10 ** e;
+      if (Math.log10(v) >= lo && Math.log10(v) <= hi) out.push(Number(v.toPrecision(6)));
+    }
+  }
+  return out;
+}
+
 function fmtTick(v: number): string {
   if (v === 0) return '0';
   const a = Math.abs(v);
@@ -71,7 +84,7 @@ export function svgChart(series: readonly ChartSeries[], o: ChartOptions): strin
   // axes and grid
   parts.push(`<g font-family="sans-serif" font-size="11" fill="#333">`);
   const xt = o.xLog2 ? Array.from({ length: Math.floor(x1) - Math.ceil(x0) + 1 }, (_, i) => 2 ** (Math.ceil(x0) + i)) : niceTicks(x0, x1);
-  const yt = o.yLog10 ? Array.from({ length: Math.floor(y1) - Math.ceil(y0) + 1 }, (_, i) => 10 ** (Math.ceil(y0) + i)) : niceTicks(y0, y1);
+  const yt = o.yLog10 ? logTicks(y0, y1) : niceTicks(y0, y1);
   for (const v of xt) {
     const X = px(v);
     parts.push(`<line x1="${X}" y1="${m.t}" x2="${X}" y2="${H - m.b}" stroke="#eee"/><text x="${X}" y="${H - m.b + 16}" text-anchor="middle">${fmtTick(v)}</text>`);
