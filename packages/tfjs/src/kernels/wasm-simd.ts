@@ -152,6 +152,7 @@ function valuesFn(): Fn {
   const cb = f.local(I32), t = f.local(I32), G = f.local(I32), fpw = f.local(I32), wpr = f.local(I32), g = f.local(I32);
   const wi = f.local(I32), sh0 = f.local(I32), w = f.local(I32), mi = f.local(I32), pi = f.local(I32), o = f.local(I32);
   const s = f.local(F32), z = f.local(F32), pv = f.local(F32);
+  const za = [f.local(F32), f.local(F32), f.local(F32), f.local(F32)];
   const maskv = f.local(V128), scalev = f.local(V128), codes = f.local(V128);
   const am = [f.local(V128), f.local(V128), f.local(V128), f.local(V128)];
   const acc: number[][] = [0, 1, 2, 3].map(() => [f.local(V128), f.local(V128), f.local(V128), f.local(V128)]);
@@ -160,32 +161,23 @@ function valuesFn(): Fn {
   f.get(D).get(gs).op(DIVU).set(G);
   f.get(cst).simd(V_LOAD, ...mem(0)).set(maskv);
   f.get(cst).simd(V_LOAD, ...mem(0, 16)).set(scalev);
-  // zero term: zs[m*G+g] = Σ_t p[m,t]·z[t,h,g]
-  f.for(g, () => f.i32(0), () => f.get(G), 1, () => {
-    for (let mm = 0; mm < 4; mm++) f.get(zsPtr).i32(mm).get(G).op(MUL).get(g).op(ADD).i32(2).op(SHL).op(ADD).op(0x43, 0, 0, 0, 0).op(F32_STORE, ...mem(2));
-    f.for(t, () => f.i32(0), () => f.get(n), 1, () => {
-      f.get(zr).get(t).get(heads).op(MUL).get(h).op(ADD).get(G).op(MUL).get(g).op(ADD).i32(2).op(SHL).op(ADD).op(F32_LOAD, ...mem(2)).set(z);
-      for (let mm = 0; mm < 4; mm++) {
-        f.get(zsPtr).i32(mm).get(G).op(MUL).get(g).op(ADD).i32(2).op(SHL).op(ADD).set(mi);
-        f.get(mi).get(mi).op(F32_LOAD, ...mem(2));
-        f.get(pp).i32(mm).get(pstride).op(MUL).get(t).op(ADD).i32(2).op(SHL).op(ADD).op(F32_LOAD, ...mem(2)).get(z).op(F32_MUL).op(F32_ADD);
-        f.op(F32_STORE, ...mem(2));
-      }
-    });
-  });
   // code term, 16 channels per block
   f.for(cb, () => f.i32(0), () => f.get(D), 16, () => {
     f.get(cb).get(gs).op(DIVU).set(g);
     f.get(cb).get(fpw).op(DIVU).set(wi);
     f.get(cb).get(cb).get(fpw).op(DIVU).get(fpw).op(MUL).op(SUB).get(bits).op(MUL).set(sh0);
     for (const row of acc) for (const v of row) f.op(0xfd, ...uleb(0x0c), ...new Array(16).fill(0)).set(v); // v128.const 0
+    for (const zz of za) f.op(0x43, 0, 0, 0, 0).set(zz);
     f.for(t, () => f.i32(0), () => f.get(n), 1, () => {
       // mi = ((t*heads + h)*G + g)*4 ; w = packed[(t*heads+h)*wpr + wi] >>> sh0
       f.get(t).get(heads).op(MUL).get(h).op(ADD).tee(pi).get(G).op(MUL).get(g).op(ADD).i32(2).op(SHL).set(mi);
       f.get(sc).get(mi).op(ADD).op(F32_LOAD, ...mem(2)).set(s);
+      f.get(zr).get(mi).op(ADD).op(F32_LOAD, ...mem(2)).set(z);
       f.get(pk).get(pi).get(wpr).op(MUL).get(wi).op(ADD).i32(2).op(SHL).op(ADD).op(I32_LOAD, ...mem(2)).get(sh0).op(SHRU).set(w);
       for (let mm = 0; mm < 4; mm++) {
-        f.get(pp).i32(mm).get(pstride).op(MUL).get(t).op(ADD).i32(2).op(SHL).op(ADD).op(F32_LOAD, ...mem(2)).get(s).op(F32_MUL).simd(F32X4_SPLAT).set(am[mm]!);
+        f.get(pp).i32(mm).get(pstride).op(MUL).get(t).op(ADD).i32(2).op(SHL).op(ADD).op(F32_LOAD, ...mem(2)).tee(pv);
+        f.get(s).op(F32_MUL).simd(F32X4_SPLAT).set(am[mm]!);
+        f.get(za[mm]!).get(pv).get(z).op(F32_MUL).op(F32_ADD).set(za[mm]!); // zero-point term of this token
       }
       for (let qd = 0; qd < 4; qd++) {
         // 4 channels: (w >>> (qd·4·bits)) & masks
@@ -193,6 +185,11 @@ function valuesFn(): Fn {
         for (let mm = 0; mm < 4; mm++) f.get(acc[mm]![qd]!).get(codes).get(am[mm]!).simd(F32X4_MUL).simd(F32X4_ADD).set(acc[mm]![qd]!);
       }
     });
+    // zs[m*G + g] = Σ_t p·z, written by the first 16-channel block of each group
+    f.get(cb).get(g).get(gs).op(MUL).op(0x46); // i32.eq
+    f.op(0x04, 0x40); // if
+    for (let mm = 0; mm < 4; mm++) f.get(zsPtr).i32(mm).get(G).op(MUL).get(g).op(ADD).i32(2).op(SHL).op(ADD).get(za[mm]!).op(F32_STORE, ...mem(2));
+    f.op(0x0b); // end if
     for (let mm = 0; mm < 4; mm++) {
       for (let qd = 0; qd < 4; qd++) {
         // out[mm*D + cb + qd*4 … +3] += acc
@@ -201,7 +198,6 @@ function valuesFn(): Fn {
       }
     }
   });
-  void pv;
   return f;
 }
 

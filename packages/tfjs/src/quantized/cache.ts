@@ -48,7 +48,7 @@ export interface QuantizedCacheConfig {
   /** Calibrator applied to a layer's key/value statistics after quantization (null: none). */
   keyCalibrators?: readonly (Calibrator | null)[];
   valueCalibrators?: readonly (Calibrator | null)[];
-  /** Tokens per allocated chunk of quantized values (default 64). */
+  /** Tokens per allocated chunk of quantized values (default 32). */
   valueChunkTokens?: number;
 }
 
@@ -90,7 +90,7 @@ export function validateQuantizedConfig(cfg: QuantizedCacheConfig, shape: KvCach
       }
     });
   }
-  const vc = cfg.valueChunkTokens ?? 64;
+  const vc = cfg.valueChunkTokens ?? 32;
   if (!Number.isInteger(vc) || vc <= 0) throw new XqConfigError('E_CONFIG', `valueChunkTokens must be a positive integer; got ${String(vc)}`);
 }
 
@@ -120,14 +120,14 @@ export class QuantizedKvCache implements AsyncKvCache {
     this.config = Object.freeze({ ...config });
     this.strategyId = config.strategyId;
     this.rowSize = this.shape.kvHeads * this.shape.headDim;
-    this.chunkTokens = config.valueChunkTokens ?? 64;
+    this.chunkTokens = config.valueChunkTokens ?? 32;
     this.layers = Array.from({ length: this.shape.layers }, () => this.freshLayer());
   }
 
   private freshLayer(): LayerState {
     const R = this.config.residualLength;
     return {
-      kRes: new ResidualBuffer(this.rowSize, this.config.groupSize, 0),
+      kRes: new ResidualBuffer(this.rowSize, 8, 0),
       vRes: new ResidualBuffer(this.rowSize, R + 1, R + 1),
       keyBlocks: [],
       valueChunks: [],
