@@ -1,0 +1,119 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { DecoderModel } from '@xquant/models';
+import { accountBits } from '@xquant/cross-layer';
+import { createKvCache } from '@xquant/tfjs';
+import {
+  BENCH_FORMAT,
+  benchMarkdown,
+  captureLayers,
+  codeAgreement,
+  layerErrors,
+  planForBudget,
+  planned,
+  registerPlannedStrategy,
+  resolveCacheSpecs,
+  runBench,
+  type CapturedLayers,
+} from '@xquant/eval';
+import { tinyModel, useCpu } from './support/tiny.js';
+
+function lcg(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0), s / 2 ** 32);
+}
+
+describe('code agreement, layer errors, planner, bench on a tiny model', () => {
+  let model: DecoderModel;
+  let ids: number[];
+  let cap: CapturedLayers;
+  beforeAll(async () => {
+    await useCpu();
+    model = await tinyModel(3);
+    const r = lcg(9);
+    ids = [0, ...Array.from({ length: 159 }, () => 2 + Math.floor(r() * 62))];
+    cap = await captureLayers(model, ids, { queryRows: 16 });
+  });
+
+  it('captureLayers keeps K/V of every token and the last queries', () => {
+    expect(cap.tokens).toBe(160);
+    expect(cap.qHeads).toBe(2);
+    expect(cap.keys[0]).toHaveLength(1 * 160 * 32);
+    expect(cap.queries[1]).toHaveLength(2 * 16 * 32);
+  });
+
+  it('codeAgreement: 1 on the diagonal, chance = Σ p_i p_j from the code histograms, identical layers agree fully', () => {
+    const a = codeAgreement(cap, 'values', { bits: 1, groupSize: 32 });
+    expect(a.agreement[0]![0]).toBe(1);
+    expect(a.agreement[0]![1]).toBe(a.agreement[1]![0]);
+    // same K/V in both layers → agreement 1 between them
+    const twin: CapturedLayers = { ...cap, keys: [cap.keys[0]!, cap.keys[0]!], values: [cap.values[0]!, cap.values[0]!] };
+    const t = codeAgreement(twin, 'keys', { bits: 2, groupSize: 32 });
+    expect(t.agreement[0]![1]).toBe(1);
+    expect(t.tokens).toBe(160);
+    // chance on the diagonal = Σ p(c)² ≤ 1 and ≥ 1/levels
+    expect(t.chance[0]![0]).toBeGreaterThanOrEqual(0.25 - 1e-12);
+    expect(t.chance[0]![0]).toBeLessThanOrEqual(1);
+  });
+
+  it('layerErrors: full is exact, 4-bit beats 1-bit on every layer', () => {
+    const full = layerErrors(cap, (s) => createKvCache('full', s));
+    for (const l of full) expect(l.attention).toBeLessThan(1e-6);
+    const e4 = layerErrors(cap, (s) => createKvCache('kivi', s, { bits: 4, residualLength: 32 }));
+    const e1 = layerErrors(cap, (s) => createKvCache('kivi', s, { bits: 1, residualLength: 32 }));
+    for (let l = 0; l < 2; l++) {
+      expect(e4[l]!.attention).toBeLessThan(e1[l]!.attention);
+      expect(e4[l]!.keys).toBeLessThan(e1[l]!.keys);
+    }
+  });
+
+  it('planned strategy: JSON options → cache; registered as "planned"; rejects forward donors and wrong layer counts', () => {
+    registerPlannedStrategy();
+    const options = {
+      residualLength: 32,
+      keys: [{ bits: 2, codesFrom: null }, { bits: 2, codesFrom: 0 }],
+      values: [{ bits: 1, codesFrom: null }, { bits: 4, codesFrom: null }],
+      valueCalibration: ['least-squares', { eta: 0.1 }],
+    };
+    const cache = createKvCache('planned', model.cacheShape, options);
+    expect(cache.strategyId).toBe('planned');
+    cache.dispose();
+    expect(() => planned({ ...options, keys: [{ bits: 2, codesFrom: 1 }, { bits: 2, codesFrom: null }] } as never)).toThrow();
+    expect(() => planned(options as never).createCache({ layers: 3, kvHeads: 1, headDim: 32 })).toThrow(/plan has 2 layers/);
+    expect(() => planned({ ...options, valueCalibration: 'magic' } as never)).toThrow(/calibration must be/);
+  });
+
+  it('planForBudget: the chosen plan fits the budget, is the best verified KL, and round-trips as a preset; too small a budget fails with the minimum', async () => {
+    const budget = 3.0;
+    const res = await planForBudget({ model, budgetBits: budget, calibrationPrompt: ids, residualLength: 32, groupSizes: [32], tokens: 256, sensitivity: false, maxVerify: 3 });
+    expect(res.best.storedBits).toBeLessThanOrEqual(budget + 1e-9);
+    for (const c of res.candidates) {
+      expect(c.storedBits).toBeLessThanOrEqual(budget + 1e-9);
+      expect(c.kl).toBeGreaterThanOrEqual(res.best.kl);
+    }
+    const o = res.best.options;
+    const acct = accountBits({ plan: { keys: o.keys, values: o.values }, kvHeads: 1, headDim: 32, tokens: 256, residualLength: 32, groupSize: 32 });
+    expect(acct.storedBitsPerElement).toBeCloseTo(res.best.storedBits, 12);
+    // reusable: the preset evaluates through the normal spec path
+    const spec = resolveCacheSpecs([]).concat([{ id: 'p', method: 'p', strategy: res.preset.strategy, options: res.preset.options, residualLength: 32, groupSize: 32 }]);
+    expect(spec).toHaveLength(2);
+    createKvCache(res.preset.strategy, model.cacheShape, res.preset.options).dispose();
+    await expect(planForBudget({ model, budgetBits: 0.5, calibrationPrompt: ids, residualLength: 32, groupSizes: [32], tokens: 256, sensitivity: false })).rejects.toThrow(
+      /below the cheapest plan \(\d+\.\d+ bits/,
+    );
+    await expect(planForBudget({ model, budgetBits: 2, calibrationPrompt: ids.slice(0, 20) })).rejects.toThrow(/at least 96 tokens/);
+  }, 120_000);
+
+  it('runBench: full baseline in the same run, one speed row per config × context, memory shrinks with bits', async () => {
+    const b = await runBench({ model, caches: resolveCacheSpecs(['kivi-2', 'kivi-1'], { residualLengths: [32] }), contexts: [64], memoryContexts: [256], steps: 2, warmup: 1 });
+    expect(b.format).toBe(BENCH_FORMAT);
+    expect(b.speed.map((r) => r.config)).toEqual(['full', 'kivi-2/R32/g32', 'kivi-1/R32/g32']);
+    for (const r of b.speed) expect(r.msPerStep).toBeGreaterThan(0);
+    const mem = Object.fromEntries(b.memory.map((r) => [r.config, r]));
+    expect(mem.full!.heldBits).toBe(32);
+    expect(mem['kivi-1/R32/g32']!.heldBytes).toBeLessThan(mem['kivi-2/R32/g32']!.heldBytes);
+    expect(mem['kivi-2/R32/g32']!.heldBytes).toBeLessThan(mem.full!.heldBytes);
+    expect(benchMarkdown(b)).toMatch(/\| kivi-1\/R32\/g32 \| 64 \|/);
+    expect(tf.memory().numTensors).toBeLessThan(200);
+  }, 60_000);
+});
