@@ -44,7 +44,7 @@ export function roundAndCheck(
       if (v !== v) throw new XqNumericError(`${what} contains NaN at ${where(i)}`);
       if (v === Infinity || v === -Infinity) throw new XqNumericError(`${what} contains ${v > 0 ? 'Infinity' : '-Infinity'} at ${where(i)}`);
       const max = precision === 'fp16' ? '65504' : '3.4028235e38';
-      throw new XqNumericError(`${what} value ${v} at ${where(i)} overflows ${precision} (largest finite ${max})`);
+      throw new XqNumericError(`${what}: ${v} at ${where(i)} overflows ${precision} (largest finite value ${max})`);
     }
   }
 }

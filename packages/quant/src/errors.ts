@@ -29,6 +29,7 @@ const MARKER = Symbol.for('xquant.error');
 export class XqError extends Error {
   /** Stable machine-readable code. */
   readonly code: XqErrorCode;
+  /** Brand recognised by {@link XqError.isInstance} across package copies. */
   readonly [MARKER] = true;
   constructor(code: XqErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);

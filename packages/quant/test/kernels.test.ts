@@ -300,3 +300,11 @@ describe('kernel backend selection', () => {
     setKernelBackend('auto');
   });
 });
+
+describe('prepareWasmKernels', () => {
+  test('compiles asynchronously; rejects unusable head dimensions', async () => {
+    const { prepareWasmKernels } = await import('@xquant/quant');
+    expect(await prepareWasmKernels([96])).toBe(wasmKernelsAvailable());
+    expect(await prepareWasmKernels([6])).toBe(false);
+  });
+});

@@ -9,6 +9,7 @@ import {
   wasmDenseKeyScores,
   wasmDenseValueMix,
   wasmKeyScores,
+  prepareWasm,
   wasmPackedApplies,
   wasmSimdSupported,
   wasmValueMix,
@@ -45,6 +46,15 @@ export function getKernelBackend(): KernelBackend {
 /** True when this runtime compiles WebAssembly SIMD, i.e. when `'auto'` can use the SIMD kernels. */
 export function wasmKernelsAvailable(): boolean {
   return wasmSimdSupported();
+}
+
+/**
+ * Compiles the WebAssembly kernels for the given head dimensions ahead of time, asynchronously. Optional: kernels are
+ * otherwise compiled synchronously on first use, which some browsers refuse on the main thread for modules of this
+ * size (the kernels then run in JS). Resolves to true when every head dimension has SIMD kernels.
+ */
+export function prepareWasmKernels(headDims: readonly number[]): Promise<boolean> {
+  return prepareWasm(headDims);
 }
 
 /** Implementation a packed kernel call takes: the SIMD kernel, the JS lookup-table kernel or the JS direct kernel. */

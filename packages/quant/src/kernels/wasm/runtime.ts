@@ -16,6 +16,8 @@ interface WasmApi {
   validate(bytes: Uint8Array): boolean;
   Module: new (bytes: Uint8Array) => object;
   Instance: new (module: object, imports?: object) => { exports: Record<string, unknown> };
+  compile(bytes: Uint8Array): Promise<object>;
+  instantiate(module: object, imports?: object): Promise<{ exports: Record<string, unknown> }>;
 }
 const WA = (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
 
@@ -48,26 +50,56 @@ export function wasmSimdSupported(): boolean {
   return simdSupported ?? false;
 }
 
+function kernelsFor(D: number): Fn[] {
+  const fns: Fn[] = [genKeys(2, D), genKeys(1, D), genDenseKeys(D)];
+  if (D % 8 === 0) fns.push(genDenseValues(D));
+  if (D % blockElems(2) === 0) fns.push(genValues(2, D));
+  if (D % blockElems(1) === 0) fns.push(genValues(1, D));
+  return fns;
+}
+
+function wrap(fns: Fn[], ex: Record<string, unknown>): Instance {
+  const inst: Instance = { memory: ex.mem as WasmMemory };
+  for (const f of fns) (inst as unknown as Record<string, Kernel>)[f.name] = ex[f.name] as Kernel;
+  return inst;
+}
+
+const dimOk = (D: number) => Number.isInteger(D) && D > 0 && D % 4 === 0 && D <= 4096;
+
 function instanceFor(D: number): Instance | null {
   const hit = instances.get(D);
   if (hit !== undefined) return hit;
   let inst: Instance | null = null;
-  if (wasmSimdSupported() && D % 4 === 0 && D <= 4096) {
+  if (wasmSimdSupported() && dimOk(D)) {
     try {
-      const fns: Fn[] = [genKeys(2, D), genKeys(1, D), genDenseKeys(D)];
-      if (D % 8 === 0) fns.push(genDenseValues(D));
-      if (D % blockElems(2) === 0) fns.push(genValues(2, D));
-      if (D % blockElems(1) === 0) fns.push(genValues(1, D));
-      const module = new WA!.Module(assemble(fns, 1));
-      const ex = new WA!.Instance(module).exports;
-      inst = { memory: ex.mem as WasmMemory };
-      for (const f of fns) (inst as unknown as Record<string, Kernel>)[f.name] = ex[f.name] as Kernel;
+      // synchronous compilation (~20 KB module); runtimes that refuse it on their main thread fall back to JS
+      // unless prepareWasm() compiled the module asynchronously beforehand
+      const fns = kernelsFor(D);
+      inst = wrap(fns, new WA!.Instance(new WA!.Module(assemble(fns, 1))).exports);
     } catch {
       inst = null;
     }
   }
   instances.set(D, inst);
   return inst;
+}
+
+/** Compiles the kernels for these head dimensions asynchronously; true when all of them are ready. */
+export async function prepareWasm(headDims: readonly number[]): Promise<boolean> {
+  if (!wasmSimdSupported()) return false;
+  let ok = true;
+  for (const D of headDims) {
+    if (instances.get(D)) continue;
+    if (!dimOk(D)) { ok = false; continue; }
+    try {
+      const fns = kernelsFor(D);
+      const module = await WA!.compile(assemble(fns, 1));
+      instances.set(D, wrap(fns, (await WA!.instantiate(module)).exports));
+    } catch {
+      ok = false;
+    }
+  }
+  return ok;
 }
 
 /** Bump allocation of 16-byte-aligned regions in an instance's memory, growing it when needed. */
@@ -87,6 +119,12 @@ class Arena {
 }
 
 const isPow2 = (n: number) => n > 0 && (n & (n - 1)) === 0;
+
+/** Copies `src[from, from + n)` to `dst[at, at + n)` (one memcpy for typed arrays). */
+function copyRow(dst: Float32Array, at: number, src: ArrayLike<number>, from: number, n: number): void {
+  if (ArrayBuffer.isView(src)) dst.set((src as Float32Array).subarray(from, from + n), at);
+  else for (let i = 0; i < n; i++) dst[at + i] = src[from + i]!;
+}
 
 /** Whether the packed kernels (keys or values) have a WebAssembly version for this geometry. */
 export function wasmPackedApplies(g: KernelGeometry, axis: 'channel' | 'token'): boolean {
@@ -178,8 +216,7 @@ export function wasmValueMix(p: ArrayLike<number>, values: PackedKv, g: KernelGe
       for (let l = 0; l < 4; l++) {
         const row = pr / 4 + l * Tpad;
         if (l < nh) {
-          const src = (kv * rep + h0 + l) * T;
-          for (let t = 0; t < T; t++) f32[row + t] = p[src + t]!;
+          copyRow(f32, row, p, (kv * rep + h0 + l) * T, T);
           f32.fill(0, row + T, row + Tpad);
         } else f32.fill(0, row, row + Tpad);
       }
@@ -204,7 +241,7 @@ export function wasmDenseKeyScores(q: ArrayLike<number>, K: ArrayLike<number>, k
       const nh = Math.min(4, rep - h0);
       for (let l = 0; l < 4; l++) {
         const row = qr / 4 + l * D;
-        if (l < nh) for (let d = 0; d < D; d++) f32[row + d] = q[(kv * rep + h0 + l) * D + d]!;
+        if (l < nh) copyRow(f32, row, q, (kv * rep + h0 + l) * D, D);
         else f32.fill(0, row, row + D);
       }
       inst.denseKeys!(k, T, qr, out);
@@ -228,7 +265,7 @@ export function wasmDenseValueMix(p: ArrayLike<number>, Vals: ArrayLike<number>,
       const nh = Math.min(4, rep - h0);
       for (let l = 0; l < 4; l++) {
         const row = pr / 4 + l * T;
-        if (l < nh) for (let t = 0; t < T; t++) f32[row + t] = p[(kv * rep + h0 + l) * T + t]!;
+        if (l < nh) copyRow(f32, row, p, (kv * rep + h0 + l) * T, T);
         else f32.fill(0, row, row + T);
       }
       inst.denseValues!(v, T, pr, out);
