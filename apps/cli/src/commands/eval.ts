@@ -37,6 +37,8 @@ options:
   --shard i/n          evaluate records p with p % n == i (run n processes, then 'xquant eval merge')
   --backend NAME       tfjs backend: tensorflow, wasm or cpu (default: the first that loads of these)
   --no-shared-prefill  prefill every cache through the model instead of copying the full prefill's K/V
+  --layer-errors       also measure each cache's per-layer attention/K/V error (each layer in isolation) on the
+                       first prose record of the data (for the report's per-layer plot)
   --out FILE           write the results JSON to FILE and the markdown table to FILE with .md
   --json               print the results JSON on stdout (else the markdown table)
   -h, --help           show this help`;
@@ -120,6 +122,7 @@ export async function run(argv: string[]): Promise<number> {
     shard?: string;
     backend?: string;
     'no-shared-prefill'?: boolean;
+    'layer-errors'?: boolean;
     out?: string;
     json?: boolean;
     help?: boolean;
@@ -138,6 +141,7 @@ export async function run(argv: string[]): Promise<number> {
         shard: { type: 'string' },
         backend: { type: 'string' },
         'no-shared-prefill': { type: 'boolean' },
+        'layer-errors': { type: 'boolean' },
         out: { type: 'string' },
         json: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
@@ -189,6 +193,7 @@ export async function run(argv: string[]): Promise<number> {
       limit,
       shard,
       sharedPrefill: !values['no-shared-prefill'],
+      layerErrorPrompt: values['layer-errors'] ? files.find((f) => f.kind === 'prose')?.records[0]?.inputIds : undefined,
     });
     emit(results, values.out, values.json ?? false);
     const secs = Object.values(results.timing).reduce((a, t) => a + t.seconds, 0);

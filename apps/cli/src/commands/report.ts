@@ -1,6 +1,18 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { BENCH_FORMAT, RESULTS_FORMAT, parseAnchor, renderReport, type BenchResults, type EvalResults, type ReportInput } from '@xquant/eval';
+import {
+  BENCH_FORMAT,
+  RESULTS_FORMAT,
+  anchorMarkdown,
+  benchMarkdown,
+  compareWithAnchor,
+  parseAnchor,
+  renderReport,
+  resultsMarkdown,
+  type BenchResults,
+  type EvalResults,
+  type ReportInput,
+} from '@xquant/eval';
 import { XqError, XqFormatError } from '@xquant/quant';
 
 /** One-line description shown by `xquant --help`. */
@@ -18,6 +30,7 @@ options:
   --anchor FILE     reference results (reference-fidelity/results.json) drawn as extra series
   --title TEXT      page title
   --note TEXT       text shown under the title (e.g. the command that made the inputs)
+  --markdown FILE   also write the tables as markdown (results, comparison with --anchor, bench, plans)
   --json            print {"out": FILE, "bytes": N} on stdout
   -h, --help        show this help`;
 
@@ -37,7 +50,7 @@ function readJson(path: string): unknown {
 
 /** `xquant report …`; returns the exit code. */
 export async function run(argv: string[]): Promise<number> {
-  let values: { in?: string[]; out?: string; anchor?: string; title?: string; note?: string; json?: boolean; help?: boolean };
+  let values: { in?: string[]; out?: string; anchor?: string; title?: string; note?: string; markdown?: string; json?: boolean; help?: boolean };
   let positionals: string[];
   try {
     const parsed = parseArgs({
@@ -48,6 +61,7 @@ export async function run(argv: string[]): Promise<number> {
         anchor: { type: 'string' },
         title: { type: 'string' },
         note: { type: 'string' },
+        markdown: { type: 'string' },
         json: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -76,9 +90,24 @@ export async function run(argv: string[]): Promise<number> {
     else if (j?.format === 'xquant-plan/v1') input.plans.push(j as NonNullable<ReportInput['plans']>[number]);
     else throw new XqFormatError(`${f}: not an xquant eval, bench or plan result (format ${JSON.stringify(j?.format)})`);
   }
+  const anchor = values.anchor ? parseAnchor(readJson(values.anchor)) : undefined;
+  if (values.markdown) {
+    const md: string[] = [];
+    for (const r of input.results) {
+      md.push(resultsMarkdown(r));
+      if (anchor) md.push(`**${r.model.name}: ours vs the anchor** (tolerances: see compareWithAnchor)`, '', anchorMarkdown(compareWithAnchor(r, anchor)));
+    }
+    for (const b of input.bench) md.push(benchMarkdown(b));
+    for (const p of input.plans) {
+      md.push(`**Plan ${p.preset.name}${p.model ? ` (${p.model})` : ''}**`, '', '| candidate | stored bits | paper bits | KL (calibration) | top-1 |', '|---|---:|---:|---:|---:|');
+      for (const c of p.candidates) md.push(`| ${c.name} | ${c.storedBits.toFixed(3)} | ${c.paperBits.toFixed(3)} | ${c.kl.toFixed(4)} | ${c.top1.toFixed(4)} |`);
+      md.push('');
+    }
+    writeFileSync(values.markdown, `${md.join('\n')}\n`);
+  }
   const html = renderReport({
     ...input,
-    anchor: values.anchor ? parseAnchor(readJson(values.anchor)) : undefined,
+    anchor,
     title: values.title,
     note: values.note,
   });
