@@ -3,15 +3,25 @@ import { summarize, type EvalResults } from './results.js';
 
 /** One configuration of the reference ("anchor") fidelity results (`reference-fidelity/results.json`). */
 export interface AnchorRow {
+  /** Model name. */
   model: string;
+  /** R. */
   residualLength: number;
+  /** Config name (`kivi-2`, …). */
   method: string;
+  /** Paper-style bits. */
   paperBits: number;
+  /** Stored bits at 2048 tokens. */
   storedBits: number;
+  /** Perplexity over 448 predictions per record. */
   ppl: number;
+  /** Without position 63. */
   pplExclFirst: number;
+  /** Mean KL(full ‖ config). */
   kl: number;
+  /** Top-1 agreement with full. */
   top1: number;
+  /** Prose records. */
   records: number;
   /** Passkey accuracy by length. */
   passkey: Record<number, number>;
@@ -53,10 +63,28 @@ export function parseAnchor(json: unknown): AnchorRow[] {
 
 /** Our numbers next to the anchor's for one configuration, with a sampling-aware verdict. */
 export interface AnchorComparison {
+  /** Model name. */
   model: string;
+  /** R. */
   residualLength: number;
+  /** Config name. */
   method: string;
-  ours: { ppl: number; kl: number; top1: number; storedBits: number; records: number; passkey: Record<number, { correct: number; n: number }> };
+  /** Our aggregates. */
+  ours: {
+    /** Perplexity. */
+    ppl: number;
+    /** Mean KL. */
+    kl: number;
+    /** Top-1 agreement. */
+    top1: number;
+    /** Stored bits at 2048 tokens. */
+    storedBits: number;
+    /** Prose records. */
+    records: number;
+    /** Passkey per length. */
+    passkey: Record<number, PasskeyCount>;
+  };
+  /** The anchor's row. */
   anchor: AnchorRow;
   /** ppl relative to full, ours vs the anchor's: (ppl/ppl_full)_ours / (ppl/ppl_full)_anchor − 1. */
   pplRatioRel: number;
@@ -71,7 +99,22 @@ export interface AnchorComparison {
   /** Passkey: ours − anchor in accuracy, per length. */
   passkeyDiff: Record<number, number>;
   /** Verdicts (tolerance + 2 standard errors of the subset, see {@link compareWithAnchor}). */
-  ok: { ppl: boolean; kl: boolean; passkey: boolean };
+  ok: {
+    /** ppl ratio to full within tolerance. */
+    ppl: boolean;
+    /** KL within tolerance. */
+    kl: boolean;
+    /** Passkey within tolerance at every length. */
+    passkey: boolean;
+  };
+}
+
+/** Correct answers out of n. */
+export interface PasskeyCount {
+  /** Correct. */
+  correct: number;
+  /** Prompts. */
+  n: number;
 }
 
 function meanSE(xs: number[], population: number): number {
@@ -112,7 +155,7 @@ export function compareWithAnchor(results: EvalResults, anchor: readonly AnchorR
       const anchorRatio = a.ppl / af.ppl;
       const pplTol = Math.log(1 + (chaotic ? 0.05 : 0.01)) + 2 * (Number.isFinite(nllDiffSE) ? nllDiffSE : 0);
       const klTol = (chaotic ? 0.2 : 0.05) * a.kl + 2 * (Number.isFinite(klSE) ? klSE : 0);
-      const passkey: Record<number, { correct: number; n: number }> = {};
+      const passkey: Record<number, PasskeyCount> = {};
       const passkeyDiff: Record<number, number> = {};
       let passkeyOk = true;
       for (const [L, acc] of Object.entries(s.passkey)) {

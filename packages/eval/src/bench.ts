@@ -10,6 +10,7 @@ export const BENCH_FORMAT = 'xquant-bench/v1';
 
 /** Options of {@link runBench}. */
 export interface BenchOptions {
+  /** The model. */
   model: EvalModel;
   /** Configurations; `full` is added as the baseline. */
   caches: readonly CacheSpec[];
@@ -29,9 +30,13 @@ export interface BenchOptions {
 
 /** Decode speed of one configuration at one context length. */
 export interface BenchSpeedRow {
+  /** Configuration id. */
   config: string;
+  /** Method name. */
   method: string;
+  /** Residual length (null for full). */
   residualLength: number | null;
+  /** Group size (null for full). */
   groupSize: number | null;
   /** Tokens in the cache when timing started. */
   context: number;
@@ -43,24 +48,35 @@ export interface BenchSpeedRow {
 
 /** Memory of one configuration at one context length. */
 export interface BenchMemoryRow {
+  /** Configuration id. */
   config: string;
+  /** Method name. */
   method: string;
+  /** Tokens held. */
   context: number;
   /** Bytes held by this implementation (`cache.memory()`: float32 residual window and buffers included). */
   heldBytes: number;
+  /** heldBytes · 8 / elements. */
   heldBits: number;
   /** True stored bits per element with an fp16 residual window (`accountBits`). */
   storedBits: number;
+  /** Paper-style bits. */
   paperBits: number;
 }
 
 /** Output of {@link runBench}. */
 export interface BenchResults {
+  /** Always {@link BENCH_FORMAT}. */
   format: typeof BENCH_FORMAT;
+  /** Model name. */
   model: string;
+  /** tfjs backend. */
   backend: string;
+  /** Timed steps per speed row. */
   steps: number;
+  /** Decode speed rows. */
   speed: BenchSpeedRow[];
+  /** Memory rows. */
   memory: BenchMemoryRow[];
 }
 

@@ -5,6 +5,7 @@ import type { EvalModel } from './protocol.js';
 
 /** K, V and the last queries of every layer after a full-precision prefill of a prompt. */
 export interface CapturedLayers {
+  /** Cache shape of the model. */
   shape: KvCacheShape;
   /** Prompt length. */
   tokens: number;
@@ -14,13 +15,14 @@ export interface CapturedLayers {
   queryRows: number;
   /** Per layer `[kvHeads, tokens, headDim]`, float32 (after RoPE). */
   keys: Float32Array[];
+  /** Per layer `[kvHeads, tokens, headDim]`, float32. */
   values: Float32Array[];
   /** Per layer `[qHeads, queryRows, headDim]` (after RoPE). */
   queries: Float32Array[];
 }
 
 /**
- * A {@link KvCache} that forwards everything to `inner` and hands the queries of every `attend` to `onQueries`.
+ * A `KvCache` that forwards everything to `inner` and hands the queries of every `attend` to `onQueries`.
  * Lets the evaluation see a model's real queries through the public cache interface.
  */
 export class RecordingKvCache implements KvCache {
@@ -31,6 +33,7 @@ export class RecordingKvCache implements KvCache {
   get strategyId(): string {
     return this.inner.strategyId;
   }
+  /** The inner cache's shape. */
   get shape(): Readonly<KvCacheShape> {
     return this.inner.shape;
   }
@@ -50,7 +53,7 @@ export class RecordingKvCache implements KvCache {
   memory(): KvMemoryReport {
     return this.inner.memory();
   }
-  dequantize(layer: number): { keys: tf.Tensor3D; values: tf.Tensor3D } {
+  dequantize(layer: number): ReturnType<KvCache['dequantize']> {
     return this.inner.dequantize(layer);
   }
   reset(): void {
@@ -97,6 +100,7 @@ export async function captureLayers(model: EvalModel, ids: readonly number[], op
 
 /** Relative errors of one layer: ‖x̂ − x‖ / ‖x‖ (Frobenius). */
 export interface LayerError {
+  /** Layer index. */
   layer: number;
   /** Attention output over the cache vs over full-precision K/V, for the captured queries. */
   attention: number;

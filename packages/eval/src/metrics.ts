@@ -74,7 +74,9 @@ export interface ProseSummary {
   kl: number;
   /** Fraction of predictions with the same argmax as full. */
   top1: number;
+  /** Records aggregated. */
   records: number;
+  /** Predictions aggregated. */
   predictions: number;
 }
 

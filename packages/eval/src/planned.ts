@@ -8,7 +8,14 @@ import { defineQuantizedStrategy, registerStrategy, strategyIds, type QuantizedC
  * 1-bit, 0.045 for 2-bit, none otherwise); `{ eta }` (one η for this tensor); `'least-squares'` (fit scale and zero to
  * the group's own values given the codes it is read with — its own, or a donor layer's under sharing).
  */
-export type CalibrationChoice = 'none' | 'eta' | 'least-squares' | { eta: number };
+export type CalibrationChoice =
+  | 'none'
+  | 'eta'
+  | 'least-squares'
+  | {
+      /** η for every bit width, in [0, 0.5). */
+      eta: number;
+    };
 
 /** Options of the {@link planned} strategy: plain JSON, so a plan can be saved and reused. */
 export interface PlannedOptions extends QuantizedCacheOptions {

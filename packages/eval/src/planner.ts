@@ -9,8 +9,10 @@ import type { EvalFile } from './records.js';
 import { summarize } from './results.js';
 import { bestDonors, codeAgreement, type CodeAgreement } from './similarity.js';
 
-type Kind = 'keys' | 'values';
-type TensorBits = Bits | 16;
+/** Keys or values. */
+export type Kind = 'keys' | 'values';
+/** A tensor's code width, or 16 = kept in full precision. */
+export type TensorBits = Bits | 16;
 
 /** Options of {@link planForBudget}. */
 export interface PlanOptions {
@@ -44,15 +46,32 @@ export interface PlanOptions {
 
 /** One verified candidate. */
 export interface PlanCandidate {
+  /** Which search branch produced it (`g32`, `g32-shared`, `…-all-eta`). */
   name: string;
+  /** The plan, as options of the `planned` strategy. */
   options: PlannedOptions;
+  /** True stored bits per element at the budget's context length. */
   storedBits: number;
+  /** Paper-style bits. */
   paperBits: number;
   /** Predicted Σ weighted squared attention errors (what the search minimised). */
   predicted: number;
   /** Mean KL(full ‖ plan) on the calibration prompt. */
   kl: number;
+  /** Top-1 agreement with full on the calibration prompt. */
   top1: number;
+}
+
+/** Sensitivity of one tensor. */
+export interface TensorSensitivity {
+  /** Layer index. */
+  layer: number;
+  /** Keys or values. */
+  kind: Kind;
+  /** KL on the calibration prompt with only this tensor at 1 bit. */
+  kl: number;
+  /** Its layer's relative attention error in that setting. */
+  error: number;
 }
 
 /** What {@link planForBudget} returns. */
@@ -64,9 +83,14 @@ export interface PlanResult {
   /** Every verified candidate, best first. */
   candidates: PlanCandidate[];
   /** Per tensor, KL on the calibration prompt when only it is 1-bit (if sensitivity ran), and its attention error. */
-  sensitivity: { layer: number; kind: Kind; kl: number; error: number }[];
+  sensitivity: TensorSensitivity[];
   /** Inter-layer code agreement (1-bit) on the calibration prompt. */
-  agreement: { keys: CodeAgreement; values: CodeAgreement };
+  agreement: {
+    /** Of keys. */
+    keys: CodeAgreement;
+    /** Of values. */
+    values: CodeAgreement;
+  };
   /** Cheapest plan considered, in stored bits (when the budget is below it, planning fails with this figure). */
   minimumBits: number;
 }

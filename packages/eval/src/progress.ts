@@ -1,7 +1,10 @@
 /** A stream a progress bar can write to (process.stderr fits). */
 export interface ProgressStream {
+  /** Write text. */
   write(s: string): unknown;
+  /** Redraw in place when true. */
   isTTY?: boolean;
+  /** Terminal width (lines are cut to it). */
   columns?: number;
 }
 

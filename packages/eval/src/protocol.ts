@@ -19,14 +19,24 @@ import {
 
 /** What the protocol needs from a model (a `DecoderModel` of @xquant/models fits). */
 export interface EvalModel {
+  /** Shape of the KV cache the model needs. */
   readonly cacheShape: KvCacheShape;
-  readonly config: { vocabSize: number; eosTokenIds?: number[]; architecture?: string };
+  /** What the protocol reads from the model configuration. */
+  readonly config: {
+    /** Vocabulary size (logits per row). */
+    vocabSize: number;
+    /** Generation stops at these ids. */
+    eosTokenIds?: number[];
+    /** Recorded in results. */
+    architecture?: string;
+  };
   /** Run `ids` after what `cache` holds; logits `[rows, vocab]` of the last position (default). */
   forward(ids: ArrayLike<number>, cache: KvCache, logits?: 'last'): tf.Tensor2D;
 }
 
 /** What the protocol needs from a tokenizer (decoding passkey continuations). */
 export interface EvalTokenizer {
+  /** Text of `ids`, special tokens skipped when asked. */
   decode(ids: ArrayLike<number>, options?: { skipSpecialTokens?: boolean }): string;
 }
 
@@ -50,10 +60,18 @@ export interface ProtocolOptions {
 
 /** Options of {@link runEval}. */
 export interface RunEvalOptions extends ProtocolOptions {
+  /** The model. */
   model: EvalModel;
+  /** Its tokenizer (passkey continuations are decoded). */
   tokenizer: EvalTokenizer;
   /** Name and path of the model, recorded in the results. */
-  modelInfo?: { name?: string; path?: string };
+  modelInfo?: {
+    /** Name (default: the path's last component). */
+    name?: string;
+    /** Path as given. */
+    path?: string;
+  };
+  /** Eval files (see `readEvalFile`). */
   files: readonly EvalFile[];
   /** Configurations (see `resolveCacheSpecs`); `full` is added when absent (KL and top-1 need it). */
   caches: readonly CacheSpec[];
@@ -83,13 +101,21 @@ export function parseShard(text: string): Shard {
   return { index, count };
 }
 
+/** A record picked by {@link selectRecords}. */
+export interface SelectedRecord {
+  /** Its file. */
+  file: EvalFile;
+  /** Index in the file. */
+  index: number;
+}
+
 /** The records a shard evaluates: the `limit` first of each file, then every `count`-th of the concatenated list. */
-export function selectRecords(files: readonly EvalFile[], limit?: number, shard?: Shard): { file: EvalFile; index: number }[] {
+export function selectRecords(files: readonly EvalFile[], limit?: number, shard?: Shard): SelectedRecord[] {
   if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) throw new XqConfigError('E_CONFIG', `limit must be a positive integer; got ${String(limit)}`);
   if (shard && (!Number.isInteger(shard.index) || !Number.isInteger(shard.count) || shard.count < 1 || shard.index < 0 || shard.index >= shard.count)) {
     throw new XqConfigError('E_CONFIG', `shard must satisfy 0 ≤ index < count; got ${shard.index}/${shard.count}`);
   }
-  const all: { file: EvalFile; index: number }[] = [];
+  const all: SelectedRecord[] = [];
   for (const file of files) {
     const n = Math.min(file.records.length, limit ?? Infinity);
     for (let i = 0; i < n; i++) all.push({ file, index: i });

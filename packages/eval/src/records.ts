@@ -4,6 +4,7 @@ import { XqError, XqFormatError } from '@xquant/quant';
 
 /** A held-out prose window scored by perplexity / KL / top-1 (`prose_512.jsonl`). */
 export interface ProseRecord {
+  /** Discriminant. */
   kind: 'prose';
   /** Record id from the file (or its line number when the file has none). */
   id: string;
@@ -13,12 +14,15 @@ export interface ProseRecord {
 
 /** A passkey-retrieval prompt (`passkey_L.jsonl`). */
 export interface PasskeyRecord {
+  /** Discriminant. */
   kind: 'passkey';
+  /** Record id from the file (or its line number). */
   id: string;
   /** Length bucket the prompt belongs to (256, 512, 1024, 2048), or its token count rounded up to a power of two. */
   length: number;
   /** The digits the model must produce. */
   answer: string;
+  /** Prompt token ids, starting with BOS; the model should continue with the answer. */
   inputIds: number[];
 }
 
@@ -31,7 +35,9 @@ export interface EvalFile {
   path: string;
   /** File name (used as a stable key in results: shards read the same files from different directories). */
   name: string;
+  /** What every record of the file is. */
   kind: 'prose' | 'passkey';
+  /** Records in file order. */
   records: EvalRecord[];
 }
 

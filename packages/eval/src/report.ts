@@ -4,6 +4,14 @@ import type { PlanResult } from './planner.js';
 import { summarize, type EvalResults } from './results.js';
 import { escapeHtml, svgChart, type ChartSeries } from './svg.js';
 
+/** A plan result as `xquant plan --out` writes it. */
+export interface PlanReportInput extends PlanResult {
+  /** Model name. */
+  model?: string;
+  /** The budget planned for. */
+  budgetBits?: number;
+}
+
 /** Inputs of {@link renderReport}. */
 export interface ReportInput {
   /** Eval results (one per model, or merged shards). */
@@ -11,9 +19,10 @@ export interface ReportInput {
   /** Bench results. */
   bench?: readonly BenchResults[];
   /** Planner outputs (`xquant plan --out`), shown as tables. */
-  plans?: readonly (PlanResult & { model?: string; budgetBits?: number })[];
+  plans?: readonly PlanReportInput[];
   /** Reference numbers to draw beside ours (hollow points). */
   anchor?: readonly AnchorRow[];
+  /** Page title. */
   title?: string;
   /** Free text (e.g. the command that produced the inputs), shown under the title. */
   note?: string;
@@ -167,7 +176,7 @@ function benchSection(b: BenchResults): string {
   return parts.join('\n');
 }
 
-function planSection(p: PlanResult & { model?: string; budgetBits?: number }): string {
+function planSection(p: PlanReportInput): string {
   const parts = [`<h2>Plan ${escapeHtml(p.preset.name)}${p.model ? ` for ${escapeHtml(p.model)}` : ''}</h2>`];
   parts.push(
     table(

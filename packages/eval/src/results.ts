@@ -15,6 +15,7 @@ export interface ProseRecordResult {
   file: string;
   /** Index of the record in its file (0-based). */
   index: number;
+  /** Record id. */
   id: string;
   /** Sums per configuration id. */
   perCache: Record<string, ProseSums>;
@@ -32,27 +33,52 @@ export interface PasskeyOutcome {
 
 /** Per-cache outcome of one passkey prompt. */
 export interface PasskeyRecordResult {
+  /** Eval file name. */
   file: string;
+  /** Index of the record in its file (0-based). */
   index: number;
+  /** Record id. */
   id: string;
   /** Length bucket. */
   length: number;
+  /** Expected digits. */
   answer: string;
+  /** Outcome per configuration id. */
   perCache: Record<string, PasskeyOutcome>;
 }
 
 /** Shard of the record list: this process handles records whose position p in the list has `p % count === index`. */
 export interface Shard {
+  /** This shard, 0 ≤ index < count. */
   index: number;
+  /** Number of shards. */
   count: number;
 }
 
 /** Everything an eval run (or a merge of shards) produced. */
 export interface EvalResults {
+  /** Always {@link RESULTS_FORMAT}. */
   format: typeof RESULTS_FORMAT;
-  model: { name: string; path: string; architecture: string; layers: number; kvHeads: number; headDim: number; vocabSize: number };
+  /** The model evaluated. */
+  model: {
+    /** Directory name. */
+    name: string;
+    /** Path as given. */
+    path: string;
+    /** `llama`, `qwen2`, … */
+    architecture: string;
+    /** Decoder layers. */
+    layers: number;
+    /** KV heads per layer. */
+    kvHeads: number;
+    /** Channels per head. */
+    headDim: number;
+    /** Vocabulary size. */
+    vocabSize: number;
+  };
   /** tfjs backend the numbers were computed on. */
   backend: string;
+  /** Protocol constants used. */
   protocol: {
     /** Prose: tokens prefilled at full precision before teacher forcing. */
     prosePrefill: number;
@@ -66,37 +92,79 @@ export interface EvalResults {
     sharedPrefill: boolean;
   };
   /** Files evaluated, in order (records are sorted by this order, then by index). */
-  files: { name: string; kind: 'prose' | 'passkey'; records: number; selected: number }[];
+  files: {
+    /** File name. */
+    name: string;
+    /** Record kind. */
+    kind: 'prose' | 'passkey';
+    /** Records in the file. */
+    records: number;
+    /** Records evaluated. */
+    selected: number;
+  }[];
   /** `--limit` (records per file), or null. */
   limit: number | null;
   /** Shards merged into this result (one entry for a single sharded run; empty when unsharded). */
   shards: Shard[];
+  /** Configurations evaluated, `full` first. */
   configs: ConfigResult[];
+  /** Prose records, canonical order. */
   prose: ProseRecordResult[];
+  /** Passkey records, canonical order. */
   passkey: PasskeyRecordResult[];
   /** Wall time and decode steps spent per configuration (summed over records and shards). */
-  timing: Record<string, { seconds: number; steps: number; records: number }>;
+  timing: Record<
+    string,
+    {
+      /** Wall seconds. */
+      seconds: number;
+      /** Decode steps (forwards). */
+      steps: number;
+      /** Records. */
+      records: number;
+    }
+  >;
   /** Per-layer error diagnostic of every configuration on one prompt (each layer in isolation), if computed. */
-  layerErrors?: { promptTokens: number; queryRows: number; perCache: Record<string, LayerError[]> };
+  layerErrors?: {
+    /** Prompt length. */
+    promptTokens: number;
+    /** Query rows compared per layer. */
+    queryRows: number;
+    /** Per configuration id, one entry per layer. */
+    perCache: Record<string, LayerError[]>;
+  };
 }
 
 /** Passkey accuracy at one length. */
 export interface PasskeyAccuracy {
+  /** Prompts answered correctly. */
   correct: number;
+  /** Prompts. */
   n: number;
+  /** correct / n. */
   accuracy: number;
 }
 
 /** Aggregates of one configuration. */
 export interface ConfigSummary {
+  /** The configuration. */
   config: ConfigResult;
+  /** Prose aggregates (null without prose records). */
   prose: ProseSummary | null;
   /** By length bucket. */
   passkey: Record<number, PasskeyAccuracy>;
 }
 
+/** What identifies a record: its file and index. */
+export interface RecordKey {
+  /** Eval file name. */
+  file: string;
+  /** Index in the file. */
+  index: number;
+}
+
 /** Sort records canonically: by the file order of `files`, then by index. */
-export function sortRecords<T extends { file: string; index: number }>(records: T[], files: readonly { name: string }[]): T[] {
+export function sortRecords<T extends RecordKey>(records: T[], files: readonly { name: string }[]): T[] {
   const order = new Map(files.map((f, i) => [f.name, i]));
   return [...records].sort((a, b) => (order.get(a.file)! - order.get(b.file)!) || a.index - b.index);
 }

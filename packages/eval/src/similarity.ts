@@ -3,8 +3,11 @@ import type { CapturedLayers } from './layer-error.js';
 
 /** Agreement of quantized codes between every pair of layers, for keys or values. */
 export interface CodeAgreement {
+  /** Which tensors. */
   kind: 'keys' | 'values';
+  /** Code width used. */
   bits: Bits;
+  /** Group size used. */
   groupSize: number;
   /** Tokens quantized (keys: a multiple of the group size). */
   tokens: number;
@@ -60,12 +63,24 @@ export function codeAgreement(cap: CapturedLayers, kind: 'keys' | 'values', opti
   return { kind, bits, groupSize, tokens, agreement, chance };
 }
 
+/** The most similar earlier layer of a layer. */
+export interface DonorChoice {
+  /** The borrowing layer. */
+  layer: number;
+  /** The earlier layer with the highest agreement above chance. */
+  donor: number;
+  /** Fraction of equal codes. */
+  agreement: number;
+  /** agreement − chance. */
+  excess: number;
+}
+
 /**
  * Similarity-driven donors: for each layer l ≥ 1, the earlier layer whose codes agree most with l's, and how far
  * that agreement is above chance (`excess`). A layer is worth sharing only when the excess is clearly positive.
  */
-export function bestDonors(a: CodeAgreement): { layer: number; donor: number; agreement: number; excess: number }[] {
-  const out: { layer: number; donor: number; agreement: number; excess: number }[] = [];
+export function bestDonors(a: CodeAgreement): DonorChoice[] {
+  const out: DonorChoice[] = [];
   for (let l = 1; l < a.agreement.length; l++) {
     let best = 0;
     for (let d = 1; d < l; d++) if (a.agreement[l]![d]! - a.chance[l]![d]! > a.agreement[l]![best]! - a.chance[l]![best]!) best = d;

@@ -1,19 +1,38 @@
 /** One series of points for {@link svgChart}. */
 export interface ChartSeries {
+  /** Legend text. */
   name: string;
-  points: { x: number; y: number; label?: string }[];
+  /** Points (non-finite or non-positive-on-log-axis points are skipped). */
+  points: ChartPoint[];
   /** Connect the points (in x order) with a line. */
   line?: boolean;
 }
 
+/** One point of a {@link ChartSeries}. */
+export interface ChartPoint {
+  /** Abscissa. */
+  x: number;
+  /** Ordinate. */
+  y: number;
+  /** Text drawn beside the point. */
+  label?: string;
+}
+
 /** Options of {@link svgChart}. */
 export interface ChartOptions {
+  /** Drawn above the plot. */
   title: string;
+  /** X axis label. */
   xLabel: string;
+  /** Y axis label. */
   yLabel: string;
+  /** Pixels (default 560). */
   width?: number;
+  /** Pixels (default 360). */
   height?: number;
+  /** Log₂ x axis. */
   xLog2?: boolean;
+  /** Log₁₀ y axis. */
   yLog10?: boolean;
 }
 
