@@ -16,6 +16,7 @@ function dec(a: GoldenArray): Float32Array | Int32Array {
 }
 
 describe.skipIf(!present)(`golden a_keys/b_values bit-exact${present ? '' : ' (skipped: ../shared/golden not found beside the repository)'}`, () => {
+  if (!present) test('a_keys, b_values', () => {}); // shows the skip reason; never runs
   for (const f of ['a_keys', 'b_values']) {
     const cases = present ? JSON.parse(readFileSync(`${GOLDEN}${f}.json`, 'utf8')).cases : [];
     for (const c of cases) {
