@@ -76,7 +76,7 @@ export function readPresetFile(path: string): PresetFile {
 
 /**
  * Expand cache names into configurations: `'full'` once; each preset (`kivi-2`, `xquant-1.38`, …) once per residual
- * length × group size; `'@file.json'` a preset file as it is. `full` is always included first (KL and top-1 need it).
+ * length × group size; `'@file.json'` a preset file, with its own R and group size when it sets them, else swept the same way. `full` is always included first (KL and top-1 need it).
  * Unknown names throw `E_STRATEGY_UNKNOWN` listing the presets.
  */
 export function resolveCacheSpecs(names: readonly string[], options: ResolveCacheOptions = {}): CacheSpec[] {
@@ -92,10 +92,16 @@ export function resolveCacheSpecs(names: readonly string[], options: ResolveCach
     if (name === '' || name === FULL_ID) continue;
     if (name.startsWith('@')) {
       const p = readPresetFile(name.slice(1));
-      resolveStrategy(p.strategy, p.options); // validate now
-      const R = typeof p.options.residualLength === 'number' ? p.options.residualLength : DEFAULT_RESIDUAL_LENGTH;
-      const G = typeof p.options.groupSize === 'number' ? p.options.groupSize : DEFAULT_GROUP_SIZE;
-      specs.push({ id: `${p.name}/R${R}/g${G}`, method: p.name, strategy: p.strategy, options: p.options, residualLength: R, groupSize: G });
+      // A preset that fixes R / group size (a plan: R is part of its budget) keeps them; otherwise it is swept like a preset.
+      const Rp = typeof p.options.residualLength === 'number' ? [p.options.residualLength] : Rs;
+      const Gp = typeof p.options.groupSize === 'number' ? [p.options.groupSize] : Gs;
+      for (const R of Rp) {
+        for (const G of Gp) {
+          const opts = { ...p.options, residualLength: R, groupSize: G };
+          resolveStrategy(p.strategy, opts); // validate now
+          specs.push({ id: `${p.name}/R${R}/g${G}`, method: p.name, strategy: p.strategy, options: opts, residualLength: R, groupSize: G });
+        }
+      }
       continue;
     }
     if (!known.has(name)) {
