@@ -127,6 +127,11 @@ export async function run(argv: string[]): Promise<number> {
         const cal = (c: unknown) => JSON.stringify(Array.isArray(c) ? c[l] : c).replace(/"/g, '');
         lines.push(`| ${l} | ${k.bits} | ${k.codesFrom ?? '–'} | ${cal(o.keyCalibration)} | ${vv.bits} | ${vv.codesFrom ?? '–'} | ${cal(o.valueCalibration)} |`);
       });
+      lines.push('', 'inter-layer code agreement on the calibration prompt (1-bit codes; chance = agreement of independent codes):', '', '| layers | keys | keys chance | values | values chance |', '|---|---:|---:|---:|---:|');
+      const { keys: ka, values: va } = result.agreement;
+      for (let l = 1; l < ka.agreement.length; l++) {
+        lines.push(`| ${l - 1}–${l} | ${ka.agreement[l]![l - 1]!.toFixed(3)} | ${ka.chance[l]![l - 1]!.toFixed(3)} | ${va.agreement[l]![l - 1]!.toFixed(3)} | ${va.chance[l]![l - 1]!.toFixed(3)} |`);
+      }
       process.stdout.write(`${lines.join('\n')}\n`);
     }
     return 0;
