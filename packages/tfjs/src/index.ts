@@ -27,7 +27,7 @@ export {
   type KeyBlockView,
   type ValueChunkView,
 } from './kernels/registry.js';
-export { jsPackedAttentionKernel } from './kernels/js-attention.js';
+export { jsPackedAttentionKernel, packedKernelOptions } from './kernels/js-attention.js';
 export { denseAttentionKernel } from './kernels/dense.js';
 export { keyBlockScores, valueChunkMix } from './kernels/js-packed.js';
 export {

@@ -10,7 +10,9 @@ export type StrategyFactory = (options?: Record<string, unknown>) => KvCacheStra
 
 /** Description of a preset, as in the reference tables (8 layers: reference-fidelity §1). */
 export interface PresetInfo {
+  /** Name accepted by {@link createKvCache}. */
   id: string;
+  /** One line: what it stores. */
   summary: string;
 }
 

@@ -38,8 +38,11 @@ import {
 export interface QuantizedCacheConfig {
   /** Id reported by {@link KvCache.strategyId}. */
   strategyId: string;
+  /** Residual length R: keys are quantized in blocks of R tokens, the newest R values stay float32. */
   residualLength: number;
+  /** Elements per scale/zero-point group (tokens for keys, channels for values). */
   groupSize: number;
+  /** Quantizer arithmetic and metadata storage (`'fp16'`: Uint16 bit patterns). */
   precision: Precision;
   /** Per layer: key bits (16 = kept in full precision) and the layer whose key codes it reads (null: its own). */
   keys: readonly KindSpec[];
@@ -47,6 +50,7 @@ export interface QuantizedCacheConfig {
   values: readonly KindSpec[];
   /** Calibrator applied to a layer's key/value statistics after quantization (null: none). */
   keyCalibrators?: readonly (Calibrator | null)[];
+  /** Calibrator per layer for value statistics (null: none). */
   valueCalibrators?: readonly (Calibrator | null)[];
   /** Tokens per allocated chunk of quantized values (default 32). */
   valueChunkTokens?: number;
