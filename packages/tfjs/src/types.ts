@@ -54,7 +54,7 @@ export interface KvCache {
   seqLength(layer?: number): number;
   /** Bytes actually held and both bit accountings. */
   memory(): KvMemoryReport;
-  /** The layer's K/V as the attention sees them (quantized part dequantized), `[kvHeads, tokens, headDim]`. */
+  /** The layer's K/V as the attention sees them (quantized part dequantized), `[kvHeads, tokens, headDim]`; the caller disposes them. */
   dequantize(layer: number): { keys: Tensor3D; values: Tensor3D };
   /** Drop every token (keeps the configuration). */
   reset(): void;
