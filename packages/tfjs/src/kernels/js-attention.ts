@@ -44,8 +44,9 @@ function residualScores(v: QuantizedLayerView, h: number, Q: Float32Array, M: nu
 }
 
 /** Scale, causal mask and softmax of M score rows in place; vector m = v0 + m is query row ⌊(v0+m)/rep⌋ of nq. */
-function softmaxRows(S: Float32Array, M: number, N: number, nq: number, rep: number, v0: number, scale: number): void {
-  for (let m = 0; m < M; m++) {
+function softmaxRows(S: Float32Array, M: number, N: number, nq: number, rep: number, v0: number, scale: number, valid = M): void {
+  for (let m = valid; m < M; m++) S.fill(0, m * N, (m + 1) * N); // padding vectors: no weight
+  for (let m = 0; m < valid; m++) {
     const row = Math.floor((v0 + m) / rep);
     const last = N - nq + row;
     const so = m * N;
@@ -83,15 +84,15 @@ function residualMix(v: QuantizedLayerView, h: number, S: Float32Array, M: numbe
   }
 }
 
-function simdApplies(v: QuantizedLayerView, total: number): boolean {
-  if (!packedKernelOptions.simd || total !== 4) return false;
+function simdApplies(v: QuantizedLayerView): boolean {
+  if (!packedKernelOptions.simd) return false;
   const gs = v.groupSize;
   if (v.keyBlocks.length > 0 && (v.keyBits === 8 || gs % 4 !== 0)) return false;
   if (v.valueChunks.length > 0 && ((v.valueBits !== 1 && v.valueBits !== 2) || gs % 16 !== 0)) return false;
   return true;
 }
 
-/** Decode step with exactly four query vectors per KV head, on the WebAssembly SIMD kernels. */
+/** Attention on the WebAssembly SIMD kernels, four query vectors per KV head at a time (zero-padded). */
 function attendSimd4(K: SimdKernels, v: QuantizedLayerView, q: Float32Array, qHeads: number, nq: number, out: Float32Array): void {
   const H = v.kvHeads, D = v.headDim, N = v.tokens, gs = v.groupSize;
   const rep = qHeads / H;
@@ -131,10 +132,18 @@ function attendSimd4(K: SimdKernels, v: QuantizedLayerView, q: Float32Array, qHe
   scratch.O = grow(scratch.O, 4 * D, (n) => new Float64Array(n));
   const O = scratch.O;
   const scale = 1 / Math.sqrt(D);
-  for (let h = 0; h < H; h++) {
+  const total = rep * nq;
+  for (let h = 0; h < H; h++) for (let v0 = 0; v0 < total; v0 += 4) {
+    const valid = Math.min(4, total - v0);
+    // vector j = v0 + m ↔ query head h·rep + (j % rep), query row ⌊j / rep⌋
     for (let m = 0; m < 4; m++) {
-      const qh = h * rep + (m % rep);
-      const row = Math.floor(m / rep);
+      const j = v0 + m;
+      if (m >= valid) {
+        Q.fill(0, m * D, (m + 1) * D);
+        continue;
+      }
+      const qh = h * rep + (j % rep);
+      const row = Math.floor(j / rep);
       Q.set(q.subarray((qh * nq + row) * D, (qh * nq + row + 1) * D), m * D);
     }
     v.keyBlocks.forEach((b, i) => {
@@ -143,7 +152,7 @@ function attendSimd4(K: SimdKernels, v: QuantizedLayerView, q: Float32Array, qHe
       K.keys4(pQ, pKs + (kOff[i]!.m + h * D * G) * 4, pKz + (kOff[i]!.m + h * D * G) * 4, pKp + (kOff[i]!.w + h * D * wpr) * 4, pS + b.start * 4, D, b.tokens, gs, kBits, pA, pKc, N);
     });
     residualScores(v, h, Q, 4, S, N);
-    softmaxRows(S, 4, N, nq, rep, 0, scale);
+    softmaxRows(S, 4, N, nq, rep, v0, scale, valid);
     O.fill(0, 0, 4 * D);
     if (Nq > 0) {
       Ow.fill(0);
@@ -151,9 +160,10 @@ function attendSimd4(K: SimdKernels, v: QuantizedLayerView, q: Float32Array, qHe
       for (let m = 0; m < 4; m++) for (let d = 0; d < D; d++) O[m * D + d] = Ow[m * D + d]! + Zs[m * Gv + ((d / gs) | 0)]!;
     }
     residualMix(v, h, S, 4, N, O);
-    for (let m = 0; m < 4; m++) {
-      const qh = h * rep + (m % rep);
-      const row = Math.floor(m / rep);
+    for (let m = 0; m < valid; m++) {
+      const j = v0 + m;
+      const qh = h * rep + (j % rep);
+      const row = Math.floor(j / rep);
       const oo = (qh * nq + row) * D;
       for (let d = 0; d < D; d++) out[oo + d] = O[m * D + d]!;
     }
@@ -186,7 +196,7 @@ export const jsPackedAttentionKernel: AttentionKernel = {
     const rep = qHeads / H;
     const out = new Float32Array(qHeads * nq * D);
     const total = rep * nq;
-    const simd = simdApplies(v, total) ? simdKernels() : null;
+    const simd = simdApplies(v) ? simdKernels() : null;
     if (simd) {
       attendSimd4(simd, v, q, qHeads, nq, out);
       return tf.tensor3d(out, [qHeads, nq, D]);
