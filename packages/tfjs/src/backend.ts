@@ -23,7 +23,12 @@ export interface BackendSelection {
   /** One line: why this backend runs. */
   reason: string;
   /** Backends tried before it, each with a one-line reason. */
-  skipped: { name: BackendName; why: string }[];
+  skipped: {
+    /** The backend skipped. */
+    name: BackendName;
+    /** One line: why it could not start. */
+    why: string;
+  }[];
 }
 
 /** True when an error from loading `@tensorflow/tfjs-node(-gpu)` means "not installed / native binding missing". */

@@ -18,6 +18,7 @@ interface FullLayer {
  * step copies at most one chunk; attention is {@link chunkedAttention} (plain attention, no concatenation of K/V).
  */
 export class FullKvCache implements AsyncKvCache {
+  /** The shape the cache was created for. */
   readonly shape: Readonly<KvCacheShape>;
   private layers: FullLayer[];
   private disposed = false;

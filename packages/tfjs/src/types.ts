@@ -2,8 +2,11 @@ import type { Tensor3D } from '@tensorflow/tfjs-core';
 
 /** Shape of the cache a model needs: number of layers, KV heads per layer, head dimension. */
 export interface KvCacheShape {
+  /** Decoder layers. */
   layers: number;
+  /** KV heads per layer. */
   kvHeads: number;
+  /** Channels per head. */
   headDim: number;
   /** Largest number of tokens the cache may hold; appending past it throws `E_CAPACITY`. Default: unlimited. */
   maxTokens?: number;
@@ -40,6 +43,7 @@ export interface KvMemoryReport {
 export interface KvCache {
   /** Id of the strategy that created this cache. */
   readonly strategyId: string;
+  /** The shape the cache was created for. */
   readonly shape: Readonly<KvCacheShape>;
   /** Append many tokens at once. `keys`/`values`: `[kvHeads, tokens, headDim]` float32. */
   prefill(layer: number, keys: Tensor3D, values: Tensor3D): void;
@@ -64,10 +68,13 @@ export interface KvCache {
 
 /** A way of storing the KV cache. Implement this (one file) to add a strategy. */
 export interface KvCacheStrategy<Options = unknown> {
+  /** Version of this interface the strategy implements. */
   readonly specificationVersion: 'v1';
   /** Short stable id, e.g. `'kivi'`. */
   readonly id: string;
+  /** The options the strategy was created with. */
   readonly options: Readonly<Options>;
+  /** A new, empty cache for `shape`. */
   createCache(shape: KvCacheShape): KvCache;
 }
 

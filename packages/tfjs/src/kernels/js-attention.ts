@@ -25,7 +25,10 @@ function grow<T extends Float32Array | Float64Array>(a: T, n: number, make: (n: 
 }
 
 /** Use the WebAssembly SIMD kernels when possible (set false to force the plain JS kernels, e.g. to compare them). */
-export const packedKernelOptions = { simd: true };
+export const packedKernelOptions: {
+  /** WebAssembly SIMD on (default). */
+  simd: boolean;
+} = { simd: true };
 
 /** S[m·N + pos] = q_m · k(pos) for the float32 keys that follow the quantized ones. */
 function residualScores(v: QuantizedLayerView, h: number, Q: Float32Array, M: number, S: Float32Array, N: number): void {

@@ -8,23 +8,29 @@ import { jsPackedAttentionKernel } from './js-attention.js';
 export interface KeyBlockView {
   /** Position of the first token. */
   readonly start: number;
+  /** Tokens in the block (R). */
   readonly tokens: number;
   /** `[kvHeads, headDim, tokens·bits/32]`, codes along tokens per channel, LSB first (the reference layout). */
   readonly packed: Uint32Array;
   /** `[kvHeads, headDim, tokens/groupSize]`, fp16 bit patterns (Uint16Array) or float32. */
   readonly scale: StoredMeta;
+  /** Zero-points, same layout as `scale`. */
   readonly zero: StoredMeta;
 }
 
 /** A chunk of quantized values with codes resolved: token-major `packed` `[capacity, kvHeads, headDim·bits/32]`. */
 export interface ValueChunkView {
+  /** Position of the first token. */
   readonly start: number;
+  /** Token rows allocated. */
   readonly capacity: number;
   /** Valid tokens (the first `filled` rows). */
   readonly filled: number;
+  /** Codes, `[capacity, kvHeads, headDim·bits/32]` (the donor's when borrowed). */
   readonly packed: Uint32Array;
   /** `[capacity, kvHeads, headDim/groupSize]`, fp16 bit patterns or float32. */
   readonly scale: StoredMeta;
+  /** Zero-points, same layout as `scale`. */
   readonly zero: StoredMeta;
 }
 
@@ -33,21 +39,33 @@ export interface ValueChunkView {
  * `keyBlocks`, the rest (`residualKeys`, token-major `[n, kvHeads, headDim]` float32) follow; values likewise.
  */
 export interface QuantizedLayerView {
+  /** Layer index. */
   readonly layer: number;
+  /** KV heads. */
   readonly kvHeads: number;
+  /** Channels per head. */
   readonly headDim: number;
+  /** Elements per scale/zero group. */
   readonly groupSize: number;
+  /** Precision of the stored scales/zeros (`'fp16'`: Uint16 bit patterns). */
   readonly precision: Precision;
   /** Tokens held. */
   readonly tokens: number;
   /** 16 = the layer keeps this tensor in full precision (no blocks). */
   readonly keyBits: Bits | 16;
+  /** Value bits (16 = full precision). */
   readonly valueBits: Bits | 16;
+  /** Keys held quantized (positions 0 … quantizedKeys−1). */
   readonly quantizedKeys: number;
+  /** Values held quantized. */
   readonly quantizedValues: number;
+  /** Quantized keys, in position order. */
   readonly keyBlocks: readonly KeyBlockView[];
+  /** Quantized values, in position order. */
   readonly valueChunks: readonly ValueChunkView[];
+  /** Float32 keys after the quantized ones, token-major `[n, kvHeads, headDim]`. */
   readonly residualKeys: Float32Array;
+  /** Float32 values after the quantized ones, token-major. */
   readonly residualValues: Float32Array;
   /** Increases whenever the layer's storage changes (lets a kernel keep device-side mirrors up to date). */
   readonly version: number;
@@ -62,6 +80,7 @@ export interface QuantizedLayerView {
 export interface AttentionKernel {
   /** Short id, e.g. `'js-packed'`. */
   readonly id: string;
+  /** Attention output `[qHeads, q, headDim]` for `queries` over the layer. */
   attend(layer: QuantizedLayerView, queries: Tensor3D): Tensor3D;
 }
 

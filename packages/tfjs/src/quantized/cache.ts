@@ -109,8 +109,11 @@ export function validateQuantizedConfig(cfg: QuantizedCacheConfig, shape: KvCach
  * Quantized data lives in JS typed arrays; attention runs through the kernel registered for the active backend.
  */
 export class QuantizedKvCache implements AsyncKvCache {
+  /** The shape the cache was created for. */
   readonly shape: Readonly<KvCacheShape>;
+  /** Id of the strategy that created this cache. */
   readonly strategyId: string;
+  /** The resolved per-layer configuration. */
   readonly config: Readonly<QuantizedCacheConfig>;
   private layers: LayerState[];
   private disposed = false;
