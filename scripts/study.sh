@@ -27,7 +27,8 @@ BACKEND=${BACKEND:-wasm}
 MODELS=${MODELS:-"xq-llama-20m xq-qwen2-30m"}
 STEPS=${STEPS:-"build plan eval merge bench report"}
 CACHES=full,kivi-2,kivi-1,asymkv-1.5,xquant-1.38,xquant-nocal,xquant-noshare,xquant-k-share
-LIMIT=${LIMIT:-}  # e.g. LIMIT=8 for a quick reduced study
+LIMIT=${LIMIT:-}    # e.g. LIMIT=8: the first 8 records of each file
+SAMPLE=${SAMPLE:-}  # e.g. SAMPLE=8: 8 evenly spaced records of each file (a quick reduced study)
 XQ="node apps/cli/dist/cli.js"
 DATA="$SHARED/eval/prose_512.jsonl $SHARED/eval/passkey_256.jsonl $SHARED/eval/passkey_512.jsonl $SHARED/eval/passkey_1024.jsonl $SHARED/eval/passkey_2048.jsonl"
 
@@ -57,7 +58,7 @@ for m in $MODELS; do
       layer=""; [ "$i" -eq 0 ] && layer="--layer-errors"
       # shellcheck disable=SC2086
       $XQ eval --model "$SHARED/models/$m" --data $DATA --caches "$CACHES$extra" --residual 32,128 --group-size 32 \
-        --shard "$i/$N" --backend "$BACKEND" ${LIMIT:+--limit $LIMIT} $layer --out "$OUT/$m.shard-$i.json" \
+        --shard "$i/$N" --backend "$BACKEND" ${LIMIT:+--limit $LIMIT} ${SAMPLE:+--sample $SAMPLE} $layer --out "$OUT/$m.shard-$i.json" \
         >/dev/null 2>"$OUT/logs/$m.shard-$i.log" & pids+=($!)
     done
     fail=0
@@ -81,6 +82,6 @@ if has report; then
   # shellcheck disable=SC2086
   $XQ report --in $inputs --anchor "$SHARED/eval/reference-fidelity/results.json" --out docs/report/index.html \
     --markdown "$OUT/study.md" --title "xquant-ts fidelity study (issue 5)" \
-    --note "scripts/study.sh with N=$N, backend $BACKEND${LIMIT:+, limit $LIMIT records per file}, $(date -u +%F)"
+    --note "scripts/study.sh with N=$N, backend $BACKEND${LIMIT:+, limit $LIMIT records per file}${SAMPLE:+, $SAMPLE evenly spaced records per file}, $(date -u +%F)"
   echo "study: wrote docs/report/index.html and $OUT/study.md" >&2
 fi

@@ -77,6 +77,11 @@ export interface RunEvalOptions extends ProtocolOptions {
   caches: readonly CacheSpec[];
   /** First `limit` records of each file. */
   limit?: number;
+  /**
+   * `sample` records of each file, evenly spaced (index ⌊i·n/sample⌋): a reduced run that spans the whole file, whose
+   * records are less correlated than consecutive ones. Applied after `limit`.
+   */
+  sample?: number;
   /** Evaluate only this shard of the records. */
   shard?: Shard;
   /** Context length for the bit accounting (default 2048). */
@@ -109,16 +114,24 @@ export interface SelectedRecord {
   index: number;
 }
 
-/** The records a shard evaluates: the `limit` first of each file, then every `count`-th of the concatenated list. */
-export function selectRecords(files: readonly EvalFile[], limit?: number, shard?: Shard): SelectedRecord[] {
+/**
+ * The records a shard evaluates: the `limit` first of each file (then `sample` of those, evenly spaced), then every
+ * `count`-th of the concatenated list.
+ */
+export function selectRecords(files: readonly EvalFile[], limit?: number, shard?: Shard, sample?: number): SelectedRecord[] {
   if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) throw new XqConfigError('E_CONFIG', `limit must be a positive integer; got ${String(limit)}`);
+  if (sample !== undefined && (!Number.isInteger(sample) || sample < 1)) throw new XqConfigError('E_CONFIG', `sample must be a positive integer; got ${String(sample)}`);
   if (shard && (!Number.isInteger(shard.index) || !Number.isInteger(shard.count) || shard.count < 1 || shard.index < 0 || shard.index >= shard.count)) {
     throw new XqConfigError('E_CONFIG', `shard must satisfy 0 ≤ index < count; got ${shard.index}/${shard.count}`);
   }
   const all: SelectedRecord[] = [];
   for (const file of files) {
     const n = Math.min(file.records.length, limit ?? Infinity);
-    for (let i = 0; i < n; i++) all.push({ file, index: i });
+    if (sample !== undefined && sample < n) {
+      for (let i = 0; i < sample; i++) all.push({ file, index: Math.floor((i * n) / sample) });
+    } else {
+      for (let i = 0; i < n; i++) all.push({ file, index: i });
+    }
   }
   return shard ? all.filter((_, p) => p % shard.count === shard.index) : all;
 }
@@ -343,7 +356,7 @@ export async function runEval(options: RunEvalOptions): Promise<EvalResults> {
     : [{ id: FULL_ID, method: FULL_ID, strategy: FULL_ID, options: {}, residualLength: null, groupSize: null }, ...options.caches];
   const ids = caches.map((c) => c.id);
   if (new Set(ids).size !== ids.length) throw new XqConfigError('E_CONFIG', `runEval: configuration ids must be unique; got ${ids.join(', ')}`);
-  const selected = selectRecords(files, options.limit, options.shard);
+  const selected = selectRecords(files, options.limit, options.shard, options.sample);
   const bar = options.progress === false ? null : new ProgressBar(selected.length * caches.length, { stream: options.progress, label: 'eval' });
   const ledger = new Ledger(bar, options.onStep);
   const ctx: Ctx = {
@@ -396,6 +409,7 @@ export async function runEval(options: RunEvalOptions): Promise<EvalResults> {
     protocol: { prosePrefill, passkeyTail, passkeyMaxNew, eosIds: [...eosIds], sharedPrefill: ctx.shared },
     files: fileList,
     limit: options.limit ?? null,
+    sample: options.sample ?? null,
     shards: options.shard ? [{ ...options.shard }] : [],
     configs,
     prose: sortRecords(prose, fileList),

@@ -48,7 +48,7 @@ function evalSection(res: EvalResults, anchor: readonly AnchorRow[] | undefined)
   const parts: string[] = [`<h2>${escapeHtml(res.model.name)}</h2>`];
   parts.push(
     `<p>${res.prose.length} prose records, ${res.passkey.length} passkey prompts; backend ${escapeHtml(res.backend)}; ` +
-      `${res.limit ? `limit ${res.limit} per file; ` : ''}${res.shards.length ? `${res.shards.length} shard(s) merged; ` : ''}stored bits at ${rows[0]?.config.tokens ?? 2048} tokens.</p>`,
+      `${res.limit ? `limit ${res.limit} per file; ` : ''}${res.sample ? `${res.sample} evenly spaced records per file; ` : ''}${res.shards.length ? `${res.shards.length} shard(s) merged; ` : ''}stored bits at ${rows[0]?.config.tokens ?? 2048} tokens.</p>`,
   );
   const head = ['config', 'R', 'group', 'paper bits', 'stored bits', 'held bits', 'ppl', 'KL', 'top-1'];
   if (lengths.length) head.push(`passkey % ${lengths.join('/')}`);

@@ -104,6 +104,8 @@ export interface EvalResults {
   }[];
   /** `--limit` (records per file), or null. */
   limit: number | null;
+  /** `--sample` (evenly spaced records per file), or null. */
+  sample?: number | null;
   /** Shards merged into this result (one entry for a single sharded run; empty when unsharded). */
   shards: Shard[];
   /** Configurations evaluated, `full` first. */
@@ -251,6 +253,7 @@ export function mergeResults(parts: readonly EvalResults[]): EvalResults {
     ...first,
     files,
     limit: parts.every((p) => p.limit === first.limit) ? first.limit : null,
+    sample: parts.every((p) => p.sample === first.sample) ? (first.sample ?? null) : null,
     shards,
     prose,
     passkey,

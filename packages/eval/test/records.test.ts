@@ -55,5 +55,10 @@ describe('eval files', () => {
     expect(() => parseShard('5/5')).toThrow(/0 ≤ i < n/);
     expect(() => parseShard('x')).toThrow(/i\/n/);
     expect(() => selectRecords([f1], 0)).toThrow(/limit/);
+    // evenly spaced sample: 3 of 5 → 0, 1, 3; of the first 4 → 0, 1, 2
+    expect(selectRecords([f1], undefined, undefined, 3).map((r) => r.index)).toEqual([0, 1, 3]);
+    expect(selectRecords([f1], 4, undefined, 3).map((r) => r.index)).toEqual([0, 1, 2]);
+    expect(selectRecords([f1], undefined, undefined, 9).map((r) => r.index)).toEqual([0, 1, 2, 3, 4]);
+    expect(() => selectRecords([f1], undefined, undefined, 0)).toThrow(/sample/);
   });
 });

@@ -34,6 +34,7 @@ options:
   --residual R[,R]     residual length(s) R; each preset runs at each (default 128)
   --group-size G[,G]   group size(s) (default 32)
   --limit N            first N records of each file
+  --sample N           N evenly spaced records of each file (a reduced run that spans the file)
   --shard i/n          evaluate records p with p % n == i (run n processes, then 'xquant eval merge')
   --backend NAME       tfjs backend: tensorflow, wasm or cpu (default: the first that loads of these)
   --no-shared-prefill  prefill every cache through the model instead of copying the full prefill's K/V
@@ -119,6 +120,7 @@ export async function run(argv: string[]): Promise<number> {
     residual?: string;
     'group-size'?: string;
     limit?: string;
+    sample?: string;
     shard?: string;
     backend?: string;
     'no-shared-prefill'?: boolean;
@@ -138,6 +140,7 @@ export async function run(argv: string[]): Promise<number> {
         residual: { type: 'string' },
         'group-size': { type: 'string' },
         limit: { type: 'string' },
+        sample: { type: 'string' },
         shard: { type: 'string' },
         backend: { type: 'string' },
         'no-shared-prefill': { type: 'boolean' },
@@ -171,6 +174,14 @@ export async function run(argv: string[]): Promise<number> {
       return 2;
     }
   }
+  let sample: number | undefined;
+  if (values.sample !== undefined) {
+    sample = Number(values.sample);
+    if (!Number.isInteger(sample) || sample < 1) {
+      console.error(`xquant eval: --sample must be a positive integer; got '${values.sample}'`);
+      return 2;
+    }
+  }
   const shard = values.shard === undefined ? undefined : parseShard(values.shard);
   const caches = resolveCacheSpecs((values.caches ?? 'full,kivi-2,asymkv-1.5,xquant-1.38').split(','), {
     residualLengths: list(values.residual),
@@ -181,7 +192,7 @@ export async function run(argv: string[]): Promise<number> {
   const rt = await openEvalModel(values.model, { backend: values.backend as BackendName | undefined });
   process.stderr.write(
     `xquant eval: ${rt.name} (${rt.config.architecture}, ${rt.config.numLayers} layers) on ${rt.backend.backend} (${rt.backend.reason}); ` +
-      `${caches.length} configs × ${files.map((f) => `${f.name}${limit ? ` [≤${limit}]` : ''}`).join(', ')}${shard ? `, shard ${shard.index}/${shard.count}` : ''}\n`,
+      `${caches.length} configs × ${files.map((f) => `${f.name}${limit ? ` [≤${limit}]` : ''}${sample ? ` [${sample} spaced]` : ''}`).join(', ')}${shard ? `, shard ${shard.index}/${shard.count}` : ''}\n`,
   );
   try {
     const results = await runEval({
@@ -191,6 +202,7 @@ export async function run(argv: string[]): Promise<number> {
       files,
       caches,
       limit,
+      sample,
       shard,
       sharedPrefill: !values['no-shared-prefill'],
       layerErrorPrompt: values['layer-errors'] ? files.find((f) => f.kind === 'prose')?.records[0]?.inputIds : undefined,
