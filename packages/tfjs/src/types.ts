@@ -30,6 +30,11 @@ export interface KvMemoryReport {
   paperBitsPerElement: number;
   /** True stored bits per element: 8 · totalBytes / elements. */
   trueBitsPerElement: number;
+  /**
+   * Bytes an attention kernel holds for this cache besides the above (e.g. the WebGPU fallback's device copy of the
+   * dequantized K/V); not part of totalBytes. Absent or 0 when none.
+   */
+  kernelBytes?: number;
 }
 
 /**

@@ -10,6 +10,7 @@ import {
   registerAttentionKernel,
   unregisterAttentionKernel,
   jsPackedAttentionKernel,
+  denseAttentionKernel,
   packedKernelOptions,
   QuantizedKvCache,
   type KvCache,
@@ -247,5 +248,35 @@ describe('memory accounting', () => {
     expect(x.plan.keys.every((k) => k.bits === 2 && k.codesFrom === null)).toBe(true);
     const ks = createKvCache('xquant-k-share', { layers: 8, kvHeads: 2, headDim: 64 }) as QuantizedKvCache;
     expect(ks.plan.keys.map((v) => v.codesFrom)).toEqual([null, null, null, null, null, 4, null, 6]);
+  });
+});
+
+describe('dense-upload fallback kernel (the WebGPU default), run on cpu', () => {
+  it('keeps an incremental device copy that matches dequantize + plain attention, reports it, frees it', () => {
+    registerAttentionKernel('cpu', denseAttentionKernel);
+    try {
+      const L = 2, H = 2, D = 64, qH = 4, R = 32;
+      const before = tf.memory().numTensors;
+      const cache = createKvCache('xquant-1.38', { layers: L, kvHeads: H, headDim: D }, { residualLength: R });
+      drive(cache, L, H, D, qH, 40, 50, 13, (l, step) => {
+        if (step % 7 !== 3) return;
+        const q = tf.tensor3d(randn(qH * D, 5 + step), [qH, 1, D]);
+        const at = denseAttentionKernel.attend((cache as QuantizedKvCache).view(l), q);
+        const { keys, values } = cache.dequantize(l);
+        const bt = plainAttention(q, keys, values);
+        const b = bt.dataSync();
+        expect(maxAbsDiff(at.dataSync(), b)).toBeLessThan(1e-5 * maxAbs(b) + 1e-6);
+        tf.dispose([q, keys, values, at, bt]);
+      });
+      // device copy as of the last attend (before its flush): 64 keys and 89 − 32 = 57 values per layer, float32
+      expect(cache.memory().kernelBytes).toBe(L * H * D * 4 * (64 + 57));
+      cache.reset();
+      expect(cache.memory().kernelBytes).toBe(0);
+      drive(cache, L, H, D, qH, 40, 3, 14);
+      cache.dispose();
+      expect(tf.memory().numTensors).toBe(before);
+    } finally {
+      unregisterAttentionKernel('cpu');
+    }
   });
 });

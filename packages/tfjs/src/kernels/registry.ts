@@ -69,6 +69,10 @@ export interface QuantizedLayerView {
   readonly residualValues: Float32Array;
   /** Increases whenever the layer's storage changes (lets a kernel keep device-side mirrors up to date). */
   readonly version: number;
+  /** The cache this layer belongs to: a stable key for per-cache kernel state (see {@link AttentionKernel.release}). */
+  readonly owner: object;
+  /** Increases on every `reset()` of the owner: state built for an older generation is stale. */
+  readonly generation: number;
   /** Decode `n` stored scales/zeros from `offset` to float32. */
   decodeMeta(meta: StoredMeta, offset: number, n: number, out?: Float32Array): Float32Array;
 }
@@ -82,6 +86,10 @@ export interface AttentionKernel {
   readonly id: string;
   /** Attention output `[qHeads, q, headDim]` for `queries` over the layer. */
   attend(layer: QuantizedLayerView, queries: Tensor3D): Tensor3D;
+  /** Free any state kept for `owner` (called by the cache on `reset()` and `dispose()`). */
+  release?(owner: object): void;
+  /** Bytes the kernel holds for `owner` (e.g. device mirrors); added to the cache's `memory().kernelBytes`. */
+  heldBytes?(owner: object): number;
 }
 
 const kernels = new Map<string, AttentionKernel>();
@@ -100,6 +108,11 @@ export function registerAttentionKernel(backend: string, kernel: AttentionKernel
 /** Remove the kernel registered for `backend` (the default applies again). */
 export function unregisterAttentionKernel(backend: string): void {
   kernels.delete(backend);
+}
+
+/** Every kernel that may hold state for a cache: the registered ones and the defaults. */
+export function allAttentionKernels(): AttentionKernel[] {
+  return [...new Set([...kernels.values(), jsPackedAttentionKernel, denseAttentionKernel])];
 }
 
 /** The kernel used on `backend`: the registered one, else the default (packed JS kernels where tensors can be read synchronously, dequantize-then-attend elsewhere). */

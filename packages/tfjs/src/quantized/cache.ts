@@ -19,7 +19,7 @@ import {
   type PackedKv,
   type Precision,
 } from '@xquant/quant';
-import { attentionKernelFor, type QuantizedLayerView } from '../kernels/registry.js';
+import { allAttentionKernels, attentionKernelFor, type QuantizedLayerView } from '../kernels/registry.js';
 import type { AsyncKvCache, KvCacheShape, KvMemoryReport } from '../types.js';
 import { checkAlive, checkKv, checkLayer, checkQueries, validateCacheShape } from '../validate.js';
 import {
@@ -117,6 +117,7 @@ export class QuantizedKvCache implements AsyncKvCache {
   readonly config: Readonly<QuantizedCacheConfig>;
   private layers: LayerState[];
   private disposed = false;
+  private generation = 0;
   private readonly rowSize: number;
   private readonly chunkTokens: number;
   private metaScratch = new Float32Array(0);
@@ -246,6 +247,8 @@ export class QuantizedKvCache implements AsyncKvCache {
       residualValues: st.vRes.data.subarray(0, st.vRes.count * this.rowSize),
       version: st.version,
       decodeMeta: (m, off, n, out) => readMeta(m, off, n, out),
+      owner: this,
+      generation: this.generation,
     };
   }
 
@@ -415,6 +418,7 @@ export class QuantizedKvCache implements AsyncKvCache {
     }
     const totalBytes = codeBytes + metadataBytes + residualBytes;
     const tokens = this.layers[0]!.tokens;
+    const kernelBytes = allAttentionKernels().reduce((s, k) => s + (k.heldBytes?.(this) ?? 0), 0);
     const elements = 2 * this.shape.layers * this.shape.kvHeads * this.shape.headDim * tokens;
     return {
       codeBytes,
@@ -425,6 +429,7 @@ export class QuantizedKvCache implements AsyncKvCache {
       elements,
       paperBitsPerElement: paperBits(this.config),
       trueBitsPerElement: elements === 0 ? 0 : (8 * totalBytes) / elements,
+      kernelBytes,
     };
   }
 
@@ -442,13 +447,20 @@ export class QuantizedKvCache implements AsyncKvCache {
 
   reset(): void {
     checkAlive(this.disposed, 'reset');
+    this.releaseKernelState();
+    this.generation++;
     this.layers = this.layers.map(() => this.freshLayer());
   }
 
   dispose(): void {
     if (this.disposed) return;
+    this.releaseKernelState();
     this.layers = [];
     this.disposed = true;
+  }
+
+  private releaseKernelState(): void {
+    for (const k of allAttentionKernels()) k.release?.(this);
   }
 }
 
@@ -459,35 +471,55 @@ export function paperBits(cfg: Pick<QuantizedCacheConfig, 'keys' | 'values'>): n
   return sum / (cfg.keys.length + cfg.values.length);
 }
 
+/** Dequantize one key block of a view: `[kvHeads, tokens, headDim]` (reference formula). */
+export function dequantizeKeyBlock(v: QuantizedLayerView, b: QuantizedLayerView['keyBlocks'][number]): Float32Array {
+  const { kvHeads: H, headDim: D, groupSize, precision } = v;
+  const G = b.tokens / groupSize;
+  return dequantizeKv({
+    axis: 'channel', heads: H, tokens: b.tokens, headDim: D, rows: H * D, cols: b.tokens,
+    bits: v.keyBits as Bits, groupSize, precision, packed: b.packed,
+    scale: readMeta(b.scale, 0, H * D * G), zero: readMeta(b.zero, 0, H * D * G),
+  });
+}
+
+/** Dequantize quantized values at positions `from … to−1` of a view: `[kvHeads, to − from, headDim]`. */
+export function dequantizeValueRange(v: QuantizedLayerView, from: number, to: number): Float32Array {
+  const { kvHeads: H, headDim: D, groupSize, precision } = v;
+  const n = to - from;
+  const out = new Float32Array(H * n * D);
+  const bits = v.valueBits as Bits;
+  const G = D / groupSize;
+  for (const c of v.valueChunks) {
+    const a = Math.max(from, c.start);
+    const e = Math.min(to, c.start + c.filled);
+    if (a >= e) continue;
+    const r0 = a - c.start;
+    const rows = (e - a) * H;
+    const wpr = (D * bits) / 32;
+    const codes = unpackCodes(c.packed.subarray(r0 * H * wpr, r0 * H * wpr + rows * wpr), rows, D, bits);
+    const deq = dequantizeRows(codes, {
+      rows, cols: D, bits, groupSize, precision,
+      scale: readMeta(c.scale, r0 * H * G, rows * G), zero: readMeta(c.zero, r0 * H * G, rows * G),
+    }); // token-major [e − a, H, D]
+    for (let t = 0; t < e - a; t++) {
+      for (let h = 0; h < H; h++) out.set(deq.subarray((t * H + h) * D, (t * H + h + 1) * D), (h * n + a - from + t) * D);
+    }
+  }
+  return out;
+}
+
 /** Dequantize a layer view into head-major float32 arrays `[kvHeads, tokens, headDim]` (keys, values). */
 export function dequantizeView(v: QuantizedLayerView): { keys: Float32Array; values: Float32Array } {
-  const { kvHeads: H, headDim: D, tokens: N, groupSize, precision } = v;
+  const { kvHeads: H, headDim: D, tokens: N } = v;
   const keys = new Float32Array(H * N * D);
   const values = new Float32Array(H * N * D);
   for (const b of v.keyBlocks) {
-    const G = b.tokens / groupSize;
-    const block: PackedKv = {
-      axis: 'channel', heads: H, tokens: b.tokens, headDim: D, rows: H * D, cols: b.tokens,
-      bits: v.keyBits as Bits, groupSize, precision, packed: b.packed,
-      scale: readMeta(b.scale, 0, H * D * G), zero: readMeta(b.zero, 0, H * D * G),
-    };
-    const deq = dequantizeKv(block); // [H, R, D]
+    const deq = dequantizeKeyBlock(v, b); // [H, R, D]
     for (let h = 0; h < H; h++) keys.set(deq.subarray(h * b.tokens * D, (h + 1) * b.tokens * D), (h * N + b.start) * D);
   }
-  for (const c of v.valueChunks) {
-    if (c.filled === 0) continue;
-    const rows = c.filled * H;
-    const bits = v.valueBits as Bits;
-    const G = D / groupSize;
-    const codes = unpackCodes(c.packed.subarray(0, (rows * D * bits) / 32), rows, D, bits);
-    const deq = dequantizeRows(codes, {
-      rows, cols: D, bits, groupSize, precision,
-      scale: readMeta(c.scale, 0, rows * G), zero: readMeta(c.zero, 0, rows * G),
-    }); // token-major [filled, H, D]
-    for (let t = 0; t < c.filled; t++) {
-      for (let h = 0; h < H; h++) values.set(deq.subarray((t * H + h) * D, (t * H + h + 1) * D), (h * N + c.start + t) * D);
-    }
-  }
+  const deqV = dequantizeValueRange(v, 0, v.quantizedValues);
+  const nq = v.quantizedValues;
+  for (let h = 0; h < H; h++) values.set(deqV.subarray(h * nq * D, (h + 1) * nq * D), h * N * D);
   const rk = v.residualKeys.length / (H * D);
   for (let t = 0; t < rk; t++) {
     for (let h = 0; h < H; h++) keys.set(v.residualKeys.subarray((t * H + h) * D, (t * H + h + 1) * D), (h * N + v.quantizedKeys + t) * D);
