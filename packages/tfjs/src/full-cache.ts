@@ -71,11 +71,13 @@ export class FullKvCache implements AsyncKvCache {
   }
 
   seqLength(layer = 0): number {
+    checkAlive(this.disposed, 'seqLength');
     checkLayer(layer, this.shape.layers);
     return this.layers[layer]!.tokens;
   }
 
   memory(): KvMemoryReport {
+    checkAlive(this.disposed, 'memory');
     let bytes = 0;
     for (const st of this.layers) for (const t of [...st.keys, ...st.values]) bytes += t.size * 4;
     const tokens = this.layers[0]!.tokens;

@@ -44,6 +44,10 @@ describe.each(['full', 'kivi-2', 'xquant-1.38'])('bad input on %s', (id) => {
     expect(cache.seqLength(0)).toBe(40);
     cache.dispose();
     expect(code(() => cache.append(1, t3(2, 1, 32), t3(2, 1, 32)))).toBe('XqStateError:E_STATE');
+    expect(code(() => cache.memory())).toBe('XqStateError:E_STATE');
+    expect(code(() => cache.seqLength(0))).toBe('XqStateError:E_STATE');
+    expect(code(() => cache.dequantize(0))).toBe('XqStateError:E_STATE');
+    cache.dispose(); // idempotent
   });
 });
 

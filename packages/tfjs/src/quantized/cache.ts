@@ -216,6 +216,7 @@ export class QuantizedKvCache implements AsyncKvCache {
 
   /** A read-only view of a layer's storage, with borrowed codes resolved, for attention kernels. */
   view(layer: number): QuantizedLayerView {
+    checkAlive(this.disposed, 'view');
     checkLayer(layer, this.shape.layers);
     const st = this.layers[layer]!;
     const cfg = this.config;
@@ -397,11 +398,13 @@ export class QuantizedKvCache implements AsyncKvCache {
   // ---- inspection ------------------------------------------------------------------------------------------
 
   seqLength(layer = 0): number {
+    checkAlive(this.disposed, 'seqLength');
     checkLayer(layer, this.shape.layers);
     return this.layers[layer]!.tokens;
   }
 
   memory(): KvMemoryReport {
+    checkAlive(this.disposed, 'memory');
     let codeBytes = 0;
     let metadataBytes = 0;
     let residualBytes = 0;
