@@ -88,6 +88,7 @@ function evalSection(res: EvalResults, anchor: readonly AnchorRow[] | undefined)
     const mine = (anchor ?? []).filter((a) => a.model === res.model.name && a.method !== 'full');
     return [...new Set(mine.map((a) => a.residualLength))].map((R) => ({
       name: `anchor R=${R}`,
+      hollow: true,
       points: mine.filter((a) => a.residualLength === R).map((a) => ({ x: a.storedBits, y: metric(a) })),
     }));
   };
@@ -100,11 +101,14 @@ function evalSection(res: EvalResults, anchor: readonly AnchorRow[] | undefined)
       yLog10: true,
     }),
   );
+  // perplexity relative to full, so that a subset of records compares with the anchor's 120
+  const fullPpl = rows.find((r) => r.config.id === 'full')?.prose?.ppl;
+  const anchorFull = (a: AnchorRow) => anchor?.find((x) => x.model === a.model && x.residualLength === a.residualLength && x.method === 'full')?.ppl;
   charts.push(
-    svgChart([...seriesOf((r) => r.prose?.ppl), ...anchorSeries((a) => a.ppl)], {
-      title: `${res.model.name}: perplexity vs true stored bits`,
+    svgChart([...seriesOf((r) => (r.prose && fullPpl ? r.prose.ppl / fullPpl : undefined)), ...anchorSeries((a) => a.ppl / (anchorFull(a) ?? NaN))], {
+      title: `${res.model.name}: perplexity relative to full vs true stored bits`,
       xLabel: 'true stored bits per element',
-      yLabel: 'perplexity, log scale',
+      yLabel: 'ppl / ppl(full), log scale',
       yLog10: true,
     }),
   );

@@ -6,6 +6,8 @@ export interface ChartSeries {
   points: ChartPoint[];
   /** Connect the points (in x order) with a line. */
   line?: boolean;
+  /** Draw points as rings (e.g. reference numbers beside ours). */
+  hollow?: boolean;
 }
 
 /** One point of a {@link ChartSeries}. */
@@ -124,11 +126,12 @@ export function svgChart(series: readonly ChartSeries[], o: ChartOptions): strin
       parts.push(`<path d="${d}" fill="none" stroke="${color}" stroke-width="1.5"/>`);
     }
     for (const p of ok) {
-      parts.push(`<circle cx="${px(p.x).toFixed(1)}" cy="${py(p.y).toFixed(1)}" r="4" fill="${color}"><title>${escapeHtml(`${s.name}${p.label ? ` ${p.label}` : ''}: x=${p.x}, y=${p.y}`)}</title></circle>`);
+      const paint = s.hollow ? `fill="none" stroke="${color}" stroke-width="1.5"` : `fill="${color}"`;
+      parts.push(`<circle cx="${px(p.x).toFixed(1)}" cy="${py(p.y).toFixed(1)}" r="4" ${paint}><title>${escapeHtml(`${s.name}${p.label ? ` ${p.label}` : ''}: x=${p.x}, y=${p.y}`)}</title></circle>`);
       if (p.label) parts.push(`<text x="${(px(p.x) + 6).toFixed(1)}" y="${(py(p.y) - 5).toFixed(1)}" font-size="10" font-family="sans-serif" fill="${color}">${escapeHtml(p.label)}</text>`);
     }
     const ly = m.t + 8 + i * 16;
-    parts.push(`<circle cx="${W - m.r + 14}" cy="${ly}" r="4" fill="${color}"/><text x="${W - m.r + 24}" y="${ly + 4}" font-size="11" font-family="sans-serif">${escapeHtml(s.name)}</text>`);
+    parts.push(`<circle cx="${W - m.r + 14}" cy="${ly}" r="4" ${s.hollow ? `fill="none" stroke="${color}" stroke-width="1.5"` : `fill="${color}"`}/><text x="${W - m.r + 24}" y="${ly + 4}" font-size="11" font-family="sans-serif">${escapeHtml(s.name)}</text>`);
   });
   parts.push('</svg>');
   return parts.join('');
