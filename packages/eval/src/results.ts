@@ -279,7 +279,8 @@ export function resultsMarkdown(results: EvalResults, options: { title?: string 
   const nPass = lengths.map((L) => results.passkey.filter((r) => r.length === L).length);
   for (const g of groups) {
     const [R, G] = g.split('/');
-    const head = `**${options.title ?? results.model.name}${g ? `, R = ${R}, group size ${G}` : ''}** (${nProse} prose records; passkey over ${nPass.join('/')} prompts per length)`;
+    const counts = [nProse ? `${nProse} prose records` : '', lengths.length ? `passkey over ${nPass.join('/')} prompts per length` : ''].filter(Boolean).join('; ');
+    const head = `**${options.title ?? results.model.name}${g ? `, R = ${R}, group size ${G}` : ''}** (${counts})`;
     out.push(head, '');
     const cols = ['config', 'paper bits', `stored bits @${rows[0]?.config.tokens ?? 2048}`, 'held bits', 'ppl', 'ppl excl. first', 'KL', 'top-1'];
     if (lengths.length) cols.push(`passkey ${lengths.join('/')}`);
