@@ -90,7 +90,7 @@ function residualMix(v: QuantizedLayerView, h: number, S: Float32Array, M: numbe
 function simdApplies(v: QuantizedLayerView): boolean {
   if (!packedKernelOptions.simd) return false;
   const gs = v.groupSize;
-  if (v.keyBlocks.length > 0 && (v.keyBits === 8 || gs % 4 !== 0)) return false;
+  if (v.keyBlocks.length > 0 && (v.keyBits === 8 || gs % 8 !== 0)) return false;
   if (v.valueChunks.length > 0 && ((v.valueBits !== 1 && v.valueBits !== 2) || gs % 16 !== 0)) return false;
   return true;
 }

@@ -84,7 +84,7 @@ const mem = (align: number, offset = 0) => [align, ...uleb(offset)];
 /**
  * keys4(q, scale, zero, packed, out, D, tokens, gs, bits, a, consts, outStride): scores of 4 query vectors over one head of a
  * key block. q `[4, D]`, scale/zero `[D, tokens/gs]` f32, packed `[D, tokens·bits/32]`, out `[4, outStride]`,
- * a: scratch `[D, 4]`, consts: mask vector then scale vector (32 bytes). Requires gs % 4 == 0, bits ≤ 4.
+ * a: scratch `[D, 4]`, consts: mask vector then scale vector (32 bytes). Requires gs % 8 == 0, bits ≤ 4.
  */
 function keysFn(): Fn {
   const f = new Fn(12);
@@ -95,10 +95,15 @@ function keysFn(): Fn {
   const z0 = f.local(F32), z1 = f.local(F32), z2 = f.local(F32), z3 = f.local(F32);
   const acc = [f.local(V128), f.local(V128), f.local(V128), f.local(V128)];
   const codes = f.local(V128), maskv = f.local(V128), scalev = f.local(V128);
+  const acc2 = [f.local(V128), f.local(V128), f.local(V128), f.local(V128)];
+  const codes2 = f.local(V128), av = f.local(V128);
+  const w = f.local(I32), sh4 = f.local(I32), wprB = f.local(I32), aEnd = f.local(I32);
   const zs = [z0, z1, z2, z3];
   f.i32(32).get(bits).op(DIVU).set(fpw);
   f.get(T).get(fpw).op(DIVU).set(wpr);
   f.get(T).get(gs).op(DIVU).set(G);
+  f.get(bits).i32(2).op(SHL).set(sh4); // 4 codes further
+  f.get(wpr).i32(2).op(SHL).set(wprB);
   f.get(cst).simd(V_LOAD, ...mem(0)).set(maskv);
   f.get(cst).simd(V_LOAD, ...mem(0, 16)).set(scalev);
   f.for(g, () => f.i32(0), () => f.get(G), 1, () => {
@@ -116,24 +121,32 @@ function keysFn(): Fn {
         f.get(zs[mm]!).get(qv).get(z).op(F32_MUL).op(F32_ADD).set(zs[mm]!);
       }
     });
-    f.for(t, () => f.get(g).get(gs).op(MUL), () => f.get(g).i32(1).op(ADD).get(gs).op(MUL), 4, () => {
+    // eight tokens per pass (two groups of four from one word), four query vectors: 8 accumulators
+    f.for(t, () => f.get(g).get(gs).op(MUL), () => f.get(g).i32(1).op(ADD).get(gs).op(MUL), 8, () => {
       // sh = (t % fpw) * bits ; p = pk + (t / fpw) * 4
       f.get(t).get(t).get(fpw).op(DIVU).tee(p).get(fpw).op(MUL).op(SUB).get(bits).op(MUL).set(sh);
       f.get(pk).get(p).i32(2).op(SHL).op(ADD).set(p);
-      for (let mm = 0; mm < 4; mm++) f.get(zs[mm]!).simd(F32X4_SPLAT).set(acc[mm]!);
+      for (let mm = 0; mm < 4; mm++) {
+        f.get(zs[mm]!).simd(F32X4_SPLAT).tee(acc[mm]!).set(acc2[mm]!);
+      }
       f.get(a).set(ap);
-      f.for(d, () => f.i32(0), () => f.get(D), 1, () => {
-        f.get(p).op(I32_LOAD, ...mem(2)).get(sh).op(SHRU).simd(I32X4_SPLAT).get(maskv).simd(V_AND)
-          .simd(F32X4_CONVERT_U).get(scalev).simd(F32X4_MUL).set(codes);
+      f.get(a).get(D).i32(4).op(SHL).op(ADD).set(aEnd);
+      f.for(d, () => f.get(a), () => f.get(aEnd), 16, () => {
+        f.get(p).op(I32_LOAD, ...mem(2)).get(sh).op(SHRU).tee(w);
+        f.simd(I32X4_SPLAT).get(maskv).simd(V_AND).simd(F32X4_CONVERT_U).get(scalev).simd(F32X4_MUL).set(codes);
+        f.get(w).get(sh4).op(SHRU).simd(I32X4_SPLAT).get(maskv).simd(V_AND).simd(F32X4_CONVERT_U).get(scalev).simd(F32X4_MUL).set(codes2);
         for (let mm = 0; mm < 4; mm++) {
-          f.get(acc[mm]!).get(codes).get(ap).simd(V_LOAD32_SPLAT, ...mem(2, mm * 4)).simd(F32X4_MUL).simd(F32X4_ADD).set(acc[mm]!);
+          f.get(d).simd(V_LOAD32_SPLAT, ...mem(2, mm * 4)).set(av);
+          f.get(acc[mm]!).get(codes).get(av).simd(F32X4_MUL).simd(F32X4_ADD).set(acc[mm]!);
+          f.get(acc2[mm]!).get(codes2).get(av).simd(F32X4_MUL).simd(F32X4_ADD).set(acc2[mm]!);
         }
-        f.get(p).get(wpr).i32(2).op(SHL).op(ADD).set(p);
-        f.get(ap).i32(16).op(ADD).set(ap);
+        f.get(p).get(wprB).op(ADD).set(p);
       });
       for (let mm = 0; mm < 4; mm++) {
-        // out[(mm*ostride + t)*4] = acc
-        f.get(out).i32(mm).get(ostride).op(MUL).get(t).op(ADD).i32(2).op(SHL).op(ADD).get(acc[mm]!).simd(V_STORE, ...mem(0));
+        // out[(mm*ostride + t)*4] = acc, then the next four tokens
+        f.get(out).i32(mm).get(ostride).op(MUL).get(t).op(ADD).i32(2).op(SHL).op(ADD).tee(ap);
+        f.get(acc[mm]!).simd(V_STORE, ...mem(0));
+        f.get(ap).get(acc2[mm]!).simd(V_STORE, ...mem(0, 16));
       }
     });
   });
