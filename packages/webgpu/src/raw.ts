@@ -68,6 +68,8 @@ export interface KernelTuning {
   headsPerGroup?: number;
   /** Loads issued together (default 4). */
   unroll?: number;
+  /** Issue all value loads of a chunk up front (decodeAttention: before the key reduction and softmax, default true; valueMix: before staging p, default false). */
+  prefetch?: boolean;
 }
 
 /** Arguments of {@link PackedAttentionGpu.keyScores}. */
@@ -285,7 +287,7 @@ export class PackedAttentionGpu {
     if (!Number.isInteger(pStride) || pStride < values.tokens) throw new XqShapeError(`pStride must be an integer ≥ ${values.tokens}; got ${String(pStride)}`);
     this.checkSize(args.p, qHeads * pStride, 'p');
     const hg = this.headsPerGroup('valueMix', rep, D, args);
-    const spec: ShaderSpec = { kind: 'valueMix', headDim: D, rep, headsPerGroup: hg, values: stage(values), unroll: args.unroll ?? 4 };
+    const spec: ShaderSpec = { kind: 'valueMix', headDim: D, rep, headsPerGroup: hg, values: stage(values), unroll: args.unroll ?? 4, prefetch: args.prefetch ?? false };
     const [pipe, comb] = await Promise.all([
       this.pipeline(mainKernelSource(spec, 'raw'), 'xquant valueMix'),
       this.pipeline(combineKernelSource(D, 'sum', 'raw'), 'xquant sum'),
@@ -341,6 +343,7 @@ export class PackedAttentionGpu {
       keys: keys ? stage(keys) : DEFAULT_STAGE,
       values: values ? stage(values) : DEFAULT_STAGE,
       unroll: args.unroll ?? 4,
+      prefetch: args.prefetch ?? true,
     };
     const [pipe, comb] = await Promise.all([
       this.pipeline(mainKernelSource(spec, 'raw'), 'xquant decode'),

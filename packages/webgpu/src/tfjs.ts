@@ -248,7 +248,7 @@ export function createWebGpuAttentionKernels(backend: WebGpuBackendLike, tuning:
       if (values.tokens === 0) throw new XqShapeError('values: no tokens');
       const rep = qHeads / values.heads;
       const hg = heads('valueMix', rep, D);
-      const spec: ShaderSpec = { kind: 'valueMix', headDim: D, rep, headsPerGroup: hg, values: stageOf(values), unroll };
+      const spec: ShaderSpec = { kind: 'valueMix', headDim: D, rep, headsPerGroup: hg, values: stageOf(values), unroll, prefetch: tuning.prefetch ?? false };
       const nc = Math.ceil(values.tokens / CHUNK_TOKENS);
       const prog = new XqProgram(mainKernelSource(spec, 'tfjs'), 'valueMix', [qHeads, nc, D + 2], [nc, values.heads, Math.ceil(rep / hg)], { vm: values.metaFormat });
       const par = { n: values.tokens, tv: values.tokens, vcap: values.capacity, vgsz: values.groupSize, vgpr: D / values.groupSize, nc, ostride: p.shape[1]! };
@@ -286,7 +286,7 @@ export function createWebGpuAttentionKernels(backend: WebGpuBackendLike, tuning:
       if (n === 0) throw new XqShapeError('decodeAttention: no tokens to attend to');
       const hg = heads('decode', rep, D);
       const dflt: StageSpec = { bits: 2, meta: 'f16' };
-      const spec: ShaderSpec = { kind: 'decode', headDim: D, rep, headsPerGroup: hg, keys: keys ? stageOf(keys) : dflt, values: values ? stageOf(values) : dflt, unroll };
+      const spec: ShaderSpec = { kind: 'decode', headDim: D, rep, headsPerGroup: hg, keys: keys ? stageOf(keys) : dflt, values: values ? stageOf(values) : dflt, unroll, prefetch: tuning.prefetch ?? true };
       const nc = Math.ceil(n / CHUNK_TOKENS);
       if (nc > 65535) throw new XqShapeError(`too many tokens for one dispatch: ${n}`);
       const prog = new XqProgram(mainKernelSource(spec, 'tfjs'), 'decode', [qHeads, nc, D + 2], [nc, kvHeads, Math.ceil(rep / hg)], {

@@ -33,12 +33,14 @@ export interface ShaderSpec {
   values?: StageSpec;
   /** Channels (keys) or tokens (values) whose loads are issued together. */
   unroll: number;
+  /** Issue every value load of the chunk up front: decode, before the key reduction and softmax; valueMix, before staging p. */
+  prefetch?: boolean;
 }
 
 /** Code generation target. @internal */
 export type Target = 'raw' | 'tfjs';
 
-/** Tokens per workgroup chunk. @internal */
+/** Tokens per workgroup chunk of the split-K (flash-decoding) kernels; the decode pass writes one partial per chunk and query head. */
 export const CHUNK_TOKENS = 512;
 /** Threads per workgroup. @internal */
 export const WORKGROUP = 256;
@@ -229,7 +231,13 @@ function keyStage(g: Gen, s: ShaderSpec): void {
     g.push('}');
   }
   g.push('}');
-  // reduce the 8 channel slices, one head at a time
+}
+
+/** Reduce the key partials over the 8 channel slices, one head at a time (scores, or scaled masked logits). */
+function keyReduce(g: Gen, s: ShaderSpec): void {
+  const HG = s.headsPerGroup;
+  const P = (n: string) => g.p(n);
+  const pos = positions(s.keys!.bits);
   const RS = (CHUNK_TOKENS / 16) * 17;
   for (let i = 0; i < HG; i++) {
     const part = (j: number) => `(a${i}_${j} * ${fmt(2 ** -pos[j]!)} + b${i})`;
@@ -295,34 +303,63 @@ function softmaxStage(g: Gen, s: ShaderSpec): void {
   );
 }
 
+interface ValueGeom {
+  SPR: number;
+  TGN: number;
+  TPT: number;
+  VWPR: number;
+  words: string[];
+  shift?: string;
+}
+
+function valueGeom(s: ShaderSpec): ValueGeom {
+  const D = s.headDim;
+  const SPR = D / 16;
+  const TGN = WORKGROUP / SPR;
+  const sw = slotWords(s.values!.bits, 'j * 16u');
+  return { SPR, TGN, TPT: CHUNK_TOKENS / TGN, VWPR: (D * s.values!.bits) / 32, words: sw.words, shift: sw.shift };
+}
+
+/** Thread geometry of the value stage and, with `prefetch`, every quantized value load of the chunk. */
+function valuePrologue(g: Gen, s: ShaderSpec): void {
+  const vg = valueGeom(s);
+  const P = (n: string) => g.p(n);
+  const log2 = (x: number) => Math.round(Math.log2(x));
+  g.push(`let j = lid & ${vg.SPR - 1}u;`, `let tg = lid >> ${log2(vg.SPR)}u;`);
+  vg.words.forEach((w, k) => g.push(`let vo${k} = ${w};`));
+  if (vg.shift) g.push(`let vsh = ${vg.shift};`);
+  g.push(`let vg = (j * 16u) / ${P('vgsz')};`);
+  g.push(`let vrow0 = kv * ${P('vcap')};`, `let tvl = select(0u, ${P('tv')} - 1u, ${P('tv')} > 0u);`);
+  if (s.prefetch) for (let u = 0; u < vg.TPT; u++) valueLoads(g, s, `p${u}`, `${u * vg.TGN}u`);
+}
+
+function valueLoads(g: Gen, s: ShaderSpec, tag: string, offset: string): void {
+  const vg = valueGeom(s);
+  const P = (n: string) => g.p(n);
+  g.push(`let tl${tag} = tg + ${offset};`, `let ok${tag} = c0 + tl${tag} < ${P('tv')};`, `let row${tag} = vrow0 + min(c0 + tl${tag}, tvl);`);
+  vg.words.forEach((_, k) => g.push(`let x${tag}_${k} = ${g.u32('vc', `row${tag} * ${vg.VWPR}u + vo${k}`)};`));
+  g.push(`let n${tag} = ${g.meta('vm', `row${tag} * ${P('vgpr')} + vg`, s.values!.meta)};`);
+}
+
 /** Value stage: Σ_t p[h,t]·v̂[t, 16 channels] per thread, reduced over token groups, written as chunk partials. */
 function valueStage(g: Gen, s: ShaderSpec): void {
   const vs = s.values!;
   const D = s.headDim;
   const HG = s.headsPerGroup;
-  const SPR = D / 16;
-  const TGN = WORKGROUP / SPR;
-  const TPT = CHUNK_TOKENS / TGN;
+  const { TGN, TPT, words, shift } = valueGeom(s);
   const UV = Math.min(s.unroll, TPT);
-  const VWPR = (D * vs.bits) / 32;
   const P = (n: string) => g.p(n);
   const pos = positions(vs.bits);
-  const log2 = (x: number) => Math.round(Math.log2(x));
-  g.push(`let j = lid & ${SPR - 1}u;`, `let tg = lid >> ${log2(SPR)}u;`);
   for (let i = 0; i < HG; i++) {
     g.push(`var vb${i} = 0.0;`);
     for (let jj = 0; jj < 16; jj++) g.push(`var va${i}_${jj} = 0.0;`);
   }
-  const sw = slotWords(vs.bits, 'j * 16u');
-  sw.words.forEach((w, k) => g.push(`let vo${k} = ${w};`));
-  if (sw.shift) g.push(`let vsh = ${sw.shift};`);
-  g.push(`let vg = (j * 16u) / ${P('vgsz')};`);
-  const tokenMath = (tag: string, tl: string, ok: string) => {
-    const dec = slot(vs.bits, sw.words.map((_, k) => `x${tag}_${k}`), `v${tag}`, sw.shift ? 'vsh' : undefined);
+  const tokenMath = (tag: string) => {
+    const dec = slot(vs.bits, words.map((_, k) => `x${tag}_${k}`), `v${tag}`, shift ? 'vsh' : undefined);
     g.push(...dec.pre);
     for (let i = 0; i < HG; i++) {
       g.push(
-        `let vp${tag}_${i} = select(0.0, sc[${i * CHUNK_TOKENS}u + ${tl}], ${ok});`,
+        `let vp${tag}_${i} = select(0.0, sc[${i * CHUNK_TOKENS}u + tl${tag}], ok${tag});`,
         `let cc${tag}_${i} = vp${tag}_${i} * n${tag}.x;`,
         `vb${i} = fma(vp${tag}_${i}, n${tag}.y, vb${i});`,
       );
@@ -330,15 +367,14 @@ function valueStage(g: Gen, s: ShaderSpec): void {
     }
   };
   // quantized tokens: batched loads; rows past tv are clamped and weighted 0
-  g.push(`let vrow0 = kv * ${P('vcap')};`, `let tvl = select(0u, ${P('tv')} - 1u, ${P('tv')} > 0u);`);
-  g.push(`for (var ii = 0u; ii < ${TPT}u; ii = ii + ${UV}u) {`);
-  for (let u = 0; u < UV; u++) {
-    g.push(`let tl${u} = tg + (ii + ${u}u) * ${TGN}u;`, `let ok${u} = c0 + tl${u} < ${P('tv')};`, `let row${u} = vrow0 + min(c0 + tl${u}, tvl);`);
-    sw.words.forEach((_, k) => g.push(`let x${u}_${k} = ${g.u32('vc', `row${u} * ${VWPR}u + vo${k}`)};`));
-    g.push(`let n${u} = ${g.meta('vm', `row${u} * ${P('vgpr')} + vg`, vs.meta)};`);
+  if (s.prefetch) {
+    for (let u = 0; u < TPT; u++) tokenMath(`p${u}`);
+  } else {
+    g.push(`for (var ii = 0u; ii < ${TPT}u; ii = ii + ${UV}u) {`);
+    for (let u = 0; u < UV; u++) valueLoads(g, s, String(u), `(ii + ${u}u) * ${TGN}u`);
+    for (let u = 0; u < UV; u++) tokenMath(String(u));
+    g.push('}');
   }
-  for (let u = 0; u < UV; u++) tokenMath(String(u), `tl${u}`, `ok${u}`);
-  g.push('}');
   if (s.kind === 'decode') {
     // full-precision residual values of this chunk
     g.push(`if (c0 + ${CHUNK_TOKENS}u > ${P('tv')}) {`);
@@ -399,9 +435,12 @@ export function mainKernelSource(spec: ShaderSpec, target: Target): string {
       'workgroupBarrier();',
     );
     keyStage(g, spec);
+    if (spec.kind === 'decode') valuePrologue(g, spec);
+    keyReduce(g, spec);
   }
   if (spec.kind === 'decode') softmaxStage(g, spec);
   if (spec.kind === 'valueMix') {
+    if (spec.prefetch) valuePrologue(g, spec); // value loads in flight while p is staged
     g.push(
       `for (var e = lid; e < ${HG * CHUNK_TOKENS}u; e = e + ${WORKGROUP}u) {`,
       `let hl = e / ${CHUNK_TOKENS}u;`,
@@ -412,6 +451,7 @@ export function mainKernelSource(spec: ShaderSpec, target: Target): string {
       '}',
       'workgroupBarrier();',
     );
+    if (!spec.prefetch) valuePrologue(g, spec);
   }
   if (spec.kind !== 'keyScores') valueStage(g, spec);
   g.push('}');

@@ -83,6 +83,17 @@ describe.skipIf(!gpu)(title('raw WebGPU packed-attention kernels'), () => {
     expect(worstRatio(await mix(p, 8, values, { unroll: 1 }), vm.ref, vm.bound, REL)).toBeLessThanOrEqual(1);
   });
 
+  test('valueMix with every value load issued before p is staged (prefetch)', async () => {
+    const r = rng(35);
+    const heads = 2;
+    const T = 1100;
+    const D = 128;
+    const values = quantizeValues(kvData(heads, T, D, r), { heads, tokens: T, headDim: D }, { bits: 1, groupSize: 32 });
+    const p = new Float32Array(4 * T).map(() => r());
+    const { ref, bound } = refValueMix(p, values);
+    expect(worstRatio(await mix(p, 4, values, { headsPerGroup: 1, unroll: 2, prefetch: true }), ref, bound, REL)).toBeLessThanOrEqual(1);
+  });
+
   test('fp32 metadata (precision fp32 blocks) and padded capacity', async () => {
     const r = rng(41);
     const heads = 2;
@@ -122,7 +133,7 @@ describe.skipIf(!gpu)(title('raw WebGPU packed-attention kernels'), () => {
   });
 
   describe('fused decode (scores → softmax → values, residual, GQA 6 over 2 with 2 heads per workgroup)', () => {
-    const tuning = { headsPerGroup: 2, unroll: 1 };
+    const tuning = { headsPerGroup: 2, unroll: 1, prefetch: false };
     const D = 128;
     const heads = 2;
     const qHeads = 6;
@@ -130,9 +141,11 @@ describe.skipIf(!gpu)(title('raw WebGPU packed-attention kernels'), () => {
       { name: 'quantized + residual, key and value splits differ', n: 1061, tk: 1024, tv: 997 },
       { name: 'one partial chunk, values mostly residual', n: 40, tk: 32, tv: 8 },
       { name: 'all quantized, whole chunks', n: 1536, tk: 1536, tv: 1536 },
+      { name: 'value loads issued before the key reduction (prefetch, the default), 1 head per workgroup', n: 1061, tk: 1024, tv: 997, tuning: { headsPerGroup: 1, unroll: 1, prefetch: true } },
     ];
     for (const c of cases) {
       test(c.name, async () => {
+        const tuned = c.tuning ?? tuning;
         const r = rng(60 + c.n);
         const { n, tk, tv } = c;
         const x = kvData(heads, n, D, r);
@@ -161,7 +174,7 @@ describe.skipIf(!gpu)(title('raw WebGPU packed-attention kernels'), () => {
           residualKeys: n > tk ? { buffer: k.createBuffer(rkData), tokens: n - tk, capacity: rkCap } : undefined,
           residualValues: n > tv ? { buffer: k.createBuffer(slice(y, heads, n, D, tv, n)), tokens: n - tv, capacity: n - tv } : undefined,
           out: poisoned(k, qHeads * D),
-          ...tuning,
+          ...tuned,
         });
         const out = await k.runAndRead(call);
         const { ref, bound } = refAttention(q, K, V, heads, n, D, 1 / Math.sqrt(D));

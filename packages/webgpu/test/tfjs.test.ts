@@ -4,6 +4,7 @@ import { createWebGpuAttentionKernels, packedKvToTensors, shareTfKv } from '../s
 import { exactDequant, kvData, normal, refAttention, refKeyScores, refValueMix, rng, worstRatio } from './helpers.js';
 
 process.env.XDG_RUNTIME_DIR ??= '/tmp';
+process.env.GALLIVM_PERF ??= 'nopt';
 
 // tfjs-backend-webgpu reads navigator.gpu; Node 20 has no navigator.
 async function setup(): Promise<{ tf: typeof import('@tensorflow/tfjs-core') | null; reason: string }> {
@@ -28,7 +29,7 @@ describe.skipIf(!tf)(tf ? 'tfjs-backend-webgpu programs' : `tfjs-backend-webgpu 
     delete (globalThis as { navigator?: { gpu?: unknown } }).navigator?.gpu;
   });
   const T = tf!;
-  const kernels = () => createWebGpuAttentionKernels(T.backend() as never, { unroll: 1 });
+  const kernels = () => createWebGpuAttentionKernels(T.backend() as never, { unroll: 1, headsPerGroup: 1 });
   const D = 128;
   const heads = 2;
 
@@ -61,7 +62,8 @@ describe.skipIf(!tf)(tf ? 'tfjs-backend-webgpu programs' : `tfjs-backend-webgpu 
     expect(() => k.keyScores(T.tensor2d(q, [4, D]), tv)).toThrow(/axis 'channel'/);
   });
 
-  test('decodeAttention: 2-bit keys, 1-bit values, residual window, GQA 4 over 2', async () => {
+  test('decodeAttention: 2-bit keys, 1-bit values, residual window, GQA 4 over 2, d = 64', async () => {
+    const D = 64;
     const r = rng(81);
     const n = 700;
     const tkn = 640;
@@ -90,7 +92,7 @@ describe.skipIf(!tf)(tf ? 'tfjs-backend-webgpu programs' : `tfjs-backend-webgpu 
     const padded = new Float32Array(heads * cap * D).fill(Number.NaN);
     const rvals = cut(y, tvn, n);
     for (let h = 0; h < heads; h++) padded.set(rvals.subarray(h * (n - tvn) * D, (h + 1) * (n - tvn) * D), h * cap * D);
-    const k = kernels();
+    const k = createWebGpuAttentionKernels(T.backend() as never, { unroll: 1, headsPerGroup: 1, prefetch: false });
     const out = k.decodeAttention({
       q: T.tensor2d(q, [4, D]),
       keys: packedKvToTensors(keys),
