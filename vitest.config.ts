@@ -12,6 +12,7 @@ export default defineConfig({
       '@xquant/tfjs': pkg('tfjs'),
       '@xquant/models': pkg('models'),
       '@xquant/conformance': pkg('conformance'),
+      '@xquant/webgpu/tfjs': fileURLToPath(new URL('./packages/webgpu/src/tfjs.ts', import.meta.url)),
       '@xquant/webgpu': pkg('webgpu'),
       '@xquant/eval': pkg('eval'),
     },
