@@ -138,7 +138,7 @@ function plannedOptions(plan: Plan, R: number): PlannedOptions {
  * 3. Per group size, start from the cheapest widths and greedily upgrade the tensor with the best predicted gain per
  *    stored bit until the budget is spent; then try cross-layer sharing with the donors the measured code agreement
  *    suggests, re-spending the saved bits, and keep a share only if the prediction improves.
- * 4. Verify the best few plans (and their all-η / all-least-squares variants) by their real KL on the calibration
+ * 4. Verify the best few plans (and their all-η, all-least-squares and η-own / least-squares-borrowed variants) by their real KL on the calibration
  *    prompt through the model, and return the best as a reusable preset of the {@link planned} strategy.
  */
 export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
@@ -390,6 +390,11 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
   for (const cal of ['eta', 'least-squares'] as const) {
     const v = (cs: Choice[]) => cs.map((c) => ({ ...c, cal: c.bits === 16 ? ('none' as const) : cal }));
     verify.push({ name: `${top.name}-all-${cal}`, plan: { gs: top.plan.gs, keys: v(top.plan.keys), values: v(top.plan.values) } });
+  }
+  if ([...top.plan.keys, ...top.plan.values].some((c) => c.donor !== null)) {
+    // η for tensors with their own codes, least squares (the code-aware fit) for tensors reading a donor's codes
+    const v = (cs: Choice[]) => cs.map((c) => ({ ...c, cal: c.bits === 16 ? ('none' as const) : c.donor === null ? ('eta' as const) : ('least-squares' as const) }));
+    verify.push({ name: `${top.name}-eta-own-lsq-borrowed`, plan: { gs: top.plan.gs, keys: v(top.plan.keys), values: v(top.plan.values) } });
   }
   log(`plan: verifying ${verify.length} plans by KL on the calibration prompt`);
   const kls = await klOf(verify.map((v) => ({ name: v.name, options: plannedOptions(v.plan, R) })));
