@@ -46,8 +46,11 @@ function residualScores(v: QuantizedLayerView, h: number, Q: Float32Array, M: nu
   }
 }
 
-/** Scale, causal mask and softmax of M score rows in place; vector m = v0 + m is query row ⌊(v0+m)/rep⌋ of nq. */
-function softmaxRows(S: Float32Array, M: number, N: number, nq: number, rep: number, v0: number, scale: number, valid = M): void {
+/**
+ * Scale, causal mask and softmax of M score rows in place; vector m = v0 + m is query row ⌊(v0+m)/rep⌋ of nq.
+ * With `sums`, rows are left unnormalized (exp(s − max)) and each row's sum is written there instead.
+ */
+function softmaxRows(S: Float32Array, M: number, N: number, nq: number, rep: number, v0: number, scale: number, valid = M, sums?: Float64Array): void {
   for (let m = valid; m < M; m++) S.fill(0, m * N, (m + 1) * N); // padding vectors: no weight
   for (let m = 0; m < valid; m++) {
     const row = Math.floor((v0 + m) / rep);
@@ -65,9 +68,13 @@ function softmaxRows(S: Float32Array, M: number, N: number, nq: number, rep: num
       S[so + t] = e;
       sum += e;
     }
+    for (let t = last + 1; t < N; t++) S[so + t] = 0;
+    if (sums) {
+      sums[m] = sum;
+      continue;
+    }
     const inv = 1 / sum;
     for (let t = 0; t <= last; t++) S[so + t] = S[so + t]! * inv;
-    for (let t = last + 1; t < N; t++) S[so + t] = 0;
   }
 }
 
@@ -136,6 +143,7 @@ function attendSimd4(K: SimdKernels, v: QuantizedLayerView, q: Float32Array, qHe
   const O = scratch.O;
   const scale = 1 / Math.sqrt(D);
   const total = rep * nq;
+  const sums = new Float64Array(4);
   for (let h = 0; h < H; h++) for (let v0 = 0; v0 < total; v0 += 4) {
     const valid = Math.min(4, total - v0);
     // vector j = v0 + m ↔ query head h·rep + (j % rep), query row ⌊j / rep⌋
@@ -155,7 +163,7 @@ function attendSimd4(K: SimdKernels, v: QuantizedLayerView, q: Float32Array, qHe
       K.keys4(pQ, pKs + (kOff[i]!.m + h * D * G) * 4, pKz + (kOff[i]!.m + h * D * G) * 4, pKp + (kOff[i]!.w + h * D * wpr) * 4, pS + b.start * 4, D, b.tokens, gs, kBits, pA, pKc, N);
     });
     residualScores(v, h, Q, 4, S, N);
-    softmaxRows(S, 4, N, nq, rep, v0, scale, valid);
+    softmaxRows(S, 4, N, nq, rep, v0, scale, valid, sums); // unnormalized: the output is divided by the sum instead
     O.fill(0, 0, 4 * D);
     if (Nq > 0) {
       Ow.fill(0);
@@ -168,7 +176,8 @@ function attendSimd4(K: SimdKernels, v: QuantizedLayerView, q: Float32Array, qHe
       const qh = h * rep + (j % rep);
       const row = Math.floor(j / rep);
       const oo = (qh * nq + row) * D;
-      for (let d = 0; d < D; d++) out[oo + d] = O[m * D + d]!;
+      const inv = 1 / sums[m]!;
+      for (let d = 0; d < D; d++) out[oo + d] = O[m * D + d]! * inv;
     }
   }
 }
