@@ -280,7 +280,20 @@ export class QuantizedKvCache implements AsyncKvCache {
   ): GroupStats {
     const cal = (kind === 'keys' ? this.config.keyCalibrators : this.config.valueCalibrators)?.[layer];
     if (!cal) return stats;
-    return cal.calibrate(stats, { values: values(), codes: codes() });
+    // computed only if the calibrator reads them (η-calibration does not)
+    let v: Float32Array | undefined | null = null;
+    let c: Uint8Array | undefined | null = null;
+    const context = {
+      get values() {
+        if (v === null) v = values();
+        return v;
+      },
+      get codes() {
+        if (c === null) c = codes();
+        return c;
+      },
+    };
+    return cal.calibrate(stats, context);
   }
 
   /** Quantize what the schedule says is due for `layer` (called after attend, or before the next append). */
