@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { accountBits } from '@xquant/cross-layer';
 import { calibrateStats, leastSquaresCalibrator } from '@xquant/calibration';
-import { dequantizeKv, kvStats, quantizeValues, shareCodes } from '@xquant/quant';
+import { dequantizeKv, kvStats, quantizeValues, shareCodes, unpackCodes, type Bits } from '@xquant/quant';
 import {
   createKvCache,
   full,
@@ -313,5 +313,58 @@ describe('calibration context', () => {
     // lower in the borrowing layers 3 (donor 2), where those codes are the donor's
     for (let l = 0; l < L; l++) expect(errs['least-squares']![l]!).toBeLessThan(errs.eta![l]!);
     expect(errs['least-squares']![3]!).toBeLessThan(0.8 * errs.eta![3]!);
+  });
+});
+
+/** K/V of a view with the quantized part as exact code·scale + zero (float64 arithmetic, no fp16 rounding of x̂). */
+function exactView(v: QuantizedLayerView): { keys: Float64Array; values: Float64Array } {
+  const { kvHeads: H, headDim: D, tokens: N, groupSize: gs } = v;
+  const keys = new Float64Array(H * N * D);
+  const values = new Float64Array(H * N * D);
+  for (const b of v.keyBlocks) {
+    const G = b.tokens / gs;
+    const codes = unpackCodes(b.packed, H * D, b.tokens, v.keyBits as Bits);
+    const s = v.decodeMeta(b.scale, 0, H * D * G), z = v.decodeMeta(b.zero, 0, H * D * G);
+    for (let h = 0; h < H; h++) for (let d = 0; d < D; d++) for (let t = 0; t < b.tokens; t++) {
+      const row = h * D + d, g = Math.floor(t / gs);
+      keys[(h * N + b.start + t) * D + d] = codes[row * b.tokens + t]! * s[row * G + g]! + z[row * G + g]!;
+    }
+  }
+  for (const c of v.valueChunks) {
+    const G = D / gs;
+    const rows = c.filled * H;
+    const codes = unpackCodes(c.packed.subarray(0, (rows * D * (v.valueBits as number)) / 32), rows, D, v.valueBits as Bits);
+    const s = v.decodeMeta(c.scale, 0, rows * G), z = v.decodeMeta(c.zero, 0, rows * G);
+    for (let t = 0; t < c.filled; t++) for (let h = 0; h < H; h++) for (let d = 0; d < D; d++) {
+      const row = t * H + h, g = Math.floor(d / gs);
+      values[(h * N + c.start + t) * D + d] = codes[row * D + d]! * s[row * G + g]! + z[row * G + g]!;
+    }
+  }
+  const rk = v.residualKeys.length / (H * D), rv = v.residualValues.length / (H * D);
+  for (let t = 0; t < rk; t++) for (let h = 0; h < H; h++) for (let d = 0; d < D; d++) keys[(h * N + v.quantizedKeys + t) * D + d] = v.residualKeys[(t * H + h) * D + d]!;
+  for (let t = 0; t < rv; t++) for (let h = 0; h < H; h++) for (let d = 0; d < D; d++) values[(h * N + v.quantizedValues + t) * D + d] = v.residualValues[(t * H + h) * D + d]!;
+  return { keys, values };
+}
+
+describe('packed kernels are exact', () => {
+  it.each(['kivi-2', 'kivi-1', 'xquant-1.38'])('%s: SIMD and JS kernels = float64 attention over code·scale + zero (fp16 metadata)', (preset) => {
+    const L = 2, H = 2, D = 64, qH = 6, R = 32;
+    const cache = createKvCache(preset, { layers: L, kvHeads: H, headDim: D }, { residualLength: R }) as QuantizedKvCache;
+    drive(cache, L, H, D, qH, 70, 9, 41, (l, step) => {
+      if (step !== 8) return;
+      const v = cache.view(l);
+      const { keys, values } = exactView(v);
+      for (const rows of [1, 2]) {
+        const qd = randn(qH * rows * D, 60 + rows);
+        const ref = refAttention(qd, keys, values, qH, rows, H, v.tokens, D);
+        for (const simd of [true, false]) {
+          packedKernelOptions.simd = simd;
+          const o = jsPackedAttentionKernel.attend(v, tf.tensor3d(qd, [qH, rows, D]));
+          packedKernelOptions.simd = true;
+          expect(maxAbsDiff(o.dataSync(), ref)).toBeLessThan(2e-6 * maxAbs(ref) + 1e-6);
+          o.dispose();
+        }
+      }
+    });
   });
 });
