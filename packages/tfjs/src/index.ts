@@ -16,7 +16,15 @@ export {
   type SelectBackendOptions,
 } from './backend.js';
 export { FullKvCache, FULL_CHUNK_TOKENS } from './full-cache.js';
-export { QuantizedKvCache, validateQuantizedConfig, paperBits, dequantizeView, type QuantizedCacheConfig } from './quantized/cache.js';
+export {
+  QuantizedKvCache,
+  validateQuantizedConfig,
+  paperBits,
+  dequantizeView,
+  dequantizeKeyBlock,
+  dequantizeValueRange,
+  type QuantizedCacheConfig,
+} from './quantized/cache.js';
 export type { StoredMeta, KindSpec } from './quantized/store.js';
 export {
   registerAttentionKernel,
