@@ -41,6 +41,52 @@ export interface GpuKvLayout {
   codes: Uint32Array;
   /** `'f16'`: one u32 per group; `'f32'`: two float32 bit patterns per group (scale, zero). */
   meta: Uint32Array;
+  /**
+   * Keys only: the tokens are stored in blocks of `blockTokens`, one block after another, each block
+   * `[heads, headDim, blockTokens·bits/32]` (meta `[heads, headDim, blockTokens/groupSize]`) — the order a cache that
+   * appends whole blocks keeps. `capacity` must be a multiple of it. Default: one block (the PackedKv layout).
+   */
+  blockTokens?: number;
+  /** Values only: rows ordered `[capacity, heads]` (token-major) instead of `[heads, capacity]`. */
+  tokenMajor?: boolean;
+}
+
+/** Where the kernels find token t of head h: key block/row strides, value row strides. @internal */
+export interface KvStrides {
+  kws: number;
+  kgs: number;
+  kblk: number;
+  kbw: number;
+  kbm: number;
+  vhs: number;
+  vts: number;
+}
+
+/** One block holds every token (contiguous layout). @internal */
+export const ONE_BLOCK = 0x40000000;
+
+/** Kernel strides of a key or value layout (see {@link GpuKvLayout.blockTokens} / {@link GpuKvLayout.tokenMajor}). @internal */
+export function kvStrides(l: Pick<GpuKvLayout, 'axis' | 'heads' | 'capacity' | 'headDim' | 'bits' | 'groupSize' | 'blockTokens' | 'tokenMajor'>): KvStrides {
+  if (l.axis === 'channel') {
+    const bt = l.blockTokens ?? l.capacity;
+    const kws = (bt * l.bits) / 32;
+    const kgs = bt / l.groupSize;
+    return { kws, kgs, kblk: l.blockTokens ? bt : ONE_BLOCK, kbw: l.heads * l.headDim * kws, kbm: l.heads * l.headDim * kgs, vhs: 0, vts: 0 };
+  }
+  return { kws: 0, kgs: 0, kblk: ONE_BLOCK, kbw: 0, kbm: 0, vhs: l.tokenMajor ? 1 : l.capacity, vts: l.tokenMajor ? l.heads : 1 };
+}
+
+/** Throws unless the block/token-major options of a layout are consistent. @internal */
+export function assertStorageOrder(l: Pick<GpuKvLayout, 'axis' | 'capacity' | 'bits' | 'groupSize' | 'blockTokens' | 'tokenMajor'>, what: string): void {
+  if (l.blockTokens !== undefined) {
+    if (l.axis !== 'channel') throw new XqShapeError(`${what}: blockTokens applies to keys only`);
+    const bt = l.blockTokens;
+    const unit = Math.max(l.groupSize, 32 / l.bits, 16);
+    if (!Number.isInteger(bt) || bt <= 0 || bt % unit !== 0 || l.capacity % bt !== 0) {
+      throw new XqShapeError(`${what}: blockTokens must be a positive multiple of ${unit} dividing capacity ${l.capacity}; got ${String(bt)}`);
+    }
+  }
+  if (l.tokenMajor && l.axis !== 'token') throw new XqShapeError(`${what}: tokenMajor applies to values only`);
 }
 
 /** Options of {@link toGpuLayout}. */

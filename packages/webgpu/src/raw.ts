@@ -1,6 +1,8 @@
 import { XqBackendError, XqConfigError, XqShapeError, type KvStats, type PackedKv } from '@xquant/quant';
 import {
   assertGpuSupported,
+  assertStorageOrder,
+  kvStrides,
   layoutDims,
   metaWordsPerGroup,
   packedBytes,
@@ -37,13 +39,21 @@ export interface GpuKv {
   readonly codes: GPUBuffer;
   /** Interleaved scale/zero. */
   readonly meta: GPUBuffer;
+  /** Keys stored in blocks of this many tokens (see {@link GpuKvLayout.blockTokens}). */
+  readonly blockTokens?: number;
+  /** Values stored token-major (see {@link GpuKvLayout.tokenMajor}). */
+  readonly tokenMajor?: boolean;
 }
 
-/** Full-precision residual keys or values: `buffer` holds float32 `[kvHeads, capacity, headDim]`, the first `tokens` valid. */
+/**
+ * Full-precision residual keys or values: `buffer` holds float32 `[kvHeads, capacity, headDim]`
+ * (`[capacity, kvHeads, headDim]` when `tokenMajor`), the first `tokens` valid.
+ */
 export interface ResidualKv {
   buffer: GPUBuffer;
   tokens: number;
   capacity: number;
+  tokenMajor?: boolean;
 }
 
 /** A recorded kernel invocation: bind groups and parameters are fixed, so it can be encoded many times. */
@@ -155,6 +165,7 @@ export class PackedAttentionGpu {
   uploadKv(block: PackedKv | GpuKvLayout, opts?: GpuLayoutOptions): GpuKv {
     const l = 'codes' in block ? block : toGpuLayout(block, opts);
     assertGpuSupported(l.bits, l.groupSize, l.headDim);
+    assertStorageOrder(l, l.axis === 'channel' ? 'keys' : 'values');
     const dims = layoutDims(l);
     if (l.codes.length !== dims.rows * dims.wordsPerRow) throw new XqShapeError(`codes: expected ${dims.rows * dims.wordsPerRow} words, got ${l.codes.length}`);
     const mw = dims.rows * dims.groupsPerRow * metaWordsPerGroup(l.metaFormat);
@@ -169,6 +180,8 @@ export class PackedAttentionGpu {
       bits: l.bits,
       groupSize: l.groupSize,
       metaFormat: l.metaFormat,
+      ...(l.blockTokens !== undefined ? { blockTokens: l.blockTokens } : {}),
+      ...(l.tokenMajor ? { tokenMajor: true } : {}),
       codes: this.createBuffer(l.codes, 0, `${l.axis === 'channel' ? 'key' : 'value'} codes`),
       meta: this.createBuffer(l.meta, 0, `${l.axis === 'channel' ? 'key' : 'value'} meta`),
     };
@@ -176,7 +189,9 @@ export class PackedAttentionGpu {
 
   /** Cross-layer sharing: a block with this layer's scale/zero (`stats`) over `donor`'s codes buffer (not copied). */
   shareKv(stats: KvStats, donor: GpuKv): GpuKv {
-    if (donor.capacity !== donor.tokens) throw new XqShapeError('shareKv: the donor must be uploaded without spare capacity');
+    if (donor.capacity !== donor.tokens || donor.blockTokens !== undefined || donor.tokenMajor) {
+      throw new XqShapeError('shareKv: the donor must be in the PackedKv layout (no spare capacity, blocks or token-major rows); pair other layouts with meta in the same order yourself');
+    }
     const meta = sharedMeta(stats, donor);
     return { ...donor, meta: this.createBuffer(meta, 0, 'shared meta') };
   }
@@ -256,8 +271,8 @@ export class PackedAttentionGpu {
     const own = !args.out;
     const out = args.out ?? this.createOutput(outLength, 'scores');
     this.checkSize(out, outLength, 'out');
-    const dims = layoutDims(keys);
-    const params = this.params({ tk: keys.tokens, n: keys.tokens, kws: dims.wordsPerRow, kgs: dims.groupsPerRow, kgsz: keys.groupSize, ostride: keys.tokens });
+    const { kws, kgs, kblk, kbw, kbm } = kvStrides(keys);
+    const params = this.params({ tk: keys.tokens, n: keys.tokens, kws, kgs, kblk, kbw, kbm, kgsz: keys.groupSize, ostride: keys.tokens });
     const bg = this.bind(pipe, [args.q, keys.codes, keys.meta, out, params]);
     const grid: [number, number, number] = [Math.ceil(keys.tokens / CHUNK_TOKENS), keys.heads, Math.ceil(rep / hg)];
     return {
@@ -299,7 +314,7 @@ export class PackedAttentionGpu {
       nc,
       kvHeads: values.heads,
       nhg: Math.ceil(rep / hg),
-      params: { tv: values.tokens, n: values.tokens, vcap: values.capacity, vgsz: values.groupSize, vgpr: values.headDim / values.groupSize, nc, ostride: pStride },
+      params: { tv: values.tokens, n: values.tokens, ...pick(kvStrides(values), 'vhs', 'vts'), vgsz: values.groupSize, vgpr: values.headDim / values.groupSize, nc, ostride: pStride },
       out: args.out,
       packedBytes: packedBytes(values),
     });
@@ -350,7 +365,8 @@ export class PackedAttentionGpu {
       this.pipeline(combineKernelSource(D, 'softmax', 'raw'), 'xquant merge'),
     ]);
     const dummy = this.device.createBuffer({ size: 16, usage: STORAGE, label: 'empty' });
-    const kd = keys ? layoutDims(keys) : { wordsPerRow: 0, groupsPerRow: 0 };
+    const ks = keys ? kvStrides(keys) : { kws: 0, kgs: 0, kblk: 1, kbw: 0, kbm: 0 };
+    const vs = values ? kvStrides(values) : { vhs: 0, vts: 0 };
     const nc = Math.ceil(n / CHUNK_TOKENS);
     const call = await this.twoPass(
       pipe,
@@ -366,14 +382,15 @@ export class PackedAttentionGpu {
           n,
           tk,
           tv,
-          kws: kd.wordsPerRow,
-          kgs: kd.groupsPerRow,
+          ...pick(ks, 'kws', 'kgs', 'kblk', 'kbw', 'kbm'),
           kgsz: keys?.groupSize ?? 32,
-          vcap: values?.capacity ?? 0,
+          ...pick(vs, 'vhs', 'vts'),
           vgsz: values?.groupSize ?? 32,
           vgpr: values ? D / values.groupSize : 1,
-          rkcap: rk?.capacity ?? 0,
-          rvcap: rv?.capacity ?? 0,
+          rkhs: rk?.tokenMajor ? 1 : (rk?.capacity ?? 0),
+          rkts: rk?.tokenMajor ? kvHeads : 1,
+          rvhs: rv?.tokenMajor ? 1 : (rv?.capacity ?? 0),
+          rvts: rv?.tokenMajor ? kvHeads : 1,
           nc,
           scale: args.scale ?? 1 / Math.sqrt(D),
         },
@@ -449,6 +466,12 @@ export class PackedAttentionGpu {
     this.run(call);
     return this.read(call.out, call.outLength);
   }
+}
+
+function pick<T extends object, K extends keyof T>(o: T, ...keys: K[]): Pick<T, K> {
+  const r = {} as Pick<T, K>;
+  for (const k of keys) r[k] = o[k];
+  return r;
 }
 
 function stage(kv: GpuKv): StageSpec {

@@ -9,6 +9,8 @@ import { XqBackendError, XqConfigError, XqShapeError, type KvStats, type PackedK
 import type { KernelTuning } from './raw.js';
 import {
   assertGpuSupported,
+  assertStorageOrder,
+  kvStrides,
   layoutDims,
   sharedMeta,
   toGpuLayout,
@@ -72,12 +74,20 @@ export interface TfPackedKv {
   readonly metaFormat: MetaFormat;
   readonly codes: Tensor;
   readonly meta: Tensor;
+  /** Keys stored in blocks of this many tokens (see {@link GpuKvLayout.blockTokens}). */
+  readonly blockTokens?: number;
+  /** Values stored token-major (see {@link GpuKvLayout.tokenMajor}). */
+  readonly tokenMajor?: boolean;
 }
 
-/** Full-precision residual keys or values: float32 `[kvHeads, capacity, headDim]`, the first `tokens` valid (default all). */
+/**
+ * Full-precision residual keys or values: float32 `[kvHeads, capacity, headDim]` (`[capacity, kvHeads, headDim]` when
+ * `tokenMajor`), the first `tokens` valid (default all).
+ */
 export interface TfResidual {
   tensor: Tensor;
   tokens?: number;
+  tokenMajor?: boolean;
 }
 
 /** Arguments of {@link WebGpuAttentionKernels.decodeAttention}. */
@@ -148,20 +158,44 @@ function uniformsOf(p: Partial<Params>): Array<{ type: string; data: number[] }>
 export function packedKvToTensors(block: PackedKv | GpuKvLayout, opts?: GpuLayoutOptions): TfPackedKv {
   const l = 'codes' in block ? block : toGpuLayout(block, opts);
   assertGpuSupported(l.bits, l.groupSize, l.headDim);
+  assertStorageOrder(l, l.axis === 'channel' ? 'keys' : 'values');
   const d = layoutDims(l);
-  const lead = l.axis === 'channel' ? [l.heads, l.headDim] : [l.heads, l.capacity];
-  const codes = tensor(new Int32Array(l.codes.buffer, l.codes.byteOffset, l.codes.length), [...lead, d.wordsPerRow], 'int32');
+  const lead =
+    l.axis === 'channel'
+      ? l.blockTokens !== undefined
+        ? [l.capacity / l.blockTokens, l.heads, l.headDim]
+        : [l.heads, l.headDim]
+      : l.tokenMajor
+        ? [l.capacity, l.heads]
+        : [l.heads, l.capacity];
+  const perRow = l.axis === 'channel' && l.blockTokens !== undefined ? { w: (l.blockTokens * l.bits) / 32, g: l.blockTokens / l.groupSize } : { w: d.wordsPerRow, g: d.groupsPerRow };
+  const codes = tensor(new Int32Array(l.codes.buffer, l.codes.byteOffset, l.codes.length), [...lead, perRow.w], 'int32');
   const meta =
     l.metaFormat === 'f16'
-      ? tensor(new Int32Array(l.meta.buffer, l.meta.byteOffset, l.meta.length), [...lead, d.groupsPerRow], 'int32')
-      : tensor(new Float32Array(l.meta.buffer, l.meta.byteOffset, l.meta.length), [...lead, d.groupsPerRow, 2], 'float32');
+      ? tensor(new Int32Array(l.meta.buffer, l.meta.byteOffset, l.meta.length), [...lead, perRow.g], 'int32')
+      : tensor(new Float32Array(l.meta.buffer, l.meta.byteOffset, l.meta.length), [...lead, perRow.g, 2], 'float32');
   const { axis, heads, tokens, capacity, headDim, bits, groupSize, metaFormat } = l;
-  return { axis, heads, tokens, capacity, headDim, bits, groupSize, metaFormat, codes, meta };
+  return {
+    axis,
+    heads,
+    tokens,
+    capacity,
+    headDim,
+    bits,
+    groupSize,
+    metaFormat,
+    codes,
+    meta,
+    ...(l.blockTokens !== undefined ? { blockTokens: l.blockTokens } : {}),
+    ...(l.tokenMajor ? { tokenMajor: true } : {}),
+  };
 }
 
 /** Cross-layer sharing with tensors: this layer's scale/zero over `donor`'s codes tensor (shared, not copied). */
 export function shareTfKv(stats: KvStats, donor: TfPackedKv): TfPackedKv {
-  if (donor.capacity !== donor.tokens) throw new XqShapeError('shareTfKv: the donor must have no spare capacity');
+  if (donor.capacity !== donor.tokens || donor.blockTokens !== undefined || donor.tokenMajor) {
+    throw new XqShapeError('shareTfKv: the donor must be in the PackedKv layout (no spare capacity, blocks or token-major rows)');
+  }
   const m = sharedMeta(stats, donor);
   const lead = donor.meta.shape.slice(0, donor.metaFormat === 'f16' ? undefined : -1);
   const meta = donor.metaFormat === 'f16' ? tensor(new Int32Array(m.buffer), lead, 'int32') : tensor(new Float32Array(m.buffer), [...lead, 2], 'float32');
@@ -171,6 +205,7 @@ export function shareTfKv(stats: KvStats, donor: TfPackedKv): TfPackedKv {
 function checkKv(kv: TfPackedKv, axis: 'channel' | 'token', what: string): void {
   if (kv.axis !== axis) throw new XqShapeError(`${what}: expected axis '${axis}', got '${kv.axis}'`);
   assertGpuSupported(kv.bits, kv.groupSize, kv.headDim, what);
+  assertStorageOrder(kv, what);
   if (kv.codes.dtype !== 'int32') throw new XqConfigError('E_CONFIG', `${what}.codes must be int32; got ${kv.codes.dtype}`);
   const wantMeta = kv.metaFormat === 'f16' ? 'int32' : 'float32';
   if (kv.meta.dtype !== wantMeta) throw new XqConfigError('E_CONFIG', `${what}.meta must be ${wantMeta} for metaFormat '${kv.metaFormat}'; got ${kv.meta.dtype}`);
@@ -232,9 +267,9 @@ export function createWebGpuAttentionKernels(backend: WebGpuBackendLike, tuning:
       if (keys.tokens === 0) throw new XqShapeError('keys: no tokens');
       const hg = heads('keyScores', rep, D);
       const spec: ShaderSpec = { kind: 'keyScores', headDim: D, rep, headsPerGroup: hg, keys: stageOf(keys), unroll };
-      const d = layoutDims(keys);
+      const { kws, kgs, kblk, kbw, kbm } = kvStrides(keys);
       const prog = new XqProgram(mainKernelSource(spec, 'tfjs'), 'keyScores', [qHeads, keys.tokens], [Math.ceil(keys.tokens / CHUNK_TOKENS), keys.heads, Math.ceil(rep / hg)], { km: keys.metaFormat });
-      const p = { n: keys.tokens, tk: keys.tokens, kws: d.wordsPerRow, kgs: d.groupsPerRow, kgsz: keys.groupSize, ostride: keys.tokens };
+      const p = { n: keys.tokens, tk: keys.tokens, kws, kgs, kblk, kbw, kbm, kgsz: keys.groupSize, ostride: keys.tokens };
       return wrap(backend.runWebGPUProgram(prog, [q, keys.codes, keys.meta], 'float32', uniformsOf(p)));
     },
     valueMix(p, values) {
@@ -251,7 +286,8 @@ export function createWebGpuAttentionKernels(backend: WebGpuBackendLike, tuning:
       const spec: ShaderSpec = { kind: 'valueMix', headDim: D, rep, headsPerGroup: hg, values: stageOf(values), unroll, prefetch: tuning.prefetch ?? false };
       const nc = Math.ceil(values.tokens / CHUNK_TOKENS);
       const prog = new XqProgram(mainKernelSource(spec, 'tfjs'), 'valueMix', [qHeads, nc, D + 2], [nc, values.heads, Math.ceil(rep / hg)], { vm: values.metaFormat });
-      const par = { n: values.tokens, tv: values.tokens, vcap: values.capacity, vgsz: values.groupSize, vgpr: D / values.groupSize, nc, ostride: p.shape[1]! };
+      const { vhs, vts } = kvStrides(values);
+      const par = { n: values.tokens, tv: values.tokens, vhs, vts, vgsz: values.groupSize, vgpr: D / values.groupSize, nc, ostride: p.shape[1]! };
       return twoPass(prog, [p, values.codes, values.meta], par, qHeads, D, 'sum');
     },
     decodeAttention(a) {
@@ -268,14 +304,18 @@ export function createWebGpuAttentionKernels(backend: WebGpuBackendLike, tuning:
       const qHeads = queryHeads(a.q, D, kvHeads, 'q');
       const rep = qHeads / kvHeads;
       const res = (r: TfResidual | Tensor | undefined, what: string) => {
-        if (!r) return { t: empty(), tokens: 0, cap: 0 };
+        if (!r) return { t: empty(), tokens: 0, hs: 0, ts: 1 };
         const t = 'tensor' in r ? r.tensor : r;
-        if (t.dtype !== 'float32' || t.rank !== 3 || t.shape[0] !== kvHeads || t.shape[2] !== D) {
-          throw new XqShapeError(`${what} must be float32 [${kvHeads}, capacity, ${D}]; got ${t.dtype} [${t.shape.join(', ')}]`);
+        const tm = 'tensor' in r && r.tokenMajor === true;
+        const [hAxis, tAxis] = tm ? [1, 0] : [0, 1];
+        if (t.dtype !== 'float32' || t.rank !== 3 || t.shape[hAxis] !== kvHeads || t.shape[2] !== D) {
+          const want = tm ? `[capacity, ${kvHeads}, ${D}]` : `[${kvHeads}, capacity, ${D}]`;
+          throw new XqShapeError(`${what} must be float32 ${want}; got ${t.dtype} [${t.shape.join(', ')}]`);
         }
-        const tokens = ('tensor' in r ? r.tokens : undefined) ?? t.shape[1]!;
-        if (!Number.isInteger(tokens) || tokens < 0 || tokens > t.shape[1]!) throw new XqShapeError(`${what}: tokens ${tokens} outside 0…${t.shape[1]}`);
-        return { t, tokens, cap: t.shape[1]! };
+        const cap = t.shape[tAxis]!;
+        const tokens = ('tensor' in r ? r.tokens : undefined) ?? cap;
+        if (!Number.isInteger(tokens) || tokens < 0 || tokens > cap) throw new XqShapeError(`${what}: tokens ${tokens} outside 0…${cap}`);
+        return { t, tokens, hs: tm ? 1 : cap, ts: tm ? kvHeads : 1 };
       };
       const rk = res(a.residualKeys, 'residualKeys');
       const rv = res(a.residualValues, 'residualValues');
@@ -293,7 +333,8 @@ export function createWebGpuAttentionKernels(backend: WebGpuBackendLike, tuning:
         km: spec.keys!.meta,
         vm: spec.values!.meta,
       });
-      const kd = keys ? layoutDims(keys) : { wordsPerRow: 0, groupsPerRow: 0 };
+      const ks = keys ? kvStrides(keys) : { kws: 0, kgs: 0, kblk: 1, kbw: 0, kbm: 0 };
+      const vs = values ? kvStrides(values) : { vhs: 0, vts: 0 };
       const placeholder = (m: MetaFormat) => (m === 'f32' ? tensor(new Float32Array(4), [2, 2], 'float32') : empty());
       const owned: Tensor[] = [];
       const keep = (t: Tensor) => (owned.push(t), t);
@@ -307,7 +348,27 @@ export function createWebGpuAttentionKernels(backend: WebGpuBackendLike, tuning:
           rk.t,
           rv.t,
         ];
-        const par = { n, tk, tv, kws: kd.wordsPerRow, kgs: kd.groupsPerRow, kgsz: keys?.groupSize ?? 32, vcap: values?.capacity ?? 0, vgsz: values?.groupSize ?? 32, vgpr: values ? D / values.groupSize : 1, rkcap: rk.cap, rvcap: rv.cap, nc, scale: a.scale ?? 1 / Math.sqrt(D) };
+        const par = {
+          n,
+          tk,
+          tv,
+          kws: ks.kws,
+          kgs: ks.kgs,
+          kblk: ks.kblk,
+          kbw: ks.kbw,
+          kbm: ks.kbm,
+          kgsz: keys?.groupSize ?? 32,
+          vhs: vs.vhs,
+          vts: vs.vts,
+          vgsz: values?.groupSize ?? 32,
+          vgpr: values ? D / values.groupSize : 1,
+          rkhs: rk.hs,
+          rkts: rk.ts,
+          rvhs: rv.hs,
+          rvts: rv.ts,
+          nc,
+          scale: a.scale ?? 1 / Math.sqrt(D),
+        };
         return twoPass(prog, inputs, par, qHeads, D, 'softmax');
       } finally {
         for (const t of owned) t.dispose();

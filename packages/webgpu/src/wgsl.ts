@@ -48,7 +48,28 @@ const RED = 2176; // floats of the reduction scratch (both stages need exactly 1
 const NEG = '-3.0e38';
 
 /** Uniform fields shared by every kernel, in order. `scale` is f32, the rest u32. @internal */
-export const PARAM_FIELDS = ['n', 'tk', 'tv', 'kws', 'kgs', 'kgsz', 'vcap', 'vgsz', 'vgpr', 'rkcap', 'rvcap', 'nc', 'ostride', 'scale'] as const;
+export const PARAM_FIELDS = [
+  'n', // tokens attended (decode)
+  'tk', // quantized keys
+  'tv', // quantized values
+  'kws', // key words per channel row (within a block)
+  'kgs', // key groups per channel row (within a block)
+  'kgsz', // key group size
+  'kblk', // tokens per key block (2^30: one block)
+  'kbw', // words per key block
+  'kbm', // meta groups per key block
+  'vhs', // value rows between heads
+  'vts', // value rows between tokens
+  'vgsz', // value group size
+  'vgpr', // value groups per row
+  'rkhs', // residual key rows between heads
+  'rkts', // residual key rows between tokens
+  'rvhs',
+  'rvts',
+  'nc', // chunks
+  'ostride', // row stride of the scores output / of p
+  'scale', // softmax scale (f32)
+] as const;
 /** Values of the uniform fields. @internal */
 export type Params = Record<(typeof PARAM_FIELDS)[number], number>;
 
@@ -197,10 +218,11 @@ function keyStage(g: Gen, s: ShaderSpec): void {
     for (let j = 0; j < 16; j++) g.push(`var a${i}_${j} = 0.0;`);
   }
   g.push(`if (t0 < ${P('tk')}) {`);
-  const sw = slotWords(ks.bits, 't0');
-  sw.words.forEach((w, k) => g.push(`let wo${k} = ${w};`));
+  g.push(`let kb = t0 / ${P('kblk')};`, `let tb = t0 - kb * ${P('kblk')};`);
+  const sw = slotWords(ks.bits, 'tb');
+  sw.words.forEach((w, k) => g.push(`let wo${k} = kb * ${P('kbw')} + (${w});`));
   if (sw.shift) g.push(`let sh = ${sw.shift};`);
-  g.push(`let gi = t0 / ${P('kgsz')};`);
+  g.push(`let gi = kb * ${P('kbm')} + tb / ${P('kgsz')};`);
   g.push(`for (var dd = 0u; dd < ${CPS}u; dd = dd + ${U}u) {`);
   for (let u = 0; u < U; u++) {
     g.push(`let d${u} = cs * ${CPS}u + dd + ${u}u;`, `let r${u} = kv * ${D}u + d${u};`);
@@ -224,7 +246,7 @@ function keyStage(g: Gen, s: ShaderSpec): void {
     g.push(`} else if (t0 < ${P('n')}) {`);
     g.push(`for (var dd = 0u; dd < ${CPS}u; dd = dd + 1u) {`, `let d = cs * ${CPS}u + dd;`);
     for (let j = 0; j < 16; j++) {
-      g.push(`if (t0 + ${j}u < ${P('n')}) {`, `let kx = rk[(kv * ${P('rkcap')} + t0 + ${j}u - ${P('tk')}) * ${D}u + d];`);
+      g.push(`if (t0 + ${j}u < ${P('n')}) {`, `let kx = rk[(kv * ${P('rkhs')} + (t0 + ${j}u - ${P('tk')}) * ${P('rkts')}) * ${D}u + d];`);
       for (let i = 0; i < HG; i++) g.push(`a${i}_${j} = fma(qs[${i * D}u + d] * ${fmt(2 ** pos[j]!)}, kx, a${i}_${j});`);
       g.push('}');
     }
@@ -329,14 +351,14 @@ function valuePrologue(g: Gen, s: ShaderSpec): void {
   vg.words.forEach((w, k) => g.push(`let vo${k} = ${w};`));
   if (vg.shift) g.push(`let vsh = ${vg.shift};`);
   g.push(`let vg = (j * 16u) / ${P('vgsz')};`);
-  g.push(`let vrow0 = kv * ${P('vcap')};`, `let tvl = select(0u, ${P('tv')} - 1u, ${P('tv')} > 0u);`);
+  g.push(`let vrow0 = kv * ${P('vhs')};`, `let tvl = select(0u, ${P('tv')} - 1u, ${P('tv')} > 0u);`);
   if (s.prefetch) for (let u = 0; u < vg.TPT; u++) valueLoads(g, s, `p${u}`, `${u * vg.TGN}u`);
 }
 
 function valueLoads(g: Gen, s: ShaderSpec, tag: string, offset: string): void {
   const vg = valueGeom(s);
   const P = (n: string) => g.p(n);
-  g.push(`let tl${tag} = tg + ${offset};`, `let ok${tag} = c0 + tl${tag} < ${P('tv')};`, `let row${tag} = vrow0 + min(c0 + tl${tag}, tvl);`);
+  g.push(`let tl${tag} = tg + ${offset};`, `let ok${tag} = c0 + tl${tag} < ${P('tv')};`, `let row${tag} = vrow0 + min(c0 + tl${tag}, tvl) * ${P('vts')};`);
   vg.words.forEach((_, k) => g.push(`let x${tag}_${k} = ${g.u32('vc', `row${tag} * ${vg.VWPR}u + vo${k}`)};`));
   g.push(`let n${tag} = ${g.meta('vm', `row${tag} * ${P('vgpr')} + vg`, s.values!.meta)};`);
 }
@@ -379,7 +401,7 @@ function valueStage(g: Gen, s: ShaderSpec): void {
     // full-precision residual values of this chunk
     g.push(`if (c0 + ${CHUNK_TOKENS}u > ${P('tv')}) {`);
     g.push(`for (var ii = 0u; ii < ${TPT}u; ii = ii + 1u) {`, `let tl = tg + ii * ${TGN}u;`, 'let t = c0 + tl;');
-    g.push(`if (t >= ${P('tv')} && t < ${P('n')}) {`, `let rr = (kv * ${P('rvcap')} + t - ${P('tv')}) * ${D}u + j * 16u;`);
+    g.push(`if (t >= ${P('tv')} && t < ${P('n')}) {`, `let rr = (kv * ${P('rvhs')} + (t - ${P('tv')}) * ${P('rvts')}) * ${D}u + j * 16u;`);
     for (let jj = 0; jj < 16; jj++) {
       g.push(`let vx${jj} = rv[rr + ${jj}u];`);
       for (let i = 0; i < HG; i++) {

@@ -10,7 +10,7 @@ import {
   type Bits,
   type PackedKv,
 } from '@xquant/quant';
-import { createPackedAttention, type GpuKv, type KernelTuning } from '../src/index.js';
+import { createPackedAttention, toGpuLayout, type GpuKv, type GpuKvLayout, type KernelTuning } from '../src/index.js';
 import { exactDequant, kvData, normal, openGpu, refAttention, refKeyScores, refValueMix, rng, worstRatio } from './helpers.js';
 
 const { gpu, reason } = await openGpu();
@@ -183,6 +183,62 @@ describe.skipIf(!gpu)(title('raw WebGPU packed-attention kernels'), () => {
         expect(Array.from(await k.runAndRead(call))).toEqual(Array.from(out));
       });
     }
+    test('cache storage orders: keys in 128-token blocks, token-major values and residuals give the same bits', async () => {
+      const r = rng(66);
+      const n = 1061;
+      const tk = 1024;
+      const tv = 997;
+      const x = kvData(heads, n, D, r);
+      const y = kvData(heads, n, D, r);
+      const keys = toGpuLayout(quantizeKeys(slice(x, heads, n, D, 0, tk), { heads, tokens: tk, headDim: D }, { bits: 2, groupSize: 32 }));
+      const values = toGpuLayout(quantizeValues(slice(y, heads, n, D, 0, tv), { heads, tokens: tv, headDim: D }, { bits: 1, groupSize: 32 }));
+      const B = 128;
+      const W = (tk * 2) / 32;
+      const Bw = (B * 2) / 32;
+      const G = tk / 32;
+      const Bg = B / 32;
+      const blocked: GpuKvLayout = { ...keys, blockTokens: B, codes: new Uint32Array(keys.codes.length), meta: new Uint32Array(keys.meta.length) };
+      for (let b = 0; b < tk / B; b++)
+        for (let row = 0; row < heads * D; row++) {
+          blocked.codes.set(keys.codes.subarray(row * W + b * Bw, row * W + (b + 1) * Bw), (b * heads * D + row) * Bw);
+          blocked.meta.set(keys.meta.subarray(row * G + b * Bg, row * G + (b + 1) * Bg), (b * heads * D + row) * Bg);
+        }
+      const vw = (D * 1) / 32;
+      const vg = D / 32;
+      const tmajor: GpuKvLayout = { ...values, tokenMajor: true, codes: new Uint32Array(values.codes.length), meta: new Uint32Array(values.meta.length) };
+      for (let h = 0; h < heads; h++)
+        for (let t = 0; t < tv; t++) {
+          tmajor.codes.set(values.codes.subarray((h * tv + t) * vw, (h * tv + t + 1) * vw), (t * heads + h) * vw);
+          tmajor.meta.set(values.meta.subarray((h * tv + t) * vg, (h * tv + t + 1) * vg), (t * heads + h) * vg);
+        }
+      const toTokenMajor = (a: Float32Array, tokens: number) => {
+        const o = new Float32Array(a.length);
+        for (let h = 0; h < heads; h++) for (let t = 0; t < tokens; t++) o.set(a.subarray((h * tokens + t) * D, (h * tokens + t + 1) * D), (t * heads + h) * D);
+        return o;
+      };
+      const rkd = slice(x, heads, n, D, tk, n);
+      const rvd = slice(y, heads, n, D, tv, n);
+      const q = k.createBuffer(normal(qHeads * D, r, 0.35));
+      const run = async (kk: GpuKvLayout, vv: GpuKvLayout, tm: boolean) =>
+        k.runAndRead(
+          await k.decodeAttention({
+            q,
+            qHeads,
+            keys: k.uploadKv(kk),
+            values: k.uploadKv(vv),
+            residualKeys: { buffer: k.createBuffer(tm ? toTokenMajor(rkd, n - tk) : rkd), tokens: n - tk, capacity: n - tk, tokenMajor: tm },
+            residualValues: { buffer: k.createBuffer(tm ? toTokenMajor(rvd, n - tv) : rvd), tokens: n - tv, capacity: n - tv, tokenMajor: tm },
+            ...tuning,
+          }),
+        );
+      const base = await run(keys, values, false);
+      expect(Array.from(await run(blocked, tmajor, true))).toEqual(Array.from(base));
+      const qs = k.createBuffer(normal(heads * D, r));
+      const sc = async (kk: GpuKvLayout) => k.runAndRead(await k.keyScores({ q: qs, qHeads: heads, keys: k.uploadKv(kk), ...small }));
+      expect(Array.from(await sc(blocked))).toEqual(Array.from(await sc(keys)));
+      expect(() => k.uploadKv({ ...keys, blockTokens: 48 })).toThrow(/blockTokens/);
+    });
+
     test('mismatched token counts and bad GQA are typed errors', async () => {
       const r = rng(70);
       const keys = k.uploadKv(quantizeKeys(kvData(2, 64, D, r), { heads: 2, tokens: 64, headDim: D }, { bits: 2, groupSize: 32 }));

@@ -103,6 +103,20 @@ describe.skipIf(!tf)(tf ? 'tfjs-backend-webgpu programs' : `tfjs-backend-webgpu 
     expect(out.shape).toEqual([4, D]);
     const { ref, bound } = refAttention(q, K, V, heads, n, D, 1 / Math.sqrt(D));
     expect(worstRatio(await out.data(), ref, bound, 1e-5)).toBeLessThanOrEqual(1);
+    // token-major residuals read the same numbers
+    const tmaj = (a: Float32Array, tokens: number, cap: number) => {
+      const o = new Float32Array(cap * heads * D);
+      for (let h = 0; h < heads; h++) for (let t = 0; t < tokens; t++) o.set(a.subarray((h * tokens + t) * D, (h * tokens + t + 1) * D), (t * heads + h) * D);
+      return o;
+    };
+    const out2 = k.decodeAttention({
+      q: T.tensor2d(q, [4, D]),
+      keys: packedKvToTensors(keys),
+      values: packedKvToTensors(values),
+      residualKeys: { tensor: T.tensor3d(tmaj(cut(x, tkn, n), n - tkn, n - tkn), [n - tkn, heads, D]), tokenMajor: true },
+      residualValues: { tensor: T.tensor3d(tmaj(rvals, n - tvn, cap), [cap, heads, D]), tokens: n - tvn, tokenMajor: true },
+    });
+    expect(Array.from(await out2.data())).toEqual(Array.from(await out.data()));
     expect(() => k.decodeAttention({ q: T.tensor2d(q, [4, D]), keys: packedKvToTensors(keys), values: packedKvToTensors(values) })).toThrow(/cover/);
   });
 });
