@@ -20,7 +20,7 @@ export type MetaFormat = 'f16' | 'f32';
 export type GpuBits = 1 | 2 | 4;
 
 /**
- * A packed K or V block in the layout the kernels read: the codes of `@xquant/quant`'s {@link PackedKv} unchanged
+ * A packed K or V block in the layout the kernels read: the codes of `@xquant/quant`'s `PackedKv` unchanged
  * (optionally padded to a token capacity) and scale/zero interleaved per group.
  * Keys (`axis: 'channel'`): `codes` is `[heads, headDim, capacity·bits/32]`, `meta` is `[heads, headDim, capacity/groupSize]` groups.
  * Values (`axis: 'token'`): `codes` is `[heads, capacity, headDim·bits/32]`, `meta` is `[heads, capacity, headDim/groupSize]` groups.
@@ -162,7 +162,7 @@ function metaOf(stats: KvStats, format: MetaFormat): Uint32Array {
 }
 
 /**
- * Convert a {@link PackedKv} block (keys or values) to the GPU layout: the codes are copied as they are (padded to
+ * Convert a `PackedKv` block (keys or values) to the GPU layout: the codes are copied as they are (padded to
  * `capacity` tokens when asked) and scale/zero are interleaved per group.
  */
 export function toGpuLayout(block: PackedKv, opts: GpuLayoutOptions = {}): GpuKvLayout {
