@@ -74,7 +74,15 @@ async function tryNative(name: 'tensorflow-gpu' | 'tensorflow'): Promise<string>
   return `${pkg} native binding loaded`;
 }
 
-async function tryWebgpu(): Promise<string> {
+/** True for a CPU-emulated WebGPU adapter (Mesa lavapipe/llvmpipe, SwiftShader): correct but far slower than wasm. */
+function isSoftwareAdapter(adapter: unknown): boolean {
+  const a = adapter as { isFallbackAdapter?: boolean; info?: { architecture?: string; device?: string; description?: string } };
+  if (a.isFallbackAdapter) return true;
+  const text = `${a.info?.architecture ?? ''} ${a.info?.device ?? ''} ${a.info?.description ?? ''}`.toLowerCase();
+  return /software|llvmpipe|lavapipe|swiftshader/.test(text);
+}
+
+async function tryWebgpu(requested: boolean): Promise<string> {
   const g = globalThis as { navigator?: { gpu?: unknown } };
   if (!g.navigator?.gpu) {
     let mod: { create: (opts: string[]) => unknown; globals: Record<string, unknown> };
@@ -92,6 +100,9 @@ async function tryWebgpu(): Promise<string> {
   const gpu = g.navigator!.gpu as { requestAdapter(): Promise<unknown> };
   const adapter = await gpu.requestAdapter();
   if (!adapter) throw new Error('no WebGPU adapter (on Linux without a GPU install Mesa lavapipe: scripts/setup-webgpu.sh)');
+  if (!requested && isSoftwareAdapter(adapter)) {
+    throw new Error("only a software WebGPU adapter (CPU emulation, slower than wasm); ask for it with prefer: 'webgpu'");
+  }
   await import('@tensorflow/tfjs-backend-webgpu');
   if (!(await tf.setBackend('webgpu'))) throw new Error('tfjs-backend-webgpu failed to initialize');
   const info = (adapter as { info?: { vendor?: string; architecture?: string } }).info;
@@ -111,17 +122,18 @@ async function tryCpu(): Promise<string> {
   return 'plain JavaScript backend (always available)';
 }
 
-const LOADERS: Record<BackendName, () => Promise<string>> = {
+const LOADERS: Record<BackendName, (requested: boolean) => Promise<string>> = {
   'tensorflow-gpu': () => tryNative('tensorflow-gpu'),
   tensorflow: () => tryNative('tensorflow'),
-  webgpu: tryWebgpu,
+  webgpu: (requested) => tryWebgpu(requested),
   wasm: tryWasm,
   cpu: tryCpu,
 };
 
 /**
  * Activate the best available tfjs backend and say which one runs. Order: tfjs-node-gpu → tfjs-node → WebGPU → wasm → cpu
- * (only one of the two native packages is tried per process). Pass `prefer` to force one backend or another order.
+ * (only one of the two native packages is tried per process). In the default order a software (CPU-emulated) WebGPU
+ * adapter is skipped in favour of wasm. Pass `prefer` to force one backend or another order.
  * @example
  * const { backend, reason, skipped } = await selectBackend();
  * console.log(`running on ${backend}: ${reason}`, skipped);
@@ -144,7 +156,8 @@ export async function selectBackend(options: SelectBackendOptions = {}): Promise
       return { backend: name, reason: `${name} already active`, skipped };
     }
     try {
-      const reason = await LOADERS[name]();
+      // A backend named in `prefer` is requested; in the default order a software WebGPU adapter is skipped.
+      const reason = await LOADERS[name](options.prefer !== undefined);
       return { backend: name, reason, skipped };
     } catch (e) {
       skipped.push({ name, why: shortError(e) });
