@@ -38,7 +38,10 @@ export interface ChartOptions {
   yLog10?: boolean;
 }
 
-const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#7f7f7f', '#bcbd22'];
+const PALETTE = [
+  '#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#7f7f7f', '#bcbd22',
+  '#393b79', '#ad494a', '#637939', '#e7969c', '#6b6ecf', '#8c6d31', '#31a354', '#843c39',
+];
 
 /** Escape text for HTML/SVG. */
 export function escapeHtml(s: string): string {
@@ -123,7 +126,8 @@ export function svgChart(series: readonly ChartSeries[], o: ChartOptions): strin
     const ok = s.points.filter((p) => Number.isFinite(fx(p.x)) && Number.isFinite(fy(p.y)));
     if (s.line && ok.length > 1) {
       const d = [...ok].sort((a, b) => a.x - b.x).map((p, k) => `${k ? 'L' : 'M'}${px(p.x).toFixed(1)},${py(p.y).toFixed(1)}`).join('');
-      parts.push(`<path d="${d}" fill="none" stroke="${color}" stroke-width="1.5"/>`);
+      const dash = i >= PALETTE.length ? ' stroke-dasharray="4 3"' : '';
+      parts.push(`<path d="${d}" fill="none" stroke="${color}" stroke-width="1.5"${dash}/>`);
     }
     for (const p of ok) {
       const paint = s.hollow ? `fill="none" stroke="${color}" stroke-width="1.5"` : `fill="${color}"`;
