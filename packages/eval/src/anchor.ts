@@ -81,6 +81,8 @@ export interface AnchorComparison {
     storedBits: number;
     /** Prose records. */
     records: number;
+    /** ppl / ppl(full) on the same records. */
+    pplRatio: number;
     /** Passkey per length. */
     passkey: Record<number, PasskeyCount>;
   };
@@ -88,6 +90,8 @@ export interface AnchorComparison {
   anchor: AnchorRow;
   /** ppl relative to full, ours vs the anchor's: (ppl/ppl_full)_ours / (ppl/ppl_full)_anchor − 1. */
   pplRatioRel: number;
+  /** The anchor's ppl / ppl(full). */
+  anchorPplRatio: number;
   /** Plain ppl: ours / anchor − 1 (differs by record sampling when our records are a subset). */
   pplRel: number;
   /** KL: ours / anchor − 1. */
@@ -172,9 +176,10 @@ export function compareWithAnchor(results: EvalResults, anchor: readonly AnchorR
         model: results.model.name,
         residualLength: R,
         method: c.method,
-        ours: { ppl: s.prose.ppl, kl: s.prose.kl, top1: s.prose.top1, storedBits: c.storedBits, records: s.prose.records, passkey },
+        ours: { ppl: s.prose.ppl, kl: s.prose.kl, top1: s.prose.top1, storedBits: c.storedBits, records: s.prose.records, pplRatio: oursRatio, passkey },
         anchor: a,
         pplRatioRel: oursRatio / anchorRatio - 1,
+        anchorPplRatio: anchorRatio,
         pplRel: s.prose.ppl / a.ppl - 1,
         klRel: a.kl === 0 ? (s.prose.kl === 0 ? 0 : Infinity) : s.prose.kl / a.kl - 1,
         nllDiffSE,
@@ -187,20 +192,24 @@ export function compareWithAnchor(results: EvalResults, anchor: readonly AnchorR
   return out;
 }
 
-/** Markdown table of {@link compareWithAnchor}: ours next to the anchor, with the verdicts. */
+/**
+ * Markdown table of {@link compareWithAnchor}, rows by R then configuration: ours next to the anchor (ppl as the
+ * ratio to full, which a subset of records can be compared on), with the verdicts.
+ */
 export function anchorMarkdown(rows: readonly AnchorComparison[]): string {
   const lengths = [...new Set(rows.flatMap((r) => Object.keys(r.ours.passkey).map(Number)))].sort((a, b) => a - b);
   const out = [
-    '| model | R | config | stored bits (ours / anchor) | ppl ours (records) | ppl anchor (120) | ppl/full ours vs anchor | KL ours ± SE | KL anchor | top-1 ours / anchor | passkey ours | passkey anchor | within tolerance |',
-    '|---|---:|---|---|---:|---:|---:|---:|---:|---|---|---|---|',
+    `| R | config | stored bits | ppl/full ours | ppl/full anchor | KL ours ± SE | KL anchor | top-1 ours | top-1 anchor | passkey ${lengths.join('/')} ours | anchor | within tolerance |`,
+    '|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|',
   ];
-  for (const r of rows) {
+  const sorted = [...rows].sort((a, b) => a.residualLength - b.residualLength);
+  for (const r of sorted) {
     const pk = (rec: Record<number, number>) => lengths.map((L) => (rec[L] === undefined ? '–' : (rec[L]! * 100).toFixed(0))).join('/');
     const oursPk: Record<number, number> = {};
     for (const [L, v] of Object.entries(r.ours.passkey)) oursPk[Number(L)] = v.correct / v.n;
     const verdict = [r.ok.ppl ? '' : 'ppl', r.ok.kl ? '' : 'KL', r.ok.passkey ? '' : 'passkey'].filter(Boolean);
     out.push(
-      `| ${r.model} | ${r.residualLength} | ${r.method} | ${r.ours.storedBits.toFixed(3)} / ${r.anchor.storedBits.toFixed(3)} | ${r.ours.ppl.toFixed(2)} (${r.ours.records}) | ${r.anchor.ppl.toFixed(2)} | ${(r.pplRatioRel * 100).toFixed(1)} % | ${r.ours.kl.toFixed(4)} ± ${Number.isFinite(r.klSE) ? r.klSE.toFixed(4) : '–'} | ${r.anchor.kl.toFixed(4)} | ${r.ours.top1.toFixed(3)} / ${r.anchor.top1.toFixed(3)} | ${pk(oursPk)} | ${pk(r.anchor.passkey)} | ${verdict.length ? `no (${verdict.join(', ')})` : 'yes'} |`,
+      `| ${r.residualLength} | ${r.method} | ${r.ours.storedBits.toFixed(3)} | ${r.ours.pplRatio.toFixed(3)} | ${r.anchorPplRatio.toFixed(3)} | ${r.ours.kl.toFixed(4)} ± ${Number.isFinite(r.klSE) ? r.klSE.toFixed(4) : '–'} | ${r.anchor.kl.toFixed(4)} | ${r.ours.top1.toFixed(3)} | ${r.anchor.top1.toFixed(3)} | ${pk(oursPk)} | ${pk(r.anchor.passkey)} | ${verdict.length ? `no (${verdict.join(', ')})` : 'yes'} |`,
     );
   }
   return `${out.join('\n')}\n`;
