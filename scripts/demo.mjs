@@ -26,7 +26,7 @@ if (existsSync(golden)) {
   console.log('(skipping xquant verify: ../shared/golden is not beside the repo)');
 }
 
-xquant(['generate', '--model', demoModel, '--cache', 'xquant-1.38', '--prompt', 'The configuration file', '--max-new-tokens', '48']);
+xquant(['generate', '--model', demoModel, '--cache', 'xquant-1.38', '--residual-length', '32', '--prompt', 'The configuration file', '--max-new-tokens', '96']);
 
 const evalDir = join(demoModel, 'eval');
 const data = readdirSync(evalDir).filter((f) => f.endsWith('.jsonl')).map((f) => join(evalDir, f));
