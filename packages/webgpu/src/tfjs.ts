@@ -335,16 +335,17 @@ export function createWebGpuAttentionKernels(backend: WebGpuBackendLike, tuning:
       });
       const ks = keys ? kvStrides(keys) : { kws: 0, kgs: 0, kblk: 1, kbw: 0, kbm: 0 };
       const vs = values ? kvStrides(values) : { vhs: 0, vts: 0 };
-      const placeholder = (m: MetaFormat) => (m === 'f32' ? tensor(new Float32Array(4), [2, 2], 'float32') : empty());
       const owned: Tensor[] = [];
       const keep = (t: Tensor) => (owned.push(t), t);
+      // the shared helper tensor must not be disposed with the call's own placeholders
+      const placeholder = (m: MetaFormat) => (m === 'f32' ? keep(tensor(new Float32Array(4), [2, 2], 'float32')) : empty());
       try {
         const inputs = [
           a.q,
           keys?.codes ?? empty(),
-          keys?.meta ?? keep(placeholder(spec.keys!.meta)),
+          keys?.meta ?? placeholder(spec.keys!.meta),
           values?.codes ?? empty(),
-          values?.meta ?? keep(placeholder(spec.values!.meta)),
+          values?.meta ?? placeholder(spec.values!.meta),
           rk.t,
           rv.t,
         ];
