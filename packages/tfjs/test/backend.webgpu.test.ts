@@ -1,7 +1,16 @@
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createKvCache, plainAttention, releaseWebgpu, selectBackend, type AsyncKvCache } from '@xquant/tfjs';
+import {
+  createKvCache,
+  denseAttentionKernel,
+  plainAttention,
+  registerAttentionKernel,
+  releaseWebgpu,
+  selectBackend,
+  unregisterAttentionKernel,
+  type AsyncKvCache,
+} from '@xquant/tfjs';
 import { kvLike, maxAbs, maxAbsDiff, randn, refAttention } from './helpers.js';
 
 process.env.XDG_RUNTIME_DIR ??= '/tmp';
@@ -55,7 +64,9 @@ describe.skipIf(!hasWebgpu)(`WebGPU (${hasWebgpu ? reason : `skipped — ${reaso
       const plain = (await plainAttention(tf.tensor3d(q, [qH, 1, D]), keys, values).data()) as Float32Array;
       return { out, plain };
     };
-    const gpu = await run('webgpu');
+    // the packed WGSL kernel is the default on webgpu (tested in webgpu-packed.webgpu.test.ts); this checks the fallback
+    registerAttentionKernel('webgpu', denseAttentionKernel);
+    const gpu = await run('webgpu').finally(() => unregisterAttentionKernel('webgpu'));
     const cpu = await run('cpu');
     expect(maxAbsDiff(gpu.out, gpu.plain)).toBeLessThan(1e-4 * maxAbs(gpu.plain) + 1e-5);
     expect(maxAbsDiff(gpu.out, cpu.out)).toBeLessThan(2e-3 * maxAbs(cpu.out) + 1e-5);

@@ -48,7 +48,7 @@ function sync(v: QuantizedLayerView): Mirror {
 }
 
 /**
- * Fallback for backends without packed kernels (WebGPU until `@xquant/webgpu` registers its kernels): keeps a device
+ * Fallback for backends without packed kernels (on WebGPU: prefill and layers the WGSL kernels cannot read): keeps a device
  * copy of the dequantized part of each layer (extended incrementally as blocks are flushed; its bytes are reported as
  * `memory().kernelBytes`), uploads the float32 window, and runs {@link plainAttention}. Reads no tensor synchronously.
  */

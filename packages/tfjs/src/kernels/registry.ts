@@ -3,6 +3,7 @@ import { XqConfigError, type Bits, type Precision } from '@xquant/quant';
 import type { StoredMeta } from '../quantized/store.js';
 import { denseAttentionKernel } from './dense.js';
 import { jsPackedAttentionKernel } from './js-attention.js';
+import { webgpuPackedAttentionKernel } from './webgpu-packed.js';
 
 /** A flushed key block with its codes resolved (the donor's codes when the layer borrows them). */
 export interface KeyBlockView {
@@ -112,11 +113,18 @@ export function unregisterAttentionKernel(backend: string): void {
 
 /** Every kernel that may hold state for a cache: the registered ones and the defaults. */
 export function allAttentionKernels(): AttentionKernel[] {
-  return [...new Set([...kernels.values(), jsPackedAttentionKernel, denseAttentionKernel])];
+  return [...new Set([...kernels.values(), jsPackedAttentionKernel, webgpuPackedAttentionKernel, denseAttentionKernel])];
 }
 
-/** The kernel used on `backend`: the registered one, else the default (packed JS kernels where tensors can be read synchronously, dequantize-then-attend elsewhere). */
+/**
+ * The kernel used on `backend`: the registered one, else the default — packed JS kernels where tensors can be read
+ * synchronously, the WGSL packed kernels of `@xquant/webgpu` on `'webgpu'` (falling back to dequantize-then-attend
+ * for prefill and unsupported layers), dequantize-then-attend elsewhere.
+ */
 export function attentionKernelFor(backend: string | null): AttentionKernel {
-  return (backend !== null ? kernels.get(backend) : undefined) ?? (backend !== null && !SYNC_READABLE.has(backend) ? denseAttentionKernel : jsPackedAttentionKernel);
+  const registered = backend !== null ? kernels.get(backend) : undefined;
+  if (registered) return registered;
+  if (backend === 'webgpu') return webgpuPackedAttentionKernel;
+  return backend !== null && !SYNC_READABLE.has(backend) ? denseAttentionKernel : jsPackedAttentionKernel;
 }
 

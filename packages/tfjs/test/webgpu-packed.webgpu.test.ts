@@ -1,0 +1,141 @@
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-cpu';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  asymkv,
+  createKvCache,
+  releaseWebgpu,
+  selectBackend,
+  webgpuPackedAttentionKernel as kernel,
+  type AsyncKvCache,
+  type KvCache,
+  type KvCacheShape,
+} from '@xquant/tfjs';
+import { kvLike, maxAbs, maxAbsDiff, randn } from './helpers.js';
+
+process.env.XDG_RUNTIME_DIR ??= '/tmp';
+
+// Probe once: WebGPU needs the optional `webgpu` package and a Vulkan driver (lavapipe here: scripts/setup-webgpu.sh).
+let reason = '';
+try {
+  reason = (await selectBackend({ prefer: 'webgpu' })).reason;
+} catch (e) {
+  reason = `no WebGPU adapter: ${(e as Error).message}`;
+}
+const hasWebgpu = tf.getBackend() === 'webgpu';
+
+const H = 2;
+const D = 32;
+const QH = 4;
+const LAYERS = 2;
+const SHAPE: KvCacheShape = { layers: LAYERS, kvHeads: H, headDim: D };
+
+/**
+ * Prefill P tokens, then `steps` decode steps (append + attend per layer); returns the decode outputs, all layers,
+ * step after step. Inputs are host arrays, so both backends see the same numbers.
+ */
+async function decodeRun(backend: string, make: () => KvCache, P: number, steps: number): Promise<Float32Array[]> {
+  await tf.setBackend(backend);
+  const cache = make() as AsyncKvCache;
+  const T = P + steps;
+  const k = kvLike(H, T, D, 11);
+  const v = randn(H * T * D, 12);
+  const slice = (x: Float32Array, from: number, n: number) => {
+    const out = new Float32Array(H * n * D);
+    for (let h = 0; h < H; h++) out.set(x.subarray((h * T + from) * D, (h * T + from + n) * D), h * n * D);
+    return out;
+  };
+  const outs: Float32Array[] = [];
+  for (let l = 0; l < LAYERS; l++) {
+    const [kt, vt] = [tf.tensor3d(slice(k, 0, P), [H, P, D]), tf.tensor3d(slice(v, 0, P), [H, P, D])];
+    await cache.prefillAsync(l, kt, vt);
+    tf.dispose([kt, vt]);
+    const q = tf.tensor3d(randn(QH * P * D, 100 + l), [QH, P, D]);
+    tf.dispose([q, cache.attend(l, q)]);
+  }
+  for (let s = 0; s < steps; s++) {
+    for (let l = 0; l < LAYERS; l++) {
+      const [kt, vt] = [tf.tensor3d(slice(k, P + s, 1), [H, 1, D]), tf.tensor3d(slice(v, P + s, 1), [H, 1, D])];
+      await cache.appendAsync(l, kt, vt);
+      const q = tf.tensor3d(randn(QH * D, 1000 * s + l), [QH, 1, D]);
+      const o = cache.attend(l, q);
+      outs.push((await o.data()) as Float32Array);
+      tf.dispose([kt, vt, q, o]);
+    }
+  }
+  cache.dispose();
+  return outs;
+}
+
+function expectClose(gpu: Float32Array[], cpu: Float32Array[]): number {
+  let worst = 0;
+  gpu.forEach((g, i) => {
+    const c = cpu[i]!;
+    worst = Math.max(worst, maxAbsDiff(g, c) / Math.max(maxAbs(c), 1e-6));
+  });
+  expect(worst).toBeLessThan(1e-4);
+  return worst;
+}
+
+describe.skipIf(!hasWebgpu)(`WebGPU packed-code attention (${hasWebgpu ? reason : `skipped — ${reason}`})`, () => {
+  beforeAll(async () => {
+    await tf.setBackend('webgpu');
+  });
+  afterAll(() => releaseWebgpu());
+
+  // R = 32, chunks of 32 values: 40 + 60 tokens cross two key flushes and seal value chunks, with a partial chunk at every step.
+  const opts = { residualLength: 32, groupSize: 16 };
+  it.each(['xquant-1.38', 'kivi-2', 'kivi-1'])('%s: decode steps on WebGPU equal the cpu backend (1e-4 relative), packed kernel used', async (id) => {
+    const make = () => createKvCache(id, SHAPE, opts);
+    const cpu = await decodeRun('cpu', make, 40, 60);
+    kernel.resetCounts();
+    const gpu = await decodeRun('webgpu', make, 40, 60);
+    expect(kernel.counts.packed).toBe(60 * LAYERS);
+    expect(kernel.counts.prefill).toBe(LAYERS);
+    expect(kernel.counts.fallback).toBe(0);
+    expectClose(gpu, cpu);
+  });
+
+  it('full-precision layers pass everything as residual; 8-bit layers fall back to the dense-upload kernel (counted)', async () => {
+    const make = () => asymkv({ keyBits: [16, 8], valueBits: [2, 16], ...opts }).createCache(SHAPE);
+    const cpu = await decodeRun('cpu', make, 40, 40);
+    kernel.resetCounts();
+    const gpu = await decodeRun('webgpu', make, 40, 40);
+    expect(kernel.counts.packed).toBe(40); // layer 0: 16-bit keys, 2-bit values
+    expect(kernel.counts.fallback).toBe(41); // layer 1: 8-bit keys (prefill and 40 decode steps)
+    expect(Object.keys(kernel.counts.fallbackReasons)).toEqual(['8-bit key codes (the WGSL kernels read 1/2/4 bits)']);
+    // the dense-upload kernel dequantizes with the reference's fp16 rounding; the packed kernels do not round
+    const worst = gpu.reduce((w, g, i) => Math.max(w, maxAbsDiff(g, cpu[i]!) / maxAbs(cpu[i]!)), 0);
+    expect(worst).toBeLessThan(2e-3);
+    const packedOnly = gpu.filter((_, i) => i % LAYERS === 0);
+    expectClose(packedOnly, cpu.filter((_, i) => i % LAYERS === 0));
+  });
+
+  it('no tensor leaks over 300 decode steps; device mirrors are reported and freed', async () => {
+    await tf.setBackend('webgpu');
+    const cache = createKvCache('xquant-1.38', { layers: 1, kvHeads: H, headDim: D }, opts) as AsyncKvCache;
+    const k = kvLike(H, 1, D, 3);
+    const before = tf.memory().numTensors;
+    kernel.resetCounts();
+    let steady = 0;
+    let steadyBytes = 0;
+    for (let s = 0; s < 300; s++) {
+      const [kt, vt] = [tf.tensor3d(k, [H, 1, D]), tf.tensor3d(randn(H * D, s), [H, 1, D])];
+      await cache.appendAsync(0, kt, vt);
+      const q = tf.tensor3d(randn(QH * D, s + 7), [QH, 1, D]);
+      const o = cache.attend(0, q);
+      if (s % 50 === 49) await o.data();
+      tf.dispose([kt, vt, q, o]);
+      if (s === 100) {
+        steady = tf.memory().numTensors;
+        steadyBytes = cache.memory().kernelBytes ?? 0;
+      }
+    }
+    expect(kernel.counts.packed).toBe(300);
+    expect(tf.memory().numTensors).toBe(steady); // mirrors are replaced, never added to
+    expect(cache.memory().kernelBytes ?? 0).toBeGreaterThan(steadyBytes); // grown with the flushed blocks/chunks
+    cache.dispose();
+    // the kernel provider keeps one helper tensor per backend
+    expect(tf.memory().numTensors - before).toBeLessThanOrEqual(1);
+  });
+});
