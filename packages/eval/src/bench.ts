@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { accountBits } from '@xquant/cross-layer';
 import { XqConfigError } from '@xquant/quant';
-import { createKvCache, type KvCache } from '@xquant/tfjs';
+import { createKvCache, type AsyncKvCache, type KvCache } from '@xquant/tfjs';
 import { FULL_ID, cachePlan, createCacheFor, type CacheSpec } from './configs.js';
 import type { EvalModel } from './protocol.js';
 
@@ -124,13 +124,16 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   const shape = model.cacheShape;
   const V = model.config.vocabSize;
   const speed: BenchSpeedRow[] = [];
+  // GPU tensors cannot be read synchronously: feed the caches asynchronously on webgpu (only there: timings elsewhere unchanged)
+  const onGpu = tf.getBackend() === 'webgpu' && typeof model.forwardAsync === 'function';
+  const forward = async (ids: number[], cache: KvCache): Promise<tf.Tensor2D> => (onGpu ? model.forwardAsync!(ids, cache) : model.forward(ids, cache));
   for (const T of contexts) {
     const rand = lcg(T);
     const ids = Array.from({ length: T }, () => 2 + Math.floor(rand() * (V - 2)));
     const next = Array.from({ length: warmup + steps }, () => 2 + Math.floor(rand() * (V - 2)));
     log(`bench: prefill ${T} tokens`);
     const full = createKvCache(FULL_ID, shape);
-    model.forward(ids, full).dispose();
+    (await forward(ids, full)).dispose();
     const snap = Array.from({ length: shape.layers }, (_, l) => full.dequantize(l));
     full.dispose();
     try {
@@ -138,11 +141,15 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
         log(`bench: ${spec.id} at ${T} tokens`);
         const cache = createCacheFor(spec, shape);
         try {
-          snap.forEach(({ keys, values }, l) => cache.prefill(l, keys, values));
+          for (const [l, { keys, values }] of snap.entries()) {
+            const ac = cache as Partial<AsyncKvCache> & KvCache;
+            if (onGpu && ac.prefillAsync) await ac.prefillAsync(l, keys, values);
+            else cache.prefill(l, keys, values);
+          }
           let t0 = 0;
           for (let i = 0; i < warmup + steps; i++) {
             if (i === warmup) t0 = performance.now();
-            const logits = model.forward([next[i]!], cache);
+            const logits = await forward([next[i]!], cache);
             await logits.data();
             logits.dispose();
           }

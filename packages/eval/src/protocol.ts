@@ -32,6 +32,8 @@ export interface EvalModel {
   };
   /** Run `ids` after what `cache` holds; logits `[rows, vocab]` of the last position (default). */
   forward(ids: ArrayLike<number>, cache: KvCache, logits?: 'last'): tf.Tensor2D;
+  /** As `forward`, feeding the cache with `prefillAsync`/`appendAsync` (needed where tensors live on a GPU, e.g. webgpu). */
+  forwardAsync?(ids: ArrayLike<number>, cache: KvCache, logits?: 'last'): Promise<tf.Tensor2D>;
 }
 
 /** What the protocol needs from a tokenizer (decoding passkey continuations). */

@@ -21,7 +21,7 @@ options:
   --contexts LIST           context lengths for speed (default 256,512,1024,2048)
   --memory-contexts LIST    context lengths for memory (default 256,…,16384)
   --steps N                 timed decode steps per run (default 16)
-  --backend NAME            tensorflow, wasm or cpu (default: the first that loads)
+  --backend NAME            tensorflow, wasm or cpu (default: the first that loads), or webgpu
   --out FILE                write JSON to FILE and markdown to FILE with .md
   --json                    print the JSON on stdout (else the tables)
   -h, --help                show this help`;
