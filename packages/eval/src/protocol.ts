@@ -1,7 +1,7 @@
 import { basename } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { XqConfigError, XqShapeError } from '@xquant/quant';
-import type { KvCache, KvCacheShape } from '@xquant/tfjs';
+import type { AsyncKvCache, KvCache, KvCacheShape } from '@xquant/tfjs';
 import { FULL_ID, createCacheFor, specBits, type CacheSpec } from './configs.js';
 import { captureLayers, layerErrors } from './layer-error.js';
 import { argmax, firstDigits, klDivergence, logSoftmax, type ProseSums } from './metrics.js';
@@ -138,7 +138,17 @@ export function selectRecords(files: readonly EvalFile[], limit?: number, shard?
   return shard ? all.filter((_, p) => p % shard.count === shard.index) : all;
 }
 
-async function readLogits(t: tf.Tensor2D): Promise<Float32Array> {
+/** GPU tensors cannot be read synchronously: on webgpu, feed caches with `forwardAsync` (elsewhere the sync path, unchanged). */
+function onGpu(model: EvalModel): boolean {
+  return tf.getBackend() === 'webgpu' && typeof model.forwardAsync === 'function';
+}
+
+function forward(model: EvalModel, ids: ArrayLike<number>, cache: KvCache): tf.Tensor2D | Promise<tf.Tensor2D> {
+  return onGpu(model) ? model.forwardAsync!(ids, cache) : model.forward(ids, cache);
+}
+
+async function readLogits(logits: tf.Tensor2D | Promise<tf.Tensor2D>): Promise<Float32Array> {
+  const t = await logits;
   try {
     return (await t.data()) as Float32Array;
   } finally {
@@ -160,8 +170,12 @@ function disposeSnapshot(s: KvSnapshot): void {
   }
 }
 
-function loadSnapshot(cache: KvCache, s: KvSnapshot): void {
-  s.forEach(({ keys, values }, l) => cache.prefill(l, keys, values));
+async function loadSnapshot(cache: KvCache, s: KvSnapshot, async: boolean): Promise<void> {
+  const ac = cache as Partial<AsyncKvCache> & KvCache;
+  for (const [l, { keys, values }] of s.entries()) {
+    if (async && ac.prefillAsync) await ac.prefillAsync(l, keys, values);
+    else cache.prefill(l, keys, values);
+  }
 }
 
 /** Timer and per-config accounting shared by the record runners. */
@@ -227,10 +241,10 @@ async function runProseRecord(ctx: Ctx, file: string, index: number, rec: ProseR
   const held: { snap: KvSnapshot | null } = { snap: null };
   try {
     await ctx.ledger.time(file, index, FULL_ID, async () => {
-      logSoftmax(await readLogits(model.forward(ids.slice(0, P), full)), fullLogp.subarray(0, V));
+      logSoftmax(await readLogits(forward(model, ids.slice(0, P), full)), fullLogp.subarray(0, V));
       if (ctx.shared) held.snap = snapshot(full);
       for (let j = 1; j < n; j++) {
-        logSoftmax(await readLogits(model.forward([ids[P + j - 1]!], full)), fullLogp.subarray(j * V, (j + 1) * V));
+        logSoftmax(await readLogits(forward(model, [ids[P + j - 1]!], full)), fullLogp.subarray(j * V, (j + 1) * V));
       }
       for (let j = 0; j < n; j++) fullTop[j] = argmax(fullLogp, j * V, V);
       const sums: ProseSums = { n: 0, nll: 0, nllExclFirst: 0, kl: 0, top1: 0 };
@@ -246,14 +260,14 @@ async function runProseRecord(ctx: Ctx, file: string, index: number, rec: ProseR
         try {
           const sums: ProseSums = { n: 0, nll: 0, nllExclFirst: 0, kl: 0, top1: 0 };
           if (held.snap) {
-            loadSnapshot(cache, held.snap);
+            await loadSnapshot(cache, held.snap, onGpu(model));
             score(fullLogp, 0, 0, sums); // position P−1 comes from the (full-precision) prefill
           } else {
-            logSoftmax(await readLogits(model.forward(ids.slice(0, P), cache)), row);
+            logSoftmax(await readLogits(forward(model, ids.slice(0, P), cache)), row);
             score(row, 0, 0, sums);
           }
           for (let j = 1; j < n; j++) {
-            logSoftmax(await readLogits(model.forward([ids[P + j - 1]!], cache)), row);
+            logSoftmax(await readLogits(forward(model, [ids[P + j - 1]!], cache)), row);
             score(row, 0, j, sums);
           }
           return { value: sums, steps: n };
@@ -274,7 +288,7 @@ async function passkeyContinue(ctx: Ctx, cache: KvCache, tail: readonly number[]
   let logits: Float32Array | null = null;
   let steps = 0;
   for (const id of tail) {
-    logits = await readLogits(ctx.model.forward([id], cache));
+    logits = await readLogits(forward(ctx.model, [id], cache));
     steps++;
   }
   const out: number[] = [];
@@ -282,7 +296,7 @@ async function passkeyContinue(ctx: Ctx, cache: KvCache, tail: readonly number[]
   while (!ctx.eos.has(tok)) {
     out.push(tok);
     if (out.length >= ctx.passkeyMaxNew) break;
-    tok = argmax(await readLogits(ctx.model.forward([tok], cache)));
+    tok = argmax(await readLogits(forward(ctx.model, [tok], cache)));
     steps++;
   }
   return { ids: out, steps };
@@ -303,7 +317,7 @@ async function runPasskeyRecord(ctx: Ctx, file: string, index: number, rec: Pass
   const held: { snap: KvSnapshot | null } = { snap: null };
   try {
     perCache[FULL_ID] = await ctx.ledger.time(file, index, FULL_ID, async () => {
-      await readLogits(model.forward(ids.slice(0, P), full));
+      await readLogits(forward(model, ids.slice(0, P), full));
       if (ctx.shared) held.snap = snapshot(full);
       const r = await passkeyContinue(ctx, full, tail);
       return { value: outcome(r.ids), steps: r.steps };
@@ -314,8 +328,8 @@ async function runPasskeyRecord(ctx: Ctx, file: string, index: number, rec: Pass
       perCache[spec.id] = await ctx.ledger.time(file, index, spec.id, async () => {
         const cache = createCacheFor(spec, model.cacheShape);
         try {
-          if (held.snap) loadSnapshot(cache, held.snap);
-          else await readLogits(model.forward(ids.slice(0, P), cache));
+          if (held.snap) await loadSnapshot(cache, held.snap, onGpu(model));
+          else await readLogits(forward(model, ids.slice(0, P), cache));
           const r = await passkeyContinue(ctx, cache, tail);
           return { value: outcome(r.ids), steps: r.steps };
         } finally {

@@ -36,7 +36,7 @@ options:
   --limit N            first N records of each file
   --sample N           N evenly spaced records of each file (a reduced run that spans the file)
   --shard i/n          evaluate records p with p % n == i (run n processes, then 'xquant eval merge')
-  --backend NAME       tfjs backend: tensorflow, wasm or cpu (default: the first that loads of these)
+  --backend NAME       tfjs backend: tensorflow, wasm or cpu (default: the first that loads of these), or webgpu
   --no-shared-prefill  prefill every cache through the model instead of copying the full prefill's K/V
   --layer-errors       also measure each cache's per-layer attention/K/V error (each layer in isolation) on the
                        first prose record of the data (for the report's per-layer plot)
