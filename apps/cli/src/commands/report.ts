@@ -95,7 +95,8 @@ export async function run(argv: string[]): Promise<number> {
     const md: string[] = [];
     for (const r of input.results) {
       md.push(resultsMarkdown(r));
-      if (anchor) md.push(`**${r.model.name}: ours vs the anchor** (tolerances: see compareWithAnchor)`, '', anchorMarkdown(compareWithAnchor(r, anchor)));
+      const rows = anchor ? compareWithAnchor(r, anchor) : [];
+      if (rows.length) md.push(`**${r.model.name}: ours vs the anchor** (tolerances: see compareWithAnchor)`, '', anchorMarkdown(rows));
     }
     for (const b of input.bench) md.push(benchMarkdown(b));
     for (const p of input.plans) {
