@@ -7,7 +7,8 @@
 # For each model (xq-llama-20m, xq-qwen2-30m):
 #   plan   — xquant plan at R=32 and R=128, budget = xquant-1.38's true stored bits at that R (2.486 / 2.820)
 #   eval   — full, kivi-2, kivi-1, asymkv-1.5, xquant-1.38, xquant-nocal, xquant-noshare, xquant-k-share at
-#            R ∈ {32,128}, group size 32 (plus the two plan presets), on all 120 prose records and the 4×30 passkey
+#            R ∈ {32,128}, group size 32, plus the two plan presets and docs/report/presets/{xquant-lsq-noshare,
+#            xquant-cafit-1.38} at both R, on all 120 prose records and the 4×30 passkey
 #            prompts of $SHARED/eval, in N shards (`--shard i/N`), one process per core
 #   merge  — `xquant eval merge` of the shards → $OUT/<model>.json (+ .md)
 #   bench  — `xquant bench` (decode step and memory per preset and context) → $OUT/<model>.bench.json (+ .md)
@@ -15,8 +16,8 @@
 #
 # Group size 128 (also named in issue 5) is not run: values are grouped along head_dim = 64 channels, so a group of
 # 128 does not exist for these models (and @xquant/tfjs has one group size for K and V).
-# Expected time on 16 cores (wasm backend, one thread per process): about 1 h for the eval of both models
-# (≈ 12 s per config per prose record on an idle core; see docs/results.md).
+# Expected time on 16 cores (wasm backend, one thread per process): about 1.5 h for the eval of both models
+# (≈ 11 s (Llama) / 19 s (Qwen2) per config per prose record on a loaded core; see docs/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,8 @@ BACKEND=${BACKEND:-wasm}
 MODELS=${MODELS:-"xq-llama-20m xq-qwen2-30m"}
 STEPS=${STEPS:-"build plan eval merge bench report"}
 CACHES=full,kivi-2,kivi-1,asymkv-1.5,xquant-1.38,xquant-nocal,xquant-noshare,xquant-k-share
+# beyond the paper: least squares for every tensor, and the code-aware fit on borrowing layers only (PRESETS= to skip)
+PRESETS=${PRESETS-",@docs/report/presets/xquant-lsq-noshare.json,@docs/report/presets/xquant-cafit-1.38.json"}
 LIMIT=${LIMIT:-}    # e.g. LIMIT=8: the first 8 records of each file
 SAMPLE=${SAMPLE:-}  # e.g. SAMPLE=8: 8 evenly spaced records of each file (a quick reduced study)
 XQ="node apps/cli/dist/cli.js"
@@ -49,7 +52,7 @@ if has plan; then
 fi
 
 for m in $MODELS; do
-  extra=""
+  extra="$PRESETS"
   for r in 32 128; do [ -f "$OUT/$m.plan-R$r.json" ] && extra="$extra,@$OUT/$m.plan-R$r.json"; done
   if has eval; then
     echo "study: $m — $N shards ($(date +%T))" >&2
