@@ -1,5 +1,5 @@
 import { writeFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
+import { parseCommandArgs } from '../args.js';
 import { benchMarkdown, openEvalModel, resolveCacheSpecs, runBench } from '@xquant/eval';
 import { XqError } from '@xquant/quant';
 import type { BackendName } from '@xquant/tfjs';
@@ -38,31 +38,20 @@ function ints(v: string | undefined, what: string): number[] | undefined {
 /** `xquant bench …`; returns the exit code. */
 export async function run(argv: string[]): Promise<number> {
   let values: Record<string, string | boolean | undefined>;
-  try {
-    values = parseArgs({
-      args: argv,
-      options: {
-        model: { type: 'string' },
-        caches: { type: 'string' },
-        residual: { type: 'string' },
-        'group-size': { type: 'string' },
-        contexts: { type: 'string' },
-        'memory-contexts': { type: 'string' },
-        steps: { type: 'string' },
-        backend: { type: 'string' },
-        out: { type: 'string' },
-        json: { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }).values;
-  } catch (e) {
-    console.error(`xquant bench: ${(e as Error).message}\n\n${USAGE}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  const parsed = parseCommandArgs('bench', USAGE, argv, {
+    model: { type: 'string' },
+    caches: { type: 'string' },
+    residual: { type: 'string' },
+    'group-size': { type: 'string' },
+    contexts: { type: 'string' },
+    'memory-contexts': { type: 'string' },
+    steps: { type: 'string' },
+    backend: { type: 'string' },
+    out: { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  if (typeof parsed === 'number') return parsed;
+  values = parsed.values as typeof values;
   if (typeof values.model !== 'string') {
     console.error(`xquant bench: --model is required\n\n${USAGE}`);
     return 2;

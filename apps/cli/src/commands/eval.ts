@@ -1,5 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { parseCommandArgs } from '../args.js';
 import {
   mergeResults,
   openEvalModel,
@@ -130,37 +131,24 @@ export async function run(argv: string[]): Promise<number> {
     help?: boolean;
   };
   let positionals: string[];
-  try {
-    const parsed = parseArgs({
-      args: argv,
-      options: {
-        model: { type: 'string' },
-        data: { type: 'string', multiple: true },
-        caches: { type: 'string' },
-        residual: { type: 'string' },
-        'group-size': { type: 'string' },
-        limit: { type: 'string' },
-        sample: { type: 'string' },
-        shard: { type: 'string' },
-        backend: { type: 'string' },
-        'no-shared-prefill': { type: 'boolean' },
-        'layer-errors': { type: 'boolean' },
-        out: { type: 'string' },
-        json: { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      allowPositionals: true,
-    });
-    values = parsed.values;
-    positionals = parsed.positionals;
-  } catch (e) {
-    console.error(`xquant eval: ${(e as Error).message}\n\n${USAGE}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  const parsed = parseCommandArgs('eval', USAGE, argv, {
+    model: { type: 'string' },
+    data: { type: 'string', multiple: true },
+    caches: { type: 'string' },
+    residual: { type: 'string' },
+    'group-size': { type: 'string' },
+    limit: { type: 'string' },
+    sample: { type: 'string' },
+    shard: { type: 'string' },
+    backend: { type: 'string' },
+    'no-shared-prefill': { type: 'boolean' },
+    'layer-errors': { type: 'boolean' },
+    out: { type: 'string' },
+    json: { type: 'boolean' },
+  }, true);
+  if (typeof parsed === 'number') return parsed;
+  values = parsed.values as typeof values;
+  positionals = parsed.positionals;
   const data = [...(values.data ?? []), ...positionals];
   if (!values.model || data.length === 0) {
     console.error(`xquant eval: --model and --data are required\n\n${USAGE}`);

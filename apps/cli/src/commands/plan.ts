@@ -1,5 +1,5 @@
 import { readFileSync, writeFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
+import { parseCommandArgs } from '../args.js';
 import { DEFAULT_CALIBRATION_TEXT, openEvalModel, planForBudget } from '@xquant/eval';
 import { XqError, XqFormatError } from '@xquant/quant';
 import type { BackendName } from '@xquant/tfjs';
@@ -56,33 +56,22 @@ function calibrationIds(path: string, encode: (t: string) => number[]): number[]
 /** `xquant plan …`; returns the exit code. */
 export async function run(argv: string[]): Promise<number> {
   let v: Record<string, string | boolean | undefined>;
-  try {
-    v = parseArgs({
-      args: argv,
-      options: {
-        model: { type: 'string' },
-        budget: { type: 'string' },
-        residual: { type: 'string' },
-        tokens: { type: 'string' },
-        'group-sizes': { type: 'string' },
-        calibration: { type: 'string' },
-        'no-sharing': { type: 'boolean' },
-        'no-sensitivity': { type: 'boolean' },
-        'max-verify': { type: 'string' },
-        backend: { type: 'string' },
-        out: { type: 'string' },
-        json: { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }).values;
-  } catch (e) {
-    console.error(`xquant plan: ${(e as Error).message}\n\n${USAGE}`);
-    return 2;
-  }
-  if (v.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  const parsed = parseCommandArgs('plan', USAGE, argv, {
+    model: { type: 'string' },
+    budget: { type: 'string' },
+    residual: { type: 'string' },
+    tokens: { type: 'string' },
+    'group-sizes': { type: 'string' },
+    calibration: { type: 'string' },
+    'no-sharing': { type: 'boolean' },
+    'no-sensitivity': { type: 'boolean' },
+    'max-verify': { type: 'string' },
+    backend: { type: 'string' },
+    out: { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  if (typeof parsed === 'number') return parsed;
+  v = parsed.values as typeof v;
   const budget = Number(v.budget);
   if (typeof v.model !== 'string' || !(budget > 0)) {
     console.error(`xquant plan: --model and a positive --budget are required\n\n${USAGE}`);

@@ -1,5 +1,5 @@
 import { readFileSync, writeFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
+import { parseCommandArgs } from '../args.js';
 import {
   BENCH_FORMAT,
   RESULTS_FORMAT,
@@ -52,31 +52,18 @@ function readJson(path: string): unknown {
 export async function run(argv: string[]): Promise<number> {
   let values: { in?: string[]; out?: string; anchor?: string; title?: string; note?: string; markdown?: string; json?: boolean; help?: boolean };
   let positionals: string[];
-  try {
-    const parsed = parseArgs({
-      args: argv,
-      options: {
-        in: { type: 'string', multiple: true },
-        out: { type: 'string' },
-        anchor: { type: 'string' },
-        title: { type: 'string' },
-        note: { type: 'string' },
-        markdown: { type: 'string' },
-        json: { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      allowPositionals: true,
-    });
-    values = parsed.values;
-    positionals = parsed.positionals;
-  } catch (e) {
-    console.error(`xquant report: ${(e as Error).message}\n\n${USAGE}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  const parsed = parseCommandArgs('report', USAGE, argv, {
+    in: { type: 'string', multiple: true },
+    out: { type: 'string' },
+    anchor: { type: 'string' },
+    title: { type: 'string' },
+    note: { type: 'string' },
+    markdown: { type: 'string' },
+    json: { type: 'boolean' },
+  }, true);
+  if (typeof parsed === 'number') return parsed;
+  values = parsed.values as typeof values;
+  positionals = parsed.positionals;
   const inputs = [...(values.in ?? []), ...positionals];
   if (!values.out || inputs.length === 0) {
     console.error(`xquant report: --in and --out are required\n\n${USAGE}`);
