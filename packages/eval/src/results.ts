@@ -90,6 +90,8 @@ export interface EvalResults {
     eosIds: number[];
     /** The full-precision prefill's K/V were computed once and copied into every cache (identical state). */
     sharedPrefill: boolean;
+    /** All configurations of a record ran in lockstep through `forwardBatch` (absent in results of older versions). */
+    batched?: boolean;
   };
   /** Files evaluated, in order (records are sorted by this order, then by index). */
   files: {

@@ -155,6 +155,36 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
     }
   });
 
+  it('batched (all configurations in lockstep through forwardBatch) = one configuration at a time, up to float32 rounding', async () => {
+    const file = proseFile(2, 13);
+    const caches = resolveCacheSpecs(['kivi-2', 'kivi-1', 'xquant-1.38'], { residualLengths: [32] });
+    for (const sharedPrefill of [true, false]) {
+      const opts = { model, tokenizer: decode, files: [file], caches, prosePrefill: P, progress: false as const, sharedPrefill };
+      const a = await runEval({ ...opts, batch: true });
+      const b = await runEval({ ...opts, batch: false });
+      expect(a.protocol.batched).toBe(true);
+      expect(b.protocol.batched).toBe(false);
+      for (const [r, rec] of a.prose.entries()) {
+        for (const c of caches) {
+          const x = rec.perCache[c.id]!;
+          const y = b.prose[r]!.perCache[c.id]!;
+          expect(x.n).toBe(y.n);
+          expect(Math.abs(x.nll - y.nll)).toBeLessThan(1e-4 * x.n);
+          expect(Math.abs(x.nllExclFirst - y.nllExclFirst)).toBeLessThan(1e-4 * x.n);
+          expect(Math.abs(x.kl - y.kl)).toBeLessThan(1e-4 * x.n);
+          expect(Math.abs(x.top1 - y.top1)).toBeLessThanOrEqual(1);
+        }
+        expect(rec.perCache.full!.kl).toBe(0);
+        expect(rec.perCache['kivi-1/R32/g32']!.kl).toBeGreaterThan(rec.perCache['kivi-2/R32/g32']!.kl);
+      }
+      // wall time is split over the configurations; steps and records are counted per configuration as unbatched
+      for (const c of caches) {
+        expect(a.timing[c.id]!.steps).toBe(b.timing[c.id]!.steps);
+        expect(a.timing[c.id]!.records).toBe(2);
+      }
+    }
+  });
+
   it('rejects a record shorter than the prefill', async () => {
     const short = parseEvalJsonl(JSON.stringify({ input_ids: [0, 2, 3] }), 's.jsonl');
     await expect(runEval({ model, tokenizer: decode, files: [short], caches: resolveCacheSpecs([]), progress: false })).rejects.toThrow(/more than the 64-token prefill/);
@@ -188,5 +218,25 @@ describe('passkey protocol with a scripted model', () => {
     expect(res.passkey[0]!.perCache.full!.ids).toHaveLength(8);
     expect(res.passkey[0]!.perCache.full!.correct).toBe(true);
     expect(summarize(res)[0]!.passkey[256]).toEqual({ correct: 1, n: 1, accuracy: 1 });
+  });
+
+  it('batched: each cache stops on its own (EOS, 8 tokens, EOS at once) with the outcomes and steps of the unbatched run', async () => {
+    const scripts = [[8, 4, 5, 6, 1, 7], [4, 4, 4, 4, 4, 4, 4, 4, 4, 4], [1, 4], [7, 1]];
+    const caches = resolveCacheSpecs(['kivi-2', 'kivi-1', 'asymkv-1.5'], { residualLengths: [32] });
+    const run = (batch: boolean) => runEval({ model: scriptedModel(scripts, n), tokenizer, files: [file('4821')], caches, progress: false, batch });
+    const [a, b] = [await run(true), await run(false)];
+    expect(a.protocol.batched).toBe(true);
+    expect(b.protocol.batched).toBe(false);
+    expect(a.passkey).toEqual(b.passkey);
+    const ids = caches.map((c) => a.passkey[0]!.perCache[c.id]!.ids);
+    expect(ids).toEqual([[8, 4, 5, 6], [4, 4, 4, 4, 4, 4, 4, 4], [], [7]]);
+    expect(a.passkey[0]!.perCache.full!.correct).toBe(true);
+    for (const c of caches) expect(a.timing[c.id]!.steps).toBe(b.timing[c.id]!.steps);
+    expect(a.timing.full!.steps).toBe(16 + 4); // the tail, then one step after each generated token (the 4th yields EOS)
+  });
+
+  it('batch: true without forwardBatch is a configuration error', async () => {
+    const { forwardBatch: _, ...plain } = scriptedModel([1], n);
+    await expect(runEval({ model: plain, tokenizer, files: [file('1')], caches: resolveCacheSpecs([]), progress: false, batch: true })).rejects.toThrow(/forwardBatch/);
   });
 });

@@ -66,7 +66,7 @@ export class DecoderModel {
     private readonly embed: tf.Tensor2D,
     private readonly layers: LayerWeights[],
     private readonly finalNorm: tf.Tensor1D,
-    /** Untied output projection, transposed [hidden, vocab]; tied models multiply by `embed`ᵀ. */
+    /** Output projection [hidden, vocab]: untied weights, or a transposed copy of `embed` (tied, on wasm); else `embed`ᵀ is used. */
     private readonly lmHead: tf.Tensor2D | undefined,
   ) {
     this.invFreq = ropeInverseFrequencies(config.headDim, config.ropeTheta, config.ropeScaling);
@@ -164,6 +164,9 @@ export class DecoderModel {
           );
         }
         lmHead = await projT(['lm_head.weight'], [c.vocabSize], H);
+      } else if (tf.getBackend() === 'wasm') {
+        // tfjs-wasm multiplies by a transposed operand in a plain loop, ~10× slower than its XNNPACK path: keep embedᵀ
+        lmHead = keep(tf.transpose(embed) as tf.Tensor2D);
       }
       return new DecoderModel(c, embed, layers, finalNorm, lmHead);
     } catch (e) {

@@ -39,6 +39,8 @@ options:
   --shard i/n          evaluate records p with p % n == i (run n processes, then 'xquant eval merge')
   --backend NAME       tfjs backend: tensorflow, wasm or cpu (default: the first that loads of these), or webgpu
   --no-shared-prefill  prefill every cache through the model instead of copying the full prefill's K/V
+  --no-batch           run the configurations of a record one after another instead of in lockstep (one batched
+                       forward per step for all of them; the default except on webgpu)
   --layer-errors       also measure each cache's per-layer attention/K/V error (each layer in isolation) on the
                        first prose record of the data (for the report's per-layer plot)
   --out FILE           write the results JSON to FILE and the markdown table to FILE with .md
@@ -125,6 +127,7 @@ export async function run(argv: string[]): Promise<number> {
     shard?: string;
     backend?: string;
     'no-shared-prefill'?: boolean;
+    'no-batch'?: boolean;
     'layer-errors'?: boolean;
     out?: string;
     json?: boolean;
@@ -142,6 +145,7 @@ export async function run(argv: string[]): Promise<number> {
     shard: { type: 'string' },
     backend: { type: 'string' },
     'no-shared-prefill': { type: 'boolean' },
+    'no-batch': { type: 'boolean' },
     'layer-errors': { type: 'boolean' },
     out: { type: 'string' },
     json: { type: 'boolean' },
@@ -193,6 +197,7 @@ export async function run(argv: string[]): Promise<number> {
       sample,
       shard,
       sharedPrefill: !values['no-shared-prefill'],
+      batch: values['no-batch'] ? false : undefined,
       layerErrorPrompt: values['layer-errors'] ? files.find((f) => f.kind === 'prose')?.records[0]?.inputIds : undefined,
     });
     emit(results, values.out, values.json ?? false);

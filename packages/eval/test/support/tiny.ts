@@ -75,27 +75,40 @@ export async function tinyModel(seed = 7): Promise<DecoderModel> {
 
 /**
  * A scripted "model" for the passkey logic: it stores zero K/V in a real cache (so lengths advance through the cache)
- * and, when the cache holds p tokens, puts all probability on `script[p − start]` (else on token 2).
+ * and, when the cache holds p tokens, puts all probability on `script[p − start]` (else on token 2). Given several
+ * scripts, the k-th distinct cache it sees follows `scripts[k]` (configurations reach the model in order, full first).
+ * It has `forwardBatch` (each sequence through `forward`), so the protocol runs it batched unless told otherwise.
  */
-export function scriptedModel(script: number[], start: number, vocabSize = 16): EvalModel {
+export function scriptedModel(scripts: number[] | number[][], start: number, vocabSize = 16): EvalModel & { forwardBatch: NonNullable<EvalModel['forwardBatch']> } {
   const shape = { layers: 1, kvHeads: 1, headDim: 32 };
+  const list = Array.isArray(scripts[0]) ? (scripts as number[][]) : [scripts as number[]];
+  const seen = new Map<KvCache, number[]>();
+  const forward = (ids: ArrayLike<number>, cache: KvCache): tf.Tensor2D => {
+    if (!seen.has(cache)) seen.set(cache, list[seen.size % list.length]!);
+    const script = seen.get(cache)!;
+    const n = ids.length;
+    const z = tf.zeros([1, n, 32]) as tf.Tensor3D;
+    if (n === 1 && cache.seqLength(0) > 0) cache.append(0, z, z);
+    else cache.prefill(0, z, z);
+    z.dispose();
+    const q = tf.zeros([1, 1, 32]) as tf.Tensor3D;
+    cache.attend(0, q).dispose();
+    q.dispose();
+    const p = cache.seqLength(0);
+    const tok = script[p - start] ?? 2;
+    const logits = new Float32Array(vocabSize).fill(-5);
+    logits[tok] = 5;
+    return tf.tensor2d(logits, [1, vocabSize]);
+  };
   return {
     cacheShape: shape,
     config: { vocabSize, eosTokenIds: [1], architecture: 'scripted' },
-    forward(ids: ArrayLike<number>, cache: KvCache) {
-      const n = ids.length;
-      const z = tf.zeros([1, n, 32]) as tf.Tensor3D;
-      if (n === 1 && cache.seqLength(0) > 0) cache.append(0, z, z);
-      else cache.prefill(0, z, z);
-      z.dispose();
-      const q = tf.zeros([1, 1, 32]) as tf.Tensor3D;
-      cache.attend(0, q).dispose();
-      q.dispose();
-      const p = cache.seqLength(0);
-      const tok = script[p - start] ?? 2;
-      const logits = new Float32Array(vocabSize).fill(-5);
-      logits[tok] = 5;
-      return tf.tensor2d(logits, [1, vocabSize]);
+    forward,
+    forwardBatch(ids: ArrayLike<number>[], caches: KvCache[]) {
+      const rows = ids.map((seq, b) => forward(seq, caches[b]!));
+      const out = tf.concat(rows, 0) as tf.Tensor2D;
+      tf.dispose(rows);
+      return out;
     },
   };
 }

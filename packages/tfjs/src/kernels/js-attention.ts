@@ -33,14 +33,16 @@ export const packedKernelOptions: {
 /** S[m·N + pos] = q_m · k(pos) for the float32 keys that follow the quantized ones. */
 function residualScores(v: QuantizedLayerView, h: number, Q: Float32Array, M: number, S: Float32Array, N: number): void {
   const H = v.kvHeads, D = v.headDim;
-  const rk = v.residualKeys.length / (H * D);
+  const keys = v.residualKeys; // locals: V8 does not hoist property loads out of these loops
+  const rk = keys.length / (H * D);
+  const q0 = v.quantizedKeys;
   for (let t = 0; t < rk; t++) {
     const ko = (t * H + h) * D;
-    const pos = v.quantizedKeys + t;
+    const pos = q0 + t;
     for (let m = 0; m < M; m++) {
       let acc = 0;
       const qo = m * D;
-      for (let d = 0; d < D; d++) acc += Q[qo + d]! * v.residualKeys[ko + d]!;
+      for (let d = 0; d < D; d++) acc += Q[qo + d]! * keys[ko + d]!;
       S[m * N + pos] = acc;
     }
   }
@@ -81,15 +83,17 @@ function softmaxRows(S: Float32Array, M: number, N: number, nq: number, rep: num
 /** O[m·D + d] += Σ_pos P[m·N + pos]·v(pos) over the float32 values that follow the quantized ones. */
 function residualMix(v: QuantizedLayerView, h: number, S: Float32Array, M: number, N: number, O: Float64Array): void {
   const H = v.kvHeads, D = v.headDim;
-  const rv = v.residualValues.length / (H * D);
+  const values = v.residualValues;
+  const rv = values.length / (H * D);
+  const q0 = v.quantizedValues;
   for (let t = 0; t < rv; t++) {
     const vo = (t * H + h) * D;
-    const pos = v.quantizedValues + t;
+    const pos = q0 + t;
     for (let m = 0; m < M; m++) {
       const p = S[m * N + pos]!;
       if (p === 0) continue;
       const oo = m * D;
-      for (let d = 0; d < D; d++) O[oo + d] += p * v.residualValues[vo + d]!;
+      for (let d = 0; d < D; d++) O[oo + d] += p * values[vo + d]!;
     }
   }
 }
