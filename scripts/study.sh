@@ -32,7 +32,7 @@ CACHES=full,kivi-2,kivi-1,asymkv-1.5,xquant-1.38,xquant-nocal,xquant-noshare,xqu
 PRESETS=${PRESETS-",@docs/report/presets/xquant-lsq-noshare.json,@docs/report/presets/xquant-cafit-1.38.json"}
 LIMIT=${LIMIT:-}    # e.g. LIMIT=8: the first 8 records of each file
 SAMPLE=${SAMPLE:-}  # e.g. SAMPLE=8: 8 evenly spaced records of each file (a quick reduced study)
-XQ="node apps/cli/dist/cli.js"
+XQ=${XQ:-"node apps/cli/dist/cli.js"}   # e.g. a bundled CLI on another machine (scripts/study-remote.sh)
 DATA="$SHARED/eval/prose_512.jsonl $SHARED/eval/passkey_256.jsonl $SHARED/eval/passkey_512.jsonl $SHARED/eval/passkey_1024.jsonl $SHARED/eval/passkey_2048.jsonl"
 
 has() { [[ " $STEPS " == *" $1 "* ]]; }
