@@ -53,6 +53,7 @@ export { full, type FullOptions } from './strategies/full.js';
 export { kivi, type KiviOptions } from './strategies/kivi.js';
 export { asymkv, type AsymKvOptions } from './strategies/asymkv.js';
 export { xquant, type XQuantOptions, type ShareFrom } from './strategies/xquant.js';
+export { rotated, RotatedKvCache, walshHadamard, hadamardRotation, randomSigns, type RotatedOptions } from './strategies/rotated.js';
 export {
   createKvCache,
   registerStrategy,

@@ -2,6 +2,7 @@ import { XqConfigError } from '@xquant/quant';
 import { asymkv } from './strategies/asymkv.js';
 import { full } from './strategies/full.js';
 import { kivi } from './strategies/kivi.js';
+import { rotated, type RotatedOptions } from './strategies/rotated.js';
 import { xquant } from './strategies/xquant.js';
 import type { KvCache, KvCacheShape, KvCacheStrategy, PresetOverrides } from './types.js';
 
@@ -48,6 +49,7 @@ function builtins(): void {
   registry.set('kivi', (o) => kivi(o as unknown as Parameters<typeof kivi>[0]));
   registry.set('asymkv', (o) => asymkv(o as unknown as Parameters<typeof asymkv>[0]));
   registry.set('xquant', (o) => xquant(o as Parameters<typeof xquant>[0]));
+  registry.set('rotated', (o) => rotated(o as unknown as RotatedOptions));
   registry.set('kivi-2', presetFactory('kivi-2', (o) => kivi({ ...o, bits: 2 })));
   registry.set('kivi-1', presetFactory('kivi-1', (o) => kivi({ ...o, bits: 1 })));
   registry.set('asymkv-1.5', presetFactory('asymkv-1.5', (o) => asymkv({ ...o, keyBits: 2, valueBits: 1 })));
