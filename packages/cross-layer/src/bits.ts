@@ -18,8 +18,13 @@ export interface AccountBitsOptions {
    * With R = 0 every value and `⌊T/groupSize⌋·groupSize` keys are quantized.
    */
   residualLength: number;
-  /** Elements per group (keys: tokens per channel group; values: channels per token group). Must divide `headDim`. */
+  /**
+   * Elements per group (keys: tokens per channel group; values: channels per token group unless `valueGroupSize` is
+   * given). Must divide `headDim` when it also groups the values.
+   */
   groupSize: number;
+  /** Channels per value group (one scale and zero-point per token, head and group); must divide `headDim`. Default: `groupSize`. */
+  valueGroupSize?: number;
   /** Bits of each stored scale and of each zero-point; default 16 (fp16). */
   metadataBits?: number;
   /** Bits of one full-precision element (residual window, and every element of a bits-16 layer); default 16. */
@@ -73,7 +78,8 @@ function positiveInt(v: number, what: string): void {
 /**
  * Memory of a KV cache under a plan: the paper's equivalent bit width and the true stored bits per element
  * (codes + scale + zero per group + full-precision residual window), with a byte breakdown. Codes are counted as
- * stored: keys packed along tokens per channel, values along channels per token, in 32-bit words.
+ * stored: keys packed along tokens per channel, values along channels per token, in 32-bit words. Key metadata is one
+ * scale and zero per `groupSize` tokens of a channel; value metadata one per `valueGroupSize` channels of a token.
  * @example
  * const plan = xquantPlan({ layers: 8, keyBits: 2, valueBits: 1, valueShareFrom: 4 });
  * accountBits({ plan, kvHeads: 2, headDim: 64, tokens: 2048, residualLength: 32, groupSize: 32 });
@@ -81,6 +87,7 @@ function positiveInt(v: number, what: string): void {
  */
 export function accountBits(options: AccountBitsOptions): BitAccount {
   const { plan, kvHeads, headDim, tokens, residualLength: R, groupSize: gs } = options;
+  const gv = options.valueGroupSize ?? gs;
   const metadataBits = options.metadataBits ?? 16;
   const residualBits = options.residualBits ?? 16;
   validatePlan(plan, { allowForwardDonors: true });
@@ -88,11 +95,13 @@ export function accountBits(options: AccountBitsOptions): BitAccount {
   positiveInt(headDim, 'headDim');
   positiveInt(tokens, 'tokens');
   positiveInt(gs, 'groupSize');
+  if (!Number.isInteger(gv) || gv <= 0) throw new XqConfigError('E_GROUP_SIZE', `valueGroupSize must be a positive integer; got ${String(gv)}`);
   if (!Number.isInteger(R) || R < 0 || R % gs !== 0) {
     throw new XqConfigError('E_RESIDUAL', `residualLength must be 0 or a positive multiple of groupSize (${gs}); got ${String(R)}`);
   }
-  if (headDim % gs !== 0) {
-    throw new XqConfigError('E_GROUP_SIZE', `groupSize ${gs} must divide headDim ${headDim} (values are grouped along channels)`);
+  if (headDim % gv !== 0) {
+    const what = options.valueGroupSize === undefined ? `groupSize ${gs}` : `valueGroupSize ${gv}`;
+    throw new XqConfigError('E_GROUP_SIZE', `${what} must divide headDim ${headDim} (values are grouped along channels)`);
   }
   for (const [v, what] of [[metadataBits, 'metadataBits'], [residualBits, 'residualBits']] as const) {
     if (!Number.isFinite(v) || v < 0) throw new XqConfigError('E_CONFIG', `${what} must be a non-negative number; got ${String(v)}`);
@@ -107,7 +116,7 @@ export function accountBits(options: AccountBitsOptions): BitAccount {
     const tq = kind === 'keys' ? keyTokens : valueTokens;
     // keys: rows = channels (E), packed along tq tokens; values: rows = tq·kvHeads tokens-heads, packed along headDim
     const codeWords = kind === 'keys' ? E * words(tq, s.bits) : tq * kvHeads * words(headDim, s.bits);
-    const groups = (tq * E) / gs;
+    const groups = (tq * E) / (kind === 'keys' ? gs : gv);
     return {
       codeBytes: s.codesFrom === null ? codeWords * 4 : 0,
       metadataBytes: (groups * 2 * metadataBits) / 8,

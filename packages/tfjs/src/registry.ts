@@ -17,7 +17,7 @@ export interface PresetInfo {
   summary: string;
 }
 
-const OVERRIDE_KEYS = new Set(['residualLength', 'groupSize', 'precision']);
+const OVERRIDE_KEYS = new Set(['residualLength', 'groupSize', 'valueGroupSize', 'precision']);
 
 function presetFactory(id: string, make: (o: PresetOverrides) => KvCacheStrategy): StrategyFactory {
   return (options = {}) => {
@@ -98,7 +98,7 @@ function checkStrategy(s: KvCacheStrategy): KvCacheStrategy {
 /**
  * Create a KV cache from a preset name (`'kivi-2'`, `'xquant-1.38'`, …), a registered strategy id with its options
  * (`'kivi'` + `{ bits: 2 }`), or a strategy object. `overrides` are the strategy's options; presets accept
- * `residualLength`, `groupSize` and `precision`.
+ * `residualLength`, `groupSize`, `valueGroupSize` and `precision`.
  * @example
  * const cache = createKvCache('xquant-1.38', { layers: 8, kvHeads: 2, headDim: 64 }, { residualLength: 32 });
  */

@@ -92,6 +92,11 @@ export interface QuantizedCacheOptions {
   residualLength?: number;
   /** Elements sharing one scale and zero-point (tokens for keys, channels for values). Default 32. */
   groupSize?: number;
+  /**
+   * Channels sharing one scale and zero-point in the values (values are grouped along channels, per token), when it
+   * should differ from `groupSize` (which then applies to keys only). Must divide headDim. Default: `groupSize`.
+   */
+  valueGroupSize?: number;
   /** Quantizer arithmetic and metadata storage: `'fp16'` (default, the reference's) or `'fp32'`. */
   precision?: 'fp16' | 'fp32';
 }

@@ -318,7 +318,7 @@ describe('calibration context', () => {
 
 /** K/V of a view with the quantized part as exact code·scale + zero (float64 arithmetic, no fp16 rounding of x̂). */
 function exactView(v: QuantizedLayerView): { keys: Float64Array; values: Float64Array } {
-  const { kvHeads: H, headDim: D, tokens: N, groupSize: gs } = v;
+  const { kvHeads: H, headDim: D, tokens: N, keyGroupSize: gs, valueGroupSize: gv } = v;
   const keys = new Float64Array(H * N * D);
   const values = new Float64Array(H * N * D);
   for (const b of v.keyBlocks) {
@@ -331,12 +331,12 @@ function exactView(v: QuantizedLayerView): { keys: Float64Array; values: Float64
     }
   }
   for (const c of v.valueChunks) {
-    const G = D / gs;
+    const G = D / gv;
     const rows = c.filled * H;
     const codes = unpackCodes(c.packed.subarray(0, (rows * D * (v.valueBits as number)) / 32), rows, D, v.valueBits as Bits);
     const s = v.decodeMeta(c.scale, 0, rows * G), z = v.decodeMeta(c.zero, 0, rows * G);
     for (let t = 0; t < c.filled; t++) for (let h = 0; h < H; h++) for (let d = 0; d < D; d++) {
-      const row = t * H + h, g = Math.floor(d / gs);
+      const row = t * H + h, g = Math.floor(d / gv);
       values[(h * N + c.start + t) * D + d] = codes[row * D + d]! * s[row * G + g]! + z[row * G + g]!;
     }
   }

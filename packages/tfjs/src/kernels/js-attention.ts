@@ -100,19 +100,18 @@ function residualMix(v: QuantizedLayerView, h: number, S: Float32Array, M: numbe
 
 function simdApplies(v: QuantizedLayerView): boolean {
   if (!packedKernelOptions.simd) return false;
-  const gs = v.groupSize;
-  if (v.keyBlocks.length > 0 && (v.keyBits === 8 || gs % 8 !== 0)) return false;
-  if (v.valueChunks.length > 0 && ((v.valueBits !== 1 && v.valueBits !== 2) || gs % 16 !== 0)) return false;
+  if (v.keyBlocks.length > 0 && (v.keyBits === 8 || v.keyGroupSize % 8 !== 0)) return false;
+  if (v.valueChunks.length > 0 && ((v.valueBits !== 1 && v.valueBits !== 2) || v.valueGroupSize % 16 !== 0)) return false;
   return true;
 }
 
 /** Attention on the WebAssembly SIMD kernels, four query vectors per KV head at a time (zero-padded). */
 function attendSimd4(K: SimdKernels, v: QuantizedLayerView, q: Float32Array, qHeads: number, nq: number, out: Float32Array): void {
-  const H = v.kvHeads, D = v.headDim, N = v.tokens, gs = v.groupSize;
+  const H = v.kvHeads, D = v.headDim, N = v.tokens, gs = v.keyGroupSize, gv = v.valueGroupSize;
   const rep = qHeads / H;
   const Nq = v.quantizedValues;
   const kBits = v.keyBits as number, vBits = v.valueBits as number;
-  const Gv = D / gs;
+  const Gv = D / gv;
   const wprV = vBits === 16 ? 0 : (D * vBits) / 32;
   K.reset();
   // Allocate everything first: growing the memory detaches earlier views.
@@ -171,8 +170,8 @@ function attendSimd4(K: SimdKernels, v: QuantizedLayerView, q: Float32Array, qHe
     O.fill(0, 0, 4 * D);
     if (Nq > 0) {
       Ow.fill(0);
-      K.values4(pS, pVs, pVz, pVp, pO, pZs, D, Nq, H, h, gs, vBits, pVc, N);
-      for (let m = 0; m < 4; m++) for (let d = 0; d < D; d++) O[m * D + d] = Ow[m * D + d]! + Zs[m * Gv + ((d / gs) | 0)]!;
+      K.values4(pS, pVs, pVz, pVp, pO, pZs, D, Nq, H, h, gv, vBits, pVc, N);
+      for (let m = 0; m < 4; m++) for (let d = 0; d < D; d++) O[m * D + d] = Ow[m * D + d]! + Zs[m * Gv + ((d / gv) | 0)]!;
     }
     residualMix(v, h, S, 4, N, O);
     for (let m = 0; m < valid; m++) {
@@ -218,14 +217,15 @@ export const jsPackedAttentionKernel: AttentionKernel = {
       return tf.tensor3d(out, [qHeads, nq, D]);
     }
     const scale = 1 / Math.sqrt(D);
-    const gs = v.groupSize;
+    const gs = v.keyGroupSize;
+    const gv = v.valueGroupSize;
     const tile = Math.min(TILE, total);
     scratch.Q = grow(scratch.Q, tile * D, (n) => new Float32Array(n));
     scratch.S = grow(scratch.S, tile * N, (n) => new Float32Array(n));
     scratch.O = grow(scratch.O, tile * D, (n) => new Float64Array(n));
     const { Q, S, O } = scratch;
-    // Value scales/zeros of every chunk, decoded once per call (token-major [quantizedValues, H, D/gs]).
-    const Gv = D / gs;
+    // Value scales/zeros of every chunk, decoded once per call (token-major [quantizedValues, H, D/gv]).
+    const Gv = D / gv;
     scratch.vs = grow(scratch.vs, v.quantizedValues * H * Gv, (n) => new Float32Array(n));
     scratch.vz = grow(scratch.vz, v.quantizedValues * H * Gv, (n) => new Float32Array(n));
     const vScale = scratch.vs;
@@ -258,7 +258,7 @@ export const jsPackedAttentionKernel: AttentionKernel = {
           if (c.filled === 0) continue;
           const o = c.start * H * Gv;
           const n = c.filled * H * Gv;
-          valueChunkMix(c.packed, h, H, D, c.filled, v.valueBits as Bits, gs, vScale.subarray(o, o + n), vZero.subarray(o, o + n), S, M, N, c.start, O);
+          valueChunkMix(c.packed, h, H, D, c.filled, v.valueBits as Bits, gv, vScale.subarray(o, o + n), vZero.subarray(o, o + n), S, M, N, c.start, O);
         }
         residualMix(v, h, S, M, N, O);
         for (let m = 0; m < M; m++) {

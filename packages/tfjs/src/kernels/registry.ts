@@ -13,7 +13,7 @@ export interface KeyBlockView {
   readonly tokens: number;
   /** `[kvHeads, headDim, tokens·bits/32]`, codes along tokens per channel, LSB first (the reference layout). */
   readonly packed: Uint32Array;
-  /** `[kvHeads, headDim, tokens/groupSize]`, fp16 bit patterns (Uint16Array) or float32. */
+  /** `[kvHeads, headDim, tokens/keyGroupSize]`, fp16 bit patterns (Uint16Array) or float32. */
   readonly scale: StoredMeta;
   /** Zero-points, same layout as `scale`. */
   readonly zero: StoredMeta;
@@ -29,7 +29,7 @@ export interface ValueChunkView {
   readonly filled: number;
   /** Codes, `[capacity, kvHeads, headDim·bits/32]` (the donor's when borrowed). */
   readonly packed: Uint32Array;
-  /** `[capacity, kvHeads, headDim/groupSize]`, fp16 bit patterns or float32. */
+  /** `[capacity, kvHeads, headDim/valueGroupSize]`, fp16 bit patterns or float32. */
   readonly scale: StoredMeta;
   /** Zero-points, same layout as `scale`. */
   readonly zero: StoredMeta;
@@ -46,8 +46,10 @@ export interface QuantizedLayerView {
   readonly kvHeads: number;
   /** Channels per head. */
   readonly headDim: number;
-  /** Elements per scale/zero group. */
-  readonly groupSize: number;
+  /** Tokens per scale/zero group of the keys (key blocks are grouped along tokens, per channel). */
+  readonly keyGroupSize: number;
+  /** Channels per scale/zero group of the values (value rows are grouped along channels, per token). */
+  readonly valueGroupSize: number;
   /** Precision of the stored scales/zeros (`'fp16'`: Uint16 bit patterns). */
   readonly precision: Precision;
   /** Tokens held. */

@@ -83,7 +83,7 @@ const mem = (align: number, offset = 0) => [align, ...uleb(offset)];
 
 /**
  * keys4(q, scale, zero, packed, out, D, tokens, gs, bits, a, consts, outStride): scores of 4 query vectors over one head of a
- * key block. q `[4, D]`, scale/zero `[D, tokens/gs]` f32, packed `[D, tokens·bits/32]`, out `[4, outStride]`,
+ * key block (`gs`: the key group size, tokens per scale/zero). q `[4, D]`, scale/zero `[D, tokens/gs]` f32, packed `[D, tokens·bits/32]`, out `[4, outStride]`,
  * a: scratch `[D, 4]`, consts: mask vector then scale vector (32 bytes). Requires gs % 8 == 0, bits ≤ 4.
  */
 function keysFn(): Fn {
@@ -157,7 +157,8 @@ function keysFn(): Fn {
 /**
  * values4(p, scale, zero, packed, out, zs, D, n, heads, h, gs, bits, consts, pStride): `out[m, d] += Σ_t p[m, t]·(code·s + z)`
  * over `n` token-major value rows (`packed` `[n, heads, D·bits/32]`, scale/zero `[n, heads, D/gs]` f32), head `h`,
- * 4 query vectors (`p` `[4, pStride]`, `out` `[4, D]` f32), leaving the zero-point term in `zs` `[4, D/gs]`. Requires bits ∈ {1, 2}, gs % 16 == 0.
+ * 4 query vectors (`p` `[4, pStride]`, `out` `[4, D]` f32), leaving the zero-point term in `zs` `[4, D/gs]`. `gs` is the
+ * value group size (channels per scale/zero, any divisor of D that is a multiple of 16). Requires bits ∈ {1, 2}, gs % 16 == 0.
  */
 /** Channel quads per register block of values4 (4 measured faster than 2: per-token work is shared by 16 channels). */
 const VALUE_QUADS = 4;

@@ -106,7 +106,7 @@ function sync(v: QuantizedLayerView): Mirror {
     m = { generation: v.generation, keyBlocks: 0, keyCodes: null, keyMeta: null, valueChunks: 0, valueTokens: 0, valueCodes: null, valueMeta: null };
     layers.set(v.layer, m);
   }
-  const { kvHeads: H, headDim: D, groupSize: gs } = v;
+  const { kvHeads: H, headDim: D, keyGroupSize: gs, valueGroupSize: gv } = v;
   if (v.keyBits !== 16 && v.keyBlocks.length > m.keyBlocks) {
     const fresh = v.keyBlocks;
     const R = fresh[0]!.tokens;
@@ -128,7 +128,7 @@ function sync(v: QuantizedLayerView): Mirror {
   if (v.valueBits !== 16 && sealed > m.valueChunks) {
     const fresh = v.valueChunks.slice(0, sealed);
     const w = (D * v.valueBits) / 32;
-    const g = D / gs;
+    const g = D / gv;
     const rows = fresh.reduce((s, c) => s + c.capacity, 0);
     const codes = new Int32Array(rows * H * w);
     const scale = new Float32Array(rows * H * g);
@@ -150,7 +150,7 @@ function sync(v: QuantizedLayerView): Mirror {
 
 /** Values of a partly filled chunk, token-major `[filled, kvHeads, headDim]`: `code·scale + zero` in float32 (as the kernels compute). */
 function decodeChunk(v: QuantizedLayerView, c: ValueChunkView): Float32Array {
-  const { kvHeads: H, headDim: D, groupSize: gs } = v;
+  const { kvHeads: H, headDim: D, valueGroupSize: gs } = v;
   const bits = v.valueBits as number;
   const w = (D * bits) / 32;
   const G = D / gs;
@@ -174,7 +174,10 @@ function unsupportedReason(v: QuantizedLayerView): string | null {
   for (const [what, bits] of [['key', v.keyBits], ['value', v.valueBits]] as const) {
     if (bits !== 16 && bits !== 1 && bits !== 2 && bits !== 4) return `${bits}-bit ${what} codes (the WGSL kernels read 1/2/4 bits)`;
   }
-  if ((v.keyBits !== 16 || v.valueBits !== 16) && v.groupSize % 16 !== 0) return `group size ${v.groupSize} (the WGSL kernels need a multiple of 16)`;
+  if (v.keyBits !== 16 && v.keyGroupSize % 16 !== 0) return `key group size ${v.keyGroupSize} (the WGSL kernels need a multiple of 16)`;
+  // Any value group size that is a multiple of 16 and divides headDim works (each thread reads 16 channels of one group,
+  // so a group as wide as headDim, e.g. 64, means one scale/zero per token and head); others take the dense path.
+  if (v.valueBits !== 16 && v.valueGroupSize % 16 !== 0) return `value group size ${v.valueGroupSize} (the WGSL kernels need a multiple of 16)`;
   if (!SUPPORTED_HEAD_DIMS.includes(v.headDim)) return `headDim ${v.headDim} (the WGSL kernels support ${SUPPORTED_HEAD_DIMS.join(', ')})`;
   return null;
 }
@@ -194,8 +197,8 @@ function fallback(reason: string, v: QuantizedLayerView, queries: Tensor3D): Ten
  * codes in place. Each layer's codes and interleaved scale/zero are mirrored on the device and refreshed only when a key
  * block is flushed or a value chunk fills (reported as `memory().kernelBytes`); other decode steps upload only the
  * float32 residual and the tokens of the current, partly filled value chunk. Decode steps (one query position)
- * run the fused kernel; prefill (several positions, causal) and layers it cannot read (8-bit codes, group sizes that
- * are not multiples of 16, other head sizes) run {@link denseAttentionKernel}, counted in `counts` and warned once per reason.
+ * run the fused kernel (keys and values with their own group sizes); prefill (several positions, causal) and layers it
+ * cannot read (8-bit codes, key or value group sizes that are not multiples of 16, other head sizes) run {@link denseAttentionKernel}, counted in `counts` and warned once per reason.
  */
 export const webgpuPackedAttentionKernel: WebGpuPackedAttentionKernel = {
   id: 'webgpu-packed',
@@ -218,7 +221,9 @@ export const webgpuPackedAttentionKernel: WebGpuPackedAttentionKernel = {
     const m = sync(v);
     const kernels = kernelsFor(tf.backend());
     const H = v.kvHeads;
-    const base = { heads: H, headDim: D, groupSize: v.groupSize, metaFormat: v.precision === 'fp16' ? ('f16' as const) : ('f32' as const) };
+    const base = { heads: H, headDim: D, metaFormat: v.precision === 'fp16' ? ('f16' as const) : ('f32' as const) };
+    const gk = v.keyGroupSize;
+    const gv = v.valueGroupSize;
     // Not in tf.tidy: the kernels keep a small helper tensor created on first use.
     const owned: Tensor[] = [];
     const own = <T extends Tensor>(t: T): T => (owned.push(t), t);
@@ -234,18 +239,18 @@ export const webgpuPackedAttentionKernel: WebGpuPackedAttentionKernel = {
       const bits = v.keyBits as 1 | 2 | 4;
       if (m.keyCodes && m.keyMeta) {
         const R = v.keyBlocks[0]!.tokens;
-        return { ...base, axis: 'channel', bits, tokens: v.quantizedKeys, capacity: v.quantizedKeys, blockTokens: R, codes: m.keyCodes, meta: m.keyMeta };
+        return { ...base, groupSize: gk, axis: 'channel', bits, tokens: v.quantizedKeys, capacity: v.quantizedKeys, blockTokens: R, codes: m.keyCodes, meta: m.keyMeta };
       }
-      const cap = Math.max(v.groupSize, 32 / bits, 16);
-      return { ...base, axis: 'channel', bits, tokens: 0, capacity: cap, blockTokens: cap, codes: zeros([1, H, D, (cap * bits) / 32]), meta: metaOf([1, H, D, cap / v.groupSize]) };
+      const cap = Math.max(gk, 32 / bits, 16);
+      return { ...base, groupSize: gk, axis: 'channel', bits, tokens: 0, capacity: cap, blockTokens: cap, codes: zeros([1, H, D, (cap * bits) / 32]), meta: metaOf([1, H, D, cap / gk]) };
     };
     const values = (): TfPackedKv | undefined => {
       if (v.valueBits === 16) return undefined;
       const bits = v.valueBits as 1 | 2 | 4;
       if (m.valueCodes && m.valueMeta) {
-        return { ...base, axis: 'token', bits, tokens: m.valueTokens, capacity: m.valueTokens, tokenMajor: true, codes: m.valueCodes, meta: m.valueMeta };
+        return { ...base, groupSize: gv, axis: 'token', bits, tokens: m.valueTokens, capacity: m.valueTokens, tokenMajor: true, codes: m.valueCodes, meta: m.valueMeta };
       }
-      return { ...base, axis: 'token', bits, tokens: 0, capacity: 1, tokenMajor: true, codes: zeros([1, H, (D * bits) / 32]), meta: metaOf([1, H, D / v.groupSize]) };
+      return { ...base, groupSize: gv, axis: 'token', bits, tokens: 0, capacity: 1, tokenMajor: true, codes: zeros([1, H, (D * bits) / 32]), meta: metaOf([1, H, D / gv]) };
     };
     const rowSize = H * D;
     const rk = v.residualKeys.length / rowSize;

@@ -40,8 +40,10 @@ export interface QuantizedCacheConfig {
   strategyId: string;
   /** Residual length R: keys are quantized in blocks of R tokens, the newest R values stay float32. */
   residualLength: number;
-  /** Elements per scale/zero-point group (tokens for keys, channels for values). */
+  /** Elements per scale/zero-point group: tokens for keys, and channels for values unless `valueGroupSize` is set. */
   groupSize: number;
+  /** Channels per scale/zero-point group of the values (must divide headDim). Default: `groupSize`. */
+  valueGroupSize?: number;
   /** Quantizer arithmetic and metadata storage (`'fp16'`: Uint16 bit patterns). */
   precision: Precision;
   /** Per layer: key bits (16 = kept in full precision) and the layer whose key codes it reads (null: its own). */
@@ -72,8 +74,10 @@ interface LayerState {
 /** Throws a typed error unless the config is consistent with the shape. */
 export function validateQuantizedConfig(cfg: QuantizedCacheConfig, shape: KvCacheShape): void {
   const { residualLength: R, groupSize: gs, precision } = cfg;
+  const gv = cfg.valueGroupSize ?? gs;
   const L = shape.layers;
   if (!Number.isInteger(gs) || gs <= 0) throw new XqConfigError('E_GROUP_SIZE', `groupSize must be a positive integer; got ${String(gs)}`);
+  if (!Number.isInteger(gv) || gv <= 0) throw new XqConfigError('E_GROUP_SIZE', `valueGroupSize must be a positive integer; got ${String(gv)}`);
   if (!Number.isInteger(R) || R <= 0) throw new XqConfigError('E_RESIDUAL', `residualLength must be a positive integer; got ${String(R)}`);
   if (precision !== 'fp16' && precision !== 'fp32') throw new XqConfigError('E_CONFIG', `precision must be 'fp16' or 'fp32'; got ${String(precision)}`);
   validatePlan({ keys: cfg.keys as KindSpec[], values: cfg.values as KindSpec[] }, { allowForwardDonors: true });
@@ -89,8 +93,9 @@ export function validateQuantizedConfig(cfg: QuantizedCacheConfig, shape: KvCach
         if (R % gs !== 0 || R % fpw !== 0) {
           throw new XqConfigError('E_RESIDUAL', `residualLength ${R} must be a multiple of groupSize ${gs} and of ${fpw} (${s.bits}-bit keys are quantized in blocks of R tokens)`);
         }
-      } else if (shape.headDim % gs !== 0 || shape.headDim % fpw !== 0) {
-        throw new XqConfigError('E_GROUP_SIZE', `headDim ${shape.headDim} must be a multiple of groupSize ${gs} and of ${fpw} (${s.bits}-bit values are grouped along channels)`);
+      } else if (shape.headDim % gv !== 0 || shape.headDim % fpw !== 0) {
+        const what = gv === gs ? `groupSize ${gs}` : `valueGroupSize ${gv}`;
+        throw new XqConfigError('E_GROUP_SIZE', `headDim ${shape.headDim} must be a multiple of ${what} and of ${fpw} (${s.bits}-bit values are grouped along channels)`);
       }
     });
   }
@@ -120,6 +125,8 @@ export class QuantizedKvCache implements AsyncKvCache {
   private generation = 0;
   private readonly rowSize: number;
   private readonly chunkTokens: number;
+  /** Channels per value scale/zero group (the config's `valueGroupSize`, else `groupSize`). */
+  private readonly valueGroupSize: number;
   private metaScratch = new Float32Array(0);
 
   constructor(config: QuantizedCacheConfig, shape: KvCacheShape) {
@@ -129,6 +136,7 @@ export class QuantizedKvCache implements AsyncKvCache {
     this.strategyId = config.strategyId;
     this.rowSize = this.shape.kvHeads * this.shape.headDim;
     this.chunkTokens = config.valueChunkTokens ?? 32;
+    this.valueGroupSize = config.valueGroupSize ?? config.groupSize;
     this.layers = Array.from({ length: this.shape.layers }, () => this.freshLayer());
   }
 
@@ -235,7 +243,8 @@ export class QuantizedKvCache implements AsyncKvCache {
       layer,
       kvHeads: this.shape.kvHeads,
       headDim: this.shape.headDim,
-      groupSize: cfg.groupSize,
+      keyGroupSize: cfg.groupSize,
+      valueGroupSize: this.valueGroupSize,
       precision: cfg.precision,
       tokens: st.tokens,
       keyBits: ks.bits,
@@ -337,7 +346,7 @@ export class QuantizedKvCache implements AsyncKvCache {
       const start = st.vRes.start;
       const x = tokenMajorToHeadMajor(st.vRes.shift(n), n, H, D);
       const blockShape = { heads: H, tokens: n, headDim: D };
-      const opts = { bits: vs.bits as Bits, groupSize, precision };
+      const opts = { bits: vs.bits as Bits, groupSize: this.valueGroupSize, precision };
       let stats: GroupStats;
       let packed: Uint32Array | null = null;
       if (vs.codesFrom === null) {
@@ -377,10 +386,10 @@ export class QuantizedKvCache implements AsyncKvCache {
 
   private writeValues(st: LayerState, start: number, n: number, packed: Uint32Array | null, stats: GroupStats, own: boolean): void {
     const { kvHeads: H, headDim: D } = this.shape;
-    const { precision, groupSize } = this.config;
+    const { precision } = this.config;
     const bits = stats.bits;
     const wpr = (D * bits) / 32;
-    const G = D / groupSize;
+    const G = D / this.valueGroupSize;
     const C = this.chunkTokens;
     for (let t = 0; t < n; t++) {
       const pos = start + t;
@@ -489,7 +498,7 @@ export function paperBits(cfg: Pick<QuantizedCacheConfig, 'keys' | 'values'>): n
 
 /** Dequantize one key block of a view: `[kvHeads, tokens, headDim]` (reference formula). */
 export function dequantizeKeyBlock(v: QuantizedLayerView, b: QuantizedLayerView['keyBlocks'][number]): Float32Array {
-  const { kvHeads: H, headDim: D, groupSize, precision } = v;
+  const { kvHeads: H, headDim: D, keyGroupSize: groupSize, precision } = v;
   const G = b.tokens / groupSize;
   return dequantizeKv({
     axis: 'channel', heads: H, tokens: b.tokens, headDim: D, rows: H * D, cols: b.tokens,
@@ -500,7 +509,7 @@ export function dequantizeKeyBlock(v: QuantizedLayerView, b: QuantizedLayerView[
 
 /** Dequantize quantized values at positions `from … to−1` of a view: `[kvHeads, to − from, headDim]`. */
 export function dequantizeValueRange(v: QuantizedLayerView, from: number, to: number): Float32Array {
-  const { kvHeads: H, headDim: D, groupSize, precision } = v;
+  const { kvHeads: H, headDim: D, valueGroupSize: groupSize, precision } = v;
   const n = to - from;
   const out = new Float32Array(H * n * D);
   const bits = v.valueBits as Bits;

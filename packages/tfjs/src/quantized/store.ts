@@ -30,7 +30,7 @@ export function readMeta(src: StoredMeta, offset: number, n: number, out?: Float
 /**
  * One flushed block of keys (a whole multiple of the residual length, here always exactly R tokens), in the reference
  * layout: `packed` `[kvHeads, headDim, tokens·bits/32]` (codes along tokens, per channel), `scale`/`zero`
- * `[kvHeads, headDim, tokens/groupSize]`. `packed` is null when the layer borrows another layer's codes.
+ * `[kvHeads, headDim, tokens/groupSize]` (the key group size). `packed` is null when the layer borrows another layer's codes.
  */
 export interface KeyBlock {
   /** Position of the block's first token. */
@@ -43,7 +43,7 @@ export interface KeyBlock {
 
 /**
  * A chunk of quantized values, token-major so tokens can be added one at a time: `packed` `[capacity, kvHeads, headDim·bits/32]`,
- * `scale`/`zero` `[capacity, kvHeads, headDim/groupSize]`; the first `filled` tokens are valid. `packed` is null when borrowed.
+ * `scale`/`zero` `[capacity, kvHeads, headDim/valueGroupSize]`; the first `filled` tokens are valid. `packed` is null when borrowed.
  */
 export interface ValueChunk {
   readonly start: number;

@@ -32,11 +32,13 @@ export interface QuantizedStrategyDefinition<O extends QuantizedCacheOptions> {
   layout(options: Readonly<O>, shape: Readonly<KvCacheShape>): QuantizedLayout;
 }
 
-/** Resolved common options with defaults applied (R = 128, group size 32, fp16). */
+/** Resolved common options with defaults applied (R = 128, group size 32, value group size = group size, fp16). */
 export function commonOptions(o: QuantizedCacheOptions): Required<QuantizedCacheOptions> {
+  const groupSize = o.groupSize ?? DEFAULT_GROUP_SIZE;
   return {
     residualLength: o.residualLength ?? DEFAULT_RESIDUAL_LENGTH,
-    groupSize: o.groupSize ?? DEFAULT_GROUP_SIZE,
+    groupSize,
+    valueGroupSize: o.valueGroupSize ?? groupSize,
     precision: (o.precision ?? 'fp16') as Precision,
   };
 }
