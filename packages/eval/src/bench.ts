@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { accountBits } from '@xquant/cross-layer';
 import { XqConfigError } from '@xquant/quant';
 import { createKvCache, type AsyncKvCache, type KvCache } from '@xquant/tfjs';
-import { FULL_ID, cachePlan, createCacheFor, type CacheSpec } from './configs.js';
+import { FULL_ID, cachePlan, createCacheFor, valueGroupSizeOf, type CacheSpec } from './configs.js';
 import type { EvalModel } from './protocol.js';
 
 /** Format tag of {@link BenchResults}. */
@@ -177,7 +177,10 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
         const isFull = spec.id === FULL_ID;
         const acct = isFull
           ? { storedBitsPerElement: 16, paperBits: 16 }
-          : accountBits({ plan: cachePlan(cache), kvHeads: shape.kvHeads, headDim: shape.headDim, tokens: T, residualLength: spec.residualLength!, groupSize: spec.groupSize! });
+          : accountBits({
+              plan: cachePlan(cache), kvHeads: shape.kvHeads, headDim: shape.headDim, tokens: T, residualLength: spec.residualLength!, groupSize: spec.groupSize!,
+              valueGroupSize: valueGroupSizeOf(spec)!,
+            });
         memory.push({ config: spec.id, method: spec.method, context: T, heldBytes: m.totalBytes, heldBits: m.trueBitsPerElement, storedBits: acct.storedBitsPerElement, paperBits: acct.paperBits });
       } finally {
         cache.dispose();

@@ -95,11 +95,13 @@ export function resolveCacheSpecs(names: readonly string[], options: ResolveCach
       // A preset that fixes R / group size (a plan: R is part of its budget) keeps them; otherwise it is swept like a preset.
       const Rp = typeof p.options.residualLength === 'number' ? [p.options.residualLength] : Rs;
       const Gp = typeof p.options.groupSize === 'number' ? [p.options.groupSize] : Gs;
+      const Gv = p.options.valueGroupSize; // kept as set (a plan's value group size need not divide R)
       for (const R of Rp) {
         for (const G of Gp) {
           const opts = { ...p.options, residualLength: R, groupSize: G };
           resolveStrategy(p.strategy, opts); // validate now
-          specs.push({ id: `${p.name}/R${R}/g${G}`, method: p.name, strategy: p.strategy, options: opts, residualLength: R, groupSize: G });
+          const v = typeof Gv === 'number' && Gv !== G ? `/v${Gv}` : '';
+          specs.push({ id: `${p.name}/R${R}/g${G}${v}`, method: p.name, strategy: p.strategy, options: opts, residualLength: R, groupSize: G });
         }
       }
       continue;
@@ -134,6 +136,15 @@ export function cachePlan(cache: KvCache): CrossLayerPlan {
   return { keys: fp(), values: fp() };
 }
 
+/**
+ * Channels per value scale/zero group of a configuration: its `valueGroupSize` option when set, else its group size
+ * (null for `full`).
+ */
+export function valueGroupSizeOf(spec: Pick<CacheSpec, 'options' | 'groupSize'>): number | null {
+  const v = spec.options.valueGroupSize;
+  return typeof v === 'number' ? v : spec.groupSize;
+}
+
 /** Bit accounting of a configuration at one context length. */
 export interface SpecBits {
   /** Paper-style bits: code bits averaged over the 2L tensors (borrowed codes count 0). */
@@ -157,7 +168,10 @@ export function specBits(spec: CacheSpec, shape: KvCacheShape, tokens = 2048): S
     const isFull = spec.strategy === FULL_ID;
     const acct = isFull
       ? { paperBits: 16, storedBitsPerElement: 16 }
-      : accountBits({ plan, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens, residualLength: spec.residualLength!, groupSize: spec.groupSize! });
+      : accountBits({
+          plan, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens, residualLength: spec.residualLength!, groupSize: spec.groupSize!,
+          valueGroupSize: valueGroupSizeOf(spec)!,
+        });
     const { kvHeads, headDim } = shape;
     let seed = 12345;
     const rand = () => {

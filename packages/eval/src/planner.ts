@@ -26,8 +26,13 @@ export interface PlanOptions {
   residualLength?: number;
   /** Context length at which the budget is accounted. Default 2048. */
   tokens?: number;
-  /** Group sizes to try (one per plan; must divide headDim and R). Default [32, 64]. */
+  /** Key group sizes to try (tokens per key scale/zero; one per plan; must divide R). Default [32, 64]. */
   groupSizes?: number[];
+  /**
+   * Value group sizes to try (channels per value scale/zero; one per plan, combined with every key group size; must
+   * divide headDim, independent of R). Default: the key group sizes and 64.
+   */
+  valueGroupSizes?: number[];
   /** Bit widths a tensor may get (16 = full precision). Default [1, 2, 4, 16]. */
   bitChoices?: TensorBits[];
   /** Calibrations a tensor may get. Default ['none', 'eta', 'least-squares']. */
@@ -46,7 +51,7 @@ export interface PlanOptions {
 
 /** One verified candidate. */
 export interface PlanCandidate {
-  /** Which search branch produced it (`g32`, `g32-shared`, `…-all-eta`). */
+  /** Which search branch produced it (`g32`, `g32-v64` = keys group 32 / values group 64, `g32-shared`, `…-all-eta`). */
   name: string;
   /** The plan, as options of the `planned` strategy. */
   options: PlannedOptions;
@@ -104,7 +109,10 @@ interface Choice {
 }
 
 interface Plan {
-  gs: number;
+  /** Key group size. */
+  gk: number;
+  /** Value group size. */
+  gv: number;
   keys: Choice[];
   values: Choice[];
 }
@@ -121,7 +129,8 @@ function plannedOptions(plan: Plan, R: number): PlannedOptions {
   const st = (c: Choice): LayerStorage => ({ bits: c.bits, codesFrom: c.donor });
   return {
     residualLength: R,
-    groupSize: plan.gs,
+    groupSize: plan.gk,
+    valueGroupSize: plan.gv,
     keys: plan.keys.map(st),
     values: plan.values.map(st),
     keyCalibration: plan.keys.map((c) => c.cal),
@@ -133,9 +142,9 @@ function plannedOptions(plan: Plan, R: number): PlannedOptions {
  * Search a per-tensor KV-cache plan for the best fidelity within a budget of true stored bits per element.
  *
  * 1. Prefill the calibration prompt at full precision and capture every layer's K, V and last queries.
- * 2. For every tensor (layer × K/V), bit width, group size and calibration, measure the layer's relative attention
- *    error with only that tensor quantized; optionally weigh tensors by the KL each causes alone (sensitivity).
- * 3. Per group size, start from the cheapest widths and greedily upgrade the tensor with the best predicted gain per
+ * 2. For every tensor (layer × K/V), bit width, group size (of its kind) and calibration, measure the layer's relative
+ *    attention error with only that tensor quantized; optionally weigh tensors by the KL each causes alone (sensitivity).
+ * 3. Per pair of key and value group sizes, start from the cheapest widths and greedily upgrade the tensor with the best predicted gain per
  *    stored bit until the budget is spent; then try cross-layer sharing with the donors the measured code agreement
  *    suggests, re-spending the saved bits, and keep a share only if the prediction improves.
  * 4. Verify the best few plans (and their all-η, all-least-squares and η-own / least-squares-borrowed variants) by their real KL on the calibration
@@ -154,12 +163,21 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
   if (ids.length < prefill + 32) throw new XqConfigError('E_CONFIG', `calibrationPrompt: need at least ${prefill + 32} tokens (prefill ${prefill} + 32 scored); got ${ids.length}`);
   const bitChoices = options.bitChoices ?? [1, 2, 4, 16];
   const cals = options.calibrations ?? ['none', 'eta', 'least-squares'];
-  const groupSizes = (options.groupSizes ?? [32, 64]).filter((g) => {
-    const ok = Number.isInteger(g) && g > 0 && shape.headDim % g === 0 && R % g === 0 && R % 32 === 0;
-    if (!ok) log(`plan: group size ${g} skipped (must divide headDim ${shape.headDim} and R ${R}; 1-bit keys need R a multiple of 32)`);
+  const requested = options.groupSizes ?? [32, 64];
+  const groupSizes = requested.filter((g) => {
+    const ok = Number.isInteger(g) && g > 0 && R % g === 0 && R % 32 === 0;
+    if (!ok) log(`plan: key group size ${g} skipped (must divide R ${R}; 1-bit keys need R a multiple of 32)`);
     return ok;
   });
-  if (groupSizes.length === 0) throw new XqConfigError('E_GROUP_SIZE', `no usable group size for headDim ${shape.headDim} and R ${R}`);
+  if (groupSizes.length === 0) throw new XqConfigError('E_GROUP_SIZE', `no usable key group size for R ${R} among ${requested.join(', ')}`);
+  const requestedV = options.valueGroupSizes ?? [...new Set([...requested, 64])];
+  const valueGroupSizes = requestedV.filter((g) => {
+    const ok = Number.isInteger(g) && g > 0 && shape.headDim % g === 0;
+    if (!ok) log(`plan: value group size ${g} skipped (must divide headDim ${shape.headDim})`);
+    return ok;
+  });
+  if (valueGroupSizes.length === 0) throw new XqConfigError('E_GROUP_SIZE', `no usable value group size for headDim ${shape.headDim} among ${requestedV.join(', ')}`);
+  const gsOf = (kind: Kind) => (kind === 'keys' ? groupSizes : valueGroupSizes);
 
   log(`plan: capturing K/V/queries of ${ids.length} calibration tokens`);
   const cap = await captureLayers(model, ids, { queryRows: 32 });
@@ -168,6 +186,7 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
   // ---- bytes per tensor (additive over tensors) -------------------------------------------------------------
   const elements = 2 * L * tokens * shape.kvHeads * shape.headDim;
   const byteCache = new Map<string, number>();
+  /** Bytes of one layer's keys or values stored as `bits` (`gs`: the group size of that kind). */
   const tensorBytes = (kind: Kind, bits: TensorBits, shared: boolean, gs: number): number => {
     const key = `${kind}/${bits}/${shared}/${gs}`;
     let b = byteCache.get(key);
@@ -176,7 +195,8 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
       const values = fp(2);
       (kind === 'keys' ? keys : values)[1] = { bits, codesFrom: shared ? 0 : null };
       (kind === 'keys' ? keys : values)[0] = { bits, codesFrom: null };
-      const acct = accountBits({ plan: { keys, values }, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens, residualLength: R, groupSize: gs });
+      const groups = kind === 'keys' ? { groupSize: gs, valueGroupSize: valueGroupSizes[0]! } : { groupSize: groupSizes[0]!, valueGroupSize: gs };
+      const acct = accountBits({ plan: { keys, values }, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens, residualLength: R, ...groups });
       const t = acct.perLayer[1]![kind];
       b = t.codeBytes + t.metadataBytes + t.residualBytes;
       byteCache.set(key, b);
@@ -185,13 +205,13 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
   };
   const planBits = (p: Plan): number => {
     let bytes = 0;
-    for (const kind of ['keys', 'values'] as const) for (const c of p[kind]) bytes += tensorBytes(kind, c.bits, c.donor !== null, p.gs);
+    for (const kind of ['keys', 'values'] as const) for (const c of p[kind]) bytes += tensorBytes(kind, c.bits, c.donor !== null, kind === 'keys' ? p.gk : p.gv);
     return (8 * bytes) / elements;
   };
 
   // ---- per-tensor errors ------------------------------------------------------------------------------------
   const errCache = new Map<string, number>();
-  /** Attention error of layer l with tensor (l, kind) stored as `c` (and, if shared, its donor at the same bits, own codes). */
+  /** Attention error of layer l with tensor (l, kind) stored as `c` (and, if shared, its donor at the same bits, own codes); `gs`: that kind's group size. */
   const tensorError = (l: number, kind: Kind, bits: TensorBits, cal: CalibrationChoice, donor: number | null, gs: number, donorCal: CalibrationChoice = 'eta'): number => {
     if (bits === 16) return 0;
     const key = `${l}/${kind}/${bits}/${calKey(cal)}/${donor}/${gs}/${calKey(donorCal)}`;
@@ -209,7 +229,8 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
         st[donor] = { bits, codesFrom: null };
         cc[donor] = donorCal;
       }
-      const strat = planned({ residualLength: R, groupSize: gs, keys, values, keyCalibration: kc, valueCalibration: vc });
+      const groups = kind === 'keys' ? { groupSize: gs, valueGroupSize: valueGroupSizes[0]! } : { groupSize: groupSizes[0]!, valueGroupSize: gs };
+      const strat = planned({ residualLength: R, ...groups, keys, values, keyCalibration: kc, valueCalibration: vc });
       e = layerErrors(cap, (s) => strat.createCache(s), [l])[0]!.attention;
       errCache.set(key, e);
     }
@@ -224,14 +245,15 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
     return best;
   };
 
-  log(`plan: measuring per-tensor attention errors (${L} layers × K/V × ${bitChoices.length} widths × ${cals.length} calibrations × ${groupSizes.length} group sizes)`);
-  const table = new Map<number, { keys: Choice[][]; values: Choice[][] }>();
-  for (const gs of groupSizes) {
-    const t = { keys: [] as Choice[][], values: [] as Choice[][] };
-    for (const kind of ['keys', 'values'] as const) {
-      for (let l = 0; l < L; l++) t[kind].push(bitChoices.map((b) => bestOwn(l, kind, b, gs)));
+  log(`plan: measuring per-tensor attention errors (${L} layers × ${bitChoices.length} widths × ${cals.length} calibrations × (keys at ${groupSizes.length} + values at ${valueGroupSizes.length} group sizes))`);
+  /** Per kind and group size: per layer, the best own-codes choice for every bit width. */
+  const table = { keys: new Map<number, Choice[][]>(), values: new Map<number, Choice[][]>() };
+  for (const kind of ['keys', 'values'] as const) {
+    for (const gs of gsOf(kind)) {
+      const rows: Choice[][] = [];
+      for (let l = 0; l < L; l++) rows.push(bitChoices.map((b) => bestOwn(l, kind, b, gs)));
+      table[kind].set(gs, rows);
     }
-    table.set(gs, t);
   }
 
   // ---- sensitivity: KL when a single tensor is 1-bit --------------------------------------------------------
@@ -249,13 +271,14 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
   };
   if (options.sensitivity ?? true) {
     const gs0 = groupSizes[0]!;
+    const gv0 = valueGroupSizes.includes(gs0) ? gs0 : valueGroupSizes[0]!;
     const specs: { name: string; options: PlannedOptions }[] = [];
     for (const kind of ['keys', 'values'] as const) {
       for (let l = 0; l < L; l++) {
         const keys = fp(L);
         const values = fp(L);
         (kind === 'keys' ? keys : values)[l] = { bits: 1, codesFrom: null };
-        specs.push({ name: `${kind}${l}`, options: { residualLength: R, groupSize: gs0, keys, values, keyCalibration: 'eta', valueCalibration: 'eta' } });
+        specs.push({ name: `${kind}${l}`, options: { residualLength: R, groupSize: gs0, valueGroupSize: gv0, keys, values, keyCalibration: 'eta', valueCalibration: 'eta' } });
       }
     }
     log(`plan: sensitivity — KL of each of ${specs.length} tensors alone at 1 bit on the calibration prompt`);
@@ -263,7 +286,7 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
     specs.forEach((s, i) => {
       const kind: Kind = s.name.startsWith('keys') ? 'keys' : 'values';
       const l = Number(s.name.slice(kind.length));
-      const err = tensorError(l, kind, 1, 'eta', null, gs0);
+      const err = tensorError(l, kind, 1, 'eta', null, kind === 'keys' ? gs0 : gv0);
       const kl = kls[i]!.kl;
       sensitivity.push({ layer: l, kind, kl, error: err });
       weights[kind][l] = err > 0 ? Math.max(kl, 1e-6) / (err * err) : 1;
@@ -278,9 +301,10 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
 
   // ---- greedy allocation ------------------------------------------------------------------------------------
   const frozen = (p: Plan, kind: Kind, l: number) => p[kind][l]!.donor !== null || p[kind].some((c) => c.donor === l);
+  const gsIn = (p: Plan, kind: Kind) => (kind === 'keys' ? p.gk : p.gv);
   const spend = (p: Plan): Plan => {
-    const t = table.get(p.gs)!;
-    const cur = { gs: p.gs, keys: [...p.keys], values: [...p.values] };
+    const t = { keys: table.keys.get(p.gk)!, values: table.values.get(p.gv)! };
+    const cur = { ...p, keys: [...p.keys], values: [...p.values] };
     for (;;) {
       const used = planBits(cur);
       let best: { kind: Kind; l: number; c: Choice; ratio: number } | null = null;
@@ -290,7 +314,8 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
           const now = cur[kind][l]!;
           for (const c of t[kind][l]!) {
             if (c.bits <= now.bits) continue;
-            const dBits = ((8 * (tensorBytes(kind, c.bits, false, p.gs) - tensorBytes(kind, now.bits, false, p.gs))) / elements);
+            const gs = gsIn(p, kind);
+            const dBits = ((8 * (tensorBytes(kind, c.bits, false, gs) - tensorBytes(kind, now.bits, false, gs))) / elements);
             if (used + dBits > budgetBits + 1e-12) continue;
             const gain = contribution(kind, l, now) - contribution(kind, l, c);
             const ratio = gain / dBits;
@@ -308,27 +333,27 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
     if (d === l || frozen(p, kind, l) || p[kind][d]!.donor !== null) return null;
     const bits = p[kind][d]!.bits;
     if (bits === 16) return null;
-    const next = { gs: p.gs, keys: [...p.keys], values: [...p.values] };
+    const next = { ...p, keys: [...p.keys], values: [...p.values] };
     let best: Choice | null = null;
     for (const cal of cals) {
-      const err = tensorError(l, kind, bits, cal, d, p.gs, p[kind][d]!.cal);
+      const err = tensorError(l, kind, bits, cal, d, gsIn(p, kind), p[kind][d]!.cal);
       if (!best || err < best.err) best = { bits, cal, donor: d, err };
     }
     next[kind][l] = best!;
     return next;
   };
 
-  const minimal = (gs: number): Plan => {
-    const t = table.get(gs)!;
+  const minimal = (gk: number, gv: number): Plan => {
     const minBits = Math.min(...bitChoices);
-    const pick = (kind: Kind) => t[kind].map((row) => row.find((c) => c.bits === minBits)!);
-    return { gs, keys: pick('keys'), values: pick('values') };
+    const pick = (rows: Choice[][]) => rows.map((row) => row.find((c) => c.bits === minBits)!);
+    return { gk, gv, keys: pick(table.keys.get(gk)!), values: pick(table.values.get(gv)!) };
   };
+  const pairs = groupSizes.flatMap((gk) => valueGroupSizes.map((gv) => ({ gk, gv, name: gk === gv ? `g${gk}` : `g${gk}-v${gv}` })));
 
   const plans: { name: string; plan: Plan }[] = [];
   let minimumBits = Infinity;
-  for (const gs of groupSizes) {
-    let p = minimal(gs);
+  for (const { gk, gv, name: branch } of pairs) {
+    let p = minimal(gk, gv);
     // Over budget even at the cheapest widths: share codes (least harm per saved bit first) until it fits.
     while (planBits(p) > budgetBits && options.sharing !== false) {
       let best: { plan: Plan; cost: number } | null = null;
@@ -348,11 +373,11 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
     }
     minimumBits = Math.min(minimumBits, planBits(p));
     if (planBits(p) > budgetBits + 1e-12) {
-      log(`plan: group size ${gs}: even the cheapest plan needs ${planBits(p).toFixed(3)} bits > budget ${budgetBits}`);
+      log(`plan: ${branch} (key group ${gk}, value group ${gv}): even the cheapest plan needs ${planBits(p).toFixed(3)} bits > budget ${budgetBits}`);
       continue;
     }
     p = spend(p);
-    plans.push({ name: `g${gs}`, plan: p });
+    plans.push({ name: branch, plan: p });
     if (options.sharing !== false) {
       // Sharing pass: accept a share when re-spending the saved bits lowers the prediction.
       let improved = true;
@@ -375,7 +400,7 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
           improved = true;
         }
       }
-      if (q !== p) plans.push({ name: `g${gs}-shared`, plan: q });
+      if (q !== p) plans.push({ name: `${branch}-shared`, plan: q });
     }
   }
   if (plans.length === 0) {
@@ -389,18 +414,21 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
   const top = plans[0]!;
   for (const cal of ['eta', 'least-squares'] as const) {
     const v = (cs: Choice[]) => cs.map((c) => ({ ...c, cal: c.bits === 16 ? ('none' as const) : cal }));
-    verify.push({ name: `${top.name}-all-${cal}`, plan: { gs: top.plan.gs, keys: v(top.plan.keys), values: v(top.plan.values) } });
+    verify.push({ name: `${top.name}-all-${cal}`, plan: { ...top.plan, keys: v(top.plan.keys), values: v(top.plan.values) } });
   }
   if ([...top.plan.keys, ...top.plan.values].some((c) => c.donor !== null)) {
     // η for tensors with their own codes, least squares (the code-aware fit) for tensors reading a donor's codes
     const v = (cs: Choice[]) => cs.map((c) => ({ ...c, cal: c.bits === 16 ? ('none' as const) : c.donor === null ? ('eta' as const) : ('least-squares' as const) }));
-    verify.push({ name: `${top.name}-eta-own-lsq-borrowed`, plan: { gs: top.plan.gs, keys: v(top.plan.keys), values: v(top.plan.values) } });
+    verify.push({ name: `${top.name}-eta-own-lsq-borrowed`, plan: { ...top.plan, keys: v(top.plan.keys), values: v(top.plan.values) } });
   }
   log(`plan: verifying ${verify.length} plans by KL on the calibration prompt`);
   const kls = await klOf(verify.map((v) => ({ name: v.name, options: plannedOptions(v.plan, R) })));
   const candidates: PlanCandidate[] = verify.map((v, i) => {
     const options = plannedOptions(v.plan, R);
-    const acct = accountBits({ plan: { keys: options.keys, values: options.values }, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens, residualLength: R, groupSize: v.plan.gs });
+    const acct = accountBits({
+      plan: { keys: options.keys, values: options.values }, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens, residualLength: R,
+      groupSize: v.plan.gk, valueGroupSize: v.plan.gv,
+    });
     return { name: v.name, options, storedBits: acct.storedBitsPerElement, paperBits: acct.paperBits, predicted: predicted(v.plan), kl: kls[i]!.kl, top1: kls[i]!.top1 };
   });
   candidates.sort((a, b) => a.kl - b.kl);

@@ -1,4 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { DecoderModel } from '@xquant/models';
 import { accountBits } from '@xquant/cross-layer';
@@ -14,6 +17,9 @@ import {
   registerPlannedStrategy,
   resolveCacheSpecs,
   runBench,
+  runEval,
+  specBits,
+  summarize,
   type CapturedLayers,
 } from '@xquant/eval';
 import { tinyModel, useCpu } from './support/tiny.js';
@@ -102,6 +108,47 @@ describe('code agreement, layer errors, planner, bench on a tiny model', () => {
       /below the cheapest plan \(\d+\.\d+ bits/,
     );
     await expect(planForBudget({ model, budgetBits: 2, calibrationPrompt: ids.slice(0, 20) })).rejects.toThrow(/at least 96 tokens/);
+  }, 120_000);
+
+  it('planForBudget: value group sizes searched apart from keys — values at 64 with R = 32 (keys keep R), bits accounted with both, the preset reproduces through @file', async () => {
+    const m64 = await tinyModel(5, 64); // headDim 64: a value group of 64 fits, a key group of 64 does not divide R = 32
+    try {
+      const budget = 3.2, T = 256, R = 32;
+      const logs: string[] = [];
+      const res = await planForBudget({ model: m64, budgetBits: budget, calibrationPrompt: ids, residualLength: R, groupSizes: [32, 64], tokens: T, sensitivity: false, maxVerify: 8, log: (l) => logs.push(l) });
+      expect(logs.some((l) => /key group size 64 skipped/.test(l))).toBe(true);
+      const { kvHeads, headDim } = m64.cacheShape;
+      const bitsOf = (o: { keys: any[]; values: any[]; groupSize?: number; valueGroupSize?: number }) =>
+        accountBits({ plan: { keys: o.keys, values: o.values }, kvHeads, headDim, tokens: T, residualLength: R, groupSize: o.groupSize!, valueGroupSize: o.valueGroupSize! }).storedBitsPerElement;
+      for (const c of res.candidates) {
+        expect(c.options.groupSize).toBe(32);
+        expect(c.name.startsWith('g32-v64')).toBe(c.options.valueGroupSize === 64);
+        expect(c.options.valueGroupSize === 64 || c.options.valueGroupSize === 32).toBe(true);
+        expect(c.storedBits).toBeCloseTo(bitsOf(c.options), 12);
+        expect(c.storedBits).toBeLessThanOrEqual(budget + 1e-9);
+        expect(c.kl).toBeGreaterThanOrEqual(res.best.kl);
+      }
+      // both value group sizes were searched and verified
+      expect(new Set(res.candidates.map((c) => c.options.valueGroupSize))).toEqual(new Set([32, 64]));
+      // the cheapest plan considered is all 1-bit with values at group 64 (half the value metadata of group 32)
+      const L = m64.cacheShape.layers;
+      const ones = { keys: Array.from({ length: L }, () => ({ bits: 1 as const, codesFrom: null })), values: Array.from({ length: L }, () => ({ bits: 1 as const, codesFrom: null })) };
+      expect(res.minimumBits).toBeCloseTo(bitsOf({ ...ones, groupSize: 32, valueGroupSize: 64 }), 12);
+      expect(res.minimumBits).toBeLessThan(bitsOf({ ...ones, groupSize: 32, valueGroupSize: 32 }) - 0.1);
+      // the preset file carries both group sizes; `--caches @plan.json` evaluates the same cache: same bits, same KL
+      const file = join(mkdtempSync(join(tmpdir(), 'xq-plan-')), 'plan.json');
+      writeFileSync(file, JSON.stringify({ preset: res.preset }));
+      const [full, spec] = resolveCacheSpecs([`@${file}`]);
+      expect(spec!.options.valueGroupSize).toBe(res.best.options.valueGroupSize);
+      expect(spec!.id).toBe(`${res.preset.name}/R32/g32${res.best.options.valueGroupSize === 64 ? '/v64' : ''}`);
+      expect(specBits(spec!, m64.cacheShape, T).storedBits).toBeCloseTo(res.best.storedBits, 12);
+      const evalFile = { path: 'calibration', name: 'calibration', kind: 'prose' as const, records: [{ kind: 'prose' as const, id: 'calibration', inputIds: ids }] };
+      const again = summarize(await runEval({ model: m64, tokenizer: { decode: () => '' }, files: [evalFile], caches: [full!, spec!], prosePrefill: 64, progress: false, bitsTokens: T }));
+      const kl = again.find((r) => r.config.id === spec!.id)!.prose!.kl;
+      expect(Math.abs(kl - res.best.kl)).toBeLessThanOrEqual(1e-6 * res.best.kl + 1e-9);
+    } finally {
+      m64.dispose();
+    }
   }, 120_000);
 
   it('runBench: full baseline in the same run, one speed row per config × context, memory shrinks with bits', async () => {

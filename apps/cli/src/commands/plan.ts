@@ -19,7 +19,9 @@ options:
   --budget BITS        true stored bits per element (e.g. 2.49 = xquant-1.38 at R=32)
   --residual R         residual length (default 128)
   --tokens T           context length of the budget (default 2048)
-  --group-sizes LIST   group sizes to try (default 32,64)
+  --group-sizes LIST   key group sizes to try (must divide R; default 32,64)
+  --value-group-sizes LIST
+                       value group sizes to try (must divide headDim, any R; default: the key group sizes and 64)
   --calibration FILE   calibration prompt: a text file, or JSON/JSONL with input_ids (first record)
                        (default: a built-in English paragraph, ~370 tokens)
   --no-sharing         do not try cross-layer code sharing
@@ -62,6 +64,7 @@ export async function run(argv: string[]): Promise<number> {
     residual: { type: 'string' },
     tokens: { type: 'string' },
     'group-sizes': { type: 'string' },
+    'value-group-sizes': { type: 'string' },
     calibration: { type: 'string' },
     'no-sharing': { type: 'boolean' },
     'no-sensitivity': { type: 'boolean' },
@@ -97,6 +100,7 @@ export async function run(argv: string[]): Promise<number> {
       residualLength: R,
       tokens: num(v.tokens, '--tokens'),
       groupSizes: typeof v['group-sizes'] === 'string' ? v['group-sizes'].split(',').map((s) => num(s, '--group-sizes')!) : undefined,
+      valueGroupSizes: typeof v['value-group-sizes'] === 'string' ? v['value-group-sizes'].split(',').map((s) => num(s, '--value-group-sizes')!) : undefined,
       sharing: !v['no-sharing'],
       sensitivity: !v['no-sensitivity'],
       maxVerify: num(v['max-verify'], '--max-verify'),
@@ -110,7 +114,7 @@ export async function run(argv: string[]): Promise<number> {
       const lines = ['| candidate | stored bits | paper bits | KL (calibration) | top-1 |', '|---|---:|---:|---:|---:|'];
       for (const c of result.candidates) lines.push(`| ${c.name} | ${c.storedBits.toFixed(3)} | ${c.paperBits.toFixed(3)} | ${c.kl.toFixed(4)} | ${c.top1.toFixed(4)} |`);
       const o = result.best.options;
-      lines.push('', `best: ${result.best.name} → preset ${result.preset.name}`, '', '| layer | K bits | K donor | K cal | V bits | V donor | V cal |', '|---:|---:|---:|---|---:|---:|---|');
+      lines.push('', `best: ${result.best.name} → preset ${result.preset.name} (key group ${o.groupSize}, value group ${o.valueGroupSize ?? o.groupSize})`, '', '| layer | K bits | K donor | K cal | V bits | V donor | V cal |', '|---:|---:|---:|---|---:|---:|---|');
       o.keys.forEach((k, l) => {
         const vv = o.values[l]!;
         const cal = (c: unknown) => JSON.stringify(Array.isArray(c) ? c[l] : c).replace(/"/g, '');

@@ -18,8 +18,8 @@ function lcg(seed: number): () => number {
   };
 }
 
-/** A tiny random Llama (2 layers, GQA 2:1, headDim 32, vocab 64) built through the public DecoderModel API. */
-export async function tinyModel(seed = 7): Promise<DecoderModel> {
+/** A tiny random Llama (2 layers, GQA 2:1, headDim 32 unless given, vocab 64) built through the public DecoderModel API. */
+export async function tinyModel(seed = 7, headDim = 32): Promise<DecoderModel> {
   const config: ModelConfig = {
     architecture: 'llama',
     vocabSize: 64,
@@ -28,7 +28,7 @@ export async function tinyModel(seed = 7): Promise<DecoderModel> {
     numLayers: 2,
     numHeads: 2,
     numKvHeads: 1,
-    headDim: 32,
+    headDim,
     rmsNormEps: 1e-5,
     ropeTheta: 10000,
     ropeScaling: { type: 'default' },
