@@ -199,6 +199,7 @@ function sameJson(a: unknown, b: unknown): boolean {
 /**
  * Merge results of shards (or of runs over different files) of the same model and configurations into one result.
  * Records are concatenated and sorted canonically, so merging all shards gives exactly the unsharded numbers.
+ * The model must agree in everything but its path (shards may run on different machines); the result keeps input 0's.
  * Throws `E_FORMAT` for a foreign file, `E_CONFIG` when the model, protocol or configurations differ or a record
  * appears twice.
  */
@@ -209,8 +210,10 @@ export function mergeResults(parts: readonly EvalResults[]): EvalResults {
   }
   const first = parts[0]!;
   const configIds = (r: EvalResults) => r.configs.map((c) => c.id);
+  // the same model may sit at different paths on the machines that ran the shards: compare it without the path
+  const modelKey = (r: EvalResults) => ({ ...r.model, path: undefined });
   for (const [i, p] of parts.entries()) {
-    if (!sameJson(p.model, first.model)) throw new XqConfigError('E_CONFIG', `mergeResults: input ${i} is for model ${p.model.name} (${p.model.path}), input 0 for ${first.model.name} (${first.model.path})`);
+    if (!sameJson(modelKey(p), modelKey(first))) throw new XqConfigError('E_CONFIG', `mergeResults: input ${i} is for model ${p.model.name} (${p.model.path}), input 0 for ${first.model.name} (${first.model.path})`);
     if (!sameJson(p.protocol, first.protocol)) throw new XqConfigError('E_CONFIG', `mergeResults: input ${i} used protocol ${JSON.stringify(p.protocol)}, input 0 ${JSON.stringify(first.protocol)}`);
     if (!sameJson(configIds(p), configIds(first))) {
       throw new XqConfigError('E_CONFIG', `mergeResults: input ${i} has configurations [${configIds(p).join(', ')}], input 0 [${configIds(first).join(', ')}]`);

@@ -124,6 +124,11 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
     expect(() => mergeResults([parts[0]!, parts[0]!])).toThrow(/appears in more than one input/);
     expect(() => mergeResults([{ ...parts[0]!, format: 'nope' } as unknown as EvalResults])).toThrow(/not an xquant eval result/);
     expect(() => mergeResults([parts[0]!, { ...parts[1]!, configs: parts[1]!.configs.slice(0, 1) }])).toThrow(/configurations/);
+    // shards run on another machine see the model at another path: merged all the same, keeping input 0's path
+    const moved = mergeResults([parts[0]!, { ...parts[1]!, model: { ...parts[1]!.model, path: '/elsewhere/model' } }, parts[2]!]);
+    expect(moved.model.path).toBe(parts[0]!.model.path);
+    expect(moved.prose.length).toBe(3);
+    expect(() => mergeResults([parts[0]!, { ...parts[1]!, model: { ...parts[1]!.model, layers: 3 } }])).toThrow(/model/);
   });
 
   it('results carry paper/stored bits from the plan and the measured bits of cache.memory()', async () => {
