@@ -239,18 +239,34 @@ interface Ctx {
   ledger: Ledger;
 }
 
+/** Prefill length P, number of predictions n (positions P−1 … T−2) and vocabulary size of a prose record. */
+function proseLayout(ctx: Ctx, file: string, index: number, rec: ProseRecord): { ids: readonly number[]; P: number; n: number; V: number } {
+  const ids = rec.inputIds;
+  const P = ctx.prosePrefill;
+  if (ids.length < P + 1) throw new XqShapeError(`${file} record ${index}: ${ids.length} tokens, the prose protocol needs more than the ${P}-token prefill`);
+  return { ids, P, n: ids.length - P, V: ctx.model.config.vocabSize };
+}
+
+/** Prefill length of a passkey record (all but the tail). */
+function passkeyPrefill(ctx: Ctx, file: string, index: number, rec: PasskeyRecord): number {
+  const P = rec.inputIds.length - ctx.passkeyTail;
+  if (P < 1) throw new XqShapeError(`${file} record ${index}: ${rec.inputIds.length} tokens, the passkey protocol needs more than the ${ctx.passkeyTail}-token tail`);
+  return P;
+}
+
+/** Decoded continuation and whether its first run of digits is the answer. */
+function passkeyOutcome(ctx: Ctx, rec: PasskeyRecord, gen: number[]): PasskeyOutcome {
+  const text = ctx.tokenizer.decode(gen, { skipSpecialTokens: true });
+  return { ids: gen, text, correct: firstDigits(text) === rec.answer };
+}
+
 /**
  * One prose record under every configuration: full first (its log-probabilities at the 448 positions stay in memory
  * as float64), then each cache with the same teacher-forced ids, scored against them.
  */
 async function runProseRecord(ctx: Ctx, file: string, index: number, rec: ProseRecord): Promise<ProseRecordResult> {
   const { model } = ctx;
-  const ids = rec.inputIds;
-  const T = ids.length;
-  const P = ctx.prosePrefill;
-  if (T < P + 1) throw new XqShapeError(`${file} record ${index}: ${T} tokens, the prose protocol needs more than the ${P}-token prefill`);
-  const V = model.config.vocabSize;
-  const n = T - P; // predictions at positions P−1 … T−2
+  const { ids, P, n, V } = proseLayout(ctx, file, index, rec);
   const fullLogp = new Float64Array(n * V);
   const fullTop = new Int32Array(n);
   const row = new Float64Array(V);
@@ -333,14 +349,10 @@ async function passkeyContinue(ctx: Ctx, cache: KvCache, tail: readonly number[]
 async function runPasskeyRecord(ctx: Ctx, file: string, index: number, rec: PasskeyRecord): Promise<PasskeyRecordResult> {
   const { model } = ctx;
   const ids = rec.inputIds;
-  const P = ids.length - ctx.passkeyTail;
-  if (P < 1) throw new XqShapeError(`${file} record ${index}: ${ids.length} tokens, the passkey protocol needs more than the ${ctx.passkeyTail}-token tail`);
+  const P = passkeyPrefill(ctx, file, index, rec);
   const tail = ids.slice(P);
   const perCache: Record<string, PasskeyOutcome> = {};
-  const outcome = (gen: number[]): PasskeyOutcome => {
-    const text = ctx.tokenizer.decode(gen, { skipSpecialTokens: true });
-    return { ids: gen, text, correct: firstDigits(text) === rec.answer };
-  };
+  const outcome = (gen: number[]) => passkeyOutcome(ctx, rec, gen);
   const full = createCacheFor(ctx.caches.find((c) => c.id === FULL_ID)!, model.cacheShape);
   const held: { snap: KvSnapshot | null } = { snap: null };
   try {
@@ -405,12 +417,7 @@ async function prefillAll(ctx: Ctx, prefix: readonly number[]): Promise<{ caches
 /** {@link runProseRecord} with every configuration in lockstep (`ctx.caches[0]` is full, see {@link runEval}). */
 async function runProseRecordBatched(ctx: Ctx, file: string, index: number, rec: ProseRecord): Promise<ProseRecordResult> {
   const { model } = ctx;
-  const ids = rec.inputIds;
-  const T = ids.length;
-  const P = ctx.prosePrefill;
-  if (T < P + 1) throw new XqShapeError(`${file} record ${index}: ${T} tokens, the prose protocol needs more than the ${P}-token prefill`);
-  const V = model.config.vocabSize;
-  const n = T - P;
+  const { ids, P, n, V } = proseLayout(ctx, file, index, rec);
   const configs = ctx.caches.map((c) => c.id);
   const B = configs.length;
   const fullRow = new Float64Array(V);
@@ -452,8 +459,7 @@ async function runProseRecordBatched(ctx: Ctx, file: string, index: number, rec:
 async function runPasskeyRecordBatched(ctx: Ctx, file: string, index: number, rec: PasskeyRecord): Promise<PasskeyRecordResult> {
   const { model } = ctx;
   const ids = rec.inputIds;
-  const P = ids.length - ctx.passkeyTail;
-  if (P < 1) throw new XqShapeError(`${file} record ${index}: ${ids.length} tokens, the passkey protocol needs more than the ${ctx.passkeyTail}-token tail`);
+  const P = passkeyPrefill(ctx, file, index, rec);
   const V = model.config.vocabSize;
   const configs = ctx.caches.map((c) => c.id);
   const B = configs.length;
@@ -488,10 +494,7 @@ async function runPasskeyRecordBatched(ctx: Ctx, file: string, index: number, re
       for (const c of caches) c.dispose();
     }
     const perCache: Record<string, PasskeyOutcome> = {};
-    configs.forEach((id, b) => {
-      const text = ctx.tokenizer.decode(gen[b]!, { skipSpecialTokens: true });
-      perCache[id] = { ids: gen[b]!, text, correct: firstDigits(text) === rec.answer };
-    });
+    configs.forEach((id, b) => (perCache[id] = passkeyOutcome(ctx, rec, gen[b]!)));
     return {
       value: { file, index, id: rec.id, length: rec.length, answer: rec.answer, perCache },
       steps: Object.fromEntries(configs.map((id, b) => [id, steps[b]!])),
