@@ -111,3 +111,47 @@ export function readSafetensors(path: string): Map<string, { shape: number[]; da
   }
   return out;
 }
+
+/**
+ * Prefill P tokens, then `steps` decode steps (async append + attend per layer) on `backend`; returns the decode
+ * outputs, every layer, step after step. Inputs are host arrays drawn from `seed`, so backends see the same numbers.
+ */
+export async function decodeRunAsync(
+  backend: string,
+  make: () => import('@xquant/tfjs').KvCache,
+  dims: { kvHeads: number; headDim: number; queryHeads: number; layers: number },
+  P: number,
+  steps: number,
+  seed: number,
+): Promise<Float32Array[]> {
+  const { kvHeads: H, headDim: D, queryHeads: QH, layers } = dims;
+  await tf.setBackend(backend);
+  const cache = make() as import('@xquant/tfjs').AsyncKvCache;
+  const T = P + steps;
+  const k = kvLike(H, T, D, seed);
+  const v = randn(H * T * D, seed + 1);
+  const slice = (x: Float32Array, from: number, n: number) => {
+    const out = new Float32Array(H * n * D);
+    for (let h = 0; h < H; h++) out.set(x.subarray((h * T + from) * D, (h * T + from + n) * D), h * n * D);
+    return out;
+  };
+  const outs: Float32Array[] = [];
+  for (let l = 0; l < layers; l++) {
+    const [kt, vt] = [tf.tensor3d(slice(k, 0, P), [H, P, D]), tf.tensor3d(slice(v, 0, P), [H, P, D])];
+    await cache.prefillAsync(l, kt, vt);
+    const q = tf.tensor3d(randn(QH * P * D, seed * 10 + l), [QH, P, D]);
+    tf.dispose([kt, vt, q, cache.attend(l, q)]);
+  }
+  for (let s = 0; s < steps; s++) {
+    for (let l = 0; l < layers; l++) {
+      const [kt, vt] = [tf.tensor3d(slice(k, P + s, 1), [H, 1, D]), tf.tensor3d(slice(v, P + s, 1), [H, 1, D])];
+      await cache.appendAsync(l, kt, vt);
+      const q = tf.tensor3d(randn(QH * D, seed * 100 + 1000 * s + l), [QH, 1, D]);
+      const o = cache.attend(l, q);
+      outs.push((await o.data()) as Float32Array);
+      tf.dispose([kt, vt, q, o]);
+    }
+  }
+  cache.dispose();
+  return outs;
+}

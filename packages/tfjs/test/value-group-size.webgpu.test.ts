@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createKvCache, releaseWebgpu, selectBackend, webgpuPackedAttentionKernel as kernel, type AsyncKvCache, type KvCache } from '@xquant/tfjs';
-import { kvLike, maxAbs, maxAbsDiff, randn } from './helpers.js';
+import { createKvCache, releaseWebgpu, selectBackend, webgpuPackedAttentionKernel as kernel, type KvCache } from '@xquant/tfjs';
+import { decodeRunAsync, maxAbs, maxAbsDiff } from './helpers.js';
 
 process.env.XDG_RUNTIME_DIR ??= '/tmp';
 
@@ -17,38 +17,8 @@ const hasWebgpu = tf.getBackend() === 'webgpu';
 
 const H = 2, D = 64, QH = 4, LAYERS = 2;
 
-/** Prefill P tokens, then `steps` decode steps on `backend`; the decode outputs of every layer, step after step. */
-async function decodeRun(backend: string, make: () => KvCache, P: number, steps: number): Promise<Float32Array[]> {
-  await tf.setBackend(backend);
-  const cache = make() as AsyncKvCache;
-  const T = P + steps;
-  const k = kvLike(H, T, D, 21);
-  const v = randn(H * T * D, 22);
-  const slice = (x: Float32Array, from: number, n: number) => {
-    const out = new Float32Array(H * n * D);
-    for (let h = 0; h < H; h++) out.set(x.subarray((h * T + from) * D, (h * T + from + n) * D), h * n * D);
-    return out;
-  };
-  const outs: Float32Array[] = [];
-  for (let l = 0; l < LAYERS; l++) {
-    const [kt, vt] = [tf.tensor3d(slice(k, 0, P), [H, P, D]), tf.tensor3d(slice(v, 0, P), [H, P, D])];
-    await cache.prefillAsync(l, kt, vt);
-    const q = tf.tensor3d(randn(QH * P * D, 200 + l), [QH, P, D]);
-    tf.dispose([kt, vt, q, cache.attend(l, q)]);
-  }
-  for (let s = 0; s < steps; s++) {
-    for (let l = 0; l < LAYERS; l++) {
-      const [kt, vt] = [tf.tensor3d(slice(k, P + s, 1), [H, 1, D]), tf.tensor3d(slice(v, P + s, 1), [H, 1, D])];
-      await cache.appendAsync(l, kt, vt);
-      const q = tf.tensor3d(randn(QH * D, 3000 * s + l), [QH, 1, D]);
-      const o = cache.attend(l, q);
-      outs.push((await o.data()) as Float32Array);
-      tf.dispose([kt, vt, q, o]);
-    }
-  }
-  cache.dispose();
-  return outs;
-}
+const decodeRun = (backend: string, make: () => KvCache, P: number, steps: number): Promise<Float32Array[]> =>
+  decodeRunAsync(backend, make, { kvHeads: H, headDim: D, queryHeads: QH, layers: LAYERS }, P, steps, 21);
 
 const worstRelative = (a: Float32Array[], b: Float32Array[]) => a.reduce((w, x, i) => Math.max(w, maxAbsDiff(x, b[i]!) / Math.max(maxAbs(b[i]!), 1e-6)), 0);
 

@@ -11,7 +11,7 @@ import {
   type KvCache,
   type KvCacheShape,
 } from '@xquant/tfjs';
-import { kvLike, maxAbs, maxAbsDiff, randn } from './helpers.js';
+import { decodeRunAsync, kvLike, maxAbs, maxAbsDiff, randn } from './helpers.js';
 
 process.env.XDG_RUNTIME_DIR ??= '/tmp';
 
@@ -30,42 +30,8 @@ const QH = 4;
 const LAYERS = 2;
 const SHAPE: KvCacheShape = { layers: LAYERS, kvHeads: H, headDim: D };
 
-/**
- * Prefill P tokens, then `steps` decode steps (append + attend per layer); returns the decode outputs, all layers,
- * step after step. Inputs are host arrays, so both backends see the same numbers.
- */
-async function decodeRun(backend: string, make: () => KvCache, P: number, steps: number): Promise<Float32Array[]> {
-  await tf.setBackend(backend);
-  const cache = make() as AsyncKvCache;
-  const T = P + steps;
-  const k = kvLike(H, T, D, 11);
-  const v = randn(H * T * D, 12);
-  const slice = (x: Float32Array, from: number, n: number) => {
-    const out = new Float32Array(H * n * D);
-    for (let h = 0; h < H; h++) out.set(x.subarray((h * T + from) * D, (h * T + from + n) * D), h * n * D);
-    return out;
-  };
-  const outs: Float32Array[] = [];
-  for (let l = 0; l < LAYERS; l++) {
-    const [kt, vt] = [tf.tensor3d(slice(k, 0, P), [H, P, D]), tf.tensor3d(slice(v, 0, P), [H, P, D])];
-    await cache.prefillAsync(l, kt, vt);
-    tf.dispose([kt, vt]);
-    const q = tf.tensor3d(randn(QH * P * D, 100 + l), [QH, P, D]);
-    tf.dispose([q, cache.attend(l, q)]);
-  }
-  for (let s = 0; s < steps; s++) {
-    for (let l = 0; l < LAYERS; l++) {
-      const [kt, vt] = [tf.tensor3d(slice(k, P + s, 1), [H, 1, D]), tf.tensor3d(slice(v, P + s, 1), [H, 1, D])];
-      await cache.appendAsync(l, kt, vt);
-      const q = tf.tensor3d(randn(QH * D, 1000 * s + l), [QH, 1, D]);
-      const o = cache.attend(l, q);
-      outs.push((await o.data()) as Float32Array);
-      tf.dispose([kt, vt, q, o]);
-    }
-  }
-  cache.dispose();
-  return outs;
-}
+const decodeRun = (backend: string, make: () => KvCache, P: number, steps: number): Promise<Float32Array[]> =>
+  decodeRunAsync(backend, make, { kvHeads: H, headDim: D, queryHeads: QH, layers: LAYERS }, P, steps, 11);
 
 function expectClose(gpu: Float32Array[], cpu: Float32Array[]): number {
   let worst = 0;
