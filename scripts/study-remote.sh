@@ -29,7 +29,7 @@ case "${1:-}" in
     cp docs/report/plans/*.plan-R*.json "$X/study/"
     echo "start $(date -u +%FT%TZ) nproc $(nproc)" > "$X/study/status"
     # shellcheck disable=SC2016
-    setsid nohup env SHARED="$X/shared" OUT="$X/study" STEPS="eval merge" XQ="$X/node $X/xqb/cli.cjs" \
+    setsid nohup env SHARED="$X/shared" OUT="$X/study" STEPS="${STEPS:-eval merge}" XQ="$X/node $X/xqb/cli.cjs" \
       bash -c 'scripts/study.sh && echo "done $(date -u +%FT%TZ)" >> '"$X/study/status"' || echo "failed $(date -u +%FT%TZ)" >> '"$X/study/status" \
       > "$X/study/run.log" 2>&1 < /dev/null &
     sleep 20; cat "$X/study/status"; tail -3 "$X/study/run.log" ;;
@@ -39,8 +39,8 @@ case "${1:-}" in
     cat "$X/study/status"; tail -5 "$X/study/run.log"; uptime
     for f in "$X"/study/logs/*.log; do printf '%s: %s\n' "$(basename "$f")" "$(tr '\r' '\n' < "$f" | grep -v '^$' | tail -1 | cut -c1-150)"; done 2>/dev/null | head -40
     if grep -qE '^(done|failed)' "$X/study/status"; then
-      cp "$X"/study/*.json "$X/study/status" "$OUT/" 2>/dev/null || true
-      tar -C "$X/study" -czf "$OUT/logs.tar.gz" logs run.log
+      cp "$X/study/status" "$OUT/"
+      (cd "$X/study" && tar -czf "$OUT/results.tar.gz" ./*.json logs run.log)
     fi ;;
   *) echo "usage: study-remote.sh stage I | start | poll [seconds]" >&2; exit 2 ;;
 esac

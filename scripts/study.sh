@@ -21,7 +21,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-N=${N:-$(nproc)}
+N=${N:-$(nproc)}                        # processes
+SHARD_COUNT=${SHARD_COUNT:-$N}          # shards of the records in all; this run evaluates shards
+SHARD_FIRST=${SHARD_FIRST:-0}           #   SHARD_FIRST … SHARD_FIRST+N−1 (the rest may run on other machines)
 SHARED=${SHARED:-../shared}
 OUT=${OUT:-docs/report/study}
 BACKEND=${BACKEND:-wasm}
@@ -55,13 +57,13 @@ for m in $MODELS; do
   extra="$PRESETS"
   for r in 32 128; do [ -f "$OUT/$m.plan-R$r.json" ] && extra="$extra,@$OUT/$m.plan-R$r.json"; done
   if has eval; then
-    echo "study: $m — $N shards ($(date +%T))" >&2
+    echo "study: $m — shards $SHARD_FIRST…$((SHARD_FIRST + N - 1)) of $SHARD_COUNT ($(date +%T))" >&2
     pids=()
-    for ((i = 0; i < N; i++)); do
+    for ((i = SHARD_FIRST; i < SHARD_FIRST + N; i++)); do
       layer=""; [ "$i" -eq 0 ] && layer="--layer-errors"
       # shellcheck disable=SC2086
       $XQ eval --model "$SHARED/models/$m" --data $DATA --caches "$CACHES$extra" --residual 32,128 --group-size 32 \
-        --shard "$i/$N" --backend "$BACKEND" ${LIMIT:+--limit $LIMIT} ${SAMPLE:+--sample $SAMPLE} $layer --out "$OUT/$m.shard-$i.json" \
+        --shard "$i/$SHARD_COUNT" --backend "$BACKEND" ${LIMIT:+--limit $LIMIT} ${SAMPLE:+--sample $SAMPLE} $layer --out "$OUT/$m.shard-$i.json" \
         >/dev/null 2>"$OUT/logs/$m.shard-$i.log" & pids+=($!)
     done
     fail=0
