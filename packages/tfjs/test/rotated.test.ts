@@ -239,11 +239,12 @@ describe('rotated strategy options', () => {
   const shape = { layers: L, kvHeads: H, headDim: D };
 
   it('top-level residualLength / groupSize reach the inner strategy (as `xquant eval` passes them) and options round-trip', () => {
-    const s = resolveStrategy('rotated', { inner: 'kivi', innerOptions: { bits: 2, residualLength: 128 }, keys: true, residualLength: 32, groupSize: 32 });
+    const s = resolveStrategy('rotated', { inner: 'kivi', innerOptions: { bits: 2, residualLength: 128 }, keys: true, residualLength: 32, groupSize: 32, valueGroupSize: 64 });
     const cache = s.createCache(shape);
-    const inner = (cache as unknown as { inner: { config: { residualLength: number; groupSize: number } } }).inner;
+    const inner = (cache as unknown as { inner: { config: { residualLength: number; groupSize: number; valueGroupSize: number } } }).inner;
     expect(inner.config.residualLength).toBe(32);
     expect(inner.config.groupSize).toBe(32);
+    expect(inner.config.valueGroupSize).toBe(64);
     cache.dispose();
     // a strategy object plus overrides is rebuilt from its options
     const again = createKvCache(rotated({ inner: 'kivi-2', keys: true }), shape, { residualLength: 64 });

@@ -10,7 +10,7 @@ import { checkAlive, checkKv, checkLayer, checkQueries, validateCacheShape } fro
 export interface RotatedOptions extends QuantizedCacheOptions {
   /** Strategy that stores the rotated K/V: a registered id or preset (`'kivi'`, `'xquant-noshare'`, …) or a strategy object. */
   inner: string | KvCacheStrategy;
-  /** Options of the inner strategy (a preset's overrides). `residualLength`, `groupSize` and `precision` given at the top level win over these. */
+  /** Options of the inner strategy (a preset's overrides). `residualLength`, `groupSize`, `valueGroupSize` and `precision` given at the top level win over these. */
   innerOptions?: Record<string, unknown>;
   /** Rotate keys (and the queries with them). Default true. */
   keys?: boolean;
@@ -20,8 +20,8 @@ export interface RotatedOptions extends QuantizedCacheOptions {
   seed?: number | null;
 }
 
-const OPTION_KEYS = new Set(['inner', 'innerOptions', 'keys', 'values', 'seed', 'residualLength', 'groupSize', 'precision']);
-const COMMON_KEYS = ['residualLength', 'groupSize', 'precision'] as const;
+const COMMON_KEYS = ['residualLength', 'groupSize', 'valueGroupSize', 'precision'] as const;
+const OPTION_KEYS = new Set<string>(['inner', 'innerOptions', 'keys', 'values', 'seed', ...COMMON_KEYS]);
 
 /** True when `d` is a positive power of two. */
 function isPowerOfTwo(d: number): boolean {
@@ -105,7 +105,7 @@ function validate(o: RotatedOptions): void {
   }
 }
 
-/** The inner strategy with the top-level `residualLength`/`groupSize`/`precision` applied over `innerOptions`. */
+/** The inner strategy with the top-level `residualLength`/`groupSize`/`valueGroupSize`/`precision` applied over `innerOptions`. */
 function innerStrategy(o: RotatedOptions): KvCacheStrategy {
   const common: Record<string, unknown> = {};
   for (const k of COMMON_KEYS) if (o[k] !== undefined) common[k] = o[k];
