@@ -45,6 +45,11 @@ export interface ResolveCacheOptions {
   residualLengths?: readonly number[];
   /** Group sizes, as for residual lengths. Default 32. */
   groupSizes?: readonly number[];
+  /**
+   * Channels per value group for every quantized configuration (keys keep the group size); default: the group size.
+   * A preset file's own `valueGroupSize` wins. Lets e.g. group 128 run for keys where head_dim (64) caps value groups.
+   */
+  valueGroupSize?: number;
 }
 
 /** Id of the full-precision reference configuration. */
@@ -83,6 +88,7 @@ export function resolveCacheSpecs(names: readonly string[], options: ResolveCach
   registerPlannedStrategy();
   checkPositiveInts(options.residualLengths, 'residual length');
   checkPositiveInts(options.groupSizes, 'group size');
+  if (options.valueGroupSize !== undefined) checkPositiveInts([options.valueGroupSize], 'value group size');
   const Rs = options.residualLengths?.length ? options.residualLengths : [DEFAULT_RESIDUAL_LENGTH];
   const Gs = options.groupSizes?.length ? options.groupSizes : [DEFAULT_GROUP_SIZE];
   const specs: CacheSpec[] = [{ id: FULL_ID, method: FULL_ID, strategy: FULL_ID, options: {}, residualLength: null, groupSize: null }];
@@ -95,10 +101,10 @@ export function resolveCacheSpecs(names: readonly string[], options: ResolveCach
       // A preset that fixes R / group size (a plan: R is part of its budget) keeps them; otherwise it is swept like a preset.
       const Rp = typeof p.options.residualLength === 'number' ? [p.options.residualLength] : Rs;
       const Gp = typeof p.options.groupSize === 'number' ? [p.options.groupSize] : Gs;
-      const Gv = p.options.valueGroupSize; // kept as set (a plan's value group size need not divide R)
+      const Gv = p.options.valueGroupSize ?? options.valueGroupSize; // kept as set (a plan's value group size need not divide R)
       for (const R of Rp) {
         for (const G of Gp) {
-          const opts = { ...p.options, residualLength: R, groupSize: G };
+          const opts = { ...p.options, residualLength: R, groupSize: G, ...(typeof Gv === 'number' ? { valueGroupSize: Gv } : {}) };
           resolveStrategy(p.strategy, opts); // validate now
           const v = typeof Gv === 'number' && Gv !== G ? `/v${Gv}` : '';
           specs.push({ id: `${p.name}/R${R}/g${G}${v}`, method: p.name, strategy: p.strategy, options: opts, residualLength: R, groupSize: G });
@@ -111,9 +117,11 @@ export function resolveCacheSpecs(names: readonly string[], options: ResolveCach
     }
     for (const R of Rs) {
       for (const G of Gs) {
-        const opts = { residualLength: R, groupSize: G };
+        const Gv = options.valueGroupSize;
+        const opts = { residualLength: R, groupSize: G, ...(Gv !== undefined ? { valueGroupSize: Gv } : {}) };
         resolveStrategy(name, opts);
-        specs.push({ id: `${name}/R${R}/g${G}`, method: name, strategy: name, options: opts, residualLength: R, groupSize: G });
+        const v = Gv !== undefined && Gv !== G ? `/v${Gv}` : '';
+        specs.push({ id: `${name}/R${R}/g${G}${v}`, method: name, strategy: name, options: opts, residualLength: R, groupSize: G });
       }
     }
   }

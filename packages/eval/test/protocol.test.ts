@@ -146,6 +146,20 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
     expect(byId['kivi-2/R32/g32']!.heldBits).toBeLessThan(4);
   });
 
+  it('a value group size for every preset: keys grouped by 128 tokens, values by 64 channels; ids, options and stored bits follow', async () => {
+    const specs = resolveCacheSpecs(['kivi-2'], { residualLengths: [128], groupSizes: [128], valueGroupSize: 32 });
+    expect(specs.map((s) => s.id)).toEqual(['full', 'kivi-2/R128/g128/v32']);
+    expect(specs[1]!.options).toMatchObject({ residualLength: 128, groupSize: 128, valueGroupSize: 32 });
+    const same = resolveCacheSpecs(['kivi-2'], { residualLengths: [32], valueGroupSize: 32 });
+    expect(same[1]!.id).toBe('kivi-2/R32/g32'); // equal to the group size: no suffix
+    const res = await runEval({ model, tokenizer: decode, files: [proseFile(1)], caches: specs, prosePrefill: P, progress: false });
+    const c = res.configs.find((x) => x.id === 'kivi-2/R128/g128/v32')!;
+    // headDim 32, T 2048, R 128: key codes 2 + fp16 scale/zero per 128 tokens; values 2 + 32/32 per token, fp16 window of 128
+    const stored = ((2 + 32 / 128) * 2048 + (2 + 1) * (2048 - 128) + 16 * 128) / (2 * 2048);
+    expect(c.storedBits).toBeCloseTo(stored, 12);
+    expect(() => resolveCacheSpecs(['kivi-2'], { valueGroupSize: 0 })).toThrow(/value group size/);
+  });
+
   it('layer-error diagnostic: zero for full, grows as bits drop', async () => {
     const ids = proseFile(1).records[0]!.inputIds;
     const res = await runEval({

@@ -34,6 +34,8 @@ options:
                        full,kivi-2,asymkv-1.5,xquant-1.38. full is always run (KL and top-1 need it)
   --residual R[,R]     residual length(s) R; each preset runs at each (default 128)
   --group-size G[,G]   group size(s) (default 32)
+  --value-group-size V channels per value group for every quantized preset (default: the group size; e.g. 64 with
+                       --group-size 128, since values are grouped along head_dim)
   --limit N            first N records of each file
   --sample N           N evenly spaced records of each file (a reduced run that spans the file)
   --shard i/n          evaluate records p with p % n == i (run n processes, then 'xquant eval merge')
@@ -122,6 +124,7 @@ export async function run(argv: string[]): Promise<number> {
     caches?: string;
     residual?: string;
     'group-size'?: string;
+    'value-group-size'?: string;
     limit?: string;
     sample?: string;
     shard?: string;
@@ -140,6 +143,7 @@ export async function run(argv: string[]): Promise<number> {
     caches: { type: 'string' },
     residual: { type: 'string' },
     'group-size': { type: 'string' },
+    'value-group-size': { type: 'string' },
     limit: { type: 'string' },
     sample: { type: 'string' },
     shard: { type: 'string' },
@@ -175,9 +179,12 @@ export async function run(argv: string[]): Promise<number> {
     }
   }
   const shard = values.shard === undefined ? undefined : parseShard(values.shard);
+  const valueGroup = list(values['value-group-size']);
+  if (valueGroup && valueGroup.length !== 1) throw new XqError('E_CONFIG', `--value-group-size takes one value; got '${values['value-group-size']}'`);
   const caches = resolveCacheSpecs((values.caches ?? 'full,kivi-2,asymkv-1.5,xquant-1.38').split(','), {
     residualLengths: list(values.residual),
     groupSizes: list(values['group-size']),
+    valueGroupSize: valueGroup?.[0],
   });
   const files = [];
   for (const f of data) files.push(await readEvalFile(f));
