@@ -266,6 +266,49 @@ export function mergeResults(parts: readonly EvalResults[]): EvalResults {
   };
 }
 
+/**
+ * Join results of the same records under different configurations (e.g. a configuration added to a finished study)
+ * into one result: configurations are the union (`full` from input 0, each other id from the one input that has it),
+ * each record's per-configuration numbers are taken from the input that ran it. Each run scores against its own
+ * `full` pass, so every number is unchanged. Throws `E_CONFIG` when the model (path aside) or protocol constants
+ * differ, a configuration other than `full` appears twice, or the inputs do not cover the same records.
+ */
+export function joinResults(parts: readonly EvalResults[]): EvalResults {
+  if (parts.length === 0) throw new XqConfigError('E_CONFIG', 'joinResults: nothing to join (got 0 results)');
+  for (const [i, p] of parts.entries()) {
+    if (!p || p.format !== RESULTS_FORMAT) throw new XqFormatError(`joinResults: input ${i} is not an xquant eval result (format ${JSON.stringify(p?.format)}, expected ${RESULTS_FORMAT})`);
+  }
+  const first = parts[0]!;
+  const constants = (r: EvalResults) => ({ ...r.protocol, batched: undefined });
+  const keys = (r: EvalResults) => [...r.prose, ...r.passkey].map((x) => `${x.file}#${x.index}`).sort().join(',');
+  const configs = [...first.configs];
+  for (const [i, p] of parts.entries()) {
+    if (!sameJson({ ...p.model, path: undefined }, { ...first.model, path: undefined })) {
+      throw new XqConfigError('E_CONFIG', `joinResults: input ${i} is for model ${p.model.name}, input 0 for ${first.model.name}`);
+    }
+    if (!sameJson(constants(p), constants(first))) throw new XqConfigError('E_CONFIG', `joinResults: input ${i} used protocol ${JSON.stringify(p.protocol)}, input 0 ${JSON.stringify(first.protocol)}`);
+    if (keys(p) !== keys(first)) throw new XqConfigError('E_CONFIG', `joinResults: input ${i} covers other records than input 0 (join needs the same records; merge joins shards)`);
+    if (i === 0) continue;
+    for (const c of p.configs) {
+      if (c.id === 'full') continue;
+      if (configs.some((x) => x.id === c.id)) throw new XqConfigError('E_CONFIG', `joinResults: configuration ${c.id} appears in more than one input`);
+      configs.push(c);
+    }
+  }
+  const joinCaches = <T extends { file: string; index: number; perCache: Record<string, unknown> }>(pick: (r: EvalResults) => T[]): T[] =>
+    pick(first).map((rec) => {
+      const perCache = { ...rec.perCache };
+      for (const p of parts.slice(1)) {
+        const other = pick(p).find((x) => x.file === rec.file && x.index === rec.index)!;
+        for (const [id, v] of Object.entries(other.perCache)) if (id !== 'full') perCache[id] = v;
+      }
+      return { ...rec, perCache };
+    });
+  const timing: EvalResults['timing'] = { ...first.timing };
+  for (const p of parts.slice(1)) for (const [id, t] of Object.entries(p.timing)) if (id !== 'full') timing[id] = t;
+  return { ...first, configs, prose: joinCaches((r) => r.prose), passkey: joinCaches((r) => r.passkey), timing };
+}
+
 function fmt(v: number | undefined | null, digits: number): string {
   return v === undefined || v === null || Number.isNaN(v) ? '–' : v.toFixed(digits);
 }

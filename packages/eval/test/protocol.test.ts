@@ -3,6 +3,7 @@ import type { DecoderModel } from '@xquant/models';
 import {
   argmax,
   createCacheFor,
+  joinResults,
   logSoftmax,
   mergeResults,
   parseEvalJsonl,
@@ -129,6 +130,20 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
     expect(moved.model.path).toBe(parts[0]!.model.path);
     expect(moved.prose.length).toBe(3);
     expect(() => mergeResults([parts[0]!, { ...parts[1]!, model: { ...parts[1]!.model, layers: 3 } }])).toThrow(/model/);
+  });
+
+  it('join: runs of different configurations on the same records = one run of all of them (unbatched: exact)', async () => {
+    const file = proseFile(2, 17);
+    const opts = { model, tokenizer: decode, files: [file], prosePrefill: P, progress: false as const, batch: false };
+    const both = await runEval({ ...opts, caches: resolveCacheSpecs(['kivi-2', 'kivi-1'], { residualLengths: [32] }) });
+    const a = await runEval({ ...opts, caches: resolveCacheSpecs(['kivi-2'], { residualLengths: [32] }) });
+    const b = await runEval({ ...opts, caches: resolveCacheSpecs(['kivi-1'], { residualLengths: [32] }) });
+    const joined = joinResults([a, { ...b, model: { ...b.model, path: '/elsewhere' } }]);
+    expect(joined.configs.map((c) => c.id)).toEqual(both.configs.map((c) => c.id));
+    expect(summarize(joined)).toEqual(summarize(both));
+    expect(() => joinResults([a, a])).toThrow(/appears in more than one input/);
+    const other = await runEval({ ...opts, files: [proseFile(2, 18)], caches: resolveCacheSpecs(['kivi-1'], { residualLengths: [32] }) });
+    expect(() => joinResults([a, { ...other, prose: other.prose.slice(0, 1) }])).toThrow(/other records/);
   });
 
   it('results carry paper/stored bits from the plan and the measured bits of cache.memory()', async () => {

@@ -2,6 +2,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { parseCommandArgs } from '../args.js';
 import {
+  joinResults,
   mergeResults,
   openEvalModel,
   parseShard,
@@ -20,6 +21,7 @@ export const summary = 'fidelity of KV caches on a model: ppl, KL to full, top-1
 
 const USAGE = `usage: xquant eval --model DIR --data FILE.jsonl... [--caches LIST] [options]
        xquant eval merge RESULTS.json... [--out FILE] [--json]
+       xquant eval join RESULTS.json... [--out FILE] [--json]
 
 Runs the reference-fidelity protocol with each cache actually in use. Prose files (prose_512.jsonl): prefill 64
 tokens, feed tokens 64…510 one at a time (teacher forcing); ppl over the 448 predictions, mean KL(full ‖ cache)
@@ -39,6 +41,7 @@ options:
   --limit N            first N records of each file
   --sample N           N evenly spaced records of each file (a reduced run that spans the file)
   --shard i/n          evaluate records p with p % n == i (run n processes, then 'xquant eval merge')
+                       ('xquant eval join' instead puts together runs of other configurations on the same records)
   --backend NAME       tfjs backend: tensorflow, wasm or cpu (default: the first that loads of these), or webgpu
   --no-shared-prefill  prefill every cache through the model instead of copying the full prefill's K/V
   --no-batch           run the configurations of a record one after another instead of in lockstep (one batched
@@ -86,7 +89,7 @@ function readResults(path: string): EvalResults {
   }
 }
 
-async function merge(argv: string[]): Promise<number> {
+async function merge(argv: string[], join = false): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     options: { out: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
@@ -97,22 +100,22 @@ async function merge(argv: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length === 0) {
-    console.error(`xquant eval merge: no results files given\n\n${USAGE}`);
+    console.error(`xquant eval ${join ? 'join' : 'merge'}: no results files given\n\n${USAGE}`);
     return 2;
   }
-  const merged = mergeResults(positionals.map(readResults));
+  const merged = (join ? joinResults : mergeResults)(positionals.map(readResults));
   emit(merged, values.out, values.json ?? false);
   return 0;
 }
 
 /** `xquant eval …` / `xquant eval merge …`; returns the exit code (0 ok, 1 error, 2 usage). */
 export async function run(argv: string[]): Promise<number> {
-  if (argv[0] === 'merge') {
+  if (argv[0] === 'merge' || argv[0] === 'join') {
     try {
-      return await merge(argv.slice(1));
+      return await merge(argv.slice(1), argv[0] === 'join');
     } catch (e) {
       if (e instanceof TypeError && (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-        console.error(`xquant eval merge: ${e.message}\n\n${USAGE}`);
+        console.error(`xquant eval ${argv[0]}: ${e.message}\n\n${USAGE}`);
         return 2;
       }
       throw e;
