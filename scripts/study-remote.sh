@@ -3,6 +3,8 @@
 #   stage I     store part I of the payload (.study-carry/pI); once all parts are here, check and unpack them
 #   start       launch scripts/study.sh (eval + merge, N = nproc) detached, so it outlives the call
 #   poll [S]    wait up to S seconds (default 540) for it to finish; print progress; copy results to $OUT when done
+# The device machine goes back 30 s after a call returns, taking /tmp/xq and the running study with it: issue the
+# stage, start and poll calls back to back, with nothing in between (a lapse cost one whole run here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 X=/tmp/xq

@@ -14,8 +14,9 @@
 #   bench  — `xquant bench` (decode step and memory per preset and context) → $OUT/<model>.bench.json (+ .md)
 #   report — `xquant report` → docs/report/index.html and $OUT/study.md (tables + comparison with the anchor)
 #
-# Group size 128 (also named in issue 5) is not run: values are grouped along head_dim = 64 channels, so a group of
-# 128 does not exist for these models (and @xquant/tfjs has one group size for K and V).
+# Group size 128 (also named in issue 5) is not in the sweep: values are grouped along head_dim = 64 channels, so a
+# value group of 128 does not exist for these models; key groups of 128 with value groups of 64 run with
+# `xquant eval --residual 128 --group-size 128 --value-group-size 64` (docs/results.md §3.5).
 # Expected time on 16 cores (wasm backend, one thread per process): about 1.5 h for the eval of both models
 # (≈ 11 s (Llama) / 19 s (Qwen2) per config per prose record on a loaded core; see docs/results.md).
 set -euo pipefail
