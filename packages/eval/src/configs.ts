@@ -99,9 +99,14 @@ export function resolveCacheSpecs(names: readonly string[], options: ResolveCach
     if (name.startsWith('@')) {
       const p = readPresetFile(name.slice(1));
       // A preset that fixes R / group size (a plan: R is part of its budget) keeps them; otherwise it is swept like a preset.
-      const Rp = typeof p.options.residualLength === 'number' ? [p.options.residualLength] : Rs;
-      const Gp = typeof p.options.groupSize === 'number' ? [p.options.groupSize] : Gs;
-      const Gv = p.options.valueGroupSize ?? options.valueGroupSize; // kept as set (a plan's value group size need not divide R)
+
+      // a wrapper preset (e.g. `rotated`) that fixes them in its inner options fixes them too
+      const inner = (p.options.innerOptions ?? {}) as Record<string, unknown>;
+      const fixed = (key: string): unknown => p.options[key] ?? inner[key];
+      const R0 = fixed('residualLength'), G0 = fixed('groupSize'), V0 = fixed('valueGroupSize');
+      const Rp = typeof R0 === 'number' ? [R0] : Rs;
+      const Gp = typeof G0 === 'number' ? [G0] : Gs;
+      const Gv = V0 ?? options.valueGroupSize; // kept as set (a plan's value group size need not divide R)
       for (const R of Rp) {
         for (const G of Gp) {
           const opts = { ...p.options, residualLength: R, groupSize: G, ...(typeof Gv === 'number' ? { valueGroupSize: Gv } : {}) };

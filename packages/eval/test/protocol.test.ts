@@ -1,3 +1,6 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { DecoderModel } from '@xquant/models';
 import {
@@ -130,6 +133,15 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
     expect(moved.model.path).toBe(parts[0]!.model.path);
     expect(moved.prose.length).toBe(3);
     expect(() => mergeResults([parts[0]!, { ...parts[1]!, model: { ...parts[1]!.model, layers: 3 } }])).toThrow(/model/);
+  });
+
+  it('a wrapper preset whose inner options fix R and group sizes keeps them (not swept to the defaults)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'xq-preset-'));
+    const file = join(dir, 'rot.json');
+    writeFileSync(file, JSON.stringify({ name: 'rot-k2', strategy: 'rotated', options: { inner: 'kivi-2', innerOptions: { residualLength: 32, groupSize: 32, valueGroupSize: 16 }, keys: true } }));
+    const [, spec] = resolveCacheSpecs([`@${file}`], { residualLengths: [128] });
+    expect(spec!.id).toBe('rot-k2/R32/g32/v16');
+    expect(spec!.options).toMatchObject({ residualLength: 32, groupSize: 32, valueGroupSize: 16 });
   });
 
   it('join: runs of different configurations on the same records = one run of all of them (unbatched: exact)', async () => {
