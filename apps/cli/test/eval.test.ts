@@ -41,6 +41,10 @@ describe.skipIf(!built)('xquant eval / merge / report / bench / plan (built CLI)
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/usage: xquant eval/);
     expect(xquant('eval', '--help').stdout).toMatch(/--shard i\/n/);
+    const vg = xquant('eval', '--model', 'x', '--data', 'y', '--value-group-size', '32,64');
+    expect(vg.code).not.toBe(0);
+    expect(vg.stderr).toMatch(/--value-group-size takes one value/);
+    expect(xquant('eval', 'join').code).toBe(2);
     for (const cmd of ['bench', 'report', 'plan']) {
       expect(xquant(cmd, '--help').code).toBe(0);
       expect(xquant(cmd).code).toBe(2);

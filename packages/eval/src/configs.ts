@@ -61,6 +61,11 @@ function checkPositiveInts(list: readonly number[] | undefined, what: string): v
   }
 }
 
+/** Id of a configuration: `name/R<R>/g<G>`, with `/v<V>` when the value group size differs from the group size. */
+function specId(name: string, R: number, G: number, Gv: unknown): string {
+  return `${name}/R${R}/g${G}${typeof Gv === 'number' && Gv !== G ? `/v${Gv}` : ''}`;
+}
+
 /** Read a preset file (`{ name, strategy, options }`). */
 export function readPresetFile(path: string): PresetFile {
   let raw: unknown;
@@ -111,8 +116,7 @@ export function resolveCacheSpecs(names: readonly string[], options: ResolveCach
         for (const G of Gp) {
           const opts = { ...p.options, residualLength: R, groupSize: G, ...(typeof Gv === 'number' ? { valueGroupSize: Gv } : {}) };
           resolveStrategy(p.strategy, opts); // validate now
-          const v = typeof Gv === 'number' && Gv !== G ? `/v${Gv}` : '';
-          specs.push({ id: `${p.name}/R${R}/g${G}${v}`, method: p.name, strategy: p.strategy, options: opts, residualLength: R, groupSize: G });
+          specs.push({ id: specId(p.name, R, G, Gv), method: p.name, strategy: p.strategy, options: opts, residualLength: R, groupSize: G });
         }
       }
       continue;
@@ -125,8 +129,7 @@ export function resolveCacheSpecs(names: readonly string[], options: ResolveCach
         const Gv = options.valueGroupSize;
         const opts = { residualLength: R, groupSize: G, ...(Gv !== undefined ? { valueGroupSize: Gv } : {}) };
         resolveStrategy(name, opts);
-        const v = Gv !== undefined && Gv !== G ? `/v${Gv}` : '';
-        specs.push({ id: `${name}/R${R}/g${G}${v}`, method: name, strategy: name, options: opts, residualLength: R, groupSize: G });
+        specs.push({ id: specId(name, R, G, Gv), method: name, strategy: name, options: opts, residualLength: R, groupSize: G });
       }
     }
   }

@@ -295,15 +295,16 @@ export function joinResults(parts: readonly EvalResults[]): EvalResults {
       configs.push(c);
     }
   }
-  const joinCaches = <T extends { file: string; index: number; perCache: Record<string, unknown> }>(pick: (r: EvalResults) => T[]): T[] =>
-    pick(first).map((rec) => {
+  const joinCaches = <T extends { file: string; index: number; perCache: Record<string, unknown> }>(pick: (r: EvalResults) => T[]): T[] => {
+    const others = parts.slice(1).map((p) => new Map(pick(p).map((x) => [`${x.file}#${x.index}`, x])));
+    return pick(first).map((rec) => {
       const perCache = { ...rec.perCache };
-      for (const p of parts.slice(1)) {
-        const other = pick(p).find((x) => x.file === rec.file && x.index === rec.index)!;
-        for (const [id, v] of Object.entries(other.perCache)) if (id !== 'full') perCache[id] = v;
+      for (const byKey of others) {
+        for (const [id, v] of Object.entries(byKey.get(`${rec.file}#${rec.index}`)!.perCache)) if (id !== 'full') perCache[id] = v;
       }
       return { ...rec, perCache };
     });
+  };
   const timing: EvalResults['timing'] = { ...first.timing };
   for (const p of parts.slice(1)) for (const [id, t] of Object.entries(p.timing)) if (id !== 'full') timing[id] = t;
   return { ...first, configs, prose: joinCaches((r) => r.prose), passkey: joinCaches((r) => r.passkey), timing };

@@ -154,6 +154,9 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
     expect(joined.configs.map((c) => c.id)).toEqual(both.configs.map((c) => c.id));
     expect(summarize(joined)).toEqual(summarize(both));
     expect(() => joinResults([a, a])).toThrow(/appears in more than one input/);
+    expect(() => joinResults([a, { ...b, format: 'nope' } as unknown as EvalResults])).toThrow(/not an xquant eval result/);
+    expect(() => joinResults([a, { ...b, model: { ...b.model, layers: 3 } }])).toThrow(/model/);
+    expect(() => joinResults([])).toThrow(/nothing to join/);
     const other = await runEval({ ...opts, files: [proseFile(2, 18)], caches: resolveCacheSpecs(['kivi-1'], { residualLengths: [32] }) });
     expect(() => joinResults([a, { ...other, prose: other.prose.slice(0, 1) }])).toThrow(/other records/);
   });
