@@ -1,4 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { XqConfigError } from '@xquant/quant';
 
 /** Parsed options of a sub-command; each command narrows `values` to its own option types. */
 export interface CommandArgs {
@@ -6,22 +7,47 @@ export interface CommandArgs {
   positionals: string[];
 }
 
+type Options = NonNullable<ParseArgsConfig['options']>;
+
+/** The flags several commands share, spelled the same everywhere (each command picks the ones it takes). */
+export const SHARED_OPTIONS = {
+  model: { type: 'string' },
+  backend: { type: 'string' },
+  caches: { type: 'string' },
+  'residual-length': { type: 'string' },
+  'group-size': { type: 'string' },
+  'value-group-size': { type: 'string' },
+  out: { type: 'string' },
+  json: { type: 'boolean' },
+} as const satisfies Options;
+
+/** Old spellings, still accepted with a warning: deprecated alias → flag. */
+const DEPRECATED: Readonly<Record<string, string>> = { residual: 'residual-length', 'group-sizes': 'group-size', 'value-group-sizes': 'value-group-size' };
+
+/** The shared flags named in `names`. */
+export function sharedOptions(...names: (keyof typeof SHARED_OPTIONS)[]): Options {
+  return Object.fromEntries(names.map((n) => [n, SHARED_OPTIONS[n]]));
+}
+
 /**
- * Parse a sub-command's arguments (`--help`/`-h` is added). Returns the parsed arguments, or the exit code to
- * return: 0 after printing the usage for `--help`, 2 after printing the error and usage for bad arguments.
+ * Parse a sub-command's arguments (`--help`/`-h` is added, and the deprecated spelling of each flag it takes, which
+ * warns once on stderr). Returns the parsed arguments, or the exit code to return: 0 after printing the usage for
+ * `--help`, 2 after printing the error and usage for bad arguments.
  */
-export function parseCommandArgs(
-  command: string,
-  usage: string,
-  argv: string[],
-  options: NonNullable<ParseArgsConfig['options']>,
-  allowPositionals = false,
-): CommandArgs | number {
+export function parseCommandArgs(command: string, usage: string, argv: string[], options: Options, allowPositionals = false): CommandArgs | number {
+  const aliases = Object.entries(DEPRECATED).filter(([, flag]) => flag in options);
   let parsed: CommandArgs;
   try {
-    parsed = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals }) as CommandArgs;
+    const all = { ...options, ...Object.fromEntries(aliases.map(([old, flag]) => [old, options[flag]!])), help: { type: 'boolean', short: 'h' } } as Options;
+    parsed = parseArgs({ args: argv, options: all, allowPositionals }) as CommandArgs;
   } catch (e) {
     return usageError(command, (e as Error).message, usage);
+  }
+  for (const [old, flag] of aliases) {
+    if (parsed.values[old] === undefined) continue;
+    console.error(`xquant ${command}: --${old} is deprecated; use --${flag}`);
+    parsed.values[flag] ??= parsed.values[old];
+    delete parsed.values[old];
   }
   if (parsed.values.help) {
     console.log(usage);
@@ -34,4 +60,23 @@ export function parseCommandArgs(
 export function usageError(command: string, message: string, usage: string): number {
   console.error(`xquant ${command}: ${message}\n\n${usage}`);
   return 2;
+}
+
+/** The comma-separated positive integers of `--flag` (undefined when absent); `E_CONFIG` naming the flag otherwise. */
+export function positiveInts(value: unknown, flag: string): number[] | undefined {
+  if (value === undefined) return undefined;
+  return String(value)
+    .split(',')
+    .map((s) => {
+      const n = Number(s.trim());
+      if (s.trim() === '' || !Number.isInteger(n) || n <= 0) throw new XqConfigError('E_CONFIG', `--${flag}: expected comma-separated positive integers; got '${String(value)}'`);
+      return n;
+    });
+}
+
+/** The one positive integer of `--flag` (undefined when absent); `E_CONFIG` naming the flag otherwise. */
+export function positiveInt(value: unknown, flag: string): number | undefined {
+  const list = positiveInts(value, flag);
+  if (list && list.length !== 1) throw new XqConfigError('E_CONFIG', `--${flag} takes one value; got '${String(value)}'`);
+  return list?.[0];
 }

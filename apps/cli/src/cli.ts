@@ -27,6 +27,8 @@ async function main(argv: string[]): Promise<number> {
     console.error(`xquant: unknown command '${name}'. Commands: ${Object.keys(COMMANDS).join(', ')}`);
     return 2;
   }
+  // the commands that run models use the WGSL packed-code kernels when `--backend webgpu` is chosen
+  if (['generate', 'eval', 'bench', 'plan'].includes(name)) (await import('@xquant/webgpu/kv-cache')).registerWebGpuKernels();
   return (await load()).run(rest);
 }
 

@@ -1,34 +1,40 @@
 import { XqConfigError } from '@xquant/quant';
-import { validatePlan } from './plan.js';
+import { resolveStorageConfig, type StorageInput } from './storage.js';
 import type { CrossLayerPlan, LayerStorage } from './types.js';
 
 /** Options of {@link accountBits}. */
 export interface AccountBitsOptions {
-  /** The plan to account (validated; forward donors are accepted here). */
-  plan: CrossLayerPlan;
+  /**
+   * The storage to account (a cache's `config`, or {@link resolveStorageConfig}'s result; validated again here).
+   * Keys are quantized in whole multiples of R (`⌊T/R⌋·R` tokens), values for all but the last R tokens
+   * (`max(0, T − R)`), as in the reference cache; with R = 0 every value and `⌊T/groupSize⌋·groupSize` keys are quantized.
+   */
+  config: StorageInput;
   /** KV heads per layer. */
   kvHeads: number;
   /** Channels per head. */
   headDim: number;
   /** Context length in tokens (≥ 1). */
   tokens: number;
-  /**
-   * Full-precision residual window R (a multiple of `groupSize`, or 0). Keys are quantized in whole multiples of R
-   * (`⌊T/R⌋·R` tokens), values for all but the last R tokens (`max(0, T − R)`), as in the reference cache.
-   * With R = 0 every value and `⌊T/groupSize⌋·groupSize` keys are quantized.
-   */
-  residualLength: number;
-  /**
-   * Elements per group (keys: tokens per channel group; values: channels per token group unless `valueGroupSize` is
-   * given). Must divide `headDim` when it also groups the values.
-   */
-  groupSize: number;
-  /** Channels per value group (one scale and zero-point per token, head and group); must divide `headDim`. Default: `groupSize`. */
-  valueGroupSize?: number;
   /** Bits of each stored scale and of each zero-point; default 16 (fp16). */
   metadataBits?: number;
   /** Bits of one full-precision element (residual window, and every element of a bits-16 layer); default 16. */
   residualBits?: number;
+}
+
+/**
+ * The options of {@link accountBits} before 0.2: the plan and the grouping given apart.
+ * @deprecated Pass `config` (e.g. `cache.config`) instead; this form is converted with {@link resolveStorageConfig}.
+ */
+export interface LegacyAccountBitsOptions extends Omit<AccountBitsOptions, 'config'> {
+  /** Per-layer storage. */
+  plan: CrossLayerPlan;
+  /** Residual window R. */
+  residualLength: number;
+  /** Key group size (and value group size unless `valueGroupSize` is given). */
+  groupSize: number;
+  /** Value group size; default `groupSize`. */
+  valueGroupSize?: number;
 }
 
 /** Bytes of one layer's keys or values. */
@@ -82,27 +88,19 @@ function positiveInt(v: number, what: string): void {
  * scale and zero per `groupSize` tokens of a channel; value metadata one per `valueGroupSize` channels of a token.
  * @example
  * const plan = xquantPlan({ layers: 8, keyBits: 2, valueBits: 1, valueShareFrom: 4 });
- * accountBits({ plan, kvHeads: 2, headDim: 64, tokens: 2048, residualLength: 32, groupSize: 32 });
+ * accountBits({ config: { ...plan, residualLength: 32, groupSize: 32 }, kvHeads: 2, headDim: 64, tokens: 2048 });
  * // → paperBits 1.375, storedBitsPerElement ≈ 2.486
  */
-export function accountBits(options: AccountBitsOptions): BitAccount {
-  const { plan, kvHeads, headDim, tokens, residualLength: R, groupSize: gs } = options;
-  const gv = options.valueGroupSize ?? gs;
+export function accountBits(options: AccountBitsOptions | LegacyAccountBitsOptions): BitAccount {
+  const { kvHeads, headDim, tokens } = options;
   const metadataBits = options.metadataBits ?? 16;
   const residualBits = options.residualBits ?? 16;
-  validatePlan(plan, { allowForwardDonors: true });
   positiveInt(kvHeads, 'kvHeads');
   positiveInt(headDim, 'headDim');
   positiveInt(tokens, 'tokens');
-  positiveInt(gs, 'groupSize');
-  if (!Number.isInteger(gv) || gv <= 0) throw new XqConfigError('E_GROUP_SIZE', `valueGroupSize must be a positive integer; got ${String(gv)}`);
-  if (!Number.isInteger(R) || R < 0 || R % gs !== 0) {
-    throw new XqConfigError('E_RESIDUAL', `residualLength must be 0 or a positive multiple of groupSize (${gs}); got ${String(R)}`);
-  }
-  if (headDim % gv !== 0) {
-    const what = options.valueGroupSize === undefined ? `groupSize ${gs}` : `valueGroupSize ${gv}`;
-    throw new XqConfigError('E_GROUP_SIZE', `${what} must divide headDim ${headDim} (values are grouped along channels)`);
-  }
+  const input = 'config' in options ? options.config : { ...options.plan, residualLength: options.residualLength, groupSize: options.groupSize, valueGroupSize: options.valueGroupSize };
+  const plan = resolveStorageConfig(input, headDim);
+  const { residualLength: R, groupSize: gs, valueGroupSize: gv } = plan;
   for (const [v, what] of [[metadataBits, 'metadataBits'], [residualBits, 'residualBits']] as const) {
     if (!Number.isFinite(v) || v < 0) throw new XqConfigError('E_CONFIG', `${what} must be a non-negative number; got ${String(v)}`);
   }

@@ -1,8 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { accountBits } from '@xquant/cross-layer';
 import { XqConfigError } from '@xquant/quant';
 import { createKvCache, type AsyncKvCache, type KvCache } from '@xquant/tfjs';
-import { FULL_ID, cachePlan, createCacheFor, valueGroupSizeOf, type CacheSpec } from './configs.js';
+import { FULL_ID, FULL_SPEC, accountSpec, createCacheFor, type CacheSpec } from './configs.js';
 import type { EvalModel } from './protocol.js';
 
 /** Format tag of {@link BenchResults}. */
@@ -118,9 +117,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   for (const t of [...contexts, ...memoryContexts]) {
     if (!Number.isInteger(t) || t < 1) throw new XqConfigError('E_CONFIG', `context lengths must be positive integers; got ${String(t)}`);
   }
-  const caches: CacheSpec[] = options.caches.some((c) => c.id === FULL_ID)
-    ? [...options.caches]
-    : [{ id: FULL_ID, method: FULL_ID, strategy: FULL_ID, options: {}, residualLength: null, groupSize: null }, ...options.caches];
+  const caches: readonly CacheSpec[] = options.caches.some((c) => c.id === FULL_ID) ? options.caches : [FULL_SPEC, ...options.caches];
   const shape = model.cacheShape;
   const V = model.config.vocabSize;
   const speed: BenchSpeedRow[] = [];
@@ -154,7 +151,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
             logits.dispose();
           }
           const ms = (performance.now() - t0) / steps;
-          speed.push({ config: spec.id, method: spec.method, residualLength: spec.residualLength, groupSize: spec.groupSize, context: T, msPerStep: ms, bytes: cache.memory().totalBytes });
+          speed.push({ config: spec.id, method: spec.method, residualLength: spec.config?.residualLength ?? null, groupSize: spec.config?.groupSize ?? null, context: T, msPerStep: ms, bytes: cache.memory().totalBytes });
         } finally {
           cache.dispose();
         }
@@ -174,13 +171,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       try {
         fillRandom(cache, T, lcg(T + 7));
         const m = cache.memory();
-        const isFull = spec.id === FULL_ID;
-        const acct = isFull
-          ? { storedBitsPerElement: 16, paperBits: 16 }
-          : accountBits({
-              plan: cachePlan(cache), kvHeads: shape.kvHeads, headDim: shape.headDim, tokens: T, residualLength: spec.residualLength!, groupSize: spec.groupSize!,
-              valueGroupSize: valueGroupSizeOf(spec)!,
-            });
+        const acct = accountSpec(spec, shape, T);
         memory.push({ config: spec.id, method: spec.method, context: T, heldBytes: m.totalBytes, heldBits: m.trueBitsPerElement, storedBits: acct.storedBitsPerElement, paperBits: acct.paperBits });
       } finally {
         cache.dispose();

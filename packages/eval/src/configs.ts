@@ -1,19 +1,10 @@
 import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
-import { accountBits, type CrossLayerPlan } from '@xquant/cross-layer';
+import { accountBits } from '@xquant/cross-layer';
 import { XqConfigError, XqError, XqFormatError } from '@xquant/quant';
-import {
-  DEFAULT_GROUP_SIZE,
-  DEFAULT_RESIDUAL_LENGTH,
-  PRESETS,
-  createKvCache,
-  resolveStrategy,
-  type KvCache,
-  type KvCacheShape,
-} from '@xquant/tfjs';
-import { registerPlannedStrategy } from './planned.js';
+import { PRESETS, createKvCache, resolveCacheConfig, type CacheConfig, type KvCache, type KvCacheShape } from '@xquant/tfjs';
 
-/** One cache configuration under evaluation: a preset (or strategy) with its residual length and group size. */
+/** One cache configuration under evaluation: a preset (or strategy) with its options and resolved configuration. */
 export interface CacheSpec {
   /** Unique id in results, e.g. `'kivi-2/R32/g32'`, or `'full'`. */
   id: string;
@@ -23,10 +14,8 @@ export interface CacheSpec {
   strategy: string;
   /** Options / overrides passed to `createKvCache`. */
   options: Record<string, unknown>;
-  /** Residual length R (null for `full`). */
-  residualLength: number | null;
-  /** Group size (null for `full`). */
-  groupSize: number | null;
+  /** The resolved configuration for the model's cache shape (`resolveCacheConfig`); null for `full`. */
+  config: CacheConfig | null;
 }
 
 /** A reusable cache preset as written by the planner (`xquant plan --out plan.json`) and read by `--caches @plan.json`. */
@@ -41,9 +30,9 @@ export interface PresetFile {
 
 /** Options of {@link resolveCacheSpecs}. */
 export interface ResolveCacheOptions {
-  /** Residual lengths: every quantized preset is evaluated at each. Default: the preset default (128). */
+  /** Residual lengths: every quantized preset is evaluated at each. Default: the strategy's (the resolver's default). */
   residualLengths?: readonly number[];
-  /** Group sizes, as for residual lengths. Default 32. */
+  /** Group sizes, as for residual lengths. */
   groupSizes?: readonly number[];
   /**
    * Channels per value group for every quantized configuration (keys keep the group size); default: the group size.
@@ -55,15 +44,18 @@ export interface ResolveCacheOptions {
 /** Id of the full-precision reference configuration. */
 export const FULL_ID = 'full';
 
-function checkPositiveInts(list: readonly number[] | undefined, what: string): void {
-  for (const v of list ?? []) {
-    if (!Number.isInteger(v) || v <= 0) throw new XqConfigError(what === 'residual length' ? 'E_RESIDUAL' : 'E_GROUP_SIZE', `${what} must be a positive integer; got ${String(v)}`);
-  }
-}
+/** The `full` configuration. */
+export const FULL_SPEC: Readonly<CacheSpec> = Object.freeze({ id: FULL_ID, method: FULL_ID, strategy: FULL_ID, options: {}, config: null });
 
-/** Id of a configuration: `name/R<R>/g<G>`, with `/v<V>` when the value group size differs from the group size. */
-function specId(name: string, R: number, G: number, Gv: unknown): string {
-  return `${name}/R${R}/g${G}${typeof Gv === 'number' && Gv !== G ? `/v${Gv}` : ''}`;
+/**
+ * One configuration: `strategy` with `options`, resolved for `shape` (typed errors on bad options); its id is
+ * `method/R<R>/g<G>`, with `/v<V>` when the value group size differs from the group size.
+ */
+export function cacheSpec(method: string, strategy: string, options: Record<string, unknown>, shape: KvCacheShape): CacheSpec {
+  if (strategy === FULL_ID) return { ...FULL_SPEC, method };
+  const config = resolveCacheConfig(strategy, shape, options);
+  const { residualLength: R, groupSize: G, valueGroupSize: V } = config;
+  return { id: `${method}/R${R}/g${G}${V !== G ? `/v${V}` : ''}`, method, strategy, options, config };
 }
 
 /** Read a preset file (`{ name, strategy, options }`). */
@@ -85,53 +77,54 @@ export function readPresetFile(path: string): PresetFile {
 }
 
 /**
- * Expand cache names into configurations: `'full'` once; each preset (`kivi-2`, `xquant-1.38`, …) once per residual
- * length × group size; `'@file.json'` a preset file, with its own R and group size when it sets them, else swept the same way. `full` is always included first (KL and top-1 need it).
- * Unknown names throw `E_STRATEGY_UNKNOWN` listing the presets.
+ * Check cache names without a model: presets, `full` and `@file.json` preset files (read and checked); throws
+ * `E_STRATEGY_UNKNOWN` listing the presets, or the file's typed error. {@link resolveCacheSpecs} runs it first.
  */
-export function resolveCacheSpecs(names: readonly string[], options: ResolveCacheOptions = {}): CacheSpec[] {
-  registerPlannedStrategy();
-  checkPositiveInts(options.residualLengths, 'residual length');
-  checkPositiveInts(options.groupSizes, 'group size');
-  if (options.valueGroupSize !== undefined) checkPositiveInts([options.valueGroupSize], 'value group size');
-  const Rs = options.residualLengths?.length ? options.residualLengths : [DEFAULT_RESIDUAL_LENGTH];
-  const Gs = options.groupSizes?.length ? options.groupSizes : [DEFAULT_GROUP_SIZE];
-  const specs: CacheSpec[] = [{ id: FULL_ID, method: FULL_ID, strategy: FULL_ID, options: {}, residualLength: null, groupSize: null }];
+export function validateCacheNames(names: readonly string[]): void {
   const known = new Set(PRESETS.map((p) => p.id));
+  for (const raw of names) {
+    const name = raw.trim();
+    if (name.startsWith('@')) readPresetFile(name.slice(1));
+    else if (name !== '' && !known.has(name)) {
+      throw new XqConfigError('E_STRATEGY_UNKNOWN', `unknown cache '${name}'; presets: ${[...known].join(', ')} (or @preset.json)`);
+    }
+  }
+}
+
+/**
+ * Expand cache names into configurations for a model's cache `shape`: `'full'` once; each preset (`kivi-2`,
+ * `xquant-1.38`, …) once per residual length × group size; `'@file.json'` a preset file, with its own R and group size
+ * when it sets them (a wrapper preset such as `rotated` may set them in its inner options), else swept the same way.
+ * `full` is always included first (KL and top-1 need it). Unknown names throw `E_STRATEGY_UNKNOWN` listing the presets;
+ * bad sizes throw the resolver's typed errors.
+ */
+export function resolveCacheSpecs(names: readonly string[], shape: KvCacheShape, options: ResolveCacheOptions = {}): CacheSpec[] {
+  validateCacheNames(names);
+  const sweep = (list: readonly number[] | undefined) => (list?.length ? list : [undefined]);
+  const specs: CacheSpec[] = [{ ...FULL_SPEC }];
+  const add = (method: string, strategy: string, fixed: Record<string, unknown>, base: Record<string, unknown>) => {
+    for (const R of 'residualLength' in fixed ? [fixed.residualLength] : sweep(options.residualLengths)) {
+      for (const G of 'groupSize' in fixed ? [fixed.groupSize] : sweep(options.groupSizes)) {
+        const V = 'valueGroupSize' in fixed ? fixed.valueGroupSize : options.valueGroupSize;
+        const sizes = Object.fromEntries(Object.entries({ residualLength: R, groupSize: G, valueGroupSize: V }).filter(([, v]) => v !== undefined));
+        const spec = cacheSpec(method, strategy, { ...base, ...sizes }, shape);
+        // recorded as resolved (results name R and the group size even when the resolver's defaults applied)
+        spec.options = { ...base, residualLength: spec.config!.residualLength, groupSize: spec.config!.groupSize, ...(V !== undefined ? { valueGroupSize: V } : {}) };
+        specs.push(spec);
+      }
+    }
+  };
   for (const raw of names) {
     const name = raw.trim();
     if (name === '' || name === FULL_ID) continue;
     if (name.startsWith('@')) {
       const p = readPresetFile(name.slice(1));
-      // A preset that fixes R / group size (a plan: R is part of its budget) keeps them; otherwise it is swept like a preset.
-
-      // a wrapper preset (e.g. `rotated`) that fixes them in its inner options fixes them too
+      // A preset that fixes R / group sizes (a plan: R is part of its budget) keeps them, also in a wrapper's inner options.
       const inner = (p.options.innerOptions ?? {}) as Record<string, unknown>;
-      const fixed = (key: string): unknown => p.options[key] ?? inner[key];
-      const R0 = fixed('residualLength'), G0 = fixed('groupSize'), V0 = fixed('valueGroupSize');
-      const Rp = typeof R0 === 'number' ? [R0] : Rs;
-      const Gp = typeof G0 === 'number' ? [G0] : Gs;
-      const Gv = V0 ?? options.valueGroupSize; // kept as set (a plan's value group size need not divide R)
-      for (const R of Rp) {
-        for (const G of Gp) {
-          const opts = { ...p.options, residualLength: R, groupSize: G, ...(typeof Gv === 'number' ? { valueGroupSize: Gv } : {}) };
-          resolveStrategy(p.strategy, opts); // validate now
-          specs.push({ id: specId(p.name, R, G, Gv), method: p.name, strategy: p.strategy, options: opts, residualLength: R, groupSize: G });
-        }
-      }
-      continue;
-    }
-    if (!known.has(name)) {
-      throw new XqConfigError('E_STRATEGY_UNKNOWN', `unknown cache '${name}'; presets: ${[...known].join(', ')} (or @preset.json)`);
-    }
-    for (const R of Rs) {
-      for (const G of Gs) {
-        const Gv = options.valueGroupSize;
-        const opts = { residualLength: R, groupSize: G, ...(Gv !== undefined ? { valueGroupSize: Gv } : {}) };
-        resolveStrategy(name, opts);
-        specs.push({ id: specId(name, R, G, Gv), method: name, strategy: name, options: opts, residualLength: R, groupSize: G });
-      }
-    }
+      const fixed: Record<string, unknown> = {};
+      for (const k of ['residualLength', 'groupSize', 'valueGroupSize']) if (typeof (p.options[k] ?? inner[k]) === 'number') fixed[k] = p.options[k] ?? inner[k];
+      add(p.name, p.strategy, fixed, p.options);
+    } else add(name, name, {}, {});
   }
   const seen = new Set<string>();
   return specs.filter((s) => (seen.has(s.id) ? false : (seen.add(s.id), true)));
@@ -139,26 +132,21 @@ export function resolveCacheSpecs(names: readonly string[], options: ResolveCach
 
 /** Create the KV cache of a configuration for a model's cache shape. */
 export function createCacheFor(spec: CacheSpec, shape: KvCacheShape): KvCache {
-  registerPlannedStrategy();
-  return spec.strategy === FULL_ID ? createKvCache(FULL_ID, shape) : createKvCache(spec.strategy, shape, spec.options);
+  return spec.config === null ? createKvCache(FULL_ID, shape) : createKvCache(spec.strategy, shape, spec.options);
 }
 
-/** The storage plan of a cache (quantized caches expose one; `full` is 16 bits everywhere). */
-export function cachePlan(cache: KvCache): CrossLayerPlan {
-  const p = (cache as { plan?: CrossLayerPlan }).plan;
-  if (p && Array.isArray(p.keys) && Array.isArray(p.values)) return p;
-  const L = cache.shape.layers;
-  const fp = () => Array.from({ length: L }, () => ({ bits: 16 as const, codesFrom: null }));
-  return { keys: fp(), values: fp() };
+/** A configuration as recorded in results (plain JSON). */
+export interface ConfigRecord extends Omit<CacheSpec, 'config'> {
+  /** Its residual length R (null for `full`). */
+  residualLength: number | null;
+  /** Its group size (null for `full`). */
+  groupSize: number | null;
 }
 
-/**
- * Channels per value scale/zero group of a configuration: its `valueGroupSize` option when set, else its group size
- * (null for `full`).
- */
-export function valueGroupSizeOf(spec: Pick<CacheSpec, 'options' | 'groupSize'>): number | null {
-  const v = spec.options.valueGroupSize;
-  return typeof v === 'number' ? v : spec.groupSize;
+/** A configuration as recorded in results: its options and resolved sizes, without the calibrator objects. */
+export function configRecord(spec: CacheSpec): ConfigRecord {
+  const { id, method, strategy, options, config } = spec;
+  return { id, method, strategy, options, residualLength: config?.residualLength ?? null, groupSize: config?.groupSize ?? null };
 }
 
 /** Bit accounting of a configuration at one context length. */
@@ -173,6 +161,11 @@ export interface SpecBits {
   tokens: number;
 }
 
+/** `accountBits` of a configuration (fp16 metadata and residual window); `full` is 16 bits of both kinds. */
+export function accountSpec(spec: CacheSpec, shape: KvCacheShape, tokens: number): { paperBits: number; storedBitsPerElement: number } {
+  return spec.config === null ? { paperBits: 16, storedBitsPerElement: 16 } : accountBits({ config: spec.config, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens });
+}
+
 /**
  * Paper bits, true stored bits (via `accountBits` of @xquant/cross-layer, fp16 residual) and the bits the cache
  * really holds (fills a cache with `tokens` random tokens and reads `cache.memory()`).
@@ -180,14 +173,7 @@ export interface SpecBits {
 export function specBits(spec: CacheSpec, shape: KvCacheShape, tokens = 2048): SpecBits {
   const cache = createCacheFor(spec, shape);
   try {
-    const plan = cachePlan(cache);
-    const isFull = spec.strategy === FULL_ID;
-    const acct = isFull
-      ? { paperBits: 16, storedBitsPerElement: 16 }
-      : accountBits({
-          plan, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens, residualLength: spec.residualLength!, groupSize: spec.groupSize!,
-          valueGroupSize: valueGroupSizeOf(spec)!,
-        });
+    const acct = accountSpec(spec, shape, tokens);
     const { kvHeads, headDim } = shape;
     let seed = 12345;
     const rand = () => {

@@ -1,13 +1,11 @@
-import { accountBits, type LayerStorage } from '@xquant/cross-layer';
+import { accountBits, bestDonors, codeAgreement, type CodeAgreement, type LayerStorage } from '@xquant/cross-layer';
 import { XqConfigError, type Bits } from '@xquant/quant';
-import type { KvCacheShape } from '@xquant/tfjs';
-import { FULL_ID, type CacheSpec, type PresetFile } from './configs.js';
+import { DEFAULT_RESIDUAL_LENGTH, planned, type CalibrationChoice, type KvCacheShape, type PlannedOptions } from '@xquant/tfjs';
+import { FULL_SPEC, cacheSpec, type PresetFile } from './configs.js';
 import { captureLayers, layerErrors } from './layer-error.js';
-import { planned, type CalibrationChoice, type PlannedOptions } from './planned.js';
 import { runEval, type EvalModel } from './protocol.js';
 import type { EvalFile } from './records.js';
 import { summarize } from './results.js';
-import { bestDonors, codeAgreement, type CodeAgreement } from './similarity.js';
 
 /** Keys or values. */
 export type Kind = 'keys' | 'values';
@@ -22,7 +20,7 @@ export interface PlanOptions {
   budgetBits: number;
   /** Token ids of a short calibration prompt (starts with BOS; ≥ prefill + 32 tokens; ~300 is plenty). */
   calibrationPrompt: readonly number[];
-  /** Residual length R (fixed, part of the budget). Default 128. */
+  /** Residual length R (fixed, part of the budget). Default `DEFAULT_RESIDUAL_LENGTH` of `@xquant/tfjs` (128). */
   residualLength?: number;
   /** Context length at which the budget is accounted. Default 2048. */
   tokens?: number;
@@ -148,13 +146,13 @@ function plannedOptions(plan: Plan, R: number): PlannedOptions {
  *    stored bit until the budget is spent; then try cross-layer sharing with the donors the measured code agreement
  *    suggests, re-spending the saved bits, and keep a share only if the prediction improves.
  * 4. Verify the best few plans (and their all-η, all-least-squares and η-own / least-squares-borrowed variants) by their real KL on the calibration
- *    prompt through the model, and return the best as a reusable preset of the {@link planned} strategy.
+ *    prompt through the model, and return the best as a reusable preset of the `planned` strategy of `@xquant/tfjs`.
  */
 export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
   const { model, budgetBits } = options;
   const log = options.log ?? (() => {});
   if (!Number.isFinite(budgetBits) || budgetBits <= 0) throw new XqConfigError('E_CONFIG', `budgetBits must be a positive number; got ${String(budgetBits)}`);
-  const R = options.residualLength ?? 128;
+  const R = options.residualLength ?? DEFAULT_RESIDUAL_LENGTH;
   const tokens = options.tokens ?? 2048;
   const shape: KvCacheShape = model.cacheShape;
   const L = shape.layers;
@@ -196,7 +194,7 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
       (kind === 'keys' ? keys : values)[1] = { bits, codesFrom: shared ? 0 : null };
       (kind === 'keys' ? keys : values)[0] = { bits, codesFrom: null };
       const groups = kind === 'keys' ? { groupSize: gs, valueGroupSize: valueGroupSizes[0]! } : { groupSize: groupSizes[0]!, valueGroupSize: gs };
-      const acct = accountBits({ plan: { keys, values }, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens, residualLength: R, ...groups });
+      const acct = accountBits({ config: { keys, values, residualLength: R, ...groups }, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens });
       const t = acct.perLayer[1]![kind];
       b = t.codeBytes + t.metadataBytes + t.residualBytes;
       byteCache.set(key, b);
@@ -261,11 +259,8 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
   const sensitivity: PlanResult['sensitivity'] = [];
   const evalFile: EvalFile = { path: 'calibration', name: 'calibration', kind: 'prose', records: [{ kind: 'prose', id: 'calibration', inputIds: ids }] };
   const klOf = async (specs: { name: string; options: PlannedOptions }[]) => {
-    const caches: CacheSpec[] = [
-      { id: FULL_ID, method: FULL_ID, strategy: FULL_ID, options: {}, residualLength: null, groupSize: null },
-      ...specs.map((s) => ({ id: s.name, method: s.name, strategy: 'planned', options: s.options as unknown as Record<string, unknown>, residualLength: R, groupSize: s.options.groupSize ?? 32 })),
-    ];
-    const res = await runEval({ model, tokenizer: { decode: () => '' }, files: [evalFile], caches, prosePrefill: prefill, progress: false, bitsTokens: tokens });
+    const caches = [FULL_SPEC, ...specs.map((s) => ({ ...cacheSpec(s.name, 'planned', s.options as unknown as Record<string, unknown>, shape), id: s.name }))];
+    const res = await runEval({ model, tokenizer: { decode: () => '' }, files: [evalFile], caches, prosePrefill: prefill, bitsTokens: tokens });
     const sums = summarize(res);
     return specs.map((s) => sums.find((x) => x.config.id === s.name)!.prose!);
   };
@@ -425,10 +420,7 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
   const kls = await klOf(verify.map((v) => ({ name: v.name, options: plannedOptions(v.plan, R) })));
   const candidates: PlanCandidate[] = verify.map((v, i) => {
     const options = plannedOptions(v.plan, R);
-    const acct = accountBits({
-      plan: { keys: options.keys, values: options.values }, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens, residualLength: R,
-      groupSize: v.plan.gk, valueGroupSize: v.plan.gv,
-    });
+    const acct = accountBits({ config: { keys: options.keys, values: options.values, residualLength: R, groupSize: v.plan.gk, valueGroupSize: v.plan.gv }, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens });
     return { name: v.name, options, storedBits: acct.storedBitsPerElement, paperBits: acct.paperBits, predicted: predicted(v.plan), kl: kls[i]!.kl, top1: kls[i]!.top1 };
   });
   candidates.sort((a, b) => a.kl - b.kl);

@@ -2,10 +2,9 @@ import { basename } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { XqConfigError, XqShapeError } from '@xquant/quant';
 import type { AsyncKvCache, KvCache, KvCacheShape } from '@xquant/tfjs';
-import { FULL_ID, createCacheFor, specBits, type CacheSpec } from './configs.js';
+import { FULL_ID, FULL_SPEC, configRecord, createCacheFor, specBits, type CacheSpec } from './configs.js';
 import { captureLayers, layerErrors } from './layer-error.js';
 import { argmax, firstDigits, klDivergence, logSoftmax, type ProseSums } from './metrics.js';
-import { ProgressBar, type ProgressStream } from './progress.js';
 import type { EvalFile, PasskeyRecord, ProseRecord } from './records.js';
 import {
   RESULTS_FORMAT,
@@ -100,15 +99,29 @@ export interface RunEvalOptions extends ProtocolOptions {
   shard?: Shard;
   /** Context length for the bit accounting (default 2048). */
   bitsTokens?: number;
-  /** Progress bar stream (default stderr); false for none. */
-  progress?: ProgressStream | false;
   /**
    * Token ids of a prompt for the per-layer error diagnostic (each layer in isolation: attention output, keys and
    * values vs full precision, see `layerErrors`); omitted = not computed.
    */
   layerErrorPrompt?: readonly number[];
-  /** Called after every (record, configuration) with the seconds it took. */
-  onStep?: (info: { file: string; index: number; config: string; seconds: number }) => void;
+  /** Called after every (record, configuration) with the seconds it took and the progress (`done` of `total` steps); e.g. to draw a progress bar. */
+  onStep?: (info: StepInfo) => void;
+}
+
+/** What {@link RunEvalOptions.onStep} reports after each (record, configuration). */
+export interface StepInfo {
+  /** Eval file name. */
+  file: string;
+  /** Record index in the file. */
+  index: number;
+  /** Configuration id. */
+  config: string;
+  /** Seconds it took (a batched run's time split evenly over its configurations). */
+  seconds: number;
+  /** (record, configuration) steps done so far. */
+  done: number;
+  /** Steps in the whole run. */
+  total: number;
 }
 
 /** Parse `i/n` (0 ≤ i < n). */
@@ -193,20 +206,22 @@ async function loadSnapshot(cache: KvCache, s: KvSnapshot, async: boolean): Prom
 /** Timer and per-config accounting shared by the record runners. */
 class Ledger {
   readonly timing: EvalResults['timing'] = {};
+  private done = 0;
   constructor(
-    private readonly bar: ProgressBar | null,
+    private readonly total: number,
     private readonly onStep: RunEvalOptions['onStep'],
   ) {}
-  async time<T>(file: string, index: number, config: string, fn: () => Promise<{ value: T; steps: number }>): Promise<T> {
-    const t0 = performance.now();
-    const { value, steps } = await fn();
-    const seconds = (performance.now() - t0) / 1000;
+  private step(file: string, index: number, config: string, seconds: number, steps: number): void {
     const acc = (this.timing[config] ??= { seconds: 0, steps: 0, records: 0 });
     acc.seconds += seconds;
     acc.steps += steps;
     acc.records += 1;
-    this.bar?.tick(1, `${file}#${index} ${config} ${seconds.toFixed(1)}s`);
-    this.onStep?.({ file, index, config, seconds });
+    this.onStep?.({ file, index, config, seconds, done: ++this.done, total: this.total });
+  }
+  async time<T>(file: string, index: number, config: string, fn: () => Promise<{ value: T; steps: number }>): Promise<T> {
+    const t0 = performance.now();
+    const { value, steps } = await fn();
+    this.step(file, index, config, (performance.now() - t0) / 1000, steps);
     return value;
   }
   /** Time a run of several configurations together; its wall time is split evenly over them. */
@@ -214,14 +229,7 @@ class Ledger {
     const t0 = performance.now();
     const { value, steps } = await fn();
     const seconds = (performance.now() - t0) / 1000 / configs.length;
-    for (const config of configs) {
-      const acc = (this.timing[config] ??= { seconds: 0, steps: 0, records: 0 });
-      acc.seconds += seconds;
-      acc.steps += steps[config] ?? 0;
-      acc.records += 1;
-      this.onStep?.({ file, index, config, seconds });
-    }
-    this.bar?.tick(configs.length, `${file}#${index} ${configs.length} configs ${(seconds * configs.length).toFixed(1)}s`);
+    for (const config of configs) this.step(file, index, config, seconds, steps[config] ?? 0);
     return value;
   }
 }
@@ -525,14 +533,11 @@ export async function runEval(options: RunEvalOptions): Promise<EvalResults> {
     if (!Number.isInteger(v) || v < 1) throw new XqConfigError('E_CONFIG', `${what} must be a positive integer; got ${String(v)}`);
   }
   const eosIds = options.eosIds ?? (model.config.eosTokenIds?.length ? model.config.eosTokenIds : [1]);
-  const caches = options.caches.some((c) => c.id === FULL_ID)
-    ? options.caches
-    : [{ id: FULL_ID, method: FULL_ID, strategy: FULL_ID, options: {}, residualLength: null, groupSize: null }, ...options.caches];
+  const caches = options.caches.some((c) => c.id === FULL_ID) ? options.caches : [FULL_SPEC, ...options.caches];
   const ids = caches.map((c) => c.id);
   if (new Set(ids).size !== ids.length) throw new XqConfigError('E_CONFIG', `runEval: configuration ids must be unique; got ${ids.join(', ')}`);
   const selected = selectRecords(files, options.limit, options.shard, options.sample);
-  const bar = options.progress === false ? null : new ProgressBar(selected.length * caches.length, { stream: options.progress, label: 'eval' });
-  const ledger = new Ledger(bar, options.onStep);
+  const ledger = new Ledger(selected.length * caches.length, options.onStep);
   const ctx: Ctx = {
     model,
     tokenizer: options.tokenizer,
@@ -549,7 +554,7 @@ export async function runEval(options: RunEvalOptions): Promise<EvalResults> {
     throw new XqConfigError('E_CONFIG', `runEval: batch needs a model with forwardBatch on a backend other than webgpu (backend ${tf.getBackend()})`);
   }
   const shape = model.cacheShape;
-  const configs = caches.map((c) => ({ ...c, ...specBits(c, shape, options.bitsTokens ?? 2048) }));
+  const configs = caches.map((c) => ({ ...configRecord(c), ...specBits(c, shape, options.bitsTokens ?? 2048) }));
   const prose: ProseRecordResult[] = [];
   const passkey: PasskeyRecordResult[] = [];
   for (const { file, index } of selected) {
@@ -557,7 +562,6 @@ export async function runEval(options: RunEvalOptions): Promise<EvalResults> {
     if (rec.kind === 'prose') prose.push(await (ctx.batch ? runProseRecordBatched : runProseRecord)(ctx, file.name, index, rec));
     else passkey.push(await (ctx.batch ? runPasskeyRecordBatched : runPasskeyRecord)(ctx, file.name, index, rec));
   }
-  bar?.finish();
   let layerErrorResult: EvalResults['layerErrors'];
   if (options.layerErrorPrompt) {
     const cap = await captureLayers(model, options.layerErrorPrompt);

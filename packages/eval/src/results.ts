@@ -1,13 +1,13 @@
 import { XqConfigError, XqFormatError } from '@xquant/quant';
-import type { CacheSpec, SpecBits } from './configs.js';
+import type { ConfigRecord, SpecBits } from './configs.js';
 import type { LayerError } from './layer-error.js';
 import { summarizeProse, type ProseSummary, type ProseSums } from './metrics.js';
 
 /** Format tag of results files written by {@link runEval} and {@link mergeResults}. */
 export const RESULTS_FORMAT = 'xquant-eval/v1';
 
-/** A configuration as evaluated, with its bit accounting. */
-export interface ConfigResult extends CacheSpec, SpecBits {}
+/** A configuration as evaluated (see `configRecord`), with its bit accounting. */
+export interface ConfigResult extends ConfigRecord, SpecBits {}
 
 /** Per-cache outcome of one prose record. */
 export interface ProseRecordResult {

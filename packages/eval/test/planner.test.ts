@@ -4,17 +4,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { DecoderModel } from '@xquant/models';
-import { accountBits } from '@xquant/cross-layer';
-import { createKvCache } from '@xquant/tfjs';
+import { accountBits, codeAgreement } from '@xquant/cross-layer';
+import { createKvCache, planned } from '@xquant/tfjs';
 import {
   BENCH_FORMAT,
   benchMarkdown,
+  cacheSpec,
   captureLayers,
-  codeAgreement,
   layerErrors,
   planForBudget,
-  planned,
-  registerPlannedStrategy,
   resolveCacheSpecs,
   runBench,
   runEval,
@@ -74,7 +72,6 @@ describe('code agreement, layer errors, planner, bench on a tiny model', () => {
   });
 
   it('planned strategy: JSON options → cache; registered as "planned"; rejects forward donors and wrong layer counts', () => {
-    registerPlannedStrategy();
     const options = {
       residualLength: 32,
       keys: [{ bits: 2, codesFrom: null }, { bits: 2, codesFrom: 0 }],
@@ -98,11 +95,12 @@ describe('code agreement, layer errors, planner, bench on a tiny model', () => {
       expect(c.kl).toBeGreaterThanOrEqual(res.best.kl);
     }
     const o = res.best.options;
-    const acct = accountBits({ plan: { keys: o.keys, values: o.values }, kvHeads: 1, headDim: 32, tokens: 256, residualLength: 32, groupSize: 32 });
+    const acct = accountBits({ config: { keys: o.keys, values: o.values, residualLength: 32, groupSize: 32 }, kvHeads: 1, headDim: 32, tokens: 256 });
     expect(acct.storedBitsPerElement).toBeCloseTo(res.best.storedBits, 12);
     // reusable: the preset evaluates through the normal spec path
-    const spec = resolveCacheSpecs([]).concat([{ id: 'p', method: 'p', strategy: res.preset.strategy, options: res.preset.options, residualLength: 32, groupSize: 32 }]);
-    expect(spec).toHaveLength(2);
+    const spec = cacheSpec('p', res.preset.strategy, res.preset.options, model.cacheShape);
+    expect(spec.id).toMatch(/^p\/R32\/g32/);
+    expect(spec.config!.residualLength).toBe(32);
     createKvCache(res.preset.strategy, model.cacheShape, res.preset.options).dispose();
     await expect(planForBudget({ model, budgetBits: 0.5, calibrationPrompt: ids, residualLength: 32, groupSizes: [32], tokens: 256, sensitivity: false })).rejects.toThrow(
       /below the cheapest plan \(\d+\.\d+ bits/,
@@ -119,7 +117,7 @@ describe('code agreement, layer errors, planner, bench on a tiny model', () => {
       expect(logs.some((l) => /key group size 64 skipped/.test(l))).toBe(true);
       const { kvHeads, headDim } = m64.cacheShape;
       const bitsOf = (o: { keys: any[]; values: any[]; groupSize?: number; valueGroupSize?: number }) =>
-        accountBits({ plan: { keys: o.keys, values: o.values }, kvHeads, headDim, tokens: T, residualLength: R, groupSize: o.groupSize!, valueGroupSize: o.valueGroupSize! }).storedBitsPerElement;
+        accountBits({ config: { keys: o.keys, values: o.values, residualLength: R, groupSize: o.groupSize!, valueGroupSize: o.valueGroupSize! }, kvHeads, headDim, tokens: T }).storedBitsPerElement;
       for (const c of res.candidates) {
         expect(c.options.groupSize).toBe(32);
         expect(c.name.startsWith('g32-v64')).toBe(c.options.valueGroupSize === 64);
@@ -138,12 +136,12 @@ describe('code agreement, layer errors, planner, bench on a tiny model', () => {
       // the preset file carries both group sizes; `--caches @plan.json` evaluates the same cache: same bits, same KL
       const file = join(mkdtempSync(join(tmpdir(), 'xq-plan-')), 'plan.json');
       writeFileSync(file, JSON.stringify({ preset: res.preset }));
-      const [full, spec] = resolveCacheSpecs([`@${file}`]);
+      const [full, spec] = resolveCacheSpecs([`@${file}`], m64.cacheShape);
       expect(spec!.options.valueGroupSize).toBe(res.best.options.valueGroupSize);
       expect(spec!.id).toBe(`${res.preset.name}/R32/g32${res.best.options.valueGroupSize === 64 ? '/v64' : ''}`);
       expect(specBits(spec!, m64.cacheShape, T).storedBits).toBeCloseTo(res.best.storedBits, 12);
       const evalFile = { path: 'calibration', name: 'calibration', kind: 'prose' as const, records: [{ kind: 'prose' as const, id: 'calibration', inputIds: ids }] };
-      const again = summarize(await runEval({ model: m64, tokenizer: { decode: () => '' }, files: [evalFile], caches: [full!, spec!], prosePrefill: 64, progress: false, bitsTokens: T }));
+      const again = summarize(await runEval({ model: m64, tokenizer: { decode: () => '' }, files: [evalFile], caches: [full!, spec!], prosePrefill: 64, bitsTokens: T }));
       const kl = again.find((r) => r.config.id === spec!.id)!.prose!.kl;
       expect(Math.abs(kl - res.best.kl)).toBeLessThanOrEqual(1e-6 * res.best.kl + 1e-9);
     } finally {
@@ -152,7 +150,7 @@ describe('code agreement, layer errors, planner, bench on a tiny model', () => {
   }, 120_000);
 
   it('runBench: full baseline in the same run, one speed row per config × context, memory shrinks with bits', async () => {
-    const b = await runBench({ model, caches: resolveCacheSpecs(['kivi-2', 'kivi-1'], { residualLengths: [32] }), contexts: [64], memoryContexts: [256], steps: 2, warmup: 1 });
+    const b = await runBench({ model, caches: resolveCacheSpecs(['kivi-2', 'kivi-1'], model.cacheShape, { residualLengths: [32] }), contexts: [64], memoryContexts: [256], steps: 2, warmup: 1 });
     expect(b.format).toBe(BENCH_FORMAT);
     expect(b.speed.map((r) => r.config)).toEqual(['full', 'kivi-2/R32/g32', 'kivi-1/R32/g32']);
     for (const r of b.speed) expect(r.msPerStep).toBeGreaterThan(0);

@@ -46,8 +46,8 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
   it('full through the harness = one plain forward; ppl, KL, top-1 and the excl-first ppl match float64 sums written here', async () => {
     const file = proseFile(1);
     const ids = file.records[0]!.inputIds;
-    const caches = resolveCacheSpecs(['kivi-2'], { residualLengths: [32], groupSizes: [32] });
-    const res = await runEval({ model, tokenizer: decode, files: [file], caches, prosePrefill: P, progress: false, sharedPrefill: false });
+    const caches = resolveCacheSpecs(['kivi-2'], model.cacheShape, { residualLengths: [32], groupSizes: [32] });
+    const res = await runEval({ model, tokenizer: decode, files: [file], caches, prosePrefill: P, sharedPrefill: false });
     // plain forward of the whole record with a full cache: logits at every position
     const full = createCacheFor(caches[0]!, model.cacheShape);
     const all = model.forward(ids, full, 'all');
@@ -100,9 +100,9 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
 
   it('shared prefill (K/V copied from full) gives the same numbers as prefilling every cache', async () => {
     const file = proseFile(1, 11);
-    const caches = resolveCacheSpecs(['kivi-1', 'xquant-1.38'], { residualLengths: [32] });
-    const a = await runEval({ model, tokenizer: decode, files: [file], caches, prosePrefill: P, progress: false, sharedPrefill: true });
-    const b = await runEval({ model, tokenizer: decode, files: [file], caches, prosePrefill: P, progress: false, sharedPrefill: false });
+    const caches = resolveCacheSpecs(['kivi-1', 'xquant-1.38'], model.cacheShape, { residualLengths: [32] });
+    const a = await runEval({ model, tokenizer: decode, files: [file], caches, prosePrefill: P, sharedPrefill: true });
+    const b = await runEval({ model, tokenizer: decode, files: [file], caches, prosePrefill: P, sharedPrefill: false });
     for (const id of ['kivi-1/R32/g32', 'xquant-1.38/R32/g32']) {
       const x = a.prose[0]!.perCache[id]!;
       const y = b.prose[0]!.perCache[id]!;
@@ -114,8 +114,8 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
 
   it('shards merged = the unsharded run (records, configs and every sum); merge rejects overlaps and foreign inputs', async () => {
     const file = proseFile(3, 5);
-    const caches = resolveCacheSpecs(['kivi-2'], { residualLengths: [32] });
-    const opts = { model, tokenizer: decode, files: [file], caches, prosePrefill: P, progress: false as const };
+    const caches = resolveCacheSpecs(['kivi-2'], model.cacheShape, { residualLengths: [32] });
+    const opts = { model, tokenizer: decode, files: [file], caches, prosePrefill: P };
     const whole = await runEval(opts);
     const parts = [];
     for (const index of [2, 0, 1]) parts.push(await runEval({ ...opts, shard: { index, count: 3 } }));
@@ -139,17 +139,17 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'xq-preset-'));
     const file = join(dir, 'rot.json');
     writeFileSync(file, JSON.stringify({ name: 'rot-k2', strategy: 'rotated', options: { inner: 'kivi-2', innerOptions: { residualLength: 32, groupSize: 32, valueGroupSize: 16 }, keys: true } }));
-    const [, spec] = resolveCacheSpecs([`@${file}`], { residualLengths: [128] });
+    const [, spec] = resolveCacheSpecs([`@${file}`], model.cacheShape, { residualLengths: [128] });
     expect(spec!.id).toBe('rot-k2/R32/g32/v16');
     expect(spec!.options).toMatchObject({ residualLength: 32, groupSize: 32, valueGroupSize: 16 });
   });
 
   it('join: runs of different configurations on the same records = one run of all of them (unbatched: exact)', async () => {
     const file = proseFile(2, 17);
-    const opts = { model, tokenizer: decode, files: [file], prosePrefill: P, progress: false as const, batch: false };
-    const both = await runEval({ ...opts, caches: resolveCacheSpecs(['kivi-2', 'kivi-1'], { residualLengths: [32] }) });
-    const a = await runEval({ ...opts, caches: resolveCacheSpecs(['kivi-2'], { residualLengths: [32] }) });
-    const b = await runEval({ ...opts, caches: resolveCacheSpecs(['kivi-1'], { residualLengths: [32] }) });
+    const opts = { model, tokenizer: decode, files: [file], prosePrefill: P, batch: false };
+    const both = await runEval({ ...opts, caches: resolveCacheSpecs(['kivi-2', 'kivi-1'], model.cacheShape, { residualLengths: [32] }) });
+    const a = await runEval({ ...opts, caches: resolveCacheSpecs(['kivi-2'], model.cacheShape, { residualLengths: [32] }) });
+    const b = await runEval({ ...opts, caches: resolveCacheSpecs(['kivi-1'], model.cacheShape, { residualLengths: [32] }) });
     const joined = joinResults([a, { ...b, model: { ...b.model, path: '/elsewhere' } }]);
     expect(joined.configs.map((c) => c.id)).toEqual(both.configs.map((c) => c.id));
     expect(summarize(joined)).toEqual(summarize(both));
@@ -157,13 +157,13 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
     expect(() => joinResults([a, { ...b, format: 'nope' } as unknown as EvalResults])).toThrow(/not an xquant eval result/);
     expect(() => joinResults([a, { ...b, model: { ...b.model, layers: 3 } }])).toThrow(/model/);
     expect(() => joinResults([])).toThrow(/nothing to join/);
-    const other = await runEval({ ...opts, files: [proseFile(2, 18)], caches: resolveCacheSpecs(['kivi-1'], { residualLengths: [32] }) });
+    const other = await runEval({ ...opts, files: [proseFile(2, 18)], caches: resolveCacheSpecs(['kivi-1'], model.cacheShape, { residualLengths: [32] }) });
     expect(() => joinResults([a, { ...other, prose: other.prose.slice(0, 1) }])).toThrow(/other records/);
   });
 
   it('results carry paper/stored bits from the plan and the measured bits of cache.memory()', async () => {
     const file = proseFile(1);
-    const res = await runEval({ model, tokenizer: decode, files: [file], caches: resolveCacheSpecs(['kivi-2', 'asymkv-1.5'], { residualLengths: [32] }), prosePrefill: P, progress: false, limit: 1 });
+    const res = await runEval({ model, tokenizer: decode, files: [file], caches: resolveCacheSpecs(['kivi-2', 'asymkv-1.5'], model.cacheShape, { residualLengths: [32] }), prosePrefill: P, limit: 1 });
     const byId = Object.fromEntries(res.configs.map((c) => [c.id, c]));
     // headDim 32, gs 32, R 32, T 2048: codes b, metadata 1, values keep 32 fp16 tokens
     const stored = (kb: number, vb: number) => ((kb + 1) * 2048 + (vb + 1) * 2016 + 16 * 32) / (2 * 2048);
@@ -177,24 +177,24 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
   });
 
   it('a value group size for every preset: keys grouped by 128 tokens, values by 64 channels; ids, options and stored bits follow', async () => {
-    const specs = resolveCacheSpecs(['kivi-2'], { residualLengths: [128], groupSizes: [128], valueGroupSize: 32 });
+    const specs = resolveCacheSpecs(['kivi-2'], model.cacheShape, { residualLengths: [128], groupSizes: [128], valueGroupSize: 32 });
     expect(specs.map((s) => s.id)).toEqual(['full', 'kivi-2/R128/g128/v32']);
     expect(specs[1]!.options).toMatchObject({ residualLength: 128, groupSize: 128, valueGroupSize: 32 });
-    const same = resolveCacheSpecs(['kivi-2'], { residualLengths: [32], valueGroupSize: 32 });
+    const same = resolveCacheSpecs(['kivi-2'], model.cacheShape, { residualLengths: [32], valueGroupSize: 32 });
     expect(same[1]!.id).toBe('kivi-2/R32/g32'); // equal to the group size: no suffix
-    const res = await runEval({ model, tokenizer: decode, files: [proseFile(1)], caches: specs, prosePrefill: P, progress: false });
+    const res = await runEval({ model, tokenizer: decode, files: [proseFile(1)], caches: specs, prosePrefill: P });
     const c = res.configs.find((x) => x.id === 'kivi-2/R128/g128/v32')!;
     // headDim 32, T 2048, R 128: key codes 2 + fp16 scale/zero per 128 tokens; values 2 + 32/32 per token, fp16 window of 128
     const stored = ((2 + 32 / 128) * 2048 + (2 + 1) * (2048 - 128) + 16 * 128) / (2 * 2048);
     expect(c.storedBits).toBeCloseTo(stored, 12);
-    expect(() => resolveCacheSpecs(['kivi-2'], { valueGroupSize: 0 })).toThrow(/value group size/);
+    expect(() => resolveCacheSpecs(['kivi-2'], model.cacheShape, { valueGroupSize: 0 })).toThrow(/valueGroupSize must be a positive integer/);
   });
 
   it('layer-error diagnostic: zero for full, grows as bits drop', async () => {
     const ids = proseFile(1).records[0]!.inputIds;
     const res = await runEval({
-      model, tokenizer: decode, files: [proseFile(1)], caches: resolveCacheSpecs(['kivi-2', 'kivi-1'], { residualLengths: [32] }),
-      prosePrefill: P, progress: false, layerErrorPrompt: ids,
+      model, tokenizer: decode, files: [proseFile(1)], caches: resolveCacheSpecs(['kivi-2', 'kivi-1'], model.cacheShape, { residualLengths: [32] }),
+      prosePrefill: P, layerErrorPrompt: ids,
     });
     const le = res.layerErrors!.perCache;
     for (const l of le.full!) expect(l.attention).toBeLessThan(1e-6);
@@ -206,9 +206,9 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
 
   it('batched (all configurations in lockstep through forwardBatch) = one configuration at a time, up to float32 rounding', async () => {
     const file = proseFile(2, 13);
-    const caches = resolveCacheSpecs(['kivi-2', 'kivi-1', 'xquant-1.38'], { residualLengths: [32] });
+    const caches = resolveCacheSpecs(['kivi-2', 'kivi-1', 'xquant-1.38'], model.cacheShape, { residualLengths: [32] });
     for (const sharedPrefill of [true, false]) {
-      const opts = { model, tokenizer: decode, files: [file], caches, prosePrefill: P, progress: false as const, sharedPrefill };
+      const opts = { model, tokenizer: decode, files: [file], caches, prosePrefill: P, sharedPrefill };
       const a = await runEval({ ...opts, batch: true });
       const b = await runEval({ ...opts, batch: false });
       expect(a.protocol.batched).toBe(true);
@@ -236,7 +236,7 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
 
   it('rejects a record shorter than the prefill', async () => {
     const short = parseEvalJsonl(JSON.stringify({ input_ids: [0, 2, 3] }), 's.jsonl');
-    await expect(runEval({ model, tokenizer: decode, files: [short], caches: resolveCacheSpecs([]), progress: false })).rejects.toThrow(/more than the 64-token prefill/);
+    await expect(runEval({ model, tokenizer: decode, files: [short], caches: resolveCacheSpecs([], model.cacheShape) })).rejects.toThrow(/more than the 64-token prefill/);
   });
 });
 
@@ -252,18 +252,18 @@ describe('passkey protocol with a scripted model', () => {
 
   it('greedy tokens after the 16-token tail, stops at EOS, first digit run must equal the answer', async () => {
     const model = scriptedModel([8, 4, 5, 6, 1, 7, 7], n);
-    const res = await runEval({ model, tokenizer, files: [file('4821')], caches: resolveCacheSpecs([]), progress: false });
+    const res = await runEval({ model, tokenizer, files: [file('4821')], caches: resolveCacheSpecs([], model.cacheShape) });
     const o = res.passkey[0]!.perCache.full!;
     expect(o.ids).toEqual([8, 4, 5, 6]);
     expect(o.text).toBe(' x4821');
     expect(o.correct).toBe(true);
-    const wrong = await runEval({ model, tokenizer, files: [file('482')], caches: resolveCacheSpecs([]), progress: false });
+    const wrong = await runEval({ model, tokenizer, files: [file('482')], caches: resolveCacheSpecs([], model.cacheShape) });
     expect(wrong.passkey[0]!.perCache.full!.correct).toBe(false); // 4821 ≠ 482: the whole run must match
   });
 
   it('at most 8 tokens are generated', async () => {
     const model = scriptedModel([4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4], n);
-    const res = await runEval({ model, tokenizer, files: [file('44444444')], caches: resolveCacheSpecs([]), progress: false });
+    const res = await runEval({ model, tokenizer, files: [file('44444444')], caches: resolveCacheSpecs([], model.cacheShape) });
     expect(res.passkey[0]!.perCache.full!.ids).toHaveLength(8);
     expect(res.passkey[0]!.perCache.full!.correct).toBe(true);
     expect(summarize(res)[0]!.passkey[256]).toEqual({ correct: 1, n: 1, accuracy: 1 });
@@ -271,8 +271,8 @@ describe('passkey protocol with a scripted model', () => {
 
   it('batched: each cache stops on its own (EOS, 8 tokens, EOS at once) with the outcomes and steps of the unbatched run', async () => {
     const scripts = [[8, 4, 5, 6, 1, 7], [4, 4, 4, 4, 4, 4, 4, 4, 4, 4], [1, 4], [7, 1]];
-    const caches = resolveCacheSpecs(['kivi-2', 'kivi-1', 'asymkv-1.5'], { residualLengths: [32] });
-    const run = (batch: boolean) => runEval({ model: scriptedModel(scripts, n), tokenizer, files: [file('4821')], caches, progress: false, batch });
+    const caches = resolveCacheSpecs(['kivi-2', 'kivi-1', 'asymkv-1.5'], scriptedModel(scripts, n).cacheShape, { residualLengths: [32] });
+    const run = (batch: boolean) => runEval({ model: scriptedModel(scripts, n), tokenizer, files: [file('4821')], caches, batch });
     const [a, b] = [await run(true), await run(false)];
     expect(a.protocol.batched).toBe(true);
     expect(b.protocol.batched).toBe(false);
@@ -286,6 +286,6 @@ describe('passkey protocol with a scripted model', () => {
 
   it('batch: true without forwardBatch is a configuration error', async () => {
     const { forwardBatch: _, ...plain } = scriptedModel([1], n);
-    await expect(runEval({ model: plain, tokenizer, files: [file('1')], caches: resolveCacheSpecs([]), progress: false, batch: true })).rejects.toThrow(/forwardBatch/);
+    await expect(runEval({ model: plain, tokenizer, files: [file('1')], caches: resolveCacheSpecs([], plain.cacheShape), batch: true })).rejects.toThrow(/forwardBatch/);
   });
 });

@@ -45,6 +45,22 @@ let dawnGpu: unknown = null;
 let nativeTried: { name: BackendName; error: string } | null = null;
 let loadedNative: BackendName | null = null;
 
+/**
+ * Import an optional peer backend package; when it is not installed, say which package to install (the tfjs backends
+ * are peers of this package: install the ones you use).
+ */
+async function importPeer(pkg: string, load: () => Promise<unknown>): Promise<void> {
+  try {
+    await load();
+  } catch (e) {
+    const err = e as { code?: string; message?: string };
+    if ((err?.code === 'MODULE_NOT_FOUND' || err?.code === 'ERR_MODULE_NOT_FOUND') && String(err.message).includes(pkg)) {
+      throw new Error(`${pkg} is not installed (an optional peer dependency of @xquant/tfjs: npm i ${pkg})`);
+    }
+    throw e;
+  }
+}
+
 function shortError(e: unknown): string {
   const m = e instanceof Error ? e.message : String(e);
   return m.split('\n')[0]!.slice(0, 200);
@@ -59,11 +75,9 @@ async function tryNative(name: 'tensorflow-gpu' | 'tensorflow'): Promise<string>
   }
   if (loadedNative && loadedNative !== name) throw new Error(`not tried: ${loadedNative} is already loaded in this process`);
   try {
-    await import(/* @vite-ignore */ pkg);
+    await importPeer(pkg, () => import(/* @vite-ignore */ pkg));
   } catch (e) {
-    const err = e as { code?: string; message?: string };
-    const absent = (err?.code === 'MODULE_NOT_FOUND' || err?.code === 'ERR_MODULE_NOT_FOUND') && String(err.message).includes(pkg);
-    if (absent) throw new Error(`${pkg} is not installed`);
+    if (String((e as Error).message).startsWith(`${pkg} is not installed`)) throw e;
     const why = isMissingNativeBinding(e) ? `${pkg} is installed but its native binding (tfjs_binding.node) is missing` : shortError(e);
     // The package ran and registered its kernels: do not load the other native package in this process.
     nativeTried = { name, error: why };
@@ -103,21 +117,21 @@ async function tryWebgpu(requested: boolean): Promise<string> {
   if (!requested && isSoftwareAdapter(adapter)) {
     throw new Error("only a software WebGPU adapter (CPU emulation, slower than wasm); ask for it with prefer: 'webgpu'");
   }
-  await import('@tensorflow/tfjs-backend-webgpu');
+  await importPeer('@tensorflow/tfjs-backend-webgpu', () => import('@tensorflow/tfjs-backend-webgpu'));
   if (!(await tf.setBackend('webgpu'))) throw new Error('tfjs-backend-webgpu failed to initialize');
   const info = (adapter as { info?: { vendor?: string; architecture?: string } }).info;
   return `WebGPU adapter ${info?.vendor || 'unknown'}${info?.architecture ? ` (${info.architecture})` : ''}`;
 }
 
 async function tryWasm(): Promise<string> {
-  await import('@tensorflow/tfjs-backend-wasm');
+  await importPeer('@tensorflow/tfjs-backend-wasm', () => import('@tensorflow/tfjs-backend-wasm'));
   if (!(await tf.setBackend('wasm'))) throw new Error('tfjs-backend-wasm failed to initialize');
   const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT');
   return `tfjs wasm backend (${simd ? 'SIMD' : 'no SIMD'}, single thread)`;
 }
 
 async function tryCpu(): Promise<string> {
-  await import('@tensorflow/tfjs-backend-cpu');
+  await importPeer('@tensorflow/tfjs-backend-cpu', () => import('@tensorflow/tfjs-backend-cpu'));
   if (!(await tf.setBackend('cpu'))) throw new Error('tfjs-backend-cpu failed to initialize');
   return 'plain JavaScript backend (always available)';
 }

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Tensor3D } from '@tensorflow/tfjs-core';
+import { fullPrecisionPlan, type CrossLayerPlan } from '@xquant/cross-layer';
 import { chunkedAttention } from './attention.js';
 import type { AsyncKvCache, KvCacheShape, KvMemoryReport } from './types.js';
 import { checkAlive, checkKv, checkLayer, checkQueries, validateCacheShape } from './validate.js';
@@ -30,6 +31,11 @@ export class FullKvCache implements AsyncKvCache {
   ) {
     this.shape = validateCacheShape(shape);
     this.layers = Array.from({ length: this.shape.layers }, () => ({ keys: [], values: [], tokens: 0 }));
+  }
+
+  /** Every layer's keys and values in full precision (bits 16). */
+  get plan(): CrossLayerPlan {
+    return fullPrecisionPlan(this.shape.layers);
   }
 
   private add(layer: number, keys: Tensor3D, values: Tensor3D, single: boolean): void {

@@ -1,9 +1,13 @@
 /**
  * @packageDocumentation
- * Quantized KV caches for TensorFlow.js: `full` (float32), KIVI, AsymKV and XQuant (η-calibration + cross-layer code
- * sharing), the reference's flush schedule, memory accounting, causal GQA attention on packed codes, and backend
- * selection (tfjs-node-gpu → tfjs-node → WebGPU → wasm → cpu).
+ * Quantized KV caches for TensorFlow.js: `full` (float32), KIVI, AsymKV, XQuant (η-calibration + cross-layer code
+ * sharing), `rotated` and `planned`; one resolver for a cache's configuration; the reference's flush schedule, memory
+ * accounting, causal GQA attention on packed codes through a kernel registry, and backend selection
+ * (tfjs-node-gpu → tfjs-node → WebGPU → wasm → cpu). Loading the package registers the built-in strategies and the
+ * cpu/wasm/tensorflow attention kernels (`registerBuiltins`); WebGPU kernels come from `@xquant/webgpu/kv-cache`.
  */
+import { registerBuiltins } from './builtins.js';
+
 export type * from './types.js';
 export { plainAttention, chunkedAttention } from './attention.js';
 export {
@@ -15,21 +19,28 @@ export {
   type BackendSelection,
   type SelectBackendOptions,
 } from './backend.js';
+export {
+  resolveCacheConfig,
+  CACHE_OVERRIDE_KEYS,
+  DEFAULT_GROUP_SIZE,
+  DEFAULT_RESIDUAL_LENGTH,
+  type CacheConfig,
+  type QuantizedLayout,
+} from './config.js';
 export { FullKvCache, FULL_CHUNK_TOKENS } from './full-cache.js';
+export { QuantizedKvCache, paperBits, dequantizeView, dequantizeKeyBlock, dequantizeValueRange } from './quantized/cache.js';
+export type { StoredMeta } from './quantized/store.js';
 export {
-  QuantizedKvCache,
-  validateQuantizedConfig,
-  paperBits,
-  dequantizeView,
-  dequantizeKeyBlock,
-  dequantizeValueRange,
-  type QuantizedCacheConfig,
-} from './quantized/cache.js';
-export type { StoredMeta, KindSpec } from './quantized/store.js';
-export {
+  registerKernel,
+  unregisterKernel,
+  findKernel,
+  getKernel,
+  registeredKernels,
   registerAttentionKernel,
   unregisterAttentionKernel,
   attentionKernelFor,
+  type KernelName,
+  type KernelTypes,
   type AttentionKernel,
   type QuantizedLayerView,
   type KeyBlockView,
@@ -37,29 +48,15 @@ export {
 } from './kernels/registry.js';
 export { jsPackedAttentionKernel, packedKernelOptions } from './kernels/js-attention.js';
 export { denseAttentionKernel } from './kernels/dense.js';
-export { webgpuPackedAttentionKernel, type WebGpuPackedAttentionKernel, type WebGpuPackedCounts } from './kernels/webgpu-packed.js';
 export { keyBlockScores, valueChunkMix } from './kernels/js-packed.js';
-export {
-  defineQuantizedStrategy,
-  commonOptions,
-  uniformLayers,
-  perLayerBits,
-  DEFAULT_GROUP_SIZE,
-  DEFAULT_RESIDUAL_LENGTH,
-  type QuantizedLayout,
-  type QuantizedStrategyDefinition,
-} from './strategies/define.js';
+export { defineQuantizedStrategy, uniformLayers, perLayerBits, type QuantizedStrategyDefinition } from './strategies/define.js';
 export { full, type FullOptions } from './strategies/full.js';
 export { kivi, type KiviOptions } from './strategies/kivi.js';
 export { asymkv, type AsymKvOptions } from './strategies/asymkv.js';
 export { xquant, type XQuantOptions, type ShareFrom } from './strategies/xquant.js';
+export { planned, calibratorFor, type PlannedOptions, type CalibrationChoice } from './strategies/planned.js';
 export { rotated, RotatedKvCache, walshHadamard, hadamardRotation, randomSigns, type RotatedOptions } from './strategies/rotated.js';
-export {
-  createKvCache,
-  registerStrategy,
-  resolveStrategy,
-  strategyIds,
-  PRESETS,
-  type PresetInfo,
-  type StrategyFactory,
-} from './registry.js';
+export { createKvCache, registerStrategy, resolveStrategy, strategyIds, type StrategyFactory } from './registry.js';
+export { PRESETS, registerBuiltins, type PresetInfo } from './builtins.js';
+
+registerBuiltins();

@@ -1,4 +1,6 @@
 import type { Tensor3D } from '@tensorflow/tfjs-core';
+import type { CrossLayerPlan } from '@xquant/cross-layer';
+import type { CacheConfig } from './config.js';
 
 /** Shape of the cache a model needs: number of layers, KV heads per layer, head dimension. */
 export interface KvCacheShape {
@@ -50,6 +52,10 @@ export interface KvCache {
   readonly strategyId: string;
   /** The shape the cache was created for. */
   readonly shape: Readonly<KvCacheShape>;
+  /** The resolved configuration of a quantized cache (see `resolveCacheConfig`); absent for caches without quantized storage (`full`). */
+  readonly config?: CacheConfig;
+  /** Per-layer storage (bits and code donors of keys and values); absent for caches that do not say (a full-precision one is all 16 bits). */
+  readonly plan?: CrossLayerPlan;
   /** Append many tokens at once. `keys`/`values`: `[kvHeads, tokens, headDim]` float32. */
   prefill(layer: number, keys: Tensor3D, values: Tensor3D): void;
   /** Append one token. `keys`/`values`: `[kvHeads, 1, headDim]` float32. */
@@ -81,6 +87,8 @@ export interface KvCacheStrategy<Options = unknown> {
   readonly options: Readonly<Options>;
   /** A new, empty cache for `shape`. */
   createCache(shape: KvCacheShape): KvCache;
+  /** The configuration `createCache(shape)` would use (quantized strategies; see `resolveCacheConfig`). */
+  resolveConfig?(shape: KvCacheShape): CacheConfig;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -88,9 +96,9 @@ export interface KvCacheStrategy<Options = unknown> {
 
 /** Options shared by every quantized strategy. */
 export interface QuantizedCacheOptions {
-  /** Residual length R: keys are quantized in whole blocks of R tokens, the newest R values stay full precision. Default 128. */
+  /** Residual length R: keys are quantized in whole blocks of R tokens, the newest R values stay full precision. Default 128 (`DEFAULT_RESIDUAL_LENGTH`). */
   residualLength?: number;
-  /** Elements sharing one scale and zero-point (tokens for keys, channels for values). Default 32. */
+  /** Elements sharing one scale and zero-point (tokens for keys, channels for values). Default 32 (`DEFAULT_GROUP_SIZE`). */
   groupSize?: number;
   /**
    * Channels sharing one scale and zero-point in the values (values are grouped along channels, per token), when it

@@ -8,7 +8,6 @@ import {
   full,
   plainAttention,
   registerAttentionKernel,
-  unregisterAttentionKernel,
   jsPackedAttentionKernel,
   denseAttentionKernel,
   packedKernelOptions,
@@ -138,7 +137,7 @@ describe('flush schedule (reference-fidelity §2)', () => {
         return jsPackedAttentionKernel.attend(v, q);
       },
     };
-    registerAttentionKernel('cpu', spy);
+    const previous = registerAttentionKernel('cpu', spy);
     try {
       const R = 32, P = 50, steps = 80;
       const cache = createKvCache('kivi-2', { layers: 2, kvHeads: 1, headDim: 32 }, { residualLength: R });
@@ -152,7 +151,7 @@ describe('flush schedule (reference-fidelity §2)', () => {
       }
       expect(seen.length).toBe(2 * (steps + 1));
     } finally {
-      unregisterAttentionKernel('cpu');
+      registerAttentionKernel('cpu', previous!);
     }
   });
 
@@ -220,7 +219,7 @@ describe('memory accounting', () => {
     const m = cache.memory();
     const T = 198;
     expect(m.tokens).toBe(T);
-    const acc = accountBits({ plan: cache.plan, kvHeads: H, headDim: D, tokens: T, residualLength: R, groupSize: 32, residualBits: 32 });
+    const acc = accountBits({ config: cache.config, kvHeads: H, headDim: D, tokens: T, residualBits: 32 });
     expect(m.paperBitsPerElement).toBeCloseTo(acc.paperBits, 12);
     expect(m.elements).toBe(acc.elements);
     // values are allocated in chunks of 32 tokens (166 quantized → 192 allocated); the value window holds R+1 slots;
@@ -253,7 +252,7 @@ describe('memory accounting', () => {
 
 describe('dense-upload fallback kernel (the WebGPU default), run on cpu', () => {
   it('keeps an incremental device copy that matches dequantize + plain attention, reports it, frees it', () => {
-    registerAttentionKernel('cpu', denseAttentionKernel);
+    const previous = registerAttentionKernel('cpu', denseAttentionKernel);
     try {
       const L = 2, H = 2, D = 64, qH = 4, R = 32;
       const before = tf.memory().numTensors;
@@ -276,7 +275,7 @@ describe('dense-upload fallback kernel (the WebGPU default), run on cpu', () => 
       cache.dispose();
       expect(tf.memory().numTensors).toBe(before);
     } finally {
-      unregisterAttentionKernel('cpu');
+      registerAttentionKernel('cpu', previous!);
     }
   });
 });

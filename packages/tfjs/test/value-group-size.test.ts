@@ -197,8 +197,8 @@ describe('valueGroupSize: values grouped apart from keys', () => {
     const keyMeta = H * D * (nk / gk) * 4, valueMeta = allocatedV * H * (D / gv) * 4;
     expect(m.metadataBytes).toBe(L * (keyMeta + valueMeta));
     expect(m.codeBytes).toBe(L * ((nk * H * D * 2) / 8 + (allocatedV * H * D * 2) / 8));
-    const plan = (cache as QuantizedKvCache).plan;
-    const acc = accountBits({ plan, kvHeads: H, headDim: D, tokens: T, residualLength: R, groupSize: gk, valueGroupSize: gv, residualBits: 32 });
+    const { config, plan } = cache as QuantizedKvCache;
+    const acc = accountBits({ config, kvHeads: H, headDim: D, tokens: T, residualBits: 32 });
     for (const p of acc.perLayer) {
       expect(p.keys.metadataBytes).toBe(keyMeta);
       expect(p.values.metadataBytes).toBe(nv * H * (D / gv) * 4);
@@ -254,10 +254,11 @@ describe('valueGroupSize: values grouped apart from keys', () => {
     for (const bad of [0, -64, 1.5, Number.NaN, '64' as unknown as number]) {
       expect(code(() => createKvCache('kivi-2', shape, { valueGroupSize: bad }))).toMatch(/^E_GROUP_SIZE: valueGroupSize must be a positive integer; got /);
     }
-    expect(code(() => accountBits({ plan: xquantPlan({ layers: 2, keyBits: 2, valueBits: 1 }), kvHeads: 2, headDim: 64, tokens: 64, residualLength: 32, groupSize: 32, valueGroupSize: 48 }))).toMatch(
-      /^E_GROUP_SIZE: valueGroupSize 48 must divide headDim 64/,
+    const config = { ...xquantPlan({ layers: 2, keyBits: 2, valueBits: 1 }), residualLength: 32, groupSize: 32 };
+    expect(code(() => accountBits({ config: { ...config, valueGroupSize: 48 }, kvHeads: 2, headDim: 64, tokens: 64 }))).toMatch(
+      /^E_GROUP_SIZE: headDim 64 must be a multiple of valueGroupSize 48/,
     );
-    expect(code(() => accountBits({ plan: xquantPlan({ layers: 2, keyBits: 2, valueBits: 1 }), kvHeads: 2, headDim: 64, tokens: 64, residualLength: 32, groupSize: 32, valueGroupSize: 0 }))).toMatch(
+    expect(code(() => accountBits({ config: { ...config, valueGroupSize: 0 }, kvHeads: 2, headDim: 64, tokens: 64 }))).toMatch(
       /^E_GROUP_SIZE: valueGroupSize must be a positive integer/,
     );
     // the value group size needs only divide headDim, not R (keys keep the R constraint)

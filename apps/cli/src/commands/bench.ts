@@ -1,8 +1,7 @@
 import { writeFileSync } from 'node:fs';
-import { parseCommandArgs } from '../args.js';
-import { benchMarkdown, openEvalModel, resolveCacheSpecs, runBench } from '@xquant/eval';
-import { XqError } from '@xquant/quant';
-import type { BackendName } from '@xquant/tfjs';
+import { parseCommandArgs, positiveInt, positiveInts, sharedOptions } from '../args.js';
+import { benchMarkdown, openEvalModel, resolveCacheSpecs, runBench, validateCacheNames } from '@xquant/eval';
+import { DEFAULT_GROUP_SIZE, DEFAULT_RESIDUAL_LENGTH, type BackendName } from '@xquant/tfjs';
 
 /** One-line description shown by `xquant --help`. */
 export const summary = 'decode-step speed and cache memory per cache preset and context length (JSON + table)';
@@ -16,8 +15,8 @@ of --memory-contexts (random K/V, no model). Prints markdown tables; --out write
 options:
   --model DIR               model directory (or .safetensors / .gguf)
   --caches LIST             presets or @preset.json (default full,kivi-2,kivi-1,asymkv-1.5,xquant-1.38)
-  --residual R[,R]          residual length(s) (default 128)
-  --group-size G[,G]        group size(s) (default 32)
+  --residual-length R[,R]   residual length(s) (default ${DEFAULT_RESIDUAL_LENGTH})
+  --group-size G[,G]        group size(s) (default ${DEFAULT_GROUP_SIZE})
   --contexts LIST           context lengths for speed (default 256,512,1024,2048)
   --memory-contexts LIST    context lengths for memory (default 256,…,16384)
   --steps N                 timed decode steps per run (default 16)
@@ -26,29 +25,14 @@ options:
   --json                    print the JSON on stdout (else the tables)
   -h, --help                show this help`;
 
-function ints(v: string | undefined, what: string): number[] | undefined {
-  if (v === undefined) return undefined;
-  return v.split(',').map((s) => {
-    const n = Number(s.trim());
-    if (!Number.isInteger(n) || n <= 0) throw new XqError('E_CONFIG', `${what}: expected comma-separated positive integers; got '${v}'`);
-    return n;
-  });
-}
-
 /** `xquant bench …`; returns the exit code. */
 export async function run(argv: string[]): Promise<number> {
   let values: Record<string, string | boolean | undefined>;
   const parsed = parseCommandArgs('bench', USAGE, argv, {
-    model: { type: 'string' },
-    caches: { type: 'string' },
-    residual: { type: 'string' },
-    'group-size': { type: 'string' },
+    ...sharedOptions('model', 'caches', 'residual-length', 'group-size', 'backend', 'out', 'json'),
     contexts: { type: 'string' },
     'memory-contexts': { type: 'string' },
     steps: { type: 'string' },
-    backend: { type: 'string' },
-    out: { type: 'string' },
-    json: { type: 'boolean' },
   });
   if (typeof parsed === 'number') return parsed;
   values = parsed.values as typeof values;
@@ -56,12 +40,12 @@ export async function run(argv: string[]): Promise<number> {
     console.error(`xquant bench: --model is required\n\n${USAGE}`);
     return 2;
   }
-  const caches = resolveCacheSpecs(String(values.caches ?? 'full,kivi-2,kivi-1,asymkv-1.5,xquant-1.38').split(','), {
-    residualLengths: ints(values.residual as string | undefined, '--residual'),
-    groupSizes: ints(values['group-size'] as string | undefined, '--group-size'),
-  });
-  const steps = ints(values.steps as string | undefined, '--steps')?.[0];
+  const sizes = { residualLengths: positiveInts(values['residual-length'], 'residual-length'), groupSizes: positiveInts(values['group-size'], 'group-size') };
+  const names = String(values.caches ?? 'full,kivi-2,kivi-1,asymkv-1.5,xquant-1.38').split(',');
+  validateCacheNames(names);
+  const steps = positiveInt(values.steps, 'steps');
   const rt = await openEvalModel(values.model, { backend: values.backend as BackendName | undefined });
+  const caches = resolveCacheSpecs(names, rt.model.cacheShape, sizes);
   process.stderr.write(`xquant bench: ${rt.name} on ${rt.backend.backend} (${rt.backend.reason}), ${caches.length} configs\n`);
   try {
     let last = 0;
@@ -69,8 +53,8 @@ export async function run(argv: string[]): Promise<number> {
       model: rt.model,
       modelName: rt.name,
       caches,
-      contexts: ints(values.contexts as string | undefined, '--contexts'),
-      memoryContexts: ints(values['memory-contexts'] as string | undefined, '--memory-contexts'),
+      contexts: positiveInts(values.contexts, 'contexts'),
+      memoryContexts: positiveInts(values['memory-contexts'], 'memory-contexts'),
       steps,
       log: (line) => {
         const now = Date.now();

@@ -1,6 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { parseCommandArgs } from '../args.js';
+import { parseCommandArgs, positiveInt, positiveInts, sharedOptions } from '../args.js';
+import { ProgressBar } from '../progress.js';
 import {
   joinResults,
   mergeResults,
@@ -11,10 +12,11 @@ import {
   resultsMarkdown,
   runEval,
   summarize,
+  validateCacheNames,
   type EvalResults,
 } from '@xquant/eval';
 import { XqError, XqFormatError } from '@xquant/quant';
-import type { BackendName } from '@xquant/tfjs';
+import { DEFAULT_GROUP_SIZE, DEFAULT_RESIDUAL_LENGTH, type BackendName } from '@xquant/tfjs';
 
 /** One-line description shown by `xquant --help`. */
 export const summary = 'fidelity of KV caches on a model: ppl, KL to full, top-1, passkey (reference protocol); merge shards';
@@ -34,8 +36,9 @@ options:
   --caches LIST        comma-separated presets (full, kivi-2, kivi-1, asymkv-1.5, xquant-1.38, xquant-nocal,
                        xquant-noshare, xquant-k-share) or @preset.json (from 'xquant plan'); default
                        full,kivi-2,asymkv-1.5,xquant-1.38. full is always run (KL and top-1 need it)
-  --residual R[,R]     residual length(s) R; each preset runs at each (default 128)
-  --group-size G[,G]   group size(s) (default 32)
+  --residual-length R[,R]
+                       residual length(s) R; each preset runs at each (default ${DEFAULT_RESIDUAL_LENGTH})
+  --group-size G[,G]   group size(s) (default ${DEFAULT_GROUP_SIZE})
   --value-group-size V channels per value group for every quantized preset (default: the group size; e.g. 64 with
                        --group-size 128, since values are grouped along head_dim)
   --limit N            first N records of each file
@@ -51,15 +54,6 @@ options:
   --out FILE           write the results JSON to FILE and the markdown table to FILE with .md
   --json               print the results JSON on stdout (else the markdown table)
   -h, --help           show this help`;
-
-function list(v: string | undefined): number[] | undefined {
-  if (v === undefined) return undefined;
-  return v.split(',').map((s) => {
-    const n = Number(s.trim());
-    if (s.trim() === '' || !Number.isInteger(n) || n <= 0) throw new XqError('E_CONFIG', `expected comma-separated positive integers; got '${v}'`);
-    return n;
-  });
-}
 
 function mdPath(out: string): string {
   return out.toLowerCase().endsWith('.json') ? `${out.slice(0, -5)}.md` : `${out}.md`;
@@ -125,7 +119,7 @@ export async function run(argv: string[]): Promise<number> {
     model?: string;
     data?: string[];
     caches?: string;
-    residual?: string;
+    'residual-length'?: string;
     'group-size'?: string;
     'value-group-size'?: string;
     limit?: string;
@@ -141,21 +135,14 @@ export async function run(argv: string[]): Promise<number> {
   };
   let positionals: string[];
   const parsed = parseCommandArgs('eval', USAGE, argv, {
-    model: { type: 'string' },
+    ...sharedOptions('model', 'caches', 'residual-length', 'group-size', 'value-group-size', 'backend', 'out', 'json'),
     data: { type: 'string', multiple: true },
-    caches: { type: 'string' },
-    residual: { type: 'string' },
-    'group-size': { type: 'string' },
-    'value-group-size': { type: 'string' },
     limit: { type: 'string' },
     sample: { type: 'string' },
     shard: { type: 'string' },
-    backend: { type: 'string' },
     'no-shared-prefill': { type: 'boolean' },
     'no-batch': { type: 'boolean' },
     'layer-errors': { type: 'boolean' },
-    out: { type: 'string' },
-    json: { type: 'boolean' },
   }, true);
   if (typeof parsed === 'number') return parsed;
   values = parsed.values as typeof values;
@@ -182,20 +169,22 @@ export async function run(argv: string[]): Promise<number> {
     }
   }
   const shard = values.shard === undefined ? undefined : parseShard(values.shard);
-  const valueGroup = list(values['value-group-size']);
-  if (valueGroup && valueGroup.length !== 1) throw new XqError('E_CONFIG', `--value-group-size takes one value; got '${values['value-group-size']}'`);
-  const caches = resolveCacheSpecs((values.caches ?? 'full,kivi-2,asymkv-1.5,xquant-1.38').split(','), {
-    residualLengths: list(values.residual),
-    groupSizes: list(values['group-size']),
-    valueGroupSize: valueGroup?.[0],
-  });
+  const sizes = {
+    residualLengths: positiveInts(values['residual-length'], 'residual-length'),
+    groupSizes: positiveInts(values['group-size'], 'group-size'),
+    valueGroupSize: positiveInt(values['value-group-size'], 'value-group-size'),
+  };
+  const names = (values.caches ?? 'full,kivi-2,asymkv-1.5,xquant-1.38').split(',');
+  validateCacheNames(names);
   const files = [];
   for (const f of data) files.push(await readEvalFile(f));
   const rt = await openEvalModel(values.model, { backend: values.backend as BackendName | undefined });
+  const caches = resolveCacheSpecs(names, rt.model.cacheShape, sizes);
   process.stderr.write(
     `xquant eval: ${rt.name} (${rt.config.architecture}, ${rt.config.numLayers} layers) on ${rt.backend.backend} (${rt.backend.reason}); ` +
       `${caches.length} configs × ${files.map((f) => `${f.name}${limit ? ` [≤${limit}]` : ''}${sample ? ` [${sample} spaced]` : ''}`).join(', ')}${shard ? `, shard ${shard.index}/${shard.count}` : ''}\n`,
   );
+  let bar: ProgressBar | undefined;
   try {
     const results = await runEval({
       model: rt.model,
@@ -209,7 +198,9 @@ export async function run(argv: string[]): Promise<number> {
       sharedPrefill: !values['no-shared-prefill'],
       batch: values['no-batch'] ? false : undefined,
       layerErrorPrompt: values['layer-errors'] ? files.find((f) => f.kind === 'prose')?.records[0]?.inputIds : undefined,
+      onStep: (s) => (bar ??= new ProgressBar(s.total, { label: 'eval' })).tick(1, `${s.file}#${s.index} ${s.config} ${s.seconds.toFixed(1)}s`),
     });
+    bar?.finish();
     emit(results, values.out, values.json ?? false);
     const secs = Object.values(results.timing).reduce((a, t) => a + t.seconds, 0);
     const rows = summarize(results).length;

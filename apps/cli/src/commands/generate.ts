@@ -1,5 +1,5 @@
-import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
+import { parseCommandArgs, sharedOptions } from '../args.js';
 import { generate, loadModel } from '@xquant/models';
 import { BACKEND_ORDER, createKvCache, PRESETS, selectBackend, type BackendName } from '@xquant/tfjs';
 
@@ -59,31 +59,23 @@ export async function run(argv: string[]): Promise<number> {
     seed?: number;
     residualLength?: number;
   };
+  const parsed = parseCommandArgs('generate', USAGE, argv, {
+    ...sharedOptions('model', 'residual-length', 'backend', 'json'),
+    prompt: { type: 'string' },
+    cache: { type: 'string', default: 'full' },
+    'max-new-tokens': { type: 'string' },
+    temperature: { type: 'string' },
+    'top-k': { type: 'string' },
+    'top-p': { type: 'string' },
+    seed: { type: 'string' },
+    'ignore-eos': { type: 'boolean', default: false },
+    tokenizer: { type: 'string' },
+  });
+  if (typeof parsed === 'number') return parsed;
+  const v = parsed.values as {
+    [flag: string]: string | undefined;
+  } & { json?: boolean; 'ignore-eos'?: boolean };
   try {
-    const { values: v } = parseArgs({
-      args: argv,
-      options: {
-        model: { type: 'string' },
-        prompt: { type: 'string' },
-        cache: { type: 'string', default: 'full' },
-        'residual-length': { type: 'string' },
-        'max-new-tokens': { type: 'string' },
-        temperature: { type: 'string' },
-        'top-k': { type: 'string' },
-        'top-p': { type: 'string' },
-        seed: { type: 'string' },
-        'ignore-eos': { type: 'boolean', default: false },
-        backend: { type: 'string' },
-        tokenizer: { type: 'string' },
-        json: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h' },
-      },
-      allowPositionals: false,
-    });
-    if (v.help) {
-      console.log(USAGE);
-      return 0;
-    }
     if (!v.model) throw new UsageError('--model is required');
     if (v.prompt === undefined) throw new UsageError('--prompt is required');
     const presets = PRESETS.map((p) => p.id);
@@ -98,7 +90,7 @@ export async function run(argv: string[]): Promise<number> {
       cache: v.cache!,
       backend: v.backend as BackendName | undefined,
       tokenizer: v.tokenizer,
-      json: v.json!,
+      json: v.json ?? false,
       ignoreEos: v['ignore-eos']!,
       maxNewTokens: num(v['max-new-tokens'], 'max-new-tokens', int, 'an integer ≥ 0') ?? 32,
       temperature: num(v.temperature, 'temperature', (x) => x >= 0, 'a number ≥ 0') ?? 0,

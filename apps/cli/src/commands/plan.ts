@@ -1,8 +1,8 @@
 import { readFileSync, writeFileSync } from 'node:fs';
-import { parseCommandArgs } from '../args.js';
+import { parseCommandArgs, positiveInt, positiveInts, sharedOptions } from '../args.js';
 import { DEFAULT_CALIBRATION_TEXT, openEvalModel, planForBudget } from '@xquant/eval';
 import { XqError, XqFormatError } from '@xquant/quant';
-import type { BackendName } from '@xquant/tfjs';
+import { DEFAULT_RESIDUAL_LENGTH, type BackendName } from '@xquant/tfjs';
 
 /** One-line description shown by `xquant --help`. */
 export const summary = 'search a per-layer KV-cache plan for the best KL within a true-stored-bits budget';
@@ -17,10 +17,10 @@ Writes a reusable preset: 'xquant eval --caches @plan.json' evaluates it.
 options:
   --model DIR          model directory
   --budget BITS        true stored bits per element (e.g. 2.49 = xquant-1.38 at R=32)
-  --residual R         residual length (default 128)
+  --residual-length R  residual length (default ${DEFAULT_RESIDUAL_LENGTH})
   --tokens T           context length of the budget (default 2048)
-  --group-sizes LIST   key group sizes to try (must divide R; default 32,64)
-  --value-group-sizes LIST
+  --group-size LIST    key group sizes to try (must divide R; default 32,64)
+  --value-group-size LIST
                        value group sizes to try (must divide headDim, any R; default: the key group sizes and 64)
   --calibration FILE   calibration prompt: a text file, or JSON/JSONL with input_ids (first record)
                        (default: a built-in English paragraph, ~370 tokens)
@@ -59,19 +59,13 @@ function calibrationIds(path: string, encode: (t: string) => number[]): number[]
 export async function run(argv: string[]): Promise<number> {
   let v: Record<string, string | boolean | undefined>;
   const parsed = parseCommandArgs('plan', USAGE, argv, {
-    model: { type: 'string' },
+    ...sharedOptions('model', 'residual-length', 'group-size', 'value-group-size', 'backend', 'out', 'json'),
     budget: { type: 'string' },
-    residual: { type: 'string' },
     tokens: { type: 'string' },
-    'group-sizes': { type: 'string' },
-    'value-group-sizes': { type: 'string' },
     calibration: { type: 'string' },
     'no-sharing': { type: 'boolean' },
     'no-sensitivity': { type: 'boolean' },
     'max-verify': { type: 'string' },
-    backend: { type: 'string' },
-    out: { type: 'string' },
-    json: { type: 'boolean' },
   });
   if (typeof parsed === 'number') return parsed;
   v = parsed.values as typeof v;
@@ -80,30 +74,28 @@ export async function run(argv: string[]): Promise<number> {
     console.error(`xquant plan: --model and a positive --budget are required\n\n${USAGE}`);
     return 2;
   }
-  const num = (s: unknown, what: string): number | undefined => {
-    if (s === undefined) return undefined;
-    const n = Number(s);
-    if (!Number.isInteger(n) || n <= 0) throw new XqError('E_CONFIG', `${what} must be a positive integer; got '${String(s)}'`);
-    return n;
-  };
+  const R = positiveInt(v['residual-length'], 'residual-length') ?? DEFAULT_RESIDUAL_LENGTH;
+  const tokens = positiveInt(v.tokens, 'tokens');
+  const groupSizes = positiveInts(v['group-size'], 'group-size');
+  const valueGroupSizes = positiveInts(v['value-group-size'], 'value-group-size');
+  const maxVerify = positiveInt(v['max-verify'], 'max-verify');
   const rt = await openEvalModel(v.model, { backend: v.backend as BackendName | undefined });
   try {
     const encode = (t: string) => rt.tokenizer.encode(t);
     const ids = typeof v.calibration === 'string' ? calibrationIds(v.calibration, encode) : encode(DEFAULT_CALIBRATION_TEXT);
-    const R = num(v.residual, '--residual') ?? 128;
-    process.stderr.write(`xquant plan: ${rt.name} on ${rt.backend.backend}, budget ${budget} bits at ${num(v.tokens, '--tokens') ?? 2048} tokens, R=${R}, ${ids.length} calibration tokens\n`);
+    process.stderr.write(`xquant plan: ${rt.name} on ${rt.backend.backend}, budget ${budget} bits at ${tokens ?? 2048} tokens, R=${R}, ${ids.length} calibration tokens\n`);
     const t0 = Date.now();
     const result = await planForBudget({
       model: rt.model,
       budgetBits: budget,
       calibrationPrompt: ids,
       residualLength: R,
-      tokens: num(v.tokens, '--tokens'),
-      groupSizes: typeof v['group-sizes'] === 'string' ? v['group-sizes'].split(',').map((s) => num(s, '--group-sizes')!) : undefined,
-      valueGroupSizes: typeof v['value-group-sizes'] === 'string' ? v['value-group-sizes'].split(',').map((s) => num(s, '--value-group-sizes')!) : undefined,
+      tokens,
+      groupSizes,
+      valueGroupSizes,
       sharing: !v['no-sharing'],
       sensitivity: !v['no-sensitivity'],
-      maxVerify: num(v['max-verify'], '--max-verify'),
+      maxVerify,
       log: (line) => process.stderr.write(`${line} (${((Date.now() - t0) / 1000).toFixed(0)} s)\n`),
     });
     const out = { format: 'xquant-plan/v1', model: rt.name, budgetBits: budget, residualLength: R, calibrationTokens: ids.length, ...result };
@@ -114,7 +106,7 @@ export async function run(argv: string[]): Promise<number> {
       const lines = ['| candidate | stored bits | paper bits | KL (calibration) | top-1 |', '|---|---:|---:|---:|---:|'];
       for (const c of result.candidates) lines.push(`| ${c.name} | ${c.storedBits.toFixed(3)} | ${c.paperBits.toFixed(3)} | ${c.kl.toFixed(4)} | ${c.top1.toFixed(4)} |`);
       const o = result.best.options;
-      lines.push('', `best: ${result.best.name} → preset ${result.preset.name} (key group ${o.groupSize}, value group ${o.valueGroupSize ?? o.groupSize})`, '', '| layer | K bits | K donor | K cal | V bits | V donor | V cal |', '|---:|---:|---:|---|---:|---:|---|');
+      lines.push('', `best: ${result.best.name} → preset ${result.preset.name} (key group ${o.groupSize}, value group ${o.valueGroupSize})`, '', '| layer | K bits | K donor | K cal | V bits | V donor | V cal |', '|---:|---:|---:|---|---:|---:|---|');
       o.keys.forEach((k, l) => {
         const vv = o.values[l]!;
         const cal = (c: unknown) => JSON.stringify(Array.isArray(c) ? c[l] : c).replace(/"/g, '');

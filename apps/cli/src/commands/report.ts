@@ -1,5 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
-import { parseCommandArgs } from '../args.js';
+import { parseCommandArgs, sharedOptions } from '../args.js';
+import { renderReport, type ReportInput } from '../report/report.js';
 import {
   BENCH_FORMAT,
   RESULTS_FORMAT,
@@ -7,11 +8,9 @@ import {
   benchMarkdown,
   compareWithAnchor,
   parseAnchor,
-  renderReport,
   resultsMarkdown,
   type BenchResults,
   type EvalResults,
-  type ReportInput,
 } from '@xquant/eval';
 import { XqError, XqFormatError } from '@xquant/quant';
 
@@ -53,13 +52,12 @@ export async function run(argv: string[]): Promise<number> {
   let values: { in?: string[]; out?: string; anchor?: string; title?: string; note?: string; markdown?: string; json?: boolean; help?: boolean };
   let positionals: string[];
   const parsed = parseCommandArgs('report', USAGE, argv, {
+    ...sharedOptions('out', 'json'),
     in: { type: 'string', multiple: true },
-    out: { type: 'string' },
     anchor: { type: 'string' },
     title: { type: 'string' },
     note: { type: 'string' },
     markdown: { type: 'string' },
-    json: { type: 'boolean' },
   }, true);
   if (typeof parsed === 'number') return parsed;
   values = parsed.values as typeof values;

@@ -1,9 +1,7 @@
 import type { Tensor3D } from '@tensorflow/tfjs-core';
-import { XqConfigError, type Bits, type Precision } from '@xquant/quant';
+import { XqBackendError, XqConfigError, type Bits, type Precision } from '@xquant/quant';
+import { globalRegistry } from '../global-registry.js';
 import type { StoredMeta } from '../quantized/store.js';
-import { denseAttentionKernel } from './dense.js';
-import { jsPackedAttentionKernel } from './js-attention.js';
-import { webgpuPackedAttentionKernel } from './webgpu-packed.js';
 
 /** A flushed key block with its codes resolved (the donor's codes when the layer borrows them). */
 export interface KeyBlockView {
@@ -95,38 +93,83 @@ export interface AttentionKernel {
   heldBytes?(owner: object): number;
 }
 
-const kernels = new Map<string, AttentionKernel>();
-/** Backends whose tensors can be read synchronously, where the packed JS kernels run. */
-const SYNC_READABLE = new Set(['cpu', 'wasm', 'tensorflow']);
+/**
+ * The kernels a quantized cache runs, by name. Another package adds a kernel name by declaration merging:
+ * `declare module '@xquant/tfjs' { interface KernelTypes { myKernel: MyKernel } }`.
+ */
+export interface KernelTypes {
+  /** Quantized attention over one layer (what `cache.attend` runs). */
+  attention: AttentionKernel;
+}
 
-/** Use `kernel` for quantized attention whenever tfjs backend `backend` (e.g. `'webgpu'`) is active. Returns the previous one. */
-export function registerAttentionKernel(backend: string, kernel: AttentionKernel): AttentionKernel | undefined {
+/** Name of a registered kind of kernel. */
+export type KernelName = keyof KernelTypes & string;
+
+/** The kernel registry: one per process (on `globalThis`), keyed `backend/name`. */
+const kernels = () => globalRegistry<KernelTypes[KernelName]>('kernels/v1');
+
+/**
+ * Use `kernel` for `name` whenever tfjs backend `backend` (e.g. `'webgpu'`) is active; returns the kernel it replaces.
+ * Typed errors on a bad backend name or a kernel without its methods.
+ */
+export function registerKernel<N extends KernelName>(backend: string, name: N, kernel: KernelTypes[N]): KernelTypes[N] | undefined {
   if (typeof backend !== 'string' || backend.length === 0) throw new XqConfigError('E_CONFIG', `backend must be a non-empty string; got ${String(backend)}`);
-  if (!kernel || typeof kernel.attend !== 'function') throw new XqConfigError('E_CONFIG', 'kernel must have an attend(layer, queries) method');
-  const prev = kernels.get(backend);
-  kernels.set(backend, kernel);
+  if (name === 'attention' && typeof (kernel as AttentionKernel | undefined)?.attend !== 'function') {
+    throw new XqConfigError('E_CONFIG', 'an attention kernel must have an attend(layer, queries) method');
+  }
+  const prev = findKernel(backend, name);
+  kernels().set(`${backend}/${name}`, kernel);
   return prev;
 }
 
-/** Remove the kernel registered for `backend` (the default applies again). */
-export function unregisterAttentionKernel(backend: string): void {
-  kernels.delete(backend);
+/** Remove the `name` kernel of `backend`. */
+export function unregisterKernel(backend: string, name: KernelName): void {
+  kernels().delete(`${backend}/${name}`);
 }
 
-/** Every kernel that may hold state for a cache: the registered ones and the defaults. */
-export function allAttentionKernels(): AttentionKernel[] {
-  return [...new Set([...kernels.values(), jsPackedAttentionKernel, webgpuPackedAttentionKernel, denseAttentionKernel])];
+/** The `name` kernel registered for `backend`, or undefined. */
+export function findKernel<N extends KernelName>(backend: string | null, name: N): KernelTypes[N] | undefined {
+  return backend === null ? undefined : (kernels().get(`${backend}/${name}`) as KernelTypes[N] | undefined);
+}
+
+/** Every registered `name` kernel with its backend. */
+export function registeredKernels<N extends KernelName>(name: N): { backend: string; kernel: KernelTypes[N] }[] {
+  const out: { backend: string; kernel: KernelTypes[N] }[] = [];
+  for (const [key, kernel] of kernels()) if (key.endsWith(`/${name}`)) out.push({ backend: key.slice(0, -name.length - 1), kernel: kernel as KernelTypes[N] });
+  return out;
 }
 
 /**
- * The kernel used on `backend`: the registered one, else the default — packed JS kernels where tensors can be read
- * synchronously, the WGSL packed kernels of `@xquant/webgpu` on `'webgpu'` (falling back to dequantize-then-attend
- * for prefill and unsupported layers), dequantize-then-attend elsewhere.
+ * The `name` kernel of `backend`. Throws `XqBackendError('E_KERNEL_MISSING')` naming the backends that have one and
+ * how to add it (`registerWebGpuKernels()` of `@xquant/webgpu/kv-cache` on `'webgpu'`).
  */
-export function attentionKernelFor(backend: string | null): AttentionKernel {
-  const registered = backend !== null ? kernels.get(backend) : undefined;
-  if (registered) return registered;
-  if (backend === 'webgpu') return webgpuPackedAttentionKernel;
-  return backend !== null && !SYNC_READABLE.has(backend) ? denseAttentionKernel : jsPackedAttentionKernel;
+export function getKernel<N extends KernelName>(backend: string | null, name: N): KernelTypes[N] {
+  const k = findKernel(backend, name);
+  if (k) return k;
+  const have = registeredKernels(name).map((r) => r.backend);
+  const hint = backend === 'webgpu' ? "import { registerWebGpuKernels } from '@xquant/webgpu/kv-cache' and call it" : `register one with registerKernel('${String(backend)}', '${name}', kernel)`;
+  throw new XqBackendError(
+    'E_KERNEL_MISSING',
+    `no '${name}' kernel is registered for tfjs backend '${String(backend)}' (registered on: ${have.join(', ') || 'none'}); ${hint}, or use denseAttentionKernel, which dequantizes and runs plain tfjs attention`,
+  );
 }
 
+/** Use `kernel` for quantized attention whenever tfjs backend `backend` is active. Returns the previous one. */
+export function registerAttentionKernel(backend: string, kernel: AttentionKernel): AttentionKernel | undefined {
+  return registerKernel(backend, 'attention', kernel);
+}
+
+/** Remove the attention kernel registered for `backend`. */
+export function unregisterAttentionKernel(backend: string): void {
+  unregisterKernel(backend, 'attention');
+}
+
+/** Every registered attention kernel (each once): the ones that may hold state for a cache. */
+export function allAttentionKernels(): AttentionKernel[] {
+  return [...new Set(registeredKernels('attention').map((r) => r.kernel))];
+}
+
+/** The attention kernel of `backend` (see {@link getKernel}). */
+export function attentionKernelFor(backend: string | null): AttentionKernel {
+  return getKernel(backend, 'attention');
+}

@@ -1,7 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Tensor3D } from '@tensorflow/tfjs-core';
-import type { Calibrator } from '@xquant/calibration';
-import { validatePlan, type CrossLayerPlan } from '@xquant/cross-layer';
+import type { CrossLayerPlan } from '@xquant/cross-layer';
 import {
   XqConfigError,
   XqStateError,
@@ -16,9 +15,8 @@ import {
   unpackKv,
   type Bits,
   type GroupStats,
-  type PackedKv,
-  type Precision,
 } from '@xquant/quant';
+import type { CacheConfig } from '../config.js';
 import { allAttentionKernels, attentionKernelFor, type QuantizedLayerView } from '../kernels/registry.js';
 import type { AsyncKvCache, KvCacheShape, KvMemoryReport } from '../types.js';
 import { checkAlive, checkKv, checkLayer, checkQueries, validateCacheShape } from '../validate.js';
@@ -30,33 +28,8 @@ import {
   tokenMajorToHeadMajor,
   writeMeta,
   type KeyBlock,
-  type KindSpec,
   type ValueChunk,
 } from './store.js';
-
-/** Everything a quantized cache needs, resolved for a given number of layers. */
-export interface QuantizedCacheConfig {
-  /** Id reported by {@link KvCache.strategyId}. */
-  strategyId: string;
-  /** Residual length R: keys are quantized in blocks of R tokens, the newest R values stay float32. */
-  residualLength: number;
-  /** Elements per scale/zero-point group: tokens for keys, and channels for values unless `valueGroupSize` is set. */
-  groupSize: number;
-  /** Channels per scale/zero-point group of the values (must divide headDim). Default: `groupSize`. */
-  valueGroupSize?: number;
-  /** Quantizer arithmetic and metadata storage (`'fp16'`: Uint16 bit patterns). */
-  precision: Precision;
-  /** Per layer: key bits (16 = kept in full precision) and the layer whose key codes it reads (null: its own). */
-  keys: readonly KindSpec[];
-  /** Per layer: value bits and donor layer, as for keys. */
-  values: readonly KindSpec[];
-  /** Calibrator applied to a layer's key/value statistics after quantization (null: none). */
-  keyCalibrators?: readonly (Calibrator | null)[];
-  /** Calibrator per layer for value statistics (null: none). */
-  valueCalibrators?: readonly (Calibrator | null)[];
-  /** Tokens per allocated chunk of quantized values (default 32). */
-  valueChunkTokens?: number;
-}
 
 interface LayerState {
   kRes: ResidualBuffer;
@@ -71,72 +44,41 @@ interface LayerState {
   version: number;
 }
 
-/** Throws a typed error unless the config is consistent with the shape. */
-export function validateQuantizedConfig(cfg: QuantizedCacheConfig, shape: KvCacheShape): void {
-  const { residualLength: R, groupSize: gs, precision } = cfg;
-  const gv = cfg.valueGroupSize ?? gs;
-  const L = shape.layers;
-  if (!Number.isInteger(gs) || gs <= 0) throw new XqConfigError('E_GROUP_SIZE', `groupSize must be a positive integer; got ${String(gs)}`);
-  if (!Number.isInteger(gv) || gv <= 0) throw new XqConfigError('E_GROUP_SIZE', `valueGroupSize must be a positive integer; got ${String(gv)}`);
-  if (!Number.isInteger(R) || R <= 0) throw new XqConfigError('E_RESIDUAL', `residualLength must be a positive integer; got ${String(R)}`);
-  if (precision !== 'fp16' && precision !== 'fp32') throw new XqConfigError('E_CONFIG', `precision must be 'fp16' or 'fp32'; got ${String(precision)}`);
-  validatePlan({ keys: cfg.keys as KindSpec[], values: cfg.values as KindSpec[] }, { allowForwardDonors: true });
-  for (const kind of ['keys', 'values'] as const) {
-    const specs = cfg[kind];
-    if (specs.length !== L) {
-      throw new XqConfigError('E_PLAN', `${kind}: expected one storage entry per layer (${L}); got ${Array.isArray(specs) ? specs.length : typeof specs}`);
-    }
-    specs.forEach((s, l) => {
-      if (s.bits === 16) return;
-      const fpw = 32 / s.bits;
-      if (kind === 'keys') {
-        if (R % gs !== 0 || R % fpw !== 0) {
-          throw new XqConfigError('E_RESIDUAL', `residualLength ${R} must be a multiple of groupSize ${gs} and of ${fpw} (${s.bits}-bit keys are quantized in blocks of R tokens)`);
-        }
-      } else if (shape.headDim % gv !== 0 || shape.headDim % fpw !== 0) {
-        const what = gv === gs ? `groupSize ${gs}` : `valueGroupSize ${gv}`;
-        throw new XqConfigError('E_GROUP_SIZE', `headDim ${shape.headDim} must be a multiple of ${what} and of ${fpw} (${s.bits}-bit values are grouped along channels)`);
-      }
-    });
-  }
-  const vc = cfg.valueChunkTokens ?? 32;
-  if (!Number.isInteger(vc) || vc <= 0) throw new XqConfigError('E_CONFIG', `valueChunkTokens must be a positive integer; got ${String(vc)}`);
-}
-
 /**
  * The generic quantized KV cache: owns the residual window, the flush schedule (the reference's), code sharing between
- * layers, calibration, memory accounting and disposal. Strategies only describe per-layer storage
- * ({@link QuantizedCacheConfig}); see `defineQuantizedStrategy`.
+ * layers, calibration, memory accounting and disposal. Strategies only describe per-layer storage, resolved into a
+ * {@link CacheConfig} (see `defineQuantizedStrategy` and `resolveCacheConfig`).
  *
  * Schedule: new tokens are held in float32; after `attend` (or before the next append when attend was skipped) keys
  * are quantized in blocks of exactly R tokens (the remainder stays float32) and values beyond the newest R tokens are
  * quantized, one token per decode step. The quantizer gets fp16 copies (precision `'fp16'`), as in the reference.
  * Quantized data lives in JS typed arrays; attention runs through the kernel registered for the active backend.
  */
+/** Tokens per allocated chunk of quantized values. */
+const VALUE_CHUNK_TOKENS = 32;
+
 export class QuantizedKvCache implements AsyncKvCache {
   /** The shape the cache was created for. */
   readonly shape: Readonly<KvCacheShape>;
   /** Id of the strategy that created this cache. */
   readonly strategyId: string;
-  /** The resolved per-layer configuration. */
-  readonly config: Readonly<QuantizedCacheConfig>;
+  /** The resolved configuration (from `resolveCacheConfig`): everything the cache, its kernels and the accounting read. */
+  readonly config: CacheConfig;
   private layers: LayerState[];
   private disposed = false;
   private generation = 0;
   private readonly rowSize: number;
-  private readonly chunkTokens: number;
-  /** Channels per value scale/zero group (the config's `valueGroupSize`, else `groupSize`). */
-  private readonly valueGroupSize: number;
-  private metaScratch = new Float32Array(0);
+  private readonly chunkTokens = VALUE_CHUNK_TOKENS;
 
-  constructor(config: QuantizedCacheConfig, shape: KvCacheShape) {
+  /** @param config a resolved configuration for `shape` (`resolveCacheConfig`, or a strategy's `resolveConfig`). */
+  constructor(config: CacheConfig, shape: KvCacheShape) {
     this.shape = validateCacheShape(shape);
-    validateQuantizedConfig(config, this.shape);
-    this.config = Object.freeze({ ...config });
+    if (!Object.isFrozen(config) || config.keys.length !== this.shape.layers) {
+      throw new XqConfigError('E_CONFIG', `QuantizedKvCache needs the resolved configuration of a ${this.shape.layers}-layer cache (resolveCacheConfig)`);
+    }
+    this.config = config;
     this.strategyId = config.strategyId;
     this.rowSize = this.shape.kvHeads * this.shape.headDim;
-    this.chunkTokens = config.valueChunkTokens ?? 32;
-    this.valueGroupSize = config.valueGroupSize ?? config.groupSize;
     this.layers = Array.from({ length: this.shape.layers }, () => this.freshLayer());
   }
 
@@ -244,7 +186,7 @@ export class QuantizedKvCache implements AsyncKvCache {
       kvHeads: this.shape.kvHeads,
       headDim: this.shape.headDim,
       keyGroupSize: cfg.groupSize,
-      valueGroupSize: this.valueGroupSize,
+      valueGroupSize: cfg.valueGroupSize,
       precision: cfg.precision,
       tokens: st.tokens,
       keyBits: ks.bits,
@@ -287,7 +229,7 @@ export class QuantizedKvCache implements AsyncKvCache {
     values: () => Float32Array | undefined,
     codes: () => Uint8Array | undefined,
   ): GroupStats {
-    const cal = (kind === 'keys' ? this.config.keyCalibrators : this.config.valueCalibrators)?.[layer];
+    const cal = (kind === 'keys' ? this.config.keyCalibrators : this.config.valueCalibrators)[layer];
     if (!cal) return stats;
     // computed only if the calibrator reads them (η-calibration does not)
     let v: Float32Array | undefined | null = null;
@@ -346,7 +288,7 @@ export class QuantizedKvCache implements AsyncKvCache {
       const start = st.vRes.start;
       const x = tokenMajorToHeadMajor(st.vRes.shift(n), n, H, D);
       const blockShape = { heads: H, tokens: n, headDim: D };
-      const opts = { bits: vs.bits as Bits, groupSize: this.valueGroupSize, precision };
+      const opts = { bits: vs.bits as Bits, groupSize: this.config.valueGroupSize, precision };
       let stats: GroupStats;
       let packed: Uint32Array | null = null;
       if (vs.codesFrom === null) {
@@ -389,7 +331,7 @@ export class QuantizedKvCache implements AsyncKvCache {
     const { precision } = this.config;
     const bits = stats.bits;
     const wpr = (D * bits) / 32;
-    const G = D / this.valueGroupSize;
+    const G = D / this.config.valueGroupSize;
     const C = this.chunkTokens;
     for (let t = 0; t < n; t++) {
       const pos = start + t;
@@ -490,7 +432,7 @@ export class QuantizedKvCache implements AsyncKvCache {
 }
 
 /** Paper-style bits: code bits averaged over K, V and layers; a borrowing layer counts 0, full precision 16. */
-export function paperBits(cfg: Pick<QuantizedCacheConfig, 'keys' | 'values'>): number {
+export function paperBits(cfg: Pick<CacheConfig, 'keys' | 'values'>): number {
   let sum = 0;
   for (const s of [...cfg.keys, ...cfg.values]) sum += s.codesFrom === null ? s.bits : 0;
   return sum / (cfg.keys.length + cfg.values.length);

@@ -1,26 +1,9 @@
-import type { Calibrator } from '@xquant/calibration';
 import type { LayerStorage } from '@xquant/cross-layer';
-import { XqConfigError, type Precision } from '@xquant/quant';
-import { QuantizedKvCache, type QuantizedCacheConfig } from '../quantized/cache.js';
-import type { KvCache, KvCacheShape, KvCacheStrategy, QuantizedCacheOptions } from '../types.js';
+import { XqConfigError } from '@xquant/quant';
+import { buildCacheConfig, type QuantizedLayout } from '../config.js';
+import { QuantizedKvCache } from '../quantized/cache.js';
+import type { KvCacheShape, KvCacheStrategy, QuantizedCacheOptions } from '../types.js';
 import { validateCacheShape } from '../validate.js';
-
-/** Default residual length R (tokens kept in full precision). */
-export const DEFAULT_RESIDUAL_LENGTH = 128;
-/** Default quantization group size. */
-export const DEFAULT_GROUP_SIZE = 32;
-
-/** Per-layer storage a quantized strategy resolves for a cache shape. */
-export interface QuantizedLayout {
-  /** One entry per layer: key bits (16 = full precision) and the layer whose key codes it reads (null = its own). */
-  keys: LayerStorage[];
-  /** One entry per layer, as for keys. */
-  values: LayerStorage[];
-  /** Calibrator per layer for keys (null or absent = none). */
-  keyCalibrators?: (Calibrator | null)[];
-  /** Calibrator per layer for values. */
-  valueCalibrators?: (Calibrator | null)[];
-}
 
 /** What {@link defineQuantizedStrategy} needs: an id and a function from options and shape to per-layer storage. */
 export interface QuantizedStrategyDefinition<O extends QuantizedCacheOptions> {
@@ -30,17 +13,6 @@ export interface QuantizedStrategyDefinition<O extends QuantizedCacheOptions> {
   validate?(options: Readonly<O>): void;
   /** Per-layer storage for a cache of `shape`. */
   layout(options: Readonly<O>, shape: Readonly<KvCacheShape>): QuantizedLayout;
-}
-
-/** Resolved common options with defaults applied (R = 128, group size 32, value group size = group size, fp16). */
-export function commonOptions(o: QuantizedCacheOptions): Required<QuantizedCacheOptions> {
-  const groupSize = o.groupSize ?? DEFAULT_GROUP_SIZE;
-  return {
-    residualLength: o.residualLength ?? DEFAULT_RESIDUAL_LENGTH,
-    groupSize,
-    valueGroupSize: o.valueGroupSize ?? groupSize,
-    precision: (o.precision ?? 'fp16') as Precision,
-  };
 }
 
 /**
@@ -60,24 +32,23 @@ export function commonOptions(o: QuantizedCacheOptions): Required<QuantizedCache
  */
 export function defineQuantizedStrategy<O extends QuantizedCacheOptions>(
   definition: QuantizedStrategyDefinition<O>,
-): (options?: O) => KvCacheStrategy<O> {
+): (options?: O) => KvCacheStrategy<O> & Required<Pick<KvCacheStrategy<O>, 'resolveConfig'>> {
   if (!definition || typeof definition.id !== 'string' || definition.id.length === 0 || typeof definition.layout !== 'function') {
     throw new XqConfigError('E_CONFIG', 'defineQuantizedStrategy needs { id: non-empty string, layout(options, shape) }');
   }
   return (options = {} as O) => {
     const opts = Object.freeze({ ...options }) as Readonly<O>;
-    const common = commonOptions(opts);
     definition.validate?.(opts);
+    const resolveConfig = (shape: KvCacheShape) => {
+      const s = validateCacheShape(shape);
+      return buildCacheConfig(definition.id, opts, definition.layout(opts, s), s);
+    };
     return {
       specificationVersion: 'v1',
       id: definition.id,
       options: opts,
-      createCache(shape: KvCacheShape): KvCache {
-        const s = validateCacheShape(shape);
-        const layout = definition.layout(opts, s);
-        const config: QuantizedCacheConfig = { strategyId: definition.id, ...common, ...layout };
-        return new QuantizedKvCache(config, s);
-      },
+      resolveConfig,
+      createCache: (shape: KvCacheShape) => new QuantizedKvCache(resolveConfig(shape), shape),
     };
   };
 }

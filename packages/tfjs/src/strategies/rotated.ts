@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { Tensor2D, Tensor3D } from '@tensorflow/tfjs-core';
 import type { CrossLayerPlan } from '@xquant/cross-layer';
 import { XqConfigError, XqShapeError } from '@xquant/quant';
+import { CACHE_OVERRIDE_KEYS, type CacheConfig } from '../config.js';
 import { resolveStrategy } from '../registry.js';
 import type { AsyncKvCache, KvCache, KvCacheShape, KvCacheStrategy, KvMemoryReport, QuantizedCacheOptions } from '../types.js';
 import { checkAlive, checkKv, checkLayer, checkQueries, validateCacheShape } from '../validate.js';
@@ -20,8 +21,7 @@ export interface RotatedOptions extends QuantizedCacheOptions {
   seed?: number | null;
 }
 
-const COMMON_KEYS = ['residualLength', 'groupSize', 'valueGroupSize', 'precision'] as const;
-const OPTION_KEYS = new Set<string>(['inner', 'innerOptions', 'keys', 'values', 'seed', ...COMMON_KEYS]);
+const OPTION_KEYS = new Set<string>(['inner', 'innerOptions', 'keys', 'values', 'seed', ...CACHE_OVERRIDE_KEYS]);
 
 /** True when `d` is a positive power of two. */
 function isPowerOfTwo(d: number): boolean {
@@ -108,10 +108,8 @@ function validate(o: RotatedOptions): void {
 /** The inner strategy with the top-level `residualLength`/`groupSize`/`valueGroupSize`/`precision` applied over `innerOptions`. */
 function innerStrategy(o: RotatedOptions): KvCacheStrategy {
   const common: Record<string, unknown> = {};
-  for (const k of COMMON_KEYS) if (o[k] !== undefined) common[k] = o[k];
-  if (typeof o.inner === 'string') return resolveStrategy(o.inner, { ...(o.innerOptions ?? {}), ...common });
-  const base = { ...(o.inner.options as Record<string, unknown>), ...(o.innerOptions ?? {}), ...common };
-  return Object.keys(common).length > 0 || o.innerOptions ? resolveStrategy(o.inner.id, base) : o.inner;
+  for (const k of CACHE_OVERRIDE_KEYS) if (o[k] !== undefined) common[k] = o[k];
+  return resolveStrategy(o.inner, { ...(o.innerOptions ?? {}), ...common });
 }
 
 /**
@@ -132,6 +130,7 @@ export function rotated(options: RotatedOptions): KvCacheStrategy<RotatedOptions
     specificationVersion: 'v1',
     id: 'rotated',
     options: opts,
+    ...(inner.resolveConfig ? { resolveConfig: (shape: KvCacheShape) => inner.resolveConfig!(shape) } : {}),
     createCache(shape: KvCacheShape): KvCache {
       const s = validateCacheShape(shape);
       if (!isPowerOfTwo(s.headDim)) {
@@ -184,7 +183,12 @@ export class RotatedKvCache implements AsyncKvCache {
 
   /** The inner cache's per-layer storage plan, when it has one (quantized caches do). */
   get plan(): CrossLayerPlan | undefined {
-    return (this.inner as { plan?: CrossLayerPlan }).plan;
+    return this.inner.plan;
+  }
+
+  /** The inner cache's resolved configuration, when it has one. */
+  get config(): CacheConfig | undefined {
+    return this.inner.config;
   }
 
   private enter(layer: number, keys: Tensor3D, values: Tensor3D, single: boolean): { k: Tensor3D; v: Tensor3D } {

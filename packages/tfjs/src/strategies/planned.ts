@@ -1,7 +1,8 @@
 import { XQUANT_ETA, etaCalibrator, leastSquaresCalibrator, type Calibrator } from '@xquant/calibration';
 import { validatePlan, type LayerStorage } from '@xquant/cross-layer';
 import { XqConfigError } from '@xquant/quant';
-import { defineQuantizedStrategy, registerStrategy, strategyIds, type QuantizedCacheOptions } from '@xquant/tfjs';
+import type { QuantizedCacheOptions } from '../types.js';
+import { defineQuantizedStrategy } from './define.js';
 
 /**
  * How a tensor's scale and zero-point are calibrated after quantization: `'none'`; `'eta'` (XQuant's η: 1/6 for
@@ -53,7 +54,7 @@ function perLayer(choice: CalibrationChoice | CalibrationChoice[] | undefined, l
 }
 
 /**
- * A fully explicit per-layer strategy (what {@link planForBudget} returns): bits and code donors per layer for keys
+ * A fully explicit per-layer strategy (what `planForBudget` of `@xquant/eval` returns; registered as `'planned'`): bits and code donors per layer for keys
  * and values, and a calibration rule per tensor. Donors must be earlier layers (the model fills layers in order).
  * @example
  * const s = planned({ residualLength: 32, keys: [...], values: [...], valueCalibration: 'least-squares' });
@@ -76,8 +77,3 @@ export const planned = defineQuantizedStrategy<PlannedOptions>({
     };
   },
 });
-
-/** Register {@link planned} as strategy id `'planned'` (idempotent), so `createKvCache('planned', shape, options)` works. */
-export function registerPlannedStrategy(): void {
-  if (!strategyIds().includes('planned')) registerStrategy('planned', (o) => planned(o as unknown as PlannedOptions));
-}

@@ -1,5 +1,16 @@
 import { XqConfigError, quantizeKeys, quantizeValues, unpackKv, type Bits } from '@xquant/quant';
-import type { CapturedLayers } from './layer-error.js';
+
+/** Keys and values of every layer over the same tokens (e.g. `captureLayers` of `@xquant/eval`). */
+export interface LayerKv {
+  /** Layers, KV heads and channels per head. */
+  shape: { layers: number; kvHeads: number; headDim: number };
+  /** Tokens held per layer. */
+  tokens: number;
+  /** Per layer `[kvHeads, tokens, headDim]` float32. */
+  keys: readonly Float32Array[];
+  /** Per layer `[kvHeads, tokens, headDim]` float32. */
+  values: readonly Float32Array[];
+}
 
 /** Agreement of quantized codes between every pair of layers, for keys or values. */
 export interface CodeAgreement {
@@ -22,7 +33,7 @@ export interface CodeAgreement {
  * reference quantizer (fp16) and measure, for every pair of layers, how often the codes agree, next to the agreement
  * independent codes would have. Cross-layer sharing can only work where agreement is well above chance.
  */
-export function codeAgreement(cap: CapturedLayers, kind: 'keys' | 'values', options: { bits?: Bits; groupSize?: number } = {}): CodeAgreement {
+export function codeAgreement(cap: LayerKv, kind: 'keys' | 'values', options: { bits?: Bits; groupSize?: number } = {}): CodeAgreement {
   const bits = options.bits ?? 1;
   const groupSize = options.groupSize ?? 32;
   const { kvHeads, headDim, layers } = cap.shape;

@@ -1,15 +1,21 @@
+/**
+ * @packageDocumentation
+ * The WebGPU attention kernel of `@xquant/tfjs`'s quantized caches: the WGSL kernels of this package read the packed
+ * codes on the device. `registerWebGpuKernels()` registers it for the tfjs `'webgpu'` backend (explicit and idempotent;
+ * `@xquant/tfjs` itself knows no WebGPU code).
+ */
 import * as tf from '@tensorflow/tfjs-core';
 import type { Tensor, Tensor3D } from '@tensorflow/tfjs-core';
-import { SUPPORTED_HEAD_DIMS } from '@xquant/webgpu';
 import {
-  createWebGpuAttentionKernels,
-  type TfPackedKv,
-  type TfResidual,
-  type WebGpuAttentionKernels,
-  type WebGpuBackendLike,
-} from '@xquant/webgpu/tfjs';
-import { denseAttentionKernel } from './dense.js';
-import type { AttentionKernel, QuantizedLayerView, ValueChunkView } from './registry.js';
+  denseAttentionKernel,
+  findKernel,
+  registerAttentionKernel,
+  type AttentionKernel,
+  type QuantizedLayerView,
+  type ValueChunkView,
+} from '@xquant/tfjs';
+import { SUPPORTED_HEAD_DIMS } from './layout.js';
+import { createWebGpuAttentionKernels, type TfPackedKv, type TfResidual, type WebGpuAttentionKernels, type WebGpuBackendLike } from './tfjs.js';
 
 /** How often each path of {@link webgpuPackedAttentionKernel} ran (process-wide, since load or the last reset). */
 export interface WebGpuPackedCounts {
@@ -187,7 +193,7 @@ function fallback(reason: string, v: QuantizedLayerView, queries: Tensor3D): Ten
   counts.fallbackReasons[reason] = (counts.fallbackReasons[reason] ?? 0) + 1;
   if (!warned.has(reason)) {
     warned.add(reason);
-    console.warn(`@xquant/tfjs: WebGPU packed attention cannot read ${reason}; using the dense-upload kernel`);
+    console.warn(`@xquant/webgpu: WebGPU packed attention cannot read ${reason}; using the dense-upload kernel`);
   }
   return denseAttentionKernel.attend(v, queries);
 }
@@ -301,8 +307,25 @@ export const webgpuPackedAttentionKernel: WebGpuPackedAttentionKernel = {
     denseAttentionKernel.release?.(owner);
   },
   heldBytes(owner: object): number {
-    let b = 0;
+    // the dense-upload fallback's device copies too (it need not be registered itself)
+    let b = denseAttentionKernel.heldBytes?.(owner) ?? 0;
     for (const m of mirrors.get(owner)?.values() ?? []) for (const t of mirrorTensors(m)) b += 4 * t.size;
     return b;
   },
 };
+
+/**
+ * Register {@link webgpuPackedAttentionKernel} as the attention kernel of the tfjs `'webgpu'` backend, so quantized
+ * caches of `@xquant/tfjs` run the WGSL packed-code kernels there. Idempotent; a kernel registered for `'webgpu'`
+ * before is kept unless `replace` is set. Returns the kernel now registered.
+ * @example
+ * import { registerWebGpuKernels } from '@xquant/webgpu/kv-cache';
+ * registerWebGpuKernels();
+ * await selectBackend({ prefer: 'webgpu' });
+ */
+export function registerWebGpuKernels(options: { replace?: boolean } = {}): AttentionKernel {
+  const current = findKernel('webgpu', 'attention');
+  if (current && !options.replace) return current;
+  registerAttentionKernel('webgpu', webgpuPackedAttentionKernel);
+  return webgpuPackedAttentionKernel;
+}

@@ -1,7 +1,4 @@
-import type { AnchorRow } from './anchor.js';
-import type { BenchResults } from './bench.js';
-import type { PlanResult } from './planner.js';
-import { summarize, type EvalResults } from './results.js';
+import { summarize, type AnchorRow, type BenchResults, type EvalResults, type PlanResult } from '@xquant/eval';
 import { escapeHtml, svgChart, type ChartSeries } from './svg.js';
 
 /** A plan result as `xquant plan --out` writes it. */

@@ -4,7 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inflateSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { BENCH_FORMAT, RESULTS_FORMAT, renderReport, svgChart, type BenchResults, type EvalResults } from '@xquant/eval';
+import { BENCH_FORMAT, RESULTS_FORMAT, type BenchResults, type EvalResults } from '@xquant/eval';
+import { renderReport } from '../src/report/report.js';
+import { svgChart } from '../src/report/svg.js';
 
 function fakeResults(): EvalResults {
   const methods: [string, number, number, number][] = [
