@@ -4,7 +4,6 @@ export type XqErrorCode =
   | 'E_GROUP_SIZE'
   | 'E_SHAPE'
   | 'E_DTYPE'
-  | 'E_EMPTY'
   | 'E_NON_FINITE'
   | 'E_CONFIG'
   | 'E_RESIDUAL'
