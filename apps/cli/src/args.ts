@@ -2,7 +2,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { XqConfigError } from '@xquant/quant';
 
 /** Parsed options of a sub-command; each command narrows `values` to its own option types. */
-export interface CommandArgs {
+interface CommandArgs {
   values: Record<string, string | boolean | string[] | undefined>;
   positionals: string[];
 }
@@ -10,7 +10,7 @@ export interface CommandArgs {
 type Options = NonNullable<ParseArgsConfig['options']>;
 
 /** The flags several commands share, spelled the same everywhere (each command picks the ones it takes). */
-export const SHARED_OPTIONS = {
+const SHARED_OPTIONS = {
   model: { type: 'string' },
   backend: { type: 'string' },
   caches: { type: 'string' },
@@ -57,7 +57,7 @@ export function parseCommandArgs(command: string, usage: string, argv: string[],
 }
 
 /** Print `xquant <command>: <message>` and the usage to stderr; returns the usage-error exit code 2. */
-export function usageError(command: string, message: string, usage: string): number {
+function usageError(command: string, message: string, usage: string): number {
   console.error(`xquant ${command}: ${message}\n\n${usage}`);
   return 2;
 }

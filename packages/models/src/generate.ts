@@ -170,7 +170,7 @@ export interface GenerateResult {
  * UTF-8 sequences (decoded as U+FFFD) until they complete.
  * @internal
  */
-export class TextStream {
+class TextStream {
   private ids: number[] = [];
   private prefix = 0;
   private read = 0;

@@ -65,7 +65,7 @@ export class BoundedFile {
 }
 
 /** Read a whole small text file (e.g. JSON), refusing files larger than `maxBytes`. @internal */
-export async function readSmallTextFile(path: string, maxBytes: number, what: string): Promise<string> {
+async function readSmallTextFile(path: string, maxBytes: number, what: string): Promise<string> {
   const f = await BoundedFile.open(path);
   try {
     if (f.size > maxBytes) {

@@ -127,7 +127,7 @@ export async function readGgufHeader(path: string): Promise<GgufHeader> {
 }
 
 /** Decode GGML tensor bytes to float32. @internal */
-export function dequantizeGgml(bytes: Uint8Array, type: number, count: number, where: string): Float32Array {
+function dequantizeGgml(bytes: Uint8Array, type: number, count: number, where: string): Float32Array {
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const half = halfTable();
   const out = new Float32Array(count);
@@ -167,7 +167,7 @@ export function dequantizeGgml(bytes: Uint8Array, type: number, count: number, w
 }
 
 /** Map llama.cpp tensor names to Hugging Face names. @internal */
-export function ggufToHfName(name: string): string | undefined {
+function ggufToHfName(name: string): string | undefined {
   const fixed: Record<string, string> = {
     'token_embd.weight': 'model.embed_tokens.weight',
     'output_norm.weight': 'model.norm.weight',
@@ -196,7 +196,7 @@ export function ggufToHfName(name: string): string | undefined {
  * the half-split RoPE layout into GGML's interleaved one: HF row h·d + i·d/2 + j ← GGUF row h·d + 2j + i.
  * @internal
  */
-export function unpermuteRows(data: Float32Array, heads: number, cols: number): Float32Array {
+function unpermuteRows(data: Float32Array, heads: number, cols: number): Float32Array {
   const rows = data.length / cols;
   const d = rows / heads;
   const half = d / 2;

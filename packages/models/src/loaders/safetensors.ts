@@ -88,7 +88,7 @@ function isDtype(s: unknown): s is SafetensorsDtype {
  * entries tile the data section exactly (no overlap, no hole).
  * @internal
  */
-export function validateSafetensorsHeader(
+function validateSafetensorsHeader(
   json: unknown,
   path: string,
   headerLength: number,
@@ -193,7 +193,7 @@ export async function readSafetensorsHeader(path: string): Promise<SafetensorsHe
 }
 
 /** Convert raw little-endian tensor bytes of a float dtype to float32 (F64/F32/F16/BF16). @internal */
-export function floatBytesToFloat32(bytes: Uint8Array, dtype: SafetensorsDtype, where: string): Float32Array {
+function floatBytesToFloat32(bytes: Uint8Array, dtype: SafetensorsDtype, where: string): Float32Array {
   switch (dtype) {
     case 'F32':
       return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);

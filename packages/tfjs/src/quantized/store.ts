@@ -1,4 +1,3 @@
-import type { LayerStorage } from '@xquant/cross-layer';
 import { halfTable, halfToBits, type Precision } from '@xquant/quant';
 
 /** Per-group scales or zero-points as stored: fp16 bit patterns (precision `'fp16'`) or float32 (`'fp32'`). */
@@ -53,9 +52,6 @@ export interface ValueChunk {
   readonly scale: StoredMeta;
   readonly zero: StoredMeta;
 }
-
-/** How one layer stores one of K or V (the cross-layer plan entry): bits (16 = never quantized) and its code donor. */
-export type KindSpec = LayerStorage;
 
 /**
  * Full-precision tokens of one layer, token-major `[capacity, kvHeads, headDim]` float32. The buffer is reallocated to
