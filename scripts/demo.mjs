@@ -30,4 +30,4 @@ xquant(['generate', '--model', demoModel, '--cache', 'xquant-1.38', '--residual-
 
 const evalDir = join(demoModel, 'eval');
 const data = readdirSync(evalDir).filter((f) => f.endsWith('.jsonl')).map((f) => join(evalDir, f));
-xquant(['eval', '--model', demoModel, '--data', ...data, '--caches', 'full,kivi-2,asymkv-1.5,xquant-1.38', '--residual', '32', '--limit', '4']);
+xquant(['eval', '--model', demoModel, '--data', ...data, '--caches', 'full,kivi-2,asymkv-1.5,xquant-1.38', '--residual-length', '32', '--limit', '4']);

@@ -16,7 +16,7 @@
 #
 # Group size 128 (also named in issue 5) is not in the sweep: values are grouped along head_dim = 64 channels, so a
 # value group of 128 does not exist for these models; key groups of 128 with value groups of 64 run with
-# `xquant eval --residual 128 --group-size 128 --value-group-size 64` (docs/results.md §3.5).
+# `xquant eval --residual-length 128 --group-size 128 --value-group-size 64` (docs/results.md §3.5).
 # Expected time on 16 cores (wasm backend, one thread per process): about 1.5 h for the eval of both models
 # (≈ 11 s (Llama) / 19 s (Qwen2) per config per prose record on a loaded core; see docs/results.md).
 set -euo pipefail
@@ -48,8 +48,8 @@ if has plan; then
   echo "study: planning (budgets = xquant-1.38 stored bits: 2.486 at R=32, 2.820 at R=128)" >&2
   pids=()
   for m in $MODELS; do
-    $XQ plan --model "$SHARED/models/$m" --budget 2.486 --residual 32 --backend "$BACKEND" --out "$OUT/$m.plan-R32.json" >"$OUT/logs/$m.plan-R32.log" 2>&1 & pids+=($!)
-    $XQ plan --model "$SHARED/models/$m" --budget 2.820 --residual 128 --backend "$BACKEND" --out "$OUT/$m.plan-R128.json" >"$OUT/logs/$m.plan-R128.log" 2>&1 & pids+=($!)
+    $XQ plan --model "$SHARED/models/$m" --budget 2.486 --residual-length 32 --backend "$BACKEND" --out "$OUT/$m.plan-R32.json" >"$OUT/logs/$m.plan-R32.log" 2>&1 & pids+=($!)
+    $XQ plan --model "$SHARED/models/$m" --budget 2.820 --residual-length 128 --backend "$BACKEND" --out "$OUT/$m.plan-R128.json" >"$OUT/logs/$m.plan-R128.log" 2>&1 & pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done
 fi
@@ -63,7 +63,7 @@ for m in $MODELS; do
     for ((i = SHARD_FIRST; i < SHARD_FIRST + N; i++)); do
       layer=""; [ "$i" -eq 0 ] && layer="--layer-errors"
       # shellcheck disable=SC2086
-      $XQ eval --model "$SHARED/models/$m" --data $DATA --caches "$CACHES$extra" --residual 32,128 --group-size 32 \
+      $XQ eval --model "$SHARED/models/$m" --data $DATA --caches "$CACHES$extra" --residual-length 32,128 --group-size 32 \
         --shard "$i/$SHARD_COUNT" --backend "$BACKEND" ${LIMIT:+--limit $LIMIT} ${SAMPLE:+--sample $SAMPLE} $layer --out "$OUT/$m.shard-$i.json" \
         >/dev/null 2>"$OUT/logs/$m.shard-$i.log" & pids+=($!)
     done
@@ -79,7 +79,7 @@ for m in $MODELS; do
     rm -f "$OUT/$m".shard-*.json "$OUT/$m".shard-*.md
   fi
   if has bench; then
-    $XQ bench --model "$SHARED/models/$m" --caches "$CACHES$extra" --residual 32,128 --backend "$BACKEND" --out "$OUT/$m.bench.json" >/dev/null 2>"$OUT/logs/$m.bench.log"
+    $XQ bench --model "$SHARED/models/$m" --caches "$CACHES$extra" --residual-length 32,128 --backend "$BACKEND" --out "$OUT/$m.bench.json" >/dev/null 2>"$OUT/logs/$m.bench.log"
   fi
 done
 
