@@ -204,7 +204,7 @@ function fallback(reason: string, v: QuantizedLayerView, queries: Tensor3D): Ten
  * block is flushed or a value chunk fills (reported as `memory().kernelBytes`); other decode steps upload only the
  * float32 residual and the tokens of the current, partly filled value chunk. Decode steps (one query position)
  * run the fused kernel (keys and values with their own group sizes); prefill (several positions, causal) and layers it
- * cannot read (8-bit codes, key or value group sizes that are not multiples of 16, other head sizes) run {@link denseAttentionKernel}, counted in `counts` and warned once per reason.
+ * cannot read (8-bit codes, key or value group sizes that are not multiples of 16, other head sizes) run `denseAttentionKernel` of `@xquant/tfjs`, counted in `counts` and warned once per reason.
  */
 export const webgpuPackedAttentionKernel: WebGpuPackedAttentionKernel = {
   id: 'webgpu-packed',
