@@ -44,6 +44,8 @@ describe.skipIf(!built)('xquant eval / merge / report / bench / plan (built CLI)
     const vg = xquant('eval', '--model', 'x', '--data', 'y', '--value-group-size', '32,64');
     expect(vg.code).not.toBe(0);
     expect(vg.stderr).toMatch(/--value-group-size takes one value/);
+    const old = xquant('eval', '--model', 'x', '--data', 'y', '--residual', '0'); // the deprecated spelling maps to --residual-length
+    expect([old.code, old.stderr]).toEqual([2, expect.stringMatching(/--residual is deprecated; use --residual-length[\s\S]*--residual-length must be a positive integer/)]);
     expect(xquant('eval', 'join').code).toBe(2);
     for (const cmd of ['bench', 'report', 'plan']) {
       expect(xquant(cmd, '--help').code).toBe(0);

@@ -1,5 +1,5 @@
 import { writeFileSync } from 'node:fs';
-import { parseCommandArgs, positiveInt, positiveInts, sharedOptions } from '../args.js';
+import { parseCommandArgs, sharedOptions } from '../args.js';
 import { benchMarkdown, openEvalModel, resolveCacheSpecs, runBench, validateCacheNames } from '@xquant/eval';
 import { DEFAULT_GROUP_SIZE, DEFAULT_RESIDUAL_LENGTH, type BackendName } from '@xquant/tfjs';
 
@@ -27,23 +27,21 @@ options:
 
 /** `xquant bench …`; returns the exit code. */
 export async function run(argv: string[]): Promise<number> {
-  let values: Record<string, string | boolean | undefined>;
   const parsed = parseCommandArgs('bench', USAGE, argv, {
     ...sharedOptions('model', 'caches', 'residual-length', 'group-size', 'backend', 'out', 'json'),
     contexts: { type: 'string' },
     'memory-contexts': { type: 'string' },
     steps: { type: 'string' },
-  });
+  }, { ints: { 'residual-length': 'list', 'group-size': 'list', contexts: 'list', 'memory-contexts': 'list', steps: 'one' } });
   if (typeof parsed === 'number') return parsed;
-  values = parsed.values as typeof values;
+  const values = parsed.values as { model?: string; caches?: string; backend?: string; out?: string; json?: boolean } & Record<'residual-length' | 'group-size' | 'contexts' | 'memory-contexts', number[] | undefined> & { steps?: number };
   if (typeof values.model !== 'string') {
     console.error(`xquant bench: --model is required\n\n${USAGE}`);
     return 2;
   }
-  const sizes = { residualLengths: positiveInts(values['residual-length'], 'residual-length'), groupSizes: positiveInts(values['group-size'], 'group-size') };
+  const sizes = { residualLengths: values['residual-length'], groupSizes: values['group-size'] };
   const names = String(values.caches ?? 'full,kivi-2,kivi-1,asymkv-1.5,xquant-1.38').split(',');
   validateCacheNames(names);
-  const steps = positiveInt(values.steps, 'steps');
   const rt = await openEvalModel(values.model, { backend: values.backend as BackendName | undefined });
   const caches = resolveCacheSpecs(names, rt.model.cacheShape, sizes);
   process.stderr.write(`xquant bench: ${rt.name} on ${rt.backend.backend} (${rt.backend.reason}), ${caches.length} configs\n`);
@@ -53,9 +51,9 @@ export async function run(argv: string[]): Promise<number> {
       model: rt.model,
       modelName: rt.name,
       caches,
-      contexts: positiveInts(values.contexts, 'contexts'),
-      memoryContexts: positiveInts(values['memory-contexts'], 'memory-contexts'),
-      steps,
+      contexts: values.contexts,
+      memoryContexts: values['memory-contexts'],
+      steps: values.steps,
       log: (line) => {
         const now = Date.now();
         if (now - last > 1000) {

@@ -1,6 +1,5 @@
-import { readFileSync, writeFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
-import { parseCommandArgs, positiveInt, positiveInts, sharedOptions } from '../args.js';
+import { writeFileSync } from 'node:fs';
+import { parseCommandArgs, readJsonFile, sharedOptions } from '../args.js';
 import { ProgressBar } from '../progress.js';
 import {
   joinResults,
@@ -15,7 +14,6 @@ import {
   validateCacheNames,
   type EvalResults,
 } from '@xquant/eval';
-import { XqError, XqFormatError } from '@xquant/quant';
 import { DEFAULT_GROUP_SIZE, DEFAULT_RESIDUAL_LENGTH, type BackendName } from '@xquant/tfjs';
 
 /** One-line description shown by `xquant --help`. */
@@ -69,71 +67,22 @@ function emit(results: EvalResults, out: string | undefined, json: boolean): voi
   else process.stdout.write(`${md}\n`);
 }
 
-function readResults(path: string): EvalResults {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new XqError('E_IO', `${path}: cannot read results file (${(e as Error).message})`, { cause: e });
-  }
-  try {
-    return JSON.parse(text) as EvalResults;
-  } catch (e) {
-    throw new XqFormatError(`${path}: not a JSON results file (${(e as Error).message})`, { cause: e });
-  }
-}
-
-async function merge(argv: string[], join = false): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    options: { out: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
-    allowPositionals: true,
-  });
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
-  if (positionals.length === 0) {
-    console.error(`xquant eval ${join ? 'join' : 'merge'}: no results files given\n\n${USAGE}`);
+async function merge(argv: string[], join: boolean): Promise<number> {
+  const command = `eval ${join ? 'join' : 'merge'}`;
+  const parsed = parseCommandArgs(command, USAGE, argv, sharedOptions('out', 'json'), { positionals: true });
+  if (typeof parsed === 'number') return parsed;
+  if (parsed.positionals.length === 0) {
+    console.error(`xquant ${command}: no results files given\n\n${USAGE}`);
     return 2;
   }
-  const merged = (join ? joinResults : mergeResults)(positionals.map(readResults));
-  emit(merged, values.out, values.json ?? false);
+  const merged = (join ? joinResults : mergeResults)(parsed.positionals.map((f) => readJsonFile(f, 'results file') as EvalResults));
+  emit(merged, parsed.values.out as string | undefined, (parsed.values.json as boolean | undefined) ?? false);
   return 0;
 }
 
 /** `xquant eval …` / `xquant eval merge …`; returns the exit code (0 ok, 1 error, 2 usage). */
 export async function run(argv: string[]): Promise<number> {
-  if (argv[0] === 'merge' || argv[0] === 'join') {
-    try {
-      return await merge(argv.slice(1), argv[0] === 'join');
-    } catch (e) {
-      if (e instanceof TypeError && (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-        console.error(`xquant eval ${argv[0]}: ${e.message}\n\n${USAGE}`);
-        return 2;
-      }
-      throw e;
-    }
-  }
-  let values: {
-    model?: string;
-    data?: string[];
-    caches?: string;
-    'residual-length'?: string;
-    'group-size'?: string;
-    'value-group-size'?: string;
-    limit?: string;
-    sample?: string;
-    shard?: string;
-    backend?: string;
-    'no-shared-prefill'?: boolean;
-    'no-batch'?: boolean;
-    'layer-errors'?: boolean;
-    out?: string;
-    json?: boolean;
-    help?: boolean;
-  };
-  let positionals: string[];
+  if (argv[0] === 'merge' || argv[0] === 'join') return merge(argv.slice(1), argv[0] === 'join');
   const parsed = parseCommandArgs('eval', USAGE, argv, {
     ...sharedOptions('model', 'caches', 'residual-length', 'group-size', 'value-group-size', 'backend', 'out', 'json'),
     data: { type: 'string', multiple: true },
@@ -143,37 +92,21 @@ export async function run(argv: string[]): Promise<number> {
     'no-shared-prefill': { type: 'boolean' },
     'no-batch': { type: 'boolean' },
     'layer-errors': { type: 'boolean' },
-  }, true);
+  }, { positionals: true, ints: { 'residual-length': 'list', 'group-size': 'list', 'value-group-size': 'one', limit: 'one', sample: 'one' } });
   if (typeof parsed === 'number') return parsed;
-  values = parsed.values as typeof values;
-  positionals = parsed.positionals;
-  const data = [...(values.data ?? []), ...positionals];
+  const values = parsed.values as {
+    model?: string; data?: string[]; caches?: string; shard?: string; backend?: string; out?: string; json?: boolean;
+    'residual-length'?: number[]; 'group-size'?: number[]; 'value-group-size'?: number; limit?: number; sample?: number;
+    'no-shared-prefill'?: boolean; 'no-batch'?: boolean; 'layer-errors'?: boolean;
+  };
+  const { limit, sample } = values;
+  const data = [...(values.data ?? []), ...parsed.positionals];
   if (!values.model || data.length === 0) {
     console.error(`xquant eval: --model and --data are required\n\n${USAGE}`);
     return 2;
   }
-  let limit: number | undefined;
-  if (values.limit !== undefined) {
-    limit = Number(values.limit);
-    if (!Number.isInteger(limit) || limit < 1) {
-      console.error(`xquant eval: --limit must be a positive integer; got '${values.limit}'`);
-      return 2;
-    }
-  }
-  let sample: number | undefined;
-  if (values.sample !== undefined) {
-    sample = Number(values.sample);
-    if (!Number.isInteger(sample) || sample < 1) {
-      console.error(`xquant eval: --sample must be a positive integer; got '${values.sample}'`);
-      return 2;
-    }
-  }
   const shard = values.shard === undefined ? undefined : parseShard(values.shard);
-  const sizes = {
-    residualLengths: positiveInts(values['residual-length'], 'residual-length'),
-    groupSizes: positiveInts(values['group-size'], 'group-size'),
-    valueGroupSize: positiveInt(values['value-group-size'], 'value-group-size'),
-  };
+  const sizes = { residualLengths: values['residual-length'], groupSizes: values['group-size'], valueGroupSize: values['value-group-size'] };
   const names = (values.caches ?? 'full,kivi-2,asymkv-1.5,xquant-1.38').split(',');
   validateCacheNames(names);
   const files = [];

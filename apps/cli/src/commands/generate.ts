@@ -70,7 +70,7 @@ export async function run(argv: string[]): Promise<number> {
     seed: { type: 'string' },
     'ignore-eos': { type: 'boolean', default: false },
     tokenizer: { type: 'string' },
-  });
+  }, { ints: { 'residual-length': 'one' } });
   if (typeof parsed === 'number') return parsed;
   const v = parsed.values as {
     [flag: string]: string | undefined;
@@ -97,7 +97,7 @@ export async function run(argv: string[]): Promise<number> {
       topK: num(v['top-k'], 'top-k', int, 'an integer ≥ 0') ?? 0,
       topP: num(v['top-p'], 'top-p', (x) => x > 0 && x <= 1, 'in (0, 1]') ?? 1,
       seed: num(v.seed, 'seed', (x) => Number.isInteger(x) && x >= 0 && x < 2 ** 32, 'an integer in [0, 2^32)'),
-      residualLength: num(v['residual-length'], 'residual-length', (x) => Number.isInteger(x) && x > 0, 'a positive integer'),
+      residualLength: parsed.values['residual-length'] as number | undefined,
     };
   } catch (e) {
     const msg = e instanceof UsageError ? e.message : (e as Error).message;

@@ -1,5 +1,5 @@
 import { readFileSync, writeFileSync } from 'node:fs';
-import { parseCommandArgs, positiveInt, positiveInts, sharedOptions } from '../args.js';
+import { parseCommandArgs, sharedOptions } from '../args.js';
 import { DEFAULT_CALIBRATION_TEXT, openEvalModel, planForBudget } from '@xquant/eval';
 import { XqError, XqFormatError } from '@xquant/quant';
 import { DEFAULT_RESIDUAL_LENGTH, type BackendName } from '@xquant/tfjs';
@@ -40,10 +40,9 @@ function calibrationIds(path: string, encode: (t: string) => number[]): number[]
     throw new XqError('E_IO', `${path}: cannot read calibration file (${(e as Error).message})`, { cause: e });
   }
   if (/\.jsonl?$/i.test(path)) {
-    const first = path.toLowerCase().endsWith('.jsonl') ? text.split('\n').find((l) => l.trim()) : text;
     let j: unknown;
     try {
-      j = JSON.parse(first ?? '');
+      j = JSON.parse((path.toLowerCase().endsWith('.jsonl') ? text.split('\n').find((l) => l.trim()) : text) ?? '');
     } catch (e) {
       throw new XqFormatError(`${path}: not JSON (${(e as Error).message})`, { cause: e });
     }
@@ -57,7 +56,6 @@ function calibrationIds(path: string, encode: (t: string) => number[]): number[]
 
 /** `xquant plan …`; returns the exit code. */
 export async function run(argv: string[]): Promise<number> {
-  let v: Record<string, string | boolean | undefined>;
   const parsed = parseCommandArgs('plan', USAGE, argv, {
     ...sharedOptions('model', 'residual-length', 'group-size', 'value-group-size', 'backend', 'out', 'json'),
     budget: { type: 'string' },
@@ -66,19 +64,16 @@ export async function run(argv: string[]): Promise<number> {
     'no-sharing': { type: 'boolean' },
     'no-sensitivity': { type: 'boolean' },
     'max-verify': { type: 'string' },
-  });
+  }, { ints: { 'residual-length': 'one', tokens: 'one', 'group-size': 'list', 'value-group-size': 'list', 'max-verify': 'one' } });
   if (typeof parsed === 'number') return parsed;
-  v = parsed.values as typeof v;
+  const v = parsed.values as Record<string, string | boolean | undefined> & Record<'residual-length' | 'tokens' | 'max-verify', number | undefined> & Record<'group-size' | 'value-group-size', number[] | undefined>;
   const budget = Number(v.budget);
   if (typeof v.model !== 'string' || !(budget > 0)) {
     console.error(`xquant plan: --model and a positive --budget are required\n\n${USAGE}`);
     return 2;
   }
-  const R = positiveInt(v['residual-length'], 'residual-length') ?? DEFAULT_RESIDUAL_LENGTH;
-  const tokens = positiveInt(v.tokens, 'tokens');
-  const groupSizes = positiveInts(v['group-size'], 'group-size');
-  const valueGroupSizes = positiveInts(v['value-group-size'], 'value-group-size');
-  const maxVerify = positiveInt(v['max-verify'], 'max-verify');
+  const R = v['residual-length'] ?? DEFAULT_RESIDUAL_LENGTH;
+  const { tokens, 'max-verify': maxVerify, 'group-size': groupSizes, 'value-group-size': valueGroupSizes } = v;
   const rt = await openEvalModel(v.model, { backend: v.backend as BackendName | undefined });
   try {
     const encode = (t: string) => rt.tokenizer.encode(t);

@@ -1,5 +1,5 @@
-import { readFileSync, writeFileSync } from 'node:fs';
-import { parseCommandArgs, sharedOptions } from '../args.js';
+import { writeFileSync } from 'node:fs';
+import { parseCommandArgs, readJsonFile, sharedOptions } from '../args.js';
 import { renderReport, type ReportInput } from '../report/report.js';
 import {
   BENCH_FORMAT,
@@ -12,7 +12,7 @@ import {
   type BenchResults,
   type EvalResults,
 } from '@xquant/eval';
-import { XqError, XqFormatError } from '@xquant/quant';
+import { XqFormatError } from '@xquant/quant';
 
 /** One-line description shown by `xquant --help`. */
 export const summary = 'render eval / bench / plan JSON as one self-contained HTML page with plots';
@@ -33,24 +33,8 @@ options:
   --json            print {"out": FILE, "bytes": N} on stdout
   -h, --help        show this help`;
 
-function readJson(path: string): unknown {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new XqError('E_IO', `${path}: cannot read (${(e as Error).message})`, { cause: e });
-  }
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new XqFormatError(`${path}: not JSON (${(e as Error).message})`, { cause: e });
-  }
-}
-
 /** `xquant report …`; returns the exit code. */
 export async function run(argv: string[]): Promise<number> {
-  let values: { in?: string[]; out?: string; anchor?: string; title?: string; note?: string; markdown?: string; json?: boolean; help?: boolean };
-  let positionals: string[];
   const parsed = parseCommandArgs('report', USAGE, argv, {
     ...sharedOptions('out', 'json'),
     in: { type: 'string', multiple: true },
@@ -58,24 +42,23 @@ export async function run(argv: string[]): Promise<number> {
     title: { type: 'string' },
     note: { type: 'string' },
     markdown: { type: 'string' },
-  }, true);
+  }, { positionals: true });
   if (typeof parsed === 'number') return parsed;
-  values = parsed.values as typeof values;
-  positionals = parsed.positionals;
-  const inputs = [...(values.in ?? []), ...positionals];
+  const values = parsed.values as { in?: string[]; out?: string; anchor?: string; title?: string; note?: string; markdown?: string; json?: boolean };
+  const inputs = [...(values.in ?? []), ...parsed.positionals];
   if (!values.out || inputs.length === 0) {
     console.error(`xquant report: --in and --out are required\n\n${USAGE}`);
     return 2;
   }
   const input: { results: EvalResults[]; bench: BenchResults[]; plans: NonNullable<ReportInput['plans']>[number][] } = { results: [], bench: [], plans: [] };
   for (const f of inputs) {
-    const j = readJson(f) as { format?: string };
+    const j = readJsonFile(f) as { format?: string };
     if (j?.format === RESULTS_FORMAT) input.results.push(j as EvalResults);
     else if (j?.format === BENCH_FORMAT) input.bench.push(j as BenchResults);
     else if (j?.format === 'xquant-plan/v1') input.plans.push(j as NonNullable<ReportInput['plans']>[number]);
     else throw new XqFormatError(`${f}: not an xquant eval, bench or plan result (format ${JSON.stringify(j?.format)})`);
   }
-  const anchor = values.anchor ? parseAnchor(readJson(values.anchor)) : undefined;
+  const anchor = values.anchor ? parseAnchor(readJsonFile(values.anchor)) : undefined;
   if (values.markdown) {
     const md: string[] = [];
     for (const r of input.results) {
