@@ -9,7 +9,7 @@ import { kivi, type KiviOptions } from './strategies/kivi.js';
 import { planned, type PlannedOptions } from './strategies/planned.js';
 import { rotated, type RotatedOptions } from './strategies/rotated.js';
 import { xquant } from './strategies/xquant.js';
-import type { KvCacheStrategy, PresetOverrides } from './types.js';
+import type { KvCacheStrategy, QuantizedCacheOptions } from './types.js';
 
 /** Description of a preset, as in the reference tables (8 layers: reference-fidelity §1). */
 export interface PresetInfo {
@@ -31,14 +31,14 @@ export const PRESETS: readonly PresetInfo[] = Object.freeze([
   { id: 'xquant-k-share', summary: 'xquant-1.38 sharing key codes as well as value codes from layer L/2' },
 ]);
 
-function preset(id: string, make: (o: PresetOverrides) => KvCacheStrategy): StrategyFactory {
+function preset(id: string, make: (o: QuantizedCacheOptions) => KvCacheStrategy): StrategyFactory {
   return (options = {}) => {
     for (const k of Object.keys(options)) {
       if (!(CACHE_OVERRIDE_KEYS as readonly string[]).includes(k)) {
         throw new XqConfigError('E_CONFIG', `preset '${id}' accepts only ${CACHE_OVERRIDE_KEYS.join(', ')} as overrides; got '${k}'`);
       }
     }
-    return make(options as PresetOverrides);
+    return make(options as QuantizedCacheOptions);
   };
 }
 

@@ -1,8 +1,8 @@
 import { XqConfigError } from '@xquant/quant';
 import { globalRegistry } from './global-registry.js';
-import type { KvCache, KvCacheShape, KvCacheStrategy, PresetOverrides } from './types.js';
+import type { KvCache, KvCacheShape, KvCacheStrategy, QuantizedCacheOptions } from './types.js';
 
-/** Makes a strategy from options (a preset applies its fixed options and accepts {@link PresetOverrides}). */
+/** Makes a strategy from options (a preset applies its fixed options and accepts {@link QuantizedCacheOptions}). */
 export type StrategyFactory = (options?: Record<string, unknown>) => KvCacheStrategy;
 
 /** The strategy registry: one per process (on `globalThis`), filled with the built-ins when the package loads. */
@@ -38,7 +38,7 @@ function checkStrategy(s: KvCacheStrategy): KvCacheStrategy {
  * The strategy for a registered id or preset name with `options`, or a strategy object with `options` applied over
  * its own (none: the object itself). Unknown ids throw `E_STRATEGY_UNKNOWN` listing the known ones.
  */
-export function resolveStrategy(strategy: string | KvCacheStrategy, options?: PresetOverrides | Record<string, unknown>): KvCacheStrategy {
+export function resolveStrategy(strategy: string | KvCacheStrategy, options?: QuantizedCacheOptions | Record<string, unknown>): KvCacheStrategy {
   if (typeof strategy !== 'string') {
     const s = checkStrategy(strategy);
     if (!options || Object.keys(options).length === 0) return s;
@@ -58,6 +58,6 @@ export function resolveStrategy(strategy: string | KvCacheStrategy, options?: Pr
  * @example
  * const cache = createKvCache('xquant-1.38', { layers: 8, kvHeads: 2, headDim: 64 }, { residualLength: 32 });
  */
-export function createKvCache(strategy: string | KvCacheStrategy, shape: KvCacheShape, overrides?: PresetOverrides | Record<string, unknown>): KvCache {
+export function createKvCache(strategy: string | KvCacheStrategy, shape: KvCacheShape, overrides?: QuantizedCacheOptions | Record<string, unknown>): KvCache {
   return resolveStrategy(strategy, overrides).createCache(shape);
 }

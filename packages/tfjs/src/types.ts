@@ -109,9 +109,6 @@ export interface QuantizedCacheOptions {
   precision?: 'fp16' | 'fp32';
 }
 
-/** Overrides accepted by {@link createKvCache} for presets; strategy ids accept their full options. */
-export interface PresetOverrides extends QuantizedCacheOptions {}
-
 /** A KV cache that can also read its inputs asynchronously (needed on WebGPU, where tensors cannot be read synchronously). */
 export interface AsyncKvCache extends KvCache {
   /** {@link KvCache.prefill} that reads the tensors with `await data()`. */
