@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { XqConfigError } from '@xquant/quant';
 import { createKvCache, type AsyncKvCache, type KvCache } from '@xquant/tfjs';
-import { FULL_ID, FULL_SPEC, accountSpec, createCacheFor, type CacheSpec } from './configs.js';
+import { FULL_ID, FULL_SPEC, accountSpec, createCacheFor, fillRandom, lcg, type CacheSpec } from './configs.js';
 import type { EvalModel } from './protocol.js';
 
 /** Format tag of {@link BenchResults}. */
@@ -77,28 +77,6 @@ export interface BenchResults {
   speed: BenchSpeedRow[];
   /** Memory rows. */
   memory: BenchMemoryRow[];
-}
-
-function lcg(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
-
-function fillRandom(cache: KvCache, tokens: number, rand: () => number): void {
-  const { layers, kvHeads, headDim } = cache.shape;
-  const q = tf.zeros([kvHeads, 1, headDim]) as tf.Tensor3D;
-  for (let l = 0; l < layers; l++) {
-    const k = tf.tensor3d(Float32Array.from({ length: kvHeads * tokens * headDim }, () => rand() * 4 - 2), [kvHeads, tokens, headDim]);
-    const v = tf.tensor3d(Float32Array.from({ length: kvHeads * tokens * headDim }, () => rand() * 4 - 2), [kvHeads, tokens, headDim]);
-    cache.prefill(l, k, v);
-    k.dispose();
-    v.dispose();
-    cache.attend(l, q).dispose();
-  }
-  q.dispose();
 }
 
 /**

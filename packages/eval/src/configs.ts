@@ -161,6 +161,28 @@ export interface SpecBits {
   tokens: number;
 }
 
+/** A deterministic uniform [0, 1) generator (LCG). @internal */
+export function lcg(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+/** Prefill every layer of `cache` with `tokens` random K/V in [−2, 2) and attend once (the schedule's flush). @internal */
+export function fillRandom(cache: KvCache, tokens: number, rand: () => number): void {
+  const { layers, kvHeads, headDim } = cache.shape;
+  const q = tf.zeros([kvHeads, 1, headDim]) as tf.Tensor3D;
+  for (let l = 0; l < layers; l++) {
+    const [k, v] = [0, 1].map(() => tf.tensor3d(Float32Array.from({ length: kvHeads * tokens * headDim }, () => rand() * 4 - 2), [kvHeads, tokens, headDim]));
+    cache.prefill(l, k!, v!); // outside tf.tidy: the full cache keeps a clone
+    tf.dispose([k!, v!]);
+    cache.attend(l, q).dispose();
+  }
+  q.dispose();
+}
+
 /** `accountBits` of a configuration (fp16 metadata and residual window); `full` is 16 bits of both kinds. */
 export function accountSpec(spec: CacheSpec, shape: KvCacheShape, tokens: number): { paperBits: number; storedBitsPerElement: number } {
   return spec.config === null ? { paperBits: 16, storedBitsPerElement: 16 } : accountBits({ config: spec.config, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens });
@@ -174,22 +196,7 @@ export function specBits(spec: CacheSpec, shape: KvCacheShape, tokens = 2048): S
   const cache = createCacheFor(spec, shape);
   try {
     const acct = accountSpec(spec, shape, tokens);
-    const { kvHeads, headDim } = shape;
-    let seed = 12345;
-    const rand = () => {
-      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
-      return seed / 0x7fffffff - 0.5;
-    };
-    const q = tf.zeros([kvHeads, 1, headDim]) as tf.Tensor3D;
-    for (let l = 0; l < shape.layers; l++) {
-      const k = tf.tensor3d(new Float32Array(kvHeads * tokens * headDim).map(rand), [kvHeads, tokens, headDim]);
-      const v = tf.tensor3d(new Float32Array(kvHeads * tokens * headDim).map(rand), [kvHeads, tokens, headDim]);
-      cache.prefill(l, k, v); // outside tf.tidy: the full cache keeps a clone
-      k.dispose();
-      v.dispose();
-      cache.attend(l, q).dispose(); // attend ends with the schedule's flush
-    }
-    q.dispose();
+    fillRandom(cache, tokens, lcg(12345));
     return { paperBits: acct.paperBits, storedBits: acct.storedBitsPerElement, heldBits: cache.memory().trueBitsPerElement, tokens };
   } finally {
     cache.dispose();

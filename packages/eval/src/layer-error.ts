@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { XqShapeError } from '@xquant/quant';
-import { createKvCache, type KvCache, type KvCacheShape, type KvMemoryReport } from '@xquant/tfjs';
+import { createKvCache, type KvCache, type KvCacheShape } from '@xquant/tfjs';
 import type { EvalModel } from './protocol.js';
 
 /** K, V and the last queries of every layer after a full-precision prefill of a prompt. */
@@ -22,46 +22,12 @@ export interface CapturedLayers {
 }
 
 /**
- * A `KvCache` that forwards everything to `inner` and hands the queries of every `attend` to `onQueries`.
- * Lets the evaluation see a model's real queries through the public cache interface.
+ * `inner` with the queries of every `attend` handed to `onQueries` first (everything else goes to `inner` as it is):
+ * lets the evaluation see a model's real queries through the public cache interface.
  */
-export class RecordingKvCache implements KvCache {
-  constructor(
-    private readonly inner: KvCache,
-    private readonly onQueries: (layer: number, queries: tf.Tensor3D) => void,
-  ) {}
-  get strategyId(): string {
-    return this.inner.strategyId;
-  }
-  /** The inner cache's shape. */
-  get shape(): Readonly<KvCacheShape> {
-    return this.inner.shape;
-  }
-  prefill(layer: number, keys: tf.Tensor3D, values: tf.Tensor3D): void {
-    this.inner.prefill(layer, keys, values);
-  }
-  append(layer: number, keys: tf.Tensor3D, values: tf.Tensor3D): void {
-    this.inner.append(layer, keys, values);
-  }
-  attend(layer: number, queries: tf.Tensor3D): tf.Tensor3D {
-    this.onQueries(layer, queries);
-    return this.inner.attend(layer, queries);
-  }
-  seqLength(layer?: number): number {
-    return this.inner.seqLength(layer);
-  }
-  memory(): KvMemoryReport {
-    return this.inner.memory();
-  }
-  dequantize(layer: number): ReturnType<KvCache['dequantize']> {
-    return this.inner.dequantize(layer);
-  }
-  reset(): void {
-    this.inner.reset();
-  }
-  dispose(): void {
-    this.inner.dispose();
-  }
+export function recordQueries(inner: KvCache, onQueries: (layer: number, queries: tf.Tensor3D) => void): KvCache {
+  const attend = (layer: number, queries: tf.Tensor3D) => (onQueries(layer, queries), inner.attend(layer, queries));
+  return new Proxy(inner, { get: (t, p) => (p === 'attend' ? attend : typeof Reflect.get(t, p) === 'function' ? Reflect.get(t, p).bind(t) : Reflect.get(t, p)) });
 }
 
 /** Prefill `ids` at full precision and keep every layer's K, V and its last `queryRows` queries. */
@@ -73,7 +39,7 @@ export async function captureLayers(model: EvalModel, ids: readonly number[], op
   const queries: Float32Array[] = [];
   let qHeads = 0;
   const full = createKvCache('full', shape);
-  const rec = new RecordingKvCache(full, (layer, q) => {
+  const rec = recordQueries(full, (layer, q) => {
     qHeads = q.shape[0];
     const rows = q.shape[1];
     const last = tf.slice(q, [0, rows - queryRows, 0], [qHeads, queryRows, shape.headDim]);

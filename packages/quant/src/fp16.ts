@@ -98,16 +98,3 @@ export function halfTable(): Float32Array {
   decodeTable = t;
   return t;
 }
-
-/** Encode every element of `src` as fp16 bit patterns. */
-export function toHalfBits(src: ArrayLike<number>, out = new Uint16Array(src.length)): Uint16Array {
-  for (let i = 0; i < src.length; i++) out[i] = halfToBits(src[i]!);
-  return out;
-}
-
-/** Decode fp16 bit patterns to float32. */
-export function fromHalfBits(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
-  const t = halfTable();
-  for (let i = 0; i < src.length; i++) out[i] = t[src[i]!]!;
-  return out;
-}

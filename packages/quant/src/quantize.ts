@@ -1,6 +1,5 @@
 import { checkOptions, codesOfRounded, roundAndCheck, statsOfRounded } from './core.js';
 import { roundHalf, roundHalfInPlace } from './fp16.js';
-import { packCodes } from './pack.js';
 import { assertLength, type Bits, type GroupQuantOptions, type Precision } from './types.js';
 
 /** Per-group scale and zero-point (the group minimum) of a `[rows, cols]` block quantized along `cols`. */
@@ -73,13 +72,6 @@ export function quantizeRows(x: ArrayLike<number>, rows: number, cols: number, o
   const xr = roundedCopy(x, rows * cols, precision, cols);
   const stats = statsOfRounded(xr, rows, cols, opts.bits, opts.groupSize, precision, rowColWhere);
   return { ...stats, codes: codesOfRounded(xr, stats) };
-}
-
-/** {@link quantizeRows} followed by {@link packCodes}. */
-export function quantizeAndPackRows(x: ArrayLike<number>, rows: number, cols: number, opts: GroupQuantOptions): PackedRows {
-  const q = quantizeRows(x, rows, cols, opts);
-  const { codes, ...stats } = q;
-  return { ...stats, packed: packCodes(codes, rows, cols, opts.bits) };
 }
 
 /**

@@ -28,7 +28,7 @@ export {
   type QuantizedLayout,
 } from './config.js';
 export { FullKvCache, FULL_CHUNK_TOKENS } from './full-cache.js';
-export { QuantizedKvCache, paperBits, dequantizeView, dequantizeKeyBlock, dequantizeValueRange } from './quantized/cache.js';
+export { QuantizedKvCache, dequantizeView, dequantizeKeyBlock, dequantizeValueRange } from './quantized/cache.js';
 export type { StoredMeta } from './quantized/store.js';
 export {
   registerKernel,

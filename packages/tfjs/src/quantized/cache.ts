@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Tensor3D } from '@tensorflow/tfjs-core';
-import type { CrossLayerPlan } from '@xquant/cross-layer';
+import { accountBits, type CrossLayerPlan } from '@xquant/cross-layer';
 import {
   XqConfigError,
   XqStateError,
@@ -394,7 +394,7 @@ export class QuantizedKvCache implements AsyncKvCache {
       totalBytes,
       tokens,
       elements,
-      paperBitsPerElement: paperBits(this.config),
+      paperBitsPerElement: accountBits({ config: this.config, kvHeads: this.shape.kvHeads, headDim: this.shape.headDim, tokens: 1 }).paperBits,
       trueBitsPerElement: elements === 0 ? 0 : (8 * totalBytes) / elements,
       kernelBytes,
     };
@@ -429,13 +429,6 @@ export class QuantizedKvCache implements AsyncKvCache {
   private releaseKernelState(): void {
     for (const k of allAttentionKernels()) k.release?.(this);
   }
-}
-
-/** Paper-style bits: code bits averaged over K, V and layers; a borrowing layer counts 0, full precision 16. */
-export function paperBits(cfg: Pick<CacheConfig, 'keys' | 'values'>): number {
-  let sum = 0;
-  for (const s of [...cfg.keys, ...cfg.values]) sum += s.codesFrom === null ? s.bits : 0;
-  return sum / (cfg.keys.length + cfg.values.length);
 }
 
 /** Dequantize one key block of a view: `[kvHeads, tokens, headDim]` (reference formula). */
