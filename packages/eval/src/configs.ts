@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
 import { accountBits } from '@xquant/cross-layer';
 import { XqConfigError, XqError, XqFormatError } from '@xquant/quant';
-import { PRESETS, createKvCache, resolveCacheConfig, type CacheConfig, type KvCache, type KvCacheShape } from '@xquant/tfjs';
+import { PRESETS, createKvCache, resolveStrategy, type CacheConfig, type KvCache, type KvCacheShape } from '@xquant/tfjs';
 
 /** One cache configuration under evaluation: a preset (or strategy) with its options and resolved configuration. */
 export interface CacheSpec {
@@ -14,7 +14,7 @@ export interface CacheSpec {
   strategy: string;
   /** Options / overrides passed to `createKvCache`. */
   options: Record<string, unknown>;
-  /** The resolved configuration for the model's cache shape (`resolveCacheConfig`); null for `full`. */
+  /** The resolved configuration for the model's cache shape (`resolveCacheConfig`); null without quantized storage (`full`). */
   config: CacheConfig | null;
 }
 
@@ -48,14 +48,25 @@ export const FULL_ID = 'full';
 export const FULL_SPEC: Readonly<CacheSpec> = Object.freeze({ id: FULL_ID, method: FULL_ID, strategy: FULL_ID, options: {}, config: null });
 
 /**
- * One configuration: `strategy` with `options`, resolved for `shape` (typed errors on bad options); its id is
- * `method/R<R>/g<G>`, with `/v<V>` when the value group size differs from the group size.
+ * One configuration: `strategy` with `options`, its configuration resolved for `shape` (`resolveCacheConfig`; typed
+ * errors on bad options); its id is `method/R<R>/g<G>`, with `/v<V>` when the value group size differs from the group size.
  */
 export function cacheSpec(method: string, strategy: string, options: Record<string, unknown>, shape: KvCacheShape): CacheSpec {
   if (strategy === FULL_ID) return { ...FULL_SPEC, method };
-  const config = resolveCacheConfig(strategy, shape, options);
-  const { residualLength: R, groupSize: G, valueGroupSize: V } = config;
-  return { id: `${method}/R${R}/g${G}${V !== G ? `/v${V}` : ''}`, method, strategy, options, config };
+  const s = resolveStrategy(strategy, options);
+  const spec: CacheSpec = { id: method, method, strategy, options, config: s.resolveConfig ? s.resolveConfig(shape) : null };
+  const { residualLength: R, groupSize: G, valueGroupSize: V } = sizesOf(spec);
+  spec.id = [method, R !== null && `R${R}`, G !== null && `g${G}`, V !== G && `v${V}`].filter(Boolean).join('/');
+  return spec;
+}
+
+/**
+ * R and group sizes of a configuration: its resolved config's; for a strategy without quantized storage (`rotated`
+ * over `full`) the sizes its options name, else null.
+ */
+function sizesOf({ config, options }: CacheSpec): Record<'residualLength' | 'groupSize' | 'valueGroupSize', number | null> {
+  const given = (k: 'residualLength' | 'groupSize' | 'valueGroupSize') => config?.[k] ?? (typeof options[k] === 'number' ? options[k] : null);
+  return { residualLength: given('residualLength'), groupSize: given('groupSize'), valueGroupSize: given('valueGroupSize') ?? given('groupSize') };
 }
 
 /** Read a preset file (`{ name, strategy, options }`). */
@@ -109,7 +120,7 @@ export function resolveCacheSpecs(names: readonly string[], shape: KvCacheShape,
         const sizes = Object.fromEntries(Object.entries({ residualLength: R, groupSize: G, valueGroupSize: V }).filter(([, v]) => v !== undefined));
         const spec = cacheSpec(method, strategy, { ...base, ...sizes }, shape);
         // recorded as resolved (results name R and the group size even when the resolver's defaults applied)
-        spec.options = { ...base, residualLength: spec.config!.residualLength, groupSize: spec.config!.groupSize, ...(V !== undefined ? { valueGroupSize: V } : {}) };
+        spec.options = { ...base, residualLength: spec.config?.residualLength ?? R, groupSize: spec.config?.groupSize ?? G, ...(V !== undefined ? { valueGroupSize: V } : {}) };
         specs.push(spec);
       }
     }
@@ -145,8 +156,9 @@ export interface ConfigRecord extends Omit<CacheSpec, 'config'> {
 
 /** A configuration as recorded in results: its options and resolved sizes, without the calibrator objects. */
 export function configRecord(spec: CacheSpec): ConfigRecord {
-  const { id, method, strategy, options, config } = spec;
-  return { id, method, strategy, options, residualLength: config?.residualLength ?? null, groupSize: config?.groupSize ?? null };
+  const { id, method, strategy, options } = spec;
+  const { residualLength, groupSize } = sizesOf(spec);
+  return { id, method, strategy, options, residualLength, groupSize };
 }
 
 /** Bit accounting of a configuration at one context length. */

@@ -11,6 +11,8 @@ import {
   mergeResults,
   parseEvalJsonl,
   resolveCacheSpecs,
+  configRecord,
+  specBits,
   resultsMarkdown,
   runEval,
   summarize,
@@ -142,6 +144,11 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
     const [, spec] = resolveCacheSpecs([`@${file}`], model.cacheShape, { residualLengths: [128] });
     expect(spec!.id).toBe('rot-k2/R32/g32/v16');
     expect(spec!.options).toMatchObject({ residualLength: 32, groupSize: 32, valueGroupSize: 16 });
+    expect(spec!.config).toMatchObject({ residualLength: 32, groupSize: 32, valueGroupSize: 16 }); // the inner cache's resolved config
+    // a wrapper over a cache without quantized storage: no config, the swept sizes still name it; 16 bits
+    writeFileSync(file, JSON.stringify({ name: 'rot-full', strategy: 'rotated', options: { inner: 'full', keys: true } }));
+    const [, rf] = resolveCacheSpecs([`@${file}`], model.cacheShape, { residualLengths: [64], groupSizes: [32] });
+    expect([rf!.id, rf!.config, configRecord(rf!).residualLength, specBits(rf!, model.cacheShape, 256).storedBits]).toEqual(['rot-full/R64/g32', null, 64, 16]);
   });
 
   it('join: runs of different configurations on the same records = one run of all of them (unbatched: exact)', async () => {
