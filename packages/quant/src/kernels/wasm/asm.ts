@@ -47,7 +47,8 @@ const OP = {
 const SIMD = {
   v128_load: 0x00, v128_load32_splat: 0x09, v128_store: 0x0b, v128_const: 0x0c, i8x16_shuffle: 0x0d,
   i32x4_splat: 0x11, f32x4_splat: 0x13, f32x4_extract_lane: 0x1f, f32x4_replace_lane: 0x20,
-  v128_and: 0x4e, v128_or: 0x50, i32x4_shl: 0xab, i32x4_shr_u: 0xad,
+  v128_and: 0x4e, v128_or: 0x50, i32x4_extend_low_i16x8_u: 0xa9, i32x4_extend_high_i16x8_u: 0xaa, i32x4_shl: 0xab,
+  i32x4_shr_u: 0xad,
   f32x4_add: 0xe4, f32x4_mul: 0xe6,
 } as const;
 
@@ -121,6 +122,8 @@ export class Fn {
   replace(lane: number): this { this.simd(SIMD.f32x4_replace_lane); this.code.push(lane); return this; }
   vand(): this { return this.simd(SIMD.v128_and); }
   vor(): this { return this.simd(SIMD.v128_or); }
+  /** i32x4.extend_low_i16x8_u / extend_high_i16x8_u. */
+  extendU16(high: boolean): this { return this.simd(high ? SIMD.i32x4_extend_high_i16x8_u : SIMD.i32x4_extend_low_i16x8_u); }
   vshl(): this { return this.simd(SIMD.i32x4_shl); }
   vshrU(): this { return this.simd(SIMD.i32x4_shr_u); }
   fadd(): this { return this.simd(SIMD.f32x4_add); }

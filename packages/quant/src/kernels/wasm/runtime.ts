@@ -1,12 +1,14 @@
 /**
  * Instantiation and JS glue of the generated WebAssembly SIMD kernels. One module (with its own memory) per head
- * dimension, compiled synchronously on first use; inputs are copied into its memory on every call.
+ * dimension, compiled synchronously on first use. Every call stages its segments into the module's memory (codes as
+ * they are, fp16 metadata converted to float32 by a SIMD kernel; consecutive token-major value segments back to back,
+ * so a cache's value chunks are one region) and runs one kernel per key block or value region, KV head and chunk of
+ * 4 query heads.
  * @internal
  */
-import type { PackedKv } from '../../kv.js';
-import type { KernelGeometry } from '../validate.js';
+import type { KernelGeometry, Segment } from '../view.js';
 import { assemble, type Fn } from './asm.js';
-import { blockElems, genDenseKeys, genDenseValues, genKeys, genValues } from './codegen.js';
+import { VALUE_CHUNK, genDenseKeys, genDenseValues, genHalfToFloat, genKeys, genValues, spanElems } from './codegen.js';
 
 type Kernel = (...args: number[]) => void;
 
@@ -21,15 +23,7 @@ interface WasmApi {
 }
 const WA = (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
 
-interface Instance {
-  memory: WasmMemory;
-  keys1?: Kernel;
-  keys2?: Kernel;
-  values1?: Kernel;
-  values2?: Kernel;
-  denseKeys?: Kernel;
-  denseValues?: Kernel;
-}
+type Instance = { memory: WasmMemory } & Partial<Record<'keys1' | 'keys2' | 'values1' | 'values2' | 'denseKeys' | 'denseValues' | 'f16to32', Kernel>>;
 
 const instances = new Map<number, Instance | null>();
 let simdSupported: boolean | undefined;
@@ -51,16 +45,15 @@ export function wasmSimdSupported(): boolean {
 }
 
 function kernelsFor(D: number): Fn[] {
-  const fns: Fn[] = [genKeys(2, D), genKeys(1, D), genDenseKeys(D)];
+  const fns: Fn[] = [genKeys(2, D), genKeys(1, D), genDenseKeys(D), genHalfToFloat()];
   if (D % 8 === 0) fns.push(genDenseValues(D));
-  if (D % blockElems(2) === 0) fns.push(genValues(2, D));
-  if (D % blockElems(1) === 0) fns.push(genValues(1, D));
+  for (const bits of [2, 1] as const) if (D % spanElems(bits) === 0) fns.push(genValues(bits, D));
   return fns;
 }
 
 function wrap(fns: Fn[], ex: Record<string, unknown>): Instance {
   const inst: Instance = { memory: ex.mem as WasmMemory };
-  for (const f of fns) (inst as unknown as Record<string, Kernel>)[f.name] = ex[f.name] as Kernel;
+  for (const fn of fns) (inst as Record<string, unknown>)[fn.name] = ex[fn.name];
   return inst;
 }
 
@@ -102,21 +95,23 @@ export async function prepareWasm(headDims: readonly number[]): Promise<boolean>
   return ok;
 }
 
-/** Bump allocation of 16-byte-aligned regions in an instance's memory, growing it when needed. */
+/** Bump allocation of 16-byte-aligned regions (with 16 bytes of slack) in an instance's memory, grown when needed. */
 class Arena {
   private top = 64;
-  readonly offsets: number[] = [];
   alloc(bytes: number): number {
     const at = this.top;
-    this.top += Math.ceil(bytes / 16) * 16;
+    this.top += Math.ceil(bytes / 16) * 16 + 16;
     return at;
   }
-  commit(inst: Instance): { f32: Float32Array; u32: Uint32Array } {
+  commit(inst: Instance): { f32: Float32Array; u32: Uint32Array; u16: Uint16Array } {
     const need = this.top - inst.memory.buffer.byteLength;
     if (need > 0) inst.memory.grow(Math.ceil(need / 65536));
-    return { f32: new Float32Array(inst.memory.buffer), u32: new Uint32Array(inst.memory.buffer) };
+    const b = inst.memory.buffer;
+    return { f32: new Float32Array(b), u32: new Uint32Array(b), u16: new Uint16Array(b) };
   }
 }
+
+type Views = ReturnType<Arena['commit']>;
 
 const isPow2 = (n: number) => n > 0 && (n & (n - 1)) === 0;
 
@@ -126,12 +121,11 @@ function copyRow(dst: Float32Array, at: number, src: ArrayLike<number>, from: nu
   else for (let i = 0; i < n; i++) dst[at + i] = src[from + i]!;
 }
 
-/** Whether the packed kernels (keys or values) have a WebAssembly version for this geometry. */
-export function wasmPackedApplies(g: KernelGeometry, axis: 'channel' | 'token'): boolean {
+/** Whether the packed kernels have a WebAssembly version for this geometry (1- or 2-bit codes). */
+export function wasmPackedApplies(g: Pick<KernelGeometry, 'bits' | 'groupSize' | 'headDim'>, axis: 'channel' | 'token'): boolean {
   if (g.bits !== 1 && g.bits !== 2) return false;
-  const fpw = 32 / g.bits;
-  if (!isPow2(g.groupSize) || g.groupSize % fpw !== 0 || g.headDim % 4 !== 0) return false;
-  if (axis === 'token' && g.headDim % blockElems(g.bits) !== 0) return false;
+  if (!isPow2(g.groupSize) || g.groupSize % (32 / g.bits) !== 0 || g.headDim % 4 !== 0) return false;
+  if (axis === 'token' && g.headDim % spanElems(g.bits) !== 0) return false;
   return instanceFor(g.headDim) !== null;
 }
 
@@ -141,87 +135,148 @@ export function wasmDenseApplies(D: number, axis: 'channel' | 'token'): boolean 
   return instanceFor(D) !== null;
 }
 
-/** Packed key scores through the WebAssembly kernel (see `genKeys`). */
-export function wasmKeyScores(q: ArrayLike<number>, keys: PackedKv, g: KernelGeometry, res: Float32Array): void {
-  const { kvHeads, tokens: T, headDim: D, groupSize: gs, rep } = g;
+/** Staged metadata: scale and zero as float32 at these byte offsets. */
+interface StagedMeta { scale: number; zero: number; u16?: [number, number]; n: number }
+
+function allocMeta(ar: Arena, n: number, f16: boolean): StagedMeta {
+  const n8 = Math.ceil(n / 8) * 8;
+  const m: StagedMeta = { scale: ar.alloc(n8 * 4), zero: ar.alloc(n8 * 4), n };
+  if (f16) m.u16 = [ar.alloc(n8 * 2), ar.alloc(n8 * 2)];
+  return m;
+}
+
+/** Copies the first `n` groups of `seg`'s scale/zero to group `at` of the staged metadata. */
+function stageMeta(v: Views, m: StagedMeta, seg: Segment, n: number, at: number): void {
+  const { scale, zero } = seg.view;
+  if (m.u16) {
+    v.u16.set((scale as Uint16Array).subarray(0, n), m.u16[0] / 2 + at);
+    v.u16.set((zero as Uint16Array).subarray(0, n), m.u16[1] / 2 + at);
+  } else {
+    v.f32.set((scale as Float32Array).subarray(0, n), m.scale / 4 + at);
+    v.f32.set((zero as Float32Array).subarray(0, n), m.zero / 4 + at);
+  }
+}
+
+/** Converts staged fp16 metadata to float32 (in the module). */
+function finishMeta(inst: Instance, m: StagedMeta): void {
+  if (!m.u16) return;
+  const n8 = Math.ceil(m.n / 8);
+  inst.f16to32!(m.u16[0], m.scale, n8);
+  inst.f16to32!(m.u16[1], m.zero, n8);
+}
+
+/** Packed key scores through the WebAssembly kernels: one call per key block, KV head and chunk of 4 query heads. */
+export function wasmKeyScores(q: ArrayLike<number>, g: KernelGeometry, res: Float32Array): void {
+  const { kvHeads: H, headDim: D, groupSize: gs, rep, stride, tokens: N } = g;
   const bits = g.bits as 1 | 2;
   const inst = instanceFor(D)!;
-  const fpw = 32 / bits;
-  const W = T / fpw;
-  const W4 = Math.ceil(W / 4) * 4;
-  const G = T / gs;
-  const SPAN = blockElems(bits);
-  const ncb = D / (bits === 2 ? 2 : 4);
+  const SPAN = spanElems(bits);
   const npg = gs < SPAN ? SPAN / gs : 1;
   const ar = new Arena();
-  const codes = ar.alloc(kvHeads * D * W4 * 4);
-  const scale = ar.alloc(kvHeads * D * G * 4);
-  const zero = ar.alloc(kvHeads * D * G * 4);
+  const staged = g.segments.map((s) => ({ codes: ar.alloc(s.view.packed.length * 4), meta: allocMeta(ar, s.view.scale.length, s.f16) }));
   const q4 = ar.alloc(D * 16);
-  const out = ar.alloc(4 * T * 4);
-  const offs = ar.alloc(ncb * SPAN);
-  const tabs = ar.alloc(npg * ncb * 256);
+  const out = ar.alloc(4 * N * 4);
+  const offs = ar.alloc((D / 4) * 128);
+  const tabs = ar.alloc(npg * (D / 4) * 256);
   const bias = ar.alloc(npg * 16);
-  const { f32, u32 } = ar.commit(inst);
-  if (W4 === W) u32.set(keys.packed, codes / 4);
-  else for (let r = 0; r < kvHeads * D; r++) u32.set(keys.packed.subarray(r * W, (r + 1) * W), codes / 4 + r * W4);
-  f32.set(keys.scale, scale / 4);
-  f32.set(keys.zero, zero / 4);
+  const v = ar.commit(inst);
+  g.segments.forEach((s, i) => {
+    const st = staged[i]!;
+    v.u32.set(s.view.packed, st.codes / 4);
+    stageMeta(v, st.meta, s, s.view.scale.length, 0);
+    finishMeta(inst, st.meta);
+  });
   const fn = (bits === 2 ? inst.keys2 : inst.keys1)!;
   const gsh = Math.log2(gs);
-  for (let kv = 0; kv < kvHeads; kv++) {
+  for (let kv = 0; kv < H; kv++) {
     for (let h0 = 0; h0 < rep; h0 += 4) {
       const nh = Math.min(4, rep - h0);
       const qb = (kv * rep + h0) * D;
       for (let d = 0, o = q4 / 4; d < D; d++, o += 4) {
-        for (let l = 0; l < 4; l++) f32[o + l] = l < nh ? q[qb + l * D + d]! : 0;
+        for (let l = 0; l < 4; l++) v.f32[o + l] = l < nh ? q[qb + l * D + d]! : 0;
       }
-      fn(codes + kv * D * W4 * 4, W4 * 4, T, scale + kv * D * G * 4, zero + kv * D * G * 4, G, gsh,
-        gs < SPAN ? gsh : 31, q4, out, offs, tabs, bias, Math.max(gs, SPAN) - 1, npg);
-      for (let l = 0; l < nh; l++) res.set(f32.subarray(out / 4 + l * T, out / 4 + (l + 1) * T), (kv * rep + h0 + l) * T);
+      g.segments.forEach((s, i) => {
+        const st = staged[i]!;
+        for (let blk = 0, t0 = 0; t0 < s.tokens; blk++, t0 += s.kblk) {
+          const meta = (blk * s.kbm + kv * D * s.kgs) * 4;
+          fn(st.codes + (blk * s.kbw + kv * D * s.kws) * 4, s.kws * 4, Math.min(s.kblk, s.tokens - t0), st.meta.scale + meta,
+            st.meta.zero + meta, s.kgs, gsh, gs < SPAN ? gsh : 31, q4, out + (s.offset + t0) * 4, N * 4, offs, tabs, bias,
+            Math.max(gs, SPAN) - 1, npg);
+        }
+      });
+      for (let l = 0; l < nh; l++) res.set(v.f32.subarray(out / 4 + l * N, out / 4 + (l + 1) * N), (kv * rep + h0 + l) * stride);
     }
   }
 }
 
-/** Packed value mix through the WebAssembly kernel (see `genValues`). */
-export function wasmValueMix(p: ArrayLike<number>, values: PackedKv, g: KernelGeometry, res: Float32Array): void {
-  const { kvHeads, tokens: T, headDim: D, groupSize: gs, rep } = g;
+/** A staged value region: consecutive token-major segments back to back, or one head-major segment. */
+interface ValueRegion { first: number; tokens: number; tokenMajor: boolean; codes: number; meta: StagedMeta; segs: Segment[] }
+
+/** Packed value mix through the WebAssembly kernels: one call per staged region, KV head and chunk of 4 query heads. */
+export function wasmValueMix(p: ArrayLike<number>, g: KernelGeometry, res: Float32Array): void {
+  const { kvHeads: H, headDim: D, groupSize: gs, rep, stride } = g;
   const bits = g.bits as 1 | 2;
   const inst = instanceFor(D)!;
-  const fpw = 32 / bits;
-  const Wd = D / fpw;
+  const Wd = (D * bits) / 32;
   const G = D / gs;
-  const Tpad = Math.ceil(T / 64) * 64;
-  const NP = bits === 2 ? 32 : 16;
   const ar = new Arena();
-  const codes = ar.alloc(Tpad * Wd * 4);
-  const scale = ar.alloc(Tpad * G * 4);
-  const zero = ar.alloc(Tpad * G * 4);
+  const regions: ValueRegion[] = [];
+  for (const s of g.segments) {
+    const last = regions[regions.length - 1];
+    const tm = !!s.view.tokenMajor;
+    if (last && tm && last.tokenMajor && last.segs[0]!.f16 === s.f16) {
+      last.segs.push(s);
+      last.tokens += s.tokens;
+    } else regions.push({ first: s.offset, tokens: s.tokens, tokenMajor: tm, codes: 0, meta: { scale: 0, zero: 0, n: 0 }, segs: [s] });
+  }
+  let maxT = 0;
+  for (const r of regions) {
+    // room for the rows read past the last token (up to a multiple of VALUE_CHUNK; read with weight 0)
+    const rows = r.tokenMajor ? (r.tokens + VALUE_CHUNK) * H : H * (r.segs[0]!.view.capacity ?? r.tokens) + VALUE_CHUNK;
+    r.codes = ar.alloc(rows * Wd * 4);
+    r.meta = allocMeta(ar, rows * G, r.segs[0]!.f16);
+    maxT = Math.max(maxT, r.tokens);
+  }
+  const Tpad = Math.ceil(maxT / VALUE_CHUNK) * VALUE_CHUNK;
   const pr = ar.alloc(4 * Tpad * 4);
   const out = ar.alloc(4 * D * 4);
-  const offs = ar.alloc(NP * D);
+  const NP = VALUE_CHUNK / 4;
+  const offs = ar.alloc(NP * D * (bits === 2 ? 2 : 1));
   const tabs = ar.alloc(G * NP * 256);
   const acc = ar.alloc(D * 16);
   const bias = ar.alloc(G * 16);
-  const { f32, u32 } = ar.commit(inst);
+  const v = ar.commit(inst);
+  for (const r of regions) {
+    let row = 0;
+    for (const s of r.segs) {
+      const rows = r.tokenMajor ? s.tokens * H : s.view.packed.length / Wd;
+      v.u32.set(s.view.packed.subarray(0, rows * Wd), r.codes / 4 + row * Wd);
+      stageMeta(v, r.meta, s, rows * G, row * G);
+      row += rows;
+    }
+    finishMeta(inst, r.meta);
+  }
   const fn = (bits === 2 ? inst.values2 : inst.values1)!;
-  for (let kv = 0; kv < kvHeads; kv++) {
-    u32.set(values.packed.subarray(kv * T * Wd, (kv + 1) * T * Wd), codes / 4);
-    f32.set(values.scale.subarray(kv * T * G, (kv + 1) * T * G), scale / 4);
-    f32.set(values.zero.subarray(kv * T * G, (kv + 1) * T * G), zero / 4);
-    f32.fill(0, scale / 4 + T * G, scale / 4 + Tpad * G);
-    f32.fill(0, zero / 4 + T * G, zero / 4 + Tpad * G);
-    for (let h0 = 0; h0 < rep; h0 += 4) {
-      const nh = Math.min(4, rep - h0);
-      for (let l = 0; l < 4; l++) {
-        const row = pr / 4 + l * Tpad;
-        if (l < nh) {
-          copyRow(f32, row, p, (kv * rep + h0 + l) * T, T);
-          f32.fill(0, row + T, row + Tpad);
-        } else f32.fill(0, row, row + Tpad);
+  const gsh = Math.log2(gs);
+  res.fill(0, 0, g.qHeads * D);
+  for (const r of regions) {
+    const s0 = r.segs[0]!;
+    const [hs, ts] = r.tokenMajor ? [1, H] : [s0.vhs, s0.vts];
+    for (let kv = 0; kv < H; kv++) {
+      for (let h0 = 0; h0 < rep; h0 += 4) {
+        const nh = Math.min(4, rep - h0);
+        for (let l = 0; l < 4; l++) {
+          const row = pr / 4 + l * Tpad;
+          if (l < nh) copyRow(v.f32, row, p, (kv * rep + h0 + l) * stride + r.first, r.tokens);
+          else v.f32.fill(0, row, row + r.tokens);
+        }
+        fn(r.codes + kv * hs * Wd * 4, ts * Wd * 4, r.tokens, r.meta.scale + kv * hs * G * 4, r.meta.zero + kv * hs * G * 4,
+          ts * G * 4, G, gsh, pr, Tpad * 4, out, offs, tabs, acc, bias);
+        for (let l = 0; l < nh; l++) {
+          const o = (kv * rep + h0 + l) * D;
+          for (let d = 0; d < D; d++) res[o + d] = res[o + d]! + v.f32[out / 4 + l * D + d]!;
+        }
       }
-      fn(codes, Wd * 4, Tpad, scale, zero, G, Math.log2(gs), pr, out, offs, tabs, acc, bias);
-      for (let l = 0; l < nh; l++) res.set(f32.subarray(out / 4 + l * D, out / 4 + (l + 1) * D), (kv * rep + h0 + l) * D);
     }
   }
 }
