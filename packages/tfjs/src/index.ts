@@ -35,10 +35,9 @@ export {
   type KeyBlockView,
   type ValueChunkView,
 } from './kernels/registry.js';
-export { jsPackedAttentionKernel, packedKernelOptions } from './kernels/js-attention.js';
+export { jsPackedAttentionKernel, layerKvViews } from './kernels/js-attention.js';
 export { denseAttentionKernel } from './kernels/dense.js';
 export { webgpuPackedAttentionKernel, type WebGpuPackedAttentionKernel, type WebGpuPackedCounts } from './kernels/webgpu-packed.js';
-export { keyBlockScores, valueChunkMix } from './kernels/js-packed.js';
 export {
   defineQuantizedStrategy,
   commonOptions,
