@@ -311,7 +311,8 @@ describe.each(backends)('strided views: key blocks, token-major value chunks, fp
         // head-major with 2 spare token rows per head (never read)
         const Wd = (c.headDim * c.bits) / 32, G = c.headDim / c.groupSize, cap = c.tokens + 2;
         const pad = <A extends Uint32Array | Float32Array>(x: A, per: number, fill: number): A => {
-          const out = new (x.constructor as new (n: number) => A)(c.kvHeads * cap * per).fill(fill);
+          const out = new (x.constructor as new (n: number) => A)(c.kvHeads * cap * per);
+          out.fill(fill);
           for (let h = 0; h < c.kvHeads; h++) out.set(x.subarray(h * c.tokens * per, (h + 1) * c.tokens * per) as never, h * cap * per);
           return out;
         };
