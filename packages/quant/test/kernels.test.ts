@@ -440,6 +440,37 @@ describe('kernel backend selection', () => {
   });
 });
 
+describe.skipIf(!wasmKernelsAvailable())('benchResidentKernel (benchmark hook)', () => {
+  test('runs the same SIMD kernels as the public calls, on data staged once', async () => {
+    const { benchResidentKernel } = (await import('@xquant/quant')) as unknown as {
+      benchResidentKernel: (axis: 'channel' | 'token', a: Float32Array, kv: unknown, out: Float32Array) => (() => void) | null;
+    };
+    setKernelBackend('wasm');
+    const keys = quantizeKeys(gaussian(2 * 128 * 64, 1), { heads: 2, tokens: 128, headDim: 64 }, { bits: 2, groupSize: 32 });
+    const values = quantizeValues(gaussian(2 * 70 * 64, 2), { heads: 2, tokens: 70, headDim: 64 }, { bits: 2, groupSize: 32 });
+    const q = gaussian(8 * 64, 3), p = gaussian(8 * 70, 4);
+    const cases: Array<[() => Float32Array, 'channel' | 'token', Float32Array, unknown, number]> = [
+      [() => packedKeyScores(q, keys), 'channel', q, keys, 8 * 128],
+      [() => packedValueMix(p, values), 'token', p, values, 8 * 64],
+      [() => denseKeyScores(q, dequantizeKv(keys), 2, 64), 'channel', q, { dense: dequantizeKv(keys), kvHeads: 2, headDim: 64 }, 8 * 128],
+      [() => denseValueMix(p, dequantizeKv(values), 2, 64), 'token', p, { dense: dequantizeKv(values), kvHeads: 2, headDim: 64 }, 8 * 64],
+    ];
+    for (const [pub, axis, a, kv, n] of cases) {
+      const out = new Float32Array(n).fill(NaN);
+      const run = benchResidentKernel(axis, a, kv, out);
+      expect(run).not.toBeNull();
+      run!();
+      expect(out).toEqual(pub());
+      out.fill(NaN);
+      run!(); // the staged data stay: a second run gives the same result
+      expect(out).toEqual(pub());
+    }
+    const k4 = quantizeKeys(gaussian(64 * 8, 1), { heads: 1, tokens: 64, headDim: 8 }, { bits: 4, groupSize: 32 });
+    expect(benchResidentKernel('channel', new Float32Array(8), k4, new Float32Array(64))).toBeNull();
+    setKernelBackend('auto');
+  });
+});
+
 describe('prepareWasmKernels', () => {
   test('compiles asynchronously; rejects unusable head dimensions', async () => {
     const { prepareWasmKernels } = await import('@xquant/quant');

@@ -4,13 +4,17 @@ import { keyScoresJs, valueMixJs } from './js.js';
 import { checkCall, checkDense, type PackedKvView } from './view.js';
 import {
   prepareWasm,
+  privateInstance,
+  stageDense,
+  stageKeyScores,
+  stageValueMix,
+  wasmDense,
   wasmDenseApplies,
-  wasmDenseKeyScores,
-  wasmDenseValueMix,
   wasmKeyScores,
   wasmPackedApplies,
   wasmSimdSupported,
   wasmValueMix,
+  type StagedRun,
 } from './wasm/runtime.js';
 
 /**
@@ -117,7 +121,7 @@ export function packedValueMix(p: Float32Array, values: PackedKvView | readonly 
 export function denseKeyScores(q: Float32Array, keys: Float32Array, kvHeads: number, headDim: number, out?: Float32Array): Float32Array {
   const { tokens, qHeads, rep } = checkDense('denseKeyScores', q, 'q', keys, 'keys', kvHeads, headDim, 'channel', out);
   const res = out ?? new Float32Array(qHeads * tokens);
-  if (backend !== 'js' && wasmDenseApplies(headDim, 'channel')) wasmDenseKeyScores(q, keys, kvHeads, headDim, tokens, rep, res);
+  if (backend !== 'js' && wasmDenseApplies(headDim, 'channel')) wasmDense('channel', q, keys, kvHeads, headDim, tokens, rep, res);
   else denseKeyScoresImpl(q, keys, kvHeads, headDim, tokens, rep, res);
   return res;
 }
@@ -131,7 +135,31 @@ export function denseKeyScores(q: Float32Array, keys: Float32Array, kvHeads: num
 export function denseValueMix(p: Float32Array, values: Float32Array, kvHeads: number, headDim: number, out?: Float32Array): Float32Array {
   const { tokens, qHeads, rep } = checkDense('denseValueMix', p, 'p', values, 'values', kvHeads, headDim, 'token', out);
   const res = out ?? new Float32Array(qHeads * headDim);
-  if (backend !== 'js' && wasmDenseApplies(headDim, 'token')) wasmDenseValueMix(p, values, kvHeads, headDim, tokens, rep, res);
+  if (backend !== 'js' && wasmDenseApplies(headDim, 'token')) wasmDense('token', p, values, kvHeads, headDim, tokens, rep, res);
   else denseValueMixImpl(p, values, kvHeads, headDim, tokens, rep, res);
   return res;
+}
+
+/**
+ * @internal Benchmark hook: stages the K/V of a kernel call once, in a WebAssembly instance of its own, and returns a
+ * function that runs only the kernels (activations in, results into `out`) — the time of the SIMD kernels on data
+ * already resident in WebAssembly memory, without the per-call copies. `kv` is the packed view(s) of
+ * {@link packedKeyScores} / {@link packedValueMix} or dense `[kvHeads, tokens, headDim]` data of the baselines. Null
+ * when there is no SIMD kernel for the shape.
+ */
+export function benchResidentKernel(
+  axis: 'channel' | 'token',
+  a: Float32Array,
+  kv: PackedKvView | readonly PackedKvView[] | { dense: Float32Array; kvHeads: number; headDim: number },
+  out: Float32Array,
+): StagedRun | null {
+  if ('dense' in kv) {
+    const fn = axis === 'channel' ? 'denseKeyScores' : 'denseValueMix';
+    const { tokens, rep } = checkDense(fn, a, axis === 'channel' ? 'q' : 'p', kv.dense, 'x', kv.kvHeads, kv.headDim, axis, out);
+    const inst = wasmDenseApplies(kv.headDim, axis) ? privateInstance(kv.headDim) : null;
+    return inst && stageDense(inst, axis, a, kv.dense, kv.kvHeads, kv.headDim, tokens, rep, out);
+  }
+  const g = checkCall(axis === 'channel' ? 'packedKeyScores' : 'packedValueMix', kv, axis, a, axis === 'channel' ? 'q' : 'p', out, undefined);
+  const inst = wasmPackedApplies(g, axis) ? privateInstance(g.headDim) : null;
+  return inst && (axis === 'channel' ? stageKeyScores : stageValueMix)(inst, a, g, out);
 }

@@ -172,6 +172,12 @@ function positiveInt(n: unknown, what: string, fn: string): number {
   return n;
 }
 
+function checkMeta(fn: string, arr: unknown, k: string, groups: number, layout: () => string): boolean {
+  if (!(arr instanceof Float32Array) && !(arr instanceof Uint16Array)) throw new XqShapeError(`${fn}: ${k} is missing (a Float32Array, or a Uint16Array of fp16 bit patterns)`);
+  if (arr.length !== groups) throw new XqShapeError(`${fn}: ${k} ${layout()}: expected ${groups} elements, got ${arr.length}`);
+  return arr instanceof Uint16Array;
+}
+
 function checkView(fn: string, v: PackedKvView, axis: QuantAxis, offset: number): Segment {
   if (v === null || typeof v !== 'object') throw new XqShapeError(`${fn}: expected a packed K/V view; got ${String(v)}`);
   if (v.axis !== axis) {
@@ -188,27 +194,23 @@ function checkView(fn: string, v: PackedKvView, axis: QuantAxis, offset: number)
   if (!Number.isInteger(cap) || cap < tokens) throw new XqShapeError(`${fn}: capacity must be an integer ≥ tokens (${tokens}); got ${String(cap)}`);
   if (axis === 'token' && v.blockTokens !== undefined) throw new XqShapeError(`${fn}: blockTokens applies to keys only`);
   if (axis === 'channel' && v.tokenMajor) throw new XqShapeError(`${fn}: tokenMajor applies to values only`);
-  const [len, name] = axis === 'channel'
-    ? [v.blockTokens ?? cap, v.blockTokens !== undefined ? 'blockTokens' : v.capacity !== undefined ? 'capacity' : 'tokens']
-    : [D, 'headDim'];
-  positiveInt(len, name, fn);
-  if (len % gs !== 0) throw new XqShapeError(`${fn}: groupSize ${gs} does not divide ${name} (${len})`);
-  if (len % fpw !== 0) throw new XqShapeError(`${fn}: ${name} (${len}) must be a multiple of ${fpw} for ${v.bits}-bit codes`);
-  if (axis === 'channel' && cap % len !== 0) throw new XqShapeError(`${fn}: blockTokens (${len}) must divide capacity (${cap})`);
+  const len = axis === 'channel' ? v.blockTokens ?? cap : D;
+  if (len % gs !== 0 || len % fpw !== 0 || !(len > 0) || (axis === 'channel' && cap % len !== 0)) {
+    const name = axis === 'token' ? 'headDim' : v.blockTokens !== undefined ? 'blockTokens' : v.capacity !== undefined ? 'capacity' : 'tokens';
+    positiveInt(len, name, fn);
+    if (len % gs !== 0) throw new XqShapeError(`${fn}: groupSize ${gs} does not divide ${name} (${len})`);
+    if (len % fpw !== 0) throw new XqShapeError(`${fn}: ${name} (${len}) must be a multiple of ${fpw} for ${v.bits}-bit codes`);
+    throw new XqShapeError(`${fn}: blockTokens (${len}) must divide capacity (${cap})`);
+  }
   const words = (heads * cap * D) / fpw;
   const groups = (heads * cap * D) / gs;
-  const layout = axis === 'channel' ? '[blocks][heads, headDim, ·]' : v.tokenMajor ? '[capacity, heads, ·]' : '[heads, capacity, ·]';
+  const layout = () => (axis === 'channel' ? '[blocks][heads, headDim, ·]' : v.tokenMajor ? '[capacity, heads, ·]' : '[heads, capacity, ·]');
   if (!(v.packed instanceof Uint32Array) && !(v.packed instanceof Int32Array)) throw new XqShapeError(`${fn}: packed must be a Uint32Array or Int32Array`);
-  if (v.packed.length !== words) throw new XqShapeError(`${fn}: packed ${layout}: expected ${words} words, got ${v.packed.length}`);
-  let f16 = false;
-  for (const k of ['scale', 'zero'] as const) {
-    const arr: unknown = v[k];
-    if (!(arr instanceof Float32Array) && !(arr instanceof Uint16Array)) throw new XqShapeError(`${fn}: ${k} is missing (a Float32Array, or a Uint16Array of fp16 bit patterns)`);
-    if (arr.length !== groups) throw new XqShapeError(`${fn}: ${k} ${layout}: expected ${groups} elements, got ${arr.length}`);
-    f16 = arr instanceof Uint16Array;
-  }
-  if ((v.scale instanceof Uint16Array) !== f16) throw new XqShapeError(`${fn}: scale and zero must have the same format`);
-  return { ...packedKvStrides(v), view: v, tokens, offset, f16 };
+  if (v.packed.length !== words) throw new XqShapeError(`${fn}: packed ${layout()}: expected ${words} words, got ${v.packed.length}`);
+  const f16 = checkMeta(fn, v.scale, 'scale', groups, layout);
+  if (checkMeta(fn, v.zero, 'zero', groups, layout) !== f16) throw new XqShapeError(`${fn}: scale and zero must have the same format`);
+  const st = packedKvStrides(v);
+  return { kws: st.kws, kgs: st.kgs, kblk: st.kblk, kbw: st.kbw, kbm: st.kbm, vhs: st.vhs, vts: st.vts, view: v, tokens, offset, f16 };
 }
 
 /**

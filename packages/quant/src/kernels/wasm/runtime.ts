@@ -165,11 +165,20 @@ function finishMeta(inst: Instance, m: StagedMeta): void {
   inst.f16to32!(m.u16[1], m.zero, n8);
 }
 
-/** Packed key scores through the WebAssembly kernels: one call per key block, KV head and chunk of 4 query heads. */
-export function wasmKeyScores(q: ArrayLike<number>, g: KernelGeometry, res: Float32Array): void {
+/** A staged kernel call: runs the kernels on the staged K/V (activations in, results out). */
+export type StagedRun = () => void;
+
+/** A module instance of its own (not shared with the calls of the kernels), e.g. to keep staged data resident. */
+export function privateInstance(D: number): Instance | null {
+  if (!instanceFor(D)) return null;
+  const fns = kernelsFor(D);
+  return wrap(fns, new WA!.Instance(new WA!.Module(assemble(fns, 1))).exports);
+}
+
+/** Stages packed keys; the run is one kernel call per key block, KV head and chunk of 4 query heads. */
+export function stageKeyScores(inst: Instance, q: ArrayLike<number>, g: KernelGeometry, res: Float32Array): StagedRun {
   const { kvHeads: H, headDim: D, groupSize: gs, rep, stride, tokens: N } = g;
   const bits = g.bits as 1 | 2;
-  const inst = instanceFor(D)!;
   const SPAN = spanElems(bits);
   const npg = gs < SPAN ? SPAN / gs : 1;
   const ar = new Arena();
@@ -188,35 +197,36 @@ export function wasmKeyScores(q: ArrayLike<number>, g: KernelGeometry, res: Floa
   });
   const fn = (bits === 2 ? inst.keys2 : inst.keys1)!;
   const gsh = Math.log2(gs);
-  for (let kv = 0; kv < H; kv++) {
-    for (let h0 = 0; h0 < rep; h0 += 4) {
-      const nh = Math.min(4, rep - h0);
-      const qb = (kv * rep + h0) * D;
-      for (let d = 0, o = q4 / 4; d < D; d++, o += 4) {
-        for (let l = 0; l < 4; l++) v.f32[o + l] = l < nh ? q[qb + l * D + d]! : 0;
-      }
-      g.segments.forEach((s, i) => {
-        const st = staged[i]!;
-        for (let blk = 0, t0 = 0; t0 < s.tokens; blk++, t0 += s.kblk) {
-          const meta = (blk * s.kbm + kv * D * s.kgs) * 4;
-          fn(st.codes + (blk * s.kbw + kv * D * s.kws) * 4, s.kws * 4, Math.min(s.kblk, s.tokens - t0), st.meta.scale + meta,
-            st.meta.zero + meta, s.kgs, gsh, gs < SPAN ? gsh : 31, q4, out + (s.offset + t0) * 4, N * 4, offs, tabs, bias,
-            Math.max(gs, SPAN) - 1, npg);
+  return () => {
+    for (let kv = 0; kv < H; kv++) {
+      for (let h0 = 0; h0 < rep; h0 += 4) {
+        const nh = Math.min(4, rep - h0);
+        const qb = (kv * rep + h0) * D;
+        for (let d = 0, o = q4 / 4; d < D; d++, o += 4) {
+          for (let l = 0; l < 4; l++) v.f32[o + l] = l < nh ? q[qb + l * D + d]! : 0;
         }
-      });
-      for (let l = 0; l < nh; l++) res.set(v.f32.subarray(out / 4 + l * N, out / 4 + (l + 1) * N), (kv * rep + h0 + l) * stride);
+        g.segments.forEach((s, i) => {
+          const st = staged[i]!;
+          for (let blk = 0, t0 = 0; t0 < s.tokens; blk++, t0 += s.kblk) {
+            const meta = (blk * s.kbm + kv * D * s.kgs) * 4;
+            fn(st.codes + (blk * s.kbw + kv * D * s.kws) * 4, s.kws * 4, Math.min(s.kblk, s.tokens - t0), st.meta.scale + meta,
+              st.meta.zero + meta, s.kgs, gsh, gs < SPAN ? gsh : 31, q4, out + (s.offset + t0) * 4, N * 4, offs, tabs, bias,
+              Math.max(gs, SPAN) - 1, npg);
+          }
+        });
+        for (let l = 0; l < nh; l++) res.set(v.f32.subarray(out / 4 + l * N, out / 4 + (l + 1) * N), (kv * rep + h0 + l) * stride);
+      }
     }
-  }
+  };
 }
 
 /** A staged value region: consecutive token-major segments back to back, or one head-major segment. */
 interface ValueRegion { first: number; tokens: number; tokenMajor: boolean; codes: number; meta: StagedMeta; segs: Segment[] }
 
-/** Packed value mix through the WebAssembly kernels: one call per staged region, KV head and chunk of 4 query heads. */
-export function wasmValueMix(p: ArrayLike<number>, g: KernelGeometry, res: Float32Array): void {
+/** Stages packed values; the run is one kernel call per staged region, KV head and chunk of 4 query heads. */
+export function stageValueMix(inst: Instance, p: ArrayLike<number>, g: KernelGeometry, res: Float32Array): StagedRun {
   const { kvHeads: H, headDim: D, groupSize: gs, rep, stride } = g;
   const bits = g.bits as 1 | 2;
-  const inst = instanceFor(D)!;
   const Wd = (D * bits) / 32;
   const G = D / gs;
   const ar = new Arena();
@@ -258,73 +268,73 @@ export function wasmValueMix(p: ArrayLike<number>, g: KernelGeometry, res: Float
   }
   const fn = (bits === 2 ? inst.values2 : inst.values1)!;
   const gsh = Math.log2(gs);
-  res.fill(0, 0, g.qHeads * D);
-  for (const r of regions) {
-    const s0 = r.segs[0]!;
-    const [hs, ts] = r.tokenMajor ? [1, H] : [s0.vhs, s0.vts];
-    for (let kv = 0; kv < H; kv++) {
+  return () => {
+    res.fill(0, 0, g.qHeads * D);
+    for (const r of regions) {
+      const s0 = r.segs[0]!;
+      const [hs, ts] = r.tokenMajor ? [1, H] : [s0.vhs, s0.vts];
+      for (let kv = 0; kv < H; kv++) {
+        for (let h0 = 0; h0 < rep; h0 += 4) {
+          const nh = Math.min(4, rep - h0);
+          for (let l = 0; l < 4; l++) {
+            const row = pr / 4 + l * Tpad;
+            if (l < nh) copyRow(v.f32, row, p, (kv * rep + h0 + l) * stride + r.first, r.tokens);
+            else v.f32.fill(0, row, row + r.tokens);
+          }
+          fn(r.codes + kv * hs * Wd * 4, ts * Wd * 4, r.tokens, r.meta.scale + kv * hs * G * 4, r.meta.zero + kv * hs * G * 4,
+            ts * G * 4, G, gsh, pr, Tpad * 4, out, offs, tabs, acc, bias);
+          for (let l = 0; l < nh; l++) {
+            const o = (kv * rep + h0 + l) * D;
+            for (let d = 0; d < D; d++) res[o + d] = res[o + d]! + v.f32[out / 4 + l * D + d]!;
+          }
+        }
+      }
+    }
+  };
+}
+
+/**
+ * Stages dense float32 K or V (`[kvHeads, T, D]`, `axis` 'channel' for keys); the run is one kernel call per KV head and
+ * chunk of 4 query heads over `a` (`q` `[qHeads, D]` or `p` `[qHeads, T]`).
+ */
+export function stageDense(inst: Instance, axis: 'channel' | 'token', a: ArrayLike<number>, X: ArrayLike<number>, kvHeads: number, D: number, T: number, rep: number, res: Float32Array): StagedRun {
+  const keys = axis === 'channel';
+  const per = keys ? D : T;
+  const ar = new Arena();
+  const x = ar.alloc(kvHeads * T * D * 4);
+  const act = ar.alloc(4 * per * 4);
+  const out = ar.alloc(4 * (keys ? T : D) * 4);
+  const { f32 } = ar.commit(inst);
+  f32.set(X instanceof Float32Array ? X : Float32Array.from(X), x / 4);
+  const fn = (keys ? inst.denseKeys : inst.denseValues)!;
+  const n = keys ? T : D;
+  return () => {
+    for (let kv = 0; kv < kvHeads; kv++) {
       for (let h0 = 0; h0 < rep; h0 += 4) {
         const nh = Math.min(4, rep - h0);
         for (let l = 0; l < 4; l++) {
-          const row = pr / 4 + l * Tpad;
-          if (l < nh) copyRow(v.f32, row, p, (kv * rep + h0 + l) * stride + r.first, r.tokens);
-          else v.f32.fill(0, row, row + r.tokens);
+          const row = act / 4 + l * per;
+          if (l < nh) copyRow(f32, row, a, (kv * rep + h0 + l) * per, per);
+          else f32.fill(0, row, row + per);
         }
-        fn(r.codes + kv * hs * Wd * 4, ts * Wd * 4, r.tokens, r.meta.scale + kv * hs * G * 4, r.meta.zero + kv * hs * G * 4,
-          ts * G * 4, G, gsh, pr, Tpad * 4, out, offs, tabs, acc, bias);
-        for (let l = 0; l < nh; l++) {
-          const o = (kv * rep + h0 + l) * D;
-          for (let d = 0; d < D; d++) res[o + d] = res[o + d]! + v.f32[out / 4 + l * D + d]!;
-        }
+        fn(x + kv * T * D * 4, T, act, out);
+        for (let l = 0; l < nh; l++) res.set(f32.subarray(out / 4 + l * n, out / 4 + (l + 1) * n), (kv * rep + h0 + l) * n);
       }
     }
-  }
+  };
 }
 
-/** Dense key scores through the WebAssembly kernel (keys copied into its memory, one KV head at a time). */
-export function wasmDenseKeyScores(q: ArrayLike<number>, K: ArrayLike<number>, kvHeads: number, D: number, T: number, rep: number, res: Float32Array): void {
-  const inst = instanceFor(D)!;
-  const ar = new Arena();
-  const k = ar.alloc(T * D * 4);
-  const qr = ar.alloc(4 * D * 4);
-  const out = ar.alloc(4 * T * 4);
-  const { f32 } = ar.commit(inst);
-  const src = K instanceof Float32Array ? K : Float32Array.from(K);
-  for (let kv = 0; kv < kvHeads; kv++) {
-    f32.set(src.subarray(kv * T * D, (kv + 1) * T * D), k / 4);
-    for (let h0 = 0; h0 < rep; h0 += 4) {
-      const nh = Math.min(4, rep - h0);
-      for (let l = 0; l < 4; l++) {
-        const row = qr / 4 + l * D;
-        if (l < nh) copyRow(f32, row, q, (kv * rep + h0 + l) * D, D);
-        else f32.fill(0, row, row + D);
-      }
-      inst.denseKeys!(k, T, qr, out);
-      for (let l = 0; l < nh; l++) res.set(f32.subarray(out / 4 + l * T, out / 4 + (l + 1) * T), (kv * rep + h0 + l) * T);
-    }
-  }
+/** Packed key scores through the WebAssembly kernels. */
+export function wasmKeyScores(q: ArrayLike<number>, g: KernelGeometry, res: Float32Array): void {
+  stageKeyScores(instanceFor(g.headDim)!, q, g, res)();
 }
 
-/** Dense value mix through the WebAssembly kernel (values copied into its memory, one KV head at a time). */
-export function wasmDenseValueMix(p: ArrayLike<number>, Vals: ArrayLike<number>, kvHeads: number, D: number, T: number, rep: number, res: Float32Array): void {
-  const inst = instanceFor(D)!;
-  const ar = new Arena();
-  const v = ar.alloc(T * D * 4);
-  const pr = ar.alloc(4 * T * 4);
-  const out = ar.alloc(4 * D * 4);
-  const { f32 } = ar.commit(inst);
-  const src = Vals instanceof Float32Array ? Vals : Float32Array.from(Vals);
-  for (let kv = 0; kv < kvHeads; kv++) {
-    f32.set(src.subarray(kv * T * D, (kv + 1) * T * D), v / 4);
-    for (let h0 = 0; h0 < rep; h0 += 4) {
-      const nh = Math.min(4, rep - h0);
-      for (let l = 0; l < 4; l++) {
-        const row = pr / 4 + l * T;
-        if (l < nh) copyRow(f32, row, p, (kv * rep + h0 + l) * T, T);
-        else f32.fill(0, row, row + T);
-      }
-      inst.denseValues!(v, T, pr, out);
-      for (let l = 0; l < nh; l++) res.set(f32.subarray(out / 4 + l * D, out / 4 + (l + 1) * D), (kv * rep + h0 + l) * D);
-    }
-  }
+/** Packed value mix through the WebAssembly kernels. */
+export function wasmValueMix(p: ArrayLike<number>, g: KernelGeometry, res: Float32Array): void {
+  stageValueMix(instanceFor(g.headDim)!, p, g, res)();
+}
+
+/** Dense key scores (axis 'channel') or value mix ('token') through the WebAssembly kernels. */
+export function wasmDense(axis: 'channel' | 'token', a: ArrayLike<number>, X: ArrayLike<number>, kvHeads: number, D: number, T: number, rep: number, res: Float32Array): void {
+  stageDense(instanceFor(D)!, axis, a, X, kvHeads, D, T, rep, res)();
 }
