@@ -125,7 +125,7 @@ for (const precision of ['fp16', 'fp32']) {
 //   packed{b}-js / packed{b}-wasm: packed kernels on one PackedKv block (wasm: codes + metadata staged per call);
 //   packed{b}-resident: the SIMD packed kernel on codes already in wasm memory (kernel alone);
 //   packed{b}-cache: the public call on the layout a quantized cache keeps (key blocks of 128 tokens / token-major
-//   value chunks of 32, fp16 metadata bit patterns), staging included.
+//   value chunks of 32, fp16 metadata bit patterns), staging included; packed{b}-resident-cache: its kernels alone.
 const CACHE_SEGMENT = { keys: 128, values: 32 };
 const kernelRows = [];
 const setBackend = (b) => Q.setKernelBackend(b);
@@ -161,6 +161,8 @@ for (const T of TOKENS) {
         if (run) variants[`packed${bits}-resident`] = run;
         const segs = Q.packedKvSegments(b, { segmentTokens: CACHE_SEGMENT[kind], metaFormat: 'f16' });
         variants[`packed${bits}-cache`] = () => { setBackend('wasm'); packed(segs)(); };
+        const runC = Q.benchResidentKernel(axis, a, segs, out);
+        if (runC) variants[`packed${bits}-resident-cache`] = runC;
       }
       const res = measure(variants);
       setBackend('auto');
@@ -182,6 +184,7 @@ for (const T of TOKENS) {
         if (res[`packed${bits}-wasm`]) addRow(`packed ${bits}-bit (wasm SIMD, incl. staging)`, res[`packed${bits}-wasm`], { backend: 'wasm', bits, kvBytes });
         if (res[`packed${bits}-resident`]) addRow(`packed ${bits}-bit (wasm SIMD, resident: kernel alone)`, res[`packed${bits}-resident`], { backend: 'wasm-resident', bits, kvBytes });
         if (res[`packed${bits}-cache`]) addRow(`packed ${bits}-bit (wasm SIMD, cache layout, incl. staging)`, res[`packed${bits}-cache`], { backend: 'wasm-cache', bits, kvBytes });
+        if (res[`packed${bits}-resident-cache`]) addRow(`packed ${bits}-bit (wasm SIMD, cache layout, resident: kernel alone)`, res[`packed${bits}-resident-cache`], { backend: 'wasm-resident', bits, kvBytes });
       }
       const line = Object.entries(res).map(([k, s]) => `${k} ${s.median.toFixed(2)}`).join(' | ');
       console.log(`${kind} T=${T} gs=${gs}: ${line} (ms, median)`);

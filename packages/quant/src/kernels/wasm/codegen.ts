@@ -21,16 +21,20 @@ export function spanElems(bits: 1 | 2): number {
 const params = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 /**
- * Emits the byte offsets (nibble × 16) of four rows × 4 words into 128 bytes at `dst()`: slot `s` of plane `p` at
- * byte `p·span + s` (span = 128/bits). 2-bit: slot = r·16 + 4l + j ↔ element 16l + 4j + r; 1-bit: slot =
- * (4hi + q)·16 + 4l + j ↔ element 32l + 8j + 4hi + q (l: word, j: byte of the word).
+ * Emits the byte offsets (nibble × 16) of four rows × 4 words into 128 bytes at `dst()`. 1-bit: slot `s` at byte s,
+ * slot = (4hi + q)·16 + 4l + j ↔ element 32l + 8j + 4hi + q; 2-bit: the two planes of slot `s` at bytes 2s, 2s + 1
+ * (one 16-bit load reads both), slot = r·16 + 4l + j ↔ element 16l + 4j + r (l: word, j: byte of the word).
  */
 function emitOffsets(f: Fn, bits: 1 | 2, rowPtr: (j: number) => void, dst: () => void, tmp: number[]): void {
-  const store = (src: number, v: number, low: boolean) => {
-    dst();
+  const nib = (src: number, low: boolean) => {
     f.get(src);
     if (low) f.i32(4).vshl();
-    f.vconst(0xf0f0f0f0 | 0).vand().vstore(16 * v);
+    f.vconst(0xf0f0f0f0 | 0).vand();
+  };
+  const store = (src: number, v: number, low: boolean) => {
+    dst();
+    nib(src, low);
+    f.vstore(16 * v);
   };
   const [x0, x1, x2, x3, P, Q, P2, Q2] = tmp as [number, number, number, number, number, number, number, number];
   const xs = [x0, x1, x2, x3];
@@ -46,9 +50,24 @@ function emitOffsets(f: Fn, bits: 1 | 2, rowPtr: (j: number) => void, dst: () =>
   f.get(P2).vconst(m3).vand().get(Q2).vconst(m3).vand().i32(2).vshl().vor().set(E2);
   f.get(P).i32(2).vshrU().vconst(m3).vand().get(Q).vconst(mc).vand().vor().set(O);
   f.get(P2).i32(2).vshrU().vconst(m3).vand().get(Q2).vconst(mc).vand().vor().set(O2);
-  // 2-bit: E/O hold plane 0 of even/odd elements, E2/O2 plane 1; 1-bit: E, E2, O, O2 hold elements ≡ 0, 1, 2, 3 mod 4
-  const order = bits === 2 ? [E, O, E, O, E2, O2, E2, O2] : [E, E2, O, O2, E, E2, O, O2];
-  order.forEach((src, v) => store(src, v, bits === 2 ? (v & 2) === 0 : v < 4));
+  if (bits === 1) {
+    // E, E2, O, O2 hold elements ≡ 0, 1, 2, 3 mod 4
+    [E, E2, O, O2, E, E2, O, O2].forEach((src, v) => store(src, v, v < 4));
+    return;
+  }
+  // E/O hold plane 0 of even/odd elements, E2/O2 plane 1: interleave the planes byte by byte
+  const pairs: Array<[number, number, boolean]> = [[E, E2, true], [O, O2, true], [E, E2, false], [O, O2, false]];
+  pairs.forEach(([p0, p1, low], r) => {
+    nib(p0, low);
+    f.set(P);
+    nib(p1, low);
+    f.set(Q);
+    for (const half of [0, 1]) {
+      dst();
+      f.get(P).get(Q).shuffle(Array.from({ length: 16 }, (_, k) => 8 * half + (k >> 1) + (k & 1) * 16));
+      f.vstore(32 * r + 16 * half);
+    }
+  });
 }
 
 /** Emits `dst = element(slot)` within a span (the inverse of the slot order of {@link emitOffsets}). */
@@ -90,15 +109,22 @@ function emitStoreLanes(f: Fn, v: number, base: number, stride: number): void {
   }
 }
 
-/** Emits `acc += Σ lookups` over `n` steps of `u` table reads per plane (a loop keeps the code in registers). */
-function emitLookups(
-  f: Fn, bits: 1 | 2, n: number, u: number, op: number, tp: number, opStep: number, tpStep: number, plane: number, i: number, acc: number[],
-): void {
+/**
+ * Emits `acc += Σ lookups` over `n` steps of `u` table reads per plane (a loop keeps the code in registers). `op`
+ * points at the offset of slot 0 (2-bit: both planes in one 16-bit word), `tp` at the table of step 0.
+ */
+function emitLookups(f: Fn, bits: 1 | 2, n: number, u: number, op: number, tp: number, opStep: number, tpStep: number, i: number, x: number, acc: number[]): void {
   f.forLoop(i, () => f.i32(0), () => f.i32(n), u, () => {
     for (let c = 0; c < u; c++) {
-      for (let p = 0; p < bits; p++) {
-        const a = acc[2 * p + (c & 1)]!;
-        f.get(op).load8(c * opStep + p * plane).get(tp).add().vload(c * tpStep).get(a).fadd().set(a);
+      const lookup = (a: number) => f.get(tp).add().vload(c * tpStep).get(a).fadd().set(a);
+      if (bits === 1) {
+        f.get(op).load8(c * opStep);
+        lookup(acc[c & 1]!);
+      } else {
+        f.get(op).load16(c * opStep).tee(x).i32(255).and();
+        lookup(acc[c & 1]!);
+        f.get(x).i32(8).shrU();
+        lookup(acc[2 + (c & 1)]!);
       }
     }
     f.get(op).i32(u * opStep).add().set(op);
@@ -112,73 +138,85 @@ function emitLookups(
 const unroll = (n: number) => (n % 4 === 0 ? 4 : n % 2 === 0 ? 2 : 1);
 
 /**
- * Packed key scores for one block of one KV head. Params: codes (row d of the block at codes + d·rowBytes), rowBytes,
- * T (tokens), scale, zero (f32 `[D][G]`), G, gsh (log2 groupSize), gslotShift (gsh when groupSize < span, else 31),
- * q4 (`[D]` v128), out (f32 rows of 4 heads, token 0), outRow (bytes between rows), offs, tabs, bias (scratch),
- * everyMask (max(groupSize, span) − 1), npg (groups per span, ≥ 1). Needs D % 4 = 0, groupSize a power of two.
+ * Packed key scores for one KV head over consecutive key blocks. Params: codes (row d of block b at
+ * codes + b·blkBytes + d·rowBytes), rowBytes, T (tokens), bt (tokens per block), blkBytes, blkMeta (bytes between the
+ * metadata of blocks), scale, zero (f32 `[D][G]` per block), G, gsh (log2 groupSize), gslotShift (gsh when
+ * groupSize < span, else 31), q4 (`[D]` v128), out (f32 rows of 4 heads, token 0), outRow (bytes between rows), offs,
+ * tabs, bias (scratch), everyMask (max(groupSize, span) − 1), npg (groups per span, ≥ 1). Needs D % 4 = 0, groupSize
+ * a power of two.
  */
 export function genKeys(bits: 1 | 2, D: number): Fn {
-  const f = new Fn(`keys${bits}`, new Array(16).fill(I32));
-  const [codes, rowBytes, T, scale, zero, G, gsh, gslotShift, q4, out, outRow, offs, tabs, bias, everyMask, npg] = params(16) as [number, number, number, number, number, number, number, number, number, number, number, number, number, number, number, number];
+  const f = new Fn(`keys${bits}`, new Array(19).fill(I32));
+  const [codes, rowBytes, Tall, bt, blkBytes, blkMeta, scale, zero, G, gsh, gslotShift, q4, out, outRow, offs, tabs, bias, everyMask, npg] = params(19) as [number, number, number, number, number, number, number, number, number, number, number, number, number, number, number, number, number, number, number];
   const SPAN = spanElems(bits);
   const NQ = D / 4;
   const tabBytes = NQ * 256;
   const L = () => f.local(I32);
   const V = () => f.local(V128);
   const s0 = L(), slot = L(), el = L(), t = L(), g = L(), cq = L(), qp = L(), sp = L(), zp = L(), Gb = L();
-  const rp = L(), op = L(), ob = L(), sl = L(), tp = L(), gsl = L(), i = L();
+  const rp = L(), op = L(), ob = L(), sl = L(), tp = L(), gsl = L(), i = L(), t0 = L(), T = L();
   const a = [V(), V(), V(), V()];
   const tv = [V(), V()];
   const bacc = V(), r = V();
   const tmp = [V(), V(), V(), V(), V(), V(), V(), V()];
   f.get(G).i32(4).mul().set(Gb);
-  f.forLoop(s0, () => f.i32(0), () => f.get(T), SPAN, () => {
-    // tables and bias of the groups that start in this span
-    f.get(s0).get(everyMask).and().eqz().if_();
-    f.forLoop(sl, () => f.i32(0), () => f.get(npg), 1, () => {
-      f.get(s0).get(gsh).shrU().get(sl).add().tee(g).get(G).ltU().if_();
-      f.get(tabs).get(sl).i32(tabBytes).mul().add().set(tp);
-      f.vzero().set(bacc);
-      f.get(q4).set(qp);
-      f.get(scale).get(g).i32(4).mul().add().set(sp);
-      f.get(zero).get(g).i32(4).mul().add().set(zp);
-      f.forLoop(cq, () => f.i32(0), () => f.i32(NQ), 1, () => {
-        for (let j = 0; j < 4; j++) {
-          f.get(qp).vload(16 * j).get(sp).vsplatLoad().fmul().set(a[j]!);
-          f.get(qp).vload(16 * j).get(zp).vsplatLoad().fmul().get(bacc).fadd().set(bacc);
-          f.get(sp).get(Gb).add().set(sp);
-          f.get(zp).get(Gb).add().set(zp);
-        }
-        emitTable(f, () => f.get(tp), a, tv);
-        f.get(tp).i32(256).add().set(tp);
-        f.get(qp).i32(64).add().set(qp);
+  f.forLoop(t0, () => f.i32(0), () => f.get(Tall), 0, () => {
+    // T = tokens of this block
+    f.get(Tall).get(t0).sub().tee(T).get(bt).geU().if_().get(bt).set(T).end();
+    f.forLoop(s0, () => f.i32(0), () => f.get(T), SPAN, () => {
+      // tables and bias of the groups that start in this span
+      f.get(s0).get(everyMask).and().eqz().if_();
+      f.forLoop(sl, () => f.i32(0), () => f.get(npg), 1, () => {
+        f.get(s0).get(gsh).shrU().get(sl).add().tee(g).get(G).ltU().if_();
+        f.get(tabs).get(sl).i32(tabBytes).mul().add().set(tp);
+        f.vzero().set(bacc);
+        f.get(q4).set(qp);
+        f.get(scale).get(g).i32(4).mul().add().set(sp);
+        f.get(zero).get(g).i32(4).mul().add().set(zp);
+        f.forLoop(cq, () => f.i32(0), () => f.i32(NQ), 1, () => {
+          for (let j = 0; j < 4; j++) {
+            f.get(qp).vload(16 * j).get(sp).vsplatLoad().fmul().set(a[j]!);
+            f.get(qp).vload(16 * j).get(zp).vsplatLoad().fmul().get(bacc).fadd().set(bacc);
+            f.get(sp).get(Gb).add().set(sp);
+            f.get(zp).get(Gb).add().set(zp);
+          }
+          emitTable(f, () => f.get(tp), a, tv);
+          f.get(tp).i32(256).add().set(tp);
+          f.get(qp).i32(64).add().set(qp);
+        });
+        f.get(bias).get(sl).i32(16).mul().add().get(bacc).vstore();
+        f.end();
       });
-      f.get(bias).get(sl).i32(16).mul().add().get(bacc).vstore();
       f.end();
+      // nibble offsets of the span, 128 bytes per channel quad
+      f.get(codes).get(s0).i32(bits === 2 ? 2 : 3).shrU().add().set(rp);
+      f.get(offs).set(op);
+      f.forLoop(cq, () => f.i32(0), () => f.i32(NQ), 1, () => {
+        emitOffsets(f, bits, (j) => { f.get(rp); if (j > 0) f.get(rowBytes).i32(j).mul().add(); }, () => f.get(op), tmp);
+        f.get(rp).get(rowBytes).i32(4).mul().add().set(rp);
+        f.get(op).i32(128).add().set(op);
+      });
+      // lookups, token by token
+      f.forLoop(slot, () => f.i32(0), () => f.i32(SPAN), 1, () => {
+        emitPerm(f, bits, slot, el);
+        f.get(s0).get(el).add().tee(t).get(T).ltU().if_();
+        f.get(el).get(gslotShift).shrU().set(gsl);
+        f.get(tabs).get(gsl).i32(tabBytes).mul().add().set(tp);
+        f.get(offs).get(slot).i32(bits - 1).shl().add().set(op);
+        for (const v of a) f.vzero().set(v);
+        emitLookups(f, bits, NQ, unroll(NQ), op, tp, 128, 256, i, el, a);
+        f.get(bias).get(gsl).i32(4).shl().add().vload().fadd().set(r);
+        f.get(out).get(t).i32(4).mul().add().set(ob);
+        emitStoreLanes(f, r, ob, outRow);
+        f.end();
+      });
     });
-    f.end();
-    // nibble offsets of the span, 128 bytes per channel quad
-    f.get(codes).get(s0).i32(bits === 2 ? 2 : 3).shrU().add().set(rp);
-    f.get(offs).set(op);
-    f.forLoop(cq, () => f.i32(0), () => f.i32(NQ), 1, () => {
-      emitOffsets(f, bits, (j) => { f.get(rp); if (j > 0) f.get(rowBytes).i32(j).mul().add(); }, () => f.get(op), tmp);
-      f.get(rp).get(rowBytes).i32(4).mul().add().set(rp);
-      f.get(op).i32(128).add().set(op);
-    });
-    // lookups, token by token
-    f.forLoop(slot, () => f.i32(0), () => f.i32(SPAN), 1, () => {
-      emitPerm(f, bits, slot, el);
-      f.get(s0).get(el).add().tee(t).get(T).ltU().if_();
-      f.get(el).get(gslotShift).shrU().set(gsl);
-      f.get(tabs).get(gsl).i32(tabBytes).mul().add().set(tp);
-      f.get(offs).get(slot).add().set(op);
-      for (const x of a) f.vzero().set(x);
-      emitLookups(f, bits, NQ, unroll(NQ), op, tp, 128, 256, SPAN, i, a);
-      f.get(bias).get(gsl).i32(4).shl().add().vload().fadd().set(r);
-      f.get(out).get(t).i32(4).mul().add().set(ob);
-      emitStoreLanes(f, r, ob, outRow);
-      f.end();
-    });
+    // next block
+    f.get(codes).get(blkBytes).add().set(codes);
+    f.get(scale).get(blkMeta).add().set(scale);
+    f.get(zero).get(blkMeta).add().set(zero);
+    f.get(out).get(bt).i32(4).mul().add().set(out);
+    f.get(t0).get(bt).add().set(t0);
   });
   return f;
 }
@@ -250,9 +288,9 @@ export function genValues(bits: 1 | 2, D: number): Fn {
       emitPerm(f, bits, sl, d);
       f.get(s).i32(cbShift).shrU().i32(cbShift).shl().get(d).add().set(d);
       f.get(tabs).get(d).get(gsh).shrU().i32(NT * 256).mul().add().set(tp);
-      f.get(offs).get(s).i32(cbShift).shrU().i32(128).mul().add().get(sl).add().set(op);
-      for (const x of a) f.vzero().set(x);
-      emitLookups(f, bits, NT, 4, op, tp, NB * 128, 256, CB, i, a);
+      f.get(offs).get(s).i32(cbShift).shrU().i32(128).mul().add().get(sl).i32(bits - 1).shl().add().set(op);
+      for (const v of a) f.vzero().set(v);
+      emitLookups(f, bits, NT, 4, op, tp, NB * 128, 256, i, sl, a);
       f.set(r);
       f.get(accp).get(d).i32(4).shl().add().tee(ptr);
       f.get(ptr).vload().get(r).fadd().vstore();

@@ -6,7 +6,7 @@
  * 4 query heads.
  * @internal
  */
-import type { KernelGeometry, Segment } from '../view.js';
+import type { KernelGeometry, PackedMeta, Segment } from '../view.js';
 import { assemble, type Fn } from './asm.js';
 import { VALUE_CHUNK, genDenseKeys, genDenseValues, genHalfToFloat, genKeys, genValues, spanElems } from './codegen.js';
 
@@ -148,12 +148,13 @@ function allocMeta(ar: Arena, n: number, f16: boolean): StagedMeta {
 /** Copies the first `n` groups of `seg`'s scale/zero to group `at` of the staged metadata. */
 function stageMeta(v: Views, m: StagedMeta, seg: Segment, n: number, at: number): void {
   const { scale, zero } = seg.view;
+  const head = <A extends PackedMeta>(x: A): A => (x.length === n ? x : (x.subarray(0, n) as A));
   if (m.u16) {
-    v.u16.set((scale as Uint16Array).subarray(0, n), m.u16[0] / 2 + at);
-    v.u16.set((zero as Uint16Array).subarray(0, n), m.u16[1] / 2 + at);
+    v.u16.set(head(scale as Uint16Array), m.u16[0] / 2 + at);
+    v.u16.set(head(zero as Uint16Array), m.u16[1] / 2 + at);
   } else {
-    v.f32.set((scale as Float32Array).subarray(0, n), m.scale / 4 + at);
-    v.f32.set((zero as Float32Array).subarray(0, n), m.zero / 4 + at);
+    v.f32.set(head(scale as Float32Array), m.scale / 4 + at);
+    v.f32.set(head(zero as Float32Array), m.zero / 4 + at);
   }
 }
 
@@ -175,26 +176,46 @@ export function privateInstance(D: number): Instance | null {
   return wrap(fns, new WA!.Instance(new WA!.Module(assemble(fns, 1))).exports);
 }
 
-/** Stages packed keys; the run is one kernel call per key block, KV head and chunk of 4 query heads. */
+/** Staged keys: consecutive segments of whole blocks of the same size back to back (a cache's blocks: one region). */
+interface KeyRegion { first: number; tokens: number; seg: Segment; full: boolean; codes: number; meta: StagedMeta; segs: Segment[] }
+
+/** Stages packed keys; the run is one kernel call per staged region, KV head and chunk of 4 query heads. */
 export function stageKeyScores(inst: Instance, q: ArrayLike<number>, g: KernelGeometry, res: Float32Array): StagedRun {
   const { kvHeads: H, headDim: D, groupSize: gs, rep, stride, tokens: N } = g;
   const bits = g.bits as 1 | 2;
   const SPAN = spanElems(bits);
   const npg = gs < SPAN ? SPAN / gs : 1;
+  const regions: KeyRegion[] = [];
+  for (const s of g.segments) {
+    const last = regions[regions.length - 1];
+    if (last && last.full && last.seg.kblk === s.kblk && last.seg.f16 === s.f16) last.segs.push(s);
+    else regions.push({ first: s.offset, tokens: 0, seg: s, full: false, codes: 0, meta: { scale: 0, zero: 0, n: 0 }, segs: [s] });
+    const r = regions[regions.length - 1]!;
+    r.tokens += s.tokens;
+    r.full = s.tokens === (s.view.capacity ?? s.tokens) && s.tokens % s.kblk === 0;
+  }
   const ar = new Arena();
-  const staged = g.segments.map((s) => ({ codes: ar.alloc(s.view.packed.length * 4), meta: allocMeta(ar, s.view.scale.length, s.f16) }));
+  for (const r of regions) {
+    const words = r.segs.reduce((n, s) => n + s.view.packed.length, 0);
+    r.codes = ar.alloc(words * 4);
+    r.meta = allocMeta(ar, r.segs.reduce((n, s) => n + s.view.scale.length, 0), r.seg.f16);
+  }
   const q4 = ar.alloc(D * 16);
   const out = ar.alloc(4 * N * 4);
   const offs = ar.alloc((D / 4) * 128);
   const tabs = ar.alloc(npg * (D / 4) * 256);
   const bias = ar.alloc(npg * 16);
   const v = ar.commit(inst);
-  g.segments.forEach((s, i) => {
-    const st = staged[i]!;
-    v.u32.set(s.view.packed, st.codes / 4);
-    stageMeta(v, st.meta, s, s.view.scale.length, 0);
-    finishMeta(inst, st.meta);
-  });
+  for (const r of regions) {
+    let w = 0, m = 0;
+    for (const s of r.segs) {
+      v.u32.set(s.view.packed, r.codes / 4 + w);
+      stageMeta(v, r.meta, s, s.view.scale.length, m);
+      w += s.view.packed.length;
+      m += s.view.scale.length;
+    }
+    finishMeta(inst, r.meta);
+  }
   const fn = (bits === 2 ? inst.keys2 : inst.keys1)!;
   const gsh = Math.log2(gs);
   return () => {
@@ -205,15 +226,11 @@ export function stageKeyScores(inst: Instance, q: ArrayLike<number>, g: KernelGe
         for (let d = 0, o = q4 / 4; d < D; d++, o += 4) {
           for (let l = 0; l < 4; l++) v.f32[o + l] = l < nh ? q[qb + l * D + d]! : 0;
         }
-        g.segments.forEach((s, i) => {
-          const st = staged[i]!;
-          for (let blk = 0, t0 = 0; t0 < s.tokens; blk++, t0 += s.kblk) {
-            const meta = (blk * s.kbm + kv * D * s.kgs) * 4;
-            fn(st.codes + (blk * s.kbw + kv * D * s.kws) * 4, s.kws * 4, Math.min(s.kblk, s.tokens - t0), st.meta.scale + meta,
-              st.meta.zero + meta, s.kgs, gsh, gs < SPAN ? gsh : 31, q4, out + (s.offset + t0) * 4, N * 4, offs, tabs, bias,
-              Math.max(gs, SPAN) - 1, npg);
-          }
-        });
+        for (const { seg: s, codes, meta, tokens, first } of regions) {
+          const mo = kv * D * s.kgs * 4;
+          fn(codes + kv * D * s.kws * 4, s.kws * 4, tokens, s.kblk, s.kbw * 4, s.kbm * 4, meta.scale + mo, meta.zero + mo, s.kgs, gsh,
+            gs < SPAN ? gsh : 31, q4, out + first * 4, N * 4, offs, tabs, bias, Math.max(gs, SPAN) - 1, npg);
+        }
         for (let l = 0; l < nh; l++) res.set(v.f32.subarray(out / 4 + l * N, out / 4 + (l + 1) * N), (kv * rep + h0 + l) * stride);
       }
     }
@@ -260,7 +277,7 @@ export function stageValueMix(inst: Instance, p: ArrayLike<number>, g: KernelGeo
     let row = 0;
     for (const s of r.segs) {
       const rows = r.tokenMajor ? s.tokens * H : s.view.packed.length / Wd;
-      v.u32.set(s.view.packed.subarray(0, rows * Wd), r.codes / 4 + row * Wd);
+      v.u32.set(rows * Wd === s.view.packed.length ? s.view.packed : s.view.packed.subarray(0, rows * Wd), r.codes / 4 + row * Wd);
       stageMeta(v, r.meta, s, rows * G, row * G);
       row += rows;
     }
