@@ -1,12 +1,15 @@
 import {
   SUPPORTED_BITS,
   XqFormatError,
+  packedKernelPath,
+  packedKvSegments,
   transposeTokensChannels,
   unpackCodes,
   type Bits,
   type GroupQuantOptions,
   type GroupStats,
   type PackedKv,
+  type PackedKvView,
   type Precision,
 } from '@xquant/quant';
 import { loadGolden, type GoldenArray, type GoldenCase, type GoldenFamily, type GoldenSource } from './format.js';
@@ -19,6 +22,9 @@ export interface AttentionTolerance {
   /** Absolute slack. */
   abs: number;
 }
+
+/** Tokens per value chunk of a quantized cache (`@xquant/tfjs` default), the layout the attention cases are also run on. */
+const CACHE_VALUE_CHUNK = 32;
 
 /** The golden README's suggested attention criterion (every reference kernel output passes it). */
 export const DEFAULT_ATTENTION_TOLERANCE: Readonly<AttentionTolerance> = Object.freeze({ rel: 2e-3, abs: 1e-6 });
@@ -336,8 +342,15 @@ async function attentionChecks(ops: Ops, s: Spec, c: GoldenCase, tol: AttentionT
     packed: new Uint32Array(words.buffer, words.byteOffset, words.length),
   };
   const a = A.a!.data as Float32Array;
-  const out = s.kind === 'keys' ? await ops.packedKeyScores(a, block) : await ops.packedValueMix(a, block);
+  const run = (kv: PackedKvView | readonly PackedKvView[]) => (s.kind === 'keys' ? ops.packedKeyScores(a, kv) : ops.packedValueMix(a, kv));
+  const out = await run(block);
   const checks = [withinTolerance('ref_f64', out, A.ref_f64!, A.absum!, tol, 'tolerance')];
+  // the same data as a quantized cache stores it: key blocks / token-major chunks of 32 tokens, fp16 metadata as bits
+  const segmentTokens = s.kind === 'keys' ? Math.max(s.groupSize, 32 / s.bits) : CACHE_VALUE_CHUNK;
+  const segments = packedKvSegments(block, { segmentTokens, metaFormat: s.precision === 'fp16' ? 'f16' : 'f32' });
+  const cached = withinTolerance('ref_f64 (cache layout)', await run(segments), A.ref_f64!, A.absum!, tol, 'tolerance');
+  const layout = s.kind === 'keys' ? `${segments.length} key blocks of ${segmentTokens} tokens` : `${segments.length} token-major chunks of ${segmentTokens} tokens`;
+  checks.push({ ...cached, note: `${cached.note} (${layout}, ${s.precision === 'fp16' ? 'fp16 bit patterns' : 'float32'}; kernel path ${packedKernelPath(segments, s.heads)})` });
   for (const k of ['out_triton', 'out_cuda'] as const) {
     if (!A[k]) continue;
     checks.push(agreement(k, out, A[k]));
@@ -407,7 +420,8 @@ async function runChecked(family: GoldenFamily, c: GoldenCase, spec: Spec, optio
  * case, in file order. The whole file is validated before any case runs, so a corrupt file throws
  * {@link XqFormatError} (or `XqError` `E_IO` when it cannot be read) instead of returning partial results.
  * Criteria: codes and packed words identical; scale, zero-point and dequantized values identical (fp16 and fp32
- * cases alike); attention `|out − ref_f64| ≤ 2e-3·absum + 1e-6`.
+ * cases alike); attention `|out − ref_f64| ≤ 2e-3·absum + 1e-6`, on the golden block and on the same data laid out as a
+ * quantized cache keeps it (key blocks, token-major value chunks, fp16 metadata as bit patterns).
  */
 export async function runGoldenFile(source: GoldenSource, options: RunOptions = {}): Promise<CaseResult[]> {
   const file = loadGolden(source);

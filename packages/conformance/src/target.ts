@@ -8,7 +8,7 @@ import {
   type Bits,
   type GroupQuantOptions,
   type GroupStats,
-  type PackedKv,
+  type PackedKvView,
   type QuantizedRows,
 } from '@xquant/quant';
 import { calibrateStats } from '@xquant/calibration';
@@ -36,13 +36,24 @@ export interface ConformanceTarget {
   packCodes(codes: Uint8Array, rows: number, cols: number, bits: Bits): MaybePromise<Uint32Array | Int32Array>;
   /** The reference's `anno=2` variant (a quirk; see {@link quantizeRowsAnno2Quirk}). */
   quantizeRowsAnno2(x: Float32Array, rows: number, cols: number, opts: GroupQuantOptions): MaybePromise<QuantizedRows>;
-  /** `scores[h, t] = Σ_d q[h, d]·k̂[h, t, d]` over packed keys (no 1/√d); `q` is `[heads, headDim]`. */
-  packedKeyScores(q: Float32Array, keys: PackedKv): MaybePromise<Float32Array>;
-  /** `out[h, d] = Σ_t p[h, t]·v̂[h, t, d]` over packed values; `p` is `[heads, tokens]`. */
-  packedValueMix(p: Float32Array, values: PackedKv): MaybePromise<Float32Array>;
+  /**
+   * `scores[h, t] = Σ_d q[h, d]·k̂[h, t, d]` over packed keys (no 1/√d); `q` is `[heads, headDim]`. Called with the
+   * golden block (a `PackedKv`) and with the same keys in a cache's layout: a list of key blocks with fp16 metadata
+   * bit patterns (see `PackedKvView`).
+   */
+  packedKeyScores(q: Float32Array, keys: PackedKvView | readonly PackedKvView[]): MaybePromise<Float32Array>;
+  /**
+   * `out[h, d] = Σ_t p[h, t]·v̂[h, t, d]` over packed values; `p` is `[heads, tokens]`. Called with the golden block and
+   * with the values as a cache keeps them: token-major chunks (`PackedKvView` with `tokenMajor`).
+   */
+  packedValueMix(p: Float32Array, values: PackedKvView | readonly PackedKvView[]): MaybePromise<Float32Array>;
 }
 
-/** The xquant-ts implementations (`@xquant/quant`, `@xquant/calibration`, and the anno=2 quirk of this package). */
+/**
+ * The xquant-ts implementations (`@xquant/quant`, `@xquant/calibration`, and the anno=2 quirk of this package). The
+ * attention entries are `@xquant/quant`'s `packedKeyScores` / `packedValueMix` themselves: the functions a
+ * quantized cache of `@xquant/tfjs` calls on cpu and wasm.
+ */
 export const xquantTarget: ConformanceTarget = Object.freeze({
   quantizeRows,
   groupStats,
@@ -50,6 +61,6 @@ export const xquantTarget: ConformanceTarget = Object.freeze({
   dequantizeRows,
   packCodes,
   quantizeRowsAnno2: quantizeRowsAnno2Quirk,
-  packedKeyScores: (q: Float32Array, keys: PackedKv) => packedKeyScores(q, keys),
-  packedValueMix: (p: Float32Array, values: PackedKv) => packedValueMix(p, values),
+  packedKeyScores,
+  packedValueMix,
 });

@@ -1,5 +1,6 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { describe, expect, test } from 'vitest';
+import type { PackedKvView } from '@xquant/quant';
 import { GOLDEN_FAMILIES, readGoldenFile, runGoldenFile, summarizeResults, type CaseResult } from '../src/index.js';
 
 const DIR = '../shared/golden';
@@ -21,6 +22,10 @@ describe.skipIf(files.length === 0)('every case of every golden file passes — 
         expect(r.mismatchedCodes).toBe(0);
         if (r.family === 'g_attention') {
           expect(r.checks.find((c) => c.array === 'ref_f64')?.mismatches).toBe(0);
+          const cached = r.checks.find((c) => c.array === 'ref_f64 (cache layout)');
+          expect(cached).toMatchObject({ criterion: 'tolerance', mismatches: 0, passed: true });
+          expect(cached!.compared).toBeGreaterThan(0);
+          expect(cached!.note).toMatch(/\d+ (key blocks|token-major chunks) of \d+ tokens, .*kernel path (wasm-simd|js)/);
         } else {
           expect(r.maxAbsError).toBe(0);
           expect(r.detail).toMatch(/^bit-exact: /);
@@ -35,7 +40,10 @@ describe.skipIf(files.length === 0)('golden runner catches wrong implementations
   test('attention that drops the zero-point fails family g', async () => {
     const results = await runGoldenFile(`${DIR}/g_attention.json`, {
       target: {
-        packedKeyScores: async (q, keys) => (await import('@xquant/quant')).packedKeyScores(q, { ...keys, zero: new Float32Array(keys.zero.length) }),
+        packedKeyScores: async (q, keys) => {
+          const drop = (k: PackedKvView): PackedKvView => ({ ...k, zero: new (k.zero.constructor as Float32ArrayConstructor)(k.zero.length) });
+          return (await import('@xquant/quant')).packedKeyScores(q, Array.isArray(keys) ? keys.map(drop) : drop(keys as PackedKvView));
+        },
       },
     });
     const keyCases = results.filter((r) => r.name.startsWith('attn_keys'));

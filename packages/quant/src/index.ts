@@ -11,3 +11,11 @@ export * from './pack.js';
 export * from './quantize.js';
 export * from './kv.js';
 export * from './kernels/packed-attention.js';
+export {
+  packedKvSegments,
+  packedKvStrides,
+  type PackedKvSegmentOptions,
+  type PackedKvStrides,
+  type PackedKvView,
+  type PackedMeta,
+} from './kernels/view.js';

@@ -9,6 +9,8 @@ import {
   getKernelBackend,
   packedKernelPath,
   packedKeyScores,
+  packedKvSegments,
+  packedKvStrides,
   packedValueMix,
   setKernelBackend,
   wasmKernelsAvailable,
@@ -18,6 +20,7 @@ import {
   type Bits,
   type KernelBackend,
   type PackedKv,
+  type PackedKvView,
   type Precision,
 } from '@xquant/quant';
 import { gaussian, refKeyScores, refValueMix } from './helpers.js';
@@ -158,7 +161,7 @@ describe.each(backends)('packedKeyScores vs float64 reference from dequantizeKv 
         const { slack, terms } = deqSlack(block);
         const ref = withF32Accumulation(refKeyScores(q, deq, 2, 256, 128, slack), refKeyScores(q, deq, 2, 256, 128, terms).mag, 144);
         expectClose(packedKeyScores(q, block), ref);
-        expect(packedKernelPath(block, 8)).toBe(backend === 'wasm' && bits <= 2 ? 'wasm-simd' : 'js-direct');
+        expect(packedKernelPath(block, 8)).toBe(backend === 'wasm' && bits <= 2 ? 'wasm-simd' : 'js');
       }
     }
   });
@@ -200,7 +203,7 @@ describe.each(backends)('packedValueMix vs float64 reference from dequantizeKv (
         const { slack, terms } = deqSlack(block);
         const ref = withF32Accumulation(refValueMix(p, deq, 2, 302, 128, slack), refValueMix(p, deq, 2, 302, 128, terms).mag, 302 + 80);
         expectClose(packedValueMix(p, block), ref);
-        expect(packedKernelPath(block, 8)).toBe(backend === 'wasm' && bits <= 2 ? 'wasm-simd' : bits <= 2 ? 'js-lut' : 'js-direct');
+        expect(packedKernelPath(block, 8)).toBe(backend === 'wasm' && bits <= 2 ? 'wasm-simd' : 'js');
       }
     }
   });
@@ -239,6 +242,122 @@ describe.each(backends)('dense float32 baselines vs float64 reference (backend %
   });
 });
 
+/** Concatenates typed arrays of one kind. */
+function cat<A extends Uint32Array | Uint16Array | Float32Array>(xs: readonly A[]): A {
+  const out = new (xs[0]!.constructor as new (n: number) => A)(xs.reduce((n, x) => n + x.length, 0));
+  let o = 0;
+  for (const x of xs) { out.set(x as never, o); o += x.length; }
+  return out;
+}
+
+/** A key block split into segments of `segWords` words per row, the last one `lastGroups` groups long. */
+const segKeyCase = fc
+  .record({ bits: bitsArb, kvHeads: fc.integer({ min: 1, max: 2 }), rep: repArb, headDim: fc.constantFrom(4, 8, 12, 16), segWords: fc.integer({ min: 1, max: 3 }), segs: fc.integer({ min: 1, max: 3 }), gsPick: fc.nat(), lastPick: fc.nat(), precision: precisionArb, seed: fc.integer() })
+  .map((c) => {
+    const fpw = 32 / c.bits;
+    const seg = fpw * c.segWords;
+    const gs = divisors(seg).filter((d) => d % fpw === 0 || fpw % d === 0)[c.gsPick % divisors(seg).filter((d) => d % fpw === 0 || fpw % d === 0).length]!;
+    const unit = Math.max(gs, fpw);
+    const last = unit * (1 + (c.lastPick % (seg / unit)));
+    return { ...c, groupSize: gs, segmentTokens: seg, tokens: seg * (c.segs - 1) + last };
+  });
+
+describe.each(backends)('strided views: key blocks, token-major value chunks, fp16 metadata (backend %s)', (backend) => {
+  test('keys as a list of blocks, one multi-block view, or wider rows: the scores of the whole block, bit for bit', () => {
+    setKernelBackend(backend);
+    fc.assert(
+      fc.property(segKeyCase, (c) => {
+        const shape = { heads: c.kvHeads, tokens: c.tokens, headDim: c.headDim };
+        const block = quantizeKeys(gaussian(c.kvHeads * c.tokens * c.headDim, c.seed, 1.5), shape, { bits: c.bits, groupSize: c.groupSize, precision: c.precision });
+        const q = gaussian(c.kvHeads * c.rep * c.headDim, c.seed + 1);
+        const whole = packedKeyScores(q, block);
+        const segs = packedKvSegments(block, { segmentTokens: c.segmentTokens, metaFormat: c.precision === 'fp16' ? 'f16' : 'f32' });
+        expect(segs.length).toBe(c.segs);
+        expect(packedKeyScores(q, segs)).toEqual(whole);
+        const multi: PackedKvView = {
+          ...segs[0]!, tokens: c.tokens, capacity: c.segmentTokens * c.segs, blockTokens: c.segmentTokens,
+          packed: cat(segs.map((v) => v.packed as Uint32Array)), scale: cat(segs.map((v) => v.scale)), zero: cat(segs.map((v) => v.zero)),
+        };
+        expect(packedKeyScores(q, multi)).toEqual(whole);
+        const N = c.tokens + 3;
+        const wide = packedKeyScores(q, segs, new Float32Array(c.kvHeads * c.rep * N).fill(7), N);
+        for (let h = 0; h < c.kvHeads * c.rep; h++) {
+          expect(wide.subarray(h * N, h * N + c.tokens)).toEqual(whole.subarray(h * c.tokens, (h + 1) * c.tokens));
+          expect([...wide.subarray(h * N + c.tokens, (h + 1) * N)]).toEqual([7, 7, 7]);
+        }
+      }),
+      { numRuns: 80 },
+    );
+  });
+
+  test('values as token-major chunks (last partly filled), head-major with spare capacity, or wider p rows', () => {
+    setKernelBackend(backend);
+    fc.assert(
+      fc.property(valueCase, fc.integer({ min: 1, max: 40 }), (c, chunk) => {
+        const shape = { heads: c.kvHeads, tokens: c.tokens, headDim: c.headDim };
+        const block = quantizeValues(gaussian(c.kvHeads * c.tokens * c.headDim, c.seed, 1.5), shape, { bits: c.bits, groupSize: c.groupSize, precision: c.precision });
+        const p = gaussian(c.kvHeads * c.rep * c.tokens, c.seed ^ 0x27d4eb2d);
+        const deq = dequantizeKv(block);
+        const { slack, terms } = deqSlack(block);
+        const ref = withF32Accumulation(
+          refValueMix(p, deq, c.kvHeads, c.tokens, c.headDim, slack),
+          refValueMix(p, deq, c.kvHeads, c.tokens, c.headDim, terms).mag,
+          c.tokens + 80,
+        );
+        const segs = packedKvSegments(block, { segmentTokens: chunk, metaFormat: c.precision === 'fp16' ? 'f16' : 'f32' });
+        expect(segs.length).toBe(Math.ceil(c.tokens / chunk));
+        expectClose(packedValueMix(p, segs), ref);
+        if (backend === 'js') expect(packedValueMix(p, segs)).toEqual(packedValueMix(p, block));
+        // head-major with 2 spare token rows per head (never read)
+        const Wd = (c.headDim * c.bits) / 32, G = c.headDim / c.groupSize, cap = c.tokens + 2;
+        const pad = <A extends Uint32Array | Float32Array>(x: A, per: number, fill: number): A => {
+          const out = new (x.constructor as new (n: number) => A)(c.kvHeads * cap * per);
+          out.fill(fill);
+          for (let h = 0; h < c.kvHeads; h++) out.set(x.subarray(h * c.tokens * per, (h + 1) * c.tokens * per) as never, h * cap * per);
+          return out;
+        };
+        const spare: PackedKvView = { ...block, capacity: cap, packed: pad(block.packed, Wd, 0xffffffff), scale: pad(block.scale, G, NaN), zero: pad(block.zero, G, NaN) };
+        expectClose(packedValueMix(p, spare), ref);
+        // p rows wider than the tokens: the extra columns (NaN) are not read
+        const N = c.tokens + 5;
+        const pw = new Float32Array(c.kvHeads * c.rep * N).fill(NaN);
+        for (let h = 0; h < c.kvHeads * c.rep; h++) pw.set(p.subarray(h * c.tokens, (h + 1) * c.tokens), h * N);
+        expectClose(packedValueMix(pw, segs, undefined, N), ref);
+      }),
+      { numRuns: 80 },
+    );
+  });
+});
+
+describe('packedKvStrides locate every code and group', () => {
+  test('keys in blocks and token-major values', () => {
+    const keys = quantizeKeys(gaussian(2 * 96 * 8, 3), { heads: 2, tokens: 96, headDim: 8 }, { bits: 2, groupSize: 16 });
+    const values = quantizeValues(gaussian(2 * 7 * 32, 4), { heads: 2, tokens: 7, headDim: 32 }, { bits: 4, groupSize: 8 });
+    const kc = unpackKv(keys), vc = unpackKv(values);
+    const code = (v: PackedKvView, word: number, i: number) => (v.packed[word]! >>> ((i % (32 / v.bits)) * v.bits)) & ((1 << v.bits) - 1);
+    const [kb] = packedKvSegments(keys, { segmentTokens: 32 }).reduce<PackedKvView[]>((acc, v) => {
+      if (!acc[0]) return [{ ...v, tokens: 96, capacity: 96, blockTokens: 32 }];
+      return [{ ...acc[0], packed: cat([acc[0].packed as Uint32Array, v.packed as Uint32Array]), scale: cat([acc[0].scale as Float32Array, v.scale as Float32Array]), zero: cat([acc[0].zero as Float32Array, v.zero as Float32Array]) }];
+    }, []);
+    const s = packedKvStrides(kb!);
+    expect(s).toMatchObject({ kws: 2, kgs: 2, kblk: 32, kbw: 2 * 8 * 2, kbm: 2 * 8 * 2, vhs: 0, vts: 0 });
+    for (let h = 0; h < 2; h++) for (let t = 0; t < 96; t++) for (let d = 0; d < 8; d++) {
+      const blk = Math.floor(t / s.kblk), tt = t % s.kblk;
+      expect(code(kb!, blk * s.kbw + (h * 8 + d) * s.kws + Math.floor(tt / 16), tt)).toBe(kc[(h * 8 + d) * 96 + t]);
+      expect(kb!.scale[blk * s.kbm + (h * 8 + d) * s.kgs + Math.floor(tt / 16)]).toBe(keys.scale[(h * 8 + d) * 6 + Math.floor(t / 16)]);
+    }
+    const [vt] = packedKvSegments(values, { segmentTokens: 9 });
+    const sv = packedKvStrides(vt!);
+    expect(sv).toMatchObject({ vhs: 1, vts: 2, kws: 0 });
+    expect(packedKvStrides(values)).toMatchObject({ vhs: 7, vts: 1 });
+    for (let h = 0; h < 2; h++) for (let t = 0; t < 7; t++) for (let d = 0; d < 32; d++) {
+      const row = h * sv.vhs + t * sv.vts;
+      expect(code(vt!, row * 4 + Math.floor(d / 8), d)).toBe(vc[(h * 7 + t) * 32 + d]);
+      expect(vt!.zero[row * 4 + Math.floor(d / 8)]).toBe(values.zero[(h * 7 + t) * 4 + Math.floor(d / 8)]);
+    }
+  });
+});
+
 describe('kernels reject bad shapes', () => {
   const keys = quantizeKeys(gaussian(2 * 64 * 8, 1), { heads: 2, tokens: 64, headDim: 8 }, { bits: 2, groupSize: 32 });
   const values = quantizeValues(gaussian(2 * 5 * 32, 2), { heads: 2, tokens: 5, headDim: 32 }, { bits: 2, groupSize: 16 });
@@ -272,6 +391,24 @@ describe('kernels reject bad shapes', () => {
     expect(() => packedKeyScores(q, { ...keys, bits: 3 as Bits })).toThrow(XqConfigError);
     expect(() => packedValueMix(p, { ...values, headDim: 24, groupSize: 8 })).toThrow(/headDim \(24\) must be a multiple of 16/);
   });
+  test('inconsistent strided views and segment lists', () => {
+    const [k0, k1] = packedKvSegments(keys, { segmentTokens: 32 });
+    const v0 = packedKvSegments(values, { segmentTokens: 4, metaFormat: 'f16' })[0]!;
+    expect(() => packedKeyScores(q, [])).toThrow(/needs at least one packed K\/V view/);
+    expect(() => packedKeyScores(q, [k0!, { ...k1!, headDim: 16 }])).toThrow(/segment 1 has headDim 16, segment 0 has headDim 8/);
+    expect(() => packedKeyScores(q, { ...k0!, blockTokens: 48, capacity: 64 })).toThrow(/groupSize 32 does not divide blockTokens \(48\)/);
+    expect(() => packedKeyScores(q, { ...k0!, blockTokens: 32, capacity: 48 })).toThrow(/blockTokens \(32\) must divide capacity \(48\)/);
+    expect(() => packedKeyScores(q, { ...k0!, capacity: 16 })).toThrow(/capacity must be an integer ≥ tokens \(32\); got 16/);
+    expect(() => packedKeyScores(q, { ...k0!, tokenMajor: true })).toThrow(/tokenMajor applies to values only/);
+    expect(() => packedValueMix(new Float32Array(4 * 4), { ...v0, blockTokens: 4 })).toThrow(/blockTokens applies to keys only/);
+    expect(() => packedValueMix(new Float32Array(4 * 4), { ...v0, zero: new Float32Array(v0.zero.length) })).toThrow(/scale and zero must have the same format/);
+    expect(() => packedValueMix(new Float32Array(4 * 4), { ...v0, scale: new Float64Array(v0.scale.length) as never })).toThrow(/scale is missing/);
+    expect(() => packedValueMix(new Float32Array(4 * 4), v0, undefined, 3)).toThrow(/rowStride must be an integer ≥ tokens \(4\); got 3/);
+    expect(() => packedValueMix(new Float32Array(4 * 5 + 1), v0, undefined, 5)).toThrow(/p must be \[qHeads, 5\]/);
+    expect(() => packedKeyScores(q, keys, new Float32Array(4 * 64), 70)).toThrow(/out must have 280 elements \(\[4, 70\]\); got 256/);
+    expect(() => packedKvSegments(keys, { segmentTokens: 24 })).toThrow(XqShapeError);
+    expect(() => packedKvSegments(keys, { segmentTokens: 24 })).toThrow(/segmentTokens must be a positive integer and a multiple of 32; got 24/);
+  });
   test('dense baselines', () => {
     expect(() => denseKeyScores(q, new Float32Array(2 * 8 * 3 + 1), 2, 8)).toThrow(/keys must be \[kvHeads=2, tokens, headDim=8\]/);
     expect(() => denseValueMix(new Float32Array(7), new Float32Array(2 * 5 * 8), 2, 8)).toThrow(/p must be \[qHeads, 5\]/);
@@ -292,11 +429,44 @@ describe('kernel backend selection', () => {
     if (!wasmKernelsAvailable()) return;
     setKernelBackend('wasm');
     const k4 = quantizeKeys(gaussian(64 * 8, 1), { heads: 1, tokens: 64, headDim: 8 }, { bits: 4, groupSize: 32 });
-    expect(packedKernelPath(k4, 1)).toBe('js-direct');
+    expect(packedKernelPath(k4, 1)).toBe('js');
     const k2odd = quantizeKeys(gaussian(48 * 8, 1), { heads: 1, tokens: 48, headDim: 8 }, { bits: 2, groupSize: 48 });
-    expect(packedKernelPath(k2odd, 1)).toBe('js-direct'); // group size not a power of two
+    expect(packedKernelPath(k2odd, 1)).toBe('js'); // group size not a power of two
     const v2 = quantizeValues(gaussian(5 * 32, 2), { heads: 1, tokens: 5, headDim: 32 }, { bits: 2, groupSize: 16 });
-    expect(packedKernelPath(v2, 1)).toBe('js-lut'); // headDim not a multiple of 64
+    expect(packedKernelPath(v2, 1)).toBe('js'); // headDim not a multiple of 64
+    const k2 = quantizeKeys(gaussian(64 * 8, 1), { heads: 1, tokens: 64, headDim: 8 }, { bits: 2, groupSize: 32 });
+    expect(packedKernelPath(packedKvSegments(k2, { segmentTokens: 32 }), 1)).toBe('wasm-simd');
+    setKernelBackend('auto');
+  });
+});
+
+describe.skipIf(!wasmKernelsAvailable())('benchResidentKernel (benchmark hook)', () => {
+  test('runs the same SIMD kernels as the public calls, on data staged once', async () => {
+    const { benchResidentKernel } = (await import('@xquant/quant')) as unknown as {
+      benchResidentKernel: (axis: 'channel' | 'token', a: Float32Array, kv: unknown, out: Float32Array) => (() => void) | null;
+    };
+    setKernelBackend('wasm');
+    const keys = quantizeKeys(gaussian(2 * 128 * 64, 1), { heads: 2, tokens: 128, headDim: 64 }, { bits: 2, groupSize: 32 });
+    const values = quantizeValues(gaussian(2 * 70 * 64, 2), { heads: 2, tokens: 70, headDim: 64 }, { bits: 2, groupSize: 32 });
+    const q = gaussian(8 * 64, 3), p = gaussian(8 * 70, 4);
+    const cases: Array<[() => Float32Array, 'channel' | 'token', Float32Array, unknown, number]> = [
+      [() => packedKeyScores(q, keys), 'channel', q, keys, 8 * 128],
+      [() => packedValueMix(p, values), 'token', p, values, 8 * 64],
+      [() => denseKeyScores(q, dequantizeKv(keys), 2, 64), 'channel', q, { dense: dequantizeKv(keys), kvHeads: 2, headDim: 64 }, 8 * 128],
+      [() => denseValueMix(p, dequantizeKv(values), 2, 64), 'token', p, { dense: dequantizeKv(values), kvHeads: 2, headDim: 64 }, 8 * 64],
+    ];
+    for (const [pub, axis, a, kv, n] of cases) {
+      const out = new Float32Array(n).fill(NaN);
+      const run = benchResidentKernel(axis, a, kv, out);
+      expect(run).not.toBeNull();
+      run!();
+      expect(out).toEqual(pub());
+      out.fill(NaN);
+      run!(); // the staged data stay: a second run gives the same result
+      expect(out).toEqual(pub());
+    }
+    const k4 = quantizeKeys(gaussian(64 * 8, 1), { heads: 1, tokens: 64, headDim: 8 }, { bits: 4, groupSize: 32 });
+    expect(benchResidentKernel('channel', new Float32Array(8), k4, new Float32Array(64))).toBeNull();
     setKernelBackend('auto');
   });
 });

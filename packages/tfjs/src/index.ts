@@ -46,9 +46,8 @@ export {
   type KeyBlockView,
   type ValueChunkView,
 } from './kernels/registry.js';
-export { jsPackedAttentionKernel, packedKernelOptions } from './kernels/js-attention.js';
+export { jsPackedAttentionKernel, layerKvViews } from './kernels/js-attention.js';
 export { denseAttentionKernel } from './kernels/dense.js';
-export { keyBlockScores, valueChunkMix } from './kernels/js-packed.js';
 export { defineQuantizedStrategy, uniformLayers, perLayerBits, type QuantizedStrategyDefinition } from './strategies/define.js';
 export { full, type FullOptions } from './strategies/full.js';
 export { kivi, type KiviOptions } from './strategies/kivi.js';

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { accountBits } from '@xquant/cross-layer';
 import { calibrateStats, leastSquaresCalibrator } from '@xquant/calibration';
-import { dequantizeKv, kvStats, quantizeValues, shareCodes, unpackCodes, type Bits } from '@xquant/quant';
+import { dequantizeKv, kvStats, quantizeValues, setKernelBackend, shareCodes, unpackCodes, type Bits } from '@xquant/quant';
 import {
   createKvCache,
   full,
@@ -10,7 +10,6 @@ import {
   registerAttentionKernel,
   jsPackedAttentionKernel,
   denseAttentionKernel,
-  packedKernelOptions,
   QuantizedKvCache,
   type KvCache,
   type QuantizedLayerView,
@@ -108,9 +107,9 @@ describe.each(PRESETS)('%s', (preset) => {
         for (const [rows, simd] of [[1, true], [3, true], [1, false], [3, false]] as const) {
           const q = tf.tensor3d(randn(qH * rows * D, 999 + step + rows), [qH, rows, D]);
           const view = (cache as QuantizedKvCache).view(l);
-          packedKernelOptions.simd = simd;
+          setKernelBackend(simd ? 'auto' : 'js');
           const a = jsPackedAttentionKernel.attend(view, q).dataSync();
-          packedKernelOptions.simd = true;
+          setKernelBackend('auto');
           const { keys, values } = cache.dequantize(l);
           const b = plainAttention(q, keys, values).dataSync();
           // The kernels use exact code·scale + zero; dequantize() rounds to fp16 as the reference does (≤ 2^-11 relative).
@@ -357,9 +356,9 @@ describe('packed kernels are exact', () => {
         const qd = randn(qH * rows * D, 60 + rows);
         const ref = refAttention(qd, keys, values, qH, rows, H, v.tokens, D);
         for (const simd of [true, false]) {
-          packedKernelOptions.simd = simd;
+          setKernelBackend(simd ? 'auto' : 'js');
           const o = jsPackedAttentionKernel.attend(v, tf.tensor3d(qd, [qH, rows, D]));
-          packedKernelOptions.simd = true;
+          setKernelBackend('auto');
           expect(maxAbsDiff(o.dataSync(), ref)).toBeLessThan(2e-6 * maxAbs(ref) + 1e-6);
           o.dispose();
         }

@@ -1,13 +1,12 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { accountBits, xquantPlan } from '@xquant/cross-layer';
-import { XqConfigError, dequantizeKv, quantizeKeys, quantizeValues, unpackCodes, type Bits } from '@xquant/quant';
+import { XqConfigError, dequantizeKv, quantizeKeys, quantizeValues, setKernelBackend, unpackCodes, type Bits } from '@xquant/quant';
 import {
   asymkv,
   createKvCache,
   jsPackedAttentionKernel,
   kivi,
-  packedKernelOptions,
   plainAttention,
   selectBackend,
   xquant,
@@ -137,9 +136,9 @@ describe('valueGroupSize: values grouped apart from keys', () => {
         const { keys: dk, values: dv } = cache.dequantize(l);
         const plain = plainAttention(q, dk, dv).dataSync();
         for (const simd of [true, false]) {
-          packedKernelOptions.simd = simd;
+          setKernelBackend(simd ? 'auto' : 'js');
           const o = jsPackedAttentionKernel.attend(v, q);
-          packedKernelOptions.simd = true;
+          setKernelBackend('auto');
           expect(maxAbsDiff(o.dataSync(), ref)).toBeLessThan(2e-6 * maxAbs(ref) + 1e-6);
           // dequantize() rounds code·scale + zero to fp16 as the reference does (≤ 2^-11 relative)
           expect(maxAbsDiff(o.dataSync(), plain)).toBeLessThan(2e-3 * maxAbs(plain) + 1e-5);

@@ -1,6 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { runGoldenFile, type CaseResult } from '@xquant/conformance';
+import { getKernelBackend, wasmKernelsAvailable } from '@xquant/quant';
 
 /** One-line description shown by `xquant --help`. */
 export const summary = 'check xquant-ts against reference golden files (bit-exact codes/stats/deq, attention tolerance)';
@@ -9,7 +10,8 @@ const USAGE = `usage: xquant verify FILE... [--json OUT]
 
 Runs every case of each golden file (families a–g of the XQuant reference vectors) against xquant-ts and prints
 one line per case: name, max abs error, mismatched codes, PASS/FAIL. Ends with 'N passed, N failed'; the exit
-code is 1 if any case fails or a file cannot be read or is corrupt.
+code is 1 if any case fails or a file cannot be read or is corrupt. Attention cases (family g) run the kernels a
+quantized cache runs, on the golden block and on the cache's storage layout.
 
 options:
   --json OUT   also write per-case figures as JSON to OUT ('-' = stdout; the text lines then go to stderr)
@@ -76,6 +78,10 @@ export async function run(argv: string[]): Promise<number> {
       continue;
     }
     print(`# ${file} (${results[0]?.family ?? '?'}, ${results.length} cases)`);
+    if (results[0]?.family === 'g_attention') {
+      const simd = wasmKernelsAvailable() && getKernelBackend() !== 'js' ? 'WebAssembly SIMD where it applies, else JS' : 'JS';
+      print(`# kernels: @xquant/quant packedKeyScores / packedValueMix (${simd}), the cache's kernels, also on its layout`);
+    }
     const width = Math.max(...results.map((r) => r.name.length));
     for (const r of results) {
       const line = `${r.name.padEnd(width)}  maxAbsErr ${formatNumber(r.maxAbsError).padEnd(8)}  mismatchedCodes ${String(r.mismatchedCodes).padEnd(5)}  ${r.passed ? 'PASS' : 'FAIL'}`;

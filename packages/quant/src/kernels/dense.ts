@@ -1,4 +1,4 @@
-import { headChunks } from './validate.js';
+import { headChunks } from './view.js';
 
 /** Token chunk of the dense value baseline (p and V rows of one chunk stay in cache). */
 const VCHUNK = 64;

@@ -1,63 +1,73 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Tensor3D } from '@tensorflow/tfjs-core';
-import type { Bits } from '@xquant/quant';
+import { packedKeyScores, packedValueMix, type Bits, type PackedKvView } from '@xquant/quant';
 import { plainAttention } from '../attention.js';
 import { tokenMajorToHeadMajor } from '../quantized/store.js';
-import { keyBlockScores, valueChunkMix } from './js-packed.js';
 import type { AttentionKernel, QuantizedLayerView } from './registry.js';
-import { simdKernels, type SimdKernels } from './wasm-simd.js';
 
-/** Query vectors processed together per KV head (bounds the score scratch to TILE × tokens floats). */
-const TILE = 32;
+/** Floats of the score buffer per call: query rows are processed in tiles that fit. */
+const SCORE_BUDGET = 1 << 23;
 
-const scratch: { Q: Float32Array; S: Float32Array; O: Float64Array; sc: Float32Array; zc: Float32Array; vs: Float32Array; vz: Float32Array } = {
-  Q: new Float32Array(0),
-  S: new Float32Array(0),
-  O: new Float64Array(0),
-  sc: new Float32Array(0),
-  zc: new Float32Array(0),
-  vs: new Float32Array(0),
-  vz: new Float32Array(0),
-};
-
-function grow<T extends Float32Array | Float64Array>(a: T, n: number, make: (n: number) => T): T {
-  return a.length >= n ? a : make(n);
+/**
+ * A layer's quantized storage as `@xquant/quant` kernel views, without copies: the key blocks (one block of R tokens
+ * each) and the value chunks that hold tokens (token-major, the last one partly filled). Metadata stay as stored
+ * (fp16 bit patterns for precision `'fp16'`). These are the views the `js-packed` kernel passes to
+ * `packedKeyScores` / `packedValueMix`, the kernels `xquant verify` checks.
+ */
+export function layerKvViews(v: QuantizedLayerView): { keys: PackedKvView[]; values: PackedKvView[] } {
+  const geom = { heads: v.kvHeads, headDim: v.headDim };
+  const keys = v.keyBits === 16 ? [] : v.keyBlocks.map((b): PackedKvView => ({
+    ...geom, axis: 'channel', tokens: b.tokens, bits: v.keyBits as Bits, groupSize: v.keyGroupSize, packed: b.packed, scale: b.scale, zero: b.zero,
+  }));
+  const values = v.valueBits === 16 ? [] : v.valueChunks.filter((c) => c.filled > 0).map((c): PackedKvView => ({
+    ...geom, axis: 'token', tokens: c.filled, capacity: c.capacity, tokenMajor: true, bits: v.valueBits as Bits, groupSize: v.valueGroupSize,
+    packed: c.packed, scale: c.scale, zero: c.zero,
+  }));
+  return { keys, values };
 }
 
-/** Use the WebAssembly SIMD kernels when possible (set false to force the plain JS kernels, e.g. to compare them). */
-export const packedKernelOptions: {
-  /** WebAssembly SIMD on (default). */
-  simd: boolean;
-} = { simd: true };
+const scratch = { S: new Float32Array(0), O: new Float32Array(0), A: new Float64Array(0) };
 
-/** S[m·N + pos] = q_m · k(pos) for the float32 keys that follow the quantized ones. */
-function residualScores(v: QuantizedLayerView, h: number, Q: Float32Array, M: number, S: Float32Array, N: number): void {
-  const H = v.kvHeads, D = v.headDim;
-  const keys = v.residualKeys; // locals: V8 does not hoist property loads out of these loops
-  const rk = keys.length / (H * D);
-  const q0 = v.quantizedKeys;
-  for (let t = 0; t < rk; t++) {
-    const ko = (t * H + h) * D;
-    const pos = q0 + t;
-    for (let m = 0; m < M; m++) {
+/** `S[j·N + from + t] = q_j · k_t` for the float32 tokens (token-major `x`) that follow the quantized ones. */
+function residualScores(x: Float32Array, from: number, H: number, D: number, perKv: number, Q: Float32Array, M: number, S: Float32Array, N: number): void {
+  const n = x.length / (H * D);
+  for (let j = 0; j < M; j++) {
+    const kv = Math.floor(j / perKv);
+    for (let t = 0; t < n; t++) {
       let acc = 0;
-      const qo = m * D;
-      for (let d = 0; d < D; d++) acc += Q[qo + d]! * keys[ko + d]!;
-      S[m * N + pos] = acc;
+      for (let d = 0, o = (t * H + kv) * D, qo = j * D; d < D; d++) acc += Q[qo + d]! * x[o + d]!;
+      S[j * N + from + t] = acc;
     }
   }
 }
 
+/** `A[j·D + d] = O[j·D + d] + Σ_t S[j·N + from + t]·v_t[d]` over the float32 values that follow the quantized ones. */
+function residualMix(x: Float32Array, from: number, H: number, D: number, perKv: number, S: Float32Array, M: number, N: number, O: Float32Array, A: Float64Array): void {
+  const n = x.length / (H * D);
+  for (let j = 0; j < M; j++) {
+    const kv = Math.floor(j / perKv);
+    for (let d = 0; d < D; d++) A[j * D + d] = O[j * D + d]!;
+    for (let t = 0; t < n; t++) {
+      const p = S[j * N + from + t]!;
+      if (p === 0) continue;
+      for (let d = 0, o = (t * H + kv) * D; d < D; d++) A[j * D + d] = A[j * D + d]! + p * x[o + d]!;
+    }
+  }
+}
+
+/** 2^k for k = −150 … 9 (the range of exp's scaling step below). */
+const POW2 = Float64Array.from({ length: 160 }, (_, i) => 2 ** (i - 150));
+
 /**
- * Scale, causal mask and softmax of M score rows in place; vector m = v0 + m is query row ⌊(v0+m)/rep⌋ of nq.
- * With `sums`, rows are left unnormalized (exp(s − max)) and each row's sum is written there instead.
+ * Scale, causal mask and softmax of M score rows in place, unnormalized (exp(s − max)); row sums go to `sums`.
+ * Vector j is query row `row0 + j mod n` of `nq` (the last nq of N positions). exp(x ≤ 0) is computed as
+ * 2^k·e^r (r = x − k·ln 2, |r| ≤ ln 2 / 2, degree-7 Taylor polynomial: relative error < 1e-9, under float32 rounding),
+ * about twice as fast as Math.exp here; results below the float32 range are 0.
  */
-function softmaxRows(S: Float32Array, M: number, N: number, nq: number, rep: number, v0: number, scale: number, valid = M, sums?: Float64Array): void {
-  for (let m = valid; m < M; m++) S.fill(0, m * N, (m + 1) * N); // padding vectors: no weight
-  for (let m = 0; m < valid; m++) {
-    const row = Math.floor((v0 + m) / rep);
-    const last = N - nq + row;
-    const so = m * N;
+function softmaxRows(S: Float32Array, M: number, N: number, n: number, nq: number, row0: number, scale: number, sums: Float64Array): void {
+  for (let j = 0; j < M; j++) {
+    const last = N - nq + row0 + (j % n);
+    const so = j * N;
     let mx = -Infinity;
     for (let t = 0; t <= last; t++) {
       const s = S[so + t]! * scale;
@@ -65,130 +75,29 @@ function softmaxRows(S: Float32Array, M: number, N: number, nq: number, rep: num
       if (s > mx) mx = s;
     }
     let sum = 0;
-    for (let t = 0; t <= last; t++) {
-      const e = Math.exp(S[so + t]! - mx);
-      S[so + t] = e;
-      sum += e;
-    }
-    for (let t = last + 1; t < N; t++) S[so + t] = 0;
-    if (sums) {
-      sums[m] = sum;
-      continue;
-    }
-    const inv = 1 / sum;
-    for (let t = 0; t <= last; t++) S[so + t] = S[so + t]! * inv;
-  }
-}
-
-/** O[m·D + d] += Σ_pos P[m·N + pos]·v(pos) over the float32 values that follow the quantized ones. */
-function residualMix(v: QuantizedLayerView, h: number, S: Float32Array, M: number, N: number, O: Float64Array): void {
-  const H = v.kvHeads, D = v.headDim;
-  const values = v.residualValues;
-  const rv = values.length / (H * D);
-  const q0 = v.quantizedValues;
-  for (let t = 0; t < rv; t++) {
-    const vo = (t * H + h) * D;
-    const pos = q0 + t;
-    for (let m = 0; m < M; m++) {
-      const p = S[m * N + pos]!;
-      if (p === 0) continue;
-      const oo = m * D;
-      for (let d = 0; d < D; d++) O[oo + d] += p * values[vo + d]!;
-    }
-  }
-}
-
-function simdApplies(v: QuantizedLayerView): boolean {
-  if (!packedKernelOptions.simd) return false;
-  if (v.keyBlocks.length > 0 && (v.keyBits === 8 || v.keyGroupSize % 8 !== 0)) return false;
-  if (v.valueChunks.length > 0 && ((v.valueBits !== 1 && v.valueBits !== 2) || v.valueGroupSize % 16 !== 0)) return false;
-  return true;
-}
-
-/** Attention on the WebAssembly SIMD kernels, four query vectors per KV head at a time (zero-padded). */
-function attendSimd4(K: SimdKernels, v: QuantizedLayerView, q: Float32Array, qHeads: number, nq: number, out: Float32Array): void {
-  const H = v.kvHeads, D = v.headDim, N = v.tokens, gs = v.keyGroupSize, gv = v.valueGroupSize;
-  const rep = qHeads / H;
-  const Nq = v.quantizedValues;
-  const kBits = v.keyBits as number, vBits = v.valueBits as number;
-  const Gv = D / gv;
-  const wprV = vBits === 16 ? 0 : (D * vBits) / 32;
-  K.reset();
-  // Allocate everything first: growing the memory detaches earlier views.
-  const pQ = K.alloc(4 * D * 4), pA = K.alloc(D * 16), pS = K.alloc(4 * N * 4), pO = K.alloc(4 * D * 4), pZs = K.alloc(4 * Gv * 4);
-  const pKc = kBits <= 4 ? K.consts(kBits) : 0;
-  const pVc = vBits <= 2 ? K.consts(vBits) : 0;
-  const kOff: { w: number; m: number }[] = [];
-  let kWords = 0, kMeta = 0;
-  for (const b of v.keyBlocks) {
-    kOff.push({ w: kWords, m: kMeta });
-    kWords += b.packed.length;
-    kMeta += (H * D * b.tokens) / gs;
-  }
-  const pKp = K.alloc(kWords * 4), pKs = K.alloc(kMeta * 4), pKz = K.alloc(kMeta * 4);
-  const pVp = K.alloc(Nq * H * wprV * 4), pVs = K.alloc(Nq * H * Gv * 4), pVz = K.alloc(Nq * H * Gv * 4);
-  // Copy the layer in.
-  v.keyBlocks.forEach((b, i) => {
-    const n = (H * D * b.tokens) / gs;
-    K.u32(pKp + kOff[i]!.w * 4, b.packed.length).set(b.packed);
-    v.decodeMeta(b.scale, 0, n, K.f32(pKs + kOff[i]!.m * 4, n));
-    v.decodeMeta(b.zero, 0, n, K.f32(pKz + kOff[i]!.m * 4, n));
-  });
-  for (const c of v.valueChunks) {
-    if (c.filled === 0) continue;
-    const nw = c.filled * H * wprV, nm = c.filled * H * Gv;
-    K.u32(pVp + c.start * H * wprV * 4, nw).set(c.packed.subarray(0, nw));
-    v.decodeMeta(c.scale, 0, nm, K.f32(pVs + c.start * H * Gv * 4, nm));
-    v.decodeMeta(c.zero, 0, nm, K.f32(pVz + c.start * H * Gv * 4, nm));
-  }
-  const Q = K.f32(pQ, 4 * D), S = K.f32(pS, 4 * N), Ow = K.f32(pO, 4 * D), Zs = K.f32(pZs, 4 * Gv);
-  scratch.O = grow(scratch.O, 4 * D, (n) => new Float64Array(n));
-  const O = scratch.O;
-  const scale = 1 / Math.sqrt(D);
-  const total = rep * nq;
-  const sums = new Float64Array(4);
-  for (let h = 0; h < H; h++) for (let v0 = 0; v0 < total; v0 += 4) {
-    const valid = Math.min(4, total - v0);
-    // vector j = v0 + m ↔ query head h·rep + (j % rep), query row ⌊j / rep⌋
-    for (let m = 0; m < 4; m++) {
-      const j = v0 + m;
-      if (m >= valid) {
-        Q.fill(0, m * D, (m + 1) * D);
+    for (let t = so; t <= so + last; t++) {
+      const x = S[t]! - mx;
+      if (x < -104) {
+        S[t] = 0;
         continue;
       }
-      const qh = h * rep + (j % rep);
-      const row = Math.floor(j / rep);
-      Q.set(q.subarray((qh * nq + row) * D, (qh * nq + row + 1) * D), m * D);
+      const k = Math.floor(x * Math.LOG2E + 0.5);
+      const r = x - k * 0.6931471803691238 - k * 1.9082149292705877e-10;
+      const e = POW2[k + 150]! * (1 + r * (1 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r / 5040)))))));
+      S[t] = e;
+      sum += e;
     }
-    v.keyBlocks.forEach((b, i) => {
-      const G = b.tokens / gs;
-      const wpr = (b.tokens * kBits) / 32;
-      K.keys4(pQ, pKs + (kOff[i]!.m + h * D * G) * 4, pKz + (kOff[i]!.m + h * D * G) * 4, pKp + (kOff[i]!.w + h * D * wpr) * 4, pS + b.start * 4, D, b.tokens, gs, kBits, pA, pKc, N);
-    });
-    residualScores(v, h, Q, 4, S, N);
-    softmaxRows(S, 4, N, nq, rep, v0, scale, valid, sums); // unnormalized: the output is divided by the sum instead
-    O.fill(0, 0, 4 * D);
-    if (Nq > 0) {
-      Ow.fill(0);
-      K.values4(pS, pVs, pVz, pVp, pO, pZs, D, Nq, H, h, gv, vBits, pVc, N);
-      for (let m = 0; m < 4; m++) for (let d = 0; d < D; d++) O[m * D + d] = Ow[m * D + d]! + Zs[m * Gv + ((d / gv) | 0)]!;
-    }
-    residualMix(v, h, S, 4, N, O);
-    for (let m = 0; m < valid; m++) {
-      const j = v0 + m;
-      const qh = h * rep + (j % rep);
-      const row = Math.floor(j / rep);
-      const oo = (qh * nq + row) * D;
-      const inv = 1 / sums[m]!;
-      for (let d = 0; d < D; d++) out[oo + d] = O[m * D + d]! * inv;
-    }
+    S.fill(0, so + last + 1, so + N);
+    sums[j] = sum;
   }
 }
 
 /**
- * Attention computed directly on packed codes (cpu, wasm and native backends, where the query tensor can be read
- * synchronously): WebAssembly SIMD kernels for the GQA decode case of four query vectors per KV head, plain JS kernels
- * otherwise. Prefill with nothing quantized yet goes through tfjs ops ({@link plainAttention}).
+ * Attention computed directly on packed codes where the query tensor can be read synchronously (cpu, wasm and native
+ * backends): the two reductions q·K̂ᵀ and p·V̂ run in `@xquant/quant` (`packedKeyScores` / `packedValueMix`, WebAssembly
+ * SIMD or JS, see `setKernelBackend`) over the cache's storage ({@link layerKvViews}); this kernel gathers queries,
+ * adds the float32 window, and applies the causal softmax. Prefill with nothing quantized yet goes through tfjs ops
+ * ({@link plainAttention}).
  */
 export const jsPackedAttentionKernel: AttentionKernel = {
   id: 'js-packed',
@@ -208,66 +117,36 @@ export const jsPackedAttentionKernel: AttentionKernel = {
       );
     }
     const q = queries.dataSync() as Float32Array;
-    const rep = qHeads / H;
+    const { keys, values } = layerKvViews(v);
     const out = new Float32Array(qHeads * nq * D);
-    const total = rep * nq;
-    const simd = simdApplies(v) ? simdKernels() : null;
-    if (simd) {
-      attendSimd4(simd, v, q, qHeads, nq, out);
-      return tf.tensor3d(out, [qHeads, nq, D]);
-    }
+    const tile = Math.max(1, Math.min(nq, Math.floor(SCORE_BUDGET / (qHeads * N))));
     const scale = 1 / Math.sqrt(D);
-    const gs = v.keyGroupSize;
-    const gv = v.valueGroupSize;
-    const tile = Math.min(TILE, total);
-    scratch.Q = grow(scratch.Q, tile * D, (n) => new Float32Array(n));
-    scratch.S = grow(scratch.S, tile * N, (n) => new Float32Array(n));
-    scratch.O = grow(scratch.O, tile * D, (n) => new Float64Array(n));
-    const { Q, S, O } = scratch;
-    // Value scales/zeros of every chunk, decoded once per call (token-major [quantizedValues, H, D/gv]).
-    const Gv = D / gv;
-    scratch.vs = grow(scratch.vs, v.quantizedValues * H * Gv, (n) => new Float32Array(n));
-    scratch.vz = grow(scratch.vz, v.quantizedValues * H * Gv, (n) => new Float32Array(n));
-    const vScale = scratch.vs;
-    const vZero = scratch.vz;
-    for (const c of v.valueChunks) {
-      const n = c.filled * H * Gv;
-      v.decodeMeta(c.scale, 0, n, vScale.subarray(c.start * H * Gv, c.start * H * Gv + n));
-      v.decodeMeta(c.zero, 0, n, vZero.subarray(c.start * H * Gv, c.start * H * Gv + n));
-    }
-    for (let h = 0; h < H; h++) {
-      for (let v0 = 0; v0 < total; v0 += tile) {
-        const M = Math.min(tile, total - v0);
-        // vector j = v0 + m ↔ query head h·rep + (j % rep), query row ⌊j / rep⌋
-        for (let m = 0; m < M; m++) {
-          const j = v0 + m;
-          const qh = h * rep + (j % rep);
-          const row = Math.floor(j / rep);
-          Q.set(q.subarray((qh * nq + row) * D, (qh * nq + row + 1) * D), m * D);
-        }
-        for (const b of v.keyBlocks) {
-          const G = b.tokens / gs;
-          scratch.sc = v.decodeMeta(b.scale, h * D * G, D * G, scratch.sc);
-          scratch.zc = v.decodeMeta(b.zero, h * D * G, D * G, scratch.zc);
-          keyBlockScores(b.packed, h, D, b.tokens, v.keyBits as Bits, gs, scratch.sc, scratch.zc, Q, M, S, N, b.start);
-        }
-        residualScores(v, h, Q, M, S, N);
-        softmaxRows(S, M, N, nq, rep, v0, scale);
-        O.fill(0, 0, M * D);
-        for (const c of v.valueChunks) {
-          if (c.filled === 0) continue;
-          const o = c.start * H * Gv;
-          const n = c.filled * H * Gv;
-          valueChunkMix(c.packed, h, H, D, c.filled, v.valueBits as Bits, gv, vScale.subarray(o, o + n), vZero.subarray(o, o + n), S, M, N, c.start, O);
-        }
-        residualMix(v, h, S, M, N, O);
-        for (let m = 0; m < M; m++) {
-          const j = v0 + m;
-          const qh = h * rep + (j % rep);
-          const row = Math.floor(j / rep);
-          const oo = (qh * nq + row) * D;
-          for (let d = 0; d < D; d++) out[oo + d] = O[m * D + d]!;
-        }
+    for (let row0 = 0; row0 < nq; row0 += tile) {
+      const n = Math.min(tile, nq - row0);
+      const M = qHeads * n; // vector j = query head ⌊j/n⌋, row row0 + j mod n; KV head ⌊j/(n·rep)⌋
+      const perKv = M / H;
+      let Q = q;
+      if (n < nq) {
+        Q = new Float32Array(M * D);
+        for (let h = 0; h < qHeads; h++) Q.set(q.subarray((h * nq + row0) * D, (h * nq + row0 + n) * D), h * n * D);
+      }
+      // grown ahead (decode adds one token per step)
+      if (scratch.S.length < M * N) scratch.S = new Float32Array(M * (N + 1024));
+      if (scratch.O.length < M * D) scratch.O = new Float32Array(M * D);
+      if (scratch.A.length < M * D) scratch.A = new Float64Array(M * D);
+      const S = scratch.S.subarray(0, M * N);
+      const O = scratch.O.subarray(0, M * D);
+      if (keys.length > 0) packedKeyScores(Q, keys, S, N);
+      residualScores(v.residualKeys, v.quantizedKeys, H, D, perKv, Q, M, S, N);
+      const sums = new Float64Array(M);
+      softmaxRows(S, M, N, n, nq, row0, scale, sums);
+      if (values.length > 0) packedValueMix(S, values, O, N);
+      else O.fill(0);
+      residualMix(v.residualValues, v.quantizedValues, H, D, perKv, S, M, N, O, scratch.A);
+      for (let j = 0; j < M; j++) {
+        const o = (Math.floor(j / n) * nq + row0 + (j % n)) * D;
+        const inv = 1 / sums[j]!;
+        for (let d = 0; d < D; d++) out[o + d] = scratch.A[j * D + d]! * inv;
       }
     }
     return tf.tensor3d(out, [qHeads, nq, D]);

@@ -35,7 +35,7 @@ function sleb(n: number, out: number[]): void {
 const OP = {
   block: 0x02, loop: 0x03, if: 0x04, else: 0x05, end: 0x0b, br: 0x0c, br_if: 0x0d, return: 0x0f,
   local_get: 0x20, local_set: 0x21, local_tee: 0x22,
-  i32_load: 0x28, f32_load: 0x2a, i32_load8_u: 0x2d, i32_store: 0x36, f32_store: 0x38, i32_store8: 0x3a,
+  i32_load: 0x28, f32_load: 0x2a, i32_load8_u: 0x2d, i32_load16_u: 0x2f, i32_store: 0x36, f32_store: 0x38, i32_store8: 0x3a,
   i32_const: 0x41,
   i32_eqz: 0x45, i32_eq: 0x46, i32_ne: 0x47, i32_lt_u: 0x49, i32_ge_u: 0x4f, i32_lt_s: 0x48, i32_ge_s: 0x4e,
   i32_add: 0x6a, i32_sub: 0x6b, i32_mul: 0x6c, i32_div_u: 0x6e, i32_rem_u: 0x70, i32_and: 0x71, i32_or: 0x72,
@@ -47,7 +47,8 @@ const OP = {
 const SIMD = {
   v128_load: 0x00, v128_load32_splat: 0x09, v128_store: 0x0b, v128_const: 0x0c, i8x16_shuffle: 0x0d,
   i32x4_splat: 0x11, f32x4_splat: 0x13, f32x4_extract_lane: 0x1f, f32x4_replace_lane: 0x20,
-  v128_and: 0x4e, v128_or: 0x50, i32x4_shl: 0xab, i32x4_shr_u: 0xad,
+  v128_and: 0x4e, v128_or: 0x50, i32x4_extend_low_i16x8_u: 0xa9, i32x4_extend_high_i16x8_u: 0xaa, i32x4_shl: 0xab,
+  i32x4_shr_u: 0xad,
   f32x4_add: 0xe4, f32x4_mul: 0xe6,
 } as const;
 
@@ -99,6 +100,7 @@ export class Fn {
 
   load(offset = 0): this { return this.mem(OP.i32_load, 2, offset); }
   load8(offset = 0): this { return this.mem(OP.i32_load8_u, 0, offset); }
+  load16(offset = 0): this { return this.mem(OP.i32_load16_u, 1, offset); }
   store(offset = 0): this { return this.mem(OP.i32_store, 2, offset); }
   f32load(offset = 0): this { return this.mem(OP.f32_load, 2, offset); }
   f32store(offset = 0): this { return this.mem(OP.f32_store, 2, offset); }
@@ -121,6 +123,8 @@ export class Fn {
   replace(lane: number): this { this.simd(SIMD.f32x4_replace_lane); this.code.push(lane); return this; }
   vand(): this { return this.simd(SIMD.v128_and); }
   vor(): this { return this.simd(SIMD.v128_or); }
+  /** i32x4.extend_low_i16x8_u / extend_high_i16x8_u. */
+  extendU16(high: boolean): this { return this.simd(high ? SIMD.i32x4_extend_high_i16x8_u : SIMD.i32x4_extend_low_i16x8_u); }
   vshl(): this { return this.simd(SIMD.i32x4_shl); }
   vshrU(): this { return this.simd(SIMD.i32x4_shr_u); }
   fadd(): this { return this.simd(SIMD.f32x4_add); }

@@ -1,12 +1,14 @@
 /**
  * Instantiation and JS glue of the generated WebAssembly SIMD kernels. One module (with its own memory) per head
- * dimension, compiled synchronously on first use; inputs are copied into its memory on every call.
+ * dimension, compiled synchronously on first use. Every call stages its segments into the module's memory (codes as
+ * they are, fp16 metadata converted to float32 by a SIMD kernel; consecutive token-major value segments back to back,
+ * so a cache's value chunks are one region) and runs one kernel per key block or value region, KV head and chunk of
+ * 4 query heads.
  * @internal
  */
-import type { PackedKv } from '../../kv.js';
-import type { KernelGeometry } from '../validate.js';
+import type { KernelGeometry, PackedMeta, Segment } from '../view.js';
 import { assemble, type Fn } from './asm.js';
-import { blockElems, genDenseKeys, genDenseValues, genKeys, genValues } from './codegen.js';
+import { VALUE_CHUNK, genDenseKeys, genDenseValues, genHalfToFloat, genKeys, genValues, spanElems } from './codegen.js';
 
 type Kernel = (...args: number[]) => void;
 
@@ -21,15 +23,7 @@ interface WasmApi {
 }
 const WA = (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
 
-interface Instance {
-  memory: WasmMemory;
-  keys1?: Kernel;
-  keys2?: Kernel;
-  values1?: Kernel;
-  values2?: Kernel;
-  denseKeys?: Kernel;
-  denseValues?: Kernel;
-}
+type Instance = { memory: WasmMemory } & Partial<Record<'keys1' | 'keys2' | 'values1' | 'values2' | 'denseKeys' | 'denseValues' | 'f16to32', Kernel>>;
 
 const instances = new Map<number, Instance | null>();
 let simdSupported: boolean | undefined;
@@ -51,16 +45,15 @@ export function wasmSimdSupported(): boolean {
 }
 
 function kernelsFor(D: number): Fn[] {
-  const fns: Fn[] = [genKeys(2, D), genKeys(1, D), genDenseKeys(D)];
+  const fns: Fn[] = [genKeys(2, D), genKeys(1, D), genDenseKeys(D), genHalfToFloat()];
   if (D % 8 === 0) fns.push(genDenseValues(D));
-  if (D % blockElems(2) === 0) fns.push(genValues(2, D));
-  if (D % blockElems(1) === 0) fns.push(genValues(1, D));
+  for (const bits of [2, 1] as const) if (D % spanElems(bits) === 0) fns.push(genValues(bits, D));
   return fns;
 }
 
 function wrap(fns: Fn[], ex: Record<string, unknown>): Instance {
   const inst: Instance = { memory: ex.mem as WasmMemory };
-  for (const f of fns) (inst as unknown as Record<string, Kernel>)[f.name] = ex[f.name] as Kernel;
+  for (const fn of fns) (inst as Record<string, unknown>)[fn.name] = ex[fn.name];
   return inst;
 }
 
@@ -102,21 +95,23 @@ export async function prepareWasm(headDims: readonly number[]): Promise<boolean>
   return ok;
 }
 
-/** Bump allocation of 16-byte-aligned regions in an instance's memory, growing it when needed. */
+/** Bump allocation of 16-byte-aligned regions (with 16 bytes of slack) in an instance's memory, grown when needed. */
 class Arena {
   private top = 64;
-  readonly offsets: number[] = [];
   alloc(bytes: number): number {
     const at = this.top;
-    this.top += Math.ceil(bytes / 16) * 16;
+    this.top += Math.ceil(bytes / 16) * 16 + 16;
     return at;
   }
-  commit(inst: Instance): { f32: Float32Array; u32: Uint32Array } {
+  commit(inst: Instance): { f32: Float32Array; u32: Uint32Array; u16: Uint16Array } {
     const need = this.top - inst.memory.buffer.byteLength;
     if (need > 0) inst.memory.grow(Math.ceil(need / 65536));
-    return { f32: new Float32Array(inst.memory.buffer), u32: new Uint32Array(inst.memory.buffer) };
+    const b = inst.memory.buffer;
+    return { f32: new Float32Array(b), u32: new Uint32Array(b), u16: new Uint16Array(b) };
   }
 }
+
+type Views = ReturnType<Arena['commit']>;
 
 const isPow2 = (n: number) => n > 0 && (n & (n - 1)) === 0;
 
@@ -126,12 +121,11 @@ function copyRow(dst: Float32Array, at: number, src: ArrayLike<number>, from: nu
   else for (let i = 0; i < n; i++) dst[at + i] = src[from + i]!;
 }
 
-/** Whether the packed kernels (keys or values) have a WebAssembly version for this geometry. */
-export function wasmPackedApplies(g: KernelGeometry, axis: 'channel' | 'token'): boolean {
+/** Whether the packed kernels have a WebAssembly version for this geometry (1- or 2-bit codes). */
+export function wasmPackedApplies(g: Pick<KernelGeometry, 'bits' | 'groupSize' | 'headDim'>, axis: 'channel' | 'token'): boolean {
   if (g.bits !== 1 && g.bits !== 2) return false;
-  const fpw = 32 / g.bits;
-  if (!isPow2(g.groupSize) || g.groupSize % fpw !== 0 || g.headDim % 4 !== 0) return false;
-  if (axis === 'token' && g.headDim % blockElems(g.bits) !== 0) return false;
+  if (!isPow2(g.groupSize) || g.groupSize % (32 / g.bits) !== 0 || g.headDim % 4 !== 0) return false;
+  if (axis === 'token' && g.headDim % spanElems(g.bits) !== 0) return false;
   return instanceFor(g.headDim) !== null;
 }
 
@@ -141,135 +135,223 @@ export function wasmDenseApplies(D: number, axis: 'channel' | 'token'): boolean 
   return instanceFor(D) !== null;
 }
 
-/** Packed key scores through the WebAssembly kernel (see `genKeys`). */
-export function wasmKeyScores(q: ArrayLike<number>, keys: PackedKv, g: KernelGeometry, res: Float32Array): void {
-  const { kvHeads, tokens: T, headDim: D, groupSize: gs, rep } = g;
-  const bits = g.bits as 1 | 2;
-  const inst = instanceFor(D)!;
-  const fpw = 32 / bits;
-  const W = T / fpw;
-  const W4 = Math.ceil(W / 4) * 4;
-  const G = T / gs;
-  const SPAN = blockElems(bits);
-  const ncb = D / (bits === 2 ? 2 : 4);
-  const npg = gs < SPAN ? SPAN / gs : 1;
-  const ar = new Arena();
-  const codes = ar.alloc(kvHeads * D * W4 * 4);
-  const scale = ar.alloc(kvHeads * D * G * 4);
-  const zero = ar.alloc(kvHeads * D * G * 4);
-  const q4 = ar.alloc(D * 16);
-  const out = ar.alloc(4 * T * 4);
-  const offs = ar.alloc(ncb * SPAN);
-  const tabs = ar.alloc(npg * ncb * 256);
-  const bias = ar.alloc(npg * 16);
-  const { f32, u32 } = ar.commit(inst);
-  if (W4 === W) u32.set(keys.packed, codes / 4);
-  else for (let r = 0; r < kvHeads * D; r++) u32.set(keys.packed.subarray(r * W, (r + 1) * W), codes / 4 + r * W4);
-  f32.set(keys.scale, scale / 4);
-  f32.set(keys.zero, zero / 4);
-  const fn = (bits === 2 ? inst.keys2 : inst.keys1)!;
-  const gsh = Math.log2(gs);
-  for (let kv = 0; kv < kvHeads; kv++) {
-    for (let h0 = 0; h0 < rep; h0 += 4) {
-      const nh = Math.min(4, rep - h0);
-      const qb = (kv * rep + h0) * D;
-      for (let d = 0, o = q4 / 4; d < D; d++, o += 4) {
-        for (let l = 0; l < 4; l++) f32[o + l] = l < nh ? q[qb + l * D + d]! : 0;
-      }
-      fn(codes + kv * D * W4 * 4, W4 * 4, T, scale + kv * D * G * 4, zero + kv * D * G * 4, G, gsh,
-        gs < SPAN ? gsh : 31, q4, out, offs, tabs, bias, Math.max(gs, SPAN) - 1, npg);
-      for (let l = 0; l < nh; l++) res.set(f32.subarray(out / 4 + l * T, out / 4 + (l + 1) * T), (kv * rep + h0 + l) * T);
-    }
+/** Staged metadata: scale and zero as float32 at these byte offsets. */
+interface StagedMeta { scale: number; zero: number; u16?: [number, number]; n: number }
+
+function allocMeta(ar: Arena, n: number, f16: boolean): StagedMeta {
+  const n8 = Math.ceil(n / 8) * 8;
+  const m: StagedMeta = { scale: ar.alloc(n8 * 4), zero: ar.alloc(n8 * 4), n };
+  if (f16) m.u16 = [ar.alloc(n8 * 2), ar.alloc(n8 * 2)];
+  return m;
+}
+
+/** Copies the first `n` groups of `seg`'s scale/zero to group `at` of the staged metadata. */
+function stageMeta(v: Views, m: StagedMeta, seg: Segment, n: number, at: number): void {
+  const { scale, zero } = seg.view;
+  const head = <A extends PackedMeta>(x: A): A => (x.length === n ? x : (x.subarray(0, n) as A));
+  if (m.u16) {
+    v.u16.set(head(scale as Uint16Array), m.u16[0] / 2 + at);
+    v.u16.set(head(zero as Uint16Array), m.u16[1] / 2 + at);
+  } else {
+    v.f32.set(head(scale as Float32Array), m.scale / 4 + at);
+    v.f32.set(head(zero as Float32Array), m.zero / 4 + at);
   }
 }
 
-/** Packed value mix through the WebAssembly kernel (see `genValues`). */
-export function wasmValueMix(p: ArrayLike<number>, values: PackedKv, g: KernelGeometry, res: Float32Array): void {
-  const { kvHeads, tokens: T, headDim: D, groupSize: gs, rep } = g;
+/** Converts staged fp16 metadata to float32 (in the module). */
+function finishMeta(inst: Instance, m: StagedMeta): void {
+  if (!m.u16) return;
+  const n8 = Math.ceil(m.n / 8);
+  inst.f16to32!(m.u16[0], m.scale, n8);
+  inst.f16to32!(m.u16[1], m.zero, n8);
+}
+
+/** A staged kernel call: runs the kernels on the staged K/V (activations in, results out). */
+export type StagedRun = () => void;
+
+/** A module instance of its own (not shared with the calls of the kernels), e.g. to keep staged data resident. */
+export function privateInstance(D: number): Instance | null {
+  if (!instanceFor(D)) return null;
+  const fns = kernelsFor(D);
+  return wrap(fns, new WA!.Instance(new WA!.Module(assemble(fns, 1))).exports);
+}
+
+/** Staged keys: consecutive segments of whole blocks of the same size back to back (a cache's blocks: one region). */
+interface KeyRegion { first: number; tokens: number; seg: Segment; full: boolean; codes: number; meta: StagedMeta; segs: Segment[] }
+
+/** Stages packed keys; the run is one kernel call per staged region, KV head and chunk of 4 query heads. */
+export function stageKeyScores(inst: Instance, q: ArrayLike<number>, g: KernelGeometry, res: Float32Array): StagedRun {
+  const { kvHeads: H, headDim: D, groupSize: gs, rep, stride, tokens: N } = g;
   const bits = g.bits as 1 | 2;
-  const inst = instanceFor(D)!;
-  const fpw = 32 / bits;
-  const Wd = D / fpw;
-  const G = D / gs;
-  const Tpad = Math.ceil(T / 64) * 64;
-  const NP = bits === 2 ? 32 : 16;
+  const SPAN = spanElems(bits);
+  const npg = gs < SPAN ? SPAN / gs : 1;
+  const regions: KeyRegion[] = [];
+  for (const s of g.segments) {
+    const last = regions[regions.length - 1];
+    if (last && last.full && last.seg.kblk === s.kblk && last.seg.f16 === s.f16) last.segs.push(s);
+    else regions.push({ first: s.offset, tokens: 0, seg: s, full: false, codes: 0, meta: { scale: 0, zero: 0, n: 0 }, segs: [s] });
+    const r = regions[regions.length - 1]!;
+    r.tokens += s.tokens;
+    r.full = s.tokens === (s.view.capacity ?? s.tokens) && s.tokens % s.kblk === 0;
+  }
   const ar = new Arena();
-  const codes = ar.alloc(Tpad * Wd * 4);
-  const scale = ar.alloc(Tpad * G * 4);
-  const zero = ar.alloc(Tpad * G * 4);
+  for (const r of regions) {
+    const words = r.segs.reduce((n, s) => n + s.view.packed.length, 0);
+    r.codes = ar.alloc(words * 4);
+    r.meta = allocMeta(ar, r.segs.reduce((n, s) => n + s.view.scale.length, 0), r.seg.f16);
+  }
+  const q4 = ar.alloc(D * 16);
+  const out = ar.alloc(4 * N * 4);
+  const offs = ar.alloc((D / 4) * 128);
+  const tabs = ar.alloc(npg * (D / 4) * 256);
+  const bias = ar.alloc(npg * 16);
+  const v = ar.commit(inst);
+  for (const r of regions) {
+    let w = 0, m = 0;
+    for (const s of r.segs) {
+      v.u32.set(s.view.packed, r.codes / 4 + w);
+      stageMeta(v, r.meta, s, s.view.scale.length, m);
+      w += s.view.packed.length;
+      m += s.view.scale.length;
+    }
+    finishMeta(inst, r.meta);
+  }
+  const fn = (bits === 2 ? inst.keys2 : inst.keys1)!;
+  const gsh = Math.log2(gs);
+  return () => {
+    for (let kv = 0; kv < H; kv++) {
+      for (let h0 = 0; h0 < rep; h0 += 4) {
+        const nh = Math.min(4, rep - h0);
+        const qb = (kv * rep + h0) * D;
+        for (let d = 0, o = q4 / 4; d < D; d++, o += 4) {
+          for (let l = 0; l < 4; l++) v.f32[o + l] = l < nh ? q[qb + l * D + d]! : 0;
+        }
+        for (const { seg: s, codes, meta, tokens, first } of regions) {
+          const mo = kv * D * s.kgs * 4;
+          fn(codes + kv * D * s.kws * 4, s.kws * 4, tokens, s.kblk, s.kbw * 4, s.kbm * 4, meta.scale + mo, meta.zero + mo, s.kgs, gsh,
+            gs < SPAN ? gsh : 31, q4, out + first * 4, N * 4, offs, tabs, bias, Math.max(gs, SPAN) - 1, npg);
+        }
+        for (let l = 0; l < nh; l++) res.set(v.f32.subarray(out / 4 + l * N, out / 4 + (l + 1) * N), (kv * rep + h0 + l) * stride);
+      }
+    }
+  };
+}
+
+/** A staged value region: consecutive token-major segments back to back, or one head-major segment. */
+interface ValueRegion { first: number; tokens: number; tokenMajor: boolean; codes: number; meta: StagedMeta; segs: Segment[] }
+
+/** Stages packed values; the run is one kernel call per staged region, KV head and chunk of 4 query heads. */
+export function stageValueMix(inst: Instance, p: ArrayLike<number>, g: KernelGeometry, res: Float32Array): StagedRun {
+  const { kvHeads: H, headDim: D, groupSize: gs, rep, stride } = g;
+  const bits = g.bits as 1 | 2;
+  const Wd = (D * bits) / 32;
+  const G = D / gs;
+  const ar = new Arena();
+  const regions: ValueRegion[] = [];
+  for (const s of g.segments) {
+    const last = regions[regions.length - 1];
+    const tm = !!s.view.tokenMajor;
+    if (last && tm && last.tokenMajor && last.segs[0]!.f16 === s.f16) {
+      last.segs.push(s);
+      last.tokens += s.tokens;
+    } else regions.push({ first: s.offset, tokens: s.tokens, tokenMajor: tm, codes: 0, meta: { scale: 0, zero: 0, n: 0 }, segs: [s] });
+  }
+  let maxT = 0;
+  for (const r of regions) {
+    // room for the rows read past the last token (up to a multiple of VALUE_CHUNK; read with weight 0)
+    const rows = r.tokenMajor ? (r.tokens + VALUE_CHUNK) * H : H * (r.segs[0]!.view.capacity ?? r.tokens) + VALUE_CHUNK;
+    r.codes = ar.alloc(rows * Wd * 4);
+    r.meta = allocMeta(ar, rows * G, r.segs[0]!.f16);
+    maxT = Math.max(maxT, r.tokens);
+  }
+  const Tpad = Math.ceil(maxT / VALUE_CHUNK) * VALUE_CHUNK;
   const pr = ar.alloc(4 * Tpad * 4);
   const out = ar.alloc(4 * D * 4);
-  const offs = ar.alloc(NP * D);
+  const NP = VALUE_CHUNK / 4;
+  const offs = ar.alloc(NP * D * (bits === 2 ? 2 : 1));
   const tabs = ar.alloc(G * NP * 256);
   const acc = ar.alloc(D * 16);
   const bias = ar.alloc(G * 16);
-  const { f32, u32 } = ar.commit(inst);
+  const v = ar.commit(inst);
+  for (const r of regions) {
+    let row = 0;
+    for (const s of r.segs) {
+      const rows = r.tokenMajor ? s.tokens * H : s.view.packed.length / Wd;
+      v.u32.set(rows * Wd === s.view.packed.length ? s.view.packed : s.view.packed.subarray(0, rows * Wd), r.codes / 4 + row * Wd);
+      stageMeta(v, r.meta, s, rows * G, row * G);
+      row += rows;
+    }
+    finishMeta(inst, r.meta);
+  }
   const fn = (bits === 2 ? inst.values2 : inst.values1)!;
-  for (let kv = 0; kv < kvHeads; kv++) {
-    u32.set(values.packed.subarray(kv * T * Wd, (kv + 1) * T * Wd), codes / 4);
-    f32.set(values.scale.subarray(kv * T * G, (kv + 1) * T * G), scale / 4);
-    f32.set(values.zero.subarray(kv * T * G, (kv + 1) * T * G), zero / 4);
-    f32.fill(0, scale / 4 + T * G, scale / 4 + Tpad * G);
-    f32.fill(0, zero / 4 + T * G, zero / 4 + Tpad * G);
-    for (let h0 = 0; h0 < rep; h0 += 4) {
-      const nh = Math.min(4, rep - h0);
-      for (let l = 0; l < 4; l++) {
-        const row = pr / 4 + l * Tpad;
-        if (l < nh) {
-          copyRow(f32, row, p, (kv * rep + h0 + l) * T, T);
-          f32.fill(0, row + T, row + Tpad);
-        } else f32.fill(0, row, row + Tpad);
+  const gsh = Math.log2(gs);
+  return () => {
+    res.fill(0, 0, g.qHeads * D);
+    for (const r of regions) {
+      const s0 = r.segs[0]!;
+      const [hs, ts] = r.tokenMajor ? [1, H] : [s0.vhs, s0.vts];
+      for (let kv = 0; kv < H; kv++) {
+        for (let h0 = 0; h0 < rep; h0 += 4) {
+          const nh = Math.min(4, rep - h0);
+          for (let l = 0; l < 4; l++) {
+            const row = pr / 4 + l * Tpad;
+            if (l < nh) copyRow(v.f32, row, p, (kv * rep + h0 + l) * stride + r.first, r.tokens);
+            else v.f32.fill(0, row, row + r.tokens);
+          }
+          fn(r.codes + kv * hs * Wd * 4, ts * Wd * 4, r.tokens, r.meta.scale + kv * hs * G * 4, r.meta.zero + kv * hs * G * 4,
+            ts * G * 4, G, gsh, pr, Tpad * 4, out, offs, tabs, acc, bias);
+          for (let l = 0; l < nh; l++) {
+            const o = (kv * rep + h0 + l) * D;
+            for (let d = 0; d < D; d++) res[o + d] = res[o + d]! + v.f32[out / 4 + l * D + d]!;
+          }
+        }
       }
-      fn(codes, Wd * 4, Tpad, scale, zero, G, Math.log2(gs), pr, out, offs, tabs, acc, bias);
-      for (let l = 0; l < nh; l++) res.set(f32.subarray(out / 4 + l * D, out / 4 + (l + 1) * D), (kv * rep + h0 + l) * D);
     }
-  }
+  };
 }
 
-/** Dense key scores through the WebAssembly kernel (keys copied into its memory, one KV head at a time). */
-export function wasmDenseKeyScores(q: ArrayLike<number>, K: ArrayLike<number>, kvHeads: number, D: number, T: number, rep: number, res: Float32Array): void {
-  const inst = instanceFor(D)!;
+/**
+ * Stages dense float32 K or V (`[kvHeads, T, D]`, `axis` 'channel' for keys); the run is one kernel call per KV head and
+ * chunk of 4 query heads over `a` (`q` `[qHeads, D]` or `p` `[qHeads, T]`).
+ */
+export function stageDense(inst: Instance, axis: 'channel' | 'token', a: ArrayLike<number>, X: ArrayLike<number>, kvHeads: number, D: number, T: number, rep: number, res: Float32Array): StagedRun {
+  const keys = axis === 'channel';
+  const per = keys ? D : T;
   const ar = new Arena();
-  const k = ar.alloc(T * D * 4);
-  const qr = ar.alloc(4 * D * 4);
-  const out = ar.alloc(4 * T * 4);
+  const x = ar.alloc(kvHeads * T * D * 4);
+  const act = ar.alloc(4 * per * 4);
+  const out = ar.alloc(4 * (keys ? T : D) * 4);
   const { f32 } = ar.commit(inst);
-  const src = K instanceof Float32Array ? K : Float32Array.from(K);
-  for (let kv = 0; kv < kvHeads; kv++) {
-    f32.set(src.subarray(kv * T * D, (kv + 1) * T * D), k / 4);
-    for (let h0 = 0; h0 < rep; h0 += 4) {
-      const nh = Math.min(4, rep - h0);
-      for (let l = 0; l < 4; l++) {
-        const row = qr / 4 + l * D;
-        if (l < nh) copyRow(f32, row, q, (kv * rep + h0 + l) * D, D);
-        else f32.fill(0, row, row + D);
+  f32.set(X instanceof Float32Array ? X : Float32Array.from(X), x / 4);
+  const fn = (keys ? inst.denseKeys : inst.denseValues)!;
+  const n = keys ? T : D;
+  return () => {
+    for (let kv = 0; kv < kvHeads; kv++) {
+      for (let h0 = 0; h0 < rep; h0 += 4) {
+        const nh = Math.min(4, rep - h0);
+        for (let l = 0; l < 4; l++) {
+          const row = act / 4 + l * per;
+          if (l < nh) copyRow(f32, row, a, (kv * rep + h0 + l) * per, per);
+          else f32.fill(0, row, row + per);
+        }
+        fn(x + kv * T * D * 4, T, act, out);
+        for (let l = 0; l < nh; l++) res.set(f32.subarray(out / 4 + l * n, out / 4 + (l + 1) * n), (kv * rep + h0 + l) * n);
       }
-      inst.denseKeys!(k, T, qr, out);
-      for (let l = 0; l < nh; l++) res.set(f32.subarray(out / 4 + l * T, out / 4 + (l + 1) * T), (kv * rep + h0 + l) * T);
     }
-  }
+  };
 }
 
-/** Dense value mix through the WebAssembly kernel (values copied into its memory, one KV head at a time). */
-export function wasmDenseValueMix(p: ArrayLike<number>, Vals: ArrayLike<number>, kvHeads: number, D: number, T: number, rep: number, res: Float32Array): void {
-  const inst = instanceFor(D)!;
-  const ar = new Arena();
-  const v = ar.alloc(T * D * 4);
-  const pr = ar.alloc(4 * T * 4);
-  const out = ar.alloc(4 * D * 4);
-  const { f32 } = ar.commit(inst);
-  const src = Vals instanceof Float32Array ? Vals : Float32Array.from(Vals);
-  for (let kv = 0; kv < kvHeads; kv++) {
-    f32.set(src.subarray(kv * T * D, (kv + 1) * T * D), v / 4);
-    for (let h0 = 0; h0 < rep; h0 += 4) {
-      const nh = Math.min(4, rep - h0);
-      for (let l = 0; l < 4; l++) {
-        const row = pr / 4 + l * T;
-        if (l < nh) copyRow(f32, row, p, (kv * rep + h0 + l) * T, T);
-        else f32.fill(0, row, row + T);
-      }
-      inst.denseValues!(v, T, pr, out);
-      for (let l = 0; l < nh; l++) res.set(f32.subarray(out / 4 + l * D, out / 4 + (l + 1) * D), (kv * rep + h0 + l) * D);
-    }
-  }
+/** Packed key scores through the WebAssembly kernels. */
+export function wasmKeyScores(q: ArrayLike<number>, g: KernelGeometry, res: Float32Array): void {
+  stageKeyScores(instanceFor(g.headDim)!, q, g, res)();
+}
+
+/** Packed value mix through the WebAssembly kernels. */
+export function wasmValueMix(p: ArrayLike<number>, g: KernelGeometry, res: Float32Array): void {
+  stageValueMix(instanceFor(g.headDim)!, p, g, res)();
+}
+
+/** Dense key scores (axis 'channel') or value mix ('token') through the WebAssembly kernels. */
+export function wasmDense(axis: 'channel' | 'token', a: ArrayLike<number>, X: ArrayLike<number>, kvHeads: number, D: number, T: number, rep: number, res: Float32Array): void {
+  stageDense(instanceFor(D)!, axis, a, X, kvHeads, D, T, rep, res)();
 }
