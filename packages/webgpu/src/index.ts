@@ -10,3 +10,4 @@ export * from './layout.js';
 export * from './raw.js';
 export * from './node.js';
 export { CHUNK_TOKENS } from './wgsl.js';
+export * from './device/cache.js';

@@ -1,0 +1,335 @@
+/**
+ * WGSL of the device-resident decode attention: one query position, GQA, split-K (flash-decoding) chunks of
+ * `16 · workgroup` tokens per workgroup, then a merge pass. One workgroup serves every query head of its KV head
+ * (or `headsPerGroup` of them), so each packed word is loaded and unpacked once for all of them.
+ *
+ * Storage read here (all written by the device cache, see `device/cache.ts`):
+ * - packed keys `kc`: u32 words `[kvHeads][capacity·bits/32][headDim]` (one word = 32/bits tokens of one channel,
+ *   channel-fastest so four channels are one `vec4<u32>`), key meta `km`: `[kvHeads][capacity/groupSize][headDim]`
+ *   u32 = f16 scale | f16 zero << 16;
+ * - packed values `vc`: `[kvHeads][capacity][headDim·bits/32]` words, value meta `vm`: `[kvHeads][capacity][headDim/groupSize]`;
+ * - dense (fp16) keys or values: `[kvHeads][capacity][headDim/2]` u32 pairs;
+ * - full-precision residual rings `rk`/`rv`: float32 `[kvHeads][ring][headDim]`, token t at slot `t mod ring`.
+ *
+ * Decoding: 16 codes of one channel (keys) or one token (values) come out of one half-word (1 bit), word (2 bits)
+ * or word pair (4 bits) as `code·2^pos` with one AND/OR and one subtraction:
+ * `bitcast<f32>((half & (m << pos)) | 0x4B000000) − 2^23`; the constant factor `2^pos` of each accumulator is removed once.
+ * @internal
+ */
+import type { GpuBits } from '../layout.js';
+
+/** Where the keys or values of a layer live. @internal */
+export type DeviceOperand = { kind: 'packed'; bits: GpuBits; groupSize: number } | { kind: 'dense' };
+
+/** Compile-time description of one decode-attention kernel. @internal */
+export interface DecodeSpec {
+  headDim: number;
+  /** Query heads per KV head. */
+  rep: number;
+  /** Query heads one workgroup serves (≤ rep); the grid's z dimension covers the rest. */
+  headsPerGroup: number;
+  keys: DeviceOperand;
+  values: DeviceOperand;
+  /** Keys at positions ≥ tk and values at positions ≥ tv are read from float32 rings (quantized layers). */
+  residual: boolean;
+  /** Threads per workgroup (power of two, 32…256); a chunk is 16 · workgroup tokens. */
+  workgroup: number;
+  /** Key channel quads whose loads are issued together. */
+  unroll: number;
+}
+
+/** Fields of the step uniform shared by every device-cache kernel (u32 unless noted). @internal */
+export const STEP_FIELDS = [
+  'n', // tokens attended (after the append of this position)
+  'tk', // positions < tk: packed keys
+  'tv', // positions < tv: packed values
+  'nc', // chunks
+  'pos', // position being appended
+  'kflush', // first position of the key block to quantize this step (NONE: none)
+  'vquant', // position of the value to quantize this step (NONE: none)
+  'kring', // slots of the residual key ring
+  'vring', // slots of the residual value ring
+  'cap', // token capacity
+  'seed', // synthetic fill seed
+  'fill', // synthetic fill: positions to fill
+  'scale', // f32 softmax scale
+] as const;
+/** Value of `kflush` / `vquant` when nothing is due. @internal */
+export const NONE = 0xffffffff;
+
+/** The WGSL struct of {@link STEP_FIELDS}. @internal */
+export function stepStruct(): string {
+  const f = STEP_FIELDS.map((k) => `${k}: ${k === 'scale' ? 'f32' : 'u32'}`);
+  while (f.length % 4) f.push(`pad${f.length}: u32`);
+  return `struct Step { ${f.join(', ')} };`;
+}
+
+/** Bytes of the step uniform. @internal */
+export const STEP_BYTES = Math.ceil(STEP_FIELDS.length / 4) * 16;
+
+/** Tokens per chunk of a spec. @internal */
+export function chunkTokens(spec: Pick<DecodeSpec, 'workgroup'>): number {
+  return 16 * spec.workgroup;
+}
+
+/** Bytes of workgroup memory a decode kernel declares. @internal */
+export function decodeSharedBytes(spec: Pick<DecodeSpec, 'workgroup' | 'headsPerGroup' | 'headDim'>): number {
+  const hg = spec.headsPerGroup;
+  return 4 * (hg * spec.headDim + hg * chunkTokens(spec) + hg * spec.workgroup);
+}
+
+const f = (x: number): string => {
+  const s = String(x);
+  return s.includes('.') || s.includes('e') ? s : `${s}.0`;
+};
+
+/** Bit positions (within a 16-bit half) of the 16 codes of a slot. */
+function positions(bits: GpuBits): number[] {
+  const perHalf = 16 / bits;
+  return Array.from({ length: 16 }, (_, j) => (j % perHalf) * bits);
+}
+
+/**
+ * Lines decoding the 16 codes of a slot held in `halves` (u32 expressions whose low 16 bits hold 16/bits codes each)
+ * into f32 values `${tag}_j` = code_j · 2^pos_j.
+ */
+function decode16(bits: GpuBits, halves: string[], tag: string): string[] {
+  const m = (1 << bits) - 1;
+  const perHalf = 16 / bits;
+  const out: string[] = [];
+  for (let j = 0; j < 16; j++) {
+    const half = halves[Math.floor(j / perHalf)]!;
+    const p = (j % perHalf) * bits;
+    out.push(`let ${tag}_${j} = bitcast<f32>((${half} & ${(m << p) >>> 0}u) | 0x4B000000u) - 8388608.0;`);
+  }
+  return out;
+}
+
+/** The 16-bit halves of a slot, from word expressions: 1 bit → one half (pre-shifted), 2 → both halves of one word, 4 → two words. */
+function halvesOf(bits: GpuBits, words: string[], shift?: string): string[] {
+  if (bits === 1) return [`(${words[0]} >> ${shift})`];
+  return words.flatMap((w) => [w, `(${w} >> 16u)`]);
+}
+
+/** Main chunk kernel of a {@link DecodeSpec}. @internal */
+export function decodeKernelSource(s: DecodeSpec): string {
+  const D = s.headDim;
+  const HG = s.headsPerGroup;
+  const WG = s.workgroup;
+  const C = chunkTokens(s);
+  const Q4 = D / 4;
+  const L: string[] = [];
+  const push = (...l: string[]) => L.push(...l);
+  const kp = s.keys.kind === 'packed' ? s.keys : null;
+  const vp = s.values.kind === 'packed' ? s.values : null;
+  push(stepStruct());
+  push('@group(0) @binding(0) var<storage, read> qv: array<vec4<f32>>;');
+  push(`@group(0) @binding(1) var<storage, read> kc: array<vec4<u32>>;`);
+  push('@group(0) @binding(2) var<storage, read> km: array<vec4<u32>>;');
+  push(`@group(0) @binding(3) var<storage, read> vc: array<${vp ? 'u32' : 'vec4<u32>'}>;`);
+  push('@group(0) @binding(4) var<storage, read> vm: array<u32>;');
+  push('@group(0) @binding(5) var<storage, read> rk: array<vec4<f32>>;');
+  push('@group(0) @binding(6) var<storage, read> rv: array<vec4<f32>>;');
+  push('@group(0) @binding(7) var<storage, read_write> parts: array<f32>;');
+  push('@group(0) @binding(8) var<uniform> S: Step;');
+  push(`var<workgroup> qs: array<vec4<f32>, ${HG * Q4}>;`);
+  push(`var<workgroup> sc: array<f32, ${HG * C}>;`);
+  push(`var<workgroup> red: array<f32, ${HG * WG}>;`);
+  push(`@compute @workgroup_size(${WG})`);
+  push('fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {');
+  push('let chunk = wid.x;', 'let kv = wid.y;', `let h0 = kv * ${s.rep}u + wid.z * ${HG}u;`, `let c0 = chunk * ${C}u;`);
+  // queries of the group into workgroup memory (heads past rep repeat the last one; their results are not written)
+  push(
+    `for (var e = lid; e < ${HG * Q4}u; e = e + ${WG}u) {`,
+    `  let i = min(e / ${Q4}u + wid.z * ${HG}u, ${s.rep - 1}u);`,
+    `  qs[e] = qv[(kv * ${s.rep}u + i) * ${Q4}u + e % ${Q4}u];`,
+    '}',
+    'workgroupBarrier();',
+  );
+  for (let i = 0; i < HG; i++) push(`var lm${i} = -3.0e38;`);
+  // ---- scores -------------------------------------------------------------------------------------------------
+  if (kp) {
+    const pos = positions(kp.bits);
+    push('let t0 = c0 + lid * 16u;');
+    push(`if (t0 < S.tk) {`);
+    for (let i = 0; i < HG; i++) {
+      push(`var b${i} = 0.0;`);
+      for (let j = 0; j < 16; j++) push(`var a${i}_${j} = 0.0;`);
+    }
+    const slot = '(t0 >> 4u)';
+    // word rows (along tokens) of this slot
+    const words = kp.bits === 4 ? [`(${slot}) * 2u`, `(${slot}) * 2u + 1u`] : kp.bits === 2 ? [slot] : [`((${slot}) >> 1u)`];
+    words.forEach((w, k) => push(`let kw${k} = (kv * (S.cap / ${32 / kp.bits}u) + ${w}) * ${Q4}u;`));
+    if (kp.bits === 1) push('let ksh = (t0 & 16u);');
+    push(`let kg = (kv * (S.cap / ${kp.groupSize}u) + t0 / ${kp.groupSize}u) * ${Q4}u;`);
+    const U = Math.min(s.unroll, Q4);
+    push(`for (var qd = 0u; qd < ${Q4}u; qd = qd + ${U}u) {`);
+    for (let u = 0; u < U; u++) {
+      words.forEach((_, k) => push(`let w${u}_${k} = kc[kw${k} + qd + ${u}u];`));
+      push(`let m${u} = km[kg + qd + ${u}u];`);
+    }
+    for (let u = 0; u < U; u++) {
+      for (let e = 0; e < 4; e++) {
+        const comp = 'xyzw'[e]!;
+        push(`let sz${u}_${e} = unpack2x16float(m${u}.${comp});`);
+        const halves = halvesOf(kp.bits, words.map((_, k) => `w${u}_${k}.${comp}`), 'ksh');
+        push(...decode16(kp.bits, halves, `k${u}_${e}`));
+        for (let i = 0; i < HG; i++) {
+          push(`let q${u}_${e}_${i} = qs[${i * Q4}u + qd + ${u}u].${comp};`);
+          push(`let c${u}_${e}_${i} = q${u}_${e}_${i} * sz${u}_${e}.x;`, `b${i} = fma(q${u}_${e}_${i}, sz${u}_${e}.y, b${i});`);
+          for (let j = 0; j < 16; j++) push(`a${i}_${j} = fma(c${u}_${e}_${i}, k${u}_${e}_${j}, a${i}_${j});`);
+        }
+      }
+    }
+    push('}');
+    for (let i = 0; i < HG; i++) {
+      for (let j = 0; j < 16; j++) {
+        push(`{ let v = (a${i}_${j} * ${f(2 ** -pos[j]!)} + b${i}) * S.scale; sc[${i * C}u + lid * 16u + ${j}u] = v; lm${i} = max(lm${i}, v); }`);
+      }
+    }
+    // full-precision keys of the ring (and positions past n), one token at a time
+    push('} else {', 'for (var j = 0u; j < 16u; j = j + 1u) {', 'let t = t0 + j;');
+    for (let i = 0; i < HG; i++) push(`var r${i} = -3.0e38;`);
+    if (s.residual) {
+      push('if (t < S.n) {', `let rb = (kv * S.kring + t % S.kring) * ${Q4}u;`);
+      for (let i = 0; i < HG; i++) push(`r${i} = 0.0;`);
+      push(`for (var qd = 0u; qd < ${Q4}u; qd = qd + 1u) {`, 'let x = rk[rb + qd];');
+      for (let i = 0; i < HG; i++) push(`r${i} = r${i} + dot(qs[${i * Q4}u + qd], x);`);
+      push('}');
+      for (let i = 0; i < HG; i++) push(`r${i} = r${i} * S.scale;`);
+      push('}');
+    }
+    for (let i = 0; i < HG; i++) push(`sc[${i * C}u + lid * 16u + j] = r${i};`, `lm${i} = max(lm${i}, r${i});`);
+    push('}', '}');
+  } else {
+    // dense fp16 keys: token c0 + j·WG + lid, one row of D/8 vec4<u32> per token
+    const O = D / 8;
+    push('for (var j = 0u; j < 16u; j = j + 1u) {', `let t = c0 + j * ${WG}u + lid;`);
+    for (let i = 0; i < HG; i++) push(`var r${i} = -3.0e38;`);
+    push('if (t < S.n) {', `let rb = (kv * S.cap + t) * ${O}u;`);
+    for (let i = 0; i < HG; i++) push(`r${i} = 0.0;`);
+    push(`for (var o = 0u; o < ${O}u; o = o + 1u) {`, 'let w = kc[rb + o];');
+    push('let x0 = vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));', 'let x1 = vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w));');
+    for (let i = 0; i < HG; i++) push(`r${i} = r${i} + dot(qs[${i * Q4}u + 2u * o], x0) + dot(qs[${i * Q4}u + 2u * o + 1u], x1);`);
+    push('}');
+    for (let i = 0; i < HG; i++) push(`r${i} = r${i} * S.scale;`);
+    push('}');
+    for (let i = 0; i < HG; i++) push(`sc[${i * C}u + j * ${WG}u + lid] = r${i};`, `lm${i} = max(lm${i}, r${i});`);
+    push('}');
+  }
+  // index (within the chunk) of score j of this thread
+  const tl = (j: number) => (kp ? `lid * 16u + ${j}u` : `${j * WG}u + lid`);
+  // ---- chunk softmax: scores to workgroup memory, max and sums over the chunk (few barriers, little live state) ----
+  for (let i = 0; i < HG; i++) push(`red[${i * WG}u + lid] = lm${i};`);
+  push('workgroupBarrier();');
+  for (let i = 0; i < HG; i++) {
+    push(`var mx${i} = red[${i * WG}u];`, `for (var r = 1u; r < ${WG}u; r = r + 1u) { mx${i} = max(mx${i}, red[${i * WG}u + r]); }`);
+  }
+  push('workgroupBarrier();');
+  for (let i = 0; i < HG; i++) {
+    push(`var ls${i} = 0.0;`);
+    for (let j = 0; j < 16; j++) push(`{ let e = exp(sc[${i * C}u + ${tl(j)}] - mx${i}); sc[${i * C}u + ${tl(j)}] = e; ls${i} = ls${i} + e; }`);
+    push(`red[${i * WG}u + lid] = ls${i};`);
+  }
+  push('workgroupBarrier();');
+  // ---- values -------------------------------------------------------------------------------------------------
+  const SLOT = vp ? 16 : 8; // channels per thread
+  const CSV = D / SLOT;
+  const TLN = WG / CSV;
+  const ITER = C / TLN;
+  push(`let cs = lid % ${CSV}u;`, `let tg = lid / ${CSV}u;`);
+  for (let i = 0; i < HG; i++) {
+    if (vp) push(`var vb${i} = 0.0;`);
+    for (let j = 0; j < SLOT; j++) push(`var v${i}_${j} = 0.0;`);
+  }
+  if (vp) {
+    const pos = positions(vp.bits);
+    const WV = (D * vp.bits) / 32;
+    const GV = D / vp.groupSize;
+    const words = vp.bits === 4 ? ['(cs * 2u)', '(cs * 2u + 1u)'] : vp.bits === 2 ? ['cs'] : ['(cs >> 1u)'];
+    if (vp.bits === 1) push('let vsh = (cs & 1u) * 16u;');
+    push(`let vg = (cs * 16u) / ${vp.groupSize}u;`);
+    push(`for (var it = 0u; it < ${ITER}u; it = it + 1u) {`, `let tl = tg + it * ${TLN}u;`, 'let t = c0 + tl;');
+    for (let i = 0; i < HG; i++) push(`let p${i} = sc[${i * C}u + tl];`);
+    push('if (t < S.tv) {', `let row = kv * S.cap + t;`);
+    words.forEach((w, k) => push(`let x${k} = vc[row * ${WV}u + ${w}];`));
+    push(`let nz = unpack2x16float(vm[row * ${GV}u + vg]);`);
+    push(...decode16(vp.bits, halvesOf(vp.bits, words.map((_, k) => `x${k}`), 'vsh'), 'd'));
+    for (let i = 0; i < HG; i++) {
+      push(`let w${i} = p${i} * nz.x;`, `vb${i} = fma(p${i}, nz.y, vb${i});`);
+      for (let j = 0; j < 16; j++) push(`v${i}_${j} = fma(w${i}, d_${j}, v${i}_${j});`);
+    }
+    if (s.residual) {
+      push('} else if (t < S.n) {', `let rb = (kv * S.vring + t % S.vring) * ${Q4}u + cs * 4u;`);
+      for (let k = 0; k < 4; k++) push(`let y${k} = rv[rb + ${k}u];`);
+      for (let i = 0; i < HG; i++) {
+        for (let j = 0; j < 16; j++) push(`v${i}_${j} = fma(p${i} * ${f(2 ** pos[j]!)}, y${j >> 2}.${'xyzw'[j & 3]}, v${i}_${j});`);
+      }
+    }
+    push('}', '}');
+    for (let i = 0; i < HG; i++) for (let j = 0; j < 16; j++) push(`v${i}_${j} = v${i}_${j} * ${f(2 ** -pos[j]!)} + vb${i};`);
+  } else {
+    push(`for (var it = 0u; it < ${ITER}u; it = it + 1u) {`, `let tl = tg + it * ${TLN}u;`, 'let t = c0 + tl;');
+    push('if (t < S.n) {', `let w = vc[(kv * S.cap + t) * ${CSV}u + cs];`);
+    push('let y0 = vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));', 'let y1 = vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w));');
+    for (let i = 0; i < HG; i++) {
+      push(`let p${i} = sc[${i * C}u + tl];`);
+      for (let j = 0; j < 8; j++) push(`v${i}_${j} = fma(p${i}, y${j >> 2}.${'xyzw'[j & 3]}, v${i}_${j});`);
+    }
+    push('}', '}');
+  }
+  // ---- reduce over token lanes, write the chunk partial [o (D), max, sum] ---------------------------------------
+  push('workgroupBarrier();');
+  for (let i = 0; i < HG; i++) for (let j = 0; j < SLOT; j++) push(`sc[(${i * TLN}u + tg) * ${D}u + cs * ${SLOT}u + ${j}u] = v${i}_${j};`);
+  push('workgroupBarrier();');
+  push(
+    `for (var e = lid; e < ${HG * D}u; e = e + ${WG}u) {`,
+    `let i = e / ${D}u;`,
+    `let d = e % ${D}u;`,
+    'var o = 0.0;',
+    `for (var r = 0u; r < ${TLN}u; r = r + 1u) { o = o + sc[(i * ${TLN}u + r) * ${D}u + d]; }`,
+    `if (wid.z * ${HG}u + i < ${s.rep}u) {`,
+    `let pb = ((h0 + i) * S.nc + chunk) * ${D + 2}u;`,
+    'parts[pb + d] = o;',
+    '}',
+    '}',
+  );
+  push('if (lid == 0u) {');
+  for (let i = 0; i < HG; i++) {
+    push(`if (wid.z * ${HG}u + ${i}u < ${s.rep}u) {`, `let pb = ((h0 + ${i}u) * S.nc + chunk) * ${D + 2}u;`);
+    push(`var l${i} = 0.0;`, `for (var r = 0u; r < ${WG}u; r = r + 1u) { l${i} = l${i} + red[${i * WG}u + r]; }`);
+    push(`parts[pb + ${D}u] = mx${i};`, `parts[pb + ${D + 1}u] = l${i};`, '}');
+  }
+  push('}');
+  push('}');
+  return L.join('\n');
+}
+
+/** Merge pass: `out[h, d] = Σ_c e^{m_c − M}·o_c[d] / Σ_c e^{m_c − M}·l_c`, one workgroup per query head. @internal */
+export function combineSource(headDim: number): string {
+  const D = headDim;
+  return [
+    stepStruct(),
+    '@group(0) @binding(0) var<storage, read> parts: array<f32>;',
+    '@group(0) @binding(1) var<storage, read_write> out: array<f32>;',
+    '@group(0) @binding(2) var<uniform> S: Step;',
+    `@compute @workgroup_size(${D})`,
+    'fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) d: u32) {',
+    'let h = wid.x;',
+    'var M = -3.0e38;',
+    'var Lsum = 0.0;',
+    'var O = 0.0;',
+    'for (var c = 0u; c < S.nc; c = c + 1u) {',
+    `  let pb = (h * S.nc + c) * ${D + 2}u;`,
+    `  let mc = parts[pb + ${D}u];`,
+    '  let Mn = max(M, mc);',
+    '  let ea = exp(M - Mn);',
+    '  let eb = exp(mc - Mn);',
+    `  Lsum = Lsum * ea + parts[pb + ${D + 1}u] * eb;`,
+    '  O = O * ea + parts[pb + d] * eb;',
+    '  M = Mn;',
+    '}',
+    `out[h * ${D}u + d] = O / Lsum;`,
+    '}',
+  ].join('\n');
+}

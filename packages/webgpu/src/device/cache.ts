@@ -1,0 +1,573 @@
+import { XqBackendError, XqConfigError, XqShapeError, XqStateError } from '@xquant/quant';
+import {
+  NONE,
+  STEP_BYTES,
+  STEP_FIELDS,
+  chunkTokens,
+  combineSource,
+  decodeKernelSource,
+  decodeSharedBytes,
+  type DecodeSpec,
+  type DeviceOperand,
+} from './attention-wgsl.js';
+import { UPDATE_WORKGROUP, fillSource, updateKernelSource, updateRoles, type DeviceCalibration, type DeviceStorage, type FillKind, type UpdateSpec } from './update-wgsl.js';
+
+const STORAGE = 0x80;
+const COPY_SRC = 0x04;
+const COPY_DST = 0x08;
+const UNIFORM = 0x40;
+const MAP_READ = 0x01;
+/** Region alignment inside a buffer (minStorageBufferOffsetAlignment is at most 256). */
+const ALIGN = 256;
+
+/** Shape of a device cache: the model's layers and heads. */
+export interface DeviceCacheShape {
+  layers: number;
+  /** Query heads (a multiple of kvHeads). */
+  qHeads: number;
+  kvHeads: number;
+  headDim: number;
+}
+
+/** Storage of one layer's keys or values as a quantized cache describes it (bits 16 = never quantized). */
+export interface DeviceLayerStorage {
+  readonly bits: number;
+  /** Layer whose codes this layer reads (null: its own). */
+  readonly codesFrom: number | null;
+}
+
+/** A calibrator as the device can apply it: XQuant's η table or the least-squares fit. */
+export interface DeviceCalibratorLike {
+  readonly id: string;
+  /** η per bit width (η calibrators). */
+  readonly etaByBits?: Readonly<Partial<Record<number, number>>>;
+}
+
+/**
+ * A resolved quantized-cache configuration (structurally the `config` of an `@xquant/tfjs` quantized cache, e.g.
+ * `createKvCache('xquant-1.38', shape, { residualLength: 32 }).config`).
+ */
+export interface DeviceQuantizedConfig {
+  readonly strategyId?: string;
+  readonly residualLength: number;
+  readonly groupSize: number;
+  readonly valueGroupSize?: number;
+  readonly precision: 'fp16' | 'fp32';
+  readonly keys: readonly DeviceLayerStorage[];
+  readonly values: readonly DeviceLayerStorage[];
+  readonly keyCalibrators?: readonly (DeviceCalibratorLike | null)[];
+  readonly valueCalibrators?: readonly (DeviceCalibratorLike | null)[];
+}
+
+/** What a device cache stores: fp16 keys and values for every token (`'full'`), or a quantized configuration. */
+export type DeviceCacheSpec = { kind: 'full' } | { kind: 'quantized'; config: DeviceQuantizedConfig };
+
+/** Kernel geometry of the decode-attention pass. */
+export interface DeviceAttentionTuning {
+  /** Threads per workgroup: 32, 64, 128 or 256 (a chunk is 16 × this many tokens). Default 64. */
+  workgroup?: number;
+  /** Query heads one workgroup serves (default: all of the GQA group, at most 8). */
+  headsPerGroup?: number;
+  /** Key channel quads loaded together (default 4). */
+  unroll?: number;
+}
+
+/** Options of {@link DeviceKvCache.create}. */
+export interface DeviceCacheOptions {
+  /** Tokens the cache can hold (rounded up to a multiple of the chunk and the residual length). */
+  capacity: number;
+  tuning?: DeviceAttentionTuning;
+}
+
+/** Buffers a model hands the cache once (see {@link DeviceKvCache.attach}). */
+export interface DeviceCacheIO {
+  /** float32 `[qHeads·D + 2·kvHeads·D]`: this position's q, k, v (bias added, before rotation). */
+  qkv: GPUBuffer;
+  /** float32 rotary tables `[positions][cos D/2 | sin D/2]` covering every position the cache will hold. */
+  rope: GPUBuffer;
+  /** float32 `[qHeads·D]`: attention output. */
+  out: GPUBuffer;
+}
+
+/** Bytes held by the cache on the device, and what the bit accounting says of the tokens held. */
+export interface DeviceCacheMemory {
+  /** Bytes of every buffer the cache allocated (codes, metadata, rings, dense rows, scratch), at capacity. */
+  allocatedBytes: number;
+  /** Bytes the held tokens occupy in the layout: codes + metadata of quantized tokens, float32 residual tokens, fp16 dense rows. */
+  usedBytes: number;
+  /** Tokens held. */
+  tokens: number;
+  /** Stored bits per K/V element of the held tokens (`8·usedBytes / elements`). */
+  trueBitsPerElement: number;
+}
+
+interface LayerRes {
+  keys: DeviceStorage;
+  values: DeviceStorage;
+  keyDonor: number | null;
+  valueDonor: number | null;
+  K: GPUBuffer;
+  V: GPUBuffer;
+  ring: GPUBuffer | null;
+  keyMetaOffset: number;
+  valueMetaOffset: number;
+  valueRingOffset: number;
+  update: UpdateSpec;
+  decode: DecodeSpec;
+  updatePipe?: GPUComputePipeline;
+  decodePipe?: GPUComputePipeline;
+  updateBG?: GPUBindGroup;
+  decodeBG?: GPUBindGroup;
+  combineBG?: GPUBindGroup;
+}
+
+const align = (bytes: number) => Math.ceil(bytes / ALIGN) * ALIGN;
+
+type BindingKind = 'read-only-storage' | 'storage' | 'uniform';
+/** Binding types of each kernel, in binding order (explicit layouts: 'auto' would drop bindings a variant does not read). */
+const LAYOUTS: Record<'update' | 'decode' | 'combine' | 'fill', BindingKind[]> = {
+  update: ['read-only-storage', 'read-only-storage', 'storage', 'storage', 'storage', 'storage', 'read-only-storage', 'read-only-storage', 'uniform'],
+  decode: ['read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'storage', 'uniform'],
+  combine: ['read-only-storage', 'storage', 'uniform'],
+  fill: ['storage', 'uniform'],
+};
+
+/** Compiles WGSL kernels with explicit bind group layouts, each source once. @internal */
+export class KernelCompiler {
+  private readonly layouts = new Map<string, GPUBindGroupLayout>();
+  private readonly pipes = new Map<string, Promise<GPUComputePipeline>>();
+  constructor(readonly device: GPUDevice) {}
+  layout(kinds: readonly BindingKind[]): GPUBindGroupLayout {
+    const key = kinds.join(',');
+    let l = this.layouts.get(key);
+    if (!l) {
+      l = this.device.createBindGroupLayout({ entries: kinds.map((type, binding) => ({ binding, visibility: 4 /* COMPUTE */, buffer: { type } })) });
+      this.layouts.set(key, l);
+    }
+    return l;
+  }
+  pipeline(code: string, kinds: readonly BindingKind[], label: string): Promise<GPUComputePipeline> {
+    let p = this.pipes.get(code);
+    if (!p) {
+      const module = this.device.createShaderModule({ code, label });
+      const layout = this.device.createPipelineLayout({ bindGroupLayouts: [this.layout(kinds)] });
+      p = this.device.createComputePipelineAsync({ layout, compute: { module, entryPoint: 'main' }, label }).catch(async (e: unknown) => {
+        const info = await module.getCompilationInfo();
+        const msgs = info.messages.filter((m) => m.type === 'error').map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join('; ');
+        throw new XqBackendError('E_KERNEL_MISSING', `WGSL pipeline '${label}' failed to compile: ${msgs || String(e)}`, { cause: e });
+      });
+      this.pipes.set(code, p);
+    }
+    return p;
+  }
+}
+
+function calibrationOf(cal: DeviceCalibratorLike | null | undefined, bits: number, what: string): DeviceCalibration {
+  if (!cal) return { kind: 'none' };
+  if (cal.id === 'eta') {
+    const eta = cal.etaByBits?.[bits] ?? 0;
+    return eta === 0 ? { kind: 'none' } : { kind: 'eta', eta };
+  }
+  if (cal.id === 'least-squares') return { kind: 'least-squares' };
+  throw new XqConfigError('E_CONFIG', `${what}: calibrator '${cal.id}' has no device form (the device cache applies 'eta' and 'least-squares')`);
+}
+
+/**
+ * A KV cache that lives on the GPU: fp16 rows (`full`) or 1/2/4-bit packed codes with fp16 scale/zero and float32
+ * residual rings (quantized), pre-allocated to a capacity and appended in place by one update pass per layer and
+ * position; attention reads it in place (GQA-aware packed kernels, split-K with a merge pass). The host keeps only
+ * counters: no data crosses to the CPU while decoding.
+ *
+ * Per position: {@link DeviceKvCache.beginPosition}, then per layer {@link DeviceKvCache.encodeLayer} (update →
+ * attention → merge) into the caller's compute pass, submit, then {@link DeviceKvCache.endPosition}.
+ */
+export class DeviceKvCache {
+  readonly capacity: number;
+  readonly chunk: number;
+  private tokensHeld = 0;
+  private readonly layers: LayerRes[];
+  private readonly step: GPUBuffer;
+  private readonly parts: GPUBuffer;
+  private readonly qbuf: GPUBuffer;
+  private readonly dummy: GPUBuffer;
+  /** Placeholder for writable bindings a layer does not use (a buffer must not be bound writable and read-only at once). */
+  private readonly dummyRW: GPUBuffer;
+  private combinePipe?: GPUComputePipeline;
+  private io?: DeviceCacheIO;
+  private disposed = false;
+  private stepData = new ArrayBuffer(STEP_BYTES);
+  private readonly R: number;
+  private readonly quantized: boolean;
+  private nc = 0;
+  private readonly compiler: KernelCompiler;
+
+  private constructor(
+    readonly device: GPUDevice,
+    readonly shape: Readonly<DeviceCacheShape>,
+    readonly spec: DeviceCacheSpec,
+    capacity: number,
+    tuning: DeviceAttentionTuning,
+  ) {
+    const { layers: Lc, qHeads, kvHeads, headDim: D } = shape;
+    for (const [k, v] of Object.entries({ layers: Lc, qHeads, kvHeads, headDim: D })) {
+      if (!Number.isInteger(v) || v <= 0) throw new XqShapeError(`device cache: ${k} must be a positive integer; got ${String(v)}`);
+    }
+    if (qHeads % kvHeads !== 0) throw new XqShapeError(`device cache: ${qHeads} query heads is not a multiple of ${kvHeads} KV heads`);
+    if (D % 16 !== 0 || D > 256) throw new XqShapeError(`device cache: headDim must be a multiple of 16 up to 256; got ${D}`);
+    this.compiler = new KernelCompiler(device);
+    const rep = qHeads / kvHeads;
+    const wg = tuning.workgroup ?? 64;
+    if (![32, 64, 128, 256].includes(wg)) throw new XqConfigError('E_CONFIG', `workgroup must be 32, 64, 128 or 256; got ${String(wg)}`);
+    let hg = Math.min(tuning.headsPerGroup ?? Math.min(rep, 8), rep);
+    if (!Number.isInteger(hg) || hg < 1) throw new XqConfigError('E_CONFIG', `headsPerGroup must be a positive integer; got ${String(tuning.headsPerGroup)}`);
+    const limit = device.limits.maxComputeWorkgroupStorageSize;
+    while (hg > 1 && decodeSharedBytes({ workgroup: wg, headsPerGroup: hg, headDim: D }) > limit) hg--;
+    if (decodeSharedBytes({ workgroup: wg, headsPerGroup: hg, headDim: D }) > limit) {
+      throw new XqBackendError('E_BACKEND_UNAVAILABLE', `decode attention needs ${decodeSharedBytes({ workgroup: wg, headsPerGroup: hg, headDim: D })} bytes of workgroup memory; the device allows ${limit}`);
+    }
+    this.chunk = chunkTokens({ workgroup: wg });
+    const cfg = spec.kind === 'quantized' ? spec.config : null;
+    this.quantized = cfg !== null;
+    this.R = cfg?.residualLength ?? 1;
+    if (cfg) this.checkConfig(cfg, D);
+    const unit = lcm(this.chunk, cfg ? cfg.residualLength * 2 : 1);
+    if (!Number.isInteger(capacity) || capacity <= 0) throw new XqShapeError(`device cache: capacity must be a positive integer; got ${String(capacity)}`);
+    this.capacity = Math.ceil(capacity / unit) * unit;
+    const unroll = tuning.unroll ?? 4;
+    const make = (size: number, label: string) => {
+      if (size > device.limits.maxStorageBufferBindingSize) {
+        throw new XqBackendError('E_BACKEND_UNAVAILABLE', `${label}: ${size} bytes exceed maxStorageBufferBindingSize (${device.limits.maxStorageBufferBindingSize}); lower the capacity`);
+      }
+      return device.createBuffer({ size: Math.max(ALIGN, size), usage: STORAGE | COPY_SRC | COPY_DST, label });
+    };
+    const cap = this.capacity;
+    const R = this.R;
+    this.layers = [];
+    for (let l = 0; l < Lc; l++) {
+      const ks = cfg ? cfg.keys[l]! : { bits: 16, codesFrom: null };
+      const vs = cfg ? cfg.values[l]! : { bits: 16, codesFrom: null };
+      const gk = cfg?.groupSize ?? 32;
+      const gv = cfg?.valueGroupSize ?? gk;
+      const keys: DeviceStorage = ks.bits === 16
+        ? { kind: 'dense' }
+        : { kind: 'packed', bits: ks.bits as 1 | 2 | 4, groupSize: gk, donor: ks.codesFrom !== null, calibration: calibrationOf(cfg?.keyCalibrators?.[l], ks.bits, `layer ${l} keys`) };
+      const values: DeviceStorage = vs.bits === 16
+        ? { kind: 'dense' }
+        : { kind: 'packed', bits: vs.bits as 1 | 2 | 4, groupSize: gv, donor: vs.codesFrom !== null, calibration: calibrationOf(cfg?.valueCalibrators?.[l], vs.bits, `layer ${l} values`) };
+      // key buffer: dense fp16 rows, or [codes (own only) | meta]
+      let keyBytes: number;
+      let keyMetaOffset = 0;
+      if (keys.kind === 'dense') keyBytes = kvHeads * cap * D * 2;
+      else {
+        const codes = keys.donor ? 0 : align((kvHeads * D * cap * keys.bits) / 8);
+        keyMetaOffset = codes / 4;
+        keyBytes = codes + kvHeads * (cap / keys.groupSize) * D * 4;
+      }
+      let valueBytes: number;
+      let valueMetaOffset = 0;
+      if (values.kind === 'dense') valueBytes = kvHeads * cap * D * 2;
+      else {
+        const codes = values.donor ? 0 : align((kvHeads * cap * D * values.bits) / 8);
+        valueMetaOffset = codes / 4;
+        valueBytes = codes + kvHeads * cap * (D / values.groupSize) * 4;
+      }
+      const keyRing = keys.kind === 'packed' ? align(kvHeads * (R + 1) * D * 4) : 0;
+      const valueRing = values.kind === 'packed' ? kvHeads * (R + 2) * D * 4 : 0;
+      const rk: DeviceOperand = keys.kind === 'dense' ? { kind: 'dense' } : { kind: 'packed', bits: keys.bits, groupSize: keys.groupSize };
+      const rv: DeviceOperand = values.kind === 'dense' ? { kind: 'dense' } : { kind: 'packed', bits: values.bits, groupSize: values.groupSize };
+      this.layers.push({
+        keys,
+        values,
+        keyDonor: ks.codesFrom,
+        valueDonor: vs.codesFrom,
+        K: make(keyBytes, `layer ${l} keys`),
+        V: make(valueBytes, `layer ${l} values`),
+        ring: keyRing + valueRing > 0 ? make(keyRing + valueRing, `layer ${l} residual rings`) : null,
+        keyMetaOffset,
+        valueMetaOffset,
+        valueRingOffset: keyRing / 4,
+        update: { qHeads, kvHeads, headDim: D, keys, values, residualLength: R, keyMetaOffset, valueMetaOffset, valueRingOffset: keyRing / 4, rope: true },
+        decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, unroll },
+      });
+    }
+    this.step = device.createBuffer({ size: STEP_BYTES, usage: UNIFORM | COPY_DST, label: 'device cache step' });
+    const maxChunks = Math.ceil(cap / this.chunk);
+    this.parts = make(qHeads * maxChunks * (D + 2) * 4, 'attention partials');
+    this.qbuf = make(qHeads * D * 4, 'rotated queries');
+    this.dummy = make(ALIGN, 'unused binding');
+    this.dummyRW = make(ALIGN, 'unused writable binding');
+  }
+
+  private checkConfig(cfg: DeviceQuantizedConfig, D: number): void {
+    const L = this.shape.layers;
+    if (cfg.precision !== 'fp16') throw new XqConfigError('E_CONFIG', `the device cache stores fp16 scale/zero (precision 'fp16'); got '${String(cfg.precision)}'`);
+    if (cfg.keys.length !== L || cfg.values.length !== L) throw new XqConfigError('E_PLAN', `the configuration has ${cfg.keys.length} key and ${cfg.values.length} value entries for ${L} layers`);
+    const R = cfg.residualLength;
+    const gk = cfg.groupSize;
+    const gv = cfg.valueGroupSize ?? gk;
+    if (!Number.isInteger(R) || R <= 0 || R % 16 !== 0) throw new XqConfigError('E_RESIDUAL', `the device cache needs a residual length that is a multiple of 16; got ${String(R)}`);
+    for (const [kind, list, g] of [['keys', cfg.keys, gk], ['values', cfg.values, gv]] as const) {
+      list.forEach((s, l) => {
+        if (s.bits === 16) return;
+        if (s.bits !== 1 && s.bits !== 2 && s.bits !== 4) throw new XqConfigError('E_BITS', `layer ${l} ${kind}: the device cache stores 1, 2 or 4-bit codes (or 16 = fp16); got ${s.bits}`);
+        if (!Number.isInteger(g) || g % 16 !== 0 || (g * s.bits) % 32 !== 0) {
+          throw new XqConfigError('E_GROUP_SIZE', `layer ${l} ${kind}: group size ${g} must be a multiple of 16 holding whole 32-bit words of ${s.bits}-bit codes`);
+        }
+        if (kind === 'keys' && R % g !== 0) throw new XqConfigError('E_RESIDUAL', `residual length ${R} must be a multiple of the key group size ${g}`);
+        if (kind === 'values' && D % g !== 0) throw new XqConfigError('E_GROUP_SIZE', `headDim ${D} must be a multiple of the value group size ${g}`);
+        if (s.codesFrom !== null) {
+          const d = list[s.codesFrom];
+          if (!d || s.codesFrom >= l || d.bits !== s.bits || d.codesFrom !== null) {
+            throw new XqConfigError('E_PLAN', `layer ${l} ${kind}: codes from layer ${s.codesFrom} must come from an earlier layer with its own ${s.bits}-bit codes`);
+          }
+        }
+      });
+    }
+  }
+
+  /** Allocate a cache on `device` and compile its kernels. */
+  static async create(device: GPUDevice, shape: DeviceCacheShape, spec: DeviceCacheSpec, options: DeviceCacheOptions): Promise<DeviceKvCache> {
+    const c = new DeviceKvCache(device, shape, spec, options.capacity, options.tuning ?? {});
+    await c.compile();
+    return c;
+  }
+
+  private async compile(): Promise<void> {
+    const k = this.compiler;
+    this.combinePipe = await k.pipeline(combineSource(this.shape.headDim), LAYOUTS.combine, 'device cache merge');
+    await Promise.all(
+      this.layers.map(async (l, i) => {
+        [l.updatePipe, l.decodePipe] = await Promise.all([
+          k.pipeline(updateKernelSource(l.update), LAYOUTS.update, `layer ${i} update`),
+          k.pipeline(decodeKernelSource(l.decode), LAYOUTS.decode, `layer ${i} attention`),
+        ]);
+      }),
+    );
+  }
+
+  /** Tokens held. */
+  get tokens(): number {
+    return this.tokensHeld;
+  }
+
+  /** The buffer the update pass writes the rotated queries to (`[qHeads·D]` float32). */
+  get queries(): GPUBuffer {
+    return this.qbuf;
+  }
+
+  /** Bind the model's buffers (once, before the first position). */
+  attach(io: DeviceCacheIO): void {
+    this.checkAlive();
+    const { qHeads, kvHeads, headDim: D } = this.shape;
+    if (io.qkv.size < (qHeads + 2 * kvHeads) * D * 4) throw new XqShapeError(`qkv buffer of ${io.qkv.size} bytes is smaller than ${(qHeads + 2 * kvHeads) * D} floats`);
+    if (io.out.size < qHeads * D * 4) throw new XqShapeError(`out buffer of ${io.out.size} bytes is smaller than ${qHeads * D} floats`);
+    this.io = io;
+    const dev = this.device;
+    const range = (buffer: GPUBuffer, fromWords: number, toBytes?: number): GPUBufferBinding => ({ buffer, offset: fromWords * 4, size: (toBytes ?? buffer.size) - fromWords * 4 });
+    const whole = (buffer: GPUBuffer): GPUBufferBinding => ({ buffer });
+    for (const l of this.layers) {
+      const dk = l.keyDonor !== null ? this.layers[l.keyDonor]!.K : this.dummy;
+      const dv = l.valueDonor !== null ? this.layers[l.valueDonor]!.V : this.dummy;
+      l.updateBG = dev.createBindGroup({
+        layout: this.compiler.layout(LAYOUTS.update),
+        entries: [io.qkv, io.rope, this.qbuf, l.K, l.V, l.ring ?? this.dummyRW, dk, dv].map((b, binding) => ({ binding, resource: whole(b) })).concat([{ binding: 8, resource: whole(this.step) }]),
+      });
+      const keyCodes = l.keys.kind === 'dense' ? whole(l.K) : l.keyDonor !== null ? range(this.layers[l.keyDonor]!.K, 0, this.layers[l.keyDonor]!.keyMetaOffset * 4) : range(l.K, 0, l.keyMetaOffset * 4);
+      const keyMeta = l.keys.kind === 'dense' ? whole(this.dummy) : range(l.K, l.keyMetaOffset);
+      const valueCodes = l.values.kind === 'dense' ? whole(l.V) : l.valueDonor !== null ? range(this.layers[l.valueDonor]!.V, 0, this.layers[l.valueDonor]!.valueMetaOffset * 4) : range(l.V, 0, l.valueMetaOffset * 4);
+      const valueMeta = l.values.kind === 'dense' ? whole(this.dummy) : range(l.V, l.valueMetaOffset);
+      const ringK = l.ring && l.keys.kind === 'packed' ? range(l.ring, 0, l.valueRingOffset * 4 || l.ring.size) : whole(this.dummy);
+      const ringV = l.ring && l.values.kind === 'packed' ? range(l.ring, l.valueRingOffset) : whole(this.dummy);
+      l.decodeBG = dev.createBindGroup({
+        layout: this.compiler.layout(LAYOUTS.decode),
+        entries: [whole(this.qbuf), keyCodes, keyMeta, valueCodes, valueMeta, ringK, ringV, whole(this.parts), whole(this.step)].map((resource, binding) => ({ binding, resource })),
+      });
+    }
+    const comb = dev.createBindGroup({ layout: this.compiler.layout(LAYOUTS.combine), entries: [whole(this.parts), whole(io.out), whole(this.step)].map((resource, binding) => ({ binding, resource })) });
+    for (const l of this.layers) l.combineBG = comb;
+  }
+
+  /**
+   * Start the position `tokens`: write this step's counters (tokens attended, quantized boundary, the key block and
+   * value token the schedule quantizes now) for every layer's passes. Call once per position, before encoding layers.
+   */
+  beginPosition(): void {
+    this.checkAlive();
+    if (!this.io) throw new XqStateError('E_STATE', 'attach(io) must be called before the first position');
+    const p = this.tokensHeld;
+    if (p >= this.capacity) throw new XqStateError('E_STATE', `the device cache is full (${this.capacity} tokens)`);
+    const n = p + 1;
+    const R = this.R;
+    this.nc = Math.ceil(n / this.chunk);
+    const v: Record<(typeof STEP_FIELDS)[number], number> = {
+      n,
+      tk: this.quantized ? Math.floor(p / R) * R : 0,
+      tv: this.quantized ? Math.max(0, p - R) : 0,
+      nc: this.nc,
+      pos: p,
+      kflush: this.quantized && p > 0 && p % R === 0 ? p - R : NONE,
+      vquant: this.quantized && p - 1 - R >= 0 ? p - 1 - R : NONE,
+      kring: R + 1,
+      vring: R + 2,
+      cap: this.capacity,
+      seed: 0,
+      fill: 0,
+      scale: 1 / Math.sqrt(this.shape.headDim),
+    };
+    const u = new Uint32Array(this.stepData);
+    const f = new Float32Array(this.stepData);
+    STEP_FIELDS.forEach((k, i) => {
+      if (k === 'scale') f[i] = v[k];
+      else u[i] = v[k];
+    });
+    this.device.queue.writeBuffer(this.step, 0, this.stepData);
+  }
+
+  /** Encode layer `layer`'s update, attention and merge passes for the current position into `pass`. */
+  encodeLayer(pass: GPUComputePassEncoder, layer: number): void {
+    const l = this.layers[layer];
+    if (!l?.updateBG) throw new XqStateError('E_STATE', `layer ${layer}: attach(io) first (or no such layer)`);
+    const roles = updateRoles(l.update);
+    const wgs = Math.ceil(roles.total / UPDATE_WORKGROUP);
+    pass.setPipeline(l.updatePipe!);
+    pass.setBindGroup(0, l.updateBG);
+    pass.dispatchWorkgroups(Math.min(wgs, 65535), Math.ceil(wgs / 65535));
+    const rep = this.shape.qHeads / this.shape.kvHeads;
+    pass.setPipeline(l.decodePipe!);
+    pass.setBindGroup(0, l.decodeBG!);
+    pass.dispatchWorkgroups(this.nc, this.shape.kvHeads, Math.ceil(rep / l.decode.headsPerGroup));
+    pass.setPipeline(this.combinePipe!);
+    pass.setBindGroup(0, l.combineBG!);
+    pass.dispatchWorkgroups(this.shape.qHeads);
+  }
+
+  /** Finish the position: the cache now holds one more token. */
+  endPosition(): void {
+    this.tokensHeld++;
+  }
+
+  /**
+   * Benchmarks: make the cache hold `tokens` positions of pseudo-random content (random codes, fp16 scale/zero and
+   * rows, float32 rings) without running the model over them. Speed is what it is for real content; the numbers are not.
+   */
+  async fillSynthetic(tokens: number, seed = 1): Promise<void> {
+    this.checkAlive();
+    if (!Number.isInteger(tokens) || tokens < 0 || tokens >= this.capacity) throw new XqShapeError(`fillSynthetic: tokens must be an integer in [0, ${this.capacity}); got ${String(tokens)}`);
+    const dev = this.device;
+    const kinds: FillKind[] = ['words', 'f16', 'meta', 'f32'];
+    const pipes = new Map(await Promise.all(kinds.map(async (k) => [k, await this.compiler.pipeline(fillSource(k), LAYOUTS.fill, `fill ${k}`)] as const)));
+    const pipeOf = (k: FillKind) => pipes.get(k)!;
+    const enc = dev.createCommandEncoder();
+    const temps: GPUBuffer[] = [];
+    let s = seed;
+    const fill = (buf: GPUBuffer, kind: FillKind, offset: number, count: number) => {
+      if (count <= 0) return;
+      const u = dev.createBuffer({ size: 16, usage: UNIFORM | COPY_DST });
+      temps.push(u);
+      dev.queue.writeBuffer(u, 0, new Uint32Array([offset, count, s++, 0]));
+      const p = pipeOf(kind);
+      const bg = dev.createBindGroup({ layout: this.compiler.layout(LAYOUTS.fill), entries: [{ binding: 0, resource: { buffer: buf } }, { binding: 1, resource: { buffer: u } }] });
+      const pass = enc.beginComputePass();
+      pass.setPipeline(p);
+      pass.setBindGroup(0, bg);
+      const wgs = Math.ceil(count / 256);
+      pass.dispatchWorkgroups(Math.min(wgs, 65535), Math.ceil(wgs / 65535));
+      pass.end();
+    };
+    const { kvHeads: H, headDim: D } = this.shape;
+    const cap = this.capacity;
+    for (const l of this.layers) {
+      for (const [buf, st, metaOff] of [[l.K, l.keys, l.keyMetaOffset], [l.V, l.values, l.valueMetaOffset]] as const) {
+        if (st.kind === 'dense') fill(buf, 'f16', 0, (H * cap * D) / 2);
+        else {
+          if (!st.donor) fill(buf, 'words', 0, metaOff);
+          fill(buf, 'meta', metaOff, buf.size / 4 - metaOff);
+        }
+      }
+      if (l.ring) fill(l.ring, 'f32', 0, l.ring.size / 4);
+    }
+    dev.queue.submit([enc.finish()]);
+    await dev.queue.onSubmittedWorkDone();
+    for (const t of temps) t.destroy();
+    void cap;
+    this.tokensHeld = tokens;
+  }
+
+  /** Bytes allocated and used (see {@link DeviceCacheMemory}). */
+  memory(): DeviceCacheMemory {
+    this.checkAlive();
+    const { kvHeads: H, headDim: D, layers: Lc } = this.shape;
+    const n = this.tokensHeld;
+    let allocated = this.step.size + this.parts.size + this.qbuf.size + this.dummy.size + this.dummyRW.size;
+    let used = 0;
+    const R = this.R;
+    // quantized positions after the last completed position's owed flush (the state the CPU cache reports)
+    const qk = this.quantized ? Math.floor(n / R) * R : 0;
+    const qv = this.quantized ? Math.max(0, n - R) : 0;
+    for (const l of this.layers) {
+      allocated += l.K.size + l.V.size + (l.ring?.size ?? 0);
+      for (const [st, q] of [[l.keys, qk], [l.values, qv]] as const) {
+        if (st.kind === 'dense') used += H * n * D * 2;
+        else {
+          used += (st.donor ? 0 : (H * q * D * st.bits) / 8) + ((H * q * D) / st.groupSize) * 4;
+          used += H * (n - q) * D * 4;
+        }
+      }
+    }
+    const elements = 2 * Lc * H * D * n;
+    return { allocatedBytes: allocated, usedBytes: used, tokens: n, trueBitsPerElement: elements ? (8 * used) / elements : 0 };
+  }
+
+  /**
+   * Read one layer's storage back (tests, debugging): the raw u32 words of its key and value buffers and the float32
+   * residual rings, with the offsets of the metadata and value ring.
+   */
+  async readLayer(layer: number): Promise<{ keys: Uint32Array; values: Uint32Array; ring: Float32Array; keyMetaOffset: number; valueMetaOffset: number; valueRingOffset: number }> {
+    this.checkAlive();
+    const l = this.layers[layer];
+    if (!l) throw new XqShapeError(`no layer ${layer}`);
+    const read = async (b: GPUBuffer | null): Promise<ArrayBuffer> => {
+      if (!b) return new ArrayBuffer(0);
+      const st = this.device.createBuffer({ size: b.size, usage: MAP_READ | COPY_DST });
+      const enc = this.device.createCommandEncoder();
+      enc.copyBufferToBuffer(b, 0, st, 0, b.size);
+      this.device.queue.submit([enc.finish()]);
+      await st.mapAsync(1);
+      const out = st.getMappedRange().slice(0);
+      st.unmap();
+      st.destroy();
+      return out;
+    };
+    const [k, v, r] = await Promise.all([read(l.K), read(l.V), read(l.ring)]);
+    return { keys: new Uint32Array(k), values: new Uint32Array(v), ring: new Float32Array(r), keyMetaOffset: l.keyMetaOffset, valueMetaOffset: l.valueMetaOffset, valueRingOffset: l.valueRingOffset };
+  }
+
+  /** Start over with no tokens (buffers are kept). */
+  reset(): void {
+    this.checkAlive();
+    this.tokensHeld = 0;
+  }
+
+  /** Free every buffer. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const l of this.layers) {
+      l.K.destroy();
+      l.V.destroy();
+      l.ring?.destroy();
+    }
+    for (const b of [this.step, this.parts, this.qbuf, this.dummy, this.dummyRW]) b.destroy();
+  }
+
+  private checkAlive(): void {
+    if (this.disposed) throw new XqStateError('E_STATE', 'the device cache was disposed');
+  }
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
+}
+function lcm(a: number, b: number): number {
+  return (a / gcd(a, b)) * b;
+}

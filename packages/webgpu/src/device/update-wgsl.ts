@@ -1,0 +1,315 @@
+/**
+ * WGSL of the device cache's per-layer update pass, one dispatch per layer and position: rotary embedding of the
+ * query and key (tables from the caller), the new key/value written in place (fp16 rows, or the float32 residual
+ * rings of a quantized layer), and the quantization the schedule owes from the previous position — a key block of
+ * R tokens (per channel, groups along tokens) and one value token (per token, groups along channels), with η or
+ * least-squares calibration and cross-layer code sharing. Arithmetic mirrors `@xquant/quant`'s fp16 recipe
+ * (`r(x)` = rounding to fp16): `scale = r(r(max − min)·f(1/m))`, `zero = min`, `code = round(r(r(x − min)/scale))`.
+ * @internal
+ */
+import { STEP_FIELDS, stepStruct, type DeviceOperand } from './attention-wgsl.js';
+
+/** Calibration of the stored scale/zero, computable on the device. @internal */
+export type DeviceCalibration = { kind: 'none' } | { kind: 'eta'; eta: number } | { kind: 'least-squares' };
+
+/** How one layer's keys or values are kept and quantized. @internal */
+export type DeviceStorage = DeviceOperand & {
+  /** Codes are read from another layer (only scale/zero are this layer's). */
+  donor?: boolean;
+  calibration?: DeviceCalibration;
+};
+
+/** Compile-time description of one layer's update kernel. @internal */
+export interface UpdateSpec {
+  qHeads: number;
+  kvHeads: number;
+  headDim: number;
+  keys: DeviceStorage;
+  values: DeviceStorage;
+  /** R: keys are quantized in blocks of R tokens. */
+  residualLength: number;
+  /** u32 offset of the key metadata in the layer's key buffer (packed keys). */
+  keyMetaOffset: number;
+  /** u32 offset of the value metadata in the layer's value buffer (packed values). */
+  valueMetaOffset: number;
+  /** f32 offset of the value ring in the layer's ring buffer. */
+  valueRingOffset: number;
+  /** Apply the rotary tables (false: q and k are copied as they are). */
+  rope: boolean;
+}
+
+/**
+ * `r16(x)`: x rounded to the nearest fp16 value, ties to even, as a float32 (±Infinity above 65504 + half an ulp).
+ * Written out because `pack2x16float`'s rounding is implementation-defined (lavapipe truncates).
+ */
+const R16 = [
+  'fn r16(x: f32) -> f32 {',
+  '  let b = bitcast<u32>(x);',
+  '  let sign = b & 0x80000000u;',
+  '  let a = b & 0x7fffffffu;',
+  '  if (a > 0x7f800000u) { return x; }',
+  '  if (a >= 0x477ff000u) { return bitcast<f32>(sign | 0x7f800000u); }',
+  '  if (a < 0x38800000u) { return bitcast<f32>(sign | bitcast<u32>(round(abs(x) * 16777216.0) / 16777216.0)); }',
+  '  return bitcast<f32>(sign | ((a + 0xfffu + ((a >> 13u) & 1u)) & 0xffffe000u));',
+  '}',
+];
+
+/** Threads per workgroup of the update pass. @internal */
+export const UPDATE_WORKGROUP = 64;
+
+const fl = (x: number): string => {
+  const s = Math.fround(x).toPrecision(9);
+  return s.includes('.') || s.includes('e') ? s : `${s}.0`;
+};
+
+/** Thread counts of the roles, in order: q, k, v, key flush, value quantization. @internal */
+export function updateRoles(s: UpdateSpec): { q: number; k: number; v: number; kf: number; vq: number; total: number } {
+  const q = (s.qHeads * s.headDim) / 4;
+  const k = (s.kvHeads * s.headDim) / 4;
+  const v = k;
+  const kf = s.keys.kind === 'packed' ? (s.kvHeads * s.headDim * s.residualLength) / s.keys.groupSize : 0;
+  const vq = s.values.kind === 'packed' ? (s.kvHeads * s.headDim) / s.values.groupSize : 0;
+  return { q, k, v, kf, vq, total: q + k + v + kf + vq };
+}
+
+interface QuantGroup {
+  /** number of elements of the group */
+  n: number;
+  bits: number;
+  /** expression of element j's source value (j is a u32 loop variable) */
+  value: (j: string) => string;
+  /** own codes: write packed word k (u32 expression `word`) */
+  writeWord?: (k: string, word: string) => string;
+  /** donor codes: expression of code j */
+  donorCode?: (j: string) => string;
+  calibration: DeviceCalibration;
+  /** statement storing the packed meta `m` */
+  writeMeta: (m: string) => string;
+}
+
+/** Quantize one group: statistics, codes (own or donor), calibration, metadata. */
+function quantGroup(q: QuantGroup): string[] {
+  const M = (1 << q.bits) - 1;
+  const CPW = 32 / q.bits;
+  const L: string[] = [
+    `var xs: array<f32, ${q.n}>;`,
+    `var cs: array<u32, ${q.n}>;`,
+    'var mn = 3.0e38;',
+    'var mx = -3.0e38;',
+    `for (var j = 0u; j < ${q.n}u; j = j + 1u) {`,
+    `  let x = r16(${q.value('j')});`,
+    '  xs[j] = x;',
+    '  mn = min(mn, x);',
+    '  mx = max(mx, x);',
+    '}',
+    `var s = r16(r16(mx - mn) * ${fl(1 / M)});`,
+    'var z = mn;',
+  ];
+  if (q.donorCode) {
+    L.push(`for (var j = 0u; j < ${q.n}u; j = j + 1u) { cs[j] = ${q.donorCode('j')}; }`);
+  } else {
+    L.push(
+      `for (var j = 0u; j < ${q.n}u; j = j + 1u) {`,
+      '  var c = 0.0;',
+      `  if (s > 0.0) { c = clamp(round(r16(r16(xs[j] - mn) / s)), 0.0, ${M}.0); }`,
+      '  cs[j] = u32(c);',
+      '}',
+      `for (var k = 0u; k < ${q.n / CPW}u; k = k + 1u) {`,
+      '  var word = 0u;',
+      `  for (var i = 0u; i < ${CPW}u; i = i + 1u) { word = word | (cs[k * ${CPW}u + i] << (i * ${q.bits}u)); }`,
+      `  ${q.writeWord!('k', 'word')}`,
+      '}',
+    );
+  }
+  const cal = q.calibration;
+  if (cal.kind === 'eta' && cal.eta !== 0) {
+    L.push(`let t1 = r16(s * ${M}.0);`, `let t2 = r16(t1 * ${fl(cal.eta)});`, `z = r16(z + t2);`, `s = r16(s * ${fl(1 - 2 * cal.eta)});`);
+  } else if (cal.kind === 'least-squares') {
+    L.push(
+      'var cm = 0.0;',
+      'var xm = 0.0;',
+      `for (var j = 0u; j < ${q.n}u; j = j + 1u) { cm = cm + f32(cs[j]); xm = xm + xs[j]; }`,
+      `cm = cm / ${q.n}.0;`,
+      `xm = xm / ${q.n}.0;`,
+      'var scc = 0.0;',
+      'var scx = 0.0;',
+      `for (var j = 0u; j < ${q.n}u; j = j + 1u) { let dc = f32(cs[j]) - cm; scc = scc + dc * dc; scx = scx + dc * (xs[j] - xm); }`,
+      'if (scc > 0.0) {',
+      '  let s2 = r16(scx / scc);',
+      '  let z2 = r16(xm - (scx / scc) * cm);',
+      '  if (abs(s2) <= 65504.0 && abs(z2) <= 65504.0) {',
+      '    var e1 = 0.0;',
+      '    var e2 = 0.0;',
+      `    for (var j = 0u; j < ${q.n}u; j = j + 1u) {`,
+      '      let a = xs[j] - (f32(cs[j]) * s + z);',
+      '      let b = xs[j] - (f32(cs[j]) * s2 + z2);',
+      '      e1 = e1 + a * a;',
+      '      e2 = e2 + b * b;',
+      '    }',
+      '    if (e2 <= e1) { s = s2; z = z2; }',
+      '  }',
+      '}',
+    );
+  }
+  L.push(q.writeMeta('pack2x16float(vec2<f32>(s, z))'));
+  return L;
+}
+
+/** The update kernel of one layer (see the module comment). @internal */
+export function updateKernelSource(s: UpdateSpec): string {
+  const D = s.headDim;
+  const Q4 = D / 4;
+  const H2 = D / 2;
+  const r = updateRoles(s);
+  const L: string[] = [];
+  const push = (...l: string[]) => L.push(...l);
+  void STEP_FIELDS;
+  push(stepStruct());
+  push('@group(0) @binding(0) var<storage, read> qkv: array<f32>;');
+  push('@group(0) @binding(1) var<storage, read> rope: array<f32>;');
+  push('@group(0) @binding(2) var<storage, read_write> qout: array<f32>;');
+  push('@group(0) @binding(3) var<storage, read_write> K: array<u32>;');
+  push('@group(0) @binding(4) var<storage, read_write> V: array<u32>;');
+  push('@group(0) @binding(5) var<storage, read_write> ring: array<f32>;');
+  push('@group(0) @binding(6) var<storage, read> dK: array<u32>;');
+  push('@group(0) @binding(7) var<storage, read> dV: array<u32>;');
+  push('@group(0) @binding(8) var<uniform> S: Step;');
+  push(...R16);
+  // rotate channels (c, c+1) and (c + D/2, c + 1 + D/2) of the head starting at `base`
+  push(
+    'fn rot(base: u32, e: u32) -> array<f32, 4> {',
+    '  let c = 2u * e;',
+    `  let a0 = qkv[base + c]; let a1 = qkv[base + c + 1u]; let b0 = qkv[base + c + ${H2}u]; let b1 = qkv[base + c + 1u + ${H2}u];`,
+  );
+  if (s.rope) {
+    push(
+      `  let rb = S.pos * ${D}u + c;`,
+      `  let c0 = rope[rb]; let c1 = rope[rb + 1u]; let s0 = rope[rb + ${H2}u]; let s1 = rope[rb + 1u + ${H2}u];`,
+      '  return array<f32, 4>(a0 * c0 - b0 * s0, a1 * c1 - b1 * s1, b0 * c0 + a0 * s0, b1 * c1 + a1 * s1);',
+    );
+  } else {
+    push('  return array<f32, 4>(a0, a1, b0, b1);');
+  }
+  push('}');
+  // store channels (2e, 2e+1, 2e + D/2, 2e + 1 + D/2) of the new token of head kv
+  const store = (buf: 'K' | 'V', op: DeviceStorage, ringBase: string, ringLen: string) => {
+    if (op.kind === 'dense') {
+      push(
+        `let row = (kv * S.cap + S.pos) * ${H2}u;`,
+        `${buf}[row + e] = pack2x16float(vec2<f32>(r16(x[0]), r16(x[1])));`,
+        `${buf}[row + e + ${D / 4}u] = pack2x16float(vec2<f32>(r16(x[2]), r16(x[3])));`,
+      );
+    } else {
+      push(
+        `let rr = ${ringBase} + (kv * ${ringLen} + S.pos % ${ringLen}) * ${D}u + 2u * e;`,
+        'ring[rr] = x[0];',
+        'ring[rr + 1u] = x[1];',
+        `ring[rr + ${H2}u] = x[2];`,
+        `ring[rr + ${H2 + 1}u] = x[3];`,
+      );
+    }
+  };
+  push('@compute @workgroup_size(64)');
+  push('fn main(@builtin(global_invocation_id) gid3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {');
+  push('let gid = gid3.x + gid3.y * nwg.x * 64u;');
+  let at = 0;
+  // queries
+  push(`if (gid < ${r.q}u) {`, `let h = gid / ${Q4}u;`, `let e = gid % ${Q4}u;`, `let x = rot(h * ${D}u, e);`);
+  push(`let ob = h * ${D}u + 2u * e;`, 'qout[ob] = x[0];', 'qout[ob + 1u] = x[1];', `qout[ob + ${H2}u] = x[2];`, `qout[ob + ${H2 + 1}u] = x[3];`, 'return;', '}');
+  at += r.q;
+  // keys
+  const kOff = s.qHeads * D;
+  const vOff = kOff + s.kvHeads * D;
+  push(`if (gid < ${at + r.k}u) {`, `let i = gid - ${at}u;`, `let kv = i / ${Q4}u;`, `let e = i % ${Q4}u;`, `let x = rot(${kOff}u + kv * ${D}u, e);`);
+  store('K', s.keys, '0u', 'S.kring');
+  push('return;', '}');
+  at += r.k;
+  // values (no rotation)
+  push(`if (gid < ${at + r.v}u) {`, `let i = gid - ${at}u;`, `let kv = i / ${Q4}u;`, `let e = i % ${Q4}u;`, `let vb = ${vOff}u + kv * ${D}u + 2u * e;`);
+  push(`let x = array<f32, 4>(qkv[vb], qkv[vb + 1u], qkv[vb + ${H2}u], qkv[vb + ${H2 + 1}u]);`);
+  store('V', s.values, `${s.valueRingOffset}u`, 'S.vring');
+  push('return;', '}');
+  at += r.v;
+  // key block owed by the previous position: thread (kv, d, g)
+  if (s.keys.kind === 'packed') {
+    const k = s.keys;
+    const gs = k.groupSize;
+    const CPW = 32 / k.bits;
+    const NG = s.residualLength / gs;
+    const nw = `(S.cap / ${CPW}u)`;
+    push(`if (gid < ${at + r.kf}u) {`, 'if (S.kflush == 0xffffffffu) { return; }', `let i = gid - ${at}u;`);
+    push(`let d = i % ${D}u;`, `let kv = (i / ${D}u) / ${NG}u;`, `let g = (i / ${D}u) % ${NG}u;`, `let tb = S.kflush + g * ${gs}u;`);
+    push(
+      ...quantGroup({
+        n: gs,
+        bits: k.bits,
+        value: (j) => `ring[(kv * S.kring + (tb + ${j}) % S.kring) * ${D}u + d]`,
+        ...(k.donor
+          ? { donorCode: (j: string) => `(dK[(kv * ${nw} + (tb + ${j}) / ${CPW}u) * ${D}u + d] >> (((tb + ${j}) % ${CPW}u) * ${k.bits}u)) & ${(1 << k.bits) - 1}u` }
+          : { writeWord: (kk: string, w: string) => `K[(kv * ${nw} + tb / ${CPW}u + ${kk}) * ${D}u + d] = ${w};` }),
+        calibration: k.calibration ?? { kind: 'none' },
+        writeMeta: (m) => `K[${s.keyMetaOffset}u + (kv * (S.cap / ${gs}u) + tb / ${gs}u) * ${D}u + d] = ${m};`,
+      }),
+    );
+    push('return;', '}');
+    at += r.kf;
+  }
+  // value token owed by the previous position: thread (kv, g)
+  if (s.values.kind === 'packed') {
+    const v = s.values;
+    const gv = v.groupSize;
+    const G = D / gv;
+    const WV = (D * v.bits) / 32;
+    const wpg = (gv * v.bits) / 32;
+    push(`if (gid < ${at + r.vq}u) {`, 'if (S.vquant == 0xffffffffu) { return; }', `let i = gid - ${at}u;`);
+    push(`let kv = i / ${G}u;`, `let g = i % ${G}u;`, 'let t = S.vquant;', `let rb = ${s.valueRingOffset}u + (kv * S.vring + t % S.vring) * ${D}u + g * ${gv}u;`);
+    push(`let row = kv * S.cap + t;`);
+    push(
+      ...quantGroup({
+        n: gv,
+        bits: v.bits,
+        value: (j) => `ring[rb + ${j}]`,
+        ...(v.donor
+          ? { donorCode: (j: string) => `(dV[row * ${WV}u + g * ${wpg}u + ${j} / ${32 / v.bits}u] >> ((${j} % ${32 / v.bits}u) * ${v.bits}u)) & ${(1 << v.bits) - 1}u` }
+          : { writeWord: (kk: string, w: string) => `V[row * ${WV}u + g * ${wpg}u + ${kk}] = ${w};` }),
+        calibration: v.calibration ?? { kind: 'none' },
+        writeMeta: (m) => `V[${s.valueMetaOffset}u + row * ${G}u + g] = ${m};`,
+      }),
+    );
+    push('return;', '}');
+  }
+  push('}');
+  return L.join('\n');
+}
+
+/** Kinds of synthetic data {@link fillSource} writes. @internal */
+export type FillKind = 'words' | 'f16' | 'meta' | 'f32';
+
+/**
+ * Synthetic fill (benchmarks): `count` u32/f32 elements from `offset` with hashed pseudo-random data — random words
+ * (codes), fp16 pairs in [−1, 1), packed fp16 (scale ∈ [0.02, 0.07), zero ∈ [−1, 1)) or float32 in [−1, 1).
+ * @internal
+ */
+export function fillSource(kind: FillKind): string {
+  const ty = kind === 'f32' ? 'f32' : 'u32';
+  const val: Record<FillKind, string> = {
+    words: 'h',
+    f16: 'pack2x16float(vec2<f32>(u01(h) * 2.0 - 1.0, u01(hash(h)) * 2.0 - 1.0))',
+    meta: 'pack2x16float(vec2<f32>(0.02 + 0.05 * u01(h), u01(hash(h)) * 2.0 - 1.0))',
+    f32: 'u01(h) * 2.0 - 1.0',
+  };
+  return [
+    'struct Fill { offset: u32, count: u32, seed: u32, pad: u32 };',
+    `@group(0) @binding(0) var<storage, read_write> buf: array<${ty}>;`,
+    '@group(0) @binding(1) var<uniform> F: Fill;',
+    'fn hash(x: u32) -> u32 { var v = x * 747796405u + 2891336453u; v = ((v >> ((v >> 28u) + 4u)) ^ v) * 277803737u; return (v >> 22u) ^ v; }',
+    'fn u01(h: u32) -> f32 { return f32(h >> 8u) / 16777216.0; }',
+    '@compute @workgroup_size(256)',
+    'fn main(@builtin(global_invocation_id) gid3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {',
+    '  let i = gid3.x + gid3.y * nwg.x * 256u;',
+    '  if (i >= F.count) { return; }',
+    '  let h = hash(i ^ hash(F.seed));',
+    `  buf[F.offset + i] = ${val[kind]};`,
+    '}',
+  ].join('\n');
+}

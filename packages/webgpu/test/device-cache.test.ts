@@ -1,0 +1,42 @@
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-cpu';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { compare, device, gpu, reason } from './device-compare.js';
+
+describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason || 'WebGPU adapter'})`, () => {
+  beforeAll(async () => {
+    tf.enableProdMode();
+    await tf.setBackend('cpu');
+  });
+  afterAll(() => gpu?.device.destroy());
+
+  it('full (fp16 rows), GQA 7: every position within fp16 rounding of the float32 CPU cache', async () => {
+    const { maxRel } = await compare({ name: 'full', preset: 'full', qHeads: 14, kvHeads: 2 }, 70);
+    expect(maxRel).toBeLessThan(1e-3);
+  });
+
+  it('kivi-2, R = 32, GQA 3: the same codes and scale/zero as the CPU cache across key flushes and value quantizations', async () => {
+    const { maxRel } = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 32 }, qHeads: 6, kvHeads: 2 }, 100);
+    expect(maxRel).toBeLessThan(2e-5);
+  });
+
+  it('xquant-1.38 (η calibration, cross-layer shared codes), R = 32', async () => {
+    const { maxRel } = await compare({ name: 'xquant', preset: 'xquant-1.38', options: { residualLength: 32 }, qHeads: 4, kvHeads: 2 }, 100);
+    expect(maxRel).toBeLessThan(2e-5);
+  });
+
+  it('a plan mixing 1/2/4/16 bits, value group 64, η and least squares on borrowed codes, GQA 7', async () => {
+    const options = {
+      residualLength: 32,
+      groupSize: 32,
+      valueGroupSize: 64,
+      keys: [{ bits: 1, codesFrom: null }, { bits: 4, codesFrom: null }, { bits: 16, codesFrom: null }, { bits: 4, codesFrom: 1 }],
+      values: [{ bits: 1, codesFrom: null }, { bits: 1, codesFrom: 0 }, { bits: 2, codesFrom: null }, { bits: 16, codesFrom: null }],
+      keyCalibration: ['eta', 'eta', 'none', 'least-squares'],
+      valueCalibration: ['eta', 'least-squares', { eta: 0.03 }, 'none'],
+    };
+    const { maxRel } = await compare({ name: 'planned', preset: 'planned', options, qHeads: 14, kvHeads: 2 }, 100, 4);
+    // fp16 rows of the 16-bit layers and float32 least squares (the CPU fits in float64)
+    expect(maxRel).toBeLessThan(1e-3);
+  });
+});
