@@ -12,8 +12,10 @@ export * from './quantize.js';
 export * from './kv.js';
 export * from './kernels/packed-attention.js';
 export {
+  assertPackedKvLayout,
   packedKvSegments,
   packedKvStrides,
+  type PackedKvLayout,
   type PackedKvSegmentOptions,
   type PackedKvStrides,
   type PackedKvView,

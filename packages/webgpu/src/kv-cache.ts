@@ -247,7 +247,9 @@ export const webgpuPackedAttentionKernel: WebGpuPackedAttentionKernel = {
         const R = v.keyBlocks[0]!.tokens;
         return { ...base, groupSize: gk, axis: 'channel', bits, tokens: v.quantizedKeys, capacity: v.quantizedKeys, blockTokens: R, codes: m.keyCodes, meta: m.keyMeta };
       }
-      const cap = Math.max(gk, 32 / bits, 16);
+      // the smallest block of whole groups and whole 32-bit words (e.g. 96 tokens for 1-bit codes in groups of 48)
+      let cap = gk;
+      while (cap % (32 / bits) !== 0) cap += gk;
       return { ...base, groupSize: gk, axis: 'channel', bits, tokens: 0, capacity: cap, blockTokens: cap, codes: zeros([1, H, D, (cap * bits) / 32]), meta: metaOf([1, H, D, cap / gk]) };
     };
     const values = (): TfPackedKv | undefined => {

@@ -1,11 +1,14 @@
 import {
   XqConfigError,
   XqShapeError,
+  assertPackedKvLayout,
   halfToBits,
+  packedKvStrides,
   type Bits,
   type KvStats,
   type PackedKv,
-  type QuantAxis,
+  type PackedKvLayout,
+  type PackedKvStrides,
 } from '@xquant/quant';
 
 /**
@@ -20,73 +23,62 @@ export type MetaFormat = 'f16' | 'f32';
 export type GpuBits = 1 | 2 | 4;
 
 /**
- * A packed K or V block in the layout the kernels read: the codes of `@xquant/quant`'s `PackedKv` unchanged
- * (optionally padded to a token capacity) and scale/zero interleaved per group.
- * Keys (`axis: 'channel'`): `codes` is `[heads, headDim, capacity·bits/32]`, `meta` is `[heads, headDim, capacity/groupSize]` groups.
- * Values (`axis: 'token'`): `codes` is `[heads, capacity, headDim·bits/32]`, `meta` is `[heads, capacity, headDim/groupSize]` groups.
- * Only the first `tokens` tokens are read.
+ * The geometry the kernels read: `@xquant/quant`'s {@link @xquant/quant!PackedKvLayout} (key blocks of `blockTokens`,
+ * head-major or `tokenMajor` value rows, the first `tokens` of `capacity` valid), with an explicit capacity, the bit
+ * widths the WGSL kernels read and the metadata format. {@link GpuKvLayout}, `GpuKv` and `TfPackedKv` add the arrays,
+ * buffers or tensors.
  */
-export interface GpuKvLayout {
-  axis: QuantAxis;
-  heads: number;
-  /** Valid tokens. */
-  tokens: number;
+export interface GpuKvGeometry extends Omit<PackedKvLayout, 'bits' | 'capacity'> {
+  /** Bits per code. */
+  readonly bits: GpuBits;
   /** Tokens the arrays have room for (≥ tokens); rows are strided by it. */
-  capacity: number;
-  headDim: number;
-  bits: GpuBits;
-  groupSize: number;
-  metaFormat: MetaFormat;
+  readonly capacity: number;
+  /** How scale and zero-point are stored. */
+  readonly metaFormat: MetaFormat;
+}
+
+/**
+ * A packed K or V block in the layout the kernels read: the codes of `@xquant/quant`'s `PackedKv` unchanged
+ * (optionally padded to a token capacity, or in a cache's key blocks / token-major value rows) and scale/zero
+ * interleaved per group. Default storage order: keys `codes` `[heads, headDim, capacity·bits/32]`, `meta`
+ * `[heads, headDim, capacity/groupSize]` groups; values `codes` `[heads, capacity, headDim·bits/32]`, `meta`
+ * `[heads, capacity, headDim/groupSize]` groups.
+ */
+export interface GpuKvLayout extends GpuKvGeometry {
   /** Packed codes, reference bit order (code i of a word in bits [i·bits, (i+1)·bits)). */
-  codes: Uint32Array;
+  readonly codes: Uint32Array;
   /** `'f16'`: one u32 per group; `'f32'`: two float32 bit patterns per group (scale, zero). */
-  meta: Uint32Array;
-  /**
-   * Keys only: the tokens are stored in blocks of `blockTokens`, one block after another, each block
-   * `[heads, headDim, blockTokens·bits/32]` (meta `[heads, headDim, blockTokens/groupSize]`) — the order a cache that
-   * appends whole blocks keeps. `capacity` must be a multiple of it. Default: one block (the PackedKv layout).
-   */
-  blockTokens?: number;
-  /** Values only: rows ordered `[capacity, heads]` (token-major) instead of `[heads, capacity]`. */
-  tokenMajor?: boolean;
+  readonly meta: Uint32Array;
 }
 
-/** Where the kernels find token t of head h: key block/row strides, value row strides. @internal */
-export interface KvStrides {
-  kws: number;
-  kgs: number;
-  kblk: number;
-  kbw: number;
-  kbm: number;
-  vhs: number;
-  vts: number;
-}
-
-/** One block holds every token (contiguous layout). @internal */
+/**
+ * `kblk` of a key layout stored as one block (no `blockTokens`), and of no keys: larger than any token index, so the
+ * kernels' block index `⌊t/kblk⌋` is 0 and never a division by zero (an empty block has capacity 0). @internal
+ */
 export const ONE_BLOCK = 0x40000000;
 
-/** Kernel strides of a key or value layout (see {@link GpuKvLayout.blockTokens} / {@link GpuKvLayout.tokenMajor}). @internal */
-export function kvStrides(l: Pick<GpuKvLayout, 'axis' | 'heads' | 'capacity' | 'headDim' | 'bits' | 'groupSize' | 'blockTokens' | 'tokenMajor'>): KvStrides {
-  if (l.axis === 'channel') {
-    const bt = l.blockTokens ?? l.capacity;
-    const kws = (bt * l.bits) / 32;
-    const kgs = bt / l.groupSize;
-    return { kws, kgs, kblk: l.blockTokens ? bt : ONE_BLOCK, kbw: l.heads * l.headDim * kws, kbm: l.heads * l.headDim * kgs, vhs: 0, vts: 0 };
-  }
-  return { kws: 0, kgs: 0, kblk: ONE_BLOCK, kbw: 0, kbm: 0, vhs: l.tokenMajor ? 1 : l.capacity, vts: l.tokenMajor ? l.heads : 1 };
+/**
+ * The kernels' strides of a layout: `@xquant/quant`'s {@link @xquant/quant!packedKvStrides}, with {@link ONE_BLOCK}
+ * for a single key block; all zero (and `ONE_BLOCK`) when there is no layout. @internal
+ */
+export function kvStrides(l: GpuKvGeometry | undefined): PackedKvStrides {
+  if (!l) return { kws: 0, kgs: 0, kblk: ONE_BLOCK, kbw: 0, kbm: 0, vhs: 0, vts: 0 };
+  const s = packedKvStrides(l);
+  return l.axis === 'channel' && l.blockTokens === undefined ? { ...s, kblk: ONE_BLOCK } : s;
 }
 
-/** Throws unless the block/token-major options of a layout are consistent. @internal */
-export function assertStorageOrder(l: Pick<GpuKvLayout, 'axis' | 'capacity' | 'bits' | 'groupSize' | 'blockTokens' | 'tokenMajor'>, what: string): void {
-  if (l.blockTokens !== undefined) {
-    if (l.axis !== 'channel') throw new XqShapeError(`${what}: blockTokens applies to keys only`);
-    const bt = l.blockTokens;
-    const unit = Math.max(l.groupSize, 32 / l.bits, 16);
-    if (!Number.isInteger(bt) || bt <= 0 || bt % unit !== 0 || l.capacity % bt !== 0) {
-      throw new XqShapeError(`${what}: blockTokens must be a positive multiple of ${unit} dividing capacity ${l.capacity}; got ${String(bt)}`);
-    }
-  }
-  if (l.tokenMajor && l.axis !== 'token') throw new XqShapeError(`${what}: tokenMajor applies to values only`);
+/**
+ * Throws unless the kernels can read a layout whose arrays have `codes` words and `meta` metadata elements:
+ * {@link assertGpuSupported}, a consistent storage order ({@link @xquant/quant!assertPackedKvLayout}) and the array
+ * lengths it implies. @internal
+ */
+export function assertGpuLayout(l: GpuKvGeometry, codes: number, meta: number, what: string = l.axis === 'channel' ? 'keys' : 'values'): void {
+  assertGpuSupported(l.bits, l.groupSize, l.headDim, what);
+  assertPackedKvLayout(l, what);
+  const d = layoutDims(l);
+  const want = { codes: d.rows * d.wordsPerRow, meta: d.rows * d.groupsPerRow * metaWordsPerGroup(l.metaFormat) };
+  if (codes !== want.codes) throw new XqShapeError(`${what}.codes: expected ${want.codes} words, got ${codes}`);
+  if (meta !== want.meta) throw new XqShapeError(`${what}.meta: expected ${want.meta} elements, got ${meta}`);
 }
 
 /** Options of {@link toGpuLayout}. */
@@ -113,17 +105,6 @@ export function assertGpuSupported(bits: number, groupSize: number, headDim: num
 /** Head dimensions the kernels are generated for. */
 export const SUPPORTED_HEAD_DIMS: readonly number[] = [16, 32, 64, 128, 256];
 
-function checkCapacity(capacity: number, block: { axis: QuantAxis; tokens: number; bits: number; groupSize: number }, what: string): void {
-  if (!Number.isInteger(capacity) || capacity < block.tokens) {
-    throw new XqShapeError(`${what}: capacity must be an integer ≥ tokens (${block.tokens}); got ${String(capacity)}`);
-  }
-  if (block.axis === 'token') return;
-  const unit = Math.max(block.groupSize, 32 / block.bits);
-  if (capacity % block.groupSize !== 0 || capacity % (32 / block.bits) !== 0) {
-    throw new XqShapeError(`${what}: capacity ${capacity} must be a multiple of ${unit} (group size and codes per word)`);
-  }
-}
-
 /** Interleave scale/zero into the GPU metadata format. */
 export function packMeta(scale: Float32Array, zero: Float32Array, format: MetaFormat): Uint32Array {
   if (scale.length !== zero.length) throw new XqShapeError(`scale has ${scale.length} groups but zero has ${zero.length}`);
@@ -146,7 +127,7 @@ export function metaWordsPerGroup(format: MetaFormat): number {
 }
 
 /** Rows and per-row sizes of a layout: `[rows, wordsPerRow, groupsPerRow]` at the layout's capacity. */
-export function layoutDims(l: Pick<GpuKvLayout, 'axis' | 'heads' | 'capacity' | 'headDim' | 'bits' | 'groupSize'>): {
+export function layoutDims(l: Pick<GpuKvGeometry, 'axis' | 'heads' | 'capacity' | 'headDim' | 'bits' | 'groupSize'>): {
   rows: number;
   wordsPerRow: number;
   groupsPerRow: number;
@@ -172,7 +153,7 @@ export function toGpuLayout(block: PackedKv, opts: GpuLayoutOptions = {}): GpuKv
     throw new XqConfigError('E_CONFIG', `metaFormat must be 'f16' or 'f32'; got ${String(metaFormat)}`);
   }
   const capacity = opts.capacity ?? block.tokens;
-  checkCapacity(capacity, block, block.axis === 'channel' ? 'keys' : 'values');
+  assertPackedKvLayout({ ...block, capacity }, block.axis === 'channel' ? 'keys' : 'values');
   const bits = block.bits as GpuBits;
   const base = { axis: block.axis, heads: block.heads, tokens: block.tokens, capacity, headDim: block.headDim, bits, groupSize: block.groupSize, metaFormat };
   const meta = metaOf(block, metaFormat);
@@ -204,7 +185,7 @@ export function toGpuLayout(block: PackedKv, opts: GpuLayoutOptions = {}): GpuKv
  * Cross-layer sharing in the GPU layout: `stats` (this layer's scale/zero) over `donor`'s codes. Returns the metadata
  * array only; pair it with the donor's codes buffer. Shapes, axis, bits and group size must match.
  */
-export function sharedMeta(stats: KvStats, donor: Pick<GpuKvLayout, 'axis' | 'heads' | 'tokens' | 'headDim' | 'bits' | 'groupSize' | 'metaFormat'>): Uint32Array {
+export function sharedMeta(stats: KvStats, donor: Pick<GpuKvGeometry, 'axis' | 'heads' | 'tokens' | 'headDim' | 'bits' | 'groupSize' | 'metaFormat'>): Uint32Array {
   for (const k of ['axis', 'heads', 'tokens', 'headDim', 'bits', 'groupSize'] as const) {
     if (stats[k] !== donor[k]) {
       const msg = `cannot share codes: ${k} differs (own ${String(stats[k])}, donor ${String(donor[k])})`;
@@ -216,7 +197,7 @@ export function sharedMeta(stats: KvStats, donor: Pick<GpuKvLayout, 'axis' | 'he
 }
 
 /** Bytes of codes plus metadata the kernels read for the valid tokens of a layout. */
-export function packedBytes(l: Pick<GpuKvLayout, 'heads' | 'tokens' | 'headDim' | 'bits' | 'groupSize' | 'metaFormat'>): number {
+export function packedBytes(l: Pick<GpuKvGeometry, 'heads' | 'tokens' | 'headDim' | 'bits' | 'groupSize' | 'metaFormat'>): number {
   const elems = l.heads * l.tokens * l.headDim;
   return (elems * l.bits) / 8 + (elems / l.groupSize) * 4 * metaWordsPerGroup(l.metaFormat);
 }

@@ -1,17 +1,14 @@
 import { XqBackendError, XqConfigError, XqShapeError, type KvStats, type PackedKv } from '@xquant/quant';
 import {
+  assertGpuLayout,
   assertGpuSupported,
-  assertStorageOrder,
   kvStrides,
-  layoutDims,
-  metaWordsPerGroup,
   packedBytes,
   sharedMeta,
   toGpuLayout,
-  type GpuBits,
+  type GpuKvGeometry,
   type GpuKvLayout,
   type GpuLayoutOptions,
-  type MetaFormat,
 } from './layout.js';
 import {
   CHUNK_TOKENS,
@@ -26,23 +23,11 @@ import {
 } from './wgsl.js';
 
 /** A packed K or V block resident on the GPU (see {@link GpuKvLayout} for the layouts). */
-export interface GpuKv {
-  readonly axis: 'channel' | 'token';
-  readonly heads: number;
-  readonly tokens: number;
-  readonly capacity: number;
-  readonly headDim: number;
-  readonly bits: GpuBits;
-  readonly groupSize: number;
-  readonly metaFormat: MetaFormat;
+export interface GpuKv extends GpuKvGeometry {
   /** Packed codes (may be another layer's buffer: cross-layer sharing). */
   readonly codes: GPUBuffer;
   /** Interleaved scale/zero. */
   readonly meta: GPUBuffer;
-  /** Keys stored in blocks of this many tokens (see {@link GpuKvLayout.blockTokens}). */
-  readonly blockTokens?: number;
-  /** Values stored token-major (see {@link GpuKvLayout.tokenMajor}). */
-  readonly tokenMajor?: boolean;
 }
 
 /**
@@ -164,27 +149,11 @@ export class PackedAttentionGpu {
   /** Upload a packed block (converted with {@link toGpuLayout} unless it already is a layout). */
   uploadKv(block: PackedKv | GpuKvLayout, opts?: GpuLayoutOptions): GpuKv {
     const l = 'codes' in block ? block : toGpuLayout(block, opts);
-    assertGpuSupported(l.bits, l.groupSize, l.headDim);
-    assertStorageOrder(l, l.axis === 'channel' ? 'keys' : 'values');
-    const dims = layoutDims(l);
-    if (l.codes.length !== dims.rows * dims.wordsPerRow) throw new XqShapeError(`codes: expected ${dims.rows * dims.wordsPerRow} words, got ${l.codes.length}`);
-    const mw = dims.rows * dims.groupsPerRow * metaWordsPerGroup(l.metaFormat);
-    if (l.meta.length !== mw) throw new XqShapeError(`meta: expected ${mw} words, got ${l.meta.length}`);
+    assertGpuLayout(l, l.codes.length, l.meta.length);
     this.checkBinding(l.codes.byteLength, 'codes');
-    return {
-      axis: l.axis,
-      heads: l.heads,
-      tokens: l.tokens,
-      capacity: l.capacity,
-      headDim: l.headDim,
-      bits: l.bits,
-      groupSize: l.groupSize,
-      metaFormat: l.metaFormat,
-      ...(l.blockTokens !== undefined ? { blockTokens: l.blockTokens } : {}),
-      ...(l.tokenMajor ? { tokenMajor: true } : {}),
-      codes: this.createBuffer(l.codes, 0, `${l.axis === 'channel' ? 'key' : 'value'} codes`),
-      meta: this.createBuffer(l.meta, 0, `${l.axis === 'channel' ? 'key' : 'value'} meta`),
-    };
+    const { codes, meta, ...geometry } = l;
+    const what = l.axis === 'channel' ? 'key' : 'value';
+    return { ...geometry, codes: this.createBuffer(codes, 0, `${what} codes`), meta: this.createBuffer(meta, 0, `${what} meta`) };
   }
 
   /** Cross-layer sharing: a block with this layer's scale/zero (`stats`) over `donor`'s codes buffer (not copied). */
@@ -365,8 +334,8 @@ export class PackedAttentionGpu {
       this.pipeline(combineKernelSource(D, 'softmax', 'raw'), 'xquant merge'),
     ]);
     const dummy = this.device.createBuffer({ size: 16, usage: STORAGE, label: 'empty' });
-    const ks = keys ? kvStrides(keys) : { kws: 0, kgs: 0, kblk: 1, kbw: 0, kbm: 0 };
-    const vs = values ? kvStrides(values) : { vhs: 0, vts: 0 };
+    const ks = kvStrides(keys);
+    const vs = kvStrides(values);
     const nc = Math.ceil(n / CHUNK_TOKENS);
     const call = await this.twoPass(
       pipe,

@@ -8,13 +8,13 @@ import { engine, tensor, type DataType, type Tensor, type Tensor2D, type TensorI
 import { XqBackendError, XqConfigError, XqShapeError, type KvStats, type PackedKv } from '@xquant/quant';
 import type { KernelTuning } from './raw.js';
 import {
+  assertGpuLayout,
   assertGpuSupported,
-  assertStorageOrder,
   kvStrides,
-  layoutDims,
   sharedMeta,
+  layoutDims,
   toGpuLayout,
-  type GpuBits,
+  type GpuKvGeometry,
   type GpuKvLayout,
   type GpuLayoutOptions,
   type MetaFormat,
@@ -62,22 +62,11 @@ export interface WebGpuProgramLike {
  * A packed K or V block as tfjs tensors (layouts of {@link GpuKvLayout}).
  * `codes`: int32 (the u32 words' bits). `meta`: int32 `[…, groups]` for `'f16'`, float32 `[…, groups, 2]` for `'f32'`.
  */
-export interface TfPackedKv {
-  readonly axis: 'channel' | 'token';
-  readonly heads: number;
-  /** Valid tokens (≤ capacity). */
-  readonly tokens: number;
-  readonly capacity: number;
-  readonly headDim: number;
-  readonly bits: GpuBits;
-  readonly groupSize: number;
-  readonly metaFormat: MetaFormat;
+export interface TfPackedKv extends GpuKvGeometry {
+  /** Packed codes. */
   readonly codes: Tensor;
+  /** Interleaved scale/zero. */
   readonly meta: Tensor;
-  /** Keys stored in blocks of this many tokens (see {@link GpuKvLayout.blockTokens}). */
-  readonly blockTokens?: number;
-  /** Values stored token-major (see {@link GpuKvLayout.tokenMajor}). */
-  readonly tokenMajor?: boolean;
 }
 
 /**
@@ -157,8 +146,7 @@ function uniformsOf(p: Partial<Params>): Array<{ type: string; data: number[] }>
  */
 export function packedKvToTensors(block: PackedKv | GpuKvLayout, opts?: GpuLayoutOptions): TfPackedKv {
   const l = 'codes' in block ? block : toGpuLayout(block, opts);
-  assertGpuSupported(l.bits, l.groupSize, l.headDim);
-  assertStorageOrder(l, l.axis === 'channel' ? 'keys' : 'values');
+  assertGpuLayout(l, l.codes.length, l.meta.length);
   const d = layoutDims(l);
   const lead =
     l.axis === 'channel'
@@ -169,26 +157,13 @@ export function packedKvToTensors(block: PackedKv | GpuKvLayout, opts?: GpuLayou
         ? [l.capacity, l.heads]
         : [l.heads, l.capacity];
   const perRow = l.axis === 'channel' && l.blockTokens !== undefined ? { w: (l.blockTokens * l.bits) / 32, g: l.blockTokens / l.groupSize } : { w: d.wordsPerRow, g: d.groupsPerRow };
-  const codes = tensor(new Int32Array(l.codes.buffer, l.codes.byteOffset, l.codes.length), [...lead, perRow.w], 'int32');
+  const { codes: c, meta: m, ...geometry } = l;
+  const codes = tensor(new Int32Array(c.buffer, c.byteOffset, c.length), [...lead, perRow.w], 'int32');
   const meta =
     l.metaFormat === 'f16'
-      ? tensor(new Int32Array(l.meta.buffer, l.meta.byteOffset, l.meta.length), [...lead, perRow.g], 'int32')
-      : tensor(new Float32Array(l.meta.buffer, l.meta.byteOffset, l.meta.length), [...lead, perRow.g, 2], 'float32');
-  const { axis, heads, tokens, capacity, headDim, bits, groupSize, metaFormat } = l;
-  return {
-    axis,
-    heads,
-    tokens,
-    capacity,
-    headDim,
-    bits,
-    groupSize,
-    metaFormat,
-    codes,
-    meta,
-    ...(l.blockTokens !== undefined ? { blockTokens: l.blockTokens } : {}),
-    ...(l.tokenMajor ? { tokenMajor: true } : {}),
-  };
+      ? tensor(new Int32Array(m.buffer, m.byteOffset, m.length), [...lead, perRow.g], 'int32')
+      : tensor(new Float32Array(m.buffer, m.byteOffset, m.length), [...lead, perRow.g, 2], 'float32');
+  return { ...geometry, codes, meta };
 }
 
 /** Cross-layer sharing with tensors: this layer's scale/zero over `donor`'s codes tensor (shared, not copied). */
@@ -204,17 +179,10 @@ export function shareTfKv(stats: KvStats, donor: TfPackedKv): TfPackedKv {
 
 function checkKv(kv: TfPackedKv, axis: 'channel' | 'token', what: string): void {
   if (kv.axis !== axis) throw new XqShapeError(`${what}: expected axis '${axis}', got '${kv.axis}'`);
-  assertGpuSupported(kv.bits, kv.groupSize, kv.headDim, what);
-  assertStorageOrder(kv, what);
+  assertGpuLayout(kv, kv.codes.size, kv.meta.size, what);
   if (kv.codes.dtype !== 'int32') throw new XqConfigError('E_CONFIG', `${what}.codes must be int32; got ${kv.codes.dtype}`);
   const wantMeta = kv.metaFormat === 'f16' ? 'int32' : 'float32';
   if (kv.meta.dtype !== wantMeta) throw new XqConfigError('E_CONFIG', `${what}.meta must be ${wantMeta} for metaFormat '${kv.metaFormat}'; got ${kv.meta.dtype}`);
-  const d = layoutDims(kv);
-  const wantCodes = d.rows * d.wordsPerRow;
-  const wantMetaLen = d.rows * d.groupsPerRow * (kv.metaFormat === 'f16' ? 1 : 2);
-  if (kv.codes.size !== wantCodes) throw new XqShapeError(`${what}.codes: expected ${wantCodes} words, got ${kv.codes.size}`);
-  if (kv.meta.size !== wantMetaLen) throw new XqShapeError(`${what}.meta: expected ${wantMetaLen} elements, got ${kv.meta.size}`);
-  if (!(kv.tokens >= 0 && kv.tokens <= kv.capacity)) throw new XqShapeError(`${what}: tokens ${kv.tokens} not within capacity ${kv.capacity}`);
 }
 
 function stageOf(kv: TfPackedKv): StageSpec {
@@ -333,8 +301,8 @@ export function createWebGpuAttentionKernels(backend: WebGpuBackendLike, tuning:
         km: spec.keys!.meta,
         vm: spec.values!.meta,
       });
-      const ks = keys ? kvStrides(keys) : { kws: 0, kgs: 0, kblk: 1, kbw: 0, kbm: 0 };
-      const vs = values ? kvStrides(values) : { vhs: 0, vts: 0 };
+      const ks = kvStrides(keys);
+      const vs = kvStrides(values);
       const owned: Tensor[] = [];
       const keep = (t: Tensor) => (owned.push(t), t);
       // the shared helper tensor must not be disposed with the call's own placeholders

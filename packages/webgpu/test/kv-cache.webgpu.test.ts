@@ -64,6 +64,15 @@ describe.skipIf(!hasWebgpu)(`WebGPU packed-code attention (${hasWebgpu ? reason 
     expectClose(gpu, cpu);
   });
 
+  it('1-bit keys in groups of 48 (R = 96): the empty key block before the first flush holds whole words, packed kernel used', async () => {
+    const make = () => createKvCache('kivi-1', SHAPE, { residualLength: 96, groupSize: 48, valueGroupSize: 16 });
+    const cpu = await decodeRun('cpu', make, 40, 70);
+    kernel.resetCounts();
+    const gpu = await decodeRun('webgpu', make, 40, 70);
+    expect([kernel.counts.packed, kernel.counts.fallback]).toEqual([70 * LAYERS, 0]);
+    expectClose(gpu, cpu);
+  });
+
   it('full-precision layers pass everything as residual; 8-bit layers fall back to the dense-upload kernel (counted)', async () => {
     const make = () => asymkv({ keyBits: [16, 8], valueBits: [2, 16], ...opts }).createCache(SHAPE);
     const cpu = await decodeRun('cpu', make, 40, 40);

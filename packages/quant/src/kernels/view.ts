@@ -1,4 +1,4 @@
-import { XqShapeError } from '../errors.js';
+import { XqShapeError, type XqConfigError } from '../errors.js';
 import { halfToBits } from '../fp16.js';
 import type { PackedKv } from '../kv.js';
 import { assertBits, type Bits, type QuantAxis } from '../types.js';
@@ -7,12 +7,13 @@ import { assertBits, type Bits, type QuantAxis } from '../types.js';
 export type PackedMeta = Uint16Array | Float32Array;
 
 /**
- * A strided view of packed K or V storage: where the codes, scale and zero-point of token `t` of KV head `h` are.
- * Every CPU kernel (JS and WebAssembly SIMD) reads this one description, and `PackedKv` is its simplest case (one
- * block, head-major, float32 metadata). Codes are packed LSB first: code `i` of a word in bits `[i·bits, (i+1)·bits)`.
+ * Where the codes, scale and zero-point of token `t` of KV head `h` of packed K or V storage are: the geometry of a
+ * {@link PackedKvView} without its arrays. The CPU kernels read it through {@link PackedKvView}, `@xquant/webgpu`'s
+ * GPU layouts extend it, and {@link packedKvStrides} turns it into strides. Codes are packed LSB first: code `i` of a
+ * word in bits `[i·bits, (i+1)·bits)`.
  *
  * - Keys (`axis: 'channel'`, grouped along tokens per channel) are stored in blocks of `blockTokens` tokens, block
- *   after block: `packed` `[capacity/blockTokens][heads, headDim, blockTokens·bits/32]` words, `scale`/`zero`
+ *   after block: codes `[capacity/blockTokens][heads, headDim, blockTokens·bits/32]` words, scale/zero
  *   `[capacity/blockTokens][heads, headDim, blockTokens/groupSize]`. Word of (h, t, d), with
  *   {@link PackedKvStrides}: `⌊t/kblk⌋·kbw + (h·headDim + d)·kws + ⌊(t mod kblk)·bits/32⌋`; group:
  *   `⌊t/kblk⌋·kbm + (h·headDim + d)·kgs + ⌊(t mod kblk)/groupSize⌋`.
@@ -20,10 +21,9 @@ export type PackedMeta = Uint16Array | Float32Array;
  *   `headDim/groupSize` groups; row of (h, t) = `h·vhs + t·vts`: head-major `[heads, capacity]` rows by default,
  *   token-major `[capacity, heads]` rows with `tokenMajor` (a cache that appends tokens one at a time).
  *
- * Only the first `tokens` tokens are read. Metadata format: a `Uint16Array` holds fp16 bit patterns (what a cache
- * with precision `'fp16'` stores; exact), a `Float32Array` float32 values.
+ * Only the first `tokens` tokens are read. {@link assertPackedKvLayout} checks one.
  */
-export interface PackedKvView {
+export interface PackedKvLayout {
   /** `'channel'`: keys; `'token'`: values. */
   readonly axis: QuantAxis;
   /** KV heads. */
@@ -42,6 +42,15 @@ export interface PackedKvView {
   readonly blockTokens?: number;
   /** Values only: rows ordered `[capacity, heads]` instead of `[heads, capacity]`. */
   readonly tokenMajor?: boolean;
+}
+
+/**
+ * A strided view of packed K or V storage: a {@link PackedKvLayout} and its arrays. Every CPU kernel (JS and
+ * WebAssembly SIMD) reads this one description, and `PackedKv` is its simplest case (one block, head-major, float32
+ * metadata). Metadata format: a `Uint16Array` holds fp16 bit patterns (what a cache with precision `'fp16'` stores;
+ * exact), a `Float32Array` float32 values.
+ */
+export interface PackedKvView extends PackedKvLayout {
   /** Packed codes. */
   readonly packed: Uint32Array | Int32Array;
   /** Per-group scales (fp16 bit patterns or float32). */
@@ -51,7 +60,7 @@ export interface PackedKvView {
 }
 
 /**
- * Strides of a {@link PackedKvView} (32-bit words, groups or rows; the names of `@xquant/webgpu`'s `kvStrides`):
+ * Strides of a {@link PackedKvLayout} (32-bit words, groups or rows; the names of the WGSL kernels' parameters):
  * keys use `kws`, `kgs`, `kblk`, `kbw`, `kbm` (values: 0); values use `vhs`, `vts` (keys: 0).
  */
 export interface PackedKvStrides {
@@ -71,8 +80,8 @@ export interface PackedKvStrides {
   readonly vts: number;
 }
 
-/** Strides of a view (see {@link PackedKvView}); the view is not validated. */
-export function packedKvStrides(v: Pick<PackedKvView, 'axis' | 'heads' | 'tokens' | 'capacity' | 'headDim' | 'bits' | 'groupSize' | 'blockTokens' | 'tokenMajor'>): PackedKvStrides {
+/** Strides of a layout (see {@link PackedKvLayout}); the layout is not validated. */
+export function packedKvStrides(v: PackedKvLayout): PackedKvStrides {
   const cap = v.capacity ?? v.tokens;
   if (v.axis === 'channel') {
     const bt = v.blockTokens ?? cap;
@@ -178,31 +187,49 @@ function checkMeta(fn: string, arr: unknown, k: string, groups: number, layout: 
   return arr instanceof Uint16Array;
 }
 
+/**
+ * Throws unless a layout is consistent: positive integer `heads`, `headDim` and `groupSize`, supported `bits`,
+ * `0 ≤ tokens ≤ capacity`, `blockTokens` on keys only and `tokenMajor` on values only, and rows (a key block of
+ * `blockTokens` or `capacity` tokens, a value row of `headDim` channels) that hold whole groups and whole 32-bit
+ * words, key blocks dividing the capacity.
+ * @param what - prefixes the message (the caller's name).
+ * @throws {@link XqShapeError}, or {@link XqConfigError} `E_BITS` for unsupported bits.
+ */
+export function assertPackedKvLayout(l: PackedKvLayout, what = 'packed K/V layout'): void {
+  if (l === null || typeof l !== 'object') throw new XqShapeError(`${what}: expected a packed K/V layout; got ${String(l)}`);
+  const { axis, tokens } = l;
+  if (axis !== 'channel' && axis !== 'token') throw new XqShapeError(`${what}: axis must be 'channel' (keys) or 'token' (values); got ${String(axis)}`);
+  positiveInt(l.heads, 'heads', what);
+  if (typeof tokens !== 'number' || !Number.isInteger(tokens) || tokens < 0) throw new XqShapeError(`${what}: tokens must be a non-negative integer; got ${String(tokens)}`);
+  const D = positiveInt(l.headDim, 'headDim', what);
+  assertBits(l.bits);
+  const gs = positiveInt(l.groupSize, 'groupSize', what);
+  const fpw = 32 / l.bits;
+  const cap = l.capacity ?? tokens;
+  if (!Number.isInteger(cap) || cap < tokens) throw new XqShapeError(`${what}: capacity must be an integer ≥ tokens (${tokens}); got ${String(cap)}`);
+  if (axis === 'token' && l.blockTokens !== undefined) throw new XqShapeError(`${what}: blockTokens applies to keys only`);
+  if (axis === 'channel' && l.tokenMajor) throw new XqShapeError(`${what}: tokenMajor applies to values only`);
+  const len = axis === 'channel' ? l.blockTokens ?? cap : D;
+  if (len % gs !== 0 || len % fpw !== 0 || !(len > 0) || (axis === 'channel' && cap % len !== 0)) {
+    const name = axis === 'token' ? 'headDim' : l.blockTokens !== undefined ? 'blockTokens' : l.capacity !== undefined ? 'capacity' : 'tokens';
+    positiveInt(len, name, what);
+    if (len % gs !== 0) throw new XqShapeError(`${what}: groupSize ${gs} does not divide ${name} (${len})`);
+    if (len % fpw !== 0) throw new XqShapeError(`${what}: ${name} (${len}) must be a multiple of ${fpw} for ${l.bits}-bit codes`);
+    throw new XqShapeError(`${what}: blockTokens (${len}) must divide capacity (${cap})`);
+  }
+}
+
 function checkView(fn: string, v: PackedKvView, axis: QuantAxis, offset: number): Segment {
   if (v === null || typeof v !== 'object') throw new XqShapeError(`${fn}: expected a packed K/V view; got ${String(v)}`);
   if (v.axis !== axis) {
     const want = axis === 'channel' ? "keys quantized per channel (axis 'channel')" : "values quantized per token (axis 'token')";
     throw new XqShapeError(`${fn}: needs ${want}; got axis '${String(v.axis)}'`);
   }
-  const heads = positiveInt(v.heads, 'heads', fn);
+  assertPackedKvLayout(v, fn);
+  const { heads, headDim: D, groupSize: gs, bits } = v;
   const tokens = positiveInt(v.tokens, 'tokens', fn);
-  const D = positiveInt(v.headDim, 'headDim', fn);
-  assertBits(v.bits);
-  const gs = positiveInt(v.groupSize, 'groupSize', fn);
-  const fpw = 32 / v.bits;
   const cap = v.capacity ?? tokens;
-  if (!Number.isInteger(cap) || cap < tokens) throw new XqShapeError(`${fn}: capacity must be an integer ≥ tokens (${tokens}); got ${String(cap)}`);
-  if (axis === 'token' && v.blockTokens !== undefined) throw new XqShapeError(`${fn}: blockTokens applies to keys only`);
-  if (axis === 'channel' && v.tokenMajor) throw new XqShapeError(`${fn}: tokenMajor applies to values only`);
-  const len = axis === 'channel' ? v.blockTokens ?? cap : D;
-  if (len % gs !== 0 || len % fpw !== 0 || !(len > 0) || (axis === 'channel' && cap % len !== 0)) {
-    const name = axis === 'token' ? 'headDim' : v.blockTokens !== undefined ? 'blockTokens' : v.capacity !== undefined ? 'capacity' : 'tokens';
-    positiveInt(len, name, fn);
-    if (len % gs !== 0) throw new XqShapeError(`${fn}: groupSize ${gs} does not divide ${name} (${len})`);
-    if (len % fpw !== 0) throw new XqShapeError(`${fn}: ${name} (${len}) must be a multiple of ${fpw} for ${v.bits}-bit codes`);
-    throw new XqShapeError(`${fn}: blockTokens (${len}) must divide capacity (${cap})`);
-  }
-  const words = (heads * cap * D) / fpw;
+  const words = (heads * cap * D * bits) / 32;
   const groups = (heads * cap * D) / gs;
   const layout = () => (axis === 'channel' ? '[blocks][heads, headDim, ·]' : v.tokenMajor ? '[capacity, heads, ·]' : '[heads, capacity, ·]');
   if (!(v.packed instanceof Uint32Array) && !(v.packed instanceof Int32Array)) throw new XqShapeError(`${fn}: packed must be a Uint32Array or Int32Array`);
