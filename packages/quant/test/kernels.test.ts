@@ -66,6 +66,18 @@ function withF32Accumulation(ref: { out: Float64Array; mag: Float64Array }, mag:
   return { out: ref.out, mag: ref.mag.map((m, i) => m + n * 2 ** -24 * mag[i]!) };
 }
 
+/**
+ * The float64 reference of `packedKeyScores(a, block)` (keys) or `packedValueMix(a, block)` (values) with its
+ * tolerance: {@link deqSlack}, plus float32 accumulation over `n` roundings.
+ */
+function packedRef(a: Float32Array, block: PackedKv, n: number): { out: Float64Array; mag: Float64Array } {
+  const deq = dequantizeKv(block);
+  const { slack, terms } = deqSlack(block);
+  const ref = block.axis === 'channel' ? refKeyScores : refValueMix;
+  const { heads, tokens, headDim } = block;
+  return withF32Accumulation(ref(a, deq, heads, tokens, headDim, slack), ref(a, deq, heads, tokens, headDim, terms).mag, n);
+}
+
 function expectClose(out: Float32Array, ref: { out: Float64Array; mag: Float64Array }): void {
   expect(out.length).toBe(ref.out.length);
   for (let i = 0; i < out.length; i++) {
@@ -134,13 +146,7 @@ describe.each(backends)('packedKeyScores vs float64 reference from dequantizeKv 
         const x = gaussian(c.kvHeads * c.tokens * c.headDim, c.seed, 1.5);
         const block = quantizeKeys(x, shape, { bits: c.bits, groupSize: c.groupSize, precision: c.precision });
         const q = gaussian(c.kvHeads * c.rep * c.headDim, c.seed ^ 0x5bd1e995);
-        const deq = dequantizeKv(block);
-        const { slack, terms } = deqSlack(block);
-        const ref = withF32Accumulation(
-          refKeyScores(q, deq, c.kvHeads, c.tokens, c.headDim, slack),
-          refKeyScores(q, deq, c.kvHeads, c.tokens, c.headDim, terms).mag,
-          c.headDim + 16,
-        );
+        const ref = packedRef(q, block, c.headDim + 16);
         expectClose(packedKeyScores(q, block), ref);
         const out = new Float32Array(c.kvHeads * c.rep * c.tokens).fill(NaN);
         expect(packedKeyScores(q, block, out)).toBe(out);
@@ -157,9 +163,7 @@ describe.each(backends)('packedKeyScores vs float64 reference from dequantizeKv 
         const shape = { heads: 2, tokens: 256, headDim: 128 };
         const block = quantizeKeys(gaussian(2 * 256 * 128, 7 + bits), shape, { bits, groupSize });
         const q = gaussian(8 * 128, 11);
-        const deq = dequantizeKv(block);
-        const { slack, terms } = deqSlack(block);
-        const ref = withF32Accumulation(refKeyScores(q, deq, 2, 256, 128, slack), refKeyScores(q, deq, 2, 256, 128, terms).mag, 144);
+        const ref = packedRef(q, block, 144);
         expectClose(packedKeyScores(q, block), ref);
         expect(packedKernelPath(block, 8)).toBe(backend === 'wasm' && bits <= 2 ? 'wasm-simd' : 'js');
       }
@@ -176,13 +180,7 @@ describe.each(backends)('packedValueMix vs float64 reference from dequantizeKv (
         const x = gaussian(c.kvHeads * c.tokens * c.headDim, c.seed, 1.5);
         const block = quantizeValues(x, shape, { bits: c.bits, groupSize: c.groupSize, precision: c.precision });
         const p = gaussian(c.kvHeads * c.rep * c.tokens, c.seed ^ 0x27d4eb2d);
-        const deq = dequantizeKv(block);
-        const { slack, terms } = deqSlack(block);
-        const ref = withF32Accumulation(
-          refValueMix(p, deq, c.kvHeads, c.tokens, c.headDim, slack),
-          refValueMix(p, deq, c.kvHeads, c.tokens, c.headDim, terms).mag,
-          c.tokens + 80,
-        );
+        const ref = packedRef(p, block, c.tokens + 80);
         expectClose(packedValueMix(p, block), ref);
         const out = new Float32Array(c.kvHeads * c.rep * c.headDim).fill(NaN);
         expect(packedValueMix(p, block, out)).toBe(out);
@@ -199,9 +197,7 @@ describe.each(backends)('packedValueMix vs float64 reference from dequantizeKv (
         const shape = { heads: 2, tokens: 302, headDim: 128 };
         const block = quantizeValues(gaussian(2 * 302 * 128, 3 + bits), shape, { bits, groupSize });
         const p = gaussian(8 * 302, 5);
-        const deq = dequantizeKv(block);
-        const { slack, terms } = deqSlack(block);
-        const ref = withF32Accumulation(refValueMix(p, deq, 2, 302, 128, slack), refValueMix(p, deq, 2, 302, 128, terms).mag, 302 + 80);
+        const ref = packedRef(p, block, 302 + 80);
         expectClose(packedValueMix(p, block), ref);
         expect(packedKernelPath(block, 8)).toBe(backend === 'wasm' && bits <= 2 ? 'wasm-simd' : 'js');
       }
@@ -297,13 +293,7 @@ describe.each(backends)('strided views: key blocks, token-major value chunks, fp
         const shape = { heads: c.kvHeads, tokens: c.tokens, headDim: c.headDim };
         const block = quantizeValues(gaussian(c.kvHeads * c.tokens * c.headDim, c.seed, 1.5), shape, { bits: c.bits, groupSize: c.groupSize, precision: c.precision });
         const p = gaussian(c.kvHeads * c.rep * c.tokens, c.seed ^ 0x27d4eb2d);
-        const deq = dequantizeKv(block);
-        const { slack, terms } = deqSlack(block);
-        const ref = withF32Accumulation(
-          refValueMix(p, deq, c.kvHeads, c.tokens, c.headDim, slack),
-          refValueMix(p, deq, c.kvHeads, c.tokens, c.headDim, terms).mag,
-          c.tokens + 80,
-        );
+        const ref = packedRef(p, block, c.tokens + 80);
         const segs = packedKvSegments(block, { segmentTokens: chunk, metaFormat: c.precision === 'fp16' ? 'f16' : 'f32' });
         expect(segs.length).toBe(Math.ceil(c.tokens / chunk));
         expectClose(packedValueMix(p, segs), ref);

@@ -1,6 +1,5 @@
 import { describe, expect, it } from 'vitest';
 import { accountBits } from '@xquant/cross-layer';
-import { XqError } from '@xquant/quant';
 import {
   DEFAULT_GROUP_SIZE,
   DEFAULT_RESIDUAL_LENGTH,
@@ -11,17 +10,9 @@ import {
   type CacheConfig,
   type QuantizedKvCache,
 } from '@xquant/tfjs';
-import { useCpu } from './helpers.js';
+import { codeOf, useCpu } from './helpers.js';
 
 const shape = { layers: 8, kvHeads: 2, headDim: 64 };
-const codeOf = (f: () => unknown): string => {
-  try {
-    f();
-  } catch (e) {
-    return XqError.isInstance(e) ? e.code : `untyped: ${String(e)}`;
-  }
-  return 'none';
-};
 
 describe('resolveCacheConfig', () => {
   it('applies every default once and returns a frozen config, the one the cache holds', async () => {

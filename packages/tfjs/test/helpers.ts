@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { halfTable } from '@xquant/quant';
+import { XqError, halfTable } from '@xquant/quant';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 export const REFS_DIR = fileURLToPath(new URL('../../../../shared/eval/refs/', import.meta.url));
@@ -157,4 +157,14 @@ export async function decodeRunAsync(
   }
   cache.dispose();
   return outs;
+}
+
+/** The `code` of the typed error `f` throws: `'none'` when it returns, `untyped: …` for an error that is no XqError. */
+export function codeOf(f: () => unknown): string {
+  try {
+    f();
+  } catch (e) {
+    return XqError.isInstance(e) ? e.code : `untyped: ${String(e)}`;
+  }
+  return 'none';
 }

@@ -1,7 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
-import { XqError } from '@xquant/quant';
 import {
   createKvCache,
   getKernel,
@@ -14,16 +13,7 @@ import {
   unregisterKernel,
   type AttentionKernel,
 } from '@xquant/tfjs';
-import { randn, useCpu } from './helpers.js';
-
-const codeOf = (f: () => unknown): string => {
-  try {
-    f();
-  } catch (e) {
-    return XqError.isInstance(e) ? e.code : `untyped: ${String(e)}`;
-  }
-  return 'none';
-};
+import { codeOf, randn, useCpu } from './helpers.js';
 
 beforeAll(useCpu);
 
