@@ -98,3 +98,25 @@ export function halfTable(): Float32Array {
   decodeTable = t;
   return t;
 }
+
+/**
+ * fp16 bit patterns of every element of a Float32Array (round to nearest, ties to even; overflow to ±Infinity,
+ * NaN to 0x7e00) — {@link halfToBits} for arrays, working on the float32 bit patterns (weights uploads).
+ */
+export function halfBitsArray(x: Float32Array, out: Uint16Array = new Uint16Array(x.length)): Uint16Array {
+  const u = new Uint32Array(x.buffer, x.byteOffset, x.length);
+  for (let i = 0; i < u.length; i++) {
+    const b = u[i]!;
+    const sign = (b >>> 16) & 0x8000;
+    const a = b & 0x7fffffff;
+    let h: number;
+    if (a >= 0x477ff000) h = a > 0x7f800000 ? 0x7e00 : 0x7c00;
+    else if (a >= 0x38800000) h = ((a + 0xfff + ((a >>> 13) & 1)) >>> 13) - (112 << 10);
+    else {
+      const v = x[i]!;
+      h = (((v < 0 ? -v : v) + SUBNORMAL_MAGIC) - SUBNORMAL_MAGIC) * 16777216;
+    }
+    out[i] = sign | h;
+  }
+  return out;
+}

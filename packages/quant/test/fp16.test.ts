@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { bitsToHalf, halfToBits, roundHalf, roundHalfInPlace } from '@xquant/quant';
+import { bitsToHalf, halfBitsArray, halfTable, halfToBits, roundHalf, roundHalfInPlace } from '@xquant/quant';
 import { rng } from './helpers.js';
 
 /** Oracle: round to float32, then to fp16 by exact float64 arithmetic (scale to an integer, ties to even). */
@@ -76,5 +76,25 @@ describe('fp16 rounding', () => {
       if (e === 31 && (b & 0x3ff) !== 0) continue;
       if (halfToBits(bitsToHalf(b)) !== b) throw new Error(`pattern ${b}: ${halfToBits(bitsToHalf(b))}`);
     }
+  });
+
+  test('halfBitsArray equals halfToBits element by element (every fp16 value, midpoints, random floats, edges)', () => {
+    const xs: number[] = [0, -0, 65504, -65504, 65519.99, 65520, 1e6, -1e6, Infinity, -Infinity, 2 ** -25, 3 * 2 ** -25, 2 ** -14, 2 ** -14 * 0.999, 1e-10];
+    const t = halfTable();
+    for (let b = 0; b < 0x7c00; b++) {
+      xs.push(t[b]!, -t[b]!);
+      if (b + 1 < 0x7c00) xs.push((t[b]! + t[b + 1]!) / 2); // ties
+    }
+    let s = 12345;
+    for (let i = 0; i < 20000; i++) {
+      s = (s * 1103515245 + 12345) >>> 0;
+      xs.push((s / 2 ** 32 - 0.5) * 2 ** ((s % 40) - 20));
+    }
+    const x = Float32Array.from(xs);
+    const got = halfBitsArray(x);
+    for (let i = 0; i < x.length; i++) {
+      if (got[i] !== halfToBits(x[i]!)) throw new Error(`${x[i]}: ${got[i]} vs ${halfToBits(x[i]!)}`);
+    }
+    expect(halfBitsArray(Float32Array.of(NaN))[0]).toBe(0x7e00);
   });
 });

@@ -221,17 +221,20 @@ export function decodeKernelSource(s: DecodeSpec): string {
   const tl = (j: number) => (kp ? `lid * 16u + ${j}u` : `${j * WG}u + lid`);
   // ---- chunk softmax: scores to workgroup memory, max and sums over the chunk (few barriers, little live state) ----
   for (let i = 0; i < HG; i++) push(`red[${i * WG}u + lid] = lm${i};`);
-  push('workgroupBarrier();');
-  for (let i = 0; i < HG; i++) {
-    push(`var mx${i} = red[${i * WG}u];`, `for (var r = 1u; r < ${WG}u; r = r + 1u) { mx${i} = max(mx${i}, red[${i * WG}u + r]); }`);
-  }
+  const tree = (op: (a: string, b: string) => string) => {
+    push('workgroupBarrier();', `for (var st = ${WG / 2}u; st >= 1u; st = st >> 1u) {`, 'if (lid < st) {');
+    for (let i = 0; i < HG; i++) push(`red[${i * WG}u + lid] = ${op(`red[${i * WG}u + lid]`, `red[${i * WG}u + lid + st]`)};`);
+    push('}', 'workgroupBarrier();', '}');
+  };
+  tree((a, b) => `max(${a}, ${b})`);
+  for (let i = 0; i < HG; i++) push(`let mx${i} = red[${i * WG}u];`);
   push('workgroupBarrier();');
   for (let i = 0; i < HG; i++) {
     push(`var ls${i} = 0.0;`);
     for (let j = 0; j < 16; j++) push(`{ let e = exp(sc[${i * C}u + ${tl(j)}] - mx${i}); sc[${i * C}u + ${tl(j)}] = e; ls${i} = ls${i} + e; }`);
     push(`red[${i * WG}u + lid] = ls${i};`);
   }
-  push('workgroupBarrier();');
+  tree((a, b) => `${a} + ${b}`);
   // ---- values -------------------------------------------------------------------------------------------------
   const SLOT = vp ? 16 : 8; // channels per thread
   const CSV = D / SLOT;
@@ -297,8 +300,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
   push('if (lid == 0u) {');
   for (let i = 0; i < HG; i++) {
     push(`if (wid.z * ${HG}u + ${i}u < ${s.rep}u) {`, `let pb = ((h0 + ${i}u) * S.nc + chunk) * ${D + 2}u;`);
-    push(`var l${i} = 0.0;`, `for (var r = 0u; r < ${WG}u; r = r + 1u) { l${i} = l${i} + red[${i * WG}u + r]; }`);
-    push(`parts[pb + ${D}u] = mx${i};`, `parts[pb + ${D + 1}u] = l${i};`, '}');
+    push(`parts[pb + ${D}u] = mx${i};`, `parts[pb + ${D + 1}u] = red[${i * WG}u];`, '}');
   }
   push('}');
   push('}');

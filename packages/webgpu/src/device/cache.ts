@@ -123,7 +123,8 @@ interface LayerRes {
 
 const align = (bytes: number) => Math.ceil(bytes / ALIGN) * ALIGN;
 
-type BindingKind = 'read-only-storage' | 'storage' | 'uniform';
+/** A binding's buffer type, in binding order of a kernel. */
+export type BindingKind = 'read-only-storage' | 'storage' | 'uniform';
 /** Binding types of each kernel, in binding order (explicit layouts: 'auto' would drop bindings a variant does not read). */
 const LAYOUTS: Record<'update' | 'decode' | 'combine' | 'fill', BindingKind[]> = {
   update: ['read-only-storage', 'read-only-storage', 'storage', 'storage', 'storage', 'storage', 'read-only-storage', 'read-only-storage', 'uniform'],
@@ -132,7 +133,7 @@ const LAYOUTS: Record<'update' | 'decode' | 'combine' | 'fill', BindingKind[]> =
   fill: ['storage', 'uniform'],
 };
 
-/** Compiles WGSL kernels with explicit bind group layouts, each source once. @internal */
+/** Compiles WGSL compute kernels with explicit bind group layouts (one per list of binding types), each source once. */
 export class KernelCompiler {
   private readonly layouts = new Map<string, GPUBindGroupLayout>();
   private readonly pipes = new Map<string, Promise<GPUComputePipeline>>();
@@ -425,13 +426,22 @@ export class DeviceKvCache {
 
   /** Encode layer `layer`'s update, attention and merge passes for the current position into `pass`. */
   encodeLayer(pass: GPUComputePassEncoder, layer: number): void {
-    const l = this.layers[layer];
-    if (!l?.updateBG) throw new XqStateError('E_STATE', `layer ${layer}: attach(io) first (or no such layer)`);
-    const roles = updateRoles(l.update);
-    const wgs = Math.ceil(roles.total / UPDATE_WORKGROUP);
+    this.encodeUpdate(pass, layer);
+    this.encodeAttention(pass, layer);
+  }
+
+  /** Encode the update pass alone: rotate q and k, append k and v, quantize what the schedule owes. */
+  encodeUpdate(pass: GPUComputePassEncoder, layer: number): void {
+    const l = this.layerOf(layer);
+    const wgs = Math.ceil(updateRoles(l.update).total / UPDATE_WORKGROUP);
     pass.setPipeline(l.updatePipe!);
-    pass.setBindGroup(0, l.updateBG);
+    pass.setBindGroup(0, l.updateBG!);
     pass.dispatchWorkgroups(Math.min(wgs, 65535), Math.ceil(wgs / 65535));
+  }
+
+  /** Encode the attention and merge passes alone (the rotated queries must be in {@link DeviceKvCache.queries}). */
+  encodeAttention(pass: GPUComputePassEncoder, layer: number): void {
+    const l = this.layerOf(layer);
     const rep = this.shape.qHeads / this.shape.kvHeads;
     pass.setPipeline(l.decodePipe!);
     pass.setBindGroup(0, l.decodeBG!);
@@ -439,6 +449,32 @@ export class DeviceKvCache {
     pass.setPipeline(this.combinePipe!);
     pass.setBindGroup(0, l.combineBG!);
     pass.dispatchWorkgroups(this.shape.qHeads);
+  }
+
+  private layerOf(layer: number): LayerRes {
+    const l = this.layers[layer];
+    if (!l?.updateBG) throw new XqStateError('E_STATE', `layer ${layer}: attach(io) first (or no such layer)`);
+    return l;
+  }
+
+  /**
+   * Bytes one decode step of layer `layer` reads from the cache at the current position: codes and scale/zero of the
+   * quantized tokens, float32 residual rows, fp16 rows of dense layers.
+   */
+  attentionBytes(layer: number): number {
+    const l = this.layerOf(layer);
+    const { kvHeads: H, headDim: D } = this.shape;
+    const n = this.tokensHeld + 1;
+    const p = this.tokensHeld;
+    const R = this.R;
+    const tk = this.quantized ? Math.floor(p / R) * R : 0;
+    const tv = this.quantized ? Math.max(0, p - R) : 0;
+    let b = 0;
+    for (const [st, q] of [[l.keys, tk], [l.values, tv]] as const) {
+      if (st.kind === 'dense') b += H * n * D * 2;
+      else b += (H * q * D * st.bits) / 8 + ((H * q * D) / st.groupSize) * 4 + H * (n - q) * D * 4;
+    }
+    return b;
   }
 
   /** Finish the position: the cache now holds one more token. */

@@ -1,0 +1,516 @@
+import { XqBackendError, XqConfigError, XqNumericError, XqShapeError, XqStateError, halfBitsArray } from '@xquant/quant';
+import {
+  DeviceKvCache,
+  KernelCompiler,
+  type DeviceAttentionTuning,
+  type DeviceCacheMemory,
+  type DeviceCacheSpec,
+} from '@xquant/webgpu';
+import type { ModelConfig } from '../config.js';
+import { validateModelConfig } from '../config.js';
+import type { WeightSource } from '../model.js';
+import { ropeInverseFrequencies, ropeTables } from '../rope.js';
+import { MATVEC_WORKGROUP, embedSource, matvecRowsPerWorkgroup, matvecSource, sampleSource, type MatvecSpec } from './kernels.js';
+
+const STORAGE = 0x80;
+const COPY_SRC = 0x04;
+const COPY_DST = 0x08;
+const UNIFORM = 0x40;
+const MAP_READ = 0x01;
+
+/** Options of {@link GpuDecoder.create}. */
+export interface GpuDecoderOptions {
+  /** The KV cache: `{ kind: 'full' }` (fp16 rows) or `{ kind: 'quantized', config }` with a resolved `@xquant/tfjs` config. */
+  cache: DeviceCacheSpec;
+  /** Positions the decoder can hold (prompt + generated tokens). */
+  capacity: number;
+  /** Decode-attention kernel geometry. */
+  tuning?: DeviceAttentionTuning;
+  /** Decode steps submitted ahead of the token read back (default 2; 1 = fully synchronous). */
+  inFlight?: number;
+}
+
+/** Options of {@link GpuDecoder.generate}. */
+export interface GpuGenerateOptions {
+  /** Token ids to start from (fed one position at a time after what the decoder holds). */
+  prompt: readonly number[];
+  /** Tokens to generate at most. */
+  maxNewTokens: number;
+  /** 0 (default): greedy; > 0: Gumbel-max sampling at this temperature, seeded per position. */
+  temperature?: number;
+  /** Seed of the sampler. */
+  seed?: number;
+  /** Stop after any of these ids (included in the output). Default: the model's end-of-sequence ids. */
+  stopTokens?: readonly number[];
+  /** Called with each token as it is read back. */
+  onToken?: (id: number) => void;
+}
+
+/** What {@link GpuDecoder.generate} returns. */
+export interface GpuGenerateResult {
+  /** Generated ids (without the prompt). */
+  tokens: number[];
+  /** Wall milliseconds of the prompt positions. */
+  prefillMs: number;
+  /** Wall milliseconds per generated token (first submit to last read back, divided by the tokens). */
+  msPerToken: number;
+}
+
+/** Bytes the decoder holds on the device. */
+export interface GpuDecoderMemory {
+  /** fp16 weights, float32 norms and biases, rotary tables. */
+  weightBytes: number;
+  /** Bytes of weights read per position by the matrix-vector products (all projections and the output head). */
+  weightReadBytesPerToken: number;
+  /** Activations, token ids and read-back buffers. */
+  scratchBytes: number;
+  cache: DeviceCacheMemory;
+}
+
+interface Matvec {
+  pipe: GPUComputePipeline;
+  bg: GPUBindGroup;
+  workgroups: number;
+}
+
+interface LayerOps {
+  qkv: Matvec;
+  o: Matvec;
+  gateUp: Matvec;
+  down: Matvec;
+}
+
+/** float32 → fp16 bit patterns packed two per u32 (round to nearest even), for weights. */
+function toHalfPairs(x: Float32Array, name: string): Uint32Array {
+  if (x.length % 2 !== 0) throw new XqShapeError(`${name}: an even number of values is needed for fp16 pairs; got ${x.length}`);
+  const h = halfBitsArray(x);
+  for (let i = 0; i < h.length; i++) {
+    if ((h[i]! & 0x7c00) === 0x7c00) throw new XqNumericError(`${name}: value ${x[i]} at flat index ${i} does not fit in fp16 (largest finite 65504)`);
+  }
+  return new Uint32Array(h.buffer, h.byteOffset, h.length / 2);
+}
+
+/**
+ * A Llama / Qwen2 decoder that runs every decode step on the GPU (raw WebGPU): fp16 weights, a device-resident KV
+ * cache ({@link DeviceKvCache}: `full` fp16 rows or any quantized configuration), RMSNorm fused into the following
+ * matrix-vector product, SwiGLU fused into the gate/up product, and sampling on the device. One command buffer per
+ * position; the only data read back is the sampled token id, and up to `inFlight` positions are queued ahead of it.
+ */
+export class GpuDecoder {
+  private readonly buffers: GPUBuffer[] = [];
+  private weightBytes = 0;
+  private scratchBytes = 0;
+  private readonly layers: LayerOps[] = [];
+  private embed!: { pipe: GPUComputePipeline; bg: GPUBindGroup; workgroups: number };
+  private lmHead!: Matvec;
+  private sample!: { pipe: GPUComputePipeline; bg: GPUBindGroup };
+  private readonly step: GPUBuffer;
+  private tokens: GPUBuffer;
+  private rope: GPUBuffer | null = null;
+  /** Positions the decoder can hold. */
+  capacity: number;
+  /** Bytes of weights the matrix-vector products read per position (every projection and the output head). */
+  private matvecBytes = 0;
+  private embedTable: GPUBuffer | null = null;
+  private readonly staging: GPUBuffer[] = [];
+  private readonly pending: (Promise<void> | null)[] = [];
+  private pos = 0;
+  private disposed = false;
+  private readonly stepData = new ArrayBuffer(16);
+  private readonly inFlight: number;
+  cache!: DeviceKvCache;
+  private x!: GPUBuffer;
+  private qkv!: GPUBuffer;
+  private attn!: GPUBuffer;
+  private gu!: GPUBuffer;
+  private logits!: GPUBuffer;
+
+  private constructor(
+    readonly device: GPUDevice,
+    readonly config: ModelConfig,
+    capacity: number,
+    inFlight: number,
+  ) {
+    this.inFlight = inFlight;
+    this.capacity = capacity;
+    this.step = this.buffer(16, UNIFORM | COPY_DST, 'model step', 'scratch');
+    this.tokens = this.buffer(4 * (capacity + 1), STORAGE | COPY_SRC | COPY_DST, 'token ids', 'scratch');
+    for (let i = 0; i < inFlight; i++) {
+      this.staging.push(this.buffer(4, MAP_READ | COPY_DST, 'token read-back', 'scratch'));
+      this.pending.push(null);
+    }
+  }
+
+  private buffer(size: number, usage: number, label: string, kind: 'weights' | 'scratch'): GPUBuffer {
+    const b = this.device.createBuffer({ size: Math.max(16, Math.ceil(size / 16) * 16), usage, label });
+    this.buffers.push(b);
+    if (kind === 'weights') this.weightBytes += b.size;
+    else this.scratchBytes += b.size;
+    return b;
+  }
+
+  private upload(data: Uint32Array | Float32Array, label: string): GPUBuffer {
+    const limit = this.device.limits.maxStorageBufferBindingSize;
+    if (data.byteLength > limit) throw new XqBackendError('E_BACKEND_UNAVAILABLE', `${label}: ${data.byteLength} bytes exceed this device's maxStorageBufferBindingSize (${limit})`);
+    const b = this.device.createBuffer({ size: Math.max(16, Math.ceil(data.byteLength / 16) * 16), usage: STORAGE | COPY_DST, mappedAtCreation: true, label });
+    new Uint8Array(b.getMappedRange()).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    b.unmap();
+    this.buffers.push(b);
+    this.weightBytes += b.size;
+    return b;
+  }
+
+  /**
+   * Upload a model's weights (HF names, as {@link WeightSource} gives them) as fp16 and compile the kernels. Each
+   * weight's shape is checked against `config`; non-finite values and values outside fp16 are typed errors.
+   */
+  static async create(device: GPUDevice, config: ModelConfig, weights: WeightSource, options: GpuDecoderOptions): Promise<GpuDecoder> {
+    validateModelConfig(config, weights.source);
+    const cap = options.capacity;
+    if (!Number.isInteger(cap) || cap <= 0) throw new XqShapeError(`capacity must be a positive integer; got ${String(cap)}`);
+    if (cap > config.maxPositionEmbeddings * 64) throw new XqShapeError(`capacity ${cap} is far beyond the model's ${config.maxPositionEmbeddings} positions`);
+    const inFlight = options.inFlight ?? 2;
+    if (!Number.isInteger(inFlight) || inFlight < 1 || inFlight > 8) throw new XqConfigError('E_CONFIG', `inFlight must be an integer in [1, 8]; got ${String(inFlight)}`);
+    const d = new GpuDecoder(device, config, cap, inFlight);
+    try {
+      await d.build(weights, options);
+    } catch (e) {
+      d.dispose();
+      throw e;
+    }
+    return d;
+  }
+
+  private async build(weights: WeightSource, options: GpuDecoderOptions): Promise<void> {
+    const c = this.config;
+    const dev = this.device;
+    const H = c.hiddenSize;
+    const D = c.headDim;
+    const qd = c.numHeads * D;
+    const kvd = c.numKvHeads * D;
+    const I = c.intermediateSize;
+    if (H % 8 !== 0 || qd % 8 !== 0 || I % 8 !== 0) throw new XqShapeError(`the GPU decoder needs hidden (${H}), heads·headDim (${qd}) and intermediate (${I}) sizes that are multiples of 8`);
+    const read = async (name: string, shape: number[]): Promise<Float32Array> => {
+      if (!weights.has(name)) throw new XqShapeError(`${weights.source}: missing weight '${name}' (expected shape [${shape.join(', ')}])`);
+      const got = weights.shape(name);
+      if (got.length !== shape.length || got.some((v, i) => v !== shape[i])) {
+        throw new XqShapeError(`${weights.source}: weight '${name}' has shape [${got.join(', ')}], expected [${shape.join(', ')}]`);
+      }
+      const data = await weights.read(name);
+      for (let i = 0; i < data.length; i++) {
+        const v = data[i]!;
+        if (v - v !== 0) throw new XqNumericError(`${weights.source}: weight '${name}' has a non-finite value (${v}) at flat index ${i}`);
+      }
+      return data;
+    };
+    const rows = async (names: string[], counts: number[], cols: number, label: string) => {
+      const parts = await Promise.all(names.map((n, i) => read(n, [counts[i]!, cols])));
+      const all = new Float32Array(parts.reduce((s, p) => s + p.length, 0));
+      let at = 0;
+      for (const p of parts) {
+        all.set(p, at);
+        at += p.length;
+      }
+      return this.upload(toHalfPairs(all, label), label);
+    };
+    const vec = async (names: string[], counts: number[], label: string) => {
+      const parts = await Promise.all(names.map((n, i) => read(n, [counts[i]!])));
+      const all = new Float32Array(counts.reduce((a, b) => a + b, 0));
+      let at = 0;
+      for (const p of parts) {
+        all.set(p, at);
+        at += p.length;
+      }
+      return this.upload(all, label);
+    };
+    const k = new KernelCompiler(dev);
+    const MV: ('read-only-storage' | 'storage' | 'uniform')[] = ['read-only-storage', 'read-only-storage', 'storage', 'read-only-storage', 'read-only-storage'];
+    const dummy = this.buffer(16, STORAGE, 'unused binding', 'scratch');
+    // activations
+    this.x = this.buffer(4 * H, STORAGE | COPY_SRC | COPY_DST, 'hidden state', 'scratch');
+    this.qkv = this.buffer(4 * (qd + 2 * kvd), STORAGE | COPY_SRC, 'qkv', 'scratch');
+    this.attn = this.buffer(4 * qd, STORAGE | COPY_SRC, 'attention output', 'scratch');
+    this.gu = this.buffer(4 * I, STORAGE, 'swiglu', 'scratch');
+    this.logits = this.buffer(4 * c.vocabSize, STORAGE | COPY_SRC, 'logits', 'scratch');
+    const matvec = async (spec: MatvecSpec, W: GPUBuffer, x: GPUBuffer, y: GPUBuffer, g: GPUBuffer | null, bias: GPUBuffer | null, label: string): Promise<Matvec> => {
+      const pipe = await k.pipeline(matvecSource(spec), MV, label);
+      const bg = dev.createBindGroup({
+        layout: k.layout(MV),
+        entries: [W, x, y, g ?? dummy, bias ?? dummy].map((buffer, binding) => ({ binding, resource: { buffer } })),
+      });
+      this.matvecBytes += W.size;
+      return { pipe, bg, workgroups: Math.ceil(spec.rows / matvecRowsPerWorkgroup(spec)) };
+    };
+    // rows per 32-lane group: more for tall matrices (more loads in flight per thread), 1 for short ones
+    const rpg = (rowsOut: number) => (rowsOut >= 65536 ? 4 : rowsOut >= 8192 ? 2 : 1);
+    const eps = c.rmsNormEps;
+    for (let l = 0; l < c.numLayers; l++) {
+      const p = `model.layers.${l}.`;
+      const a = `${p}self_attn.`;
+      const m = `${p}mlp.`;
+      const gIn = await vec([`${p}input_layernorm.weight`], [H], `layer ${l} input norm`);
+      const gPost = await vec([`${p}post_attention_layernorm.weight`], [H], `layer ${l} post-attention norm`);
+      const wqkv = await rows([`${a}q_proj.weight`, `${a}k_proj.weight`, `${a}v_proj.weight`], [qd, kvd, kvd], H, `layer ${l} qkv`);
+      const bqkv = c.attentionBias ? await vec([`${a}q_proj.bias`, `${a}k_proj.bias`, `${a}v_proj.bias`], [qd, kvd, kvd], `layer ${l} qkv bias`) : null;
+      const wo = await rows([`${a}o_proj.weight`], [H], qd, `layer ${l} o`);
+      const bo = c.outputBias ? await vec([`${a}o_proj.bias`], [H], `layer ${l} o bias`) : null;
+      // gate and up interleaved row by row, so one workgroup sees both rows of an output
+      const [gate, up] = await Promise.all([read(`${m}gate_proj.weight`, [I, H]), read(`${m}up_proj.weight`, [I, H])]);
+      const inter = new Float32Array(2 * I * H);
+      for (let r = 0; r < I; r++) {
+        inter.set(gate.subarray(r * H, (r + 1) * H), 2 * r * H);
+        inter.set(up.subarray(r * H, (r + 1) * H), (2 * r + 1) * H);
+      }
+      const wgu = this.upload(toHalfPairs(inter, `layer ${l} gate/up`), `layer ${l} gate/up`);
+      let bgu: GPUBuffer | null = null;
+      let bdown: GPUBuffer | null = null;
+      if (c.mlpBias) {
+        const [bg, bu] = await Promise.all([read(`${m}gate_proj.bias`, [I]), read(`${m}up_proj.bias`, [I])]);
+        const b = new Float32Array(2 * I);
+        for (let r = 0; r < I; r++) {
+          b[2 * r] = bg[r]!;
+          b[2 * r + 1] = bu[r]!;
+        }
+        bgu = this.upload(b, `layer ${l} gate/up bias`);
+        bdown = await vec([`${m}down_proj.bias`], [H], `layer ${l} down bias`);
+      }
+      const wdown = await rows([`${m}down_proj.weight`], [H], I, `layer ${l} down`);
+      this.layers.push({
+        qkv: await matvec({ inFeatures: H, rows: qd + 2 * kvd, rowsPerGroup: rpg(qd + 2 * kvd), rmsNormEps: eps, bias: bqkv !== null, epilogue: 'store' }, wqkv, this.x, this.qkv, gIn, bqkv, `layer ${l} qkv`),
+        o: await matvec({ inFeatures: qd, rows: H, rowsPerGroup: rpg(H), bias: bo !== null, epilogue: 'residual' }, wo, this.attn, this.x, null, bo, `layer ${l} o`),
+        gateUp: await matvec({ inFeatures: H, rows: I, rowsPerGroup: rpg(2 * I), rmsNormEps: eps, bias: bgu !== null, epilogue: 'swiglu' }, wgu, this.x, this.gu, gPost, bgu, `layer ${l} gate/up`),
+        down: await matvec({ inFeatures: I, rows: H, rowsPerGroup: rpg(H), bias: bdown !== null, epilogue: 'residual' }, wdown, this.gu, this.x, null, bdown, `layer ${l} down`),
+      });
+    }
+    const gFinal = await vec(['model.norm.weight'], [c.hiddenSize], 'final norm');
+    const E = await rows(['model.embed_tokens.weight'], [c.vocabSize], H, 'embedding');
+    const head = c.tieWordEmbeddings ? E : await rows(['lm_head.weight'], [c.vocabSize], H, 'lm head');
+    this.lmHead = await matvec({ inFeatures: H, rows: c.vocabSize, rowsPerGroup: rpg(c.vocabSize), rmsNormEps: eps, bias: false, epilogue: 'store' }, head, this.x, this.logits, gFinal, null, 'lm head');
+    const EL: ('read-only-storage' | 'storage' | 'uniform')[] = ['read-only-storage', 'read-only-storage', 'storage', 'uniform'];
+    const ep = await k.pipeline(embedSource(H), EL, 'embedding');
+    this.embed = { pipe: ep, bg: null!, workgroups: Math.ceil(H / 2 / 256) };
+    const SL: ('read-only-storage' | 'storage' | 'uniform')[] = ['read-only-storage', 'storage', 'uniform'];
+    this.sample = { pipe: await k.pipeline(sampleSource(c.vocabSize), SL, 'sampling'), bg: null! };
+    this.embedTable = E;
+    this.compiler = k;
+    this.rebindTokens();
+    await this.useCache(options.cache, this.capacity, options.tuning);
+  }
+
+  /**
+   * Put a new, empty KV cache behind the same weights (e.g. to compare cache configurations without reloading the
+   * model): the old cache and rotary tables are freed.
+   */
+  async replaceCache(spec: DeviceCacheSpec, capacity: number = this.capacity, tuning?: DeviceAttentionTuning): Promise<void> {
+    this.checkAlive();
+    if (!Number.isInteger(capacity) || capacity <= 0) throw new XqShapeError(`capacity must be a positive integer; got ${String(capacity)}`);
+    await this.device.queue.onSubmittedWorkDone();
+    this.cache.dispose();
+    if (this.rope) {
+      this.weightBytes -= this.rope.size;
+      this.rope.destroy();
+      this.buffers.splice(this.buffers.indexOf(this.rope), 1);
+    }
+    this.capacity = capacity;
+    const grown = this.buffer(4 * (capacity + 1), STORAGE | COPY_SRC | COPY_DST, 'token ids', 'scratch');
+    this.tokens.destroy();
+    this.scratchBytes -= this.tokens.size;
+    this.tokens = grown;
+    this.rebindTokens();
+    await this.useCache(spec, capacity, tuning);
+    this.pos = 0;
+  }
+
+  private compiler!: KernelCompiler;
+
+  private rebindTokens(): void {
+    const k = this.compiler;
+    const bind = (kinds: ('read-only-storage' | 'storage' | 'uniform')[], bufs: GPUBuffer[]) =>
+      this.device.createBindGroup({ layout: k.layout(kinds), entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+    this.embed.bg = bind(['read-only-storage', 'read-only-storage', 'storage', 'uniform'], [this.embedTable!, this.tokens, this.x, this.step]);
+    this.sample.bg = bind(['read-only-storage', 'storage', 'uniform'], [this.logits, this.tokens, this.step]);
+  }
+
+  private async useCache(spec: DeviceCacheSpec, capacity: number, tuning?: DeviceAttentionTuning): Promise<void> {
+    const c = this.config;
+    const D = c.headDim;
+    const cache = await DeviceKvCache.create(this.device, { layers: c.numLayers, qHeads: c.numHeads, kvHeads: c.numKvHeads, headDim: D }, spec, { capacity, ...(tuning ? { tuning } : {}) });
+    // rotary tables for every position, [pos][cos D/2 | sin D/2]
+    const inv = ropeInverseFrequencies(D, c.ropeTheta, c.ropeScaling);
+    const positions = cache.capacity;
+    const rope = new Float32Array(positions * D);
+    const CH = 4096;
+    for (let s = 0; s < positions; s += CH) {
+      const n = Math.min(CH, positions - s);
+      const { cos, sin } = ropeTables(inv, s, n);
+      for (let t = 0; t < n; t++) {
+        rope.set(cos.subarray(t * (D / 2), (t + 1) * (D / 2)), (s + t) * D);
+        rope.set(sin.subarray(t * (D / 2), (t + 1) * (D / 2)), (s + t) * D + D / 2);
+      }
+    }
+    this.rope = this.upload(rope, 'rotary tables');
+    cache.attach({ qkv: this.qkv, rope: this.rope, out: this.attn });
+    this.cache = cache;
+  }
+
+  /** Positions held (prompt and generated tokens). */
+  get position(): number {
+    return this.pos;
+  }
+
+  private checkAlive(): void {
+    if (this.disposed) throw new XqStateError('E_STATE', 'the GPU decoder was disposed');
+  }
+
+  private writeStep(temperature: number, seed: number): void {
+    const u = new Uint32Array(this.stepData);
+    const f = new Float32Array(this.stepData);
+    u[0] = this.pos;
+    u[1] = this.config.vocabSize;
+    f[2] = temperature;
+    u[3] = seed >>> 0;
+    this.device.queue.writeBuffer(this.step, 0, this.stepData);
+  }
+
+  /** Encode and submit position `pos` (its token is `tokens[pos]` on the device); `sample`: compute the next token. */
+  private submitPosition(sample: boolean, temperature: number, seed: number, readback: GPUBuffer | null): void {
+    if (this.pos >= this.cache.capacity || this.pos >= this.capacity) throw new XqStateError('E_STATE', `the decoder is full (${this.capacity} positions)`);
+    this.writeStep(temperature, seed);
+    this.cache.beginPosition();
+    const enc = this.device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    const run = (m: Matvec) => {
+      pass.setPipeline(m.pipe);
+      pass.setBindGroup(0, m.bg);
+      pass.dispatchWorkgroups(Math.min(m.workgroups, 65535), Math.ceil(m.workgroups / 65535));
+    };
+    pass.setPipeline(this.embed.pipe);
+    pass.setBindGroup(0, this.embed.bg);
+    pass.dispatchWorkgroups(this.embed.workgroups);
+    for (let l = 0; l < this.layers.length; l++) {
+      const L = this.layers[l]!;
+      run(L.qkv);
+      this.cache.encodeLayer(pass, l);
+      run(L.o);
+      run(L.gateUp);
+      run(L.down);
+    }
+    if (sample) {
+      run(this.lmHead);
+      pass.setPipeline(this.sample.pipe);
+      pass.setBindGroup(0, this.sample.bg);
+      pass.dispatchWorkgroups(1);
+    }
+    pass.end();
+    if (readback) enc.copyBufferToBuffer(this.tokens, 4 * (this.pos + 1), readback, 0, 4);
+    this.device.queue.submit([enc.finish()]);
+    this.cache.endPosition();
+    this.pos++;
+  }
+
+  /**
+   * Generate after what the decoder holds: the prompt positions run on the device without read-back, then each
+   * new token is sampled on the device and read back (one map per token, `inFlight` positions queued ahead).
+   * Up to `inFlight − 1` positions past a stop token may have been computed when it returns.
+   */
+  async generate(opts: GpuGenerateOptions): Promise<GpuGenerateResult> {
+    this.checkAlive();
+    const { prompt, maxNewTokens } = opts;
+    const V = this.config.vocabSize;
+    if (prompt.length === 0) throw new XqShapeError('generate: the prompt must hold at least one token');
+    prompt.forEach((id, i) => {
+      if (!Number.isInteger(id) || id < 0 || id >= V) throw new XqConfigError('E_CONFIG', `generate: token id ${id} at index ${i} is outside the vocabulary [0, ${V})`);
+    });
+    if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1) throw new XqConfigError('E_CONFIG', `maxNewTokens must be a positive integer; got ${String(maxNewTokens)}`);
+    const temperature = opts.temperature ?? 0;
+    if (!Number.isFinite(temperature) || temperature < 0 || (temperature > 0 && temperature < 1e-6)) {
+      throw new XqConfigError('E_CONFIG', `temperature must be 0 (greedy) or a finite number ≥ 1e-6; got ${String(temperature)}`);
+    }
+    if (this.pos + prompt.length + maxNewTokens > this.capacity) {
+      throw new XqShapeError(`generate: ${this.pos} held + ${prompt.length} prompt + ${maxNewTokens} new positions exceed the capacity ${this.capacity}`);
+    }
+    const stops = new Set(opts.stopTokens ?? this.config.eosTokenIds);
+    const seed = opts.seed ?? 0;
+    this.device.queue.writeBuffer(this.tokens, 4 * this.pos, new Uint32Array(prompt));
+    const t0 = performance.now();
+    for (let i = 0; i < prompt.length - 1; i++) this.submitPosition(false, temperature, seed, null);
+    await this.device.queue.onSubmittedWorkDone();
+    const prefillMs = performance.now() - t0;
+    const out: number[] = [];
+    const t1 = performance.now();
+    let submitted = 0;
+    let done = false;
+    const ring = this.staging.length;
+    const take = async (slot: number) => {
+      await this.pending[slot];
+      this.pending[slot] = null;
+      const b = this.staging[slot]!;
+      const id = new Uint32Array(b.getMappedRange())[0]!;
+      b.unmap();
+      return id;
+    };
+    while (!done && out.length < maxNewTokens) {
+      // keep `ring` positions in flight: the last prompt token, then each generated token as its own position
+      while (submitted < maxNewTokens && submitted - out.length < ring) {
+        const slot = submitted % ring;
+        this.submitPosition(true, temperature, seed, this.staging[slot]!);
+        this.pending[slot] = this.staging[slot]!.mapAsync(MAP_READ);
+        submitted++;
+        if (submitted >= maxNewTokens) break;
+      }
+      const id = await take(out.length % ring);
+      out.push(id);
+      opts.onToken?.(id);
+      if (stops.has(id)) done = true;
+    }
+    // drain what is still in flight (positions computed past a stop token stay in the cache)
+    for (let i = out.length; i < submitted; i++) await take(i % ring);
+    const msPerToken = (performance.now() - t1) / Math.max(1, out.length);
+    return { tokens: out, prefillMs, msPerToken };
+  }
+
+  /**
+   * Benchmarks: make the cache hold `tokens` positions of synthetic content (see {@link DeviceKvCache.fillSynthetic})
+   * so decoding can be timed at long contexts without running the model over them.
+   */
+  async fillSynthetic(tokens: number, seed = 1): Promise<void> {
+    this.checkAlive();
+    await this.cache.fillSynthetic(tokens, seed);
+    this.pos = tokens;
+  }
+
+  /** Start over (buffers are kept). */
+  reset(): void {
+    this.checkAlive();
+    this.cache.reset();
+    this.pos = 0;
+  }
+
+  /** Bytes held on the device. */
+  memory(): GpuDecoderMemory {
+    this.checkAlive();
+    return { weightBytes: this.weightBytes, weightReadBytesPerToken: this.matvecBytes, scratchBytes: this.scratchBytes, cache: this.cache.memory() };
+  }
+
+  /** Read the logits of the last sampled position (tests, debugging). */
+  async readLogits(): Promise<Float32Array> {
+    this.checkAlive();
+    const n = this.config.vocabSize;
+    const st = this.device.createBuffer({ size: n * 4, usage: MAP_READ | COPY_DST });
+    const enc = this.device.createCommandEncoder();
+    enc.copyBufferToBuffer(this.logits, 0, st, 0, n * 4);
+    this.device.queue.submit([enc.finish()]);
+    await st.mapAsync(MAP_READ);
+    const out = new Float32Array(st.getMappedRange().slice(0));
+    st.destroy();
+    return out;
+  }
+
+  /** Free every buffer (the cache's too). */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const b of this.buffers) b.destroy();
+    this.cache?.dispose();
+  }
+}

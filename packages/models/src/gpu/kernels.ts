@@ -1,0 +1,170 @@
+/**
+ * WGSL of the model side of the device decoder: embedding gather, matrix-vector products over fp16 weights (stored as
+ * u32 pairs, read 8 at a time) with fused RMSNorm prologue and bias / residual / SwiGLU epilogues, and greedy or
+ * Gumbel-max sampling that writes the next token id on the device.
+ * @internal
+ */
+
+/** What a matrix-vector product does before and after `W·x`. @internal */
+export interface MatvecSpec {
+  /** Input features (a multiple of 8). */
+  inFeatures: number;
+  /** Output rows (for `swiglu`: pairs, i.e. W has 2·rows rows, gate and up interleaved). */
+  rows: number;
+  /** Rows per 32-thread group (each workgroup of 256 threads computes 8 × this many rows). */
+  rowsPerGroup: number;
+  /** Normalize the input by RMSNorm with weights `g` first (epsilon). */
+  rmsNormEps?: number;
+  /** Add a float32 bias per row (for swiglu: per W row, before the activation). */
+  bias: boolean;
+  /** `'store'`: y = Wx; `'residual'`: y += Wx; `'swiglu'`: y[i] = silu(W[2i]·x)·(W[2i+1]·x). */
+  epilogue: 'store' | 'residual' | 'swiglu';
+}
+
+/** Workgroup size of the matrix-vector kernels. @internal */
+export const MATVEC_WORKGROUP = 256;
+
+/** Rows per workgroup of a spec. @internal */
+export function matvecRowsPerWorkgroup(s: MatvecSpec): number {
+  return 8 * s.rowsPerGroup;
+}
+
+/**
+ * `y = epilogue(W · prologue(x))`. Bindings: 0 W (fp16 pairs `[rows′, in/2]`), 1 x (f32), 2 y (f32), 3 g (f32 norm
+ * weights or unused), 4 bias (f32 or unused). Thread group `grp` (32 lanes) owns rows; lane `l` reads the vec4<u32>
+ * columns `l, l+32, …` of each of its rows (coalesced), then the 32 partial sums of a row are added in workgroup memory.
+ * @internal
+ */
+export function matvecSource(s: MatvecSpec): string {
+  const IN = s.inFeatures;
+  const K = IN / 8;
+  const RPG = s.rowsPerGroup;
+  const wRows = s.epilogue === 'swiglu' ? 2 : 1; // W rows per output row
+  const RW = RPG * wRows; // W rows per group
+  const L: string[] = [];
+  const push = (...l: string[]) => L.push(...l);
+  push(
+    '@group(0) @binding(0) var<storage, read> W: array<vec4<u32>>;',
+    '@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;',
+    '@group(0) @binding(2) var<storage, read_write> y: array<f32>;',
+    '@group(0) @binding(3) var<storage, read> g: array<vec4<f32>>;',
+    '@group(0) @binding(4) var<storage, read> bias: array<f32>;',
+    `var<workgroup> red: array<f32, ${256 * RW}>;`,
+  );
+  const norm = s.rmsNormEps !== undefined;
+  if (norm) push(`var<workgroup> xs: array<vec4<f32>, ${IN / 4}>;`, 'var<workgroup> ss: array<f32, 256>;');
+  push(
+    '@compute @workgroup_size(256)',
+    'fn main(@builtin(workgroup_id) wid3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {',
+    'let wid = wid3.x + wid3.y * nwg.x;',
+    'let grp = lid >> 5u;',
+    'let lane = lid & 31u;',
+    `let r0 = (wid * 8u + grp) * ${RPG}u;`,
+  );
+  if (norm) {
+    // RMSNorm prologue: sum of squares over the workgroup, normalized x·g into workgroup memory
+    push(
+      'var sq = 0.0;',
+      `for (var i = lid; i < ${IN / 4}u; i = i + 256u) { let v = x[i]; sq = sq + dot(v, v); }`,
+      'ss[lid] = sq;',
+      'workgroupBarrier();',
+      'for (var st = 128u; st >= 1u; st = st >> 1u) {',
+      '  if (lid < st) { ss[lid] = ss[lid] + ss[lid + st]; }',
+      '  workgroupBarrier();',
+      '}',
+      `let inv = inverseSqrt(ss[0] / ${IN}.0 + ${s.rmsNormEps!.toExponential(8)});`,
+      `for (var i = lid; i < ${IN / 4}u; i = i + 256u) { xs[i] = x[i] * inv * g[i]; }`,
+      'workgroupBarrier();',
+    );
+  }
+  const xv = (idx: string) => (norm ? `xs[${idx}]` : `x[${idx}]`);
+  for (let r = 0; r < RW; r++) push(`var a${r} = 0.0;`);
+  const rowOf = (r: number) => (wRows === 2 ? `(r0 + ${r >> 1}u) * 2u + ${r & 1}u` : `r0 + ${r}u`);
+  const totalW = s.rows * wRows;
+  push(`for (var k = lane; k < ${K}u; k = k + 32u) {`, `let x0 = ${xv('2u * k')};`, `let x1 = ${xv('2u * k + 1u')};`);
+  for (let r = 0; r < RW; r++) {
+    push(
+      `{ let row = min(${rowOf(r)}, ${totalW - 1}u);`,
+      `let w = W[row * ${K}u + k];`,
+      `a${r} = a${r} + dot(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), x0) + dot(vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)), x1); }`,
+    );
+  }
+  push('}');
+  for (let r = 0; r < RW; r++) push(`red[(grp * ${RW}u + ${r}u) * 32u + lane] = a${r};`);
+  push('workgroupBarrier();');
+  // one thread per output row of the workgroup sums the 32 lanes
+  push(`if (lid < ${8 * RPG}u) {`, `let gr = lid / ${RPG}u;`, `let rr = lid % ${RPG}u;`, `let o = wid * ${8 * RPG}u + lid;`, `if (o < ${s.rows}u) {`);
+  const lanes = (acc: string, wr: string) => `for (var i = 0u; i < 32u; i = i + 1u) { ${acc} = ${acc} + red[(gr * ${RW}u + ${wr}) * 32u + i]; }`;
+  if (wRows === 2) {
+    push('var gs = 0.0;', 'var us = 0.0;', lanes('gs', 'rr * 2u'), lanes('us', 'rr * 2u + 1u'));
+    if (s.bias) push('gs = gs + bias[2u * o];', 'us = us + bias[2u * o + 1u];');
+    push('y[o] = gs / (1.0 + exp(-gs)) * us;');
+  } else {
+    push('var v = 0.0;', lanes('v', 'rr'));
+    if (s.bias) push('v = v + bias[o];');
+    push(s.epilogue === 'residual' ? 'y[o] = y[o] + v;' : 'y[o] = v;');
+  }
+  push('}', '}', '}');
+  return L.join('\n');
+}
+
+/** Embedding gather: `x = E[tokens[pos]]` (fp16 rows → f32). Bindings: 0 E, 1 tokens, 2 x, 3 step. @internal */
+export function embedSource(hidden: number): string {
+  return [
+    'struct Step { pos: u32, vocab: u32, temperature: f32, seed: u32 };',
+    '@group(0) @binding(0) var<storage, read> E: array<u32>;',
+    '@group(0) @binding(1) var<storage, read> tokens: array<u32>;',
+    '@group(0) @binding(2) var<storage, read_write> x: array<f32>;',
+    '@group(0) @binding(3) var<uniform> S: Step;',
+    '@compute @workgroup_size(256)',
+    'fn main(@builtin(global_invocation_id) gid: vec3<u32>) {',
+    `  let i = gid.x; if (i >= ${hidden / 2}u) { return; }`,
+    '  let t = min(tokens[S.pos], S.vocab - 1u);',
+    `  let w = unpack2x16float(E[t * ${hidden / 2}u + i]);`,
+    '  x[2u * i] = w.x;',
+    '  x[2u * i + 1u] = w.y;',
+    '}',
+  ].join('\n');
+}
+
+/**
+ * Next token on the device: argmax of `logits` (temperature 0) or of `logits/T + Gumbel noise` (sampling with a
+ * hashed seed per position), written to `tokens[pos + 1]`. One workgroup of 256 threads. Bindings: 0 logits,
+ * 1 tokens, 2 step. @internal
+ */
+export function sampleSource(vocab: number): string {
+  return [
+    'struct Step { pos: u32, vocab: u32, temperature: f32, seed: u32 };',
+    '@group(0) @binding(0) var<storage, read> logits: array<f32>;',
+    '@group(0) @binding(1) var<storage, read_write> tokens: array<u32>;',
+    '@group(0) @binding(2) var<uniform> S: Step;',
+    'var<workgroup> bv: array<f32, 256>;',
+    'var<workgroup> bi: array<u32, 256>;',
+    'fn hash(x: u32) -> u32 { var v = x * 747796405u + 2891336453u; v = ((v >> ((v >> 28u) + 4u)) ^ v) * 277803737u; return (v >> 22u) ^ v; }',
+    '@compute @workgroup_size(256)',
+    'fn main(@builtin(local_invocation_index) lid: u32) {',
+    '  var best = -3.4e38;',
+    '  var idx = 0u;',
+    '  let sample = S.temperature > 0.0;',
+    `  for (var i = lid; i < ${vocab}u; i = i + 256u) {`,
+    '    var v = logits[i];',
+    '    if (sample) {',
+    '      let u = (f32(hash(i ^ hash(S.seed ^ (S.pos * 2654435761u))) >> 8u) + 0.5) / 16777216.0;',
+    '      v = v / S.temperature - log(-log(u));',
+    '    }',
+    '    if (v > best) { best = v; idx = i; }',
+    '  }',
+    '  bv[lid] = best;',
+    '  bi[lid] = idx;',
+    '  workgroupBarrier();',
+    '  for (var st = 128u; st >= 1u; st = st >> 1u) {',
+    '    if (lid < st) {',
+    '      let o = lid + st;',
+    '      if (bv[o] > bv[lid] || (bv[o] == bv[lid] && bi[o] < bi[lid])) { bv[lid] = bv[o]; bi[lid] = bi[o]; }',
+    '    }',
+    '    workgroupBarrier();',
+    '  }',
+    '  if (lid == 0u) { tokens[S.pos + 1u] = bi[0]; }',
+    '}',
+  ].join('\n');
+}

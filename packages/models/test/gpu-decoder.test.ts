@@ -1,0 +1,107 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createKvCache, selectBackend } from '@xquant/tfjs';
+import { requestNodeDevice, type NodeGpu } from '@xquant/webgpu';
+import { accountBits } from '@xquant/cross-layer';
+import { SafetensorsFile, loadModel } from '../src/index.js';
+import { loadGpuDecoder } from '../src/gpu/index.js';
+
+process.env.XDG_RUNTIME_DIR ??= '/tmp';
+process.env.GALLIVM_PERF ??= 'nopt';
+
+const SHARED = '../shared';
+const REFS = `${SHARED}/eval/refs`;
+const MODELS = ['xq-llama-20m', 'xq-qwen2-30m'] as const;
+const haveRefs = MODELS.every((m) => existsSync(`${SHARED}/models/${m}/config.json`) && existsSync(`${REFS}/${m}.cpu_fp64.safetensors`));
+
+let gpu: NodeGpu | null = null;
+let reason = 'no WebGPU adapter (install lavapipe: scripts/setup-webgpu.sh)';
+try {
+  gpu = await requestNodeDevice();
+} catch (e) {
+  reason = `WebGPU unavailable: ${String(e).split('\n')[0]}`;
+}
+const errors: string[] = [];
+gpu?.device.addEventListener('uncapturederror', (e) => errors.push((e as GPUUncapturedErrorEvent).error.message));
+
+type Prompt = { name: 'short' | 'medium' | 'long'; text: string; input_ids: number[] };
+
+describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/refs — ${!gpu ? reason : !haveRefs ? 'refs/models absent' : 'adapter found'}`, () => {
+  const prompts: Prompt[] = haveRefs ? JSON.parse(readFileSync(`${SHARED}/eval/prompts.json`, 'utf8')) : [];
+  beforeAll(async () => {
+    await selectBackend({ prefer: 'wasm' });
+  });
+  afterAll(() => gpu?.device.destroy());
+
+  for (const name of MODELS) {
+    const which = name === 'xq-llama-20m' ? (['short', 'medium'] as const) : (['short'] as const);
+    it(`${name}, full cache: last prompt position's logits near float64; the 32 greedy ids of the ${which.join(' and ')} prompt equal the reference`, async () => {
+      const ref = await SafetensorsFile.open(`${REFS}/${name}.safetensors`);
+      const fp64 = await SafetensorsFile.open(`${REFS}/${name}.cpu_fp64.safetensors`);
+      const { decoder, config } = await loadGpuDecoder(`${SHARED}/models/${name}`, gpu!.device, { cache: { kind: 'full' }, capacity: 400 });
+      try {
+        for (const w of which) {
+          const p = prompts.find((x) => x.name === w)!;
+          decoder.reset();
+          const first = await decoder.generate({ prompt: p.input_ids, maxNewTokens: 1, stopTokens: [] });
+          const got = await decoder.readLogits();
+          const want = (await fp64.readFloat32(`${w}.logits_last4`)).subarray(3 * config.vocabSize);
+          let max = 0;
+          let mag = 0;
+          for (let i = 0; i < want.length; i++) {
+            max = Math.max(max, Math.abs(got[i]! - want[i]!));
+            mag = Math.max(mag, Math.abs(want[i]!));
+          }
+          // fp16 weights (exact for these bf16 / fp16 checkpoints) and fp16 K/V rows: within 1% of the largest logit
+          expect(max / mag, `${w}: max |Δ| ${max} over max |logit| ${mag}`).toBeLessThan(1e-2);
+          // continue from the held positions: the sampled token is the next input
+          const rest = await decoder.generate({ prompt: first.tokens, maxNewTokens: 31, stopTokens: [] });
+          expect([...first.tokens, ...rest.tokens]).toEqual(Array.from(await ref.readRaw(`${w}.greedy_ids`), Number));
+          expect(decoder.position).toBe(p.input_ids.length + 31);
+        }
+        expect(errors).toEqual([]);
+      } finally {
+        decoder.dispose();
+      }
+    }, 600_000);
+  }
+
+  it('xq-llama-20m, xquant-1.38 (R = 32): logits equal the tfjs runtime fed the same positions one at a time; bytes as accounted', async () => {
+    const name = 'xq-llama-20m';
+    const { model } = await loadModel(`${SHARED}/models/${name}`);
+    const config = createKvCache('xquant-1.38', model.cacheShape, { residualLength: 32 }).config!;
+    const p = prompts.find((x) => x.name === 'short')!;
+    const q = await loadGpuDecoder(`${SHARED}/models/${name}`, gpu!.device, { cache: { kind: 'quantized', config }, capacity: 128 });
+    const cpu = createKvCache('xquant-1.38', model.cacheShape, { residualLength: 32 });
+    try {
+      // 20 prompt positions and 45 generated: two key blocks flushed, 33 values quantized, shared value codes in use
+      const out = await q.decoder.generate({ prompt: p.input_ids, maxNewTokens: 46, stopTokens: [] });
+      const got = await q.decoder.readLogits();
+      const seq = [...p.input_ids, ...out.tokens.slice(0, -1)];
+      let last: Float32Array | null = null;
+      for (const id of seq) {
+        const l = model.forward([id], cpu, 'last');
+        last = (await l.data()) as Float32Array;
+        l.dispose();
+      }
+      let max = 0;
+      let mag = 0;
+      for (let i = 0; i < last!.length; i++) {
+        max = Math.max(max, Math.abs(got[i]! - last![i]!));
+        mag = Math.max(mag, Math.abs(last![i]!));
+      }
+      expect(max / mag).toBeLessThan(1e-2);
+      const m = q.decoder.memory().cache;
+      expect(m.tokens).toBe(seq.length);
+      // codes, fp16 scale/zero and the float32 residual window exactly as the bit accounting counts them
+      const acct = accountBits({ config, kvHeads: 2, headDim: 64, tokens: m.tokens, residualBits: 32 });
+      expect(m.usedBytes).toBe(acct.totalBytes);
+      expect(m.trueBitsPerElement).toBeCloseTo(acct.storedBitsPerElement, 10);
+      expect(errors).toEqual([]);
+    } finally {
+      q.decoder.dispose();
+      cpu.dispose();
+      model.dispose();
+    }
+  }, 600_000);
+});
