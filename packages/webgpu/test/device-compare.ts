@@ -36,6 +36,7 @@ export async function readF32(dev: GPUDevice, b: GPUBuffer, n: number): Promise<
 }
 
 export interface Case {
+  tuning?: { workgroup?: number; slot?: number; headsPerGroup?: number; unroll?: number };
   name: string;
   preset: string;
   options?: Record<string, unknown>;
@@ -52,7 +53,7 @@ export async function compare(c: Case, steps: number, layers = 3, D = 64): Promi
   const shape = { layers, kvHeads: c.kvHeads, headDim: D };
   const cpu = createKvCache(c.preset, shape, c.options ?? {}) as KvCache & { config?: DeviceQuantizedConfig };
   const spec: DeviceCacheSpec = c.preset === 'full' ? { kind: 'full' } : { kind: 'quantized', config: cpu.config! };
-  const gcache = await DeviceKvCache.create(dev, { layers, qHeads: c.qHeads, kvHeads: c.kvHeads, headDim: D }, spec, { capacity: steps + 1 });
+  const gcache = await DeviceKvCache.create(dev, { layers, qHeads: c.qHeads, kvHeads: c.kvHeads, headDim: D }, spec, { capacity: steps + 1, ...(c.tuning ? { tuning: c.tuning } : {}) });
   const width = (c.qHeads + 2 * c.kvHeads) * D;
   const qkv = buffer(dev, new Float32Array(width));
   const out = buffer(dev, new Float32Array(c.qHeads * D));

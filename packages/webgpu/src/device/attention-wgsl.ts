@@ -32,8 +32,10 @@ export interface DecodeSpec {
   values: DeviceOperand;
   /** Keys at positions ≥ tk and values at positions ≥ tv are read from float32 rings (quantized layers). */
   residual: boolean;
-  /** Threads per workgroup (power of two, 32…256); a chunk is 16 · workgroup tokens. */
+  /** Threads per workgroup (power of two, 32…256); a chunk is `slot · workgroup` tokens. */
   workgroup: number;
+  /** Consecutive tokens whose scores one thread computes over every channel: 4, 8 or 16 (default 16). */
+  slot?: number;
   /** Key channel quads whose loads are issued together. */
   unroll: number;
 }
@@ -68,14 +70,19 @@ export function stepStruct(): string {
 export const STEP_BYTES = Math.ceil(STEP_FIELDS.length / 4) * 16;
 
 /** Tokens per chunk of a spec. @internal */
-export function chunkTokens(spec: Pick<DecodeSpec, 'workgroup'>): number {
-  return 16 * spec.workgroup;
+export function chunkTokens(spec: Pick<DecodeSpec, 'workgroup' | 'slot'>): number {
+  return (spec.slot ?? 16) * spec.workgroup;
 }
 
 /** Bytes of workgroup memory a decode kernel declares. @internal */
-export function decodeSharedBytes(spec: Pick<DecodeSpec, 'workgroup' | 'headsPerGroup' | 'headDim'>): number {
+export function decodeSharedBytes(spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'headsPerGroup' | 'headDim'>): number {
   const hg = spec.headsPerGroup;
-  return 4 * (hg * spec.headDim + hg * chunkTokens(spec) + hg * spec.workgroup);
+  return 4 * (hg * spec.headDim + hg * scratchFloats(spec) + hg * spec.workgroup);
+}
+
+/** Floats per head of the score / reduction scratch: a chunk's scores, or 16 channels per thread of the value reduction. */
+function scratchFloats(spec: Pick<DecodeSpec, 'workgroup' | 'slot'>): number {
+  return Math.max(chunkTokens(spec), 16 * spec.workgroup);
 }
 
 const f = (x: number): string => {
@@ -83,23 +90,21 @@ const f = (x: number): string => {
   return s.includes('.') || s.includes('e') ? s : `${s}.0`;
 };
 
-/** Bit positions (within a 16-bit half) of the 16 codes of a slot. */
-function positions(bits: GpuBits): number[] {
-  const perHalf = 16 / bits;
-  return Array.from({ length: 16 }, (_, j) => (j % perHalf) * bits);
+/** Bit positions (within its 16-bit half) of each of the first `n` codes of a run. */
+function positions(bits: GpuBits, n = 16): number[] {
+  return Array.from({ length: n }, (_, j) => (j * bits) % 16);
 }
 
 /**
- * Lines decoding the 16 codes of a slot held in `halves` (u32 expressions whose low 16 bits hold 16/bits codes each)
- * into f32 values `${tag}_j` = code_j · 2^pos_j.
+ * Lines decoding the first `n` codes of a run held in `halves` (u32 expressions whose low 16 bits hold 16/bits codes
+ * each, code j in half ⌊j·bits/16⌋) into f32 values `${tag}_j` = code_j · 2^pos_j.
  */
-function decode16(bits: GpuBits, halves: string[], tag: string): string[] {
+function decodeN(bits: GpuBits, halves: string[], tag: string, n = 16): string[] {
   const m = (1 << bits) - 1;
-  const perHalf = 16 / bits;
   const out: string[] = [];
-  for (let j = 0; j < 16; j++) {
-    const half = halves[Math.floor(j / perHalf)]!;
-    const p = (j % perHalf) * bits;
+  for (let j = 0; j < n; j++) {
+    const half = halves[Math.floor((j * bits) / 16)]!;
+    const p = (j * bits) % 16;
     out.push(`let ${tag}_${j} = bitcast<f32>((${half} & ${(m << p) >>> 0}u) | 0x4B000000u) - 8388608.0;`);
   }
   return out;
@@ -117,6 +122,8 @@ export function decodeKernelSource(s: DecodeSpec): string {
   const HG = s.headsPerGroup;
   const WG = s.workgroup;
   const C = chunkTokens(s);
+  const SL = s.slot ?? 16;
+  if (![4, 8, 16].includes(SL)) throw new Error(`slot must be 4, 8 or 16; got ${SL}`);
   const Q4 = D / 4;
   const L: string[] = [];
   const push = (...l: string[]) => L.push(...l);
@@ -133,7 +140,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
   push('@group(0) @binding(7) var<storage, read_write> parts: array<f32>;');
   push('@group(0) @binding(8) var<uniform> S: Step;');
   push(`var<workgroup> qs: array<vec4<f32>, ${HG * Q4}>;`);
-  push(`var<workgroup> sc: array<f32, ${HG * C}>;`);
+  push(`var<workgroup> sc: array<f32, ${HG * scratchFloats(s)}>;`);
   push(`var<workgroup> red: array<f32, ${HG * WG}>;`);
   push(`@compute @workgroup_size(${WG})`);
   push('fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {');
@@ -149,46 +156,48 @@ export function decodeKernelSource(s: DecodeSpec): string {
   for (let i = 0; i < HG; i++) push(`var lm${i} = -3.0e38;`);
   // ---- scores -------------------------------------------------------------------------------------------------
   if (kp) {
-    const pos = positions(kp.bits);
-    push('let t0 = c0 + lid * 16u;');
+    const pos = positions(kp.bits, SL);
+    const TPW = 32 / kp.bits; // tokens per word
+    const sb = SL * kp.bits; // bits of one channel's slot: 4…64
+    push(`let t0 = c0 + lid * ${SL}u;`);
     push(`if (t0 < S.tk) {`);
     for (let i = 0; i < HG; i++) {
       push(`var b${i} = 0.0;`);
-      for (let j = 0; j < 16; j++) push(`var a${i}_${j} = 0.0;`);
+      for (let j = 0; j < SL; j++) push(`var a${i}_${j} = 0.0;`);
     }
-    const slot = '(t0 >> 4u)';
-    // word rows (along tokens) of this slot
-    const words = kp.bits === 4 ? [`(${slot}) * 2u`, `(${slot}) * 2u + 1u`] : kp.bits === 2 ? [slot] : [`((${slot}) >> 1u)`];
-    words.forEach((w, k) => push(`let kw${k} = (kv * (S.cap / ${32 / kp.bits}u) + ${w}) * ${Q4}u;`));
-    if (kp.bits === 1) push('let ksh = (t0 & 16u);');
+    const nWords = sb === 64 ? 2 : 1;
+    push(`let kw0 = (kv * (S.cap / ${TPW}u) + t0 / ${TPW}u) * ${Q4}u;`);
+    if (nWords === 2) push(`let kw1 = kw0 + ${Q4}u;`);
+    if (sb < 32) push(`let ksh = (t0 * ${kp.bits}u) % 32u;`);
     push(`let kg = (kv * (S.cap / ${kp.groupSize}u) + t0 / ${kp.groupSize}u) * ${Q4}u;`);
     const U = Math.min(s.unroll, Q4);
     push(`for (var qd = 0u; qd < ${Q4}u; qd = qd + ${U}u) {`);
     for (let u = 0; u < U; u++) {
-      words.forEach((_, k) => push(`let w${u}_${k} = kc[kw${k} + qd + ${u}u];`));
+      for (let k = 0; k < nWords; k++) push(`let w${u}_${k} = kc[kw${k} + qd + ${u}u];`);
       push(`let m${u} = km[kg + qd + ${u}u];`);
     }
     for (let u = 0; u < U; u++) {
       for (let e = 0; e < 4; e++) {
         const comp = 'xyzw'[e]!;
         push(`let sz${u}_${e} = unpack2x16float(m${u}.${comp});`);
-        const halves = halvesOf(kp.bits, words.map((_, k) => `w${u}_${k}.${comp}`), 'ksh');
-        push(...decode16(kp.bits, halves, `k${u}_${e}`));
+        const w = (k: number) => `w${u}_${k}.${comp}`;
+        const halves = sb < 32 ? [`(${w(0)} >> ksh)`] : Array.from({ length: nWords }, (_, k) => [w(k), `(${w(k)} >> 16u)`]).flat();
+        push(...decodeN(kp.bits, halves, `k${u}_${e}`, SL));
         for (let i = 0; i < HG; i++) {
           push(`let q${u}_${e}_${i} = qs[${i * Q4}u + qd + ${u}u].${comp};`);
           push(`let c${u}_${e}_${i} = q${u}_${e}_${i} * sz${u}_${e}.x;`, `b${i} = fma(q${u}_${e}_${i}, sz${u}_${e}.y, b${i});`);
-          for (let j = 0; j < 16; j++) push(`a${i}_${j} = fma(c${u}_${e}_${i}, k${u}_${e}_${j}, a${i}_${j});`);
+          for (let j = 0; j < SL; j++) push(`a${i}_${j} = fma(c${u}_${e}_${i}, k${u}_${e}_${j}, a${i}_${j});`);
         }
       }
     }
     push('}');
     for (let i = 0; i < HG; i++) {
-      for (let j = 0; j < 16; j++) {
-        push(`{ let v = (a${i}_${j} * ${f(2 ** -pos[j]!)} + b${i}) * S.scale; sc[${i * C}u + lid * 16u + ${j}u] = v; lm${i} = max(lm${i}, v); }`);
+      for (let j = 0; j < SL; j++) {
+        push(`{ let v = (a${i}_${j} * ${f(2 ** -pos[j]!)} + b${i}) * S.scale; sc[${i * C}u + lid * ${SL}u + ${j}u] = v; lm${i} = max(lm${i}, v); }`);
       }
     }
     // full-precision keys of the ring (and positions past n), one token at a time
-    push('} else {', 'for (var j = 0u; j < 16u; j = j + 1u) {', 'let t = t0 + j;');
+    push('} else {', `for (var j = 0u; j < ${SL}u; j = j + 1u) {`, 'let t = t0 + j;');
     for (let i = 0; i < HG; i++) push(`var r${i} = -3.0e38;`);
     if (s.residual) {
       push('if (t < S.n) {', `let rb = (kv * S.kring + t % S.kring) * ${Q4}u;`);
@@ -199,12 +208,12 @@ export function decodeKernelSource(s: DecodeSpec): string {
       for (let i = 0; i < HG; i++) push(`r${i} = r${i} * S.scale;`);
       push('}');
     }
-    for (let i = 0; i < HG; i++) push(`sc[${i * C}u + lid * 16u + j] = r${i};`, `lm${i} = max(lm${i}, r${i});`);
+    for (let i = 0; i < HG; i++) push(`sc[${i * C}u + lid * ${SL}u + j] = r${i};`, `lm${i} = max(lm${i}, r${i});`);
     push('}', '}');
   } else {
     // dense fp16 keys: token c0 + j·WG + lid, one row of D/8 vec4<u32> per token
     const O = D / 8;
-    push('for (var j = 0u; j < 16u; j = j + 1u) {', `let t = c0 + j * ${WG}u + lid;`);
+    push(`for (var j = 0u; j < ${SL}u; j = j + 1u) {`, `let t = c0 + j * ${WG}u + lid;`);
     for (let i = 0; i < HG; i++) push(`var r${i} = -3.0e38;`);
     push('if (t < S.n) {', `let rb = (kv * S.cap + t) * ${O}u;`);
     for (let i = 0; i < HG; i++) push(`r${i} = 0.0;`);
@@ -218,7 +227,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
     push('}');
   }
   // index (within the chunk) of score j of this thread
-  const tl = (j: number) => (kp ? `lid * 16u + ${j}u` : `${j * WG}u + lid`);
+  const tl = (j: number) => (kp ? `lid * ${SL}u + ${j}u` : `${j * WG}u + lid`);
   // ---- chunk softmax: scores to workgroup memory, max and sums over the chunk (few barriers, little live state) ----
   for (let i = 0; i < HG; i++) push(`red[${i * WG}u + lid] = lm${i};`);
   const tree = (op: (a: string, b: string) => string) => {
@@ -231,7 +240,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
   push('workgroupBarrier();');
   for (let i = 0; i < HG; i++) {
     push(`var ls${i} = 0.0;`);
-    for (let j = 0; j < 16; j++) push(`{ let e = exp(sc[${i * C}u + ${tl(j)}] - mx${i}); sc[${i * C}u + ${tl(j)}] = e; ls${i} = ls${i} + e; }`);
+    for (let j = 0; j < SL; j++) push(`{ let e = exp(sc[${i * C}u + ${tl(j)}] - mx${i}); sc[${i * C}u + ${tl(j)}] = e; ls${i} = ls${i} + e; }`);
     push(`red[${i * WG}u + lid] = ls${i};`);
   }
   tree((a, b) => `${a} + ${b}`);
@@ -257,7 +266,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
     push('if (t < S.tv) {', `let row = kv * S.cap + t;`);
     words.forEach((w, k) => push(`let x${k} = vc[row * ${WV}u + ${w}];`));
     push(`let nz = unpack2x16float(vm[row * ${GV}u + vg]);`);
-    push(...decode16(vp.bits, halvesOf(vp.bits, words.map((_, k) => `x${k}`), 'vsh'), 'd'));
+    push(...decodeN(vp.bits, halvesOf(vp.bits, words.map((_, k) => `x${k}`), 'vsh'), 'd'));
     for (let i = 0; i < HG; i++) {
       push(`let w${i} = p${i} * nz.x;`, `vb${i} = fma(p${i}, nz.y, vb${i});`);
       for (let j = 0; j < 16; j++) push(`v${i}_${j} = fma(w${i}, d_${j}, v${i}_${j});`);

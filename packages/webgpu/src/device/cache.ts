@@ -70,6 +70,8 @@ export interface DeviceAttentionTuning {
   headsPerGroup?: number;
   /** Key channel quads loaded together (default 4). */
   unroll?: number;
+  /** Consecutive tokens per thread in the key pass: 4, 8 or 16 (default 8); fewer means more threads in flight. */
+  slot?: number;
 }
 
 /** Options of {@link DeviceKvCache.create}. */
@@ -219,14 +221,16 @@ export class DeviceKvCache {
     const rep = qHeads / kvHeads;
     const wg = tuning.workgroup ?? 64;
     if (![32, 64, 128, 256].includes(wg)) throw new XqConfigError('E_CONFIG', `workgroup must be 32, 64, 128 or 256; got ${String(wg)}`);
+    const slot = tuning.slot ?? 8;
+    if (![4, 8, 16].includes(slot)) throw new XqConfigError('E_CONFIG', `slot must be 4, 8 or 16; got ${String(slot)}`);
     let hg = Math.min(tuning.headsPerGroup ?? Math.min(rep, 8), rep);
     if (!Number.isInteger(hg) || hg < 1) throw new XqConfigError('E_CONFIG', `headsPerGroup must be a positive integer; got ${String(tuning.headsPerGroup)}`);
     const limit = device.limits.maxComputeWorkgroupStorageSize;
-    while (hg > 1 && decodeSharedBytes({ workgroup: wg, headsPerGroup: hg, headDim: D }) > limit) hg--;
-    if (decodeSharedBytes({ workgroup: wg, headsPerGroup: hg, headDim: D }) > limit) {
-      throw new XqBackendError('E_BACKEND_UNAVAILABLE', `decode attention needs ${decodeSharedBytes({ workgroup: wg, headsPerGroup: hg, headDim: D })} bytes of workgroup memory; the device allows ${limit}`);
+    while (hg > 1 && decodeSharedBytes({ workgroup: wg, slot, headsPerGroup: hg, headDim: D }) > limit) hg--;
+    if (decodeSharedBytes({ workgroup: wg, slot, headsPerGroup: hg, headDim: D }) > limit) {
+      throw new XqBackendError('E_BACKEND_UNAVAILABLE', `decode attention needs ${decodeSharedBytes({ workgroup: wg, slot, headsPerGroup: hg, headDim: D })} bytes of workgroup memory; the device allows ${limit}`);
     }
-    this.chunk = chunkTokens({ workgroup: wg });
+    this.chunk = chunkTokens({ workgroup: wg, slot });
     const cfg = spec.kind === 'quantized' ? spec.config : null;
     this.quantized = cfg !== null;
     this.R = cfg?.residualLength ?? 1;
@@ -288,7 +292,7 @@ export class DeviceKvCache {
         valueMetaOffset,
         valueRingOffset: keyRing / 4,
         update: { qHeads, kvHeads, headDim: D, keys, values, residualLength: R, keyMetaOffset, valueMetaOffset, valueRingOffset: keyRing / 4, rope: true },
-        decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, unroll },
+        decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll },
       });
     }
     this.step = device.createBuffer({ size: STEP_BYTES, usage: UNIFORM | COPY_DST, label: 'device cache step' });

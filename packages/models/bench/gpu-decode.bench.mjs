@@ -1,0 +1,250 @@
+// GPU decode benchmark (raw WebGPU through Dawn): end-to-end decode of whole models with each KV cache, and the
+// decode-attention step alone, with the WGSL read ceiling of the same run. Writes OUT/gpu-decode.json and prints tables.
+//   node gpu-decode.bench.mjs --out DIR --models name=dir[,name=dir…] [--contexts 4096,32768,131072] [--steps 32]
+//        [--caches full,kivi-2,xquant-1.38,plan] [--plan plan.json] [--attention 32768,131072] [--quick]
+// On the GPU machine (no node there) run the bundle that scripts/gpu-carry.sh makes; docs/gpu/README.md has the recipe.
+import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { DeviceKvCache, KernelCompiler, requestNodeDevice } from '@xquant/webgpu';
+import { loadGpuDecoder } from '@xquant/models/gpu';
+import { resolveCacheConfig } from '@xquant/tfjs';
+
+const { values: o } = parseArgs({
+  options: {
+    out: { type: 'string', default: 'bench-results' },
+    models: { type: 'string', default: '' },
+    contexts: { type: 'string', default: '4096,32768,131072' },
+    steps: { type: 'string', default: '32' },
+    repeats: { type: 'string', default: '3' },
+    caches: { type: 'string', default: 'full,kivi-2,xquant-1.38,plan' },
+    plan: { type: 'string', default: '' },
+    attention: { type: 'string', default: '32768,131072' },
+    workgroups: { type: 'string', default: '64' },
+    quick: { type: 'boolean', default: false },
+  },
+});
+process.env.XDG_RUNTIME_DIR ??= '/tmp';
+mkdirSync(o.out, { recursive: true });
+const t00 = performance.now();
+const log = (...a) => console.log(`[${((performance.now() - t00) / 1000).toFixed(1)}s]`, ...a);
+const median = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
+const R = 32;
+
+const ng = await requestNodeDevice({ flags: ['disable-dawn-features=timestamp_quantization'] });
+if (!ng) {
+  console.log('no WebGPU adapter');
+  process.exit(2);
+}
+const { device, info } = ng;
+const gpuErrors = [];
+device.addEventListener('uncapturederror', (e) => {
+  gpuErrors.push(e.error.message);
+  console.log('WebGPU error:', e.error.message);
+});
+const features = [...ng.adapter.features].sort();
+log('adapter', JSON.stringify(info), 'features', features.join(','));
+log('limits', JSON.stringify({ maxStorageBufferBindingSize: device.limits.maxStorageBufferBindingSize, maxBufferSize: device.limits.maxBufferSize, wg: device.limits.maxComputeWorkgroupStorageSize }));
+const results = { device: info, features, node: process.version, date: new Date().toISOString(), ceiling: null, attention: [], endToEnd: [], errors: gpuErrors };
+const save = () => writeFileSync(`${o.out}/gpu-decode.json`, JSON.stringify(results, null, 1));
+
+// ---- timing helpers --------------------------------------------------------------------------------------------
+/** GPU ms of each of `n` passes (timestamps), each pass encoded by `encode(pass, i)`; also the back-to-back mean. */
+async function timePasses(encode, n) {
+  if (!ng.timestamps) throw new Error('timestamp-query is needed for kernel timing');
+  const qs = device.createQuerySet({ type: 'timestamp', count: 2 * n + 2 });
+  const resolve = device.createBuffer({ size: 8 * (2 * n + 2), usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+  const staging = device.createBuffer({ size: 8 * (2 * n + 2), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  const enc = device.createCommandEncoder();
+  for (let i = 0; i < n; i++) {
+    const pass = enc.beginComputePass({ timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } });
+    encode(pass, i);
+    pass.end();
+  }
+  const pass = enc.beginComputePass({ timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * n, endOfPassWriteIndex: 2 * n + 1 } });
+  for (let i = 0; i < n; i++) encode(pass, i);
+  pass.end();
+  enc.resolveQuerySet(qs, 0, 2 * n + 2, resolve, 0);
+  enc.copyBufferToBuffer(resolve, 0, staging, 0, 8 * (2 * n + 2));
+  device.queue.submit([enc.finish()]);
+  await staging.mapAsync(GPUMapMode.READ);
+  const t = new BigUint64Array(staging.getMappedRange().slice(0));
+  staging.destroy();
+  resolve.destroy();
+  qs.destroy();
+  const each = Array.from({ length: n }, (_, i) => Number(t[2 * i + 1] - t[2 * i]) / 1e6);
+  return { ms: median(each), minMs: Math.min(...each), b2bMs: Number(t[2 * n + 1] - t[2 * n]) / 1e6 / n };
+}
+
+// ---- WGSL read ceiling -----------------------------------------------------------------------------------------
+async function readCeiling() {
+  const bytes = o.quick ? 1 << 24 : 1 << 30;
+  const buf = device.createBuffer({ size: bytes, usage: GPUBufferUsage.STORAGE });
+  const out = device.createBuffer({ size: 1 << 20, usage: GPUBufferUsage.STORAGE });
+  const k = new KernelCompiler(device);
+  const kinds = ['read-only-storage', 'storage'];
+  const per = 16; // vec4 loads per thread
+  const code = [
+    '@group(0) @binding(0) var<storage, read> a: array<vec4<u32>>;',
+    '@group(0) @binding(1) var<storage, read_write> o: array<u32>;',
+    '@compute @workgroup_size(256)',
+    'fn main(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) l: u32, @builtin(num_workgroups) nw: vec3<u32>) {',
+    '  let wg = w.x + w.y * nw.x;',
+    `  let base = wg * ${256 * per}u + l;`,
+    '  var acc = vec4<u32>(0u);',
+    `  for (var i = 0u; i < ${per}u; i = i + 1u) { acc = acc ^ a[base + i * 256u]; }`,
+    '  let r = acc.x ^ acc.y ^ acc.z ^ acc.w;',
+    '  if (r == 0x12345678u) { o[wg & 0x3ffffu] = r; }',
+    '}',
+  ].join('\n');
+  const pipe = await k.pipeline(code, kinds, 'read ceiling');
+  const bg = device.createBindGroup({ layout: k.layout(kinds), entries: [{ binding: 0, resource: { buffer: buf } }, { binding: 1, resource: { buffer: out } }] });
+  const wgs = bytes / 16 / (256 * per);
+  const encode = (pass) => {
+    pass.setPipeline(pipe);
+    pass.setBindGroup(0, bg);
+    pass.dispatchWorkgroups(Math.min(wgs, 65535), Math.ceil(wgs / 65535));
+  };
+  await timePasses(encode, 3);
+  const t = await timePasses(encode, 20);
+  buf.destroy();
+  out.destroy();
+  return { GBps: bytes / (t.ms * 1e6), ms: t.ms };
+}
+
+// ---- cache configurations ----------------------------------------------------------------------------------------
+/** The plan (R = 32) of a trained 8-layer model, stretched to `layers` (layer l takes the settings of ⌊l·8/layers⌋). */
+function stretchPlan(plan, layers) {
+  const src = plan.preset.options;
+  const L0 = src.keys.length;
+  const map = (l) => Math.floor((l * L0) / layers);
+  const storage = (list) =>
+    Array.from({ length: layers }, (_, l) => {
+      const s = list[map(l)];
+      // a borrowing layer reads the previous layer's codes when that layer stands for its donor and owns codes
+      const prev = l > 0 ? list[map(l - 1)] : null;
+      const ok = s.codesFrom !== null && l > 0 && map(l - 1) === s.codesFrom && prev.codesFrom === null && prev.bits === s.bits;
+      return { bits: s.bits, codesFrom: ok ? l - 1 : null };
+    });
+  const cal = (c) => (Array.isArray(c) ? Array.from({ length: layers }, (_, l) => c[map(l)]) : c);
+  return { ...src, keys: storage(src.keys), values: storage(src.values), keyCalibration: cal(src.keyCalibration), valueCalibration: cal(src.valueCalibration) };
+}
+
+function cacheSpec(name, shape) {
+  if (name === 'full') return { kind: 'full' };
+  if (name === 'plan') {
+    const plan = JSON.parse(readFileSync(o.plan, 'utf8'));
+    return { kind: 'quantized', config: resolveCacheConfig('planned', shape, stretchPlan(plan, shape.layers)) };
+  }
+  return { kind: 'quantized', config: resolveCacheConfig(name, shape, { residualLength: R }) };
+}
+
+// ---- decode-attention step alone ----------------------------------------------------------------------------------
+async function attentionBench(T, qHeads, kvHeads, D, cacheName, workgroup) {
+  // enough independent layers that consecutive calls never find their data in L2 (≥ 256 MB per rotation)
+  const shape1 = { layers: 1, kvHeads, headDim: D };
+  const spec = cacheName === 'full' ? { kind: 'full' } : { kind: 'quantized', config: resolveCacheConfig('xquant-1.38', shape1, { residualLength: R }) };
+  const probe = await DeviceKvCache.create(device, { layers: 1, qHeads, kvHeads, headDim: D }, spec, { capacity: T + 1, tuning: { workgroup } });
+  const per = probe.memory().allocatedBytes;
+  probe.dispose();
+  const layers = Math.max(1, Math.min(16, Math.ceil((o.quick ? 1 << 20 : 256 << 20) / per)));
+  const spec2 = cacheName === 'full' ? spec : { kind: 'quantized', config: resolveCacheConfig('xquant-noshare', { ...shape1, layers }, { residualLength: R }) };
+  const c = await DeviceKvCache.create(device, { layers, qHeads, kvHeads, headDim: D }, spec2, { capacity: T + 1, tuning: { workgroup } });
+  const mk = (n) => device.createBuffer({ size: 4 * n, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+  const io = { qkv: mk((qHeads + 2 * kvHeads) * D), rope: mk(c.capacity * D), out: mk(qHeads * D) };
+  c.attach(io);
+  await c.fillSynthetic(T - 1, 7);
+  c.beginPosition();
+  const enc0 = device.createCommandEncoder();
+  const p0 = enc0.beginComputePass();
+  for (let l = 0; l < layers; l++) c.encodeUpdate(p0, l);
+  p0.end();
+  device.queue.submit([enc0.finish()]);
+  const bytes = c.attentionBytes(0);
+  const encode = (pass, i) => c.encodeAttention(pass, i % layers);
+  await timePasses(encode, 8);
+  const t = await timePasses(encode, o.quick ? 10 : 60);
+  const up = await timePasses((pass, i) => c.encodeUpdate(pass, i % layers), 20);
+  c.dispose();
+  for (const b of Object.values(io)) b.destroy();
+  return { T, qHeads, kvHeads, headDim: D, cache: cacheName === 'full' ? 'full (fp16)' : 'xquant-1.38 layer (2-bit K, 1-bit V, η)', workgroup, layersRotated: layers, bytes, ...t, updateMs: up.ms, GBps: bytes / (t.ms * 1e6), GBps_b2b: bytes / (t.b2bMs * 1e6) };
+}
+
+// ---- end to end ---------------------------------------------------------------------------------------------------
+async function endToEnd(name, dir, contexts, caches, steps) {
+  const maxCtx = Math.max(...contexts);
+  const cap = maxCtx + steps + 8;
+  let t = performance.now();
+  const first = cacheSpec('full', null);
+  const { decoder, config } = await loadGpuDecoder(dir, device, { cache: first, capacity: cap });
+  log(`${name}: loaded in ${((performance.now() - t) / 1000).toFixed(1)} s`, JSON.stringify({ layers: config.numLayers, hidden: config.hiddenSize, heads: `${config.numHeads}/${config.numKvHeads}`, vocab: config.vocabSize }));
+  const shape = { layers: config.numLayers, kvHeads: config.numKvHeads, headDim: config.headDim };
+  for (const cacheName of caches) {
+    let spec;
+    try {
+      spec = cacheSpec(cacheName, shape);
+    } catch (e) {
+      log(`${name} ${cacheName}: skipped (${e.message})`);
+      continue;
+    }
+    await decoder.replaceCache(spec, cap);
+    for (const ctx of contexts) {
+      const runs = [];
+      for (let r = 0; r < Number(o.repeats) + 1; r++) {
+        decoder.reset();
+        await decoder.fillSynthetic(ctx - 1, 11 + r);
+        const res = await decoder.generate({ prompt: [config.bosTokenId ?? 1], maxNewTokens: r === 0 ? 4 : steps, stopTokens: [] });
+        if (r > 0) runs.push(res.msPerToken);
+      }
+      const mem = decoder.memory();
+      const kvBytes = mem.cache.usedBytes;
+      const readBytes = mem.weightReadBytesPerToken + kvBytes;
+      const msPerToken = median(runs);
+      const floorMs = results.ceiling ? readBytes / (results.ceiling.GBps * 1e6) : null;
+      const row = {
+        model: name, context: ctx, cache: cacheName, msPerToken, tokensPerSecond: 1000 / msPerToken, runs,
+        kvBytes, kvTrueBits: mem.cache.trueBitsPerElement, weightReadBytes: mem.weightReadBytesPerToken,
+        peakGpuBytes: mem.weightBytes + mem.scratchBytes + mem.cache.allocatedBytes, floorMs, floorFraction: floorMs ? floorMs / msPerToken : null,
+      };
+      results.endToEnd.push(row);
+      save();
+      log(`${name} ${cacheName} ctx ${ctx}: ${msPerToken.toFixed(3)} ms/token (${row.tokensPerSecond.toFixed(0)} tok/s), KV ${(kvBytes / 2 ** 20).toFixed(1)} MiB (${row.kvTrueBits.toFixed(2)} bits), floor ${floorMs?.toFixed(3)} ms`);
+    }
+  }
+  decoder.dispose();
+}
+
+// ---- run ----------------------------------------------------------------------------------------------------------
+results.ceiling = await readCeiling();
+log(`WGSL read ceiling: ${results.ceiling.GBps.toFixed(0)} GB/s`);
+save();
+for (const T of o.attention ? o.attention.split(',').map(Number) : []) {
+  for (const [qh, kvh] of [[32, 32], [32, 8]]) {
+    for (const cacheName of ['xquant', 'full']) {
+      for (const wg of o.workgroups.split(',').map(Number)) {
+        try {
+          const r = await attentionBench(T, qh, kvh, 128, cacheName, wg);
+          results.attention.push(r);
+          log(`attention T=${T} ${qh}/${kvh} ${r.cache} wg ${wg}: ${r.ms.toFixed(4)} ms (${r.GBps.toFixed(0)} GB/s; b2b ${r.b2bMs.toFixed(4)}), update ${r.updateMs.toFixed(4)} ms`);
+        } catch (e) {
+          log(`attention T=${T} ${qh}/${kvh} ${cacheName} wg ${wg}: FAILED ${e.message}`);
+          results.attention.push({ T, qHeads: qh, kvHeads: kvh, cache: cacheName, workgroup: wg, error: String(e.message) });
+        }
+        save();
+      }
+    }
+  }
+}
+const contexts = o.contexts.split(',').map(Number);
+for (const m of o.models ? o.models.split(',') : []) {
+  const [name, dir] = m.split('=');
+  try {
+    await endToEnd(name, dir, contexts, o.caches.split(','), Number(o.steps));
+  } catch (e) {
+    log(`${name}: FAILED ${e.stack}`);
+    results.endToEnd.push({ model: name, error: String(e.message) });
+  }
+  save();
+}
+save();
+log('done');
+process.exit(0);
