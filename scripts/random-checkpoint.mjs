@@ -3,8 +3,9 @@
 // directory (config.json, model.safetensors in bf16, tokenizer.json copied from --tokenizer) that the normal loaders
 // read. Real checkpoints cannot be downloaded here; the shapes are what decoding speed depends on.
 //   node scripts/random-checkpoint.mjs --shape llama-3.2-1b --out /tmp/llama-1b [--seed 1] [--tokenizer models/xq-demo/tokenizer.json]
+//   node scripts/random-checkpoint.mjs --config ../shared/models/xq-llama-20m/config.json --out /tmp/xq-llama-20m-random
 // Weights: uniform with standard deviation 0.02 (the HF initializer range), norms 1, biases ±0.02.
-import { closeSync, copyFileSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -93,10 +94,12 @@ function main() {
       out: { type: 'string' },
       seed: { type: 'string', default: '1' },
       tokenizer: { type: 'string', default: 'models/xq-demo/tokenizer.json' },
+      config: { type: 'string' },
     },
   });
-  const c = SHAPES[o.shape];
-  if (!c) throw new Error(`--shape must be one of ${Object.keys(SHAPES).join(', ')}; got ${o.shape}`);
+  // --config: the shape of an existing config.json (e.g. the trained models'), with random weights
+  const c = o.config ? JSON.parse(readFileSync(o.config, 'utf8')) : SHAPES[o.shape];
+  if (!c) throw new Error(`--shape must be one of ${Object.keys(SHAPES).join(', ')} (or give --config FILE); got ${o.shape}`);
   if (!o.out) throw new Error('--out DIR is required');
   mkdirSync(o.out, { recursive: true });
   const tensors = tensorList(c);
@@ -145,7 +148,7 @@ function main() {
   closeSync(fd);
   writeFileSync(join(o.out, 'config.json'), JSON.stringify({ ...c, transformers_version: '4.45.0' }, null, 2));
   copyFileSync(o.tokenizer, join(o.out, 'tokenizer.json'));
-  console.log(`${o.out}: ${o.shape}, ${tensors.length} tensors, ${(off / 2 ** 30).toFixed(2)} GiB bf16`);
+  console.log(`${o.out}: ${o.config ?? o.shape}, ${tensors.length} tensors, ${(off / 2 ** 30).toFixed(2)} GiB bf16`);
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) main();

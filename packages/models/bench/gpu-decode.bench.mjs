@@ -1,7 +1,8 @@
 // GPU decode benchmark (raw WebGPU through Dawn): end-to-end decode of whole models with each KV cache, and the
 // decode-attention step alone, with the WGSL read ceiling of the same run. Writes OUT/gpu-decode.json and prints tables.
 //   node gpu-decode.bench.mjs --out DIR --models name=dir[,name=dir…] [--contexts 4096,32768,131072] [--steps 32]
-//        [--caches full,kivi-2,xquant-1.38,plan] [--plan plan.json] [--attention 32768,131072] [--quick]
+//        [--caches full,kivi-2,xquant-1.38,plan] [--plan plan.json] [--attention 32768,131072] [--variants 64x8,128x4]
+//        [--tuning 64x8] [--quick]   (variants/tuning: workgroup x key slot of the decode-attention kernel)
 // On the GPU machine (no node there) run the bundle that scripts/gpu-carry.sh makes; docs/gpu/README.md has the recipe.
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -19,8 +20,9 @@ const { values: o } = parseArgs({
     caches: { type: 'string', default: 'full,kivi-2,xquant-1.38,plan' },
     plan: { type: 'string', default: '' },
     attention: { type: 'string', default: '32768,131072' },
-    workgroups: { type: 'string', default: '64' },
+    variants: { type: 'string', default: '64x8' },
     quick: { type: 'boolean', default: false },
+    tuning: { type: 'string', default: '' },
   },
 });
 process.env.XDG_RUNTIME_DIR ??= '/tmp';
@@ -139,16 +141,18 @@ function cacheSpec(name, shape) {
 }
 
 // ---- decode-attention step alone ----------------------------------------------------------------------------------
-async function attentionBench(T, qHeads, kvHeads, D, cacheName, workgroup) {
+async function attentionBench(T, qHeads, kvHeads, D, cacheName, variant) {
+  const [workgroup, slot] = variant.split('x').map(Number);
+  const tuning = { workgroup, slot };
   // enough independent layers that consecutive calls never find their data in L2 (≥ 256 MB per rotation)
   const shape1 = { layers: 1, kvHeads, headDim: D };
   const spec = cacheName === 'full' ? { kind: 'full' } : { kind: 'quantized', config: resolveCacheConfig('xquant-1.38', shape1, { residualLength: R }) };
-  const probe = await DeviceKvCache.create(device, { layers: 1, qHeads, kvHeads, headDim: D }, spec, { capacity: T + 1, tuning: { workgroup } });
+  const probe = await DeviceKvCache.create(device, { layers: 1, qHeads, kvHeads, headDim: D }, spec, { capacity: T + 1, tuning });
   const per = probe.memory().allocatedBytes;
   probe.dispose();
   const layers = Math.max(1, Math.min(16, Math.ceil((o.quick ? 1 << 20 : 256 << 20) / per)));
   const spec2 = cacheName === 'full' ? spec : { kind: 'quantized', config: resolveCacheConfig('xquant-noshare', { ...shape1, layers }, { residualLength: R }) };
-  const c = await DeviceKvCache.create(device, { layers, qHeads, kvHeads, headDim: D }, spec2, { capacity: T + 1, tuning: { workgroup } });
+  const c = await DeviceKvCache.create(device, { layers, qHeads, kvHeads, headDim: D }, spec2, { capacity: T + 1, tuning });
   const mk = (n) => device.createBuffer({ size: 4 * n, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
   const io = { qkv: mk((qHeads + 2 * kvHeads) * D), rope: mk(c.capacity * D), out: mk(qHeads * D) };
   c.attach(io);
@@ -166,7 +170,7 @@ async function attentionBench(T, qHeads, kvHeads, D, cacheName, workgroup) {
   const up = await timePasses((pass, i) => c.encodeUpdate(pass, i % layers), 20);
   c.dispose();
   for (const b of Object.values(io)) b.destroy();
-  return { T, qHeads, kvHeads, headDim: D, cache: cacheName === 'full' ? 'full (fp16)' : 'xquant-1.38 layer (2-bit K, 1-bit V, η)', workgroup, layersRotated: layers, bytes, ...t, updateMs: up.ms, GBps: bytes / (t.ms * 1e6), GBps_b2b: bytes / (t.b2bMs * 1e6) };
+  return { T, qHeads, kvHeads, headDim: D, cache: cacheName === 'full' ? 'full (fp16)' : 'xquant-1.38 layer (2-bit K, 1-bit V, η)', workgroup, slot, layersRotated: layers, bytes, ...t, updateMs: up.ms, GBps: bytes / (t.ms * 1e6), GBps_b2b: bytes / (t.b2bMs * 1e6) };
 }
 
 // ---- end to end ---------------------------------------------------------------------------------------------------
@@ -175,7 +179,8 @@ async function endToEnd(name, dir, contexts, caches, steps) {
   const cap = maxCtx + steps + 8;
   let t = performance.now();
   const first = cacheSpec('full', null);
-  const { decoder, config } = await loadGpuDecoder(dir, device, { cache: first, capacity: cap });
+  const tuning = o.tuning ? { workgroup: Number(o.tuning.split('x')[0]), slot: Number(o.tuning.split('x')[1]) } : undefined;
+  const { decoder, config } = await loadGpuDecoder(dir, device, { cache: first, capacity: cap, ...(tuning ? { tuning } : {}) });
   log(`${name}: loaded in ${((performance.now() - t) / 1000).toFixed(1)} s`, JSON.stringify({ layers: config.numLayers, hidden: config.hiddenSize, heads: `${config.numHeads}/${config.numKvHeads}`, vocab: config.vocabSize }));
   const shape = { layers: config.numLayers, kvHeads: config.numKvHeads, headDim: config.headDim };
   for (const cacheName of caches) {
@@ -186,7 +191,7 @@ async function endToEnd(name, dir, contexts, caches, steps) {
       log(`${name} ${cacheName}: skipped (${e.message})`);
       continue;
     }
-    await decoder.replaceCache(spec, cap);
+    await decoder.replaceCache(spec, cap, tuning);
     for (const ctx of contexts) {
       const runs = [];
       for (let r = 0; r < Number(o.repeats) + 1; r++) {
@@ -194,6 +199,15 @@ async function endToEnd(name, dir, contexts, caches, steps) {
         await decoder.fillSynthetic(ctx - 1, 11 + r);
         const res = await decoder.generate({ prompt: [config.bosTokenId ?? 1], maxNewTokens: r === 0 ? 4 : steps, stopTokens: [] });
         if (r > 0) runs.push(res.msPerToken);
+      }
+      // GPU time per kind of operation (one timed pass each), at the same context
+      decoder.reset();
+      await decoder.fillSynthetic(ctx - 1, 99);
+      let profile = null;
+      try {
+        profile = await decoder.profile(3);
+      } catch (e) {
+        profile = { error: String(e.message) };
       }
       const mem = decoder.memory();
       const kvBytes = mem.cache.usedBytes;
@@ -203,11 +217,11 @@ async function endToEnd(name, dir, contexts, caches, steps) {
       const row = {
         model: name, context: ctx, cache: cacheName, msPerToken, tokensPerSecond: 1000 / msPerToken, runs,
         kvBytes, kvTrueBits: mem.cache.trueBitsPerElement, weightReadBytes: mem.weightReadBytesPerToken,
-        peakGpuBytes: mem.weightBytes + mem.scratchBytes + mem.cache.allocatedBytes, floorMs, floorFraction: floorMs ? floorMs / msPerToken : null,
+        peakGpuBytes: mem.weightBytes + mem.scratchBytes + mem.cache.allocatedBytes, floorMs, floorFraction: floorMs ? floorMs / msPerToken : null, profile,
       };
       results.endToEnd.push(row);
       save();
-      log(`${name} ${cacheName} ctx ${ctx}: ${msPerToken.toFixed(3)} ms/token (${row.tokensPerSecond.toFixed(0)} tok/s), KV ${(kvBytes / 2 ** 20).toFixed(1)} MiB (${row.kvTrueBits.toFixed(2)} bits), floor ${floorMs?.toFixed(3)} ms`);
+      log(`${name} ${cacheName} ctx ${ctx}: ${msPerToken.toFixed(3)} ms/token (${row.tokensPerSecond.toFixed(0)} tok/s), KV ${(kvBytes / 2 ** 20).toFixed(1)} MiB (${row.kvTrueBits.toFixed(2)} bits), floor ${floorMs?.toFixed(3)} ms; GPU ${Object.entries(profile ?? {}).map(([k, v]) => `${k} ${typeof v === 'number' ? v.toFixed(3) : v}`).join(' ')}`);
     }
   }
   decoder.dispose();
@@ -220,7 +234,7 @@ save();
 for (const T of o.attention ? o.attention.split(',').map(Number) : []) {
   for (const [qh, kvh] of [[32, 32], [32, 8]]) {
     for (const cacheName of ['xquant', 'full']) {
-      for (const wg of o.workgroups.split(',').map(Number)) {
+      for (const wg of o.variants.split(',')) {
         try {
           const r = await attentionBench(T, qh, kvh, 128, cacheName, wg);
           results.attention.push(r);

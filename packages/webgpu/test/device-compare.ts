@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { expect } from 'vitest';
 import { createKvCache, type KvCache } from '@xquant/tfjs';
-import { DeviceKvCache, type DeviceCacheSpec, type DeviceQuantizedConfig } from '../src/index.js';
+import { DeviceKvCache, type DeviceAttentionTuning, type DeviceCacheSpec, type DeviceQuantizedConfig } from '../src/index.js';
 import { openGpu, rng } from './helpers.js';
 
 export const { gpu, reason } = await openGpu();
@@ -36,7 +36,7 @@ export async function readF32(dev: GPUDevice, b: GPUBuffer, n: number): Promise<
 }
 
 export interface Case {
-  tuning?: { workgroup?: number; slot?: number; headsPerGroup?: number; unroll?: number };
+  tuning?: DeviceAttentionTuning;
   name: string;
   preset: string;
   options?: Record<string, unknown>;

@@ -80,6 +80,44 @@ interface LayerOps {
   down: Matvec;
 }
 
+/** Kinds of operation {@link GpuDecoder.profile} times. */
+export type ProfileKind = 'embed' | 'qkv' | 'update' | 'attention' | 'o' | 'gateUp' | 'down' | 'lmHead' | 'sample';
+
+/** Timestamp pairs around the passes of one position, summed per kind. */
+class Profiler {
+  private readonly qs: GPUQuerySet;
+  private readonly kinds: ProfileKind[] = [];
+  private readonly resolveBuf: GPUBuffer;
+  private readonly staging: GPUBuffer;
+  constructor(private readonly device: GPUDevice, private readonly max: number) {
+    this.qs = device.createQuerySet({ type: 'timestamp', count: 2 * max });
+    this.resolveBuf = device.createBuffer({ size: 16 * max, usage: 0x0200 /* QUERY_RESOLVE */ | COPY_SRC });
+    this.staging = device.createBuffer({ size: 16 * max, usage: MAP_READ | COPY_DST });
+  }
+  next(kind: ProfileKind): GPUComputePassTimestampWrites {
+    const i = this.kinds.length;
+    if (i >= this.max) throw new XqStateError('E_STATE', 'profiler: more passes than expected');
+    this.kinds.push(kind);
+    return { querySet: this.qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 };
+  }
+  resolve(enc: GPUCommandEncoder): void {
+    const n = 2 * this.kinds.length;
+    enc.resolveQuerySet(this.qs, 0, n, this.resolveBuf, 0);
+    enc.copyBufferToBuffer(this.resolveBuf, 0, this.staging, 0, 8 * n);
+  }
+  async read(): Promise<Record<string, number>> {
+    await this.staging.mapAsync(MAP_READ);
+    const t = new BigUint64Array(this.staging.getMappedRange().slice(0, 16 * this.kinds.length));
+    this.staging.unmap();
+    const out: Record<string, number> = {};
+    this.kinds.forEach((k, i) => (out[k] = (out[k] ?? 0) + Number(t[2 * i + 1]! - t[2 * i]!) / 1e6));
+    this.qs.destroy();
+    this.resolveBuf.destroy();
+    this.staging.destroy();
+    return out;
+  }
+}
+
 /** float32 → fp16 bit patterns packed two per u32 (round to nearest even), for weights. */
 function toHalfPairs(x: Float32Array, name: string): Uint32Array {
   if (x.length % 2 !== 0) throw new XqShapeError(`${name}: an even number of values is needed for fp16 pairs; got ${x.length}`);
@@ -373,39 +411,76 @@ export class GpuDecoder {
   }
 
   /** Encode and submit position `pos` (its token is `tokens[pos]` on the device); `sample`: compute the next token. */
-  private submitPosition(sample: boolean, temperature: number, seed: number, readback: GPUBuffer | null): void {
+  private submitPosition(sample: boolean, temperature: number, seed: number, readback: GPUBuffer | null, profile?: Profiler): void {
     if (this.pos >= this.cache.capacity || this.pos >= this.capacity) throw new XqStateError('E_STATE', `the decoder is full (${this.capacity} positions)`);
     this.writeStep(temperature, seed);
     this.cache.beginPosition();
     const enc = this.device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    const run = (m: Matvec) => {
-      pass.setPipeline(m.pipe);
-      pass.setBindGroup(0, m.bg);
-      pass.dispatchWorkgroups(Math.min(m.workgroups, 65535), Math.ceil(m.workgroups / 65535));
+    // one pass for the whole position; when profiling, one timed pass per operation
+    let shared: GPUComputePassEncoder | null = profile ? null : enc.beginComputePass();
+    const op = (kind: ProfileKind, body: (pass: GPUComputePassEncoder) => void) => {
+      if (shared) return body(shared);
+      const pass = enc.beginComputePass({ timestampWrites: profile!.next(kind) });
+      body(pass);
+      pass.end();
     };
-    pass.setPipeline(this.embed.pipe);
-    pass.setBindGroup(0, this.embed.bg);
-    pass.dispatchWorkgroups(this.embed.workgroups);
+    const run = (kind: ProfileKind, m: Matvec) =>
+      op(kind, (pass) => {
+        pass.setPipeline(m.pipe);
+        pass.setBindGroup(0, m.bg);
+        pass.dispatchWorkgroups(Math.min(m.workgroups, 65535), Math.ceil(m.workgroups / 65535));
+      });
+    op('embed', (pass) => {
+      pass.setPipeline(this.embed.pipe);
+      pass.setBindGroup(0, this.embed.bg);
+      pass.dispatchWorkgroups(this.embed.workgroups);
+    });
     for (let l = 0; l < this.layers.length; l++) {
       const L = this.layers[l]!;
-      run(L.qkv);
-      this.cache.encodeLayer(pass, l);
-      run(L.o);
-      run(L.gateUp);
-      run(L.down);
+      run('qkv', L.qkv);
+      op('update', (pass) => this.cache.encodeUpdate(pass, l));
+      op('attention', (pass) => this.cache.encodeAttention(pass, l));
+      run('o', L.o);
+      run('gateUp', L.gateUp);
+      run('down', L.down);
     }
     if (sample) {
-      run(this.lmHead);
-      pass.setPipeline(this.sample.pipe);
-      pass.setBindGroup(0, this.sample.bg);
-      pass.dispatchWorkgroups(1);
+      run('lmHead', this.lmHead);
+      op('sample', (pass) => {
+        pass.setPipeline(this.sample.pipe);
+        pass.setBindGroup(0, this.sample.bg);
+        pass.dispatchWorkgroups(1);
+      });
     }
-    pass.end();
+    shared?.end();
+    shared = null;
+    if (profile) profile.resolve(enc);
     if (readback) enc.copyBufferToBuffer(this.tokens, 4 * (this.pos + 1), readback, 0, 4);
     this.device.queue.submit([enc.finish()]);
     this.cache.endPosition();
     this.pos++;
+  }
+
+  /**
+   * GPU time of each kind of operation in one decode position (timestamp queries; the device needs
+   * `timestamp-query`): the position after what the decoder holds runs `steps` times (each a fresh position), one
+   * timed compute pass per operation; returns the median milliseconds per kind and their sum.
+   */
+  async profile(steps = 5): Promise<Record<ProfileKind | 'total', number>> {
+    this.checkAlive();
+    if (!this.device.features.has('timestamp-query')) throw new XqBackendError('E_BACKEND_UNAVAILABLE', 'profile() needs a device with timestamp-query');
+    if (this.pos + steps > this.capacity) throw new XqShapeError(`profile: ${steps} positions after ${this.pos} exceed the capacity ${this.capacity}`);
+    const per: Record<string, number[]> = {};
+    for (let i = 0; i < steps; i++) {
+      const p = new Profiler(this.device, 4 + 6 * this.layers.length);
+      this.submitPosition(true, 0, 0, null, p);
+      const t = await p.read();
+      for (const [k, v] of Object.entries(t)) (per[k] ??= []).push(v);
+    }
+    const med = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
+    const out = Object.fromEntries(Object.entries(per).map(([k, v]) => [k, med(v)])) as Record<ProfileKind | 'total', number>;
+    out.total = Object.entries(out).reduce((s2, [k, v]) => (k === 'total' ? s2 : s2 + v), 0);
+    return out;
   }
 
   /**

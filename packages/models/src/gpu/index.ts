@@ -4,5 +4,5 @@
  * weights, a device-resident KV cache from `@xquant/webgpu` (`full` fp16 rows or any quantized configuration),
  * sampling on the device, one token id read back per step.
  */
-export { GpuDecoder, type GpuDecoderOptions, type GpuGenerateOptions, type GpuGenerateResult, type GpuDecoderMemory } from './engine.js';
+export { GpuDecoder, type ProfileKind, type GpuDecoderOptions, type GpuGenerateOptions, type GpuGenerateResult, type GpuDecoderMemory } from './engine.js';
 export { loadGpuDecoder, type LoadedGpuDecoder } from './load.js';

@@ -81,13 +81,21 @@ export function matvecSource(s: MatvecSpec): string {
   for (let r = 0; r < RW; r++) push(`var a${r} = 0.0;`);
   const rowOf = (r: number) => (wRows === 2 ? `(r0 + ${r >> 1}u) * 2u + ${r & 1}u` : `r0 + ${r}u`);
   const totalW = s.rows * wRows;
-  push(`for (var k = lane; k < ${K}u; k = k + 32u) {`, `let x0 = ${xv('2u * k')};`, `let x1 = ${xv('2u * k + 1u')};`);
-  for (let r = 0; r < RW; r++) {
-    push(
-      `{ let row = min(${rowOf(r)}, ${totalW - 1}u);`,
-      `let w = W[row * ${K}u + k];`,
-      `a${r} = a${r} + dot(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), x0) + dot(vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)), x1); }`,
-    );
+  // every weight load of UK lane-strided columns × RW rows is issued before the products (loads in flight)
+  const IT = Math.ceil(K / 32);
+  const UK = Math.max(1, Math.min(IT, Math.floor(8 / RW)));
+  const ragged = K % 32 !== 0;
+  push(`for (var kb = 0u; kb < ${IT}u; kb = kb + ${UK}u) {`);
+  for (let u = 0; u < UK; u++) {
+    push(`let k${u} = min(lane + (kb + ${u}u) * 32u, ${K - 1}u);`);
+    for (let r = 0; r < RW; r++) push(`let w${u}_${r} = W[min(${rowOf(r)}, ${totalW - 1}u) * ${K}u + k${u}];`);
+  }
+  for (let u = 0; u < UK; u++) {
+    const live = ragged || IT % UK !== 0 ? `select(0.0, 1.0, lane + (kb + ${u}u) * 32u < ${K}u)` : '';
+    push(`let x${u}a = ${xv(`2u * k${u}`)}${live ? ` * ${live}` : ''};`, `let x${u}b = ${xv(`2u * k${u} + 1u`)}${live ? ` * ${live}` : ''};`);
+    for (let r = 0; r < RW; r++) {
+      push(`a${r} = a${r} + dot(vec4<f32>(unpack2x16float(w${u}_${r}.x), unpack2x16float(w${u}_${r}.y)), x${u}a) + dot(vec4<f32>(unpack2x16float(w${u}_${r}.z), unpack2x16float(w${u}_${r}.w)), x${u}b);`);
+    }
   }
   push('}');
   for (let r = 0; r < RW; r++) push(`red[(grp * ${RW}u + ${r}u) * 32u + lane] = a${r};`);

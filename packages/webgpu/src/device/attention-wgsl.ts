@@ -38,6 +38,8 @@ export interface DecodeSpec {
   slot?: number;
   /** Key channel quads whose loads are issued together. */
   unroll: number;
+  /** Value tokens whose loads are issued together (default 4). */
+  valueUnroll?: number;
 }
 
 /** Fields of the step uniform shared by every device-cache kernel (u32 unless noted). @internal */
@@ -214,15 +216,15 @@ export function decodeKernelSource(s: DecodeSpec): string {
     // dense fp16 keys: token c0 + j·WG + lid, one row of D/8 vec4<u32> per token
     const O = D / 8;
     push(`for (var j = 0u; j < ${SL}u; j = j + 1u) {`, `let t = c0 + j * ${WG}u + lid;`);
-    for (let i = 0; i < HG; i++) push(`var r${i} = -3.0e38;`);
-    push('if (t < S.n) {', `let rb = (kv * S.cap + t) * ${O}u;`);
-    for (let i = 0; i < HG; i++) push(`r${i} = 0.0;`);
-    push(`for (var o = 0u; o < ${O}u; o = o + 1u) {`, 'let w = kc[rb + o];');
-    push('let x0 = vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));', 'let x1 = vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w));');
-    for (let i = 0; i < HG; i++) push(`r${i} = r${i} + dot(qs[${i * Q4}u + 2u * o], x0) + dot(qs[${i * Q4}u + 2u * o + 1u], x1);`);
-    push('}');
-    for (let i = 0; i < HG; i++) push(`r${i} = r${i} * S.scale;`);
-    push('}');
+    // every load of the row first (clamped to a valid row), then the dot products
+    push(`let rb = (kv * S.cap + min(t, S.n - 1u)) * ${O}u;`);
+    for (let o2 = 0; o2 < O; o2++) push(`let w${o2} = kc[rb + ${o2}u];`);
+    for (let i = 0; i < HG; i++) push(`var r${i} = 0.0;`);
+    for (let o2 = 0; o2 < O; o2++) {
+      push(`let x${o2}a = vec4<f32>(unpack2x16float(w${o2}.x), unpack2x16float(w${o2}.y));`, `let x${o2}b = vec4<f32>(unpack2x16float(w${o2}.z), unpack2x16float(w${o2}.w));`);
+      for (let i = 0; i < HG; i++) push(`r${i} = r${i} + dot(qs[${i * Q4 + 2 * o2}u], x${o2}a) + dot(qs[${i * Q4 + 2 * o2 + 1}u], x${o2}b);`);
+    }
+    for (let i = 0; i < HG; i++) push(`r${i} = select(-3.0e38, r${i} * S.scale, t < S.n);`);
     for (let i = 0; i < HG; i++) push(`sc[${i * C}u + j * ${WG}u + lid] = r${i};`, `lm${i} = max(lm${i}, r${i});`);
     push('}');
   }
@@ -249,6 +251,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
   const CSV = D / SLOT;
   const TLN = WG / CSV;
   const ITER = C / TLN;
+  const UV = Math.min(s.valueUnroll ?? 4, ITER);
   push(`let cs = lid % ${CSV}u;`, `let tg = lid / ${CSV}u;`);
   for (let i = 0; i < HG; i++) {
     if (vp) push(`var vb${i} = 0.0;`);
@@ -261,34 +264,47 @@ export function decodeKernelSource(s: DecodeSpec): string {
     const words = vp.bits === 4 ? ['(cs * 2u)', '(cs * 2u + 1u)'] : vp.bits === 2 ? ['cs'] : ['(cs >> 1u)'];
     if (vp.bits === 1) push('let vsh = (cs & 1u) * 16u;');
     push(`let vg = (cs * 16u) / ${vp.groupSize}u;`);
-    push(`for (var it = 0u; it < ${ITER}u; it = it + 1u) {`, `let tl = tg + it * ${TLN}u;`, 'let t = c0 + tl;');
-    for (let i = 0; i < HG; i++) push(`let p${i} = sc[${i * C}u + tl];`);
-    push('if (t < S.tv) {', `let row = kv * S.cap + t;`);
-    words.forEach((w, k) => push(`let x${k} = vc[row * ${WV}u + ${w}];`));
-    push(`let nz = unpack2x16float(vm[row * ${GV}u + vg]);`);
-    push(...decodeN(vp.bits, halvesOf(vp.bits, words.map((_, k) => `x${k}`), 'vsh'), 'd'));
-    for (let i = 0; i < HG; i++) {
-      push(`let w${i} = p${i} * nz.x;`, `vb${i} = fma(p${i}, nz.y, vb${i});`);
-      for (let j = 0; j < 16; j++) push(`v${i}_${j} = fma(w${i}, d_${j}, v${i}_${j});`);
+    push('let tvl = select(0u, S.tv - 1u, S.tv > 0u);');
+    push(`for (var it = 0u; it < ${ITER}u; it = it + ${UV}u) {`);
+    for (let u = 0; u < UV; u++) {
+      push(`let tl${u} = tg + (it + ${u}u) * ${TLN}u;`, `let t${u} = c0 + tl${u};`, `let row${u} = kv * S.cap + min(t${u}, tvl);`);
+      words.forEach((w, k) => push(`let x${u}_${k} = vc[row${u} * ${WV}u + ${w}];`));
+      push(`let nz${u} = unpack2x16float(vm[row${u} * ${GV}u + vg]);`);
     }
-    if (s.residual) {
-      push('} else if (t < S.n) {', `let rb = (kv * S.vring + t % S.vring) * ${Q4}u + cs * 4u;`);
-      for (let k = 0; k < 4; k++) push(`let y${k} = rv[rb + ${k}u];`);
+    for (let u = 0; u < UV; u++) {
+      for (let i = 0; i < HG; i++) push(`let p${u}_${i} = sc[${i * C}u + tl${u}];`);
+      push(`if (t${u} < S.tv) {`);
+      push(...decodeN(vp.bits, halvesOf(vp.bits, words.map((_, k) => `x${u}_${k}`), 'vsh'), `d${u}`));
       for (let i = 0; i < HG; i++) {
-        for (let j = 0; j < 16; j++) push(`v${i}_${j} = fma(p${i} * ${f(2 ** pos[j]!)}, y${j >> 2}.${'xyzw'[j & 3]}, v${i}_${j});`);
+        push(`let w${u}_${i} = p${u}_${i} * nz${u}.x;`, `vb${i} = fma(p${u}_${i}, nz${u}.y, vb${i});`);
+        for (let j = 0; j < 16; j++) push(`v${i}_${j} = fma(w${u}_${i}, d${u}_${j}, v${i}_${j});`);
       }
+      if (s.residual) {
+        push(`} else if (t${u} < S.n) {`, `let rb = (kv * S.vring + t${u} % S.vring) * ${Q4}u + cs * 4u;`);
+        for (let k = 0; k < 4; k++) push(`let y${k} = rv[rb + ${k}u];`);
+        for (let i = 0; i < HG; i++) {
+          for (let j = 0; j < 16; j++) push(`v${i}_${j} = fma(p${u}_${i} * ${f(2 ** pos[j]!)}, y${j >> 2}.${'xyzw'[j & 3]}, v${i}_${j});`);
+        }
+      }
+      push('}');
     }
-    push('}', '}');
+    push('}');
     for (let i = 0; i < HG; i++) for (let j = 0; j < 16; j++) push(`v${i}_${j} = v${i}_${j} * ${f(2 ** -pos[j]!)} + vb${i};`);
   } else {
-    push(`for (var it = 0u; it < ${ITER}u; it = it + 1u) {`, `let tl = tg + it * ${TLN}u;`, 'let t = c0 + tl;');
-    push('if (t < S.n) {', `let w = vc[(kv * S.cap + t) * ${CSV}u + cs];`);
-    push('let y0 = vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));', 'let y1 = vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w));');
-    for (let i = 0; i < HG; i++) {
-      push(`let p${i} = sc[${i * C}u + tl];`);
-      for (let j = 0; j < 8; j++) push(`v${i}_${j} = fma(p${i}, y${j >> 2}.${'xyzw'[j & 3]}, v${i}_${j});`);
+    push(`for (var it = 0u; it < ${ITER}u; it = it + ${UV}u) {`);
+    for (let u = 0; u < UV; u++) {
+      push(`let tl${u} = tg + (it + ${u}u) * ${TLN}u;`, `let t${u} = c0 + tl${u};`, `let w${u} = vc[(kv * S.cap + min(t${u}, S.n - 1u)) * ${CSV}u + cs];`);
     }
-    push('}', '}');
+    for (let u = 0; u < UV; u++) {
+      push(`if (t${u} < S.n) {`);
+      push(`let y0 = vec4<f32>(unpack2x16float(w${u}.x), unpack2x16float(w${u}.y));`, `let y1 = vec4<f32>(unpack2x16float(w${u}.z), unpack2x16float(w${u}.w));`);
+      for (let i = 0; i < HG; i++) {
+        push(`let p${i} = sc[${i * C}u + tl${u}];`);
+        for (let j = 0; j < 8; j++) push(`v${i}_${j} = fma(p${i}, y${j >> 2}.${'xyzw'[j & 3]}, v${i}_${j});`);
+      }
+      push('}');
+    }
+    push('}');
   }
   // ---- reduce over token lanes, write the chunk partial [o (D), max, sum] ---------------------------------------
   push('workgroupBarrier();');

@@ -72,6 +72,13 @@ export interface DeviceAttentionTuning {
   unroll?: number;
   /** Consecutive tokens per thread in the key pass: 4, 8 or 16 (default 8); fewer means more threads in flight. */
   slot?: number;
+  /** Value tokens whose loads are issued together (default 4). */
+  valueUnroll?: number;
+  /**
+   * Geometry for short contexts, used while the main one would leave the GPU idle (fewer than 256 workgroups):
+   * default `{ workgroup: 32, slot: 4 }` (128-token chunks). `null`: always the main geometry.
+   */
+  small?: { workgroup: number; slot: number } | null;
 }
 
 /** Options of {@link DeviceKvCache.create}. */
@@ -118,6 +125,8 @@ interface LayerRes {
   decode: DecodeSpec;
   updatePipe?: GPUComputePipeline;
   decodePipe?: GPUComputePipeline;
+  decodePipeSmall?: GPUComputePipeline;
+  decodeSmall: DecodeSpec | null;
   updateBG?: GPUBindGroup;
   decodeBG?: GPUBindGroup;
   combineBG?: GPUBindGroup;
@@ -187,6 +196,9 @@ function calibrationOf(cal: DeviceCalibratorLike | null | undefined, bits: numbe
 export class DeviceKvCache {
   readonly capacity: number;
   readonly chunk: number;
+  /** Tokens per chunk of the short-context geometry. */
+  readonly smallChunk: number;
+  private useSmall = false;
   private tokensHeld = 0;
   private readonly layers: LayerRes[];
   private readonly step: GPUBuffer;
@@ -231,11 +243,18 @@ export class DeviceKvCache {
       throw new XqBackendError('E_BACKEND_UNAVAILABLE', `decode attention needs ${decodeSharedBytes({ workgroup: wg, slot, headsPerGroup: hg, headDim: D })} bytes of workgroup memory; the device allows ${limit}`);
     }
     this.chunk = chunkTokens({ workgroup: wg, slot });
+    const small = tuning.small === undefined ? { workgroup: 32, slot: 4 } : tuning.small;
+    if (small && (![32, 64, 128, 256].includes(small.workgroup) || ![4, 8, 16].includes(small.slot))) {
+      throw new XqConfigError('E_CONFIG', `small geometry: workgroup 32…256 and slot 4, 8 or 16; got ${JSON.stringify(small)}`);
+    }
+    this.smallChunk = small ? chunkTokens(small) : this.chunk;
+    let hgSmall = hg;
+    while (small && hgSmall > 1 && decodeSharedBytes({ ...small, headsPerGroup: hgSmall, headDim: D }) > limit) hgSmall--;
     const cfg = spec.kind === 'quantized' ? spec.config : null;
     this.quantized = cfg !== null;
     this.R = cfg?.residualLength ?? 1;
     if (cfg) this.checkConfig(cfg, D);
-    const unit = lcm(this.chunk, cfg ? cfg.residualLength * 2 : 1);
+    const unit = lcm(lcm(this.chunk, this.smallChunk), cfg ? cfg.residualLength * 2 : 1);
     if (!Number.isInteger(capacity) || capacity <= 0) throw new XqShapeError(`device cache: capacity must be a positive integer; got ${String(capacity)}`);
     this.capacity = Math.ceil(capacity / unit) * unit;
     const unroll = tuning.unroll ?? 4;
@@ -292,11 +311,15 @@ export class DeviceKvCache {
         valueMetaOffset,
         valueRingOffset: keyRing / 4,
         update: { qHeads, kvHeads, headDim: D, keys, values, residualLength: R, keyMetaOffset, valueMetaOffset, valueRingOffset: keyRing / 4, rope: true },
-        decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll },
+        decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll, ...(tuning.valueUnroll ? { valueUnroll: tuning.valueUnroll } : {}) },
+        decodeSmall: null,
       });
     }
     this.step = device.createBuffer({ size: STEP_BYTES, usage: UNIFORM | COPY_DST, label: 'device cache step' });
-    const maxChunks = Math.ceil(cap / this.chunk);
+    if (small && this.smallChunk !== this.chunk) {
+      for (const l of this.layers) l.decodeSmall = { ...l.decode, ...small, headsPerGroup: hgSmall };
+    }
+    const maxChunks = Math.ceil(cap / Math.min(this.chunk, this.smallChunk));
     this.parts = make(qHeads * maxChunks * (D + 2) * 4, 'attention partials');
     this.qbuf = make(qHeads * D * 4, 'rotated queries');
     this.dummy = make(ALIGN, 'unused binding');
@@ -342,9 +365,10 @@ export class DeviceKvCache {
     this.combinePipe = await k.pipeline(combineSource(this.shape.headDim), LAYOUTS.combine, 'device cache merge');
     await Promise.all(
       this.layers.map(async (l, i) => {
-        [l.updatePipe, l.decodePipe] = await Promise.all([
+        [l.updatePipe, l.decodePipe, l.decodePipeSmall] = await Promise.all([
           k.pipeline(updateKernelSource(l.update), LAYOUTS.update, `layer ${i} update`),
           k.pipeline(decodeKernelSource(l.decode), LAYOUTS.decode, `layer ${i} attention`),
+          l.decodeSmall ? k.pipeline(decodeKernelSource(l.decodeSmall), LAYOUTS.decode, `layer ${i} attention (short contexts)`) : Promise.resolve(undefined),
         ]);
       }),
     );
@@ -403,7 +427,10 @@ export class DeviceKvCache {
     if (p >= this.capacity) throw new XqStateError('E_STATE', `the device cache is full (${this.capacity} tokens)`);
     const n = p + 1;
     const R = this.R;
-    this.nc = Math.ceil(n / this.chunk);
+    // the short-context geometry while the main one would give fewer than 256 workgroups
+    const big = Math.ceil(n / this.chunk);
+    this.useSmall = this.smallChunk !== this.chunk && big * this.shape.kvHeads < 256;
+    this.nc = this.useSmall ? Math.ceil(n / this.smallChunk) : big;
     const v: Record<(typeof STEP_FIELDS)[number], number> = {
       n,
       tk: this.quantized ? Math.floor(p / R) * R : 0,
@@ -447,9 +474,10 @@ export class DeviceKvCache {
   encodeAttention(pass: GPUComputePassEncoder, layer: number): void {
     const l = this.layerOf(layer);
     const rep = this.shape.qHeads / this.shape.kvHeads;
-    pass.setPipeline(l.decodePipe!);
+    const small = this.useSmall && l.decodePipeSmall;
+    pass.setPipeline(small ? l.decodePipeSmall! : l.decodePipe!);
     pass.setBindGroup(0, l.decodeBG!);
-    pass.dispatchWorkgroups(this.nc, this.shape.kvHeads, Math.ceil(rep / l.decode.headsPerGroup));
+    pass.dispatchWorkgroups(this.nc, this.shape.kvHeads, Math.ceil(rep / (small ? l.decodeSmall! : l.decode).headsPerGroup));
     pass.setPipeline(this.combinePipe!);
     pass.setBindGroup(0, l.combineBG!);
     pass.dispatchWorkgroups(this.shape.qHeads);

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Packs what the GPU machine (no node, no registry) needs to run the GPU decode benchmark into .gpu-carry/carry.tar.xz:
+# the node binary, dawn.node, one esbuild bundle of packages/models/bench/gpu-decode.bench.mjs (with @xquant/*, tfjs-core
+# and the `webgpu` package), the random-checkpoint script, the torch peer, a tokenizer, the trained models' configs and
+# the Llama R = 32 plan; and the Vulkan/GL loader debs into .gl (both git-ignored through .git/info/exclude).
+# Usage (repo root, after `pnpm install`): bash scripts/gpu-carry.sh   — then see docs/gpu/README.md for the run.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+for d in /.gpu-carry/ /.gl/; do grep -qx "$d" .git/info/exclude 2>/dev/null || echo "$d" >> .git/info/exclude; done
+pnpm build >/dev/null
+STAGE=.gpu-carry/stage
+rm -rf "$STAGE" && mkdir -p "$STAGE/dist/linux-x64" "$STAGE/configs"
+pnpm exec esbuild packages/models/bench/gpu-decode.bench.mjs --bundle --platform=node --format=esm --target=node20 \
+  --outfile="$STAGE/bench.mjs" --log-level=warning \
+  --banner:js="import { createRequire as __xqRequire } from 'node:module'; const require = __xqRequire(import.meta.url);"
+DAWN=$(node -e "const p=require('path');console.log(p.join(p.dirname(require.resolve('webgpu/package.json',{paths:['packages/webgpu']})),'dist/linux-x64/dawn.node'))")
+cp "$DAWN" "$STAGE/dist/linux-x64/dawn.node"
+cp "$(command -v node)" "$STAGE/node"
+cp scripts/random-checkpoint.mjs docs/gpu/torch_peer.py "$STAGE/"
+cp models/xq-demo/tokenizer.json "$STAGE/tokenizer.json"
+cp docs/report/plans/xq-llama-20m.plan-R32-v64.json "$STAGE/plan.json"
+for m in xq-llama-20m xq-qwen2-30m; do
+  [ -f "../shared/models/$m/config.json" ] && cp "../shared/models/$m/config.json" "$STAGE/configs/$m.json"
+done
+tar -C "$STAGE" -cf - . | xz -6 -T2 > .gpu-carry/carry.tar.xz
+rm -rf "$STAGE"
+if [ ! -d .gl ] || [ -z "$(ls .gl/*.deb 2>/dev/null)" ]; then
+  mkdir -p .gl /tmp/amd64/partial
+  o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+  apt-get $o update >/dev/null
+  (cd .gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2 >/dev/null)
+fi
+ls -la .gpu-carry/carry.tar.xz .gl

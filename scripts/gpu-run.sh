@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine, from the repo root, after scripts/gpu-carry.sh made .gpu-carry/carry.tar.xz and .gl here:
+# unpacks the Vulkan loader and the carry, runs the torch fp16 peer, writes the random-weight checkpoints, runs the
+# benchmark. Results go to $OUT (the device tool brings that folder back). Extra arguments go to the benchmark.
+#   bash scripts/gpu-run.sh [--contexts 4096,32768,131072] [--caches full,kivi-2,xquant-1.38,plan] …
+set -uo pipefail
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json XDG_RUNTIME_DIR=/tmp
+W=/tmp/xq
+mkdir -p "$W" && tar -xJf .gpu-carry/carry.tar.xz -C "$W"
+OUT=${OUT:-$W/out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv > "$OUT/nvidia-smi.csv" 2>&1
+if [ "${SKIP_TORCH:-0}" != 1 ]; then
+  (cd "$W" && PYTHONUNBUFFERED=1 timeout 240 python3 torch_peer.py "$OUT/torch-peer.json" 32768 131072) > "$OUT/torch.log" 2>&1
+  tail -12 "$OUT/torch.log"
+fi
+M=/tmp/models
+MODELS=${MODELS:-llama-3.2-1b,qwen2.5-0.5b,xq-llama-20m,xq-qwen2-30m}
+LIST=""
+for m in ${MODELS//,/ }; do
+  case $m in
+    xq-*) (cd "$W" && ./node random-checkpoint.mjs --config "configs/$m.json" --out "$M/$m" --tokenizer tokenizer.json) ;;
+    *) (cd "$W" && ./node random-checkpoint.mjs --shape "$m" --out "$M/$m" --tokenizer tokenizer.json) ;;
+  esac
+  LIST="$LIST${LIST:+,}$m=$M/$m"
+done
+(cd "$W" && ./node bench.mjs --out "$OUT" --models "$LIST" --plan plan.json "$@") 2>&1 | grep -v 'Warning: max\|DEP0137\|trace-warnings\|file descriptor' | tee "$OUT/bench.log"
