@@ -22,6 +22,9 @@ const { values: o } = parseArgs({
     attention: { type: 'string', default: '32768,131072' },
     variants: { type: 'string', default: '64x8' },
     quick: { type: 'boolean', default: false },
+    'dawn-flags': { type: 'string', default: '' },
+    dims: { type: 'string', default: '128' },
+    'attention-heads': { type: 'string', default: '32/32,32/8' },
     tuning: { type: 'string', default: '' },
   },
 });
@@ -32,7 +35,7 @@ const log = (...a) => console.log(`[${((performance.now() - t00) / 1000).toFixed
 const median = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 const R = 32;
 
-const ng = await requestNodeDevice({ flags: ['disable-dawn-features=timestamp_quantization'] });
+const ng = await requestNodeDevice({ flags: ['disable-dawn-features=timestamp_quantization', ...(o['dawn-flags'] ? o['dawn-flags'].split(';') : [])] });
 if (!ng) {
   console.log('no WebGPU adapter');
   process.exit(2);
@@ -46,7 +49,7 @@ device.addEventListener('uncapturederror', (e) => {
 const features = [...ng.adapter.features].sort();
 log('adapter', JSON.stringify(info), 'features', features.join(','));
 log('limits', JSON.stringify({ maxStorageBufferBindingSize: device.limits.maxStorageBufferBindingSize, maxBufferSize: device.limits.maxBufferSize, wg: device.limits.maxComputeWorkgroupStorageSize }));
-const results = { device: info, features, node: process.version, date: new Date().toISOString(), ceiling: null, attention: [], endToEnd: [], errors: gpuErrors };
+const results = { device: info, dawnFlags: o['dawn-flags'], features, node: process.version, date: new Date().toISOString(), ceiling: null, attention: [], endToEnd: [], errors: gpuErrors };
 const save = () => writeFileSync(`${o.out}/gpu-decode.json`, JSON.stringify(results, null, 1));
 
 // ---- timing helpers --------------------------------------------------------------------------------------------
@@ -113,6 +116,18 @@ async function readCeiling() {
   return { GBps: bytes / (t.ms * 1e6), ms: t.ms };
 }
 
+/** `WGxSLOT[xUNROLLxVALUEUNROLLxHEADSxVALUESLOT]` (0 = default) → decode-attention tuning. */
+function tuningOf(v) {
+  const [workgroup, slot, unroll, valueUnroll, headsPerGroup, valueSlot, skip] = v.split('x').map(Number);
+  const t = { workgroup, slot };
+  if (skip) t.debugSkip = skip === 1 ? 'keys' : 'values';
+  if (unroll) t.unroll = unroll;
+  if (valueUnroll) t.valueUnroll = valueUnroll;
+  if (headsPerGroup) t.headsPerGroup = headsPerGroup;
+  if (valueSlot) t.valueSlot = valueSlot;
+  return t;
+}
+
 // ---- cache configurations ----------------------------------------------------------------------------------------
 /** The plan (R = 32) of a trained 8-layer model, stretched to `layers` (layer l takes the settings of ⌊l·8/layers⌋). */
 function stretchPlan(plan, layers) {
@@ -142,8 +157,8 @@ function cacheSpec(name, shape) {
 
 // ---- decode-attention step alone ----------------------------------------------------------------------------------
 async function attentionBench(T, qHeads, kvHeads, D, cacheName, variant) {
-  const [workgroup, slot] = variant.split('x').map(Number);
-  const tuning = { workgroup, slot };
+  const tuning = { ...tuningOf(variant), small: null };
+  const { workgroup, slot, unroll, valueUnroll } = tuning;
   // enough independent layers that consecutive calls never find their data in L2 (≥ 256 MB per rotation)
   const shape1 = { layers: 1, kvHeads, headDim: D };
   const spec = cacheName === 'full' ? { kind: 'full' } : { kind: 'quantized', config: resolveCacheConfig('xquant-1.38', shape1, { residualLength: R }) };
@@ -170,7 +185,7 @@ async function attentionBench(T, qHeads, kvHeads, D, cacheName, variant) {
   const up = await timePasses((pass, i) => c.encodeUpdate(pass, i % layers), 20);
   c.dispose();
   for (const b of Object.values(io)) b.destroy();
-  return { T, qHeads, kvHeads, headDim: D, cache: cacheName === 'full' ? 'full (fp16)' : 'xquant-1.38 layer (2-bit K, 1-bit V, η)', workgroup, slot, layersRotated: layers, bytes, ...t, updateMs: up.ms, GBps: bytes / (t.ms * 1e6), GBps_b2b: bytes / (t.b2bMs * 1e6) };
+  return { T, qHeads, kvHeads, headDim: D, cache: cacheName === 'full' ? 'full (fp16)' : 'xquant-1.38 layer (2-bit K, 1-bit V, η)', variant, layersRotated: layers, bytes, ...t, updateMs: up.ms, GBps: bytes / (t.ms * 1e6), GBps_b2b: bytes / (t.b2bMs * 1e6) };
 }
 
 // ---- end to end ---------------------------------------------------------------------------------------------------
@@ -179,7 +194,14 @@ async function endToEnd(name, dir, contexts, caches, steps) {
   const cap = maxCtx + steps + 8;
   let t = performance.now();
   const first = cacheSpec('full', null);
-  const tuning = o.tuning ? { workgroup: Number(o.tuning.split('x')[0]), slot: Number(o.tuning.split('x')[1]) } : undefined;
+  // --tuning V (every cache) or full=V,quantized=V (the best geometry of each kind of cache)
+  const tuningFor = (kind) => {
+    if (!o.tuning) return undefined;
+    if (!o.tuning.includes('=')) return tuningOf(o.tuning);
+    const m = Object.fromEntries(o.tuning.split(',').map((p) => p.split('=')));
+    return m[kind] ? tuningOf(m[kind]) : undefined;
+  };
+  const tuning = tuningFor('full');
   const { decoder, config } = await loadGpuDecoder(dir, device, { cache: first, capacity: cap, ...(tuning ? { tuning } : {}) });
   log(`${name}: loaded in ${((performance.now() - t) / 1000).toFixed(1)} s`, JSON.stringify({ layers: config.numLayers, hidden: config.hiddenSize, heads: `${config.numHeads}/${config.numKvHeads}`, vocab: config.vocabSize }));
   const shape = { layers: config.numLayers, kvHeads: config.numKvHeads, headDim: config.headDim };
@@ -191,7 +213,7 @@ async function endToEnd(name, dir, contexts, caches, steps) {
       log(`${name} ${cacheName}: skipped (${e.message})`);
       continue;
     }
-    await decoder.replaceCache(spec, cap, tuning);
+    await decoder.replaceCache(spec, cap, tuningFor(spec.kind));
     for (const ctx of contexts) {
       const runs = [];
       for (let r = 0; r < Number(o.repeats) + 1; r++) {
@@ -215,7 +237,7 @@ async function endToEnd(name, dir, contexts, caches, steps) {
       const msPerToken = median(runs);
       const floorMs = results.ceiling ? readBytes / (results.ceiling.GBps * 1e6) : null;
       const row = {
-        model: name, context: ctx, cache: cacheName, msPerToken, tokensPerSecond: 1000 / msPerToken, runs,
+        model: name, context: ctx, cache: cacheName, tuning: tuningFor(spec.kind) ?? 'default', msPerToken, tokensPerSecond: 1000 / msPerToken, runs,
         kvBytes, kvTrueBits: mem.cache.trueBitsPerElement, weightReadBytes: mem.weightReadBytesPerToken,
         peakGpuBytes: mem.weightBytes + mem.scratchBytes + mem.cache.allocatedBytes, floorMs, floorFraction: floorMs ? floorMs / msPerToken : null, profile,
       };
@@ -232,13 +254,13 @@ results.ceiling = await readCeiling();
 log(`WGSL read ceiling: ${results.ceiling.GBps.toFixed(0)} GB/s`);
 save();
 for (const T of o.attention ? o.attention.split(',').map(Number) : []) {
-  for (const [qh, kvh] of [[32, 32], [32, 8]]) {
+  for (const [qh, kvh, D] of o['attention-heads'].split(',').flatMap((h) => o.dims.split(',').map((d) => [...h.split('/').map(Number), Number(d)]))) {
     for (const cacheName of ['xquant', 'full']) {
       for (const wg of o.variants.split(',')) {
         try {
-          const r = await attentionBench(T, qh, kvh, 128, cacheName, wg);
+          const r = await attentionBench(T, qh, kvh, D, cacheName, wg);
           results.attention.push(r);
-          log(`attention T=${T} ${qh}/${kvh} ${r.cache} wg ${wg}: ${r.ms.toFixed(4)} ms (${r.GBps.toFixed(0)} GB/s; b2b ${r.b2bMs.toFixed(4)}), update ${r.updateMs.toFixed(4)} ms`);
+          log(`attention T=${T} ${qh}/${kvh} d=${D} ${r.cache} ${wg}: ${r.ms.toFixed(4)} ms (${r.GBps.toFixed(0)} GB/s; b2b ${r.b2bMs.toFixed(4)}), update ${r.updateMs.toFixed(4)} ms`);
         } catch (e) {
           log(`attention T=${T} ${qh}/${kvh} ${cacheName} wg ${wg}: FAILED ${e.message}`);
           results.attention.push({ T, qHeads: qh, kvHeads: kvh, cache: cacheName, workgroup: wg, error: String(e.message) });

@@ -15,13 +15,13 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     expect(maxRel).toBeLessThan(1e-3);
   }, 600_000);
 
-  it('kivi-2, R = 32, GQA 3, 16-token slots: the same codes and scale/zero as the CPU cache across key flushes and value quantizations', async () => {
-    const { maxRel } = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 32 }, qHeads: 6, kvHeads: 2, tuning: { slot: 16, small: null } }, 100);
+  it('kivi-2, R = 32, GQA 3 in groups of 2 heads, 16-token slots: the same codes and scale/zero as the CPU cache across key flushes and value quantizations', async () => {
+    const { maxRel } = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 32 }, qHeads: 6, kvHeads: 2, tuning: { slot: 16, small: null, headsPerGroup: 2 } }, 100);
     expect(maxRel).toBeLessThan(2e-5);
   }, 600_000);
 
-  it('xquant-1.38 (η calibration, cross-layer shared codes), R = 32, 4-token slots', async () => {
-    const { maxRel } = await compare({ name: 'xquant', preset: 'xquant-1.38', options: { residualLength: 32 }, qHeads: 4, kvHeads: 2, tuning: { slot: 4, workgroup: 32, small: null } }, 100);
+  it('xquant-1.38 (η calibration, cross-layer shared codes), R = 32, 4-token key slots, 8-channel value slots', async () => {
+    const { maxRel } = await compare({ name: 'xquant', preset: 'xquant-1.38', options: { residualLength: 32 }, qHeads: 4, kvHeads: 2, tuning: { slot: 4, workgroup: 32, small: null, valueSlot: 8 } }, 100);
     expect(maxRel).toBeLessThan(2e-5);
   }, 600_000);
 

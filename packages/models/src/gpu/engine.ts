@@ -10,7 +10,9 @@ import type { ModelConfig } from '../config.js';
 import { validateModelConfig } from '../config.js';
 import type { WeightSource } from '../model.js';
 import { ropeInverseFrequencies, ropeTables } from '../rope.js';
-import { MATVEC_WORKGROUP, embedSource, matvecRowsPerWorkgroup, matvecSource, sampleSource, type MatvecSpec } from './kernels.js';
+import { MATVEC_WORKGROUP, SAMPLE_BLOCK, embedSource, matvecRowsPerWorkgroup, matvecSource, sampleSource, type MatvecSpec } from './kernels.js';
+
+const SAMPLE_LAYOUT: ('read-only-storage' | 'storage' | 'uniform')[] = ['read-only-storage', 'storage', 'uniform', 'storage'];
 
 const STORAGE = 0x80;
 const COPY_SRC = 0x04;
@@ -141,7 +143,8 @@ export class GpuDecoder {
   private readonly layers: LayerOps[] = [];
   private embed!: { pipe: GPUComputePipeline; bg: GPUBindGroup; workgroups: number };
   private lmHead!: Matvec;
-  private sample!: { pipe: GPUComputePipeline; bg: GPUBindGroup };
+  private sample!: { pipe: GPUComputePipeline; pipe2: GPUComputePipeline; blocks: number; bg: GPUBindGroup };
+  private samplePart!: GPUBuffer;
   private readonly step: GPUBuffer;
   private tokens: GPUBuffer;
   private rope: GPUBuffer | null = null;
@@ -327,8 +330,13 @@ export class GpuDecoder {
     const EL: ('read-only-storage' | 'storage' | 'uniform')[] = ['read-only-storage', 'read-only-storage', 'storage', 'uniform'];
     const ep = await k.pipeline(embedSource(H), EL, 'embedding');
     this.embed = { pipe: ep, bg: null!, workgroups: Math.ceil(H / 2 / 256) };
-    const SL: ('read-only-storage' | 'storage' | 'uniform')[] = ['read-only-storage', 'storage', 'uniform'];
-    this.sample = { pipe: await k.pipeline(sampleSource(c.vocabSize), SL, 'sampling'), bg: null! };
+    this.samplePart = this.buffer(8 * Math.ceil(c.vocabSize / SAMPLE_BLOCK), STORAGE, 'sampling partials', 'scratch');
+    this.sample = {
+      pipe: await k.pipeline(sampleSource(c.vocabSize, 1), SAMPLE_LAYOUT, 'sampling (blocks)'),
+      pipe2: await k.pipeline(sampleSource(c.vocabSize, 2), SAMPLE_LAYOUT, 'sampling (final)'),
+      blocks: Math.ceil(c.vocabSize / SAMPLE_BLOCK),
+      bg: null!,
+    };
     this.embedTable = E;
     this.compiler = k;
     this.rebindTokens();
@@ -366,7 +374,7 @@ export class GpuDecoder {
     const bind = (kinds: ('read-only-storage' | 'storage' | 'uniform')[], bufs: GPUBuffer[]) =>
       this.device.createBindGroup({ layout: k.layout(kinds), entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) });
     this.embed.bg = bind(['read-only-storage', 'read-only-storage', 'storage', 'uniform'], [this.embedTable!, this.tokens, this.x, this.step]);
-    this.sample.bg = bind(['read-only-storage', 'storage', 'uniform'], [this.logits, this.tokens, this.step]);
+    this.sample.bg = bind(SAMPLE_LAYOUT, [this.logits, this.tokens, this.step, this.samplePart]);
   }
 
   private async useCache(spec: DeviceCacheSpec, capacity: number, tuning?: DeviceAttentionTuning): Promise<void> {
@@ -449,6 +457,8 @@ export class GpuDecoder {
       op('sample', (pass) => {
         pass.setPipeline(this.sample.pipe);
         pass.setBindGroup(0, this.sample.bg);
+        pass.dispatchWorkgroups(this.sample.blocks);
+        pass.setPipeline(this.sample.pipe2);
         pass.dispatchWorkgroups(1);
       });
     }

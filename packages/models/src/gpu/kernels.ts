@@ -135,33 +135,49 @@ export function embedSource(hidden: number): string {
   ].join('\n');
 }
 
+/** Logits each workgroup of the first sampling stage scans. @internal */
+export const SAMPLE_BLOCK = 4096;
+
 /**
- * Next token on the device: argmax of `logits` (temperature 0) or of `logits/T + Gumbel noise` (sampling with a
- * hashed seed per position), written to `tokens[pos + 1]`. One workgroup of 256 threads. Bindings: 0 logits,
- * 1 tokens, 2 step. @internal
+ * Next token on the device, in two stages: every workgroup takes the argmax of 4096 logits (temperature 0) or of
+ * `logits/T + Gumbel noise` (sampling with a hashed seed per position and logit) and writes `(value, index)`; one
+ * workgroup then reduces those and writes the winner to `tokens[pos + 1]`. Ties go to the lower index.
+ * Bindings: 0 logits, 1 tokens, 2 step, 3 partials. @internal
  */
-export function sampleSource(vocab: number): string {
-  return [
+export function sampleSource(vocab: number, stage: 1 | 2): string {
+  const blocks = Math.ceil(vocab / SAMPLE_BLOCK);
+  const head = [
     'struct Step { pos: u32, vocab: u32, temperature: f32, seed: u32 };',
     '@group(0) @binding(0) var<storage, read> logits: array<f32>;',
     '@group(0) @binding(1) var<storage, read_write> tokens: array<u32>;',
     '@group(0) @binding(2) var<uniform> S: Step;',
+    '@group(0) @binding(3) var<storage, read_write> part: array<vec2<u32>>;',
     'var<workgroup> bv: array<f32, 256>;',
     'var<workgroup> bi: array<u32, 256>;',
     'fn hash(x: u32) -> u32 { var v = x * 747796405u + 2891336453u; v = ((v >> ((v >> 28u) + 4u)) ^ v) * 277803737u; return (v >> 22u) ^ v; }',
     '@compute @workgroup_size(256)',
-    'fn main(@builtin(local_invocation_index) lid: u32) {',
+    'fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {',
     '  var best = -3.4e38;',
-    '  var idx = 0u;',
-    '  let sample = S.temperature > 0.0;',
-    `  for (var i = lid; i < ${vocab}u; i = i + 256u) {`,
-    '    var v = logits[i];',
-    '    if (sample) {',
-    '      let u = (f32(hash(i ^ hash(S.seed ^ (S.pos * 2654435761u))) >> 8u) + 0.5) / 16777216.0;',
-    '      v = v / S.temperature - log(-log(u));',
-    '    }',
-    '    if (v > best) { best = v; idx = i; }',
-    '  }',
+    '  var idx = 0xffffffffu;',
+  ];
+  const body =
+    stage === 1
+      ? [
+          '  let sample = S.temperature > 0.0;',
+          `  for (var k = 0u; k < ${SAMPLE_BLOCK / 256}u; k = k + 1u) {`,
+          `    let i = wid.x * ${SAMPLE_BLOCK}u + k * 256u + lid;`,
+          `    if (i < ${vocab}u) {`,
+          '      var v = logits[i];',
+          '      if (sample) {',
+          '        let u = (f32(hash(i ^ hash(S.seed ^ (S.pos * 2654435761u))) >> 8u) + 0.5) / 16777216.0;',
+          '        v = v / S.temperature - log(-log(u));',
+          '      }',
+          '      if (v > best) { best = v; idx = i; }',
+          '    }',
+          '  }',
+        ]
+      : [`  for (var k = lid; k < ${blocks}u; k = k + 256u) {`, '    let p = part[k];', '    let v = bitcast<f32>(p.x);', '    if (v > best || (v == best && p.y < idx)) { best = v; idx = p.y; }', '  }'];
+  const tail = [
     '  bv[lid] = best;',
     '  bi[lid] = idx;',
     '  workgroupBarrier();',
@@ -172,7 +188,8 @@ export function sampleSource(vocab: number): string {
     '    }',
     '    workgroupBarrier();',
     '  }',
-    '  if (lid == 0u) { tokens[S.pos + 1u] = bi[0]; }',
+    stage === 1 ? '  if (lid == 0u) { part[wid.x] = vec2<u32>(bitcast<u32>(bv[0]), bi[0]); }' : '  if (lid == 0u) { tokens[S.pos + 1u] = bi[0]; }',
     '}',
-  ].join('\n');
+  ];
+  return [...head, ...body, ...tail].join('\n');
 }

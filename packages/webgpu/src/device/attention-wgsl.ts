@@ -40,6 +40,10 @@ export interface DecodeSpec {
   unroll: number;
   /** Value tokens whose loads are issued together (default 4). */
   valueUnroll?: number;
+  /** Benchmarks only: leave out the packed key reduction or the packed value loop (wrong results) to time the rest. */
+  debugSkip?: 'keys' | 'values';
+  /** Channels of a packed value row one thread reads: 8 or 16 (default 16); 8 halves the accumulators. */
+  valueSlot?: number;
 }
 
 /** Fields of the step uniform shared by every device-cache kernel (u32 unless noted). @internal */
@@ -112,11 +116,6 @@ function decodeN(bits: GpuBits, halves: string[], tag: string, n = 16): string[]
   return out;
 }
 
-/** The 16-bit halves of a slot, from word expressions: 1 bit → one half (pre-shifted), 2 → both halves of one word, 4 → two words. */
-function halvesOf(bits: GpuBits, words: string[], shift?: string): string[] {
-  if (bits === 1) return [`(${words[0]} >> ${shift})`];
-  return words.flatMap((w) => [w, `(${w} >> 16u)`]);
-}
 
 /** Main chunk kernel of a {@link DecodeSpec}. @internal */
 export function decodeKernelSource(s: DecodeSpec): string {
@@ -146,11 +145,13 @@ export function decodeKernelSource(s: DecodeSpec): string {
   push(`var<workgroup> red: array<f32, ${HG * WG}>;`);
   push(`@compute @workgroup_size(${WG})`);
   push('fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {');
-  push('let chunk = wid.x;', 'let kv = wid.y;', `let h0 = kv * ${s.rep}u + wid.z * ${HG}u;`, `let c0 = chunk * ${C}u;`);
+  // the head groups of one chunk are neighbours in x, so they run together and share the chunk's codes in L2
+  const NHG = Math.ceil(s.rep / HG);
+  push(`let chunk = wid.x / ${NHG}u;`, `let hgi = wid.x % ${NHG}u;`, 'let kv = wid.y;', `let h0 = kv * ${s.rep}u + hgi * ${HG}u;`, `let c0 = chunk * ${C}u;`);
   // queries of the group into workgroup memory (heads past rep repeat the last one; their results are not written)
   push(
     `for (var e = lid; e < ${HG * Q4}u; e = e + ${WG}u) {`,
-    `  let i = min(e / ${Q4}u + wid.z * ${HG}u, ${s.rep - 1}u);`,
+    `  let i = min(e / ${Q4}u + hgi * ${HG}u, ${s.rep - 1}u);`,
     `  qs[e] = qv[(kv * ${s.rep}u + i) * ${Q4}u + e % ${Q4}u];`,
     '}',
     'workgroupBarrier();',
@@ -173,26 +174,28 @@ export function decodeKernelSource(s: DecodeSpec): string {
     if (sb < 32) push(`let ksh = (t0 * ${kp.bits}u) % 32u;`);
     push(`let kg = (kv * (S.cap / ${kp.groupSize}u) + t0 / ${kp.groupSize}u) * ${Q4}u;`);
     const U = Math.min(s.unroll, Q4);
-    push(`for (var qd = 0u; qd < ${Q4}u; qd = qd + ${U}u) {`);
-    for (let u = 0; u < U; u++) {
-      for (let k = 0; k < nWords; k++) push(`let w${u}_${k} = kc[kw${k} + qd + ${u}u];`);
-      push(`let m${u} = km[kg + qd + ${u}u];`);
-    }
-    for (let u = 0; u < U; u++) {
-      for (let e = 0; e < 4; e++) {
-        const comp = 'xyzw'[e]!;
-        push(`let sz${u}_${e} = unpack2x16float(m${u}.${comp});`);
-        const w = (k: number) => `w${u}_${k}.${comp}`;
-        const halves = sb < 32 ? [`(${w(0)} >> ksh)`] : Array.from({ length: nWords }, (_, k) => [w(k), `(${w(k)} >> 16u)`]).flat();
-        push(...decodeN(kp.bits, halves, `k${u}_${e}`, SL));
-        for (let i = 0; i < HG; i++) {
-          push(`let q${u}_${e}_${i} = qs[${i * Q4}u + qd + ${u}u].${comp};`);
-          push(`let c${u}_${e}_${i} = q${u}_${e}_${i} * sz${u}_${e}.x;`, `b${i} = fma(q${u}_${e}_${i}, sz${u}_${e}.y, b${i});`);
-          for (let j = 0; j < SL; j++) push(`a${i}_${j} = fma(c${u}_${e}_${i}, k${u}_${e}_${j}, a${i}_${j});`);
+    if (s.debugSkip !== 'keys') {
+      push(`for (var qd = 0u; qd < ${Q4}u; qd = qd + ${U}u) {`);
+      for (let u = 0; u < U; u++) {
+        for (let k = 0; k < nWords; k++) push(`let w${u}_${k} = kc[kw${k} + qd + ${u}u];`);
+        push(`let m${u} = km[kg + qd + ${u}u];`);
+      }
+      for (let u = 0; u < U; u++) {
+        for (let e = 0; e < 4; e++) {
+          const comp = 'xyzw'[e]!;
+          push(`let sz${u}_${e} = unpack2x16float(m${u}.${comp});`);
+          const w = (k: number) => `w${u}_${k}.${comp}`;
+          const halves = sb < 32 ? [`(${w(0)} >> ksh)`] : Array.from({ length: nWords }, (_, k) => [w(k), `(${w(k)} >> 16u)`]).flat();
+          push(...decodeN(kp.bits, halves, `k${u}_${e}`, SL));
+          for (let i = 0; i < HG; i++) {
+            push(`let q${u}_${e}_${i} = qs[${i * Q4}u + qd + ${u}u].${comp};`);
+            push(`let c${u}_${e}_${i} = q${u}_${e}_${i} * sz${u}_${e}.x;`, `b${i} = fma(q${u}_${e}_${i}, sz${u}_${e}.y, b${i});`);
+            for (let j = 0; j < SL; j++) push(`a${i}_${j} = fma(c${u}_${e}_${i}, k${u}_${e}_${j}, a${i}_${j});`);
+          }
         }
       }
+      push('}');
     }
-    push('}');
     for (let i = 0; i < HG; i++) {
       for (let j = 0; j < SL; j++) {
         push(`{ let v = (a${i}_${j} * ${f(2 ** -pos[j]!)} + b${i}) * S.scale; sc[${i * C}u + lid * ${SL}u + ${j}u] = v; lm${i} = max(lm${i}, v); }`);
@@ -247,7 +250,9 @@ export function decodeKernelSource(s: DecodeSpec): string {
   }
   tree((a, b) => `${a} + ${b}`);
   // ---- values -------------------------------------------------------------------------------------------------
-  const SLOT = vp ? 16 : 8; // channels per thread
+  const VS = s.valueSlot ?? 16;
+  if (VS !== 8 && VS !== 16) throw new Error(`valueSlot must be 8 or 16; got ${VS}`);
+  const SLOT = vp ? VS : 8; // channels per thread
   const CSV = D / SLOT;
   const TLN = WG / CSV;
   const ITER = C / TLN;
@@ -258,13 +263,15 @@ export function decodeKernelSource(s: DecodeSpec): string {
     for (let j = 0; j < SLOT; j++) push(`var v${i}_${j} = 0.0;`);
   }
   if (vp) {
-    const pos = positions(vp.bits);
+    const pos = positions(vp.bits, VS);
     const WV = (D * vp.bits) / 32;
     const GV = D / vp.groupSize;
-    const words = vp.bits === 4 ? ['(cs * 2u)', '(cs * 2u + 1u)'] : vp.bits === 2 ? ['cs'] : ['(cs >> 1u)'];
-    if (vp.bits === 1) push('let vsh = (cs & 1u) * 16u;');
-    push(`let vg = (cs * 16u) / ${vp.groupSize}u;`);
+    const vbits = VS * vp.bits; // bits of one thread's channels in a token row: 8…64
+    const words = vbits === 64 ? ['(cs * 2u)', '(cs * 2u + 1u)'] : [`((cs * ${vbits}u) / 32u)`];
+    if (vbits < 32) push(`let vsh = (cs * ${vbits}u) % 32u;`);
+    push(`let vg = (cs * ${VS}u) / ${vp.groupSize}u;`);
     push('let tvl = select(0u, S.tv - 1u, S.tv > 0u);');
+    if (s.debugSkip !== 'values') {
     push(`for (var it = 0u; it < ${ITER}u; it = it + ${UV}u) {`);
     for (let u = 0; u < UV; u++) {
       push(`let tl${u} = tg + (it + ${u}u) * ${TLN}u;`, `let t${u} = c0 + tl${u};`, `let row${u} = kv * S.cap + min(t${u}, tvl);`);
@@ -274,22 +281,24 @@ export function decodeKernelSource(s: DecodeSpec): string {
     for (let u = 0; u < UV; u++) {
       for (let i = 0; i < HG; i++) push(`let p${u}_${i} = sc[${i * C}u + tl${u}];`);
       push(`if (t${u} < S.tv) {`);
-      push(...decodeN(vp.bits, halvesOf(vp.bits, words.map((_, k) => `x${u}_${k}`), 'vsh'), `d${u}`));
+      const xs = words.map((_, k) => `x${u}_${k}`);
+      push(...decodeN(vp.bits, vbits < 32 ? [`(${xs[0]} >> vsh)`] : xs.flatMap((x) => [x, `(${x} >> 16u)`]), `d${u}`, VS));
       for (let i = 0; i < HG; i++) {
         push(`let w${u}_${i} = p${u}_${i} * nz${u}.x;`, `vb${i} = fma(p${u}_${i}, nz${u}.y, vb${i});`);
-        for (let j = 0; j < 16; j++) push(`v${i}_${j} = fma(w${u}_${i}, d${u}_${j}, v${i}_${j});`);
+        for (let j = 0; j < VS; j++) push(`v${i}_${j} = fma(w${u}_${i}, d${u}_${j}, v${i}_${j});`);
       }
       if (s.residual) {
-        push(`} else if (t${u} < S.n) {`, `let rb = (kv * S.vring + t${u} % S.vring) * ${Q4}u + cs * 4u;`);
-        for (let k = 0; k < 4; k++) push(`let y${k} = rv[rb + ${k}u];`);
+        push(`} else if (t${u} < S.n) {`, `let rb = (kv * S.vring + t${u} % S.vring) * ${Q4}u + cs * ${VS / 4}u;`);
+        for (let k = 0; k < VS / 4; k++) push(`let y${k} = rv[rb + ${k}u];`);
         for (let i = 0; i < HG; i++) {
-          for (let j = 0; j < 16; j++) push(`v${i}_${j} = fma(p${u}_${i} * ${f(2 ** pos[j]!)}, y${j >> 2}.${'xyzw'[j & 3]}, v${i}_${j});`);
+          for (let j = 0; j < VS; j++) push(`v${i}_${j} = fma(p${u}_${i} * ${f(2 ** pos[j]!)}, y${j >> 2}.${'xyzw'[j & 3]}, v${i}_${j});`);
         }
       }
       push('}');
     }
     push('}');
-    for (let i = 0; i < HG; i++) for (let j = 0; j < 16; j++) push(`v${i}_${j} = v${i}_${j} * ${f(2 ** -pos[j]!)} + vb${i};`);
+    }
+    for (let i = 0; i < HG; i++) for (let j = 0; j < VS; j++) push(`v${i}_${j} = v${i}_${j} * ${f(2 ** -pos[j]!)} + vb${i};`);
   } else {
     push(`for (var it = 0u; it < ${ITER}u; it = it + ${UV}u) {`);
     for (let u = 0; u < UV; u++) {
@@ -316,7 +325,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
     `let d = e % ${D}u;`,
     'var o = 0.0;',
     `for (var r = 0u; r < ${TLN}u; r = r + 1u) { o = o + sc[(i * ${TLN}u + r) * ${D}u + d]; }`,
-    `if (wid.z * ${HG}u + i < ${s.rep}u) {`,
+    `if (hgi * ${HG}u + i < ${s.rep}u) {`,
     `let pb = ((h0 + i) * S.nc + chunk) * ${D + 2}u;`,
     'parts[pb + d] = o;',
     '}',
@@ -324,7 +333,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
   );
   push('if (lid == 0u) {');
   for (let i = 0; i < HG; i++) {
-    push(`if (wid.z * ${HG}u + ${i}u < ${s.rep}u) {`, `let pb = ((h0 + ${i}u) * S.nc + chunk) * ${D + 2}u;`);
+    push(`if (hgi * ${HG}u + ${i}u < ${s.rep}u) {`, `let pb = ((h0 + ${i}u) * S.nc + chunk) * ${D + 2}u;`);
     push(`parts[pb + ${D}u] = mx${i};`, `parts[pb + ${D + 1}u] = red[${i * WG}u];`, '}');
   }
   push('}');
@@ -332,31 +341,66 @@ export function decodeKernelSource(s: DecodeSpec): string {
   return L.join('\n');
 }
 
-/** Merge pass: `out[h, d] = Σ_c e^{m_c − M}·o_c[d] / Σ_c e^{m_c − M}·l_c`, one workgroup per query head. @internal */
+/**
+ * Merge pass: `out[h, d] = Σ_c e^{m_c − M}·o_c[d] / Σ_c e^{m_c − M}·l_c`, one workgroup of 256 threads per query head:
+ * the maximum over chunks first (every thread a share of the chunks, then a tree), then the chunks split among
+ * `256/D` groups of threads whose loads are independent (no serial chain through memory), then a sum over groups.
+ * @internal
+ */
 export function combineSource(headDim: number): string {
   const D = headDim;
+  const G = Math.floor(256 / D);
+  const PS = D + 2;
   return [
     stepStruct(),
     '@group(0) @binding(0) var<storage, read> parts: array<f32>;',
     '@group(0) @binding(1) var<storage, read_write> out: array<f32>;',
     '@group(0) @binding(2) var<uniform> S: Step;',
-    `@compute @workgroup_size(${D})`,
-    'fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) d: u32) {',
+    'var<workgroup> red: array<f32, 256>;',
+    'var<workgroup> ro: array<f32, 256>;',
+    `var<workgroup> rl: array<f32, ${G}>;`,
+    '@compute @workgroup_size(256)',
+    'fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {',
     'let h = wid.x;',
-    'var M = -3.0e38;',
-    'var Lsum = 0.0;',
-    'var O = 0.0;',
-    'for (var c = 0u; c < S.nc; c = c + 1u) {',
-    `  let pb = (h * S.nc + c) * ${D + 2}u;`,
-    `  let mc = parts[pb + ${D}u];`,
-    '  let Mn = max(M, mc);',
-    '  let ea = exp(M - Mn);',
-    '  let eb = exp(mc - Mn);',
-    `  Lsum = Lsum * ea + parts[pb + ${D + 1}u] * eb;`,
-    '  O = O * ea + parts[pb + d] * eb;',
-    '  M = Mn;',
+    `let hb = h * S.nc;`,
+    'var m = -3.0e38;',
+    `for (var c = lid; c < S.nc; c = c + 256u) { m = max(m, parts[(hb + c) * ${PS}u + ${D}u]); }`,
+    'red[lid] = m;',
+    'workgroupBarrier();',
+    'for (var st = 128u; st >= 1u; st = st >> 1u) {',
+    '  if (lid < st) { red[lid] = max(red[lid], red[lid + st]); }',
+    '  workgroupBarrier();',
     '}',
-    `out[h * ${D}u + d] = O / Lsum;`,
+    'let M = red[0];',
+    `let d = lid % ${D}u;`,
+    `let cg = lid / ${D}u;`,
+    // eight chunks per round, their loads independent of each other (no chain through memory per chunk)
+    ...Array.from({ length: 8 }, (_, u) => `var o${u} = 0.0; var l${u} = 0.0;`),
+    `for (var c0 = select(cg, S.nc, cg >= ${G}u); c0 < S.nc; c0 = c0 + ${8 * G}u) {`,
+    ...Array.from({ length: 8 }, (_, u) => [
+      `  let c${u} = min(c0 + ${u * G}u, S.nc - 1u);`,
+      `  let pb${u} = (hb + c${u}) * ${PS}u;`,
+      `  let m${u} = parts[pb${u} + ${D}u];`,
+      `  let x${u} = parts[pb${u} + d];`,
+      `  let s${u} = parts[pb${u} + ${D + 1}u];`,
+    ]).flat(),
+    ...Array.from({ length: 8 }, (_, u) => [
+      `  let w${u} = select(0.0, exp(m${u} - M), c0 + ${u * G}u < S.nc);`,
+      `  o${u} = fma(w${u}, x${u}, o${u});`,
+      `  l${u} = fma(w${u}, s${u}, l${u});`,
+    ]).flat(),
+    '}',
+    `let o = ${Array.from({ length: 8 }, (_, u) => `o${u}`).join(' + ')};`,
+    `let l = ${Array.from({ length: 8 }, (_, u) => `l${u}`).join(' + ')};`,
+    'ro[lid] = o;',
+    `if (d == 0u && cg < ${G}u) { rl[cg] = l; }`,
+    'workgroupBarrier();',
+    `if (lid < ${D}u) {`,
+    '  var so = 0.0;',
+    '  var sl = 0.0;',
+    `  for (var g = 0u; g < ${G}u; g = g + 1u) { so = so + ro[g * ${D}u + lid]; sl = sl + rl[g]; }`,
+    `  out[h * ${D}u + lid] = so / sl;`,
+    '}',
     '}',
   ].join('\n');
 }

@@ -62,18 +62,26 @@ export interface DeviceQuantizedConfig {
 /** What a device cache stores: fp16 keys and values for every token (`'full'`), or a quantized configuration. */
 export type DeviceCacheSpec = { kind: 'full' } | { kind: 'quantized'; config: DeviceQuantizedConfig };
 
-/** Kernel geometry of the decode-attention pass. */
+/**
+ * Kernel geometry of the decode-attention pass. Unset fields take the geometry measured fastest on an H200 for the
+ * cache's kind: fp16 rows 64 threads × 16-token slots, unroll 8, value unroll 8, 8-channel value slots; packed codes
+ * 256 threads × 8-token slots, unroll 8, value unroll 8, 16-channel value slots.
+ */
 export interface DeviceAttentionTuning {
-  /** Threads per workgroup: 32, 64, 128 or 256 (a chunk is 16 × this many tokens). Default 64. */
+  /** Threads per workgroup: 32, 64, 128 or 256 (a chunk is `slot` × this many tokens). */
   workgroup?: number;
   /** Query heads one workgroup serves (default: all of the GQA group, at most 8). */
   headsPerGroup?: number;
-  /** Key channel quads loaded together (default 4). */
+  /** Key channel quads loaded together. */
   unroll?: number;
-  /** Consecutive tokens per thread in the key pass: 4, 8 or 16 (default 8); fewer means more threads in flight. */
+  /** Consecutive tokens per thread in the key pass: 4, 8 or 16; fewer means more threads in flight. */
   slot?: number;
-  /** Value tokens whose loads are issued together (default 4). */
+  /** Value tokens whose loads are issued together. */
   valueUnroll?: number;
+  /** Channels of a packed value row per thread: 8 or 16. */
+  valueSlot?: number;
+  /** Benchmarks only (wrong results): leave out the packed key reduction or value loop to time the rest. @internal */
+  debugSkip?: 'keys' | 'values';
   /**
    * Geometry for short contexts, used while the main one would leave the GPU idle (fewer than 256 workgroups):
    * default `{ workgroup: 32, slot: 4 }` (128-token chunks). `null`: always the main geometry.
@@ -231,6 +239,9 @@ export class DeviceKvCache {
     if (D % 16 !== 0 || D > 256) throw new XqShapeError(`device cache: headDim must be a multiple of 16 up to 256; got ${D}`);
     this.compiler = new KernelCompiler(device);
     const rep = qHeads / kvHeads;
+    // defaults: the geometries measured fastest on an H200 (docs/gpu/README.md) for dense rows and for packed codes
+    const best = spec.kind === 'full' ? { workgroup: 64, slot: 16, unroll: 8, valueUnroll: 8, valueSlot: 8 } : { workgroup: 256, slot: 8, unroll: 8, valueUnroll: 8, valueSlot: 16 };
+    tuning = { ...best, ...tuning };
     const wg = tuning.workgroup ?? 64;
     if (![32, 64, 128, 256].includes(wg)) throw new XqConfigError('E_CONFIG', `workgroup must be 32, 64, 128 or 256; got ${String(wg)}`);
     const slot = tuning.slot ?? 8;
@@ -311,7 +322,7 @@ export class DeviceKvCache {
         valueMetaOffset,
         valueRingOffset: keyRing / 4,
         update: { qHeads, kvHeads, headDim: D, keys, values, residualLength: R, keyMetaOffset, valueMetaOffset, valueRingOffset: keyRing / 4, rope: true },
-        decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll, ...(tuning.valueUnroll ? { valueUnroll: tuning.valueUnroll } : {}) },
+        decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll, ...(tuning.valueUnroll ? { valueUnroll: tuning.valueUnroll } : {}), ...(tuning.valueSlot ? { valueSlot: tuning.valueSlot } : {}), ...(tuning.debugSkip ? { debugSkip: tuning.debugSkip } : {}) },
         decodeSmall: null,
       });
     }
@@ -477,7 +488,7 @@ export class DeviceKvCache {
     const small = this.useSmall && l.decodePipeSmall;
     pass.setPipeline(small ? l.decodePipeSmall! : l.decodePipe!);
     pass.setBindGroup(0, l.decodeBG!);
-    pass.dispatchWorkgroups(this.nc, this.shape.kvHeads, Math.ceil(rep / (small ? l.decodeSmall! : l.decode).headsPerGroup));
+    pass.dispatchWorkgroups(this.nc * Math.ceil(rep / (small ? l.decodeSmall! : l.decode).headsPerGroup), this.shape.kvHeads);
     pass.setPipeline(this.combinePipe!);
     pass.setBindGroup(0, l.combineBG!);
     pass.dispatchWorkgroups(this.shape.qHeads);
