@@ -11,7 +11,7 @@ grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo '/.gl/' >> .git/info/excl
 pnpm --filter @xquant/quant --filter @xquant/webgpu build >/dev/null
 STAGE=.gpu-carry/stage
 rm -rf "$STAGE" && mkdir -p "$STAGE/dist/linux-x64"
-npx esbuild packages/webgpu/bench/gpu-bench.mjs --bundle --platform=node --format=esm --target=node20 \
+pnpm exec esbuild packages/webgpu/bench/gpu-bench.mjs --bundle --platform=node --format=esm --target=node20 \
   --outfile="$STAGE/bench.mjs" --log-level=warning \
   --banner:js="import { createRequire as __xqRequire } from 'node:module'; const require = __xqRequire(import.meta.url);"
 DAWN=$(node -e "const p=require('path');console.log(p.join(p.dirname(require.resolve('webgpu/package.json',{paths:['packages/webgpu']})),'dist/linux-x64/dawn.node'))")

@@ -1,0 +1,62 @@
+#!/usr/bin/env node
+// Turns one GPU run (the raw JSON that packages/models/bench/gpu-decode.bench.mjs and docs/gpu/torch_peer.py wrote)
+// into docs/gpu/h200-summary.json (one entry per measured row, medians) and the markdown tables of docs/gpu/results.md.
+//   node scripts/gpu-report.mjs docs/gpu/h200-2026-12-02
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+const dir = process.argv[2] ?? 'docs/gpu/h200-2026-12-02';
+const run = JSON.parse(readFileSync(join(dir, 'gpu-decode.json'), 'utf8'));
+const torch = JSON.parse(readFileSync(join(dir, 'torch-peer.json'), 'utf8'));
+const torchBest = (T, kv) => torch.rows.find((r) => r.T === T && r.kvHeads === kv && r.backend === 'best')?.ms ?? null;
+
+// attention: the fastest geometry of each cache per shape (debug rows that skip a stage are left out)
+const real = run.attention.filter((r) => !r.error && !/x\d+x\d+x\d+x\d+x\d+x[12]$/.test(r.variant));
+const shapes = [...new Set(real.map((r) => `${r.T}/${r.qHeads}/${r.kvHeads}/${r.headDim}`))];
+const attention = shapes.map((k) => {
+  const [T, qHeads, kvHeads, headDim] = k.split('/').map(Number);
+  const best = (re) => real.filter((r) => `${r.T}/${r.qHeads}/${r.kvHeads}/${r.headDim}` === k && re.test(r.cache)).sort((a, b) => a.ms - b.ms)[0];
+  const xq = best(/xquant/);
+  const full = best(/full/);
+  return {
+    T, qHeads, kvHeads, headDim,
+    xquantMs: xq.ms, xquantVariant: xq.variant, xquantBytes: xq.bytes, xquantGBps: xq.GBps,
+    fullFp16Ms: full.ms, fullFp16GBps: full.GBps,
+    torchFp16Ms: torchBest(T, kvHeads),
+    readCeilingGBps: run.ceiling.GBps,
+  };
+});
+const endToEnd = run.endToEnd.filter((r) => !r.error).map((r) => ({
+  model: r.model, context: r.context, cache: r.cache, msPerToken: r.msPerToken, floorMs: r.floorMs,
+  tokensPerSecond: r.tokensPerSecond, kvBytes: r.kvBytes, kvTrueBits: r.kvTrueBits, peakGpuBytes: r.peakGpuBytes, gpuMs: r.profile?.total ?? null,
+  attentionGpuMs: r.profile?.attention ?? null,
+}));
+const summary = { device: run.device, date: run.date, readCeilingGBps: run.ceiling.GBps, torchReadCeilingGBps: torch.readCeilingGBps, attention, endToEnd };
+writeFileSync('docs/gpu/h200-summary.json', JSON.stringify(summary, null, 1) + '\n');
+
+const f = (x, d = 3) => (x == null ? '–' : x.toFixed(d));
+const lines = [];
+lines.push('### Decode-attention step alone (one layer, 1 query position, fastest geometry of each kernel)', '');
+lines.push('| T | q/kv heads | d | xquant-1.38 layer (ms) | GB/s | % of read ceiling | our fp16 (ms) | torch fp16 SDPA (ms) | torch ÷ xquant |');
+lines.push('|---:|---|---:|---:|---:|---:|---:|---:|---:|');
+for (const a of attention) {
+  lines.push(`| ${a.T} | ${a.qHeads}/${a.kvHeads} | ${a.headDim} | ${f(a.xquantMs, 4)} (${a.xquantVariant}) | ${a.xquantGBps.toFixed(0)} | ${((100 * a.xquantGBps) / a.readCeilingGBps).toFixed(0)}% | ${f(a.fullFp16Ms, 4)} | ${f(a.torchFp16Ms, 4)} | ${a.torchFp16Ms ? (a.torchFp16Ms / a.xquantMs).toFixed(2) + '×' : '–'} |`);
+}
+lines.push('', '### End to end (wall ms per generated token, one token id read back per step)', '');
+lines.push('| model | context | cache | ms/token | tok/s | KV MiB | KV true bits | floor (ms) | floor ÷ measured | GPU time (ms) | attention GPU (ms) |');
+lines.push('|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|');
+for (const e of endToEnd) {
+  lines.push(`| ${e.model} | ${e.context} | ${e.cache} | ${f(e.msPerToken)} | ${e.tokensPerSecond.toFixed(0)} | ${(e.kvBytes / 2 ** 20).toFixed(1)} | ${e.kvTrueBits.toFixed(2)} | ${f(e.floorMs)} | ${((100 * e.floorMs) / e.msPerToken).toFixed(0)}% | ${f(e.gpuMs)} | ${f(e.attentionGpuMs)} |`);
+}
+lines.push('', '### xquant-1.38 against `full`, same model and context (ratio of ms/token; above 1 = xquant faster)', '');
+lines.push('| model | 4K | 32K | 128K |', '|---|---:|---:|---:|');
+for (const m of [...new Set(endToEnd.map((e) => e.model))]) {
+  const r = (ctx) => {
+    const full = endToEnd.find((e) => e.model === m && e.context === ctx && e.cache === 'full');
+    const xq = endToEnd.find((e) => e.model === m && e.context === ctx && e.cache === 'xquant-1.38');
+    return full && xq ? (full.msPerToken / xq.msPerToken).toFixed(2) + '×' : '–';
+  };
+  lines.push(`| ${m} | ${r(4096)} | ${r(32768)} | ${r(131072)} |`);
+}
+writeFileSync(join(dir, 'tables.md'), lines.join('\n') + '\n');
+console.log(lines.join('\n'));
