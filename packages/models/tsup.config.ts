@@ -1,10 +1,13 @@
 import { defineConfig } from 'tsup';
+// Two self-contained builds (no shared chunks, so each keeps its own platform): index = Node (strings are paths),
+// browser = platform-neutral (strings are URLs; no node: imports, checked by test/browser-build.test.ts).
 export default defineConfig({
-  entry: { index: 'src/index.ts' },
+  entry: { index: 'src/index.ts', browser: 'src/browser.ts' },
   format: ['esm', 'cjs'],
   dts: true,
   sourcemap: true,
   clean: true,
+  splitting: false,
   target: 'es2022',
   platform: 'node',
 });
