@@ -23,7 +23,7 @@ export default defineConfig({
     pool: 'forks',
     testTimeout: 120_000,
     hookTimeout: 120_000,
-    reporters: ['default', 'json'],
+    reporters: ['default', 'json', './scripts/skip-reporter.mjs'],
     outputFile: { json: '.vitest-results.json' },
   },
 });

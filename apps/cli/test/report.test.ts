@@ -110,7 +110,7 @@ describe('HTML report', () => {
     expect(svgChart([{ name: 'a', points: [{ x: 1, y: 0 }] }], { title: 't', xLabel: 'x', yLabel: 'y', yLog10: true })).toContain('no data');
   });
 
-  it.skipIf(!chromium)('renders in headless chromium: the screenshot exists and is not blank (skipped: chromium not installed)', () => {
+  it.skipIf(!chromium)('renders in headless chromium: the screenshot exists and is not blank — needs chromium (apt-get install chromium)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'xq-report-'));
     const file = join(dir, 'report.html');
     writeFileSync(file, html);
