@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { parseCommandArgs, sharedOptions } from '../args.js';
 import { generate, loadModel } from '@xquant/models';
-import { BACKEND_ORDER, createKvCache, PRESETS, selectBackend, type BackendName } from '@xquant/tfjs';
+import { BACKEND_ORDER, createKvCache, PRESETS, selectBackend, strategyIds, type BackendName } from '@xquant/tfjs';
+import { loadPlugins } from '../plugins.js';
 
 /** One-line description shown by `xquant --help`. */
 export const summary = 'generate text with a Llama/Qwen2 model (HF directory, .safetensors or .gguf) through a chosen KV cache';
@@ -15,7 +16,10 @@ memory go to stderr.
 options:
   --model DIR|FILE        model directory, .safetensors or .gguf file (required)
   --prompt TEXT           prompt text; the tokenizer adds BOS (required)
-  --cache PRESET          KV cache preset (default full): ${PRESETS.map((p) => p.id).join(', ')}
+  --cache PRESET          KV cache preset (default full): ${PRESETS.map((p) => p.id).join(', ')},
+                          or a strategy id registered by a --plugin
+  --plugin FILE           a module that registers strategies (its default export is called with @xquant/tfjs);
+                          may be repeated
   --residual-length R     residual window of quantized presets (default: the preset's)
   --max-new-tokens N      tokens to generate (default 32)
   --temperature T         0 = greedy (default 0)
@@ -60,7 +64,7 @@ export async function run(argv: string[]): Promise<number> {
     residualLength?: number;
   };
   const parsed = parseCommandArgs('generate', USAGE, argv, {
-    ...sharedOptions('model', 'residual-length', 'backend', 'json'),
+    ...sharedOptions('model', 'residual-length', 'backend', 'json', 'plugin'),
     prompt: { type: 'string' },
     cache: { type: 'string', default: 'full' },
     'max-new-tokens': { type: 'string' },
@@ -74,12 +78,21 @@ export async function run(argv: string[]): Promise<number> {
   if (typeof parsed === 'number') return parsed;
   const v = parsed.values as {
     [flag: string]: string | undefined;
-  } & { json?: boolean; 'ignore-eos'?: boolean };
+  } & { json?: boolean; 'ignore-eos'?: boolean; plugin?: string[] };
+  try {
+    await loadPlugins(v.plugin ?? [], (line) => console.error(line));
+  } catch (e) {
+    console.error(`xquant generate: ${formatError(e)}`);
+    return 1;
+  }
   try {
     if (!v.model) throw new UsageError('--model is required');
     if (v.prompt === undefined) throw new UsageError('--prompt is required');
     const presets = PRESETS.map((p) => p.id);
-    if (!presets.includes(v.cache!)) throw new UsageError(`--cache must be one of ${presets.join(', ')}; got '${v.cache}'`);
+    const registered = strategyIds().filter((id) => !presets.includes(id));
+    if (!presets.includes(v.cache!) && !registered.includes(v.cache!)) {
+      throw new UsageError(`--cache must be one of ${presets.join(', ')} (or a registered strategy: ${registered.join(', ')}); got '${v.cache}'`);
+    }
     if (v.backend !== undefined && !(BACKEND_ORDER as readonly string[]).includes(v.backend)) {
       throw new UsageError(`--backend must be one of ${BACKEND_ORDER.join(', ')}; got '${v.backend}'`);
     }
