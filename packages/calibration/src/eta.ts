@@ -33,7 +33,7 @@ export const XQUANT_ETA: EtaByBits = Object.freeze({ 1: 1 / 6, 2: 0.045 });
 /** No calibration at any bit width (KIVI / AsymKV behaviour). */
 export const NO_ETA: EtaByBits = Object.freeze({});
 
-/** Throws {@link XqConfigError} (`E_CONFIG`) unless `eta` is a finite number in `[0, 0.5)`. */
+/** Throws {@link @xquant/quant!XqConfigError} (`E_CONFIG`) unless `eta` is a finite number in `[0, 0.5)`. */
 export function assertEta(eta: number, what = 'eta'): void {
   if (typeof eta !== 'number' || !Number.isFinite(eta) || eta < 0 || eta >= 0.5) {
     throw new XqConfigError('E_CONFIG', `${what} must be a finite number in [0, 0.5); got ${String(eta)}`);

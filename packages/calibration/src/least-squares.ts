@@ -29,7 +29,7 @@ function groupSse(x: ArrayLike<number>, codes: ArrayLike<number>, base: number, 
  *   `c·ŝ + ẑ` is unchanged in form, and no stored bits are added.
  *
  * Codes are never changed. `values` and `codes` are `[rows, cols]` in the quantizer's layout (see {@link CalibrationContext}).
- * Throws {@link XqConfigError} when either is missing, {@link XqShapeError} on a length mismatch, and
+ * Throws {@link @xquant/quant!XqConfigError} when either is missing, {@link @xquant/quant!XqShapeError} on a length mismatch, and
  * `XqNumericError` (from `@xquant/quant`) on NaN/Infinity.
  */
 export function leastSquaresStats<S extends GroupStats>(stats: S, context: CalibrationContext): S {

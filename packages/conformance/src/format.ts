@@ -94,7 +94,7 @@ export function decodeGoldenArray(raw: unknown, where: string): GoldenArray {
 
 /**
  * Validates and decodes a golden file given as JSON text or as the parsed object
- * `{family, cases: [{name, params, arrays: {NAME: {shape, dtype, b64}}}]}`. Throws {@link XqFormatError} (with the
+ * `{family, cases: [{name, params, arrays: {NAME: {shape, dtype, b64}}}]}`. Throws {@link @xquant/quant!XqFormatError} (with the
  * case and array name) on invalid JSON, an unknown family, a missing field, bad base64, or a byte length that does
  * not match the shape.
  */
@@ -129,7 +129,7 @@ export function parseGoldenFile(input: string | unknown): GoldenFile {
   return { family: family as GoldenFamily, ...(typeof obj.description === 'string' ? { description: obj.description } : {}), cases: parsed };
 }
 
-/** Reads and parses a golden file from disk. I/O failures throw `XqError` with code `E_IO`; bad content {@link XqFormatError}. */
+/** Reads and parses a golden file from disk. I/O failures throw `XqError` with code `E_IO`; bad content {@link @xquant/quant!XqFormatError}. */
 export function readGoldenFile(path: string): GoldenFile {
   let text: string;
   try {

@@ -139,7 +139,7 @@ function expectedArrays(family: GoldenFamily, s: Spec, where: string): Record<st
   };
 }
 
-/** Validates a case's params and arrays against its family; throws {@link XqFormatError} naming the case and array. */
+/** Validates a case's params and arrays against its family; throws {@link @xquant/quant!XqFormatError} naming the case and array. */
 function specOf(family: GoldenFamily, c: GoldenCase): Spec {
   const where = `${family}/${c.name}`;
   const p = c.params;
@@ -382,7 +382,7 @@ function summarizeChecks(family: GoldenFamily, c: GoldenCase, s: Spec, checks: A
 
 /**
  * Runs one golden case of `family` against the target (default xquant-ts). Structural problems throw
- * {@link XqFormatError}; an exception from the target makes the case fail with the error in `detail`.
+ * {@link @xquant/quant!XqFormatError}; an exception from the target makes the case fail with the error in `detail`.
  */
 export async function runGoldenCase(family: GoldenFamily, c: GoldenCase, options: RunOptions = {}): Promise<CaseResult> {
   const spec = specOf(family, c);
@@ -418,7 +418,7 @@ async function runChecked(family: GoldenFamily, c: GoldenCase, spec: Spec, optio
 /**
  * Runs every case of a golden file (a path, JSON text, or a parsed object) and returns one {@link CaseResult} per
  * case, in file order. The whole file is validated before any case runs, so a corrupt file throws
- * {@link XqFormatError} (or `XqError` `E_IO` when it cannot be read) instead of returning partial results.
+ * {@link @xquant/quant!XqFormatError} (or `XqError` `E_IO` when it cannot be read) instead of returning partial results.
  * Criteria: codes and packed words identical; scale, zero-point and dequantized values identical (fp16 and fp32
  * cases alike); attention `|out − ref_f64| ≤ 2e-3·absum + 1e-6`, on the golden block and on the same data laid out as a
  * quantized cache keeps it (key blocks, token-major value chunks, fp16 metadata as bit patterns).

@@ -64,7 +64,7 @@ function validateSide(side: readonly LayerStorage[], name: 'keys' | 'values', op
 }
 
 /**
- * Checks a plan and returns it. Throws {@link XqConfigError}:
+ * Checks a plan and returns it. Throws {@link @xquant/quant!XqConfigError}:
  * - `E_SHARE_BITS_MISMATCH` when a layer's bits differ from its donor's (the reference silently corrupts codes then);
  * - `E_PLAN` for a donor that itself borrows, a donor index out of range or equal to the layer, a forward reference
  *   (unless `allowForwardDonors`), a full-precision donor, keys/values of different lengths or an empty plan;
