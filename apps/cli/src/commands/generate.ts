@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { parseCommandArgs, sharedOptions } from '../args.js';
 import { generate, loadModel } from '@xquant/models';
-import { BACKEND_ORDER, createKvCache, PRESETS, selectBackend, strategyIds, type BackendName } from '@xquant/tfjs';
+import { BACKEND_ORDER, createKvCache, PRESETS, strategyIds, type BackendName } from '@xquant/tfjs';
+import { backendLine, cliBackend } from '../backend.js';
 import { loadPlugins } from '../plugins.js';
 
 /** One-line description shown by `xquant --help`. */
@@ -29,6 +30,7 @@ options:
   --ignore-eos            keep generating after an end-of-sequence token
   --backend NAME          tfjs backend: ${BACKEND_ORDER.join(', ')} (default: first available in that order)
   --tokenizer PATH        tokenizer.json to use instead of the model's
+  --no-echo               stream only the generated text (by default the prompt is printed first)
   --json                  print one JSON object (text, ids, timings, memory) instead of streaming
   -h, --help              show this help`;
 
@@ -73,12 +75,13 @@ export async function run(argv: string[]): Promise<number> {
     'top-p': { type: 'string' },
     seed: { type: 'string' },
     'ignore-eos': { type: 'boolean', default: false },
+    'no-echo': { type: 'boolean', default: false },
     tokenizer: { type: 'string' },
   }, { ints: { 'residual-length': 'one' } });
   if (typeof parsed === 'number') return parsed;
   const v = parsed.values as {
     [flag: string]: string | undefined;
-  } & { json?: boolean; 'ignore-eos'?: boolean; plugin?: string[] };
+  } & { json?: boolean; 'ignore-eos'?: boolean; 'no-echo'?: boolean; plugin?: string[] };
   try {
     await loadPlugins(v.plugin ?? [], (line) => console.error(line));
   } catch (e) {
@@ -125,8 +128,8 @@ export async function run(argv: string[]): Promise<number> {
   let dispose: (() => void) | undefined;
   try {
     tf.enableProdMode();
-    const sel = await selectBackend(o.backend ? { prefer: o.backend } : {});
-    info(`backend: ${sel.backend} (${sel.reason})${sel.skipped.length ? `; skipped ${sel.skipped.map((s) => `${s.name}: ${s.why}`).join('; ')}` : ''}`);
+    const sel = await cliBackend(o.backend);
+    info(backendLine(sel));
     const t0 = performance.now();
     const loaded = await loadModel(o.model!, o.tokenizer ? { tokenizerPath: o.tokenizer } : {});
     dispose = () => loaded.model.dispose();
@@ -135,7 +138,9 @@ export async function run(argv: string[]): Promise<number> {
       `model: ${c.architecture}, ${c.numLayers} layers, ${c.numHeads} heads / ${c.numKvHeads} KV heads, head_dim ${c.headDim}, vocab ${c.vocabSize} (${loaded.source.format}, loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s)`,
     );
     cache = createKvCache(o.cache, loaded.model.cacheShape, o.residualLength ? { residualLength: o.residualLength } : undefined);
-    info(`cache: ${o.cache}${o.residualLength ? ` (residual length ${o.residualLength})` : ''}`);
+    const R = cache.config?.residualLength;
+    info(`cache: ${o.cache}${R !== undefined ? ` (residual length ${R}${o.residualLength ? '' : ', the default'})` : ''}`);
+    if (!o.json && !v['no-echo']) process.stdout.write(o.prompt!);
     const result = await generate({
       model: loaded.model,
       tokenizer: loaded.tokenizer,
@@ -158,6 +163,7 @@ export async function run(argv: string[]): Promise<number> {
           architecture: c.architecture,
           backend: sel.backend,
           backendReason: sel.reason,
+          backendSkipped: sel.skipped,
           cache: o.cache,
           residualLength: o.residualLength ?? null,
           prompt: o.prompt,
@@ -180,6 +186,13 @@ export async function run(argv: string[]): Promise<number> {
       info(
         `cache memory: ${mem.totalBytes} bytes for ${mem.tokens} tokens (codes ${mem.codeBytes}, scales/zeros ${mem.metadataBytes}, full precision ${mem.residualBytes}); ${mem.paperBitsPerElement.toFixed(3)} paper bits, ${mem.trueBitsPerElement.toFixed(3)} stored bits per element`,
       );
+      if (R !== undefined && mem.codeBytes === 0 && mem.metadataBytes === 0 && mem.tokens > 0) {
+        info(
+          `note: nothing is quantized yet: all ${mem.tokens} tokens are still in the float32 residual window (R = ${R}; keys are quantized in blocks of R tokens, values once they are R tokens old), ` +
+            `and the window's buffers are allocated ahead (values for R + 1 tokens), so the cache holds more than full precision would (32 bits per element). ` +
+            `Generate past ${R} tokens, or set a smaller --residual-length, to see the quantized storage.`,
+        );
+      }
     }
     return 0;
   } catch (e) {
