@@ -1,7 +1,7 @@
 // The built web app (apps/web/dist) in Debian's headless chromium, served by a static file server on 127.0.0.1:
 // greedy output equals the Node run of the same library token for token, and the memory panel equals cache.memory().
 // Screenshots are kept in test-artifacts/. Skips with a one-line reason when chromium or the build is missing.
-import { existsSync, mkdirSync, mkdtempSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -159,7 +159,10 @@ describe('web app in headless chromium — needs chromium and a built apps/web',
     await page.selectOption('#cache', 'plan');
     await page.setInputFiles('#plan', file);
     await page.waitForFunction(() => /plan test-plan-6/.test(document.getElementById('cache-status')?.textContent ?? ''));
-    const got = await generateInPage(page, { backend: 'wasm', cache: 'plan', tokens: 40 });
+    // auto: no GPU here, so wasm (headless chromium's WebGPU adapter, if any, is a software one)
+    const got = await generateInPage(page, { backend: 'auto', cache: 'plan', tokens: 40 });
+    expect(got.backend).toBe('wasm');
+    expect(await page.textContent('#backend-status')).toMatch(/^wasm: .*; WebGPU not used: (only a software WebGPU adapter|no WebGPU adapter|this browser has no WebGPU)/);
     expect(got.ids).toEqual(want.ids);
     expect(got.memory).toEqual(want.memory);
     expect(await got.cell('m-name')).toBe('test-plan-6');
@@ -180,6 +183,21 @@ describe('web app in headless chromium — needs chromium and a built apps/web',
     expect(await page.isChecked('input[name="model"][value="gguf"]')).toBe(true);
     const got = await generateInPage(page, { backend: 'wasm', cache: 'full', tokens: 12, prompt: '1234 hi' });
     expect(await page.textContent('#model-status')).toMatch(/^tiny\.gguf: llama, .* \(gguf, /);
+    expect(got.ids).toEqual(want.ids);
+    expect(got.memory).toEqual(want.memory);
+    await page.close();
+  });
+
+  it('wasm, a Hugging Face directory picked from disk (a FileList): the same greedy ids as Node loading the directory', async (ctx) => {
+    if (missing) return ctx.skip(missing);
+    const dir = mkdtempSync(join(tmpdir(), 'xq-web-dir-'));
+    for (const f of ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors']) copyFileSync(join('models/xq-demo', f), join(dir, f));
+    const want = await nodeRun(demo!, 'kivi-2', { residualLength: 32 }, PROMPT, 40);
+    const page = await openPage();
+    await page.setInputFiles('#model-dir', dir);
+    expect(await page.isChecked('input[name="model"][value="dir"]')).toBe(true);
+    const got = await generateInPage(page, { backend: 'wasm', cache: 'kivi-2', residual: 32, tokens: 40 });
+    expect(await page.textContent('#model-status')).toMatch(/^5 files from xq-web-dir-\w+: llama, 6 layers/);
     expect(got.ids).toEqual(want.ids);
     expect(got.memory).toEqual(want.memory);
     await page.close();
