@@ -13,6 +13,10 @@ const quant = await import('@xquant/quant');
 const { runGoldenFile, xquantTarget } = await import('@xquant/conformance');
 const { attentionKernelFor, createKvCache, jsPackedAttentionKernel, selectBackend } = await import('@xquant/tfjs');
 type QuantizedKvCache = import('@xquant/tfjs').QuantizedKvCache;
+type PackedKvView = import('@xquant/quant').PackedKvView;
+
+/** The kernels take one view or a list of segments (the cache layout). */
+const segments = (v: PackedKvView | readonly PackedKvView[]): readonly PackedKvView[] | null => (Array.isArray(v) ? (v as readonly PackedKvView[]) : null);
 
 const keyScores = vi.mocked(quant.packedKeyScores);
 const valueMix = vi.mocked(quant.packedValueMix);
@@ -42,11 +46,11 @@ describe('xquant verify checks the kernels a quantized cache runs', () => {
     const out = cache.attend(1, q);
     expect(keyScores).toHaveBeenCalledTimes(1);
     expect(valueMix).toHaveBeenCalledTimes(1);
-    const keys = keyScores.mock.calls[0]![1] as readonly { packed: Uint32Array }[];
+    const keys = segments(keyScores.mock.calls[0]![1]) ?? [];
     expect(keys.length).toBe(3); // 101 tokens, R = 32: three key blocks
     expect(keys.map((k) => k.packed)).toEqual(stored.keyBlocks.map((b) => b.packed));
     keys.forEach((k, i) => expect(k.packed).toBe(stored.keyBlocks[i]!.packed));
-    const values = valueMix.mock.calls[0]![1] as readonly { packed: Uint32Array; tokenMajor?: boolean }[];
+    const values = segments(valueMix.mock.calls[0]![1]) ?? [];
     const donor = cache.view(0).valueChunks;
     expect(values.length).toBeGreaterThan(1);
     values.forEach((v, i) => {
@@ -63,12 +67,12 @@ describe('xquant verify checks the kernels a quantized cache runs', () => {
     valueMix.mockClear();
     const results = await runGoldenFile(GOLDEN);
     expect(results.every((r) => r.passed)).toBe(true);
-    const kinds = (calls: unknown[][]) => new Set(calls.map((c) => (Array.isArray(c[1]) ? 'segments' : 'block')));
+    const kinds = (calls: ReadonlyArray<readonly [unknown, PackedKvView | readonly PackedKvView[], ...unknown[]]>) => new Set(calls.map((c) => (segments(c[1]) ? 'segments' : 'block')));
     expect(kinds(keyScores.mock.calls)).toEqual(new Set(['block', 'segments']));
     expect(kinds(valueMix.mock.calls)).toEqual(new Set(['block', 'segments']));
-    const tokenMajor = valueMix.mock.calls.filter((c) => Array.isArray(c[1])).every((c) => (c[1] as { tokenMajor?: boolean }[]).every((v) => v.tokenMajor));
+    const tokenMajor = valueMix.mock.calls.map((c) => segments(c[1])).every((s) => s === null || s.every((v) => v.tokenMajor));
     expect(tokenMajor).toBe(true);
-    const f16 = keyScores.mock.calls.filter((c) => Array.isArray(c[1])).some((c) => (c[1] as { scale: unknown }[])[0]!.scale instanceof Uint16Array);
+    const f16 = keyScores.mock.calls.map((c) => segments(c[1])).some((s) => s?.[0]?.scale instanceof Uint16Array);
     expect(f16).toBe(true);
   });
 });

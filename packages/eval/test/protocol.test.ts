@@ -119,7 +119,7 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
     const caches = resolveCacheSpecs(['kivi-2'], model.cacheShape, { residualLengths: [32] });
     const opts = { model, tokenizer: decode, files: [file], caches, prosePrefill: P };
     const whole = await runEval(opts);
-    const parts = [];
+    const parts: EvalResults[] = [];
     for (const index of [2, 0, 1]) parts.push(await runEval({ ...opts, shard: { index, count: 3 } }));
     expect(parts.map((p) => p.prose.length)).toEqual([1, 1, 1]);
     const merged = mergeResults(parts);

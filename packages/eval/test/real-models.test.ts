@@ -27,7 +27,7 @@ describe.skipIf(!have)('protocol on the real models vs ../shared/eval/refs — n
 
     it('harness (64-token prefill + 447 steps) = plain forward at positions 63…510; plain NLL = float64 reference', async () => {
       const file = await readEvalFile(`${SHARED}/eval/prose_512.jsonl`);
-      const res = await runEval({ model: m.model, tokenizer: m.tokenizer, files: [file], caches: resolveCacheSpecs([]), limit: 1 });
+      const res = await runEval({ model: m.model, tokenizer: m.tokenizer, files: [file], caches: resolveCacheSpecs([], m.model.cacheShape), limit: 1 });
       const s = summarize(res)[0]!.prose!;
       expect(s.predictions).toBe(448);
       // plain forward of the whole record, NLL in float64 from the logits
@@ -63,7 +63,7 @@ describe.skipIf(!have)('protocol on the real models vs ../shared/eval/refs — n
       try {
         const refs = JSON.parse(readFileSync(`${SHARED}/eval/refs/${name}.json`, 'utf8')).passkey;
         const files = [await readEvalFile(`${SHARED}/eval/passkey_256.jsonl`)];
-        const res = await runEval({ model: m.model, tokenizer: m.tokenizer, files, caches: resolveCacheSpecs([]), limit: 2 });
+        const res = await runEval({ model: m.model, tokenizer: m.tokenizer, files, caches: resolveCacheSpecs([], m.model.cacheShape), limit: 2 });
         expect(res.passkey).toHaveLength(2);
         for (const r of res.passkey) {
           const ref = refs[String(r.length)].results.find((x: { id: string }) => x.id === r.id);

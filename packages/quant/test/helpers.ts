@@ -61,8 +61,9 @@ export function refValueMix(p: ArrayLike<number>, V: ArrayLike<number>, kvHeads:
       const pv = p[h * T + t]!;
       for (let d = 0; d < D; d++) {
         const i = (kv * T + t) * D + d;
-        out[h * D + d] += pv * V[i]!;
-        mag[h * D + d] += Math.abs(pv) * (wAbs ? wAbs[i]! : Math.abs(V[i]!));
+        const o = h * D + d;
+        out[o] = out[o]! + pv * V[i]!;
+        mag[o] = mag[o]! + Math.abs(pv) * (wAbs ? wAbs[i]! : Math.abs(V[i]!));
       }
     }
   }

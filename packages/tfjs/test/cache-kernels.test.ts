@@ -48,8 +48,8 @@ function dense(x: Float32Array, a: Float32Array, tokens: number, keys: boolean):
     for (let t = 0; t < tokens; t++) {
       for (let d = 0; d < D; d++) {
         const xv = x[(kv * tokens + t) * D + d]!;
-        if (keys) out[h * tokens + t] += a[h * D + d]! * xv;
-        else out[h * D + d] += a[h * tokens + t]! * xv;
+        const [o, w] = keys ? [h * tokens + t, a[h * D + d]!] : [h * D + d, a[h * tokens + t]!];
+        out[o] = out[o]! + w * xv;
       }
     }
   }

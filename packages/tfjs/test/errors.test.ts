@@ -18,7 +18,7 @@ function code(fn: () => unknown): string {
 
 const shape = { layers: 2, kvHeads: 2, headDim: 32, maxTokens: 40 };
 const t3 = (h: number, n: number, d: number, dtype: 'float32' | 'int32' = 'float32') =>
-  dtype === 'float32' ? tf.tensor3d(randn(h * n * d, h + n + d), [h, n, d]) : tf.zeros([h, n, d], 'int32');
+  dtype === 'float32' ? tf.tensor3d(randn(h * n * d, h + n + d), [h, n, d]) : tf.tensor3d(new Int32Array(h * n * d), [h, n, d], 'int32');
 
 describe.each(['full', 'kivi-2', 'xquant-1.38'])('bad input on %s', (id) => {
   let cache: KvCache;
@@ -30,7 +30,7 @@ describe.each(['full', 'kivi-2', 'xquant-1.38'])('bad input on %s', (id) => {
     expect(code(() => cache.prefill(0, t3(3, 4, 32), t3(3, 4, 32)))).toBe('XqShapeError:E_SHAPE'); // heads
     expect(code(() => cache.prefill(0, t3(2, 4, 16), t3(2, 4, 16)))).toBe('XqShapeError:E_SHAPE'); // headDim
     expect(code(() => cache.prefill(0, t3(2, 4, 32), t3(2, 5, 32)))).toBe('XqShapeError:E_SHAPE'); // token counts differ
-    expect(code(() => cache.prefill(0, t3(2, 4, 32, 'int32') as tf.Tensor3D, t3(2, 4, 32)))).toBe('XqConfigError:E_DTYPE');
+    expect(code(() => cache.prefill(0, t3(2, 4, 32, 'int32'), t3(2, 4, 32)))).toBe('XqConfigError:E_DTYPE');
     expect(code(() => cache.prefill(2, t3(2, 4, 32), t3(2, 4, 32)))).toBe('XqShapeError:E_SHAPE'); // layer out of range
     expect(code(() => cache.prefill(0, tf.zeros([2, 4]) as unknown as tf.Tensor3D, t3(2, 4, 32)))).toBe('XqShapeError:E_SHAPE');
     cache.prefill(0, t3(2, 38, 32), t3(2, 38, 32));

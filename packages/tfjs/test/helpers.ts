@@ -67,7 +67,10 @@ export function refAttention(q: ArrayLike<number>, k: ArrayLike<number>, v: Arra
       }
       for (let t = 0; t <= last; t++) {
         const p = sc[t]! / sum;
-        for (let c = 0; c < d; c++) out[(h * nq + i) * d + c] += p * v[(kh * T + t) * d + c]!;
+        for (let c = 0; c < d; c++) {
+          const o = (h * nq + i) * d + c;
+          out[o] = out[o]! + p * v[(kh * T + t) * d + c]!;
+        }
       }
     }
   }

@@ -104,8 +104,9 @@ export function refValueMix(p: Float32Array, values: PackedKv): { ref: Float64Ar
       for (let d = 0; d < D; d++) {
         const v = vh[(kv * T + t) * D + d]!;
         const z = values.zero[(kv * T + t) * G + Math.floor(d / values.groupSize)]!;
-        ref[h * D + d] += pt * v;
-        bound[h * D + d] += Math.abs(pt) * (Math.abs(v - z) + Math.abs(z));
+        const o = h * D + d;
+        ref[o] = ref[o]! + pt * v;
+        bound[o] = bound[o]! + Math.abs(pt) * (Math.abs(v - z) + Math.abs(z));
       }
     }
   }
@@ -144,8 +145,9 @@ export function refAttention(q: Float32Array, k: Float64Array | Float32Array, v:
     for (let t = 0; t < n; t++) {
       const p = s[t]! / l;
       for (let d = 0; d < D; d++) {
-        ref[h * D + d] += p * v[(kv * n + t) * D + d]!;
-        bound[h * D + d] += p * Math.abs(v[(kv * n + t) * D + d]!);
+        const [o, x] = [h * D + d, v[(kv * n + t) * D + d]!];
+        ref[o] = ref[o]! + p * x;
+        bound[o] = bound[o]! + p * Math.abs(x);
       }
     }
   }

@@ -594,7 +594,7 @@ export function referenceForward(s: TinySpec, w: Tensors, ids: number[]): Float6
         const m = Math.max(...scores);
         const e = scores.map((v) => Math.exp(v - m));
         const z = e.reduce((a, b) => a + b, 0);
-        for (let j = 0; j <= t; j++) for (let i = 0; i < d; i++) attn[hh * d + i] += (e[j]! / z) * V[j]![kv]![i]!;
+        for (let j = 0; j <= t; j++) for (let i = 0; i < d; i++) attn[hh * d + i] = attn[hh * d + i]! + (e[j]! / z) * V[j]![kv]![i]!;
       }
       const o = linear(attn, g(`${p}self_attn.o_proj.weight`), H, s.heads * d);
       const x1 = x.map((v, i) => v + o[i]!);
