@@ -179,7 +179,7 @@ describe('loadModel from files picked in a browser, Blobs and bytes', () => {
 
   it('a .gguf as a File, an ArrayBuffer, a picked directory and a path load the same model', async () => {
     const spec = tinySpec('qwen2');
-    const bytes = tinyGguf(spec, tinyWeights(spec, 3), 'F32');
+    const bytes = tinyGguf(spec, tinyWeights(spec, 3), 'F32') as Uint8Array<ArrayBuffer>;
     const dir = mkdtempSync(join(tmpdir(), 'xq-src-gguf-'));
     writeFileSync(join(dir, 'tiny.gguf'), bytes);
     const ids = [0, 5, 9, 200];

@@ -79,7 +79,7 @@ describe('@xquant/tfjs/testing: each invariant catches the strategy that breaks 
   const failing = async (s: KvCacheStrategy) => (await checkStrategy(s, SMALL)).failed.map((f) => f.name.split(':')[0]);
 
   it('attend returning a wrong shape breaks "identity and shapes" (and attention)', async () => {
-    const s = broken('bad-shape', (inner) => ({ attend: (l, q) => tf.tidy(() => inner.attend(l, q).reshape([q.shape[1], q.shape[0], q.shape[2]]) as Tensor3D) }));
+    const s = broken('bad-shape', (inner) => ({ attend: (l, q) => tf.tidy(() => tf.reshape(inner.attend(l, q), [q.shape[1], q.shape[0], q.shape[2]]) as Tensor3D) }));
     expect(await failing(s)).toContain('identity and shapes');
   });
 
