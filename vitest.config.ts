@@ -9,6 +9,7 @@ export default defineConfig({
       '@xquant/quant': pkg('quant'),
       '@xquant/calibration': pkg('calibration'),
       '@xquant/cross-layer': pkg('cross-layer'),
+      '@xquant/tfjs/testing': fileURLToPath(new URL('./packages/tfjs/src/testing/index.ts', import.meta.url)),
       '@xquant/tfjs': pkg('tfjs'),
       '@xquant/models': pkg('models'),
       '@xquant/conformance': pkg('conformance'),
@@ -23,7 +24,7 @@ export default defineConfig({
     pool: 'forks',
     testTimeout: 120_000,
     hookTimeout: 120_000,
-    reporters: ['default', 'json'],
+    reporters: ['default', 'json', './scripts/skip-reporter.mjs'],
     outputFile: { json: '.vitest-results.json' },
   },
 });

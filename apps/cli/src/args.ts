@@ -20,6 +20,7 @@ const SHARED_OPTIONS = {
   'value-group-size': { type: 'string' },
   out: { type: 'string' },
   json: { type: 'boolean' },
+  plugin: { type: 'string', multiple: true },
 } as const satisfies Options;
 
 /** Old spellings, still accepted with a warning: deprecated alias → flag. */

@@ -6,7 +6,7 @@ import { inflateSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { BENCH_FORMAT, RESULTS_FORMAT, type BenchResults, type EvalResults } from '@xquant/eval';
 import { renderReport } from '../src/report/report.js';
-import { svgChart } from '../src/report/svg.js';
+import { logTicks, svgChart } from '../src/report/svg.js';
 
 function fakeResults(): EvalResults {
   const methods: [string, number, number, number][] = [
@@ -110,7 +110,18 @@ describe('HTML report', () => {
     expect(svgChart([{ name: 'a', points: [{ x: 1, y: 0 }] }], { title: 't', xLabel: 'x', yLabel: 'y', yLog10: true })).toContain('no data');
   });
 
-  it.skipIf(!chromium)('renders in headless chromium: the screenshot exists and is not blank (skipped: chromium not installed)', () => {
+  it('a log axis over a narrow range (perplexity ratios 1.04–1.23) still has labelled ticks', () => {
+    expect(logTicks(Math.log10(1.04), Math.log10(1.23))).toEqual([1.05, 1.1, 1.15, 1.2]);
+    expect(logTicks(0, 3)).toEqual([1, 10, 100, 1000]);
+    expect(logTicks(Math.log10(3), Math.log10(60))).toEqual([5, 10, 20, 50]);
+    const svg = svgChart([{ name: 'ppl', points: [{ x: 1, y: 1.04 }, { x: 2, y: 1.23 }] }], { title: 't', xLabel: 'x', yLabel: 'ppl / ppl(full)', yLog10: true });
+    // y tick labels are right-aligned (text-anchor end) beside the axis
+    const labels = [...svg.matchAll(/<text x="58" y="[\d.]+" text-anchor="end">([^<]+)<\/text>/g)].map((m) => m[1]);
+    expect(labels.length).toBeGreaterThanOrEqual(3);
+    expect(labels.every((l) => Number(l) > 1 && Number(l) < 1.3)).toBe(true);
+  });
+
+  it.skipIf(!chromium)('renders in headless chromium: the screenshot exists and is not blank — needs chromium (apt-get install chromium)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'xq-report-'));
     const file = join(dir, 'report.html');
     writeFileSync(file, html);

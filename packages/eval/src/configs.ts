@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
 import { accountBits } from '@xquant/cross-layer';
 import { XqConfigError, XqError, XqFormatError } from '@xquant/quant';
-import { PRESETS, createKvCache, resolveStrategy, type CacheConfig, type KvCache, type KvCacheShape } from '@xquant/tfjs';
+import { PRESETS, createKvCache, resolveStrategy, strategyIds, type CacheConfig, type KvCache, type KvCacheShape } from '@xquant/tfjs';
 
 /** One cache configuration under evaluation: a preset (or strategy) with its options and resolved configuration. */
 export interface CacheSpec {
@@ -88,16 +88,19 @@ export function readPresetFile(path: string): PresetFile {
 }
 
 /**
- * Check cache names without a model: presets, `full` and `@file.json` preset files (read and checked); throws
- * `E_STRATEGY_UNKNOWN` listing the presets, or the file's typed error. {@link resolveCacheSpecs} runs it first.
+ * Check cache names without a model: presets, `full`, strategy ids registered with `registerStrategy` (e.g. by a CLI
+ * plugin) and `@file.json` preset files (read and checked); throws `E_STRATEGY_UNKNOWN` listing the presets and the
+ * registered ids, or the file's typed error. {@link resolveCacheSpecs} runs it first.
  */
 export function validateCacheNames(names: readonly string[]): void {
-  const known = new Set(PRESETS.map((p) => p.id));
+  const presets = PRESETS.map((p) => p.id);
+  const known = new Set([...presets, ...strategyIds()]);
   for (const raw of names) {
     const name = raw.trim();
     if (name.startsWith('@')) readPresetFile(name.slice(1));
     else if (name !== '' && !known.has(name)) {
-      throw new XqConfigError('E_STRATEGY_UNKNOWN', `unknown cache '${name}'; presets: ${[...known].join(', ')} (or @preset.json)`);
+      const registered = strategyIds().filter((id) => !presets.includes(id));
+      throw new XqConfigError('E_STRATEGY_UNKNOWN', `unknown cache '${name}'; presets: ${presets.join(', ')} (or @preset.json, or a registered strategy: ${registered.join(', ')})`);
     }
   }
 }

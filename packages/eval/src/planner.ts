@@ -39,7 +39,7 @@ export interface PlanOptions {
   sharing?: boolean;
   /** Weigh each tensor's attention error by the KL it causes alone (one KL run per tensor). Default true. */
   sensitivity?: boolean;
-  /** Plans verified by their KL on the calibration prompt. Default 6. */
+  /** Plans verified by their KL on the calibration prompt (at most this many; an integer ≥ 1). Default 6. */
   maxVerify?: number;
   /** Prefill before teacher forcing on the calibration prompt. Default 64. */
   prefill?: number;
@@ -152,6 +152,8 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
   const { model, budgetBits } = options;
   const log = options.log ?? (() => {});
   if (!Number.isFinite(budgetBits) || budgetBits <= 0) throw new XqConfigError('E_CONFIG', `budgetBits must be a positive number; got ${String(budgetBits)}`);
+  const maxVerify = options.maxVerify ?? 6;
+  if (!Number.isInteger(maxVerify) || maxVerify < 1) throw new XqConfigError('E_CONFIG', `maxVerify must be an integer ≥ 1; got ${String(maxVerify)}`);
   const R = options.residualLength ?? DEFAULT_RESIDUAL_LENGTH;
   const tokens = options.tokens ?? 2048;
   const shape: KvCacheShape = model.cacheShape;
@@ -404,18 +406,19 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
 
   // ---- verification by KL -----------------------------------------------------------------------------------
   plans.sort((a, b) => predicted(a.plan) - predicted(b.plan));
-  const verify: { name: string; plan: Plan }[] = [];
-  for (const p of plans.slice(0, Math.max(1, (options.maxVerify ?? 6) - 2))) verify.push(p);
+  // the best predicted plans, then the top plan with each calibration everywhere: maxVerify candidates in all
   const top = plans[0]!;
+  const variants: { name: string; plan: Plan }[] = [];
   for (const cal of ['eta', 'least-squares'] as const) {
     const v = (cs: Choice[]) => cs.map((c) => ({ ...c, cal: c.bits === 16 ? ('none' as const) : cal }));
-    verify.push({ name: `${top.name}-all-${cal}`, plan: { ...top.plan, keys: v(top.plan.keys), values: v(top.plan.values) } });
+    variants.push({ name: `${top.name}-all-${cal}`, plan: { ...top.plan, keys: v(top.plan.keys), values: v(top.plan.values) } });
   }
   if ([...top.plan.keys, ...top.plan.values].some((c) => c.donor !== null)) {
     // η for tensors with their own codes, least squares (the code-aware fit) for tensors reading a donor's codes
     const v = (cs: Choice[]) => cs.map((c) => ({ ...c, cal: c.bits === 16 ? ('none' as const) : c.donor === null ? ('eta' as const) : ('least-squares' as const) }));
-    verify.push({ name: `${top.name}-eta-own-lsq-borrowed`, plan: { ...top.plan, keys: v(top.plan.keys), values: v(top.plan.values) } });
+    variants.push({ name: `${top.name}-eta-own-lsq-borrowed`, plan: { ...top.plan, keys: v(top.plan.keys), values: v(top.plan.values) } });
   }
+  const verify = [...plans.slice(0, Math.max(1, maxVerify - variants.length)), ...variants].slice(0, maxVerify);
   log(`plan: verifying ${verify.length} plans by KL on the calibration prompt`);
   const kls = await klOf(verify.map((v) => ({ name: v.name, options: plannedOptions(v.plan, R) })));
   const candidates: PlanCandidate[] = verify.map((v, i) => {

@@ -89,6 +89,12 @@ describe('code agreement, layer errors, planner, bench on a tiny model', () => {
   it('planForBudget: the chosen plan fits the budget, is the best verified KL, and round-trips as a preset; too small a budget fails with the minimum', async () => {
     const budget = 3.0;
     const res = await planForBudget({ model, budgetBits: budget, calibrationPrompt: ids, residualLength: 32, groupSizes: [32], tokens: 256, sensitivity: false, maxVerify: 3 });
+    expect(res.candidates).toHaveLength(3); // maxVerify is the number of plans verified, calibration variants included
+    const two: string[] = [];
+    const res2 = await planForBudget({ model, budgetBits: budget, calibrationPrompt: ids, residualLength: 32, groupSizes: [32], tokens: 256, sensitivity: false, maxVerify: 2, log: (l) => two.push(l) });
+    expect(res2.candidates).toHaveLength(2);
+    expect(two).toContain('plan: verifying 2 plans by KL on the calibration prompt');
+    await expect(planForBudget({ model, budgetBits: budget, calibrationPrompt: ids, maxVerify: 0 })).rejects.toThrow(/maxVerify must be an integer ≥ 1; got 0/);
     expect(res.best.storedBits).toBeLessThanOrEqual(budget + 1e-9);
     for (const c of res.candidates) {
       expect(c.storedBits).toBeLessThanOrEqual(budget + 1e-9);

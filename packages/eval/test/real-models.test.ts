@@ -11,7 +11,7 @@ const have =
   MODELS.every((m) => existsSync(`${SHARED}/models/${m}/config.json`) && existsSync(`${SHARED}/eval/refs/${m}.json`)) &&
   existsSync(`${SHARED}/eval/prose_512.jsonl`);
 
-describe.skipIf(!have)('protocol on the real models vs ../shared/eval/refs (skipped: ../shared models or refs absent)', () => {
+describe.skipIf(!have)('protocol on the real models vs ../shared/eval/refs — needs ../shared/models and ../shared/eval/refs', () => {
   beforeAll(async () => {
     await import('@tensorflow/tfjs-backend-wasm');
     await tf.setBackend('wasm');

@@ -1,34 +1,14 @@
 /**
  * @packageDocumentation
  * Llama and Qwen2 decoder runtime on TensorFlow.js that runs on any `KvCache` from `@xquant/tfjs`;
- * bounded safetensors / GGUF / tokenizer loading; streaming generation.
+ * bounded safetensors / GGUF / tokenizer loading from files, URLs (byte ranges, progress), `Blob`s and bytes;
+ * streaming generation. This is the Node build: strings name file-system paths (or `http(s):` / `file:` URLs).
+ * Browsers and bundlers get the same API from the platform-neutral build, where strings name URLs.
  */
-export {
-  SafetensorsFile,
-  readSafetensorsHeader,
-  SAFETENSORS_MAX_HEADER_BYTES,
-  SAFETENSORS_MAX_DIMS,
-  SAFETENSORS_MAX_DIM,
-  type SafetensorsDtype,
-  type SafetensorsHeader,
-  type SafetensorsTensorInfo,
-  type SafetensorsRawArray,
-} from './loaders/safetensors.js';
-export { SafetensorsWeights, readHfConfig, openHfWeights, CONFIG_JSON_MAX_BYTES } from './loaders/hf-dir.js';
-export {
-  readGgufHeader,
-  loadGguf,
-  ggufModelConfig,
-  GGUF_SUPPORTED_TYPES,
-  GGUF_MAX_DIM,
-  type GgufHeader,
-  type GgufTensorInfo,
-  type GgufModel,
-} from './loaders/gguf.js';
-export { ggufTokenizerJson, GGUF_PRE_TOKENIZERS } from './loaders/gguf-tokenizer.js';
-export * from './config.js';
-export * from './tokenizer.js';
-export { ropeInverseFrequencies } from './rope.js';
-export { DecoderModel, type WeightSource, type LogitsSelection } from './model.js';
-export * from './load-model.js';
-export { generate, sampleToken, createRng, type Rng, type SamplingOptions, type GeneratedToken, type GenerateOptions, type GenerateResult } from './generate.js';
+import { setPlatform } from './io/platform.js';
+import { nodePlatform } from './node/fs.js';
+
+export * from './browser.js';
+export { NodeFileSource, NodeDirectoryFiles } from './node/fs.js';
+
+setPlatform(nodePlatform);

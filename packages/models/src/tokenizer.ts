@@ -1,7 +1,7 @@
-import { existsSync, statSync } from 'node:fs';
-import { dirname, join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { XqError, XqFormatError } from '@xquant/quant';
+import { isModelFiles, type ModelFiles } from './io/model-files.js';
+import { resolveModelString, type OpenOptions } from './io/platform.js';
 import { isObject, readJsonFile } from './loaders/file.js';
 
 /** Largest tokenizer.json accepted (bytes). */
@@ -58,18 +58,34 @@ export function createTokenizer(tokenizerJson: unknown, tokenizerConfig: unknown
   };
 }
 
+/** Largest tokenizer_config.json accepted (bytes). */
+export const TOKENIZER_CONFIG_MAX_BYTES = 16 * 1024 * 1024;
+
 /**
- * Load a tokenizer from a model directory (tokenizer.json + optional tokenizer_config.json) or from a
- * tokenizer.json path (tokenizer_config.json is looked up beside it).
+ * Load a tokenizer from a model directory (tokenizer.json + optional tokenizer_config.json) or from a tokenizer.json
+ * path (tokenizer_config.json is looked up beside it). `source`: a path (Node) or URL string, a `URL`, or the model's
+ * files (`ModelFiles`, e.g. files picked in a browser).
  */
-export async function loadTokenizer(pathOrDir: string): Promise<TextTokenizer> {
-  let jsonPath = pathOrDir;
-  if (existsSync(pathOrDir) && statSync(pathOrDir).isDirectory()) jsonPath = join(pathOrDir, 'tokenizer.json');
-  if (!existsSync(jsonPath)) {
+export async function loadTokenizer(source: string | URL | ModelFiles, options: OpenOptions = {}): Promise<TextTokenizer> {
+  let files: ModelFiles;
+  let jsonName = 'tokenizer.json';
+  if (isModelFiles(source)) files = source;
+  else {
+    const r = await resolveModelString(source, options).catch((e: unknown) => {
+      // a path that does not exist names a missing tokenizer.json
+      if (XqError.isInstance(e) && e.code === 'E_IO') throw new XqError('E_IO', `${String(source)}: tokenizer.json not found (${e.message})`, { cause: e });
+      throw e;
+    });
+    files = r.files;
+    jsonName = r.entry ?? jsonName;
+  }
+  const jsonPath = files.pathOf(jsonName);
+  const json = await files.open(jsonName);
+  if (!json) {
     throw new XqError('E_IO', `${jsonPath}: tokenizer.json not found (a model directory needs tokenizer.json for text input/output)`);
   }
-  const json = await readJsonFile(jsonPath, TOKENIZER_JSON_MAX_BYTES, 'tokenizer.json');
-  const configPath = join(dirname(jsonPath), 'tokenizer_config.json');
-  const config = existsSync(configPath) ? await readJsonFile(configPath, 16 * 1024 * 1024, 'tokenizer_config.json') : {};
-  return createTokenizer(json, config, jsonPath);
+  const parsed = await readJsonFile(json, TOKENIZER_JSON_MAX_BYTES, 'tokenizer.json');
+  const configSource = await files.open('tokenizer_config.json');
+  const config = configSource ? await readJsonFile(configSource, TOKENIZER_CONFIG_MAX_BYTES, 'tokenizer_config.json') : {};
+  return createTokenizer(parsed, config, jsonPath);
 }

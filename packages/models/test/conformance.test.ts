@@ -29,7 +29,7 @@ function argmaxRows(data: Float32Array, cols: number): number[] {
   return out;
 }
 
-describe.skipIf(!have)('conformance with the full cache vs ../shared/eval/refs (float64 logits, greedy ids, K/V; skipped when refs/models are absent)', () => {
+describe.skipIf(!have)('conformance with the full cache vs ../shared/eval/refs (float64 logits, greedy ids, K/V) — needs ../shared/eval/refs and ../shared/models', () => {
   const prompts: Prompt[] = have ? JSON.parse(readFileSync(`${SHARED}/eval/prompts.json`, 'utf8')) : [];
   beforeAll(async () => {
     tf.env().set('IS_TEST', true);

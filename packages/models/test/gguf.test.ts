@@ -115,7 +115,7 @@ describe('tokenizer from GGUF metadata', () => {
   });
 
   const shared = '../shared/models/xq-llama-20m/tokenizer.json';
-  describe.skipIf(!existsSync(shared) || !existsSync('../shared/eval/prompts.json'))('shared tokenizer (skipped: ../shared absent)', () => {
+  describe.skipIf(!existsSync(shared) || !existsSync('../shared/eval/prompts.json'))('shared tokenizer — needs ../shared/models and ../shared/eval', () => {
     it('the xq tokenizer carried in GGUF metadata reproduces the stored prompt ids', () => {
       const j = JSON.parse(readFileSync(shared, 'utf8')) as { model: { vocab: Record<string, number>; merges: [string, string][] } };
       const tokens: string[] = [];

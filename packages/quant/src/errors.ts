@@ -16,7 +16,8 @@ export type XqErrorCode =
   | 'E_CAPACITY'
   | 'E_STRATEGY_UNKNOWN'
   | 'E_STRATEGY_VERSION'
-  | 'E_IO';
+  | 'E_IO'
+  | 'E_INVARIANT';
 
 const MARKER = Symbol.for('xquant.error');
 

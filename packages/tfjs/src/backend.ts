@@ -101,7 +101,9 @@ async function tryWebgpu(requested: boolean): Promise<string> {
   if (!g.navigator?.gpu) {
     let mod: { create: (opts: string[]) => unknown; globals: Record<string, unknown> };
     try {
-      mod = (await import(/* @vite-ignore */ 'webgpu')) as typeof mod;
+      // Node only (browsers have navigator.gpu): a computed specifier, so bundlers leave Dawn's native package out
+      const dawn = 'webgpu';
+      mod = (await import(/* @vite-ignore */ /* webpackIgnore: true */ dawn)) as typeof mod;
     } catch (e) {
       throw new Error(isMissingNativeBinding(e) ? "the optional 'webgpu' package is not installed" : shortError(e));
     }

@@ -15,7 +15,7 @@ beforeAll(useCpu);
  * prefilled (R = 128), token 999 is appended (which flushes: 896 keys and 871 values quantized), then one attend.
  * Error = ‖o − o_ref‖ / ‖o_ref‖ over all layers, with o_ref a float64 attention over the unquantized K/V.
  */
-describe.skipIf(!hasRefs)('real KV (eval refs; skipped: ../shared/eval/refs not found)', () => {
+describe.skipIf(!hasRefs)('real KV from the eval refs — needs ../shared/eval/refs', () => {
   const results: Record<string, Record<string, number>> = {};
   it.each(MODELS)('%s: full < kivi-2 < kivi-1; calibrated < uncalibrated at equal bits', (model) => {
     const st = readSafetensors(`${REFS_DIR}${model}.safetensors`);

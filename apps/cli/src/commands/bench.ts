@@ -2,6 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { parseCommandArgs, sharedOptions } from '../args.js';
 import { benchMarkdown, openEvalModel, resolveCacheSpecs, runBench, validateCacheNames } from '@xquant/eval';
 import { DEFAULT_GROUP_SIZE, DEFAULT_RESIDUAL_LENGTH, type BackendName } from '@xquant/tfjs';
+import { loadPlugins } from '../plugins.js';
 
 /** One-line description shown by `xquant --help`. */
 export const summary = 'decode-step speed and cache memory per cache preset and context length (JSON + table)';
@@ -14,7 +15,9 @@ of --memory-contexts (random K/V, no model). Prints markdown tables; --out write
 
 options:
   --model DIR               model directory (or .safetensors / .gguf)
-  --caches LIST             presets or @preset.json (default full,kivi-2,kivi-1,asymkv-1.5,xquant-1.38)
+  --caches LIST             presets, @preset.json or strategy ids registered by --plugin
+                            (default full,kivi-2,kivi-1,asymkv-1.5,xquant-1.38)
+  --plugin FILE             a module that registers strategies (default export called with @xquant/tfjs)
   --residual-length R[,R]   residual length(s) (default ${DEFAULT_RESIDUAL_LENGTH})
   --group-size G[,G]        group size(s) (default ${DEFAULT_GROUP_SIZE})
   --contexts LIST           context lengths for speed (default 256,512,1024,2048)
@@ -28,17 +31,18 @@ options:
 /** `xquant bench …`; returns the exit code. */
 export async function run(argv: string[]): Promise<number> {
   const parsed = parseCommandArgs('bench', USAGE, argv, {
-    ...sharedOptions('model', 'caches', 'residual-length', 'group-size', 'backend', 'out', 'json'),
+    ...sharedOptions('model', 'caches', 'residual-length', 'group-size', 'backend', 'out', 'json', 'plugin'),
     contexts: { type: 'string' },
     'memory-contexts': { type: 'string' },
     steps: { type: 'string' },
   }, { ints: { 'residual-length': 'list', 'group-size': 'list', contexts: 'list', 'memory-contexts': 'list', steps: 'one' } });
   if (typeof parsed === 'number') return parsed;
-  const values = parsed.values as { model?: string; caches?: string; backend?: string; out?: string; json?: boolean } & Record<'residual-length' | 'group-size' | 'contexts' | 'memory-contexts', number[] | undefined> & { steps?: number };
+  const values = parsed.values as { model?: string; caches?: string; backend?: string; out?: string; json?: boolean; plugin?: string[] } & Record<'residual-length' | 'group-size' | 'contexts' | 'memory-contexts', number[] | undefined> & { steps?: number };
   if (typeof values.model !== 'string') {
     console.error(`xquant bench: --model is required\n\n${USAGE}`);
     return 2;
   }
+  await loadPlugins(values.plugin ?? [], (line) => process.stderr.write(`xquant bench: ${line}\n`));
   const sizes = { residualLengths: values['residual-length'], groupSizes: values['group-size'] };
   const names = String(values.caches ?? 'full,kivi-2,kivi-1,asymkv-1.5,xquant-1.38').split(',');
   validateCacheNames(names);

@@ -15,6 +15,7 @@ import {
   type EvalResults,
 } from '@xquant/eval';
 import { DEFAULT_GROUP_SIZE, DEFAULT_RESIDUAL_LENGTH, type BackendName } from '@xquant/tfjs';
+import { loadPlugins } from '../plugins.js';
 
 /** One-line description shown by `xquant --help`. */
 export const summary = 'fidelity of KV caches on a model: ppl, KL to full, top-1, passkey (reference protocol); merge shards';
@@ -33,7 +34,10 @@ options:
   --data FILE...       eval JSONL files (more files may follow as plain arguments)
   --caches LIST        comma-separated presets (full, kivi-2, kivi-1, asymkv-1.5, xquant-1.38, xquant-nocal,
                        xquant-noshare, xquant-k-share) or @preset.json (from 'xquant plan'); default
-                       full,kivi-2,asymkv-1.5,xquant-1.38. full is always run (KL and top-1 need it)
+                       full,kivi-2,asymkv-1.5,xquant-1.38. full is always run (KL and top-1 need it); strategy ids
+                       registered by --plugin work too
+  --plugin FILE        a module that registers strategies (its default export is called with @xquant/tfjs);
+                       may be repeated
   --residual-length R[,R]
                        residual length(s) R; each preset runs at each (default ${DEFAULT_RESIDUAL_LENGTH})
   --group-size G[,G]   group size(s) (default ${DEFAULT_GROUP_SIZE})
@@ -84,7 +88,7 @@ async function merge(argv: string[], join: boolean): Promise<number> {
 export async function run(argv: string[]): Promise<number> {
   if (argv[0] === 'merge' || argv[0] === 'join') return merge(argv.slice(1), argv[0] === 'join');
   const parsed = parseCommandArgs('eval', USAGE, argv, {
-    ...sharedOptions('model', 'caches', 'residual-length', 'group-size', 'value-group-size', 'backend', 'out', 'json'),
+    ...sharedOptions('model', 'caches', 'residual-length', 'group-size', 'value-group-size', 'backend', 'out', 'json', 'plugin'),
     data: { type: 'string', multiple: true },
     limit: { type: 'string' },
     sample: { type: 'string' },
@@ -97,7 +101,7 @@ export async function run(argv: string[]): Promise<number> {
   const values = parsed.values as {
     model?: string; data?: string[]; caches?: string; shard?: string; backend?: string; out?: string; json?: boolean;
     'residual-length'?: number[]; 'group-size'?: number[]; 'value-group-size'?: number; limit?: number; sample?: number;
-    'no-shared-prefill'?: boolean; 'no-batch'?: boolean; 'layer-errors'?: boolean;
+    'no-shared-prefill'?: boolean; 'no-batch'?: boolean; 'layer-errors'?: boolean; plugin?: string[];
   };
   const { limit, sample } = values;
   const data = [...(values.data ?? []), ...parsed.positionals];
@@ -105,6 +109,7 @@ export async function run(argv: string[]): Promise<number> {
     console.error(`xquant eval: --model and --data are required\n\n${USAGE}`);
     return 2;
   }
+  await loadPlugins(values.plugin ?? [], (line) => process.stderr.write(`xquant eval: ${line}\n`));
   const shard = values.shard === undefined ? undefined : parseShard(values.shard);
   const sizes = { residualLengths: values['residual-length'], groupSizes: values['group-size'], valueGroupSize: values['value-group-size'] };
   const names = (values.caches ?? 'full,kivi-2,asymkv-1.5,xquant-1.38').split(',');

@@ -1,7 +1,9 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { parseCommandArgs, sharedOptions } from '../args.js';
 import { generate, loadModel } from '@xquant/models';
-import { BACKEND_ORDER, createKvCache, PRESETS, selectBackend, type BackendName } from '@xquant/tfjs';
+import { BACKEND_ORDER, createKvCache, PRESETS, strategyIds, type BackendName } from '@xquant/tfjs';
+import { backendLine, cliBackend } from '../backend.js';
+import { loadPlugins } from '../plugins.js';
 
 /** One-line description shown by `xquant --help`. */
 export const summary = 'generate text with a Llama/Qwen2 model (HF directory, .safetensors or .gguf) through a chosen KV cache';
@@ -15,7 +17,10 @@ memory go to stderr.
 options:
   --model DIR|FILE        model directory, .safetensors or .gguf file (required)
   --prompt TEXT           prompt text; the tokenizer adds BOS (required)
-  --cache PRESET          KV cache preset (default full): ${PRESETS.map((p) => p.id).join(', ')}
+  --cache PRESET          KV cache preset (default full): ${PRESETS.map((p) => p.id).join(', ')},
+                          or a strategy id registered by a --plugin
+  --plugin FILE           a module that registers strategies (its default export is called with @xquant/tfjs);
+                          may be repeated
   --residual-length R     residual window of quantized presets (default: the preset's)
   --max-new-tokens N      tokens to generate (default 32)
   --temperature T         0 = greedy (default 0)
@@ -25,6 +30,7 @@ options:
   --ignore-eos            keep generating after an end-of-sequence token
   --backend NAME          tfjs backend: ${BACKEND_ORDER.join(', ')} (default: first available in that order)
   --tokenizer PATH        tokenizer.json to use instead of the model's
+  --no-echo               stream only the generated text (by default the prompt is printed first)
   --json                  print one JSON object (text, ids, timings, memory) instead of streaming
   -h, --help              show this help`;
 
@@ -60,7 +66,7 @@ export async function run(argv: string[]): Promise<number> {
     residualLength?: number;
   };
   const parsed = parseCommandArgs('generate', USAGE, argv, {
-    ...sharedOptions('model', 'residual-length', 'backend', 'json'),
+    ...sharedOptions('model', 'residual-length', 'backend', 'json', 'plugin'),
     prompt: { type: 'string' },
     cache: { type: 'string', default: 'full' },
     'max-new-tokens': { type: 'string' },
@@ -69,17 +75,27 @@ export async function run(argv: string[]): Promise<number> {
     'top-p': { type: 'string' },
     seed: { type: 'string' },
     'ignore-eos': { type: 'boolean', default: false },
+    'no-echo': { type: 'boolean', default: false },
     tokenizer: { type: 'string' },
   }, { ints: { 'residual-length': 'one' } });
   if (typeof parsed === 'number') return parsed;
   const v = parsed.values as {
     [flag: string]: string | undefined;
-  } & { json?: boolean; 'ignore-eos'?: boolean };
+  } & { json?: boolean; 'ignore-eos'?: boolean; 'no-echo'?: boolean; plugin?: string[] };
+  try {
+    await loadPlugins(v.plugin ?? [], (line) => console.error(line));
+  } catch (e) {
+    console.error(`xquant generate: ${formatError(e)}`);
+    return 1;
+  }
   try {
     if (!v.model) throw new UsageError('--model is required');
     if (v.prompt === undefined) throw new UsageError('--prompt is required');
     const presets = PRESETS.map((p) => p.id);
-    if (!presets.includes(v.cache!)) throw new UsageError(`--cache must be one of ${presets.join(', ')}; got '${v.cache}'`);
+    const registered = strategyIds().filter((id) => !presets.includes(id));
+    if (!presets.includes(v.cache!) && !registered.includes(v.cache!)) {
+      throw new UsageError(`--cache must be one of ${presets.join(', ')} (or a registered strategy: ${registered.join(', ')}); got '${v.cache}'`);
+    }
     if (v.backend !== undefined && !(BACKEND_ORDER as readonly string[]).includes(v.backend)) {
       throw new UsageError(`--backend must be one of ${BACKEND_ORDER.join(', ')}; got '${v.backend}'`);
     }
@@ -112,8 +128,8 @@ export async function run(argv: string[]): Promise<number> {
   let dispose: (() => void) | undefined;
   try {
     tf.enableProdMode();
-    const sel = await selectBackend(o.backend ? { prefer: o.backend } : {});
-    info(`backend: ${sel.backend} (${sel.reason})${sel.skipped.length ? `; skipped ${sel.skipped.map((s) => `${s.name}: ${s.why}`).join('; ')}` : ''}`);
+    const sel = await cliBackend(o.backend);
+    info(backendLine(sel));
     const t0 = performance.now();
     const loaded = await loadModel(o.model!, o.tokenizer ? { tokenizerPath: o.tokenizer } : {});
     dispose = () => loaded.model.dispose();
@@ -122,7 +138,9 @@ export async function run(argv: string[]): Promise<number> {
       `model: ${c.architecture}, ${c.numLayers} layers, ${c.numHeads} heads / ${c.numKvHeads} KV heads, head_dim ${c.headDim}, vocab ${c.vocabSize} (${loaded.source.format}, loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s)`,
     );
     cache = createKvCache(o.cache, loaded.model.cacheShape, o.residualLength ? { residualLength: o.residualLength } : undefined);
-    info(`cache: ${o.cache}${o.residualLength ? ` (residual length ${o.residualLength})` : ''}`);
+    const R = cache.config?.residualLength;
+    info(`cache: ${o.cache}${R !== undefined ? ` (residual length ${R}${o.residualLength ? '' : ', the default'})` : ''}`);
+    if (!o.json && !v['no-echo']) process.stdout.write(o.prompt!);
     const result = await generate({
       model: loaded.model,
       tokenizer: loaded.tokenizer,
@@ -145,6 +163,7 @@ export async function run(argv: string[]): Promise<number> {
           architecture: c.architecture,
           backend: sel.backend,
           backendReason: sel.reason,
+          backendSkipped: sel.skipped,
           cache: o.cache,
           residualLength: o.residualLength ?? null,
           prompt: o.prompt,
@@ -167,6 +186,13 @@ export async function run(argv: string[]): Promise<number> {
       info(
         `cache memory: ${mem.totalBytes} bytes for ${mem.tokens} tokens (codes ${mem.codeBytes}, scales/zeros ${mem.metadataBytes}, full precision ${mem.residualBytes}); ${mem.paperBitsPerElement.toFixed(3)} paper bits, ${mem.trueBitsPerElement.toFixed(3)} stored bits per element`,
       );
+      if (R !== undefined && mem.codeBytes === 0 && mem.metadataBytes === 0 && mem.tokens > 0) {
+        info(
+          `note: nothing is quantized yet: all ${mem.tokens} tokens are still in the float32 residual window (R = ${R}; keys are quantized in blocks of R tokens, values once they are R tokens old), ` +
+            `and the window's buffers are allocated ahead (values for R + 1 tokens), so the cache holds more than full precision would (32 bits per element). ` +
+            `Generate past ${R} tokens, or set a smaller --residual-length, to see the quantized storage.`,
+        );
+      }
     }
     return 0;
   } catch (e) {

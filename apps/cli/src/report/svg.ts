@@ -58,8 +58,11 @@ function niceTicks(lo: number, hi: number, n = 5): number[] {
   return out;
 }
 
-/** Ticks for a log10 axis spanning [lo, hi] (in log10 units): decades, plus 2× and 5× when few decades show. */
-function logTicks(lo: number, hi: number): number[] {
+/**
+ * Ticks for a log10 axis spanning [lo, hi] (in log10 units): decades, plus 2× and 5× when few decades show; a range
+ * too narrow to hold two of those (e.g. perplexity ratios 1.04–1.23) gets evenly spaced round values instead.
+ */
+export function logTicks(lo: number, hi: number): number[] {
   const out: number[] = [];
   const mults = hi - lo < 2.5 ? [1, 2, 5] : [1];
   for (let e = Math.floor(lo); e <= Math.ceil(hi); e++) {
@@ -68,7 +71,8 @@ function logTicks(lo: number, hi: number): number[] {
       if (Math.log10(v) >= lo && Math.log10(v) <= hi) out.push(Number(v.toPrecision(6)));
     }
   }
-  return out;
+  if (out.length >= 2) return out;
+  return niceTicks(10 ** lo, 10 ** hi).filter((v) => v > 0 && Math.log10(v) >= lo && Math.log10(v) <= hi);
 }
 
 function fmtTick(v: number): string {

@@ -1,41 +1,39 @@
-import { open, stat, type FileHandle } from 'node:fs/promises';
 import { XqError, XqFormatError } from '@xquant/quant';
+import type { ByteSource, SourceInput } from '../io/byte-source.js';
+import { openSource, type OpenOptions } from '../io/platform.js';
 
 /**
- * A file opened for bounded random-access reads: every read is checked against the file size first,
- * so a corrupt offset gives an `XqFormatError`, never a short read or a huge allocation.
+ * A file opened for bounded random-access reads, over any {@link ByteSource}: every read is checked against the
+ * file size first, so a corrupt offset gives an `XqFormatError`, never a short read or a huge allocation.
  * @internal
  */
 export class BoundedFile {
   private constructor(
     readonly path: string,
     readonly size: number,
-    private handle: FileHandle | undefined,
+    private source: ByteSource | undefined,
+    private readonly onBytes: ((bytes: number) => void) | undefined,
   ) {}
 
-  /** Open `path` for reading; a missing file or a directory gives an `E_IO` error. */
-  static async open(path: string): Promise<BoundedFile> {
-    let size: number;
-    try {
-      const s = await stat(path);
-      if (!s.isFile()) throw new XqError('E_IO', `${path}: expected a file, got a directory or special file`);
-      size = s.size;
-    } catch (e) {
-      if (XqError.isInstance(e)) throw e;
-      throw new XqError('E_IO', `${path}: cannot open (${(e as Error).message})`, { cause: e });
+  /** Open a path, URL, Blob, bytes or {@link ByteSource}; a missing file or a directory gives an `E_IO` error. */
+  static async open(input: SourceInput, options: OpenOptions = {}): Promise<BoundedFile> {
+    return BoundedFile.of(await openSource(input, options), options.onBytes);
+  }
+
+  /** Bounded reads over an open source (closing the `BoundedFile` closes the source). */
+  static of(source: ByteSource, onBytes?: (bytes: number) => void): BoundedFile {
+    if (!Number.isSafeInteger(source.size) || source.size < 0) {
+      throw new XqError('E_IO', `${source.name}: the source reports an impossible size ${String(source.size)}`);
     }
-    const handle = await open(path, 'r').catch((e: unknown) => {
-      throw new XqError('E_IO', `${path}: cannot open (${(e as Error).message})`, { cause: e });
-    });
-    return new BoundedFile(path, size, handle);
+    return new BoundedFile(source.name, source.size, source, onBytes);
   }
 
   /**
-   * Read exactly `length` bytes at `position` into a fresh (so 8-byte aligned) buffer.
+   * Read exactly `length` bytes at `position` into a buffer of its own (so 8-byte aligned).
    * `what` names the data in error messages.
    */
   async read(position: number, length: number, what: string): Promise<Uint8Array> {
-    if (!this.handle) throw new XqError('E_STATE', `${this.path}: file already closed`);
+    if (!this.source) throw new XqError('E_STATE', `${this.path}: file already closed`);
     if (!Number.isSafeInteger(position) || !Number.isSafeInteger(length) || position < 0 || length < 0) {
       throw new XqFormatError(`${this.path}: ${what}: invalid byte range (offset ${position}, length ${length})`);
     }
@@ -44,36 +42,31 @@ export class BoundedFile {
         `${this.path}: ${what}: bytes ${position}..${position + length} lie past the end of the file (${this.size} bytes); the file is truncated or corrupt`,
       );
     }
-    const out = new Uint8Array(length);
-    let done = 0;
-    while (done < length) {
-      const { bytesRead } = await this.handle.read(out, done, length - done, position + done);
-      if (bytesRead === 0) {
-        throw new XqFormatError(`${this.path}: ${what}: unexpected end of file after ${done} of ${length} bytes`);
-      }
-      done += bytesRead;
+    const bytes = await this.source.read(position, length, this.onBytes);
+    if (bytes.byteLength !== length) {
+      throw new XqFormatError(`${this.path}: ${what}: unexpected end of file after ${bytes.byteLength} of ${length} bytes`);
     }
-    return out;
+    // a view into a larger buffer (bytes in memory) is copied: callers view the result as typed arrays and keep it
+    return bytes.byteOffset === 0 && bytes.buffer.byteLength === length ? bytes : bytes.slice();
   }
 
-  /** Close the handle (idempotent). */
+  /** Close the source (idempotent). */
   async close(): Promise<void> {
-    const h = this.handle;
-    this.handle = undefined;
-    await h?.close();
+    const s = this.source;
+    this.source = undefined;
+    await s?.close?.();
   }
 }
 
 /** Read a whole small text file (e.g. JSON), refusing files larger than `maxBytes`. @internal */
-async function readSmallTextFile(path: string, maxBytes: number, what: string): Promise<string> {
-  const f = await BoundedFile.open(path);
+async function readSmallText(file: BoundedFile, maxBytes: number, what: string): Promise<string> {
   try {
-    if (f.size > maxBytes) {
-      throw new XqFormatError(`${path}: ${what} is ${f.size} bytes, more than the ${maxBytes}-byte limit`);
+    if (file.size > maxBytes) {
+      throw new XqFormatError(`${file.path}: ${what} is ${file.size} bytes, more than the ${maxBytes}-byte limit`);
     }
-    return new TextDecoder('utf-8', { fatal: false }).decode(await f.read(0, f.size, what));
+    return new TextDecoder('utf-8', { fatal: false }).decode(await file.read(0, file.size, what));
   } finally {
-    await f.close();
+    await file.close();
   }
 }
 
@@ -86,9 +79,10 @@ export function parseJson(text: string, source: string): unknown {
   }
 }
 
-/** Read and parse a JSON file of at most `maxBytes`. @internal */
-export async function readJsonFile(path: string, maxBytes: number, what: string): Promise<unknown> {
-  return parseJson(await readSmallTextFile(path, maxBytes, what), path);
+/** Read and parse a JSON file of at most `maxBytes` (any {@link SourceInput}; the source is closed after). @internal */
+export async function readJsonFile(input: SourceInput, maxBytes: number, what: string, options: OpenOptions = {}): Promise<unknown> {
+  const file = await BoundedFile.open(input, options);
+  return parseJson(await readSmallText(file, maxBytes, what), file.path);
 }
 
 /** True when `v` is a plain JSON object. @internal */

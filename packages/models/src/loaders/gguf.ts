@@ -1,10 +1,12 @@
-import { gguf, type GGUFParseOutput } from '@huggingface/gguf';
 import { XqConfigError, XqError, XqFormatError, halfTable } from '@xquant/quant';
 import type { ModelConfig, RopeScaling } from '../config.js';
 import { CONFIG_LIMITS, validateModelConfig } from '../config.js';
 import type { WeightSource } from '../model.js';
 import type { TextTokenizer } from '../tokenizer.js';
+import type { SourceInput } from '../io/byte-source.js';
+import type { OpenOptions } from '../io/platform.js';
 import { BoundedFile } from './file.js';
+import { parseGgufHeader, type RawGgufHeader } from './gguf-parse.js';
 import { ggufTokenizerJson } from './gguf-tokenizer.js';
 import { createTokenizer } from '../tokenizer.js';
 
@@ -51,29 +53,29 @@ function asNumber(v: unknown): number | undefined {
 }
 
 /**
- * Parse and validate a GGUF header with `@huggingface/gguf`, then check what that parser leaves open:
+ * Parse and validate a GGUF header (bounded by the `GGUF_MAX_*` limits), then check what the parse leaves open:
  * the header lies inside the file, every tensor has a supported type, a sane shape, a byte range inside
- * the data section consistent with shape × type size, aligned, and no two tensors overlap.
+ * the data section consistent with shape × type size, aligned, and no two tensors overlap. `input`: a path (Node) or
+ * URL string, a `URL`, a `Blob`, bytes, or a `ByteSource`.
  */
-export async function readGgufHeader(path: string): Promise<GgufHeader> {
-  const file = await BoundedFile.open(path);
-  let head: Uint8Array;
+export async function readGgufHeader(input: SourceInput, options: OpenOptions = {}): Promise<GgufHeader> {
+  const file = await BoundedFile.open(input, options);
   try {
-    if (file.size < 24) throw new XqFormatError(`${path}: ${file.size} bytes is too short for a GGUF file`);
-    head = await file.read(0, 8, 'GGUF magic');
+    return await readHeader(file);
   } finally {
     await file.close();
   }
+}
+
+async function readHeader(file: BoundedFile): Promise<GgufHeader> {
+  const path = file.path;
+  if (file.size < 24) throw new XqFormatError(`${path}: ${file.size} bytes is too short for a GGUF file`);
+  const head = await file.read(0, 8, 'GGUF magic');
   const magic = String.fromCharCode(...head.subarray(0, 4));
   if (magic !== 'GGUF') throw new XqFormatError(`${path}: not a GGUF file (magic ${JSON.stringify(magic)}, expected "GGUF")`);
-  const version = new DataView(head.buffer).getUint32(4, true);
+  const version = new DataView(head.buffer, head.byteOffset, 8).getUint32(4, true);
   if (version !== 2 && version !== 3) throw new XqFormatError(`${path}: GGUF version ${version} is not supported (expected 2 or 3, little-endian)`);
-  let parsed: GGUFParseOutput<{ strict: false }>;
-  try {
-    parsed = (await gguf(path, { allowLocalFile: true })) as unknown as GGUFParseOutput<{ strict: false }>;
-  } catch (e) {
-    throw new XqFormatError(`${path}: corrupt GGUF header (${(e as Error).message})`, { cause: e });
-  }
+  const parsed: RawGgufHeader = await parseGgufHeader(file, version);
   const fileSize = file.size;
   if (!parsed.littleEndian) throw new XqFormatError(`${path}: big-endian GGUF files are not supported`);
   const headerEnd = parsed.tensorInfoByteRange[1];
@@ -314,15 +316,23 @@ export function ggufModelConfig(header: GgufHeader, ropeFactors?: number[]): Mod
   return validateModelConfig(config, src);
 }
 
+/** Options of {@link loadGguf}. */
+export interface LoadGgufOptions extends OpenOptions {
+  /** Build the tokenizer from the embedded `tokenizer.ggml.*` metadata (default true). */
+  tokenizer?: boolean;
+}
+
 /**
- * Open a GGUF model file: validated header, config, lazily read weights (dequantized to float32; Llama Q/K
- * rows un-permuted to the Hugging Face layout) and, if `tokenizer` is true (default), a tokenizer built from
- * the embedded `tokenizer.ggml.*` metadata. Close `weights` when done.
+ * Open a GGUF model file (a path or URL string, a `URL`, a `Blob`, bytes, or a `ByteSource`): validated header,
+ * config, lazily read weights (dequantized to float32; Llama Q/K rows un-permuted to the Hugging Face layout) and, if
+ * `tokenizer` is true (default), a tokenizer built from the embedded `tokenizer.ggml.*` metadata. Close `weights` when
+ * done.
  */
-export async function loadGguf(path: string, options: { tokenizer?: boolean } = {}): Promise<GgufModel> {
-  const header = await readGgufHeader(path);
-  const file = await BoundedFile.open(path);
+export async function loadGguf(input: SourceInput, options: LoadGgufOptions = {}): Promise<GgufModel> {
+  const file = await BoundedFile.open(input, options);
+  const path = file.path;
   try {
+    const header = await readHeader(file);
     let ropeFactors: number[] | undefined;
     const rf = header.tensors.get('rope_freqs.weight');
     if (rf) {

@@ -1,8 +1,9 @@
-import { existsSync, readdirSync, statSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
 import { XqError, XqFormatError } from '@xquant/quant';
 import type { ModelConfig } from '../config.js';
 import { parseHfConfig } from '../config.js';
+import type { SourceInput } from '../io/byte-source.js';
+import { isModelFiles, type ModelFiles } from '../io/model-files.js';
+import { resolveModelString, type OpenOptions } from '../io/platform.js';
 import type { WeightSource } from '../model.js';
 import { isObject, readJsonFile } from './file.js';
 import { SafetensorsFile } from './safetensors.js';
@@ -18,34 +19,44 @@ export class SafetensorsWeights implements WeightSource {
     private readonly byName: Map<string, SafetensorsFile>,
   ) {}
 
-  /** Open a single `.safetensors` file. */
-  static async openFile(path: string): Promise<SafetensorsWeights> {
-    const f = await SafetensorsFile.open(path);
-    return new SafetensorsWeights(path, [f], new Map(f.names().map((n) => [n, f])));
+  /** Open a single `.safetensors` file (a path or URL string, a `URL`, a `Blob`, bytes or a `ByteSource`). */
+  static async openFile(input: SourceInput, options: OpenOptions = {}): Promise<SafetensorsWeights> {
+    const f = await SafetensorsFile.open(input, options);
+    return new SafetensorsWeights(f.header.path, [f], new Map(f.names().map((n) => [n, f])));
   }
 
   /**
-   * Open the shards listed by a `model.safetensors.index.json`. Shard names must be plain file names in the
-   * index's directory, and every mapped tensor must be present in its shard.
+   * Open the shards listed by a `model.safetensors.index.json`: `index` is its path or URL, or the model's files with
+   * `indexName` naming the index among them. Shard names must be plain file names in the index's directory, and every
+   * mapped tensor must be present in its shard.
    */
-  static async openIndex(indexPath: string): Promise<SafetensorsWeights> {
-    const json = await readJsonFile(indexPath, CONFIG_JSON_MAX_BYTES, 'safetensors index');
+  static async openIndex(index: string | URL | ModelFiles, indexName = 'model.safetensors.index.json', options: OpenOptions = {}): Promise<SafetensorsWeights> {
+    let files: ModelFiles;
+    if (isModelFiles(index)) files = index;
+    else {
+      const r = await resolveModelString(index, options);
+      files = r.files;
+      indexName = r.entry ?? indexName;
+    }
+    const indexPath = files.pathOf(indexName);
+    const indexSource = await files.open(indexName);
+    if (!indexSource) throw new XqError('E_IO', `${indexPath}: no such file`);
+    const json = await readJsonFile(indexSource, CONFIG_JSON_MAX_BYTES, 'safetensors index');
     if (!isObject(json) || !isObject(json.weight_map)) {
       throw new XqFormatError(`${indexPath}: expected an object with a "weight_map" object`);
     }
-    const dir = dirname(indexPath);
     const shards = new Map<string, SafetensorsFile>();
     const byName = new Map<string, SafetensorsFile>();
     try {
       for (const [name, shard] of Object.entries(json.weight_map)) {
-        if (typeof shard !== 'string' || shard !== basename(shard) || shard === '..' || shard === '.' || shard === '') {
+        if (typeof shard !== 'string' || /[\\/]/.test(shard) || shard === '..' || shard === '.' || shard === '') {
           throw new XqFormatError(`${indexPath}: weight_map['${name}'] must be a file name in the same directory, got ${JSON.stringify(shard)}`);
         }
         let f = shards.get(shard);
         if (!f) {
-          const p = join(dir, shard);
-          if (!existsSync(p)) throw new XqError('E_IO', `${indexPath}: shard '${shard}' listed for '${name}' does not exist`);
-          f = await SafetensorsFile.open(p);
+          const source = await files.open(shard);
+          if (!source) throw new XqError('E_IO', `${indexPath}: shard '${shard}' listed for '${name}' does not exist`);
+          f = await SafetensorsFile.open(source, options);
           shards.set(shard, f);
         }
         if (!f.header.tensors.has(name)) throw new XqFormatError(`${indexPath}: tensor '${name}' is mapped to '${shard}' but that shard does not contain it`);
@@ -87,31 +98,50 @@ export class SafetensorsWeights implements WeightSource {
   }
 }
 
-/** Read `config.json` (and `generation_config.json` when present) of a Hugging Face model directory. */
-export async function readHfConfig(dir: string): Promise<ModelConfig> {
-  const configPath = join(dir, 'config.json');
-  if (!existsSync(configPath)) throw new XqError('E_IO', `${dir}: no config.json (expected a Hugging Face model directory)`);
-  const raw = await readJsonFile(configPath, CONFIG_JSON_MAX_BYTES, 'config.json');
-  const genPath = join(dir, 'generation_config.json');
-  const gen = existsSync(genPath) ? await readJsonFile(genPath, CONFIG_JSON_MAX_BYTES, 'generation_config.json') : undefined;
+async function filesOf(dir: string | URL | ModelFiles, options: OpenOptions): Promise<ModelFiles> {
+  return isModelFiles(dir) ? dir : (await resolveModelString(dir, options)).files;
+}
+
+/**
+ * Read `config.json` (and `generation_config.json` when present) of a Hugging Face model directory: a path (Node), a
+ * URL, or the model's files (`ModelFiles`, e.g. files picked in a browser).
+ */
+export async function readHfConfig(dir: string | URL | ModelFiles, options: OpenOptions = {}): Promise<ModelConfig> {
+  const files = await filesOf(dir, options);
+  const configPath = files.pathOf('config.json');
+  const config = await files.open('config.json');
+  if (!config) throw new XqError('E_IO', `${files.name}: no config.json (expected a Hugging Face model directory)`);
+  const raw = await readJsonFile(config, CONFIG_JSON_MAX_BYTES, 'config.json');
+  const genSource = await files.open('generation_config.json');
+  const gen = genSource ? await readJsonFile(genSource, CONFIG_JSON_MAX_BYTES, 'generation_config.json') : undefined;
   return parseHfConfig(raw, configPath, gen);
 }
 
 /**
- * Open the safetensors weights of a model directory: `model.safetensors.index.json` (sharded) if present,
- * else `model.safetensors`, else the only `*.safetensors` file.
+ * Open the safetensors weights of a model directory (a path, a URL, or `ModelFiles`):
+ * `model.safetensors.index.json` (sharded) if present, else `model.safetensors`, else the only `*.safetensors` file
+ * (when the files can be listed: not over HTTP).
  */
-export async function openHfWeights(dir: string): Promise<SafetensorsWeights> {
-  const index = join(dir, 'model.safetensors.index.json');
-  if (existsSync(index)) return SafetensorsWeights.openIndex(index);
-  const single = join(dir, 'model.safetensors');
-  if (existsSync(single)) return SafetensorsWeights.openFile(single);
-  const found = readdirSync(dir).filter((f) => f.endsWith('.safetensors') && statSync(join(dir, f)).isFile());
-  if (found.length === 1) return SafetensorsWeights.openFile(join(dir, found[0]!));
+export async function openHfWeights(dir: string | URL | ModelFiles, options: OpenOptions = {}): Promise<SafetensorsWeights> {
+  const files = await filesOf(dir, options);
+  const index = await files.open('model.safetensors.index.json');
+  if (index) {
+    await index.close?.();
+    return SafetensorsWeights.openIndex(files, 'model.safetensors.index.json', options);
+  }
+  const single = await files.open('model.safetensors');
+  if (single) return SafetensorsWeights.openFile(single, options);
+  const found = files.list ? (await files.list()).filter((f) => f.endsWith('.safetensors')) : undefined;
+  if (found?.length === 1) {
+    const only = await files.open(found[0]!);
+    if (only) return SafetensorsWeights.openFile(only, options);
+  }
   throw new XqError(
     'E_IO',
-    found.length === 0
-      ? `${dir}: no model.safetensors.index.json, model.safetensors or other *.safetensors file`
-      : `${dir}: ${found.length} *.safetensors files but no model.safetensors.index.json saying how they fit together`,
+    found === undefined
+      ? `${files.name}: no model.safetensors.index.json or model.safetensors (other *.safetensors names cannot be found without a directory listing: name the file)`
+      : found.length === 0
+        ? `${files.name}: no model.safetensors.index.json, model.safetensors or other *.safetensors file`
+        : `${files.name}: ${found.length} *.safetensors files but no model.safetensors.index.json saying how they fit together`,
   );
 }

@@ -1,4 +1,6 @@
 import { XqFormatError, halfTable } from '@xquant/quant';
+import type { SourceInput } from '../io/byte-source.js';
+import type { OpenOptions } from '../io/platform.js';
 import { BoundedFile, isObject, parseJson } from './file.js';
 
 /** Element types a safetensors file may declare. */
@@ -182,9 +184,12 @@ async function readHeader(file: BoundedFile): Promise<SafetensorsHeader> {
   return validateSafetensorsHeader(json, path, n, size);
 }
 
-/** Read and validate only the header of a safetensors file (the JSON, not the data). */
-export async function readSafetensorsHeader(path: string): Promise<SafetensorsHeader> {
-  const f = await BoundedFile.open(path);
+/**
+ * Read and validate only the header of a safetensors file (the JSON, not the data). `input`: a path (Node) or URL
+ * (browsers) string, a `URL`, a `Blob`, bytes, or a `ByteSource`.
+ */
+export async function readSafetensorsHeader(input: SourceInput, options: OpenOptions = {}): Promise<SafetensorsHeader> {
+  const f = await BoundedFile.open(input, options);
   try {
     return await readHeader(f);
   } finally {
@@ -229,9 +234,13 @@ export class SafetensorsFile {
     readonly header: SafetensorsHeader,
   ) {}
 
-  /** Open and validate `path`. Call {@link SafetensorsFile.close} when done. */
-  static async open(path: string): Promise<SafetensorsFile> {
-    const f = await BoundedFile.open(path);
+  /**
+   * Open and validate a safetensors file: a path (Node) or URL (browsers) string, a `URL`, a `Blob`, bytes, or a
+   * `ByteSource` (read by byte ranges: the header first, then one tensor per read). Call {@link SafetensorsFile.close}
+   * when done.
+   */
+  static async open(input: SourceInput, options: OpenOptions = {}): Promise<SafetensorsFile> {
+    const f = await BoundedFile.open(input, options);
     try {
       return new SafetensorsFile(f, await readHeader(f));
     } catch (e) {
