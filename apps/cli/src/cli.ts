@@ -11,6 +11,7 @@ const COMMANDS: Record<string, () => Promise<CommandModule>> = {
   report: () => import('./commands/report.js'),
   plan: () => import('./commands/plan.js'),
   generate: () => import('./commands/generate.js'),
+  gpu: () => import('./commands/gpu.js'),
 };
 
 async function main(argv: string[]): Promise<number> {

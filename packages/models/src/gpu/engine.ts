@@ -132,7 +132,7 @@ function toHalfPairs(x: Float32Array, name: string): Uint32Array {
 
 /**
  * A Llama / Qwen2 decoder that runs every decode step on the GPU (raw WebGPU): fp16 weights, a device-resident KV
- * cache ({@link DeviceKvCache}: `full` fp16 rows or any quantized configuration), RMSNorm fused into the following
+ * cache (`DeviceKvCache` of `@xquant/webgpu`: `full` fp16 rows or any quantized configuration), RMSNorm fused into the following
  * matrix-vector product, SwiGLU fused into the gate/up product, and sampling on the device. One command buffer per
  * position; the only data read back is the sampled token id, and up to `inFlight` positions are queued ahead of it.
  */
@@ -555,7 +555,7 @@ export class GpuDecoder {
   }
 
   /**
-   * Benchmarks: make the cache hold `tokens` positions of synthetic content (see {@link DeviceKvCache.fillSynthetic})
+   * Benchmarks: make the cache hold `tokens` positions of synthetic content (see `DeviceKvCache.fillSynthetic` of `@xquant/webgpu`)
    * so decoding can be timed at long contexts without running the model over them.
    */
   async fillSynthetic(tokens: number, seed = 1): Promise<void> {

@@ -5,7 +5,7 @@ import type { ModelConfig } from '../config.js';
 import { loadGguf } from '../loaders/gguf.js';
 import { SafetensorsWeights, openHfWeights, readHfConfig } from '../loaders/hf-dir.js';
 import { loadTokenizer, type TextTokenizer } from '../tokenizer.js';
-import { GpuDecoder, type GpuDecoderOptions } from './engine.js';
+import { GpuDecoder, type GpuDecoderOptions } from '../gpu/engine.js';
 
 /** A model loaded onto the GPU: the decoder, its tokenizer and configuration. */
 export interface LoadedGpuDecoder {

@@ -1,0 +1,90 @@
+import { loadGpuDecoder } from '@xquant/models/gpu';
+import { PRESETS, resolveCacheConfig } from '@xquant/tfjs';
+import { requestNodeDevice } from '@xquant/webgpu';
+import { parseCommandArgs, sharedOptions } from '../args.js';
+
+/** One-line description shown by `xquant --help`. */
+export const summary = 'generate on the GPU with the device-resident decoder (raw WebGPU: fp16 weights, KV cache on the device)';
+
+const USAGE = `usage: xquant gpu --model DIR|FILE --prompt TEXT [options]
+
+Runs every decode step on the GPU (WebGPU through Dawn): fp16 weights, the KV cache kept and quantized on the
+device, sampling on the device, one token id read back per step. Prints the text, then ms/token and the cache's
+bytes to stderr. Needs a WebGPU adapter (a GPU with Vulkan, or Mesa's lavapipe: scripts/setup-webgpu.sh).
+
+options:
+  --model DIR|FILE        model directory, .safetensors or .gguf file (required)
+  --prompt TEXT           prompt text; the tokenizer adds BOS (required)
+  --cache PRESET          full (fp16 rows) or a quantized preset: ${PRESETS.filter((p) => p.id !== 'full').map((p) => p.id).join(', ')}
+  --residual-length R     residual window of quantized presets (a multiple of 16; default 32)
+  --max-new-tokens N      tokens to generate (default 32)
+  --temperature T         0 = greedy (default 0); > 0 samples on the device (Gumbel-max)
+  --seed S                sampler seed (default 0)
+  --context N             positions to allocate (default: prompt + new tokens)
+  --json                  print one JSON object instead of text
+  -h, --help              show this help`;
+
+/** `xquant gpu …`; returns the exit code (0 ok, 1 runtime error, 2 usage error). */
+export async function run(argv: string[]): Promise<number> {
+  const parsed = parseCommandArgs('gpu', USAGE, argv, {
+    ...sharedOptions('model', 'residual-length', 'json'),
+    prompt: { type: 'string' },
+    cache: { type: 'string', default: 'full' },
+    'max-new-tokens': { type: 'string', default: '32' },
+    temperature: { type: 'string', default: '0' },
+    seed: { type: 'string', default: '0' },
+    context: { type: 'string' },
+  }, { ints: { 'residual-length': 'one' } });
+  if (typeof parsed === 'number') return parsed;
+  const v = parsed.values as Record<string, string | boolean | number | undefined>;
+  const usage = (msg: string) => {
+    console.error(`xquant gpu: ${msg}\n\n${USAGE}`);
+    return 2;
+  };
+  if (typeof v.model !== 'string' || typeof v.prompt !== 'string') return usage('--model and --prompt are required');
+  const maxNew = Number(v['max-new-tokens']);
+  const temperature = Number(v.temperature);
+  const seed = Number(v.seed);
+  if (!Number.isInteger(maxNew) || maxNew < 1) return usage(`--max-new-tokens must be a positive integer, got '${String(v['max-new-tokens'])}'`);
+  if (!Number.isFinite(temperature) || temperature < 0) return usage(`--temperature must be a number ≥ 0, got '${String(v.temperature)}'`);
+  if (!Number.isInteger(seed)) return usage(`--seed must be an integer, got '${String(v.seed)}'`);
+  process.env.XDG_RUNTIME_DIR ??= '/tmp';
+  const gpu = await requestNodeDevice();
+  if (!gpu) {
+    console.error('xquant gpu: no WebGPU adapter found (a GPU with Vulkan, or lavapipe: scripts/setup-webgpu.sh)');
+    return 1;
+  }
+  try {
+    const cacheId = String(v.cache);
+    // weights once (with a small full cache), then the requested cache sized for this prompt
+    const { decoder, config, tokenizer } = await loadGpuDecoder(v.model, gpu.device, { cache: { kind: 'full' }, capacity: 16 });
+    const ids = tokenizer.encode(v.prompt);
+    const capacity = v.context !== undefined ? Number(v.context) : ids.length + maxNew;
+    if (!Number.isInteger(capacity) || capacity < ids.length + maxNew) {
+      decoder.dispose();
+      return usage(`--context must be an integer ≥ prompt + new tokens (${ids.length + maxNew})`);
+    }
+    const shape = { layers: config.numLayers, kvHeads: config.numKvHeads, headDim: config.headDim };
+    const spec = cacheId === 'full' ? ({ kind: 'full' } as const) : ({ kind: 'quantized', config: resolveCacheConfig(cacheId, shape, { residualLength: (v['residual-length'] as number | undefined) ?? 32 }) } as const);
+    await decoder.replaceCache(spec, capacity);
+    try {
+      const out = await decoder.generate({ prompt: ids, maxNewTokens: maxNew, temperature, seed });
+      const text = tokenizer.decode(out.tokens);
+      const mem = decoder.memory();
+      const info = { adapter: gpu.info, cache: cacheId, promptTokens: ids.length, ids: out.tokens, text, prefillMs: out.prefillMs, msPerToken: out.msPerToken, memory: mem };
+      if (v.json) console.log(JSON.stringify(info));
+      else {
+        console.log(v.prompt + text);
+        console.error(
+          `gpu: ${gpu.info.vendor} ${gpu.info.device || gpu.info.description} · ${cacheId} · ${out.msPerToken.toFixed(2)} ms/token · ` +
+            `KV ${(mem.cache.usedBytes / 2 ** 20).toFixed(2)} MiB (${mem.cache.trueBitsPerElement.toFixed(2)} stored bits per element) · weights ${(mem.weightBytes / 2 ** 20).toFixed(0)} MiB`,
+        );
+      }
+      return 0;
+    } finally {
+      decoder.dispose();
+    }
+  } finally {
+    gpu.device.destroy();
+  }
+}

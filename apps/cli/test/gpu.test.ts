@@ -1,0 +1,38 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { describe, expect, test } from 'vitest';
+import { requestNodeDevice } from '@xquant/webgpu';
+
+const CLI = resolve(process.env.XQ_CLI ?? 'apps/cli/dist/cli.js');
+const MODEL = resolve('models/xq-demo');
+process.env.XDG_RUNTIME_DIR ??= '/tmp';
+const built = existsSync(CLI) && /\bgpu\b/.test(spawnSync(process.execPath, [CLI, '--help'], { encoding: 'utf8', timeout: 60_000 }).stdout ?? '');
+let adapter = false;
+try {
+  const g = await requestNodeDevice();
+  adapter = g !== null;
+  g?.device.destroy();
+} catch {
+  adapter = false;
+}
+
+function xquant(command: string, ...args: string[]) {
+  const r = spawnSync(process.execPath, [CLI, command, ...args], { encoding: 'utf8', timeout: 300_000, env: { ...process.env, GALLIVM_PERF: 'nopt' } });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+describe.skipIf(!built || !adapter)(`xquant gpu (built CLI, WebGPU adapter) — ${!built ? 'needs a pnpm build with the gpu command' : !adapter ? 'no WebGPU adapter (scripts/setup-webgpu.sh)' : 'ready'}`, () => {
+  test('usage errors exit 2; greedy ids with the full cache equal `xquant generate` on the bundled model', () => {
+    expect(xquant('gpu', '--prompt', 'x').code).toBe(2);
+    expect(xquant('gpu', '--model', MODEL, '--prompt', 'x', '--max-new-tokens', '0').stderr).toMatch(/--max-new-tokens must be a positive integer/);
+    const gpu = xquant('gpu', '--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '12', '--json');
+    expect(gpu.code, gpu.stderr).toBe(0);
+    const cpu = xquant('generate', '--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '12', '--ignore-eos', '--backend', 'wasm', '--json');
+    expect(cpu.code, cpu.stderr).toBe(0);
+    const g = JSON.parse(gpu.stdout.trim().split('\n').pop()!) as { ids: number[]; memory: { cache: { tokens: number } } };
+    const c = JSON.parse(cpu.stdout.trim().split('\n').pop()!) as { ids: number[] };
+    expect(g.ids).toEqual(c.ids);
+    expect(g.memory.cache.tokens).toBeGreaterThan(12);
+  }, 600_000);
+});
