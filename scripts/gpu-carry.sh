@@ -4,6 +4,7 @@
 # and the `webgpu` package), the random-checkpoint script, the torch peer, a tokenizer, the trained models' configs and
 # the Llama R = 32 plan; and the Vulkan/GL loader debs into .gl (both git-ignored through .git/info/exclude).
 # Usage (repo root, after `pnpm install`): bash scripts/gpu-carry.sh   — then see docs/gpu/README.md for the run.
+# BENCH=path/to/other-bench.mjs bundles another benchmark instead (packages/webgpu/bench/pack-carry.sh does).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -11,7 +12,8 @@ for d in /.gpu-carry/ /.gl/; do grep -qx "$d" .git/info/exclude 2>/dev/null || e
 pnpm build >/dev/null
 STAGE=.gpu-carry/stage
 rm -rf "$STAGE" && mkdir -p "$STAGE/dist/linux-x64" "$STAGE/configs"
-pnpm exec esbuild packages/models/bench/gpu-decode.bench.mjs --bundle --platform=node --format=esm --target=node20 \
+BENCH=${BENCH:-packages/models/bench/gpu-decode.bench.mjs}
+pnpm exec esbuild "$BENCH" --bundle --platform=node --format=esm --target=node20 \
   --outfile="$STAGE/bench.mjs" --log-level=warning \
   --banner:js="import { createRequire as __xqRequire } from 'node:module'; const require = __xqRequire(import.meta.url);"
 DAWN=$(node -e "const p=require('path');console.log(p.join(p.dirname(require.resolve('webgpu/package.json',{paths:['packages/webgpu']})),'dist/linux-x64/dawn.node'))")

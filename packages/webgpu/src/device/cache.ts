@@ -283,29 +283,22 @@ export class DeviceKvCache {
       const vs = cfg ? cfg.values[l]! : { bits: 16, codesFrom: null };
       const gk = cfg?.groupSize ?? 32;
       const gv = cfg?.valueGroupSize ?? gk;
-      const keys: DeviceStorage = ks.bits === 16
-        ? { kind: 'dense' }
-        : { kind: 'packed', bits: ks.bits as 1 | 2 | 4, groupSize: gk, donor: ks.codesFrom !== null, calibration: calibrationOf(cfg?.keyCalibrators?.[l], ks.bits, `layer ${l} keys`) };
-      const values: DeviceStorage = vs.bits === 16
-        ? { kind: 'dense' }
-        : { kind: 'packed', bits: vs.bits as 1 | 2 | 4, groupSize: gv, donor: vs.codesFrom !== null, calibration: calibrationOf(cfg?.valueCalibrators?.[l], vs.bits, `layer ${l} values`) };
-      // key buffer: dense fp16 rows, or [codes (own only) | meta]
-      let keyBytes: number;
-      let keyMetaOffset = 0;
-      if (keys.kind === 'dense') keyBytes = kvHeads * cap * D * 2;
-      else {
-        const codes = keys.donor ? 0 : align((kvHeads * D * cap * keys.bits) / 8);
-        keyMetaOffset = codes / 4;
-        keyBytes = codes + kvHeads * (cap / keys.groupSize) * D * 4;
-      }
-      let valueBytes: number;
-      let valueMetaOffset = 0;
-      if (values.kind === 'dense') valueBytes = kvHeads * cap * D * 2;
-      else {
-        const codes = values.donor ? 0 : align((kvHeads * cap * D * values.bits) / 8);
-        valueMetaOffset = codes / 4;
-        valueBytes = codes + kvHeads * cap * (D / values.groupSize) * 4;
-      }
+      const storage = (st: DeviceLayerStorage, g: number, cals: DeviceQuantizedConfig['keyCalibrators'], what: string): DeviceStorage =>
+        st.bits === 16
+          ? { kind: 'dense' }
+          : { kind: 'packed', bits: st.bits as 1 | 2 | 4, groupSize: g, donor: st.codesFrom !== null, calibration: calibrationOf(cals?.[l], st.bits, `layer ${l} ${what}`) };
+      const keys = storage(ks, gk, cfg?.keyCalibrators, 'keys');
+      const values = storage(vs, gv, cfg?.valueCalibrators, 'values');
+      // a layer's key or value buffer: dense fp16 rows, or [codes (own only) | fp16 scale/zero]; the same element count
+      // (kvHeads · capacity · headDim) either way, grouped along tokens (keys) or channels (values)
+      const sizes = (st: DeviceStorage): { bytes: number; metaOffset: number } => {
+        const elems = kvHeads * cap * D;
+        if (st.kind === 'dense') return { bytes: elems * 2, metaOffset: 0 };
+        const codes = st.donor ? 0 : align((elems * st.bits) / 8);
+        return { bytes: codes + (elems / st.groupSize) * 4, metaOffset: codes / 4 };
+      };
+      const { bytes: keyBytes, metaOffset: keyMetaOffset } = sizes(keys);
+      const { bytes: valueBytes, metaOffset: valueMetaOffset } = sizes(values);
       const keyRing = keys.kind === 'packed' ? align(kvHeads * (R + 1) * D * 4) : 0;
       const valueRing = values.kind === 'packed' ? kvHeads * (R + 2) * D * 4 : 0;
       const rk: DeviceOperand = keys.kind === 'dense' ? { kind: 'dense' } : { kind: 'packed', bits: keys.bits, groupSize: keys.groupSize };
