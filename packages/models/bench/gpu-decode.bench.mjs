@@ -120,7 +120,7 @@ async function readCeiling() {
 function tuningOf(v) {
   const [workgroup, slot, unroll, valueUnroll, headsPerGroup, valueSlot, skip] = v.split('x').map(Number);
   const t = { workgroup, slot };
-  if (skip) t.debugSkip = skip === 1 ? 'keys' : 'values';
+  if (skip) t.debugSkip = ['keys', 'values', 'both', 'all'][skip - 1];
   if (unroll) t.unroll = unroll;
   if (valueUnroll) t.valueUnroll = valueUnroll;
   if (headsPerGroup) t.headsPerGroup = headsPerGroup;

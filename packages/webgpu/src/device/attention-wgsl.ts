@@ -41,7 +41,7 @@ export interface DecodeSpec {
   /** Value tokens whose loads are issued together (default 4). */
   valueUnroll?: number;
   /** Benchmarks only: leave out the packed key reduction or the packed value loop (wrong results) to time the rest. */
-  debugSkip?: 'keys' | 'values';
+  debugSkip?: 'keys' | 'values' | 'both' | 'all';
   /** Channels of a packed value row one thread reads: 8 or 16 (default 16); 8 halves the accumulators. */
   valueSlot?: number;
 }
@@ -174,7 +174,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
     if (sb < 32) push(`let ksh = (t0 * ${kp.bits}u) % 32u;`);
     push(`let kg = (kv * (S.cap / ${kp.groupSize}u) + t0 / ${kp.groupSize}u) * ${Q4}u;`);
     const U = Math.min(s.unroll, Q4);
-    if (s.debugSkip !== 'keys') {
+    if (s.debugSkip !== 'keys' && s.debugSkip !== 'both' && s.debugSkip !== 'all') {
       push(`for (var qd = 0u; qd < ${Q4}u; qd = qd + ${U}u) {`);
       for (let u = 0; u < U; u++) {
         for (let k = 0; k < nWords; k++) push(`let w${u}_${k} = kc[kw${k} + qd + ${u}u];`);
@@ -236,6 +236,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
   // ---- chunk softmax: scores to workgroup memory, max and sums over the chunk (few barriers, little live state) ----
   for (let i = 0; i < HG; i++) push(`red[${i * WG}u + lid] = lm${i};`);
   const tree = (op: (a: string, b: string) => string) => {
+    if (s.debugSkip === 'all') return push('workgroupBarrier();');
     push('workgroupBarrier();', `for (var st = ${WG / 2}u; st >= 1u; st = st >> 1u) {`, 'if (lid < st) {');
     for (let i = 0; i < HG; i++) push(`red[${i * WG}u + lid] = ${op(`red[${i * WG}u + lid]`, `red[${i * WG}u + lid + st]`)};`);
     push('}', 'workgroupBarrier();', '}');
@@ -271,32 +272,34 @@ export function decodeKernelSource(s: DecodeSpec): string {
     if (vbits < 32) push(`let vsh = (cs * ${vbits}u) % 32u;`);
     push(`let vg = (cs * ${VS}u) / ${vp.groupSize}u;`);
     push('let tvl = select(0u, S.tv - 1u, S.tv > 0u);');
-    if (s.debugSkip !== 'values') {
-    push(`for (var it = 0u; it < ${ITER}u; it = it + ${UV}u) {`);
-    for (let u = 0; u < UV; u++) {
-      push(`let tl${u} = tg + (it + ${u}u) * ${TLN}u;`, `let t${u} = c0 + tl${u};`, `let row${u} = kv * S.cap + min(t${u}, tvl);`);
-      words.forEach((w, k) => push(`let x${u}_${k} = vc[row${u} * ${WV}u + ${w}];`));
-      push(`let nz${u} = unpack2x16float(vm[row${u} * ${GV}u + vg]);`);
-    }
-    for (let u = 0; u < UV; u++) {
-      for (let i = 0; i < HG; i++) push(`let p${u}_${i} = sc[${i * C}u + tl${u}];`);
-      push(`if (t${u} < S.tv) {`);
-      const xs = words.map((_, k) => `x${u}_${k}`);
-      push(...decodeN(vp.bits, vbits < 32 ? [`(${xs[0]} >> vsh)`] : xs.flatMap((x) => [x, `(${x} >> 16u)`]), `d${u}`, VS));
-      for (let i = 0; i < HG; i++) {
-        push(`let w${u}_${i} = p${u}_${i} * nz${u}.x;`, `vb${i} = fma(p${u}_${i}, nz${u}.y, vb${i});`);
-        for (let j = 0; j < VS; j++) push(`v${i}_${j} = fma(w${u}_${i}, d${u}_${j}, v${i}_${j});`);
+    if (s.debugSkip !== 'values' && s.debugSkip !== 'both' && s.debugSkip !== 'all') {
+      // packed rows of the chunk, branch-free: a token past tv reads a clamped row with weight 0
+      push(`for (var it = 0u; it < ${ITER}u; it = it + ${UV}u) {`);
+      for (let u = 0; u < UV; u++) {
+        push(`let tl${u} = tg + (it + ${u}u) * ${TLN}u;`, `let t${u} = c0 + tl${u};`, `let row${u} = kv * S.cap + min(t${u}, tvl);`);
+        words.forEach((w, k) => push(`let x${u}_${k} = vc[row${u} * ${WV}u + ${w}];`));
+        push(`let nz${u} = unpack2x16float(vm[row${u} * ${GV}u + vg]);`);
       }
-      if (s.residual) {
-        push(`} else if (t${u} < S.n) {`, `let rb = (kv * S.vring + t${u} % S.vring) * ${Q4}u + cs * ${VS / 4}u;`);
-        for (let k = 0; k < VS / 4; k++) push(`let y${k} = rv[rb + ${k}u];`);
+      for (let u = 0; u < UV; u++) {
+        const xs = words.map((_, k) => `x${u}_${k}`);
+        push(...decodeN(vp.bits, vbits < 32 ? [`(${xs[0]} >> vsh)`] : xs.flatMap((x) => [x, `(${x} >> 16u)`]), `d${u}`, VS));
         for (let i = 0; i < HG; i++) {
-          for (let j = 0; j < VS; j++) push(`v${i}_${j} = fma(p${u}_${i} * ${f(2 ** pos[j]!)}, y${j >> 2}.${'xyzw'[j & 3]}, v${i}_${j});`);
+          push(`let p${u}_${i} = select(0.0, sc[${i * C}u + tl${u}], t${u} < S.tv);`);
+          push(`let w${u}_${i} = p${u}_${i} * nz${u}.x;`, `vb${i} = fma(p${u}_${i}, nz${u}.y, vb${i});`);
+          for (let j = 0; j < VS; j++) push(`v${i}_${j} = fma(w${u}_${i}, d${u}_${j}, v${i}_${j});`);
         }
       }
       push('}');
-    }
-    push('}');
+      if (s.residual) {
+        // full-precision rows of the ring (positions tv … n−1 that fall in this chunk), one token per lane at a time
+        push(`for (var t = max(c0, S.tv) + tg; t < min(c0 + ${C}u, S.n); t = t + ${TLN}u) {`, `let rb = (kv * S.vring + t % S.vring) * ${Q4}u + cs * ${VS / 4}u;`);
+        for (let k = 0; k < VS / 4; k++) push(`let y${k} = rv[rb + ${k}u];`);
+        for (let i = 0; i < HG; i++) {
+          push(`let pr${i} = sc[${i * C}u + t - c0];`);
+          for (let j = 0; j < VS; j++) push(`v${i}_${j} = fma(pr${i} * ${f(2 ** pos[j]!)}, y${j >> 2}.${'xyzw'[j & 3]}, v${i}_${j});`);
+        }
+        push('}');
+      }
     }
     for (let i = 0; i < HG; i++) for (let j = 0; j < VS; j++) push(`v${i}_${j} = v${i}_${j} * ${f(2 ** -pos[j]!)} + vb${i};`);
   } else {

@@ -81,7 +81,7 @@ export interface DeviceAttentionTuning {
   /** Channels of a packed value row per thread: 8 or 16. */
   valueSlot?: number;
   /** Benchmarks only (wrong results): leave out the packed key reduction or value loop to time the rest. @internal */
-  debugSkip?: 'keys' | 'values';
+  debugSkip?: 'keys' | 'values' | 'both' | 'all';
   /**
    * Geometry for short contexts, used while the main one would leave the GPU idle (fewer than 256 workgroups):
    * default `{ workgroup: 32, slot: 4 }` (128-token chunks). `null`: always the main geometry.
