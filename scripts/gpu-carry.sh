@@ -16,6 +16,10 @@ BENCH=${BENCH:-packages/models/bench/gpu-decode.bench.mjs}
 pnpm exec esbuild "$BENCH" --bundle --platform=node --format=esm --target=node20 \
   --outfile="$STAGE/bench.mjs" --log-level=warning \
   --banner:js="import { createRequire as __xqRequire } from 'node:module'; const require = __xqRequire(import.meta.url);"
+# the WGSL compute ceilings (FMA, decode+FMA, value loop) measured in the same call
+pnpm exec esbuild packages/webgpu/bench/wgsl-ceilings.bench.mjs --bundle --platform=node --format=esm --target=node20 \
+  --outfile="$STAGE/ceil.mjs" --log-level=warning \
+  --banner:js="import { createRequire as __xqRequire } from 'node:module'; const require = __xqRequire(import.meta.url);"
 DAWN=$(node -e "const p=require('path');console.log(p.join(p.dirname(require.resolve('webgpu/package.json',{paths:['packages/webgpu']})),'dist/linux-x64/dawn.node'))")
 cp "$DAWN" "$STAGE/dist/linux-x64/dawn.node"
 cp "$(command -v node)" "$STAGE/node"

@@ -11,7 +11,7 @@ const torch = JSON.parse(readFileSync(join(dir, 'torch-peer.json'), 'utf8'));
 const torchBest = (T, kv) => torch.rows.find((r) => r.T === T && r.kvHeads === kv && r.backend === 'best')?.ms ?? null;
 
 // attention: the fastest geometry of each cache per shape (debug rows that skip a stage are left out)
-const real = run.attention.filter((r) => !r.error && !/x\d+x\d+x\d+x\d+x\d+x[12]$/.test(r.variant));
+const real = run.attention.filter((r) => !r.error && !/x\d+x\d+x\d+x\d+x\d+x[1-4]$/.test(r.variant));
 const shapes = [...new Set(real.map((r) => `${r.T}/${r.qHeads}/${r.kvHeads}/${r.headDim}`))];
 const attention = shapes.map((k) => {
   const [T, qHeads, kvHeads, headDim] = k.split('/').map(Number);

@@ -27,3 +27,7 @@ for m in ${MODELS//,/ }; do
   LIST="$LIST${LIST:+,}$m=$M/$m"
 done
 (cd "$W" && ./node bench.mjs --out "$OUT" --models "$LIST" --plan plan.json "$@") 2>&1 | grep -v 'Warning: max\|DEP0137\|trace-warnings\|file descriptor' | tee "$OUT/bench.log"
+if [ "${SKIP_CEILINGS:-0}" != 1 ]; then
+  (cd "$W" && ./node ceil.mjs --out "$OUT" --parts 131072) 2>&1 | grep -v 'Warning: max' > "$OUT/ceilings.log"
+  tail -16 "$OUT/ceilings.log"
+fi
