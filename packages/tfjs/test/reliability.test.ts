@@ -219,6 +219,27 @@ describe('issue 13 item 7: one input policy for every cache — no NaN out of at
     cache.dispose();
   });
 
+  it('fuzz regression: scores above 2^31 (q and k near the fp16 limit) give a finite output, not NaN (js-packed softmax)', () => {
+    // the packed kernel took the row max before storing the scaled scores in float32: the largest score then sat
+    // more than 104 below it, every exp underflowed to 0 and the output was 0/0
+    const P0 = [-1.5, -0.7, -0.1, 0, 0.2, 0.9, 1.3, 2.4];
+    const pick = (n: number, seed: number) => Float32Array.from({ length: n }, (_, i) => P0[(i * 7 + seed) % P0.length]!);
+    const cache = createKvCache('kivi-2', { layers: 1, kvHeads: 1, headDim: D }, { residualLength: 32 });
+    cache.prefill(0, tf.tensor3d(pick(31 * D, 1), [1, 31, D]), tf.tensor3d(pick(31 * D, 2), [1, 31, D]));
+    const big = Float32Array.from({ length: D }, (_, i) => (i % 2 ? 65504 : 60000));
+    cache.append(0, tf.tensor3d(big, [1, 1, D]), tf.tensor3d(pick(D, 3), [1, 1, D]));
+    cache.attend(0, tf.tensor3d(pick(D, 4), [1, 1, D])).dispose(); // flushes the 32 keys into a block
+    const { keys, values } = cache.dequantize(0);
+    const o = cache.attend(0, tf.tensor3d(big, [1, 1, D]));
+    const got = o.dataSync();
+    const ref = refAttention(big, keys.dataSync(), values.dataSync(), 1, 1, 1, 32, D);
+    for (let i = 0; i < D; i++) {
+      expect(Number.isFinite(got[i])).toBe(true);
+      expect(Math.abs(got[i]! - ref[i]!)).toBeLessThan(1e-3);
+    }
+    tf.dispose([o, keys, values]);
+  });
+
   it('quantized: keys near 1e38 are rejected at append (they overflow fp16), like the full cache rejects NaN', () => {
     const cache = createKvCache('kivi-2', { layers: 1, kvHeads: H, headDim: D }, { residualLength: 32 });
     expect(code(() => cache.prefill(0, t3(randn(H * 8 * D, 1).map((x) => x * 1e38), 8), t3(randn(H * 8 * D, 2), 8)))).toBe('XqNumericError:E_NON_FINITE');
