@@ -8,6 +8,7 @@ import {
   createKvCache,
   defineQuantizedStrategy,
   plainAttention,
+  chunkedAttention as tfjsChunked,
   resolveCacheConfig,
   uniformLayers,
   type AsyncKvCache,
@@ -267,5 +268,29 @@ describe('issue 13 items 8a, 9b: named upper limits, typed errors, no allocation
     expect(code(() => resolveCacheConfig('kivi-2', { layers: 2, kvHeads: 2, headDim: 32 }, { residualLength: 2 ** 30 }))).toBe('XqConfigError:E_RESIDUAL');
     expect(code(() => createKvCache('xquant-1.38', { layers: 2, kvHeads: 2, headDim: 32 }, { residualLength: 2 ** 30 }))).toBe('XqConfigError:E_RESIDUAL');
     cache.dispose();
+  });
+});
+
+describe('issue 13 item 9c: chunkedAttention computes the softmax per chunk (no concatenated row sliced back)', () => {
+  it('equals float64 attention over the concatenated K/V: 1–7 chunks of uneven length, q = 1…5 with the causal mask across chunks, GQA', () => {
+    for (const [lens, nq] of [[[5], 3], [[4, 9, 1], 5], [[16, 16, 16, 3], 1], [[1, 1, 1, 1, 1, 1, 1], 4], [[30, 2], 2]] as [number[], number][]) {
+      const T = lens.reduce((a, b) => a + b, 0);
+      const k = randn(H * T * D, T), v = randn(H * T * D, T + 1), q = randn(QH * nq * D, T + 2);
+      const slice = (x: Float32Array, off: number, n: number) => {
+        const out = new Float32Array(H * n * D);
+        for (let h = 0; h < H; h++) out.set(x.subarray((h * T + off) * D, (h * T + off + n) * D), h * n * D);
+        return tf.tensor3d(out, [H, n, D]);
+      };
+      let off = 0;
+      const ks: tf.Tensor3D[] = [], vs: tf.Tensor3D[] = [];
+      for (const n of lens) {
+        ks.push(slice(k, off, n));
+        vs.push(slice(v, off, n));
+        off += n;
+      }
+      const out = tfjsChunked(tf.tensor3d(q, [QH, nq, D]), ks, vs).dataSync();
+      const ref = refAttention(q, k, v, QH, nq, H, T, D);
+      for (let i = 0; i < ref.length; i++) expect(Math.abs(out[i]! - ref[i]!)).toBeLessThan(1e-5);
+    }
   });
 });
