@@ -3,6 +3,7 @@ import {
   XqShapeError,
   assertBits,
   assertFinite,
+  boundScale,
   rounder,
   type Bits,
   type GroupStats,
@@ -44,7 +45,9 @@ export function assertEta(eta: number, what = 'eta'): void {
  * XQuant calibration of one group's scale `s` and zero-point `z` for `bits`-bit codes, in the reference's exact
  * evaluation order (`mn += rev·scale·γ; scale *= (1−2γ)`, rev = 2^bits − 1). With h the rounding of `precision`:
  * `t1 = h(s·rev)`, `t2 = h(t1·f(η))`, `z′ = h(z + t2)`, `s′ = h(s·f(1−2η))` (f = float32 rounding; z is updated with the
- * uncalibrated scale). Does not validate its arguments; see {@link calibrateStats}.
+ * uncalibrated scale). Outside the reference's range the result stays finite: `t1` is left unrounded where it overflows,
+ * and the scale is lowered by {@link @xquant/quant!boundScale} where the top code would dequantize to ±Infinity (never for
+ * statistics the reference calibrates without overflow). Does not validate its arguments; see {@link calibrateStats}.
  */
 export function calibrateScaleZero(
   scale: number,
@@ -62,9 +65,11 @@ export function calibrateScaleZero(
   const rev = (1 << bits) - 1;
   const etaF = Math.fround(eta);
   const shrinkF = Math.fround(1 - 2 * eta);
-  const t1 = r(scale * rev);
+  let t1 = r(scale * rev);
+  if (t1 === Infinity) t1 = scale * rev;
   const t2 = r(t1 * etaF);
-  return { scale: r(scale * shrinkF), zero: r(zero + t2) };
+  const z = r(zero + t2);
+  return { scale: boundScale(r(scale * shrinkF), z, bits, precision), zero: z };
 }
 
 /** Throws unless `stats` is well-formed: bits, precision, positive dims, group size dividing cols, array lengths, finite values. */

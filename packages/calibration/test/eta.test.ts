@@ -5,6 +5,7 @@ import {
   XqConfigError,
   XqError,
   dequantizeRows,
+  dequantizeValue,
   packCodes,
   quantizeRows,
   roundHalf,
@@ -168,4 +169,21 @@ describe('presets and etaCalibrator', () => {
     expect(() => etaCalibrator({ etaByBits: { 3: 0.1 } as never })).toThrow(XqConfigError);
     expect(() => etaCalibrator({ etaByBits: null as never })).toThrow(XqConfigError);
   });
+});
+
+describe('issue 13 item 2: calibrated statistics of groups at the top of the range dequantize finite', () => {
+  for (const [name, vals] of [['{65504, 0}', [65504, 0]], ['{65504, -65504}', [65504, -65504]], ['{-65504, 0}', [-65504, 0]]] as const) {
+    for (const bits of [1, 2, 4, 8] as const) {
+      test(`${name}, ${bits} bits`, () => {
+        const x = Float32Array.from({ length: 32 }, (_, i) => vals[i % 2]!);
+        const q = quantizeRows(x, 1, 32, { bits, groupSize: 32 });
+        for (const eta of [0, 0.045, 1 / 6, 0.49]) {
+          const c = calibrateStats(q, eta);
+          const deq = dequantizeRows(q.codes, c);
+          expect(deq.every(Number.isFinite)).toBe(true);
+          expect(Number.isFinite(dequantizeValue((1 << bits) - 1, c.scale[0]!, c.zero[0]!, bits, 'fp16'))).toBe(true);
+        }
+      });
+    }
+  }
 });

@@ -10,6 +10,7 @@ export * from './fp16.js';
 export * from './pack.js';
 export * from './quantize.js';
 export * from './kv.js';
+export { boundScale, dequantizeValue, OVERFLOW_AT, PRECISION_MAX } from './core.js';
 export * from './kernels/packed-attention.js';
 export {
   assertPackedKvLayout,

@@ -54,11 +54,6 @@ function storageRounded(x: ArrayLike<number>, shape: KvBlockShape, axis: QuantAx
   return xr;
 }
 
-const rowWhere = (axis: QuantAxis, s: KvBlockShape) => (row: number, col: number): string =>
-  axis === 'channel'
-    ? `head ${Math.floor(row / s.headDim)}, channel ${row % s.headDim}, tokens ${col}…`
-    : `head ${Math.floor(row / s.tokens)}, token ${row % s.tokens}, channels ${col}…`;
-
 /** `[heads, tokens, headDim]` → `[heads, headDim, tokens]` (as float32) */
 export function transposeTokensChannels(x: ArrayLike<number>, shape: KvBlockShape): Float32Array {
   const { heads, tokens, headDim } = shape;
@@ -111,7 +106,7 @@ function quantizeKv(x: ArrayLike<number>, shape: KvBlockShape, axis: QuantAxis, 
   const [rows, cols] = rowsOf(axis, shape);
   const precision = checkOptions(rows, cols, opts, axis === 'channel' ? 'tokens' : 'headDim');
   const xr = storageRounded(x, shape, axis, precision, what);
-  const stats = statsOfRounded(xr, rows, cols, opts.bits, opts.groupSize, precision, rowWhere(axis, shape));
+  const stats = statsOfRounded(xr, rows, cols, opts.bits, opts.groupSize, precision);
   const packed = packCodes(codesOfRounded(xr, stats), rows, cols, opts.bits);
   return { ...stats, ...shape, axis, packed };
 }
@@ -131,7 +126,7 @@ export function kvStats(x: ArrayLike<number>, shape: KvBlockShape, axis: QuantAx
   const [rows, cols] = rowsOf(axis, shape);
   const precision = checkOptions(rows, cols, opts, axis === 'channel' ? 'tokens' : 'headDim');
   const xr = storageRounded(x, shape, axis, precision, what);
-  return { ...statsOfRounded(xr, rows, cols, opts.bits, opts.groupSize, precision, rowWhere(axis, shape)), ...shape, axis };
+  return { ...statsOfRounded(xr, rows, cols, opts.bits, opts.groupSize, precision), ...shape, axis };
 }
 
 /**

@@ -1,4 +1,4 @@
-import { checkOptions, codesOfRounded, roundAndCheck, statsOfRounded } from './core.js';
+import { OVERFLOW_AT, checkOptions, codesOfRounded, roundAndCheck, statsOfRounded } from './core.js';
 import { roundHalf, roundHalfInPlace } from './fp16.js';
 import { assertLength, type Bits, type GroupQuantOptions, type Precision } from './types.js';
 
@@ -44,19 +44,18 @@ function roundedCopy(x: ArrayLike<number>, n: number, precision: Precision, cols
   return xr;
 }
 
-const rowColWhere = (row: number, col: number) => `row ${row}, column ${col}`;
-
 /**
  * Scale and zero-point of every group, without codes (the reference's `anno=1`), used by the upper
  * layer of a cross-layer group. `scale = (max − min)/(2^bits − 1)` computed as `R · (1/m)`, `zero = min`.
  * @throws {@link XqConfigError} for unsupported bits or group size, {@link XqShapeError} for a length mismatch,
- * {@link XqNumericError} for NaN/±Infinity or a value or group range that overflows the precision.
+ * {@link XqNumericError} for NaN/±Infinity or a value that overflows the precision. A group wider than the precision's
+ * range is quantized all the same (its range taken exactly, see {@link boundScale}): finite inputs give finite statistics.
  */
 export function groupStats(x: ArrayLike<number>, rows: number, cols: number, opts: GroupQuantOptions): GroupStats {
   const precision = checkOptions(rows, cols, opts);
   assertLength(x, rows * cols, 'input');
   const xr = roundedCopy(x, rows * cols, precision, cols);
-  return statsOfRounded(xr, rows, cols, opts.bits, opts.groupSize, precision, rowColWhere);
+  return statsOfRounded(xr, rows, cols, opts.bits, opts.groupSize, precision);
 }
 
 /**
@@ -64,18 +63,21 @@ export function groupStats(x: ArrayLike<number>, rows: number, cols: number, opt
  * Follows the reference arithmetic exactly: `d = r(r(x − min) / scale)`, clamp to `[0, 2^bits − 1]`,
  * round half to even; a constant group (scale 0) gives code 0.
  * @throws {@link XqConfigError} for unsupported bits or group size, {@link XqShapeError} for a length mismatch,
- * {@link XqNumericError} for NaN/±Infinity or a value or group range that overflows the precision.
+ * {@link XqNumericError} for NaN/±Infinity or a value that overflows the precision. A group wider than the precision's
+ * range is quantized all the same (its range taken exactly, see {@link boundScale}): finite inputs give finite statistics.
  */
 export function quantizeRows(x: ArrayLike<number>, rows: number, cols: number, opts: GroupQuantOptions): QuantizedRows {
   const precision = checkOptions(rows, cols, opts);
   assertLength(x, rows * cols, 'input');
   const xr = roundedCopy(x, rows * cols, precision, cols);
-  const stats = statsOfRounded(xr, rows, cols, opts.bits, opts.groupSize, precision, rowColWhere);
+  const stats = statsOfRounded(xr, rows, cols, opts.bits, opts.groupSize, precision);
   return { ...stats, codes: codesOfRounded(xr, stats) };
 }
 
 /**
  * Dequantize codes with group statistics: `x̂ = r(r(code·scale) + zero)` (two roundings, no FMA, as the reference).
+ * In a group where `r((2^bits − 1)·scale)` overflows the precision (a range the reference cannot represent) the
+ * product is not rounded on its own: `x̂ = r(code·scale + zero)`, finite for statistics from this package's quantizers.
  * `codes` may come from another block (cross-layer sharing) as long as the shapes agree.
  * @throws {@link XqShapeError} when `codes` does not have `rows·cols` elements.
  */
@@ -96,5 +98,15 @@ export function dequantizeRows(codes: Uint8Array, stats: GroupStats): Float32Arr
     for (const e = i + groupSize; i < e; i++) out[i] = out[i]! + z;
   }
   if (half) roundHalfInPlace(out);
+  // groups wider than the precision's range: one rounding
+  const m = (1 << stats.bits) - 1;
+  const ovf = OVERFLOW_AT[stats.precision];
+  const r = rounder(stats.precision);
+  for (let k = 0; k < rows * groups; k++) {
+    const s = scale[k]!;
+    if (!(m * s >= ovf)) continue;
+    const z = zero[k]!;
+    for (let i = k * groupSize, e = i + groupSize; i < e; i++) out[i] = r(codes[i]! * s + z);
+  }
   return out;
 }

@@ -3,7 +3,7 @@ import { resolveStorageConfig, type StorageConfig } from '@xquant/cross-layer';
 import { XqConfigError, type Precision } from '@xquant/quant';
 import { resolveStrategy } from './registry.js';
 import type { KvCacheShape, KvCacheStrategy, QuantizedCacheOptions } from './types.js';
-import { validateCacheShape } from './validate.js';
+import { CACHE_LIMITS, validateCacheShape } from './validate.js';
 
 /** Default residual length R (tokens kept in full precision). */
 export const DEFAULT_RESIDUAL_LENGTH = 128;
@@ -49,6 +49,9 @@ export function buildCacheConfig(strategyId: string, options: QuantizedCacheOpti
   const residualLength = options.residualLength ?? DEFAULT_RESIDUAL_LENGTH;
   if (!Number.isInteger(residualLength) || residualLength <= 0) {
     throw new XqConfigError('E_RESIDUAL', `residualLength must be a positive integer; got ${String(residualLength)}`);
+  }
+  if (residualLength > CACHE_LIMITS.residualLength) {
+    throw new XqConfigError('E_RESIDUAL', `residualLength ${residualLength} is above the limit CACHE_LIMITS.residualLength = ${CACHE_LIMITS.residualLength}`);
   }
   const precision = options.precision ?? 'fp16';
   if (precision !== 'fp16' && precision !== 'fp32') throw new XqConfigError('E_CONFIG', `precision must be 'fp16' or 'fp32'; got ${String(precision)}`);

@@ -28,6 +28,7 @@ export {
   type QuantizedLayout,
 } from './config.js';
 export { FullKvCache, FULL_CHUNK_TOKENS } from './full-cache.js';
+export { CACHE_LIMITS, ATTENTION_BOUND } from './validate.js';
 export { QuantizedKvCache, dequantizeView, dequantizeKeyBlock, dequantizeValueRange } from './quantized/cache.js';
 export type { StoredMeta } from './quantized/store.js';
 export {

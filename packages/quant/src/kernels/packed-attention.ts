@@ -84,7 +84,9 @@ export function packedKernelPath(views: PackedKvView | readonly PackedKvView[], 
  * tokens are left as they are). Per token group the scale is folded into the query and the zero-point into one dot
  * product, and every code is read once for all query heads of its KV head. With WebAssembly SIMD (see
  * {@link setKernelBackend}), 1- and 2-bit codes are summed 4 channels at a time per bit plane through 16-entry tables
- * of f32x4 (4 query heads), accumulating in float32; the JS path accumulates in float64.
+ * of f32x4 (4 query heads), accumulating in float32; the JS path accumulates in float64. The float32 partial sums
+ * (`Σ q·zero` and `Σ q·scale·code` per group) stay finite, and so does the result, while
+ * `Σ_d |q[h, d]|·(|zero| + (2^bits − 1)·scale) < 1e38` (the caches' `ATTENTION_BOUND` keeps attention inside it).
  * @throws {@link XqShapeError} when a view, `q` or `out` have inconsistent shapes.
  */
 export function packedKeyScores(q: Float32Array, keys: PackedKvView | readonly PackedKvView[], out?: Float32Array, rowStride?: number): Float32Array {

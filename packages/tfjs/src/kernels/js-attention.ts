@@ -70,8 +70,8 @@ function softmaxRows(S: Float32Array, M: number, N: number, n: number, nq: numbe
     const so = j * N;
     let mx = -Infinity;
     for (let t = 0; t <= last; t++) {
-      const s = S[so + t]! * scale;
-      S[so + t] = s;
+      S[so + t] = S[so + t]! * scale;
+      const s = S[so + t]!; // the max of the stored (float32) values: the largest gets exp(0) = 1 however large
       if (s > mx) mx = s;
     }
     let sum = 0;

@@ -2,9 +2,11 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { Tensor3D } from '@tensorflow/tfjs-core';
 import { accountBits, type CrossLayerPlan } from '@xquant/cross-layer';
 import {
+  PRECISION_MAX,
   XqConfigError,
+  XqNumericError,
   XqStateError,
-  assertFinite,
+  dequantizeValue,
   dequantizeKv,
   dequantizeRows,
   kvStats,
@@ -19,7 +21,19 @@ import {
 import type { CacheConfig } from '../config.js';
 import { allAttentionKernels, attentionKernelFor, type QuantizedLayerView } from '../kernels/registry.js';
 import type { AsyncKvCache, KvCacheShape, KvMemoryReport } from '../types.js';
-import { checkAlive, checkKv, checkLayer, checkQueries, validateCacheShape } from '../validate.js';
+import {
+  OpQueue,
+  checkAlive,
+  checkAttentionBound,
+  checkCapacity,
+  checkKv,
+  checkLayer,
+  checkMagnitude,
+  checkQueries,
+  maxAbsArray,
+  maxAbsSync,
+  validateCacheShape,
+} from '../validate.js';
 import {
   ResidualBuffer,
   allocMeta,
@@ -42,6 +56,15 @@ interface LayerState {
   /** New tokens arrived since the last flush. */
   pending: boolean;
   version: number;
+  /** Largest |key| and |value| ever appended (bounds the attention scores, see `checkAttentionBound`). */
+  maxK: number;
+  maxV: number;
+}
+
+/** What a flush will do, computed without touching the layer (applied by `applyFlush`, which cannot fail). */
+interface FlushPlan {
+  keyBlocks: KeyBlock[];
+  values: { start: number; n: number; packed: Uint32Array | null; stats: GroupStats; own: boolean } | null;
 }
 
 /**
@@ -66,6 +89,7 @@ export class QuantizedKvCache implements AsyncKvCache {
   readonly config: CacheConfig;
   private layers: LayerState[];
   private disposed = false;
+  private readonly ops = new OpQueue();
   private generation = 0;
   private readonly rowSize: number;
   private readonly chunkTokens = VALUE_CHUNK_TOKENS;
@@ -86,7 +110,7 @@ export class QuantizedKvCache implements AsyncKvCache {
     const R = this.config.residualLength;
     return {
       kRes: new ResidualBuffer(this.rowSize, 8, 0),
-      vRes: new ResidualBuffer(this.rowSize, R + 1, R + 1),
+      vRes: new ResidualBuffer(this.rowSize, R + 1, R + 1), // grows geometrically up to R + 1 as tokens arrive
       keyBlocks: [],
       valueChunks: [],
       quantizedKeys: 0,
@@ -94,30 +118,42 @@ export class QuantizedKvCache implements AsyncKvCache {
       tokens: 0,
       pending: false,
       version: 0,
+      maxK: 0,
+      maxV: 0,
     };
   }
 
   // ---- input -----------------------------------------------------------------------------------------------
+  // Every operation validates everything before it changes anything: on an error the cache is as it was.
 
   private begin(layer: number, keys: Tensor3D, values: Tensor3D, single: boolean): number {
     checkAlive(this.disposed, 'prefill/append');
     checkLayer(layer, this.shape.layers);
-    const st = this.layers[layer]!;
-    if (st.pending) this.flush(layer);
-    return checkKv(this.shape, keys, values, st.tokens, single);
+    return checkKv(this.shape, keys, values, this.layers[layer]!.tokens, single);
   }
 
+  /** Validates the data (the cache's input policy, see `checkMagnitude`), runs a pending flush, then appends. */
   private commit(layer: number, k: Float32Array, v: Float32Array, n: number): void {
     const { kvHeads, headDim } = this.shape;
     const st = this.layers[layer]!;
-    const where = (i: number) => `layer ${layer}, head ${Math.floor(i / (n * headDim))}, token ${st.tokens + (Math.floor(i / headDim) % n)}, channel ${i % headDim}`;
-    assertFinite(k, 'keys', where);
-    assertFinite(v, 'values', where);
+    checkCapacity(this.shape, st.tokens, n);
+    const fp16 = this.config.precision === 'fp16';
+    const mk = maxAbsArray(k);
+    const mv = maxAbsArray(v);
+    const half = (bits: number) => fp16 && bits !== 16; // stored quantized with fp16 arithmetic
+    const kh = half(this.config.keys[layer]!.bits);
+    const vh = half(this.config.values[layer]!.bits);
+    const pos = { n, headDim, first: st.tokens };
+    checkMagnitude(mk, 'keys', layer, kh ? PRECISION_MAX.fp16 : PRECISION_MAX.fp32, kh ? 'fp16' : 'float32', { data: k, ...pos });
+    checkMagnitude(mv, 'values', layer, vh ? PRECISION_MAX.fp16 : PRECISION_MAX.fp32, vh ? 'fp16' : 'float32', { data: v, ...pos });
+    if (st.pending) this.applyFlush(layer, this.planFlush(layer));
     st.kRes.push(headMajorToTokenMajor(k, n, kvHeads, headDim), n);
     st.vRes.push(headMajorToTokenMajor(v, n, kvHeads, headDim), n);
     st.tokens += n;
     st.pending = true;
     st.version++;
+    if (mk > st.maxK) st.maxK = mk;
+    if (mv > st.maxV) st.maxV = mv;
   }
 
   private readSync(x: Tensor3D, what: string): Float32Array {
@@ -129,33 +165,59 @@ export class QuantizedKvCache implements AsyncKvCache {
   }
 
   prefill(layer: number, keys: Tensor3D, values: Tensor3D): void {
+    this.ops.assertIdle('prefill');
     const n = this.begin(layer, keys, values, false);
     this.commit(layer, this.readSync(keys, 'keys'), this.readSync(values, 'values'), n);
   }
   append(layer: number, keys: Tensor3D, values: Tensor3D): void {
+    this.ops.assertIdle('append');
     const n = this.begin(layer, keys, values, true);
     this.commit(layer, this.readSync(keys, 'keys'), this.readSync(values, 'values'), n);
   }
-  async prefillAsync(layer: number, keys: Tensor3D, values: Tensor3D): Promise<void> {
-    const n = this.begin(layer, keys, values, false);
-    const [k, v] = await Promise.all([keys.data(), values.data()]);
-    this.commit(layer, k as Float32Array, v as Float32Array, n);
+  /** {@link prefill} reading the tensors asynchronously; a cache's async operations run one at a time, in call order. */
+  prefillAsync(layer: number, keys: Tensor3D, values: Tensor3D): Promise<void> {
+    return this.readAsync('prefillAsync', layer, keys, values, false);
   }
-  async appendAsync(layer: number, keys: Tensor3D, values: Tensor3D): Promise<void> {
-    const n = this.begin(layer, keys, values, true);
-    const [k, v] = await Promise.all([keys.data(), values.data()]);
-    this.commit(layer, k as Float32Array, v as Float32Array, n);
+  /** {@link append} reading the tensors asynchronously; a cache's async operations run one at a time, in call order. */
+  appendAsync(layer: number, keys: Tensor3D, values: Tensor3D): Promise<void> {
+    return this.readAsync('appendAsync', layer, keys, values, true);
+  }
+
+  private readAsync(what: string, layer: number, keys: Tensor3D, values: Tensor3D, single: boolean): Promise<void> {
+    let n: number;
+    let read: Promise<[Float32Array, Float32Array]>;
+    try {
+      n = this.begin(layer, keys, values, single);
+      read = Promise.all([keys.data() as Promise<Float32Array>, values.data() as Promise<Float32Array>]); // the tensors as they are now
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.ops.run(what, async (live) => {
+      const [k, v] = await read;
+      live();
+      this.commit(layer, k, v, n);
+    });
   }
 
   // ---- attention -------------------------------------------------------------------------------------------
 
   attend(layer: number, queries: Tensor3D): Tensor3D {
     checkAlive(this.disposed, 'attend');
+    this.ops.assertIdle('attend');
     checkLayer(layer, this.shape.layers);
     const st = this.layers[layer]!;
     checkQueries(this.shape, layer, queries, st.tokens);
+    const maxQ = maxAbsSync(queries);
+    checkAttentionBound(layer, this.shape.headDim, maxQ, st.maxK, st.maxV);
     const out = attentionKernelFor(tf.getBackend()).attend(this.view(layer), queries);
-    this.flush(layer);
+    let plan: FlushPlan;
+    try {
+      plan = this.planFlush(layer);
+    } catch (e) {
+      out.dispose();
+      throw e;
+    }
+    this.applyFlush(layer, plan);
     return out;
   }
 
@@ -244,22 +306,35 @@ export class QuantizedKvCache implements AsyncKvCache {
         return c;
       },
     };
-    return cal.calibrate(stats, context);
+    const out = cal.calibrate(stats, context);
+    // a calibrator's statistics are stored as they are: they must be finite and keep every code finite
+    const where = `${kind} of layer ${layer} (calibrator)`;
+    if (!out || !out.scale || !out.zero || out.scale.length !== stats.scale.length || out.zero.length !== stats.zero.length) {
+      throw new XqConfigError('E_CONFIG', `${where}: calibrate() must return statistics of the same shape as it was given`);
+    }
+    const m = (1 << stats.bits) - 1;
+    for (let i = 0; i < out.scale.length; i++) {
+      const sc = out.scale[i]!, z = out.zero[i]!;
+      if (!Number.isFinite(sc) || !Number.isFinite(z) || !Number.isFinite(dequantizeValue(m, sc, z, stats.bits, stats.precision))) {
+        throw new XqNumericError(`${where}: group ${i} has scale ${sc}, zero ${z}, whose codes do not dequantize to finite values`);
+      }
+    }
+    return out;
   }
 
-  /** Quantize what the schedule says is due for `layer` (called after attend, or before the next append). */
-  private flush(layer: number): void {
+  /** What the schedule says is due for `layer` (after attend, or before the next append), quantized; changes nothing. */
+  private planFlush(layer: number): FlushPlan {
     const st = this.layers[layer]!;
-    st.pending = false;
     const { kvHeads: H, headDim: D } = this.shape;
     const { residualLength: R, groupSize, precision } = this.config;
     const ks = this.config.keys[layer]!;
     const vs = this.config.values[layer]!;
+    const plan: FlushPlan = { keyBlocks: [], values: null };
     if (ks.bits !== 16) {
       const blocks = Math.floor(st.kRes.count / R);
-      const due = blocks > 0 ? st.kRes.shift(blocks * R) : null; // one copy for all due blocks (token-major)
+      const due = blocks > 0 ? st.kRes.peek(blocks * R) : null; // one copy for all due blocks (token-major)
       for (let bi = 0; bi < blocks; bi++) {
-        const start = st.kRes.start - (blocks - bi) * R;
+        const start = st.kRes.start + bi * R;
         const x = tokenMajorToHeadMajor(due!.subarray(bi * R * this.rowSize, (bi + 1) * R * this.rowSize), R, H, D);
         const blockShape = { heads: H, tokens: R, headDim: D };
         const opts = { bits: ks.bits as Bits, groupSize, precision };
@@ -271,7 +346,7 @@ export class QuantizedKvCache implements AsyncKvCache {
           stats = this.calibrate('keys', layer, pk, () => transposeTokensChannels(x, blockShape), () => unpackKv(pk));
         } else {
           const raw = kvStats(x, blockShape, 'channel', opts);
-          const db = this.layers[ks.codesFrom]!.keyBlocks[st.keyBlocks.length];
+          const db = this.layers[ks.codesFrom]!.keyBlocks[st.keyBlocks.length + bi];
           const codes = () => (db?.packed && db.start === start ? unpackCodes(db.packed, raw.rows, raw.cols, ks.bits as Bits) : undefined);
           stats = this.calibrate('keys', layer, raw, () => transposeTokensChannels(x, blockShape), codes);
         }
@@ -279,14 +354,13 @@ export class QuantizedKvCache implements AsyncKvCache {
         const zero = allocMeta(stats.zero.length, precision);
         writeMeta(scale, 0, stats.scale);
         writeMeta(zero, 0, stats.zero);
-        st.keyBlocks.push({ start, tokens: R, packed, scale, zero });
-        st.quantizedKeys += R;
+        plan.keyBlocks.push({ start, tokens: R, packed, scale, zero });
       }
     }
     if (vs.bits !== 16 && st.vRes.count > R) {
       const n = st.vRes.count - R;
       const start = st.vRes.start;
-      const x = tokenMajorToHeadMajor(st.vRes.shift(n), n, H, D);
+      const x = tokenMajorToHeadMajor(st.vRes.peek(n), n, H, D);
       const blockShape = { heads: H, tokens: n, headDim: D };
       const opts = { bits: vs.bits as Bits, groupSize: this.config.valueGroupSize, precision };
       let stats: GroupStats;
@@ -300,9 +374,26 @@ export class QuantizedKvCache implements AsyncKvCache {
         const donor = vs.codesFrom;
         stats = this.calibrate('values', layer, raw, () => x, () => this.donorValueCodesFor(donor, start, n, vs.bits as Bits));
       }
-      this.writeValues(st, start, n, packed, stats, vs.codesFrom === null);
+      plan.values = { start, n, packed, stats, own: vs.codesFrom === null };
+    }
+    return plan;
+  }
+
+  /** Applies a flush computed by {@link planFlush} (allocation aside, nothing here can fail). */
+  private applyFlush(layer: number, plan: FlushPlan): void {
+    const st = this.layers[layer]!;
+    if (plan.keyBlocks.length > 0) {
+      st.kRes.drop(plan.keyBlocks.length * this.config.residualLength);
+      for (const b of plan.keyBlocks) st.keyBlocks.push(b);
+      st.quantizedKeys += plan.keyBlocks.length * this.config.residualLength;
+    }
+    if (plan.values) {
+      const { start, n, packed, stats, own } = plan.values;
+      st.vRes.drop(n);
+      this.writeValues(st, start, n, packed, stats, own);
       st.quantizedValues += n;
     }
+    st.pending = false;
     st.version++;
   }
 
@@ -412,15 +503,19 @@ export class QuantizedKvCache implements AsyncKvCache {
     return { keys: tf.tensor3d(keys, [H, v.tokens, D]), values: tf.tensor3d(values, [H, v.tokens, D]) };
   }
 
+  /** Drops every token; pending `prefillAsync`/`appendAsync` calls reject with `E_STATE`. */
   reset(): void {
     checkAlive(this.disposed, 'reset');
+    this.ops.cancel();
     this.releaseKernelState();
     this.generation++;
     this.layers = this.layers.map(() => this.freshLayer());
   }
 
+  /** Frees everything; pending `prefillAsync`/`appendAsync` calls reject with `E_STATE`. */
   dispose(): void {
     if (this.disposed) return;
+    this.ops.cancel();
     this.releaseKernelState();
     this.layers = [];
     this.disposed = true;

@@ -81,23 +81,33 @@ export class ResidualBuffer {
   push(src: Float32Array, n: number): void {
     const need = this.count + n;
     if (need > this.capacity) {
-      const grown = new Float32Array(Math.max(need, this.count + this.growStep) * this.rowSize);
+      // geometric growth capped at growStep tokens ahead: a huge window is not allocated before its tokens arrive
+      const ahead = Math.min(this.count + this.growStep, Math.max(2 * this.capacity, 8));
+      const grown = new Float32Array(Math.max(need, ahead) * this.rowSize);
       grown.set(this.data.subarray(0, this.count * this.rowSize));
       this.data = grown;
     }
     this.data.set(src.subarray(0, n * this.rowSize), this.count * this.rowSize);
     this.count = need;
   }
+  /** A copy of the oldest `n` tokens (token-major); the buffer is unchanged. */
+  peek(n: number): Float32Array {
+    return this.data.slice(0, n * this.rowSize);
+  }
   /** Remove the oldest `n` tokens and return a copy of them (token-major). */
   shift(n: number): Float32Array {
-    const out = this.data.slice(0, n * this.rowSize);
+    const out = this.peek(n);
+    this.drop(n);
+    return out;
+  }
+  /** Remove the oldest `n` tokens. */
+  drop(n: number): void {
     this.data.copyWithin(0, n * this.rowSize, this.count * this.rowSize);
     this.count -= n;
     this.start += n;
     // Give memory back after a flush / a large prefill: keep at most max(count, keepCapacity) tokens.
     const keep = Math.max(this.count, this.keepCapacity);
     if (this.capacity > keep) this.data = this.data.slice(0, keep * this.rowSize);
-    return out;
   }
   clear(): void {
     this.data = new Float32Array(0);
