@@ -17,36 +17,14 @@ const { device } = ng;
 const errors = [];
 device.addEventListener?.('uncapturederror', (e) => errors.push(String(e.error?.message ?? e)));
 
+/** Median GPU ms of a kernel whose only binding is a scratch output buffer, dispatched over `groups` workgroups. */
 async function time(code, groups, n = 10) {
-  const module = device.createShaderModule({ code });
-  const info = await module.getCompilationInfo();
-  const bad = info.messages.filter((m) => m.type === 'error');
-  if (bad.length) throw new Error(bad.map((m) => `${m.lineNum}: ${m.message}`).join('; '));
-  const pipe = await device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' } });
   const out = device.createBuffer({ size: 1 << 20, usage: GPUBufferUsage.STORAGE });
-  const bg = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: out } }] });
-  const qs = device.createQuerySet({ type: 'timestamp', count: 2 * n });
-  const res = device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
-  const st = device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-  const enc = device.createCommandEncoder();
-  for (let i = 0; i < n; i++) {
-    const p = enc.beginComputePass({ timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } });
-    p.setPipeline(pipe);
-    p.setBindGroup(0, bg);
-    p.dispatchWorkgroups(groups);
-    p.end();
+  try {
+    return await timeBuffers(code, [groups], [out], n);
+  } finally {
+    out.destroy();
   }
-  enc.resolveQuerySet(qs, 0, 2 * n, res, 0);
-  enc.copyBufferToBuffer(res, 0, st, 0, 16 * n);
-  device.queue.submit([enc.finish()]);
-  await st.mapAsync(GPUMapMode.READ);
-  const t = new BigUint64Array(st.getMappedRange().slice(0));
-  st.destroy();
-  res.destroy();
-  qs.destroy();
-  out.destroy();
-  const each = Array.from({ length: n }, (_, i) => Number(t[2 * i + 1] - t[2 * i]) / 1e6).slice(2).sort((a, b) => a - b);
-  return each[each.length >> 1];
 }
 
 /** Median GPU ms of `encode(pass, i)` in its own pass, n times. */
@@ -68,7 +46,7 @@ async function timeEncode(encode, n = 30) {
   st.destroy();
   res.destroy();
   qs.destroy();
-  const each = Array.from({ length: n }, (_, i) => Number(t[2 * i + 1] - t[2 * i]) / 1e6).slice(3).sort((a, b) => a - b);
+  const each = Array.from({ length: n }, (_, i) => Number(t[2 * i + 1] - t[2 * i]) / 1e6).slice(Math.min(3, n - 1)).sort((a, b) => a - b);
   return each[each.length >> 1];
 }
 
