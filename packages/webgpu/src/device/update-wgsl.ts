@@ -87,55 +87,8 @@ interface QuantGroup {
   writeMeta: (m: string) => string;
 }
 
-/** Groups up to this size are quantized by straight-line code (all loads issued at once, values in registers). */
-const UNROLL_GROUP = 64;
-
-/**
- * Quantize one group: statistics, codes (own or donor), calibration, metadata. Small groups are written out
- * element by element: the looped form waits on one load per element in turn, which made the update pass of a
- * quantized layer cost 2.5× the fp16 append on the H200.
- */
+/** Quantize one group: statistics, codes (own or donor), calibration, metadata. */
 function quantGroup(q: QuantGroup): string[] {
-  return q.n <= UNROLL_GROUP ? quantGroupUnrolled(q) : quantGroupLooped(q);
-}
-
-function quantGroupUnrolled(q: QuantGroup): string[] {
-  const M = (1 << q.bits) - 1;
-  const CPW = 32 / q.bits;
-  const J = Array.from({ length: q.n }, (_, j) => j);
-  const L: string[] = [];
-  for (const j of J) L.push(`let xs${j} = r16(${q.value(`${j}u`)});`);
-  L.push(`let mn = min(${J.map((j) => `xs${j}`).reduce((a, b) => `min(${a}, ${b})`)}, 3.0e38);`);
-  L.push(`let mx = max(${J.map((j) => `xs${j}`).reduce((a, b) => `max(${a}, ${b})`)}, -3.0e38);`);
-  L.push(`var s = r16(r16(mx - mn) * ${fl(1 / M)});`, 'var z = mn;');
-  if (q.donorCode) {
-    for (const j of J) L.push(`let cs${j} = ${q.donorCode(`${j}u`)};`);
-  } else {
-    L.push('let sv = select(1.0, s, s > 0.0);');
-    for (const j of J) L.push(`let cs${j} = select(0u, u32(clamp(round(r16(r16(xs${j} - mn) / sv)), 0.0, ${M}.0)), s > 0.0);`);
-    for (let k = 0; k < q.n / CPW; k++) {
-      const parts = Array.from({ length: CPW }, (_, i) => `(cs${k * CPW + i} << ${i * q.bits}u)`);
-      L.push(q.writeWord!(`${k}u`, parts.join(' | ')));
-    }
-  }
-  const cal = q.calibration;
-  if (cal.kind === 'eta' && cal.eta !== 0) {
-    L.push(`let t1 = r16(s * ${M}.0);`, `let t2 = r16(t1 * ${fl(cal.eta)});`, `z = r16(z + t2);`, `s = r16(s * ${fl(1 - 2 * cal.eta)});`);
-  } else if (cal.kind === 'least-squares') {
-    // the same sums in the same order as the looped form
-    L.push('var cm = 0.0;', 'var xm = 0.0;');
-    for (const j of J) L.push(`cm = cm + f32(cs${j});`, `xm = xm + xs${j};`);
-    L.push(`cm = cm / ${q.n}.0;`, `xm = xm / ${q.n}.0;`, 'var scc = 0.0;', 'var scx = 0.0;');
-    for (const j of J) L.push(`{ let dc = f32(cs${j}) - cm; scc = scc + dc * dc; scx = scx + dc * (xs${j} - xm); }`);
-    L.push('if (scc > 0.0) {', '  let s2 = r16(scx / scc);', '  let z2 = r16(xm - (scx / scc) * cm);', '  if (abs(s2) <= 65504.0 && abs(z2) <= 65504.0) {', '    var e1 = 0.0;', '    var e2 = 0.0;');
-    for (const j of J) L.push(`    { let a = xs${j} - (f32(cs${j}) * s + z); let b = xs${j} - (f32(cs${j}) * s2 + z2); e1 = e1 + a * a; e2 = e2 + b * b; }`);
-    L.push('    if (e2 <= e1) { s = s2; z = z2; }', '  }', '}');
-  }
-  L.push(q.writeMeta('pack2x16float(vec2<f32>(s, z))'));
-  return L;
-}
-
-function quantGroupLooped(q: QuantGroup): string[] {
   const M = (1 << q.bits) - 1;
   const CPW = 32 / q.bits;
   const L: string[] = [
