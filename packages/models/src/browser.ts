@@ -44,5 +44,6 @@ export * from './config.js';
 export * from './tokenizer.js';
 export { ropeInverseFrequencies } from './rope.js';
 export { DecoderModel, type WeightSource, type LogitsSelection } from './model.js';
+export { checkWeightsMatchConfig, expectedWeightNames, DERIVED_WEIGHT_PATTERNS } from './weight-check.js';
 export * from './load-model.js';
 export { generate, sampleToken, createRng, type Rng, type SamplingOptions, type GeneratedToken, type GenerateOptions, type GenerateResult } from './generate.js';
