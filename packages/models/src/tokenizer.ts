@@ -3,6 +3,7 @@ import { XqError, XqFormatError } from '@xquant/quant';
 import { isModelFiles, type ModelFiles } from './io/model-files.js';
 import { resolveModelString, type OpenOptions } from './io/platform.js';
 import { isObject, readJsonFile } from './loaders/file.js';
+import { checkTokenizerRegexes } from './regex-safety.js';
 
 /** Largest tokenizer.json accepted (bytes). */
 export const TOKENIZER_JSON_MAX_BYTES = 256 * 1024 * 1024;
@@ -31,11 +32,13 @@ function tokenContent(v: unknown): string | undefined {
 
 /**
  * Build a {@link TextTokenizer} from parsed `tokenizer.json` and `tokenizer_config.json` objects
- * (`new Tokenizer(json, config)` of `@huggingface/tokenizers`). `source` names the origin in errors.
+ * (`new Tokenizer(json, config)` of `@huggingface/tokenizers`). `source` names the origin in errors. Regex patterns
+ * that could backtrack exponentially are refused first (`checkTokenizerRegexes`).
  */
 export function createTokenizer(tokenizerJson: unknown, tokenizerConfig: unknown = {}, source = 'tokenizer.json'): TextTokenizer {
   if (!isObject(tokenizerJson)) throw new XqFormatError(`${source}: tokenizer.json must be a JSON object`);
   if (!isObject(tokenizerJson.model)) throw new XqFormatError(`${source}: tokenizer.json has no "model" object`);
+  checkTokenizerRegexes(tokenizerJson, source);
   const config = isObject(tokenizerConfig) ? tokenizerConfig : {};
   const json = { normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null, added_tokens: [], ...tokenizerJson };
   let tok: Tokenizer;
