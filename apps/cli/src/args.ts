@@ -1,4 +1,5 @@
-import { readFileSync } from 'node:fs';
+import { accessSync, constants, readFileSync, statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { XqError, XqFormatError } from '@xquant/quant';
 
@@ -159,4 +160,36 @@ export function boundedInt(value: string | undefined, flag: string, min = 0): nu
   }
   if (n > max) throw new Error(`--${flag} must be at most ${max} (CLI_INT_LIMITS['${flag}']), got '${value}'`);
   return n;
+}
+
+/**
+ * Check before any work that `path` (the value of `--flag`) can be written: its directory exists and is writable, and
+ * the path is not a directory. Throws `XqError` `E_IO` naming the flag, so a long run cannot fail at its very end.
+ */
+export function checkOutputPath(path: string, flag: string): void {
+  const dir = dirname(resolve(path));
+  let isDir: boolean;
+  try {
+    isDir = statSync(dir).isDirectory();
+  } catch {
+    throw new XqError('E_IO', `${flag} ${path}: the directory ${dir} does not exist; create it first`);
+  }
+  if (!isDir) throw new XqError('E_IO', `${flag} ${path}: ${dir} is not a directory`);
+  try {
+    accessSync(dir, constants.W_OK);
+  } catch {
+    throw new XqError('E_IO', `${flag} ${path}: the directory ${dir} is not writable`);
+  }
+  let target: ReturnType<typeof statSync> | undefined;
+  try {
+    target = statSync(path);
+  } catch {
+    return; // does not exist yet: fine
+  }
+  if (target.isDirectory()) throw new XqError('E_IO', `${flag} ${path}: is a directory; name a file`);
+  try {
+    accessSync(path, constants.W_OK);
+  } catch {
+    throw new XqError('E_IO', `${flag} ${path}: the file exists and is not writable`);
+  }
 }
