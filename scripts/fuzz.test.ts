@@ -66,6 +66,38 @@ const REGRESSIONS: { target: string; why: string; input: unknown }[] = [
     why: 'a Split regex that matches the empty string at every position',
     input: { text: '  \n\t x', mode: 'regex', path: [0], value: null, regex: '(?:(?:[ab])?)?' },
   },
+  // found by the first long run (seed 13): a malformed vocabulary built a tokenizer whose encode returned non-ids or
+  // whose decode threw an untyped Error (now E_FORMAT); the intact round trip and the timing check were harness bugs
+  {
+    target: 'tokenizer',
+    why: 'vocabulary values replaced by [] → encode is E_FORMAT, not non-ids',
+    input: { text: 'the 12 he', mode: 'mutated', path: [1721792134, 1295848654, 888813823], value: [], regex: 'a' },
+  },
+  {
+    target: 'tokenizer',
+    why: 'vocabulary values replaced by {} → E_FORMAT',
+    input: { text: '\u{D6EF9}', mode: 'mutated', path: [278954661, 1930261858, 1472255478], value: {}, regex: 'a' },
+  },
+  {
+    target: 'tokenizer',
+    why: 'decode of a mutated tokenizer throws an untyped Error → E_FORMAT',
+    input: { text: 'Հ', mode: 'mutated', path: [33827359, 725173774, 1598808842], value: [], regex: 'a' },
+  },
+  {
+    target: 'tokenizer',
+    why: 'a subnormal where a vocabulary entry was',
+    input: { text: 'ꀀ', mode: 'mutated', path: [736007271, 734217055, 1934922899], value: -5e-324, regex: 'a' },
+  },
+  {
+    target: 'tokenizer',
+    why: 'intact round trip of " !" (clean-up of tokenization spaces is off)',
+    input: { text: ' !', mode: 'intact', path: [0], value: false, regex: 'a' },
+  },
+  {
+    target: 'tokenizer',
+    why: 'a linear regex timed on a busy machine is not taken for an exponential one',
+    input: { text: 'x', mode: 'regex', path: [0], value: 'dE6KN', regex: '(?:(?: )+b(?:\\p{L})+|(?:\\s|[^\\s][^\\s]\\s| ))' },
+  },
   {
     target: 'gguf',
     why: 'arrays of arrays of strings, a key named __proto__, 64-bit extremes',

@@ -51,9 +51,33 @@ export function createTokenizer(tokenizerJson: unknown, tokenizerConfig: unknown
   const eosName = tokenContent(config.eos_token);
   const bosTokenId = bosName === undefined ? undefined : tok.token_to_id(bosName);
   const eosTokenId = eosName === undefined ? undefined : tok.token_to_id(eosName);
+  // a malformed tokenizer.json can build and then fail (or return garbage) only when used: make both typed errors
+  const fail = (what: string, e: unknown): never => {
+    if (XqError.isInstance(e)) throw e;
+    throw new XqFormatError(`${source}: ${what} failed (${(e as Error)?.message ?? String(e)}); the tokenizer.json is malformed`, { cause: e });
+  };
   return {
-    encode: (text, options) => tok.encode(text, { add_special_tokens: options?.addSpecialTokens ?? true }).ids,
-    decode: (ids, options) => (ids.length === 0 ? '' : tok.decode(Array.from(ids), { skip_special_tokens: options?.skipSpecialTokens ?? true })),
+    encode: (text, options) => {
+      let ids: unknown;
+      try {
+        ids = tok.encode(text, { add_special_tokens: options?.addSpecialTokens ?? true }).ids;
+      } catch (e) {
+        return fail('encoding', e);
+      }
+      if (!Array.isArray(ids) || !ids.every((id) => Number.isInteger(id) && id >= 0)) {
+        const bad = Array.isArray(ids) ? ids.find((id) => !(Number.isInteger(id) && id >= 0)) : ids;
+        throw new XqFormatError(`${source}: encoding produced ${JSON.stringify(bad) ?? String(bad)}, not a token id; the vocabulary in tokenizer.json is malformed`);
+      }
+      return ids as number[];
+    },
+    decode: (ids, options) => {
+      if (ids.length === 0) return '';
+      try {
+        return tok.decode(Array.from(ids), { skip_special_tokens: options?.skipSpecialTokens ?? true });
+      } catch (e) {
+        return fail('decoding', e);
+      }
+    },
     tokenToId: (t) => tok.token_to_id(t),
     idToToken: (id) => tok.id_to_token(id),
     bosTokenId,

@@ -107,4 +107,14 @@ describe('tokenizer regex safety (issue 13 item 9a)', () => {
       expect(tok.decode(tok.encode(text, { addSpecialTokens: false }))).toBe(text);
     }
   });
+
+  it('a malformed vocabulary that builds is E_FORMAT when used, not garbage ids or an untyped error (found by fuzzing)', () => {
+    const t = tinyTokenizer();
+    const vocab = Object.fromEntries(Object.entries(t.json.model.vocab).map(([k, v]) => [k, v === 70 ? [] : v]));
+    const tok = createTokenizer({ ...t.json, model: { ...t.json.model, vocab } }, t.config, 'bad/tokenizer.json');
+    expect(tok.encode('ab', { addSpecialTokens: false }).every((id) => Number.isInteger(id))).toBe(true);
+    const text = String.fromCharCode(...Object.entries(vocab).filter(([, v]) => Array.isArray(v)).map(([k]) => k.charCodeAt(0)));
+    expect(() => tok.encode(text, { addSpecialTokens: false })).toThrow(XqFormatError);
+    expect(() => tok.encode(text, { addSpecialTokens: false })).toThrow(/bad\/tokenizer\.json: encoding produced \[\], not a token id/);
+  });
 });
