@@ -22,14 +22,22 @@ export function targetFiles(extra = []) {
   return files;
 }
 
-/** Import a target module and check its shape. */
-export async function loadTarget(file) {
+/** Import a target module (its default export: one target or an array of them) and check their shape. */
+export async function loadTargets(file) {
   const mod = await import(pathToFileURL(file).href);
-  const t = mod.default ?? mod;
-  for (const k of ['name', 'arbitrary', 'check']) {
-    if (!(k in t)) throw new Error(`${file}: a fuzz target exports { name, arbitrary(fc), check(input, packages) }; '${k}' is missing`);
-  }
-  return { packages: [], ...t, file };
+  const list = [mod.default ?? mod].flat();
+  return list.map((t) => {
+    for (const k of ['name', 'arbitrary', 'check']) {
+      if (!(k in t)) throw new Error(`${file}: a fuzz target exports { name, arbitrary(fc), check(input, packages) }; '${k}' is missing`);
+    }
+    return { packages: [], ...t, file };
+  });
+}
+
+/** The one target of a module (see {@link loadTargets}). */
+export async function loadTarget(file) {
+  const [t] = await loadTargets(file);
+  return t;
 }
 
 /**
@@ -43,8 +51,8 @@ export async function runTarget(target, { fc, packages, runs, seed = 1, chunk = 
   let cases = 0;
   let round = 0;
   const t0 = performance.now();
-  const arb = target.arbitrary(fc);
   await target.setup?.(packages);
+  const arb = target.arbitrary(fc);
   try {
     while (cases < runs && failures.length < maxFailures && performance.now() - t0 < timeLimitMs) {
       const n = Math.min(chunk, runs - cases);

@@ -11,7 +11,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import fc from 'fast-check';
-import { loadTarget, runTarget, targetFiles } from '../fuzz/run.mjs';
+import { loadTargets, runTarget, targetFiles } from '../fuzz/run.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -60,7 +60,7 @@ async function loadPackage(name) {
 }
 
 const extra = [...args['targets-dir'], ...(process.env.XQ_FUZZ_TARGETS ?? '').split(':').filter(Boolean)];
-let targets = await Promise.all(targetFiles(extra).map(loadTarget));
+let targets = (await Promise.all(targetFiles(extra).map(loadTargets))).flat();
 if (args.only) {
   const only = new Set(args.only.split(','));
   targets = targets.filter((t) => only.has(t.name));
@@ -71,6 +71,9 @@ if (args.only) {
 }
 
 const report = { started: new Date().toISOString(), node: process.version, runsPerTarget: runs, seed, targets: [] };
+// a promise a target left behind that rejects later is a failure of the target running then, not a crash of the run
+let strays = [];
+process.on('unhandledRejection', (e) => strays.push(String(e?.stack ?? e).slice(0, 2000)));
 const save = () => writeFileSync(args.out, `${JSON.stringify(report, null, 1)}\n`);
 for (const t of targets) {
   const packages = {};
@@ -91,6 +94,8 @@ for (const t of targets) {
       }
     },
   });
+  for (const error of strays) result.failures.push({ seed: null, path: null, counterexample: '(unknown: a promise rejected after its case)', error: `unhandled rejection: ${error}` });
+  strays = [];
   report.targets.push(result);
   save();
 }
