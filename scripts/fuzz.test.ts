@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
 // @ts-expect-error plain ESM module without types (shared with scripts/fuzz-long.mjs)
-import { loadTarget, loadTargets, runTarget, targetFiles } from '../fuzz/run.mjs';
+import { loadTargets, runTarget, targetFiles } from '../fuzz/run.mjs';
 
 // Bounded runs of every fuzz target (fuzz/targets/*.mjs) on the sources; scripts/fuzz-long.mjs runs them for 10^6
 // cases each on the built packages. XQ_FUZZ_RUNS / XQ_FUZZ_SEED change the budget and the seed.
@@ -22,7 +22,7 @@ const all = (await Promise.all(files.map(loadTargets))).flat().filter((t: { long
 
 describe('fuzz targets (bounded)', () => {
   test('there are targets for the safetensors, GGUF and tokenizer readers', async () => {
-    const names = (await Promise.all(files.map(loadTarget))).map((t: { name: string }) => t.name);
+    const names = all.map((t: { name: string }) => t.name);
     expect(names).toEqual(expect.arrayContaining(['safetensors', 'gguf', 'tokenizer']));
   });
 
@@ -118,7 +118,7 @@ const REGRESSIONS: { target: string; why: string; input: unknown }[] = [
 describe('fuzz regressions', () => {
   for (const r of REGRESSIONS) {
     test(`${r.target}: ${r.why}`, async () => {
-      const target = (await Promise.all(files.map(loadTarget))).find((t: { name: string }) => t.name === r.target);
+      const target = all.find((t: { name: string }) => t.name === r.target);
       const packages = { quant: await PACKAGES.quant!(), models: await PACKAGES.models!() };
       expect(['ok', 'rejected']).toContain(await target.check(r.input, packages));
     });
