@@ -33,6 +33,16 @@ async function main(argv: string[]): Promise<number> {
   return (await load()).run(rest);
 }
 
+// A reader that stops early (`xquant generate … | head -c 1`) closes the pipe: the next write fails with EPIPE. Stop
+// quietly with exit 0, as unix tools do, instead of an uncaught error; other stream errors are reported as errors.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    process.exitCode = 1;
+    if (stream !== process.stderr) console.error(`xquant: cannot write output: ${err.message}`);
+  });
+}
+
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;

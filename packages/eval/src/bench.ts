@@ -7,6 +7,20 @@ import type { EvalModel } from './protocol.js';
 /** Format tag of {@link BenchResults}. */
 export const BENCH_FORMAT = 'xquant-bench/v1';
 
+/** Upper limits of {@link runBench}'s options: beyond them a run would exhaust memory rather than measure anything. */
+export const BENCH_LIMITS = Object.freeze({
+  /** Timed decode steps per run. */
+  steps: 100_000,
+  /** Untimed warm-up steps per run. */
+  warmup: 10_000,
+  /** Longest speed context (one full-precision prefill through the model). */
+  contextTokens: 65_536,
+  /** Longest memory-sweep context (random K/V, no model). */
+  memoryContextTokens: 1 << 20,
+  /** Most context lengths per list. */
+  contexts: 256,
+});
+
 /** Options of {@link runBench}. */
 export interface BenchOptions {
   /** The model. */
@@ -89,11 +103,20 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   const log = options.log ?? (() => {});
   const steps = options.steps ?? 16;
   const warmup = options.warmup ?? 2;
-  if (!Number.isInteger(steps) || steps < 1) throw new XqConfigError('E_CONFIG', `steps must be a positive integer; got ${String(steps)}`);
+  const bounded = (v: number, what: string, min: number, max: number, limit: string) => {
+    if (!Number.isInteger(v) || v < min) throw new XqConfigError('E_CONFIG', `${what} must be an integer ≥ ${min}; got ${String(v)}`);
+    if (v > max) throw new XqConfigError('E_CONFIG', `${what} must be at most ${max} (BENCH_LIMITS.${limit}); got ${v}`);
+  };
+  bounded(steps, 'steps', 1, BENCH_LIMITS.steps, 'steps');
+  bounded(warmup, 'warmup', 0, BENCH_LIMITS.warmup, 'warmup');
   const contexts = options.contexts ?? [256, 512, 1024, 2048];
   const memoryContexts = options.memoryContexts ?? [256, 512, 1024, 2048, 4096, 8192, 16384];
-  for (const t of [...contexts, ...memoryContexts]) {
-    if (!Number.isInteger(t) || t < 1) throw new XqConfigError('E_CONFIG', `context lengths must be positive integers; got ${String(t)}`);
+  for (const [list, what, max, limit] of [
+    [contexts, 'context lengths', BENCH_LIMITS.contextTokens, 'contextTokens'],
+    [memoryContexts, 'memory context lengths', BENCH_LIMITS.memoryContextTokens, 'memoryContextTokens'],
+  ] as const) {
+    if (list.length > BENCH_LIMITS.contexts) throw new XqConfigError('E_CONFIG', `at most ${BENCH_LIMITS.contexts} ${what} (BENCH_LIMITS.contexts); got ${list.length}`);
+    for (const t of list) bounded(t, what, 1, max, limit);
   }
   const caches: readonly CacheSpec[] = options.caches.some((c) => c.id === FULL_ID) ? options.caches : [FULL_SPEC, ...options.caches];
   const shape = model.cacheShape;

@@ -14,3 +14,4 @@ export * from './layer-error.js';
 export * from './planner.js';
 export * from './bench.js';
 export * from './anchor.js';
+export * from './validate.js';

@@ -106,7 +106,34 @@ export interface RunEvalOptions extends ProtocolOptions {
   layerErrorPrompt?: readonly number[];
   /** Called after every (record, configuration) with the seconds it took and the progress (`done` of `total` steps); e.g. to draw a progress bar. */
   onStep?: (info: StepInfo) => void;
+  /**
+   * Records already evaluated by an earlier, interrupted run of the same configuration (as `onRecord` reported them):
+   * they are not run again, and the result is the one an uninterrupted run gives (timing summed). Each must be a
+   * selected record with exactly this run's configurations, else `E_CONFIG`.
+   */
+  completed?: readonly CompletedRecord[];
+  /** Called after each record with its results under every configuration (e.g. to append it to a checkpoint file); awaited. */
+  onRecord?: (record: CompletedRecord) => void | Promise<void>;
 }
+
+/** One record's results under every configuration, with the time each took: the unit of {@link RunEvalOptions.completed}. */
+export type CompletedRecord = (
+  | {
+      /** A prose record. */
+      kind: 'prose';
+      /** Its results. */
+      result: ProseRecordResult;
+    }
+  | {
+      /** A passkey record. */
+      kind: 'passkey';
+      /** Its results. */
+      result: PasskeyRecordResult;
+    }
+) & {
+  /** Seconds and decode steps per configuration id spent on this record. */
+  timing: Record<string, { seconds: number; steps: number }>;
+};
 
 /** What {@link RunEvalOptions.onStep} reports after each (record, configuration). */
 export interface StepInfo {
@@ -203,10 +230,40 @@ async function loadSnapshot(cache: KvCache, s: KvSnapshot, async: boolean): Prom
   }
 }
 
+/** Index completed records by `file#index`, checking they belong to this run. */
+function completedByKey(completed: readonly CompletedRecord[], selected: readonly SelectedRecord[], configIds: readonly string[]): Map<string, CompletedRecord> {
+  const wanted = new Map(selected.map((s) => [`${s.file.name}#${s.index}`, s.file.records[s.index]!.kind]));
+  const ids = [...configIds].sort().join(',');
+  const out = new Map<string, CompletedRecord>();
+  for (const c of completed) {
+    const key = `${c.result.file}#${c.result.index}`;
+    if (wanted.get(key) !== c.kind) throw new XqConfigError('E_CONFIG', `runEval: completed record ${c.result.index} of ${c.result.file} (${c.kind}) is not one this run selects`);
+    if (out.has(key)) throw new XqConfigError('E_CONFIG', `runEval: completed record ${c.result.index} of ${c.result.file} appears twice`);
+    const got = Object.keys(c.result.perCache).sort().join(',');
+    if (got !== ids) throw new XqConfigError('E_CONFIG', `runEval: completed record ${c.result.index} of ${c.result.file} has configurations [${got}], this run [${ids}]`);
+    out.set(key, c);
+  }
+  return out;
+}
+
 /** Timer and per-config accounting shared by the record runners. */
 class Ledger {
   readonly timing: EvalResults['timing'] = {};
   private done = 0;
+  /** Seconds and steps per config so far. */
+  snapshot(): Record<string, { seconds: number; steps: number }> {
+    return Object.fromEntries(Object.entries(this.timing).map(([id, t]) => [id, { seconds: t.seconds, steps: t.steps }]));
+  }
+  /** What was spent per config since `before` (a {@link Ledger.snapshot}). */
+  since(before: Record<string, { seconds: number; steps: number }>): Record<string, { seconds: number; steps: number }> {
+    return Object.fromEntries(
+      Object.entries(this.timing).map(([id, t]) => [id, { seconds: t.seconds - (before[id]?.seconds ?? 0), steps: t.steps - (before[id]?.steps ?? 0) }]),
+    );
+  }
+  /** Account a record finished by an earlier run (reported to `onStep` as if it had just run). */
+  restore(file: string, index: number, timing: Record<string, { seconds: number; steps: number }>): void {
+    for (const [id, t] of Object.entries(timing)) this.step(file, index, id, t.seconds, t.steps);
+  }
   constructor(
     private readonly total: number,
     private readonly onStep: RunEvalOptions['onStep'],
@@ -557,10 +614,28 @@ export async function runEval(options: RunEvalOptions): Promise<EvalResults> {
   const configs = caches.map((c) => ({ ...configRecord(c), ...specBits(c, shape, options.bitsTokens ?? 2048) }));
   const prose: ProseRecordResult[] = [];
   const passkey: PasskeyRecordResult[] = [];
+  const done = completedByKey(options.completed ?? [], selected, ids);
   for (const { file, index } of selected) {
     const rec = file.records[index]!;
-    if (rec.kind === 'prose') prose.push(await (ctx.batch ? runProseRecordBatched : runProseRecord)(ctx, file.name, index, rec));
-    else passkey.push(await (ctx.batch ? runPasskeyRecordBatched : runPasskeyRecord)(ctx, file.name, index, rec));
+    const prior = done.get(`${file.name}#${index}`);
+    if (prior) {
+      ledger.restore(file.name, index, prior.timing);
+      if (prior.kind === 'prose') prose.push(prior.result);
+      else passkey.push(prior.result);
+      continue;
+    }
+    const before = ledger.snapshot();
+    let record: CompletedRecord;
+    if (rec.kind === 'prose') {
+      const result = await (ctx.batch ? runProseRecordBatched : runProseRecord)(ctx, file.name, index, rec);
+      prose.push(result);
+      record = { kind: 'prose', result, timing: ledger.since(before) };
+    } else {
+      const result = await (ctx.batch ? runPasskeyRecordBatched : runPasskeyRecord)(ctx, file.name, index, rec);
+      passkey.push(result);
+      record = { kind: 'passkey', result, timing: ledger.since(before) };
+    }
+    await options.onRecord?.(record);
   }
   let layerErrorResult: EvalResults['layerErrors'];
   if (options.layerErrorPrompt) {

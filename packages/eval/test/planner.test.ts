@@ -6,8 +6,10 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import type { DecoderModel } from '@xquant/models';
 import { accountBits, codeAgreement } from '@xquant/cross-layer';
 import { createKvCache, planned } from '@xquant/tfjs';
+import { XqConfigError } from '@xquant/quant';
 import {
   BENCH_FORMAT,
+  BENCH_LIMITS,
   benchMarkdown,
   cacheSpec,
   captureLayers,
@@ -167,4 +169,27 @@ describe('code agreement, layer errors, planner, bench on a tiny model', () => {
     expect(benchMarkdown(b)).toMatch(/\| kivi-1\/R32\/g32 \| 64 \|/);
     expect(tf.memory().numTensors).toBeLessThan(200);
   }, 60_000);
+});
+
+describe('runBench limits (issue 13 item 8b)', () => {
+  it('rejects steps, warm-up and context lengths above BENCH_LIMITS with E_CONFIG before touching the model', async () => {
+    // a model whose every use throws: the limits must be checked first
+    const boom = () => {
+      throw new Error('the model was used');
+    };
+    const model = { cacheShape: { layers: 1, kvHeads: 1, headDim: 32 }, config: { vocabSize: 64 }, forward: boom } as never;
+    const caches = [] as never[];
+    const fails = async (o: Record<string, unknown>, message: RegExp) => {
+      const e = await runBench({ model, caches, ...o }).catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(XqConfigError);
+      expect((e as Error).message).toMatch(message);
+    };
+    await fails({ steps: 1e9 }, /steps must be at most 100000 \(BENCH_LIMITS\.steps\)/);
+    await fails({ steps: BENCH_LIMITS.steps + 1 }, /BENCH_LIMITS\.steps/);
+    await fails({ warmup: 1e9 }, /BENCH_LIMITS\.warmup/);
+    await fails({ contexts: [256, 2 ** 30] }, /BENCH_LIMITS\.contextTokens/);
+    await fails({ memoryContexts: [2 ** 40] }, /BENCH_LIMITS\.memoryContextTokens/);
+    await fails({ contexts: Array.from({ length: 300 }, (_, i) => i + 1) }, /BENCH_LIMITS\.contexts/);
+    await fails({ steps: 0 }, /steps must be an integer ≥ 1/);
+  });
 });

@@ -16,9 +16,12 @@ import {
   resultsMarkdown,
   runEval,
   summarize,
+  validateEvalResults,
+  type CompletedRecord,
   type EvalFile,
   type EvalResults,
 } from '@xquant/eval';
+import { XqConfigError, XqFormatError } from '@xquant/quant';
 import { scriptedModel, tinyModel, useCpu } from './support/tiny.js';
 
 const T = 100;
@@ -135,6 +138,59 @@ describe('prose protocol on a tiny random Llama (cpu backend)', () => {
     expect(moved.model.path).toBe(parts[0]!.model.path);
     expect(moved.prose.length).toBe(3);
     expect(() => mergeResults([parts[0]!, { ...parts[1]!, model: { ...parts[1]!.model, layers: 3 } }])).toThrow(/model/);
+  });
+
+  it('issue 13 item 10: a run resumed from the records an interrupted run reported equals the uninterrupted run, and reruns only the rest', async () => {
+    const file = proseFile(3, 8);
+    const caches = resolveCacheSpecs(['kivi-2'], model.cacheShape, { residualLengths: [32] });
+    const opts = { model, tokenizer: decode, files: [file], caches, prosePrefill: P, batch: false };
+    const reported: CompletedRecord[] = [];
+    const whole = await runEval({ ...opts, onRecord: (r) => void reported.push(JSON.parse(JSON.stringify(r)) as CompletedRecord) });
+    expect(reported.map((r) => r.result.index)).toEqual([0, 1, 2]);
+    // the per-record timings add up to the run's timing
+    for (const [id, t] of Object.entries(whole.timing)) {
+      expect(reported.reduce((a, r) => a + r.timing[id]!.steps, 0)).toBe(t.steps);
+      expect(reported.reduce((a, r) => a + r.timing[id]!.seconds, 0)).toBeCloseTo(t.seconds, 9);
+    }
+    // "interrupted" after records 0 and 2 (any subset): only 1 runs again
+    const counting = { ...model, cacheShape: model.cacheShape, config: model.config, forward: (...a: Parameters<DecoderModel['forward']>) => (calls++, model.forward(...a)) };
+    let calls = 0;
+    const again: number[] = [];
+    const resumed = await runEval({ ...opts, model: counting, completed: [reported[0]!, reported[2]!], onRecord: (r) => void again.push(r.result.index) });
+    expect(again).toEqual([1]);
+    // one record: full runs T − P forwards, kivi-2 one fewer (its prefill is copied from full's)
+    expect(calls).toBe(2 * (T - P) - 1);
+    expect(stripVolatile(resumed)).toEqual(stripVolatile(whole));
+    expect(resumed.timing.full!.steps).toBe(whole.timing.full!.steps);
+    expect(resumed.timing.full!.records).toBe(3);
+    // completed records that do not belong to the run are refused
+    await expect(runEval({ ...opts, limit: 1, completed: [reported[2]!] })).rejects.toThrow(/not one this run selects/);
+    await expect(runEval({ ...opts, completed: [reported[0]!, reported[0]!] })).rejects.toThrow(/appears twice/);
+    const otherConfigs = { ...reported[1]!, result: { ...reported[1]!.result, perCache: { full: reported[1]!.result.perCache.full! } } } as CompletedRecord;
+    await expect(runEval({ ...opts, completed: [otherConfigs] })).rejects.toThrow(XqConfigError);
+  });
+
+  it('issue 13 item 10: validateEvalResults accepts real results and names the malformed field', async () => {
+    const res = await runEval({ model, tokenizer: decode, files: [proseFile(1)], caches: resolveCacheSpecs(['kivi-2'], model.cacheShape, { residualLengths: [32] }), prosePrefill: P });
+    const json = JSON.parse(JSON.stringify(res)) as EvalResults;
+    expect(validateEvalResults(json, 'r.json')).toEqual(json);
+    const bad = (edit: (j: any) => void) => {
+      const j = JSON.parse(JSON.stringify(res));
+      edit(j);
+      try {
+        validateEvalResults(j, 'r.json');
+      } catch (e) {
+        expect(e).toBeInstanceOf(XqFormatError);
+        return (e as Error).message;
+      }
+      throw new Error('accepted a malformed result');
+    };
+    expect(bad((j) => (j.configs = 5))).toBe('r.json: configs must be an array, got number 5');
+    expect(bad((j) => delete j.model)).toBe('r.json: model must be an object, got nothing (missing)');
+    expect(bad((j) => (j.prose[0].perCache['kivi-2/R32/g32'].kl = 'x'))).toBe('r.json: prose[0].perCache["kivi-2/R32/g32"].kl must be a number, got "x"');
+    expect(bad((j) => (j.prose[0].perCache.ghost = j.prose[0].perCache.full))).toMatch(/perCache has configuration "ghost", which is not in configs/);
+    expect(bad((j) => (j.format = 'xquant-eval/v0'))).toMatch(/not an xquant eval result/);
+    expect(bad((j) => (j.configs[0].residualLength = 1.5))).toMatch(/configs\[0\]\.residualLength must be an integer, got number 1\.5/);
   });
 
   it('a wrapper preset whose inner options fix R and group sizes keeps them (not swept to the defaults)', () => {

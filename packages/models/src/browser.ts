@@ -42,7 +42,9 @@ export { UrlModelFiles, FileMapModelFiles, isModelFiles, type ModelFiles, type F
 export { openSource, type OpenOptions } from './io/platform.js';
 export * from './config.js';
 export * from './tokenizer.js';
+export { regexHazard, checkTokenizerRegexes, TOKENIZER_REGEX_MAX_LENGTH, TOKENIZER_REGEX_MAX_UNBOUNDED_RUN, type RegexHazard } from './regex-safety.js';
 export { ropeInverseFrequencies } from './rope.js';
 export { DecoderModel, type WeightSource, type LogitsSelection } from './model.js';
+export { checkWeightsMatchConfig, expectedWeightNames, DERIVED_WEIGHT_PATTERNS } from './weight-check.js';
 export * from './load-model.js';
 export { generate, sampleToken, createRng, type Rng, type SamplingOptions, type GeneratedToken, type GenerateOptions, type GenerateResult } from './generate.js';

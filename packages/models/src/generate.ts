@@ -76,11 +76,13 @@ export function sampleToken(logits: ArrayLike<number>, options: SamplingOptions 
   if (!rng) throw new XqConfigError('E_CONFIG', 'sampleToken: sampling at temperature > 0 needs an rng (createRng(seed))');
   const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]! || a - b);
   const k = topK > 0 ? Math.min(topK, n) : n;
-  const max = logits[best]! / temperature;
+  // (l − max) / T, not l/T − max/T: a tiny (even subnormal) T sends the gaps to −∞ (weight 0) instead of ∞ − ∞ = NaN;
+  // the maximum keeps weight 1, so the sum is ≥ 1 and the draw is well defined for every T > 0
+  const max = logits[best]!;
   const probs = new Float64Array(k);
   let sum = 0;
   for (let i = 0; i < k; i++) {
-    probs[i] = Math.exp(logits[order[i]!]! / temperature - max);
+    probs[i] = Math.exp((logits[order[i]!]! - max) / temperature);
     sum += probs[i]!;
   }
   let keep = k;

@@ -4,6 +4,7 @@ import type { AsyncKvCache, KvCache, KvCacheShape } from '@xquant/tfjs';
 import type { ModelConfig } from './config.js';
 import { validateModelConfig } from './config.js';
 import { ropeInverseFrequencies, ropeTables } from './rope.js';
+import { checkWeightsMatchConfig } from './weight-check.js';
 
 /** Named float32 weights with Hugging Face names (`model.layers.0.self_attn.q_proj.weight`, …). */
 export interface WeightSource {
@@ -15,6 +16,11 @@ export interface WeightSource {
   shape(name: string): number[];
   /** The weight as float32, row-major. */
   read(name: string): Promise<Float32Array>;
+  /**
+   * Names of every tensor the source holds. When present, loading checks that the config uses each of them
+   * (`checkWeightsMatchConfig`): a leftover tensor is a contradiction between config and weights, a typed error.
+   */
+  names?(): string[];
 }
 
 interface ForwardState {
@@ -79,10 +85,13 @@ export class DecoderModel {
 
   /**
    * Build a model from weights with Hugging Face names. Every weight's shape is checked against `config`
-   * and its values must be finite; the float32 data go straight to tfjs tensors, one weight at a time.
+   * and its values must be finite; the float32 data go straight to tfjs tensors, one weight at a time. A tensor the
+   * config does not use (more layers, biases, an untied `lm_head` under tied embeddings) is an `E_CONFIG` error, see
+   * `checkWeightsMatchConfig`.
    */
   static async fromWeights(config: ModelConfig, weights: WeightSource): Promise<DecoderModel> {
     validateModelConfig(config, weights.source);
+    await checkWeightsMatchConfig(config, weights);
     const c = config;
     const created: tf.Tensor[] = [];
     const read = async (name: string, shape: number[]): Promise<Float32Array> => {

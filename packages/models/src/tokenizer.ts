@@ -3,6 +3,7 @@ import { XqError, XqFormatError } from '@xquant/quant';
 import { isModelFiles, type ModelFiles } from './io/model-files.js';
 import { resolveModelString, type OpenOptions } from './io/platform.js';
 import { isObject, readJsonFile } from './loaders/file.js';
+import { checkTokenizerRegexes } from './regex-safety.js';
 
 /** Largest tokenizer.json accepted (bytes). */
 export const TOKENIZER_JSON_MAX_BYTES = 256 * 1024 * 1024;
@@ -31,11 +32,13 @@ function tokenContent(v: unknown): string | undefined {
 
 /**
  * Build a {@link TextTokenizer} from parsed `tokenizer.json` and `tokenizer_config.json` objects
- * (`new Tokenizer(json, config)` of `@huggingface/tokenizers`). `source` names the origin in errors.
+ * (`new Tokenizer(json, config)` of `@huggingface/tokenizers`). `source` names the origin in errors. Regex patterns
+ * that could backtrack exponentially are refused first (`checkTokenizerRegexes`).
  */
 export function createTokenizer(tokenizerJson: unknown, tokenizerConfig: unknown = {}, source = 'tokenizer.json'): TextTokenizer {
   if (!isObject(tokenizerJson)) throw new XqFormatError(`${source}: tokenizer.json must be a JSON object`);
   if (!isObject(tokenizerJson.model)) throw new XqFormatError(`${source}: tokenizer.json has no "model" object`);
+  checkTokenizerRegexes(tokenizerJson, source);
   const config = isObject(tokenizerConfig) ? tokenizerConfig : {};
   const json = { normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null, added_tokens: [], ...tokenizerJson };
   let tok: Tokenizer;
@@ -48,9 +51,33 @@ export function createTokenizer(tokenizerJson: unknown, tokenizerConfig: unknown
   const eosName = tokenContent(config.eos_token);
   const bosTokenId = bosName === undefined ? undefined : tok.token_to_id(bosName);
   const eosTokenId = eosName === undefined ? undefined : tok.token_to_id(eosName);
+  // a malformed tokenizer.json can build and then fail (or return garbage) only when used: make both typed errors
+  const fail = (what: string, e: unknown): never => {
+    if (XqError.isInstance(e)) throw e;
+    throw new XqFormatError(`${source}: ${what} failed (${(e as Error)?.message ?? String(e)}); the tokenizer.json is malformed`, { cause: e });
+  };
   return {
-    encode: (text, options) => tok.encode(text, { add_special_tokens: options?.addSpecialTokens ?? true }).ids,
-    decode: (ids, options) => (ids.length === 0 ? '' : tok.decode(Array.from(ids), { skip_special_tokens: options?.skipSpecialTokens ?? true })),
+    encode: (text, options) => {
+      let ids: unknown;
+      try {
+        ids = tok.encode(text, { add_special_tokens: options?.addSpecialTokens ?? true }).ids;
+      } catch (e) {
+        return fail('encoding', e);
+      }
+      if (!Array.isArray(ids) || !ids.every((id) => Number.isInteger(id) && id >= 0)) {
+        const bad = Array.isArray(ids) ? ids.find((id) => !(Number.isInteger(id) && id >= 0)) : ids;
+        throw new XqFormatError(`${source}: encoding produced ${JSON.stringify(bad) ?? String(bad)}, not a token id; the vocabulary in tokenizer.json is malformed`);
+      }
+      return ids as number[];
+    },
+    decode: (ids, options) => {
+      if (ids.length === 0) return '';
+      try {
+        return tok.decode(Array.from(ids), { skip_special_tokens: options?.skipSpecialTokens ?? true });
+      } catch (e) {
+        return fail('decoding', e);
+      }
+    },
     tokenToId: (t) => tok.token_to_id(t),
     idToToken: (id) => tok.id_to_token(id),
     bosTokenId,

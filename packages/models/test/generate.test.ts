@@ -20,6 +20,23 @@ describe('sampling', () => {
     expect(sampleToken([1, 3, 2], { temperature: 1, topK: 1 }, rng)).toBe(1);
     for (let i = 0; i < 50; i++) expect(sampleToken([1, 3, 2], { temperature: 5, topP: 1e-6 }, rng)).toBe(1);
   });
+  it('issue 13 item 6: a tiny or subnormal temperature samples the most likely token, never the least likely', () => {
+    // logits/T overflowed to ±∞ and ∞ − ∞ = NaN: every weight NaN, the draw fell through to the last candidate
+    const rng = createRng(7);
+    const logits = [0.5, 3, -2, 2.999, 1];
+    for (const temperature of [1e-320, Number.MIN_VALUE, 1e-300, 1e-30]) {
+      for (let i = 0; i < 20; i++) expect(sampleToken(logits, { temperature }, rng)).toBe(1);
+      for (let i = 0; i < 5; i++) expect(sampleToken(logits, { temperature, topK: 3, topP: 0.9 }, rng)).toBe(1);
+    }
+    // the limit is continuous: ties at the top still split evenly at a subnormal temperature
+    const tie = frequencies(() => sampleToken([1, 5, 5, 0], { temperature: 1e-320 }, rng), 4000, 4);
+    expect(tie[0]! + tie[3]!).toBe(0);
+    expect(Math.abs(tie[1]! - 0.5)).toBeLessThan(0.05);
+    // a huge temperature flattens to uniform without overflow
+    const flat = frequencies(() => sampleToken([-3e38, 3e38], { temperature: 1e308 }, rng), 4000, 2);
+    expect(Math.abs(flat[0]! - 0.5)).toBeLessThan(0.05);
+  });
+
   it('temperature 1 follows softmax; top-k and top-p cut the tail; temperature 2 flattens (20k draws, ±0.015)', () => {
     const rng = createRng(42);
     const n = 20000;

@@ -1,5 +1,5 @@
 import { writeFileSync } from 'node:fs';
-import { parseCommandArgs, sharedOptions } from '../args.js';
+import { checkOutputPath, parseCommandArgs, sharedOptions } from '../args.js';
 import { benchMarkdown, openEvalModel, resolveCacheSpecs, runBench, validateCacheNames } from '@xquant/eval';
 import { DEFAULT_GROUP_SIZE, DEFAULT_RESIDUAL_LENGTH, type BackendName } from '@xquant/tfjs';
 import { loadPlugins } from '../plugins.js';
@@ -41,6 +41,10 @@ export async function run(argv: string[]): Promise<number> {
   if (typeof values.model !== 'string') {
     console.error(`xquant bench: --model is required\n\n${USAGE}`);
     return 2;
+  }
+  if (typeof values.out === 'string') {
+    checkOutputPath(values.out, '--out');
+    checkOutputPath(values.out.replace(/\.json$/i, '') + '.md', '--out (markdown)');
   }
   await loadPlugins(values.plugin ?? [], (line) => process.stderr.write(`xquant bench: ${line}\n`));
   const sizes = { residualLengths: values['residual-length'], groupSizes: values['group-size'] };

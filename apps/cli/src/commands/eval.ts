@@ -1,5 +1,5 @@
-import { writeFileSync } from 'node:fs';
-import { parseCommandArgs, readJsonFile, sharedOptions } from '../args.js';
+import { appendFileSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { checkOutputPath, parseCommandArgs, readJsonFile, sharedOptions } from '../args.js';
 import { ProgressBar } from '../progress.js';
 import {
   joinResults,
@@ -12,8 +12,11 @@ import {
   runEval,
   summarize,
   validateCacheNames,
+  validateEvalResults,
+  type CompletedRecord,
   type EvalResults,
 } from '@xquant/eval';
+import { XqConfigError, XqError, XqFormatError } from '@xquant/quant';
 import { DEFAULT_GROUP_SIZE, DEFAULT_RESIDUAL_LENGTH, type BackendName } from '@xquant/tfjs';
 import { loadPlugins } from '../plugins.js';
 
@@ -53,9 +56,59 @@ options:
                        forward per step for all of them; the default except on webgpu)
   --layer-errors       also measure each cache's per-layer attention/K/V error (each layer in isolation) on the
                        first prose record of the data (for the report's per-layer plot)
-  --out FILE           write the results JSON to FILE and the markdown table to FILE with .md
+  --out FILE           write the results JSON to FILE and the markdown table to FILE with .md; while the run goes,
+                       every finished record is appended to FILE.partial.jsonl (removed at the end)
+  --resume             continue the interrupted run whose FILE.partial.jsonl is beside --out (same model, data,
+                       configurations and selection), skipping the records it finished
   --json               print the results JSON on stdout (else the markdown table)
   -h, --help           show this help`;
+
+/** Format tag of the first line of an eval checkpoint (\`--out FILE\` → FILE.partial.jsonl). */
+const CHECKPOINT_FORMAT = 'xquant-eval-checkpoint/v1';
+
+/** Where the checkpoint of \`--out FILE\` lives. */
+function checkpointPath(out: string): string {
+  return `${out}.partial.jsonl`;
+}
+
+/**
+ * The records an interrupted run finished, from its checkpoint; throws when the checkpoint belongs to another run
+ * (\`E_CONFIG\`, naming what differs) or is not a checkpoint (\`E_FORMAT\`). A torn last line (the run died while writing
+ * it) is dropped.
+ */
+function readCheckpoint(path: string, run: Record<string, unknown>): CompletedRecord[] {
+  const lines = readFileSync(path, 'utf8').split('\n');
+  if (lines.at(-1) === '') lines.pop();
+  let head: { format?: unknown; run?: Record<string, unknown> };
+  try {
+    head = JSON.parse(lines[0] ?? '') as typeof head;
+  } catch {
+    throw new XqFormatError(`${path}: not an xquant eval checkpoint (first line is not JSON)`);
+  }
+  if (head?.format !== CHECKPOINT_FORMAT || typeof head.run !== 'object' || head.run === null) {
+    throw new XqFormatError(`${path}: not an xquant eval checkpoint (format ${JSON.stringify(head?.format)}, expected ${CHECKPOINT_FORMAT})`);
+  }
+  for (const key of new Set([...Object.keys(run), ...Object.keys(head.run)])) {
+    if (JSON.stringify(head.run[key]) !== JSON.stringify(run[key])) {
+      throw new XqConfigError('E_CONFIG', `${path}: the checkpoint is of another run: its ${key} is ${JSON.stringify(head.run[key])}, this run's ${JSON.stringify(run[key])}; resume with the same arguments, or delete it to start over`);
+    }
+  }
+  const records: CompletedRecord[] = [];
+  for (let i = 1; i < lines.length; i++) {
+    let rec: CompletedRecord;
+    try {
+      rec = JSON.parse(lines[i]!) as CompletedRecord;
+    } catch {
+      if (i === lines.length - 1) break; // torn last line
+      throw new XqFormatError(`${path}: line ${i + 1} is not JSON`);
+    }
+    if (typeof rec !== 'object' || rec === null || (rec.kind !== 'prose' && rec.kind !== 'passkey') || typeof rec.result !== 'object' || typeof rec.timing !== 'object') {
+      throw new XqFormatError(`${path}: line ${i + 1} is not a finished record`);
+    }
+    records.push(rec);
+  }
+  return records;
+}
 
 function mdPath(out: string): string {
   return out.toLowerCase().endsWith('.json') ? `${out.slice(0, -5)}.md` : `${out}.md`;
@@ -79,7 +132,12 @@ async function merge(argv: string[], join: boolean): Promise<number> {
     console.error(`xquant ${command}: no results files given\n\n${USAGE}`);
     return 2;
   }
-  const merged = (join ? joinResults : mergeResults)(parsed.positionals.map((f) => readJsonFile(f, 'results file') as EvalResults));
+  const out = parsed.values.out as string | undefined;
+  if (out) {
+    checkOutputPath(out, '--out');
+    checkOutputPath(mdPath(out), '--out (markdown)');
+  }
+  const merged = (join ? joinResults : mergeResults)(parsed.positionals.map((f) => validateEvalResults(readJsonFile(f, 'results file'), f)));
   emit(merged, parsed.values.out as string | undefined, (parsed.values.json as boolean | undefined) ?? false);
   return 0;
 }
@@ -96,18 +154,34 @@ export async function run(argv: string[]): Promise<number> {
     'no-shared-prefill': { type: 'boolean' },
     'no-batch': { type: 'boolean' },
     'layer-errors': { type: 'boolean' },
+    resume: { type: 'boolean' },
   }, { positionals: true, ints: { 'residual-length': 'list', 'group-size': 'list', 'value-group-size': 'one', limit: 'one', sample: 'one' } });
   if (typeof parsed === 'number') return parsed;
   const values = parsed.values as {
     model?: string; data?: string[]; caches?: string; shard?: string; backend?: string; out?: string; json?: boolean;
     'residual-length'?: number[]; 'group-size'?: number[]; 'value-group-size'?: number; limit?: number; sample?: number;
-    'no-shared-prefill'?: boolean; 'no-batch'?: boolean; 'layer-errors'?: boolean; plugin?: string[];
+    'no-shared-prefill'?: boolean; 'no-batch'?: boolean; 'layer-errors'?: boolean; plugin?: string[]; resume?: boolean;
   };
   const { limit, sample } = values;
   const data = [...(values.data ?? []), ...parsed.positionals];
   if (!values.model || data.length === 0) {
     console.error(`xquant eval: --model and --data are required\n\n${USAGE}`);
     return 2;
+  }
+  if (values.resume && !values.out) {
+    console.error(`xquant eval: --resume needs --out (the checkpoint is FILE.partial.jsonl beside it)\n\n${USAGE}`);
+    return 2;
+  }
+  // outputs are checked before the run, not after it
+  const checkpoint = values.out ? checkpointPath(values.out) : undefined;
+  if (values.out) {
+    checkOutputPath(values.out, '--out');
+    checkOutputPath(mdPath(values.out), '--out (markdown)');
+    checkOutputPath(checkpoint!, '--out (checkpoint)');
+    if (existsSync(checkpoint!) && !values.resume) {
+      throw new XqError('E_STATE', `${checkpoint}: an interrupted run left this checkpoint; pass --resume to continue it, or delete it to start over`);
+    }
+    if (values.resume && !existsSync(checkpoint!)) throw new XqError('E_IO', `--resume: no checkpoint ${checkpoint} to resume from`);
   }
   await loadPlugins(values.plugin ?? [], (line) => process.stderr.write(`xquant eval: ${line}\n`));
   const shard = values.shard === undefined ? undefined : parseShard(values.shard);
@@ -122,9 +196,34 @@ export async function run(argv: string[]): Promise<number> {
     `xquant eval: ${rt.name} (${rt.config.architecture}, ${rt.config.numLayers} layers) on ${rt.backend.backend} (${rt.backend.reason}); ` +
       `${caches.length} configs × ${files.map((f) => `${f.name}${limit ? ` [≤${limit}]` : ''}${sample ? ` [${sample} spaced]` : ''}`).join(', ')}${shard ? `, shard ${shard.index}/${shard.count}` : ''}\n`,
   );
+  // what identifies the run: a checkpoint resumes only the same one
+  const identity = {
+    model: values.model,
+    architecture: rt.config.architecture,
+    layers: rt.config.numLayers,
+    configs: caches.map((c) => c.id),
+    files: files.map((f) => ({ name: f.name, records: f.records.length })),
+    limit: limit ?? null,
+    sample: sample ?? null,
+    shard: shard ?? null,
+    sharedPrefill: !values['no-shared-prefill'],
+    batch: !values['no-batch'],
+    backend: rt.backend.backend,
+  };
+  let completed: CompletedRecord[] = [];
+  if (checkpoint) {
+    if (values.resume) {
+      completed = readCheckpoint(checkpoint, identity);
+      process.stderr.write(`xquant eval: resuming ${checkpoint}: ${completed.length} records already done\n`);
+      // rewrite it without a torn last line, so appends start on a fresh line
+      writeFileSync(checkpoint, [JSON.stringify({ format: CHECKPOINT_FORMAT, run: identity }), ...completed.map((r) => JSON.stringify(r))].join('\n') + '\n');
+    } else writeFileSync(checkpoint, `${JSON.stringify({ format: CHECKPOINT_FORMAT, run: identity })}\n`);
+  }
   let bar: ProgressBar | undefined;
   try {
     const results = await runEval({
+      completed,
+      onRecord: checkpoint ? (r) => appendFileSync(checkpoint, `${JSON.stringify(r)}\n`) : undefined,
       model: rt.model,
       tokenizer: rt.tokenizer,
       modelInfo: { name: rt.name, path: values.model },
@@ -140,6 +239,7 @@ export async function run(argv: string[]): Promise<number> {
     });
     bar?.finish();
     emit(results, values.out, values.json ?? false);
+    if (checkpoint) rmSync(checkpoint, { force: true });
     const secs = Object.values(results.timing).reduce((a, t) => a + t.seconds, 0);
     const rows = summarize(results).length;
     process.stderr.write(`xquant eval: ${rows} configs, ${results.prose.length} prose + ${results.passkey.length} passkey records in ${secs.toFixed(0)} s\n`);

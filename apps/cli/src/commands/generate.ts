@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { parseCommandArgs, sharedOptions } from '../args.js';
+import { boundedInt, parseCommandArgs, sharedOptions } from '../args.js';
 import { generate, loadModel } from '@xquant/models';
 import { BACKEND_ORDER, createKvCache, PRESETS, strategyIds, type BackendName } from '@xquant/tfjs';
 import { backendLine, cliBackend } from '../backend.js';
@@ -41,6 +41,14 @@ function num(v: string | undefined, name: string, check: (x: number) => boolean,
   const x = Number(v);
   if (v.trim() === '' || !Number.isFinite(x) || !check(x)) throw new UsageError(`--${name} must be ${rule}, got '${v}'`);
   return x;
+}
+
+/**
+ * Write to stdout and wait until it is handed to the OS: a closed pipe (`| head -c 1`) then surfaces as an EPIPE
+ * 'error' event (handled in cli.ts) after this token rather than after the whole generation.
+ */
+function flushed(text: string): Promise<void> {
+  return new Promise((resolve) => process.stdout.write(text, () => resolve()));
 }
 
 function formatError(e: unknown): string {
@@ -99,7 +107,6 @@ export async function run(argv: string[]): Promise<number> {
     if (v.backend !== undefined && !(BACKEND_ORDER as readonly string[]).includes(v.backend)) {
       throw new UsageError(`--backend must be one of ${BACKEND_ORDER.join(', ')}; got '${v.backend}'`);
     }
-    const int = (x: number) => Number.isInteger(x) && x >= 0;
     o = {
       model: v.model,
       prompt: v.prompt,
@@ -108,9 +115,9 @@ export async function run(argv: string[]): Promise<number> {
       tokenizer: v.tokenizer,
       json: v.json ?? false,
       ignoreEos: v['ignore-eos']!,
-      maxNewTokens: num(v['max-new-tokens'], 'max-new-tokens', int, 'an integer ≥ 0') ?? 32,
+      maxNewTokens: boundedInt(v['max-new-tokens'], 'max-new-tokens') ?? 32,
       temperature: num(v.temperature, 'temperature', (x) => x >= 0, 'a number ≥ 0') ?? 0,
-      topK: num(v['top-k'], 'top-k', int, 'an integer ≥ 0') ?? 0,
+      topK: boundedInt(v['top-k'], 'top-k') ?? 0,
       topP: num(v['top-p'], 'top-p', (x) => x > 0 && x <= 1, 'in (0, 1]') ?? 1,
       seed: num(v.seed, 'seed', (x) => Number.isInteger(x) && x >= 0 && x < 2 ** 32, 'an integer in [0, 2^32)'),
       residualLength: parsed.values['residual-length'] as number | undefined,
@@ -152,7 +159,7 @@ export async function run(argv: string[]): Promise<number> {
       topP: o.topP,
       ...(o.seed !== undefined ? { seed: o.seed } : {}),
       stopOnEos: !o.ignoreEos,
-      onToken: o.json ? undefined : (t) => void process.stdout.write(t.text),
+      onToken: o.json ? undefined : (t) => flushed(t.text),
     });
     const mem = cache.memory();
     if (o.json) {

@@ -1,7 +1,7 @@
 import { loadGpuDecoder } from '@xquant/models/gpu';
 import { PRESETS, resolveCacheConfig } from '@xquant/tfjs';
 import { requestNodeDevice } from '@xquant/webgpu';
-import { parseCommandArgs, sharedOptions } from '../args.js';
+import { boundedInt, parseCommandArgs, sharedOptions } from '../args.js';
 
 /** One-line description shown by `xquant --help`. */
 export const summary = 'generate on the GPU with the device-resident decoder (raw WebGPU: fp16 weights, KV cache on the device)';
@@ -42,10 +42,16 @@ export async function run(argv: string[]): Promise<number> {
     return 2;
   };
   if (typeof v.model !== 'string' || typeof v.prompt !== 'string') return usage('--model and --prompt are required');
-  const maxNew = Number(v['max-new-tokens']);
+  let maxNew: number;
+  let contextFlag: number | undefined;
+  try {
+    maxNew = boundedInt(String(v['max-new-tokens']), 'max-new-tokens', 1)!;
+    contextFlag = boundedInt(v.context as string | undefined, 'context', 1);
+  } catch (e) {
+    return usage((e as Error).message);
+  }
   const temperature = Number(v.temperature);
   const seed = Number(v.seed);
-  if (!Number.isInteger(maxNew) || maxNew < 1) return usage(`--max-new-tokens must be a positive integer, got '${String(v['max-new-tokens'])}'`);
   if (!Number.isFinite(temperature) || temperature < 0) return usage(`--temperature must be a number ≥ 0, got '${String(v.temperature)}'`);
   if (!Number.isInteger(seed)) return usage(`--seed must be an integer, got '${String(v.seed)}'`);
   process.env.XDG_RUNTIME_DIR ??= '/tmp';
@@ -59,7 +65,7 @@ export async function run(argv: string[]): Promise<number> {
     // weights once (with a small full cache), then the requested cache sized for this prompt
     const { decoder, config, tokenizer } = await loadGpuDecoder(v.model, gpu.device, { cache: { kind: 'full' }, capacity: 16 });
     const ids = tokenizer.encode(v.prompt);
-    const capacity = v.context !== undefined ? Number(v.context) : ids.length + maxNew;
+    const capacity = contextFlag ?? ids.length + maxNew;
     if (!Number.isInteger(capacity) || capacity < ids.length + maxNew) {
       decoder.dispose();
       return usage(`--context must be an integer ≥ prompt + new tokens (${ids.length + maxNew})`);

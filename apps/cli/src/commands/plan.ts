@@ -1,5 +1,5 @@
 import { readFileSync, writeFileSync } from 'node:fs';
-import { parseCommandArgs, sharedOptions } from '../args.js';
+import { checkOutputPath, parseCommandArgs, sharedOptions } from '../args.js';
 import { DEFAULT_CALIBRATION_TEXT, openEvalModel, planForBudget } from '@xquant/eval';
 import { XqError, XqFormatError } from '@xquant/quant';
 import { DEFAULT_RESIDUAL_LENGTH, type BackendName } from '@xquant/tfjs';
@@ -72,6 +72,7 @@ export async function run(argv: string[]): Promise<number> {
     console.error(`xquant plan: --model and a positive --budget are required\n\n${USAGE}`);
     return 2;
   }
+  if (typeof v.out === 'string') checkOutputPath(v.out, '--out');
   const R = v['residual-length'] ?? DEFAULT_RESIDUAL_LENGTH;
   const { tokens, 'max-verify': maxVerify, 'group-size': groupSizes, 'value-group-size': valueGroupSizes } = v;
   const rt = await openEvalModel(v.model, { backend: v.backend as BackendName | undefined });

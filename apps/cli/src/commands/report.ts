@@ -1,5 +1,5 @@
 import { writeFileSync } from 'node:fs';
-import { parseCommandArgs, readJsonFile, sharedOptions } from '../args.js';
+import { checkOutputPath, parseCommandArgs, readJsonFile, sharedOptions } from '../args.js';
 import { renderReport, type ReportInput } from '../report/report.js';
 import {
   BENCH_FORMAT,
@@ -9,6 +9,9 @@ import {
   compareWithAnchor,
   parseAnchor,
   resultsMarkdown,
+  validateBenchResults,
+  validateEvalResults,
+  validatePlanResult,
   type BenchResults,
   type EvalResults,
 } from '@xquant/eval';
@@ -51,12 +54,16 @@ export async function run(argv: string[]): Promise<number> {
     return 2;
   }
   const input: { results: EvalResults[]; bench: BenchResults[]; plans: NonNullable<ReportInput['plans']>[number][] } = { results: [], bench: [], plans: [] };
+  checkOutputPath(values.out, '--out');
+  if (values.markdown) checkOutputPath(values.markdown, '--markdown');
+  // every input is checked field by field: a malformed file is an E_FORMAT error naming the field, not a TypeError
   for (const f of inputs) {
-    const j = readJsonFile(f) as { format?: string };
-    if (j?.format === RESULTS_FORMAT) input.results.push(j as EvalResults);
-    else if (j?.format === BENCH_FORMAT) input.bench.push(j as BenchResults);
-    else if (j?.format === 'xquant-plan/v1') input.plans.push(j as NonNullable<ReportInput['plans']>[number]);
-    else throw new XqFormatError(`${f}: not an xquant eval, bench or plan result (format ${JSON.stringify(j?.format)})`);
+    const j = readJsonFile(f) as { format?: unknown } | null;
+    const format = typeof j === 'object' && j !== null ? j.format : undefined;
+    if (format === RESULTS_FORMAT) input.results.push(validateEvalResults(j, f));
+    else if (format === BENCH_FORMAT) input.bench.push(validateBenchResults(j, f));
+    else if (format === 'xquant-plan/v1') input.plans.push(validatePlanResult(j, f) as NonNullable<ReportInput['plans']>[number]);
+    else throw new XqFormatError(`${f}: not an xquant eval, bench or plan result (format ${JSON.stringify(format)})`);
   }
   const anchor = values.anchor ? parseAnchor(readJsonFile(values.anchor)) : undefined;
   if (values.markdown) {

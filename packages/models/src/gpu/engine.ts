@@ -9,6 +9,7 @@ import {
 import type { ModelConfig } from '../config.js';
 import { validateModelConfig } from '../config.js';
 import type { WeightSource } from '../model.js';
+import { checkWeightsMatchConfig } from '../weight-check.js';
 import { ropeInverseFrequencies, ropeTables } from '../rope.js';
 import { MATVEC_WORKGROUP, SAMPLE_BLOCK, embedSource, matvecRowsPerWorkgroup, matvecSource, sampleSource, type MatvecSpec } from './kernels.js';
 
@@ -207,6 +208,7 @@ export class GpuDecoder {
    */
   static async create(device: GPUDevice, config: ModelConfig, weights: WeightSource, options: GpuDecoderOptions): Promise<GpuDecoder> {
     validateModelConfig(config, weights.source);
+    await checkWeightsMatchConfig(config, weights);
     const cap = options.capacity;
     if (!Number.isInteger(cap) || cap <= 0) throw new XqShapeError(`capacity must be a positive integer; got ${String(cap)}`);
     if (cap > config.maxPositionEmbeddings * 64) throw new XqShapeError(`capacity ${cap} is far beyond the model's ${config.maxPositionEmbeddings} positions`);

@@ -16,8 +16,12 @@ export const GGUF_MAX_ARRAY_DEPTH = 4;
 /** Most dimensions a tensor may declare (GGML uses up to 4). */
 export const GGUF_MAX_TENSOR_DIMS = 8;
 
-/** Bytes read per window while parsing (larger values are read in one go). */
-const WINDOW = 1 << 20;
+/** Bytes read per window while parsing (larger values are read in one go). @internal */
+export const GGUF_READ_WINDOW = 1 << 20;
+const WINDOW = GGUF_READ_WINDOW;
+
+/** Strict decoder: invalid UTF-8 is an error, not U+FFFD; a BOM is kept as data. */
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /** One tensor as declared by the header (GGML order: `shape[0]` is the fastest-varying dimension). @internal */
 export interface RawGgufTensorInfo {
@@ -93,10 +97,20 @@ class Cursor {
     return Number(v);
   }
 
+  /** A string of exactly its declared byte length, which must be valid UTF-8 (GGUF writers encode UTF-8). */
   async string(what: string): Promise<string> {
+    const at = this.offset;
     const n = await this.count(`${what} length`, GGUF_MAX_STRING_LENGTH);
     await this.need(n, what);
-    const s = new TextDecoder('utf-8').decode(this.buf.subarray(this.at(), this.at() + n));
+    const bytes = this.buf.subarray(this.at(), this.at() + n);
+    if (bytes.length !== n) this.fail(`${what} at byte ${at}: read ${bytes.length} of its ${n} bytes`);
+    let s: string;
+    try {
+      s = UTF8.decode(bytes);
+    } catch {
+      // a lenient decode would replace bytes with U+FFFD and return another string than the file holds
+      return this.fail(`${what} at byte ${at} (${n} bytes) is not valid UTF-8`);
+    }
     this.offset += n;
     return s;
   }

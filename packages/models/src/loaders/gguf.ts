@@ -215,8 +215,13 @@ function unpermuteRows(data: Float32Array, heads: number, cols: number): Float32
   return out;
 }
 
+/** GGUF tensors the loader consumes itself (not weights of the decoder). */
+const GGUF_CONSUMED = new Set(['rope_freqs.weight']);
+
 class GgufWeights implements WeightSource {
   private readonly byHf = new Map<string, GgufTensorInfo>();
+  /** GGUF names with no Hugging Face counterpart: listed by names(), so loading reports them. */
+  private readonly unmapped: string[] = [];
   constructor(
     readonly source: string,
     private readonly file: BoundedFile,
@@ -226,10 +231,14 @@ class GgufWeights implements WeightSource {
     for (const t of header.tensors.values()) {
       const hf = ggufToHfName(t.name);
       if (hf) this.byHf.set(hf, t);
+      else if (!GGUF_CONSUMED.has(t.name)) this.unmapped.push(t.name);
     }
   }
   has(name: string): boolean {
     return this.byHf.has(name);
+  }
+  names(): string[] {
+    return [...this.byHf.keys(), ...this.unmapped];
   }
   shape(name: string): number[] {
     return this.info(name).shape;

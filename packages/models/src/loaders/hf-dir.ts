@@ -81,9 +81,9 @@ export class SafetensorsWeights implements WeightSource {
     return this.file(name).readFloat32(name);
   }
 
-  /** Names of all tensors. */
+  /** Names of all tensors: those of the index and any a shard holds beyond them (unused, so reported at load). */
   names(): string[] {
-    return [...this.byName.keys()];
+    return [...new Set([...this.byName.keys(), ...this.files.flatMap((f) => f.names())])];
   }
 
   private file(name: string): SafetensorsFile {

@@ -472,7 +472,7 @@ export function ggufTokenizerMetadata(tokens: string[], merges: string[], specia
 }
 
 /** A GGUF file of a tiny model as llama.cpp would write it (Llama Q/K permuted; 1-D tensors always F32). */
-export function tinyGguf(s: TinySpec, weights: Tensors, type: GgmlType): Uint8Array {
+export function tinyGguf(s: TinySpec, weights: Tensors, type: GgmlType, extra: GgufTensorSpec[] = []): Uint8Array {
   const tok = tinyTokenizer();
   const a = s.arch;
   const md: Record<string, GgufValue> = {
@@ -517,7 +517,7 @@ export function tinyGguf(s: TinySpec, weights: Tensors, type: GgmlType): Uint8Ar
     }
     tensors.push({ name: 'rope_freqs.weight', shape: [half], type: 'F32', bytes: ggmlBytes(f, 'F32') });
   }
-  return ggufBytes(md, tensors);
+  return ggufBytes(md, [...tensors, ...extra]);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
