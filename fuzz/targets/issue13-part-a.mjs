@@ -1,10 +1,10 @@
-// Adapter: the quantizer and cache targets of issue 13 part A (scripts/fuzz/targets-*.mjs: factories over the
+// Adapter: the quantizer and cache targets of issue 13 part A (fuzz/factories/targets-*.mjs: factories over the
 // libraries whose check throws a FuzzFailure) in this runner's shape. Long run only: their bounded runs are
 // packages/quant/test/fuzz.test.ts and packages/tfjs/test/fuzz.test.ts. Absent files add no targets.
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 
-const dir = new URL('../../scripts/fuzz/', import.meta.url);
+const dir = new URL('../factories/', import.meta.url);
 const has = (f) => existsSync(new URL(f, dir));
 
 /** One part-A target by name, built in setup from the packages the runner loaded. */
@@ -12,12 +12,12 @@ function adapt(name, packages, make) {
   let t;
   return {
     name,
-    description: `issue 13 part A: ${name} (scripts/fuzz)`,
+    description: `issue 13 part A: ${name} (fuzz/factories)`,
     packages,
     longRunOnly: true,
     async setup(pkgs) {
       t = (await make(pkgs)).find((x) => x.name === name);
-      if (!t) throw new Error(`scripts/fuzz has no target named ${name}`);
+      if (!t) throw new Error(`fuzz/factories has no target named ${name}`);
     },
     arbitrary: () => t.arbitrary,
     async check(input) {

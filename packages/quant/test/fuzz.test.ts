@@ -1,9 +1,9 @@
-// Bounded run of the quantizer fuzz targets (scripts/fuzz/targets-quant.mjs; the long run is scripts/fuzz-long.mjs).
+// Bounded run of the quantizer fuzz targets (fuzz/factories/targets-quant.mjs; the long run is scripts/fuzz-long.mjs).
 import fc from 'fast-check';
 import { describe, test } from 'vitest';
 import * as quant from '@xquant/quant';
 import * as calibration from '@xquant/calibration';
-import { quantTargets } from '../../../scripts/fuzz/targets-quant.mjs';
+import { quantTargets } from '../../../fuzz/factories/targets-quant.mjs';
 
 describe('fuzz (bounded): quantizers over the whole fp16/fp32 range', () => {
   for (const target of quantTargets({ quant, calibration })) {

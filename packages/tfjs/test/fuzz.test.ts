@@ -1,10 +1,10 @@
-// Bounded run of the cache state-machine fuzz target (scripts/fuzz/targets-cache.mjs; the long run is scripts/fuzz-long.mjs).
+// Bounded run of the cache state-machine fuzz target (fuzz/factories/targets-cache.mjs; the long run is scripts/fuzz-long.mjs).
 import * as tf from '@tensorflow/tfjs-core';
 import fc from 'fast-check';
 import { beforeAll, describe, test } from 'vitest';
 import * as quant from '@xquant/quant';
 import * as tfjs from '@xquant/tfjs';
-import { cacheTargets } from '../../../scripts/fuzz/targets-cache.mjs';
+import { cacheTargets } from '../../../fuzz/factories/targets-cache.mjs';
 import { useCpu } from './helpers.js';
 
 beforeAll(useCpu);
