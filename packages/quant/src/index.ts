@@ -11,6 +11,17 @@ export * from './pack.js';
 export * from './quantize.js';
 export * from './kv.js';
 export * from './kernels/packed-attention.js';
+export * from './codebook.js';
+export * from './scale-format.js';
+export {
+  assertCodebookView,
+  codebookDequantize,
+  codebookKeyScores,
+  codebookValueMix,
+  packCodebookRow,
+  type CodebookKvView,
+  type CodebookSegment,
+} from './kernels/codebook.js';
 export {
   assertPackedKvLayout,
   packedKvSegments,
