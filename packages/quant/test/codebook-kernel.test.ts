@@ -25,36 +25,38 @@ function rand(seed: number): () => number {
 }
 
 /** A random view with the given segment widths ([length, bits] …), codes and scales drawn at random. */
-function randomView(parts: [number, number][], heads: number, tokens: number, fmt: ScaleFormat, seed: number): { view: CodebookKvView; codes: Uint8Array; scales: Float64Array } {
+function randomView(parts: [number, number][], heads: number, tokens: number, fmt: ScaleFormat, seed: number, shared = false): { view: CodebookKvView; codes: Uint8Array; scales: Float64Array } {
   const r = rand(seed);
   const segments: CodebookSegment[] = [];
   let start = 0;
   let bitOffset = 0;
   for (const [length, bits] of parts) {
-    segments.push({ start, length, bits, levels: Float32Array.from(lloydMaxCodebook(bits, length).levels), bitOffset });
+    segments.push({ start, length, bits, levels: Float32Array.from(lloydMaxCodebook(bits, length).levels), bitOffset, scaleSlot: shared ? 0 : segments.length });
     start += length;
     bitOffset += length * bits;
   }
   const D = start;
   const rowWords = Math.ceil(bitOffset / 32);
+  const slots = shared ? 1 : parts.length;
   const packed = new Uint32Array(tokens * heads * rowWords);
-  const scaleCodes = fmt === 'fp16' ? new Uint16Array(tokens * heads * parts.length) : new Uint8Array(tokens * heads * parts.length);
+  const scaleCodes = fmt === 'fp16' ? new Uint16Array(tokens * heads * slots) : new Uint8Array(tokens * heads * slots);
   const codes = new Uint8Array(tokens * heads * D);
-  const scales = new Float64Array(tokens * heads * parts.length);
+  const scales = new Float64Array(tokens * heads * slots);
   const table = scaleDecodeTable(fmt);
   for (let row = 0; row < tokens * heads; row++) {
     for (const s of segments) for (let c = s.start; c < s.start + s.length; c++) codes[row * D + c] = Math.floor(r() * (1 << s.bits));
     packCodebookRow(segments, rowWords, codes.subarray(row * D, (row + 1) * D), packed, row * rowWords);
-    for (let si = 0; si < parts.length; si++) {
+    for (let si = 0; si < slots; si++) {
       const code = encodeScale(fmt, 0.5 + 8 * r());
-      scaleCodes[row * parts.length + si] = code;
-      scales[row * parts.length + si] = table[code]!;
+      scaleCodes[row * slots + si] = code;
+      scales[row * slots + si] = table[code]!;
     }
   }
-  return { view: { heads, tokens, headDim: D, segments, rowWords, packed, scales: scaleCodes, scaleTable: table }, codes, scales };
+  return { view: { heads, tokens, headDim: D, segments, rowWords, scalesPerRow: slots, packed, scales: scaleCodes, scaleTable: table }, codes, scales };
 }
 
-const LAYOUTS: { name: string; parts: [number, number][] }[] = [
+const LAYOUTS: { name: string; parts: [number, number][]; shared?: boolean }[] = [
+  { name: '1.5 with one shared scale', parts: [[32, 2], [32, 1]], shared: true },
   { name: '1-bit', parts: [[64, 1]] },
   { name: '2-bit', parts: [[64, 2]] },
   { name: '3-bit (codes straddle words)', parts: [[64, 3]] },
@@ -65,20 +67,20 @@ const LAYOUTS: { name: string; parts: [number, number][] }[] = [
 ];
 
 describe('codebook kernels', () => {
-  for (const { name, parts } of LAYOUTS) {
+  for (const { name, parts, shared } of LAYOUTS) {
     it(`${name}: packing round-trips and the kernels equal dequantize-then-attend`, () => {
       const H = 2, T = 37, rows = 6; // GQA: 3 query rows per KV head
       for (const fmt of ['fp16', 'e4m3', 'log8'] as ScaleFormat[]) {
-        const { view, codes, scales } = randomView(parts, H, T, fmt, 11 + parts.length);
+        const { view, codes, scales } = randomView(parts, H, T, fmt, 11 + parts.length, shared);
         const D = view.headDim;
         // oracle 1: dequantize from the known codes and scales
         const xhat = codebookDequantize(view);
         for (let t = 0; t < T; t++) {
           for (let h = 0; h < H; h++) {
             const row = t * H + h;
-            view.segments.forEach((s, si) => {
+            view.segments.forEach((s) => {
               for (let c = s.start; c < s.start + s.length; c++) {
-                expect(xhat[(h * T + t) * D + c]).toBe(Math.fround(Math.fround(scales[row * parts.length + si]!) * s.levels[codes[row * D + c]!]!));
+                expect(xhat[(h * T + t) * D + c]).toBe(Math.fround(Math.fround(scales[row * view.scalesPerRow + s.scaleSlot]!) * s.levels[codes[row * D + c]!]!));
               }
             });
           }
@@ -125,5 +127,6 @@ describe('codebook kernels', () => {
     expect(() => codebookValueMix(new Float32Array(8), 2, { ...view, headDim: 65 }, new Float32Array(130))).toThrow(XqShapeError);
     const [seg] = view.segments;
     expect(() => codebookDequantize({ ...view, segments: [{ ...seg!, levels: new Float32Array(3) }] })).toThrow(XqShapeError);
+    expect(() => codebookDequantize({ ...view, segments: [{ ...seg!, scaleSlot: 1 }] })).toThrow(XqShapeError);
   });
 });

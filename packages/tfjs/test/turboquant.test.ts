@@ -64,6 +64,7 @@ const CONFIGS: TurboQuantOptions[] = [
   { bits: 1.5, residualLength: 8, scaleFormat: 'log8', scaleRule: 'lsq' },
   { bits: 3, residualLength: 8, scaleFormat: 'e4m3', rotation: 'none' },
   { keyBits: [4, 1], valueBits: [1.5, 2.5], residualLength: 4, scaleFormat: 'e5m2', seed: 7 },
+  { keyBits: 2.5, valueBits: 1.5, residualLength: 8, split: 'rotated', scaleFormat: 'log8', scaleRule: 'lsq' },
 ];
 
 describe('turboquant cache', () => {
@@ -128,7 +129,7 @@ describe('turboquant cache', () => {
   });
 
   it('memory() holds exactly the accounted codes and scales when the quantized tokens fill whole chunks', () => {
-    for (const o of [{ bits: 2 }, { keyBits: 2.5, valueBits: 1.5, scaleFormat: 'log8' }, { keyBits: [3, 3.5], valueBits: 1 }] as TurboQuantOptions[]) {
+    for (const o of [{ bits: 2 }, { keyBits: 2.5, valueBits: 1.5, scaleFormat: 'log8' }, { keyBits: [3, 3.5], valueBits: 1 }, { bits: 1.5, split: 'rotated' }] as TurboQuantOptions[]) {
       const R = 16;
       const T = R + 64; // 64 quantized tokens = 2 chunks
       const cache = turboquant({ ...o, residualLength: R }).createCache(SHAPE);
@@ -147,6 +148,8 @@ describe('turboquant cache', () => {
     expect(turboquantBits({ bits: 2, residualLength: 32 }, SHAPE, 2048).storedBitsPerElement).toBeCloseTo((2016 * (128 + 16) + 32 * 64 * 16) / (2048 * 64), 12);
     // 2.5 bits: 160 code bits and two norms per row
     expect(turboquantBits({ bits: 2.5, residualLength: 32 }, SHAPE, 2048).storedBitsPerElement).toBeCloseTo((2016 * (160 + 32) + 32 * 64 * 16) / (2048 * 64), 12);
+    // split 'rotated': one norm; log8: 8 bits per norm
+    expect(turboquantBits({ bits: 2.5, residualLength: 32, split: 'rotated', scaleFormat: 'log8' }, SHAPE, 2048).storedBitsPerElement).toBeCloseTo((2016 * (160 + 8) + 32 * 64 * 16) / (2048 * 64), 12);
   });
 
   it('passes the strategy test kit invariants that apply to a per-token schedule', async () => {
@@ -164,6 +167,7 @@ describe('turboquant cache', () => {
     expect(() => turboquant({ scaleFormat: 'fp4' as never })).toThrow(XqConfigError);
     expect(() => turboquant({ residualLength: -1 })).toThrow(XqConfigError);
     expect(() => turboquant({ rotation: 'random' as never })).toThrow(XqConfigError);
+    expect(() => turboquant({ split: 'half' as never })).toThrow(XqConfigError);
     expect(() => turboquant({ foo: 1 } as never)).toThrow(XqConfigError);
     expect(() => turboquant({ keyBits: [2, 2, 2] }).createCache(SHAPE)).toThrow(XqConfigError);
     expect(() => turboquant({}).createCache({ layers: 1, kvHeads: 1, headDim: 48 })).toThrow(XqShapeError);

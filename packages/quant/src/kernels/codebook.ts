@@ -16,12 +16,14 @@ export interface CodebookSegment {
   readonly levels: Float32Array;
   /** Bit position of the segment's first code within its row. */
   readonly bitOffset: number;
+  /** Which of the row's `scalesPerRow` scales the segment reads (segments may share one). */
+  readonly scaleSlot: number;
 }
 
 /**
  * Packed K or V storage of a codebook (TurboQuant-style) cache: every (token, head) row holds `headDim` codes and one
  * scale per segment; x̂[c] = scale(segment of c) · levels[code(c)]. Rows are token-major: codes at words
- * `(t·heads + h)·rowWords …`, scales at `(t·heads + h)·segments.length + s`, stored as codes of a scale format and
+ * `(t·heads + h)·rowWords …`, scales at `(t·heads + h)·scalesPerRow + segment.scaleSlot`, stored as codes of a scale format and
  * read through `scaleTable` (e.g. `scaleDecodeTable('e4m3')`). Keys and values use the same layout (no grouping along
  * tokens), so the kernels are one pair for both. Only the first `tokens` rows are read.
  */
@@ -36,9 +38,11 @@ export interface CodebookKvView {
   readonly segments: readonly CodebookSegment[];
   /** 32-bit words per (token, head) row (≥ ⌈Σ length·bits / 32⌉). */
   readonly rowWords: number;
+  /** Scales per (token, head) row. */
+  readonly scalesPerRow: number;
   /** Codes, `[tokens, heads, rowWords]`. */
   readonly packed: Uint32Array;
-  /** Scale codes, `[tokens, heads, segments.length]`. */
+  /** Scale codes, `[tokens, heads, scalesPerRow]`. */
   readonly scales: Uint8Array | Uint16Array;
   /** Value of each scale code. */
   readonly scaleTable: Float32Array;
@@ -57,13 +61,14 @@ export function assertCodebookView(v: CodebookKvView): void {
     if (!(s.bits >= 1 && s.bits <= 8 && Number.isInteger(s.bits))) bad(`segment bits must be 1…8; got ${s.bits}`);
     if (s.levels.length !== 1 << s.bits) bad(`segment at ${s.start}: ${s.levels.length} levels for ${s.bits} bits`);
     if (s.bitOffset < bitsEnd) bad(`segment at ${s.start} overlaps the previous one's codes`);
+    if (!(Number.isInteger(s.scaleSlot) && s.scaleSlot >= 0 && s.scaleSlot < v.scalesPerRow)) bad(`segment at ${s.start}: scaleSlot ${s.scaleSlot} outside 0…${v.scalesPerRow - 1}`);
     bitsEnd = s.bitOffset + s.length * s.bits;
     c += s.length;
   }
   if (c !== v.headDim) bad(`segments cover ${c} channels; headDim is ${v.headDim}`);
   if (v.rowWords * 32 < bitsEnd) bad(`rowWords ${v.rowWords} holds ${v.rowWords * 32} bits; the codes need ${bitsEnd}`);
   if (v.packed.length < v.tokens * v.heads * v.rowWords) bad(`packed has ${v.packed.length} words; ${v.tokens * v.heads * v.rowWords} needed`);
-  if (v.scales.length < v.tokens * v.heads * v.segments.length) bad(`scales has ${v.scales.length} entries; ${v.tokens * v.heads * v.segments.length} needed`);
+  if (v.scales.length < v.tokens * v.heads * v.scalesPerRow) bad(`scales has ${v.scales.length} entries; ${v.tokens * v.heads * v.scalesPerRow} needed`);
 }
 
 /** Decode the codes of one row into `codes` (channel order). */
@@ -110,7 +115,7 @@ export function codebookDequantize(v: CodebookKvView): Float32Array {
       const o = (h * T + t) * D;
       for (let si = 0; si < S.length; si++) {
         const s = S[si]!;
-        const sc = v.scaleTable[v.scales[r * S.length + si]!]!;
+        const sc = v.scaleTable[v.scales[r * v.scalesPerRow + s.scaleSlot]!]!;
         for (let c = s.start; c < s.start + s.length; c++) out[o + c] = sc * s.levels[codes[c]!]!;
       }
     }
@@ -164,7 +169,7 @@ export function codebookKeyScores(q: Float32Array, rows: number, keys: CodebookK
           const s = S[si]!;
           let a = 0;
           for (let c = s.start; c < s.start + s.length; c++) a += lut[lo + c * L + codes[c]!]!;
-          total += keys.scaleTable[keys.scales[r * S.length + si]!]! * a;
+          total += keys.scaleTable[keys.scales[r * keys.scalesPerRow + s.scaleSlot]!]! * a;
         }
         out[(h * per + jj) * rowStride + t] = total;
       }
@@ -194,7 +199,7 @@ export function codebookValueMix(p: Float32Array, rows: number, values: Codebook
       decodeRow(values, r * values.rowWords, codes);
       for (let si = 0; si < S.length; si++) {
         const s = S[si]!;
-        const sc = values.scaleTable[values.scales[r * S.length + si]!]!;
+        const sc = values.scaleTable[values.scales[r * values.scalesPerRow + s.scaleSlot]!]!;
         for (let c = s.start; c < s.start + s.length; c++) row[c] = sc * s.levels[codes[c]!]!;
       }
       for (let jj = 0; jj < per; jj++) {

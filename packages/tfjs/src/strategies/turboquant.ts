@@ -64,6 +64,13 @@ export interface TurboQuantOptions {
    * y/ŝ): the rounding is absorbed by the codes instead of scaling the whole vector. Default true.
    */
   recode?: boolean;
+  /**
+   * How a half-bit width splits the channels: `'outliers'` (default, the paper's outlier treatment: the d/2 channels
+   * with the most energy get ⌈b⌉ bits, each half is rotated and normed on its own — two scales per vector) or
+   * `'rotated'` (this project's: the whole vector is rotated and normed once, half of the rotated coordinates get
+   * ⌈b⌉ bits — one scale per vector, 16 or 8 bits fewer per row).
+   */
+  split?: 'outliers' | 'rotated';
   /** Accepted and ignored (no groups here), so `xquant eval --group-size` sweeps can include this strategy. */
   groupSize?: number;
   /** Accepted and ignored, as `groupSize`. */
@@ -72,13 +79,19 @@ export interface TurboQuantOptions {
   precision?: 'fp16' | 'fp32';
 }
 
-const OPTION_KEYS = new Set(['residualLength', 'bits', 'keyBits', 'valueBits', 'seed', 'rotation', 'scaleFormat', 'scaleRule', 'recode', 'groupSize', 'valueGroupSize', 'precision']);
+const OPTION_KEYS = new Set(['split', 'residualLength', 'bits', 'keyBits', 'valueBits', 'seed', 'rotation', 'scaleFormat', 'scaleRule', 'recode', 'groupSize', 'valueGroupSize', 'precision']);
 
 /** One tensor's storage (keys or values of one layer). */
 interface TensorLayout {
   bits: number;
-  /** Channel segments (one, or outliers then the rest). */
+  /** Channel segments (one, or ⌈b⌉-bit then ⌊b⌋-bit channels). */
   segments: CodebookSegment[];
+  /** Channel ranges rotated on their own (each its own Hadamard and sign vector). */
+  blocks: { start: number; length: number }[];
+  /** Dimension of the unit vector each scale slot normalizes (the codebooks' `dim`). */
+  slotDims: number[];
+  /** True when the ⌈b⌉-bit channels are chosen by energy (the paper's outliers) rather than fixed rotated coordinates. */
+  outliers: boolean;
   rowWords: number;
 }
 
@@ -123,6 +136,7 @@ function validate(o: TurboQuantOptions): void {
   if (o.rotation !== undefined && o.rotation !== 'hadamard' && o.rotation !== 'none') throw new XqConfigError('E_CONFIG', `turboquant: rotation must be 'hadamard' or 'none'; got ${JSON.stringify(o.rotation)}`);
   if (o.scaleFormat !== undefined) assertScaleFormat(o.scaleFormat);
   if (o.scaleRule !== undefined && o.scaleRule !== 'norm' && o.scaleRule !== 'lsq') throw new XqConfigError('E_CONFIG', `turboquant: scaleRule must be 'norm' or 'lsq'; got ${JSON.stringify(o.scaleRule)}`);
+  if (o.split !== undefined && o.split !== 'outliers' && o.split !== 'rotated') throw new XqConfigError('E_CONFIG', `turboquant: split must be 'outliers' or 'rotated'; got ${JSON.stringify(o.split)}`);
   if (o.recode !== undefined && typeof o.recode !== 'boolean') throw new XqConfigError('E_CONFIG', `turboquant: recode must be true or false; got ${JSON.stringify(o.recode)}`);
 }
 
@@ -139,25 +153,34 @@ export function turboquantLayout(options: TurboQuantOptions, shape: KvCacheShape
   };
 }
 
-/** Segments of a tensor of `bits` code bits over `d` channels: one, or (half bits) d/2 outlier channels at ⌈b⌉ then d/2 at ⌊b⌋. */
-function tensorLayout(bits: number, d: number): TensorLayout {
-  const parts: [number, number][] = Number.isInteger(bits) ? [[d, bits]] : [[d / 2, Math.ceil(bits)], [d / 2, Math.floor(bits)]];
+/**
+ * Layout of a tensor of `bits` code bits over `d` channels: one segment; or (half bits) d/2 channels at ⌈b⌉ then d/2
+ * at ⌊b⌋ — with `split: 'outliers'` two independent instances (own rotation block, own scale), with `'rotated'` one
+ * rotation and one scale over both.
+ */
+function tensorLayout(bits: number, d: number, split: 'outliers' | 'rotated'): TensorLayout {
+  const half = !Number.isInteger(bits);
+  const parts: [number, number][] = half ? [[d / 2, Math.ceil(bits)], [d / 2, Math.floor(bits)]] : [[d, bits]];
+  const shared = !half || split === 'rotated';
+  const slotDims = shared ? [d] : [d / 2, d / 2];
   const segments: CodebookSegment[] = [];
   let start = 0;
   let bitOffset = 0;
-  for (const [length, b] of parts) {
-    const cb = lloydMaxCodebook(b, length);
-    segments.push({ start, length, bits: b, levels: Float32Array.from(cb.levels), bitOffset });
+  parts.forEach(([length, b], i) => {
+    const slot = shared ? 0 : i;
+    const cb = lloydMaxCodebook(b, slotDims[slot]!);
+    segments.push({ start, length, bits: b, levels: Float32Array.from(cb.levels), bitOffset, scaleSlot: slot });
     start += length;
     bitOffset += length * b;
-  }
-  return { bits, segments, rowWords: Math.ceil(bitOffset / 32) };
+  });
+  const blocks = shared ? [{ start: 0, length: d }] : segments.map((s) => ({ start: s.start, length: s.length }));
+  return { bits, segments, blocks, slotDims, outliers: half && !shared, rowWords: Math.ceil(bitOffset / 32) };
 }
 
 /** Code bits and scale count of one stored row of a tensor of `bits` over `d` channels. */
-function rowCost(bits: number, d: number, scaleBits: number): { codeBits: number; scaleBits: number } {
-  const t = tensorLayout(bits, d);
-  return { codeBits: t.rowWords * 32, scaleBits: t.segments.length * scaleBits };
+function rowCost(bits: number, d: number, scaleBits: number, split: 'outliers' | 'rotated'): { codeBits: number; scaleBits: number } {
+  const t = tensorLayout(bits, d, split);
+  return { codeBits: t.rowWords * 32, scaleBits: t.slotDims.length * scaleBits };
 }
 
 /**
@@ -174,7 +197,7 @@ export function turboquantBits(options: TurboQuantOptions, shape: KvCacheShape, 
   let bits = 0;
   let paper = 0;
   for (const b of [...lay.keys, ...lay.values]) {
-    const c = rowCost(b, D, sb);
+    const c = rowCost(b, D, sb, options.split ?? 'outliers');
     bits += q * H * (c.codeBits + c.scaleBits);
     paper += b;
   }
@@ -260,7 +283,7 @@ export class TurboQuantKvCache implements KvCache {
 
   private freshLayer(l: number): LayerState {
     const D = this.shape.headDim;
-    const t = (b: number): TensorState => ({ layout: tensorLayout(b, D), perm: null, chunks: [] });
+    const t = (b: number): TensorState => ({ layout: tensorLayout(b, D, this.opts.split ?? 'outliers'), perm: null, chunks: [] });
     return { keys: t(this.layout.keys[l]!), values: t(this.layout.values[l]!), kRes: new Float32Array(0), vRes: new Float32Array(0), resCount: 0, quantized: 0, pending: false };
   }
 
@@ -274,8 +297,8 @@ export class TurboQuantKvCache implements KvCache {
     return s;
   }
 
-  /** y = T(x) for one head's vector (permute into segments, then rotate each segment); in place on `y`. */
-  private forward(x: Float32Array | Float64Array, xo: number, perm: Int32Array | null, segs: readonly CodebookSegment[], y: Float64Array): void {
+  /** y = T(x) for one head's vector (permute into segments, then rotate each rotation block); in place on `y`. */
+  private forward(x: Float32Array | Float64Array, xo: number, perm: Int32Array | null, segs: readonly { start: number; length: number }[], y: Float64Array): void {
     const D = this.shape.headDim;
     for (let i = 0; i < D; i++) y[i] = x[xo + (perm ? perm[i]! : i)]!;
     if (this.opts.rotation === 'none') return;
@@ -288,7 +311,7 @@ export class TurboQuantKvCache implements KvCache {
   }
 
   /** x = T⁻¹(y), written to `x` at `xo` (original channel order). `y` is overwritten. */
-  private inverse(y: Float64Array, perm: Int32Array | null, segs: readonly CodebookSegment[], x: Float32Array, xo: number, add = false): void {
+  private inverse(y: Float64Array, perm: Int32Array | null, segs: readonly { start: number; length: number }[], x: Float32Array, xo: number, add = false): void {
     const D = this.shape.headDim;
     if (this.opts.rotation !== 'none') {
       segs.forEach((s, si) => {
@@ -366,7 +389,7 @@ export class TurboQuantKvCache implements KvCache {
   /** Choose each head's outlier channels (most energy over `n` tokens) when the tensor splits channels. */
   private choosePerm(t: TensorState, x: Float32Array, n: number): void {
     const { kvHeads: H, headDim: D } = this.shape;
-    if (t.layout.segments.length === 1) {
+    if (!t.layout.outliers) {
       t.perm = Array.from({ length: H }, () => Int32Array.from({ length: D }, (_, i) => i));
       return;
     }
@@ -386,48 +409,53 @@ export class TurboQuantKvCache implements KvCache {
   private quantizeRows(t: TensorState, x: Float32Array, n: number): void {
     const { kvHeads: H, headDim: D } = this.shape;
     if (t.perm === null) this.choosePerm(t, x, n);
-    const { segments: S, rowWords } = t.layout;
+    const { segments: S, rowWords, blocks, slotDims } = t.layout;
+    const slots = slotDims.length;
     const fmt = this.layout.scaleFormat;
     const rule = this.opts.scaleRule ?? 'norm';
     const recode = this.opts.recode ?? true;
-    const cbs = S.map((s) => lloydMaxCodebook(s.bits, s.length));
+    const cbs = S.map((s) => lloydMaxCodebook(s.bits, slotDims[s.scaleSlot]!));
     const y = new Float64Array(D);
     const codes = new Uint8Array(D);
+    const encode = (slot: number, mul: number) => {
+      S.forEach((s, si) => {
+        if (s.scaleSlot !== slot) return;
+        for (let c = s.start; c < s.start + s.length; c++) codes[c] = codebookEncode(cbs[si]!, y[c]! * mul);
+      });
+    };
     for (let i = 0; i < n; i++) {
       let ch = t.chunks[t.chunks.length - 1];
       if (!ch || ch.filled === CHUNK_TOKENS) {
-        ch = { packed: new Uint32Array(CHUNK_TOKENS * H * rowWords), scales: fmt === 'fp16' ? new Uint16Array(CHUNK_TOKENS * H * S.length) : new Uint8Array(CHUNK_TOKENS * H * S.length), filled: 0 };
+        ch = { packed: new Uint32Array(CHUNK_TOKENS * H * rowWords), scales: fmt === 'fp16' ? new Uint16Array(CHUNK_TOKENS * H * slots) : new Uint8Array(CHUNK_TOKENS * H * slots), filled: 0 };
         t.chunks.push(ch);
       }
       for (let h = 0; h < H; h++) {
-        this.forward(x, (i * H + h) * D, t.perm![h]!, S, y);
+        this.forward(x, (i * H + h) * D, t.perm![h]!, blocks, y);
         const r = ch.filled * H + h;
-        S.forEach((s, si) => {
-          const cb = cbs[si]!;
+        for (let slot = 0; slot < slots; slot++) {
           let nn = 0;
-          for (let c = s.start; c < s.start + s.length; c++) nn += y[c]! * y[c]!;
+          for (const s of S) if (s.scaleSlot === slot) for (let c = s.start; c < s.start + s.length; c++) nn += y[c]! * y[c]!;
           const norm = Math.sqrt(nn);
-          const inv = norm > 0 ? 1 / norm : 0;
-          for (let c = s.start; c < s.start + s.length; c++) codes[c] = codebookEncode(cb, y[c]! * inv);
+          encode(slot, norm > 0 ? 1 / norm : 0);
           let scale = norm;
           if (rule === 'lsq') {
             let yc = 0;
             let cc = 0;
-            for (let c = s.start; c < s.start + s.length; c++) {
-              const l = s.levels[codes[c]!]!;
-              yc += y[c]! * l;
-              cc += l * l;
+            for (const s of S) {
+              if (s.scaleSlot !== slot) continue;
+              for (let c = s.start; c < s.start + s.length; c++) {
+                const l = s.levels[codes[c]!]!;
+                yc += y[c]! * l;
+                cc += l * l;
+              }
             }
             scale = cc > 0 ? Math.max(0, yc / cc) : 0;
           }
           const code = encodeScale(fmt, scale);
           const stored = this.scaleTable[code]!;
-          if (recode && stored > 0 && stored !== scale) {
-            const si2 = 1 / stored;
-            for (let c = s.start; c < s.start + s.length; c++) codes[c] = codebookEncode(cb, y[c]! * si2);
-          }
-          ch!.scales[r * S.length + si] = code;
-        });
+          if (recode && stored > 0 && stored !== scale) encode(slot, 1 / stored);
+          ch.scales[r * slots + slot] = code;
+        }
         packCodebookRow(S, rowWords, codes, ch.packed, r * rowWords);
       }
       ch.filled++;
@@ -440,7 +468,7 @@ export class TurboQuantKvCache implements KvCache {
     const { kvHeads: H, headDim: D } = this.shape;
     let start = 0;
     return t.chunks.map((c) => {
-      const v = { view: { heads: H, tokens: c.filled, headDim: D, segments: t.layout.segments, rowWords: t.layout.rowWords, packed: c.packed, scales: c.scales, scaleTable: this.scaleTable }, start };
+      const v = { view: { heads: H, tokens: c.filled, headDim: D, segments: t.layout.segments, rowWords: t.layout.rowWords, scalesPerRow: t.layout.slotDims.length, packed: c.packed, scales: c.scales, scaleTable: this.scaleTable }, start };
       start += c.filled;
       return v;
     });
@@ -476,7 +504,7 @@ export class TurboQuantKvCache implements KvCache {
     const y = new Float64Array(D);
     for (let j = 0; j < M; j++) {
       const h = Math.floor(j / per);
-      this.forward(q, j * D, st.keys.perm![h]!, st.keys.layout.segments, y);
+      this.forward(q, j * D, st.keys.perm![h]!, st.keys.layout.blocks, y);
       for (let c = 0; c < D; c++) qr[j * D + c] = y[c]!;
     }
     const S = new Float32Array(M * N);
@@ -514,7 +542,7 @@ export class TurboQuantKvCache implements KvCache {
     for (let j = 0; j < M; j++) {
       const h = Math.floor(j / per);
       for (let c = 0; c < D; c++) y[c] = mixR[j * D + c]!;
-      this.inverse(y, st.values.perm![h]!, st.values.layout.segments, out, j * D);
+      this.inverse(y, st.values.perm![h]!, st.values.layout.blocks, out, j * D);
       for (let t = 0; t < st.resCount; t++) {
         const p = S[j * N + Nq + t]!;
         if (p === 0) continue;
@@ -578,7 +606,7 @@ export class TurboQuantKvCache implements KvCache {
         for (let h = 0; h < H; h++) {
           for (let i = 0; i < view.tokens; i++) {
             for (let c = 0; c < D; c++) y[c] = x[(h * view.tokens + i) * D + c]!;
-            this.inverse(y, t.perm![h]!, t.layout.segments, out, (h * N + start + i) * D);
+            this.inverse(y, t.perm![h]!, t.layout.blocks, out, (h * N + start + i) * D);
           }
         }
       }
