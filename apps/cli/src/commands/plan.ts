@@ -1,6 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseCommandArgs, sharedOptions } from '../args.js';
-import { DEFAULT_CALIBRATION_TEXT, openEvalModel, planForBudget } from '@xquant/eval';
+import { DEFAULT_CALIBRATION_TEXT, openEvalModel, planCodebookBudget, planForBudget } from '@xquant/eval';
 import { XqError, XqFormatError } from '@xquant/quant';
 import { DEFAULT_RESIDUAL_LENGTH, type BackendName } from '@xquant/tfjs';
 
@@ -24,6 +24,9 @@ options:
                        value group sizes to try (must divide headDim, any R; default: the key group sizes and 64)
   --calibration FILE   calibration prompt: a text file, or JSON/JSONL with input_ids (first record)
                        (default: a built-in English paragraph, ~370 tokens)
+  --codebook           plan the 'turboquant' strategy instead: per-tensor widths 1…4 in half bits, over the
+                       format families (rotation, scale format fp16/log8, norm/least-squares scale, half-bit split);
+                       writes a 'turboquant' preset (issue 14)
   --no-sharing         do not try cross-layer code sharing
   --no-sensitivity     skip the per-tensor KL runs (faster, cruder)
   --max-verify N       plans verified by KL (default 6)
@@ -62,6 +65,7 @@ export async function run(argv: string[]): Promise<number> {
     tokens: { type: 'string' },
     calibration: { type: 'string' },
     'no-sharing': { type: 'boolean' },
+    codebook: { type: 'boolean' },
     'no-sensitivity': { type: 'boolean' },
     'max-verify': { type: 'string' },
   }, { ints: { 'residual-length': 'one', tokens: 'one', 'group-size': 'list', 'value-group-size': 'list', 'max-verify': 'one' } });
@@ -80,6 +84,27 @@ export async function run(argv: string[]): Promise<number> {
     const ids = typeof v.calibration === 'string' ? calibrationIds(v.calibration, encode) : encode(DEFAULT_CALIBRATION_TEXT);
     process.stderr.write(`xquant plan: ${rt.name} on ${rt.backend.backend}, budget ${budget} bits at ${tokens ?? 2048} tokens, R=${R}, ${ids.length} calibration tokens\n`);
     const t0 = Date.now();
+    if (v.codebook) {
+      const cb = await planCodebookBudget({
+        model: rt.model,
+        budgetBits: budget,
+        calibrationPrompt: ids,
+        residualLength: R,
+        tokens,
+        log: (line) => process.stderr.write(`${line} (${((Date.now() - t0) / 1000).toFixed(0)} s)\n`),
+      });
+      const out = { format: 'xquant-plan/v1', model: rt.name, budgetBits: budget, residualLength: R, calibrationTokens: ids.length, ...cb };
+      if (typeof v.out === 'string') writeFileSync(v.out, `${JSON.stringify(out, null, 1)}\n`);
+      if (v.json) process.stdout.write(`${JSON.stringify(out)}\n`);
+      else {
+        const lines = ['| candidate | stored bits | paper bits | KL (calibration) | top-1 | key widths | value widths |', '|---|---:|---:|---:|---:|---|---|'];
+        const w = (x: unknown) => (Array.isArray(x) ? x.join(' ') : String(x));
+        for (const c of cb.candidates) lines.push(`| ${c.name} | ${c.storedBits.toFixed(3)} | ${c.paperBits.toFixed(3)} | ${c.kl.toFixed(4)} | ${c.top1.toFixed(4)} | ${w(c.options.keyBits)} | ${w(c.options.valueBits)} |`);
+        lines.push('', `best: ${cb.candidates[0]!.name} → preset ${cb.preset.name}`);
+        process.stdout.write(`${lines.join('\n')}\n`);
+      }
+      return 0;
+    }
     const result = await planForBudget({
       model: rt.model,
       budgetBits: budget,
