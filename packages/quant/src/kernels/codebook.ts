@@ -130,48 +130,83 @@ function checkRows(name: string, v: CodebookKvView, rows: number, need: number, 
   if (got < need) throw new XqShapeError(`${name}: ${what} has ${got} elements; ${need} needed`);
 }
 
+/** Flat per-segment tables of a view (monomorphic typed arrays for the hot loops). */
+interface Flat {
+  n: number;
+  start: Int32Array;
+  end: Int32Array;
+  bits: Int32Array;
+  off: Int32Array;
+  slot: Int32Array;
+  /** Level table of segment i at `levelOff[i]`. */
+  levelOff: Int32Array;
+  levels: Float32Array;
+}
+
+function flatten(v: CodebookKvView): Flat {
+  const S = v.segments;
+  const n = S.length;
+  const f: Flat = { n, start: new Int32Array(n), end: new Int32Array(n), bits: new Int32Array(n), off: new Int32Array(n), slot: new Int32Array(n), levelOff: new Int32Array(n), levels: new Float32Array(S.reduce((a, s) => a + s.levels.length, 0)) };
+  let lo = 0;
+  S.forEach((s, i) => {
+    f.start[i] = s.start;
+    f.end[i] = s.start + s.length;
+    f.bits[i] = s.bits;
+    f.off[i] = s.bitOffset;
+    f.slot[i] = s.scaleSlot;
+    f.levelOff[i] = lo;
+    f.levels.set(s.levels, lo);
+    lo += s.levels.length;
+  });
+  return f;
+}
+
+/** x̂ of row `r` into `row` (channel order): codes read from the bit stream, times the segment's level and scale. */
+function dequantRow(f: Flat, w: Uint32Array, base: number, scales: Uint8Array | Uint16Array, sbase: number, table: Float32Array, row: Float32Array): void {
+  for (let si = 0; si < f.n; si++) {
+    const b = f.bits[si]!;
+    const mask = (1 << b) - 1;
+    const sc = table[scales[sbase + f.slot[si]!]!]!;
+    const lo = f.levelOff[si]!;
+    const lv = f.levels;
+    let pos = f.off[si]!;
+    for (let c = f.start[si]!, end = f.end[si]!; c < end; c++, pos += b) {
+      const wi = base + (pos >>> 5);
+      const sh = pos & 31;
+      let x = w[wi]! >>> sh;
+      if (sh + b > 32) x |= w[wi + 1]! << (32 - sh);
+      row[c] = sc * lv[lo + (x & mask)]!;
+    }
+  }
+}
+
 /**
  * `out[j·rowStride + t] = Σ_c q[j, c]·k̂[kv(j), t, c]` for the `rows` query vectors `q` (`[rows, headDim]`), over
- * codebook-coded keys, without materializing k̂; query row j reads KV head ⌊j / (rows/heads)⌋ (GQA: rows are grouped
- * by KV head). Per query, one table q[c]·levels[code] per channel turns each key row into `headDim` lookups and one
- * multiply per segment.
+ * codebook-coded keys; query row j reads KV head ⌊j / (rows/heads)⌋ (GQA: rows are grouped by KV head). Each key row
+ * is decoded once (codes × level × scale) and dotted with every query row of its head.
  * @throws {@link XqShapeError} for an inconsistent view or short arrays.
  */
 export function codebookKeyScores(q: Float32Array, rows: number, keys: CodebookKvView, out: Float32Array, rowStride = keys.tokens): Float32Array {
   assertCodebookView(keys);
-  const { heads: H, tokens: T, headDim: D, segments: S } = keys;
+  const { heads: H, tokens: T, headDim: D } = keys;
   checkRows('codebookKeyScores', keys, rows, rows * D, q.length, 'q');
   if (rowStride < T) throw new XqShapeError(`codebookKeyScores: rowStride ${rowStride} < tokens ${T}`);
   if (out.length < (rows - 1) * rowStride + T) throw new XqShapeError(`codebookKeyScores: out has ${out.length} elements; ${(rows - 1) * rowStride + T} needed`);
   const per = rows / H;
-  let L = 0;
-  for (const s of S) L = Math.max(L, s.levels.length);
-  const lut = new Float32Array(per * D * L);
-  const codes = new Uint8Array(D);
-  for (let h = 0; h < H; h++) {
-    for (let jj = 0; jj < per; jj++) {
-      const j = h * per + jj;
-      for (const s of S) {
-        for (let c = s.start; c < s.start + s.length; c++) {
-          const qc = q[j * D + c]!;
-          const o = (jj * D + c) * L;
-          for (let k = 0; k < s.levels.length; k++) lut[o + k] = qc * s.levels[k]!;
-        }
-      }
-    }
-    for (let t = 0; t < T; t++) {
+  const f = flatten(keys);
+  const row = new Float32Array(D);
+  const w = keys.packed as Uint32Array;
+  const spr = keys.scalesPerRow;
+  for (let t = 0; t < T; t++) {
+    for (let h = 0; h < H; h++) {
       const r = t * H + h;
-      decodeRow(keys, r * keys.rowWords, codes);
+      dequantRow(f, w, r * keys.rowWords, keys.scales, r * spr, keys.scaleTable, row);
       for (let jj = 0; jj < per; jj++) {
-        const lo = jj * D * L;
-        let total = 0;
-        for (let si = 0; si < S.length; si++) {
-          const s = S[si]!;
-          let a = 0;
-          for (let c = s.start; c < s.start + s.length; c++) a += lut[lo + c * L + codes[c]!]!;
-          total += keys.scaleTable[keys.scales[r * keys.scalesPerRow + s.scaleSlot]!]! * a;
-        }
-        out[(h * per + jj) * rowStride + t] = total;
+        const j = h * per + jj;
+        const qo = j * D;
+        let a = 0;
+        for (let c = 0; c < D; c++) a += q[qo + c]! * row[c]!;
+        out[j * rowStride + t] = a;
       }
     }
   }
@@ -186,28 +221,25 @@ export function codebookKeyScores(q: Float32Array, rows: number, keys: CodebookK
  */
 export function codebookValueMix(p: Float32Array, rows: number, values: CodebookKvView, out: Float32Array, rowStride = values.tokens): Float32Array {
   assertCodebookView(values);
-  const { heads: H, tokens: T, headDim: D, segments: S } = values;
+  const { heads: H, tokens: T, headDim: D } = values;
   checkRows('codebookValueMix', values, rows, (rows - 1) * rowStride + T, p.length, 'p');
   if (out.length < rows * D) throw new XqShapeError(`codebookValueMix: out has ${out.length} elements; ${rows * D} needed`);
   const per = rows / H;
-  const codes = new Uint8Array(D);
+  const f = flatten(values);
   const row = new Float32Array(D);
   const acc = new Float64Array(rows * D);
+  const w = values.packed as Uint32Array;
+  const spr = values.scalesPerRow;
   for (let t = 0; t < T; t++) {
     for (let h = 0; h < H; h++) {
       const r = t * H + h;
-      decodeRow(values, r * values.rowWords, codes);
-      for (let si = 0; si < S.length; si++) {
-        const s = S[si]!;
-        const sc = values.scaleTable[values.scales[r * values.scalesPerRow + s.scaleSlot]!]!;
-        for (let c = s.start; c < s.start + s.length; c++) row[c] = sc * s.levels[codes[c]!]!;
-      }
+      dequantRow(f, w, r * values.rowWords, values.scales, r * spr, values.scaleTable, row);
       for (let jj = 0; jj < per; jj++) {
         const j = h * per + jj;
-        const w = p[j * rowStride + t]!;
-        if (w === 0) continue;
+        const pw = p[j * rowStride + t]!;
+        if (pw === 0) continue;
         const o = j * D;
-        for (let c = 0; c < D; c++) acc[o + c] = acc[o + c]! + w * row[c]!;
+        for (let c = 0; c < D; c++) acc[o + c] = acc[o + c]! + pw * row[c]!;
       }
     }
   }
