@@ -35,6 +35,8 @@ export interface CodebookPlanOptions {
   families?: readonly CodebookFamily[];
   /** Prefill before teacher forcing. Default 64. */
   prefill?: number;
+  /** Per-tensor sensitivity from an earlier run (`CodebookPlanResult.sensitivity`, same model and prompt): skips step 1. */
+  sensitivity?: CodebookPlanResult['sensitivity'];
   /** Progress lines. */
   log?: (line: string) => void;
 }
@@ -71,6 +73,22 @@ export interface CodebookPlanResult {
 export function codebookDistortion(b: number, d: number): number {
   const at = (w: number) => lloydMaxCodebook(w, d).mse * d;
   return Number.isInteger(b) ? at(b) : (at(Math.ceil(b)) + at(Math.floor(b))) / 2;
+}
+
+/** Name of a family: `split-scaleFormat-scaleRule-rotation` (e.g. `rotated-log8-lsq-hadamard`); {@link codebookFamily} parses it. */
+export function codebookFamilyName(f: CodebookFamily): string {
+  return familyName(f);
+}
+
+/**
+ * The family a name describes: `split-format-rule[-rotation]`, e.g. `rotated-log8-lsq` or `outliers-fp16-norm-none`.
+ * @throws {@link XqConfigError} for an unknown part.
+ */
+export function codebookFamily(name: string): CodebookFamily {
+  const [split, scaleFormat, scaleRule, rotation = 'hadamard'] = name.split('-');
+  const ok = (split === 'rotated' || split === 'outliers') && ['fp16', 'e4m3', 'e5m2', 'log8'].includes(scaleFormat ?? '') && (scaleRule === 'norm' || scaleRule === 'lsq') && (rotation === 'hadamard' || rotation === 'none');
+  if (!ok) throw new XqConfigError('E_CONFIG', `codebook family '${name}': expected split-format-rule[-rotation] (rotated|outliers)-(fp16|e4m3|e5m2|log8)-(norm|lsq)[-(hadamard|none)]`);
+  return { split, scaleFormat, scaleRule, rotation } as CodebookFamily;
 }
 
 function familyName(f: CodebookFamily): string {
@@ -127,14 +145,19 @@ export async function planCodebookBudget(options: CodebookPlanOptions): Promise<
       specs.push({ name: `${kind}${l}`, options: { ...base, residualLength: R, keyBits: kind === 'keys' ? w : top, valueBits: kind === 'values' ? w : top } });
     }
   }
-  log(`plan: sensitivity — KL of each of ${2 * L} tensors alone at ${low} bit(s), the rest at ${top}`);
-  const kls = await klOf(specs);
-  const floor = kls[0]!.kl;
-  const sensitivity = specs.slice(1).map((s, i) => {
-    const kind = s.name.startsWith('keys') ? ('keys' as const) : ('values' as const);
-    return { layer: Number(s.name.slice(kind.length)), kind, kl: Math.max(kls[i + 1]!.kl - floor, 1e-6) };
-  });
-  const weight = (kind: 'keys' | 'values', l: number) => sensitivity.find((s) => s.kind === kind && s.layer === l)!.kl / (codebookDistortion(low, D) - codebookDistortion(top, D));
+  let sensitivity = options.sensitivity;
+  if (sensitivity && sensitivity.length !== 2 * L) throw new XqConfigError('E_CONFIG', `sensitivity: expected ${2 * L} entries (one per tensor); got ${sensitivity.length}`);
+  if (!sensitivity) {
+    log(`plan: sensitivity — KL of each of ${2 * L} tensors alone at ${low} bit(s), the rest at ${top}`);
+    const kls = await klOf(specs);
+    const floor = kls[0]!.kl;
+    sensitivity = specs.slice(1).map((s, i) => {
+      const kind = s.name.startsWith('keys') ? ('keys' as const) : ('values' as const);
+      return { layer: Number(s.name.slice(kind.length)), kind, kl: Math.max(kls[i + 1]!.kl - floor, 1e-6) };
+    });
+  }
+  const sens = sensitivity;
+  const weight = (kind: 'keys' | 'values', l: number) => sens.find((s) => s.kind === kind && s.layer === l)!.kl / (codebookDistortion(low, D) - codebookDistortion(top, D));
 
   // ---- greedy per family ----------------------------------------------------------------------------------
   const candidates: { name: string; options: TurboQuantOptions; predicted: number }[] = [];
@@ -181,5 +204,5 @@ export async function planCodebookBudget(options: CodebookPlanOptions): Promise<
   });
   out.sort((a, b) => a.kl - b.kl);
   const best = out[0]!;
-  return { preset: { name: `tqplan-${budgetBits}b-R${R}`, strategy: 'turboquant', options: best.options as Record<string, unknown> }, candidates: out, sensitivity };
+  return { preset: { name: `tqplan-${budgetBits}b-R${R}`, strategy: 'turboquant', options: best.options as Record<string, unknown> }, candidates: out, sensitivity: sens };
 }
