@@ -28,6 +28,9 @@ options:
                        format families (rotation, scale format fp16/log8, norm/least-squares scale, half-bit split);
                        writes a 'turboquant' preset (issue 14); --budget may be a list (one sensitivity run,
                        one plan per budget; --out FILE gets .b<BUDGET> before .json for each)
+  --sensitivity-from FILE
+                       with --codebook: reuse the per-tensor sensitivity of an earlier plan result (same model
+                       and calibration prompt) instead of measuring it
   --families LIST      with --codebook: families to plan, e.g. rotated-log8-lsq,outliers-fp16-norm-hadamard
   --no-sharing         do not try cross-layer code sharing
   --no-sensitivity     skip the per-tensor KL runs (faster, cruder)
@@ -69,6 +72,7 @@ export async function run(argv: string[]): Promise<number> {
     'no-sharing': { type: 'boolean' },
     codebook: { type: 'boolean' },
     families: { type: 'string' },
+    'sensitivity-from': { type: 'string' },
     'no-sensitivity': { type: 'boolean' },
     'max-verify': { type: 'string' },
   }, { ints: { 'residual-length': 'one', tokens: 'one', 'group-size': 'list', 'value-group-size': 'list', 'max-verify': 'one' } });
@@ -91,6 +95,14 @@ export async function run(argv: string[]): Promise<number> {
     if (v.codebook) {
       const families = typeof v.families === 'string' ? v.families.split(',').map(codebookFamily) : undefined;
       let sensitivity: CodebookPlanResult['sensitivity'] | undefined;
+      if (typeof v['sensitivity-from'] === 'string') {
+        try {
+          sensitivity = (JSON.parse(readFileSync(v['sensitivity-from'], 'utf8')) as { sensitivity?: CodebookPlanResult['sensitivity'] }).sensitivity;
+        } catch (e) {
+          throw new XqError('E_IO', `${String(v['sensitivity-from'])}: cannot read a plan result (${(e as Error).message})`, { cause: e });
+        }
+        if (!Array.isArray(sensitivity)) throw new XqFormatError(`${String(v['sensitivity-from'])}: no "sensitivity" array (expected an 'xquant plan --codebook' result)`);
+      }
       for (const b of budgets) {
       const cb = await planCodebookBudget({
         model: rt.model,
