@@ -33,14 +33,29 @@ function storedBits(cfg) {
   return accountBits({ config, ...SHAPE, tokens: 2048, metadataBits: 8 }).storedBitsPerElement;
 }
 
+// Baselines not re-run here come from the earlier reduced runs on the same records (docs/report/reduced, R = 32 rows).
+const REDUCED = (model) => [`docs/report/reduced/${model}.json`, `docs/report/reduced/${model}.plan-v64.json`];
+const BASELINES = new Set(['kivi-2', 'asymkv-1.5', 'xquant-1.38', 'xquant-noshare', 'plan-v64-2.486b-R32']);
+
 const rows = {};
 for (const model of MODELS) {
   const byMethod = new Map();
-  for (const f of readdirSync(dir).filter((n) => n.startsWith(`${model}.`) && n.endsWith('.json'))) {
-    const res = JSON.parse(readFileSync(`${dir}/${f}`, 'utf8'));
+  const own = readdirSync(dir).filter((n) => n.startsWith(`${model}.`) && n.endsWith('.json') && !n.includes('summary')).map((f) => `${dir}/${f}`);
+  const sources = [...own.map((f) => ({ f, reduced: false })), ...REDUCED(model).map((f) => ({ f, reduced: true }))];
+  for (const { f, reduced } of sources) {
+    let res;
+    try {
+      res = JSON.parse(readFileSync(f, 'utf8'));
+    } catch {
+      continue;
+    }
     for (const s of summarize(res)) {
-      const m = s.config.method;
-      const r = byMethod.get(m) ?? { method: m, family: family(m), paperBits: s.config.paperBits, storedBits: storedBits(s.config), kl: null, top1: null, records: 0, passkey: {} };
+      const vg = s.config.options?.valueGroupSize ?? s.config.groupSize;
+      // the reduced run named the value-group-64 plan 'plan-2.486b-R32' (its preset file: 'plan-v64-2.486b-R32')
+      const m = reduced && s.config.method === 'plan-2.486b-R32' && vg === 64 ? 'plan-v64-2.486b-R32' : s.config.method;
+      if (reduced && (!BASELINES.has(m) || s.config.residualLength !== 32 || vg !== (m.startsWith('plan-v64') ? 64 : 32))) continue;
+      if (reduced && byMethod.has(m) && byMethod.get(m).source !== 'reduced') continue;
+      const r = byMethod.get(m) ?? { method: m, family: family(m), paperBits: s.config.paperBits, storedBits: storedBits(s.config), kl: null, top1: null, records: 0, passkey: {}, source: reduced ? 'reduced' : 'this run' };
       if (s.prose) Object.assign(r, { kl: s.prose.kl, top1: s.prose.top1, ppl: s.prose.ppl, records: s.prose.records });
       for (const [len, a] of Object.entries(s.passkey)) r.passkey[len] = { correct: a.correct, n: a.n };
       byMethod.set(m, r);
@@ -56,9 +71,9 @@ for (const model of MODELS) {
   if (!rows[model].length) continue;
   const recs = Math.max(...rows[model].map((r) => r.records));
   md.push(`**${LABEL[model]} (${model}), R = 32 — REDUCED protocol: ${recs} spaced prose records; passkey prompts per length ${rows[model].find((r) => Object.keys(r.passkey).length)?.passkey ? pkN(rows[model].find((r) => Object.keys(r.passkey).length)) : '–'}**`, '');
-  md.push('| config | family | paper bits | true bits @2048 | KL | top-1 | passkey 256/512/1024/2048 (%) |', '|---|---|---:|---:|---:|---:|---|');
+  md.push('| config | family | paper bits | true bits @2048 | KL | top-1 | passkey 256/512/1024/2048 (%) | source |', '|---|---|---:|---:|---:|---:|---|---|');
   for (const r of rows[model]) {
-    md.push(`| ${r.method} | ${r.family ?? '–'} | ${r.paperBits.toFixed(3)} | ${r.storedBits.toFixed(3)} | ${r.kl === null ? '–' : r.kl.toFixed(4)} | ${r.top1 === null ? '–' : r.top1.toFixed(4)} | ${pk(r)} |`);
+    md.push(`| ${r.method} | ${r.family ?? '–'} | ${r.paperBits.toFixed(3)} | ${r.storedBits.toFixed(3)} | ${r.kl === null ? '–' : r.kl.toFixed(4)} | ${r.top1 === null ? '–' : r.top1.toFixed(4)} | ${pk(r)} | ${r.source} |`);
   }
   md.push('');
 }
