@@ -191,6 +191,18 @@ export async function planCodebookBudget(options: CodebookPlanOptions): Promise<
     }
     let predicted = 0;
     for (let l = 0; l < L; l++) predicted += weight('keys', l) * codebookDistortion(k[l]!, D) + weight('values', l) * codebookDistortion(v[l]!, D);
+    // without half-bit widths the split does not apply: a plan equal to an earlier one is verified once
+    const same = (c: { options: TurboQuantOptions }) => {
+      const norm = (o: TurboQuantOptions) => {
+        const half = [o.keyBits, o.valueBits].flat().some((b) => !Number.isInteger(b));
+        return JSON.stringify({ ...o, split: half ? o.split ?? 'outliers' : null, scaleRule: o.scaleRule ?? 'norm', scaleFormat: o.scaleFormat ?? 'fp16', rotation: o.rotation ?? 'hadamard' });
+      };
+      return norm(c.options) === norm({ ...fam, residualLength: R, keyBits: k, valueBits: v });
+    };
+    if (candidates.some(same)) {
+      log(`plan: ${familyName(fam)}: same plan as an earlier family (no half-bit widths), not verified again`);
+      continue;
+    }
     candidates.push({ name: familyName(fam), options: { ...fam, residualLength: R, keyBits: k, valueBits: v }, predicted });
   }
   if (candidates.length === 0) throw new XqConfigError('E_CONFIG', `budget ${budgetBits} bits per element is below every family's cheapest plan (R = ${R}, ${tokens} tokens)`);
