@@ -33,7 +33,8 @@ function storedBits(cfg) {
   return accountBits({ config, ...SHAPE, tokens: 2048, metadataBits: 8 }).storedBitsPerElement;
 }
 
-// Baselines not re-run here come from the earlier reduced runs on the same records (docs/report/reduced, R = 32 rows).
+// Baselines not re-run here come from the earlier reduced runs (docs/report/reduced, R = 32 rows), summarized over the
+// prose records of this run (a subset of theirs) — per-record sums make that exact.
 const REDUCED = (model) => [`docs/report/reduced/${model}.json`, `docs/report/reduced/${model}.plan-v64.json`];
 const BASELINES = new Set(['kivi-2', 'asymkv-1.5', 'xquant-1.38', 'xquant-noshare', 'plan-v64-2.486b-R32']);
 
@@ -42,6 +43,9 @@ for (const model of MODELS) {
   const byMethod = new Map();
   const own = readdirSync(dir).filter((n) => n.startsWith(`${model}.`) && n.endsWith('.json') && !n.includes('summary')).map((f) => `${dir}/${f}`);
   const sources = [...own.map((f) => ({ f, reduced: false })), ...REDUCED(model).map((f) => ({ f, reduced: true }))];
+  // prose records of this run: the baselines are summarized over the same records
+  const ownRecords = new Set();
+  for (const f of own) for (const r of JSON.parse(readFileSync(f, 'utf8')).prose) ownRecords.add(r.index);
   for (const { f, reduced } of sources) {
     let res;
     try {
@@ -49,6 +53,7 @@ for (const model of MODELS) {
     } catch {
       continue;
     }
+    if (reduced && ownRecords.size) res = { ...res, prose: res.prose.filter((r) => ownRecords.has(r.index)) };
     for (const s of summarize(res)) {
       const vg = s.config.options?.valueGroupSize ?? s.config.groupSize;
       // the reduced run named the value-group-64 plan 'plan-2.486b-R32' (its preset file: 'plan-v64-2.486b-R32')
@@ -56,7 +61,7 @@ for (const model of MODELS) {
       if (reduced && (!BASELINES.has(m) || s.config.residualLength !== 32 || vg !== (m.startsWith('plan-v64') ? 64 : 32))) continue;
       if (reduced && byMethod.has(m) && byMethod.get(m).source !== 'reduced') continue;
       const r = byMethod.get(m) ?? { method: m, family: family(m), paperBits: s.config.paperBits, storedBits: storedBits(s.config), kl: null, top1: null, records: 0, passkey: {}, source: reduced ? 'reduced' : 'this run' };
-      if (s.prose) Object.assign(r, { kl: s.prose.kl, top1: s.prose.top1, ppl: s.prose.ppl, records: s.prose.records });
+      if (s.prose) Object.assign(r, { kl: s.prose.kl, top1: s.prose.top1, ppl: s.prose.ppl, records: s.prose.records, recordIds: res.prose.filter((x) => x.perCache[s.config.id]).map((x) => x.index) });
       for (const [len, a] of Object.entries(s.passkey)) r.passkey[len] = { correct: a.correct, n: a.n };
       byMethod.set(m, r);
     }
@@ -70,7 +75,7 @@ const md = [];
 for (const model of MODELS) {
   if (!rows[model].length) continue;
   const recs = Math.max(...rows[model].map((r) => r.records));
-  md.push(`**${LABEL[model]} (${model}), R = 32 — REDUCED protocol: ${recs} spaced prose records; passkey prompts per length ${rows[model].find((r) => Object.keys(r.passkey).length)?.passkey ? pkN(rows[model].find((r) => Object.keys(r.passkey).length)) : '–'}**`, '');
+  md.push(`**${LABEL[model]} (${model}), R = 32 — REDUCED protocol: ${recs} spaced prose records (${[...new Set(rows[model].flatMap((r) => r.recordIds ?? []))].join(', ')}); passkey prompts per length ${rows[model].find((r) => Object.keys(r.passkey).length)?.passkey ? pkN(rows[model].find((r) => Object.keys(r.passkey).length)) : '–'}**`, '');
   md.push('| config | family | paper bits | true bits @2048 | KL | top-1 | passkey 256/512/1024/2048 (%) | source |', '|---|---|---:|---:|---:|---:|---|---|');
   for (const r of rows[model]) {
     md.push(`| ${r.method} | ${r.family ?? '–'} | ${r.paperBits.toFixed(3)} | ${r.storedBits.toFixed(3)} | ${r.kl === null ? '–' : r.kl.toFixed(4)} | ${r.top1 === null ? '–' : r.top1.toFixed(4)} | ${pk(r)} | ${r.source} |`);
