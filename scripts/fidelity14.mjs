@@ -139,3 +139,28 @@ svg.push(`<text x="${W}" y="${Hh + 20}">filled marker: passkey ≥ 95 % at every
 svg.push('</svg>');
 writeFileSync(`${dir}/curve.svg`, svg.join('\n'));
 console.log(md.join('\n'));
+
+// ---- targets (issue 14), against kivi-2 and the TurboQuant-style cache on the same records -------------------------
+const tmd = [];
+for (const model of MODELS) {
+  const by = new Map(rows[model].map((r) => [r.method, r]));
+  const kivi = by.get('kivi-2');
+  if (!kivi || kivi.kl === null) continue;
+  tmd.push(`**${LABEL[model]}** (kivi-2 on these records: KL ${kivi.kl.toFixed(4)} at ${kivi.storedBits.toFixed(3)} bits)`, '');
+  tmd.push('| target | configuration | true bits | KL | KL / kivi-2 | passkey 256/512/1024/2048 | met? |', '|---|---|---:|---:|---:|---|---|');
+  const under = rows[model].filter((r) => r.storedBits <= 2.0 + 1e-9 && r.kl !== null).sort((a, b) => a.kl - b.kl);
+  for (const r of under.slice(0, 3)) {
+    const pkOk = Object.values(r.passkey).length === 4 && Object.values(r.passkey).every((a) => a.correct / a.n >= 0.95);
+    tmd.push(`| ≤ 2.0 bits, KL ≤ kivi-2, passkey ≥ 95 % | ${r.method} | ${r.storedBits.toFixed(3)} | ${r.kl.toFixed(4)} | ${(r.kl / kivi.kl).toFixed(2)}× | ${pk(r)} | ${r.kl <= kivi.kl && pkOk ? 'yes' : `no (KL ${r.kl <= kivi.kl ? 'ok' : `+${((r.kl / kivi.kl - 1) * 100).toFixed(0)} %`}, passkey ${Object.values(r.passkey).length === 4 ? (pkOk ? 'ok' : 'below') : 'not measured at every length'})`} |`);
+  }
+  for (const [tq, ours] of [['tq-2.5', /^tqplan-3\.203/], ['tq-3.5', /^tqplan-4\.188/], ['tq-k2v1', /^tqplan-2b/], ['tq-2', /^tqx-2$/], ['tq-1.5', /^tqx-1\.5$/], ['tq-2.5', /^tqx-2\.5$/]]) {
+    const a = by.get(tq);
+    const b = rows[model].find((r) => ours.test(r.method));
+    if (!a || !b || a.kl === null || b.kl === null) continue;
+    const drop = 1 - b.kl / a.kl;
+    tmd.push(`| ≥ 25 % lower KL than ${tq} (${a.storedBits.toFixed(3)} bits, KL ${a.kl.toFixed(4)}) at ≤ its bits | ${b.method} | ${b.storedBits.toFixed(3)} | ${b.kl.toFixed(4)} | ${(b.kl / kivi.kl).toFixed(2)}× | ${pk(b)} | ${b.storedBits <= a.storedBits + 1e-9 && drop >= 0.25 ? 'yes' : 'no'} (${(drop * 100).toFixed(0)} % lower) |`);
+  }
+  tmd.push('');
+}
+writeFileSync(`${dir}/targets.md`, tmd.join('\n'));
+console.log(tmd.join('\n'));
