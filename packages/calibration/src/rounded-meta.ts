@@ -28,7 +28,7 @@ function roundSigned(format: MetaFormat8, x: number): number {
  * magnitude) can hold, with the η calibration re-derived for the rounded metadata (see {@link RoundedMetaOptions}).
  * Codes are untouched. Every fp8 value is exactly an fp16 value, so a cache with precision `'fp16'` holds these
  * scales and zero-points unchanged; its accounting at 8 metadata bits is `accountBits({ …, metadataBits: 8 })`.
- * @throws {@link XqConfigError} for an unknown format.
+ * @throws `XqConfigError` for an unknown format.
  * @example
  * const cal = roundedMetaCalibrator({ format: 'e4m3', inner: etaCalibrator() });
  */

@@ -5,7 +5,7 @@ import { runEval, type EvalModel } from './protocol.js';
 import type { EvalFile } from './records.js';
 import { summarize } from './results.js';
 
-/** The format dimensions of a codebook plan (everything of {@link TurboQuantOptions} except the widths). */
+/** The format dimensions of a codebook plan (everything of `TurboQuantOptions` except the widths). */
 export type CodebookFamily = Pick<TurboQuantOptions, 'rotation' | 'scaleFormat' | 'scaleRule' | 'split' | 'recode' | 'seed'>;
 
 /** Families {@link planCodebookBudget} searches by default: rotation × metadata format × scale rule × split. */
@@ -29,7 +29,7 @@ export interface CodebookPlanOptions {
   residualLength?: number;
   /** Context length of the accounting. Default 2048. */
   tokens?: number;
-  /** Widths a tensor may get. Default {@link TURBOQUANT_BITS} (1 … 4 in half bits). */
+  /** Widths a tensor may get. Default `TURBOQUANT_BITS` (1 … 4 in half bits). */
   widths?: readonly number[];
   /** Format families to plan and verify (one plan each). Default {@link DEFAULT_CODEBOOK_FAMILIES}. */
   families?: readonly CodebookFamily[];
@@ -82,7 +82,7 @@ export function codebookFamilyName(f: CodebookFamily): string {
 
 /**
  * The family a name describes: `split-format-rule[-rotation]`, e.g. `rotated-log8-lsq` or `outliers-fp16-norm-none`.
- * @throws {@link XqConfigError} for an unknown part.
+ * @throws `XqConfigError` for an unknown part.
  */
 export function codebookFamily(name: string): CodebookFamily {
   const [split, scaleFormat, scaleRule, rotation = 'hadamard'] = name.split('-');
@@ -102,9 +102,9 @@ function familyName(f: CodebookFamily): string {
  *    run), minus the all-4-bit KL;
  * 2. per family, start every tensor at the cheapest width and greedily upgrade the tensor with the largest predicted
  *    gain per stored bit (sensitivity × the codebook's distortion drop, {@link codebookDistortion}) while the
- *    accounting ({@link turboquantBits}) stays within the budget — the leftover budget is spent until no upgrade fits;
+ *    accounting (`turboquantBits`) stays within the budget — the leftover budget is spent until no upgrade fits;
  * 3. verify every family's plan by its KL on the calibration prompt and return the best.
- * @throws {@link XqConfigError} for a bad budget, a short prompt, or a budget below every family's cheapest plan.
+ * @throws `XqConfigError` for a bad budget, a short prompt, or a budget below every family's cheapest plan.
  */
 export async function planCodebookBudget(options: CodebookPlanOptions): Promise<CodebookPlanResult> {
   const { model, budgetBits } = options;

@@ -209,7 +209,7 @@ export function turboquantBits(options: TurboQuantOptions, shape: KvCacheShape, 
  * A TurboQuant-style KV cache (Zandieh et al., arXiv 2504.19874; the MSE stage, data-free): every key and value vector
  * beyond the newest R tokens is rotated by a fixed orthogonal matrix (seeded random signs × normalized Walsh–Hadamard),
  * stored as one scale (its norm) and one Lloyd-Max code per coordinate against the codebook of a rotated unit
- * vector's coordinate ({@link lloydMaxCodebook}), and attended without dequantizing (queries rotated the same way,
+ * vector's coordinate (`lloydMaxCodebook` of `@xquant/quant`), and attended without dequantizing (queries rotated the same way,
  * `codebookKeyScores` / `codebookValueMix` of `@xquant/quant`, the mixed values rotated back). Half-bit widths follow
  * the paper's outlier treatment: the half of the channels with the most energy in the first quantized tokens of each
  * (layer, head) get one bit more, and each half is its own instance (own rotation, own norm). Options add the
