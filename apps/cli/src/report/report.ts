@@ -188,7 +188,8 @@ function planSection(p: PlanReportInput): string {
   if (p.preset.strategy === 'turboquant' || !p.best) {
     // a codebook plan (`xquant plan --codebook`): widths per layer of every verified family
     const w = (x: unknown, l: number) => String(Array.isArray(x) ? x[l] : x);
-    const layers = Array.isArray(p.candidates[0]?.options.keyBits) ? (p.candidates[0]!.options.keyBits as unknown[]).length : 0;
+    const first = p.candidates[0]?.options as unknown as Record<string, unknown> | undefined;
+    const layers = Array.isArray(first?.keyBits) ? first.keyBits.length : 0;
     parts.push(
       table(
         ['candidate', ...Array.from({ length: layers }, (_, l) => `L${l} K/V bits`)],
