@@ -30,9 +30,12 @@ OUT=${OUT:-docs/report/study}
 BACKEND=${BACKEND:-wasm}
 MODELS=${MODELS:-"xq-llama-20m xq-qwen2-30m"}
 STEPS=${STEPS:-"build plan eval merge bench report"}
-CACHES=full,kivi-2,kivi-1,asymkv-1.5,xquant-1.38,xquant-nocal,xquant-noshare,xquant-k-share
+CACHES=${CACHES:-full,kivi-2,kivi-1,asymkv-1.5,xquant-1.38,xquant-nocal,xquant-noshare,xquant-k-share}
 # beyond the paper: least squares for every tensor, and the code-aware fit on borrowing layers only (PRESETS= to skip)
 PRESETS=${PRESETS-",@docs/report/presets/xquant-lsq-noshare.json,@docs/report/presets/xquant-cafit-1.38.json"}
+RESIDUALS=${RESIDUALS:-32,128}   # residual lengths of the preset sweep (and of the plans picked up from $OUT)
+# per-model preset files, {m} = model name (issue 14: e.g. ",@docs/report/plans14/{m}.tqplan-2.0-R32.json")
+MODEL_PRESETS=${MODEL_PRESETS:-}
 LIMIT=${LIMIT:-}    # e.g. LIMIT=8: the first 8 records of each file
 SAMPLE=${SAMPLE:-}  # e.g. SAMPLE=8: 8 evenly spaced records of each file (a quick reduced study)
 XQ=${XQ:-"node apps/cli/dist/cli.js"}   # e.g. a bundled CLI on another machine (scripts/study-remote.sh)
@@ -55,15 +58,15 @@ if has plan; then
 fi
 
 for m in $MODELS; do
-  extra="$PRESETS"
-  for r in 32 128; do [ -f "$OUT/$m.plan-R$r.json" ] && extra="$extra,@$OUT/$m.plan-R$r.json"; done
+  extra="$PRESETS${MODEL_PRESETS//\{m\}/$m}"
+  for r in ${RESIDUALS//,/ }; do [ -f "$OUT/$m.plan-R$r.json" ] && extra="$extra,@$OUT/$m.plan-R$r.json"; done
   if has eval; then
     echo "study: $m — shards $SHARD_FIRST…$((SHARD_FIRST + N - 1)) of $SHARD_COUNT ($(date +%T))" >&2
     pids=()
     for ((i = SHARD_FIRST; i < SHARD_FIRST + N; i++)); do
       layer=""; [ "$i" -eq 0 ] && layer="--layer-errors"
       # shellcheck disable=SC2086
-      $XQ eval --model "$SHARED/models/$m" --data $DATA --caches "$CACHES$extra" --residual-length 32,128 --group-size 32 \
+      $XQ eval --model "$SHARED/models/$m" --data $DATA --caches "$CACHES$extra" --residual-length "$RESIDUALS" --group-size 32 \
         --shard "$i/$SHARD_COUNT" --backend "$BACKEND" ${LIMIT:+--limit $LIMIT} ${SAMPLE:+--sample $SAMPLE} $layer --out "$OUT/$m.shard-$i.json" \
         >/dev/null 2>"$OUT/logs/$m.shard-$i.log" & pids+=($!)
     done

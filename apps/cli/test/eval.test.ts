@@ -34,6 +34,14 @@ function shard(index: number) {
 }
 
 describe.skipIf(!built)('xquant eval / merge / report / bench / plan (built CLI) — needs `pnpm build` first', () => {
+  test('plan: a budget list needs --codebook and positive numbers (exit 2); --codebook on a missing model is E_IO', () => {
+    expect(xquant('plan', '--model', 'x', '--budget', '2,3').code).toBe(2);
+    expect(xquant('plan', '--model', 'x', '--budget', '2,x', '--codebook').code).toBe(2);
+    const dir = mkdtempSync(join(tmpdir(), 'xq-plan-'));
+    const noModel = xquant('plan', '--codebook', '--model', join(dir, 'none'), '--budget', '2');
+    expect(noModel.code).toBe(1);
+    expect(noModel.stderr).toMatch(/E_IO/);
+  });
   test('usage errors exit 2, --help exits 0, a wrong model path exits 1 with E_IO', () => {
     expect(xquant('eval').code).toBe(2);
     expect(xquant('eval', '--model', 'x', '--data', 'y', '--limit', '0').code).toBe(2);

@@ -146,3 +146,22 @@ describe('HTML report', () => {
     expect(info.distinct).toBeGreaterThan(40);
   }, 180_000);
 });
+
+describe('report of a codebook plan (xquant plan --codebook)', () => {
+  it('lists every verified family with its per-layer key/value widths', () => {
+    const candidate = (name: string, k: number[], v: number[], kl: number) => ({ name, options: { residualLength: 32, keyBits: k, valueBits: v }, storedBits: 1.97, paperBits: 1.6, predicted: 0.01, kl, top1: 0.8 });
+    const plan = {
+      model: 'tiny',
+      budgetBits: 2,
+      preset: { name: 'tqplan-2b-R32', strategy: 'turboquant', options: { residualLength: 32, keyBits: [3, 2], valueBits: [1, 1.5] } },
+      candidates: [candidate('rotated-log8-lsq-hadamard', [3, 2], [1, 1.5], 0.12), candidate('outliers-fp16-norm-hadamard', [2, 2], [1, 1], 0.14)],
+      sensitivity: [],
+    };
+    const html = renderReport({ results: [], plans: [plan as never] });
+    expect(html).toContain('Plan tqplan-2b-R32 for tiny');
+    expect(html).toContain('rotated-log8-lsq-hadamard');
+    expect(html).toContain('<td class="num">3/1</td>');
+    expect(html).toContain('<td class="num">2/1.5</td>');
+    expect(html).toContain('<td class="num">0.1400</td>');
+  });
+});

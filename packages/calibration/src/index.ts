@@ -18,3 +18,4 @@ export {
   type EtaCalibratorOptions,
 } from './eta.js';
 export { leastSquaresStats, leastSquaresCalibrator } from './least-squares.js';
+export { roundedMetaCalibrator, type MetaFormat8, type RoundedMetaOptions } from './rounded-meta.js';

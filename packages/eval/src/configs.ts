@@ -146,7 +146,7 @@ export function resolveCacheSpecs(names: readonly string[], shape: KvCacheShape,
 
 /** Create the KV cache of a configuration for a model's cache shape. */
 export function createCacheFor(spec: CacheSpec, shape: KvCacheShape): KvCache {
-  return spec.config === null ? createKvCache(FULL_ID, shape) : createKvCache(spec.strategy, shape, spec.options);
+  return spec.strategy === FULL_ID ? createKvCache(FULL_ID, shape) : createKvCache(spec.strategy, shape, spec.options);
 }
 
 /** A configuration as recorded in results (plain JSON). */
@@ -198,9 +198,17 @@ export function fillRandom(cache: KvCache, tokens: number, rand: () => number): 
   q.dispose();
 }
 
-/** `accountBits` of a configuration (fp16 metadata and residual window); `full` is 16 bits of both kinds. */
+/**
+ * `accountBits` of a configuration (fp16 metadata and residual window); `full` is 16 bits of both kinds; a strategy
+ * without a configuration that accounts itself (`KvCacheStrategy.accountBits`, e.g. `turboquant`) is asked.
+ */
 export function accountSpec(spec: CacheSpec, shape: KvCacheShape, tokens: number): { paperBits: number; storedBitsPerElement: number } {
-  return spec.config === null ? { paperBits: 16, storedBitsPerElement: 16 } : accountBits({ config: spec.config, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens });
+  if (spec.config !== null) return accountBits({ config: spec.config, kvHeads: shape.kvHeads, headDim: shape.headDim, tokens });
+  if (spec.strategy !== FULL_ID) {
+    const own = resolveStrategy(spec.strategy, spec.options).accountBits;
+    if (own) return own(shape, tokens);
+  }
+  return { paperBits: 16, storedBitsPerElement: 16 };
 }
 
 /**

@@ -12,6 +12,7 @@ export * from './protocol.js';
 export * from './runtime.js';
 export * from './layer-error.js';
 export * from './planner.js';
+export * from './codebook-planner.js';
 export * from './bench.js';
 export * from './anchor.js';
 export * from './validate.js';

@@ -120,7 +120,7 @@ function fp(layers: number): LayerStorage[] {
 }
 
 function calKey(c: CalibrationChoice): string {
-  return typeof c === 'string' ? c : `eta=${c.eta}`;
+  return typeof c === 'string' ? c : 'eta' in c ? `eta=${c.eta}` : JSON.stringify(c);
 }
 
 function plannedOptions(plan: Plan, R: number): PlannedOptions {

@@ -12,6 +12,17 @@ export * from './quantize.js';
 export * from './kv.js';
 export { boundScale, dequantizeValue, OVERFLOW_AT, PRECISION_MAX } from './core.js';
 export * from './kernels/packed-attention.js';
+export * from './codebook.js';
+export * from './scale-format.js';
+export {
+  assertCodebookView,
+  codebookDequantize,
+  codebookKeyScores,
+  codebookValueMix,
+  packCodebookRow,
+  type CodebookKvView,
+  type CodebookSegment,
+} from './kernels/codebook.js';
 export {
   assertPackedKvLayout,
   packedKvSegments,

@@ -8,6 +8,7 @@ import { full } from './strategies/full.js';
 import { kivi, type KiviOptions } from './strategies/kivi.js';
 import { planned, type PlannedOptions } from './strategies/planned.js';
 import { rotated, type RotatedOptions } from './strategies/rotated.js';
+import { turboquant, type TurboQuantOptions } from './strategies/turboquant.js';
 import { xquant } from './strategies/xquant.js';
 import type { KvCacheStrategy, QuantizedCacheOptions } from './types.js';
 
@@ -50,6 +51,7 @@ const BUILTIN_STRATEGIES: Record<string, StrategyFactory> = {
   xquant: (o) => xquant(o as Parameters<typeof xquant>[0]),
   rotated: (o) => rotated(o as unknown as RotatedOptions),
   planned: (o) => planned(o as unknown as PlannedOptions),
+  turboquant: (o) => turboquant(o as TurboQuantOptions),
   'kivi-2': preset('kivi-2', (o) => kivi({ ...o, bits: 2 })),
   'kivi-1': preset('kivi-1', (o) => kivi({ ...o, bits: 1 })),
   'asymkv-1.5': preset('asymkv-1.5', (o) => asymkv({ ...o, ...xq })),

@@ -56,6 +56,7 @@ export { asymkv, type AsymKvOptions } from './strategies/asymkv.js';
 export { xquant, type XQuantOptions, type ShareFrom } from './strategies/xquant.js';
 export { planned, calibratorFor, type PlannedOptions, type CalibrationChoice } from './strategies/planned.js';
 export { rotated, RotatedKvCache, walshHadamard, hadamardRotation, randomSigns, type RotatedOptions } from './strategies/rotated.js';
+export { turboquant, turboquantBits, turboquantLayout, TurboQuantKvCache, TURBOQUANT_BITS, type TurboQuantOptions, type TurboQuantLayout } from './strategies/turboquant.js';
 export { createKvCache, registerStrategy, resolveStrategy, strategyIds, type StrategyFactory } from './registry.js';
 export { PRESETS, registerBuiltins, type PresetInfo } from './builtins.js';
 

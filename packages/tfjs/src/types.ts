@@ -89,6 +89,12 @@ export interface KvCacheStrategy<Options = unknown> {
   createCache(shape: KvCacheShape): KvCache;
   /** The configuration `createCache(shape)` would use (quantized strategies; see `resolveCacheConfig`). */
   resolveConfig?(shape: KvCacheShape): CacheConfig;
+  /**
+   * Paper bits and true stored bits per K/V element at `tokens` tokens (fp16 residual window, the convention of
+   * `accountBits` of @xquant/cross-layer), for a strategy whose storage a {@link CacheConfig} does not describe (e.g.
+   * `turboquant`); strategies with `resolveConfig` are accounted from their configuration instead.
+   */
+  accountBits?(shape: KvCacheShape, tokens: number): { paperBits: number; storedBitsPerElement: number };
 }
 
 // ---------------------------------------------------------------------------------------------------------------

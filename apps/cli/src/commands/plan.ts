@@ -1,6 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { checkOutputPath, parseCommandArgs, sharedOptions } from '../args.js';
-import { DEFAULT_CALIBRATION_TEXT, openEvalModel, planForBudget } from '@xquant/eval';
+import { DEFAULT_CALIBRATION_TEXT, codebookFamily, openEvalModel, planCodebookBudget, planForBudget, type CodebookPlanResult } from '@xquant/eval';
 import { XqError, XqFormatError } from '@xquant/quant';
 import { DEFAULT_RESIDUAL_LENGTH, type BackendName } from '@xquant/tfjs';
 
@@ -24,6 +24,14 @@ options:
                        value group sizes to try (must divide headDim, any R; default: the key group sizes and 64)
   --calibration FILE   calibration prompt: a text file, or JSON/JSONL with input_ids (first record)
                        (default: a built-in English paragraph, ~370 tokens)
+  --codebook           plan the 'turboquant' strategy instead: per-tensor widths 1…4 in half bits, over the
+                       format families (rotation, scale format fp16/log8, norm/least-squares scale, half-bit split);
+                       writes a 'turboquant' preset (issue 14); --budget may be a list (one sensitivity run,
+                       one plan per budget; --out FILE gets .b<BUDGET> before .json for each)
+  --sensitivity-from FILE
+                       with --codebook: reuse the per-tensor sensitivity of an earlier plan result (same model
+                       and calibration prompt) instead of measuring it
+  --families LIST      with --codebook: families to plan, e.g. rotated-log8-lsq,outliers-fp16-norm-hadamard
   --no-sharing         do not try cross-layer code sharing
   --no-sensitivity     skip the per-tensor KL runs (faster, cruder)
   --max-verify N       plans verified by KL (default 6)
@@ -62,13 +70,17 @@ export async function run(argv: string[]): Promise<number> {
     tokens: { type: 'string' },
     calibration: { type: 'string' },
     'no-sharing': { type: 'boolean' },
+    codebook: { type: 'boolean' },
+    families: { type: 'string' },
+    'sensitivity-from': { type: 'string' },
     'no-sensitivity': { type: 'boolean' },
     'max-verify': { type: 'string' },
   }, { ints: { 'residual-length': 'one', tokens: 'one', 'group-size': 'list', 'value-group-size': 'list', 'max-verify': 'one' } });
   if (typeof parsed === 'number') return parsed;
   const v = parsed.values as Record<string, string | boolean | undefined> & Record<'residual-length' | 'tokens' | 'max-verify', number | undefined> & Record<'group-size' | 'value-group-size', number[] | undefined>;
-  const budget = Number(v.budget);
-  if (typeof v.model !== 'string' || !(budget > 0)) {
+  const budgets = String(v.budget ?? '').split(',').map(Number);
+  const budget = budgets[0]!;
+  if (typeof v.model !== 'string' || !budgets.every((b) => b > 0) || (budgets.length > 1 && !v.codebook)) {
     console.error(`xquant plan: --model and a positive --budget are required\n\n${USAGE}`);
     return 2;
   }
@@ -81,6 +93,42 @@ export async function run(argv: string[]): Promise<number> {
     const ids = typeof v.calibration === 'string' ? calibrationIds(v.calibration, encode) : encode(DEFAULT_CALIBRATION_TEXT);
     process.stderr.write(`xquant plan: ${rt.name} on ${rt.backend.backend}, budget ${budget} bits at ${tokens ?? 2048} tokens, R=${R}, ${ids.length} calibration tokens\n`);
     const t0 = Date.now();
+    if (v.codebook) {
+      const families = typeof v.families === 'string' ? v.families.split(',').map(codebookFamily) : undefined;
+      let sensitivity: CodebookPlanResult['sensitivity'] | undefined;
+      if (typeof v['sensitivity-from'] === 'string') {
+        try {
+          sensitivity = (JSON.parse(readFileSync(v['sensitivity-from'], 'utf8')) as { sensitivity?: CodebookPlanResult['sensitivity'] }).sensitivity;
+        } catch (e) {
+          throw new XqError('E_IO', `${String(v['sensitivity-from'])}: cannot read a plan result (${(e as Error).message})`, { cause: e });
+        }
+        if (!Array.isArray(sensitivity)) throw new XqFormatError(`${String(v['sensitivity-from'])}: no "sensitivity" array (expected an 'xquant plan --codebook' result)`);
+      }
+      for (const b of budgets) {
+      const cb = await planCodebookBudget({
+        model: rt.model,
+        budgetBits: b,
+        calibrationPrompt: ids,
+        residualLength: R,
+        tokens,
+        families,
+        sensitivity,
+        log: (line) => process.stderr.write(`${line} (${((Date.now() - t0) / 1000).toFixed(0)} s)\n`),
+      });
+      sensitivity = cb.sensitivity;
+      const out = { format: 'xquant-plan/v1', model: rt.name, budgetBits: b, residualLength: R, calibrationTokens: ids.length, ...cb };
+      if (typeof v.out === 'string') writeFileSync(budgets.length > 1 ? v.out.replace(/(\.json)?$/, `.b${b}.json`) : v.out, `${JSON.stringify(out, null, 1)}\n`);
+      if (v.json) process.stdout.write(`${JSON.stringify(out)}\n`);
+      else {
+        const lines = ['| candidate | stored bits | paper bits | KL (calibration) | top-1 | key widths | value widths |', '|---|---:|---:|---:|---:|---|---|'];
+        const w = (x: unknown) => (Array.isArray(x) ? x.join(' ') : String(x));
+        for (const c of cb.candidates) lines.push(`| ${c.name} | ${c.storedBits.toFixed(3)} | ${c.paperBits.toFixed(3)} | ${c.kl.toFixed(4)} | ${c.top1.toFixed(4)} | ${w(c.options.keyBits)} | ${w(c.options.valueBits)} |`);
+        lines.push('', `best: ${cb.candidates[0]!.name} → preset ${cb.preset.name}`, '');
+        process.stdout.write(`${lines.join('\n')}\n`);
+      }
+      }
+      return 0;
+    }
     const result = await planForBudget({
       model: rt.model,
       budgetBits: budget,

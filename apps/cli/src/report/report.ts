@@ -185,6 +185,22 @@ function planSection(p: PlanReportInput): string {
       p.candidates.map((c) => [c.name, fmt(c.storedBits, 3), fmt(c.paperBits, 3), fmt(c.kl, 4), fmt(c.top1, 4), c.predicted.toExponential(2)]),
     ),
   );
+  if (p.preset.strategy === 'turboquant' || !p.best) {
+    // a codebook plan (`xquant plan --codebook`): widths per layer of every verified family
+    const w = (x: unknown, l: number) => String(Array.isArray(x) ? x[l] : x);
+    const first = p.candidates[0]?.options as unknown as Record<string, unknown> | undefined;
+    const layers = Array.isArray(first?.keyBits) ? first.keyBits.length : 0;
+    parts.push(
+      table(
+        ['candidate', ...Array.from({ length: layers }, (_, l) => `L${l} K/V bits`)],
+        p.candidates.map((c) => {
+          const o = c.options as unknown as Record<string, unknown>;
+          return [c.name, ...Array.from({ length: layers }, (_, l) => `${w(o.keyBits, l)}/${w(o.valueBits, l)}`)];
+        }),
+      ),
+    );
+    return parts.join('\n');
+  }
   const o = p.best.options;
   parts.push(
     table(

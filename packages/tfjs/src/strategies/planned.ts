@@ -1,4 +1,4 @@
-import { XQUANT_ETA, etaCalibrator, leastSquaresCalibrator, type Calibrator } from '@xquant/calibration';
+import { XQUANT_ETA, etaCalibrator, leastSquaresCalibrator, roundedMetaCalibrator, type Calibrator } from '@xquant/calibration';
 import { validatePlan, type LayerStorage } from '@xquant/cross-layer';
 import { XqConfigError } from '@xquant/quant';
 import type { QuantizedCacheOptions } from '../types.js';
@@ -16,6 +16,17 @@ export type CalibrationChoice =
   | {
       /** η for every bit width, in [0, 0.5). */
       eta: number;
+    }
+  | {
+      /**
+       * Scale and zero-point rounded to an 8-bit fp format after `base` (issue 14; the values stay exact in fp16
+       * storage, account them with `metadataBits: 8`).
+       */
+      meta: 'e4m3' | 'e5m2';
+      /** Calibration before rounding. Default `'eta'`. */
+      base?: 'none' | 'eta' | 'least-squares';
+      /** Re-centre the zero-point for the rounded scale (default true; see `roundedMetaCalibrator`). */
+      rederive?: boolean;
     };
 
 /** Options of the {@link planned} strategy: plain JSON, so a plan can be saved and reused. */
@@ -35,11 +46,17 @@ export function calibratorFor(choice: CalibrationChoice): Calibrator | null {
   if (choice === 'none') return null;
   if (choice === 'eta') return etaCalibrator({ etaByBits: XQUANT_ETA });
   if (choice === 'least-squares') return leastSquaresCalibrator();
-  if (typeof choice === 'object' && choice !== null && typeof choice.eta === 'number') {
+  if (typeof choice === 'object' && choice !== null && 'meta' in choice) {
+    const base = choice.base ?? 'eta';
+    if (base !== 'none' && base !== 'eta' && base !== 'least-squares') throw new XqConfigError('E_CONFIG', `calibration base must be 'none', 'eta' or 'least-squares'; got ${JSON.stringify(base)}`);
+    if (choice.rederive !== undefined && typeof choice.rederive !== 'boolean') throw new XqConfigError('E_CONFIG', `calibration rederive must be true or false; got ${JSON.stringify(choice.rederive)}`);
+    return roundedMetaCalibrator({ format: choice.meta, inner: calibratorFor(base), rederive: choice.rederive ?? true });
+  }
+  if (typeof choice === 'object' && choice !== null && 'eta' in choice && typeof choice.eta === 'number') {
     const eta = choice.eta;
     return etaCalibrator({ etaByBits: { 1: eta, 2: eta, 4: eta, 8: eta } });
   }
-  throw new XqConfigError('E_CONFIG', `calibration must be 'none', 'eta', 'least-squares' or { eta: number }; got ${JSON.stringify(choice)}`);
+  throw new XqConfigError('E_CONFIG', `calibration must be 'none', 'eta', 'least-squares', { eta: number } or { meta: 'e4m3' | 'e5m2', base?, rederive? }; got ${JSON.stringify(choice)}`);
 }
 
 function perLayer(choice: CalibrationChoice | CalibrationChoice[] | undefined, layers: number, what: string): (Calibrator | null)[] {

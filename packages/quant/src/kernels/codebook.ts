@@ -1,0 +1,248 @@
+import { XqShapeError } from '../errors.js';
+
+/**
+ * One channel range of a codebook row: channels `start … start+length−1` coded with `bits` bits each against the
+ * level table `levels` (2^bits entries), all sharing one stored scale per row. Codes are packed LSB first as one bit
+ * stream per row starting at bit `bitOffset` (a code may straddle two words, so 3-bit codes cost exactly 3 bits).
+ */
+export interface CodebookSegment {
+  /** First channel. */
+  readonly start: number;
+  /** Channels. */
+  readonly length: number;
+  /** Bits per code (1–8). */
+  readonly bits: number;
+  /** Reconstruction levels, indexed by code (`2^bits` of them). */
+  readonly levels: Float32Array;
+  /** Bit position of the segment's first code within its row. */
+  readonly bitOffset: number;
+  /** Which of the row's `scalesPerRow` scales the segment reads (segments may share one). */
+  readonly scaleSlot: number;
+}
+
+/**
+ * Packed K or V storage of a codebook (TurboQuant-style) cache: every (token, head) row holds `headDim` codes and one
+ * scale per segment; x̂[c] = scale(segment of c) · levels[code(c)]. Rows are token-major: codes at words
+ * `(t·heads + h)·rowWords …`, scales at `(t·heads + h)·scalesPerRow + segment.scaleSlot`, stored as codes of a scale format and
+ * read through `scaleTable` (e.g. `scaleDecodeTable('e4m3')`). Keys and values use the same layout (no grouping along
+ * tokens), so the kernels are one pair for both. Only the first `tokens` rows are read.
+ */
+export interface CodebookKvView {
+  /** KV heads. */
+  readonly heads: number;
+  /** Valid tokens. */
+  readonly tokens: number;
+  /** Channels per head (the sum of the segments' lengths). */
+  readonly headDim: number;
+  /** Channel ranges, in channel order, covering 0 … headDim−1. */
+  readonly segments: readonly CodebookSegment[];
+  /** 32-bit words per (token, head) row (≥ ⌈Σ length·bits / 32⌉). */
+  readonly rowWords: number;
+  /** Scales per (token, head) row. */
+  readonly scalesPerRow: number;
+  /** Codes, `[tokens, heads, rowWords]`. */
+  readonly packed: Uint32Array;
+  /** Scale codes, `[tokens, heads, scalesPerRow]`. */
+  readonly scales: Uint8Array | Uint16Array;
+  /** Value of each scale code. */
+  readonly scaleTable: Float32Array;
+}
+
+/** Throws {@link XqShapeError} unless the view is consistent. */
+export function assertCodebookView(v: CodebookKvView): void {
+  const bad = (m: string): never => {
+    throw new XqShapeError(`codebook view: ${m}`);
+  };
+  if (!(v.heads > 0 && Number.isInteger(v.heads)) || !(v.tokens >= 0 && Number.isInteger(v.tokens)) || !(v.headDim > 0)) bad(`heads/tokens/headDim must be positive integers; got ${v.heads}/${v.tokens}/${v.headDim}`);
+  let c = 0;
+  let bitsEnd = 0;
+  for (const s of v.segments) {
+    if (s.start !== c) bad(`segments must cover channels in order; segment at ${s.start}, expected ${c}`);
+    if (!(s.bits >= 1 && s.bits <= 8 && Number.isInteger(s.bits))) bad(`segment bits must be 1…8; got ${s.bits}`);
+    if (s.levels.length !== 1 << s.bits) bad(`segment at ${s.start}: ${s.levels.length} levels for ${s.bits} bits`);
+    if (s.bitOffset < bitsEnd) bad(`segment at ${s.start} overlaps the previous one's codes`);
+    if (!(Number.isInteger(s.scaleSlot) && s.scaleSlot >= 0 && s.scaleSlot < v.scalesPerRow)) bad(`segment at ${s.start}: scaleSlot ${s.scaleSlot} outside 0…${v.scalesPerRow - 1}`);
+    bitsEnd = s.bitOffset + s.length * s.bits;
+    c += s.length;
+  }
+  if (c !== v.headDim) bad(`segments cover ${c} channels; headDim is ${v.headDim}`);
+  if (v.rowWords * 32 < bitsEnd) bad(`rowWords ${v.rowWords} holds ${v.rowWords * 32} bits; the codes need ${bitsEnd}`);
+  if (v.packed.length < v.tokens * v.heads * v.rowWords) bad(`packed has ${v.packed.length} words; ${v.tokens * v.heads * v.rowWords} needed`);
+  if (v.scales.length < v.tokens * v.heads * v.scalesPerRow) bad(`scales has ${v.scales.length} entries; ${v.tokens * v.heads * v.scalesPerRow} needed`);
+}
+
+/** Decode the codes of one row into `codes` (channel order). */
+function decodeRow(v: CodebookKvView, base: number, codes: Uint8Array): void {
+  const w = v.packed;
+  for (const s of v.segments) {
+    const mask = (1 << s.bits) - 1;
+    let pos = s.bitOffset;
+    for (let c = s.start, end = s.start + s.length; c < end; c++, pos += s.bits) {
+      const wi = base + (pos >>> 5);
+      const sh = pos & 31;
+      let x = w[wi]! >>> sh;
+      if (sh + s.bits > 32) x |= w[wi + 1]! << (32 - sh);
+      codes[c] = x & mask;
+    }
+  }
+}
+
+/** Write `codes` (channel order) into one row of `packed` at word `base` (the row's words are overwritten). */
+export function packCodebookRow(segments: readonly CodebookSegment[], rowWords: number, codes: ArrayLike<number>, packed: Uint32Array, base: number): void {
+  packed.fill(0, base, base + rowWords);
+  for (const s of segments) {
+    let pos = s.bitOffset;
+    for (let c = s.start, end = s.start + s.length; c < end; c++, pos += s.bits) {
+      const code = codes[c]! >>> 0;
+      const wi = base + (pos >>> 5);
+      const sh = pos & 31;
+      packed[wi] = (packed[wi]! | (code << sh)) >>> 0;
+      if (sh + s.bits > 32) packed[wi + 1] = (packed[wi + 1]! | (code >>> (32 - sh))) >>> 0;
+    }
+  }
+}
+
+/** The reconstruction x̂ of every stored row, head-major `[heads, tokens, headDim]` (the oracle of the kernels). */
+export function codebookDequantize(v: CodebookKvView): Float32Array {
+  assertCodebookView(v);
+  const { heads: H, tokens: T, headDim: D, segments: S } = v;
+  const out = new Float32Array(H * T * D);
+  const codes = new Uint8Array(D);
+  for (let t = 0; t < T; t++) {
+    for (let h = 0; h < H; h++) {
+      const r = t * H + h;
+      decodeRow(v, r * v.rowWords, codes);
+      const o = (h * T + t) * D;
+      for (let si = 0; si < S.length; si++) {
+        const s = S[si]!;
+        const sc = v.scaleTable[v.scales[r * v.scalesPerRow + s.scaleSlot]!]!;
+        for (let c = s.start; c < s.start + s.length; c++) out[o + c] = sc * s.levels[codes[c]!]!;
+      }
+    }
+  }
+  return out;
+}
+
+function checkRows(name: string, v: CodebookKvView, rows: number, need: number, got: number, what: string): void {
+  if (rows <= 0 || !Number.isInteger(rows) || rows % v.heads !== 0) {
+    throw new XqShapeError(`${name}: query rows (${rows}) must be a positive multiple of kvHeads (${v.heads})`);
+  }
+  if (got < need) throw new XqShapeError(`${name}: ${what} has ${got} elements; ${need} needed`);
+}
+
+/** Flat per-segment tables of a view (monomorphic typed arrays for the hot loops). */
+interface Flat {
+  n: number;
+  start: Int32Array;
+  end: Int32Array;
+  bits: Int32Array;
+  off: Int32Array;
+  slot: Int32Array;
+  /** Level table of segment i at `levelOff[i]`. */
+  levelOff: Int32Array;
+  levels: Float32Array;
+}
+
+function flatten(v: CodebookKvView): Flat {
+  const S = v.segments;
+  const n = S.length;
+  const f: Flat = { n, start: new Int32Array(n), end: new Int32Array(n), bits: new Int32Array(n), off: new Int32Array(n), slot: new Int32Array(n), levelOff: new Int32Array(n), levels: new Float32Array(S.reduce((a, s) => a + s.levels.length, 0)) };
+  let lo = 0;
+  S.forEach((s, i) => {
+    f.start[i] = s.start;
+    f.end[i] = s.start + s.length;
+    f.bits[i] = s.bits;
+    f.off[i] = s.bitOffset;
+    f.slot[i] = s.scaleSlot;
+    f.levelOff[i] = lo;
+    f.levels.set(s.levels, lo);
+    lo += s.levels.length;
+  });
+  return f;
+}
+
+/** x̂ of row `r` into `row` (channel order): codes read from the bit stream, times the segment's level and scale. */
+function dequantRow(f: Flat, w: Uint32Array, base: number, scales: Uint8Array | Uint16Array, sbase: number, table: Float32Array, row: Float32Array): void {
+  for (let si = 0; si < f.n; si++) {
+    const b = f.bits[si]!;
+    const mask = (1 << b) - 1;
+    const sc = table[scales[sbase + f.slot[si]!]!]!;
+    const lo = f.levelOff[si]!;
+    const lv = f.levels;
+    let pos = f.off[si]!;
+    for (let c = f.start[si]!, end = f.end[si]!; c < end; c++, pos += b) {
+      const wi = base + (pos >>> 5);
+      const sh = pos & 31;
+      let x = w[wi]! >>> sh;
+      if (sh + b > 32) x |= w[wi + 1]! << (32 - sh);
+      row[c] = sc * lv[lo + (x & mask)]!;
+    }
+  }
+}
+
+/**
+ * `out[j·rowStride + t] = Σ_c q[j, c]·k̂[kv(j), t, c]` for the `rows` query vectors `q` (`[rows, headDim]`), over
+ * codebook-coded keys; query row j reads KV head ⌊j / (rows/heads)⌋ (GQA: rows are grouped by KV head). Each key row
+ * is decoded once (codes × level × scale) and dotted with every query row of its head.
+ * @throws {@link XqShapeError} for an inconsistent view or short arrays.
+ */
+export function codebookKeyScores(q: Float32Array, rows: number, keys: CodebookKvView, out: Float32Array, rowStride = keys.tokens): Float32Array {
+  assertCodebookView(keys);
+  const { heads: H, tokens: T, headDim: D } = keys;
+  checkRows('codebookKeyScores', keys, rows, rows * D, q.length, 'q');
+  if (rowStride < T) throw new XqShapeError(`codebookKeyScores: rowStride ${rowStride} < tokens ${T}`);
+  if (out.length < (rows - 1) * rowStride + T) throw new XqShapeError(`codebookKeyScores: out has ${out.length} elements; ${(rows - 1) * rowStride + T} needed`);
+  const per = rows / H;
+  const f = flatten(keys);
+  const row = new Float32Array(D);
+  const w = keys.packed as Uint32Array;
+  const spr = keys.scalesPerRow;
+  for (let t = 0; t < T; t++) {
+    for (let h = 0; h < H; h++) {
+      const r = t * H + h;
+      dequantRow(f, w, r * keys.rowWords, keys.scales, r * spr, keys.scaleTable, row);
+      for (let jj = 0; jj < per; jj++) {
+        const j = h * per + jj;
+        const qo = j * D;
+        let a = 0;
+        for (let c = 0; c < D; c++) a += q[qo + c]! * row[c]!;
+        out[j * rowStride + t] = a;
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * `out[j·headDim + c] = Σ_t p[j·rowStride + t]·v̂[kv(j), t, c]` over codebook-coded values (`out` is overwritten),
+ * the rows grouped by KV head as in {@link codebookKeyScores}. Each value row is decoded once and mixed into every
+ * query row of its head.
+ * @throws {@link XqShapeError} for an inconsistent view or short arrays.
+ */
+export function codebookValueMix(p: Float32Array, rows: number, values: CodebookKvView, out: Float32Array, rowStride = values.tokens): Float32Array {
+  assertCodebookView(values);
+  const { heads: H, tokens: T, headDim: D } = values;
+  checkRows('codebookValueMix', values, rows, (rows - 1) * rowStride + T, p.length, 'p');
+  if (out.length < rows * D) throw new XqShapeError(`codebookValueMix: out has ${out.length} elements; ${rows * D} needed`);
+  const per = rows / H;
+  const f = flatten(values);
+  const row = new Float32Array(D);
+  const acc = new Float64Array(rows * D);
+  const w = values.packed as Uint32Array;
+  const spr = values.scalesPerRow;
+  for (let t = 0; t < T; t++) {
+    for (let h = 0; h < H; h++) {
+      const r = t * H + h;
+      dequantRow(f, w, r * values.rowWords, values.scales, r * spr, values.scaleTable, row);
+      for (let jj = 0; jj < per; jj++) {
+        const j = h * per + jj;
+        const pw = p[j * rowStride + t]!;
+        if (pw === 0) continue;
+        const o = j * D;
+        for (let c = 0; c < D; c++) acc[o + c] = acc[o + c]! + pw * row[c]!;
+      }
+    }
+  }
+  for (let i = 0; i < rows * D; i++) out[i] = acc[i]!;
+  return out;
+}
