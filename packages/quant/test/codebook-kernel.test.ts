@@ -12,17 +12,9 @@ import {
   type CodebookSegment,
   type ScaleFormat,
 } from '@xquant/quant';
+import { rng } from './helpers.js';
 
-function rand(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rand = rng;
 
 /** A random view with the given segment widths ([length, bits] …), codes and scales drawn at random. */
 function randomView(parts: [number, number][], heads: number, tokens: number, fmt: ScaleFormat, seed: number, shared = false): { view: CodebookKvView; codes: Uint8Array; scales: Float64Array } {
