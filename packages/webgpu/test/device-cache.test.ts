@@ -39,4 +39,19 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     // fp16 rows of the 16-bit layers and float32 least squares (the CPU fits in float64)
     expect(maxRel).toBeLessThan(1e-3);
   }, 600_000);
+
+  it('value groups of 128 channels (two elements per thread of the cooperative value quantization), least squares and η, head dim 128', async () => {
+    const options = {
+      residualLength: 32,
+      groupSize: 32,
+      valueGroupSize: 128,
+      keys: [{ bits: 2, codesFrom: null }, { bits: 2, codesFrom: null }],
+      values: [{ bits: 2, codesFrom: null }, { bits: 4, codesFrom: null }],
+      keyCalibration: ['eta', 'none'],
+      valueCalibration: ['least-squares', 'eta'],
+    };
+    const { maxRel } = await compare({ name: 'planned', preset: 'planned', options, qHeads: 4, kvHeads: 2 }, 44, 2, 128);
+    // float32 least squares (the CPU fits in float64)
+    expect(maxRel).toBeLessThan(1e-3);
+  }, 600_000);
 });

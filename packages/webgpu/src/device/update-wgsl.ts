@@ -62,14 +62,37 @@ const fl = (x: number): string => {
   return s.includes('.') || s.includes('e') ? s : `${s}.0`;
 };
 
-/** Thread counts of the roles, in order: q, k, v, key flush, value quantization. @internal */
-export function updateRoles(s: UpdateSpec): { q: number; k: number; v: number; kf: number; vq: number; total: number } {
+/**
+ * Whether a layer's value groups are quantized cooperatively (one thread per element, workgroup reductions): value
+ * groups of a power of two that tiles the 64-thread workgroup. Other widths keep one thread per group.
+ * @internal
+ */
+export function cooperativeValues(s: Pick<UpdateSpec, 'values'>): boolean {
+  if (s.values.kind !== 'packed') return false;
+  const n = s.values.groupSize;
+  return (n & (n - 1)) === 0 && (n * s.values.bits) % 32 === 0 && (n <= UPDATE_WORKGROUP ? UPDATE_WORKGROUP % n === 0 : n % UPDATE_WORKGROUP === 0);
+}
+
+/**
+ * Thread counts of the roles, in order: q, k, v, key flush, value quantization. Threads of the first four roles are
+ * numbered consecutively; cooperative value quantization starts at workgroup `valueWorkgroup` (its `vq` threads
+ * fill whole workgroups). `total` = every thread dispatched (a multiple of the workgroup size).
+ * @internal
+ */
+export function updateRoles(s: UpdateSpec): { q: number; k: number; v: number; kf: number; vq: number; valueWorkgroup: number; total: number } {
   const q = (s.qHeads * s.headDim) / 4;
   const k = (s.kvHeads * s.headDim) / 4;
   const v = k;
   const kf = s.keys.kind === 'packed' ? (s.kvHeads * s.headDim * s.residualLength) / s.keys.groupSize : 0;
-  const vq = s.values.kind === 'packed' ? (s.kvHeads * s.headDim) / s.values.groupSize : 0;
-  return { q, k, v, kf, vq, total: q + k + v + kf + vq };
+  const valueWorkgroup = Math.ceil((q + k + v + kf) / UPDATE_WORKGROUP);
+  if (s.values.kind !== 'packed') return { q, k, v, kf, vq: 0, valueWorkgroup, total: valueWorkgroup * UPDATE_WORKGROUP };
+  if (!cooperativeValues(s)) {
+    const vq = (s.kvHeads * s.headDim) / s.values.groupSize;
+    return { q, k, v, kf, vq, valueWorkgroup, total: Math.ceil((q + k + v + kf + vq) / UPDATE_WORKGROUP) * UPDATE_WORKGROUP };
+  }
+  const perThread = Math.max(1, s.values.groupSize / UPDATE_WORKGROUP);
+  const vq = Math.ceil((s.kvHeads * s.headDim) / (UPDATE_WORKGROUP * perThread)) * UPDATE_WORKGROUP;
+  return { q, k, v, kf, vq, valueWorkgroup, total: valueWorkgroup * UPDATE_WORKGROUP + vq };
 }
 
 interface QuantGroup {
@@ -125,33 +148,133 @@ function quantGroup(q: QuantGroup): string[] {
   if (cal.kind === 'eta' && cal.eta !== 0) {
     L.push(`let t1 = r16(s * ${M}.0);`, `let t2 = r16(t1 * ${fl(cal.eta)});`, `z = r16(z + t2);`, `s = r16(s * ${fl(1 - 2 * cal.eta)});`);
   } else if (cal.kind === 'least-squares') {
-    L.push(
-      'var cm = 0.0;',
-      'var xm = 0.0;',
-      `for (var j = 0u; j < ${q.n}u; j = j + 1u) { cm = cm + f32(cs[j]); xm = xm + xs[j]; }`,
-      `cm = cm / ${q.n}.0;`,
-      `xm = xm / ${q.n}.0;`,
-      'var scc = 0.0;',
-      'var scx = 0.0;',
-      `for (var j = 0u; j < ${q.n}u; j = j + 1u) { let dc = f32(cs[j]) - cm; scc = scc + dc * dc; scx = scx + dc * (xs[j] - xm); }`,
-      'if (scc > 0.0) {',
-      '  let s2 = r16(scx / scc);',
-      '  let z2 = r16(xm - (scx / scc) * cm);',
-      '  if (abs(s2) <= 65504.0 && abs(z2) <= 65504.0) {',
-      '    var e1 = 0.0;',
-      '    var e2 = 0.0;',
-      `    for (var j = 0u; j < ${q.n}u; j = j + 1u) {`,
-      '      let a = xs[j] - (f32(cs[j]) * s + z);',
-      '      let b = xs[j] - (f32(cs[j]) * s2 + z2);',
-      '      e1 = e1 + a * a;',
-      '      e2 = e2 + b * b;',
-      '    }',
-      '    if (e2 <= e1) { s = s2; z = z2; }',
-      '  }',
-      '}',
-    );
+    L.push(...leastSquares(q.n, (j) => `xs[${j}]`, (j) => `cs[${j}]`, 's'));
   }
   L.push(q.writeMeta('pack2x16float(vec2<f32>(s, z))'));
+  return L;
+}
+
+/**
+ * Least-squares refit of scale/zero for the codes (kept when its error is not larger): sums in element order.
+ * `x(j)`/`code(j)` give element j's value and code; `sv` names the scale variable, `z` the zero.
+ */
+function leastSquares(n: number, x: (j: string) => string, code: (j: string) => string, sv: string): string[] {
+  return [
+    'var cm = 0.0;',
+    'var xm = 0.0;',
+    `for (var j = 0u; j < ${n}u; j = j + 1u) { cm = cm + f32(${code('j')}); xm = xm + ${x('j')}; }`,
+    `cm = cm / ${n}.0;`,
+    `xm = xm / ${n}.0;`,
+    'var scc = 0.0;',
+    'var scx = 0.0;',
+    `for (var j = 0u; j < ${n}u; j = j + 1u) { let dc = f32(${code('j')}) - cm; scc = scc + dc * dc; scx = scx + dc * (${x('j')} - xm); }`,
+    'if (scc > 0.0) {',
+    '  let s2 = r16(scx / scc);',
+    '  let z2 = r16(xm - (scx / scc) * cm);',
+    '  if (abs(s2) <= 65504.0 && abs(z2) <= 65504.0) {',
+    '    var e1 = 0.0;',
+    '    var e2 = 0.0;',
+    `    for (var j = 0u; j < ${n}u; j = j + 1u) {`,
+    `      let a = ${x('j')} - (f32(${code('j')}) * ${sv} + z);`,
+    `      let b = ${x('j')} - (f32(${code('j')}) * s2 + z2);`,
+    '      e1 = e1 + a * a;',
+    '      e2 = e2 + b * b;',
+    '    }',
+    `    if (e2 <= e1) { ${sv} = s2; z = z2; }`,
+    '  }',
+    '}',
+  ];
+}
+
+/**
+ * The value token owed by the previous position, quantized by whole workgroups: one thread per element (or
+ * `groupSize/64` of them), min/max by tree reduction in workgroup memory, one packed word per thread, least squares
+ * summed by the group's first thread in the serial kernel's order — the same codes and metadata as {@link quantGroup}.
+ */
+function cooperativeValueRole(s: UpdateSpec): string[] {
+  const v = s.values as DeviceStorage & { kind: 'packed' };
+  const D = s.headDim;
+  const W = UPDATE_WORKGROUP;
+  const n = v.groupSize;
+  const bits = v.bits;
+  const M = (1 << bits) - 1;
+  const CPW = 32 / bits;
+  const EPT = Math.max(1, n / W);
+  const T = Math.min(n, W);
+  const E = s.kvHeads * D;
+  const G = D / n;
+  const WV = (D * bits) / 32;
+  const wpg = (n * bits) / 32;
+  const NW = Math.ceil(E / (W * EPT));
+  const L: string[] = [
+    `var<workgroup> vx: array<f32, ${W * EPT}>;`,
+    `var<workgroup> vcode: array<u32, ${W * EPT}>;`,
+    `var<workgroup> vmin: array<f32, ${W}>;`,
+    `var<workgroup> vmax: array<f32, ${W}>;`,
+    'fn quantizeValueToken(vw: u32, lid: u32) {',
+    `  if (vw >= ${NW}u || S.vquant == 0xffffffffu) { return; }`,
+    '  let t = S.vquant;',
+    `  let base = vw * ${W * EPT}u;`,
+    '  var mn = 3.0e38;',
+    '  var mx = -3.0e38;',
+    `  for (var i = 0u; i < ${EPT}u; i = i + 1u) {`,
+    `    let idx = lid + ${W}u * i;`,
+    '    let e = base + idx;',
+    `    if (e < ${E}u) {`,
+    `      let kv = e / ${D}u;`,
+    `      let x = r16(ring[${s.valueRingOffset}u + (kv * S.vring + t % S.vring) * ${D}u + e % ${D}u]);`,
+    '      vx[idx] = x;',
+    '      mn = min(mn, x);',
+    '      mx = max(mx, x);',
+    '    }',
+    '  }',
+    '  vmin[lid] = mn;',
+    '  vmax[lid] = mx;',
+    '  workgroupBarrier();',
+  ];
+  for (let stride = T / 2; stride >= 1; stride /= 2) {
+    L.push(
+      `  if (lid % ${T}u < ${stride}u) { vmin[lid] = min(vmin[lid], vmin[lid + ${stride}u]); vmax[lid] = max(vmax[lid], vmax[lid + ${stride}u]); }`,
+      '  workgroupBarrier();',
+    );
+  }
+  L.push(
+    `  let seg = lid - lid % ${T}u;`,
+    '  let gmin = vmin[seg];',
+    `  var sc = r16(r16(vmax[seg] - gmin) * ${fl(1 / M)});`,
+    '  var z = gmin;',
+    // the group of this thread's segment: first element, head, group index, cache row
+    `  let ge = base + (seg / ${T}u) * ${n}u;`,
+    `  let kv = ge / ${D}u;`,
+    `  let g = (ge % ${D}u) / ${n}u;`,
+    '  let row = kv * S.cap + t;',
+    `  for (var i = 0u; i < ${EPT}u; i = i + 1u) {`,
+    `    let idx = lid + ${W}u * i;`,
+    `    if (base + idx < ${E}u) {`,
+  );
+  if (v.donor) {
+    L.push(`      let j = idx % ${n}u;`, `      vcode[idx] = (dV[row * ${WV}u + g * ${wpg}u + j / ${CPW}u] >> ((j % ${CPW}u) * ${bits}u)) & ${M}u;`);
+  } else {
+    L.push('      var c = 0.0;', `      if (sc > 0.0) { c = clamp(round(r16(r16(vx[idx] - gmin) / sc)), 0.0, ${M}.0); }`, '      vcode[idx] = u32(c);');
+  }
+  L.push('    }', '  }', '  workgroupBarrier();', `  if (ge >= ${E}u) { return; }`, `  let tj = lid % ${T}u;`, `  let gb = (seg / ${T}u) * ${n}u;`);
+  if (!v.donor) {
+    L.push(
+      `  for (var k = tj; k < ${wpg}u; k = k + ${T}u) {`,
+      '    var word = 0u;',
+      `    for (var i = 0u; i < ${CPW}u; i = i + 1u) { word = word | (vcode[gb + k * ${CPW}u + i] << (i * ${bits}u)); }`,
+      `    V[row * ${WV}u + g * ${wpg}u + k] = word;`,
+      '  }',
+    );
+  }
+  L.push('  if (tj != 0u) { return; }');
+  const cal = v.calibration ?? { kind: 'none' };
+  if (cal.kind === 'eta' && cal.eta !== 0) {
+    L.push(`  let t1 = r16(sc * ${M}.0);`, `  let t2 = r16(t1 * ${fl(cal.eta)});`, '  z = r16(z + t2);', `  sc = r16(sc * ${fl(1 - 2 * cal.eta)});`);
+  } else if (cal.kind === 'least-squares') {
+    L.push(...leastSquares(n, (j) => `vx[gb + ${j}]`, (j) => `vcode[gb + ${j}]`, 'sc').map((l) => `  ${l}`));
+  }
+  L.push(`  V[${s.valueMetaOffset}u + row * ${G}u + g] = pack2x16float(vec2<f32>(sc, z));`, '}');
   return L;
 }
 
@@ -209,9 +332,15 @@ export function updateKernelSource(s: UpdateSpec): string {
       );
     }
   };
-  push('@compute @workgroup_size(64)');
-  push('fn main(@builtin(global_invocation_id) gid3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {');
-  push('let gid = gid3.x + gid3.y * nwg.x * 64u;');
+  const coop = cooperativeValues(s);
+  if (coop) push(...cooperativeValueRole(s));
+  push(`@compute @workgroup_size(${UPDATE_WORKGROUP})`);
+  push(
+    'fn main(@builtin(global_invocation_id) gid3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(workgroup_id) wg3: vec3<u32>, @builtin(local_invocation_index) lid: u32) {',
+  );
+  // workgroup-uniform branch first: the cooperative role synchronises its workgroups
+  if (coop) push(`let wid = wg3.x + wg3.y * nwg.x;`, `if (wid >= ${r.valueWorkgroup}u) { quantizeValueToken(wid - ${r.valueWorkgroup}u, lid); return; }`);
+  push(`let gid = gid3.x + gid3.y * nwg.x * ${UPDATE_WORKGROUP}u;`);
   let at = 0;
   // queries
   push(`if (gid < ${r.q}u) {`, `let h = gid / ${Q4}u;`, `let e = gid % ${Q4}u;`, `let x = rot(h * ${D}u, e);`);
@@ -255,7 +384,7 @@ export function updateKernelSource(s: UpdateSpec): string {
     at += r.kf;
   }
   // value token owed by the previous position: thread (kv, g)
-  if (s.values.kind === 'packed') {
+  if (s.values.kind === 'packed' && !coop) {
     const v = s.values;
     const gv = v.groupSize;
     const G = D / gv;
