@@ -1,6 +1,7 @@
 // WGSL ceilings of the GPU the decode kernels run on: how many float32 FMAs per second a WGSL kernel reaches (scalar
 // fma(), a*b+c, vec4), the same with the packed-code decode of the attention value loop (3 integer/float ops per code,
-// shared by the heads of a KV-head group), and with the weights read from workgroup memory as the attention kernel does.
+// shared by the heads of a KV-head group), with the weights read from workgroup memory as the attention kernel does, and
+// the packed 4×8-bit integer dot product on byte-spread 2-bit codes (4 products per instruction where the GPU has it).
 // These are the numbers a packed decode-attention kernel is compared with: the bytes it reads ÷ the read ceiling, and the
 // code·head products it computes ÷ the FMA ceiling. Writes OUT/wgsl-ceilings.json and prints a table.
 //   node wgsl-ceilings.bench.mjs [--out DIR] [--quick]
@@ -112,6 +113,32 @@ function decodeKernel(heads, pSource, bits = 2) {
 }
 
 /**
+ * The key-score arithmetic with WGSL's packed 4×8-bit integer dot product (`dot4I8Packed`, the language feature
+ * packed_4x8_integer_dot_product): one word holds 2-bit codes of 4 channels (bytes) × 4 tokens (bit pairs), so
+ * `(w >> 2k) & 0x03030303` yields token k's 4 channel codes as bytes and one dot4 per head multiplies them by the
+ * head's int8 query quad. 16 code·head products per word and head, as in `decodeKernel`. `qSource` as `pSource`.
+ */
+function dot4Kernel(heads, qSource) {
+  const L = ['var<workgroup> sq: array<u32, 1024>;', ...head()];
+  L.push('var w = lid * 2654435761u + wid.x;');
+  L.push('sq[lid] = lid * 16843009u; sq[lid + 256u] = 0x7f01fe02u; sq[lid + 512u] = 0x01020304u; sq[lid + 768u] = lid;', 'workgroupBarrier();');
+  for (let h = 0; h < heads; h++) for (let k = 0; k < 4; k++) L.push(`var a${h}_${k} = 0i;`);
+  for (let h = 0; h < heads; h++) L.push(`let qr${h} = (lid + ${h}u) * 16843009u;`);
+  L.push(`for (var i = 0u; i < ${ITERS * 4}u; i = i + 1u) {`);
+  L.push('w = w * 1664525u + 1013904223u;');
+  for (let k = 0; k < 4; k++) L.push(`let b${k} = (w >> ${2 * k}u) & 0x03030303u;`);
+  for (let h = 0; h < heads; h++) {
+    L.push(qSource === 'shared' ? `let q${h} = sq[(i * 4u + ${h}u + lid / 8u) & 1023u];` : `let q${h} = qr${h} ^ i;`);
+    for (let k = 0; k < 4; k++) L.push(`a${h}_${k} = a${h}_${k} + dot4I8Packed(b${k}, q${h});`);
+  }
+  L.push('}');
+  const all = [];
+  for (let h = 0; h < heads; h++) for (let k = 0; k < 4; k++) all.push(`f32(a${h}_${k})`);
+  L.push(...sink(all.join(' + ')), '}');
+  return { code: L.join('\n'), fmas: GROUPS * WG * ITERS * 4 * heads * 16 };
+}
+
+/**
  * The value loop of the decode-attention kernel alone, over real packed rows in memory (1-bit codes, D = 128, fp16
  * scale|zero per 32 channels): one workgroup per (chunk, KV head), `CSV = D / VS` threads per row, the softmax weights
  * of `HG` heads in workgroup memory. Variants isolate the per-token overhead, the loads and the head sharing.
@@ -184,6 +211,9 @@ const cases = [
   ['decode2+fma 4 heads', decodeKernel(4, 'reg')],
   ['decode2+fma 4 heads, p shared', decodeKernel(4, 'shared')],
   ['decode1+fma 4 heads, p shared', decodeKernel(4, 'shared', 1)],
+  ['dot4I8 2-bit 1 head', dot4Kernel(1, 'reg')],
+  ['dot4I8 2-bit 4 heads', dot4Kernel(4, 'reg')],
+  ['dot4I8 2-bit 4 heads, q shared', dot4Kernel(4, 'shared')],
 ];
 const rows = [];
 // warm the clocks first (the GPU idles at a low clock): the first FMA case repeated for a few seconds
