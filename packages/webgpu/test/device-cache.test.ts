@@ -1,6 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createKvCache } from '@xquant/tfjs';
+import { DeviceKvCache, type DeviceQuantizedConfig } from '../src/index.js';
 import { compare, device, gpu, reason } from './device-compare.js';
 
 describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason || 'WebGPU adapter'})`, () => {
@@ -54,4 +56,35 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     // float32 least squares (the CPU fits in float64)
     expect(maxRel).toBeLessThan(1e-3);
   }, 600_000);
+
+  describe("keyDot 'int8' (quad key layout, dot4I8Packed scores)", () => {
+    it('kivi-2, R = 32, GQA 3 in groups of 2 heads, 16-token slots', async () => {
+      const { maxRel } = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 32 }, qHeads: 6, kvHeads: 2, tuning: { keyDot: 'int8', slot: 16, small: null, headsPerGroup: 2 } }, 100);
+      // the query rounding alone (a wrong code layout measured 0.67); the float32 kernel matches to 2e-5
+      expect(maxRel).toBeLessThan(1e-2);
+    }, 600_000);
+
+    it('xquant-1.38 (borrowed codes read in the quad layout), 8-token slots, short-context geometry on', async () => {
+      const { maxRel } = await compare({ name: 'xquant', preset: 'xquant-1.38', options: { residualLength: 32 }, qHeads: 4, kvHeads: 2, tuning: { keyDot: 'int8', slot: 8, workgroup: 32 } }, 70);
+      expect(maxRel).toBeLessThan(1e-2);
+    }, 600_000);
+
+    it('a plan with 1-, 4- and 16-bit keys and borrowed 4-bit codes, least squares, 8-token slots', async () => {
+      const options = {
+        residualLength: 32,
+        groupSize: 32,
+        keys: [{ bits: 1, codesFrom: null }, { bits: 4, codesFrom: null }, { bits: 16, codesFrom: null }, { bits: 4, codesFrom: 1 }],
+        values: [{ bits: 2, codesFrom: null }, { bits: 2, codesFrom: null }, { bits: 2, codesFrom: null }, { bits: 16, codesFrom: null }],
+        keyCalibration: ['eta', 'none', 'none', 'least-squares'],
+      };
+      const { maxRel } = await compare({ name: 'planned', preset: 'planned', options, qHeads: 8, kvHeads: 2, tuning: { keyDot: 'int8', slot: 8, small: null } }, 50, 4);
+      expect(maxRel).toBeLessThan(1e-2);
+    }, 600_000);
+
+    it('refuses slots too short for 1-bit keys with a typed error', async () => {
+      const cpu = createKvCache('planned', { layers: 1, kvHeads: 1, headDim: 64 }, { residualLength: 32, keys: [{ bits: 1, codesFrom: null }], values: [{ bits: 2, codesFrom: null }] }) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
+      await expect(DeviceKvCache.create(gpu!.device, { layers: 1, qHeads: 1, kvHeads: 1, headDim: 64 }, { kind: 'quantized', config: cpu.config }, { capacity: 64, tuning: { keyDot: 'int8', slot: 4 } })).rejects.toMatchObject({ code: 'E_CONFIG' });
+      cpu.dispose();
+    });
+  });
 });

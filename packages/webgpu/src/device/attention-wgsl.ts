@@ -44,6 +44,14 @@ export interface DecodeSpec {
   debugSkip?: 'keys' | 'values' | 'both' | 'all';
   /** Channels of a packed value row one thread reads: 8 or 16 (default 16); 8 halves the accumulators. */
   valueSlot?: number;
+  /**
+   * Packed key scores: `'f32'` (default; channel layout, exact float arithmetic) or `'int8'` (quad layout: the query
+   * times each block's key scales rounded to int8 per block and head, scores by `dot4I8Packed`; needs the WGSL
+   * language feature packed_4x8_integer_dot_product and `slot · bits ≥ 8`).
+   */
+  keyDot?: 'f32' | 'int8';
+  /** Tokens per key group (int8 key scores: one prepared query per group); required with `keyDot: 'int8'`. */
+  keyGroup?: number;
 }
 
 /** Fields of the step uniform shared by every device-cache kernel (u32 unless noted). @internal */
@@ -81,9 +89,15 @@ export function chunkTokens(spec: Pick<DecodeSpec, 'workgroup' | 'slot'>): numbe
 }
 
 /** Bytes of workgroup memory a decode kernel declares. @internal */
-export function decodeSharedBytes(spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'headsPerGroup' | 'headDim'>): number {
+export function decodeSharedBytes(spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'headsPerGroup' | 'headDim' | 'keyDot' | 'keyGroup'>): number {
   const hg = spec.headsPerGroup;
-  return 4 * (hg * spec.headDim + hg * scratchFloats(spec) + hg * spec.workgroup);
+  const prepared = spec.keyDot === 'int8' ? hg * int8Blocks(spec) * (spec.headDim / 4 + 2) : 0;
+  return 4 * (hg * spec.headDim + hg * scratchFloats(spec) + hg * spec.workgroup + prepared);
+}
+
+/** Key groups a chunk touches (int8 key scores keep one prepared query per group and head). */
+function int8Blocks(spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'keyGroup'>): number {
+  return Math.max(1, chunkTokens(spec) / (spec.keyGroup ?? 32));
 }
 
 /** Floats per head of the score / reduction scratch: a chunk's scores, or 16 channels per thread of the value reduction. */
@@ -117,6 +131,118 @@ function decodeN(bits: GpuBits, halves: string[], tag: string, n = 16): string[]
 }
 
 
+/** Scores of a thread's `slot` tokens past the packed keys: float32 ring keys, −∞ past n (inside `else` of t0 < tk). */
+function ringScores(s: DecodeSpec): string[] {
+  const HG = s.headsPerGroup;
+  const Q4 = s.headDim / 4;
+  const SL = s.slot ?? 16;
+  const C = chunkTokens(s);
+  const L = [`for (var j = 0u; j < ${SL}u; j = j + 1u) {`, 'let t = t0 + j;'];
+  for (let i = 0; i < HG; i++) L.push(`var r${i} = -3.0e38;`);
+  if (s.residual) {
+    L.push('if (t < S.n) {', `let rb = (kv * S.kring + t % S.kring) * ${Q4}u;`);
+    for (let i = 0; i < HG; i++) L.push(`r${i} = 0.0;`);
+    L.push(`for (var qd = 0u; qd < ${Q4}u; qd = qd + 1u) {`, 'let x = rk[rb + qd];');
+    for (let i = 0; i < HG; i++) L.push(`r${i} = r${i} + dot(qs[${i * Q4}u + qd], x);`);
+    L.push('}');
+    for (let i = 0; i < HG; i++) L.push(`r${i} = r${i} * S.scale;`);
+    L.push('}');
+  }
+  for (let i = 0; i < HG; i++) L.push(`sc[${i * C}u + lid * ${SL}u + j] = r${i};`, `lm${i} = max(lm${i}, r${i});`);
+  L.push('}');
+  return L;
+}
+
+/**
+ * Packed key scores with the 4×8-bit integer dot product (keys in the quad layout: one word = 4 channels × 8/bits
+ * tokens). First the workgroup prepares, per key group of the chunk and head, `u = q ⊙ scale` rounded to int8 with
+ * one step `α = max|u|/127` and `β = q · zero`; then score = (α · Σ dot4I8Packed(codes, u8) + β) · softmax scale, where
+ * `(word >> k·bits) & mask` spreads token k's 4 channel codes into bytes. Declares `pq/pa/pb` in workgroup memory.
+ */
+function int8KeyScores(s: DecodeSpec, kp: { bits: GpuBits; groupSize: number }): string[] {
+  const D = s.headDim;
+  const Q4 = D / 4;
+  const HG = s.headsPerGroup;
+  const WG = s.workgroup;
+  const SL = s.slot ?? 16;
+  const C = chunkTokens(s);
+  const G = kp.groupSize;
+  const b = kp.bits;
+  const TPB = 8 / b; // tokens per byte
+  const TPW = 32 / b; // tokens per word run (4 words × TPB)
+  const NW = (SL * b) / 8; // words of one channel quad per thread
+  if (!Number.isInteger(NW) || NW < 1) throw new Error(`int8 key scores need slot · bits ≥ 8; got slot ${SL}, ${b} bits`);
+  if (G % SL !== 0 && SL % G !== 0) throw new Error(`int8 key scores: key group ${G} and slot ${SL} must nest`);
+  if (SL > G) throw new Error(`int8 key scores: slot ${SL} is longer than the key group ${G}`);
+  const NB = Math.max(1, C / G);
+  const mask = ((0x01010101 * ((1 << b) - 1)) >>> 0).toString();
+  const L: string[] = [];
+  // ---- prepared queries: item (head i, block lb) ----
+  L.push(
+    `for (var it = lid; it < ${HG * NB}u; it = it + ${WG}u) {`,
+    `  let i = it / ${NB}u;`,
+    `  let tb = c0 + (it % ${NB}u) * ${G}u;`,
+    '  if (tb < S.tk) {',
+    `    let mb = (kv * (S.cap / ${G}u) + tb / ${G}u) * ${Q4}u;`,
+    '    var mx = 0.0;',
+    '    var be = 0.0;',
+    `    for (var qd = 0u; qd < ${Q4}u; qd = qd + 1u) {`,
+    '      let m = km[mb + qd];',
+    `      let q = qs[i * ${Q4}u + qd];`,
+    '      let a = unpack2x16float(m.x); let bb = unpack2x16float(m.y); let c = unpack2x16float(m.z); let d = unpack2x16float(m.w);',
+    '      let u = abs(q * vec4<f32>(a.x, bb.x, c.x, d.x));',
+    '      be = be + dot(q, vec4<f32>(a.y, bb.y, c.y, d.y));',
+    '      mx = max(mx, max(max(u.x, u.y), max(u.z, u.w)));',
+    '    }',
+    '    let inv = select(0.0, 127.0 / mx, mx > 0.0);',
+    `    for (var qd = 0u; qd < ${Q4}u; qd = qd + 1u) {`,
+    '      let m = km[mb + qd];',
+    `      let q = qs[i * ${Q4}u + qd];`,
+    '      let u = q * vec4<f32>(unpack2x16float(m.x).x, unpack2x16float(m.y).x, unpack2x16float(m.z).x, unpack2x16float(m.w).x);',
+    `      pq[it * ${Q4}u + qd] = pack4xI8(vec4<i32>(round(u * inv)));`,
+    '    }',
+    '    pa[it] = mx / 127.0;',
+    '    pb[it] = be;',
+    '  }',
+    '}',
+    'workgroupBarrier();',
+  );
+  // ---- scores of this thread's SL tokens ----
+  L.push(`let t0 = c0 + lid * ${SL}u;`, 'if (t0 < S.tk) {', `let lb = t0 / ${G}u - c0 / ${G}u;`, `let tg0 = t0 / ${TPB}u;`);
+  for (let i = 0; i < HG; i++) for (let j = 0; j < SL; j++) L.push(`var a${i}_${j} = 0i;`);
+  const U = Math.min(s.unroll, Q4);
+  if (s.debugSkip !== 'keys' && s.debugSkip !== 'both' && s.debugSkip !== 'all') {
+    // word w of the thread = token group tg0 + w: vec4 (kv·cap/TPW + (tg0 + w)/4)·Q4 + quad, component (tg0 + w) % 4
+    L.push(`let kb = kv * (S.cap / ${TPW}u);`);
+    if (NW < 4) L.push('let wc = tg0 % 4u;');
+    L.push(`for (var qd = 0u; qd < ${Q4}u; qd = qd + ${U}u) {`);
+    for (let u = 0; u < U; u++) {
+      if (NW >= 4) {
+        for (let v = 0; v < NW / 4; v++) L.push(`let y${u}_${v} = kc[(kb + tg0 / 4u + ${v}u) * ${Q4}u + qd + ${u}u];`);
+      } else {
+        L.push(`let y${u}_0 = kc[(kb + tg0 / 4u) * ${Q4}u + qd + ${u}u];`);
+      }
+    }
+    for (let u = 0; u < U; u++) {
+      for (let w = 0; w < NW; w++) {
+        const word = NW >= 4 ? `y${u}_${w >> 2}.${'xyzw'[w & 3]}` : `y${u}_0[wc + ${w}u]`;
+        for (let k = 0; k < TPB; k++) L.push(`let s${u}_${w * TPB + k} = (${word} >> ${k * b}u) & ${mask}u;`);
+      }
+      for (let i = 0; i < HG; i++) {
+        L.push(`let p${u}_${i} = pq[(${i * NB}u + lb) * ${Q4}u + qd + ${u}u];`);
+        for (let j = 0; j < SL; j++) L.push(`a${i}_${j} = a${i}_${j} + dot4I8Packed(s${u}_${j}, p${u}_${i});`);
+      }
+    }
+    L.push('}');
+  }
+  for (let i = 0; i < HG; i++) {
+    L.push(`let al${i} = pa[${i * NB}u + lb] * S.scale;`, `let be${i} = pb[${i * NB}u + lb] * S.scale;`);
+    for (let j = 0; j < SL; j++) L.push(`{ let v = fma(al${i}, f32(a${i}_${j}), be${i}); sc[${i * C}u + lid * ${SL}u + ${j}u] = v; lm${i} = max(lm${i}, v); }`);
+  }
+  L.push('} else {', ...ringScores(s), '}');
+  return L;
+}
+
 /** Main chunk kernel of a {@link DecodeSpec}. @internal */
 export function decodeKernelSource(s: DecodeSpec): string {
   const D = s.headDim;
@@ -143,6 +269,10 @@ export function decodeKernelSource(s: DecodeSpec): string {
   push(`var<workgroup> qs: array<vec4<f32>, ${HG * Q4}>;`);
   push(`var<workgroup> sc: array<f32, ${HG * scratchFloats(s)}>;`);
   push(`var<workgroup> red: array<f32, ${HG * WG}>;`);
+  if (kp && s.keyDot === 'int8') {
+    const nb = int8Blocks(s);
+    push(`var<workgroup> pq: array<u32, ${HG * nb * Q4}>;`, `var<workgroup> pa: array<f32, ${HG * nb}>;`, `var<workgroup> pb: array<f32, ${HG * nb}>;`);
+  }
   push(`@compute @workgroup_size(${WG})`);
   push('fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {');
   // the head groups of one chunk are neighbours in x, so they run together and share the chunk's codes in L2
@@ -158,7 +288,9 @@ export function decodeKernelSource(s: DecodeSpec): string {
   );
   for (let i = 0; i < HG; i++) push(`var lm${i} = -3.0e38;`);
   // ---- scores -------------------------------------------------------------------------------------------------
-  if (kp) {
+  if (kp && s.keyDot === 'int8') {
+    push(...int8KeyScores(s, kp));
+  } else if (kp) {
     const pos = positions(kp.bits, SL);
     const TPW = 32 / kp.bits; // tokens per word
     const sb = SL * kp.bits; // bits of one channel's slot: 4…64
@@ -201,20 +333,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
         push(`{ let v = (a${i}_${j} * ${f(2 ** -pos[j]!)} + b${i}) * S.scale; sc[${i * C}u + lid * ${SL}u + ${j}u] = v; lm${i} = max(lm${i}, v); }`);
       }
     }
-    // full-precision keys of the ring (and positions past n), one token at a time
-    push('} else {', `for (var j = 0u; j < ${SL}u; j = j + 1u) {`, 'let t = t0 + j;');
-    for (let i = 0; i < HG; i++) push(`var r${i} = -3.0e38;`);
-    if (s.residual) {
-      push('if (t < S.n) {', `let rb = (kv * S.kring + t % S.kring) * ${Q4}u;`);
-      for (let i = 0; i < HG; i++) push(`r${i} = 0.0;`);
-      push(`for (var qd = 0u; qd < ${Q4}u; qd = qd + 1u) {`, 'let x = rk[rb + qd];');
-      for (let i = 0; i < HG; i++) push(`r${i} = r${i} + dot(qs[${i * Q4}u + qd], x);`);
-      push('}');
-      for (let i = 0; i < HG; i++) push(`r${i} = r${i} * S.scale;`);
-      push('}');
-    }
-    for (let i = 0; i < HG; i++) push(`sc[${i * C}u + lid * ${SL}u + j] = r${i};`, `lm${i} = max(lm${i}, r${i});`);
-    push('}', '}');
+    push('} else {', ...ringScores(s), '}');
   } else {
     // dense fp16 keys: token c0 + j·WG + lid, one row of D/8 vec4<u32> per token
     const O = D / 8;

@@ -80,6 +80,15 @@ export interface DeviceAttentionTuning {
   valueUnroll?: number;
   /** Channels of a packed value row per thread: 8 or 16. */
   valueSlot?: number;
+  /**
+   * Packed key scores. `'f32'` (default): exact float arithmetic on the codes. `'int8'`: keys stored 4 channels × 8/bits
+   * tokens per word and scored with WGSL's packed 4×8-bit integer dot product (`dot4I8Packed`, dp4a where the GPU has
+   * it): per key group and query head the query times the group's scales is rounded to int8 with one step
+   * `max|q·s|/127`, so scores carry that rounding (relative error ≈ 1e-3 of the largest |q·s| term; the codes and
+   * metadata are the same). Needs the WGSL language feature `packed_4x8_integer_dot_product` and `slot · bits ≥ 8`
+   * (the short-context geometry then defaults to 8-token slots).
+   */
+  keyDot?: 'f32' | 'int8';
   /** Benchmarks only (wrong results): leave out the packed key reduction or value loop to time the rest. @internal */
   debugSkip?: 'keys' | 'values' | 'both' | 'all';
   /**
@@ -248,23 +257,38 @@ export class DeviceKvCache {
     if (![4, 8, 16].includes(slot)) throw new XqConfigError('E_CONFIG', `slot must be 4, 8 or 16; got ${String(slot)}`);
     let hg = Math.min(tuning.headsPerGroup ?? Math.min(rep, 8), rep);
     if (!Number.isInteger(hg) || hg < 1) throw new XqConfigError('E_CONFIG', `headsPerGroup must be a positive integer; got ${String(tuning.headsPerGroup)}`);
+    const keyDot = tuning.keyDot ?? 'f32';
+    if (keyDot !== 'f32' && keyDot !== 'int8') throw new XqConfigError('E_CONFIG', `keyDot must be 'f32' or 'int8'; got ${String(keyDot)}`);
+    const int8 = keyDot === 'int8' && spec.kind === 'quantized';
+    const keyGroup = spec.kind === 'quantized' ? spec.config.groupSize : 32;
+    const dot = int8 ? { keyDot, keyGroup } : {};
     const limit = device.limits.maxComputeWorkgroupStorageSize;
-    while (hg > 1 && decodeSharedBytes({ workgroup: wg, slot, headsPerGroup: hg, headDim: D }) > limit) hg--;
-    if (decodeSharedBytes({ workgroup: wg, slot, headsPerGroup: hg, headDim: D }) > limit) {
-      throw new XqBackendError('E_BACKEND_UNAVAILABLE', `decode attention needs ${decodeSharedBytes({ workgroup: wg, slot, headsPerGroup: hg, headDim: D })} bytes of workgroup memory; the device allows ${limit}`);
+    while (hg > 1 && decodeSharedBytes({ workgroup: wg, slot, headsPerGroup: hg, headDim: D, ...dot }) > limit) hg--;
+    if (decodeSharedBytes({ workgroup: wg, slot, headsPerGroup: hg, headDim: D, ...dot }) > limit) {
+      throw new XqBackendError('E_BACKEND_UNAVAILABLE', `decode attention needs ${decodeSharedBytes({ workgroup: wg, slot, headsPerGroup: hg, headDim: D, ...dot })} bytes of workgroup memory; the device allows ${limit}`);
     }
     this.chunk = chunkTokens({ workgroup: wg, slot });
-    const small = tuning.small === undefined ? { workgroup: 32, slot: 4 } : tuning.small;
+    const small = tuning.small === undefined ? { workgroup: 32, slot: int8 ? 8 : 4 } : tuning.small;
     if (small && (![32, 64, 128, 256].includes(small.workgroup) || ![4, 8, 16].includes(small.slot))) {
       throw new XqConfigError('E_CONFIG', `small geometry: workgroup 32…256 and slot 4, 8 or 16; got ${JSON.stringify(small)}`);
     }
     this.smallChunk = small ? chunkTokens(small) : this.chunk;
     let hgSmall = hg;
-    while (small && hgSmall > 1 && decodeSharedBytes({ ...small, headsPerGroup: hgSmall, headDim: D }) > limit) hgSmall--;
+    while (small && hgSmall > 1 && decodeSharedBytes({ ...small, headsPerGroup: hgSmall, headDim: D, ...dot }) > limit) hgSmall--;
     const cfg = spec.kind === 'quantized' ? spec.config : null;
     this.quantized = cfg !== null;
     this.R = cfg?.residualLength ?? 1;
     if (cfg) this.checkConfig(cfg, D);
+    if (int8 && cfg) {
+      for (const [name, g] of [['main', { workgroup: wg, slot }], ['short-context', small]] as const) {
+        if (!g) continue;
+        const C = chunkTokens(g);
+        if (C % keyGroup !== 0 && keyGroup % C !== 0) throw new XqConfigError('E_CONFIG', `keyDot 'int8': the ${name} chunk (${C} tokens) and the key group (${keyGroup}) must divide one another`);
+        cfg.keys.forEach((k, l) => {
+          if (k.bits !== 16 && g.slot * k.bits < 8) throw new XqConfigError('E_CONFIG', `keyDot 'int8': layer ${l}'s ${k.bits}-bit keys need a ${name} slot of at least ${8 / k.bits} tokens; got ${g.slot}`);
+        });
+      }
+    }
     const unit = lcm(lcm(this.chunk, this.smallChunk), cfg ? cfg.residualLength * 2 : 1);
     if (!Number.isInteger(capacity) || capacity <= 0) throw new XqShapeError(`device cache: capacity must be a positive integer; got ${String(capacity)}`);
     this.capacity = Math.ceil(capacity / unit) * unit;
@@ -314,8 +338,8 @@ export class DeviceKvCache {
         keyMetaOffset,
         valueMetaOffset,
         valueRingOffset: keyRing / 4,
-        update: { qHeads, kvHeads, headDim: D, keys, values, residualLength: R, keyMetaOffset, valueMetaOffset, valueRingOffset: keyRing / 4, rope: true },
-        decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll, ...(tuning.valueUnroll ? { valueUnroll: tuning.valueUnroll } : {}), ...(tuning.valueSlot ? { valueSlot: tuning.valueSlot } : {}), ...(tuning.debugSkip ? { debugSkip: tuning.debugSkip } : {}) },
+        update: { qHeads, kvHeads, headDim: D, keys, values, residualLength: R, keyMetaOffset, valueMetaOffset, valueRingOffset: keyRing / 4, rope: true, ...(int8 ? { keyLayout: 'quad' as const } : {}) },
+        decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll, ...dot, ...(tuning.valueUnroll ? { valueUnroll: tuning.valueUnroll } : {}), ...(tuning.valueSlot ? { valueSlot: tuning.valueSlot } : {}), ...(tuning.debugSkip ? { debugSkip: tuning.debugSkip } : {}) },
         decodeSmall: null,
       });
     }

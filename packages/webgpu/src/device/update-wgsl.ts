@@ -36,6 +36,11 @@ export interface UpdateSpec {
   valueRingOffset: number;
   /** Apply the rotary tables (false: q and k are copied as they are). */
   rope: boolean;
+  /**
+   * Packed key layout: `'channel'` (default) — one word = 32/bits tokens of one channel; `'quad'` — one word = 4
+   * channels (bytes) × 8/bits tokens (bit fields of each byte), read by the int8 dot-product attention kernel.
+   */
+  keyLayout?: 'channel' | 'quad';
 }
 
 /**
@@ -83,7 +88,9 @@ export function updateRoles(s: UpdateSpec): { q: number; k: number; v: number; k
   const q = (s.qHeads * s.headDim) / 4;
   const k = (s.kvHeads * s.headDim) / 4;
   const v = k;
-  const kf = s.keys.kind === 'packed' ? (s.kvHeads * s.headDim * s.residualLength) / s.keys.groupSize : 0;
+  // own codes in the quad layout: one thread per 4 channels (a word holds 4 channels)
+  const channelsPerThread = s.keys.kind === 'packed' && s.keyLayout === 'quad' && !s.keys.donor ? 4 : 1;
+  const kf = s.keys.kind === 'packed' ? (s.kvHeads * s.headDim * s.residualLength) / s.keys.groupSize / channelsPerThread : 0;
   const valueWorkgroup = Math.ceil((q + k + v + kf) / UPDATE_WORKGROUP);
   if (s.values.kind !== 'packed') return { q, k, v, kf, vq: 0, valueWorkgroup, total: valueWorkgroup * UPDATE_WORKGROUP };
   if (!cooperativeValues(s)) {
@@ -105,6 +112,8 @@ interface QuantGroup {
   writeWord?: (k: string, word: string) => string;
   /** donor codes: expression of code j */
   donorCode?: (j: string) => string;
+  /** statement keeping code j (`cs[j]`) for the caller to pack (instead of `writeWord`) */
+  codesOut?: (j: string) => string;
   calibration: DeviceCalibration;
   /** statement storing the packed meta `m` */
   writeMeta: (m: string) => string;
@@ -137,13 +146,18 @@ function quantGroup(q: QuantGroup): string[] {
       `  if (s > 0.0) { c = clamp(round(r16(r16(xs[j] - mn) / s)), 0.0, ${M}.0); }`,
       '  cs[j] = u32(c);',
       '}',
-      `for (var k = 0u; k < ${q.n / CPW}u; k = k + 1u) {`,
-      '  var word = 0u;',
-      `  for (var i = 0u; i < ${CPW}u; i = i + 1u) { word = word | (cs[k * ${CPW}u + i] << (i * ${q.bits}u)); }`,
-      `  ${q.writeWord!('k', 'word')}`,
-      '}',
     );
+    if (q.writeWord) {
+      L.push(
+        `for (var k = 0u; k < ${q.n / CPW}u; k = k + 1u) {`,
+        '  var word = 0u;',
+        `  for (var i = 0u; i < ${CPW}u; i = i + 1u) { word = word | (cs[k * ${CPW}u + i] << (i * ${q.bits}u)); }`,
+        `  ${q.writeWord('k', 'word')}`,
+        '}',
+      );
+    }
   }
+  if (q.codesOut) L.push(`for (var j = 0u; j < ${q.n}u; j = j + 1u) { ${q.codesOut('j')} }`);
   const cal = q.calibration;
   if (cal.kind === 'eta' && cal.eta !== 0) {
     L.push(`let t1 = r16(s * ${M}.0);`, `let t2 = r16(t1 * ${fl(cal.eta)});`, `z = r16(z + t2);`, `s = r16(s * ${fl(1 - 2 * cal.eta)});`);
@@ -366,20 +380,53 @@ export function updateKernelSource(s: UpdateSpec): string {
     const CPW = 32 / k.bits;
     const NG = s.residualLength / gs;
     const nw = `(S.cap / ${CPW}u)`;
+    const M = (1 << k.bits) - 1;
+    const quad = s.keyLayout === 'quad';
+    const TPB = 8 / k.bits; // quad layout: tokens per byte
+    const meta = (d: string) => `K[${s.keyMetaOffset}u + (kv * (S.cap / ${gs}u) + tb / ${gs}u) * ${D}u + ${d}] = `;
     push(`if (gid < ${at + r.kf}u) {`, 'if (S.kflush == 0xffffffffu) { return; }', `let i = gid - ${at}u;`);
-    push(`let d = i % ${D}u;`, `let kv = (i / ${D}u) / ${NG}u;`, `let g = (i / ${D}u) % ${NG}u;`, `let tb = S.kflush + g * ${gs}u;`);
-    push(
-      ...quantGroup({
-        n: gs,
-        bits: k.bits,
-        value: (j) => `ring[(kv * S.kring + (tb + ${j}) % S.kring) * ${D}u + d]`,
-        ...(k.donor
-          ? { donorCode: (j: string) => `(dK[(kv * ${nw} + (tb + ${j}) / ${CPW}u) * ${D}u + d] >> (((tb + ${j}) % ${CPW}u) * ${k.bits}u)) & ${(1 << k.bits) - 1}u` }
-          : { writeWord: (kk: string, w: string) => `K[(kv * ${nw} + tb / ${CPW}u + ${kk}) * ${D}u + d] = ${w};` }),
-        calibration: k.calibration ?? { kind: 'none' },
-        writeMeta: (m) => `K[${s.keyMetaOffset}u + (kv * (S.cap / ${gs}u) + tb / ${gs}u) * ${D}u + d] = ${m};`,
-      }),
-    );
+    if (quad && !k.donor) {
+      // thread (kv, channel quad, g): the 4 channels' groups one after the other, then whole words
+      push(`let dq = i % ${D / 4}u;`, `let kv = (i / ${D / 4}u) / ${NG}u;`, `let g = (i / ${D / 4}u) % ${NG}u;`, `let tb = S.kflush + g * ${gs}u;`);
+      push(`var qc: array<u32, ${4 * gs}>;`);
+      for (let e = 0; e < 4; e++) {
+        push('{', `let d = dq * 4u + ${e}u;`);
+        push(
+          ...quantGroup({
+            n: gs,
+            bits: k.bits,
+            value: (j) => `ring[(kv * S.kring + (tb + ${j}) % S.kring) * ${D}u + d]`,
+            codesOut: (j) => `qc[${e * gs}u + ${j}] = cs[${j}];`,
+            calibration: k.calibration ?? { kind: 'none' },
+            writeMeta: (m) => `${meta('d')}${m};`,
+          }),
+        );
+        push('}');
+      }
+      push(
+        `for (var w = 0u; w < ${gs / TPB}u; w = w + 1u) {`,
+        '  var word = 0u;',
+        `  for (var e = 0u; e < 4u; e = e + 1u) { for (var j = 0u; j < ${TPB}u; j = j + 1u) { word = word | (qc[e * ${gs}u + w * ${TPB}u + j] << (e * 8u + j * ${k.bits}u)); } }`,
+        `  let tok = tb + w * ${TPB}u;`,
+        `  K[(kv * ${nw} + tok / ${CPW}u) * ${D}u + dq * 4u + (tok / ${TPB}u) % 4u] = word;`,
+        '}',
+      );
+    } else {
+      push(`let d = i % ${D}u;`, `let kv = (i / ${D}u) / ${NG}u;`, `let g = (i / ${D}u) % ${NG}u;`, `let tb = S.kflush + g * ${gs}u;`);
+      const donorCode = quad
+        ? (j: string) => `(dK[(kv * ${nw} + (tb + ${j}) / ${CPW}u) * ${D}u + (d & ~3u) + ((tb + ${j}) / ${TPB}u) % 4u] >> ((d % 4u) * 8u + ((tb + ${j}) % ${TPB}u) * ${k.bits}u)) & ${M}u`
+        : (j: string) => `(dK[(kv * ${nw} + (tb + ${j}) / ${CPW}u) * ${D}u + d] >> (((tb + ${j}) % ${CPW}u) * ${k.bits}u)) & ${M}u`;
+      push(
+        ...quantGroup({
+          n: gs,
+          bits: k.bits,
+          value: (j) => `ring[(kv * S.kring + (tb + ${j}) % S.kring) * ${D}u + d]`,
+          ...(k.donor ? { donorCode } : { writeWord: (kk: string, w: string) => `K[(kv * ${nw} + tb / ${CPW}u + ${kk}) * ${D}u + d] = ${w};` }),
+          calibration: k.calibration ?? { kind: 'none' },
+          writeMeta: (m) => `${meta('d')}${m};`,
+        }),
+      );
+    }
     push('return;', '}');
     at += r.kf;
   }
