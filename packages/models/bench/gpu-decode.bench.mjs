@@ -2,7 +2,8 @@
 // decode-attention step alone, with the WGSL read ceiling of the same run. Writes OUT/gpu-decode.json and prints tables.
 //   node gpu-decode.bench.mjs --out DIR --models name=dir[,name=dir…] [--contexts 4096,32768,131072] [--steps 32]
 //        [--caches full,kivi-2,xquant-1.38,plan] [--plan plan.json] [--attention 32768,131072] [--variants 64x8,128x4]
-//        [--tuning 64x8] [--quick]   (variants/tuning: workgroup x key slot of the decode-attention kernel)
+//        [--tuning 64x8] [--quick]   (variants/tuning: workgroup x key slot x unroll x value unroll x heads per group x
+//        value slot x debug skip (1-4) x int8 key scores (1) of the decode-attention kernel; 0 = default)
 // On the GPU machine (no node there) run the bundle that scripts/gpu-carry.sh makes; docs/gpu/README.md has the recipe.
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -121,8 +122,9 @@ async function readCeiling(warmMs = 0) {
 
 /** `WGxSLOT[xUNROLLxVALUEUNROLLxHEADSxVALUESLOT]` (0 = default) → decode-attention tuning. */
 function tuningOf(v) {
-  const [workgroup, slot, unroll, valueUnroll, headsPerGroup, valueSlot, skip] = v.split('x').map(Number);
+  const [workgroup, slot, unroll, valueUnroll, headsPerGroup, valueSlot, skip, int8] = v.split('x').map(Number);
   const t = { workgroup, slot };
+  if (int8) t.keyDot = 'int8';
   if (skip) t.debugSkip = ['keys', 'values', 'both', 'all'][skip - 1];
   if (unroll) t.unroll = unroll;
   if (valueUnroll) t.valueUnroll = valueUnroll;
@@ -183,7 +185,9 @@ async function attentionBench(T, qHeads, kvHeads, D, cacheName, variant) {
   device.queue.submit([enc0.finish()]);
   const bytes = c.attentionBytes(0);
   const encode = (pass, i) => c.encodeAttention(pass, i % layers);
-  await timePasses(encode, 8);
+  // the clocks drop while the host builds and fills the cache: keep the GPU busy on this kernel for a while first
+  // (measured: an 8-pass warm-up left whole groups of rows 2-4× slow)
+  for (const t0 = performance.now(); performance.now() - t0 < (o.quick ? 0 : 600); ) await timePasses(encode, 20);
   const t = await timePasses(encode, o.quick ? 10 : 60);
   const up = await timePasses((pass, i) => c.encodeUpdate(pass, i % layers), 20);
   c.dispose();
@@ -264,6 +268,7 @@ for (const T of o.attention ? o.attention.split(',').map(Number) : []) {
   for (const [qh, kvh, D] of o['attention-heads'].split(',').flatMap((h) => o.dims.split(',').map((d) => [...h.split('/').map(Number), Number(d)]))) {
     for (const cacheName of ['xquant', 'full']) {
       for (const wg of o.variants.split(',')) {
+        if (cacheName === 'full' && tuningOf(wg).keyDot) continue; // the fp16 kernel has no int8 key scores
         try {
           const r = await attentionBench(T, qh, kvh, D, cacheName, wg);
           results.attention.push(r);

@@ -175,6 +175,7 @@ function int8KeyScores(s: DecodeSpec, kp: { bits: GpuBits; groupSize: number }):
   if (G % SL !== 0 && SL % G !== 0) throw new Error(`int8 key scores: key group ${G} and slot ${SL} must nest`);
   if (SL > G) throw new Error(`int8 key scores: slot ${SL} is longer than the key group ${G}`);
   const NB = Math.max(1, C / G);
+  const UP = 4; // Q4 = D/4 is a multiple of 4 (D multiple of 16)
   const mask = ((0x01010101 * ((1 << b) - 1)) >>> 0).toString();
   const L: string[] = [];
   // ---- prepared queries: item (head i, block lb) ----
@@ -186,20 +187,23 @@ function int8KeyScores(s: DecodeSpec, kp: { bits: GpuBits; groupSize: number }):
     `    let mb = (kv * (S.cap / ${G}u) + tb / ${G}u) * ${Q4}u;`,
     '    var mx = 0.0;',
     '    var be = 0.0;',
-    `    for (var qd = 0u; qd < ${Q4}u; qd = qd + 1u) {`,
-    '      let m = km[mb + qd];',
-    `      let q = qs[i * ${Q4}u + qd];`,
-    '      let a = unpack2x16float(m.x); let bb = unpack2x16float(m.y); let c = unpack2x16float(m.z); let d = unpack2x16float(m.w);',
-    '      let u = abs(q * vec4<f32>(a.x, bb.x, c.x, d.x));',
-    '      be = be + dot(q, vec4<f32>(a.y, bb.y, c.y, d.y));',
-    '      mx = max(mx, max(max(u.x, u.y), max(u.z, u.w)));',
+    // four quads per step, their loads issued together (a dependent load per step left the prep latency-bound)
+    `    for (var qd = 0u; qd < ${Q4}u; qd = qd + ${UP}u) {`,
+    ...Array.from({ length: UP }, (_, e) => `      let m${e} = km[mb + qd + ${e}u]; let q${e} = qs[i * ${Q4}u + qd + ${e}u];`),
+    ...Array.from({ length: UP }, (_, e) => [
+      `      let a${e} = unpack2x16float(m${e}.x); let b${e} = unpack2x16float(m${e}.y); let c${e} = unpack2x16float(m${e}.z); let d${e} = unpack2x16float(m${e}.w);`,
+      `      let u${e} = abs(q${e} * vec4<f32>(a${e}.x, b${e}.x, c${e}.x, d${e}.x));`,
+      `      be = be + dot(q${e}, vec4<f32>(a${e}.y, b${e}.y, c${e}.y, d${e}.y));`,
+      `      mx = max(mx, max(max(u${e}.x, u${e}.y), max(u${e}.z, u${e}.w)));`,
+    ]).flat(),
     '    }',
     '    let inv = select(0.0, 127.0 / mx, mx > 0.0);',
-    `    for (var qd = 0u; qd < ${Q4}u; qd = qd + 1u) {`,
-    '      let m = km[mb + qd];',
-    `      let q = qs[i * ${Q4}u + qd];`,
-    '      let u = q * vec4<f32>(unpack2x16float(m.x).x, unpack2x16float(m.y).x, unpack2x16float(m.z).x, unpack2x16float(m.w).x);',
-    `      pq[it * ${Q4}u + qd] = pack4xI8(vec4<i32>(round(u * inv)));`,
+    `    for (var qd = 0u; qd < ${Q4}u; qd = qd + ${UP}u) {`,
+    ...Array.from({ length: UP }, (_, e) => `      let m${e} = km[mb + qd + ${e}u]; let q${e} = qs[i * ${Q4}u + qd + ${e}u];`),
+    ...Array.from({ length: UP }, (_, e) => [
+      `      let u${e} = q${e} * vec4<f32>(unpack2x16float(m${e}.x).x, unpack2x16float(m${e}.y).x, unpack2x16float(m${e}.z).x, unpack2x16float(m${e}.w).x);`,
+      `      pq[it * ${Q4}u + qd + ${e}u] = pack4xI8(vec4<i32>(round(u${e} * inv)));`,
+    ]).flat(),
     '    }',
     '    pa[it] = mx / 127.0;',
     '    pb[it] = be;',
