@@ -260,6 +260,8 @@ export function decodeKernelSource(s: DecodeSpec): string {
   const push = (...l: string[]) => L.push(...l);
   const kp = s.keys.kind === 'packed' ? s.keys : null;
   const vp = s.values.kind === 'packed' ? s.values : null;
+  // int8 key scores: name the language feature, so a WGSL without it fails compilation saying so
+  if (kp && s.keyDot === 'int8') push('requires packed_4x8_integer_dot_product;');
   push(stepStruct());
   push('@group(0) @binding(0) var<storage, read> qv: array<vec4<f32>>;');
   push(`@group(0) @binding(1) var<storage, read> kc: array<vec4<u32>>;`);
