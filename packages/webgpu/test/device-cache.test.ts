@@ -57,6 +57,11 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     expect(maxRel).toBeLessThan(1e-3);
   }, 600_000);
 
+  it('groups wider than fp16 (values in ±60000): the CPU cache\'s exact range and bounded scale, finite outputs', async () => {
+    const { maxRel } = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 32 }, qHeads: 4, kvHeads: 2, amplitude: 60000, tuning: { slot: 16, small: null } }, 70, 2);
+    expect(maxRel).toBeLessThan(2e-5);
+  }, 600_000);
+
   describe("keyDot 'int8' (quad key layout, dot4I8Packed scores)", () => {
     it('kivi-2, R = 32, GQA 3 in groups of 2 heads, 16-token slots', async () => {
       const { maxRel } = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 32 }, qHeads: 6, kvHeads: 2, tuning: { keyDot: 'int8', slot: 16, small: null, headsPerGroup: 2 } }, 100);

@@ -42,6 +42,8 @@ export interface Case {
   options?: Record<string, unknown>;
   qHeads: number;
   kvHeads: number;
+  /** Keys and values drawn in ±amplitude without channel offsets, queries divided by it (wide-range groups). */
+  amplitude?: number;
 }
 
 /**
@@ -70,8 +72,12 @@ export async function compare(c: Case, steps: number, layers = 3, D = 64): Promi
       for (let l = 0; l < layers; l++) {
         const x = new Float32Array(width);
         for (let i = 0; i < width; i++) x[i] = 2 * r() - 1;
-        // keys with per-channel offsets (what makes per-channel quantization matter)
-        for (let i = 0; i < c.kvHeads * D; i++) x[c.qHeads * D + i]! += chan[l * c.kvHeads * D + i]!;
+        if (c.amplitude) {
+          for (let i = 0; i < width; i++) x[i] = i < c.qHeads * D ? x[i]! / c.amplitude : Math.fround(x[i]! * c.amplitude);
+        } else {
+          // keys with per-channel offsets (what makes per-channel quantization matter)
+          for (let i = 0; i < c.kvHeads * D; i++) x[c.qHeads * D + i]! += chan[l * c.kvHeads * D + i]!;
+        }
         dev.queue.writeBuffer(qkv, 0, x);
         const enc = dev.createCommandEncoder();
         const pass = enc.beginComputePass();

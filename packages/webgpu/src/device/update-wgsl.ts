@@ -59,6 +59,43 @@ const R16 = [
   '}',
 ];
 
+/**
+ * `scaleOf(mn, mx, m)`: the group scale of `@xquant/quant`'s fp16 recipe including its guards (`statsOfRounded` /
+ * `boundScale`): a range wider than fp16 is taken exactly, and a scale whose top reconstruction `r(r(m·s) + z)` would
+ * overflow is lowered to the largest fp16 scale that keeps it finite (binary search over the fp16 bit patterns).
+ * `diff(x, mn)`: `r(x − mn)`, exact where that overflows.
+ */
+const SCALE_OF = [
+  'fn topFinite(m: f32, s: f32, z: f32) -> bool {',
+  '  let p = m * s;',
+  '  var v = 0.0;',
+  '  if (p >= 65520.0) { v = r16(p + z); } else { v = r16(r16(p) + z); }',
+  '  return abs(v) <= 65504.0;',
+  '}',
+  'fn scaleOf(mn: f32, mx: f32, m: f32, invM: f32) -> f32 {',
+  '  var range = r16(mx - mn);',
+  '  if (range > 65504.0) { range = mx - mn; }',
+  '  var s = r16(range * invM);',
+  '  if (!(mn + m * s < 65376.0)) {',
+  '    s = min(s, 65504.0);',
+  '    if (!topFinite(m, s, mn)) {',
+  '      var lo = 0u;',
+  '      var hi = pack2x16float(vec2<f32>(s, 0.0)) & 0xffffu;',
+  '      while (hi - lo > 1u) {',
+  '        let mid = lo + (hi - lo) / 2u;',
+  '        if (topFinite(m, unpack2x16float(mid).x, mn)) { lo = mid; } else { hi = mid; }',
+  '      }',
+  '      s = unpack2x16float(lo).x;',
+  '    }',
+  '  }',
+  '  return s;',
+  '}',
+  'fn diff(x: f32, mn: f32) -> f32 {',
+  '  let u = r16(x - mn);',
+  '  return select(u, x - mn, u > 65504.0);',
+  '}',
+];
+
 /** Threads per workgroup of the update pass. @internal */
 export const UPDATE_WORKGROUP = 64;
 
@@ -134,7 +171,7 @@ function quantGroup(q: QuantGroup): string[] {
     '  mn = min(mn, x);',
     '  mx = max(mx, x);',
     '}',
-    `var s = r16(r16(mx - mn) * ${fl(1 / M)});`,
+    `var s = scaleOf(mn, mx, ${M}.0, ${fl(1 / M)});`,
     'var z = mn;',
   ];
   if (q.donorCode) {
@@ -143,7 +180,7 @@ function quantGroup(q: QuantGroup): string[] {
     L.push(
       `for (var j = 0u; j < ${q.n}u; j = j + 1u) {`,
       '  var c = 0.0;',
-      `  if (s > 0.0) { c = clamp(round(r16(r16(xs[j] - mn) / s)), 0.0, ${M}.0); }`,
+      `  if (s > 0.0) { c = clamp(round(r16(diff(xs[j], mn) / s)), 0.0, ${M}.0); }`,
       '  cs[j] = u32(c);',
       '}',
     );
@@ -255,7 +292,7 @@ function cooperativeValueRole(s: UpdateSpec): string[] {
   L.push(
     `  let seg = lid - lid % ${T}u;`,
     '  let gmin = vmin[seg];',
-    `  var sc = r16(r16(vmax[seg] - gmin) * ${fl(1 / M)});`,
+    `  var sc = scaleOf(gmin, vmax[seg], ${M}.0, ${fl(1 / M)});`,
     '  var z = gmin;',
     // the group of this thread's segment: first element, head, group index, cache row
     `  let ge = base + (seg / ${T}u) * ${n}u;`,
@@ -269,7 +306,7 @@ function cooperativeValueRole(s: UpdateSpec): string[] {
   if (v.donor) {
     L.push(`      let j = idx % ${n}u;`, `      vcode[idx] = (dV[row * ${WV}u + g * ${wpg}u + j / ${CPW}u] >> ((j % ${CPW}u) * ${bits}u)) & ${M}u;`);
   } else {
-    L.push('      var c = 0.0;', `      if (sc > 0.0) { c = clamp(round(r16(r16(vx[idx] - gmin) / sc)), 0.0, ${M}.0); }`, '      vcode[idx] = u32(c);');
+    L.push('      var c = 0.0;', `      if (sc > 0.0) { c = clamp(round(r16(diff(vx[idx], gmin) / sc)), 0.0, ${M}.0); }`, '      vcode[idx] = u32(c);');
   }
   L.push('    }', '  }', '  workgroupBarrier();', `  if (ge >= ${E}u) { return; }`, `  let tj = lid % ${T}u;`, `  let gb = (seg / ${T}u) * ${n}u;`);
   if (!v.donor) {
@@ -311,7 +348,7 @@ export function updateKernelSource(s: UpdateSpec): string {
   push('@group(0) @binding(6) var<storage, read> dK: array<u32>;');
   push('@group(0) @binding(7) var<storage, read> dV: array<u32>;');
   push('@group(0) @binding(8) var<uniform> S: Step;');
-  push(...R16);
+  push(...R16, ...SCALE_OF);
   // rotate channels (c, c+1) and (c + D/2, c + 1 + D/2) of the head starting at `base`
   push(
     'fn rot(base: u32, e: u32) -> array<f32, 4> {',
