@@ -39,7 +39,8 @@ MODEL_PRESETS=${MODEL_PRESETS:-}
 LIMIT=${LIMIT:-}    # e.g. LIMIT=8: the first 8 records of each file
 SAMPLE=${SAMPLE:-}  # e.g. SAMPLE=8: 8 evenly spaced records of each file (a quick reduced study)
 XQ=${XQ:-"node apps/cli/dist/cli.js"}   # e.g. a bundled CLI on another machine (scripts/study-remote.sh)
-DATA="$SHARED/eval/prose_512.jsonl $SHARED/eval/passkey_256.jsonl $SHARED/eval/passkey_512.jsonl $SHARED/eval/passkey_1024.jsonl $SHARED/eval/passkey_2048.jsonl"
+# the data files (default: prose and the four passkey lengths); e.g. DATA="$SHARED/eval/prose_512.jsonl" for prose only
+DATA=${DATA:-"$SHARED/eval/prose_512.jsonl $SHARED/eval/passkey_256.jsonl $SHARED/eval/passkey_512.jsonl $SHARED/eval/passkey_1024.jsonl $SHARED/eval/passkey_2048.jsonl"}
 
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 [ -d "$SHARED/eval" ] || { echo "study: $SHARED/eval not found (set SHARED=...)" >&2; exit 1; }
