@@ -1,0 +1,26 @@
+"""KL (pooled over the 16 prose records) and passkey (10 prompts per length) per configuration, from this folder's JSON."""
+import collections
+import json
+import os
+
+here = os.path.dirname(os.path.abspath(__file__))
+for m in ['xq-llama-20m', 'xq-qwen2-30m']:
+    d = json.load(open(f'{here}/{m}.prose16.json'))
+    bits = {c['id']: (c['storedBits'], c['paperBits']) for c in d['configs']}
+    acc = collections.defaultdict(lambda: [0.0, 0])
+    for rec in d['prose']:
+        for cid, v in rec['perCache'].items():
+            acc[cid][0] += v['kl']
+            acc[cid][1] += v['n']
+    p = json.load(open(f'{here}/{m}.passkey10.json'))
+    pk = collections.defaultdict(lambda: collections.defaultdict(lambda: [0, 0]))
+    for rec in p['passkey']:
+        for cid, v in rec['perCache'].items():
+            pk[cid][rec['length']][0] += 1 if v['correct'] else 0
+            pk[cid][rec['length']][1] += 1
+    print(m, 'prose records', len(d['prose']), '| passkey prompts', len(p['passkey']))
+    base = acc['kivi-2/R32/g32'][0] / acc['kivi-2/R32/g32'][1]
+    for cid, (s, n) in sorted(acc.items(), key=lambda x: bits[x[0]][0]):
+        kl = s / n
+        pks = ' '.join(f'{pk[cid][L][0]}/{pk[cid][L][1]}' for L in sorted(pk[cid])) if cid in pk else '-'
+        print(f'  {cid:28s} true {bits[cid][0]:.3f} paper {bits[cid][1]:.3f} KL {kl:.4f} ({kl / base:.2f}x kivi-2)  passkey 256/512/1024/2048 {pks}')
