@@ -19,6 +19,8 @@ fi
 M=/tmp/models
 MODELS=${MODELS:-llama-3.2-1b,qwen2.5-0.5b,xq-llama-20m,xq-qwen2-30m}
 LIST=""
+# MODELS=none: the attention and ceiling benchmarks only
+[ "$MODELS" = none ] && MODELS=""
 for m in ${MODELS//,/ }; do
   case $m in
     xq-*) (cd "$W" && ./node random-checkpoint.mjs --config "configs/$m.json" --out "$M/$m" --tokenizer tokenizer.json) ;;
