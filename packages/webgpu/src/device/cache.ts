@@ -84,9 +84,10 @@ export interface DeviceAttentionTuning {
    * Packed key scores. `'f32'` (default): exact float arithmetic on the codes. `'int8'`: keys stored 4 channels × 8/bits
    * tokens per word and scored with WGSL's packed 4×8-bit integer dot product (`dot4I8Packed`, dp4a where the GPU has
    * it): per key group and query head the query times the group's scales is rounded to int8 with one step
-   * `max|q·s|/127`, so scores carry that rounding (relative error ≈ 1e-3 of the largest |q·s| term; the codes and
-   * metadata are the same). Needs the WGSL language feature `packed_4x8_integer_dot_product` and `slot · bits ≥ 8`
-   * (the short-context geometry then defaults to 8-token slots).
+   * `max|q·s|/127`, so scores carry that rounding (the codes and metadata are the same; attention outputs within 5e-3
+   * of the float32 path in the tests). Needs the WGSL language feature `packed_4x8_integer_dot_product` and
+   * `slot · bits ≥ 8` (the short-context geometry then defaults to 8-token slots). Experimental: on an H200 the int8
+   * query preparation costs more than the integer dot products save at 32-token key groups (docs/gpu/README.md).
    */
   keyDot?: 'f32' | 'int8';
   /** Benchmarks only (wrong results): leave out the packed key reduction or value loop to time the rest. @internal */
