@@ -91,5 +91,17 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       await expect(DeviceKvCache.create(gpu!.device, { layers: 1, qHeads: 1, kvHeads: 1, headDim: 64 }, { kind: 'quantized', config: cpu.config }, { capacity: 64, tuning: { keyDot: 'int8', slot: 4 } })).rejects.toMatchObject({ code: 'E_CONFIG' });
       cpu.dispose();
     });
+
+    it('refuses an unknown keyDot and key groups that do not tile the chunk with typed errors', async () => {
+      const shape = { layers: 1, qHeads: 1, kvHeads: 1, headDim: 64 };
+      const make = (options: Record<string, unknown>) => createKvCache('planned', { layers: 1, kvHeads: 1, headDim: 64 }, options) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
+      const a = make({ residualLength: 32, keys: [{ bits: 2, codesFrom: null }], values: [{ bits: 2, codesFrom: null }] });
+      await expect(DeviceKvCache.create(gpu!.device, shape, { kind: 'quantized', config: a.config }, { capacity: 64, tuning: { keyDot: 'fp8' as never } })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/keyDot must be/) });
+      a.dispose();
+      // 48-token key groups against 256-token chunks (32 threads × 8-token slots)
+      const b = make({ residualLength: 96, groupSize: 48, valueGroupSize: 64, keys: [{ bits: 2, codesFrom: null }], values: [{ bits: 2, codesFrom: null }] });
+      await expect(DeviceKvCache.create(gpu!.device, shape, { kind: 'quantized', config: b.config }, { capacity: 192, tuning: { keyDot: 'int8', workgroup: 32, slot: 8, small: null } })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/divide one another/) });
+      b.dispose();
+    });
   });
 });

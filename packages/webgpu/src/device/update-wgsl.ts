@@ -426,20 +426,18 @@ export function updateKernelSource(s: UpdateSpec): string {
       // thread (kv, channel quad, g): the 4 channels' groups one after the other, then whole words
       push(`let dq = i % ${D / 4}u;`, `let kv = (i / ${D / 4}u) / ${NG}u;`, `let g = (i / ${D / 4}u) % ${NG}u;`, `let tb = S.kflush + g * ${gs}u;`);
       push(`var qc: array<u32, ${4 * gs}>;`);
-      for (let e = 0; e < 4; e++) {
-        push('{', `let d = dq * 4u + ${e}u;`);
-        push(
-          ...quantGroup({
-            n: gs,
-            bits: k.bits,
-            value: (j) => `ring[(kv * S.kring + (tb + ${j}) % S.kring) * ${D}u + d]`,
-            codesOut: (j) => `qc[${e * gs}u + ${j}] = cs[${j}];`,
-            calibration: k.calibration ?? { kind: 'none' },
-            writeMeta: (m) => `${meta('d')}${m};`,
-          }),
-        );
-        push('}');
-      }
+      push('for (var e = 0u; e < 4u; e = e + 1u) {', 'let d = dq * 4u + e;');
+      push(
+        ...quantGroup({
+          n: gs,
+          bits: k.bits,
+          value: (j) => `ring[(kv * S.kring + (tb + ${j}) % S.kring) * ${D}u + d]`,
+          codesOut: (j) => `qc[e * ${gs}u + ${j}] = cs[${j}];`,
+          calibration: k.calibration ?? { kind: 'none' },
+          writeMeta: (m) => `${meta('d')}${m};`,
+        }),
+      );
+      push('}');
       push(
         `for (var w = 0u; w < ${gs / TPB}u; w = w + 1u) {`,
         '  var word = 0u;',
