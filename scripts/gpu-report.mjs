@@ -12,25 +12,28 @@ const torch = JSON.parse(readFileSync(join(dir, 'torch-peer.json'), 'utf8'));
 const torchBest = (T, kv, D) => torch.rows.find((r) => r.T === T && r.kvHeads === kv && (r.headDim ?? 128) === D && r.backend === 'best')?.ms ?? null;
 
 // attention: the fastest geometry of each cache per shape (debug rows that skip a stage are left out)
-// variant fields: workgroup x slot x unroll x value unroll x heads x value slot x debug skip (1-4) x int8 key scores (1)
+// variant fields: workgroup x slot x unroll x value unroll x heads x value slot x debug skip (1-4) x int8 (1 keys, 2 values, 3 both)
 const field = (v, i) => Number(String(v).split('x')[i] ?? 0);
 const measured = run.attention.filter((r) => !r.error && !(field(r.variant, 6) >= 1 && field(r.variant, 6) <= 4));
-// the exact (float32) kernels; int8 key scores (approximate, opt-in) are reported beside them
-const real = measured.filter((r) => field(r.variant, 7) !== 1);
-const int8 = measured.filter((r) => field(r.variant, 7) === 1);
+// the exact (float32) kernels; the int8 paths (approximate, opt-in) are reported beside them
+const real = measured.filter((r) => !field(r.variant, 7));
+const int8Of = (mode) => measured.filter((r) => field(r.variant, 7) === mode);
 const shapes = [...new Set(real.map((r) => `${r.T}/${r.qHeads}/${r.kvHeads}/${r.headDim}`))];
 const attention = shapes.map((k) => {
   const [T, qHeads, kvHeads, headDim] = k.split('/').map(Number);
   const best = (re) => real.filter((r) => `${r.T}/${r.qHeads}/${r.kvHeads}/${r.headDim}` === k && re.test(r.cache)).sort((a, b) => a.ms - b.ms)[0];
   const xq = best(/xquant/);
   const full = best(/full/);
-  const q8 = int8.filter((r) => `${r.T}/${r.qHeads}/${r.kvHeads}/${r.headDim}` === k).sort((a, b) => a.ms - b.ms)[0];
+  const fastest = (mode) => int8Of(mode).filter((r) => `${r.T}/${r.qHeads}/${r.kvHeads}/${r.headDim}` === k).sort((a, b) => a.ms - b.ms)[0];
+  const [q8, v8, b8] = [fastest(1), fastest(2), fastest(3)];
   return {
     T, qHeads, kvHeads, headDim,
     xquantMs: xq.ms, xquantVariant: xq.variant, xquantBytes: xq.bytes, xquantGBps: xq.GBps,
     fullFp16Ms: full.ms, fullFp16GBps: full.GBps,
     torchFp16Ms: torchBest(T, kvHeads, headDim),
     ...(q8 ? { xquantInt8KeysMs: q8.ms, xquantInt8KeysVariant: q8.variant } : {}),
+    ...(v8 ? { xquantInt8ValuesMs: v8.ms, xquantInt8ValuesVariant: v8.variant } : {}),
+    ...(b8 ? { xquantInt8BothMs: b8.ms, xquantInt8BothVariant: b8.variant } : {}),
     readCeilingGBps: run.ceiling.GBps,
   };
 });
@@ -45,10 +48,10 @@ writeFileSync('docs/gpu/h200-summary.json', JSON.stringify(summary, null, 1) + '
 const f = (x, d = 3) => (x == null ? '–' : x.toFixed(d));
 const lines = [];
 lines.push('### Decode-attention step alone (one layer, 1 query position, fastest geometry of each kernel)', '');
-lines.push('| T | q/kv heads | d | xquant-1.38 layer (ms) | GB/s | % of read ceiling | int8 key scores (ms) | our fp16 (ms) | torch fp16 SDPA (ms) | torch ÷ xquant |');
-lines.push('|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|');
+lines.push('| T | q/kv heads | d | xquant-1.38 layer (ms) | GB/s | % of read ceiling | int8 keys (ms) | int8 values (ms) | int8 both (ms) | our fp16 (ms) | torch fp16 SDPA (ms) | torch ÷ xquant | torch ÷ int8 values |');
+lines.push('|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
 for (const a of attention) {
-  lines.push(`| ${a.T} | ${a.qHeads}/${a.kvHeads} | ${a.headDim} | ${f(a.xquantMs, 4)} (${a.xquantVariant}) | ${a.xquantGBps.toFixed(0)} | ${((100 * a.xquantGBps) / a.readCeilingGBps).toFixed(0)}% | ${a.xquantInt8KeysMs ? `${f(a.xquantInt8KeysMs, 4)} (${a.xquantInt8KeysVariant})` : '–'} | ${f(a.fullFp16Ms, 4)} | ${f(a.torchFp16Ms, 4)} | ${a.torchFp16Ms ? (a.torchFp16Ms / a.xquantMs).toFixed(2) + '×' : '–'} |`);
+  lines.push(`| ${a.T} | ${a.qHeads}/${a.kvHeads} | ${a.headDim} | ${f(a.xquantMs, 4)} (${a.xquantVariant}) | ${a.xquantGBps.toFixed(0)} | ${((100 * a.xquantGBps) / a.readCeilingGBps).toFixed(0)}% | ${a.xquantInt8KeysMs ? `${f(a.xquantInt8KeysMs, 4)} (${a.xquantInt8KeysVariant})` : '–'} | ${a.xquantInt8ValuesMs ? `${f(a.xquantInt8ValuesMs, 4)} (${a.xquantInt8ValuesVariant})` : '–'} | ${a.xquantInt8BothMs ? `${f(a.xquantInt8BothMs, 4)} (${a.xquantInt8BothVariant})` : '–'} | ${f(a.fullFp16Ms, 4)} | ${f(a.torchFp16Ms, 4)} | ${a.torchFp16Ms ? (a.torchFp16Ms / a.xquantMs).toFixed(2) + '×' : '–'} | ${a.torchFp16Ms && a.xquantInt8ValuesMs ? (a.torchFp16Ms / a.xquantInt8ValuesMs).toFixed(2) + '×' : '–'} |`);
 }
 lines.push('', '### End to end (wall ms per generated token, one token id read back per step)', '');
 lines.push('| model | context | cache | ms/token | tok/s | KV MiB | KV true bits | floor (ms) | floor ÷ measured | GPU time (ms) | attention GPU (ms) |');

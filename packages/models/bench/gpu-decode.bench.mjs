@@ -124,7 +124,9 @@ async function readCeiling(warmMs = 0) {
 function tuningOf(v) {
   const [workgroup, slot, unroll, valueUnroll, headsPerGroup, valueSlot, skip, int8] = v.split('x').map(Number);
   const t = { workgroup, slot };
-  if (int8) t.keyDot = 'int8';
+  // int8 field: 1 = int8 key scores, 2 = int8 value mix, 3 = both
+  if (int8 & 1) t.keyDot = 'int8';
+  if (int8 & 2) t.valueDot = 'int8';
   if (skip) t.debugSkip = ['keys', 'values', 'both', 'all'][skip - 1];
   if (unroll) t.unroll = unroll;
   if (valueUnroll) t.valueUnroll = valueUnroll;
@@ -268,7 +270,7 @@ for (const T of o.attention ? o.attention.split(',').map(Number) : []) {
   for (const [qh, kvh, D] of o['attention-heads'].split(',').flatMap((h) => o.dims.split(',').map((d) => [...h.split('/').map(Number), Number(d)]))) {
     for (const cacheName of ['xquant', 'full']) {
       for (const wg of o.variants.split(',')) {
-        if (cacheName === 'full' && tuningOf(wg).keyDot) continue; // the fp16 kernel has no int8 key scores
+        if (cacheName === 'full' && (tuningOf(wg).keyDot || tuningOf(wg).valueDot)) continue; // the fp16 kernel has no int8 paths
         try {
           const r = await attentionBench(T, qh, kvh, D, cacheName, wg);
           results.attention.push(r);

@@ -62,6 +62,43 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     expect(maxRel).toBeLessThan(2e-5);
   }, 600_000);
 
+  describe("valueDot 'int8' (quad value layout, dot4I8Packed mix)", () => {
+    it('kivi-2 (2-bit values), R = 32, GQA 3 in groups of 2 heads, 16-token slots', async () => {
+      const { maxRel } = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 32 }, qHeads: 6, kvHeads: 2, tuning: { valueDot: 'int8', slot: 16, small: null, headsPerGroup: 2 } }, 100);
+      // the int8 weight rounding alone (≈ 1/250 of a block's largest weight per token; the float32 mix matches to 2e-5,
+      // a wrong code layout or a lost weight sign measured 0.1–1)
+      expect(maxRel).toBeLessThan(2e-2);
+      expect(maxRel).toBeGreaterThan(0);
+    }, 600_000);
+
+    it('xquant-1.38 (1-bit values, borrowed codes read in the quad layout), short-context geometry on, int8 keys too', async () => {
+      const { maxRel } = await compare({ name: 'xquant', preset: 'xquant-1.38', options: { residualLength: 32 }, qHeads: 4, kvHeads: 2, tuning: { valueDot: 'int8', keyDot: 'int8', slot: 8, workgroup: 32 } }, 70);
+      expect(maxRel).toBeLessThan(2e-2);
+    }, 600_000);
+
+    it('a plan with 1-, 2-, 4- and 16-bit values, value group 64, borrowed 1-bit codes, head dim 128', async () => {
+      const options = {
+        residualLength: 32,
+        groupSize: 32,
+        valueGroupSize: 64,
+        keys: [{ bits: 2, codesFrom: null }, { bits: 2, codesFrom: null }, { bits: 2, codesFrom: null }, { bits: 2, codesFrom: null }],
+        values: [{ bits: 1, codesFrom: null }, { bits: 1, codesFrom: 0 }, { bits: 4, codesFrom: null }, { bits: 16, codesFrom: null }],
+        valueCalibration: ['eta', 'least-squares', 'eta', 'none'],
+      };
+      const { maxRel } = await compare({ name: 'planned', preset: 'planned', options, qHeads: 8, kvHeads: 2, tuning: { valueDot: 'int8', small: null, workgroup: 64 } }, 40, 4, 128);
+      expect(maxRel).toBeLessThan(2e-2);
+    }, 600_000);
+
+    it('refuses an unknown valueDot and rows that do not tile the workgroup with typed errors', async () => {
+      const shape = { layers: 1, qHeads: 1, kvHeads: 1, headDim: 80 };
+      const cpu = createKvCache('planned', { layers: 1, kvHeads: 1, headDim: 80 }, { residualLength: 32, groupSize: 16, keys: [{ bits: 2, codesFrom: null }], values: [{ bits: 2, codesFrom: null }] }) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
+      await expect(DeviceKvCache.create(gpu!.device, shape, { kind: 'quantized', config: cpu.config }, { capacity: 64, tuning: { valueDot: 'u4' as never } })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/valueDot must be/) });
+      // 2-bit rows of 80 channels are 20 bytes: 20 and 32 threads do not divide one another
+      await expect(DeviceKvCache.create(gpu!.device, shape, { kind: 'quantized', config: cpu.config }, { capacity: 64, tuning: { valueDot: 'int8', workgroup: 32, small: null } })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/divide one another/) });
+      cpu.dispose();
+    });
+  });
+
   describe("keyDot 'int8' (quad key layout, dot4I8Packed scores)", () => {
     it('kivi-2, R = 32, GQA 3 in groups of 2 heads, 16-token slots', async () => {
       const { maxRel } = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 32 }, qHeads: 6, kvHeads: 2, tuning: { keyDot: 'int8', slot: 16, small: null, headsPerGroup: 2 } }, 100);

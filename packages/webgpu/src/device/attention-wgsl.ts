@@ -52,7 +52,16 @@ export interface DecodeSpec {
   keyDot?: 'f32' | 'int8';
   /** Tokens per key group (int8 key scores: one prepared query per group); required with `keyDot: 'int8'`. */
   keyGroup?: number;
+  /**
+   * Packed value mix: `'f32'` (default; token-row layout, exact float arithmetic) or `'int8'` (quad layout: one word =
+   * one byte of 4 consecutive tokens' rows; per {@link VALUE_BLOCK} tokens, value group and head the softmax weight
+   * times the token's scale is rounded to int8 with one step, the codes mixed by `dot4I8Packed`).
+   */
+  valueDot?: 'f32' | 'int8';
 }
+
+/** Tokens sharing one int8 weight step in the int8 value mix (four quad words). @internal */
+export const VALUE_BLOCK = 16;
 
 /** Fields of the step uniform shared by every device-cache kernel (u32 unless noted). @internal */
 export const STEP_FIELDS = [
@@ -89,10 +98,16 @@ export function chunkTokens(spec: Pick<DecodeSpec, 'workgroup' | 'slot'>): numbe
 }
 
 /** Bytes of workgroup memory a decode kernel declares. @internal */
-export function decodeSharedBytes(spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'headsPerGroup' | 'headDim' | 'keyDot' | 'keyGroup'>): number {
+export function decodeSharedBytes(
+  spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'headsPerGroup' | 'headDim' | 'keyDot' | 'keyGroup' | 'valueDot'> & { valueGroup?: number },
+): number {
   const hg = spec.headsPerGroup;
   const prepared = spec.keyDot === 'int8' ? hg * int8Blocks(spec) * (spec.headDim / 4 + 2) : 0;
-  return 4 * (hg * spec.headDim + hg * scratchFloats(spec) + hg * spec.workgroup + prepared);
+  // int8 values: u8 weights (one word per 4 tokens), their step and zero-point sum per block, group and head
+  const groups = spec.headDim / (spec.valueGroup ?? spec.headDim);
+  const C = chunkTokens(spec);
+  const weights = spec.valueDot === 'int8' ? hg * groups * (C / 4 + (2 * C) / VALUE_BLOCK + 1) : 0;
+  return 4 * (hg * spec.headDim + hg * scratchFloats(spec) + hg * spec.workgroup + prepared + weights);
 }
 
 /** Key groups a chunk touches (int8 key scores keep one prepared query per group and head). */
@@ -247,6 +262,109 @@ function int8KeyScores(s: DecodeSpec, kp: { bits: GpuBits; groupSize: number }):
   return L;
 }
 
+/**
+ * Packed values mixed with the 4×8-bit integer dot product (values in the quad layout: quad word m of token block
+ * b = byte m of the rows of tokens 4b … 4b+3, one per byte). First the workgroup prepares, per {@link VALUE_BLOCK}
+ * tokens, value group and head, the weights `e_t · scale_t` rounded to int8 with one step `α = max|w|/127` (signed:
+ * least squares can fit a negative scale; 4 tokens per word) and the zero-point sum `Σ e_t · zero_t`; then a thread
+ * owning quad words m… of the rows mixes `(word >> j·bits) & mask` (channel j of 4 tokens, codes ≤ 15 read as int8)
+ * with `dot4I8Packed` and adds `α · Σ` per block in float. Tokens
+ * past tv get weight 0 (the ring has its own float loop). Declares the per-thread accumulators `v{i}_{j}`;
+ * returns the thread's channel count, token lanes and first channel.
+ */
+/** Whether the int8 value mix tiles a geometry: a row's bytes and the workgroup divide one another, whole blocks, a thread's channels inside one group. @internal */
+export function int8ValueGeometryOk(headDim: number, bits: number, workgroup: number, chunk: number, groupSize: number): boolean {
+  const RB = (headDim * bits) / 8;
+  const MW = Math.max(1, RB / workgroup);
+  const tiles = RB <= workgroup ? workgroup % RB === 0 : RB % workgroup === 0;
+  return Number.isInteger(RB) && tiles && chunk % VALUE_BLOCK === 0 && groupSize % ((MW * 8) / bits) === 0;
+}
+
+function int8ValueMix(s: DecodeSpec, vp: { bits: GpuBits; groupSize: number }): { lines: string[]; channels: number; lanes: number; first: string } {
+  const D = s.headDim;
+  const Q4 = D / 4;
+  const HG = s.headsPerGroup;
+  const WG = s.workgroup;
+  const C = chunkTokens(s);
+  const b = vp.bits;
+  const CPT = 8 / b; // channels per byte
+  const RB = (D * b) / 8; // bytes of a row = quad words of a 4-token block
+  const MW = Math.max(1, RB / WG); // quad words per thread
+  const TLN = Math.max(1, WG / RB); // token lanes
+  const CH = MW * CPT; // channels per thread (≤ 8, inside one value group)
+  const G = D / vp.groupSize;
+  const NSB = C / VALUE_BLOCK;
+  if (!int8ValueGeometryOk(D, b, WG, C, vp.groupSize)) throw new Error(`int8 value mix: unsupported geometry (chunk ${C}, ${b}-bit, head dim ${D})`);
+  const mask = ((0x01010101 * ((1 << b) - 1)) >>> 0).toString();
+  const BW = VALUE_BLOCK / 4; // weight words per block
+  const L: string[] = [];
+  // ---- u8 weights: item (head i, group g, block sb) ----
+  L.push(
+    'let tvl = select(0u, S.tv - 1u, S.tv > 0u);',
+    `for (var it = lid; it < ${HG * G * NSB}u; it = it + ${WG}u) {`,
+    `  let sb = it % ${NSB}u;`,
+    `  let g = (it / ${NSB}u) % ${G}u;`,
+    `  let i = it / ${NSB * G}u;`,
+    `  let tb = c0 + sb * ${VALUE_BLOCK}u;`,
+    '  var mx = 0.0;',
+    '  var zs = 0.0;',
+  );
+  for (let k = 0; k < VALUE_BLOCK; k++) {
+    L.push(
+      `  let m${k} = unpack2x16float(vm[(kv * S.cap + min(tb + ${k}u, tvl)) * ${G}u + g]);`,
+      `  let e${k} = select(0.0, sc[i * ${C}u + sb * ${VALUE_BLOCK}u + ${k}u], tb + ${k}u < S.tv);`,
+    );
+  }
+  for (let k = 0; k < VALUE_BLOCK; k++) L.push(`  let w${k} = e${k} * m${k}.x;`, `  zs = fma(e${k}, m${k}.y, zs);`, `  mx = max(mx, abs(w${k}));`);
+  L.push('  let inv = select(0.0, 127.0 / mx, mx > 0.0);');
+  for (let q = 0; q < BW; q++) {
+    const w = [0, 1, 2, 3].map((k) => `w${4 * q + k}`).join(', ');
+    L.push(`  wq[it * ${BW}u + ${q}u] = pack4xI8(vec4<i32>(round(vec4<f32>(${w}) * inv)));`);
+  }
+  L.push('  wa[it] = mx / 127.0;', '  wz[it] = zs;', '}', 'workgroupBarrier();');
+  // ---- mix: thread (token lane tg, quad words m0 … m0 + MW − 1) ----
+  L.push(TLN > 1 ? `let tg = lid / ${RB}u;` : 'let tg = 0u;', TLN > 1 ? `let m0 = lid % ${RB}u;` : `let m0 = lid * ${MW}u;`);
+  L.push(`let vg = (m0 * ${CPT}u) / ${vp.groupSize}u;`, `let qrow = (kv * (S.cap / 4u) + c0 / 4u) * ${RB}u + m0;`);
+  for (let i = 0; i < HG; i++) for (let j = 0; j < CH; j++) L.push(`var v${i}_${j} = 0.0;`);
+  if (s.debugSkip !== 'values' && s.debugSkip !== 'both' && s.debugSkip !== 'all') {
+    L.push(`for (var sb = tg; sb < ${NSB}u; sb = sb + ${TLN}u) {`, `let qa = qrow + sb * ${BW * RB}u;`);
+    for (let q = 0; q < BW; q++) for (let w = 0; w < MW; w++) L.push(`let x${q}_${w} = vc[qa + ${q * RB + w}u];`);
+    for (let i = 0; i < HG; i++) {
+      L.push(`let wi${i} = (${i * G}u + vg) * ${NSB}u + sb;`);
+      for (let q = 0; q < BW; q++) L.push(`let u${i}_${q} = wq[wi${i} * ${BW}u + ${q}u];`);
+    }
+    for (let j = 0; j < CH; j++) {
+      const w = Math.floor(j / CPT);
+      const jj = j % CPT;
+      for (let q = 0; q < BW; q++) L.push(`let c${j}_${q} = (x${q}_${w} >> ${jj * b}u) & ${mask}u;`);
+      for (let i = 0; i < HG; i++) {
+        const dots = Array.from({ length: BW }, (_, q) => `dot4I8Packed(c${j}_${q}, u${i}_${q})`).join(' + ');
+        L.push(`v${i}_${j} = fma(wa[wi${i}], f32(${dots}), v${i}_${j});`);
+      }
+    }
+    L.push('}');
+    if (s.residual) {
+      // float32 rows of the ring (positions tv … n−1 that fall in this chunk)
+      L.push(`for (var t = max(c0, S.tv) + tg; t < min(c0 + ${C}u, S.n); t = t + ${TLN}u) {`, `let rb = (kv * S.vring + t % S.vring) * ${Q4}u;`);
+      for (let j = 0; j < CH; j++) L.push(`let y${j} = rv[rb + (m0 * ${CPT}u + ${j}u) / 4u][(m0 * ${CPT}u + ${j}u) % 4u];`);
+      for (let i = 0; i < HG; i++) {
+        L.push(`let pr${i} = sc[${i * C}u + t - c0];`);
+        for (let j = 0; j < CH; j++) L.push(`v${i}_${j} = fma(pr${i}, y${j}, v${i}_${j});`);
+      }
+      L.push('}');
+    }
+  }
+  // zero-point sums per head and group
+  L.push(
+    `if (lid < ${HG * G}u) {`,
+    '  var z = 0.0;',
+    `  for (var sb = 0u; sb < ${NSB}u; sb = sb + 1u) { z = z + wz[lid * ${NSB}u + sb]; }`,
+    '  wzs[lid] = z;',
+    '}',
+  );
+  return { lines: L, channels: CH, lanes: TLN, first: `m0 * ${CPT}u` };
+}
+
 /** Main chunk kernel of a {@link DecodeSpec}. @internal */
 export function decodeKernelSource(s: DecodeSpec): string {
   const D = s.headDim;
@@ -261,7 +379,8 @@ export function decodeKernelSource(s: DecodeSpec): string {
   const kp = s.keys.kind === 'packed' ? s.keys : null;
   const vp = s.values.kind === 'packed' ? s.values : null;
   // int8 key scores: name the language feature, so a WGSL without it fails compilation saying so
-  if (kp && s.keyDot === 'int8') push('requires packed_4x8_integer_dot_product;');
+  const vp0 = s.values.kind === 'packed' ? s.values : null;
+  if ((kp && s.keyDot === 'int8') || (vp0 && s.valueDot === 'int8')) push('requires packed_4x8_integer_dot_product;');
   push(stepStruct());
   push('@group(0) @binding(0) var<storage, read> qv: array<vec4<f32>>;');
   push(`@group(0) @binding(1) var<storage, read> kc: array<vec4<u32>>;`);
@@ -278,6 +397,10 @@ export function decodeKernelSource(s: DecodeSpec): string {
   if (kp && s.keyDot === 'int8') {
     const nb = int8Blocks(s);
     push(`var<workgroup> pq: array<u32, ${HG * nb * Q4}>;`, `var<workgroup> pa: array<f32, ${HG * nb}>;`, `var<workgroup> pb: array<f32, ${HG * nb}>;`);
+  }
+  if (vp0 && s.valueDot === 'int8') {
+    const n = HG * (D / vp0.groupSize);
+    push(`var<workgroup> wq: array<u32, ${(n * C) / 4}>;`, `var<workgroup> wa: array<f32, ${(n * C) / VALUE_BLOCK}>;`, `var<workgroup> wz: array<f32, ${(n * C) / VALUE_BLOCK}>;`, `var<workgroup> wzs: array<f32, ${n}>;`);
   }
   push(`@compute @workgroup_size(${WG})`);
   push('fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {');
@@ -378,17 +501,25 @@ export function decodeKernelSource(s: DecodeSpec): string {
   // ---- values -------------------------------------------------------------------------------------------------
   const VS = s.valueSlot ?? 16;
   if (VS !== 8 && VS !== 16) throw new Error(`valueSlot must be 8 or 16; got ${VS}`);
-  const SLOT = vp ? VS : 8; // channels per thread
+  const int8v = vp && s.valueDot === 'int8' ? int8ValueMix(s, vp) : null;
+  const SLOT = int8v ? int8v.channels : vp ? VS : 8; // channels per thread
   const CSV = D / SLOT;
-  const TLN = WG / CSV;
+  const TLN = int8v ? int8v.lanes : WG / CSV;
   const ITER = C / TLN;
   const UV = Math.min(s.valueUnroll ?? 4, ITER);
-  push(`let cs = lid % ${CSV}u;`, `let tg = lid / ${CSV}u;`);
-  for (let i = 0; i < HG; i++) {
-    if (vp) push(`var vb${i} = 0.0;`);
-    for (let j = 0; j < SLOT; j++) push(`var v${i}_${j} = 0.0;`);
+  const first = int8v ? int8v.first : `cs * ${SLOT}u`; // first channel of the thread
+  if (int8v) {
+    push(...int8v.lines);
+  } else {
+    push(`let cs = lid % ${CSV}u;`, `let tg = lid / ${CSV}u;`);
+    for (let i = 0; i < HG; i++) {
+      if (vp) push(`var vb${i} = 0.0;`);
+      for (let j = 0; j < SLOT; j++) push(`var v${i}_${j} = 0.0;`);
+    }
   }
-  if (vp) {
+  if (int8v) {
+    // mixed above
+  } else if (vp) {
     const pos = positions(vp.bits, VS);
     const WV = (D * vp.bits) / 32;
     const GV = D / vp.groupSize;
@@ -445,7 +576,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
   }
   // ---- reduce over token lanes, write the chunk partial [o (D), max, sum] ---------------------------------------
   push('workgroupBarrier();');
-  for (let i = 0; i < HG; i++) for (let j = 0; j < SLOT; j++) push(`sc[(${i * TLN}u + tg) * ${D}u + cs * ${SLOT}u + ${j}u] = v${i}_${j};`);
+  for (let i = 0; i < HG; i++) for (let j = 0; j < SLOT; j++) push(`sc[(${i * TLN}u + tg) * ${D}u + ${first} + ${j}u] = v${i}_${j};`);
   push('workgroupBarrier();');
   push(
     `for (var e = lid; e < ${HG * D}u; e = e + ${WG}u) {`,
@@ -453,6 +584,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
     `let d = e % ${D}u;`,
     'var o = 0.0;',
     `for (var r = 0u; r < ${TLN}u; r = r + 1u) { o = o + sc[(i * ${TLN}u + r) * ${D}u + d]; }`,
+    ...(int8v && vp ? [`o = o + wzs[i * ${D / vp.groupSize}u + d / ${vp.groupSize}u];`] : []),
     `if (hgi * ${HG}u + i < ${s.rep}u) {`,
     `let pb = ((h0 + i) * S.nc + chunk) * ${D + 2}u;`,
     'parts[pb + d] = o;',

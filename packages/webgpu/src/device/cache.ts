@@ -7,6 +7,7 @@ import {
   combineSource,
   decodeKernelSource,
   decodeSharedBytes,
+  int8ValueGeometryOk,
   type DecodeSpec,
   type DeviceOperand,
 } from './attention-wgsl.js';
@@ -90,6 +91,15 @@ export interface DeviceAttentionTuning {
    * query preparation costs more than the integer dot products save at 32-token key groups (docs/gpu/README.md).
    */
   keyDot?: 'f32' | 'int8';
+  /**
+   * Packed value mix. `'f32'` (default): exact float arithmetic on the codes. `'int8'`: values stored in a quad layout
+   * (one word = one byte of 4 consecutive tokens' rows) and mixed with WGSL's packed 4×8-bit unsigned dot product
+   * (`dot4I8Packed`): per 16 tokens, value group and query head the softmax weights times the tokens' scales are
+   * rounded to int8 with one step `max|w|/127`, so the mix carries that rounding (codes and metadata are the same as
+   * the float32 path's; attention outputs within 1e-2 of the float32 path in the tests). Needs the WGSL language feature `packed_4x8_integer_dot_product`, and a row of codes
+   * (`headDim · bits / 8` bytes) and the workgroup that divide one another.
+   */
+  valueDot?: 'f32' | 'int8';
   /** Benchmarks only (wrong results): leave out the packed key reduction or value loop to time the rest. @internal */
   debugSkip?: 'keys' | 'values' | 'both' | 'all';
   /**
@@ -262,7 +272,11 @@ export class DeviceKvCache {
     if (keyDot !== 'f32' && keyDot !== 'int8') throw new XqConfigError('E_CONFIG', `keyDot must be 'f32' or 'int8'; got ${String(keyDot)}`);
     const int8 = keyDot === 'int8' && spec.kind === 'quantized';
     const keyGroup = spec.kind === 'quantized' ? spec.config.groupSize : 32;
-    const dot = int8 ? { keyDot, keyGroup } : {};
+    const valueDot = tuning.valueDot ?? 'f32';
+    if (valueDot !== 'f32' && valueDot !== 'int8') throw new XqConfigError('E_CONFIG', `valueDot must be 'f32' or 'int8'; got ${String(valueDot)}`);
+    const int8Values = valueDot === 'int8' && spec.kind === 'quantized';
+    const valueGroup = spec.kind === 'quantized' ? (spec.config.valueGroupSize ?? spec.config.groupSize) : D;
+    const dot = { ...(int8 ? { keyDot, keyGroup } : {}), ...(int8Values ? { valueDot, valueGroup } : {}) };
     const limit = device.limits.maxComputeWorkgroupStorageSize;
     while (hg > 1 && decodeSharedBytes({ workgroup: wg, slot, headsPerGroup: hg, headDim: D, ...dot }) > limit) hg--;
     if (decodeSharedBytes({ workgroup: wg, slot, headsPerGroup: hg, headDim: D, ...dot }) > limit) {
@@ -287,6 +301,16 @@ export class DeviceKvCache {
         if (C % keyGroup !== 0 && keyGroup % C !== 0) throw new XqConfigError('E_CONFIG', `keyDot 'int8': the ${name} chunk (${C} tokens) and the key group (${keyGroup}) must divide one another`);
         cfg.keys.forEach((k, l) => {
           if (k.bits !== 16 && g.slot * k.bits < 8) throw new XqConfigError('E_CONFIG', `keyDot 'int8': layer ${l}'s ${k.bits}-bit keys need a ${name} slot of at least ${8 / k.bits} tokens; got ${g.slot}`);
+        });
+      }
+    }
+    if (int8Values && cfg) {
+      for (const [name, g] of [['main', { workgroup: wg, slot }], ['short-context', small]] as const) {
+        if (!g) continue;
+        cfg.values.forEach((v, l) => {
+          if (v.bits !== 16 && !int8ValueGeometryOk(D, v.bits, g.workgroup, chunkTokens(g), valueGroup)) {
+            throw new XqConfigError('E_CONFIG', `valueDot 'int8': layer ${l}'s ${v.bits}-bit value rows (${(D * v.bits) / 8} bytes) and the ${name} workgroup (${g.workgroup} threads) must divide one another`);
+          }
         });
       }
     }
@@ -339,7 +363,7 @@ export class DeviceKvCache {
         keyMetaOffset,
         valueMetaOffset,
         valueRingOffset: keyRing / 4,
-        update: { qHeads, kvHeads, headDim: D, keys, values, residualLength: R, keyMetaOffset, valueMetaOffset, valueRingOffset: keyRing / 4, rope: true, ...(int8 ? { keyLayout: 'quad' as const } : {}) },
+        update: { qHeads, kvHeads, headDim: D, keys, values, residualLength: R, keyMetaOffset, valueMetaOffset, valueRingOffset: keyRing / 4, rope: true, ...(int8 ? { keyLayout: 'quad' as const } : {}), ...(int8Values ? { valueLayout: 'quad' as const } : {}) },
         decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll, ...dot, ...(tuning.valueUnroll ? { valueUnroll: tuning.valueUnroll } : {}), ...(tuning.valueSlot ? { valueSlot: tuning.valueSlot } : {}), ...(tuning.debugSkip ? { debugSkip: tuning.debugSkip } : {}) },
         decodeSmall: null,
       });

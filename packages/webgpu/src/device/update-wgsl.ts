@@ -41,6 +41,40 @@ export interface UpdateSpec {
    * channels (bytes) × 8/bits tokens (bit fields of each byte), read by the int8 dot-product attention kernel.
    */
   keyLayout?: 'channel' | 'quad';
+  /**
+   * Packed value layout: `'row'` (default) — a token's row of codes, 32/bits channels per word; `'quad'` — quad word m
+   * of token block b holds byte m of the rows of tokens 4b … 4b+3 (one per byte), read by the int8 value mix.
+   */
+  valueLayout?: 'row' | 'quad';
+}
+
+/**
+ * WGSL helpers of the quad value layout: `putValueWord(kv, t, w, word)` stores word w of token t's row (four byte
+ * writes, one per quad word; only this token's byte changes), `donorValueCode(kv, t, c)` reads channel c of token t
+ * from the donor's codes.
+ */
+function quadValueHelpers(s: UpdateSpec): string[] {
+  const v = s.values as DeviceStorage & { kind: 'packed' };
+  const RB = (s.headDim * v.bits) / 8;
+  const L = [];
+  if (!v.donor) {
+    L.push(
+      'fn putValueWord(kv: u32, t: u32, w: u32, word: u32) {',
+      `  let a = (kv * (S.cap / 4u) + t / 4u) * ${RB}u + w * 4u;`,
+      '  let sh = (t % 4u) * 8u;',
+      '  let keep = ~(0xffu << sh);',
+      '  for (var i = 0u; i < 4u; i = i + 1u) { V[a + i] = (V[a + i] & keep) | (((word >> (i * 8u)) & 0xffu) << sh); }',
+      '}',
+    );
+  } else {
+    L.push(
+      'fn donorValueCode(kv: u32, t: u32, c: u32) -> u32 {',
+      `  let bit = c * ${v.bits}u;`,
+      `  return (dV[(kv * (S.cap / 4u) + t / 4u) * ${RB}u + bit / 8u] >> ((t % 4u) * 8u + bit % 8u)) & ${(1 << v.bits) - 1}u;`,
+      '}',
+    );
+  }
+  return L;
 }
 
 /**
@@ -304,7 +338,12 @@ function cooperativeValueRole(s: UpdateSpec): string[] {
     `    if (base + idx < ${E}u) {`,
   );
   if (v.donor) {
-    L.push(`      let j = idx % ${n}u;`, `      vcode[idx] = (dV[row * ${WV}u + g * ${wpg}u + j / ${CPW}u] >> ((j % ${CPW}u) * ${bits}u)) & ${M}u;`);
+    L.push(
+      `      let j = idx % ${n}u;`,
+      s.valueLayout === 'quad'
+        ? `      vcode[idx] = donorValueCode(kv, t, g * ${n}u + j);`
+        : `      vcode[idx] = (dV[row * ${WV}u + g * ${wpg}u + j / ${CPW}u] >> ((j % ${CPW}u) * ${bits}u)) & ${M}u;`,
+    );
   } else {
     L.push('      var c = 0.0;', `      if (sc > 0.0) { c = clamp(round(r16(diff(vx[idx], gmin) / sc)), 0.0, ${M}.0); }`, '      vcode[idx] = u32(c);');
   }
@@ -314,7 +353,7 @@ function cooperativeValueRole(s: UpdateSpec): string[] {
       `  for (var k = tj; k < ${wpg}u; k = k + ${T}u) {`,
       '    var word = 0u;',
       `    for (var i = 0u; i < ${CPW}u; i = i + 1u) { word = word | (vcode[gb + k * ${CPW}u + i] << (i * ${bits}u)); }`,
-      `    V[row * ${WV}u + g * ${wpg}u + k] = word;`,
+      s.valueLayout === 'quad' ? `    putValueWord(kv, t, g * ${wpg}u + k, word);` : `    V[row * ${WV}u + g * ${wpg}u + k] = word;`,
       '  }',
     );
   }
@@ -383,6 +422,7 @@ export function updateKernelSource(s: UpdateSpec): string {
       );
     }
   };
+  if (s.values.kind === 'packed' && s.valueLayout === 'quad') push(...quadValueHelpers(s));
   const coop = cooperativeValues(s);
   if (coop) push(...cooperativeValueRole(s));
   push(`@compute @workgroup_size(${UPDATE_WORKGROUP})`);
@@ -481,8 +521,13 @@ export function updateKernelSource(s: UpdateSpec): string {
         bits: v.bits,
         value: (j) => `ring[rb + ${j}]`,
         ...(v.donor
-          ? { donorCode: (j: string) => `(dV[row * ${WV}u + g * ${wpg}u + ${j} / ${32 / v.bits}u] >> ((${j} % ${32 / v.bits}u) * ${v.bits}u)) & ${(1 << v.bits) - 1}u` }
-          : { writeWord: (kk: string, w: string) => `V[row * ${WV}u + g * ${wpg}u + ${kk}] = ${w};` }),
+          ? {
+              donorCode: (j: string) =>
+                s.valueLayout === 'quad'
+                  ? `donorValueCode(kv, t, g * ${gv}u + ${j})`
+                  : `(dV[row * ${WV}u + g * ${wpg}u + ${j} / ${32 / v.bits}u] >> ((${j} % ${32 / v.bits}u) * ${v.bits}u)) & ${(1 << v.bits) - 1}u`,
+            }
+          : { writeWord: (kk: string, w: string) => (s.valueLayout === 'quad' ? `putValueWord(kv, t, g * ${wpg}u + ${kk}, ${w});` : `V[row * ${WV}u + g * ${wpg}u + ${kk}] = ${w};`) }),
         calibration: v.calibration ?? { kind: 'none' },
         writeMeta: (m) => `V[${s.valueMetaOffset}u + row * ${G}u + g] = ${m};`,
       }),
