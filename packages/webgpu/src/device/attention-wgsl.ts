@@ -55,7 +55,8 @@ export interface DecodeSpec {
   /**
    * Packed value mix: `'f32'` (default; token-row layout, exact float arithmetic) or `'int8'` (quad layout: one word =
    * one byte of 4 consecutive tokens' rows; per {@link VALUE_BLOCK} tokens, value group and head the softmax weight
-   * times the token's scale is rounded to int8 with one step, the codes mixed by `dot4I8Packed`).
+   * times the token's scale is rounded to int8 with one step (prepared once per block for every head), the codes mixed
+   * by `dot4I8Packed`).
    */
   valueDot?: 'f32' | 'int8';
 }
@@ -265,11 +266,11 @@ function int8KeyScores(s: DecodeSpec, kp: { bits: GpuBits; groupSize: number }):
 /**
  * Packed values mixed with the 4×8-bit integer dot product (values in the quad layout: quad word m of token block
  * b = byte m of the rows of tokens 4b … 4b+3, one per byte). First the workgroup prepares, per {@link VALUE_BLOCK}
- * tokens, value group and head, the weights `e_t · scale_t` rounded to int8 with one step `α = max|w|/127` (signed:
- * least squares can fit a negative scale; 4 tokens per word) and the zero-point sum `Σ e_t · zero_t`; then a thread
- * owning quad words m… of the rows mixes `(word >> j·bits) & mask` (channel j of 4 tokens, codes ≤ 15 read as int8)
- * with `dot4I8Packed` and adds `α · Σ` per block in float. Tokens
- * past tv get weight 0 (the ring has its own float loop). Declares the per-thread accumulators `v{i}_{j}`;
+ * tokens and value group (every head from one load of the tokens' scale/zero), per head the weights `e_t · scale_t`
+ * rounded to int8 with one step `α = max|w|/127` (signed: least squares can fit a negative scale; 4 tokens per word)
+ * and the zero-point sum `Σ e_t · zero_t`; then a thread owning quad words m… of the rows mixes `(word >> j·bits) &
+ * mask` (channel j of 4 tokens, codes ≤ 15 read as int8) with `dot4I8Packed` and adds `α · Σ` per block in float.
+ * Tokens past tv get weight 0 (the ring has its own float loop). Declares the per-thread accumulators `v{i}_{j}`;
  * returns the thread's channel count, token lanes and first channel.
  */
 /** Whether the int8 value mix tiles a geometry: a row's bytes and the workgroup divide one another, whole blocks, a thread's channels inside one group. @internal */
@@ -298,30 +299,28 @@ function int8ValueMix(s: DecodeSpec, vp: { bits: GpuBits; groupSize: number }): 
   const mask = ((0x01010101 * ((1 << b) - 1)) >>> 0).toString();
   const BW = VALUE_BLOCK / 4; // weight words per block
   const L: string[] = [];
-  // ---- u8 weights: item (head i, group g, block sb) ----
+  // ---- int8 weights: item (group g, block sb) for every head, so each token's scale/zero is loaded once ----
   L.push(
     'let tvl = select(0u, S.tv - 1u, S.tv > 0u);',
-    `for (var it = lid; it < ${HG * G * NSB}u; it = it + ${WG}u) {`,
+    `for (var it = lid; it < ${G * NSB}u; it = it + ${WG}u) {`,
     `  let sb = it % ${NSB}u;`,
-    `  let g = (it / ${NSB}u) % ${G}u;`,
-    `  let i = it / ${NSB * G}u;`,
+    `  let g = it / ${NSB}u;`,
     `  let tb = c0 + sb * ${VALUE_BLOCK}u;`,
-    '  var mx = 0.0;',
-    '  var zs = 0.0;',
   );
-  for (let k = 0; k < VALUE_BLOCK; k++) {
-    L.push(
-      `  let m${k} = unpack2x16float(vm[(kv * S.cap + min(tb + ${k}u, tvl)) * ${G}u + g]);`,
-      `  let e${k} = select(0.0, sc[i * ${C}u + sb * ${VALUE_BLOCK}u + ${k}u], tb + ${k}u < S.tv);`,
-    );
+  for (let k = 0; k < VALUE_BLOCK; k++) L.push(`  let m${k} = unpack2x16float(vm[(kv * S.cap + min(tb + ${k}u, tvl)) * ${G}u + g]);`);
+  for (let i = 0; i < HG; i++) {
+    L.push('  {', '    var mx = 0.0;', '    var zs = 0.0;');
+    for (let k = 0; k < VALUE_BLOCK; k++) {
+      L.push(`    let e${k} = select(0.0, sc[${i * C}u + sb * ${VALUE_BLOCK}u + ${k}u], tb + ${k}u < S.tv);`, `    let w${k} = e${k} * m${k}.x;`, `    zs = fma(e${k}, m${k}.y, zs);`, `    mx = max(mx, abs(w${k}));`);
+    }
+    L.push('    let inv = select(0.0, 127.0 / mx, mx > 0.0);', `    let o = ${i * G * NSB}u + it;`);
+    for (let q = 0; q < BW; q++) {
+      const w = [0, 1, 2, 3].map((k) => `w${4 * q + k}`).join(', ');
+      L.push(`    wq[o * ${BW}u + ${q}u] = pack4xI8(vec4<i32>(round(vec4<f32>(${w}) * inv)));`);
+    }
+    L.push('    wa[o] = mx / 127.0;', '    wz[o] = zs;', '  }');
   }
-  for (let k = 0; k < VALUE_BLOCK; k++) L.push(`  let w${k} = e${k} * m${k}.x;`, `  zs = fma(e${k}, m${k}.y, zs);`, `  mx = max(mx, abs(w${k}));`);
-  L.push('  let inv = select(0.0, 127.0 / mx, mx > 0.0);');
-  for (let q = 0; q < BW; q++) {
-    const w = [0, 1, 2, 3].map((k) => `w${4 * q + k}`).join(', ');
-    L.push(`  wq[it * ${BW}u + ${q}u] = pack4xI8(vec4<i32>(round(vec4<f32>(${w}) * inv)));`);
-  }
-  L.push('  wa[it] = mx / 127.0;', '  wz[it] = zs;', '}', 'workgroupBarrier();');
+  L.push('}', 'workgroupBarrier();');
   // ---- mix: thread (token lane tg, quad words m0 … m0 + MW − 1) ----
   L.push(TLN > 1 ? `let tg = lid / ${RB}u;` : 'let tg = 0u;', TLN > 1 ? `let m0 = lid % ${RB}u;` : `let m0 = lid * ${MW}u;`);
   L.push(`let vg = (m0 * ${CPT}u) / ${vp.groupSize}u;`, `let qrow = (kv * (S.cap / 4u) + c0 / 4u) * ${RB}u + m0;`);

@@ -93,11 +93,14 @@ export interface DeviceAttentionTuning {
   keyDot?: 'f32' | 'int8';
   /**
    * Packed value mix. `'f32'` (default): exact float arithmetic on the codes. `'int8'`: values stored in a quad layout
-   * (one word = one byte of 4 consecutive tokens' rows) and mixed with WGSL's packed 4×8-bit unsigned dot product
+   * (one word = one byte of 4 consecutive tokens' rows) and mixed with WGSL's packed 4×8-bit integer dot product
    * (`dot4I8Packed`): per 16 tokens, value group and query head the softmax weights times the tokens' scales are
    * rounded to int8 with one step `max|w|/127`, so the mix carries that rounding (codes and metadata are the same as
-   * the float32 path's; attention outputs within 1e-2 of the float32 path in the tests). Needs the WGSL language feature `packed_4x8_integer_dot_product`, and a row of codes
-   * (`headDim · bits / 8` bytes) and the workgroup that divide one another.
+   * the float32 path's; attention outputs within 2e-2, typically 1–3e-3, of the float32 path in the tests). Needs the
+   * WGSL language feature `packed_4x8_integer_dot_product`, and a row of codes (`headDim · bits / 8` bytes) and the
+   * workgroup that divide one another. Experimental: on an H200 the integer mix is 2.8× faster than the float loop but
+   * preparing the weights in the workgroup costs as much (a tie at 128K tokens, 32/8 heads, head dim 64; slower at 128;
+   * docs/gpu/README.md).
    */
   valueDot?: 'f32' | 'int8';
   /** Benchmarks only (wrong results): leave out the packed key reduction or value loop to time the rest. @internal */
