@@ -329,7 +329,7 @@ function int8ValueMix(s: DecodeSpec, vp: { bits: GpuBits; groupSize: number }): 
     L.push(`for (var sb = tg; sb < ${NSB}u; sb = sb + ${TLN}u) {`, `let qa = qrow + sb * ${BW * RB}u;`);
     for (let q = 0; q < BW; q++) for (let w = 0; w < MW; w++) L.push(`let x${q}_${w} = vc[qa + ${q * RB + w}u];`);
     for (let i = 0; i < HG; i++) {
-      L.push(`let wi${i} = (${i * G}u + vg) * ${NSB}u + sb;`);
+      L.push(`let wi${i} = (${i * G}u + vg) * ${NSB}u + sb;`, `let al${i} = wa[wi${i}];`);
       for (let q = 0; q < BW; q++) L.push(`let u${i}_${q} = wq[wi${i} * ${BW}u + ${q}u];`);
     }
     for (let j = 0; j < CH; j++) {
@@ -338,7 +338,7 @@ function int8ValueMix(s: DecodeSpec, vp: { bits: GpuBits; groupSize: number }): 
       for (let q = 0; q < BW; q++) L.push(`let c${j}_${q} = (x${q}_${w} >> ${jj * b}u) & ${mask}u;`);
       for (let i = 0; i < HG; i++) {
         const dots = Array.from({ length: BW }, (_, q) => `dot4I8Packed(c${j}_${q}, u${i}_${q})`).join(' + ');
-        L.push(`v${i}_${j} = fma(wa[wi${i}], f32(${dots}), v${i}_${j});`);
+        L.push(`v${i}_${j} = fma(al${i}, f32(${dots}), v${i}_${j});`);
       }
     }
     L.push('}');
@@ -507,9 +507,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
   const ITER = C / TLN;
   const UV = Math.min(s.valueUnroll ?? 4, ITER);
   const first = int8v ? int8v.first : `cs * ${SLOT}u`; // first channel of the thread
-  if (int8v) {
-    push(...int8v.lines);
-  } else {
+  if (!int8v) {
     push(`let cs = lid % ${CSV}u;`, `let tg = lid / ${CSV}u;`);
     for (let i = 0; i < HG; i++) {
       if (vp) push(`var vb${i} = 0.0;`);
@@ -517,7 +515,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
     }
   }
   if (int8v) {
-    // mixed above
+    push(...int8v.lines);
   } else if (vp) {
     const pos = positions(vp.bits, VS);
     const WV = (D * vp.bits) / 32;

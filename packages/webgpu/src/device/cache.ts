@@ -279,11 +279,13 @@ export class DeviceKvCache {
     if (valueDot !== 'f32' && valueDot !== 'int8') throw new XqConfigError('E_CONFIG', `valueDot must be 'f32' or 'int8'; got ${String(valueDot)}`);
     const int8Values = valueDot === 'int8' && spec.kind === 'quantized';
     const valueGroup = spec.kind === 'quantized' ? (spec.config.valueGroupSize ?? spec.config.groupSize) : D;
-    const dot = { ...(int8 ? { keyDot, keyGroup } : {}), ...(int8Values ? { valueDot, valueGroup } : {}) };
+    const dot = { ...(int8 ? { keyDot, keyGroup } : {}), ...(int8Values ? { valueDot } : {}) };
+    // workgroup memory of the int8 value mix depends on the value group (not a kernel field: the kernel reads it from the operand)
+    const shared = (g: { workgroup: number; slot: number }, headsPerGroup: number) => decodeSharedBytes({ ...g, headsPerGroup, headDim: D, ...dot, ...(int8Values ? { valueGroup } : {}) });
     const limit = device.limits.maxComputeWorkgroupStorageSize;
-    while (hg > 1 && decodeSharedBytes({ workgroup: wg, slot, headsPerGroup: hg, headDim: D, ...dot }) > limit) hg--;
-    if (decodeSharedBytes({ workgroup: wg, slot, headsPerGroup: hg, headDim: D, ...dot }) > limit) {
-      throw new XqBackendError('E_BACKEND_UNAVAILABLE', `decode attention needs ${decodeSharedBytes({ workgroup: wg, slot, headsPerGroup: hg, headDim: D, ...dot })} bytes of workgroup memory; the device allows ${limit}`);
+    while (hg > 1 && shared({ workgroup: wg, slot }, hg) > limit) hg--;
+    if (shared({ workgroup: wg, slot }, hg) > limit) {
+      throw new XqBackendError('E_BACKEND_UNAVAILABLE', `decode attention needs ${shared({ workgroup: wg, slot }, hg)} bytes of workgroup memory; the device allows ${limit}`);
     }
     this.chunk = chunkTokens({ workgroup: wg, slot });
     const small = tuning.small === undefined ? { workgroup: 32, slot: int8 ? 8 : 4 } : tuning.small;
@@ -292,7 +294,7 @@ export class DeviceKvCache {
     }
     this.smallChunk = small ? chunkTokens(small) : this.chunk;
     let hgSmall = hg;
-    while (small && hgSmall > 1 && decodeSharedBytes({ ...small, headsPerGroup: hgSmall, headDim: D, ...dot }) > limit) hgSmall--;
+    while (small && hgSmall > 1 && shared(small, hgSmall) > limit) hgSmall--;
     const cfg = spec.kind === 'quantized' ? spec.config : null;
     this.quantized = cfg !== null;
     this.R = cfg?.residualLength ?? 1;
