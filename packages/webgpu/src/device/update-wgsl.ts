@@ -49,32 +49,37 @@ export interface UpdateSpec {
 }
 
 /**
- * WGSL helpers of the quad value layout: `putValueWord(kv, t, w, word)` stores word w of token t's row (four byte
- * writes, one per quad word; only this token's byte changes), `donorValueCode(kv, t, c)` reads channel c of token t
- * from the donor's codes.
+ * WGSL helpers of a layer's packed value layout, so the quantizers never spell out addresses: `putValueWord(kv, t, w,
+ * word)` stores word w of token t's row (own codes), `donorValueCode(kv, t, c)` reads channel c of token t from the
+ * donor's codes. Row layout: a token's row of words. Quad layout: quad word m of token block b holds byte m of the rows
+ * of tokens 4b … 4b+3, so a store writes four bytes (only this token's byte of each quad word changes).
  */
-function quadValueHelpers(s: UpdateSpec): string[] {
+function valueLayoutHelpers(s: UpdateSpec): string[] {
   const v = s.values as DeviceStorage & { kind: 'packed' };
+  const WV = (s.headDim * v.bits) / 32;
   const RB = (s.headDim * v.bits) / 8;
-  const L = [];
+  const M = (1 << v.bits) - 1;
+  const quad = s.valueLayout === 'quad';
   if (!v.donor) {
-    L.push(
-      'fn putValueWord(kv: u32, t: u32, w: u32, word: u32) {',
-      `  let a = (kv * (S.cap / 4u) + t / 4u) * ${RB}u + w * 4u;`,
-      '  let sh = (t % 4u) * 8u;',
-      '  let keep = ~(0xffu << sh);',
-      '  for (var i = 0u; i < 4u; i = i + 1u) { V[a + i] = (V[a + i] & keep) | (((word >> (i * 8u)) & 0xffu) << sh); }',
-      '}',
-    );
-  } else {
-    L.push(
-      'fn donorValueCode(kv: u32, t: u32, c: u32) -> u32 {',
-      `  let bit = c * ${v.bits}u;`,
-      `  return (dV[(kv * (S.cap / 4u) + t / 4u) * ${RB}u + bit / 8u] >> ((t % 4u) * 8u + bit % 8u)) & ${(1 << v.bits) - 1}u;`,
-      '}',
-    );
+    return quad
+      ? [
+          'fn putValueWord(kv: u32, t: u32, w: u32, word: u32) {',
+          `  let a = (kv * (S.cap / 4u) + t / 4u) * ${RB}u + w * 4u;`,
+          '  let sh = (t % 4u) * 8u;',
+          '  let keep = ~(0xffu << sh);',
+          '  for (var i = 0u; i < 4u; i = i + 1u) { V[a + i] = (V[a + i] & keep) | (((word >> (i * 8u)) & 0xffu) << sh); }',
+          '}',
+        ]
+      : ['fn putValueWord(kv: u32, t: u32, w: u32, word: u32) {', `  V[(kv * S.cap + t) * ${WV}u + w] = word;`, '}'];
   }
-  return L;
+  const bit = `c * ${v.bits}u`;
+  return [
+    'fn donorValueCode(kv: u32, t: u32, c: u32) -> u32 {',
+    quad
+      ? `  return (dV[(kv * (S.cap / 4u) + t / 4u) * ${RB}u + (${bit}) / 8u] >> ((t % 4u) * 8u + (${bit}) % 8u)) & ${M}u;`
+      : `  return (dV[(kv * S.cap + t) * ${WV}u + (${bit}) / 32u] >> ((${bit}) % 32u)) & ${M}u;`,
+    '}',
+  ];
 }
 
 /**
@@ -288,7 +293,6 @@ function cooperativeValueRole(s: UpdateSpec): string[] {
   const T = Math.min(n, W);
   const E = s.kvHeads * D;
   const G = D / n;
-  const WV = (D * bits) / 32;
   const wpg = (n * bits) / 32;
   const NW = Math.ceil(E / (W * EPT));
   const L: string[] = [
@@ -338,12 +342,7 @@ function cooperativeValueRole(s: UpdateSpec): string[] {
     `    if (base + idx < ${E}u) {`,
   );
   if (v.donor) {
-    L.push(
-      `      let j = idx % ${n}u;`,
-      s.valueLayout === 'quad'
-        ? `      vcode[idx] = donorValueCode(kv, t, g * ${n}u + j);`
-        : `      vcode[idx] = (dV[row * ${WV}u + g * ${wpg}u + j / ${CPW}u] >> ((j % ${CPW}u) * ${bits}u)) & ${M}u;`,
-    );
+    L.push(`      vcode[idx] = donorValueCode(kv, t, g * ${n}u + idx % ${n}u);`);
   } else {
     L.push('      var c = 0.0;', `      if (sc > 0.0) { c = clamp(round(r16(diff(vx[idx], gmin) / sc)), 0.0, ${M}.0); }`, '      vcode[idx] = u32(c);');
   }
@@ -353,7 +352,7 @@ function cooperativeValueRole(s: UpdateSpec): string[] {
       `  for (var k = tj; k < ${wpg}u; k = k + ${T}u) {`,
       '    var word = 0u;',
       `    for (var i = 0u; i < ${CPW}u; i = i + 1u) { word = word | (vcode[gb + k * ${CPW}u + i] << (i * ${bits}u)); }`,
-      s.valueLayout === 'quad' ? `    putValueWord(kv, t, g * ${wpg}u + k, word);` : `    V[row * ${WV}u + g * ${wpg}u + k] = word;`,
+      `    putValueWord(kv, t, g * ${wpg}u + k, word);`,
       '  }',
     );
   }
@@ -422,7 +421,7 @@ export function updateKernelSource(s: UpdateSpec): string {
       );
     }
   };
-  if (s.values.kind === 'packed' && s.valueLayout === 'quad') push(...quadValueHelpers(s));
+  if (s.values.kind === 'packed') push(...valueLayoutHelpers(s));
   const coop = cooperativeValues(s);
   if (coop) push(...cooperativeValueRole(s));
   push(`@compute @workgroup_size(${UPDATE_WORKGROUP})`);
@@ -510,7 +509,6 @@ export function updateKernelSource(s: UpdateSpec): string {
     const v = s.values;
     const gv = v.groupSize;
     const G = D / gv;
-    const WV = (D * v.bits) / 32;
     const wpg = (gv * v.bits) / 32;
     push(`if (gid < ${at + r.vq}u) {`, 'if (S.vquant == 0xffffffffu) { return; }', `let i = gid - ${at}u;`);
     push(`let kv = i / ${G}u;`, `let g = i % ${G}u;`, 'let t = S.vquant;', `let rb = ${s.valueRingOffset}u + (kv * S.vring + t % S.vring) * ${D}u + g * ${gv}u;`);
@@ -521,13 +519,8 @@ export function updateKernelSource(s: UpdateSpec): string {
         bits: v.bits,
         value: (j) => `ring[rb + ${j}]`,
         ...(v.donor
-          ? {
-              donorCode: (j: string) =>
-                s.valueLayout === 'quad'
-                  ? `donorValueCode(kv, t, g * ${gv}u + ${j})`
-                  : `(dV[row * ${WV}u + g * ${wpg}u + ${j} / ${32 / v.bits}u] >> ((${j} % ${32 / v.bits}u) * ${v.bits}u)) & ${(1 << v.bits) - 1}u`,
-            }
-          : { writeWord: (kk: string, w: string) => (s.valueLayout === 'quad' ? `putValueWord(kv, t, g * ${wpg}u + ${kk}, ${w});` : `V[row * ${WV}u + g * ${wpg}u + ${kk}] = ${w};`) }),
+          ? { donorCode: (j: string) => `donorValueCode(kv, t, g * ${gv}u + ${j})` }
+          : { writeWord: (kk: string, w: string) => `putValueWord(kv, t, g * ${wpg}u + ${kk}, ${w});` }),
         calibration: v.calibration ?? { kind: 'none' },
         writeMeta: (m) => `V[${s.valueMetaOffset}u + row * ${G}u + g] = ${m};`,
       }),
