@@ -108,7 +108,7 @@ export function decodeSharedBytes(
   const groups = spec.headDim / (spec.valueGroup ?? spec.headDim);
   const C = chunkTokens(spec);
   const weights = spec.valueDot === 'int8' ? hg * groups * (C / 4 + (2 * C) / VALUE_BLOCK + 1) : 0;
-  return 4 * (hg * spec.headDim + hg * scratchFloats(spec) + hg * spec.workgroup + prepared + weights);
+  return 4 * (hg * spec.headDim + scratchFloats(spec) + hg * spec.workgroup + prepared + weights);
 }
 
 /** Key groups a chunk touches (int8 key scores keep one prepared query per group and head). */
@@ -116,9 +116,28 @@ function int8Blocks(spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'keyGroup'>): 
   return Math.max(1, chunkTokens(spec) / (spec.keyGroup ?? 32));
 }
 
-/** Floats per head of the score / reduction scratch: a chunk's scores, or 16 channels per thread of the value reduction. */
-function scratchFloats(spec: Pick<DecodeSpec, 'workgroup' | 'slot'>): number {
-  return Math.max(chunkTokens(spec), 16 * spec.workgroup);
+/**
+ * Floats of the score / reduction scratch `sc`: the chunk's scores of every head, or the token lanes of one head's
+ * value accumulators (`workgroup · channels` floats; the lane reduction runs in rounds of {@link reduceHeads} heads),
+ * plus one padding float per 32 (see `px`). `channels`: value channels per thread (at most 16).
+ */
+function scratchFloats(spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'headsPerGroup'>, channels = 16): number {
+  const n = Math.max(spec.headsPerGroup * chunkTokens(spec), spec.workgroup * channels);
+  return n + Math.ceil(n / 32);
+}
+
+/** Value channels one thread accumulates in the main kernel of a spec. */
+function scChannels(s: DecodeSpec): number {
+  if (s.values.kind !== 'packed') return 8;
+  if (s.valueDot !== 'int8') return s.valueSlot ?? 16;
+  const RB = (s.headDim * s.values.bits) / 8;
+  return (8 / s.values.bits) * Math.max(1, RB / s.workgroup);
+}
+
+/** Heads whose value lanes the scratch holds at once. */
+function reduceHeads(spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'headsPerGroup'>, channels: number): number {
+  const n = Math.max(spec.headsPerGroup * chunkTokens(spec), spec.workgroup * channels);
+  return Math.max(1, Math.min(spec.headsPerGroup, Math.floor(n / (spec.workgroup * channels))));
 }
 
 const f = (x: number): string => {
@@ -164,7 +183,7 @@ function ringScores(s: DecodeSpec): string[] {
     for (let i = 0; i < HG; i++) L.push(`r${i} = r${i} * S.scale;`);
     L.push('}');
   }
-  for (let i = 0; i < HG; i++) L.push(`sc[${i * C}u + lid * ${SL}u + j] = r${i};`, `lm${i} = max(lm${i}, r${i});`);
+  for (let i = 0; i < HG; i++) L.push(`sc[px(${i * C}u + lid * ${SL}u + j)] = r${i};`, `lm${i} = max(lm${i}, r${i});`);
   L.push('}');
   return L;
 }
@@ -257,7 +276,7 @@ function int8KeyScores(s: DecodeSpec, kp: { bits: GpuBits; groupSize: number }):
   }
   for (let i = 0; i < HG; i++) {
     L.push(`let al${i} = pa[${i * NB}u + lb] * S.scale;`, `let be${i} = pb[${i * NB}u + lb] * S.scale;`);
-    for (let j = 0; j < SL; j++) L.push(`{ let v = fma(al${i}, f32(a${i}_${j}), be${i}); sc[${i * C}u + lid * ${SL}u + ${j}u] = v; lm${i} = max(lm${i}, v); }`);
+    for (let j = 0; j < SL; j++) L.push(`{ let v = fma(al${i}, f32(a${i}_${j}), be${i}); sc[px(${i * C}u + lid * ${SL}u + ${j}u)] = v; lm${i} = max(lm${i}, v); }`);
   }
   L.push('} else {', ...ringScores(s), '}');
   return L;
@@ -311,7 +330,7 @@ function int8ValueMix(s: DecodeSpec, vp: { bits: GpuBits; groupSize: number }): 
   for (let i = 0; i < HG; i++) {
     L.push('  {', '    var mx = 0.0;', '    var zs = 0.0;');
     for (let k = 0; k < VALUE_BLOCK; k++) {
-      L.push(`    let e${k} = select(0.0, sc[${i * C}u + sb * ${VALUE_BLOCK}u + ${k}u], tb + ${k}u < S.tv);`, `    let w${k} = e${k} * m${k}.x;`, `    zs = fma(e${k}, m${k}.y, zs);`, `    mx = max(mx, abs(w${k}));`);
+      L.push(`    let e${k} = select(0.0, sc[px(${i * C}u + sb * ${VALUE_BLOCK}u + ${k}u)], tb + ${k}u < S.tv);`, `    let w${k} = e${k} * m${k}.x;`, `    zs = fma(e${k}, m${k}.y, zs);`, `    mx = max(mx, abs(w${k}));`);
     }
     L.push('    let inv = select(0.0, 127.0 / mx, mx > 0.0);', `    let o = ${i * G * NSB}u + it;`);
     for (let q = 0; q < BW; q++) {
@@ -347,7 +366,7 @@ function int8ValueMix(s: DecodeSpec, vp: { bits: GpuBits; groupSize: number }): 
       L.push(`for (var t = max(c0, S.tv) + tg; t < min(c0 + ${C}u, S.n); t = t + ${TLN}u) {`, `let rb = (kv * S.vring + t % S.vring) * ${Q4}u;`);
       for (let j = 0; j < CH; j++) L.push(`let y${j} = rv[rb + (m0 * ${CPT}u + ${j}u) / 4u][(m0 * ${CPT}u + ${j}u) % 4u];`);
       for (let i = 0; i < HG; i++) {
-        L.push(`let pr${i} = sc[${i * C}u + t - c0];`);
+        L.push(`let pr${i} = sc[px(${i * C}u + t - c0)];`);
         for (let j = 0; j < CH; j++) L.push(`v${i}_${j} = fma(pr${i}, y${j}, v${i}_${j});`);
       }
       L.push('}');
@@ -381,6 +400,9 @@ export function decodeKernelSource(s: DecodeSpec): string {
   const vp0 = s.values.kind === 'packed' ? s.values : null;
   if ((kp && s.keyDot === 'int8') || (vp0 && s.valueDot === 'int8')) push('requires packed_4x8_integer_dot_product;');
   push(stepStruct());
+  // scratch index with one padding float per 32: a thread's run of consecutive scores (or value channels) starts in
+  // another bank than its neighbour's, so the score writes, the exp pass and the lane reduction are conflict-free
+  push('fn px(x: u32) -> u32 { return x + (x >> 5u); }');
   push('@group(0) @binding(0) var<storage, read> qv: array<vec4<f32>>;');
   push(`@group(0) @binding(1) var<storage, read> kc: array<vec4<u32>>;`);
   push('@group(0) @binding(2) var<storage, read> km: array<vec4<u32>>;');
@@ -391,7 +413,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
   push('@group(0) @binding(7) var<storage, read_write> parts: array<f32>;');
   push('@group(0) @binding(8) var<uniform> S: Step;');
   push(`var<workgroup> qs: array<vec4<f32>, ${HG * Q4}>;`);
-  push(`var<workgroup> sc: array<f32, ${HG * scratchFloats(s)}>;`);
+  push(`var<workgroup> sc: array<f32, ${scratchFloats(s, scChannels(s))}>;`);
   push(`var<workgroup> red: array<f32, ${HG * WG}>;`);
   if (kp && s.keyDot === 'int8') {
     const nb = int8Blocks(s);
@@ -458,7 +480,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
     }
     for (let i = 0; i < HG; i++) {
       for (let j = 0; j < SL; j++) {
-        push(`{ let v = (a${i}_${j} * ${f(2 ** -pos[j]!)} + b${i}) * S.scale; sc[${i * C}u + lid * ${SL}u + ${j}u] = v; lm${i} = max(lm${i}, v); }`);
+        push(`{ let v = (a${i}_${j} * ${f(2 ** -pos[j]!)} + b${i}) * S.scale; sc[px(${i * C}u + lid * ${SL}u + ${j}u)] = v; lm${i} = max(lm${i}, v); }`);
       }
     }
     push('} else {', ...ringScores(s), '}');
@@ -475,28 +497,39 @@ export function decodeKernelSource(s: DecodeSpec): string {
       for (let i = 0; i < HG; i++) push(`r${i} = r${i} + dot(qs[${i * Q4 + 2 * o2}u], x${o2}a) + dot(qs[${i * Q4 + 2 * o2 + 1}u], x${o2}b);`);
     }
     for (let i = 0; i < HG; i++) push(`r${i} = select(-3.0e38, r${i} * S.scale, t < S.n);`);
-    for (let i = 0; i < HG; i++) push(`sc[${i * C}u + j * ${WG}u + lid] = r${i};`, `lm${i} = max(lm${i}, r${i});`);
+    for (let i = 0; i < HG; i++) push(`sc[px(${i * C}u + j * ${WG}u + lid)] = r${i};`, `lm${i} = max(lm${i}, r${i});`);
     push('}');
   }
   // index (within the chunk) of score j of this thread
   const tl = (j: number) => (kp ? `lid * ${SL}u + ${j}u` : `${j * WG}u + lid`);
   // ---- chunk softmax: scores to workgroup memory, max and sums over the chunk (few barriers, little live state) ----
   for (let i = 0; i < HG; i++) push(`red[${i * WG}u + lid] = lm${i};`);
+  // two-level reductions over the workgroup (two barriers, not log2(WG)): the first 16 threads each fold WG/16
+  // values (stride 16, so their reads hit distinct banks) back into red[0…15]; the caller folds those 16
+  const RL = WG / 16;
   const tree = (op: (a: string, b: string) => string) => {
     if (s.debugSkip === 'all') return push('workgroupBarrier();');
-    push('workgroupBarrier();', `for (var st = ${WG / 2}u; st >= 1u; st = st >> 1u) {`, 'if (lid < st) {');
-    for (let i = 0; i < HG; i++) push(`red[${i * WG}u + lid] = ${op(`red[${i * WG}u + lid]`, `red[${i * WG}u + lid + st]`)};`);
-    push('}', 'workgroupBarrier();', '}');
+    push('workgroupBarrier();', 'if (lid < 16u) {');
+    for (let i = 0; i < HG; i++) {
+      const terms = Array.from({ length: RL }, (_, k) => `red[${i * WG + k * 16}u + lid]`);
+      push(`red[${i * WG}u + lid] = ${terms.reduce((a, b) => op(a, b))};`);
+    }
+    push('}', 'workgroupBarrier();');
   };
+  /** The fold of the 16 partials of head i (after `tree`). */
+  const folded = (i: number, op: (a: string, b: string) => string) =>
+    Array.from({ length: 16 }, (_, k) => `red[${i * WG + k}u]`).reduce((a, b) => op(a, b));
   tree((a, b) => `max(${a}, ${b})`);
-  for (let i = 0; i < HG; i++) push(`let mx${i} = red[${i * WG}u];`);
+  for (let i = 0; i < HG; i++) push(`let mx${i} = ${folded(i, (a, b) => `max(${a}, ${b})`)};`);
   push('workgroupBarrier();');
   for (let i = 0; i < HG; i++) {
     push(`var ls${i} = 0.0;`);
-    for (let j = 0; j < SL; j++) push(`{ let e = exp(sc[${i * C}u + ${tl(j)}] - mx${i}); sc[${i * C}u + ${tl(j)}] = e; ls${i} = ls${i} + e; }`);
+    for (let j = 0; j < SL; j++) push(`{ let e = exp(sc[px(${i * C}u + ${tl(j)})] - mx${i}); sc[px(${i * C}u + ${tl(j)})] = e; ls${i} = ls${i} + e; }`);
     push(`red[${i * WG}u + lid] = ls${i};`);
   }
   tree((a, b) => `${a} + ${b}`);
+  // the chunk sums, before the lane reduction reuses red
+  for (let i = 0; i < HG; i++) push(`let lsum${i} = ${folded(i, (a, b) => `${a} + ${b}`)};`);
   // ---- values -------------------------------------------------------------------------------------------------
   const VS = s.valueSlot ?? 16;
   if (VS !== 8 && VS !== 16) throw new Error(`valueSlot must be 8 or 16; got ${VS}`);
@@ -507,6 +540,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
   const ITER = C / TLN;
   const UV = Math.min(s.valueUnroll ?? 4, ITER);
   const first = int8v ? int8v.first : `cs * ${SLOT}u`; // first channel of the thread
+  if (SLOT !== scChannels(s)) throw new Error(`internal: ${SLOT} value channels per thread, scratch sized for ${scChannels(s)}`);
   if (!int8v) {
     push(`let cs = lid % ${CSV}u;`, `let tg = lid / ${CSV}u;`);
     for (let i = 0; i < HG; i++) {
@@ -537,7 +571,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
         const xs = words.map((_, k) => `x${u}_${k}`);
         push(...decodeN(vp.bits, vbits < 32 ? [`(${xs[0]} >> vsh)`] : xs.flatMap((x) => [x, `(${x} >> 16u)`]), `d${u}`, VS));
         for (let i = 0; i < HG; i++) {
-          push(`let p${u}_${i} = select(0.0, sc[${i * C}u + tl${u}], t${u} < S.tv);`);
+          push(`let p${u}_${i} = select(0.0, sc[px(${i * C}u + tl${u})], t${u} < S.tv);`);
           push(`let w${u}_${i} = p${u}_${i} * nz${u}.x;`, `vb${i} = fma(p${u}_${i}, nz${u}.y, vb${i});`);
           for (let j = 0; j < VS; j++) push(`v${i}_${j} = fma(w${u}_${i}, d${u}_${j}, v${i}_${j});`);
         }
@@ -548,7 +582,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
         push(`for (var t = max(c0, S.tv) + tg; t < min(c0 + ${C}u, S.n); t = t + ${TLN}u) {`, `let rb = (kv * S.vring + t % S.vring) * ${Q4}u + cs * ${VS / 4}u;`);
         for (let k = 0; k < VS / 4; k++) push(`let y${k} = rv[rb + ${k}u];`);
         for (let i = 0; i < HG; i++) {
-          push(`let pr${i} = sc[${i * C}u + t - c0];`);
+          push(`let pr${i} = sc[px(${i * C}u + t - c0)];`);
           for (let j = 0; j < VS; j++) push(`v${i}_${j} = fma(pr${i} * ${f(2 ** pos[j]!)}, y${j >> 2}.${'xyzw'[j & 3]}, v${i}_${j});`);
         }
         push('}');
@@ -564,7 +598,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
       push(`if (t${u} < S.n) {`);
       push(`let y0 = vec4<f32>(unpack2x16float(w${u}.x), unpack2x16float(w${u}.y));`, `let y1 = vec4<f32>(unpack2x16float(w${u}.z), unpack2x16float(w${u}.w));`);
       for (let i = 0; i < HG; i++) {
-        push(`let p${i} = sc[${i * C}u + tl${u}];`);
+        push(`let p${i} = sc[px(${i * C}u + tl${u})];`);
         for (let j = 0; j < 8; j++) push(`v${i}_${j} = fma(p${i}, y${j >> 2}.${'xyzw'[j & 3]}, v${i}_${j});`);
       }
       push('}');
@@ -572,26 +606,61 @@ export function decodeKernelSource(s: DecodeSpec): string {
     push('}');
   }
   // ---- reduce over token lanes, write the chunk partial [o (D), max, sum] ---------------------------------------
-  push('workgroupBarrier();');
-  for (let i = 0; i < HG; i++) for (let j = 0; j < SLOT; j++) push(`sc[(${i * TLN}u + tg) * ${D}u + ${first} + ${j}u] = v${i}_${j};`);
-  push('workgroupBarrier();');
-  push(
-    `for (var e = lid; e < ${HG * D}u; e = e + ${WG}u) {`,
-    `let i = e / ${D}u;`,
-    `let d = e % ${D}u;`,
-    'var o = 0.0;',
-    `for (var r = 0u; r < ${TLN}u; r = r + 1u) { o = o + sc[(i * ${TLN}u + r) * ${D}u + d]; }`,
-    ...(int8v && vp ? [`o = o + wzs[i * ${D / vp.groupSize}u + d / ${vp.groupSize}u];`] : []),
-    `if (hgi * ${HG}u + i < ${s.rep}u) {`,
-    `let pb = ((h0 + i) * S.nc + chunk) * ${D + 2}u;`,
-    'parts[pb + d] = o;',
-    '}',
-    '}',
-  );
+  // the scratch holds the lanes of `hpr` heads at a time (it is sized for the chunk's scores, not HG · WG · SLOT)
+  const hpr = reduceHeads(s, SLOT);
+  for (let h0r = 0; h0r < HG; h0r += hpr) {
+    const nh = Math.min(hpr, HG - h0r);
+    push('workgroupBarrier();');
+    for (let i = h0r; i < h0r + nh; i++) for (let j = 0; j < SLOT; j++) push(`sc[px((${(i - h0r) * TLN}u + tg) * ${D}u + ${first} + ${j}u)] = v${i}_${j};`);
+    push('workgroupBarrier();');
+    const O = nh * D; // outputs of this round
+    // P threads per output, each summing TLN/P lanes (a shorter serial chain), then one thread folds the P partials
+    const P = Math.min(TLN, 2 ** Math.floor(Math.log2(Math.max(1, WG / O))));
+    const write = (o: string) => [
+      ...(int8v && vp ? [`${o} = ${o} + wzs[i * ${D / vp.groupSize}u + d / ${vp.groupSize}u];`] : []),
+      `if (hgi * ${HG}u + i < ${s.rep}u) {`,
+      `let pb = ((h0 + i) * S.nc + chunk) * ${D + 2}u;`,
+      `parts[pb + d] = ${o};`,
+      '}',
+    ];
+    if (P === 1) {
+      push(
+        `for (var e = lid; e < ${O}u; e = e + ${WG}u) {`,
+        `let ir = e / ${D}u;`,
+        `let i = ir + ${h0r}u;`,
+        `let d = e % ${D}u;`,
+        'var o = 0.0;',
+        `for (var r = 0u; r < ${TLN}u; r = r + 1u) { o = o + sc[px((ir * ${TLN}u + r) * ${D}u + d)]; }`,
+        ...write('o'),
+        '}',
+      );
+    } else {
+      const LP = TLN / P;
+      push(
+        `if (lid < ${P * O}u) {`,
+        `let e = lid % ${O}u;`,
+        `let r0 = (lid / ${O}u) * ${LP}u;`,
+        `let ir = e / ${D}u;`,
+        `let d = e % ${D}u;`,
+        'var o = 0.0;',
+        `for (var r = r0; r < r0 + ${LP}u; r = r + 1u) { o = o + sc[px((ir * ${TLN}u + r) * ${D}u + d)]; }`,
+        'red[lid] = o;',
+        '}',
+        'workgroupBarrier();',
+        `if (lid < ${O}u) {`,
+        `let ir = lid / ${D}u;`,
+        `let i = ir + ${h0r}u;`,
+        `let d = lid % ${D}u;`,
+        `var o = ${Array.from({ length: P }, (_, k) => `red[lid + ${k * O}u]`).join(' + ')};`,
+        ...write('o'),
+        '}',
+      );
+    }
+  }
   push('if (lid == 0u) {');
   for (let i = 0; i < HG; i++) {
     push(`if (hgi * ${HG}u + ${i}u < ${s.rep}u) {`, `let pb = ((h0 + ${i}u) * S.nc + chunk) * ${D + 2}u;`);
-    push(`parts[pb + ${D}u] = mx${i};`, `parts[pb + ${D + 1}u] = red[${i * WG}u];`, '}');
+    push(`parts[pb + ${D}u] = mx${i};`, `parts[pb + ${D + 1}u] = lsum${i};`, '}');
   }
   push('}');
   push('}');

@@ -71,7 +71,11 @@ export type DeviceCacheSpec = { kind: 'full' } | { kind: 'quantized'; config: De
 export interface DeviceAttentionTuning {
   /** Threads per workgroup: 32, 64, 128 or 256 (a chunk is `slot` × this many tokens). */
   workgroup?: number;
-  /** Query heads one workgroup serves (default: all of the GQA group, at most 8). */
+  /**
+   * Query heads one workgroup serves. Default: the whole GQA group (at most 8) for fp16 rows, 2 for packed codes (fewer
+   * accumulators per thread, more workgroups in flight: faster on an H200 although each code is unpacked twice per group
+   * of 4; docs/gpu/README.md).
+   */
   headsPerGroup?: number;
   /** Key channel quads loaded together. */
   unroll?: number;
@@ -269,7 +273,7 @@ export class DeviceKvCache {
     if (![32, 64, 128, 256].includes(wg)) throw new XqConfigError('E_CONFIG', `workgroup must be 32, 64, 128 or 256; got ${String(wg)}`);
     const slot = tuning.slot ?? 8;
     if (![4, 8, 16].includes(slot)) throw new XqConfigError('E_CONFIG', `slot must be 4, 8 or 16; got ${String(slot)}`);
-    let hg = Math.min(tuning.headsPerGroup ?? Math.min(rep, 8), rep);
+    let hg = Math.min(tuning.headsPerGroup ?? Math.min(rep, spec.kind === 'full' ? 8 : 2), rep);
     if (!Number.isInteger(hg) || hg < 1) throw new XqConfigError('E_CONFIG', `headsPerGroup must be a positive integer; got ${String(tuning.headsPerGroup)}`);
     const keyDot = tuning.keyDot ?? 'f32';
     if (keyDot !== 'f32' && keyDot !== 'int8') throw new XqConfigError('E_CONFIG', `keyDot must be 'f32' or 'int8'; got ${String(keyDot)}`);
