@@ -266,8 +266,12 @@ export class DeviceKvCache {
     if (D % 16 !== 0 || D > 256) throw new XqShapeError(`device cache: headDim must be a multiple of 16 up to 256; got ${D}`);
     this.compiler = new KernelCompiler(device);
     const rep = qHeads / kvHeads;
-    // defaults: the geometries measured fastest on an H200 (docs/gpu/README.md) for dense rows and for packed codes
-    const best = spec.kind === 'full' ? { workgroup: 64, slot: 16, unroll: 8, valueUnroll: 8, valueSlot: 8 } : { workgroup: 256, slot: 8, unroll: 8, valueUnroll: 8, valueSlot: 16 };
+    // defaults: the geometries measured fastest on an H200 (docs/gpu/README.md, 2026-12-03) for dense rows and packed
+    // codes, with GQA (rep > 1) and without
+    const best =
+      spec.kind === 'full'
+        ? { workgroup: rep > 1 ? 128 : 64, slot: rep > 1 ? 8 : 16, unroll: 8, valueUnroll: 8, valueSlot: 8 }
+        : { workgroup: rep > 1 ? 256 : 128, slot: 8, unroll: 8, valueUnroll: 8, valueSlot: 16 };
     tuning = { ...best, ...tuning };
     const wg = tuning.workgroup ?? 64;
     if (![32, 64, 128, 256].includes(wg)) throw new XqConfigError('E_CONFIG', `workgroup must be 32, 64, 128 or 256; got ${String(wg)}`);
