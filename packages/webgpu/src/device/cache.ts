@@ -233,6 +233,8 @@ export class DeviceKvCache {
   readonly chunk: number;
   /** Tokens per chunk of the short-context geometry. */
   readonly smallChunk: number;
+  /** Workgroups per chunk and KV head of the main geometry (query heads ÷ heads per workgroup, rounded up). */
+  private readonly headGroups: number;
   private useSmall = false;
   private tokensHeld = 0;
   private readonly layers: LayerRes[];
@@ -296,6 +298,7 @@ export class DeviceKvCache {
       throw new XqBackendError('E_BACKEND_UNAVAILABLE', `decode attention needs ${shared({ workgroup: wg, slot }, hg)} bytes of workgroup memory; the device allows ${limit}`);
     }
     this.chunk = chunkTokens({ workgroup: wg, slot });
+    this.headGroups = Math.ceil(rep / hg);
     const small = tuning.small === undefined ? { workgroup: 32, slot: int8 ? 8 : 4 } : tuning.small;
     if (small && (![32, 64, 128, 256].includes(small.workgroup) || ![4, 8, 16].includes(small.slot))) {
       throw new XqConfigError('E_CONFIG', `small geometry: workgroup 32…256 and slot 4, 8 or 16; got ${JSON.stringify(small)}`);
@@ -493,9 +496,9 @@ export class DeviceKvCache {
     if (p >= this.capacity) throw new XqStateError('E_STATE', `the device cache is full (${this.capacity} tokens)`);
     const n = p + 1;
     const R = this.R;
-    // the short-context geometry while the main one would give fewer than 256 workgroups
+    // the short-context geometry while the main one would give fewer than 256 workgroups (chunks × KV heads × head groups)
     const big = Math.ceil(n / this.chunk);
-    this.useSmall = this.smallChunk !== this.chunk && big * this.shape.kvHeads < 256;
+    this.useSmall = this.smallChunk !== this.chunk && big * this.shape.kvHeads * this.headGroups < 256;
     this.nc = this.useSmall ? Math.ceil(n / this.smallChunk) : big;
     const v: Record<(typeof STEP_FIELDS)[number], number> = {
       n,
