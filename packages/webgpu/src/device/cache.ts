@@ -65,8 +65,9 @@ export type DeviceCacheSpec = { kind: 'full' } | { kind: 'quantized'; config: De
 
 /**
  * Kernel geometry of the decode-attention pass. Unset fields take the geometry measured fastest on an H200 for the
- * cache's kind: fp16 rows 64 threads × 16-token slots, unroll 8, value unroll 8, 8-channel value slots; packed codes
- * 256 threads × 8-token slots, unroll 8, value unroll 8, 16-channel value slots.
+ * cache's kind (docs/gpu/README.md): fp16 rows 128 threads × 8-token slots with GQA, 64 × 16 without, every query head
+ * of a KV head in one workgroup; packed codes 256 threads × 8-token slots with GQA (2 query heads per workgroup), 128 × 8
+ * without, 16-channel value slots; unroll 8 and value unroll 8 for both.
  */
 export interface DeviceAttentionTuning {
   /** Threads per workgroup: 32, 64, 128 or 256 (a chunk is `slot` × this many tokens). */
