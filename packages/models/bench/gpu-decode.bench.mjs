@@ -186,6 +186,7 @@ async function attentionBench(T, qHeads, kvHeads, D, cacheName, variant) {
   p0.end();
   device.queue.submit([enc0.finish()]);
   const bytes = c.attentionBytes(0);
+  const dispatch = c.attentionDispatch(0);
   const encode = (pass, i) => c.encodeAttention(pass, i % layers);
   // the clocks drop while the host builds and fills the cache: keep the GPU busy on this kernel for a while first
   // (measured: an 8-pass warm-up left whole groups of rows 2-4× slow)
@@ -194,7 +195,7 @@ async function attentionBench(T, qHeads, kvHeads, D, cacheName, variant) {
   const up = await timePasses((pass, i) => c.encodeUpdate(pass, i % layers), 20);
   c.dispose();
   for (const b of Object.values(io)) b.destroy();
-  return { T, qHeads, kvHeads, headDim: D, cache: cacheName === 'full' ? 'full (fp16)' : 'xquant-1.38 layer (2-bit K, 1-bit V, η)', variant, layersRotated: layers, bytes, ...t, updateMs: up.ms, GBps: bytes / (t.ms * 1e6), GBps_b2b: bytes / (t.b2bMs * 1e6) };
+  return { T, qHeads, kvHeads, headDim: D, cache: cacheName === 'full' ? 'full (fp16)' : 'xquant-1.38 layer (2-bit K, 1-bit V, η)', variant, dispatch, layersRotated: layers, bytes, ...t, updateMs: up.ms, GBps: bytes / (t.ms * 1e6), GBps_b2b: bytes / (t.b2bMs * 1e6) };
 }
 
 // ---- end to end ---------------------------------------------------------------------------------------------------

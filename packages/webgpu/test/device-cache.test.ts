@@ -3,7 +3,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKvCache } from '@xquant/tfjs';
 import { DeviceKvCache, type DeviceQuantizedConfig } from '../src/index.js';
-import { compare, device, gpu, reason } from './device-compare.js';
+import { buffer, compare, device, gpu, identityRope, reason } from './device-compare.js';
 
 describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason || 'WebGPU adapter'})`, () => {
   beforeAll(async () => {
@@ -60,6 +60,29 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
   it('groups wider than fp16 (values in ±60000): the CPU cache\'s exact range and bounded scale, finite outputs', async () => {
     const { maxRel } = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 32 }, qHeads: 4, kvHeads: 2, amplitude: 60000, tuning: { slot: 16, small: null } }, 70, 2);
     expect(maxRel).toBeLessThan(2e-5);
+  }, 600_000);
+
+  it('the short-context geometry runs while the main one, counted in chunks × KV heads × head groups, has fewer than 256 workgroups', async () => {
+    const dev = device!;
+    const D = 64;
+    const cpu = createKvCache('kivi-2', { layers: 1, kvHeads: 2, headDim: D }, { residualLength: 32 }) as unknown as { config: DeviceQuantizedConfig };
+    // main: 64 threads × 4-token slots (256-token chunks), 2 of the 4 query heads per workgroup; short: 128-token chunks
+    const cache = await DeviceKvCache.create(dev, { layers: 1, qHeads: 8, kvHeads: 2, headDim: D }, { kind: 'quantized', config: cpu.config }, { capacity: 20_001, tuning: { workgroup: 64, slot: 4, headsPerGroup: 2 } });
+    const io = { qkv: buffer(dev, new Float32Array(12 * D)), rope: buffer(dev, identityRope(cache.capacity, D)), out: buffer(dev, new Float32Array(8 * D)) };
+    cache.attach(io);
+    try {
+      // 20 000 tokens: 79 chunks × 2 KV heads × 2 head groups = 316 workgroups → main (chunks × KV heads alone: 158)
+      await cache.fillSynthetic(19_999);
+      cache.beginPosition();
+      expect(cache.attentionDispatch()).toEqual({ geometry: 'main', workgroup: 64, slot: 4, headsPerGroup: 2, chunks: 79, workgroups: 316 });
+      // 10 000 tokens: 40 × 2 × 2 = 160 → short-context, 79 chunks of 128 tokens
+      await cache.fillSynthetic(9_999);
+      cache.beginPosition();
+      expect(cache.attentionDispatch()).toEqual({ geometry: 'short-context', workgroup: 32, slot: 4, headsPerGroup: 2, chunks: 79, workgroups: 316 });
+    } finally {
+      cache.dispose();
+      for (const b of Object.values(io)) b.destroy();
+    }
   }, 600_000);
 
   describe("valueDot 'int8' (quad value layout, dot4I8Packed mix)", () => {

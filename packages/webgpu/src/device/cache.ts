@@ -540,6 +540,20 @@ export class DeviceKvCache {
     pass.dispatchWorkgroups(Math.min(wgs, 65535), Math.ceil(wgs / 65535));
   }
 
+  /**
+   * The decode-attention dispatch of layer `layer` at the current position (after {@link DeviceKvCache.beginPosition}):
+   * which geometry runs (`'main'`, or `'short-context'` while the main one would give fewer than 256 workgroups), its
+   * threads per workgroup, token slot, query heads per workgroup, chunks and workgroups. For logs and benchmarks.
+   */
+  attentionDispatch(layer = 0): { geometry: 'main' | 'short-context'; workgroup: number; slot: number; headsPerGroup: number; chunks: number; workgroups: number } {
+    const l = this.layerOf(layer);
+    const small = Boolean(this.useSmall && l.decodePipeSmall);
+    const g = small ? l.decodeSmall! : l.decode;
+    const rep = this.shape.qHeads / this.shape.kvHeads;
+    const workgroups = this.nc * Math.ceil(rep / g.headsPerGroup) * this.shape.kvHeads;
+    return { geometry: small ? 'short-context' : 'main', workgroup: g.workgroup, slot: g.slot ?? 16, headsPerGroup: g.headsPerGroup, chunks: this.nc, workgroups };
+  }
+
   /** Encode the attention and merge passes alone (the rotated queries must be in {@link DeviceKvCache.queries}). */
   encodeAttention(pass: GPUComputePassEncoder, layer: number): void {
     const l = this.layerOf(layer);
