@@ -61,8 +61,9 @@ const LAYOUTS: { name: string; parts: [number, number][]; shared?: boolean }[] =
 describe('codebook kernels', () => {
   for (const { name, parts, shared } of LAYOUTS) {
     it(`${name}: packing round-trips and the kernels equal dequantize-then-attend`, () => {
-      const H = 2, T = 37, rows = 6; // GQA: 3 query rows per KV head
-      for (const fmt of ['fp16', 'e4m3', 'log8'] as ScaleFormat[]) {
+      const H = 2, T = 37;
+      // 1, 3 and 5 query rows per KV head (the kernels take query rows 4 at a time)
+      for (const [fmt, rows] of [['fp16', 6], ['e4m3', 6], ['log8', 6], ['fp16', 2], ['fp16', 10]] as [ScaleFormat, number][]) {
         const { view, codes, scales } = randomView(parts, H, T, fmt, 11 + parts.length, shared);
         const D = view.headDim;
         // oracle 1: dequantize from the known codes and scales

@@ -161,29 +161,76 @@ function flatten(v: CodebookKvView): Flat {
   return f;
 }
 
-/** x̂ of row `r` into `row` (channel order): codes read from the bit stream, times the segment's level and scale. */
-function dequantRow(f: Flat, w: Uint32Array, base: number, scales: Uint8Array | Uint16Array, sbase: number, table: Float32Array, row: Float32Array): void {
-  for (let si = 0; si < f.n; si++) {
-    const b = f.bits[si]!;
-    const mask = (1 << b) - 1;
-    const sc = table[scales[sbase + f.slot[si]!]!]!;
-    const lo = f.levelOff[si]!;
-    const lv = f.levels;
-    let pos = f.off[si]!;
-    for (let c = f.start[si]!, end = f.end[si]!; c < end; c++, pos += b) {
+/** Up to 4 consecutive query rows of one KV head: their offsets (a missing row points at `zero`). */
+interface RowQuad {
+  n: number;
+  o0: number;
+  o1: number;
+  o2: number;
+  o3: number;
+}
+
+function quads(per: number, h: number, stride: number, missing: number): RowQuad[] {
+  const out: RowQuad[] = [];
+  for (let j0 = 0; j0 < per; j0 += 4) {
+    const o = (k: number) => (j0 + k < per ? (h * per + j0 + k) * stride : missing);
+    out.push({ n: Math.min(4, per - j0), o0: o(0), o1: o(1), o2: o(2), o3: o(3) });
+  }
+  return out;
+}
+
+/**
+ * `Σ_c x_k[c]·level(code_c)` for 4 vectors `x_k` (offsets `o0…o3` into `x`, channel-indexed) over one segment of a
+ * row: codes read from the bit stream once (word by word when no code straddles two words), each level used 4 times.
+ * Returns the 4 sums in `sum[0…3]`.
+ */
+function segmentDots(f: Flat, si: number, w: Uint32Array, base: number, x: Float32Array, o0: number, o1: number, o2: number, o3: number, sum: Float64Array): void {
+  const b = f.bits[si]!;
+  const mask = (1 << b) - 1;
+  const lv = f.levels;
+  const lo = f.levelOff[si]!;
+  let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  let pos = f.off[si]!;
+  const end = f.end[si]!;
+  let c = f.start[si]!;
+  if ((32 % b === 0) && pos % b === 0) {
+    // no code straddles a word: one load per word, shifts within it
+    while (c < end) {
+      let word = w[base + (pos >>> 5)]! >>> (pos & 31);
+      const n = Math.min((32 - (pos & 31)) / b, end - c);
+      for (let k = 0; k < n; k++, c++, word >>>= b) {
+        const l = lv[lo + (word & mask)]!;
+        s0 += x[o0 + c]! * l;
+        s1 += x[o1 + c]! * l;
+        s2 += x[o2 + c]! * l;
+        s3 += x[o3 + c]! * l;
+      }
+      pos += n * b;
+    }
+  } else {
+    for (; c < end; c++, pos += b) {
       const wi = base + (pos >>> 5);
       const sh = pos & 31;
-      let x = w[wi]! >>> sh;
-      if (sh + b > 32) x |= w[wi + 1]! << (32 - sh);
-      row[c] = sc * lv[lo + (x & mask)]!;
+      let v = w[wi]! >>> sh;
+      if (sh + b > 32) v |= w[wi + 1]! << (32 - sh);
+      const l = lv[lo + (v & mask)]!;
+      s0 += x[o0 + c]! * l;
+      s1 += x[o1 + c]! * l;
+      s2 += x[o2 + c]! * l;
+      s3 += x[o3 + c]! * l;
     }
   }
+  sum[0] = s0;
+  sum[1] = s1;
+  sum[2] = s2;
+  sum[3] = s3;
 }
 
 /**
  * `out[j·rowStride + t] = Σ_c q[j, c]·k̂[kv(j), t, c]` for the `rows` query vectors `q` (`[rows, headDim]`), over
- * codebook-coded keys; query row j reads KV head ⌊j / (rows/heads)⌋ (GQA: rows are grouped by KV head). Each key row
- * is decoded once (codes × level × scale) and dotted with every query row of its head.
+ * codebook-coded keys; query row j reads KV head ⌊j / (rows/heads)⌋ (GQA: rows are grouped by KV head). Per segment
+ * of a key row, 4 query rows at a time take `Σ_c q[c]·level(code_c)` from one pass over the codes, times the
+ * segment's scale (the row is never dequantized).
  * @throws {@link XqShapeError} for an inconsistent view or short arrays.
  */
 export function codebookKeyScores(q: Float32Array, rows: number, keys: CodebookKvView, out: Float32Array, rowStride = keys.tokens): Float32Array {
@@ -194,19 +241,27 @@ export function codebookKeyScores(q: Float32Array, rows: number, keys: CodebookK
   if (out.length < (rows - 1) * rowStride + T) throw new XqShapeError(`codebookKeyScores: out has ${out.length} elements; ${(rows - 1) * rowStride + T} needed`);
   const per = rows / H;
   const f = flatten(keys);
-  const row = new Float32Array(D);
+  // q followed by one zero row (the missing rows of a quad read it)
+  const x = new Float32Array(rows * D + D);
+  x.set(q.subarray(0, rows * D));
+  const qs = Array.from({ length: H }, (_, h) => quads(per, h, D, rows * D));
   const w = keys.packed as Uint32Array;
   const spr = keys.scalesPerRow;
+  const sum = new Float64Array(4);
+  const acc = new Float64Array(4);
   for (let t = 0; t < T; t++) {
     for (let h = 0; h < H; h++) {
       const r = t * H + h;
-      dequantRow(f, w, r * keys.rowWords, keys.scales, r * spr, keys.scaleTable, row);
-      for (let jj = 0; jj < per; jj++) {
-        const j = h * per + jj;
-        const qo = j * D;
-        let a = 0;
-        for (let c = 0; c < D; c++) a += q[qo + c]! * row[c]!;
-        out[j * rowStride + t] = a;
+      const base = r * keys.rowWords;
+      for (const g of qs[h]!) {
+        acc.fill(0);
+        for (let si = 0; si < f.n; si++) {
+          const sc = keys.scaleTable[keys.scales[r * spr + f.slot[si]!]!]!;
+          segmentDots(f, si, w, base, x, g.o0, g.o1, g.o2, g.o3, sum);
+          for (let k = 0; k < 4; k++) acc[k] = acc[k]! + sc * sum[k]!;
+        }
+        const j0 = g.o0 / D;
+        for (let k = 0; k < g.n; k++) out[(j0 + k) * rowStride + t] = acc[k]!;
       }
     }
   }
@@ -215,8 +270,8 @@ export function codebookKeyScores(q: Float32Array, rows: number, keys: CodebookK
 
 /**
  * `out[j·headDim + c] = Σ_t p[j·rowStride + t]·v̂[kv(j), t, c]` over codebook-coded values (`out` is overwritten),
- * the rows grouped by KV head as in {@link codebookKeyScores}. Each value row is decoded once and mixed into every
- * query row of its head.
+ * the rows grouped by KV head as in {@link codebookKeyScores}. Each value row is decoded once per 4 query rows
+ * (codes → level → × scale) and mixed into their float64 accumulators.
  * @throws {@link XqShapeError} for an inconsistent view or short arrays.
  */
 export function codebookValueMix(p: Float32Array, rows: number, values: CodebookKvView, out: Float32Array, rowStride = values.tokens): Float32Array {
@@ -226,20 +281,61 @@ export function codebookValueMix(p: Float32Array, rows: number, values: Codebook
   if (out.length < rows * D) throw new XqShapeError(`codebookValueMix: out has ${out.length} elements; ${rows * D} needed`);
   const per = rows / H;
   const f = flatten(values);
-  const row = new Float32Array(D);
-  const acc = new Float64Array(rows * D);
+  // one accumulator row per query row plus a scratch row for the missing rows of a quad
+  const acc = new Float64Array(rows * D + D);
+  const qs = Array.from({ length: H }, (_, h) => quads(per, h, D, rows * D));
   const w = values.packed as Uint32Array;
   const spr = values.scalesPerRow;
+  const lv = f.levels;
   for (let t = 0; t < T; t++) {
     for (let h = 0; h < H; h++) {
       const r = t * H + h;
-      dequantRow(f, w, r * values.rowWords, values.scales, r * spr, values.scaleTable, row);
-      for (let jj = 0; jj < per; jj++) {
-        const j = h * per + jj;
-        const pw = p[j * rowStride + t]!;
-        if (pw === 0) continue;
-        const o = j * D;
-        for (let c = 0; c < D; c++) acc[o + c] = acc[o + c]! + pw * row[c]!;
+      const base = r * values.rowWords;
+      for (const g of qs[h]!) {
+        const j0 = g.o0 / D;
+        const p0 = p[j0 * rowStride + t]!;
+        const p1 = g.n > 1 ? p[(j0 + 1) * rowStride + t]! : 0;
+        const p2 = g.n > 2 ? p[(j0 + 2) * rowStride + t]! : 0;
+        const p3 = g.n > 3 ? p[(j0 + 3) * rowStride + t]! : 0;
+        if (p0 === 0 && p1 === 0 && p2 === 0 && p3 === 0) continue;
+        const { o0, o1, o2, o3 } = g;
+        for (let si = 0; si < f.n; si++) {
+          const sc = values.scaleTable[values.scales[r * spr + f.slot[si]!]!]!;
+          const w0 = p0 * sc, w1 = p1 * sc, w2 = p2 * sc, w3 = p3 * sc;
+          const b = f.bits[si]!;
+          const mask = (1 << b) - 1;
+          const lo = f.levelOff[si]!;
+          let pos = f.off[si]!;
+          const end = f.end[si]!;
+          let c = f.start[si]!;
+          if (32 % b === 0 && pos % b === 0) {
+            // no code straddles a word: one load per word, shifts within it
+            while (c < end) {
+              let word = w[base + (pos >>> 5)]! >>> (pos & 31);
+              const n = Math.min((32 - (pos & 31)) / b, end - c);
+              for (let k = 0; k < n; k++, c++, word >>>= b) {
+                const l = lv[lo + (word & mask)]!;
+                acc[o0 + c] = acc[o0 + c]! + w0 * l;
+                acc[o1 + c] = acc[o1 + c]! + w1 * l;
+                acc[o2 + c] = acc[o2 + c]! + w2 * l;
+                acc[o3 + c] = acc[o3 + c]! + w3 * l;
+              }
+              pos += n * b;
+            }
+          } else {
+            for (; c < end; c++, pos += b) {
+              const wi = base + (pos >>> 5);
+              const sh = pos & 31;
+              let v = w[wi]! >>> sh;
+              if (sh + b > 32) v |= w[wi + 1]! << (32 - sh);
+              const l = lv[lo + (v & mask)]!;
+              acc[o0 + c] = acc[o0 + c]! + w0 * l;
+              acc[o1 + c] = acc[o1 + c]! + w1 * l;
+              acc[o2 + c] = acc[o2 + c]! + w2 * l;
+              acc[o3 + c] = acc[o3 + c]! + w3 * l;
+            }
+          }
+        }
       }
     }
   }
