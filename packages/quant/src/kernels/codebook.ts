@@ -71,19 +71,20 @@ export function assertCodebookView(v: CodebookKvView): void {
   if (v.scales.length < v.tokens * v.heads * v.scalesPerRow) bad(`scales has ${v.scales.length} entries; ${v.tokens * v.heads * v.scalesPerRow} needed`);
 }
 
+/** The bits of the row at word `base` from bit `pos` on (at least `bits` of them, a code straddling two words joined). */
+function bitsAt(w: Uint32Array, base: number, pos: number, bits: number): number {
+  const wi = base + (pos >>> 5);
+  const sh = pos & 31;
+  return sh + bits > 32 ? (w[wi]! >>> sh) | (w[wi + 1]! << (32 - sh)) : w[wi]! >>> sh;
+}
+
 /** Decode the codes of one row into `codes` (channel order). */
 function decodeRow(v: CodebookKvView, base: number, codes: Uint8Array): void {
   const w = v.packed;
   for (const s of v.segments) {
     const mask = (1 << s.bits) - 1;
     let pos = s.bitOffset;
-    for (let c = s.start, end = s.start + s.length; c < end; c++, pos += s.bits) {
-      const wi = base + (pos >>> 5);
-      const sh = pos & 31;
-      let x = w[wi]! >>> sh;
-      if (sh + s.bits > 32) x |= w[wi + 1]! << (32 - sh);
-      codes[c] = x & mask;
-    }
+    for (let c = s.start, end = s.start + s.length; c < end; c++, pos += s.bits) codes[c] = bitsAt(w, base, pos, s.bits) & mask;
   }
 }
 
@@ -209,11 +210,7 @@ function segmentDots(f: Flat, si: number, w: Uint32Array, base: number, x: Float
     }
   } else {
     for (; c < end; c++, pos += b) {
-      const wi = base + (pos >>> 5);
-      const sh = pos & 31;
-      let v = w[wi]! >>> sh;
-      if (sh + b > 32) v |= w[wi + 1]! << (32 - sh);
-      const l = lv[lo + (v & mask)]!;
+      const l = lv[lo + (bitsAt(w, base, pos, b) & mask)]!;
       s0 += x[o0 + c]! * l;
       s1 += x[o1 + c]! * l;
       s2 += x[o2 + c]! * l;
@@ -324,11 +321,7 @@ export function codebookValueMix(p: Float32Array, rows: number, values: Codebook
             }
           } else {
             for (; c < end; c++, pos += b) {
-              const wi = base + (pos >>> 5);
-              const sh = pos & 31;
-              let v = w[wi]! >>> sh;
-              if (sh + b > 32) v |= w[wi + 1]! << (32 - sh);
-              const l = lv[lo + (v & mask)]!;
+              const l = lv[lo + (bitsAt(w, base, pos, b) & mask)]!;
               acc[o0 + c] = acc[o0 + c]! + w0 * l;
               acc[o1 + c] = acc[o1 + c]! + w1 * l;
               acc[o2 + c] = acc[o2 + c]! + w2 * l;
