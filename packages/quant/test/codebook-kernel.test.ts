@@ -111,6 +111,19 @@ describe('codebook kernels', () => {
     });
   }
 
+  it('a segment list edited in place between calls is read afresh (the kernels keep flat tables per list)', () => {
+    const { view } = randomView([[32, 3], [32, 2]], 2, 9, 'fp16', 5);
+    const q = Float32Array.from({ length: 4 * 64 }, (_, i) => Math.sin(i));
+    const before = codebookKeyScores(q, 4, view, new Float32Array(4 * 9)).slice();
+    const p = Float32Array.from({ length: 4 * 9 }, (_, i) => 0.1 + Math.cos(i) ** 2);
+    const mixBefore = codebookValueMix(p, 4, view, new Float32Array(4 * 64)).slice();
+    for (const s of view.segments) for (let k = 0; k < s.levels.length; k++) s.levels[k] = s.levels[k]! * 2;
+    const after = codebookKeyScores(q, 4, view, new Float32Array(4 * 9));
+    const mixAfter = codebookValueMix(p, 4, view, new Float32Array(4 * 64));
+    before.forEach((x, i) => expect(after[i]).toBeCloseTo(2 * x, 4));
+    mixBefore.forEach((x, i) => expect(mixAfter[i]).toBeCloseTo(2 * x, 4));
+  });
+
   it('reject inconsistent views and short arrays with XqShapeError', () => {
     const { view } = randomView([[64, 2]], 2, 4, 'fp16', 3);
     const q = new Float32Array(2 * 64);

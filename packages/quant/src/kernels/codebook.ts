@@ -144,7 +144,32 @@ interface Flat {
   levels: Float32Array;
 }
 
+/** Flat tables of the segment lists seen so far (a cache keeps one list per layout and calls once per chunk). */
+const flatCache = new WeakMap<readonly CodebookSegment[], Flat>();
+
+/** Whether `f` still describes `S` (a list may have been edited in place since it was flattened). */
+function flatMatches(f: Flat, S: readonly CodebookSegment[]): boolean {
+  if (f.n !== S.length) return false;
+  for (let i = 0; i < f.n; i++) {
+    const s = S[i]!;
+    if (f.start[i] !== s.start || f.end[i] !== s.start + s.length || f.bits[i] !== s.bits || f.off[i] !== s.bitOffset || f.slot[i] !== s.scaleSlot) return false;
+    const lo = f.levelOff[i]!;
+    const len = (i + 1 < f.n ? f.levelOff[i + 1]! : f.levels.length) - lo;
+    if (len !== s.levels.length) return false;
+    for (let k = 0; k < len; k++) if (f.levels[lo + k] !== Math.fround(s.levels[k]!)) return false;
+  }
+  return true;
+}
+
 function flatten(v: CodebookKvView): Flat {
+  const cached = flatCache.get(v.segments);
+  if (cached && flatMatches(cached, v.segments)) return cached;
+  const f = flattenNew(v);
+  flatCache.set(v.segments, f);
+  return f;
+}
+
+function flattenNew(v: CodebookKvView): Flat {
   const S = v.segments;
   const n = S.length;
   const f: Flat = { n, start: new Int32Array(n), end: new Int32Array(n), bits: new Int32Array(n), off: new Int32Array(n), slot: new Int32Array(n), levelOff: new Int32Array(n), levels: new Float32Array(S.reduce((a, s) => a + s.levels.length, 0)) };
@@ -162,7 +187,7 @@ function flatten(v: CodebookKvView): Flat {
   return f;
 }
 
-/** Up to 4 consecutive query rows of one KV head: their offsets (a missing row points at `zero`). */
+/** Up to 4 consecutive query rows of one KV head: their offsets (a missing row points at `missing`, by default at the first row: computed, never written). */
 interface RowQuad {
   n: number;
   o0: number;
@@ -171,10 +196,10 @@ interface RowQuad {
   o3: number;
 }
 
-function quads(per: number, h: number, stride: number, missing: number): RowQuad[] {
+function quads(per: number, h: number, stride: number, missing?: number): RowQuad[] {
   const out: RowQuad[] = [];
   for (let j0 = 0; j0 < per; j0 += 4) {
-    const o = (k: number) => (j0 + k < per ? (h * per + j0 + k) * stride : missing);
+    const o = (k: number) => (j0 + k < per ? (h * per + j0 + k) * stride : (missing ?? (h * per + j0) * stride));
     out.push({ n: Math.min(4, per - j0), o0: o(0), o1: o(1), o2: o(2), o3: o(3) });
   }
   return out;
@@ -238,10 +263,8 @@ export function codebookKeyScores(q: Float32Array, rows: number, keys: CodebookK
   if (out.length < (rows - 1) * rowStride + T) throw new XqShapeError(`codebookKeyScores: out has ${out.length} elements; ${(rows - 1) * rowStride + T} needed`);
   const per = rows / H;
   const f = flatten(keys);
-  // q followed by one zero row (the missing rows of a quad read it)
-  const x = new Float32Array(rows * D + D);
-  x.set(q.subarray(0, rows * D));
-  const qs = Array.from({ length: H }, (_, h) => quads(per, h, D, rows * D));
+  const x = q;
+  const qs = Array.from({ length: H }, (_, h) => quads(per, h, D));
   const w = keys.packed as Uint32Array;
   const spr = keys.scalesPerRow;
   const sum = new Float64Array(4);
