@@ -67,7 +67,7 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     const D = 64;
     const cpu = createKvCache('kivi-2', { layers: 1, kvHeads: 2, headDim: D }, { residualLength: 32 }) as unknown as { config: DeviceQuantizedConfig };
     // main: 64 threads × 4-token slots (256-token chunks), 2 of the 4 query heads per workgroup; short: 128-token chunks
-    const cache = await DeviceKvCache.create(dev, { layers: 1, qHeads: 8, kvHeads: 2, headDim: D }, { kind: 'quantized', config: cpu.config }, { capacity: 20_001, tuning: { workgroup: 64, slot: 4, headsPerGroup: 2 } });
+    const cache = await DeviceKvCache.create(dev, { layers: 1, qHeads: 8, kvHeads: 2, headDim: D }, { kind: 'quantized', config: cpu.config }, { capacity: 20_001, tuning: { workgroup: 64, slot: 4, headsPerGroup: 2, medium: null } });
     const io = { qkv: buffer(dev, new Float32Array(12 * D)), rope: buffer(dev, identityRope(cache.capacity, D)), out: buffer(dev, new Float32Array(8 * D)) };
     cache.attach(io);
     try {
@@ -79,6 +79,32 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       await cache.fillSynthetic(9_999);
       cache.beginPosition();
       expect(cache.attentionDispatch()).toEqual({ geometry: 'short-context', workgroup: 32, slot: 4, headsPerGroup: 2, chunks: 79, workgroups: 316 });
+    } finally {
+      cache.dispose();
+      for (const b of Object.values(io)) b.destroy();
+    }
+  }, 600_000);
+
+  it('the mid-length geometry (half the main workgroup) runs while the main one has fewer than 512 workgroups and it at least 256', async () => {
+    const dev = device!;
+    const D = 64;
+    const cpu = createKvCache('kivi-2', { layers: 1, kvHeads: 2, headDim: D }, { residualLength: 32 }) as unknown as { config: DeviceQuantizedConfig };
+    // main: 128 threads × 4-token slots (512-token chunks); medium by default 64 × 4 (256); short 32 × 4 (128)
+    const cache = await DeviceKvCache.create(dev, { layers: 1, qHeads: 8, kvHeads: 2, headDim: D }, { kind: 'quantized', config: cpu.config }, { capacity: 70_001, tuning: { workgroup: 128, slot: 4, headsPerGroup: 2 } });
+    const io = { qkv: buffer(dev, new Float32Array(12 * D)), rope: buffer(dev, identityRope(cache.capacity, D)), out: buffer(dev, new Float32Array(8 * D)) };
+    cache.attach(io);
+    const at = async (tokens: number) => {
+      await cache.fillSynthetic(tokens - 1);
+      cache.beginPosition();
+      return cache.attentionDispatch();
+    };
+    try {
+      // 137 chunks × 2 KV heads × 2 head groups = 548 ≥ 512 → main
+      expect(await at(70_000)).toMatchObject({ geometry: 'main', workgroup: 128, chunks: 137, workgroups: 548 });
+      // main 40 × 4 = 160; medium 79 × 4 = 316 ≥ 256 → medium
+      expect(await at(20_000)).toMatchObject({ geometry: 'medium', workgroup: 64, slot: 4, chunks: 79, workgroups: 316 });
+      // main 10 × 4 = 40, medium 20 × 4 = 80 → short-context
+      expect(await at(5_000)).toMatchObject({ geometry: 'short-context', workgroup: 32, chunks: 40, workgroups: 160 });
     } finally {
       cache.dispose();
       for (const b of Object.values(io)) b.destroy();

@@ -115,6 +115,13 @@ export interface DeviceAttentionTuning {
    * default `{ workgroup: 32, slot: 4 }` (128-token chunks). `null`: always the main geometry.
    */
   small?: { workgroup: number; slot: number } | null;
+  /**
+   * Geometry for mid-length contexts, used while the main one would give fewer than 512 workgroups and this one at
+   * least 256. Default for packed codes with GQA: half the main workgroup with the same slot (half-size chunks, so a
+   * partial last chunk leaves less of a second wave: at 32 800 tokens, 32/8 heads, 0.039 against 0.050 ms on an H200,
+   * docs/gpu/README.md); none otherwise. `null`: none. Not available with the int8 paths.
+   */
+  medium?: { workgroup: number; slot: number } | null;
 }
 
 /** Options of {@link DeviceKvCache.create}. */
@@ -163,6 +170,8 @@ interface LayerRes {
   decodePipe?: GPUComputePipeline;
   decodePipeSmall?: GPUComputePipeline;
   decodeSmall: DecodeSpec | null;
+  decodePipeMedium?: GPUComputePipeline;
+  decodeMedium: DecodeSpec | null;
   updateBG?: GPUBindGroup;
   decodeBG?: GPUBindGroup;
   combineBG?: GPUBindGroup;
@@ -234,9 +243,13 @@ export class DeviceKvCache {
   readonly chunk: number;
   /** Tokens per chunk of the short-context geometry. */
   readonly smallChunk: number;
+  /** Tokens per chunk of the mid-length geometry (the main chunk when there is none). */
+  readonly mediumChunk: number;
+  /** Workgroups per chunk and KV head of the mid-length geometry. */
+  private readonly mediumHeadGroups: number;
   /** Workgroups per chunk and KV head of the main geometry (query heads ÷ heads per workgroup, rounded up). */
   private readonly headGroups: number;
-  private useSmall = false;
+  private geometry: 'main' | 'medium' | 'short-context' = 'main';
   private tokensHeld = 0;
   private readonly layers: LayerRes[];
   private readonly step: GPUBuffer;
@@ -307,6 +320,16 @@ export class DeviceKvCache {
     this.smallChunk = small ? chunkTokens(small) : this.chunk;
     let hgSmall = hg;
     while (small && hgSmall > 1 && shared(small, hgSmall) > limit) hgSmall--;
+    // default only where measured: packed codes with GQA (256 → 128 threads on an H200)
+    const medium = tuning.medium === undefined ? (spec.kind === 'quantized' && rep > 1 && wg >= 64 && !int8 && !int8Values ? { workgroup: wg / 2, slot } : null) : tuning.medium;
+    if (medium && (![32, 64, 128, 256].includes(medium.workgroup) || ![4, 8, 16].includes(medium.slot))) {
+      throw new XqConfigError('E_CONFIG', `medium geometry: workgroup 32…256 and slot 4, 8 or 16; got ${JSON.stringify(medium)}`);
+    }
+    if (medium && (int8 || int8Values)) throw new XqConfigError('E_CONFIG', 'the medium geometry is not available with the int8 key or value paths');
+    this.mediumChunk = medium ? chunkTokens(medium) : this.chunk;
+    let hgMedium = hg;
+    while (medium && hgMedium > 1 && shared(medium, hgMedium) > limit) hgMedium--;
+    this.mediumHeadGroups = Math.ceil(rep / hgMedium);
     const cfg = spec.kind === 'quantized' ? spec.config : null;
     this.quantized = cfg !== null;
     this.R = cfg?.residualLength ?? 1;
@@ -331,7 +354,7 @@ export class DeviceKvCache {
         });
       }
     }
-    const unit = lcm(lcm(this.chunk, this.smallChunk), cfg ? cfg.residualLength * 2 : 1);
+    const unit = lcm(lcm(lcm(this.chunk, this.smallChunk), this.mediumChunk), cfg ? cfg.residualLength * 2 : 1);
     if (!Number.isInteger(capacity) || capacity <= 0) throw new XqShapeError(`device cache: capacity must be a positive integer; got ${String(capacity)}`);
     this.capacity = Math.ceil(capacity / unit) * unit;
     const unroll = tuning.unroll ?? 4;
@@ -383,13 +406,17 @@ export class DeviceKvCache {
         update: { qHeads, kvHeads, headDim: D, keys, values, residualLength: R, keyMetaOffset, valueMetaOffset, valueRingOffset: keyRing / 4, rope: true, ...(int8 ? { keyLayout: 'quad' as const } : {}), ...(int8Values ? { valueLayout: 'quad' as const } : {}) },
         decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll, ...dot, ...(tuning.valueUnroll ? { valueUnroll: tuning.valueUnroll } : {}), ...(tuning.valueSlot ? { valueSlot: tuning.valueSlot } : {}), ...(tuning.debugSkip ? { debugSkip: tuning.debugSkip } : {}) },
         decodeSmall: null,
+        decodeMedium: null,
       });
     }
     this.step = device.createBuffer({ size: STEP_BYTES, usage: UNIFORM | COPY_DST, label: 'device cache step' });
     if (small && this.smallChunk !== this.chunk) {
       for (const l of this.layers) l.decodeSmall = { ...l.decode, ...small, headsPerGroup: hgSmall };
     }
-    const maxChunks = Math.ceil(cap / Math.min(this.chunk, this.smallChunk));
+    if (medium && this.mediumChunk !== this.chunk) {
+      for (const l of this.layers) l.decodeMedium = { ...l.decode, ...medium, headsPerGroup: hgMedium };
+    }
+    const maxChunks = Math.ceil(cap / Math.min(this.chunk, this.smallChunk, this.mediumChunk));
     this.parts = make(qHeads * maxChunks * (D + 2) * 4, 'attention partials');
     this.qbuf = make(qHeads * D * 4, 'rotated queries');
     this.dummy = make(ALIGN, 'unused binding');
@@ -435,10 +462,11 @@ export class DeviceKvCache {
     this.combinePipe = await k.pipeline(combineSource(this.shape.headDim), LAYOUTS.combine, 'device cache merge');
     await Promise.all(
       this.layers.map(async (l, i) => {
-        [l.updatePipe, l.decodePipe, l.decodePipeSmall] = await Promise.all([
+        [l.updatePipe, l.decodePipe, l.decodePipeSmall, l.decodePipeMedium] = await Promise.all([
           k.pipeline(updateKernelSource(l.update), LAYOUTS.update, `layer ${i} update`),
           k.pipeline(decodeKernelSource(l.decode), LAYOUTS.decode, `layer ${i} attention`),
           l.decodeSmall ? k.pipeline(decodeKernelSource(l.decodeSmall), LAYOUTS.decode, `layer ${i} attention (short contexts)`) : Promise.resolve(undefined),
+          l.decodeMedium ? k.pipeline(decodeKernelSource(l.decodeMedium), LAYOUTS.decode, `layer ${i} attention (mid-length contexts)`) : Promise.resolve(undefined),
         ]);
       }),
     );
@@ -497,10 +525,19 @@ export class DeviceKvCache {
     if (p >= this.capacity) throw new XqStateError('E_STATE', `the device cache is full (${this.capacity} tokens)`);
     const n = p + 1;
     const R = this.R;
-    // the short-context geometry while the main one would give fewer than 256 workgroups (chunks × KV heads × head groups)
+    // workgroups = chunks × KV heads × head groups. Main while it gives ≥ 512; else the mid-length geometry while that
+    // gives ≥ 256; else the short-context one (while the main gives < 256). Thresholds from H200 rows (docs/gpu)
+    const kvh = this.shape.kvHeads;
     const big = Math.ceil(n / this.chunk);
-    this.useSmall = this.smallChunk !== this.chunk && big * this.shape.kvHeads * this.headGroups < 256;
-    this.nc = this.useSmall ? Math.ceil(n / this.smallChunk) : big;
+    const mid = Math.ceil(n / this.mediumChunk);
+    const hasSmall = this.smallChunk !== this.chunk;
+    const hasMedium = this.mediumChunk !== this.chunk;
+    const wMain = big * kvh * this.headGroups;
+    if (hasMedium && wMain < 512 && mid * kvh * this.mediumHeadGroups >= 256) this.geometry = 'medium';
+    else if (hasSmall && wMain < 256) this.geometry = 'short-context';
+    else if (hasMedium && wMain < 512) this.geometry = 'medium';
+    else this.geometry = 'main';
+    this.nc = this.geometry === 'main' ? big : this.geometry === 'medium' ? mid : Math.ceil(n / this.smallChunk);
     const v: Record<(typeof STEP_FIELDS)[number], number> = {
       n,
       tk: this.quantized ? Math.floor(p / R) * R : 0,
@@ -542,26 +579,32 @@ export class DeviceKvCache {
 
   /**
    * The decode-attention dispatch of layer `layer` at the current position (after {@link DeviceKvCache.beginPosition}):
-   * which geometry runs (`'main'`, or `'short-context'` while the main one would give fewer than 256 workgroups), its
-   * threads per workgroup, token slot, query heads per workgroup, chunks and workgroups. For logs and benchmarks.
+   * which geometry runs (`'main'`; `'medium'` while the main one would give fewer than 512 workgroups and it at least
+   * 256; `'short-context'` while the main one would give fewer than 256), its threads per workgroup, token slot, query
+   * heads per workgroup, chunks and workgroups. For logs and benchmarks.
    */
-  attentionDispatch(layer = 0): { geometry: 'main' | 'short-context'; workgroup: number; slot: number; headsPerGroup: number; chunks: number; workgroups: number } {
-    const l = this.layerOf(layer);
-    const small = Boolean(this.useSmall && l.decodePipeSmall);
-    const g = small ? l.decodeSmall! : l.decode;
+  attentionDispatch(layer = 0): { geometry: 'main' | 'medium' | 'short-context'; workgroup: number; slot: number; headsPerGroup: number; chunks: number; workgroups: number } {
+    const { spec: g } = this.decodeOf(this.layerOf(layer));
     const rep = this.shape.qHeads / this.shape.kvHeads;
     const workgroups = this.nc * Math.ceil(rep / g.headsPerGroup) * this.shape.kvHeads;
-    return { geometry: small ? 'short-context' : 'main', workgroup: g.workgroup, slot: g.slot ?? 16, headsPerGroup: g.headsPerGroup, chunks: this.nc, workgroups };
+    return { geometry: this.geometry, workgroup: g.workgroup, slot: g.slot ?? 16, headsPerGroup: g.headsPerGroup, chunks: this.nc, workgroups };
+  }
+
+  /** The decode kernel of a layer for the current geometry. */
+  private decodeOf(l: LayerRes): { spec: DecodeSpec; pipe: GPUComputePipeline } {
+    if (this.geometry === 'medium') return { spec: l.decodeMedium!, pipe: l.decodePipeMedium! };
+    if (this.geometry === 'short-context') return { spec: l.decodeSmall!, pipe: l.decodePipeSmall! };
+    return { spec: l.decode, pipe: l.decodePipe! };
   }
 
   /** Encode the attention and merge passes alone (the rotated queries must be in {@link DeviceKvCache.queries}). */
   encodeAttention(pass: GPUComputePassEncoder, layer: number): void {
     const l = this.layerOf(layer);
     const rep = this.shape.qHeads / this.shape.kvHeads;
-    const small = this.useSmall && l.decodePipeSmall;
-    pass.setPipeline(small ? l.decodePipeSmall! : l.decodePipe!);
+    const { spec, pipe } = this.decodeOf(l);
+    pass.setPipeline(pipe);
     pass.setBindGroup(0, l.decodeBG!);
-    pass.dispatchWorkgroups(this.nc * Math.ceil(rep / (small ? l.decodeSmall! : l.decode).headsPerGroup), this.shape.kvHeads);
+    pass.dispatchWorkgroups(this.nc * Math.ceil(rep / spec.headsPerGroup), this.shape.kvHeads);
     pass.setPipeline(this.combinePipe!);
     pass.setBindGroup(0, l.combineBG!);
     pass.dispatchWorkgroups(this.shape.qHeads);
