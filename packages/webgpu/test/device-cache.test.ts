@@ -85,6 +85,14 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     }
   }, 600_000);
 
+  it('refuses a medium geometry outside 32…256 threads / 4, 8, 16-token slots, or beside the int8 paths, with E_CONFIG', async () => {
+    const cpu = createKvCache('kivi-2', { layers: 1, kvHeads: 2, headDim: 64 }, { residualLength: 32 }) as unknown as { config: DeviceQuantizedConfig };
+    const make = (tuning: object) => DeviceKvCache.create(device!, { layers: 1, qHeads: 4, kvHeads: 2, headDim: 64 }, { kind: 'quantized', config: cpu.config }, { capacity: 64, tuning });
+    await expect(make({ medium: { workgroup: 48, slot: 4 } })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/medium geometry/) });
+    await expect(make({ medium: { workgroup: 64, slot: 5 } })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/medium geometry/) });
+    await expect(make({ keyDot: 'int8', slot: 16, medium: { workgroup: 64, slot: 16 } })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/int8/) });
+  });
+
   it('the mid-length geometry (half the main workgroup) runs while the main one has fewer than 512 workgroups and it at least 256', async () => {
     const dev = device!;
     const D = 64;
@@ -105,6 +113,10 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       expect(await at(20_000)).toMatchObject({ geometry: 'medium', workgroup: 64, slot: 4, chunks: 79, workgroups: 316 });
       // main 10 × 4 = 40, medium 20 × 4 = 80 → short-context
       expect(await at(5_000)).toMatchObject({ geometry: 'short-context', workgroup: 32, chunks: 40, workgroups: 160 });
+      // no such layer: a typed error, and the cache still answers for layer 0
+      expect(() => cache.attentionDispatch(1)).toThrow(expect.objectContaining({ code: 'E_STATE' }));
+      expect(() => cache.attentionDispatch(0.5)).toThrow(expect.objectContaining({ code: 'E_STATE' }));
+      expect(cache.attentionDispatch(0).geometry).toBe('short-context');
     } finally {
       cache.dispose();
       for (const b of Object.values(io)) b.destroy();

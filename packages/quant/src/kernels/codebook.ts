@@ -263,7 +263,6 @@ export function codebookKeyScores(q: Float32Array, rows: number, keys: CodebookK
   if (out.length < (rows - 1) * rowStride + T) throw new XqShapeError(`codebookKeyScores: out has ${out.length} elements; ${(rows - 1) * rowStride + T} needed`);
   const per = rows / H;
   const f = flatten(keys);
-  const x = q;
   const qs = Array.from({ length: H }, (_, h) => quads(per, h, D));
   const w = keys.packed as Uint32Array;
   const spr = keys.scalesPerRow;
@@ -277,7 +276,7 @@ export function codebookKeyScores(q: Float32Array, rows: number, keys: CodebookK
         acc.fill(0);
         for (let si = 0; si < f.n; si++) {
           const sc = keys.scaleTable[keys.scales[r * spr + f.slot[si]!]!]!;
-          segmentDots(f, si, w, base, x, g.o0, g.o1, g.o2, g.o3, sum);
+          segmentDots(f, si, w, base, q, g.o0, g.o1, g.o2, g.o3, sum);
           for (let k = 0; k < 4; k++) acc[k] = acc[k]! + sc * sum[k]!;
         }
         const j0 = g.o0 / D;

@@ -122,8 +122,13 @@ function int8Blocks(spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'keyGroup'>): 
  * plus one padding float per 32 (see `px`). `channels`: value channels per thread (at most 16).
  */
 function scratchFloats(spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'headsPerGroup'>, channels = 16): number {
-  const n = Math.max(spec.headsPerGroup * chunkTokens(spec), spec.workgroup * channels);
+  const n = scratchUnpadded(spec, channels);
   return n + Math.ceil(n / 32);
+}
+
+/** Floats of the scratch before padding: every head's chunk scores, or one head's value lanes. */
+function scratchUnpadded(spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'headsPerGroup'>, channels: number): number {
+  return Math.max(spec.headsPerGroup * chunkTokens(spec), spec.workgroup * channels);
 }
 
 /** Value channels one thread accumulates in the main kernel of a spec. */
@@ -136,8 +141,7 @@ function scChannels(s: DecodeSpec): number {
 
 /** Heads whose value lanes the scratch holds at once. */
 function reduceHeads(spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'headsPerGroup'>, channels: number): number {
-  const n = Math.max(spec.headsPerGroup * chunkTokens(spec), spec.workgroup * channels);
-  return Math.max(1, Math.min(spec.headsPerGroup, Math.floor(n / (spec.workgroup * channels))));
+  return Math.max(1, Math.min(spec.headsPerGroup, Math.floor(scratchUnpadded(spec, channels) / (spec.workgroup * channels))));
 }
 
 const f = (x: number): string => {

@@ -314,17 +314,18 @@ export class DeviceKvCache {
     this.chunk = chunkTokens({ workgroup: wg, slot });
     this.headGroups = Math.ceil(rep / hg);
     const small = tuning.small === undefined ? { workgroup: 32, slot: int8 ? 8 : 4 } : tuning.small;
-    if (small && (![32, 64, 128, 256].includes(small.workgroup) || ![4, 8, 16].includes(small.slot))) {
-      throw new XqConfigError('E_CONFIG', `small geometry: workgroup 32…256 and slot 4, 8 or 16; got ${JSON.stringify(small)}`);
-    }
+    const checkGeometry = (name: string, g: { workgroup: number; slot: number } | null) => {
+      if (g && (![32, 64, 128, 256].includes(g.workgroup) || ![4, 8, 16].includes(g.slot))) {
+        throw new XqConfigError('E_CONFIG', `${name} geometry: workgroup 32…256 and slot 4, 8 or 16; got ${JSON.stringify(g)}`);
+      }
+    };
+    checkGeometry('small', small);
     this.smallChunk = small ? chunkTokens(small) : this.chunk;
     let hgSmall = hg;
     while (small && hgSmall > 1 && shared(small, hgSmall) > limit) hgSmall--;
     // default only where measured: packed codes with GQA (256 → 128 threads on an H200)
     const medium = tuning.medium === undefined ? (spec.kind === 'quantized' && rep > 1 && wg >= 64 && !int8 && !int8Values ? { workgroup: wg / 2, slot } : null) : tuning.medium;
-    if (medium && (![32, 64, 128, 256].includes(medium.workgroup) || ![4, 8, 16].includes(medium.slot))) {
-      throw new XqConfigError('E_CONFIG', `medium geometry: workgroup 32…256 and slot 4, 8 or 16; got ${JSON.stringify(medium)}`);
-    }
+    checkGeometry('medium', medium);
     if (medium && (int8 || int8Values)) throw new XqConfigError('E_CONFIG', 'the medium geometry is not available with the int8 key or value paths');
     this.mediumChunk = medium ? chunkTokens(medium) : this.chunk;
     let hgMedium = hg;
