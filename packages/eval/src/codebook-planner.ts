@@ -1,8 +1,9 @@
 import { XqConfigError, lloydMaxCodebook } from '@xquant/quant';
 import { DEFAULT_RESIDUAL_LENGTH, TURBOQUANT_BITS, turboquantBits, type KvCacheShape, type TurboQuantOptions } from '@xquant/tfjs';
 import { FULL_SPEC, cacheSpec, type PresetFile } from './configs.js';
-import { runEval, type EvalModel } from './protocol.js';
-import type { EvalFile } from './records.js';
+import { DEFAULT_CALIBRATION_TEXT } from './planner.js';
+import { runEval, type EvalModel, type EvalTokenizer } from './protocol.js';
+import type { EvalFile, PasskeyRecord } from './records.js';
 import { summarize } from './results.js';
 
 /** The format dimensions of a codebook plan (everything of `TurboQuantOptions` except the widths). */
@@ -37,8 +38,71 @@ export interface CodebookPlanOptions {
   prefill?: number;
   /** Per-tensor sensitivity from an earlier run (`CodebookPlanResult.sensitivity`, same model and prompt): skips step 1. */
   sensitivity?: CodebookPlanResult['sensitivity'];
+  /**
+   * Rounds of measured local search on the best verified plan (default 0: none). Each round measures the calibration KL
+   * of every tensor one width step down and one step up (≤ 4·layers runs; a step skips widths that store as many bits
+   * as a wider one), then verifies the most promising budget-neutral
+   * pairs (one tensor down, another up, their measured changes added) and the single upgrades that fit, and keeps the
+   * best if it lowers the KL; it stops early when nothing does. About 2·layers + {@link REFINE_PAIRS} runs per round.
+   * The greedy's sensitivities are measured one tensor at a time with the rest at the top width, so they miss how
+   * low-width tensors compound; these steps are measured at the plan itself.
+   */
+  refine?: number;
+  /**
+   * Passkey prompts that guard `refine` (e.g. {@link syntheticPasskeys}; never the eval set): a move is kept only if its
+   * plan answers at least as many of them as the plan before it (the lowest-KL move that does wins the round). Prose
+   * KL alone trades retrieval away: on xq-llama-20m at 2.0 bits an unguarded search lowered the held-out KL to 0.89×
+   * kivi-2's but answered 7 of 10 passkey prompts at 1024 tokens.
+   */
+  passkeys?: { records: readonly PasskeyRecord[]; tokenizer: EvalTokenizer };
   /** Progress lines. */
   log?: (line: string) => void;
+}
+
+/** Pairs (one tensor a step down, another a step up) each round of {@link CodebookPlanOptions.refine} verifies. */
+export const REFINE_PAIRS = 6;
+
+/** Moves (lowest KL first) whose passkey answers a round of `refine` checks when `passkeys` guard it. */
+const GUARD_TRIES = 4;
+
+/**
+ * Passkey prompts built from the calibration text (never from an eval set): filler sentences of `text` cycled to each
+ * length, `The pass key is NNNNN. Remember it. NNNNN is the pass key.` at a seeded depth, and the question `What is
+ * the pass key? The pass key is`; for {@link CodebookPlanOptions.passkeys}.
+ * @param encode - the model's tokenizer (its BOS handling as for the calibration prompt)
+ */
+export function syntheticPasskeys(
+  encode: (text: string) => number[],
+  options: { lengths?: readonly number[]; perLength?: number; seed?: number; text?: string } = {},
+): PasskeyRecord[] {
+  const lengths = options.lengths ?? [256, 512, 1024, 2048];
+  const perLength = options.perLength ?? 3;
+  if (!Number.isInteger(perLength) || perLength < 1) throw new XqConfigError('E_CONFIG', `perLength must be a positive integer; got ${String(perLength)}`);
+  const sentences = (options.text ?? DEFAULT_CALIBRATION_TEXT).split(/(?<=[.!?])\s+/).filter((x) => x.length > 0);
+  if (sentences.length < 2) throw new XqConfigError('E_CONFIG', 'syntheticPasskeys: the text needs at least two sentences');
+  const cost = sentences.map((x) => Math.max(1, encode(` ${x}`).length - encode('').length));
+  let state = (options.seed ?? 1) >>> 0;
+  const rand = () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0), state / 2 ** 32);
+  const out: PasskeyRecord[] = [];
+  for (const length of lengths) {
+    if (!Number.isInteger(length) || length < 64) throw new XqConfigError('E_CONFIG', `passkey lengths must be integers ≥ 64; got ${String(length)}`);
+    for (let k = 0; k < perLength; k++) {
+      const key = String(10000 + Math.floor(rand() * 90000));
+      const needle = `The pass key is ${key}. Remember it. ${key} is the pass key.`;
+      const question = 'What is the pass key? The pass key is';
+      const room = length - encode(`${needle} ${question}`).length - 8;
+      const filler: string[] = [];
+      let used = 0;
+      for (let i = Math.floor(rand() * sentences.length); used + cost[i % sentences.length]! <= room; i++) {
+        filler.push(sentences[i % sentences.length]!);
+        used += cost[i % sentences.length]!;
+      }
+      const at = Math.floor(rand() * (filler.length + 1));
+      const text = [...filler.slice(0, at), needle, ...filler.slice(at), question].join(' ');
+      out.push({ kind: 'passkey', id: `synthetic-${length}-${k}`, length, answer: key, inputIds: encode(text) });
+    }
+  }
+  return out;
 }
 
 /** One verified plan. */
@@ -57,6 +121,8 @@ export interface CodebookPlanCandidate {
   kl: number;
   /** Top-1 agreement on the calibration prompt. */
   top1: number;
+  /** Accepted moves of the measured local search (`refine`), in order, e.g. `keys3 3→2, values0 1→2`; absent without it. */
+  refined?: string[];
 }
 
 /** What {@link planCodebookBudget} returns. */
@@ -103,13 +169,17 @@ function familyName(f: CodebookFamily): string {
  * 2. per family, start every tensor at the cheapest width and greedily upgrade the tensor with the largest predicted
  *    gain per stored bit (sensitivity × the codebook's distortion drop, {@link codebookDistortion}) while the
  *    accounting (`turboquantBits`) stays within the budget — the leftover budget is spent until no upgrade fits;
- * 3. verify every family's plan by its KL on the calibration prompt and return the best.
- * @throws `XqConfigError` for a bad budget, a short prompt, or a budget below every family's cheapest plan.
+ * 3. verify every family's plan by its KL on the calibration prompt;
+ * 4. with `refine`, improve the best one by measured single-step moves (see {@link CodebookPlanOptions.refine}),
+ *    guarded by `passkeys` when given, and return the best.
+ * @throws `XqConfigError` for a bad budget or `refine`, a short prompt, or a budget below every family's cheapest plan.
  */
 export async function planCodebookBudget(options: CodebookPlanOptions): Promise<CodebookPlanResult> {
   const { model, budgetBits } = options;
   const log = options.log ?? (() => {});
   if (!Number.isFinite(budgetBits) || budgetBits <= 0) throw new XqConfigError('E_CONFIG', `budgetBits must be a positive number; got ${String(budgetBits)}`);
+  const rounds = options.refine ?? 0;
+  if (!Number.isInteger(rounds) || rounds < 0) throw new XqConfigError('E_CONFIG', `refine must be a non-negative integer; got ${String(options.refine)}`);
   const R = options.residualLength ?? DEFAULT_RESIDUAL_LENGTH;
   const tokens = options.tokens ?? 2048;
   const prefill = options.prefill ?? 64;
@@ -127,6 +197,17 @@ export async function planCodebookBudget(options: CodebookPlanOptions): Promise<
     const res = await runEval({ model, tokenizer: { decode: () => '' }, files: [evalFile], caches, prosePrefill: prefill, bitsTokens: tokens });
     const sums = summarize(res);
     return specs.map((s) => sums.find((x) => x.config.id === s.name)!.prose!);
+  };
+  const guard = options.passkeys;
+  if (guard && guard.records.length === 0) throw new XqConfigError('E_CONFIG', 'passkeys: no records');
+  /** Passkey prompts of the guard each plan answers (null without a guard). */
+  const passkeysOf = async (specs: { name: string; options: TurboQuantOptions }[]): Promise<number[] | null> => {
+    if (!guard) return null;
+    const file: EvalFile = { path: 'calibration-passkeys', name: 'calibration-passkeys', kind: 'passkey', records: [...guard.records] };
+    const caches = [FULL_SPEC, ...specs.map((s) => ({ ...cacheSpec(s.name, 'turboquant', s.options as Record<string, unknown>, shape), id: s.name }))];
+    const res = await runEval({ model, tokenizer: guard.tokenizer, files: [file], caches, bitsTokens: tokens });
+    const sums = summarize(res);
+    return specs.map((s) => Object.values(sums.find((x) => x.config.id === s.name)!.passkey ?? {}).reduce((a, p) => a + p.correct, 0));
   };
 
   const cheapest = (fam: CodebookFamily) => turboquantBits({ ...fam, residualLength: R, bits: widths[0]! }, shape, tokens).storedBitsPerElement;
@@ -215,6 +296,115 @@ export async function planCodebookBudget(options: CodebookPlanOptions): Promise<
     return { ...c, storedBits: a.storedBitsPerElement, paperBits: a.paperBits, kl: vk[i]!.kl, top1: vk[i]!.top1 };
   });
   out.sort((a, b) => a.kl - b.kl);
+  if (rounds > 0) {
+    const r = await refinePlan(out[0]!, rounds, { widths, budgetBits, shape, tokens, klOf, passkeysOf, log });
+    if (r.kl < out[0]!.kl) out.unshift(r);
+  }
   const best = out[0]!;
-  return { preset: { name: `tqplan-${budgetBits}b-R${R}`, strategy: 'turboquant', options: best.options as Record<string, unknown> }, candidates: out, sensitivity: sens };
+  return { preset: { name: `tqplan-${budgetBits}b-R${R}${best.refined ? '-refined' : ''}`, strategy: 'turboquant', options: best.options as Record<string, unknown> }, candidates: out, sensitivity: sens };
+}
+
+/** One tensor's width moved: which tensor and to which width. */
+interface WidthMove {
+  kind: 'keys' | 'values';
+  layer: number;
+  to: number;
+}
+
+/**
+ * The measured local search of {@link CodebookPlanOptions.refine}: from `start`, per round measure every single-step
+ * move, verify the best predicted budget-neutral pairs and the upgrades that fit, keep the best if it lowers the KL.
+ */
+async function refinePlan(
+  start: CodebookPlanCandidate,
+  rounds: number,
+  ctx: {
+    /** Widths a tensor may get, ascending. */
+    widths: number[];
+    budgetBits: number;
+    shape: KvCacheShape;
+    tokens: number;
+    klOf: (specs: { name: string; options: TurboQuantOptions }[]) => Promise<{ kl: number; top1: number }[]>;
+    passkeysOf: (specs: { name: string; options: TurboQuantOptions }[]) => Promise<number[] | null>;
+    log: (line: string) => void;
+  },
+): Promise<CodebookPlanCandidate> {
+  const { widths, budgetBits, shape, tokens, klOf, passkeysOf, log } = ctx;
+  const L = shape.layers;
+  let cur = start;
+  const accepted: string[] = [];
+  const arrays = (o: TurboQuantOptions) => ({
+    keys: Array.isArray(o.keyBits) ? [...o.keyBits] : Array.from({ length: L }, () => (o.keyBits ?? o.bits) as number),
+    values: Array.isArray(o.valueBits) ? [...o.valueBits] : Array.from({ length: L }, () => (o.valueBits ?? o.bits) as number),
+  });
+  const apply = (o: TurboQuantOptions, moves: WidthMove[]): TurboQuantOptions => {
+    const a = arrays(o);
+    for (const m of moves) a[m.kind][m.layer] = m.to;
+    return { ...o, keyBits: a.keys, valueBits: a.values };
+  };
+  const label = (o: TurboQuantOptions, m: WidthMove) => `${m.kind}${m.layer} ${arrays(o)[m.kind][m.layer]}→${m.to}`;
+  const bitsOf = (o: TurboQuantOptions) => turboquantBits(o, shape, tokens).storedBitsPerElement;
+  // a width that stores as many bits as a wider one (codes rounded up to whole words) is never worth a step
+  const useful = (kind: 'keys' | 'values') => {
+    const cost = widths.map((w) => bitsOf(apply(start.options, [{ kind, layer: 0, to: w }])));
+    return widths.filter((_, i) => !cost.some((c, j) => j > i && c <= cost[i]! + 1e-12));
+  };
+  const steps = { keys: useful('keys'), values: useful('values') };
+  for (let round = 0; round < rounds; round++) {
+    const a = arrays(cur.options);
+    const singles: WidthMove[] = [];
+    for (const kind of ['keys', 'values'] as const) {
+      for (let l = 0; l < L; l++) {
+        const w = a[kind][l]!;
+        const down = steps[kind].filter((x) => x < w).pop();
+        const up = steps[kind].find((x) => x > w);
+        if (down !== undefined) singles.push({ kind, layer: l, to: down });
+        if (up !== undefined) singles.push({ kind, layer: l, to: up });
+      }
+    }
+    log(`plan: refine round ${round + 1}: measuring ${singles.length} single-step moves`);
+    const measured = await klOf(singles.map((m, j) => ({ name: `step${j}`, options: apply(cur.options, [m]) })));
+    const delta = singles.map((m, j) => ({ m, d: measured[j]!.kl - cur.kl, up: m.to > a[m.kind][m.layer]! }));
+    // candidates: upgrades that fit alone, and the pairs (down, up) within the budget with the lowest predicted KL
+    const tries: { moves: WidthMove[]; predicted: number }[] = [];
+    for (const u of delta.filter((x) => x.up)) if (bitsOf(apply(cur.options, [u.m])) <= budgetBits + 1e-12) tries.push({ moves: [u.m], predicted: cur.kl + u.d });
+    const pairs: { moves: WidthMove[]; predicted: number }[] = [];
+    for (const dn of delta.filter((x) => !x.up)) {
+      for (const u of delta.filter((x) => x.up)) {
+        if (dn.m.kind === u.m.kind && dn.m.layer === u.m.layer) continue;
+        const moves = [dn.m, u.m];
+        if (bitsOf(apply(cur.options, moves)) <= budgetBits + 1e-12) pairs.push({ moves, predicted: cur.kl + dn.d + u.d });
+      }
+    }
+    pairs.sort((x, y) => x.predicted - y.predicted);
+    tries.push(...pairs.slice(0, REFINE_PAIRS).filter((p) => p.predicted < cur.kl));
+    // a single measured upgrade that fits is verified already
+    const singlesDone = new Map(tries.filter((t) => t.moves.length === 1).map((t) => [t, measured[singles.indexOf(t.moves[0]!)]!]));
+    const toVerify = tries.filter((t) => !singlesDone.has(t));
+    const verified = toVerify.length > 0 ? await klOf(toVerify.map((t, j) => ({ name: `pair${j}`, options: apply(cur.options, t.moves) }))) : [];
+    const results = [...[...singlesDone].map(([t, r]) => ({ t, r })), ...toVerify.map((t, j) => ({ t, r: verified[j]! }))];
+    results.sort((x, y) => x.r.kl - y.r.kl);
+    const better = results.filter((x) => x.r.kl < cur.kl).slice(0, GUARD_TRIES);
+    let win = better[0];
+    if (win) {
+      // the passkey guard: the lowest-KL move that answers at least as many prompts as the current plan
+      const answered = await passkeysOf([{ name: 'current', options: cur.options }, ...better.map((x, j) => ({ name: `try${j}`, options: apply(cur.options, x.t.moves) }))]);
+      if (answered) {
+        const j = better.findIndex((_, i) => answered[i + 1]! >= answered[0]!);
+        log(`plan: refine round ${round + 1}: passkeys answered ${answered[0]} (current) / ${answered.slice(1).join(', ')} (moves by KL)`);
+        win = j >= 0 ? better[j] : undefined;
+      }
+    }
+    if (!win) {
+      log(`plan: refine round ${round + 1}: no move lowers the KL (${cur.kl.toFixed(4)})${better.length ? ' and keeps the passkeys' : ''}; stopping`);
+      break;
+    }
+    const options = apply(cur.options, win.t.moves);
+    const moved = win.t.moves.map((m) => label(cur.options, m));
+    accepted.push(...moved);
+    log(`plan: refine round ${round + 1}: ${moved.join(', ')}: KL ${cur.kl.toFixed(4)} → ${win.r.kl.toFixed(4)}`);
+    const acc = turboquantBits(options, shape, tokens);
+    cur = { ...cur, name: `${start.name}+refined`, options, storedBits: acc.storedBitsPerElement, paperBits: acc.paperBits, kl: win.r.kl, top1: win.r.top1, refined: [...accepted] };
+  }
+  return cur;
 }

@@ -2,8 +2,12 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import type { DecoderModel } from '@xquant/models';
 import { XqConfigError, lloydMaxCodebook } from '@xquant/quant';
 import { turboquantBits } from '@xquant/tfjs';
-import { accountSpec, cacheSpec, codebookDistortion, planCodebookBudget, resolveCacheSpecs, specBits } from '@xquant/eval';
+import { DEFAULT_CALIBRATION_TEXT, FULL_SPEC, accountSpec, cacheSpec, codebookDistortion, planCodebookBudget, resolveCacheSpecs, runEval, specBits, summarize, syntheticPasskeys } from '@xquant/eval';
 import { tinyModel, useCpu } from './support/tiny.js';
+
+/** A character tokenizer (BOS = 0, character c → its code + 1), and its inverse. */
+const charIds = (text: string): number[] => [0, ...[...text].map((c) => c.charCodeAt(0) + 1)];
+const charText = (ids: readonly number[]): string => String.fromCharCode(...ids.slice(1).map((i) => i - 1));
 
 function lcg(seed: number): () => number {
   let s = seed >>> 0;
@@ -71,6 +75,87 @@ describe('codebook planner and self-accounting strategies on a tiny model', () =
     }
     expect(res.preset.strategy).toBe('turboquant');
     expect(res.preset.options).toEqual(res.candidates[0]!.options);
+  });
+
+  it('refines a plan by measured moves: from a misleading sensitivity it recovers, within the budget, and its KL re-measures exactly', async () => {
+    const shape = model.cacheShape;
+    const budget = 3.0;
+    const families = [{ split: 'rotated', scaleFormat: 'log8', scaleRule: 'lsq' }] as const;
+    const honest = await planCodebookBudget({ model, budgetBits: budget, calibrationPrompt: ids, residualLength: 32, families });
+    // the measured sensitivities with the layers swapped: the greedy then starves the tensors that matter
+    const L = shape.layers;
+    const misleading = honest.sensitivity.map((s) => ({ ...s, kl: honest.sensitivity.find((t) => t.kind === s.kind && t.layer === L - 1 - s.layer)!.kl }));
+    const plain = await planCodebookBudget({ model, budgetBits: budget, calibrationPrompt: ids, residualLength: 32, families, sensitivity: misleading });
+    const lines: string[] = [];
+    const res = await planCodebookBudget({ model, budgetBits: budget, calibrationPrompt: ids, residualLength: 32, families, sensitivity: misleading, refine: 3, log: (l) => lines.push(l) });
+    const best = res.candidates[0]!;
+    expect(best.refined?.length).toBeGreaterThan(0);
+    expect(best.name).toBe(`${plain.candidates[0]!.name}+refined`);
+    expect(best.kl).toBeLessThan(plain.candidates[0]!.kl);
+    // the greedy plan stays in the list, verified as before
+    expect(res.candidates.map((c) => c.kl)).toContain(plain.candidates[0]!.kl);
+    expect(best.storedBits).toBeLessThanOrEqual(budget + 1e-12);
+    expect(best.storedBits).toBe(turboquantBits(best.options, shape, 2048).storedBitsPerElement);
+    expect(res.preset.options).toEqual(best.options);
+    expect(res.preset.name).toBe('tqplan-3b-R32-refined');
+    // each accepted round is logged with its moves, in order
+    const accepted = lines.filter((l) => /^plan: refine round \d: (keys|values)\d/.test(l)).map((l) => l.replace(/^plan: refine round \d: /, '').replace(/: KL .*$/, ''));
+    expect(accepted.join(', ')).toBe(best.refined!.join(', '));
+    // the KL the planner reports is the KL an independent eval of the preset measures
+    const evalFile = { path: 'c', name: 'c', kind: 'prose' as const, records: [{ kind: 'prose' as const, id: 'c', inputIds: ids }] };
+    const spec = { ...cacheSpec('p', 'turboquant', res.preset.options, shape), id: 'p' };
+    const out = await runEval({ model, tokenizer: { decode: () => '' }, files: [evalFile], caches: [FULL_SPEC, spec], prosePrefill: 64, bitsTokens: 2048 });
+    expect(summarize(out).find((x) => x.config.id === 'p')!.prose!.kl).toBeCloseTo(best.kl, 12);
+  });
+
+  it('guards refinement by passkey prompts: with every prompt answered it keeps the same moves, and it logs the counts', async () => {
+    const budget = 3.0;
+    const families = [{ split: 'rotated', scaleFormat: 'log8', scaleRule: 'lsq' }] as const;
+    const honest = await planCodebookBudget({ model, budgetBits: budget, calibrationPrompt: ids, residualLength: 32, families });
+    const L = model.cacheShape.layers;
+    const misleading = honest.sensitivity.map((s) => ({ ...s, kl: honest.sensitivity.find((t) => t.kind === s.kind && t.layer === L - 1 - s.layer)!.kl }));
+    const base = { model, budgetBits: budget, calibrationPrompt: ids, residualLength: 32, families, sensitivity: misleading, refine: 2 };
+    const plain = await planCodebookBudget(base);
+    // folded into the tiny model's vocabulary (ids 2…63)
+    const records = syntheticPasskeys(charIds, { lengths: [96], perLength: 2 }).map((r) => ({ ...r, inputIds: r.inputIds.map((i) => (i === 0 ? 0 : 2 + (i % 62))) }));
+    // a tokenizer that reads every continuation as every record's answer: all plans answer all prompts
+    const lines: string[] = [];
+    const guarded = await planCodebookBudget({ ...base, passkeys: { records, tokenizer: { decode: () => records.map((r) => r.answer).join(' ') } }, log: (l) => lines.push(l) });
+    expect(lines.some((l) => /passkeys answered 1 \(current\)/.test(l))).toBe(true);
+    expect(guarded.candidates[0]!.refined).toEqual(plain.candidates[0]!.refined);
+    expect(guarded.preset).toEqual(plain.preset);
+    await expect(planCodebookBudget({ ...base, passkeys: { records: [], tokenizer: { decode: () => '' } } })).rejects.toThrow(expect.objectContaining({ code: 'E_CONFIG' }));
+  });
+
+  it('builds synthetic passkey prompts from the calibration text: sized, seeded, with the needle and the question', () => {
+    const recs = syntheticPasskeys(charIds, { lengths: [256, 512], perLength: 3, seed: 7 });
+    expect(recs).toHaveLength(6);
+    for (const r of recs) {
+      expect(r.kind).toBe('passkey');
+      expect(r.answer).toMatch(/^[1-9][0-9]{4}$/);
+      expect(r.inputIds.length).toBeLessThanOrEqual(r.length);
+      expect(r.inputIds.length).toBeGreaterThan(r.length * 0.6);
+      const text = charText(r.inputIds);
+      const needle = `The pass key is ${r.answer}. Remember it. ${r.answer} is the pass key.`;
+      const question = 'What is the pass key? The pass key is';
+      expect(text).toContain(needle);
+      expect(text.endsWith(question)).toBe(true);
+      // the filler is calibration text (whole sentences), not eval data
+      const filler = text.replace(needle, '').slice(0, -question.length).split(/(?<=[.!?])\s+/).map((x) => x.trim()).filter((x) => x.length > 0);
+      expect(filler.length).toBeGreaterThan(0);
+      for (const sentence of filler) expect(DEFAULT_CALIBRATION_TEXT).toContain(sentence);
+    }
+    expect(syntheticPasskeys(charIds, { lengths: [256, 512], perLength: 3, seed: 7 })).toEqual(recs);
+    expect(syntheticPasskeys(charIds, { lengths: [256], perLength: 3, seed: 8 }).map((r) => r.answer)).not.toEqual(recs.slice(0, 3).map((r) => r.answer));
+    for (const bad of [{ perLength: 0 }, { lengths: [10] }, { text: 'one sentence only' }]) {
+      expect(() => syntheticPasskeys(charIds, bad)).toThrow(expect.objectContaining({ code: 'E_CONFIG' }));
+    }
+  });
+
+  it('rejects a refine count that is not a non-negative integer', async () => {
+    for (const refine of [-1, 1.5, Number.NaN]) {
+      await expect(planCodebookBudget({ model, budgetBits: 2.3, calibrationPrompt: ids, residualLength: 32, refine })).rejects.toThrow(expect.objectContaining({ code: 'E_CONFIG' }));
+    }
   });
 
   it('rejects a budget below every family and a short prompt', async () => {

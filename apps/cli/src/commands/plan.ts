@@ -1,6 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { checkOutputPath, parseCommandArgs, sharedOptions } from '../args.js';
-import { DEFAULT_CALIBRATION_TEXT, codebookFamily, openEvalModel, planCodebookBudget, planForBudget, type CodebookPlanResult } from '@xquant/eval';
+import { DEFAULT_CALIBRATION_TEXT, codebookFamily, openEvalModel, planCodebookBudget, planForBudget, syntheticPasskeys, type CodebookPlanResult } from '@xquant/eval';
 import { XqError, XqFormatError } from '@xquant/quant';
 import { DEFAULT_RESIDUAL_LENGTH, type BackendName } from '@xquant/tfjs';
 
@@ -31,6 +31,11 @@ options:
   --sensitivity-from FILE
                        with --codebook: reuse the per-tensor sensitivity of an earlier plan result (same model
                        and calibration prompt) instead of measuring it
+  --refine N           with --codebook: N rounds of measured local search on the best plan (one tensor a
+                       width step down, another up; ≈ 2·layers + 6 calibration runs per round; default 0); a move
+                       is kept only if the plan still answers as many of 12 passkey prompts built from the
+                       calibration text (3 each at 256/512/1024/2048 tokens) as before
+  --no-passkey-guard   with --refine: prose KL alone decides (it can trade retrieval away)
   --families LIST      with --codebook: families to plan, e.g. rotated-log8-lsq,outliers-fp16-norm-hadamard
   --no-sharing         do not try cross-layer code sharing
   --no-sensitivity     skip the per-tensor KL runs (faster, cruder)
@@ -75,9 +80,11 @@ export async function run(argv: string[]): Promise<number> {
     'sensitivity-from': { type: 'string' },
     'no-sensitivity': { type: 'boolean' },
     'max-verify': { type: 'string' },
-  }, { ints: { 'residual-length': 'one', tokens: 'one', 'group-size': 'list', 'value-group-size': 'list', 'max-verify': 'one' } });
+    refine: { type: 'string' },
+    'no-passkey-guard': { type: 'boolean' },
+  }, { ints: { 'residual-length': 'one', tokens: 'one', 'group-size': 'list', 'value-group-size': 'list', 'max-verify': 'one', refine: 'one' } });
   if (typeof parsed === 'number') return parsed;
-  const v = parsed.values as Record<string, string | boolean | undefined> & Record<'residual-length' | 'tokens' | 'max-verify', number | undefined> & Record<'group-size' | 'value-group-size', number[] | undefined>;
+  const v = parsed.values as Record<string, string | boolean | undefined> & Record<'residual-length' | 'tokens' | 'max-verify' | 'refine', number | undefined> & Record<'group-size' | 'value-group-size', number[] | undefined>;
   const budgets = String(v.budget ?? '').split(',').map(Number);
   const budget = budgets[0]!;
   if (typeof v.model !== 'string' || !budgets.every((b) => b > 0) || (budgets.length > 1 && !v.codebook)) {
@@ -113,6 +120,8 @@ export async function run(argv: string[]): Promise<number> {
         tokens,
         families,
         sensitivity,
+        ...(v.refine !== undefined ? { refine: v.refine } : {}),
+        ...(v.refine !== undefined && !v['no-passkey-guard'] ? { passkeys: { records: syntheticPasskeys(encode), tokenizer: rt.tokenizer } } : {}),
         log: (line) => process.stderr.write(`${line} (${((Date.now() - t0) / 1000).toFixed(0)} s)\n`),
       });
       sensitivity = cb.sensitivity;
@@ -123,7 +132,9 @@ export async function run(argv: string[]): Promise<number> {
         const lines = ['| candidate | stored bits | paper bits | KL (calibration) | top-1 | key widths | value widths |', '|---|---:|---:|---:|---:|---|---|'];
         const w = (x: unknown) => (Array.isArray(x) ? x.join(' ') : String(x));
         for (const c of cb.candidates) lines.push(`| ${c.name} | ${c.storedBits.toFixed(3)} | ${c.paperBits.toFixed(3)} | ${c.kl.toFixed(4)} | ${c.top1.toFixed(4)} | ${w(c.options.keyBits)} | ${w(c.options.valueBits)} |`);
-        lines.push('', `best: ${cb.candidates[0]!.name} → preset ${cb.preset.name}`, '');
+        lines.push('', `best: ${cb.candidates[0]!.name} → preset ${cb.preset.name}`);
+        if (cb.candidates[0]!.refined) lines.push(`refined by: ${cb.candidates[0]!.refined.join(', ')}`);
+        lines.push('');
         process.stdout.write(`${lines.join('\n')}\n`);
       }
       }
