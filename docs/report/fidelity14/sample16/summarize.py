@@ -1,9 +1,11 @@
-"""KL (pooled over the 16 prose records) and passkey (10 prompts per length) per configuration, from this folder's JSON."""
+"""KL (pooled over the prose records) and passkey (per length) per configuration, from the JSON of this folder or of the
+folder given (e.g. ../refine16): <model>.prose16.json and <model>.passkey10.json."""
 import collections
 import json
 import os
+import sys
 
-here = os.path.dirname(os.path.abspath(__file__))
+here = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
 for m in ['xq-llama-20m', 'xq-qwen2-30m']:
     d = json.load(open(f'{here}/{m}.prose16.json'))
     bits = {c['id']: (c['storedBits'], c['paperBits']) for c in d['configs']}
