@@ -192,8 +192,10 @@ export async function planCodebookBudget(options: CodebookPlanOptions): Promise<
   const L = shape.layers;
   const D = shape.headDim;
   const evalFile: EvalFile = { path: 'calibration', name: 'calibration', kind: 'prose', records: [{ kind: 'prose', id: 'calibration', inputIds: ids }] };
+  /** `full` and one `turboquant` cache per named plan (the plan's name is its config id). */
+  const cachesOf = (specs: { name: string; options: TurboQuantOptions }[]) => [FULL_SPEC, ...specs.map((s) => ({ ...cacheSpec(s.name, 'turboquant', s.options as Record<string, unknown>, shape), id: s.name }))];
   const klOf = async (specs: { name: string; options: TurboQuantOptions }[]) => {
-    const caches = [FULL_SPEC, ...specs.map((s) => ({ ...cacheSpec(s.name, 'turboquant', s.options as Record<string, unknown>, shape), id: s.name }))];
+    const caches = cachesOf(specs);
     const res = await runEval({ model, tokenizer: { decode: () => '' }, files: [evalFile], caches, prosePrefill: prefill, bitsTokens: tokens });
     const sums = summarize(res);
     return specs.map((s) => sums.find((x) => x.config.id === s.name)!.prose!);
@@ -204,7 +206,7 @@ export async function planCodebookBudget(options: CodebookPlanOptions): Promise<
   const passkeysOf = async (specs: { name: string; options: TurboQuantOptions }[]): Promise<number[] | null> => {
     if (!guard) return null;
     const file: EvalFile = { path: 'calibration-passkeys', name: 'calibration-passkeys', kind: 'passkey', records: [...guard.records] };
-    const caches = [FULL_SPEC, ...specs.map((s) => ({ ...cacheSpec(s.name, 'turboquant', s.options as Record<string, unknown>, shape), id: s.name }))];
+    const caches = cachesOf(specs);
     const res = await runEval({ model, tokenizer: guard.tokenizer, files: [file], caches, bitsTokens: tokens });
     const sums = summarize(res);
     return specs.map((s) => Object.values(sums.find((x) => x.config.id === s.name)!.passkey ?? {}).reduce((a, p) => a + p.correct, 0));
@@ -350,6 +352,7 @@ async function refinePlan(
     return widths.filter((_, i) => !cost.some((c, j) => j > i && c <= cost[i]! + 1e-12));
   };
   const steps = { keys: useful('keys'), values: useful('values') };
+  let curAnswered: number | null = null;
   for (let round = 0; round < rounds; round++) {
     const a = arrays(cur.options);
     const singles: WidthMove[] = [];
@@ -366,8 +369,12 @@ async function refinePlan(
     const measured = await klOf(singles.map((m, j) => ({ name: `step${j}`, options: apply(cur.options, [m]) })));
     const delta = singles.map((m, j) => ({ m, d: measured[j]!.kl - cur.kl, up: m.to > a[m.kind][m.layer]! }));
     // candidates: upgrades that fit alone, and the pairs (down, up) within the budget with the lowest predicted KL
-    const tries: { moves: WidthMove[]; predicted: number }[] = [];
-    for (const u of delta.filter((x) => x.up)) if (bitsOf(apply(cur.options, [u.m])) <= budgetBits + 1e-12) tries.push({ moves: [u.m], predicted: cur.kl + u.d });
+    // measured already: the single upgrades that fit alone; to verify: the budget-neutral pairs (one down, one up)
+    // with the lowest predicted KL (their measured changes added)
+    const results: { moves: WidthMove[]; r: { kl: number; top1: number } }[] = [];
+    delta.forEach((u, j) => {
+      if (u.up && bitsOf(apply(cur.options, [u.m])) <= budgetBits + 1e-12) results.push({ moves: [u.m], r: measured[j]! });
+    });
     const pairs: { moves: WidthMove[]; predicted: number }[] = [];
     for (const dn of delta.filter((x) => !x.up)) {
       for (const u of delta.filter((x) => x.up)) {
@@ -377,30 +384,32 @@ async function refinePlan(
       }
     }
     pairs.sort((x, y) => x.predicted - y.predicted);
-    tries.push(...pairs.slice(0, REFINE_PAIRS).filter((p) => p.predicted < cur.kl));
-    // a single measured upgrade that fits is verified already
-    const singlesDone = new Map(tries.filter((t) => t.moves.length === 1).map((t) => [t, measured[singles.indexOf(t.moves[0]!)]!]));
-    const toVerify = tries.filter((t) => !singlesDone.has(t));
+    const toVerify = pairs.slice(0, REFINE_PAIRS).filter((p) => p.predicted < cur.kl);
     const verified = toVerify.length > 0 ? await klOf(toVerify.map((t, j) => ({ name: `pair${j}`, options: apply(cur.options, t.moves) }))) : [];
-    const results = [...[...singlesDone].map(([t, r]) => ({ t, r })), ...toVerify.map((t, j) => ({ t, r: verified[j]! }))];
+    toVerify.forEach((t, j) => results.push({ moves: t.moves, r: verified[j]! }));
     results.sort((x, y) => x.r.kl - y.r.kl);
     const better = results.filter((x) => x.r.kl < cur.kl).slice(0, GUARD_TRIES);
     let win = better[0];
     if (win) {
       // the passkey guard: the lowest-KL move that answers at least as many prompts as the current plan
-      const answered = await passkeysOf([{ name: 'current', options: cur.options }, ...better.map((x, j) => ({ name: `try${j}`, options: apply(cur.options, x.t.moves) }))]);
+      // the current plan's count is measured once, then carried from the move that was kept
+      const first = curAnswered === null ? [{ name: 'current', options: cur.options }] : [];
+      const answered = await passkeysOf([...first, ...better.map((x, j) => ({ name: `try${j}`, options: apply(cur.options, x.moves) }))]);
       if (answered) {
-        const j = better.findIndex((_, i) => answered[i + 1]! >= answered[0]!);
-        log(`plan: refine round ${round + 1}: passkeys answered ${answered[0]} (current) / ${answered.slice(1).join(', ')} (moves by KL)`);
+        if (curAnswered === null) curAnswered = answered.shift()!;
+        const floor = curAnswered;
+        const j = answered.findIndex((a) => a >= floor);
+        log(`plan: refine round ${round + 1}: passkeys answered ${floor} (current) / ${answered.join(', ')} (moves by KL)`);
         win = j >= 0 ? better[j] : undefined;
+        if (j >= 0) curAnswered = answered[j]!;
       }
     }
     if (!win) {
       log(`plan: refine round ${round + 1}: no move lowers the KL (${cur.kl.toFixed(4)})${better.length ? ' and keeps the passkeys' : ''}; stopping`);
       break;
     }
-    const options = apply(cur.options, win.t.moves);
-    const moved = win.t.moves.map((m) => label(cur.options, m));
+    const options = apply(cur.options, win.moves);
+    const moved = win.moves.map((m) => label(cur.options, m));
     accepted.push(...moved);
     log(`plan: refine round ${round + 1}: ${moved.join(', ')}: KL ${cur.kl.toFixed(4)} → ${win.r.kl.toFixed(4)}`);
     const acc = turboquantBits(options, shape, tokens);
