@@ -3,6 +3,7 @@
 # unpacks the Vulkan loader and the carry, runs the torch fp16 peer, writes the random-weight checkpoints, runs the
 # benchmark. Results go to $OUT (the device tool brings that folder back). Extra arguments go to the benchmark.
 #   bash scripts/gpu-run.sh [--contexts 4096,32768,131072] [--caches full,kivi-2,xquant-1.38,plan] …
+# CODEBOOK=1 also runs the codebook (turboquant layout) attention benchmark (CODEBOOK_ARGS: its options).
 set -uo pipefail
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
@@ -29,6 +30,10 @@ for m in ${MODELS//,/ }; do
   LIST="$LIST${LIST:+,}$m=$M/$m"
 done
 (cd "$W" && ./node bench.mjs --out "$OUT" --models "$LIST" --plan plan.json "$@") 2>&1 | grep -v 'Warning: max\|DEP0137\|trace-warnings\|file descriptor' | tee "$OUT/bench.log"
+if [ "${CODEBOOK:-0}" = 1 ]; then
+  (cd "$W" && ./node cb.mjs --out "$OUT" ${CODEBOOK_ARGS:-}) 2>&1 | grep -v 'Warning: max' > "$OUT/codebook.log"
+  tail -20 "$OUT/codebook.log"
+fi
 if [ "${SKIP_CEILINGS:-0}" != 1 ]; then
   (cd "$W" && ./node ceil.mjs --out "$OUT" --parts 131072) 2>&1 | grep -v 'Warning: max' > "$OUT/ceilings.log"
   tail -16 "$OUT/ceilings.log"

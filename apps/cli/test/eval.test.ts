@@ -41,6 +41,12 @@ describe.skipIf(!built)('xquant eval / merge / report / bench / plan (built CLI)
     const noModel = xquant('plan', '--codebook', '--model', join(dir, 'none'), '--budget', '2');
     expect(noModel.code).toBe(1);
     expect(noModel.stderr).toMatch(/E_IO/);
+    expect(xquant('plan', '--model', 'x', '--budget', '2', '--calibration', 'c.txt', '--calibration-set').code).toBe(2);
+    // a calibration JSONL is read record by record: a record without input_ids or text is named
+    const cal = join(dir, 'cal.jsonl');
+    writeFileSync(cal, `${JSON.stringify({ text: 'One prompt. Two sentences.' })}\n${JSON.stringify({ ids: [1, 2] })}\n`);
+    const badRecord = xquant('plan', '--codebook', '--model', resolve('models/xq-demo'), '--budget', '2', '--calibration', cal, '--backend', 'cpu');
+    expect([badRecord.code, badRecord.stderr]).toEqual([1, expect.stringMatching(/record 1 has neither input_ids nor text/)]);
   });
   test('usage errors exit 2, --help exits 0, a wrong model path exits 1 with E_IO', () => {
     expect(xquant('eval').code).toBe(2);

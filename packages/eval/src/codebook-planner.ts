@@ -1,7 +1,7 @@
 import { XqConfigError, lloydMaxCodebook } from '@xquant/quant';
 import { DEFAULT_RESIDUAL_LENGTH, TURBOQUANT_BITS, turboquantBits, type KvCacheShape, type TurboQuantOptions } from '@xquant/tfjs';
 import { FULL_SPEC, cacheSpec, type PresetFile } from './configs.js';
-import { DEFAULT_CALIBRATION_TEXT } from './planner.js';
+import { DEFAULT_CALIBRATION_TEXT, calibrationPrompts } from './planner.js';
 import { runEval, type EvalModel, type EvalTokenizer } from './protocol.js';
 import type { EvalFile, PasskeyRecord } from './records.js';
 import { summarize } from './results.js';
@@ -24,8 +24,11 @@ export interface CodebookPlanOptions {
   model: EvalModel;
   /** Budget in true stored bits per K/V element at `tokens` (codes + scales + fp16 residual window). */
   budgetBits: number;
-  /** Token ids of the calibration prompt (≥ prefill + 32). */
-  calibrationPrompt: readonly number[];
+  /**
+   * Token ids of the calibration prompt (≥ prefill + 32), or several prompts (e.g. {@link CALIBRATION_SET_TEXTS}
+   * encoded): every KL the planner measures is then pooled over all their predictions.
+   */
+  calibrationPrompt: readonly number[] | readonly (readonly number[])[];
   /** Residual length R. Default 128 (`DEFAULT_RESIDUAL_LENGTH`). */
   residualLength?: number;
   /** Context length of the accounting. Default 2048. */
@@ -186,12 +189,11 @@ export async function planCodebookBudget(options: CodebookPlanOptions): Promise<
   const widths = [...(options.widths ?? TURBOQUANT_BITS)].sort((a, b) => a - b);
   for (const w of widths) if (!TURBOQUANT_BITS.includes(w)) throw new XqConfigError('E_BITS', `width ${w} is not one of ${TURBOQUANT_BITS.join(', ')}`);
   const families = options.families ?? DEFAULT_CODEBOOK_FAMILIES;
-  const ids = [...options.calibrationPrompt];
-  if (ids.length < prefill + 32) throw new XqConfigError('E_CONFIG', `calibrationPrompt: need at least ${prefill + 32} tokens (prefill ${prefill} + 32 scored); got ${ids.length}`);
+  const prompts = calibrationPrompts(options.calibrationPrompt, prefill + 32);
   const shape: KvCacheShape = model.cacheShape;
   const L = shape.layers;
   const D = shape.headDim;
-  const evalFile: EvalFile = { path: 'calibration', name: 'calibration', kind: 'prose', records: [{ kind: 'prose', id: 'calibration', inputIds: ids }] };
+  const evalFile: EvalFile = { path: 'calibration', name: 'calibration', kind: 'prose', records: prompts.map((ids, i) => ({ kind: 'prose' as const, id: `calibration-${i}`, inputIds: ids })) };
   /** `full` and one `turboquant` cache per named plan (the plan's name is its config id). */
   const cachesOf = (specs: { name: string; options: TurboQuantOptions }[]) => [FULL_SPEC, ...specs.map((s) => ({ ...cacheSpec(s.name, 'turboquant', s.options as Record<string, unknown>, shape), id: s.name }))];
   const klOf = async (specs: { name: string; options: TurboQuantOptions }[]) => {

@@ -18,8 +18,11 @@ export interface PlanOptions {
   model: EvalModel;
   /** Budget in true stored bits per K/V element (codes + fp16 scale/zero + fp16 residual window) at `tokens`. */
   budgetBits: number;
-  /** Token ids of a short calibration prompt (starts with BOS; ≥ prefill + 32 tokens; ~300 is plenty). */
-  calibrationPrompt: readonly number[];
+  /**
+   * Token ids of a short calibration prompt (starts with BOS; ≥ prefill + 32 tokens; ~300 is plenty), or several
+   * prompts: the K/V capture (code agreement, per-layer error) uses the first, every KL is pooled over all.
+   */
+  calibrationPrompt: readonly number[] | readonly (readonly number[])[];
   /** Residual length R (fixed, part of the budget). Default `DEFAULT_RESIDUAL_LENGTH` of `@xquant/tfjs` (128). */
   residualLength?: number;
   /** Context length at which the budget is accounted. Default 2048. */
@@ -159,8 +162,8 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
   const shape: KvCacheShape = model.cacheShape;
   const L = shape.layers;
   const prefill = options.prefill ?? 64;
-  const ids = [...options.calibrationPrompt];
-  if (ids.length < prefill + 32) throw new XqConfigError('E_CONFIG', `calibrationPrompt: need at least ${prefill + 32} tokens (prefill ${prefill} + 32 scored); got ${ids.length}`);
+  const prompts = calibrationPrompts(options.calibrationPrompt, prefill + 32);
+  const ids = prompts[0]!;
   const bitChoices = options.bitChoices ?? [1, 2, 4, 16];
   const cals = options.calibrations ?? ['none', 'eta', 'least-squares'];
   const requested = options.groupSizes ?? [32, 64];
@@ -259,7 +262,7 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
   // ---- sensitivity: KL when a single tensor is 1-bit --------------------------------------------------------
   const weights = { keys: new Array<number>(L).fill(1), values: new Array<number>(L).fill(1) };
   const sensitivity: PlanResult['sensitivity'] = [];
-  const evalFile: EvalFile = { path: 'calibration', name: 'calibration', kind: 'prose', records: [{ kind: 'prose', id: 'calibration', inputIds: ids }] };
+  const evalFile: EvalFile = { path: 'calibration', name: 'calibration', kind: 'prose', records: prompts.map((p, i) => ({ kind: 'prose' as const, id: `calibration-${i}`, inputIds: p })) };
   const klOf = async (specs: { name: string; options: PlannedOptions }[]) => {
     const caches = [FULL_SPEC, ...specs.map((s) => ({ ...cacheSpec(s.name, 'planned', s.options as unknown as Record<string, unknown>, shape), id: s.name }))];
     const res = await runEval({ model, tokenizer: { decode: () => '' }, files: [evalFile], caches, prosePrefill: prefill, bitsTokens: tokens });
@@ -439,6 +442,22 @@ export async function planForBudget(options: PlanOptions): Promise<PlanResult> {
   };
 }
 
+/**
+ * The prompts of a planner's `calibrationPrompt` (one prompt's token ids, or a list of prompts), checked and copied.
+ * @internal
+ */
+export function calibrationPrompts(p: readonly number[] | readonly (readonly number[])[], minTokens: number): number[][] {
+  if (!Array.isArray(p)) throw new XqConfigError('E_CONFIG', 'calibrationPrompt: expected token ids or a list of prompts');
+  const many = p.length > 0 && Array.isArray(p[0]);
+  const list = (many ? p : [p]) as unknown[];
+  return list.map((ids, i) => {
+    const name = `calibrationPrompt${many ? ` ${i}` : ''}`;
+    if (!Array.isArray(ids) || !ids.every((t) => Number.isInteger(t) && (t as number) >= 0)) throw new XqConfigError('E_CONFIG', `${name}: expected non-negative integer token ids`);
+    if (ids.length < minTokens) throw new XqConfigError('E_CONFIG', `${name}: need at least ${minTokens} tokens (the prefill + 32 scored); got ${ids.length}`);
+    return [...(ids as number[])];
+  });
+}
+
 /** Calibration text used when none is given (written for this project; not from any eval set). */
 export const DEFAULT_CALIBRATION_TEXT = [
   'The committee met on a grey morning to decide what should be done with the old library building. Some members',
@@ -455,3 +474,52 @@ export const DEFAULT_CALIBRATION_TEXT = [
   'them carefully, copied the most interesting passages by hand, and asked the oldest members of the committee what',
   'they remembered. Their answers did not always agree with the records, and sometimes not with each other.',
 ].join(' ');
+
+/**
+ * A calibration set of several prompts in different registers (narrative, encyclopedic, instructions, dialogue with
+ * numbers), ≈ 1,500 tokens in all; the first is {@link DEFAULT_CALIBRATION_TEXT}. Written for this project; not from
+ * any eval set. One 370-token prompt lets a measured search fit its noise (on xq-qwen2-30m the held-out KL rose while
+ * the calibration KL fell 10 %); `xquant plan --calibration-set` pools the predictions of all four.
+ */
+export const CALIBRATION_SET_TEXTS: readonly string[] = Object.freeze([
+  DEFAULT_CALIBRATION_TEXT,
+  [
+    'The river rises in a marsh on the northern slope of the hills and flows for about two hundred kilometres before it',
+    'reaches the sea. In its upper course it is narrow and fast, cutting a deep valley through hard grey rock; several',
+    'small waterfalls interrupt it, and the largest of them, near the village of Hollin, falls eleven metres in a single',
+    'drop. Below the village the valley widens. The river slows, divides around a number of gravel islands and collects',
+    'three tributaries, of which the longest drains the forest to the east. For centuries the lower valley was used',
+    'mainly for grazing, because the river flooded almost every winter and left a layer of silt across the fields. In',
+    'the nineteenth century a system of embankments and drainage channels was built, and the meadows were turned into',
+    'arable land; wheat, barley and sugar beet are still the main crops. The town at the mouth of the river grew up',
+    'around a harbour that was used by fishing boats and by ships carrying timber and coal. When the harbour silted up,',
+    'trade moved to a larger port further along the coast, and the town became known instead for its market, its',
+    'brick warehouses and a small museum of local history. Otters, which had disappeared from the river by the middle',
+    'of the last century, returned after the water became cleaner, and salmon are again seen in the autumn.',
+  ].join(' '),
+  [
+    'To replace the chain of a bicycle, first shift into the smallest sprocket at the back and the smallest ring at the',
+    'front, so that the chain is as loose as possible. Find the joining link, or, if there is none, choose any pin and',
+    'push it out with a chain tool until the chain separates. Lay the old chain next to the new one on a flat surface',
+    'and count the links: the new chain should have the same number, so remove the extra links with the tool before you',
+    'fit it. Thread the new chain through the rear derailleur, around the sprocket and over the front ring, making sure',
+    'that it passes between the guide plates and the small pulley wheels and not outside them. Join the ends with the',
+    'new joining link or with the special pin supplied with the chain, then turn the pedals backwards slowly and check',
+    'that every link moves freely. A stiff link can usually be loosened by flexing it gently from side to side. Finally,',
+    'put a drop of oil on each roller, wait a few minutes and wipe off whatever is left on the outside of the chain,',
+    'because oil on the outer plates only collects dirt. Test the gears in a quiet street before riding in traffic,',
+    'and check the chain again after the first fifty kilometres, when a new chain has settled.',
+  ].join(' '),
+  [
+    '"How many tickets are left?" asked the woman at the counter. "Forty-two for the afternoon train," said the clerk,',
+    '"and only six for the one at nine in the evening." She thought for a moment. "Then I will take two for the afternoon.',
+    'My brother is coming from the airport, and his flight lands at twelve fifteen if it is on time." The clerk printed',
+    'the tickets, and she paid with a note of fifty and counted the change: three coins and a receipt that said platform',
+    'four, carriage seven, seats 31 and 32. Outside it had started to rain. She bought a newspaper and a cup of tea and',
+    'sat down on a bench under the clock, which was, as always, four minutes fast. At half past twelve her telephone rang.',
+    '"The plane was late," said her brother. "We waited almost an hour on the runway. I am in a taxi now, but the traffic',
+    'is terrible. Do not wait for me at the station; go ahead, and I will take the next train." "There is no next train',
+    'until nine," she said, "and there are only six seats on it. I will wait." He arrived at ten past two, wet and',
+    'laughing, with a suitcase that had lost one wheel, and they ran together to platform four just as the doors closed.',
+  ].join(' '),
+]);

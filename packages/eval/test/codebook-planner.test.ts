@@ -152,6 +152,24 @@ describe('codebook planner and self-accounting strategies on a tiny model', () =
     }
   });
 
+  it('pools several calibration prompts: every plan\'s KL is the independent eval over all of them, not over one', async () => {
+    const r = lcg(11);
+    const second = [0, ...Array.from({ length: 111 }, () => 2 + Math.floor(r() * 62))];
+    const families = [{ split: 'rotated', scaleFormat: 'log8', scaleRule: 'lsq' }] as const;
+    const res = await planCodebookBudget({ model, budgetBits: 2.3, calibrationPrompt: [ids, second], residualLength: 32, families });
+    const best = res.candidates[0]!;
+    const evalOf = async (prompts: number[][]) => {
+      const file = { path: 'c', name: 'c', kind: 'prose' as const, records: prompts.map((inputIds, i) => ({ kind: 'prose' as const, id: `c${i}`, inputIds })) };
+      const caches = [FULL_SPEC, { ...cacheSpec('p', 'turboquant', best.options as Record<string, unknown>, model.cacheShape), id: 'p' }];
+      const out = await runEval({ model, tokenizer: { decode: () => '' }, files: [file], caches, prosePrefill: 64, bitsTokens: 2048 });
+      return summarize(out).find((x) => x.config.id === 'p')!.prose!.kl;
+    };
+    expect(best.kl).toBeCloseTo(await evalOf([ids, second]), 12);
+    expect(Math.abs(best.kl - (await evalOf([ids])))).toBeGreaterThan(1e-9);
+    await expect(planCodebookBudget({ model, budgetBits: 2.3, calibrationPrompt: [ids, second.slice(0, 50)], residualLength: 32, families })).rejects.toThrow(/calibrationPrompt 1: need at least 96 tokens/);
+    await expect(planCodebookBudget({ model, budgetBits: 2.3, calibrationPrompt: [ids, [0, -1, ...second]], residualLength: 32, families })).rejects.toThrow(expect.objectContaining({ code: 'E_CONFIG' }));
+  });
+
   it('rejects a refine count that is not a non-negative integer', async () => {
     for (const refine of [-1, 1.5, Number.NaN]) {
       await expect(planCodebookBudget({ model, budgetBits: 2.3, calibrationPrompt: ids, residualLength: 32, refine })).rejects.toThrow(expect.objectContaining({ code: 'E_CONFIG' }));

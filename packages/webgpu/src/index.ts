@@ -8,6 +8,7 @@
  */
 export * from './layout.js';
 export * from './raw.js';
+export * from './codebook.js';
 export * from './node.js';
 export { CHUNK_TOKENS } from './wgsl.js';
 export * from './device/cache.js';

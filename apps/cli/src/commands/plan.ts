@@ -1,6 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { checkOutputPath, parseCommandArgs, sharedOptions } from '../args.js';
-import { DEFAULT_CALIBRATION_TEXT, codebookFamily, openEvalModel, planCodebookBudget, planForBudget, syntheticPasskeys, type CodebookPlanResult } from '@xquant/eval';
+import { CALIBRATION_SET_TEXTS, DEFAULT_CALIBRATION_TEXT, codebookFamily, openEvalModel, planCodebookBudget, planForBudget, syntheticPasskeys, type CodebookPlanResult } from '@xquant/eval';
 import { XqError, XqFormatError } from '@xquant/quant';
 import { DEFAULT_RESIDUAL_LENGTH, type BackendName } from '@xquant/tfjs';
 
@@ -22,8 +22,11 @@ options:
   --group-size LIST    key group sizes to try (must divide R; default 32,64)
   --value-group-size LIST
                        value group sizes to try (must divide headDim, any R; default: the key group sizes and 64)
-  --calibration FILE   calibration prompt: a text file, or JSON/JSONL with input_ids (first record)
-                       (default: a built-in English paragraph, ~370 tokens)
+  --calibration FILE   calibration prompt: a text file (one prompt), or JSON/JSONL records with input_ids or
+                       text (one prompt each; KL pooled over all) (default: a built-in English paragraph,
+                       ~370 tokens)
+  --calibration-set    the built-in set of four prompts in different registers (~1,500 tokens; the first is
+                       the default paragraph) instead; with --refine the guard's passkey prompts use all four
   --codebook           plan the 'turboquant' strategy instead: per-tensor widths 1…4 in half bits, over the
                        format families (rotation, scale format fp16/log8, norm/least-squares scale, half-bit split);
                        writes a 'turboquant' preset (issue 14); --budget may be a list (one sensitivity run,
@@ -45,7 +48,7 @@ options:
   --json               print the plan result JSON on stdout
   -h, --help           show this help`;
 
-function calibrationIds(path: string, encode: (t: string) => number[]): number[] {
+function calibrationIds(path: string, encode: (t: string) => number[]): number[][] {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -53,18 +56,21 @@ function calibrationIds(path: string, encode: (t: string) => number[]): number[]
     throw new XqError('E_IO', `${path}: cannot read calibration file (${(e as Error).message})`, { cause: e });
   }
   if (/\.jsonl?$/i.test(path)) {
-    let j: unknown;
+    let records: unknown[];
     try {
-      j = JSON.parse((path.toLowerCase().endsWith('.jsonl') ? text.split('\n').find((l) => l.trim()) : text) ?? '');
+      records = path.toLowerCase().endsWith('.jsonl') ? text.split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as unknown) : [JSON.parse(text) as unknown].flat();
     } catch (e) {
       throw new XqFormatError(`${path}: not JSON (${(e as Error).message})`, { cause: e });
     }
-    const rec = (Array.isArray(j) ? j[0] : j) as { input_ids?: unknown; text?: unknown };
-    if (Array.isArray(rec?.input_ids)) return rec.input_ids as number[];
-    if (typeof rec?.text === 'string') return encode(rec.text);
-    throw new XqFormatError(`${path}: the first record has neither input_ids nor text`);
+    if (records.length === 0) throw new XqFormatError(`${path}: no records`);
+    return records.map((r, i) => {
+      const rec = r as { input_ids?: unknown; text?: unknown } | null;
+      if (Array.isArray(rec?.input_ids)) return rec.input_ids as number[];
+      if (typeof rec?.text === 'string') return encode(rec.text);
+      throw new XqFormatError(`${path}: record ${i} has neither input_ids nor text`);
+    });
   }
-  return encode(text);
+  return [encode(text)];
 }
 
 /** `xquant plan …`; returns the exit code. */
@@ -74,6 +80,7 @@ export async function run(argv: string[]): Promise<number> {
     budget: { type: 'string' },
     tokens: { type: 'string' },
     calibration: { type: 'string' },
+    'calibration-set': { type: 'boolean' },
     'no-sharing': { type: 'boolean' },
     codebook: { type: 'boolean' },
     families: { type: 'string' },
@@ -91,14 +98,21 @@ export async function run(argv: string[]): Promise<number> {
     console.error(`xquant plan: --model and a positive --budget are required\n\n${USAGE}`);
     return 2;
   }
+  if (typeof v.calibration === 'string' && v['calibration-set']) {
+    console.error(`xquant plan: --calibration and --calibration-set exclude each other\n\n${USAGE}`);
+    return 2;
+  }
   if (typeof v.out === 'string') checkOutputPath(v.out, '--out');
   const R = v['residual-length'] ?? DEFAULT_RESIDUAL_LENGTH;
   const { tokens, 'max-verify': maxVerify, 'group-size': groupSizes, 'value-group-size': valueGroupSizes } = v;
   const rt = await openEvalModel(v.model, { backend: v.backend as BackendName | undefined });
   try {
     const encode = (t: string) => rt.tokenizer.encode(t);
-    const ids = typeof v.calibration === 'string' ? calibrationIds(v.calibration, encode) : encode(DEFAULT_CALIBRATION_TEXT);
-    process.stderr.write(`xquant plan: ${rt.name} on ${rt.backend.backend}, budget ${budget} bits at ${tokens ?? 2048} tokens, R=${R}, ${ids.length} calibration tokens\n`);
+    const prompts = typeof v.calibration === 'string' ? calibrationIds(v.calibration, encode) : (v['calibration-set'] ? CALIBRATION_SET_TEXTS : [DEFAULT_CALIBRATION_TEXT]).map(encode);
+    const ids = prompts.length === 1 ? prompts[0]! : prompts;
+    const calibrationTokens = prompts.reduce((a, p) => a + p.length, 0);
+    const guardText = v['calibration-set'] ? CALIBRATION_SET_TEXTS.join(' ') : undefined;
+    process.stderr.write(`xquant plan: ${rt.name} on ${rt.backend.backend}, budget ${budget} bits at ${tokens ?? 2048} tokens, R=${R}, ${calibrationTokens} calibration tokens in ${prompts.length} prompt(s)\n`);
     const t0 = Date.now();
     if (v.codebook) {
       const families = typeof v.families === 'string' ? v.families.split(',').map(codebookFamily) : undefined;
@@ -121,11 +135,11 @@ export async function run(argv: string[]): Promise<number> {
         families,
         sensitivity,
         ...(v.refine !== undefined ? { refine: v.refine } : {}),
-        ...(v.refine !== undefined && !v['no-passkey-guard'] ? { passkeys: { records: syntheticPasskeys(encode), tokenizer: rt.tokenizer } } : {}),
+        ...(v.refine !== undefined && !v['no-passkey-guard'] ? { passkeys: { records: syntheticPasskeys(encode, { text: guardText }), tokenizer: rt.tokenizer } } : {}),
         log: (line) => process.stderr.write(`${line} (${((Date.now() - t0) / 1000).toFixed(0)} s)\n`),
       });
       sensitivity = cb.sensitivity;
-      const out = { format: 'xquant-plan/v1', model: rt.name, budgetBits: b, residualLength: R, calibrationTokens: ids.length, ...cb };
+      const out = { format: 'xquant-plan/v1', model: rt.name, budgetBits: b, residualLength: R, calibrationTokens, ...cb };
       if (typeof v.out === 'string') writeFileSync(budgets.length > 1 ? v.out.replace(/(\.json)?$/, `.b${b}.json`) : v.out, `${JSON.stringify(out, null, 1)}\n`);
       if (v.json) process.stdout.write(`${JSON.stringify(out)}\n`);
       else {
@@ -153,7 +167,7 @@ export async function run(argv: string[]): Promise<number> {
       maxVerify,
       log: (line) => process.stderr.write(`${line} (${((Date.now() - t0) / 1000).toFixed(0)} s)\n`),
     });
-    const out = { format: 'xquant-plan/v1', model: rt.name, budgetBits: budget, residualLength: R, calibrationTokens: ids.length, ...result };
+    const out = { format: 'xquant-plan/v1', model: rt.name, budgetBits: budget, residualLength: R, calibrationTokens, ...result };
     if (typeof v.out === 'string') writeFileSync(v.out, `${JSON.stringify(out, null, 1)}\n`);
     if (v.json) {
       process.stdout.write(`${JSON.stringify(out)}\n`);

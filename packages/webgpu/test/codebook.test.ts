@@ -1,0 +1,139 @@
+import { describe, expect, test } from 'vitest';
+import {
+  XqShapeError,
+  codebookKeyScores,
+  codebookValueMix,
+  encodeScale,
+  lloydMaxCodebook,
+  packCodebookRow,
+  scaleDecodeTable,
+  type CodebookKvView,
+  type CodebookSegment,
+  type ScaleFormat,
+} from '@xquant/quant';
+import { createCodebookAttention, type GpuCodebookKv } from '../src/index.js';
+import { normal, openGpu, rng } from './helpers.js';
+
+const { gpu, reason } = await openGpu();
+const title = (s: string) => (gpu ? s : `${s} — skipped: ${reason}`);
+
+/** Segments of [channels, bits] pairs laid end to end in the bit stream; `shared`: one scale slot for all. */
+function segmentsOf(parts: [number, number][], shared: boolean): CodebookSegment[] {
+  let start = 0;
+  let bitOffset = 0;
+  return parts.map(([length, bits], i) => {
+    const s = { start, length, bits, levels: Float32Array.from(lloydMaxCodebook(bits, length).levels), bitOffset, scaleSlot: shared ? 0 : i };
+    start += length;
+    bitOffset += length * bits;
+    return s;
+  });
+}
+
+/** Random codes and scales (in format `fmt`) for every row of a view with these segments. */
+function viewOf(segments: CodebookSegment[], heads: number, tokens: number, fmt: ScaleFormat, seed: number): CodebookKvView {
+  const r = rng(seed);
+  const last = segments[segments.length - 1]!;
+  const D = last.start + last.length;
+  const rowWords = Math.ceil((last.bitOffset + last.length * last.bits) / 32);
+  const slots = Math.max(...segments.map((s) => s.scaleSlot)) + 1;
+  const rows = tokens * heads;
+  const packed = new Uint32Array(rows * rowWords);
+  const scales = fmt === 'fp16' ? new Uint16Array(rows * slots) : new Uint8Array(rows * slots);
+  const codes = new Uint8Array(D);
+  for (let row = 0; row < rows; row++) {
+    for (const s of segments) for (let c = s.start; c < s.start + s.length; c++) codes[c] = Math.floor(r() * 2 ** s.bits);
+    packCodebookRow(segments, rowWords, codes, packed, row * rowWords);
+    for (let k = 0; k < slots; k++) scales[row * slots + k] = encodeScale(fmt, 0.25 + 4 * r());
+  }
+  return { heads, tokens, headDim: D, segments, rowWords, scalesPerRow: slots, packed, scales, scaleTable: scaleDecodeTable(fmt) };
+}
+
+/** max over i of |a − b| / (tol·scale_i + 1e-5), where scale_i is the magnitude of the terms summed into b[i]. */
+function worst(a: Float32Array, b: Float32Array, scale: Float32Array, tol: number): number {
+  let w = 0;
+  for (let i = 0; i < b.length; i++) w = Math.max(w, Math.abs(a[i]! - b[i]!) / (tol * scale[i]! + 1e-5));
+  return w;
+}
+
+const absOf = (x: Float32Array) => x.map(Math.abs);
+
+const LAYOUTS: { name: string; parts: [number, number][]; shared?: boolean; fmt: ScaleFormat }[] = [
+  { name: '1-bit, log8', parts: [[64, 1]], fmt: 'log8' },
+  { name: '2-bit, fp16', parts: [[64, 2]], fmt: 'fp16' },
+  { name: '3-bit (codes straddle words), e4m3', parts: [[64, 3]], fmt: 'e4m3' },
+  { name: '4-bit d=128, log8', parts: [[128, 4]], fmt: 'log8' },
+  { name: '2.5 (3-bit outliers + 2-bit), fp16', parts: [[32, 3], [32, 2]], fmt: 'fp16' },
+  { name: '1.5 with one shared scale, log8', parts: [[32, 2], [32, 1]], shared: true, fmt: 'log8' },
+];
+
+describe.skipIf(!gpu)(title('WGSL codebook kernels (turboquant layout) vs the CPU kernels'), () => {
+  const k = gpu ? createCodebookAttention(gpu.device) : (undefined as never);
+  const T = 1100; // 3 chunks, the last partial
+
+  for (const [li, layout] of LAYOUTS.entries()) {
+    const rep = [1, 4, 3][li % 3]!;
+    const heads = 2;
+    const qHeads = heads * rep;
+    test(`${layout.name}: keyScores and valueMix, ${qHeads}/${heads} heads, ${T} tokens`, async () => {
+      const view = viewOf(segmentsOf(layout.parts, layout.shared ?? false), heads, T, layout.fmt, 100 + li);
+      const D = view.headDim;
+      const r = rng(7 + li);
+      const q = normal(qHeads * D, r);
+      const kv = k.upload(view);
+
+      const scoresCall = await k.keyScores({ q: k.base.createBuffer(q), qHeads, keys: kv });
+      const gpuScores = await k.base.runAndRead(scoresCall);
+      const cpuScores = codebookKeyScores(q, qHeads, view, new Float32Array(qHeads * T));
+      const bound = codebookKeyScores(absOf(q), qHeads, { ...view, segments: view.segments.map((s) => ({ ...s, levels: absOf(s.levels) })) }, new Float32Array(qHeads * T));
+      expect(worst(gpuScores, cpuScores, bound, 1e-5)).toBeLessThan(1);
+
+      const p = Float32Array.from({ length: qHeads * T }, () => r());
+      const mixCall = await k.valueMix({ p: k.base.createBuffer(p), qHeads, values: kv });
+      const gpuMix = await k.base.runAndRead(mixCall);
+      const cpuMix = codebookValueMix(p, qHeads, view, new Float32Array(qHeads * D));
+      const mixBound = codebookValueMix(p, qHeads, { ...view, segments: view.segments.map((s) => ({ ...s, levels: absOf(s.levels) })) }, new Float32Array(qHeads * D));
+      expect(worst(gpuMix, cpuMix, mixBound, 1e-5)).toBeLessThan(1);
+      scoresCall.destroy();
+      mixCall.destroy();
+      k.release(kv);
+    });
+  }
+
+  test('attention (scores → softmax → values) matches softmax over the CPU scores, then the CPU mix; one chunk and several', async () => {
+    for (const tokens of [300, 1600]) {
+      const segments = segmentsOf([[32, 3], [32, 2]], false);
+      const keys = viewOf(segments, 2, tokens, 'log8', 1);
+      const values = viewOf(segments, 2, tokens, 'log8', 2);
+      const qHeads = 8;
+      const q = normal(qHeads * 64, rng(3), 0.5);
+      const gk = k.upload(keys);
+      const gv = k.upload(values);
+      const call = await k.attention({ q: k.base.createBuffer(q), qHeads, keys: gk, values: gv });
+      const got = await k.base.runAndRead(call);
+      const s = codebookKeyScores(q, qHeads, keys, new Float32Array(qHeads * tokens));
+      for (let j = 0; j < qHeads; j++) {
+        const row = s.subarray(j * tokens, (j + 1) * tokens);
+        const m = Math.max(...row.map((x) => x / 8));
+        let z = 0;
+        for (let t = 0; t < tokens; t++) z += row[t] = Math.exp(row[t]! / 8 - m);
+        for (let t = 0; t < tokens; t++) row[t] = row[t]! / z;
+      }
+      const want = codebookValueMix(s, qHeads, values, new Float32Array(qHeads * 64));
+      const scale = codebookValueMix(s, qHeads, { ...values, segments: values.segments.map((x) => ({ ...x, levels: absOf(x.levels) })) }, new Float32Array(qHeads * 64));
+      expect(worst(got, want, scale, 1e-4)).toBeLessThan(1);
+      call.destroy();
+      for (const g of [gk, gv] as GpuCodebookKv[]) k.release(g);
+    }
+  });
+
+  test('bad shapes give XqShapeError', async () => {
+    const view = viewOf(segmentsOf([[64, 2]], false), 2, 40, 'log8', 5);
+    const kv = k.upload(view);
+    await expect(k.keyScores({ q: k.base.createBuffer(new Float32Array(3 * 64)), qHeads: 3, keys: kv })).rejects.toThrow(XqShapeError);
+    await expect(k.keyScores({ q: k.base.createBuffer(new Float32Array(64)), qHeads: 2, keys: kv })).rejects.toThrow(/q: buffer/);
+    await expect(k.valueMix({ p: k.base.createBuffer(new Float32Array(2 * 40)), qHeads: 2, values: kv, pStride: 39 })).rejects.toThrow(XqShapeError);
+    expect(() => k.upload({ ...view, tokens: 0 })).toThrow(XqShapeError);
+    expect(() => k.upload({ ...view, rowWords: 3 })).toThrow(XqShapeError);
+    k.release(kv);
+  });
+});
