@@ -69,6 +69,8 @@ export interface CodebookAttentionArgs {
 
 /** Tokens a workgroup of the score and value kernels covers. */
 export const CODEBOOK_CHUNK_TOKENS = 512;
+/** Workgroup memory the fused decode kernel aims to stay within (a larger chunk would lower occupancy). */
+const DECODE_SHARED_BYTES = 20480;
 const SCORE_THREADS = 128;
 /** Tokens whose weights the value kernel stages in workgroup memory at a time. */
 const MIX_STAGE = 128;
@@ -101,35 +103,43 @@ function tableFloats(spec: CodebookSpec): number {
   return levelOffsets(spec).total + (spec.scaleBits === 8 ? 256 : 0);
 }
 
-function common(spec: CodebookSpec, q: 'q' | 'p'): string {
+/** Bindings 1–3 (or `first`…`first+2`), constants, tables and `scaleAt` of one operand; names prefixed by `pre`. */
+function operand(spec: CodebookSpec, pre: string, first: number): string {
   const { total } = levelOffsets(spec);
+  const U = pre.toUpperCase();
   const scaleFn =
     spec.scaleBits === 8
-      ? `fn scaleAt(i: u32) -> f32 { return st[(scales[i >> 2u] >> ((i & 3u) * 8u)) & 255u]; }`
-      : `fn scaleAt(i: u32) -> f32 { return unpack2x16float(scales[i >> 1u])[i & 1u]; }`;
+      ? `fn ${pre}scaleAt(i: u32) -> f32 { return ${pre}st[(${pre}scales[i >> 2u] >> ((i & 3u) * 8u)) & 255u]; }`
+      : `fn ${pre}scaleAt(i: u32) -> f32 { return unpack2x16float(${pre}scales[i >> 1u])[i & 1u]; }`;
+  return `@group(0) @binding(${first}) var<storage, read> ${pre}codes: array<u32>;
+@group(0) @binding(${first + 1}) var<storage, read> ${pre}scales: array<u32>;
+@group(0) @binding(${first + 2}) var<storage, read> ${pre}tables: array<f32>;
+const ${U}RW = ${spec.rowWords}u;
+const ${U}SPR = ${spec.scalesPerRow}u;
+const ${U}LV = ${total}u;
+var<workgroup> ${pre}lv: array<f32, ${U}LV>;
+${spec.scaleBits === 8 ? `var<workgroup> ${pre}st: array<f32, 256>;` : ''}
+${scaleFn}`;
+}
+
+/** The uniform, the constants shared by both operands, the query/weight input (binding 4) and the output (5). */
+function common(spec: CodebookSpec, q: 'q' | 'p', pre = ''): string {
   return `
 struct Params { tokens: u32, ostride: u32, chunks: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> codes: array<u32>;
-@group(0) @binding(2) var<storage, read> scales: array<u32>;
-@group(0) @binding(3) var<storage, read> tables: array<f32>;
 @group(0) @binding(4) var<storage, read> ${q}: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 const H = ${spec.heads}u;
 const D = ${spec.headDim}u;
 const REP = ${spec.rep}u;
-const RW = ${spec.rowWords}u;
-const SPR = ${spec.scalesPerRow}u;
-const LV = ${total}u;
-var<workgroup> lv: array<f32, LV>;
-${spec.scaleBits === 8 ? 'var<workgroup> st: array<f32, 256>;' : ''}
-${scaleFn}
+${operand(spec, pre, 1)}
 `;
 }
 
-function loadTables(spec: CodebookSpec, threads: number): string {
-  return `  for (var i = li; i < LV; i += ${threads}u) { lv[i] = tables[i]; }
-${spec.scaleBits === 8 ? `  for (var i = li; i < 256u; i += ${threads}u) { st[i] = tables[LV + i]; }` : ''}`;
+function loadTables(spec: CodebookSpec, threads: number, pre = ''): string {
+  const U = pre.toUpperCase();
+  return `  for (var i = li; i < ${U}LV; i += ${threads}u) { ${pre}lv[i] = ${pre}tables[i]; }
+${spec.scaleBits === 8 ? `  for (var i = li; i < 256u; i += ${threads}u) { ${pre}st[i] = ${pre}tables[${U}LV + i]; }` : ''}`;
 }
 
 /**
@@ -138,29 +148,9 @@ ${spec.scaleBits === 8 ? `  for (var i = li; i < 256u; i += ${threads}u) { st[i]
  * `Σ q·level` times the segment's scale. @internal
  */
 export function codebookScoresSource(spec: CodebookSpec): string {
-  const { offsets } = levelOffsets(spec);
   const { rep: REP, headDim: D } = spec;
   const per = CODEBOOK_CHUNK_TOKENS / SCORE_THREADS;
-  const body: string[] = [];
-  for (let w = 0; w < spec.rowWords; w++) body.push(`      let w${w} = codes[b + ${w}u];`);
-  for (let j = 0; j < REP; j++) body.push(`      var a${j} = 0.0;`);
-  spec.segments.forEach((s, si) => {
-    body.push(`      {`, `        let sc = scaleAt(r * SPR + ${s.scaleSlot}u);`);
-    for (let j = 0; j < REP; j++) body.push(`        var s${j} = 0.0;`);
-    const mask = (1 << s.bits) - 1;
-    for (let k = 0; k < s.length; k++) {
-      const c = s.start + k;
-      const pos = s.bitOffset + k * s.bits;
-      const wi = pos >>> 5;
-      const sh = pos & 31;
-      const code = sh + s.bits > 32 ? `((w${wi} >> ${sh}u) | (w${wi + 1} << ${32 - sh}u)) & ${mask}u` : sh === 0 ? `w${wi} & ${mask}u` : `(w${wi} >> ${sh}u) & ${mask}u`;
-      body.push(`        { let l = lv[${offsets[si]}u + (${code})];`);
-      for (let j = 0; j < REP; j++) body.push(`          s${j} = fma(qs[${j * D + c}u], l, s${j});`);
-      body.push(`        }`);
-    }
-    for (let j = 0; j < REP; j++) body.push(`        a${j} = fma(sc, s${j}, a${j});`);
-    body.push(`      }`);
-  });
+  const body = scoreBlock(spec, '      ');
   for (let j = 0; j < REP; j++) body.push(`      out[(h * REP + ${j}u) * P.ostride + t] = a${j};`);
   return `${common(spec, 'q')}
 var<workgroup> qs: array<f32, ${REP * D}>;
@@ -182,6 +172,38 @@ ${body.join('\n')}
 `;
 }
 
+/**
+ * WGSL statements computing `a0 … a{rep−1}` = `Σ_c qs[j·D + c]·x̂[c]` for the row `r` whose words start at `b`: the row's
+ * words loaded once, every code decoded once with constant shifts and used by every query head, per segment
+ * `Σ q·level` times the segment's scale.
+ */
+function scoreBlock(spec: CodebookSpec, ind: string, pre = ''): string[] {
+  const { offsets } = levelOffsets(spec);
+  const U = pre.toUpperCase();
+  const { rep: REP, headDim: D } = spec;
+  const body: string[] = [];
+  for (let w = 0; w < spec.rowWords; w++) body.push(`${ind}let w${w} = ${pre}codes[b + ${w}u];`);
+  for (let j = 0; j < REP; j++) body.push(`${ind}var a${j} = 0.0;`);
+  spec.segments.forEach((s, si) => {
+    body.push(`${ind}{`, `${ind}  let sc = ${pre}scaleAt(r * ${U}SPR + ${s.scaleSlot}u);`);
+    for (let j = 0; j < REP; j++) body.push(`${ind}  var s${j} = 0.0;`);
+    const mask = (1 << s.bits) - 1;
+    for (let k = 0; k < s.length; k++) {
+      const c = s.start + k;
+      const pos = s.bitOffset + k * s.bits;
+      const wi = pos >>> 5;
+      const sh = pos & 31;
+      const code = sh + s.bits > 32 ? `((w${wi} >> ${sh}u) | (w${wi + 1} << ${32 - sh}u)) & ${mask}u` : sh === 0 ? `w${wi} & ${mask}u` : `(w${wi} >> ${sh}u) & ${mask}u`;
+      body.push(`${ind}  { let l = ${pre}lv[${offsets[si]}u + (${code})];`);
+      for (let j = 0; j < REP; j++) body.push(`${ind}    s${j} = fma(qs[${j * D + c}u], l, s${j});`);
+      body.push(`${ind}  }`);
+    }
+    for (let j = 0; j < REP; j++) body.push(`${ind}  a${j} = fma(sc, s${j}, a${j});`);
+    body.push(`${ind}}`);
+  });
+  return body;
+}
+
 /** Threads of the value kernel: channels × token lanes. */
 function mixLanes(D: number): number {
   return Math.max(1, Math.floor(256 / D));
@@ -194,28 +216,11 @@ function mixLanes(D: number): number {
  * memory and each chunk writes a partial row, summed by {@link codebookCombineSource}. @internal
  */
 export function codebookMixSource(spec: CodebookSpec): string {
-  const { offsets } = levelOffsets(spec);
   const { rep: REP, headDim: D } = spec;
   const lanes = mixLanes(D);
   const threads = D * lanes;
   const CH = CODEBOOK_CHUNK_TOKENS;
-  // per-thread constants: the channel's segment
-  const seg: string[] = [];
-  spec.segments.forEach((s, si) => {
-    const cond = si === spec.segments.length - 1 ? '' : `if (c < ${s.start + s.length}u) `;
-    seg.push(`  ${si > 0 ? 'else ' : ''}${cond}{ bits = ${s.bits}u; pos = ${s.bitOffset}u + (c - ${s.start}u) * ${s.bits}u; lo = ${offsets[si]}u; slot = ${s.scaleSlot}u; }`);
-  });
-  const accs = Array.from({ length: REP }, (_, j) => `  var a${j} = 0.0;`).join('\n');
   const SUB = MIX_STAGE;
-  const mix = Array.from({ length: REP }, (_, j) => `        a${j} = fma(ps[${j * SUB}u + tt], v, a${j});`).join('\n');
-  const reduce = Array.from({ length: REP }, (_, j) => `  red[li] = a${j};
-  workgroupBarrier();
-  if (lane == 0u) {
-    var s = 0.0;
-    for (var k = 0u; k < ${lanes}u; k++) { s += red[k * D + c]; }
-    out[((wg.x * H + h) * REP + ${j}u) * D + c] = s;
-  }
-  workgroupBarrier();`).join('\n');
   return `${common(spec, 'p')}
 var<workgroup> ps: array<f32, ${REP * SUB}>;
 var<workgroup> red: array<f32, ${threads}>;
@@ -224,7 +229,35 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
   let h = wg.y;
   let t0 = wg.x * ${CH}u;
 ${loadTables(spec, threads)}
-  let c = li % D;
+${valueThread(spec)}
+  let n = min(${CH}u, P.tokens - t0);
+  for (var s0 = 0u; s0 < ${CH}u; s0 += ${SUB}u) {
+    workgroupBarrier();
+    for (var i = li; i < REP * ${SUB}u; i += ${threads}u) {
+      let j = i / ${SUB}u;
+      let t = t0 + s0 + i % ${SUB}u;
+      ps[i] = select(0.0, p[(h * REP + j) * P.ostride + min(t, P.tokens - 1u)], t < P.tokens);
+    }
+    workgroupBarrier();
+    let m = min(${SUB}u, n - min(n, s0));
+${valueLoop(spec, 's0 + ', SUB, 'm', '    ')}
+  }
+${laneSums(spec, (j) => `out[((wg.x * H + h) * REP + ${j}u) * D + c] = s;`)}
+}
+`;
+}
+
+/**
+ * Per-thread setup of the value loops: the thread's channel `c` and token lane, and its channel's segment — word,
+ * shift, mask, level table and scale slot — fixed for the whole loop; accumulators `a0 … a{rep−1}` zeroed.
+ */
+function valueThread(spec: CodebookSpec): string {
+  const { offsets } = levelOffsets(spec);
+  const seg = spec.segments.map((s, si) => {
+    const cond = si === spec.segments.length - 1 ? '' : `if (c < ${s.start + s.length}u) `;
+    return `  ${si > 0 ? 'else ' : ''}${cond}{ bits = ${s.bits}u; pos = ${s.bitOffset}u + (c - ${s.start}u) * ${s.bits}u; lo = ${offsets[si]}u; slot = ${s.scaleSlot}u; }`;
+  });
+  return `  let c = li % D;
   let lane = li / D;
   var bits = 0u;
   var pos = 0u;
@@ -235,27 +268,184 @@ ${seg.join('\n')}
   let sh = pos & 31u;
   let mask = (1u << bits) - 1u;
   let straddles = sh + bits > 32u;
-  let n = min(${CH}u, P.tokens - t0);
-${accs}
-  for (var s0 = 0u; s0 < ${CH}u; s0 += ${SUB}u) {
-    workgroupBarrier();
-    for (var i = li; i < REP * ${SUB}u; i += ${threads}u) {
-      let j = i / ${SUB}u;
-      let t = t0 + s0 + i % ${SUB}u;
-      ps[i] = select(0.0, p[(h * REP + j) * P.ostride + min(t, P.tokens - 1u)], t < P.tokens);
-    }
-    workgroupBarrier();
-    let m = min(${SUB}u, n - min(n, s0));
-    for (var tt = lane; tt < m; tt += ${lanes}u) {
-      let r = (t0 + s0 + tt) * H + h;
-      let b = r * RW + wi;
-      var word = codes[b] >> sh;
-      if (straddles) { word |= codes[b + 1u] << (32u - sh); }
-      let v = lv[lo + (word & mask)] * scaleAt(r * SPR + slot);
+${Array.from({ length: spec.rep }, (_, j) => `  var a${j} = 0.0;`).join('\n')}`;
+}
+
+/** The token loop of a value pass: `a_j += ps[j·stride + tt]·v̂[t0 + off + tt, c]` for the thread's lane of `tt < count`. */
+function valueLoop(spec: CodebookSpec, off: string, stride: number, count: string, ind: string, pre = ''): string {
+  const U = pre.toUpperCase();
+  const lanes = mixLanes(spec.headDim);
+  const mix = Array.from({ length: spec.rep }, (_, j) => `${ind}  a${j} = fma(ps[${j * stride}u + tt], v, a${j});`).join('\n');
+  return `${ind}for (var tt = lane; tt < ${count}; tt += ${lanes}u) {
+${ind}  let r = (t0 + ${off}tt) * H + h;
+${ind}  let b = r * ${U}RW + wi;
+${ind}  var word = ${pre}codes[b] >> sh;
+${ind}  if (straddles) { word |= ${pre}codes[b + 1u] << (32u - sh); }
+${ind}  let v = ${pre}lv[lo + (word & mask)] * ${pre}scaleAt(r * ${U}SPR + slot);
 ${mix}
+${ind}}`;
+}
+
+/** Sum each accumulator over the token lanes in workgroup memory (`red`); lane 0 runs `write(j)` with the sum in `s`. */
+function laneSums(spec: CodebookSpec, write: (j: number) => string): string {
+  const lanes = mixLanes(spec.headDim);
+  return Array.from({ length: spec.rep }, (_, j) => `  red[li] = a${j};
+  workgroupBarrier();
+  if (lane == 0u) {
+    var s = 0.0;
+    for (var k = 0u; k < ${lanes}u; k++) { s += red[k * D + c]; }
+    ${write(j)}
+  }
+  workgroupBarrier();`).join('\n');
+}
+
+/** Tokens per workgroup of the fused decode kernel: the largest of 512 … 64 whose workgroup memory fits `bytes`. @internal */
+export function codebookDecodeChunk(keys: CodebookSpec, values: CodebookSpec, bytes: number): number {
+  for (const ch of [512, 256, 128, 64]) if (decodeSharedFloats(keys, values, ch) * 4 <= bytes) return ch;
+  return 0;
+}
+
+function decodeSharedFloats(keys: CodebookSpec, values: CodebookSpec, ch: number): number {
+  return keys.rep * keys.headDim + keys.rep * ch + keys.headDim * mixLanes(keys.headDim) + 2 * keys.rep + tableFloats(keys) + tableFloats(values);
+}
+
+/**
+ * Fused decode attention over one chunk of `ch` tokens of one KV head (flash decoding): the scores of every query head
+ * of the group (one thread per token, {@link scoreBlock}) into workgroup memory, the chunk's max and Σexp per head, then
+ * the value pass over the exponentials; writes per (chunk, query head) the unnormalised row, its max and its Σexp
+ * (`D + 2` floats), merged by {@link codebookMergeSource}. @internal
+ */
+export function codebookDecodeSource(spec: CodebookSpec, values: CodebookSpec, ch: number): string {
+  const { rep: REP, headDim: D } = spec;
+  const threads = D * mixLanes(D);
+  let p2 = 1;
+  while (p2 < threads) p2 *= 2;
+  const reduce = (op: string) => `  for (var k = ${p2 / 2}u; k > 0u; k >>= 1u) {
+    if (li < k && li + k < ${threads}u) { red[li] = ${op}; }
+    workgroupBarrier();
+  }`;
+  const stats = Array.from({ length: REP }, (_, j) => `  {
+    var m = -3.0e38;
+    for (var tt = li; tt < ${ch}u; tt += ${threads}u) { m = max(m, ps[${j * ch}u + tt]); }
+    red[li] = m;
+    workgroupBarrier();
+${reduce('max(red[li], red[li + k])')}
+    m = red[0];
+    workgroupBarrier();
+    var z = 0.0;
+    for (var tt = li; tt < ${ch}u; tt += ${threads}u) {
+      let e = exp(ps[${j * ch}u + tt] - m);
+      ps[${j * ch}u + tt] = e;
+      z += e;
+    }
+    red[li] = z;
+    workgroupBarrier();
+${reduce('red[li] + red[li + k]')}
+    if (li == 0u) { stat[${2 * j}u] = m; stat[${2 * j + 1}u] = red[0]; }
+    workgroupBarrier();
+  }`).join('\n');
+  const store = Array.from({ length: REP }, (_, j) => `        ps[${j * ch}u + tt] = a${j} * P.scale;`).join('\n');
+  const masked = Array.from({ length: REP }, (_, j) => `        ps[${j * ch}u + tt] = -3.0e38;`).join('\n');
+  const ROW = D + 2;
+  return `${common(spec, 'q', 'k')}
+${operand(values, 'v', 6)}
+var<workgroup> qs: array<f32, ${REP * D}>;
+var<workgroup> ps: array<f32, ${REP * ch}>;
+var<workgroup> red: array<f32, ${threads}>;
+var<workgroup> stat: array<f32, ${2 * REP}>;
+@compute @workgroup_size(${threads})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+  let h = wg.y;
+  let t0 = wg.x * ${ch}u;
+  for (var i = li; i < REP * D; i += ${threads}u) { qs[i] = q[h * REP * D + i]; }
+${loadTables(spec, threads, 'k')}
+${loadTables(values, threads, 'v')}
+  workgroupBarrier();
+  for (var tt = li; tt < ${ch}u; tt += ${threads}u) {
+    let t = t0 + tt;
+    if (t < P.tokens) {
+      let r = t * H + h;
+      let b = r * KRW;
+${scoreBlock(spec, '      ', 'k').join('\n')}
+${store}
+    } else {
+${masked}
     }
   }
-${reduce}
+  workgroupBarrier();
+${stats}
+${valueThread(values)}
+  let n = min(${ch}u, P.tokens - t0);
+${valueLoop(values, '', ch, 'n', '  ', 'v')}
+${laneSums(spec, (j) => `out[((wg.x * H + h) * REP + ${j}u) * ${ROW}u + c] = s;`)}
+  if (li < REP) {
+    let o = ((wg.x * H + h) * REP + li) * ${ROW}u + D;
+    out[o] = stat[2u * li];
+    out[o + 1u] = stat[2u * li + 1u];
+  }
+}
+`;
+}
+
+/**
+ * Merges the fused kernel's chunks for one query head per workgroup: M = max of the chunk maxima, then
+ * `out[c] = Σ_k w_k·row_k[c] / Σ_k w_k·z_k` with `w_k = exp(m_k − M)`. @internal
+ */
+export function codebookMergeSource(headDim: number): string {
+  const D = headDim;
+  const lanes = mixLanes(D);
+  const threads = D * lanes;
+  let p2 = 1;
+  while (p2 < threads) p2 *= 2;
+  const ROW = D + 2;
+  return `
+struct Params { tokens: u32, ostride: u32, chunks: u32, scale: f32 }
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> part: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+const D = ${D}u;
+var<workgroup> red: array<f32, ${threads}>;
+@compute @workgroup_size(${threads})
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+  let i = wg.x;
+  let qh = P.ostride;
+  var m = -3.0e38;
+  for (var k = li; k < P.chunks; k += ${threads}u) { m = max(m, part[(k * qh + i) * ${ROW}u + D]); }
+  red[li] = m;
+  workgroupBarrier();
+  for (var s = ${p2 / 2}u; s > 0u; s >>= 1u) {
+    if (li < s && li + s < ${threads}u) { red[li] = max(red[li], red[li + s]); }
+    workgroupBarrier();
+  }
+  m = red[0];
+  workgroupBarrier();
+  var z = 0.0;
+  for (var k = li; k < P.chunks; k += ${threads}u) {
+    let e = exp(part[(k * qh + i) * ${ROW}u + D] - m);
+    z += e * part[(k * qh + i) * ${ROW}u + D + 1u];
+  }
+  red[li] = z;
+  workgroupBarrier();
+  for (var s = ${p2 / 2}u; s > 0u; s >>= 1u) {
+    if (li < s && li + s < ${threads}u) { red[li] += red[li + s]; }
+    workgroupBarrier();
+  }
+  let inv = 1.0 / red[0];
+  workgroupBarrier();
+  let c = li % D;
+  let lane = li / D;
+  var a = 0.0;
+  for (var k = lane; k < P.chunks; k += ${lanes}u) {
+    let o = (k * qh + i) * ${ROW}u;
+    a = fma(exp(part[o + D] - m), part[o + c], a);
+  }
+  red[li] = a;
+  workgroupBarrier();
+  if (lane == 0u) {
+    var s = 0.0;
+    for (var k = 0u; k < ${lanes}u; k++) { s += red[k * D + c]; }
+    out[i * D + c] = s * inv;
+  }
 }
 `;
 }
@@ -274,44 +464,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   var s = 0.0;
   for (var k = 0u; k < P.chunks; k++) { s += partial[k * P.ostride + i]; }
   out[i] = s;
-}
-`;
-}
-
-/** Softmax over each query head's scores row in place (`P.tokens` valid, row stride `P.ostride`, times `P.scale`). @internal */
-export function codebookSoftmaxSource(): string {
-  return `
-struct Params { tokens: u32, ostride: u32, chunks: u32, scale: f32 }
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read_write> s: array<f32>;
-var<workgroup> red: array<f32, 256>;
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-  let o = wg.x * P.ostride;
-  var m = -3.0e38;
-  for (var t = li; t < P.tokens; t += 256u) { m = max(m, s[o + t] * P.scale); }
-  red[li] = m;
-  workgroupBarrier();
-  for (var k = 128u; k > 0u; k >>= 1u) {
-    if (li < k) { red[li] = max(red[li], red[li + k]); }
-    workgroupBarrier();
-  }
-  m = red[0];
-  workgroupBarrier();
-  var z = 0.0;
-  for (var t = li; t < P.tokens; t += 256u) {
-    let e = exp(s[o + t] * P.scale - m);
-    s[o + t] = e;
-    z += e;
-  }
-  red[li] = z;
-  workgroupBarrier();
-  for (var k = 128u; k > 0u; k >>= 1u) {
-    if (li < k) { red[li] += red[li + k]; }
-    workgroupBarrier();
-  }
-  let inv = 1.0 / red[0];
-  for (var t = li; t < P.tokens; t += 256u) { s[o + t] *= inv; }
 }
 `;
 }
@@ -488,35 +640,51 @@ export class CodebookAttentionGpu {
   }
 
   /**
-   * One decode-attention step over codebook keys and values: scores, softmax (times `scale`), weighted values
-   * (four dispatches; the scores row stays on the GPU).
+   * One decode-attention step over codebook keys and values (flash decoding, two dispatches): per chunk of tokens and
+   * KV head, the scores of the group's query heads, their softmax statistics and the weighted values in one kernel;
+   * then one merge per query head. Output `[qHeads, headDim]` in the values' channel order.
    */
   async attention(args: CodebookAttentionArgs): Promise<KernelCall> {
     const { keys, values, qHeads } = args;
-    if (keys.tokens !== values.tokens || keys.heads !== values.heads) {
-      throw new XqShapeError(`codebook attention: keys hold ${keys.tokens} tokens × ${keys.heads} heads, values ${values.tokens} × ${values.heads}`);
+    if (keys.tokens !== values.tokens || keys.heads !== values.heads || keys.headDim !== values.headDim) {
+      throw new XqShapeError(`codebook attention: keys hold ${keys.tokens} tokens × ${keys.heads} heads × ${keys.headDim}, values ${values.tokens} × ${values.heads} × ${values.headDim}`);
     }
-    const scores = await this.keyScores({ q: args.q, qHeads, keys });
-    const soft = await this.pipeline(codebookSoftmaxSource(), 'xquant codebook softmax');
-    const params = this.params(keys.tokens, keys.tokens, 0, args.scale ?? 1 / Math.sqrt(keys.headDim));
-    const bg = this.bind(soft, [params, scores.out]);
-    const mix = await this.valueMix({ p: scores.out, qHeads, values, ...(args.out ? { out: args.out } : {}) });
+    const ks = this.spec(keys, qHeads, 'codebook attention');
+    const vs = this.spec(values, qHeads, 'codebook attention');
+    this.checkSize(args.q, qHeads * keys.headDim, 'q');
+    const limit = Math.min(this.device.limits.maxComputeWorkgroupStorageSize, DECODE_SHARED_BYTES);
+    const ch = codebookDecodeChunk(ks, vs, limit) || codebookDecodeChunk(ks, vs, this.device.limits.maxComputeWorkgroupStorageSize);
+    if (!ch) this.checkShared(decodeSharedFloats(ks, vs, 64), 'codebook attention');
+    const chunks = Math.ceil(keys.tokens / ch);
+    const D = keys.headDim;
+    const [pipe, merge] = await Promise.all([this.pipeline(codebookDecodeSource(ks, vs, ch), 'xquant codebook decode'), this.pipeline(codebookMergeSource(D), 'xquant codebook merge')]);
+    const outLength = qHeads * D;
+    const own = !args.out;
+    const out = args.out ?? this.base.createOutput(outLength, 'codebook attention');
+    this.checkSize(out, outLength, 'out');
+    const partial = this.base.createOutput(chunks * qHeads * (D + 2), 'codebook attention partials');
+    const params = this.params(keys.tokens, 0, chunks, args.scale ?? 1 / Math.sqrt(D));
+    const params2 = this.params(keys.tokens, qHeads, chunks);
+    const bg = this.bind(pipe, [params, keys.codes, keys.scales, keys.tables, args.q, partial, values.codes, values.scales, values.tables]);
+    const bg2 = this.bind(merge, [params2, partial, out]);
     return {
-      out: mix.out,
-      outLength: mix.outLength,
+      out,
+      outLength,
       packedBytes: keys.packedBytes + values.packedBytes,
-      dispatches: 4,
+      dispatches: 2,
       encode(pass) {
-        scores.encode(pass);
-        pass.setPipeline(soft);
+        pass.setPipeline(pipe);
         pass.setBindGroup(0, bg);
+        pass.dispatchWorkgroups(chunks, keys.heads);
+        pass.setPipeline(merge);
+        pass.setBindGroup(0, bg2);
         pass.dispatchWorkgroups(qHeads);
-        mix.encode(pass);
       },
       destroy() {
-        scores.destroy();
         params.destroy();
-        mix.destroy();
+        params2.destroy();
+        partial.destroy();
+        if (own) out.destroy();
       },
     };
   }

@@ -99,12 +99,12 @@ describe.skipIf(!gpu)(title('WGSL codebook kernels (turboquant layout) vs the CP
     });
   }
 
-  test('attention (scores → softmax → values) matches softmax over the CPU scores, then the CPU mix; one chunk and several', async () => {
-    for (const tokens of [300, 1600]) {
-      const segments = segmentsOf([[32, 3], [32, 2]], false);
-      const keys = viewOf(segments, 2, tokens, 'log8', 1);
-      const values = viewOf(segments, 2, tokens, 'log8', 2);
-      const qHeads = 8;
+  test('attention (fused scores → softmax → values, chunks merged) matches softmax over the CPU scores, then the CPU mix', async () => {
+    // keys and values in different layouts (as a plan gives them), one chunk and several, 4 and 7 query heads per KV head
+    for (const [tokens, rep, fmt] of [[300, 4, 'log8'], [1600, 7, 'fp16']] as const) {
+      const keys = viewOf(segmentsOf([[32, 3], [32, 2]], false), 2, tokens, fmt, 1);
+      const values = viewOf(segmentsOf([[64, 1]], false), 2, tokens, fmt, 2);
+      const qHeads = 2 * rep;
       const q = normal(qHeads * 64, rng(3), 0.5);
       const gk = k.upload(keys);
       const gv = k.upload(values);
@@ -134,6 +134,9 @@ describe.skipIf(!gpu)(title('WGSL codebook kernels (turboquant layout) vs the CP
     await expect(k.valueMix({ p: k.base.createBuffer(new Float32Array(2 * 40)), qHeads: 2, values: kv, pStride: 39 })).rejects.toThrow(XqShapeError);
     expect(() => k.upload({ ...view, tokens: 0 })).toThrow(XqShapeError);
     expect(() => k.upload({ ...view, rowWords: 3 })).toThrow(XqShapeError);
+    const other = k.upload(viewOf(segmentsOf([[64, 2]], false), 2, 41, 'log8', 6));
+    await expect(k.attention({ q: k.base.createBuffer(new Float32Array(2 * 64)), qHeads: 2, keys: kv, values: other })).rejects.toThrow(/keys hold 40 tokens/);
+    k.release(other);
     k.release(kv);
   });
 });
