@@ -223,6 +223,7 @@ export function codebookMixSource(spec: CodebookSpec): string {
   const SUB = MIX_STAGE;
   return `${common(spec, 'p')}
 var<workgroup> ps: array<f32, ${REP * SUB}>;
+var<workgroup> vw: array<f32, ${spec.scalesPerRow * SUB}>;
 var<workgroup> red: array<f32, ${threads}>;
 @compute @workgroup_size(${threads})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -238,6 +239,7 @@ ${valueThread(spec)}
       let t = t0 + s0 + i % ${SUB}u;
       ps[i] = select(0.0, p[(h * REP + j) * P.ostride + min(t, P.tokens - 1u)], t < P.tokens);
     }
+${stageScales(spec, 's0 + ', SUB, threads)}
     workgroupBarrier();
     let m = min(${SUB}u, n - min(n, s0));
 ${valueLoop(spec, 's0 + ', SUB, 'm', '    ')}
@@ -271,19 +273,44 @@ ${seg.join('\n')}
 ${Array.from({ length: spec.rep }, (_, j) => `  var a${j} = 0.0;`).join('\n')}`;
 }
 
-/** The token loop of a value pass: `a_j += ps[j·stride + tt]·v̂[t0 + off + tt, c]` for the thread's lane of `tt < count`. */
+/**
+ * The token loop of a value pass: `a_j += ps[j·stride + tt]·level(code)·vw[slot·stride + tt]` for the thread's lane of
+ * `tt < count` (`vw`: the row scales staged per token and slot), four tokens per iteration so that their loads are
+ * independent.
+ */
 function valueLoop(spec: CodebookSpec, off: string, stride: number, count: string, ind: string, pre = ''): string {
   const U = pre.toUpperCase();
   const lanes = mixLanes(spec.headDim);
-  const mix = Array.from({ length: spec.rep }, (_, j) => `${ind}  a${j} = fma(ps[${j * stride}u + tt], v, a${j});`).join('\n');
-  return `${ind}for (var tt = lane; tt < ${count}; tt += ${lanes}u) {
-${ind}  let r = (t0 + ${off}tt) * H + h;
-${ind}  let b = r * ${U}RW + wi;
-${ind}  var word = ${pre}codes[b] >> sh;
-${ind}  if (straddles) { word |= ${pre}codes[b + 1u] << (32u - sh); }
-${ind}  let v = ${pre}lv[lo + (word & mask)] * ${pre}scaleAt(r * ${U}SPR + slot);
-${mix}
+  const one = (k: number) => {
+    const tt = k === 0 ? 'tt' : `tt + ${k * lanes}u`;
+    return `${ind}  let b${k} = ((t0 + ${off}${tt}) * H + h) * ${U}RW + wi;
+${ind}  var u${k} = ${pre}codes[b${k}] >> sh;
+${ind}  if (straddles) { u${k} |= ${pre}codes[b${k} + 1u] << (32u - sh); }`;
+  };
+  const use = (k: number) => {
+    const tt = k === 0 ? 'tt' : `tt + ${k * lanes}u`;
+    const mix = Array.from({ length: spec.rep }, (_, j) => `${ind}  a${j} = fma(ps[${j * stride}u + ${tt}], v${k}, a${j});`).join('\n');
+    return `${ind}  let v${k} = ${pre}lv[lo + (u${k} & mask)] * vw[slot * ${stride}u + ${tt}];
+${mix}`;
+  };
+  return `${ind}var tt = lane;
+${ind}for (; tt + ${3 * lanes}u < ${count}; tt += ${4 * lanes}u) {
+${[0, 1, 2, 3].map(one).join('\n')}
+${[0, 1, 2, 3].map(use).join('\n')}
+${ind}}
+${ind}for (; tt < ${count}; tt += ${lanes}u) {
+${one(0)}
+${use(0)}
 ${ind}}`;
+}
+
+/** Stage the row scales of tokens `t0 + off … t0 + off + stride − 1` (every slot) into `vw[slot·stride + tt]` (0 past the end). */
+function stageScales(spec: CodebookSpec, off: string, stride: number, threads: number, pre = ''): string {
+  const U = pre.toUpperCase();
+  return `  for (var i = li; i < ${U}SPR * ${stride}u; i += ${threads}u) {
+    let t = t0 + ${off}(i % ${stride}u);
+    vw[i] = select(0.0, ${pre}scaleAt((min(t, P.tokens - 1u) * H + h) * ${U}SPR + i / ${stride}u), t < P.tokens);
+  }`;
 }
 
 /** Sum each accumulator over the token lanes in workgroup memory (`red`); lane 0 runs `write(j)` with the sum in `s`. */
@@ -306,7 +333,7 @@ export function codebookDecodeChunk(keys: CodebookSpec, values: CodebookSpec, by
 }
 
 function decodeSharedFloats(keys: CodebookSpec, values: CodebookSpec, ch: number): number {
-  return keys.rep * keys.headDim + keys.rep * ch + keys.headDim * mixLanes(keys.headDim) + 2 * keys.rep + tableFloats(keys) + tableFloats(values);
+  return keys.rep * keys.headDim + (keys.rep + values.scalesPerRow) * ch + keys.rep * keys.headDim * mixLanes(keys.headDim) + 2 * keys.rep + tableFloats(keys) + tableFloats(values);
 }
 
 /**
@@ -320,30 +347,36 @@ export function codebookDecodeSource(spec: CodebookSpec, values: CodebookSpec, c
   const threads = D * mixLanes(D);
   let p2 = 1;
   while (p2 < threads) p2 *= 2;
-  const reduce = (op: string) => `  for (var k = ${p2 / 2}u; k > 0u; k >>= 1u) {
-    if (li < k && li + k < ${threads}u) { red[li] = ${op}; }
+  const J = Array.from({ length: REP }, (_, j) => j);
+  // every head's max, then every head's Σexp, reduced together (one tree, REP values per step)
+  const tree = (op: (x: string, y: string) => string) => `  for (var k = ${p2 / 2}u; k > 0u; k >>= 1u) {
+    if (li < k && li + k < ${threads}u) {
+${J.map((j) => `      red[${j * threads}u + li] = ${op(`red[${j * threads}u + li]`, `red[${j * threads}u + li + k]`)};`).join('\n')}
+    }
     workgroupBarrier();
   }`;
-  const stats = Array.from({ length: REP }, (_, j) => `  {
-    var m = -3.0e38;
-    for (var tt = li; tt < ${ch}u; tt += ${threads}u) { m = max(m, ps[${j * ch}u + tt]); }
-    red[li] = m;
-    workgroupBarrier();
-${reduce('max(red[li], red[li + k])')}
-    m = red[0];
-    workgroupBarrier();
-    var z = 0.0;
-    for (var tt = li; tt < ${ch}u; tt += ${threads}u) {
-      let e = exp(ps[${j * ch}u + tt] - m);
-      ps[${j * ch}u + tt] = e;
-      z += e;
-    }
-    red[li] = z;
-    workgroupBarrier();
-${reduce('red[li] + red[li + k]')}
-    if (li == 0u) { stat[${2 * j}u] = m; stat[${2 * j + 1}u] = red[0]; }
-    workgroupBarrier();
-  }`).join('\n');
+  const stats = `${J.map((j) => `  var m${j} = -3.0e38;`).join('\n')}
+  for (var tt = li; tt < ${ch}u; tt += ${threads}u) {
+${J.map((j) => `    m${j} = max(m${j}, ps[${j * ch}u + tt]);`).join('\n')}
+  }
+${J.map((j) => `  red[${j * threads}u + li] = m${j};`).join('\n')}
+  workgroupBarrier();
+${tree((x, y) => `max(${x}, ${y})`)}
+${J.map((j) => `  m${j} = red[${j * threads}u];`).join('\n')}
+  workgroupBarrier();
+${J.map((j) => `  var z${j} = 0.0;`).join('\n')}
+  for (var tt = li; tt < ${ch}u; tt += ${threads}u) {
+${J.map((j) => `    { let e = exp(ps[${j * ch}u + tt] - m${j}); ps[${j * ch}u + tt] = e; z${j} += e; }`).join('\n')}
+  }
+${J.map((j) => `  red[${j * threads}u + li] = z${j};`).join('\n')}
+${stageScales(values, '', ch, threads, 'v')}
+  workgroupBarrier();
+${tree((x, y) => `${x} + ${y}`)}
+  if (li == 0u) {
+${J.map((j) => `    stat[${2 * j}u] = m${j};
+    stat[${2 * j + 1}u] = red[${j * threads}u];`).join('\n')}
+  }
+  workgroupBarrier();`;
   const store = Array.from({ length: REP }, (_, j) => `        ps[${j * ch}u + tt] = a${j} * P.scale;`).join('\n');
   const masked = Array.from({ length: REP }, (_, j) => `        ps[${j * ch}u + tt] = -3.0e38;`).join('\n');
   const ROW = D + 2;
@@ -351,7 +384,8 @@ ${reduce('red[li] + red[li + k]')}
 ${operand(values, 'v', 6)}
 var<workgroup> qs: array<f32, ${REP * D}>;
 var<workgroup> ps: array<f32, ${REP * ch}>;
-var<workgroup> red: array<f32, ${threads}>;
+var<workgroup> vw: array<f32, ${values.scalesPerRow * ch}>;
+var<workgroup> red: array<f32, ${REP * threads}>;
 var<workgroup> stat: array<f32, ${2 * REP}>;
 @compute @workgroup_size(${threads})
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -605,7 +639,7 @@ export class CodebookAttentionGpu {
     const pStride = args.pStride ?? values.tokens;
     if (!Number.isInteger(pStride) || pStride < values.tokens) throw new XqShapeError(`codebook valueMix: pStride ${String(pStride)} < tokens ${values.tokens}`);
     this.checkSize(args.p, (qHeads - 1) * pStride + values.tokens, 'p');
-    this.checkShared(spec.rep * MIX_STAGE + spec.headDim * mixLanes(spec.headDim) + tableFloats(spec), 'codebook valueMix');
+    this.checkShared((spec.rep + spec.scalesPerRow) * MIX_STAGE + spec.headDim * mixLanes(spec.headDim) + tableFloats(spec), 'codebook valueMix');
     const [pipe, comb] = await Promise.all([this.pipeline(codebookMixSource(spec), 'xquant codebook valueMix'), this.pipeline(codebookCombineSource(), 'xquant codebook combine')]);
     const outLength = qHeads * values.headDim;
     const own = !args.out;

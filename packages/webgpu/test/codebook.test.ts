@@ -99,9 +99,9 @@ describe.skipIf(!gpu)(title('WGSL codebook kernels (turboquant layout) vs the CP
     });
   }
 
-  test('attention (fused scores → softmax → values, chunks merged) matches softmax over the CPU scores, then the CPU mix', async () => {
-    // keys and values in different layouts (as a plan gives them), one chunk and several, 4 and 7 query heads per KV head
-    for (const [tokens, rep, fmt] of [[300, 4, 'log8'], [1600, 7, 'fp16']] as const) {
+  // keys and values in different layouts (as a plan gives them), one chunk and several, 4 and 7 query heads per KV head
+  for (const [tokens, rep, fmt] of [[300, 4, 'log8'], [1600, 7, 'fp16']] as const) {
+    test(`attention (fused scores → softmax → values, chunks merged), ${tokens} tokens, ${2 * rep}/2 heads, ${fmt} scales: softmax over the CPU scores, then the CPU mix`, { timeout: 300_000 }, async () => {
       const keys = viewOf(segmentsOf([[32, 3], [32, 2]], false), 2, tokens, fmt, 1);
       const values = viewOf(segmentsOf([[64, 1]], false), 2, tokens, fmt, 2);
       const qHeads = 2 * rep;
@@ -123,8 +123,8 @@ describe.skipIf(!gpu)(title('WGSL codebook kernels (turboquant layout) vs the CP
       expect(worst(got, want, scale, 1e-4)).toBeLessThan(1);
       call.destroy();
       for (const g of [gk, gv] as GpuCodebookKv[]) k.release(g);
-    }
-  });
+    });
+  }
 
   test('bad shapes give XqShapeError', async () => {
     const view = viewOf(segmentsOf([[64, 2]], false), 2, 40, 'log8', 5);
