@@ -12,7 +12,7 @@ const { values: o } = parseArgs({
   options: {
     out: { type: 'string', default: 'bench-results' },
     tokens: { type: 'string', default: '32768,131072' },
-    heads: { type: 'string', default: '32/8,32/32' },
+    heads: { type: 'string', default: '32/8,14/2,32/32' },
     dims: { type: 'string', default: '64,128' },
     quick: { type: 'boolean', default: false },
   },
@@ -34,6 +34,7 @@ const K = createCodebookAttention(device);
 const results = { device: info, node: process.version, date: new Date().toISOString(), rows: [] };
 const save = () => writeFileSync(`${o.out}/codebook-gpu.json`, JSON.stringify(results, null, 1));
 
+const CHUNKS = [512, 256, 128, 64];
 let seed = 0x2545f491;
 const xr = () => ((seed ^= seed << 13), (seed ^= seed >>> 17), (seed ^= seed << 5), seed >>> 0);
 
@@ -101,8 +102,9 @@ for (const T of o.tokens.split(',').map(Number)) {
           const bytes = probe.packedBytes + probeV.packedBytes;
           K.release(probe);
           K.release(probeV);
-          // independent copies so consecutive calls never find their data in the 50 MB L2 (≥ 256 MB per rotation)
-          const copies = Math.max(2, Math.min(24, Math.ceil((o.quick ? 1 << 20 : 256 << 20) / bytes)));
+          // independent copies so consecutive calls never find their data in the 50 MB L2 (≥ 128 MB per rotation; building
+          // more copies on the host made a device call run out of time)
+          const copies = Math.max(2, Math.min(12, Math.ceil((o.quick ? 1 << 20 : 128 << 20) / bytes)));
           const q = K.base.createBuffer(Float32Array.from({ length: qHeads * D }, () => (xr() / 2 ** 32 - 0.5) * 0.2));
           const p = K.base.createBuffer(Float32Array.from({ length: qHeads * T }, () => xr() / 2 ** 32 / T));
           const sets = [];
@@ -111,18 +113,25 @@ for (const T of o.tokens.split(',').map(Number)) {
             for (let w = 0; w < 64; w++) one.packed[w] = xr();
             const keys = K.upload(one);
             const values = K.upload(oneV);
-            sets.push({ keys, values, call: await K.attention({ q, qHeads, keys, values }), scores: await K.keyScores({ q, qHeads, keys }), mix: await K.valueMix({ p, qHeads, values }) });
+            const calls = {};
+            for (const ch of CHUNKS) calls[ch] = await K.attention({ q, qHeads, keys, values, chunkTokens: ch }).catch(() => null);
+            sets.push({ keys, values, call: await K.attention({ q, qHeads, keys, values }), calls, scores: await K.keyScores({ q, qHeads, keys }), mix: await K.valueMix({ p, qHeads, values }) });
           }
+          await device.queue.onSubmittedWorkDone();
           const encode = (pass, i) => sets[i % copies].call.encode(pass);
           for (const t0 = performance.now(); performance.now() - t0 < (o.quick ? 0 : 600); ) await timePasses(encode, 20);
           const t = await timePasses(encode, o.quick ? 10 : 60);
+          const byChunk = {};
+          for (const ch of CHUNKS) if (sets[0].calls[ch]) byChunk[ch] = (await timePasses((pass, i) => sets[i % copies].calls[ch].encode(pass), o.quick ? 10 : 40)).ms;
           const ts = await timePasses((pass, i) => sets[i % copies].scores.encode(pass), o.quick ? 10 : 40);
           const tm = await timePasses((pass, i) => sets[i % copies].mix.encode(pass), o.quick ? 10 : 40);
-          const row = { T, qHeads, kvHeads, headDim: D, layout: name, bytes, copies, ...t, scoresMs: ts.ms, mixMs: tm.ms, GBps: bytes / (t.ms * 1e6) };
+          const row = { T, qHeads, kvHeads, headDim: D, layout: name, bytes, copies, ...t, scoresMs: ts.ms, mixMs: tm.ms, byChunk, GBps: bytes / (t.ms * 1e6) };
           results.rows.push(row);
-          log(`codebook attention T=${T} ${qHeads}/${kvHeads} d=${D} ${name}: ${t.ms.toFixed(4)} ms (${row.GBps.toFixed(0)} GB/s; b2b ${t.b2bMs.toFixed(4)}; scores ${ts.ms.toFixed(4)}, values ${tm.ms.toFixed(4)})`);
+          log(`codebook attention T=${T} ${qHeads}/${kvHeads} d=${D} ${name}: ${t.ms.toFixed(4)} ms (${row.GBps.toFixed(0)} GB/s; b2b ${t.b2bMs.toFixed(4)}; scores ${ts.ms.toFixed(4)}, values ${tm.ms.toFixed(4)}; by chunk ${JSON.stringify(byChunk)})`);
+          await device.queue.onSubmittedWorkDone();
           for (const s of sets) {
             s.call.destroy();
+            for (const c of Object.values(s.calls)) c?.destroy();
             s.scores.destroy();
             s.mix.destroy();
             K.release(s.keys);
@@ -139,8 +148,12 @@ for (const T of o.tokens.split(',').map(Number)) {
     }
   }
 }
-const lines = ['| T | q/kv heads | d | layout | KV bytes | step ms | scores ms | values ms | GB/s |', '|---:|---|---:|---|---:|---:|---:|---:|---:|'];
-for (const r of results.rows) if (!r.error) lines.push(`| ${r.T} | ${r.qHeads}/${r.kvHeads} | ${r.headDim} | ${r.layout} | ${r.bytes} | ${r.ms.toFixed(4)} | ${r.scoresMs.toFixed(4)} | ${r.mixMs.toFixed(4)} | ${r.GBps.toFixed(0)} |`);
+const lines = ['| T | q/kv heads | d | layout | KV bytes | step ms (default chunk) | best chunk: ms | scores alone ms | values alone ms | GB/s |', '|---:|---|---:|---|---:|---:|---:|---:|---:|---:|'];
+for (const r of results.rows) {
+  if (r.error) continue;
+  const [bc, bm] = Object.entries(r.byChunk).sort((a, b) => a[1] - b[1])[0] ?? ['–', NaN];
+  lines.push(`| ${r.T} | ${r.qHeads}/${r.kvHeads} | ${r.headDim} | ${r.layout} | ${r.bytes} | ${r.ms.toFixed(4)} | ${bc}: ${bm.toFixed(4)} | ${r.scoresMs.toFixed(4)} | ${r.mixMs.toFixed(4)} | ${r.GBps.toFixed(0)} |`);
+}
 writeFileSync(`${o.out}/codebook-gpu.md`, `${lines.join('\n')}\n`);
 console.log(lines.join('\n'));
 save();

@@ -1,4 +1,4 @@
-import { XqBackendError, XqShapeError, assertCodebookView, type CodebookKvView, type CodebookSegment } from '@xquant/quant';
+import { XqBackendError, XqConfigError, XqShapeError, assertCodebookView, type CodebookKvView, type CodebookSegment } from '@xquant/quant';
 import { PackedAttentionGpu, type KernelCall } from './raw.js';
 
 /**
@@ -65,6 +65,11 @@ export interface CodebookAttentionArgs {
   scale?: number;
   /** float32 `[qHeads, headDim]` in the values' channel order; allocated when omitted. */
   out?: GPUBuffer;
+  /**
+   * Tokens per workgroup (64, 128, 256 or 512; default: the largest whose workgroup memory stays within 20 KB).
+   * Smaller chunks put more workgroups in flight at short contexts and cost a larger merge.
+   */
+  chunkTokens?: number;
 }
 
 /** Tokens a workgroup of the score and value kernels covers. */
@@ -687,8 +692,9 @@ export class CodebookAttentionGpu {
     const vs = this.spec(values, qHeads, 'codebook attention');
     this.checkSize(args.q, qHeads * keys.headDim, 'q');
     const limit = Math.min(this.device.limits.maxComputeWorkgroupStorageSize, DECODE_SHARED_BYTES);
-    const ch = codebookDecodeChunk(ks, vs, limit) || codebookDecodeChunk(ks, vs, this.device.limits.maxComputeWorkgroupStorageSize);
-    if (!ch) this.checkShared(decodeSharedFloats(ks, vs, 64), 'codebook attention');
+    const ch = args.chunkTokens ?? (codebookDecodeChunk(ks, vs, limit) || codebookDecodeChunk(ks, vs, this.device.limits.maxComputeWorkgroupStorageSize) || 64);
+    if (![64, 128, 256, 512].includes(ch)) throw new XqConfigError('E_CONFIG', `codebook attention: chunkTokens must be 64, 128, 256 or 512; got ${String(ch)}`);
+    this.checkShared(decodeSharedFloats(ks, vs, ch), 'codebook attention');
     const chunks = Math.ceil(keys.tokens / ch);
     const D = keys.headDim;
     const [pipe, merge] = await Promise.all([this.pipeline(codebookDecodeSource(ks, vs, ch), 'xquant codebook decode'), this.pipeline(codebookMergeSource(D), 'xquant codebook merge')]);
