@@ -1,5 +1,5 @@
 """KL (pooled over the prose records) and passkey (per length) per configuration, from the JSON of this folder or of the
-folder given (e.g. ../refine16): <model>.prose16.json and <model>.passkey10.json."""
+folder given (e.g. ../refine16): <model>.prose16.json and <model>.passkey10.json (models without them are skipped)."""
 import collections
 import json
 import os
@@ -7,6 +7,8 @@ import sys
 
 here = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
 for m in ['xq-llama-20m', 'xq-qwen2-30m']:
+    if not os.path.exists(f'{here}/{m}.prose16.json'):
+        continue
     d = json.load(open(f'{here}/{m}.prose16.json'))
     bits = {c['id']: (c['storedBits'], c['paperBits']) for c in d['configs']}
     acc = collections.defaultdict(lambda: [0.0, 0])
