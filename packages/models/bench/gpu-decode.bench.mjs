@@ -10,6 +10,7 @@ import { parseArgs } from 'node:util';
 import { DeviceKvCache, KernelCompiler, requestNodeDevice } from '@xquant/webgpu';
 import { loadGpuDecoder } from '@xquant/models/gpu';
 import { resolveCacheConfig } from '@xquant/tfjs';
+import { timePasses as timePassesOn } from '../../webgpu/bench/time-passes.mjs';
 
 const { values: o } = parseArgs({
   options: {
@@ -56,31 +57,10 @@ const save = () => writeFileSync(`${o.out}/gpu-decode.json`, JSON.stringify(resu
 
 // ---- timing helpers --------------------------------------------------------------------------------------------
 /** GPU ms of each of `n` passes (timestamps), each pass encoded by `encode(pass, i)`; also the back-to-back mean. */
-async function timePasses(encode, n) {
+const timePasses = (encode, n) => {
   if (!ng.timestamps) throw new Error('timestamp-query is needed for kernel timing');
-  const qs = device.createQuerySet({ type: 'timestamp', count: 2 * n + 2 });
-  const resolve = device.createBuffer({ size: 8 * (2 * n + 2), usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
-  const staging = device.createBuffer({ size: 8 * (2 * n + 2), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-  const enc = device.createCommandEncoder();
-  for (let i = 0; i < n; i++) {
-    const pass = enc.beginComputePass({ timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } });
-    encode(pass, i);
-    pass.end();
-  }
-  const pass = enc.beginComputePass({ timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * n, endOfPassWriteIndex: 2 * n + 1 } });
-  for (let i = 0; i < n; i++) encode(pass, i);
-  pass.end();
-  enc.resolveQuerySet(qs, 0, 2 * n + 2, resolve, 0);
-  enc.copyBufferToBuffer(resolve, 0, staging, 0, 8 * (2 * n + 2));
-  device.queue.submit([enc.finish()]);
-  await staging.mapAsync(GPUMapMode.READ);
-  const t = new BigUint64Array(staging.getMappedRange().slice(0));
-  staging.destroy();
-  resolve.destroy();
-  qs.destroy();
-  const each = Array.from({ length: n }, (_, i) => Number(t[2 * i + 1] - t[2 * i]) / 1e6);
-  return { ms: median(each), minMs: Math.min(...each), b2bMs: Number(t[2 * n + 1] - t[2 * n]) / 1e6 / n };
-}
+  return timePassesOn(device, encode, n);
+};
 
 // ---- WGSL read ceiling -----------------------------------------------------------------------------------------
 async function readCeiling(warmMs = 0) {

@@ -7,6 +7,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createCodebookAttention, requestNodeDevice } from '@xquant/webgpu';
 import { lloydMaxCodebook, scaleDecodeTable } from '@xquant/quant';
+import { timePasses as timePassesOn } from './time-passes.mjs';
 
 const { values: o } = parseArgs({
   options: {
@@ -21,7 +22,6 @@ process.env.XDG_RUNTIME_DIR ??= '/tmp';
 mkdirSync(o.out, { recursive: true });
 const t00 = performance.now();
 const log = (...a) => console.log(`[${((performance.now() - t00) / 1000).toFixed(1)}s]`, ...a);
-const median = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 
 const ng = await requestNodeDevice({ flags: ['disable-dawn-features=timestamp_quantization'] });
 if (!ng || !ng.timestamps) {
@@ -65,30 +65,7 @@ function view(parts, fmt, heads, tokens, D) {
   return { heads, tokens, headDim: D, segments, rowWords, scalesPerRow: segments.length, packed, scales, scaleTable: table };
 }
 
-async function timePasses(encode, n) {
-  const qs = device.createQuerySet({ type: 'timestamp', count: 2 * n + 2 });
-  const resolve = device.createBuffer({ size: 8 * (2 * n + 2), usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
-  const staging = device.createBuffer({ size: 8 * (2 * n + 2), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-  const enc = device.createCommandEncoder();
-  for (let i = 0; i < n; i++) {
-    const pass = enc.beginComputePass({ timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } });
-    encode(pass, i);
-    pass.end();
-  }
-  const pass = enc.beginComputePass({ timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * n, endOfPassWriteIndex: 2 * n + 1 } });
-  for (let i = 0; i < n; i++) encode(pass, i);
-  pass.end();
-  enc.resolveQuerySet(qs, 0, 2 * n + 2, resolve, 0);
-  enc.copyBufferToBuffer(resolve, 0, staging, 0, 8 * (2 * n + 2));
-  device.queue.submit([enc.finish()]);
-  await staging.mapAsync(GPUMapMode.READ);
-  const t = new BigUint64Array(staging.getMappedRange().slice(0));
-  staging.destroy();
-  resolve.destroy();
-  qs.destroy();
-  const each = Array.from({ length: n }, (_, i) => Number(t[2 * i + 1] - t[2 * i]) / 1e6);
-  return { ms: median(each), minMs: Math.min(...each), b2bMs: Number(t[2 * n + 1] - t[2 * n]) / 1e6 / n };
-}
+const timePasses = (encode, n) => timePassesOn(device, encode, n);
 
 for (const T of o.tokens.split(',').map(Number)) {
   for (const [qHeads, kvHeads] of o.heads.split(',').map((h) => h.split('/').map(Number))) {

@@ -515,7 +515,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
  * outputs are in the view's channel order (apply the cache's rotation and channel permutation outside).
  */
 export class CodebookAttentionGpu {
-  private readonly pipelines = new Map<string, Promise<GPUComputePipeline>>();
   /** The packed-attention helper whose buffers, `run` and `read` these kernels share. */
   readonly base: PackedAttentionGpu;
   private constructor(readonly device: GPUDevice) {
@@ -575,22 +574,6 @@ export class CodebookAttentionGpu {
     if (floats * 4 > limit) throw new XqBackendError('E_BACKEND_UNAVAILABLE', `${what}: the kernel needs ${floats * 4} bytes of workgroup memory; the device allows ${limit}`);
   }
 
-  private checkSize(buf: GPUBuffer, floats: number, what: string): void {
-    if (buf.size < floats * 4) throw new XqShapeError(`${what}: buffer of ${buf.size} bytes is smaller than the ${floats} float32 it must hold`);
-  }
-
-  private pipeline(code: string, label: string): Promise<GPUComputePipeline> {
-    let p = this.pipelines.get(code);
-    if (!p) {
-      const module = this.device.createShaderModule({ code, label });
-      p = this.device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' }, label }).catch((e: unknown) => {
-        throw new XqBackendError('E_KERNEL_MISSING', `WGSL pipeline ${label} failed to compile: ${String(e)}`, { cause: e });
-      });
-      this.pipelines.set(code, p);
-    }
-    return p;
-  }
-
   private params(tokens: number, ostride: number, chunks: number, scale = 1): GPUBuffer {
     const buf = this.device.createBuffer({ size: 16, usage: UNIFORM | COPY_DST, mappedAtCreation: true, label: 'codebook params' });
     const u = new Uint32Array(buf.getMappedRange());
@@ -602,23 +585,19 @@ export class CodebookAttentionGpu {
     return buf;
   }
 
-  private bind(pipe: GPUComputePipeline, buffers: GPUBuffer[]): GPUBindGroup {
-    return this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })) });
-  }
-
   /** Scores `q·k̂ᵀ` (no softmax scale) of every query head over codebook keys, GQA: `[qHeads, keys.tokens]`. */
   async keyScores(args: CodebookScoresArgs): Promise<KernelCall> {
     const { keys, qHeads } = args;
     const spec = this.spec(keys, qHeads, 'codebook keyScores');
-    this.checkSize(args.q, qHeads * keys.headDim, 'q');
+    this.base.checkSize(args.q, qHeads * keys.headDim, 'q');
     this.checkShared(spec.rep * spec.headDim + tableFloats(spec), 'codebook keyScores');
-    const pipe = await this.pipeline(codebookScoresSource(spec), 'xquant codebook keyScores');
+    const pipe = await this.base.pipeline(codebookScoresSource(spec), 'xquant codebook keyScores');
     const outLength = qHeads * keys.tokens;
     const own = !args.out;
     const out = args.out ?? this.base.createOutput(outLength, 'codebook scores');
-    this.checkSize(out, outLength, 'out');
+    this.base.checkSize(out, outLength, 'out');
     const params = this.params(keys.tokens, keys.tokens, 0);
-    const bg = this.bind(pipe, [params, keys.codes, keys.scales, keys.tables, args.q, out]);
+    const bg = this.base.bind(pipe, [params, keys.codes, keys.scales, keys.tables, args.q, out]);
     const grid: [number, number] = [Math.ceil(keys.tokens / CODEBOOK_CHUNK_TOKENS), keys.heads];
     return {
       out,
@@ -643,19 +622,19 @@ export class CodebookAttentionGpu {
     const spec = this.spec(values, qHeads, 'codebook valueMix');
     const pStride = args.pStride ?? values.tokens;
     if (!Number.isInteger(pStride) || pStride < values.tokens) throw new XqShapeError(`codebook valueMix: pStride ${String(pStride)} < tokens ${values.tokens}`);
-    this.checkSize(args.p, (qHeads - 1) * pStride + values.tokens, 'p');
+    this.base.checkSize(args.p, (qHeads - 1) * pStride + values.tokens, 'p');
     this.checkShared((spec.rep + spec.scalesPerRow) * MIX_STAGE + spec.headDim * mixLanes(spec.headDim) + tableFloats(spec), 'codebook valueMix');
-    const [pipe, comb] = await Promise.all([this.pipeline(codebookMixSource(spec), 'xquant codebook valueMix'), this.pipeline(codebookCombineSource(), 'xquant codebook combine')]);
+    const [pipe, comb] = await Promise.all([this.base.pipeline(codebookMixSource(spec), 'xquant codebook valueMix'), this.base.pipeline(codebookCombineSource(), 'xquant codebook combine')]);
     const outLength = qHeads * values.headDim;
     const own = !args.out;
     const out = args.out ?? this.base.createOutput(outLength, 'codebook mix');
-    this.checkSize(out, outLength, 'out');
+    this.base.checkSize(out, outLength, 'out');
     const chunks = Math.ceil(values.tokens / CODEBOOK_CHUNK_TOKENS);
     const partial = this.base.createOutput(chunks * outLength, 'codebook mix partials');
     const params = this.params(values.tokens, pStride, chunks);
     const params2 = this.params(values.tokens, outLength, chunks);
-    const bg = this.bind(pipe, [params, values.codes, values.scales, values.tables, args.p, partial]);
-    const bg2 = this.bind(comb, [params2, partial, out]);
+    const bg = this.base.bind(pipe, [params, values.codes, values.scales, values.tables, args.p, partial]);
+    const bg2 = this.base.bind(comb, [params2, partial, out]);
     return {
       out,
       outLength,
@@ -690,23 +669,23 @@ export class CodebookAttentionGpu {
     }
     const ks = this.spec(keys, qHeads, 'codebook attention');
     const vs = this.spec(values, qHeads, 'codebook attention');
-    this.checkSize(args.q, qHeads * keys.headDim, 'q');
+    this.base.checkSize(args.q, qHeads * keys.headDim, 'q');
     const limit = Math.min(this.device.limits.maxComputeWorkgroupStorageSize, DECODE_SHARED_BYTES);
     const ch = args.chunkTokens ?? (codebookDecodeChunk(ks, vs, limit) || codebookDecodeChunk(ks, vs, this.device.limits.maxComputeWorkgroupStorageSize) || 64);
     if (![64, 128, 256, 512].includes(ch)) throw new XqConfigError('E_CONFIG', `codebook attention: chunkTokens must be 64, 128, 256 or 512; got ${String(ch)}`);
     this.checkShared(decodeSharedFloats(ks, vs, ch), 'codebook attention');
     const chunks = Math.ceil(keys.tokens / ch);
     const D = keys.headDim;
-    const [pipe, merge] = await Promise.all([this.pipeline(codebookDecodeSource(ks, vs, ch), 'xquant codebook decode'), this.pipeline(codebookMergeSource(D), 'xquant codebook merge')]);
+    const [pipe, merge] = await Promise.all([this.base.pipeline(codebookDecodeSource(ks, vs, ch), 'xquant codebook decode'), this.base.pipeline(codebookMergeSource(D), 'xquant codebook merge')]);
     const outLength = qHeads * D;
     const own = !args.out;
     const out = args.out ?? this.base.createOutput(outLength, 'codebook attention');
-    this.checkSize(out, outLength, 'out');
+    this.base.checkSize(out, outLength, 'out');
     const partial = this.base.createOutput(chunks * qHeads * (D + 2), 'codebook attention partials');
     const params = this.params(keys.tokens, 0, chunks, args.scale ?? 1 / Math.sqrt(D));
     const params2 = this.params(keys.tokens, qHeads, chunks);
-    const bg = this.bind(pipe, [params, keys.codes, keys.scales, keys.tables, args.q, partial, values.codes, values.scales, values.tables]);
-    const bg2 = this.bind(merge, [params2, partial, out]);
+    const bg = this.base.bind(pipe, [params, keys.codes, keys.scales, keys.tables, args.q, partial, values.codes, values.scales, values.tables]);
+    const bg2 = this.base.bind(merge, [params2, partial, out]);
     return {
       out,
       outLength,

@@ -187,7 +187,8 @@ export class PackedAttentionGpu {
     return hg;
   }
 
-  private pipeline(code: string, label: string): Promise<GPUComputePipeline> {
+  /** A compute pipeline of WGSL `code` (entry `main`, layout `auto`), compiled once per distinct source. @internal */
+  pipeline(code: string, label: string): Promise<GPUComputePipeline> {
     let p = this.pipelines.get(code);
     if (!p) {
       const module = this.device.createShaderModule({ code, label });
@@ -212,7 +213,8 @@ export class PackedAttentionGpu {
     return buf;
   }
 
-  private bind(pipe: GPUComputePipeline, buffers: GPUBuffer[]): GPUBindGroup {
+  /** A bind group of `buffers` at bindings 0, 1, … of `pipe`'s group 0. @internal */
+  bind(pipe: GPUComputePipeline, buffers: GPUBuffer[]): GPUBindGroup {
     return this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })) });
   }
 
@@ -222,7 +224,8 @@ export class PackedAttentionGpu {
     return qHeads / kvHeads;
   }
 
-  private checkSize(buf: GPUBuffer, floats: number, what: string): void {
+  /** Throws {@link XqShapeError} unless `buf` holds `floats` float32. @internal */
+  checkSize(buf: GPUBuffer, floats: number, what: string): void {
     if (buf.size < floats * 4) throw new XqShapeError(`${what}: buffer of ${buf.size} bytes is smaller than the ${floats} float32 it must hold`);
   }
 
