@@ -2,7 +2,7 @@ import { XqBackendError, XqConfigError, XqShapeError, assertCodebookView, type C
 import { PackedAttentionGpu, type KernelCall } from './raw.js';
 
 /**
- * A codebook (TurboQuant-style) K or V block resident on the GPU: the rows of a {@link CodebookKvView} (token-major
+ * A codebook (TurboQuant-style) K or V block resident on the GPU: the rows of a `CodebookKvView` of `@xquant/quant` (token-major
  * bit-stream codes, one scale code per segment slot, a level table per segment). Made by
  * {@link CodebookAttentionGpu.upload}.
  */
