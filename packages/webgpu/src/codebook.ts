@@ -1,5 +1,5 @@
 import { XqBackendError, XqConfigError, XqShapeError, assertCodebookView, type CodebookKvView, type CodebookSegment } from '@xquant/quant';
-import { PackedAttentionGpu, type KernelCall } from './raw.js';
+import { PackedAttentionGpu, oneDispatchCall, type KernelCall } from './raw.js';
 
 /**
  * A codebook (TurboQuant-style) K or V block resident on the GPU: the rows of a `CodebookKvView` of `@xquant/quant` (token-major
@@ -599,21 +599,7 @@ export class CodebookAttentionGpu {
     const params = this.params(keys.tokens, keys.tokens, 0);
     const bg = this.base.bind(pipe, [params, keys.codes, keys.scales, keys.tables, args.q, out]);
     const grid: [number, number] = [Math.ceil(keys.tokens / CODEBOOK_CHUNK_TOKENS), keys.heads];
-    return {
-      out,
-      outLength,
-      packedBytes: keys.packedBytes,
-      dispatches: 1,
-      encode(pass) {
-        pass.setPipeline(pipe);
-        pass.setBindGroup(0, bg);
-        pass.dispatchWorkgroups(...grid);
-      },
-      destroy() {
-        params.destroy();
-        if (own) out.destroy();
-      },
-    };
+    return oneDispatchCall(pipe, bg, grid, { out, outLength, packedBytes: keys.packedBytes, params, own });
   }
 
   /** `Σ_t p[j, t]·v̂[t]` for every query head over codebook values, GQA: `[qHeads, headDim]` (two dispatches). */

@@ -247,21 +247,7 @@ export class PackedAttentionGpu {
     const params = this.params({ tk: keys.tokens, n: keys.tokens, kws, kgs, kblk, kbw, kbm, kgsz: keys.groupSize, ostride: keys.tokens });
     const bg = this.bind(pipe, [args.q, keys.codes, keys.meta, out, params]);
     const grid: [number, number, number] = [Math.ceil(keys.tokens / CHUNK_TOKENS), keys.heads, Math.ceil(rep / hg)];
-    return {
-      out,
-      outLength,
-      packedBytes: packedBytes(keys),
-      dispatches: 1,
-      encode(pass) {
-        pass.setPipeline(pipe);
-        pass.setBindGroup(0, bg);
-        pass.dispatchWorkgroups(...grid);
-      },
-      destroy() {
-        params.destroy();
-        if (own) out.destroy();
-      },
-    };
+    return oneDispatchCall(pipe, bg, grid, { out, outLength, packedBytes: packedBytes(keys), params, own });
   }
 
   /** `Σ_t p[h,t]·v̂[kv(h),t,:]` over packed values, GQA: `[qHeads, headDim]` (split over token chunks, then summed). */
@@ -438,6 +424,33 @@ export class PackedAttentionGpu {
     this.run(call);
     return this.read(call.out, call.outLength);
   }
+}
+
+/**
+ * A {@link KernelCall} of one dispatch of `pipe` over `grid`; `destroy` frees `params` and, when the call allocated it
+ * (`own`), `out`. @internal
+ */
+export function oneDispatchCall(
+  pipe: GPUComputePipeline,
+  bg: GPUBindGroup,
+  grid: [number, number, number?],
+  o: { out: GPUBuffer; outLength: number; packedBytes: number; params: GPUBuffer; own: boolean },
+): KernelCall {
+  return {
+    out: o.out,
+    outLength: o.outLength,
+    packedBytes: o.packedBytes,
+    dispatches: 1,
+    encode(pass) {
+      pass.setPipeline(pipe);
+      pass.setBindGroup(0, bg);
+      pass.dispatchWorkgroups(...grid);
+    },
+    destroy() {
+      o.params.destroy();
+      if (o.own) o.out.destroy();
+    },
+  };
 }
 
 function pick<T extends object, K extends keyof T>(o: T, ...keys: K[]): Pick<T, K> {
