@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inflateSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { BENCH_FORMAT, RESULTS_FORMAT, type BenchResults, type EvalResults } from '@xquant/eval';
+import { BENCH_FORMAT, RESULTS_FORMAT, validatePlanResult, type BenchResults, type EvalResults } from '@xquant/eval';
 import { renderReport } from '../src/report/report.js';
 import { logTicks, svgChart } from '../src/report/svg.js';
 
@@ -163,5 +163,12 @@ describe('report of a codebook plan (xquant plan --codebook)', () => {
     expect(html).toContain('<td class="num">3/1</td>');
     expect(html).toContain('<td class="num">2/1.5</td>');
     expect(html).toContain('<td class="num">0.1400</td>');
+    // the files 'xquant report' reads are checked first: a codebook plan has no `best` and passes, a broken one names its field
+    const file = { format: 'xquant-plan/v1', ...plan };
+    expect(validatePlanResult(file, 'plan.json').preset.name).toBe('tqplan-2b-R32');
+    const broken = { ...file, candidates: [{ ...file.candidates[0], options: undefined }] };
+    expect(() => validatePlanResult(broken, 'plan.json')).toThrow(/plan.json.*candidates\[0\]\.options/);
+    const kiviWithoutBest = { ...file, preset: { ...file.preset, strategy: 'planned' } };
+    expect(() => validatePlanResult(kiviWithoutBest, 'plan.json')).toThrow(/best/);
   });
 });

@@ -1,5 +1,6 @@
 import { XqFormatError } from '@xquant/quant';
 import { BENCH_FORMAT, type BenchResults } from './bench.js';
+import type { CodebookPlanResult } from './codebook-planner.js';
 import type { PlanResult } from './planner.js';
 import { RESULTS_FORMAT, type EvalResults } from './results.js';
 
@@ -178,22 +179,36 @@ export function validateBenchResults(json: unknown, where = 'bench results'): Be
 }
 
 const LAYER_PLAN: Shape = { object: { bits: 'number', codesFrom: { nullable: 'integer' } } };
+const CANDIDATE = { name: 'string', storedBits: 'number', paperBits: 'number', kl: 'number', top1: 'number', predicted: 'number' } as const;
 const PLAN: Shape = {
   object: {
     format: { literal: 'xquant-plan/v1' },
     model: 'string',
     preset: { object: { name: 'string' } },
     best: { object: { options: { object: { keys: { array: LAYER_PLAN }, values: { array: LAYER_PLAN } } } } },
-    candidates: {
-      array: { object: { name: 'string', storedBits: 'number', paperBits: 'number', kl: 'number', top1: 'number', predicted: 'number' } },
-    },
+    candidates: { array: { object: CANDIDATE } },
+  },
+  optional: ['model'],
+};
+/** A codebook plan (`xquant plan --codebook`): a `turboquant` preset and the verified families, no `best`. */
+const CODEBOOK_PLAN: Shape = {
+  object: {
+    format: { literal: 'xquant-plan/v1' },
+    model: 'string',
+    preset: { object: { name: 'string', strategy: { literal: 'turboquant' }, options: { object: {} } } },
+    candidates: { array: { object: { ...CANDIDATE, options: { object: {} } } } },
   },
   optional: ['model'],
 };
 
-/** As {@link validateEvalResults}, for an `xquant plan --out` file (`format: "xquant-plan/v1"`). */
-export function validatePlanResult(json: unknown, where = 'plan'): PlanResult & { model?: string } {
-  check(json, PLAN, '', where);
+/**
+ * As {@link validateEvalResults}, for an `xquant plan --out` file (`format: "xquant-plan/v1"`): a plan of the `planned`
+ * strategy (`planForBudget`) or, when its preset's strategy is `turboquant`, a codebook plan (`planCodebookBudget`).
+ */
+export function validatePlanResult(json: unknown, where = 'plan'): (PlanResult | CodebookPlanResult) & { model?: string } {
+  const codebook = (json as { preset?: { strategy?: unknown } } | null)?.preset?.strategy === 'turboquant';
+  check(json, codebook ? CODEBOOK_PLAN : PLAN, '', where);
+  if (codebook) return json as CodebookPlanResult;
   const p = json as PlanResult;
   if (p.best.options.keys.length !== p.best.options.values.length) {
     throw new XqFormatError(`${where}: best.options has ${p.best.options.keys.length} key layers but ${p.best.options.values.length} value layers`);
