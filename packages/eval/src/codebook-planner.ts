@@ -58,6 +58,11 @@ export interface CodebookPlanOptions {
    * kivi-2's but answered 7 of 10 passkey prompts at 1024 tokens.
    */
   passkeys?: { records: readonly PasskeyRecord[]; tokenizer: EvalTokenizer };
+  /**
+   * Tag in the preset's name, `tqplan-{budget}b-R{R}[-{tag}][-refined]` (e.g. `'set'` for a plan made on a calibration
+   * set), so plans of one budget made differently can be evaluated side by side. Letters, digits and `-` only.
+   */
+  nameTag?: string;
   /** Progress lines. */
   log?: (line: string) => void;
 }
@@ -181,6 +186,8 @@ export async function planCodebookBudget(options: CodebookPlanOptions): Promise<
   const { model, budgetBits } = options;
   const log = options.log ?? (() => {});
   if (!Number.isFinite(budgetBits) || budgetBits <= 0) throw new XqConfigError('E_CONFIG', `budgetBits must be a positive number; got ${String(budgetBits)}`);
+  const tag = options.nameTag;
+  if (tag !== undefined && !/^[A-Za-z0-9-]+$/.test(tag)) throw new XqConfigError('E_CONFIG', `nameTag must be letters, digits and '-'; got ${JSON.stringify(tag)}`);
   const rounds = options.refine ?? 0;
   if (!Number.isInteger(rounds) || rounds < 0) throw new XqConfigError('E_CONFIG', `refine must be a non-negative integer; got ${String(options.refine)}`);
   const R = options.residualLength ?? DEFAULT_RESIDUAL_LENGTH;
@@ -305,7 +312,7 @@ export async function planCodebookBudget(options: CodebookPlanOptions): Promise<
     if (r.kl < out[0]!.kl) out.unshift(r);
   }
   const best = out[0]!;
-  return { preset: { name: `tqplan-${budgetBits}b-R${R}${best.refined ? '-refined' : ''}`, strategy: 'turboquant', options: best.options as Record<string, unknown> }, candidates: out, sensitivity: sens };
+  return { preset: { name: `tqplan-${budgetBits}b-R${R}${tag ? `-${tag}` : ''}${best.refined ? '-refined' : ''}`, strategy: 'turboquant', options: best.options as Record<string, unknown> }, candidates: out, sensitivity: sens };
 }
 
 /** One tensor's width moved: which tensor and to which width. */

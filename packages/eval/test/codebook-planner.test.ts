@@ -165,6 +165,10 @@ describe('codebook planner and self-accounting strategies on a tiny model', () =
       return summarize(out).find((x) => x.config.id === 'p')!.prose!.kl;
     };
     expect(best.kl).toBeCloseTo(await evalOf([ids, second]), 12);
+    expect(res.preset.name).toBe('tqplan-2.3b-R32');
+    const tagged = await planCodebookBudget({ model, budgetBits: 2.3, calibrationPrompt: [ids, second], residualLength: 32, families, sensitivity: res.sensitivity, nameTag: 'set' });
+    expect([tagged.preset.name, tagged.preset.options]).toEqual(['tqplan-2.3b-R32-set', res.preset.options]);
+    await expect(planCodebookBudget({ model, budgetBits: 2.3, calibrationPrompt: ids, residualLength: 32, families, nameTag: 'a b' })).rejects.toThrow(expect.objectContaining({ code: 'E_CONFIG' }));
     expect(Math.abs(best.kl - (await evalOf([ids])))).toBeGreaterThan(1e-9);
     await expect(planCodebookBudget({ model, budgetBits: 2.3, calibrationPrompt: [ids, second.slice(0, 50)], residualLength: 32, families })).rejects.toThrow(/calibrationPrompt 1: need at least 96 tokens/);
     await expect(planCodebookBudget({ model, budgetBits: 2.3, calibrationPrompt: [ids, [0, -1, ...second]], residualLength: 32, families })).rejects.toThrow(expect.objectContaining({ code: 'E_CONFIG' }));

@@ -26,7 +26,8 @@ options:
                        text (one prompt each; KL pooled over all) (default: a built-in English paragraph,
                        ~370 tokens)
   --calibration-set    the built-in set of four prompts in different registers (~1,500 tokens; the first is
-                       the default paragraph) instead; with --refine the guard's passkey prompts use all four
+                       the default paragraph) instead; with --refine the guard's passkey prompts use all four;
+                       with --codebook the preset is named tqplan-<B>b-R<R>-set[-refined]
   --codebook           plan the 'turboquant' strategy instead: per-tensor widths 1…4 in half bits, over the
                        format families (rotation, scale format fp16/log8, norm/least-squares scale, half-bit split);
                        writes a 'turboquant' preset (issue 14); --budget may be a list (one sensitivity run,
@@ -134,6 +135,7 @@ export async function run(argv: string[]): Promise<number> {
         tokens,
         families,
         sensitivity,
+        ...(v['calibration-set'] ? { nameTag: 'set' } : {}),
         ...(v.refine !== undefined ? { refine: v.refine } : {}),
         ...(v.refine !== undefined && !v['no-passkey-guard'] ? { passkeys: { records: syntheticPasskeys(encode, { text: guardText }), tokenizer: rt.tokenizer } } : {}),
         log: (line) => process.stderr.write(`${line} (${((Date.now() - t0) / 1000).toFixed(0)} s)\n`),
