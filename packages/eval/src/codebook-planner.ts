@@ -377,7 +377,6 @@ async function refinePlan(
     log(`plan: refine round ${round + 1}: measuring ${singles.length} single-step moves`);
     const measured = await klOf(singles.map((m, j) => ({ name: `step${j}`, options: apply(cur.options, [m]) })));
     const delta = singles.map((m, j) => ({ m, d: measured[j]!.kl - cur.kl, up: m.to > a[m.kind][m.layer]! }));
-    // candidates: upgrades that fit alone, and the pairs (down, up) within the budget with the lowest predicted KL
     // measured already: the single upgrades that fit alone; to verify: the budget-neutral pairs (one down, one up)
     // with the lowest predicted KL (their measured changes added)
     const results: { moves: WidthMove[]; r: { kl: number; top1: number } }[] = [];

@@ -1,5 +1,5 @@
-import { XqBackendError, XqConfigError, XqShapeError, assertCodebookView, type CodebookKvView, type CodebookSegment } from '@xquant/quant';
-import { PackedAttentionGpu, oneDispatchCall, type KernelCall } from './raw.js';
+import { XqBackendError, XqConfigError, XqShapeError, assertCodebookView, bitsToHalf, type CodebookKvView, type CodebookSegment } from '@xquant/quant';
+import { PackedAttentionGpu, dispatchCall, type KernelCall } from './raw.js';
 
 /**
  * A codebook (TurboQuant-style) K or V block resident on the GPU: the rows of a `CodebookKvView` of `@xquant/quant` (token-major
@@ -537,7 +537,16 @@ export class CodebookAttentionGpu {
     const n = rows * view.scalesPerRow;
     const perWord = scaleBits === 8 ? 4 : 2;
     const scaleWords = new Uint32Array(Math.ceil(n / perWord));
-    for (let i = 0; i < n; i++) scaleWords[(i / perWord) | 0] = (scaleWords[(i / perWord) | 0]! | (view.scales[i]! << ((i % perWord) * scaleBits))) >>> 0;
+    for (let i = 0; i < n; i++) {
+      const code = view.scales[i]!;
+      // the shader decodes 16-bit codes as fp16 and 8-bit codes through the table: both must give a finite scale
+      const value = view.scaleTable[code];
+      if (value === undefined || !Number.isFinite(value) || (scaleBits === 16 && value !== bitsToHalf(code))) {
+        throw new XqShapeError(`codebook upload: scale ${i} (code ${code}) decodes to ${String(value)}; ${scaleBits === 16 ? '16-bit scales must be finite fp16 with the fp16 table' : 'scales must be finite'}`);
+      }
+      scaleWords[(i / perWord) | 0] = (scaleWords[(i / perWord) | 0]! | (code << ((i % perWord) * scaleBits))) >>> 0;
+    }
+    for (const sg of view.segments) if (!sg.levels.every(Number.isFinite)) throw new XqShapeError(`codebook upload: segment at channel ${sg.start} has a non-finite level`);
     const levels = view.segments.reduce((a, s) => a + s.levels.length, 0);
     const tables = new Float32Array(levels + (scaleBits === 8 ? 256 : 0));
     let o = 0;
@@ -599,7 +608,7 @@ export class CodebookAttentionGpu {
     const params = this.params(keys.tokens, keys.tokens, 0);
     const bg = this.base.bind(pipe, [params, keys.codes, keys.scales, keys.tables, args.q, out]);
     const grid: [number, number] = [Math.ceil(keys.tokens / CODEBOOK_CHUNK_TOKENS), keys.heads];
-    return oneDispatchCall(pipe, bg, grid, { out, outLength, packedBytes: keys.packedBytes, params, own });
+    return dispatchCall([{ pipe, bg, grid }], { out, outLength, packedBytes: keys.packedBytes, temps: [params], own });
   }
 
   /** `Σ_t p[j, t]·v̂[t]` for every query head over codebook values, GQA: `[qHeads, headDim]` (two dispatches). */
@@ -621,26 +630,11 @@ export class CodebookAttentionGpu {
     const params2 = this.params(values.tokens, outLength, chunks);
     const bg = this.base.bind(pipe, [params, values.codes, values.scales, values.tables, args.p, partial]);
     const bg2 = this.base.bind(comb, [params2, partial, out]);
-    return {
-      out,
-      outLength,
-      packedBytes: values.packedBytes,
-      dispatches: 2,
-      encode(pass) {
-        pass.setPipeline(pipe);
-        pass.setBindGroup(0, bg);
-        pass.dispatchWorkgroups(chunks, values.heads);
-        pass.setPipeline(comb);
-        pass.setBindGroup(0, bg2);
-        pass.dispatchWorkgroups(Math.ceil(outLength / 64));
-      },
-      destroy() {
-        params.destroy();
-        params2.destroy();
-        partial.destroy();
-        if (own) out.destroy();
-      },
-    };
+    const steps = [
+      { pipe, bg, grid: [chunks, values.heads] as [number, number] },
+      { pipe: comb, bg: bg2, grid: [Math.ceil(outLength / 64)] as [number] },
+    ];
+    return dispatchCall(steps, { out, outLength, packedBytes: values.packedBytes, temps: [params, params2, partial], own });
   }
 
   /**
@@ -672,26 +666,11 @@ export class CodebookAttentionGpu {
     const params2 = this.params(keys.tokens, qHeads, chunks);
     const bg = this.base.bind(pipe, [params, keys.codes, keys.scales, keys.tables, args.q, partial, values.codes, values.scales, values.tables]);
     const bg2 = this.base.bind(merge, [params2, partial, out]);
-    return {
-      out,
-      outLength,
-      packedBytes: keys.packedBytes + values.packedBytes,
-      dispatches: 2,
-      encode(pass) {
-        pass.setPipeline(pipe);
-        pass.setBindGroup(0, bg);
-        pass.dispatchWorkgroups(chunks, keys.heads);
-        pass.setPipeline(merge);
-        pass.setBindGroup(0, bg2);
-        pass.dispatchWorkgroups(qHeads);
-      },
-      destroy() {
-        params.destroy();
-        params2.destroy();
-        partial.destroy();
-        if (own) out.destroy();
-      },
-    };
+    const steps = [
+      { pipe, bg, grid: [chunks, keys.heads] as [number, number] },
+      { pipe: merge, bg: bg2, grid: [qHeads] as [number] },
+    ];
+    return dispatchCall(steps, { out, outLength, packedBytes: keys.packedBytes + values.packedBytes, temps: [params, params2, partial], own });
   }
 
   /** Free a block's buffers. */

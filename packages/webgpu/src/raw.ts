@@ -247,7 +247,7 @@ export class PackedAttentionGpu {
     const params = this.params({ tk: keys.tokens, n: keys.tokens, kws, kgs, kblk, kbw, kbm, kgsz: keys.groupSize, ostride: keys.tokens });
     const bg = this.bind(pipe, [args.q, keys.codes, keys.meta, out, params]);
     const grid: [number, number, number] = [Math.ceil(keys.tokens / CHUNK_TOKENS), keys.heads, Math.ceil(rep / hg)];
-    return oneDispatchCall(pipe, bg, grid, { out, outLength, packedBytes: packedBytes(keys), params, own });
+    return dispatchCall([{ pipe, bg, grid }], { out, outLength, packedBytes: packedBytes(keys), temps: [params], own });
   }
 
   /** `Σ_t p[h,t]·v̂[kv(h),t,:]` over packed values, GQA: `[qHeads, headDim]` (split over token chunks, then summed). */
@@ -375,26 +375,11 @@ export class PackedAttentionGpu {
     const params = this.params(o.params);
     const bg1 = this.bind(pipe, [...inputs, partials, params]);
     const bg2 = this.bind(comb, [partials, out, params]);
-    const grid: [number, number, number] = [o.nc, o.kvHeads, o.nhg];
-    return {
-      out,
-      outLength,
-      packedBytes: o.packedBytes,
-      dispatches: 2,
-      encode(pass) {
-        pass.setPipeline(pipe);
-        pass.setBindGroup(0, bg1);
-        pass.dispatchWorkgroups(...grid);
-        pass.setPipeline(comb);
-        pass.setBindGroup(0, bg2);
-        pass.dispatchWorkgroups(o.qHeads);
-      },
-      destroy() {
-        params.destroy();
-        partials.destroy();
-        if (own) out.destroy();
-      },
-    };
+    const steps: DispatchStep[] = [
+      { pipe, bg: bg1, grid: [o.nc, o.kvHeads, o.nhg] },
+      { pipe: comb, bg: bg2, grid: [o.qHeads] },
+    ];
+    return dispatchCall(steps, { out, outLength, packedBytes: o.packedBytes, temps: [params, partials], own });
   }
 
   /** Encode calls into one compute pass and submit. */
@@ -426,28 +411,32 @@ export class PackedAttentionGpu {
   }
 }
 
+/** One dispatch of a {@link KernelCall}: a pipeline, its bind group and the workgroup grid. @internal */
+export interface DispatchStep {
+  pipe: GPUComputePipeline;
+  bg: GPUBindGroup;
+  grid: [number, number?, number?];
+}
+
 /**
- * A {@link KernelCall} of one dispatch of `pipe` over `grid`; `destroy` frees `params` and, when the call allocated it
- * (`own`), `out`. @internal
+ * A {@link KernelCall} that records `steps` in order; `destroy` frees the call's own buffers (`temps`: uniforms,
+ * partials) and `out` when the call allocated it (`own`). @internal
  */
-export function oneDispatchCall(
-  pipe: GPUComputePipeline,
-  bg: GPUBindGroup,
-  grid: [number, number, number?],
-  o: { out: GPUBuffer; outLength: number; packedBytes: number; params: GPUBuffer; own: boolean },
-): KernelCall {
+export function dispatchCall(steps: DispatchStep[], o: { out: GPUBuffer; outLength: number; packedBytes: number; temps: GPUBuffer[]; own: boolean }): KernelCall {
   return {
     out: o.out,
     outLength: o.outLength,
     packedBytes: o.packedBytes,
-    dispatches: 1,
+    dispatches: steps.length,
     encode(pass) {
-      pass.setPipeline(pipe);
-      pass.setBindGroup(0, bg);
-      pass.dispatchWorkgroups(...grid);
+      for (const s of steps) {
+        pass.setPipeline(s.pipe);
+        pass.setBindGroup(0, s.bg);
+        pass.dispatchWorkgroups(...s.grid);
+      }
     },
     destroy() {
-      o.params.destroy();
+      for (const t of o.temps) t.destroy();
       if (o.own) o.out.destroy();
     },
   };

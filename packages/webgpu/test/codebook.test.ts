@@ -132,8 +132,18 @@ describe.skipIf(!gpu)(title('WGSL codebook kernels (turboquant layout) vs the CP
     await expect(k.keyScores({ q: k.base.createBuffer(new Float32Array(3 * 64)), qHeads: 3, keys: kv })).rejects.toThrow(XqShapeError);
     await expect(k.keyScores({ q: k.base.createBuffer(new Float32Array(64)), qHeads: 2, keys: kv })).rejects.toThrow(/q: buffer/);
     await expect(k.valueMix({ p: k.base.createBuffer(new Float32Array(2 * 40)), qHeads: 2, values: kv, pStride: 39 })).rejects.toThrow(XqShapeError);
+    await expect(k.attention({ q: k.base.createBuffer(new Float32Array(2 * 64)), qHeads: 2, keys: kv, values: kv, chunkTokens: 100 })).rejects.toThrow(expect.objectContaining({ code: 'E_CONFIG' }));
     expect(() => k.upload({ ...view, tokens: 0 })).toThrow(XqShapeError);
     expect(() => k.upload({ ...view, rowWords: 3 })).toThrow(XqShapeError);
+    // NaN/Inf: a level, an 8-bit scale whose table entry is not finite, a 16-bit scale code that is fp16 Inf
+    expect(() => k.upload({ ...view, segments: [{ ...view.segments[0]!, levels: Float32Array.of(0, Number.NaN, 1, 2) }] })).toThrow(/non-finite level/);
+    const nanTable = Float32Array.from(view.scaleTable);
+    nanTable[view.scales[0]!] = Number.POSITIVE_INFINITY;
+    expect(() => k.upload({ ...view, scaleTable: nanTable })).toThrow(/scale 0 .* decodes to Infinity/);
+    const half = viewOf(segmentsOf([[64, 2]], false), 2, 40, 'fp16', 7);
+    (half.scales as Uint16Array)[3] = 0x7c00;
+    expect(() => k.upload(half)).toThrow(/scale 3 \(code 31744\)/);
+    expect(() => k.upload({ ...half, scaleTable: new Float32Array(65536).fill(1) })).toThrow(/fp16 table/);
     const other = k.upload(viewOf(segmentsOf([[64, 2]], false), 2, 41, 'log8', 6));
     await expect(k.attention({ q: k.base.createBuffer(new Float32Array(2 * 64)), qHeads: 2, keys: kv, values: other })).rejects.toThrow(/keys hold 40 tokens/);
     k.release(other);

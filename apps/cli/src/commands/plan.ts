@@ -110,7 +110,6 @@ export async function run(argv: string[]): Promise<number> {
   try {
     const encode = (t: string) => rt.tokenizer.encode(t);
     const prompts = typeof v.calibration === 'string' ? calibrationIds(v.calibration, encode) : (v['calibration-set'] ? CALIBRATION_SET_TEXTS : [DEFAULT_CALIBRATION_TEXT]).map(encode);
-    const ids = prompts.length === 1 ? prompts[0]! : prompts;
     const calibrationTokens = prompts.reduce((a, p) => a + p.length, 0);
     const guardText = v['calibration-set'] ? CALIBRATION_SET_TEXTS.join(' ') : undefined;
     process.stderr.write(`xquant plan: ${rt.name} on ${rt.backend.backend}, budget ${budget} bits at ${tokens ?? 2048} tokens, R=${R}, ${calibrationTokens} calibration tokens in ${prompts.length} prompt(s)\n`);
@@ -130,7 +129,7 @@ export async function run(argv: string[]): Promise<number> {
       const cb = await planCodebookBudget({
         model: rt.model,
         budgetBits: b,
-        calibrationPrompt: ids,
+        calibrationPrompt: prompts,
         residualLength: R,
         tokens,
         families,
@@ -159,7 +158,7 @@ export async function run(argv: string[]): Promise<number> {
     const result = await planForBudget({
       model: rt.model,
       budgetBits: budget,
-      calibrationPrompt: ids,
+      calibrationPrompt: prompts,
       residualLength: R,
       tokens,
       groupSizes,
