@@ -43,6 +43,8 @@ export {
   type KernelName,
   type KernelTypes,
   type AttentionKernel,
+  type CodebookKernel,
+  type CodebookTensorView,
   type QuantizedLayerView,
   type KeyBlockView,
   type ValueChunkView,

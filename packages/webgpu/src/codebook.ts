@@ -596,11 +596,26 @@ export class CodebookAttentionGpu {
 
   /** Scores `q·k̂ᵀ` (no softmax scale) of every query head over codebook keys, GQA: `[qHeads, keys.tokens]`. */
   async keyScores(args: CodebookScoresArgs): Promise<KernelCall> {
+    const spec = this.checkScores(args);
+    return this.scoresCall(args, await this.base.pipeline(codebookScoresSource(spec), 'xquant codebook keyScores'));
+  }
+
+  /** {@link keyScores} with its pipeline compiled synchronously (for a caller that cannot await). @internal */
+  keyScoresNow(args: CodebookScoresArgs): KernelCall {
+    const spec = this.checkScores(args);
+    return this.scoresCall(args, this.base.pipelineNow(codebookScoresSource(spec), 'xquant codebook keyScores'));
+  }
+
+  private checkScores(args: CodebookScoresArgs): CodebookSpec {
     const { keys, qHeads } = args;
     const spec = this.spec(keys, qHeads, 'codebook keyScores');
     this.base.checkSize(args.q, qHeads * keys.headDim, 'q');
     this.checkShared(spec.rep * spec.headDim + tableFloats(spec), 'codebook keyScores');
-    const pipe = await this.base.pipeline(codebookScoresSource(spec), 'xquant codebook keyScores');
+    return spec;
+  }
+
+  private scoresCall(args: CodebookScoresArgs, pipe: GPUComputePipeline): KernelCall {
+    const { keys, qHeads } = args;
     const outLength = qHeads * keys.tokens;
     const own = !args.out;
     const out = args.out ?? this.base.createOutput(outLength, 'codebook scores');
@@ -613,13 +628,30 @@ export class CodebookAttentionGpu {
 
   /** `Σ_t p[j, t]·v̂[t]` for every query head over codebook values, GQA: `[qHeads, headDim]` (two dispatches). */
   async valueMix(args: CodebookMixArgs): Promise<KernelCall> {
+    const spec = this.checkMix(args);
+    const [pipe, comb] = await Promise.all([this.base.pipeline(codebookMixSource(spec), 'xquant codebook valueMix'), this.base.pipeline(codebookCombineSource(), 'xquant codebook combine')]);
+    return this.mixCall(args, pipe, comb);
+  }
+
+  /** {@link valueMix} with its pipelines compiled synchronously. @internal */
+  valueMixNow(args: CodebookMixArgs): KernelCall {
+    const spec = this.checkMix(args);
+    return this.mixCall(args, this.base.pipelineNow(codebookMixSource(spec), 'xquant codebook valueMix'), this.base.pipelineNow(codebookCombineSource(), 'xquant codebook combine'));
+  }
+
+  private checkMix(args: CodebookMixArgs): CodebookSpec {
     const { values, qHeads } = args;
     const spec = this.spec(values, qHeads, 'codebook valueMix');
     const pStride = args.pStride ?? values.tokens;
     if (!Number.isInteger(pStride) || pStride < values.tokens) throw new XqShapeError(`codebook valueMix: pStride ${String(pStride)} < tokens ${values.tokens}`);
     this.base.checkSize(args.p, (qHeads - 1) * pStride + values.tokens, 'p');
     this.checkShared((spec.rep + spec.scalesPerRow) * MIX_STAGE + spec.headDim * mixLanes(spec.headDim) + tableFloats(spec), 'codebook valueMix');
-    const [pipe, comb] = await Promise.all([this.base.pipeline(codebookMixSource(spec), 'xquant codebook valueMix'), this.base.pipeline(codebookCombineSource(), 'xquant codebook combine')]);
+    return spec;
+  }
+
+  private mixCall(args: CodebookMixArgs, pipe: GPUComputePipeline, comb: GPUComputePipeline): KernelCall {
+    const { values, qHeads } = args;
+    const pStride = args.pStride ?? values.tokens;
     const outLength = qHeads * values.headDim;
     const own = !args.out;
     const out = args.out ?? this.base.createOutput(outLength, 'codebook mix');

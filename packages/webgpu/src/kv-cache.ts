@@ -10,10 +10,12 @@ import {
   denseAttentionKernel,
   findKernel,
   registerAttentionKernel,
+  registerKernel,
   type AttentionKernel,
   type QuantizedLayerView,
   type ValueChunkView,
 } from '@xquant/tfjs';
+import { webgpuCodebookKernel } from './codebook-tfjs.js';
 import { SUPPORTED_HEAD_DIMS } from './layout.js';
 import { createWebGpuAttentionKernels, type TfPackedKv, type TfResidual, type WebGpuAttentionKernels, type WebGpuBackendLike } from './tfjs.js';
 
@@ -316,16 +318,20 @@ export const webgpuPackedAttentionKernel: WebGpuPackedAttentionKernel = {
   },
 };
 
+export { webgpuCodebookKernel, type WebGpuCodebookKernel, type WebGpuCodebookCounts } from './codebook-tfjs.js';
+
 /**
  * Register {@link webgpuPackedAttentionKernel} as the attention kernel of the tfjs `'webgpu'` backend, so quantized
- * caches of `@xquant/tfjs` run the WGSL packed-code kernels there. Idempotent; a kernel registered for `'webgpu'`
- * before is kept unless `replace` is set. Returns the kernel now registered.
+ * caches of `@xquant/tfjs` run the WGSL packed-code kernels there, and {@link webgpuCodebookKernel} as its codebook
+ * kernel, so the `turboquant` cache attends on the GPU too. Idempotent; kernels registered for `'webgpu'` before are
+ * kept unless `replace` is set. Returns the attention kernel now registered.
  * @example
  * import { registerWebGpuKernels } from '@xquant/webgpu/kv-cache';
  * registerWebGpuKernels();
  * await selectBackend({ prefer: 'webgpu' });
  */
 export function registerWebGpuKernels(options: { replace?: boolean } = {}): AttentionKernel {
+  if (!findKernel('webgpu', 'codebook') || options.replace) registerKernel('webgpu', 'codebook', webgpuCodebookKernel);
   const current = findKernel('webgpu', 'attention');
   if (current && !options.replace) return current;
   registerAttentionKernel('webgpu', webgpuPackedAttentionKernel);

@@ -125,6 +125,7 @@ const DEFAULT_STAGE: StageSpec = { bits: 2, meta: 'f16' };
  */
 export class PackedAttentionGpu {
   private readonly pipelines = new Map<string, Promise<GPUComputePipeline>>();
+  private readonly syncPipelines = new Map<string, GPUComputePipeline>();
   private constructor(readonly device: GPUDevice) {}
 
   /** Wrap a device. Request the adapter's limits on it (see {@link requestNodeDevice}) for large caches. */
@@ -196,6 +197,20 @@ export class PackedAttentionGpu {
         throw new XqBackendError('E_KERNEL_MISSING', `WGSL pipeline ${label} failed to compile: ${String(e)}`, { cause: e });
       });
       this.pipelines.set(code, p);
+    }
+    return p;
+  }
+
+  /**
+   * {@link pipeline}, compiled synchronously (for callers that cannot await, e.g. a tfjs kernel inside `attend`);
+   * a WGSL error surfaces as `E_KERNEL_MISSING` through the device's error scope. @internal
+   */
+  pipelineNow(code: string, label: string): GPUComputePipeline {
+    let p = this.syncPipelines.get(code);
+    if (!p) {
+      const module = this.device.createShaderModule({ code, label });
+      p = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label });
+      this.syncPipelines.set(code, p);
     }
     return p;
   }

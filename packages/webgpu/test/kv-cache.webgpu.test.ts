@@ -10,7 +10,7 @@ import {
   type KvCache,
   type KvCacheShape,
 } from '@xquant/tfjs';
-import { registerWebGpuKernels, webgpuPackedAttentionKernel as kernel } from '../src/kv-cache.js';
+import { registerWebGpuKernels, webgpuCodebookKernel as codebook, webgpuPackedAttentionKernel as kernel } from '../src/kv-cache.js';
 import { decodeRunAsync, kvLike, maxAbs, maxAbsDiff, randn } from '../../tfjs/test/helpers.js';
 
 registerWebGpuKernels();
@@ -145,5 +145,46 @@ describe.skipIf(!hasWebgpu)(`WebGPU packed attention with a value group size apa
     expect(Object.keys(kernel.counts.fallbackReasons)).toEqual(['value group size 8 (the WGSL kernels need a multiple of 16)']);
     // the dense-upload kernel dequantizes with the reference's fp16 rounding; the cpu packed kernels do not round
     expect(worstRelative(gpu, cpu)).toBeLessThan(2e-3);
+  });
+});
+
+describe.skipIf(!hasWebgpu)(`turboquant (codebook) cache on WebGPU (${hasWebgpu ? reason : `skipped — ${reason}`})`, () => {
+  const SHAPE64: KvCacheShape = { layers: LAYERS, kvHeads: H, headDim: 64 };
+  // 2-bit; half-bit outlier split with 8-bit scales; the rotated split with log8 least-squares scales (the planner's family)
+  it.each([
+    { bits: 2, residualLength: 32 },
+    { keyBits: 2.5, valueBits: 1.5, residualLength: 16, scaleFormat: 'e4m3' },
+    { keyBits: [1.5, 3], valueBits: [2, 1], residualLength: 32, split: 'rotated', scaleFormat: 'log8', scaleRule: 'lsq' },
+  ])('decode steps on WebGPU equal the cpu backend (1e-4 relative), WGSL codebook kernels used: %j', async (o) => {
+    const make = () => createKvCache('turboquant', SHAPE64, o as Record<string, unknown>);
+    const cpu = await decodeRunV('cpu', make, 40, 24);
+    codebook.resetCounts();
+    const gpu = await decodeRunV('webgpu', make, 40, 24);
+    // prefill attends before anything is quantized (plain attention); every decode step runs both kernels per layer
+    expect([codebook.counts.keyScores, codebook.counts.valueMix]).toEqual([24 * LAYERS, 24 * LAYERS]);
+    expect(worstRelative(gpu, cpu)).toBeLessThan(1e-4);
+  });
+
+  it('device copies count in memory().kernelBytes and are freed by reset(); no tensor leaks', async () => {
+    await tf.setBackend('webgpu');
+    const cache = createKvCache('turboquant', { layers: 1, kvHeads: H, headDim: 64 }, { bits: 2, residualLength: 8 }) as AsyncKvCache;
+    const before = tf.memory().numTensors;
+    const rotationBytes = 2 * H * 64 * 64 * 4;
+    const permBytes = 2 * H * 64 * 4;
+    for (let s = 0; s < 40; s++) {
+      const [kt, vt] = [tf.tensor3d(randn(H * 64, s), [H, 1, 64]), tf.tensor3d(randn(H * 64, s + 99), [H, 1, 64])];
+      await cache.appendAsync(0, kt, vt);
+      const q = tf.tensor3d(randn(QH * 64, s + 7), [QH, 1, 64]);
+      const o = cache.attend(0, q);
+      await o.data();
+      tf.dispose([kt, vt, q, o]);
+    }
+    expect(tf.memory().numTensors).toBe(before);
+    const held = cache.memory().kernelBytes! - rotationBytes - permBytes;
+    // 32 quantized tokens (the last attend saw 31 rows: it flushes afterwards) of 2 heads: 4 code words and one fp16 scale per row
+    expect(held).toBeGreaterThanOrEqual(31 * H * 4 * 4);
+    cache.reset();
+    expect(cache.memory().kernelBytes).toBe(0);
+    cache.dispose();
   });
 });

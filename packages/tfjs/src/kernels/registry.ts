@@ -1,5 +1,5 @@
-import type { Tensor3D } from '@tensorflow/tfjs-core';
-import { XqBackendError, XqConfigError, type Bits, type Precision } from '@xquant/quant';
+import type { Tensor2D, Tensor3D } from '@tensorflow/tfjs-core';
+import { XqBackendError, XqConfigError, type Bits, type CodebookKvView, type Precision } from '@xquant/quant';
 import { globalRegistry } from '../global-registry.js';
 import type { StoredMeta } from '../quantized/store.js';
 
@@ -94,12 +94,52 @@ export interface AttentionKernel {
 }
 
 /**
+ * One layer's codebook-coded keys or values (the `turboquant` cache) as a {@link CodebookKernel} sees them: every
+ * quantized token in one token-major view, in the cache's rotated and permuted channel order.
+ */
+export interface CodebookTensorView {
+  /** The rows of every quantized token, position order. */
+  readonly view: CodebookKvView;
+  /** Layer index. */
+  readonly layer: number;
+  /** Which tensor of the layer. */
+  readonly kind: 'keys' | 'values';
+  /** Increases whenever the rows change (lets a kernel keep a device copy up to date). */
+  readonly version: number;
+  /** The cache the view belongs to: a stable key for per-cache kernel state (see {@link CodebookKernel.release}). */
+  readonly owner: object;
+}
+
+/**
+ * The two products of codebook attention on one tfjs backend (e.g. WGSL kernels from `@xquant/webgpu`). A cache with
+ * such a kernel for the active backend runs the rest of attention (rotation, residual window, softmax) as tfjs ops, so
+ * nothing is read back to the host; without one it attends on the host (cpu, wasm, tensorflow backends).
+ */
+export interface CodebookKernel {
+  /** Short id, e.g. `'webgpu-codebook'`. */
+  readonly id: string;
+  /**
+   * `q·k̂ᵀ` (no softmax scale) for `rows` query rows grouped by KV head (row j reads KV head ⌊j / (rows/heads)⌋):
+   * q float32 `[rows, headDim]` in the keys' channel order → `[rows, keys.view.tokens]`.
+   */
+  keyScores(q: Tensor2D, keys: CodebookTensorView): Tensor2D;
+  /** `Σ_t p[j, t]·v̂[t]`: p float32 `[rows, values.view.tokens]` → `[rows, headDim]` in the values' channel order. */
+  valueMix(p: Tensor2D, values: CodebookTensorView): Tensor2D;
+  /** Free any state kept for `owner`. */
+  release?(owner: object): void;
+  /** Bytes the kernel holds for `owner` (device copies); added to the cache's `memory().kernelBytes`. */
+  heldBytes?(owner: object): number;
+}
+
+/**
  * The kernels a quantized cache runs, by name. Another package adds a kernel name by declaration merging:
  * `declare module '@xquant/tfjs' { interface KernelTypes { myKernel: MyKernel } }`.
  */
 export interface KernelTypes {
   /** Quantized attention over one layer (what `cache.attend` runs). */
   attention: AttentionKernel;
+  /** Key scores and value mix over codebook-coded layers (what the `turboquant` cache runs off the host). */
+  codebook: CodebookKernel;
 }
 
 /** Name of a registered kind of kernel. */
@@ -116,6 +156,10 @@ export function registerKernel<N extends KernelName>(backend: string, name: N, k
   if (typeof backend !== 'string' || backend.length === 0) throw new XqConfigError('E_CONFIG', `backend must be a non-empty string; got ${String(backend)}`);
   if (name === 'attention' && typeof (kernel as AttentionKernel | undefined)?.attend !== 'function') {
     throw new XqConfigError('E_CONFIG', 'an attention kernel must have an attend(layer, queries) method');
+  }
+  if (name === 'codebook') {
+    const k = kernel as Partial<CodebookKernel> | undefined;
+    if (typeof k?.keyScores !== 'function' || typeof k.valueMix !== 'function') throw new XqConfigError('E_CONFIG', 'a codebook kernel must have keyScores(q, keys) and valueMix(p, values) methods');
   }
   const prev = findKernel(backend, name);
   kernels().set(`${backend}/${name}`, kernel);

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import type { Tensor3D } from '@tensorflow/tfjs-core';
+import type { Tensor2D, Tensor3D } from '@tensorflow/tfjs-core';
 import {
   XqConfigError,
   XqShapeError,
@@ -20,6 +20,7 @@ import {
   type ScaleFormat,
 } from '@xquant/quant';
 import { plainAttention } from '../attention.js';
+import { findKernel, registeredKernels, type CodebookKernel, type CodebookTensorView } from '../kernels/registry.js';
 import { DEFAULT_RESIDUAL_LENGTH } from '../config.js';
 import { tokenMajorToHeadMajor, headMajorToTokenMajor } from '../quantized/store.js';
 import type { KvCache, KvCacheShape, KvCacheStrategy, KvMemoryReport } from '../types.js';
@@ -245,6 +246,10 @@ interface TensorState {
   /** Per head: stored position i holds original channel perm[i] (null until the first flush chooses outliers). */
   perm: Int32Array[] | null;
   chunks: Chunk[];
+  /** Increases whenever rows are added. */
+  version: number;
+  /** Per head the matrix T of the stored basis (y = T·x), `[heads, D, D]` row-major; built once `perm` is set. */
+  rotation: Float32Array | null;
 }
 
 interface LayerState {
@@ -270,6 +275,10 @@ export class TurboQuantKvCache implements KvCache {
   private readonly signs = new Map<number, Float64Array>();
   private readonly scaleTable: Float32Array;
   private disposed = false;
+  /** Async calls not yet stored, the chain they run on, and the reset count they were issued under. */
+  private queued = 0;
+  private tail: Promise<void> = Promise.resolve();
+  private generation = 0;
 
   constructor(options: TurboQuantOptions, shape: KvCacheShape) {
     this.shape = validateCacheShape(shape);
@@ -283,7 +292,7 @@ export class TurboQuantKvCache implements KvCache {
 
   private freshLayer(l: number): LayerState {
     const D = this.shape.headDim;
-    const t = (b: number): TensorState => ({ layout: tensorLayout(b, D, this.opts.split ?? 'outliers'), perm: null, chunks: [] });
+    const t = (b: number): TensorState => ({ layout: tensorLayout(b, D, this.opts.split ?? 'outliers'), perm: null, chunks: [], version: 0, rotation: null });
     return { keys: t(this.layout.keys[l]!), values: t(this.layout.values[l]!), kRes: new Float32Array(0), vRes: new Float32Array(0), resCount: 0, quantized: 0, pending: false };
   }
 
@@ -331,19 +340,64 @@ export class TurboQuantKvCache implements KvCache {
 
   private push(layer: number, keys: Tensor3D, values: Tensor3D, single: boolean): void {
     checkAlive(this.disposed, 'prefill/append');
+    if (this.queued > 0) throw new XqStateError('E_STATE', `turboquant: prefill/append while ${this.queued} prefillAsync/appendAsync call(s) are pending; await them first`);
     checkLayer(layer, this.shape.layers);
     const st = this.layers[layer]!;
     if (st.pending) this.flush(layer);
     const n = checkKv(this.shape, keys, values, st.quantized + st.resCount, single);
-    const { kvHeads: H, headDim: D } = this.shape;
     let k: Float32Array;
     let v: Float32Array;
     try {
       k = keys.dataSync() as Float32Array;
       v = values.dataSync() as Float32Array;
     } catch (e) {
-      throw new XqStateError('E_STATE', `turboquant: keys/values cannot be read synchronously on the '${tf.getBackend()}' backend (no WebGPU path yet)`, { cause: e });
+      throw new XqStateError('E_STATE', `turboquant: keys/values cannot be read synchronously on the '${tf.getBackend()}' backend; use prefillAsync/appendAsync there`, { cause: e });
     }
+    this.store(layer, k, v, n);
+  }
+
+  /** Queue the tensors' data (read now, asynchronously) and store it once earlier async calls are done. */
+  private pushAsync(what: string, layer: number, keys: Tensor3D, values: Tensor3D, single: boolean): Promise<void> {
+    let read: Promise<[Float32Array, Float32Array]>;
+    try {
+      checkAlive(this.disposed, what);
+      checkLayer(layer, this.shape.layers);
+      checkKv(this.shape, keys, values, 0, single);
+      read = Promise.all([keys.data() as Promise<Float32Array>, values.data() as Promise<Float32Array>]);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const generation = this.generation;
+    this.queued++;
+    const run = this.tail.then(async () => {
+      try {
+        const [k, v] = await read;
+        if (this.disposed || generation !== this.generation) throw new XqStateError('E_STATE', `turboquant: ${what} was overtaken by reset() or dispose()`);
+        const st = this.layers[layer]!;
+        if (st.pending) this.flush(layer);
+        const n = checkKv(this.shape, keys, values, st.quantized + st.resCount, single);
+        this.store(layer, k, v, n);
+      } finally {
+        this.queued--;
+      }
+    });
+    this.tail = run.catch(() => undefined);
+    return run;
+  }
+
+  /** {@link prefill} reading the tensors asynchronously (e.g. on WebGPU); async calls run one at a time, in call order. */
+  prefillAsync(layer: number, keys: Tensor3D, values: Tensor3D): Promise<void> {
+    return this.pushAsync('prefillAsync', layer, keys, values, false);
+  }
+  /** {@link append} reading the tensors asynchronously; async calls run one at a time, in call order. */
+  appendAsync(layer: number, keys: Tensor3D, values: Tensor3D): Promise<void> {
+    return this.pushAsync('appendAsync', layer, keys, values, true);
+  }
+
+  /** Hold `n` new tokens (head-major `[H, n, D]` data) in the residual window of a layer. */
+  private store(layer: number, k: Float32Array, v: Float32Array, n: number): void {
+    const st = this.layers[layer]!;
+    const { kvHeads: H, headDim: D } = this.shape;
     const where = (i: number) => `layer ${layer}, head ${Math.floor(i / (n * D))}, token ${st.quantized + st.resCount + (Math.floor(i / D) % n)}, channel ${i % D}`;
     assertFinite(k, 'keys', where);
     assertFinite(v, 'values', where);
@@ -460,6 +514,7 @@ export class TurboQuantKvCache implements KvCache {
       }
       ch.filled++;
     }
+    t.version++;
   }
 
   // ---- attention -------------------------------------------------------------------------------------------
@@ -476,13 +531,17 @@ export class TurboQuantKvCache implements KvCache {
 
   attend(layer: number, queries: Tensor3D): Tensor3D {
     checkAlive(this.disposed, 'attend');
+    if (this.queued > 0) throw new XqStateError('E_STATE', `turboquant: attend while ${this.queued} prefillAsync/appendAsync call(s) are pending; await them first`);
     checkLayer(layer, this.shape.layers);
     const st = this.layers[layer]!;
     const N = st.quantized + st.resCount;
     checkQueries(this.shape, layer, queries, N);
     const { kvHeads: H, headDim: D } = this.shape;
+    const kernel = findKernel(tf.getBackend(), 'codebook');
     let out: Tensor3D;
-    if (st.quantized === 0) {
+    if (kernel && st.quantized > 0) {
+      out = this.attendWithKernel(kernel, layer, queries);
+    } else if (st.quantized === 0) {
       const n = st.resCount;
       out = tf.tidy(() => plainAttention(queries, tf.tensor3d(tokenMajorToHeadMajor(st.kRes, n, H, D), [H, n, D]), tf.tensor3d(tokenMajorToHeadMajor(st.vRes, n, H, D), [H, n, D])));
     } else {
@@ -490,6 +549,94 @@ export class TurboQuantKvCache implements KvCache {
     }
     this.flush(layer);
     return out;
+  }
+
+  /** Every quantized row of a tensor as one view (a copy: built only when a kernel asks for it). */
+  private mergedView(t: TensorState): CodebookKvView {
+    const { kvHeads: H, headDim: D } = this.shape;
+    const { rowWords, slotDims, segments } = t.layout;
+    const slots = slotDims.length;
+    const tokens = t.chunks.reduce((n, c) => n + c.filled, 0);
+    const packed = new Uint32Array(tokens * H * rowWords);
+    const scales = this.layout.scaleFormat === 'fp16' ? new Uint16Array(tokens * H * slots) : new Uint8Array(tokens * H * slots);
+    let r = 0;
+    for (const c of t.chunks) {
+      packed.set(c.packed.subarray(0, c.filled * H * rowWords), r * H * rowWords);
+      scales.set(c.scales.subarray(0, c.filled * H * slots), r * H * slots);
+      r += c.filled;
+    }
+    return { heads: H, tokens, headDim: D, segments, rowWords, scalesPerRow: slots, packed, scales, scaleTable: this.scaleTable };
+  }
+
+  /** Per head the matrix T with y = T·x (permutation, then the rotation blocks), `[heads, D, D]` row-major. */
+  private rotationOf(t: TensorState): Float32Array {
+    if (t.rotation) return t.rotation;
+    const { kvHeads: H, headDim: D } = this.shape;
+    const m = new Float32Array(H * D * D);
+    const e = new Float32Array(D);
+    const y = new Float64Array(D);
+    for (let h = 0; h < H; h++) {
+      for (let c = 0; c < D; c++) {
+        e.fill(0);
+        e[c] = 1;
+        this.forward(e, 0, t.perm![h]!, t.layout.blocks, y);
+        for (let i = 0; i < D; i++) m[(h * D + i) * D + c] = y[i]!;
+      }
+    }
+    t.rotation = m;
+    return m;
+  }
+
+  /**
+   * Attention as tfjs ops around a backend's {@link CodebookKernel} (nothing read back to the host): queries rotated
+   * per KV head, key scores of the quantized rows by the kernel and of the residual window by a matMul, causal
+   * softmax, the value mix of the quantized rows by the kernel rotated back, plus the window's values.
+   */
+  private attendWithKernel(kernel: CodebookKernel, layer: number, queries: Tensor3D): Tensor3D {
+    const st = this.layers[layer]!;
+    const { kvHeads: H, headDim: D } = this.shape;
+    const [qHeads, nq] = queries.shape;
+    const M = qHeads * nq;
+    const per = M / H;
+    const Nq = st.quantized;
+    const nr = st.resCount;
+    const N = Nq + nr;
+    // the merged copy of the rows is made only if the kernel reads `view` (e.g. when its device copy is stale)
+    const self = this;
+    const view = (t: TensorState, kind: 'keys' | 'values'): CodebookTensorView => ({
+      get view() {
+        return self.mergedView(t);
+      },
+      layer,
+      kind,
+      version: t.version,
+      owner: this,
+    });
+    const keys = view(st.keys, 'keys');
+    const values = view(st.values, 'values');
+    return tf.tidy(() => {
+      const q3 = tf.reshape(queries, [H, per, D]) as Tensor3D;
+      const qr = tf.reshape(tf.matMul(q3, tf.tensor3d(this.rotationOf(st.keys), [H, D, D]), false, true), [M, D]) as Tensor2D;
+      let s: Tensor2D = kernel.keyScores(qr, keys);
+      if (nr > 0) {
+        const kr = tf.tensor3d(tokenMajorToHeadMajor(st.kRes, nr, H, D), [H, nr, D]);
+        s = tf.concat([s, tf.reshape(tf.matMul(q3, kr, false, true), [M, nr]) as Tensor2D], 1);
+      }
+      s = tf.mul(s, 1 / Math.sqrt(D));
+      if (nq > 1) {
+        // row j = (head, position i = j mod nq) sees positions ≤ N − nq + i
+        const last = tf.reshape(tf.add(tf.mod(tf.range(0, M, 1, 'int32'), nq), N - nq), [M, 1]);
+        s = tf.where(tf.lessEqual(tf.reshape(tf.range(0, N, 1, 'int32'), [1, N]), last), s, tf.fill([M, N], -Infinity));
+      }
+      const p = tf.softmax(s);
+      const mix = kernel.valueMix(nr > 0 ? tf.slice(p, [0, 0], [M, Nq]) : p, values);
+      let out = tf.matMul(tf.reshape(mix, [H, per, D]) as Tensor3D, tf.tensor3d(this.rotationOf(st.values), [H, D, D]));
+      if (nr > 0) {
+        const vr = tf.tensor3d(tokenMajorToHeadMajor(st.vRes, nr, H, D), [H, nr, D]);
+        out = tf.add(out, tf.matMul(tf.reshape(tf.slice(p, [0, Nq], [M, nr]), [H, per, nr]) as Tensor3D, vr));
+      }
+      return tf.reshape(out, [qHeads, nq, D]) as Tensor3D;
+    });
   }
 
   private attendQuantized(st: LayerState, q: Float32Array, qHeads: number, nq: number): Float32Array {
@@ -581,10 +728,12 @@ export class TurboQuantKvCache implements KvCache {
           metadataBytes += c.scales.byteLength;
         }
         if (t.perm) kernelBytes += t.perm.length * D * 4;
+        if (t.rotation) kernelBytes += t.rotation.byteLength;
         paper += t.layout.bits;
       }
       residualBytes += st.kRes.byteLength + st.vRes.byteLength;
     }
+    for (const { kernel } of registeredKernels('codebook')) kernelBytes += kernel.heldBytes?.(this) ?? 0;
     const tokens = this.layers[0]!.quantized + this.layers[0]!.resCount;
     const elements = 2 * L * H * D * tokens;
     const totalBytes = codeBytes + metadataBytes + residualBytes;
@@ -617,12 +766,20 @@ export class TurboQuantKvCache implements KvCache {
     return { keys: one(st.keys, st.kRes), values: one(st.values, st.vRes) };
   }
 
+  /** Drops every token; pending `prefillAsync`/`appendAsync` calls reject with `E_STATE`. */
   reset(): void {
     checkAlive(this.disposed, 'reset');
+    this.generation++;
+    this.releaseKernels();
     for (let l = 0; l < this.layers.length; l++) this.layers[l] = this.freshLayer(l);
   }
 
   dispose(): void {
+    if (!this.disposed) this.releaseKernels();
     this.disposed = true;
+  }
+
+  private releaseKernels(): void {
+    for (const { kernel } of registeredKernels('codebook')) kernel.release?.(this);
   }
 }
