@@ -4,12 +4,13 @@
 # the tfjs-backend-wasm binaries, the eval data and both checkpoints, as one tar cut into parts that each fit a call:
 # .study-carry/p0, p1, … A warm machine keeps what earlier calls stored: carry p0 and run
 # `scripts/study-remote.sh stage 0`, then p1 with `stage 1`, … (each within the machine's idle window); the last stage
-# unpacks. Then `start`, then `poll`. Usage: SHARED=../shared bash scripts/study-carry.sh
+# unpacks. Then `start`, then `poll`. Usage: SHARED=../shared bash scripts/study-carry.sh (MODELS="xq-qwen2-30m": one
+# checkpoint only, fewer parts)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
 LIMIT=${LIMIT:-40000000}   # bytes per part: 64 MiB minus the working tree (≈ 20 MB), with room to spare
-grep -qx '/.study-carry/' .git/info/exclude 2>/dev/null || echo '/.study-carry/' >> .git/info/exclude
+EX=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$EX")"; grep -qx '/.study-carry/' "$EX" 2>/dev/null || echo '/.study-carry/' >> "$EX"
 pnpm -s build >/dev/null
 S=.study-carry
 rm -rf "$S" && mkdir -p "$S/tmp/pay/xqb"
@@ -22,7 +23,7 @@ xz -9 -T2 -c "$(command -v node)" > "$P/node.xz"
 tar -C "$P" -cf - xqb | xz -6 -T2 > "$P/cli.tar.xz" && rm -rf "$P/xqb"
 tar -C "$SHARED" -cf - eval/prose_512.jsonl eval/passkey_256.jsonl eval/passkey_512.jsonl eval/passkey_1024.jsonl \
   eval/passkey_2048.jsonl eval/reference-fidelity | xz -6 -T2 > "$P/eval.tar.xz"
-for m in xq-llama-20m xq-qwen2-30m; do tar -C "$SHARED/models" -cf - "$m" | xz -6 -T2 > "$P/$m.tar.xz"; done
+for m in ${MODELS:-xq-llama-20m xq-qwen2-30m}; do tar -C "$SHARED/models" -cf - "$m" | xz -6 -T2 > "$P/$m.tar.xz"; done
 tar -C "$P" -cf "$S/tmp/payload.tar" .
 sha256sum "$S/tmp/payload.tar" | cut -d' ' -f1 > "$S/tmp/sha256"
 split -b "$LIMIT" -d -a 1 "$S/tmp/payload.tar" "$S/tmp/part"

@@ -22,13 +22,14 @@ case "${1:-}" in
       xz -dc "$X/pay/node.xz" > "$X/node" && chmod +x "$X/node"
       xz -dc "$X/pay/cli.tar.xz" | tar -C "$X" -xf -
       xz -dc "$X/pay/eval.tar.xz" | tar -C "$X/shared" -xf -
-      for m in xq-llama-20m xq-qwen2-30m; do xz -dc "$X/pay/$m.tar.xz" | tar -C "$X/shared/models" -xf -; done
+      for f in "$X"/pay/xq-*.tar.xz; do xz -dc "$f" | tar -C "$X/shared/models" -xf -; done
       rm -rf "$X/pay"
       "$X/node" --version && du -sh "$X/shared/models"/* && nproc
     fi ;;
   start)
     mkdir -p "$X/study"
-    cp docs/report/plans/*.plan-R*.json "$X/study/"
+    # the issue-5 plans join every run as extra configurations unless PLANS=0
+    [ "${PLANS:-1}" = 0 ] || cp docs/report/plans/*.plan-R*.json "$X/study/"
     echo "start $(date -u +%FT%TZ) nproc $(nproc)" > "$X/study/status"
     # shellcheck disable=SC2016
     setsid nohup env SHARED="$X/shared" OUT="$X/study" STEPS="${STEPS:-eval merge}" XQ="$X/node $X/xqb/cli.cjs" \
