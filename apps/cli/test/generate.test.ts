@@ -66,6 +66,22 @@ describe.skipIf(!built)('xquant generate (built CLI) — needs a `pnpm build` th
       expect(typeof out.text).toBe('string');
     });
 
+    test('--cache @preset.json runs a preset file (a codebook plan here); a missing file exits 2 naming it', () => {
+      const plan = resolve('docs/report/plans14/xq-llama-20m.tqplan-R32.b2.set-refine4.json');
+      const r = xquant('--model', MODEL, '--prompt', short!.text, '--max-new-tokens', '24', '--ignore-eos', '--residual-length', '8', '--cache', `@${plan}`, '--backend', 'wasm', '--json');
+      expect(r.code, r.stderr).toBe(0);
+      const out = JSON.parse(r.stdout) as Record<string, any>;
+      expect(out.ids).toHaveLength(24);
+      // the plan's mean code width, and codes stored past the 8-token window
+      expect(out.memory.paperBitsPerElement).toBeCloseTo(1.625, 6);
+      expect(out.memory.codeBytes).toBeGreaterThan(0);
+      const streamed = xquant('--model', MODEL, '--prompt', short!.text, '--max-new-tokens', '2', '--cache', `@${plan}`, '--backend', 'cpu');
+      expect(streamed.stderr).toMatch(/cache: tqplan-2b-R32-set-refined \(turboquant, from .*set-refine4\.json\) \(residual length 32/);
+      const missing = xquant('--model', MODEL, '--prompt', 'x', '--cache', '@/nonexistent/plan.json');
+      expect(missing.code).toBe(2);
+      expect(missing.stderr).toMatch(/\/nonexistent\/plan\.json: preset file not found/);
+    });
+
     test('streaming mode: text on stdout; backend, tokens/s and cache memory with both bit counts on stderr', () => {
       const r = xquant('--model', MODEL, '--prompt', short!.text, '--max-new-tokens', '8', '--cache', 'kivi-2', '--residual-length', '32', '--backend', 'cpu');
       expect(r.code, r.stderr).toBe(0);

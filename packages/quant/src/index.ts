@@ -17,6 +17,8 @@ export * from './scale-format.js';
 export {
   assertCodebookView,
   codebookDequantize,
+  codebookKernelPath,
+  prepareCodebookKernels,
   codebookKeyScores,
   codebookValueMix,
   packCodebookRow,

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { boundedInt, parseCommandArgs, sharedOptions } from '../args.js';
 import { generate, loadModel } from '@xquant/models';
+import { readPresetFile, type PresetFile } from '@xquant/eval';
 import { BACKEND_ORDER, createKvCache, PRESETS, strategyIds, type BackendName } from '@xquant/tfjs';
 import { backendLine, cliBackend } from '../backend.js';
 import { loadPlugins } from '../plugins.js';
@@ -18,6 +19,7 @@ options:
   --model DIR|FILE        model directory, .safetensors or .gguf file (required)
   --prompt TEXT           prompt text; the tokenizer adds BOS (required)
   --cache PRESET          KV cache preset (default full): ${PRESETS.map((p) => p.id).join(', ')},
+                          @FILE.json (a preset file, e.g. what xquant plan writes),
                           or a strategy id registered by a --plugin
   --plugin FILE           a module that registers strategies (its default export is called with @xquant/tfjs);
                           may be repeated
@@ -58,6 +60,7 @@ function formatError(e: unknown): string {
 
 /** `xquant generate …`; returns the exit code (0 ok, 1 runtime error, 2 usage error). */
 export async function run(argv: string[]): Promise<number> {
+  let presetFile: PresetFile | undefined;
   let o: {
     model?: string;
     prompt?: string;
@@ -101,8 +104,9 @@ export async function run(argv: string[]): Promise<number> {
     if (v.prompt === undefined) throw new UsageError('--prompt is required');
     const presets = PRESETS.map((p) => p.id);
     const registered = strategyIds().filter((id) => !presets.includes(id));
-    if (!presets.includes(v.cache!) && !registered.includes(v.cache!)) {
-      throw new UsageError(`--cache must be one of ${presets.join(', ')} (or a registered strategy: ${registered.join(', ')}); got '${v.cache}'`);
+    if (v.cache!.startsWith('@')) presetFile = readPresetFile(v.cache!.slice(1));
+    else if (!presets.includes(v.cache!) && !registered.includes(v.cache!)) {
+      throw new UsageError(`--cache must be one of ${presets.join(', ')}, @preset.json (or a registered strategy: ${registered.join(', ')}); got '${v.cache}'`);
     }
     if (v.backend !== undefined && !(BACKEND_ORDER as readonly string[]).includes(v.backend)) {
       throw new UsageError(`--backend must be one of ${BACKEND_ORDER.join(', ')}; got '${v.backend}'`);
@@ -144,9 +148,10 @@ export async function run(argv: string[]): Promise<number> {
     info(
       `model: ${c.architecture}, ${c.numLayers} layers, ${c.numHeads} heads / ${c.numKvHeads} KV heads, head_dim ${c.headDim}, vocab ${c.vocabSize} (${loaded.source.format}, loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s)`,
     );
-    cache = createKvCache(o.cache, loaded.model.cacheShape, o.residualLength ? { residualLength: o.residualLength } : undefined);
-    const R = cache.config?.residualLength;
-    info(`cache: ${o.cache}${R !== undefined ? ` (residual length ${R}${o.residualLength ? '' : ', the default'})` : ''}`);
+    const sizes = o.residualLength ? { residualLength: o.residualLength } : undefined;
+    cache = presetFile ? createKvCache(presetFile.strategy, loaded.model.cacheShape, { ...presetFile.options, ...sizes }) : createKvCache(o.cache, loaded.model.cacheShape, sizes);
+    const R = cache.config?.residualLength ?? (presetFile?.options.residualLength as number | undefined);
+    info(`cache: ${presetFile ? `${presetFile.name} (${presetFile.strategy}, from ${o.cache.slice(1)})` : o.cache}${R !== undefined ? ` (residual length ${R}${o.residualLength ? '' : ', the default'})` : ''}`);
     if (!o.json && !v['no-echo']) process.stdout.write(o.prompt!);
     const result = await generate({
       model: loaded.model,

@@ -1,4 +1,6 @@
 import { XqShapeError } from '../errors.js';
+import { getKernelBackend, type PackedKernelPath } from './packed-attention.js';
+import { prepareCodebook, wasmCodebookApplies, wasmCodebookKeyScores, wasmCodebookValueMix } from './wasm/codebook-runtime.js';
 
 /**
  * One channel range of a codebook row: channels `start … start+length−1` coded with `bits` bits each against the
@@ -248,19 +250,61 @@ function segmentDots(f: Flat, si: number, w: Uint32Array, base: number, x: Float
   sum[3] = s3;
 }
 
+/** Views with fewer tokens run in JS under the `'auto'` backend (staging and table building would cost more). */
+const AUTO_MIN_TOKENS = 8;
+
+function useWasm(v: CodebookKvView): boolean {
+  const b = getKernelBackend();
+  if (b === 'js' || (b === 'auto' && v.tokens < AUTO_MIN_TOKENS)) return false;
+  return wasmCodebookApplies(v);
+}
+
+/**
+ * Compiles the WebAssembly kernels of these codebook layouts (views, or anything with their `segments`) ahead of
+ * time, asynchronously. Optional: a layout's kernels are otherwise compiled synchronously on first use, which some
+ * browsers refuse on the main thread (the calls then run in JS). Resolves to true when every layout has SIMD kernels.
+ */
+export function prepareCodebookKernels(layouts: readonly { readonly segments: readonly CodebookSegment[] }[]): Promise<boolean> {
+  return prepareCodebook(layouts);
+}
+
+/**
+ * Which implementation {@link codebookKeyScores} and {@link codebookValueMix} take for this view and `rows` query
+ * rows under the current kernel backend (see `setKernelBackend`): `'wasm-simd'` where the runtime has WebAssembly
+ * SIMD and the layout SIMD kernels (any valid layout whose segments split into at most 2048 code units, i.e. every
+ * layout up to headDim 2048), else `'js'`. Under `'auto'`, views of fewer than 8 tokens take JS (no slower there);
+ * `'wasm'` takes the SIMD kernels for every non-empty view.
+ * @throws {@link XqShapeError} for an inconsistent view or a row count that is not a positive multiple of its heads.
+ */
+export function codebookKernelPath(view: CodebookKvView, rows: number): PackedKernelPath {
+  assertCodebookView(view);
+  checkRows('codebookKernelPath', view, rows, 0, 0, 'q');
+  return useWasm(view) ? 'wasm-simd' : 'js';
+}
+
 /**
  * `out[j·rowStride + t] = Σ_c q[j, c]·k̂[kv(j), t, c]` for the `rows` query vectors `q` (`[rows, headDim]`), over
  * codebook-coded keys; query row j reads KV head ⌊j / (rows/heads)⌋ (GQA: rows are grouped by KV head). Per segment
  * of a key row, 4 query rows at a time take `Σ_c q[c]·level(code_c)` from one pass over the codes, times the
- * segment's scale (the row is never dequantized).
+ * segment's scale (the row is never dequantized). With WebAssembly SIMD (see `setKernelBackend` and
+ * {@link codebookKernelPath}) the codes are read in units of up to 8 bits (e.g. 4 codes at 2 bits): per call, KV head
+ * and 4 query rows a table of `Σ q·level` over every value of each unit is built, and a key row costs one f32x4
+ * lookup per unit (float32 accumulation; the JS path accumulates in float64).
  * @throws {@link XqShapeError} for an inconsistent view or short arrays.
  */
 export function codebookKeyScores(q: Float32Array, rows: number, keys: CodebookKvView, out: Float32Array, rowStride = keys.tokens): Float32Array {
   assertCodebookView(keys);
-  const { heads: H, tokens: T, headDim: D } = keys;
+  const { tokens: T, headDim: D } = keys;
   checkRows('codebookKeyScores', keys, rows, rows * D, q.length, 'q');
   if (rowStride < T) throw new XqShapeError(`codebookKeyScores: rowStride ${rowStride} < tokens ${T}`);
   if (out.length < (rows - 1) * rowStride + T) throw new XqShapeError(`codebookKeyScores: out has ${out.length} elements; ${(rows - 1) * rowStride + T} needed`);
+  if (useWasm(keys)) wasmCodebookKeyScores(q, rows, keys, out, rowStride);
+  else keyScoresJs(q, rows, keys, out, rowStride);
+  return out;
+}
+
+function keyScoresJs(q: Float32Array, rows: number, keys: CodebookKvView, out: Float32Array, rowStride: number): void {
+  const { heads: H, tokens: T, headDim: D } = keys;
   const per = rows / H;
   const f = flatten(keys);
   const qs = Array.from({ length: H }, (_, h) => quads(per, h, D));
@@ -284,20 +328,28 @@ export function codebookKeyScores(q: Float32Array, rows: number, keys: CodebookK
       }
     }
   }
-  return out;
 }
 
 /**
  * `out[j·headDim + c] = Σ_t p[j·rowStride + t]·v̂[kv(j), t, c]` over codebook-coded values (`out` is overwritten),
  * the rows grouped by KV head as in {@link codebookKeyScores}. Each value row is decoded once per 4 query rows
- * (codes → level → × scale) and mixed into their float64 accumulators.
+ * (codes → level → × scale) and mixed into their float64 accumulators. With WebAssembly SIMD the transposed scheme:
+ * every token adds `p·scale` (an f32x4 of 4 query rows) to one accumulator entry per code unit, and the entries are
+ * expanded through the levels once at the end (float32 accumulation).
  * @throws {@link XqShapeError} for an inconsistent view or short arrays.
  */
 export function codebookValueMix(p: Float32Array, rows: number, values: CodebookKvView, out: Float32Array, rowStride = values.tokens): Float32Array {
   assertCodebookView(values);
-  const { heads: H, tokens: T, headDim: D } = values;
+  const { tokens: T, headDim: D } = values;
   checkRows('codebookValueMix', values, rows, (rows - 1) * rowStride + T, p.length, 'p');
   if (out.length < rows * D) throw new XqShapeError(`codebookValueMix: out has ${out.length} elements; ${rows * D} needed`);
+  if (useWasm(values)) wasmCodebookValueMix(p, rows, values, out, rowStride);
+  else valueMixJs(p, rows, values, out, rowStride);
+  return out;
+}
+
+function valueMixJs(p: Float32Array, rows: number, values: CodebookKvView, out: Float32Array, rowStride: number): void {
+  const { heads: H, tokens: T, headDim: D } = values;
   const per = rows / H;
   const f = flatten(values);
   // one accumulator row per query row plus a scratch row for the missing rows of a quad
@@ -355,5 +407,4 @@ export function codebookValueMix(p: Float32Array, rows: number, values: Codebook
     }
   }
   for (let i = 0; i < rows * D; i++) out[i] = acc[i]!;
-  return out;
 }

@@ -18,9 +18,10 @@ import {
 } from './wasm/runtime.js';
 
 /**
- * Which implementation the attention kernels (packed and dense) run:
+ * Which implementation the attention kernels (packed, dense and codebook) run:
  * - `'auto'` (default): WebAssembly SIMD where the runtime supports it and the shape has a SIMD kernel, else JS;
- * - `'wasm'`: like `'auto'`, but throws {@link XqBackendError} when WebAssembly SIMD is unavailable;
+ * - `'wasm'`: like `'auto'`, but throws {@link XqBackendError} when WebAssembly SIMD is unavailable (and the codebook
+ *   kernels take SIMD even for views so short that `'auto'` takes JS);
  * - `'js'`: plain JavaScript only.
  */
 export type KernelBackend = 'auto' | 'wasm' | 'js';
@@ -28,8 +29,9 @@ export type KernelBackend = 'auto' | 'wasm' | 'js';
 let backend: KernelBackend = 'auto';
 
 /**
- * Selects the implementation of {@link packedKeyScores}, {@link packedValueMix}, {@link denseKeyScores} and
- * {@link denseValueMix} for this process. Results agree to float32 rounding across backends.
+ * Selects the implementation of {@link packedKeyScores}, {@link packedValueMix}, {@link denseKeyScores},
+ * {@link denseValueMix}, `codebookKeyScores` and `codebookValueMix` for this process. Results agree to float32
+ * rounding across backends.
  * @throws {@link XqConfigError} for an unknown name; {@link XqBackendError} for `'wasm'` without WebAssembly SIMD.
  */
 export function setKernelBackend(b: KernelBackend): void {

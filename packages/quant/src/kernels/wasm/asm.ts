@@ -99,6 +99,8 @@ export class Fn {
   ne(): this { return this.op(OP.i32_ne); }
 
   load(offset = 0): this { return this.mem(OP.i32_load, 2, offset); }
+  /** i32.load with alignment hint 1 byte (for loads at any byte address). */
+  loadU(offset = 0): this { return this.mem(OP.i32_load, 0, offset); }
   load8(offset = 0): this { return this.mem(OP.i32_load8_u, 0, offset); }
   load16(offset = 0): this { return this.mem(OP.i32_load16_u, 1, offset); }
   store(offset = 0): this { return this.mem(OP.i32_store, 2, offset); }

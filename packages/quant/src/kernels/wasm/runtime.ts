@@ -13,7 +13,7 @@ import { VALUE_CHUNK, genDenseKeys, genDenseValues, genHalfToFloat, genKeys, gen
 type Kernel = (...args: number[]) => void;
 
 /** The slice of the WebAssembly JS API used here (typed locally: the package builds without DOM typings). */
-interface WasmMemory { readonly buffer: ArrayBuffer; grow(pages: number): number }
+export interface WasmMemory { readonly buffer: ArrayBuffer; grow(pages: number): number }
 interface WasmApi {
   validate(bytes: Uint8Array): boolean;
   Module: new (bytes: Uint8Array) => object;
@@ -42,6 +42,18 @@ export function wasmSimdSupported(): boolean {
     simdSupported = false;
   }
   return simdSupported ?? false;
+}
+
+/** Compiles and instantiates these functions synchronously as one module (throws where the runtime refuses). */
+export function instantiateSync(fns: Fn[]): { memory: WasmMemory; exports: Record<string, unknown> } {
+  const ex = new WA!.Instance(new WA!.Module(assemble(fns, 1))).exports;
+  return { memory: ex.mem as WasmMemory, exports: ex };
+}
+
+/** Compiles and instantiates these functions asynchronously as one module. */
+export async function instantiateAsync(fns: Fn[]): Promise<{ memory: WasmMemory; exports: Record<string, unknown> }> {
+  const ex = (await WA!.instantiate(await WA!.compile(assemble(fns, 1)))).exports;
+  return { memory: ex.mem as WasmMemory, exports: ex };
 }
 
 function kernelsFor(D: number): Fn[] {
@@ -96,14 +108,14 @@ export async function prepareWasm(headDims: readonly number[]): Promise<boolean>
 }
 
 /** Bump allocation of 16-byte-aligned regions (with 16 bytes of slack) in an instance's memory, grown when needed. */
-class Arena {
+export class Arena {
   private top = 64;
   alloc(bytes: number): number {
     const at = this.top;
     this.top += Math.ceil(bytes / 16) * 16 + 16;
     return at;
   }
-  commit(inst: Instance): { f32: Float32Array; u32: Uint32Array; u16: Uint16Array } {
+  commit(inst: { memory: WasmMemory }): { f32: Float32Array; u32: Uint32Array; u16: Uint16Array } {
     const need = this.top - inst.memory.buffer.byteLength;
     if (need > 0) inst.memory.grow(Math.ceil(need / 65536));
     const b = inst.memory.buffer;
