@@ -655,7 +655,9 @@ export class TurboQuantKvCache implements KvCache {
       for (let c = 0; c < D; c++) qr[j * D + c] = y[c]!;
     }
     const S = new Float32Array(M * N);
-    for (const { view, start } of this.views(st.keys)) codebookKeyScores(qr, M, view, S.subarray(start), N);
+    // one kernel call over every quantized row (a copy of the chunks' rows; per-chunk calls would each stage and
+    // build the SIMD kernels' tables again)
+    codebookKeyScores(qr, M, this.mergedView(st.keys), S, N);
     for (let j = 0; j < M; j++) {
       const h = Math.floor(j / per);
       for (let t = 0; t < st.resCount; t++) {
@@ -679,12 +681,7 @@ export class TurboQuantKvCache implements KvCache {
       sums[j] = sum;
     }
     // quantized values: mixed in the rotated basis, rotated back per row
-    const mixR = new Float32Array(M * D);
-    const part = new Float32Array(M * D);
-    for (const { view, start } of this.views(st.values)) {
-      codebookValueMix(S.subarray(start), M, view, part, N);
-      for (let i = 0; i < M * D; i++) mixR[i] = mixR[i]! + part[i]!;
-    }
+    const mixR = codebookValueMix(S, M, this.mergedView(st.values), new Float32Array(M * D), N);
     const out = new Float32Array(M * D);
     for (let j = 0; j < M; j++) {
       const h = Math.floor(j / per);
