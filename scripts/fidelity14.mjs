@@ -1,14 +1,17 @@
 #!/usr/bin/env node
 // Issue 14: tables and the KL / passkey vs true-bits curve from the eval results in docs/report/fidelity14/
-// (reduced protocol unless the inputs say otherwise). Prose and passkey results of a model may be in separate files
-// (<model>.*.json); configurations are matched by method name. 8-bit-metadata rows of the `planned` strategy
+// (reduced protocol; with --full, the issue's full protocol: every record, baselines from the issue-5 study). Prose and
+// passkey results of a model may be in separate files (<model>.*.json); configurations are matched by method name. 8-bit-metadata rows of the `planned` strategy
 // ({ meta: 'e4m3' | 'e5m2' } calibration) are accounted with 8-bit scale/zero (`accountBits({ metadataBits: 8 })`).
-// Usage: node scripts/fidelity14.mjs [dir]   → <dir>/tables.md, <dir>/curve.svg, <dir>/summary.json
+// Usage: node scripts/fidelity14.mjs [dir] [--full]   → <dir>/tables.md, <dir>/curve.svg, <dir>/summary.json, <dir>/targets.md
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { accountBits } from '../packages/cross-layer/dist/index.js';
 import { summarize } from '../packages/eval/dist/index.js';
 
-const dir = process.argv[2] ?? 'docs/report/fidelity14';
+const args = process.argv.slice(2);
+const FULL = args.includes('--full');
+const dir = args.find((a) => !a.startsWith('--')) ?? 'docs/report/fidelity14';
+const PROTOCOL = FULL ? 'full protocol' : 'reduced protocol';
 const MODELS = ['xq-llama-20m', 'xq-qwen2-30m'];
 const LABEL = { 'xq-llama-20m': 'Llama', 'xq-qwen2-30m': 'Qwen2' };
 const SHAPE = { kvHeads: 2, headDim: 64 };
@@ -22,7 +25,7 @@ function family(m) {
   if (m.startsWith('tq')) return 'TurboQuant-style (anchor)';
   if (m.includes('e4m3') || m.includes('e5m2')) return 'KIVI layout, 8-bit scale/zero';
   if (m.startsWith('plan')) return 'planner plan (issue 5)';
-  return 'presets (kivi-2, asymkv-1.5, xquant-1.38)';
+  return 'presets (kivi-1/2, asymkv-1.5, xquant-1.38)';
 }
 
 function storedBits(cfg) {
@@ -33,10 +36,10 @@ function storedBits(cfg) {
   return accountBits({ config, ...SHAPE, tokens: 2048, metadataBits: 8 }).storedBitsPerElement;
 }
 
-// Baselines not re-run here come from the earlier reduced runs (docs/report/reduced, R = 32 rows), summarized over the
-// prose records of this run (a subset of theirs) — per-record sums make that exact.
-const REDUCED = (model) => [`docs/report/reduced/${model}.json`, `docs/report/reduced/${model}.plan-v64.json`];
-const BASELINES = new Set(['kivi-2', 'asymkv-1.5', 'xquant-1.38', 'xquant-noshare', 'plan-v64-2.486b-R32']);
+// Baselines not re-run here come from earlier runs (R = 32 rows), summarized over the prose records of this run —
+// per-record sums make that exact: the reduced runs (docs/report/reduced), or with --full the issue-5 study (every record).
+const REDUCED = (model) => (FULL ? [`docs/report/study/${model}.json`] : [`docs/report/reduced/${model}.json`, `docs/report/reduced/${model}.plan-v64.json`]);
+const BASELINES = new Set(['kivi-2', 'asymkv-1.5', 'xquant-1.38', 'xquant-noshare', 'plan-v64-2.486b-R32', ...(FULL ? ['kivi-1'] : [])]);
 
 const rows = {};
 for (const model of MODELS) {
@@ -59,8 +62,8 @@ for (const model of MODELS) {
       // the reduced run named the value-group-64 plan 'plan-2.486b-R32' (its preset file: 'plan-v64-2.486b-R32')
       const m = reduced && s.config.method === 'plan-2.486b-R32' && vg === 64 ? 'plan-v64-2.486b-R32' : s.config.method;
       if (reduced && (!BASELINES.has(m) || s.config.residualLength !== 32 || vg !== (m.startsWith('plan-v64') ? 64 : 32))) continue;
-      if (reduced && byMethod.has(m) && byMethod.get(m).source !== 'reduced') continue;
-      const r = byMethod.get(m) ?? { method: m, family: family(m), paperBits: s.config.paperBits, storedBits: storedBits(s.config), kl: null, top1: null, records: 0, passkey: {}, source: reduced ? 'reduced' : 'this run' };
+      if (reduced && byMethod.has(m) && byMethod.get(m).source === 'this run') continue;
+      const r = byMethod.get(m) ?? { method: m, family: family(m), paperBits: s.config.paperBits, storedBits: storedBits(s.config), kl: null, top1: null, records: 0, passkey: {}, source: reduced ? (FULL ? 'issue-5 study' : 'reduced') : 'this run' };
       if (s.prose) Object.assign(r, { kl: s.prose.kl, top1: s.prose.top1, ppl: s.prose.ppl, records: s.prose.records, recordIds: res.prose.filter((x) => x.perCache[s.config.id]).map((x) => x.index) });
       for (const [len, a] of Object.entries(s.passkey)) r.passkey[len] = { correct: a.correct, n: a.n };
       byMethod.set(m, r);
@@ -75,7 +78,9 @@ const md = [];
 for (const model of MODELS) {
   if (!rows[model].length) continue;
   const recs = Math.max(...rows[model].map((r) => r.records));
-  md.push(`**${LABEL[model]} (${model}), R = 32 — REDUCED protocol: ${recs} spaced prose records (${[...new Set(rows[model].flatMap((r) => r.recordIds ?? []))].join(', ')}); passkey prompts per length ${rows[model].find((r) => Object.keys(r.passkey).length)?.passkey ? pkN(rows[model].find((r) => Object.keys(r.passkey).length)) : '–'}**`, '');
+  const recIds = [...new Set(rows[model].flatMap((r) => r.recordIds ?? []))];
+  const which = FULL ? `FULL protocol: all ${recs} prose records` : `REDUCED protocol: ${recs} spaced prose records (${recIds.join(', ')})`;
+  md.push(`**${LABEL[model]} (${model}), R = 32 — ${which}; passkey prompts per length ${rows[model].find((r) => Object.keys(r.passkey).length)?.passkey ? pkN(rows[model].find((r) => Object.keys(r.passkey).length)) : '–'}**`, '');
   md.push('| config | family | paper bits | true bits @2048 | KL | top-1 | passkey 256/512/1024/2048 (%) | source |', '|---|---|---:|---:|---:|---:|---|---|');
   for (const r of rows[model]) {
     md.push(`| ${r.method} | ${r.family ?? '–'} | ${r.paperBits.toFixed(3)} | ${r.storedBits.toFixed(3)} | ${r.kl === null ? '–' : r.kl.toFixed(4)} | ${r.top1 === null ? '–' : r.top1.toFixed(4)} | ${pk(r)} | ${r.source} |`);
@@ -94,7 +99,7 @@ const COLORS = {
   'codebook plan (ours)': '#2ca02c',
   'planner plan (issue 5)': '#9467bd',
   'KIVI layout, 8-bit scale/zero': '#8c564b',
-  'presets (kivi-2, asymkv-1.5, xquant-1.38)': '#7f7f7f',
+  'presets (kivi-1/2, asymkv-1.5, xquant-1.38)': '#7f7f7f',
 };
 const svg = [`<svg xmlns="http://www.w3.org/2000/svg" width="${2 * W}" height="${Hh + 150}" font-family="sans-serif" font-size="11">`];
 MODELS.forEach((model, pi) => {
@@ -106,7 +111,7 @@ MODELS.forEach((model, pi) => {
   const ymin = Math.log10(Math.min(...kls) * 0.8), ymax = Math.log10(Math.max(...kls) * 1.25);
   const X = (b) => x0 + M.l + ((b - xmin) / (xmax - xmin)) * (W - M.l - M.r);
   const Y = (k) => M.t + (1 - (Math.log10(k) - ymin) / (ymax - ymin)) * (Hh - M.t - M.b);
-  svg.push(`<text x="${x0 + W / 2}" y="18" text-anchor="middle" font-size="13">${LABEL[model]}: KL vs true stored bits (R = 32, reduced protocol)</text>`);
+  svg.push(`<text x="${x0 + W / 2}" y="18" text-anchor="middle" font-size="13">${LABEL[model]}: KL vs true stored bits (R = 32, ${PROTOCOL})</text>`);
   svg.push(`<rect x="${X(xmin)}" y="${M.t}" width="${X(xmax) - X(xmin)}" height="${Hh - M.t - M.b}" fill="none" stroke="#444"/>`);
   for (let b = 1.5; b <= 4.25; b += 0.5) svg.push(`<line x1="${X(b)}" x2="${X(b)}" y1="${M.t}" y2="${Hh - M.b}" stroke="#eee"/><text x="${X(b)}" y="${Hh - M.b + 14}" text-anchor="middle">${b}</text>`);
   for (let e = Math.ceil(ymin * 3) / 3; e <= ymax; e += 1 / 3) {
@@ -153,7 +158,7 @@ for (const model of MODELS) {
     const pkOk = Object.values(r.passkey).length === 4 && Object.values(r.passkey).every((a) => a.correct / a.n >= 0.95);
     tmd.push(`| ≤ 2.0 bits, KL ≤ kivi-2, passkey ≥ 95 % | ${r.method} | ${r.storedBits.toFixed(3)} | ${r.kl.toFixed(4)} | ${(r.kl / kivi.kl).toFixed(2)}× | ${pk(r)} | ${r.kl <= kivi.kl && pkOk ? 'yes' : `no (KL ${r.kl <= kivi.kl ? 'ok' : `+${((r.kl / kivi.kl - 1) * 100).toFixed(0)} %`}, passkey ${Object.values(r.passkey).length === 4 ? (pkOk ? 'ok' : 'below') : 'not measured at every length'})`} |`);
   }
-  for (const [tq, ours] of [['tq-2.5', /^tqplan-3\.203/], ['tq-3.5', /^tqplan-4\.188/], ['tq-k2v1', /^tqplan-2b/], ['tq-2', /^tqx-2$/], ['tq-1.5', /^tqx-1\.5$/], ['tq-2.5', /^tqx-2\.5$/]]) {
+  for (const [tq, ours] of [['tq-2.5', /^tqplan-3\.203/], ['tq-3.5', /^tqplan-4\.188/], ['tq-k2v1', /^tqplan-2b/], ['tq-2', /^tqx-2$/], ['tq-1.5', /^tqx-1\.5$/], ['tq-2.5', /^tqx-2\.5$/], ['tq-2', /^tqplan-2b/], ['tq-1.5', /^tqplan-2b/]]) {
     const a = by.get(tq);
     const b = rows[model].find((r) => ours.test(r.method));
     if (!a || !b || a.kl === null || b.kl === null) continue;

@@ -161,21 +161,28 @@ function allocTables(ar: Arena, bytes: number): number {
   return at;
 }
 
-/** `codebookKeyScores` through the WebAssembly kernels (the view and arrays already checked). */
-export function wasmCodebookKeyScores(q: Float32Array, rows: number, v: CodebookKvView, out: Float32Array, rowStride: number): void {
+/**
+ * Stages one call: the unit tables, the view (codes, decoded scales, levels, descriptors) and an input and an output
+ * region of the given sizes, in the instance of the view's layout; picks the unit set by `entryCost` (see {@link pick}).
+ */
+function stageCall(v: CodebookKvView, entryCost: number, inBytes: number, outBytes: number) {
   const inst = instanceFor(v)!;
-  const { heads: H, tokens: T, headDim: D } = v;
-  const per = rows / H;
-  const vr = pick(inst, T, 4);
+  const vr = pick(inst, v.tokens, entryCost);
   const ar = new Arena();
   const tabs = allocTables(ar, vr.set.tableBytes);
   const st = stageView(ar, v, vr.set);
-  const q4 = ar.alloc(D * 16);
-  const o = ar.alloc(4 * T * 4);
+  const input = ar.alloc(inBytes);
+  const output = ar.alloc(outBytes);
   const { u32, f32 } = ar.commit(inst);
   st.fill(u32, f32);
-  const rowBytes = H * v.rowWords * 4;
-  const scaleBytes = H * v.scalesPerRow * 4;
+  return { inst, vr, tabs, st, input, output, f32, rowBytes: v.heads * v.rowWords * 4, scaleBytes: v.heads * v.scalesPerRow * 4 };
+}
+
+/** `codebookKeyScores` through the WebAssembly kernels (the view and arrays already checked). */
+export function wasmCodebookKeyScores(q: Float32Array, rows: number, v: CodebookKvView, out: Float32Array, rowStride: number): void {
+  const { heads: H, tokens: T, headDim: D } = v;
+  const per = rows / H;
+  const { inst, vr, tabs, st, input: q4, output: o, f32, rowBytes, scaleBytes } = stageCall(v, 4, D * 16, 4 * T * 4);
   for (let h = 0; h < H; h++) {
     for (let j0 = 0; j0 < per; j0 += 4) {
       const nh = Math.min(4, per - j0);
@@ -192,19 +199,9 @@ export function wasmCodebookKeyScores(q: Float32Array, rows: number, v: Codebook
 
 /** `codebookValueMix` through the WebAssembly kernels (the view and arrays already checked; `out` is overwritten). */
 export function wasmCodebookValueMix(p: Float32Array, rows: number, v: CodebookKvView, out: Float32Array, rowStride: number): void {
-  const inst = instanceFor(v)!;
   const { heads: H, tokens: T, headDim: D } = v;
   const per = rows / H;
-  const vr = pick(inst, T, 6);
-  const ar = new Arena();
-  const tabs = allocTables(ar, vr.set.tableBytes);
-  const st = stageView(ar, v, vr.set);
-  const pr = ar.alloc(4 * T * 4);
-  const o = ar.alloc(4 * D * 4);
-  const { u32, f32 } = ar.commit(inst);
-  st.fill(u32, f32);
-  const rowBytes = H * v.rowWords * 4;
-  const scaleBytes = H * v.scalesPerRow * 4;
+  const { inst, vr, tabs, st, input: pr, output: o, f32, rowBytes, scaleBytes } = stageCall(v, 6, 4 * T * 4, 4 * D * 4);
   for (let h = 0; h < H; h++) {
     for (let j0 = 0; j0 < per; j0 += 4) {
       const nh = Math.min(4, per - j0);
