@@ -63,7 +63,7 @@ for (const model of MODELS) {
       const m = reduced && s.config.method === 'plan-2.486b-R32' && vg === 64 ? 'plan-v64-2.486b-R32' : s.config.method;
       if (reduced && (!BASELINES.has(m) || s.config.residualLength !== 32 || vg !== (m.startsWith('plan-v64') ? 64 : 32))) continue;
       if (reduced && byMethod.has(m) && byMethod.get(m).source === 'this run') continue;
-      const r = byMethod.get(m) ?? { method: m, family: family(m), paperBits: s.config.paperBits, storedBits: storedBits(s.config), kl: null, top1: null, records: 0, passkey: {}, source: reduced ? (FULL ? 'issue-5 study' : 'reduced') : 'this run' };
+      const r = byMethod.get(m) ?? { method: m, family: family(m), paperBits: s.config.paperBits, storedBits: storedBits(s.config), kl: null, top1: null, records: 0, passkey: {}, source: reduced ? (FULL ? 'issue-5 study' : 'reduced') : FULL ? 'issue-14 runs' : 'this run' };
       if (s.prose) Object.assign(r, { kl: s.prose.kl, top1: s.prose.top1, ppl: s.prose.ppl, records: s.prose.records, recordIds: res.prose.filter((x) => x.perCache[s.config.id]).map((x) => x.index) });
       for (const [len, a] of Object.entries(s.passkey)) r.passkey[len] = { correct: a.correct, n: a.n };
       byMethod.set(m, r);
