@@ -19,11 +19,14 @@ interface DeviceCopy {
 const copies = new WeakMap<object, Map<string, DeviceCopy>>();
 const providers = new WeakMap<GPUDevice, CodebookAttentionGpu>();
 
-/** How often each kernel ran and how often a device copy was (re)built (process-wide, since load or the last reset). */
+/** How often each kernel ran and how device copies were updated (process-wide, since load or the last reset). */
 export interface WebGpuCodebookCounts {
   keyScores: number;
   valueMix: number;
+  /** Whole copies made (first use, or room ran out: capacity doubles). */
   uploads: number;
+  /** Updates that wrote only the new rows. */
+  appends: number;
 }
 
 /** {@link webgpuCodebookKernel}'s type: the kernel with its counters. */
@@ -34,7 +37,7 @@ export interface WebGpuCodebookKernel extends CodebookKernel {
   resetCounts(): void;
 }
 
-const counts: WebGpuCodebookCounts = { keyScores: 0, valueMix: 0, uploads: 0 };
+const counts: WebGpuCodebookCounts = { keyScores: 0, valueMix: 0, uploads: 0, appends: 0 };
 
 function kernelsOnBackend(): CodebookAttentionGpu {
   const device = (tf.backend() as unknown as { device?: GPUDevice }).device;
@@ -51,11 +54,12 @@ function deviceCopy(k: CodebookAttentionGpu, v: CodebookTensorView): GpuCodebook
   const key = `${v.layer}/${v.kind}`;
   const c = layers.get(key);
   if (c && c.version === v.version) return c.kv;
-  const kv = k.upload(v.view);
-  // work already submitted keeps reading the old buffers; destroying them only stops further use
-  if (c) k.release(c.kv);
+  // new rows are written in place into room reserved ahead; a full upload only when that room runs out (work already
+  // submitted keeps reading replaced buffers: destroying them only stops further use)
+  const kv = c ? k.extend(c.kv, v.view) : k.upload(v.view);
+  if (!c || kv.codes !== c.kv.codes) counts.uploads++;
+  else counts.appends++;
   layers.set(key, { version: v.version, kv });
-  counts.uploads++;
   return kv;
 }
 
@@ -77,9 +81,9 @@ function runToTensor(k: CodebookAttentionGpu, call: KernelCall, shape: [number, 
 }
 
 /**
- * Codebook attention products on the tfjs `'webgpu'` backend ({@link registerWebGpuKernels} registers it). Each
- * layer's keys and values are uploaded once per change of their rows (every flush) and kept until the cache's
- * `reset()` or `dispose()`; their bytes count in `memory().kernelBytes`.
+ * Codebook attention products on the tfjs `'webgpu'` backend (`registerWebGpuKernels` registers it). Each layer's
+ * keys and values stay on the device until the cache's `reset()` or `dispose()`: newly quantized rows are written in
+ * place into room reserved ahead (capacity doubles when full); their bytes count in `memory().kernelBytes`.
  */
 export const webgpuCodebookKernel: WebGpuCodebookKernel = {
   id: 'webgpu-codebook',
@@ -88,6 +92,7 @@ export const webgpuCodebookKernel: WebGpuCodebookKernel = {
     counts.keyScores = 0;
     counts.valueMix = 0;
     counts.uploads = 0;
+    counts.appends = 0;
   },
   keyScores(q: Tensor2D, keys: CodebookTensorView): Tensor2D {
     const k = kernelsOnBackend();

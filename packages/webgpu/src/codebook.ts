@@ -514,6 +514,30 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
  * its group) and never dequantizing a row. The same contract as `codebookKeyScores` / `codebookValueMix`: queries and
  * outputs are in the view's channel order (apply the cache's rotation and channel permutation outside).
  */
+/** Rows a resident copy has room for (set by upload and extend). */
+const capacityOf = new WeakMap<GpuCodebookKv, number>();
+/** The scale table a resident copy was checked against. */
+const tableOf = new WeakMap<GpuCodebookKv, Float32Array>();
+
+/**
+ * Scale codes `from … to−1` of a view packed 4 (8-bit) or 2 (16-bit) to a u32 (`from` a multiple of that), each
+ * checked: the shader decodes 16-bit codes as fp16 and 8-bit codes through the table, both must give a finite scale.
+ */
+function packScaleCodes(view: CodebookKvView, from: number, to: number, scaleBits: 8 | 16): Uint32Array {
+  const perWord = scaleBits === 8 ? 4 : 2;
+  const out = new Uint32Array(Math.ceil((to - from) / perWord));
+  for (let i = from; i < to; i++) {
+    const code = view.scales[i]!;
+    const value = view.scaleTable[code];
+    if (value === undefined || !Number.isFinite(value) || (scaleBits === 16 && value !== bitsToHalf(code))) {
+      throw new XqShapeError(`codebook upload: scale ${i} (code ${code}) decodes to ${String(value)}; ${scaleBits === 16 ? '16-bit scales must be finite fp16 with the fp16 table' : 'scales must be finite'}`);
+    }
+    const w = ((i - from) / perWord) | 0;
+    out[w] = (out[w]! | (code << (((i - from) % perWord) * scaleBits))) >>> 0;
+  }
+  return out;
+}
+
 export class CodebookAttentionGpu {
   /** The packed-attention helper whose buffers, `run` and `read` these kernels share. */
   readonly base: PackedAttentionGpu;
@@ -528,24 +552,62 @@ export class CodebookAttentionGpu {
 
   /** Upload a codebook view (checked by `assertCodebookView`); only its first `tokens` rows are copied. */
   upload(view: CodebookKvView): GpuCodebookKv {
+    return this.uploadWithCapacity(view, view.tokens);
+  }
+
+  /**
+   * Bring a resident copy up to date with `view`, which holds the same rows as `kv` (same layout) plus newer ones:
+   * only the new rows' codes and scale codes are written, into room reserved ahead (capacity doubles when full, which
+   * copies everything once). Returns the copy to use from now on (`kv` itself is released when it was replaced).
+   * Anything else — fewer rows, another layout or scale table — uploads the view anew. @internal
+   */
+  extend(kv: GpuCodebookKv, view: CodebookKvView): GpuCodebookKv {
+    assertCodebookView(view);
+    const cap = capacityOf.get(kv);
+    const same =
+      cap !== undefined &&
+      view.tokens >= kv.tokens &&
+      view.heads === kv.heads &&
+      view.segments === kv.segments &&
+      view.rowWords === kv.rowWords &&
+      view.scalesPerRow === kv.scalesPerRow &&
+      (view.scales instanceof Uint8Array ? 8 : 16) === kv.scaleBits &&
+      tableOf.get(kv) === view.scaleTable;
+    if (!same || view.tokens > cap) {
+      const next = this.uploadWithCapacity(view, same ? Math.max(view.tokens, 2 * cap) : view.tokens);
+      this.release(kv);
+      return next;
+    }
+    if (view.tokens === kv.tokens) return kv;
+    const { heads: H, rowWords: RW, scalesPerRow: SPR } = view;
+    const q = this.device.queue;
+    // scale codes from the start of the word that holds the first new one (earlier codes of that word rewritten as they
+    // are), checked before anything is written
+    const perWord = kv.scaleBits === 8 ? 4 : 2;
+    const firstWord = Math.floor((kv.tokens * H * SPR) / perWord);
+    const words = packScaleCodes(view, firstWord * perWord, view.tokens * H * SPR, kv.scaleBits);
+    const codes = view.packed.subarray(kv.tokens * H * RW, view.tokens * H * RW);
+    q.writeBuffer(kv.codes, kv.tokens * H * RW * 4, codes.buffer, codes.byteOffset, codes.byteLength);
+    q.writeBuffer(kv.scales, firstWord * 4, words.buffer, words.byteOffset, words.byteLength);
+    const next: GpuCodebookKv = { ...kv, tokens: view.tokens, packedBytes: view.tokens * H * (RW * 4 + SPR * (kv.scaleBits / 8)) };
+    capacityOf.set(next, cap);
+    tableOf.set(next, view.scaleTable);
+    return next;
+  }
+
+  private uploadWithCapacity(view: CodebookKvView, capacity: number): GpuCodebookKv {
     assertCodebookView(view);
     const rows = view.tokens * view.heads;
     if (rows === 0) throw new XqShapeError('codebook upload: the view holds no tokens');
     const scaleBits = view.scales instanceof Uint8Array ? 8 : 16;
     if (scaleBits === 8 && view.scaleTable.length < 256) throw new XqShapeError(`codebook upload: an 8-bit scale table needs 256 entries; got ${view.scaleTable.length}`);
-    const codes = view.packed.subarray(0, rows * view.rowWords);
     const n = rows * view.scalesPerRow;
     const perWord = scaleBits === 8 ? 4 : 2;
-    const scaleWords = new Uint32Array(Math.ceil(n / perWord));
-    for (let i = 0; i < n; i++) {
-      const code = view.scales[i]!;
-      // the shader decodes 16-bit codes as fp16 and 8-bit codes through the table: both must give a finite scale
-      const value = view.scaleTable[code];
-      if (value === undefined || !Number.isFinite(value) || (scaleBits === 16 && value !== bitsToHalf(code))) {
-        throw new XqShapeError(`codebook upload: scale ${i} (code ${code}) decodes to ${String(value)}; ${scaleBits === 16 ? '16-bit scales must be finite fp16 with the fp16 table' : 'scales must be finite'}`);
-      }
-      scaleWords[(i / perWord) | 0] = (scaleWords[(i / perWord) | 0]! | (code << ((i % perWord) * scaleBits))) >>> 0;
-    }
+    const capRows = capacity * view.heads;
+    const codes = new Uint32Array(capRows * view.rowWords);
+    codes.set(view.packed.subarray(0, rows * view.rowWords));
+    const scaleWords = new Uint32Array(Math.ceil((capRows * view.scalesPerRow) / perWord));
+    scaleWords.set(packScaleCodes(view, 0, n, scaleBits));
     for (const sg of view.segments) if (!sg.levels.every(Number.isFinite)) throw new XqShapeError(`codebook upload: segment at channel ${sg.start} has a non-finite level`);
     const levels = view.segments.reduce((a, s) => a + s.levels.length, 0);
     const tables = new Float32Array(levels + (scaleBits === 8 ? 256 : 0));
@@ -557,7 +619,7 @@ export class CodebookAttentionGpu {
     if (scaleBits === 8) tables.set(view.scaleTable.subarray(0, 256), levels);
     const max = this.device.limits.maxStorageBufferBindingSize;
     if (codes.byteLength > max) throw new XqBackendError('E_BACKEND_UNAVAILABLE', `codebook codes: ${codes.byteLength} bytes exceed this device's maxStorageBufferBindingSize (${max})`);
-    return {
+    const kv: GpuCodebookKv = {
       heads: view.heads,
       tokens: view.tokens,
       headDim: view.headDim,
@@ -568,8 +630,11 @@ export class CodebookAttentionGpu {
       codes: this.base.createBuffer(codes, 0, 'codebook codes'),
       scales: this.base.createBuffer(scaleWords, 0, 'codebook scales'),
       tables: this.base.createBuffer(tables, 0, 'codebook tables'),
-      packedBytes: codes.byteLength + n * (scaleBits / 8),
+      packedBytes: rows * view.rowWords * 4 + n * (scaleBits / 8),
     };
+    capacityOf.set(kv, capacity);
+    tableOf.set(kv, view.scaleTable);
+    return kv;
   }
 
   private spec(kv: GpuCodebookKv, qHeads: number, what: string): CodebookSpec {

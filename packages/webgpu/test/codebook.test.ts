@@ -126,6 +126,48 @@ describe.skipIf(!gpu)(title('WGSL codebook kernels (turboquant layout) vs the CP
     });
   }
 
+  // a resident copy grown row by row (as the turboquant cache's flushes grow it): partial scale words, room doubling
+  test.each(['log8', 'fp16'] as const)('extend() writes only new rows and gives the numbers of a fresh upload (%s scales)', async (fmt) => {
+    const full = viewOf(segmentsOf([[32, 3], [32, 2]], false), 2, 160, fmt, 21);
+    const rows = (n: number) => ({ ...full, tokens: n });
+    let kv = k.upload(rows(1));
+    const firstCodes = kv.codes;
+    let replaced = 0;
+    for (const n of [2, 3, 7, 8, 33, 70, 140]) {
+      const before = kv.codes;
+      kv = k.extend(kv, rows(n));
+      if (kv.codes !== before) replaced++;
+      expect(kv.tokens).toBe(n);
+      const fresh = k.upload(rows(n));
+      const q = normal(2 * 64, rng(n));
+      const [a, b] = await Promise.all([kv, fresh].map(async (c) => k.base.runAndRead(await k.keyScores({ q: k.base.createBuffer(q), qHeads: 2, keys: c }))));
+      expect(Array.from(a!)).toEqual(Array.from(b!));
+      const p = Float32Array.from({ length: 2 * n }, (_, i) => (i % 7) / 7);
+      const [x, y] = await Promise.all([kv, fresh].map(async (c) => k.base.runAndRead(await k.valueMix({ p: k.base.createBuffer(p), qHeads: 2, values: c }))));
+      expect(Array.from(x!)).toEqual(Array.from(y!));
+      k.release(fresh);
+    }
+    // room: 1 → 2 → 4 → 8 (8 rows fit: in place) → 33 → 70 → 140 (at least double, at least the rows): a whole copy
+    // each time room ran out
+    expect(kv.codes).not.toBe(firstCodes);
+    expect(replaced).toBe(6);
+    kv = k.extend(kv, rows(141)); // room for 280 rows
+    const kept = kv;
+    kv = k.extend(kv, rows(150));
+    expect(kv.codes).toBe(kept.codes); // written in place
+    // a bad scale among the new rows is rejected before anything is written; the copy stays usable
+    const badScales = fmt === 'fp16' ? Uint16Array.from(full.scales as Uint16Array) : Uint8Array.from(full.scales as Uint8Array);
+    badScales[155 * 2 * 2] = fmt === 'fp16' ? 0x7c00 : 255;
+    const badTable = fmt === 'fp16' ? full.scaleTable : Float32Array.from(full.scaleTable, (v, i) => (i === 255 ? Number.POSITIVE_INFINITY : v));
+    expect(() => k.extend(kv, { ...full, tokens: 160, scales: badScales, scaleTable: badTable })).toThrow(XqShapeError);
+    expect(kv.tokens).toBe(150);
+    // another layout: a fresh upload
+    const other = viewOf(segmentsOf([[64, 2]], false), 2, 10, fmt, 3);
+    const re = k.extend(kv, other);
+    expect([re.tokens, re.rowWords]).toEqual([10, 4]);
+    k.release(re);
+  });
+
   test('bad shapes give XqShapeError', async () => {
     const view = viewOf(segmentsOf([[64, 2]], false), 2, 40, 'log8', 5);
     const kv = k.upload(view);

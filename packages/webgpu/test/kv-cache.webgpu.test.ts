@@ -171,6 +171,7 @@ describe.skipIf(!hasWebgpu)(`turboquant (codebook) cache on WebGPU (${hasWebgpu 
     const before = tf.memory().numTensors;
     const rotationBytes = 2 * H * 64 * 64 * 4;
     const permBytes = 2 * H * 64 * 4;
+    codebook.resetCounts();
     for (let s = 0; s < 40; s++) {
       const [kt, vt] = [tf.tensor3d(randn(H * 64, s), [H, 1, 64]), tf.tensor3d(randn(H * 64, s + 99), [H, 1, 64])];
       await cache.appendAsync(0, kt, vt);
@@ -180,6 +181,9 @@ describe.skipIf(!hasWebgpu)(`turboquant (codebook) cache on WebGPU (${hasWebgpu 
       tf.dispose([kt, vt, q, o]);
     }
     expect(tf.memory().numTensors).toBe(before);
+    // 31 attends over quantized rows, keys and values: rows appended in place, whole copies only when room doubles
+    expect(codebook.counts.uploads + codebook.counts.appends).toBe(2 * 31);
+    expect(codebook.counts.uploads).toBeLessThanOrEqual(2 * 6);
     const held = cache.memory().kernelBytes! - rotationBytes - permBytes;
     // 32 quantized tokens (the last attend saw 31 rows: it flushes afterwards) of 2 heads: 4 code words and one fp16 scale per row
     expect(held).toBeGreaterThanOrEqual(31 * H * 4 * 4);
