@@ -176,7 +176,7 @@ async function run(): Promise<void> {
     $('run-status').dataset.tensorDelta = String(r.tensorDelta);
     if (r.kernel) {
       $('run-status').dataset.kernel = JSON.stringify(r.kernel);
-      $('run-status').textContent += `; WGSL packed-code kernel: ${r.kernel.packed} decode calls, ${r.kernel.prefill} prefill, ${r.kernel.fallback} fallback`;
+      $('run-status').textContent += r.kernel.codebook > 0 ? `; WGSL codebook kernels: ${r.kernel.codebook} key-score calls` : `; WGSL packed-code kernel: ${r.kernel.packed} decode calls, ${r.kernel.prefill} prefill, ${r.kernel.fallback} fallback`;
     }
     setState('done');
   } catch (e) {

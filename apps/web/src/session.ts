@@ -127,15 +127,20 @@ export interface RunResult {
   strategyId: string;
   /** Tensors alive after the run minus before it (0: the run leaked nothing). */
   tensorDelta: number;
-  /** On WebGPU: how often the WGSL packed-code kernel ran (decode steps), the prefill path and the fallback. */
-  kernel?: { packed: number; prefill: number; fallback: number };
+  /**
+   * On WebGPU: how often the WGSL packed-code kernel ran (decode steps), the prefill path and the fallback, and how
+   * often the WGSL codebook kernels ran key scores (the `turboquant` cache and codebook plans, one per layer and step).
+   */
+  kernel?: { packed: number; prefill: number; fallback: number; codebook: number };
 }
 
 /** Greedy generation through a fresh cache of the chosen kind; the cache is disposed after its memory is read. */
 export async function runGeneration(o: RunOptions): Promise<RunResult> {
   const shape = o.model.model.cacheShape;
-  const gpuKernel = tf.getBackend() === 'webgpu' ? (await import('@xquant/webgpu/kv-cache')).webgpuPackedAttentionKernel : undefined;
+  const gpu = tf.getBackend() === 'webgpu' ? await import('@xquant/webgpu/kv-cache') : undefined;
+  const gpuKernel = gpu?.webgpuPackedAttentionKernel;
   gpuKernel?.resetCounts();
+  gpu?.webgpuCodebookKernel.resetCounts();
   const before = tf.memory().numTensors;
   let cache: KvCache | undefined;
   try {
@@ -165,7 +170,7 @@ export async function runGeneration(o: RunOptions): Promise<RunResult> {
     c.dispose();
     cache = undefined;
     const counts = gpuKernel?.counts;
-    const kernel = counts ? { packed: counts.packed, prefill: counts.prefill, fallback: counts.fallback } : undefined;
+    const kernel = counts ? { packed: counts.packed, prefill: counts.prefill, fallback: counts.fallback, codebook: gpu!.webgpuCodebookKernel.counts.keyScores } : undefined;
     return { result, stats: final, strategyId, tensorDelta: tf.memory().numTensors - before, ...(kernel ? { kernel } : {}) };
   } finally {
     cache?.dispose();

@@ -107,7 +107,7 @@ async function generateInPage(page: Page, o: { backend: string; cache: string; r
     ids: (await attr('#generated', 'data-ids')) as number[],
     memory: (await attr('#memory', 'data-memory')) as KvMemoryReport,
     full: (await attr('#memory', 'data-full')) as KvMemoryReport,
-    kernel: (await attr('#run-status', 'data-kernel')) as { packed: number; prefill: number; fallback: number } | null,
+    kernel: (await attr('#run-status', 'data-kernel')) as { packed: number; prefill: number; fallback: number; codebook: number } | null,
     tensorDelta: Number(await page.getAttribute('#run-status', 'data-tensor-delta')),
     backend: await page.getAttribute('#backend-status', 'data-backend'),
     text: (await page.textContent('#generated')) ?? '',
@@ -225,6 +225,33 @@ describe('web app in headless chromium — needs chromium and a built apps/web',
     expect(kernelBytes).toBeGreaterThanOrEqual(0);
     expect(got.kernel!.packed).toBeGreaterThan(0); // decode steps read the packed codes on the device
     await screenshot(page, 'web-app-webgpu-xquant.png');
+    await page.close();
+  }, 400_000);
+
+  it('WebGPU, a codebook plan JSON (turboquant): the WGSL codebook kernels run; ids and held bytes as in Node', async (ctx) => {
+    if (missing) return ctx.skip(missing);
+    const probe = await openPage();
+    const adapter = await probe.evaluate(async () => Boolean(await (navigator as { gpu?: { requestAdapter(): Promise<unknown> } }).gpu?.requestAdapter()));
+    await probe.close();
+    if (!adapter) return ctx.skip('headless chromium exposes no WebGPU adapter on this machine');
+    // what `xquant plan --codebook` writes, for the demo model's 6 layers: per-layer widths, log8 least-squares scales
+    const plan = { name: 'test-tqplan-6', strategy: 'turboquant', options: { residualLength: 16, keyBits: [2, 1.5, 2, 2, 1, 3], valueBits: [1, 1, 2, 1.5, 1, 2], split: 'rotated', scaleFormat: 'log8', scaleRule: 'lsq' } };
+    const want = await nodeRun(demo!, plan.strategy, plan.options, PROMPT, 24);
+    const file = join(mkdtempSync(join(tmpdir(), 'xq-web-')), 'tqplan.json');
+    writeFileSync(file, JSON.stringify({ format: 'xquant-plan/v1', preset: plan }));
+    const page = await openPage();
+    await page.selectOption('#cache', 'plan');
+    await page.setInputFiles('#plan', file);
+    await page.waitForFunction(() => /plan test-tqplan-6/.test(document.getElementById('cache-status')?.textContent ?? ''));
+    const got = await generateInPage(page, { backend: 'webgpu', cache: 'plan', tokens: 24, timeout: 300_000 });
+    expect(got.backend).toBe('webgpu');
+    expect(got.ids).toEqual(want.ids);
+    const { kernelBytes, ...held } = got.memory;
+    const { kernelBytes: _, ...wantHeld } = want.memory;
+    expect(held).toEqual(wantHeld);
+    expect(kernelBytes).toBeGreaterThan(0); // the device copies of the codes, and the rotation matrices
+    // 4 prompt tokens + 24 new ones: every decode step after the first 16 positions attends over codes on the device
+    expect(got.kernel!.codebook).toBeGreaterThan(0);
     await page.close();
   }, 400_000);
 });
