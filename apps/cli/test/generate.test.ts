@@ -80,6 +80,11 @@ describe.skipIf(!built)('xquant generate (built CLI) — needs a `pnpm build` th
       const missing = xquant('--model', MODEL, '--prompt', 'x', '--cache', '@/nonexistent/plan.json');
       expect(missing.code).toBe(2);
       expect(missing.stderr).toMatch(/\/nonexistent\/plan\.json: preset file not found/);
+      const corrupt = join(mkdtempSync(join(tmpdir(), 'xq-gen-')), 'plan.json');
+      writeFileSync(corrupt, '{"strategy": "turboquant", "options": ');
+      const broken = xquant('--model', MODEL, '--prompt', 'x', '--cache', `@${corrupt}`);
+      expect(broken.code).toBe(2);
+      expect(broken.stderr).toMatch(/plan\.json: not a JSON preset file/);
     });
 
     test('streaming mode: text on stdout; backend, tokens/s and cache memory with both bit counts on stderr', () => {

@@ -90,6 +90,25 @@ async function openPage(): Promise<Page> {
   return page;
 }
 
+/** A page with `preset` picked as a plan JSON from disk (as `xquant plan --out` writes it), once the page shows it. */
+async function openPageWithPlan(preset: { name: string; strategy: string; options: Record<string, unknown> }): Promise<Page> {
+  const file = join(mkdtempSync(join(tmpdir(), 'xq-web-')), 'plan.json');
+  writeFileSync(file, JSON.stringify({ format: 'xquant-plan/v1', preset }));
+  const page = await openPage();
+  await page.selectOption('#cache', 'plan');
+  await page.setInputFiles('#plan', file);
+  await page.waitForFunction((name) => document.getElementById('cache-status')?.textContent?.includes(`plan ${name}`) ?? false, preset.name);
+  return page;
+}
+
+/** Whether headless chromium offers a WebGPU adapter here (a software one, SwiftShader, without a GPU). */
+async function hasWebGpuAdapter(): Promise<boolean> {
+  const probe = await openPage();
+  const found = await probe.evaluate(async () => Boolean(await (navigator as { gpu?: { requestAdapter(): Promise<unknown> } }).gpu?.requestAdapter()));
+  await probe.close();
+  return found;
+}
+
 /** Fill the form, generate, wait for the end; returns the page's ids, memory reports and status. */
 async function generateInPage(page: Page, o: { backend: string; cache: string; residual?: number; tokens: number; prompt?: string; timeout?: number }) {
   await page.selectOption('#backend', o.backend);
@@ -153,12 +172,7 @@ describe('web app in headless chromium — needs chromium and a built apps/web',
   it('wasm, a plan JSON picked from disk: the same greedy ids and memory as Node with the planned strategy', async (ctx) => {
     if (missing) return ctx.skip(missing);
     const want = await nodeRun(demo!, PLAN.strategy, PLAN.options, PROMPT, 40);
-    const file = join(mkdtempSync(join(tmpdir(), 'xq-web-')), 'plan.json');
-    writeFileSync(file, JSON.stringify({ format: 'xquant-plan/v1', preset: PLAN }));
-    const page = await openPage();
-    await page.selectOption('#cache', 'plan');
-    await page.setInputFiles('#plan', file);
-    await page.waitForFunction(() => /plan test-plan-6/.test(document.getElementById('cache-status')?.textContent ?? ''));
+    const page = await openPageWithPlan(PLAN);
     // auto: no GPU here, so wasm (headless chromium's WebGPU adapter, if any, is a software one)
     const got = await generateInPage(page, { backend: 'auto', cache: 'plan', tokens: 40 });
     expect(got.backend).toBe('wasm');
@@ -230,19 +244,11 @@ describe('web app in headless chromium — needs chromium and a built apps/web',
 
   it('WebGPU, a codebook plan JSON (turboquant): the WGSL codebook kernels run; ids and held bytes as in Node', async (ctx) => {
     if (missing) return ctx.skip(missing);
-    const probe = await openPage();
-    const adapter = await probe.evaluate(async () => Boolean(await (navigator as { gpu?: { requestAdapter(): Promise<unknown> } }).gpu?.requestAdapter()));
-    await probe.close();
-    if (!adapter) return ctx.skip('headless chromium exposes no WebGPU adapter on this machine');
+    if (!(await hasWebGpuAdapter())) return ctx.skip('headless chromium exposes no WebGPU adapter on this machine');
     // what `xquant plan --codebook` writes, for the demo model's 6 layers: per-layer widths, log8 least-squares scales
     const plan = { name: 'test-tqplan-6', strategy: 'turboquant', options: { residualLength: 16, keyBits: [2, 1.5, 2, 2, 1, 3], valueBits: [1, 1, 2, 1.5, 1, 2], split: 'rotated', scaleFormat: 'log8', scaleRule: 'lsq' } };
     const want = await nodeRun(demo!, plan.strategy, plan.options, PROMPT, 24);
-    const file = join(mkdtempSync(join(tmpdir(), 'xq-web-')), 'tqplan.json');
-    writeFileSync(file, JSON.stringify({ format: 'xquant-plan/v1', preset: plan }));
-    const page = await openPage();
-    await page.selectOption('#cache', 'plan');
-    await page.setInputFiles('#plan', file);
-    await page.waitForFunction(() => /plan test-tqplan-6/.test(document.getElementById('cache-status')?.textContent ?? ''));
+    const page = await openPageWithPlan(plan);
     const got = await generateInPage(page, { backend: 'webgpu', cache: 'plan', tokens: 24, timeout: 300_000 });
     expect(got.backend).toBe('webgpu');
     expect(got.ids).toEqual(want.ids);

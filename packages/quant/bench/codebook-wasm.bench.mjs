@@ -7,6 +7,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import * as Q from '../dist/index.js';
+import { rng } from './rng.mjs';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -17,15 +18,6 @@ const PER = [4, 7];
 const DIMS = [64, 128];
 const RUNS = quick ? 5 : 15;
 
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 /**
  * Times the named calls in interleaved rounds (one call of each per round, so load bursts hit all of them alike) after
  * a warm-up of each (≥ 100 ms or 1000 calls: V8 runs baseline code first and tiers hot functions up in the background).

@@ -6,6 +6,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import * as Q from '../dist/index.js';
+import { rng } from './rng.mjs';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -14,15 +15,6 @@ const H = 8, REP = 4, D = 128;
 const TOKENS = quick ? [4096] : [4096, 16384];
 const RUNS = quick ? 5 : 9;
 
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 function stats(fn) {
   for (let i = 0; i < 2; i++) fn();
   const s = [];

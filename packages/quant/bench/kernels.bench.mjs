@@ -6,6 +6,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import * as Q from '../dist/index.js';
+import { rng } from './rng.mjs';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
@@ -19,15 +20,6 @@ const GROUPS = quick ? [32] : [32, 128];
 const WARMUP = 3;
 const RUNS = quick ? 5 : 9;
 
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 function gaussian(n, seed, std = 1) {
   const r = rng(seed);
   const out = new Float32Array(n);

@@ -196,6 +196,14 @@ describe('codebook kernel backend switch', () => {
     expect(codebookKernelPath(huge, 1)).toBe('js');
   });
 
+  it('prepareCodebookKernels rejects what is not a layout with XqShapeError', async () => {
+    const { segments } = randomView([[32, 3], [32, 2]], 1, 1, 'fp16', 2);
+    await expect(prepareCodebookKernels([{} as never])).rejects.toThrow(/layout 0 has no segments/);
+    await expect(prepareCodebookKernels('x' as never)).rejects.toThrow(XqShapeError);
+    await expect(prepareCodebookKernels([{ segments: [{ ...segments[0]!, bits: 9 }, segments[1]!] }])).rejects.toThrow(/bits must be 1…8/);
+    await expect(prepareCodebookKernels([{ segments: [segments[1]!, segments[0]!] }])).rejects.toThrow(XqShapeError);
+  });
+
   it("codebookKernelPath: 'js' forces JS; 'auto' takes SIMD from 8 tokens on (where available)", () => {
     const long = randomView([[64, 2]], 2, 8, 'fp16', 1);
     const short = randomView([[64, 2]], 2, 7, 'fp16', 2);

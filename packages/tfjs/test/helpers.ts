@@ -168,3 +168,14 @@ export function codeOf(f: () => unknown): string {
   }
   return 'none';
 }
+
+/** turboquant configurations the cache tests run: whole and half bits, both splits, every scale format, per-layer widths. */
+export const TURBOQUANT_CONFIGS: import('@xquant/tfjs').TurboQuantOptions[] = [
+  { bits: 2, residualLength: 8 },
+  { keyBits: 2.5, valueBits: 3.5, residualLength: 8 },
+  { keyBits: 2, valueBits: 1, residualLength: 0 },
+  { bits: 1.5, residualLength: 8, scaleFormat: 'log8', scaleRule: 'lsq' },
+  { bits: 3, residualLength: 8, scaleFormat: 'e4m3', rotation: 'none' },
+  { keyBits: [4, 1], valueBits: [1.5, 2.5], residualLength: 4, scaleFormat: 'e5m2', seed: 7 },
+  { keyBits: 2.5, valueBits: 1.5, residualLength: 8, split: 'rotated', scaleFormat: 'log8', scaleRule: 'lsq' },
+];

@@ -10,9 +10,8 @@ import {
   type KvCache,
   type KvCacheShape,
   type TurboQuantKvCache,
-  type TurboQuantOptions,
 } from '@xquant/tfjs';
-import { kvLike, maxAbs, maxAbsDiff, randn, useCpu } from './helpers.js';
+import { TURBOQUANT_CONFIGS as CONFIGS, kvLike, maxAbs, maxAbsDiff, randn, useCpu } from './helpers.js';
 
 beforeAll(useCpu);
 afterEach(() => unregisterKernel('cpu', 'codebook'));
@@ -88,14 +87,6 @@ function worst(a: Float32Array[], b: Float32Array[]): number {
   return Math.max(...a.map((x, i) => maxAbsDiff(x, b[i]!) / Math.max(maxAbs(b[i]!), 1e-6)));
 }
 
-const CONFIGS: TurboQuantOptions[] = [
-  { bits: 2, residualLength: 8 },
-  { keyBits: 2.5, valueBits: 3.5, residualLength: 8 },
-  { keyBits: 2, valueBits: 1, residualLength: 0 },
-  { bits: 1.5, residualLength: 8, scaleFormat: 'log8', scaleRule: 'lsq' },
-  { bits: 3, residualLength: 8, scaleFormat: 'e4m3', rotation: 'none' },
-  { keyBits: 2.5, valueBits: 1.5, residualLength: 8, split: 'rotated', scaleFormat: 'log8', scaleRule: 'lsq' },
-];
 // a prefill, a second prefill of several positions over quantized tokens (causal mask), then decode steps
 const PIECES = [40, 7, 1, 1, 1, 1, 1, 1];
 
@@ -165,9 +156,17 @@ describe('turboquant prefillAsync / appendAsync', () => {
     expect(cache.seqLength(0)).toBe(7);
     // a wrong shape rejects at once, a bad token count when its turn comes
     await expect(cache.appendAsync(0, x(2, 8), x(2, 9))).rejects.toThrow(XqError);
+    // NaN in the data: rejected when read, nothing stored, the cache goes on
+    const nan = new Float32Array(H * D);
+    nan[5] = Number.NaN;
+    await expect(cache.appendAsync(0, tf.tensor3d(nan, [H, 1, D]), x(1, 12))).rejects.toMatchObject({ code: 'E_NON_FINITE' });
+    expect(cache.seqLength(0)).toBe(7);
+    await cache.appendAsync(0, x(1, 13), x(1, 14));
+    expect(cache.seqLength(0)).toBe(8);
     const c = cache.appendAsync(0, x(1, 10), x(1, 11));
     cache.reset();
-    await expect(c).rejects.toThrow(/overtaken/);
+    await expect(c).rejects.toThrow(/cancelled: the cache was reset or disposed/);
+    await expect(c).rejects.toMatchObject({ code: 'E_STATE' });
     expect(cache.seqLength(0)).toBe(0);
     cache.dispose();
   });

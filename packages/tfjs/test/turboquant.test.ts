@@ -3,7 +3,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { XqConfigError, XqShapeError, XqError } from '@xquant/quant';
 import { createKvCache, plainAttention, resolveStrategy, turboquant, turboquantBits, type KvCache, type KvCacheShape, type TurboQuantOptions } from '@xquant/tfjs';
 import { checkStrategy } from '@xquant/tfjs/testing';
-import { kvLike, randn, useCpu } from './helpers.js';
+import { TURBOQUANT_CONFIGS as CONFIGS, kvLike, randn, useCpu } from './helpers.js';
 
 beforeAll(useCpu);
 
@@ -57,15 +57,6 @@ function drive(cache: KvCache, P: number, steps: number, seed = 1): { keys: Floa
   return { keys, values, maxErr };
 }
 
-const CONFIGS: TurboQuantOptions[] = [
-  { bits: 2, residualLength: 8 },
-  { keyBits: 2.5, valueBits: 3.5, residualLength: 8 },
-  { keyBits: 2, valueBits: 1, residualLength: 0 },
-  { bits: 1.5, residualLength: 8, scaleFormat: 'log8', scaleRule: 'lsq' },
-  { bits: 3, residualLength: 8, scaleFormat: 'e4m3', rotation: 'none' },
-  { keyBits: [4, 1], valueBits: [1.5, 2.5], residualLength: 4, scaleFormat: 'e5m2', seed: 7 },
-  { keyBits: 2.5, valueBits: 1.5, residualLength: 8, split: 'rotated', scaleFormat: 'log8', scaleRule: 'lsq' },
-];
 
 describe('turboquant cache', () => {
   for (const o of CONFIGS) {

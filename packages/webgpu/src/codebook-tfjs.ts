@@ -5,9 +5,9 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { Tensor, Tensor2D } from '@tensorflow/tfjs-core';
-import { XqBackendError } from '@xquant/quant';
+import { XqBackendError, XqConfigError, XqShapeError } from '@xquant/quant';
 import type { CodebookKernel, CodebookTensorView } from '@xquant/tfjs';
-import { CodebookAttentionGpu, type GpuCodebookKv } from './codebook.js';
+import { CodebookAttentionGpu, releaseCodebookKv, type GpuCodebookKv } from './codebook.js';
 import type { KernelCall } from './raw.js';
 
 /** Device copy of one layer's keys or values, for the rows of `version`. */
@@ -63,20 +63,53 @@ function deviceCopy(k: CodebookAttentionGpu, v: CodebookTensorView): GpuCodebook
   return kv;
 }
 
-/** The GPU buffer of a tensor (a copy tfjs submits at once, so it is ordered before our dispatches). */
-function bufferOf(t: Tensor): { buffer: GPUBuffer; ref: Tensor } {
-  const g = t.dataToGPU();
-  if (!g.buffer) throw new XqBackendError('E_BACKEND_UNAVAILABLE', `webgpu codebook kernel: the tensor is not on the GPU (backend '${tf.getBackend()}')`);
-  return { buffer: g.buffer, ref: g.tensorRef };
+/**
+ * A GPU buffer holding a float32 2-D tensor's values, and how to free it: tfjs's copy of its device buffer (submitted
+ * at once, so it is ordered before our dispatches), or an upload of values tfjs still keeps on the CPU (small tensors).
+ */
+function bufferOf(k: CodebookAttentionGpu, t: Tensor): { buffer: GPUBuffer; free(): void } {
+  if (t.rank !== 2) throw new XqShapeError(`webgpu codebook kernel: expected a 2-D input; got shape [${t.shape}]`);
+  if (t.dtype !== 'float32') throw new XqConfigError('E_DTYPE', `webgpu codebook kernel: the input must be float32; got ${t.dtype}`);
+  let g: ReturnType<Tensor['dataToGPU']>;
+  try {
+    g = t.dataToGPU();
+  } catch (e) {
+    let values: Float32Array;
+    try {
+      values = t.dataSync() as Float32Array;
+    } catch {
+      throw new XqBackendError('E_BACKEND_UNAVAILABLE', `webgpu codebook kernel: the input is neither on the GPU nor readable (backend '${tf.getBackend()}')`, { cause: e });
+    }
+    const buffer = k.base.createBuffer(values, 0, 'codebook input');
+    return { buffer, free: () => buffer.destroy() };
+  }
+  if (!g.buffer) {
+    g.tensorRef.dispose();
+    throw new XqBackendError('E_BACKEND_UNAVAILABLE', `webgpu codebook kernel: the tensor is not on the GPU (backend '${tf.getBackend()}')`);
+  }
+  const ref = g.tensorRef;
+  return { buffer: g.buffer, free: () => ref.dispose() };
 }
 
-/** Run a call and hand its output to tfjs as a new tensor (tfjs copies it and submits the copy at once). */
-function runToTensor(k: CodebookAttentionGpu, call: KernelCall, shape: [number, number]): Tensor2D {
+/**
+ * One product over a layer's resident keys or values: the input's GPU buffer into `call`, the call run, its output
+ * handed to tfjs as a new `[rows, columns(kv)]` tensor (tfjs copies it and submits the copy at once); the temporary
+ * buffers and the input's copy are freed whatever happens.
+ */
+function product(input: Tensor2D, v: CodebookTensorView, call: (k: CodebookAttentionGpu, kv: GpuCodebookKv, input: GPUBuffer) => KernelCall, columns: (kv: GpuCodebookKv) => number): Tensor2D {
+  const k = kernelsOnBackend();
+  const kv = deviceCopy(k, v);
+  const { buffer, free } = bufferOf(k, input);
   try {
-    k.base.run(call);
-    return tf.tensor({ buffer: call.out }, shape, 'float32') as Tensor2D;
+    const c = call(k, kv, buffer);
+    try {
+      k.base.run(c);
+      return tf.tensor({ buffer: c.out }, [input.shape[0], columns(kv)], 'float32') as Tensor2D;
+    } finally {
+      c.destroy();
+    }
   } finally {
-    call.destroy();
+    free();
   }
 }
 
@@ -95,39 +128,17 @@ export const webgpuCodebookKernel: WebGpuCodebookKernel = {
     counts.appends = 0;
   },
   keyScores(q: Tensor2D, keys: CodebookTensorView): Tensor2D {
-    const k = kernelsOnBackend();
-    const kv = deviceCopy(k, keys);
-    const rows = q.shape[0];
-    const { buffer, ref } = bufferOf(q);
-    try {
-      const out = runToTensor(k, k.keyScoresNow({ q: buffer, qHeads: rows, keys: kv }), [rows, kv.tokens]);
-      counts.keyScores++;
-      return out;
-    } finally {
-      ref.dispose();
-    }
+    const out = product(q, keys, (k, kv, buffer) => k.keyScoresNow({ q: buffer, qHeads: q.shape[0], keys: kv }), (kv) => kv.tokens);
+    counts.keyScores++;
+    return out;
   },
   valueMix(p: Tensor2D, values: CodebookTensorView): Tensor2D {
-    const k = kernelsOnBackend();
-    const kv = deviceCopy(k, values);
-    const rows = p.shape[0];
-    const { buffer, ref } = bufferOf(p);
-    try {
-      const out = runToTensor(k, k.valueMixNow({ p: buffer, qHeads: rows, values: kv, pStride: p.shape[1] }), [rows, kv.headDim]);
-      counts.valueMix++;
-      return out;
-    } finally {
-      ref.dispose();
-    }
+    const out = product(p, values, (k, kv, buffer) => k.valueMixNow({ p: buffer, qHeads: p.shape[0], values: kv, pStride: p.shape[1] }), (kv) => kv.headDim);
+    counts.valueMix++;
+    return out;
   },
   release(owner: object): void {
-    const layers = copies.get(owner);
-    if (!layers) return;
-    for (const c of layers.values()) {
-      c.kv.codes.destroy();
-      c.kv.scales.destroy();
-      c.kv.tables.destroy();
-    }
+    for (const c of copies.get(owner)?.values() ?? []) releaseCodebookKv(c.kv);
     copies.delete(owner);
   },
   heldBytes(owner: object): number {

@@ -514,8 +514,19 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
  * its group) and never dequantizing a row. The same contract as `codebookKeyScores` / `codebookValueMix`: queries and
  * outputs are in the view's channel order (apply the cache's rotation and channel permutation outside).
  */
-/** Rows a resident copy has room for (set by upload and extend). */
-const capacityOf = new WeakMap<GpuCodebookKv, number>();
+/** Tokens a resident copy has room for: what both its code and its scale buffers hold. */
+function capacityOf(kv: GpuCodebookKv): number {
+  const perWord = kv.scaleBits === 8 ? 4 : 2;
+  return Math.min(Math.floor(kv.codes.size / (kv.heads * kv.rowWords * 4)), Math.floor((kv.scales.size / 4) * perWord / (kv.heads * kv.scalesPerRow)));
+}
+
+/** Free the buffers of a resident codebook copy. @internal */
+export function releaseCodebookKv(kv: GpuCodebookKv): void {
+  kv.codes.destroy();
+  kv.scales.destroy();
+  kv.tables.destroy();
+}
+
 /** The scale table a resident copy was checked against. */
 const tableOf = new WeakMap<GpuCodebookKv, Float32Array>();
 
@@ -563,9 +574,9 @@ export class CodebookAttentionGpu {
    */
   extend(kv: GpuCodebookKv, view: CodebookKvView): GpuCodebookKv {
     assertCodebookView(view);
-    const cap = capacityOf.get(kv);
+    const cap = capacityOf(kv);
     const same =
-      cap !== undefined &&
+      tableOf.has(kv) &&
       view.tokens >= kv.tokens &&
       view.heads === kv.heads &&
       view.segments === kv.segments &&
@@ -590,7 +601,6 @@ export class CodebookAttentionGpu {
     q.writeBuffer(kv.codes, kv.tokens * H * RW * 4, codes.buffer, codes.byteOffset, codes.byteLength);
     q.writeBuffer(kv.scales, firstWord * 4, words.buffer, words.byteOffset, words.byteLength);
     const next: GpuCodebookKv = { ...kv, tokens: view.tokens, packedBytes: view.tokens * H * (RW * 4 + SPR * (kv.scaleBits / 8)) };
-    capacityOf.set(next, cap);
     tableOf.set(next, view.scaleTable);
     return next;
   }
@@ -632,7 +642,6 @@ export class CodebookAttentionGpu {
       tables: this.base.createBuffer(tables, 0, 'codebook tables'),
       packedBytes: rows * view.rowWords * 4 + n * (scaleBits / 8),
     };
-    capacityOf.set(kv, capacity);
     tableOf.set(kv, view.scaleTable);
     return kv;
   }
@@ -772,9 +781,7 @@ export class CodebookAttentionGpu {
 
   /** Free a block's buffers. */
   release(kv: GpuCodebookKv): void {
-    kv.codes.destroy();
-    kv.scales.destroy();
-    kv.tables.destroy();
+    releaseCodebookKv(kv);
   }
 }
 

@@ -11,6 +11,7 @@ import {
   type KvCacheShape,
 } from '@xquant/tfjs';
 import { registerWebGpuKernels, webgpuCodebookKernel as codebook, webgpuPackedAttentionKernel as kernel } from '../src/kv-cache.js';
+import { XqShapeError, lloydMaxCodebook, scaleDecodeTable } from '@xquant/quant';
 import { decodeRunAsync, kvLike, maxAbs, maxAbsDiff, randn } from '../../tfjs/test/helpers.js';
 
 registerWebGpuKernels();
@@ -163,6 +164,39 @@ describe.skipIf(!hasWebgpu)(`turboquant (codebook) cache on WebGPU (${hasWebgpu 
     // prefill attends before anything is quantized (plain attention); every decode step runs both kernels per layer
     expect([codebook.counts.keyScores, codebook.counts.valueMix]).toEqual([24 * LAYERS, 24 * LAYERS]);
     expect(worstRelative(gpu, cpu)).toBeLessThan(1e-4);
+  });
+
+  it('bad input to the codebook kernel: typed errors, no tensor left behind, the device copy still serves', async () => {
+    await tf.setBackend('webgpu');
+    const segments = [{ start: 0, length: 64, bits: 2, levels: Float32Array.from(lloydMaxCodebook(2, 64).levels), bitOffset: 0, scaleSlot: 0 }];
+    const view = { heads: H, tokens: 3, headDim: 64, segments, rowWords: 4, scalesPerRow: 1, packed: new Uint32Array(3 * H * 4).fill(0x1b1b1b1b), scales: new Uint16Array(3 * H).fill(0x3c00), scaleTable: scaleDecodeTable('fp16') };
+    const owner = {};
+    const keys = { view, layer: 0, kind: 'keys' as const, version: 1, owner };
+    const before = tf.memory().numTensors;
+    const q3 = tf.zeros([3, 64]) as tf.Tensor2D; // 3 query rows over 2 KV heads
+    expect(() => codebook.keyScores(q3, keys)).toThrow(XqShapeError);
+    const p = tf.zeros([H, 2]) as tf.Tensor2D; // weights for 2 of the 3 tokens
+    expect(() => codebook.valueMix(p, { ...keys, kind: 'values' })).toThrow(XqShapeError);
+    // a fourth row whose fp16 scales are +Inf: rejected before anything is written to the device copy
+    const scales = new Uint16Array(4 * H).fill(0x3c00).fill(0x7c00, 3 * H);
+    const bad = { ...keys, version: 2, view: { ...view, tokens: 4, packed: new Uint32Array(4 * H * 4), scales } };
+    const q2 = tf.zeros([H, 64]) as tf.Tensor2D;
+    expect(() => codebook.keyScores(q2, bad)).toThrow(/decodes to Infinity/);
+    const ints = tf.zeros([H, 64], 'int32') as tf.Tensor2D;
+    expect(() => codebook.keyScores(ints, keys)).toThrow(expect.objectContaining({ code: 'E_DTYPE' }));
+    tf.dispose([q3, p, q2, ints]);
+    expect(tf.memory().numTensors).toBe(before);
+    // values tfjs keeps on the CPU (a fresh small tensor) and values on the GPU (a result of an op) give the same scores
+    const q = tf.ones([H, 64]) as tf.Tensor2D;
+    const onGpu = tf.add(q, tf.zerosLike(q)) as tf.Tensor2D;
+    const s = codebook.keyScores(q, keys);
+    const s2 = codebook.keyScores(onGpu, keys);
+    const got = Array.from(await s.data());
+    expect(got.every(Number.isFinite)).toBe(true);
+    expect(Array.from(await s2.data())).toEqual(got);
+    tf.dispose([q, onGpu, s, s2]);
+    codebook.release!(owner);
+    expect(codebook.heldBytes!(owner)).toBe(0);
   });
 
   it('device copies count in memory().kernelBytes and are freed by reset(); no tensor leaks', async () => {

@@ -262,9 +262,24 @@ function useWasm(v: CodebookKvView): boolean {
 /**
  * Compiles the WebAssembly kernels of these codebook layouts (views, or anything with their `segments`) ahead of
  * time, asynchronously. Optional: a layout's kernels are otherwise compiled synchronously on first use, which some
- * browsers refuse on the main thread (the calls then run in JS). Resolves to true when every layout has SIMD kernels.
+ * browsers refuse on the main thread (the calls then run in JS). Resolves to true when every layout has SIMD kernels;
+ * rejects with {@link XqShapeError} for a layout that is not one (segments out of order, bits outside 1…8, …).
  */
 export function prepareCodebookKernels(layouts: readonly { readonly segments: readonly CodebookSegment[] }[]): Promise<boolean> {
+  try {
+    if (!Array.isArray(layouts)) throw new XqShapeError(`prepareCodebookKernels: expected a list of layouts; got ${String(layouts)}`);
+    layouts.forEach((l, i) => {
+      const segs = (l as { segments?: unknown } | null)?.segments;
+      if (!Array.isArray(segs) || segs.length === 0) throw new XqShapeError(`prepareCodebookKernels: layout ${i} has no segments`);
+      // the checks of a view, on an empty view of this layout
+      const bitsEnd = Math.max(...segs.map((s: CodebookSegment) => s.bitOffset + s.length * s.bits));
+      const headDim = segs.reduce((n: number, s: CodebookSegment) => n + s.length, 0);
+      const scalesPerRow = Math.max(...segs.map((s: CodebookSegment) => s.scaleSlot)) + 1;
+      assertCodebookView({ heads: 1, tokens: 0, headDim, segments: segs, rowWords: Math.ceil(bitsEnd / 32), scalesPerRow, packed: new Uint32Array(0), scales: new Uint8Array(0), scaleTable: new Float32Array(256) });
+    });
+  } catch (e) {
+    return Promise.reject(e);
+  }
   return prepareCodebook(layouts);
 }
 

@@ -24,7 +24,7 @@ import { findKernel, registeredKernels, type CodebookKernel, type CodebookTensor
 import { DEFAULT_RESIDUAL_LENGTH } from '../config.js';
 import { tokenMajorToHeadMajor, headMajorToTokenMajor } from '../quantized/store.js';
 import type { KvCache, KvCacheShape, KvCacheStrategy, KvMemoryReport } from '../types.js';
-import { checkAlive, checkKv, checkLayer, checkQueries, validateCacheShape } from '../validate.js';
+import { OpQueue, checkAlive, checkKv, checkLayer, checkQueries, validateCacheShape } from '../validate.js';
 import { randomSigns, walshHadamard } from './rotated.js';
 
 /** Code widths a tensor of the {@link turboquant} cache may have: whole bits, or half bits (outlier split). */
@@ -275,10 +275,8 @@ export class TurboQuantKvCache implements KvCache {
   private readonly signs = new Map<number, Float64Array>();
   private readonly scaleTable: Float32Array;
   private disposed = false;
-  /** Async calls not yet stored, the chain they run on, and the reset count they were issued under. */
-  private queued = 0;
-  private tail: Promise<void> = Promise.resolve();
-  private generation = 0;
+  /** The `prefillAsync`/`appendAsync` calls, one after another; reset and dispose cancel them. */
+  private readonly ops = new OpQueue();
 
   constructor(options: TurboQuantOptions, shape: KvCacheShape) {
     this.shape = validateCacheShape(shape);
@@ -340,7 +338,7 @@ export class TurboQuantKvCache implements KvCache {
 
   private push(layer: number, keys: Tensor3D, values: Tensor3D, single: boolean): void {
     checkAlive(this.disposed, 'prefill/append');
-    if (this.queued > 0) throw new XqStateError('E_STATE', `turboquant: prefill/append while ${this.queued} prefillAsync/appendAsync call(s) are pending; await them first`);
+    this.ops.assertIdle(single ? 'append' : 'prefill');
     checkLayer(layer, this.shape.layers);
     const st = this.layers[layer]!;
     if (st.pending) this.flush(layer);
@@ -367,22 +365,13 @@ export class TurboQuantKvCache implements KvCache {
     } catch (e) {
       return Promise.reject(e);
     }
-    const generation = this.generation;
-    this.queued++;
-    const run = this.tail.then(async () => {
-      try {
-        const [k, v] = await read;
-        if (this.disposed || generation !== this.generation) throw new XqStateError('E_STATE', `turboquant: ${what} was overtaken by reset() or dispose()`);
-        const st = this.layers[layer]!;
-        if (st.pending) this.flush(layer);
-        const n = checkKv(this.shape, keys, values, st.quantized + st.resCount, single);
-        this.store(layer, k, v, n);
-      } finally {
-        this.queued--;
-      }
+    return this.ops.run(what, async (live) => {
+      const [k, v] = await read;
+      live();
+      const st = this.layers[layer]!;
+      if (st.pending) this.flush(layer);
+      this.store(layer, k, v, checkKv(this.shape, keys, values, st.quantized + st.resCount, single));
     });
-    this.tail = run.catch(() => undefined);
-    return run;
   }
 
   /** {@link prefill} reading the tensors asynchronously (e.g. on WebGPU); async calls run one at a time, in call order. */
@@ -531,7 +520,7 @@ export class TurboQuantKvCache implements KvCache {
 
   attend(layer: number, queries: Tensor3D): Tensor3D {
     checkAlive(this.disposed, 'attend');
-    if (this.queued > 0) throw new XqStateError('E_STATE', `turboquant: attend while ${this.queued} prefillAsync/appendAsync call(s) are pending; await them first`);
+    this.ops.assertIdle('attend');
     checkLayer(layer, this.shape.layers);
     const st = this.layers[layer]!;
     const N = st.quantized + st.resCount;
@@ -766,12 +755,13 @@ export class TurboQuantKvCache implements KvCache {
   /** Drops every token; pending `prefillAsync`/`appendAsync` calls reject with `E_STATE`. */
   reset(): void {
     checkAlive(this.disposed, 'reset');
-    this.generation++;
+    this.ops.cancel();
     this.releaseKernels();
     for (let l = 0; l < this.layers.length; l++) this.layers[l] = this.freshLayer(l);
   }
 
   dispose(): void {
+    this.ops.cancel();
     if (!this.disposed) this.releaseKernels();
     this.disposed = true;
   }
