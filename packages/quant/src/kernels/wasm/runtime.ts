@@ -80,7 +80,7 @@ function instanceFor(D: number): Instance | null {
       // synchronous compilation (~20 KB module); runtimes that refuse it on their main thread fall back to JS
       // unless prepareWasm() compiled the module asynchronously beforehand
       const fns = kernelsFor(D);
-      inst = wrap(fns, new WA!.Instance(new WA!.Module(assemble(fns, 1))).exports);
+      inst = wrap(fns, instantiateSync(fns).exports);
     } catch {
       inst = null;
     }
@@ -98,8 +98,7 @@ export async function prepareWasm(headDims: readonly number[]): Promise<boolean>
     if (!dimOk(D)) { ok = false; continue; }
     try {
       const fns = kernelsFor(D);
-      const module = await WA!.compile(assemble(fns, 1));
-      instances.set(D, wrap(fns, (await WA!.instantiate(module)).exports));
+      instances.set(D, wrap(fns, (await instantiateAsync(fns)).exports));
     } catch {
       ok = false;
     }
@@ -185,7 +184,7 @@ export type StagedRun = () => void;
 export function privateInstance(D: number): Instance | null {
   if (!instanceFor(D)) return null;
   const fns = kernelsFor(D);
-  return wrap(fns, new WA!.Instance(new WA!.Module(assemble(fns, 1))).exports);
+  return wrap(fns, instantiateSync(fns).exports);
 }
 
 /** Staged keys: consecutive segments of whole blocks of the same size back to back (a cache's blocks: one region). */
