@@ -2,7 +2,7 @@
 // decode-attention step alone, with the WGSL read ceiling of the same run. Writes OUT/gpu-decode.json and prints tables.
 //   node gpu-decode.bench.mjs --out DIR --models name=dir[,name=dir…] [--contexts 4096,32768,131072] [--steps 32]
 //        [--caches full,kivi-2,xquant-1.38,plan] [--plan plan.json] [--attention 32768,131072] [--variants 64x8,128x4]
-//        [--tuning 64x8] [--quick]   (variants/tuning: workgroup x key slot x unroll x value unroll x heads per group x
+//        [--tuning 64x8] [--attention-caches xquant,full] [--quick]   (variants/tuning: workgroup x key slot x unroll x value unroll x heads per group x
 //        value slot x debug skip (1-4) x int8 (1 key scores, 2 value mix, 3 both) of the decode-attention kernel; 0 = default)
 // On the GPU machine (no node there) run the bundle that scripts/gpu-carry.sh makes; docs/gpu/README.md has the recipe.
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
@@ -27,6 +27,7 @@ const { values: o } = parseArgs({
     'dawn-flags': { type: 'string', default: '' },
     dims: { type: 'string', default: '128' },
     'attention-heads': { type: 'string', default: '32/32,32/8' },
+    'attention-caches': { type: 'string', default: 'xquant,full' },
     tuning: { type: 'string', default: '' },
     'warmup-s': { type: 'string', default: '8' },
   },
@@ -249,7 +250,7 @@ log(`WGSL read ceiling: ${results.ceiling.GBps.toFixed(0)} GB/s`);
 save();
 for (const T of o.attention ? o.attention.split(',').map(Number) : []) {
   for (const [qh, kvh, D] of o['attention-heads'].split(',').flatMap((h) => o.dims.split(',').map((d) => [...h.split('/').map(Number), Number(d)]))) {
-    for (const cacheName of ['xquant', 'full']) {
+    for (const cacheName of o['attention-caches'].split(',')) {
       for (const wg of o.variants.split(',')) {
         if (cacheName === 'full' && (tuningOf(wg).keyDot || tuningOf(wg).valueDot)) continue; // the fp16 kernel has no int8 paths
         try {

@@ -93,6 +93,21 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     await expect(make({ keyDot: 'int8', slot: 16, medium: { workgroup: 64, slot: 16 } })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/int8/) });
   });
 
+  it('head dims that are not powers of two (80, 96: fractional threads per row) and bad unroll counts are typed errors', async () => {
+    for (const D of [80, 96, 512]) {
+      await expect(DeviceKvCache.create(device!, { layers: 1, qHeads: 2, kvHeads: 1, headDim: D }, { kind: 'full' }, { capacity: 64 })).rejects.toMatchObject({ code: 'E_SHAPE', message: expect.stringMatching(/power of two/) });
+    }
+    for (const tuning of [{ unroll: 0 }, { unroll: 2.5 }, { valueUnroll: 64 }]) {
+      await expect(DeviceKvCache.create(device!, { layers: 1, qHeads: 2, kvHeads: 1, headDim: 64 }, { kind: 'full' }, { capacity: 64, tuning })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/nroll must be an integer/) });
+    }
+  });
+
+  it('unroll counts that do not divide the loop (3 key quads, 3 value tokens) keep every step inside it: the numbers of the float32 CPU cache', async () => {
+    // 16 key quads per row (head dim 64) and 32 value tokens per lane: steps of 2 and 2 (before: quads 15…17, wrong numbers)
+    const { maxRel } = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 32 }, qHeads: 4, kvHeads: 2, tuning: { unroll: 3, valueUnroll: 3, slot: 16, small: null } }, 70, 2);
+    expect(maxRel).toBeLessThan(2e-5);
+  }, 600_000);
+
   it('the mid-length geometry (half the main workgroup) runs while the main one has fewer than 512 workgroups and it at least 256', async () => {
     const dev = device!;
     const D = 64;

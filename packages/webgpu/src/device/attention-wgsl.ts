@@ -103,17 +103,11 @@ export function decodeSharedBytes(
   spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'headsPerGroup' | 'headDim' | 'keyDot' | 'keyGroup' | 'valueDot'> & { valueGroup?: number },
 ): number {
   const hg = spec.headsPerGroup;
-  const prepared = spec.keyDot === 'int8' ? hg * int8Blocks(spec) * (spec.headDim / 4 + 2) : 0;
   // int8 values: u8 weights (one word per 4 tokens), their step and zero-point sum per block, group and head
   const groups = spec.headDim / (spec.valueGroup ?? spec.headDim);
   const C = chunkTokens(spec);
   const weights = spec.valueDot === 'int8' ? hg * groups * (C / 4 + (2 * C) / VALUE_BLOCK + 1) : 0;
-  return 4 * (hg * spec.headDim + scratchFloats(spec) + hg * spec.workgroup + prepared + weights);
-}
-
-/** Key groups a chunk touches (int8 key scores keep one prepared query per group and head). */
-function int8Blocks(spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'keyGroup'>): number {
-  return Math.max(1, chunkTokens(spec) / (spec.keyGroup ?? 32));
+  return 4 * (hg * spec.headDim + scratchFloats(spec) + hg * spec.workgroup + weights);
 }
 
 /**
@@ -142,6 +136,13 @@ function scChannels(s: DecodeSpec): number {
 /** Heads whose value lanes the scratch holds at once. */
 function reduceHeads(spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'headsPerGroup'>, channels: number): number {
   return Math.max(1, Math.min(spec.headsPerGroup, Math.floor(scratchUnpadded(spec, channels) / (spec.workgroup * channels))));
+}
+
+/** The largest count from 1 to `want` that divides `n`: an unrolled step never runs past the end of its loop. */
+function divisorAtMost(n: number, want: number): number {
+  let u = Math.max(1, Math.min(want, n));
+  while (n % u !== 0) u--;
+  return u;
 }
 
 const f = (x: number): string => {
@@ -194,15 +195,16 @@ function ringScores(s: DecodeSpec): string[] {
 
 /**
  * Packed key scores with the 4×8-bit integer dot product (keys in the quad layout: one word = 4 channels × 8/bits
- * tokens). First the workgroup prepares, per key group of the chunk and head, `u = q ⊙ scale` rounded to int8 with
- * one step `α = max|u|/127` and `β = q · zero`; then score = (α · Σ dot4I8Packed(codes, u8) + β) · softmax scale, where
- * `(word >> k·bits) & mask` spreads token k's 4 channel codes into bytes. Declares `pq/pa/pb` in workgroup memory.
+ * tokens). Each thread prepares the query of its own key group itself: a first pass over the group's scale/zero gives,
+ * per head, the step `α = max|q ⊙ scale|/127` and the offset `β = q · zero`; the score loop then rounds `q ⊙ scale`
+ * to int8 one channel quad at a time and accumulates `dot4I8Packed(codes, u8)`, where `(word >> k·bits) & mask`
+ * spreads token k's 4 channel codes into bytes; score = (α · Σ + β) · softmax scale. (A separate preparation pass per
+ * layer, or a workgroup-wide one, measured slower on an H200: docs/gpu/README.md.)
  */
 function int8KeyScores(s: DecodeSpec, kp: { bits: GpuBits; groupSize: number }): string[] {
   const D = s.headDim;
   const Q4 = D / 4;
   const HG = s.headsPerGroup;
-  const WG = s.workgroup;
   const SL = s.slot ?? 16;
   const C = chunkTokens(s);
   const G = kp.groupSize;
@@ -213,47 +215,27 @@ function int8KeyScores(s: DecodeSpec, kp: { bits: GpuBits; groupSize: number }):
   if (!Number.isInteger(NW) || NW < 1) throw new Error(`int8 key scores need slot · bits ≥ 8; got slot ${SL}, ${b} bits`);
   if (G % SL !== 0 && SL % G !== 0) throw new Error(`int8 key scores: key group ${G} and slot ${SL} must nest`);
   if (SL > G) throw new Error(`int8 key scores: slot ${SL} is longer than the key group ${G}`);
-  const NB = Math.max(1, C / G);
-  const UP = 4; // Q4 = D/4 is a multiple of 4 (D multiple of 16)
   const mask = ((0x01010101 * ((1 << b) - 1)) >>> 0).toString();
   const L: string[] = [];
-  // ---- prepared queries: item (head i, block lb) ----
-  L.push(
-    `for (var it = lid; it < ${HG * NB}u; it = it + ${WG}u) {`,
-    `  let i = it / ${NB}u;`,
-    `  let tb = c0 + (it % ${NB}u) * ${G}u;`,
-    '  if (tb < S.tk) {',
-    `    let mb = (kv * (S.cap / ${G}u) + tb / ${G}u) * ${Q4}u;`,
-    '    var mx = 0.0;',
-    '    var be = 0.0;',
-    // four quads per step, their loads issued together (a dependent load per step left the prep latency-bound)
-    `    for (var qd = 0u; qd < ${Q4}u; qd = qd + ${UP}u) {`,
-    ...Array.from({ length: UP }, (_, e) => `      let m${e} = km[mb + qd + ${e}u]; let q${e} = qs[i * ${Q4}u + qd + ${e}u];`),
-    ...Array.from({ length: UP }, (_, e) => [
-      `      let a${e} = unpack2x16float(m${e}.x); let b${e} = unpack2x16float(m${e}.y); let c${e} = unpack2x16float(m${e}.z); let d${e} = unpack2x16float(m${e}.w);`,
-      `      let u${e} = abs(q${e} * vec4<f32>(a${e}.x, b${e}.x, c${e}.x, d${e}.x));`,
-      `      be = be + dot(q${e}, vec4<f32>(a${e}.y, b${e}.y, c${e}.y, d${e}.y));`,
-      `      mx = max(mx, max(max(u${e}.x, u${e}.y), max(u${e}.z, u${e}.w)));`,
-    ]).flat(),
-    '    }',
-    '    let inv = select(0.0, 127.0 / mx, mx > 0.0);',
-    `    for (var qd = 0u; qd < ${Q4}u; qd = qd + ${UP}u) {`,
-    ...Array.from({ length: UP }, (_, e) => `      let m${e} = km[mb + qd + ${e}u]; let q${e} = qs[i * ${Q4}u + qd + ${e}u];`),
-    ...Array.from({ length: UP }, (_, e) => [
-      `      let u${e} = q${e} * vec4<f32>(unpack2x16float(m${e}.x).x, unpack2x16float(m${e}.y).x, unpack2x16float(m${e}.z).x, unpack2x16float(m${e}.w).x);`,
-      `      pq[it * ${Q4}u + qd + ${e}u] = pack4xI8(vec4<i32>(round(u${e} * inv)));`,
-    ]).flat(),
-    '    }',
-    '    pa[it] = mx / 127.0;',
-    '    pb[it] = be;',
-    '  }',
-    '}',
-    'workgroupBarrier();',
-  );
-  // ---- scores of this thread's SL tokens ----
-  L.push(`let t0 = c0 + lid * ${SL}u;`, 'if (t0 < S.tk) {', `let lb = t0 / ${G}u - c0 / ${G}u;`, `let tg0 = t0 / ${TPB}u;`);
+  L.push(`let t0 = c0 + lid * ${SL}u;`, 'if (t0 < S.tk) {', `let tg0 = t0 / ${TPB}u;`, `let kg = (kv * (S.cap / ${G}u) + t0 / ${G}u) * ${Q4}u;`);
+  // ---- α and β of this thread's key group, per head (Q4 is a multiple of 4: four quads' loads issued together) ----
+  for (let i = 0; i < HG; i++) L.push(`var mx${i} = 0.0;`, `var be${i} = 0.0;`);
+  L.push(`for (var qd = 0u; qd < ${Q4}u; qd = qd + 4u) {`);
+  for (let e = 0; e < 4; e++) L.push(`let m${e} = km[kg + qd + ${e}u];`);
+  for (let e = 0; e < 4; e++) {
+    L.push(`let sz${e} = mat4x2<f32>(unpack2x16float(m${e}.x), unpack2x16float(m${e}.y), unpack2x16float(m${e}.z), unpack2x16float(m${e}.w));`);
+    for (let i = 0; i < HG; i++) {
+      L.push(
+        `{ let q = qs[${i * Q4}u + qd + ${e}u]; let u = abs(q * vec4<f32>(sz${e}[0].x, sz${e}[1].x, sz${e}[2].x, sz${e}[3].x)); ` +
+          `mx${i} = max(mx${i}, max(max(u.x, u.y), max(u.z, u.w))); be${i} = be${i} + dot(q, vec4<f32>(sz${e}[0].y, sz${e}[1].y, sz${e}[2].y, sz${e}[3].y)); }`,
+      );
+    }
+  }
+  L.push('}');
+  for (let i = 0; i < HG; i++) L.push(`let inv${i} = select(0.0, 127.0 / mx${i}, mx${i} > 0.0);`);
+  // ---- integer scores of this thread's SL tokens ----
   for (let i = 0; i < HG; i++) for (let j = 0; j < SL; j++) L.push(`var a${i}_${j} = 0i;`);
-  const U = Math.min(s.unroll, Q4);
+  const U = divisorAtMost(Q4, s.unroll);
   if (s.debugSkip !== 'keys' && s.debugSkip !== 'both' && s.debugSkip !== 'all') {
     // word w of the thread = token group tg0 + w: vec4 (kv·cap/TPW + (tg0 + w)/4)·Q4 + quad, component (tg0 + w) % 4
     L.push(`let kb = kv * (S.cap / ${TPW}u);`);
@@ -265,22 +247,24 @@ function int8KeyScores(s: DecodeSpec, kp: { bits: GpuBits; groupSize: number }):
       } else {
         L.push(`let y${u}_0 = kc[(kb + tg0 / 4u) * ${Q4}u + qd + ${u}u];`);
       }
+      L.push(`let ks${u} = km[kg + qd + ${u}u];`);
     }
     for (let u = 0; u < U; u++) {
       for (let w = 0; w < NW; w++) {
         const word = NW >= 4 ? `y${u}_${w >> 2}.${'xyzw'[w & 3]}` : `y${u}_0[wc + ${w}u]`;
         for (let k = 0; k < TPB; k++) L.push(`let s${u}_${w * TPB + k} = (${word} >> ${k * b}u) & ${mask}u;`);
       }
+      L.push(`let kq${u} = vec4<f32>(unpack2x16float(ks${u}.x).x, unpack2x16float(ks${u}.y).x, unpack2x16float(ks${u}.z).x, unpack2x16float(ks${u}.w).x);`);
       for (let i = 0; i < HG; i++) {
-        L.push(`let p${u}_${i} = pq[(${i * NB}u + lb) * ${Q4}u + qd + ${u}u];`);
+        L.push(`let p${u}_${i} = pack4xI8(vec4<i32>(round(qs[${i * Q4}u + qd + ${u}u] * kq${u} * inv${i})));`);
         for (let j = 0; j < SL; j++) L.push(`a${i}_${j} = a${i}_${j} + dot4I8Packed(s${u}_${j}, p${u}_${i});`);
       }
     }
     L.push('}');
   }
   for (let i = 0; i < HG; i++) {
-    L.push(`let al${i} = pa[${i * NB}u + lb] * S.scale;`, `let be${i} = pb[${i * NB}u + lb] * S.scale;`);
-    for (let j = 0; j < SL; j++) L.push(`{ let v = fma(al${i}, f32(a${i}_${j}), be${i}); sc[px(${i * C}u + lid * ${SL}u + ${j}u)] = v; lm${i} = max(lm${i}, v); }`);
+    L.push(`let al${i} = mx${i} / 127.0 * S.scale;`, `let bs${i} = be${i} * S.scale;`);
+    for (let j = 0; j < SL; j++) L.push(`{ let v = fma(al${i}, f32(a${i}_${j}), bs${i}); sc[px(${i * C}u + lid * ${SL}u + ${j}u)] = v; lm${i} = max(lm${i}, v); }`);
   }
   L.push('} else {', ...ringScores(s), '}');
   return L;
@@ -419,10 +403,6 @@ export function decodeKernelSource(s: DecodeSpec): string {
   push(`var<workgroup> qs: array<vec4<f32>, ${HG * Q4}>;`);
   push(`var<workgroup> sc: array<f32, ${scratchFloats(s, scChannels(s))}>;`);
   push(`var<workgroup> red: array<f32, ${HG * WG}>;`);
-  if (kp && s.keyDot === 'int8') {
-    const nb = int8Blocks(s);
-    push(`var<workgroup> pq: array<u32, ${HG * nb * Q4}>;`, `var<workgroup> pa: array<f32, ${HG * nb}>;`, `var<workgroup> pb: array<f32, ${HG * nb}>;`);
-  }
   if (vp0 && s.valueDot === 'int8') {
     const n = HG * (D / vp0.groupSize);
     push(`var<workgroup> wq: array<u32, ${(n * C) / 4}>;`, `var<workgroup> wa: array<f32, ${(n * C) / VALUE_BLOCK}>;`, `var<workgroup> wz: array<f32, ${(n * C) / VALUE_BLOCK}>;`, `var<workgroup> wzs: array<f32, ${n}>;`);
@@ -459,7 +439,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
     if (nWords === 2) push(`let kw1 = kw0 + ${Q4}u;`);
     if (sb < 32) push(`let ksh = (t0 * ${kp.bits}u) % 32u;`);
     push(`let kg = (kv * (S.cap / ${kp.groupSize}u) + t0 / ${kp.groupSize}u) * ${Q4}u;`);
-    const U = Math.min(s.unroll, Q4);
+    const U = divisorAtMost(Q4, s.unroll);
     if (s.debugSkip !== 'keys' && s.debugSkip !== 'both' && s.debugSkip !== 'all') {
       push(`for (var qd = 0u; qd < ${Q4}u; qd = qd + ${U}u) {`);
       for (let u = 0; u < U; u++) {
@@ -542,7 +522,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
   const CSV = D / SLOT;
   const TLN = int8v ? int8v.lanes : WG / CSV;
   const ITER = C / TLN;
-  const UV = Math.min(s.valueUnroll ?? 4, ITER);
+  const UV = divisorAtMost(ITER, s.valueUnroll ?? 4);
   const first = int8v ? int8v.first : `cs * ${SLOT}u`; // first channel of the thread
   if (SLOT !== scChannels(s)) throw new Error(`internal: ${SLOT} value channels per thread, scratch sized for ${scChannels(s)}`);
   if (!int8v) {

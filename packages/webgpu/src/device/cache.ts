@@ -92,8 +92,9 @@ export interface DeviceAttentionTuning {
    * it): per key group and query head the query times the group's scales is rounded to int8 with one step
    * `max|q·s|/127`, so scores carry that rounding (the codes and metadata are the same; attention outputs within 5e-3
    * of the float32 path in the tests). Needs the WGSL language feature `packed_4x8_integer_dot_product` and
-   * `slot · bits ≥ 8` (the short-context geometry then defaults to 8-token slots). Experimental: on an H200 the int8
-   * query preparation costs more than the integer dot products save at 32-token key groups (docs/gpu/README.md).
+   * `slot · bits ≥ 8` (the short-context geometry then defaults to 8-token slots). Experimental: each thread rounds
+   * the query for its own key group; on an H200 this is within 5–7 % of the float path at 32K–128K tokens with GQA, not
+   * faster, because the key loop is bound by its loads, not its arithmetic (docs/gpu/README.md).
    */
   keyDot?: 'f32' | 'int8';
   /**
@@ -279,7 +280,8 @@ export class DeviceKvCache {
       if (!Number.isInteger(v) || v <= 0) throw new XqShapeError(`device cache: ${k} must be a positive integer; got ${String(v)}`);
     }
     if (qHeads % kvHeads !== 0) throw new XqShapeError(`device cache: ${qHeads} query heads is not a multiple of ${kvHeads} KV heads`);
-    if (D % 16 !== 0 || D > 256) throw new XqShapeError(`device cache: headDim must be a multiple of 16 up to 256; got ${D}`);
+    // the kernels split a row into power-of-two parts per thread (a head dim like 80 or 96 left fractional thread counts)
+    if (!Number.isInteger(D) || D < 16 || D > 256 || (D & (D - 1)) !== 0) throw new XqShapeError(`device cache: headDim must be a power of two from 16 to 256; got ${D}`);
     this.compiler = new KernelCompiler(device);
     const rep = qHeads / kvHeads;
     // defaults: the geometries measured fastest on an H200 (docs/gpu/README.md, 2026-12-03/04) for dense rows and packed
@@ -360,6 +362,9 @@ export class DeviceKvCache {
     if (!Number.isInteger(capacity) || capacity <= 0) throw new XqShapeError(`device cache: capacity must be a positive integer; got ${String(capacity)}`);
     this.capacity = Math.ceil(capacity / unit) * unit;
     const unroll = tuning.unroll ?? 4;
+    for (const [name, u] of [['unroll', unroll], ['valueUnroll', tuning.valueUnroll ?? 4]] as const) {
+      if (!Number.isInteger(u) || u < 1 || u > 32) throw new XqConfigError('E_CONFIG', `${name} must be an integer from 1 to 32; got ${String(u)}`);
+    }
     const make = (size: number, label: string) => {
       if (size > device.limits.maxStorageBufferBindingSize) {
         throw new XqBackendError('E_BACKEND_UNAVAILABLE', `${label}: ${size} bytes exceed maxStorageBufferBindingSize (${device.limits.maxStorageBufferBindingSize}); lower the capacity`);
