@@ -15,20 +15,25 @@ const torchBest = (T, kv, D) => torch.rows.find((r) => r.T === T && r.kvHeads ==
 // variant fields: workgroup x slot x unroll x value unroll x heads x value slot x debug skip (1-4) x int8 (1 keys, 2 values, 3 both)
 const field = (v, i) => Number(String(v).split('x')[i] ?? 0);
 const measured = run.attention.filter((r) => !r.error && !(field(r.variant, 6) >= 1 && field(r.variant, 6) <= 4));
-// the exact (float32) kernels; the int8 paths (approximate, opt-in) are reported beside them
-const real = measured.filter((r) => !field(r.variant, 7));
-const int8Of = (mode) => measured.filter((r) => field(r.variant, 7) === mode);
+// which key path a row ran: the dispatch says so (since packed keys without GQA default to int8); older runs: the variant
+const keysOf = (r) => r.dispatch?.keyScores ?? (field(r.variant, 7) & 1 ? 'int8' : 'f32');
+const valuesInt8 = (r) => (field(r.variant, 7) & 2) !== 0;
+// the default paths (float32 value mix; keys as the cache chose or were asked); int8 values (opt-in) beside them
+const real = measured.filter((r) => !valuesInt8(r));
+const int8Of = (mode) => measured.filter((r) => (keysOf(r) === 'int8' ? 1 : 0) + (valuesInt8(r) ? 2 : 0) === mode);
 const shapes = [...new Set(real.map((r) => `${r.T}/${r.qHeads}/${r.kvHeads}/${r.headDim}`))];
 const attention = shapes.map((k) => {
   const [T, qHeads, kvHeads, headDim] = k.split('/').map(Number);
   const best = (re) => real.filter((r) => `${r.T}/${r.qHeads}/${r.kvHeads}/${r.headDim}` === k && re.test(r.cache)).sort((a, b) => a.ms - b.ms)[0];
   const xq = best(/xquant/);
+  const exact = real.filter((r) => `${r.T}/${r.qHeads}/${r.kvHeads}/${r.headDim}` === k && /xquant/.test(r.cache) && keysOf(r) === 'f32').sort((a, b) => a.ms - b.ms)[0];
   const full = best(/full/);
   const fastest = (mode) => int8Of(mode).filter((r) => `${r.T}/${r.qHeads}/${r.kvHeads}/${r.headDim}` === k).sort((a, b) => a.ms - b.ms)[0];
   const [q8, v8, b8] = [fastest(1), fastest(2), fastest(3)];
   return {
     T, qHeads, kvHeads, headDim,
-    xquantMs: xq.ms, xquantVariant: xq.variant, xquantBytes: xq.bytes, xquantGBps: xq.GBps,
+    xquantMs: xq.ms, xquantVariant: xq.variant, xquantKeyScores: keysOf(xq), xquantBytes: xq.bytes, xquantGBps: xq.GBps,
+    ...(exact && exact !== xq ? { xquantFloatKeysMs: exact.ms, xquantFloatKeysVariant: exact.variant } : {}),
     fullFp16Ms: full.ms, fullFp16GBps: full.GBps,
     torchFp16Ms: torchBest(T, kvHeads, headDim),
     ...(q8 ? { xquantInt8KeysMs: q8.ms, xquantInt8KeysVariant: q8.variant } : {}),

@@ -9,7 +9,10 @@ import { closeSync, copyFileSync, mkdirSync, openSync, readFileSync, writeFileSy
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
-/** The published configurations (config.json of meta-llama/Llama-3.2-1B and Qwen/Qwen2.5-0.5B). */
+/**
+ * The published configurations (config.json of meta-llama/Llama-3.2-1B, Qwen/Qwen2.5-0.5B and Qwen/Qwen1.5-0.5B; the
+ * last has one KV head per query head, no GQA).
+ */
 export const SHAPES = {
   'llama-3.2-1b': {
     architectures: ['LlamaForCausalLM'],
@@ -52,6 +55,30 @@ export const SHAPES = {
     num_attention_heads: 14,
     num_hidden_layers: 24,
     num_key_value_heads: 2,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000.0,
+    sliding_window: 32768,
+    tie_word_embeddings: true,
+    torch_dtype: 'bfloat16',
+    use_cache: true,
+    use_sliding_window: false,
+    vocab_size: 151936,
+  },
+  'qwen1.5-0.5b': {
+    architectures: ['Qwen2ForCausalLM'],
+    attention_dropout: 0.0,
+    bos_token_id: 151643,
+    eos_token_id: 151643,
+    hidden_act: 'silu',
+    hidden_size: 1024,
+    initializer_range: 0.02,
+    intermediate_size: 2816,
+    max_position_embeddings: 32768,
+    max_window_layers: 21,
+    model_type: 'qwen2',
+    num_attention_heads: 16,
+    num_hidden_layers: 24,
+    num_key_value_heads: 16,
     rms_norm_eps: 1e-6,
     rope_theta: 1000000.0,
     sliding_window: 32768,

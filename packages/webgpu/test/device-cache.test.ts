@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKvCache } from '@xquant/tfjs';
-import { DeviceKvCache, type DeviceQuantizedConfig } from '../src/index.js';
+import { DeviceKvCache, type DeviceAttentionTuning, type DeviceQuantizedConfig } from '../src/index.js';
 import { buffer, compare, device, gpu, identityRope, reason } from './device-compare.js';
 
 describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason || 'WebGPU adapter'})`, () => {
@@ -74,11 +74,11 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       // 20 000 tokens: 79 chunks × 2 KV heads × 2 head groups = 316 workgroups → main (chunks × KV heads alone: 158)
       await cache.fillSynthetic(19_999);
       cache.beginPosition();
-      expect(cache.attentionDispatch()).toEqual({ geometry: 'main', workgroup: 64, slot: 4, headsPerGroup: 2, chunks: 79, workgroups: 316 });
+      expect(cache.attentionDispatch()).toEqual({ geometry: 'main', workgroup: 64, slot: 4, headsPerGroup: 2, chunks: 79, workgroups: 316, keyScores: 'f32' });
       // 10 000 tokens: 40 × 2 × 2 = 160 → short-context, 79 chunks of 128 tokens
       await cache.fillSynthetic(9_999);
       cache.beginPosition();
-      expect(cache.attentionDispatch()).toEqual({ geometry: 'short-context', workgroup: 32, slot: 4, headsPerGroup: 2, chunks: 79, workgroups: 316 });
+      expect(cache.attentionDispatch()).toEqual({ geometry: 'short-context', workgroup: 32, slot: 4, headsPerGroup: 2, chunks: 79, workgroups: 316, keyScores: 'f32' });
     } finally {
       cache.dispose();
       for (const b of Object.values(io)) b.destroy();
@@ -125,7 +125,7 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       // 137 chunks × 2 KV heads × 2 head groups = 548 ≥ 512 → main
       expect(await at(70_000)).toMatchObject({ geometry: 'main', workgroup: 128, chunks: 137, workgroups: 548 });
       // main 40 × 4 = 160; medium 79 × 4 = 316 ≥ 256 → medium
-      expect(await at(20_000)).toMatchObject({ geometry: 'medium', workgroup: 64, slot: 4, chunks: 79, workgroups: 316 });
+      expect(await at(20_000)).toMatchObject({ geometry: 'medium', workgroup: 64, slot: 4, chunks: 79, workgroups: 316, keyScores: 'f32' });
       // main 10 × 4 = 40, medium 20 × 4 = 80 → short-context
       expect(await at(5_000)).toMatchObject({ geometry: 'short-context', workgroup: 32, chunks: 40, workgroups: 160 });
       // no such layer: a typed error, and the cache still answers for layer 0
@@ -165,12 +165,10 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       expect(maxRel).toBeLessThan(2e-2);
     }, 600_000);
 
-    it('refuses an unknown valueDot and rows that do not tile the workgroup with typed errors', async () => {
-      const shape = { layers: 1, qHeads: 1, kvHeads: 1, headDim: 80 };
-      const cpu = createKvCache('planned', { layers: 1, kvHeads: 1, headDim: 80 }, { residualLength: 32, groupSize: 16, keys: [{ bits: 2, codesFrom: null }], values: [{ bits: 2, codesFrom: null }] }) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
+    it('refuses an unknown valueDot with a typed error', async () => {
+      const shape = { layers: 1, qHeads: 1, kvHeads: 1, headDim: 64 };
+      const cpu = createKvCache('planned', { layers: 1, kvHeads: 1, headDim: 64 }, { residualLength: 32, groupSize: 16, keys: [{ bits: 2, codesFrom: null }], values: [{ bits: 2, codesFrom: null }] }) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
       await expect(DeviceKvCache.create(gpu!.device, shape, { kind: 'quantized', config: cpu.config }, { capacity: 64, tuning: { valueDot: 'u4' as never } })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/valueDot must be/) });
-      // 2-bit rows of 80 channels are 20 bytes: 20 and 32 threads do not divide one another
-      await expect(DeviceKvCache.create(gpu!.device, shape, { kind: 'quantized', config: cpu.config }, { capacity: 64, tuning: { valueDot: 'int8', workgroup: 32, small: null } })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/divide one another/) });
       cpu.dispose();
     });
   });
@@ -197,6 +195,37 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       };
       const { maxRel } = await compare({ name: 'planned', preset: 'planned', options, qHeads: 8, kvHeads: 2, tuning: { keyDot: 'int8', slot: 8, small: null } }, 40, 4);
       expect(maxRel).toBeLessThan(1e-2);
+    }, 600_000);
+
+    it('is the default without GQA (16-token slots), not with GQA, nor where the geometry does not fit it; an explicit keyDot wins', async () => {
+      const D = 64;
+      const dispatchOf = async (qHeads: number, kvHeads: number, preset: string, options: Record<string, unknown>, tuning?: DeviceAttentionTuning) => {
+        const cpu = createKvCache(preset, { layers: 1, kvHeads, headDim: D }, options) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
+        const cache = await DeviceKvCache.create(device!, { layers: 1, qHeads, kvHeads, headDim: D }, { kind: 'quantized', config: cpu.config }, { capacity: 64, ...(tuning ? { tuning } : {}) });
+        const io = { qkv: buffer(device!, new Float32Array((qHeads + 2 * kvHeads) * D)), rope: buffer(device!, identityRope(cache.capacity, D)), out: buffer(device!, new Float32Array(qHeads * D)) };
+        cache.attach(io);
+        cache.beginPosition();
+        const d = cache.attentionDispatch();
+        cache.dispose();
+        cpu.dispose();
+        for (const b of Object.values(io)) b.destroy();
+        return d;
+      };
+      const R32 = { residualLength: 32 };
+      expect(await dispatchOf(2, 2, 'xquant-1.38', R32)).toMatchObject({ keyScores: 'int8', geometry: 'short-context', slot: 8 });
+      expect(await dispatchOf(2, 2, 'xquant-1.38', R32, { small: null })).toMatchObject({ keyScores: 'int8', geometry: 'main', workgroup: 128, slot: 16 });
+      expect(await dispatchOf(4, 2, 'xquant-1.38', R32, { small: null, medium: null })).toMatchObject({ keyScores: 'f32', workgroup: 256, slot: 8 });
+      expect(await dispatchOf(2, 2, 'kivi-2', R32, { keyDot: 'f32', small: null })).toMatchObject({ keyScores: 'f32', workgroup: 128, slot: 8 });
+      // 1-bit keys over 4-token slots cannot be scored as bytes: the default gives way, where asking for int8 is an error
+      const oneBit = { residualLength: 32, keys: [{ bits: 1, codesFrom: null }], values: [{ bits: 2, codesFrom: null }] };
+      expect(await dispatchOf(2, 2, 'planned', oneBit, { slot: 4, small: null })).toMatchObject({ keyScores: 'f32', slot: 4 });
+    }, 600_000);
+
+    it('default tuning without GQA (int8 keys): xquant-1.38 and kivi-2 within the int8 rounding of the CPU cache', async () => {
+      for (const preset of ['xquant-1.38', 'kivi-2']) {
+        const { maxRel } = await compare({ name: preset, preset, options: { residualLength: 32 }, qHeads: 2, kvHeads: 2 }, 80, 2);
+        expect(maxRel).toBeLessThan(1e-2);
+      }
     }, 600_000);
 
     it('refuses slots too short for 1-bit keys with a typed error', async () => {

@@ -66,8 +66,9 @@ export type DeviceCacheSpec = { kind: 'full' } | { kind: 'quantized'; config: De
 /**
  * Kernel geometry of the decode-attention pass. Unset fields take the geometry measured fastest on an H200 for the
  * cache's kind (docs/gpu/README.md): fp16 rows 128 threads × 8-token slots with GQA, 64 × 16 without, every query head
- * of a KV head in one workgroup; packed codes 256 threads × 8-token slots with GQA (2 query heads per workgroup), 128 × 8
- * without, 16-channel value slots; unroll 8 and value unroll 8 for both.
+ * of a KV head in one workgroup; packed codes 256 threads × 8-token slots with GQA (2 query heads per workgroup), 128 × 16
+ * without (with int8 key scores; 128 × 8 when the float path is asked for), 16-channel value slots; unroll 8 and value
+ * unroll 8 for both.
  */
 export interface DeviceAttentionTuning {
   /** Threads per workgroup: 32, 64, 128 or 256 (a chunk is `slot` × this many tokens). */
@@ -92,9 +93,12 @@ export interface DeviceAttentionTuning {
    * it): per key group and query head the query times the group's scales is rounded to int8 with one step
    * `max|q·s|/127`, so scores carry that rounding (the codes and metadata are the same; attention outputs within 5e-3
    * of the float32 path in the tests). Needs the WGSL language feature `packed_4x8_integer_dot_product` and
-   * `slot · bits ≥ 8` (the short-context geometry then defaults to 8-token slots). Experimental: each thread rounds
-   * the query for its own key group; on an H200 this is within 5–7 % of the float path at 32K–128K tokens with GQA, not
-   * faster, because the key loop is bound by its loads, not its arithmetic (docs/gpu/README.md).
+   * `slot · bits ≥ 8` (the short-context geometry then defaults to 8-token slots). Each thread rounds the query for its
+   * own key group. Default: `'int8'` for packed keys without GQA where the geometry fits it (on an H200 8–19 % faster
+   * than the float path at 32K–128K tokens, and the added KL on the trained models is 1–2 % of the quantization's own;
+   * a WGSL without the language feature falls back to `'f32'`), `'f32'` with GQA (there the int8 path is 1–7 % slower:
+   * the key loop is bound by its loads, not its arithmetic). See docs/gpu/README.md; `attentionDispatch()` says which
+   * path runs.
    */
   keyDot?: 'f32' | 'int8';
   /**
@@ -179,6 +183,16 @@ interface LayerRes {
 }
 
 const align = (bytes: number) => Math.ceil(bytes / ALIGN) * ALIGN;
+
+/** Whether int8 key scores tile a configuration: `slot · bits ≥ 8` and chunk and key group nesting, in the main and short-context geometries. */
+function int8KeysFit(cfg: DeviceQuantizedConfig, main: { workgroup: number; slot: number }, small: DeviceAttentionTuning['small']): boolean {
+  const G = cfg.groupSize;
+  const geometries = [main, small === undefined ? { workgroup: 32, slot: 8 } : small].filter((g): g is { workgroup: number; slot: number } => g !== null);
+  return geometries.every((g) => {
+    const C = chunkTokens(g);
+    return (C % G === 0 || G % C === 0) && g.slot <= G && G % g.slot === 0 && cfg.keys.every((k) => k.bits === 16 || g.slot * k.bits >= 8);
+  });
+}
 
 /** A binding's buffer type, in binding order of a kernel. */
 export type BindingKind = 'read-only-storage' | 'storage' | 'uniform';
@@ -267,6 +281,10 @@ export class DeviceKvCache {
   private readonly quantized: boolean;
   private nc = 0;
   private readonly compiler: KernelCompiler;
+  /** How packed keys are scored: float arithmetic or the int8 dot product. */
+  private readonly keyScores: 'f32' | 'int8';
+  /** int8 key scores chosen by default (not asked for): compiled without the WGSL feature, the cache falls back to f32. */
+  private readonly int8ByDefault: boolean;
 
   private constructor(
     readonly device: GPUDevice,
@@ -287,10 +305,13 @@ export class DeviceKvCache {
     // defaults: the geometries measured fastest on an H200 (docs/gpu/README.md, 2026-12-03/04) for dense rows and packed
     // codes, with GQA (rep > 1) and without; fp16 rows with GQA: 512-token chunks (0.130 against 0.149 ms for 1024 at
     // 128K tokens, 32/8 heads, head dim 64; 0.075 against 0.091 with 14/2)
+    // packed keys without GQA: int8 key scores over 16-token slots by default (8–19 % faster than the float path at
+    // 32K–128K tokens on an H200, docs/gpu/README.md 2026-12-03d); with GQA the float path stays faster
+    const int8Candidate = spec.kind === 'quantized' && rep === 1 && tuning.keyDot === undefined;
     const best =
       spec.kind === 'full'
         ? { workgroup: rep > 1 ? 128 : 64, slot: rep > 1 ? 4 : 16, unroll: 8, valueUnroll: 8, valueSlot: 8 }
-        : { workgroup: rep > 1 ? 256 : 128, slot: 8, unroll: 8, valueUnroll: 8, valueSlot: 16 };
+        : { workgroup: rep > 1 ? 256 : 128, slot: int8Candidate ? 16 : 8, unroll: 8, valueUnroll: 8, valueSlot: 16 };
     tuning = { ...best, ...tuning };
     const wg = tuning.workgroup ?? 64;
     if (![32, 64, 128, 256].includes(wg)) throw new XqConfigError('E_CONFIG', `workgroup must be 32, 64, 128 or 256; got ${String(wg)}`);
@@ -298,8 +319,10 @@ export class DeviceKvCache {
     if (![4, 8, 16].includes(slot)) throw new XqConfigError('E_CONFIG', `slot must be 4, 8 or 16; got ${String(slot)}`);
     let hg = Math.min(tuning.headsPerGroup ?? Math.min(rep, spec.kind === 'full' ? 8 : 2), rep);
     if (!Number.isInteger(hg) || hg < 1) throw new XqConfigError('E_CONFIG', `headsPerGroup must be a positive integer; got ${String(tuning.headsPerGroup)}`);
-    const keyDot = tuning.keyDot ?? 'f32';
+    const keyDot = tuning.keyDot ?? (int8Candidate && int8KeysFit(spec.config, { workgroup: wg, slot }, tuning.small) ? 'int8' : 'f32');
     if (keyDot !== 'f32' && keyDot !== 'int8') throw new XqConfigError('E_CONFIG', `keyDot must be 'f32' or 'int8'; got ${String(keyDot)}`);
+    this.keyScores = keyDot === 'int8' && spec.kind === 'quantized' ? 'int8' : 'f32';
+    this.int8ByDefault = this.keyScores === 'int8' && tuning.keyDot === undefined;
     const int8 = keyDot === 'int8' && spec.kind === 'quantized';
     const keyGroup = spec.kind === 'quantized' ? spec.config.groupSize : 32;
     const valueDot = tuning.valueDot ?? 'f32';
@@ -459,9 +482,19 @@ export class DeviceKvCache {
 
   /** Allocate a cache on `device` and compile its kernels. */
   static async create(device: GPUDevice, shape: DeviceCacheShape, spec: DeviceCacheSpec, options: DeviceCacheOptions): Promise<DeviceKvCache> {
-    const c = new DeviceKvCache(device, shape, spec, options.capacity, options.tuning ?? {});
-    await c.compile();
-    return c;
+    const tuning = options.tuning ?? {};
+    const c = new DeviceKvCache(device, shape, spec, options.capacity, tuning);
+    try {
+      await c.compile();
+      return c;
+    } catch (e) {
+      c.dispose();
+      // a WGSL without packed_4x8_integer_dot_product: the default int8 key scores give way to the float path
+      if (!c.int8ByDefault || !(e instanceof XqBackendError) || e.code !== 'E_KERNEL_MISSING') throw e;
+      const f = new DeviceKvCache(device, shape, spec, options.capacity, { ...tuning, keyDot: 'f32' });
+      await f.compile();
+      return f;
+    }
   }
 
   private async compile(): Promise<void> {
@@ -590,11 +623,11 @@ export class DeviceKvCache {
    * 256; `'short-context'` while the main one would give fewer than 256), its threads per workgroup, token slot, query
    * heads per workgroup, chunks and workgroups. For logs and benchmarks.
    */
-  attentionDispatch(layer = 0): { geometry: 'main' | 'medium' | 'short-context'; workgroup: number; slot: number; headsPerGroup: number; chunks: number; workgroups: number } {
+  attentionDispatch(layer = 0): { geometry: 'main' | 'medium' | 'short-context'; workgroup: number; slot: number; headsPerGroup: number; chunks: number; workgroups: number; keyScores: 'f32' | 'int8' } {
     const { spec: g } = this.decodeOf(this.layerOf(layer));
     const rep = this.shape.qHeads / this.shape.kvHeads;
     const workgroups = this.nc * Math.ceil(rep / g.headsPerGroup) * this.shape.kvHeads;
-    return { geometry: this.geometry, workgroup: g.workgroup, slot: g.slot ?? 16, headsPerGroup: g.headsPerGroup, chunks: this.nc, workgroups };
+    return { geometry: this.geometry, workgroup: g.workgroup, slot: g.slot ?? 16, headsPerGroup: g.headsPerGroup, chunks: this.nc, workgroups, keyScores: this.keyScores };
   }
 
   /** The decode kernel of a layer for the current geometry. */
