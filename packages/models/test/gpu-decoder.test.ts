@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKvCache, selectBackend } from '@xquant/tfjs';
-import { requestNodeDevice, type NodeGpu } from '@xquant/webgpu';
+import { requestNodeDevice, type DeviceAttentionTuning, type DeviceCacheSpec, type NodeGpu } from '@xquant/webgpu';
 import { accountBits } from '@xquant/cross-layer';
 import { SafetensorsFile, loadModel } from '../src/index.js';
 import { loadGpuDecoder } from '../src/gpu/index.js';
@@ -65,6 +65,54 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
       }
     }, 600_000);
   }
+
+  it('int8 key scores (the default without GQA) add little to what xquant-1.38 itself costs: KL against the full cache on prose', async () => {
+    // xq-llama-20m has GQA, so int8 keys are asked for here; their rounding is the same with or without GQA
+    const name = 'xq-llama-20m';
+    const dir = `${SHARED}/models/${name}`;
+    const ids = (JSON.parse(readFileSync(`${SHARED}/eval/prose_512.jsonl`, 'utf8').split('\n')[0]!) as { input_ids: number[] }).input_ids.slice(0, 112);
+    const { model } = await loadModel(dir);
+    const config = createKvCache('xquant-1.38', model.cacheShape, { residualLength: 32 }).config!;
+    model.dispose();
+    const logitsOf = async (spec: DeviceCacheSpec, tuning?: DeviceAttentionTuning) => {
+      const { decoder } = await loadGpuDecoder(dir, gpu!.device, { cache: spec, capacity: 128, ...(tuning ? { tuning } : {}) });
+      const out: Float32Array[] = [];
+      try {
+        for (const id of ids) {
+          await decoder.generate({ prompt: [id], maxNewTokens: 1, stopTokens: [] });
+          out.push(await decoder.readLogits());
+        }
+      } finally {
+        decoder.dispose();
+      }
+      return out;
+    };
+    const full = await logitsOf({ kind: 'full' });
+    const f32 = await logitsOf({ kind: 'quantized', config }, { keyDot: 'f32' });
+    const int8 = await logitsOf({ kind: 'quantized', config }, { keyDot: 'int8', slot: 8 });
+    const logSoftmax = (x: Float32Array) => {
+      let m = -Infinity;
+      for (const v of x) m = Math.max(m, v);
+      let s = 0;
+      for (const v of x) s += Math.exp(v - m);
+      const l = m + Math.log(s);
+      return Array.from(x, (v) => v - l);
+    };
+    const kl = (p: Float32Array, q: Float32Array) => {
+      const a = logSoftmax(p);
+      const b = logSoftmax(q);
+      return a.reduce((k, v, i) => k + Math.exp(v) * (v - b[i]!), 0);
+    };
+    // positions past the first key flush (32 tokens quantized) only
+    const mean = (x: Float32Array[], y: Float32Array[]) => x.slice(40).reduce((s, p, i) => s + kl(p, y[i + 40]!), 0) / (x.length - 40);
+    const quant = mean(full, f32);
+    const both = mean(full, int8);
+    const added = mean(f32, int8);
+    expect(quant).toBeGreaterThan(0.01);
+    expect(added).toBeLessThan(0.05 * quant);
+    expect(Math.abs(both - quant)).toBeLessThan(0.05 * quant);
+    expect(errors).toEqual([]);
+  }, 900_000);
 
   it('xq-llama-20m, xquant-1.38 (R = 32): logits equal the tfjs runtime fed the same positions one at a time; bytes as accounted', async () => {
     const name = 'xq-llama-20m';
