@@ -64,31 +64,11 @@ export const SHAPES = {
     use_sliding_window: false,
     vocab_size: 151936,
   },
-  'qwen1.5-0.5b': {
-    architectures: ['Qwen2ForCausalLM'],
-    attention_dropout: 0.0,
-    bos_token_id: 151643,
-    eos_token_id: 151643,
-    hidden_act: 'silu',
-    hidden_size: 1024,
-    initializer_range: 0.02,
-    intermediate_size: 2816,
-    max_position_embeddings: 32768,
-    max_window_layers: 21,
-    model_type: 'qwen2',
-    num_attention_heads: 16,
-    num_hidden_layers: 24,
-    num_key_value_heads: 16,
-    rms_norm_eps: 1e-6,
-    rope_theta: 1000000.0,
-    sliding_window: 32768,
-    tie_word_embeddings: true,
-    torch_dtype: 'bfloat16',
-    use_cache: true,
-    use_sliding_window: false,
-    vocab_size: 151936,
-  },
+  // the Qwen2.5-0.5B configuration with Qwen1.5-0.5B's widths and one KV head per query head
+  'qwen1.5-0.5b': null,
 };
+
+SHAPES['qwen1.5-0.5b'] = { ...SHAPES['qwen2.5-0.5b'], hidden_size: 1024, intermediate_size: 2816, max_window_layers: 21, num_attention_heads: 16, num_key_value_heads: 16 };
 
 /** Every tensor of a Llama / Qwen2 checkpoint: [name, shape, kind]. */
 export function tensorList(c) {
