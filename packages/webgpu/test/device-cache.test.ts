@@ -221,6 +221,37 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       expect(await dispatchOf(2, 2, 'planned', oneBit, { slot: 4, small: null })).toMatchObject({ keyScores: 'f32', slot: 4 });
     }, 600_000);
 
+    it('a WGSL without packed_4x8_integer_dot_product: the default int8 path gives way to the float path; asked for, it is a typed error', async () => {
+      const real = device!;
+      // the same device, but every shader that needs the language feature names one no WGSL has
+      const lacking = new Proxy(real, {
+        get(target, key) {
+          if (key === 'createShaderModule') {
+            return (d: GPUShaderModuleDescriptor) => target.createShaderModule({ ...d, code: d.code.replace('requires packed_4x8_integer_dot_product;', 'requires no_such_language_feature;') });
+          }
+          const v = Reflect.get(target, key) as unknown;
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        },
+      });
+      const D = 64;
+      const cpu = createKvCache('xquant-1.38', { layers: 1, kvHeads: 2, headDim: D }, { residualLength: 32 }) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
+      const shape = { layers: 1, qHeads: 2, kvHeads: 2, headDim: D };
+      real.pushErrorScope('validation');
+      try {
+        const cache = await DeviceKvCache.create(lacking, shape, { kind: 'quantized', config: cpu.config }, { capacity: 64, tuning: { small: null } });
+        const io = { qkv: buffer(real, new Float32Array(6 * D)), rope: buffer(real, identityRope(cache.capacity, D)), out: buffer(real, new Float32Array(2 * D)) };
+        cache.attach(io);
+        cache.beginPosition();
+        expect(cache.attentionDispatch()).toMatchObject({ keyScores: 'f32', workgroup: 128, slot: 8 });
+        cache.dispose();
+        for (const b of Object.values(io)) b.destroy();
+        await expect(DeviceKvCache.create(lacking, shape, { kind: 'quantized', config: cpu.config }, { capacity: 64, tuning: { keyDot: 'int8' } })).rejects.toMatchObject({ code: 'E_KERNEL_MISSING' });
+      } finally {
+        await real.popErrorScope();
+        cpu.dispose();
+      }
+    }, 600_000);
+
     it('default tuning without GQA (int8 keys): xquant-1.38 and kivi-2 within the int8 rounding of the CPU cache', async () => {
       for (const preset of ['xquant-1.38', 'kivi-2']) {
         const { maxRel } = await compare({ name: preset, preset, options: { residualLength: 32 }, qHeads: 2, kvHeads: 2 }, 80, 2);
