@@ -30,9 +30,14 @@ describe.skipIf(!built || !adapter)(`xquant gpu (built CLI, WebGPU adapter) — 
     expect(gpu.code, gpu.stderr).toBe(0);
     const cpu = xquant('generate', '--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '12', '--ignore-eos', '--backend', 'wasm', '--json');
     expect(cpu.code, cpu.stderr).toBe(0);
-    const g = JSON.parse(gpu.stdout.trim().split('\n').pop()!) as { ids: number[]; memory: { cache: { tokens: number } } };
+    const g = JSON.parse(gpu.stdout.trim().split('\n').pop()!) as { ids: number[]; memory: { cache: { tokens: number } }; attention: { keyScores: string; geometry: string } };
     const c = JSON.parse(cpu.stdout.trim().split('\n').pop()!) as { ids: number[] };
     expect(g.ids).toEqual(c.ids);
     expect(g.memory.cache.tokens).toBeGreaterThan(12);
+    // fp16 rows: no packed keys, so float key scores; the short prompt runs the short-context geometry
+    expect(g.attention).toMatchObject({ keyScores: 'f32', geometry: 'short-context' });
+    const text = xquant('gpu', '--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '4', '--cache', 'xquant-1.38');
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stderr).toMatch(/xquant-1\.38 · .* ms\/token · attention short-context geometry, f32 key scores · KV/);
   }, 600_000);
 });

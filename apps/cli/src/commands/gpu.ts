@@ -9,7 +9,8 @@ export const summary = 'generate on the GPU with the device-resident decoder (ra
 const USAGE = `usage: xquant gpu --model DIR|FILE --prompt TEXT [options]
 
 Runs every decode step on the GPU (WebGPU through Dawn): fp16 weights, the KV cache kept and quantized on the
-device, sampling on the device, one token id read back per step. Prints the text, then ms/token and the cache's
+device, sampling on the device, one token id read back per step. Prints the text, then ms/token, the attention
+kernel's geometry and key scoring (float, or the int8 dot product that packed keys without GQA use) and the cache's
 bytes to stderr. Needs a WebGPU adapter (a GPU with Vulkan, or Mesa's lavapipe: scripts/setup-webgpu.sh).
 
 options:
@@ -77,12 +78,15 @@ export async function run(argv: string[]): Promise<number> {
       const out = await decoder.generate({ prompt: ids, maxNewTokens: maxNew, temperature, seed });
       const text = tokenizer.decode(out.tokens);
       const mem = decoder.memory();
-      const info = { adapter: gpu.info, cache: cacheId, promptTokens: ids.length, ids: out.tokens, text, prefillMs: out.prefillMs, msPerToken: out.msPerToken, memory: mem };
+      // the decode-attention kernel of the last position: geometry and how packed keys were scored (float or int8)
+      const attention = decoder.cache.attentionDispatch(0);
+      const info = { adapter: gpu.info, cache: cacheId, promptTokens: ids.length, ids: out.tokens, text, prefillMs: out.prefillMs, msPerToken: out.msPerToken, memory: mem, attention };
       if (v.json) console.log(JSON.stringify(info));
       else {
         console.log(v.prompt + text);
         console.error(
           `gpu: ${gpu.info.vendor} ${gpu.info.device || gpu.info.description} · ${cacheId} · ${out.msPerToken.toFixed(2)} ms/token · ` +
+            `attention ${attention.geometry} geometry, ${attention.keyScores} key scores · ` +
             `KV ${(mem.cache.usedBytes / 2 ** 20).toFixed(2)} MiB (${mem.cache.trueBitsPerElement.toFixed(2)} stored bits per element) · weights ${(mem.weightBytes / 2 ** 20).toFixed(0)} MiB`,
         );
       }
