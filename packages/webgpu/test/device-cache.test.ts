@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKvCache } from '@xquant/tfjs';
-import { DeviceKvCache, type DeviceAttentionTuning, type DeviceQuantizedConfig } from '../src/index.js';
+import { DeviceKvCache, INT8_KEYS_MIN_CAPACITY, type DeviceAttentionTuning, type DeviceQuantizedConfig } from '../src/index.js';
 import { buffer, compare, device, gpu, identityRope, reason } from './device-compare.js';
 
 describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason || 'WebGPU adapter'})`, () => {
@@ -197,11 +197,11 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       expect(maxRel).toBeLessThan(1e-2);
     }, 600_000);
 
-    it('is the default without GQA (16-token slots), not with GQA, nor where the geometry does not fit it; an explicit keyDot wins', async () => {
+    it('is the default without GQA in caches of 32K tokens or more (16-token slots), not with GQA, in smaller caches, nor where the geometry does not fit it; an explicit keyDot wins', async () => {
       const D = 64;
-      const dispatchOf = async (qHeads: number, kvHeads: number, preset: string, options: Record<string, unknown>, tuning?: DeviceAttentionTuning) => {
+      const dispatchOf = async (qHeads: number, kvHeads: number, preset: string, options: Record<string, unknown>, tuning?: DeviceAttentionTuning, capacity = INT8_KEYS_MIN_CAPACITY) => {
         const cpu = createKvCache(preset, { layers: 1, kvHeads, headDim: D }, options) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
-        const cache = await DeviceKvCache.create(device!, { layers: 1, qHeads, kvHeads, headDim: D }, { kind: 'quantized', config: cpu.config }, { capacity: 64, ...(tuning ? { tuning } : {}) });
+        const cache = await DeviceKvCache.create(device!, { layers: 1, qHeads, kvHeads, headDim: D }, { kind: 'quantized', config: cpu.config }, { capacity, ...(tuning ? { tuning } : {}) });
         const io = { qkv: buffer(device!, new Float32Array((qHeads + 2 * kvHeads) * D)), rope: buffer(device!, identityRope(cache.capacity, D)), out: buffer(device!, new Float32Array(qHeads * D)) };
         cache.attach(io);
         cache.beginPosition();
@@ -214,6 +214,7 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       const R32 = { residualLength: 32 };
       expect(await dispatchOf(2, 2, 'xquant-1.38', R32)).toMatchObject({ keyScores: 'int8', geometry: 'short-context', slot: 8 });
       expect(await dispatchOf(2, 2, 'xquant-1.38', R32, { small: null })).toMatchObject({ keyScores: 'int8', geometry: 'main', workgroup: 128, slot: 16 });
+      expect(await dispatchOf(2, 2, 'xquant-1.38', R32, { small: null }, INT8_KEYS_MIN_CAPACITY - 1)).toMatchObject({ keyScores: 'f32', workgroup: 128, slot: 8 });
       expect(await dispatchOf(4, 2, 'xquant-1.38', R32, { small: null, medium: null })).toMatchObject({ keyScores: 'f32', workgroup: 256, slot: 8 });
       expect(await dispatchOf(2, 2, 'kivi-2', R32, { keyDot: 'f32', small: null })).toMatchObject({ keyScores: 'f32', workgroup: 128, slot: 8 });
       // 1-bit keys over 4-token slots cannot be scored as bytes: the default gives way, where asking for int8 is an error
@@ -238,7 +239,7 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       const shape = { layers: 1, qHeads: 2, kvHeads: 2, headDim: D };
       real.pushErrorScope('validation');
       try {
-        const cache = await DeviceKvCache.create(lacking, shape, { kind: 'quantized', config: cpu.config }, { capacity: 64, tuning: { small: null } });
+        const cache = await DeviceKvCache.create(lacking, shape, { kind: 'quantized', config: cpu.config }, { capacity: INT8_KEYS_MIN_CAPACITY, tuning: { small: null } });
         const io = { qkv: buffer(real, new Float32Array(6 * D)), rope: buffer(real, identityRope(cache.capacity, D)), out: buffer(real, new Float32Array(2 * D)) };
         cache.attach(io);
         cache.beginPosition();
@@ -252,9 +253,9 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       }
     }, 600_000);
 
-    it('default tuning without GQA (int8 keys): xquant-1.38 and kivi-2 within the int8 rounding of the CPU cache', async () => {
-      for (const preset of ['xquant-1.38', 'kivi-2']) {
-        const { maxRel } = await compare({ name: preset, preset, options: { residualLength: 32 }, qHeads: 2, kvHeads: 2 }, 80, 2);
+    it('the default geometry without GQA (128 × 16, short contexts 32 × 8): xquant-1.38 and kivi-2 within the int8 rounding of the CPU cache', async () => {
+      for (const [preset, small] of [['xquant-1.38', undefined], ['kivi-2', null]] as const) {
+        const { maxRel } = await compare({ name: preset, preset, options: { residualLength: 32 }, qHeads: 2, kvHeads: 2, tuning: { keyDot: 'int8', workgroup: 128, slot: 16, ...(small === null ? { small } : {}) } }, 80, 2);
         expect(maxRel).toBeLessThan(1e-2);
       }
     }, 600_000);

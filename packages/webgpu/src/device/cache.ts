@@ -94,9 +94,10 @@ export interface DeviceAttentionTuning {
    * `max|q·s|/127`, so scores carry that rounding (the codes and metadata are the same; attention outputs within 5e-3
    * of the float32 path in the tests). Needs the WGSL language feature `packed_4x8_integer_dot_product` and
    * `slot · bits ≥ 8` (the short-context geometry then defaults to 8-token slots). Each thread rounds the query for its
-   * own key group. Default: `'int8'` for packed keys without GQA where the geometry fits it (on an H200 8–19 % faster
-   * than the float path at 32K–128K tokens, and the added KL on the trained models is 1–2 % of the quantization's own;
-   * a WGSL without the language feature falls back to `'f32'`), `'f32'` with GQA (there the int8 path is 1–7 % slower:
+   * own key group. Default: `'int8'` for packed keys without GQA in caches of at least {@link INT8_KEYS_MIN_CAPACITY}
+   * tokens where the geometry fits it (on an H200 8–19 % faster than the float path at 32K–128K tokens, slower at 4K; the
+   * added KL on the trained models is 1–2 % of the quantization's own; a WGSL without the language feature falls back to
+   * `'f32'`), `'f32'` otherwise and with GQA (there the int8 path is 1–7 % slower:
    * the key loop is bound by its loads, not its arithmetic). See docs/gpu/README.md; `attentionDispatch()` says which
    * path runs.
    */
@@ -183,6 +184,9 @@ interface LayerRes {
 }
 
 const align = (bytes: number) => Math.ceil(bytes / ALIGN) * ALIGN;
+
+/** Capacity from which packed keys without GQA are scored with int8 by default (see `keyDot`). */
+export const INT8_KEYS_MIN_CAPACITY = 32768;
 
 /** Whether int8 key scores tile a configuration: `slot · bits ≥ 8` and chunk and key group nesting, in the main and short-context geometries. */
 function int8KeysFit(cfg: DeviceQuantizedConfig, main: { workgroup: number; slot: number }, small: DeviceAttentionTuning['small']): boolean {
@@ -307,7 +311,9 @@ export class DeviceKvCache {
     // 128K tokens, 32/8 heads, head dim 64; 0.075 against 0.091 with 14/2)
     // packed keys without GQA: int8 key scores over 16-token slots by default (8–19 % faster than the float path at
     // 32K–128K tokens on an H200, docs/gpu/README.md 2026-12-03d); with GQA the float path stays faster
-    const int8Candidate = spec.kind === 'quantized' && rep === 1 && tuning.keyDot === undefined;
+    // caches sized for long contexts only: at 4K tokens the int8 short-context geometry measured slower (0.669 against
+    // 0.550 ms of attention per token on the Qwen1.5-0.5B shape), at 32K even, at 128K 0.44 ms faster
+    const int8Candidate = spec.kind === 'quantized' && rep === 1 && tuning.keyDot === undefined && capacity >= INT8_KEYS_MIN_CAPACITY;
     const best =
       spec.kind === 'full'
         ? { workgroup: rep > 1 ? 128 : 64, slot: rep > 1 ? 4 : 16, unroll: 8, valueUnroll: 8, valueSlot: 8 }
