@@ -97,9 +97,9 @@ export interface DeviceAttentionTuning {
    * own key group. Default: `'int8'` for packed keys without GQA in caches of at least {@link INT8_KEYS_MIN_CAPACITY}
    * tokens where the geometry fits it (on an H200 8–19 % faster than the float path at 32K–128K tokens, slower at 4K; the
    * added KL on the trained models is 1–2 % of the quantization's own; a WGSL without the language feature falls back to
-   * `'f32'`), `'f32'` otherwise and with GQA (there the int8 path is 1–7 % slower:
-   * the key loop is bound by its loads, not its arithmetic). See docs/gpu/README.md; `attentionDispatch()` says which
-   * path runs.
+   * `'f32'`), `'f32'` otherwise and with GQA (there the int8 path is 0–12 % slower: rounding the query for every head
+   * a workgroup serves costs what the integer dot products save). See docs/gpu/README.md; `attentionDispatch()` says
+   * which path runs.
    */
   keyDot?: 'f32' | 'int8';
   /**
@@ -309,10 +309,10 @@ export class DeviceKvCache {
     // defaults: the geometries measured fastest on an H200 (docs/gpu/README.md, 2026-12-03/04) for dense rows and packed
     // codes, with GQA (rep > 1) and without; fp16 rows with GQA: 512-token chunks (0.130 against 0.149 ms for 1024 at
     // 128K tokens, 32/8 heads, head dim 64; 0.075 against 0.091 with 14/2)
-    // packed keys without GQA: int8 key scores over 16-token slots by default (8–19 % faster than the float path at
-    // 32K–128K tokens on an H200, docs/gpu/README.md 2026-12-03d); with GQA the float path stays faster
-    // caches sized for long contexts only: at 4K tokens the int8 short-context geometry measured slower (0.669 against
-    // 0.550 ms of attention per token on the Qwen1.5-0.5B shape), at 32K even, at 128K 0.44 ms faster
+    // packed keys without GQA, in caches sized for long contexts: int8 key scores over 16-token slots by default (8–19 %
+    // faster than the float path at 32K–128K tokens on an H200, docs/gpu/README.md 2026-12-03d; at 4K the int8
+    // short-context geometry measured slower: 0.669 against 0.550 ms of attention per token on the Qwen1.5-0.5B shape);
+    // with GQA the float path stays faster
     const int8Candidate = spec.kind === 'quantized' && rep === 1 && tuning.keyDot === undefined && capacity >= INT8_KEYS_MIN_CAPACITY;
     const best =
       spec.kind === 'full'
@@ -627,7 +627,8 @@ export class DeviceKvCache {
    * The decode-attention dispatch of layer `layer` at the current position (after {@link DeviceKvCache.beginPosition}):
    * which geometry runs (`'main'`; `'medium'` while the main one would give fewer than 512 workgroups and it at least
    * 256; `'short-context'` while the main one would give fewer than 256), its threads per workgroup, token slot, query
-   * heads per workgroup, chunks and workgroups. For logs and benchmarks.
+   * heads per workgroup, chunks and workgroups, and whether packed keys are scored in float or with the int8 dot product
+   * (`keyScores`; always `'f32'` for fp16 rows). For logs and benchmarks.
    */
   attentionDispatch(layer = 0): { geometry: 'main' | 'medium' | 'short-context'; workgroup: number; slot: number; headsPerGroup: number; chunks: number; workgroups: number; keyScores: 'f32' | 'int8' } {
     const { spec: g } = this.decodeOf(this.layerOf(layer));
