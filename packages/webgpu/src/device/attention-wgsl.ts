@@ -50,8 +50,6 @@ export interface DecodeSpec {
    * language feature packed_4x8_integer_dot_product and `slot · bits ≥ 8`).
    */
   keyDot?: 'f32' | 'int8';
-  /** Tokens per key group (int8 key scores: one prepared query per group); required with `keyDot: 'int8'`. */
-  keyGroup?: number;
   /**
    * Packed value mix: `'f32'` (default; token-row layout, exact float arithmetic) or `'int8'` (quad layout: one word =
    * one byte of 4 consecutive tokens' rows; per {@link VALUE_BLOCK} tokens, value group and head the softmax weight
@@ -100,7 +98,7 @@ export function chunkTokens(spec: Pick<DecodeSpec, 'workgroup' | 'slot'>): numbe
 
 /** Bytes of workgroup memory a decode kernel declares. @internal */
 export function decodeSharedBytes(
-  spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'headsPerGroup' | 'headDim' | 'keyDot' | 'keyGroup' | 'valueDot'> & { valueGroup?: number },
+  spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'headsPerGroup' | 'headDim' | 'keyDot' | 'valueDot'> & { valueGroup?: number },
 ): number {
   const hg = spec.headsPerGroup;
   // int8 values: u8 weights (one word per 4 tokens), their step and zero-point sum per block, group and head

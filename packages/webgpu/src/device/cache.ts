@@ -335,7 +335,7 @@ export class DeviceKvCache {
     if (valueDot !== 'f32' && valueDot !== 'int8') throw new XqConfigError('E_CONFIG', `valueDot must be 'f32' or 'int8'; got ${String(valueDot)}`);
     const int8Values = valueDot === 'int8' && spec.kind === 'quantized';
     const valueGroup = spec.kind === 'quantized' ? (spec.config.valueGroupSize ?? spec.config.groupSize) : D;
-    const dot = { ...(int8 ? { keyDot, keyGroup } : {}), ...(int8Values ? { valueDot } : {}) };
+    const dot = { ...(int8 ? { keyDot } : {}), ...(int8Values ? { valueDot } : {}) };
     // workgroup memory of the int8 value mix depends on the value group (not a kernel field: the kernel reads it from the operand)
     const shared = (g: { workgroup: number; slot: number }, headsPerGroup: number) => decodeSharedBytes({ ...g, headsPerGroup, headDim: D, ...dot, ...(int8Values ? { valueGroup } : {}) });
     const limit = device.limits.maxComputeWorkgroupStorageSize;
