@@ -325,7 +325,8 @@ export class DeviceKvCache {
     if (![4, 8, 16].includes(slot)) throw new XqConfigError('E_CONFIG', `slot must be 4, 8 or 16; got ${String(slot)}`);
     let hg = Math.min(tuning.headsPerGroup ?? Math.min(rep, spec.kind === 'full' ? 8 : 2), rep);
     if (!Number.isInteger(hg) || hg < 1) throw new XqConfigError('E_CONFIG', `headsPerGroup must be a positive integer; got ${String(tuning.headsPerGroup)}`);
-    const keyDot = tuning.keyDot ?? (int8Candidate && int8KeysFit(spec.config, { workgroup: wg, slot }, tuning.small) ? 'int8' : 'f32');
+    // a mid-length geometry asked for has no int8 variant: the default then stays float
+    const keyDot = tuning.keyDot ?? (int8Candidate && !tuning.medium && int8KeysFit(spec.config, { workgroup: wg, slot }, tuning.small) ? 'int8' : 'f32');
     if (keyDot !== 'f32' && keyDot !== 'int8') throw new XqConfigError('E_CONFIG', `keyDot must be 'f32' or 'int8'; got ${String(keyDot)}`);
     this.keyScores = keyDot === 'int8' && spec.kind === 'quantized' ? 'int8' : 'f32';
     this.int8ByDefault = this.keyScores === 'int8' && tuning.keyDot === undefined;
