@@ -217,6 +217,9 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       expect(await dispatchOf(2, 2, 'xquant-1.38', R32, { small: null }, INT8_KEYS_MIN_CAPACITY - 1)).toMatchObject({ keyScores: 'f32', workgroup: 128, slot: 8 });
       expect(await dispatchOf(4, 2, 'xquant-1.38', R32, { small: null, medium: null })).toMatchObject({ keyScores: 'f32', workgroup: 256, slot: 8 });
       expect(await dispatchOf(2, 2, 'kivi-2', R32, { keyDot: 'f32', small: null })).toMatchObject({ keyScores: 'f32', workgroup: 128, slot: 8 });
+      // no packed keys at all (16-bit keys, 2-bit values): float key scores whatever was asked
+      const denseKeys = { residualLength: 32, keys: [{ bits: 16, codesFrom: null }], values: [{ bits: 2, codesFrom: null }] };
+      expect(await dispatchOf(2, 2, 'planned', denseKeys, { small: null, keyDot: 'int8' })).toMatchObject({ keyScores: 'f32' });
       // a mid-length geometry asked for (no int8 variant): the default gives way too
       expect(await dispatchOf(2, 2, 'xquant-1.38', R32, { small: null, medium: { workgroup: 64, slot: 8 } })).toMatchObject({ keyScores: 'f32' });
       // 1-bit keys over 4-token slots cannot be scored as bytes: the default gives way, where asking for int8 is an error

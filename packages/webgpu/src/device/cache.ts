@@ -328,7 +328,8 @@ export class DeviceKvCache {
     // a mid-length geometry asked for has no int8 variant: the default then stays float
     const keyDot = tuning.keyDot ?? (int8Candidate && !tuning.medium && int8KeysFit(spec.config, { workgroup: wg, slot }, tuning.small) ? 'int8' : 'f32');
     if (keyDot !== 'f32' && keyDot !== 'int8') throw new XqConfigError('E_CONFIG', `keyDot must be 'f32' or 'int8'; got ${String(keyDot)}`);
-    this.keyScores = keyDot === 'int8' && spec.kind === 'quantized' ? 'int8' : 'f32';
+    // fp16 key rows (every key layer at 16 bits included) are always scored in float
+    this.keyScores = keyDot === 'int8' && spec.kind === 'quantized' && spec.config.keys.some((k) => k.bits !== 16) ? 'int8' : 'f32';
     this.int8ByDefault = this.keyScores === 'int8' && tuning.keyDot === undefined;
     const int8 = keyDot === 'int8' && spec.kind === 'quantized';
     const keyGroup = spec.kind === 'quantized' ? spec.config.groupSize : 32;
