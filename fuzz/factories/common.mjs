@@ -41,16 +41,8 @@ export function anyValue({ nonFinite = false } = {}) {
   );
 }
 
-/** mulberry32 */
-export function prng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** mulberry32 (the generator of the benchmarks too) */
+export { rng as prng } from '../../scripts/rng.mjs';
 
 /** `n` values drawn from `palette` by a PRNG seeded with `seed` (cheap large blocks from a few drawn values). */
 export function fill(n, palette, seed) {

@@ -6,7 +6,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import * as Q from '../dist/index.js';
-import { rng } from './rng.mjs';
+import { rng } from '../../../scripts/rng.mjs';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');

@@ -5,6 +5,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import os from 'node:os';
+import { rng } from '../../../scripts/rng.mjs';
 
 process.env.XDG_RUNTIME_DIR ??= '/tmp'; // Dawn/Mesa want it set
 let api;
@@ -32,15 +33,6 @@ const WRITE = !opt('contexts') && !opt('presets') && !opt('backends');
 const L = 2, KVH = 8, QH = 32, D = 128, R = 128, GS = 32;
 const ROW = KVH * D;
 
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 function normals(n, seed, scale = 1) {
   const r = rng(seed);
   const out = new Float32Array(n);

@@ -1,4 +1,4 @@
-/** mulberry32: the seeded uniform [0, 1) generator of the benchmarks in this folder (same numbers run to run). */
+/** mulberry32: the seeded uniform [0, 1) generator of the benchmarks and fuzz factories (same numbers run to run). */
 export function rng(seed) {
   let a = seed >>> 0;
   return () => {
