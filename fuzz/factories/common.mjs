@@ -1,6 +1,7 @@
 // Shared pieces of the fuzz targets (issue 13): the failure type, typed-error classification, value arbitraries that
 // cover the whole fp16/fp32 range, and a small deterministic PRNG to expand a few drawn values into a block.
 import fc from 'fast-check';
+import { rng } from '../../scripts/rng.mjs';
 
 /**
  * A property violation found by a fuzz target. `kind`: 'untyped-error' (an error that is not an XqError),
@@ -42,7 +43,7 @@ export function anyValue({ nonFinite = false } = {}) {
 }
 
 /** mulberry32 (the generator of the benchmarks too) */
-export { rng as prng } from '../../scripts/rng.mjs';
+export const prng = rng;
 
 /** `n` values drawn from `palette` by a PRNG seeded with `seed` (cheap large blocks from a few drawn values). */
 export function fill(n, palette, seed) {
