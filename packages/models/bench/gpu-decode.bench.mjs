@@ -101,9 +101,9 @@ async function readCeiling(warmMs = 0) {
   return { GBps: bytes / (t.ms * 1e6), ms: t.ms };
 }
 
-/** `WGxSLOT[xUNROLLxVALUEUNROLLxHEADSxVALUESLOT]` (0 = default) → decode-attention tuning. */
+/** `WGxSLOT[xUNROLLxVALUEUNROLLxHEADSxVALUESLOTxSKIPxINT8xPREFETCH]` (0 = default; prefetch 1 = on, 2 = off) → decode-attention tuning. */
 function tuningOf(v) {
-  const [workgroup, slot, unroll, valueUnroll, headsPerGroup, valueSlot, skip, int8] = v.split('x').map(Number);
+  const [workgroup, slot, unroll, valueUnroll, headsPerGroup, valueSlot, skip, int8, prefetch] = v.split('x').map(Number);
   const t = { workgroup, slot };
   // int8 field: 1 = int8 key scores, 2 = int8 value mix, 3 = both; 4 = float key scores asked for
   if (int8 & 1) t.keyDot = 'int8';
@@ -114,6 +114,8 @@ function tuningOf(v) {
   if (valueUnroll) t.valueUnroll = valueUnroll;
   if (headsPerGroup) t.headsPerGroup = headsPerGroup;
   if (valueSlot) t.valueSlot = valueSlot;
+  if (prefetch === 1) t.prefetch = true;
+  if (prefetch === 2) t.prefetch = false;
   return t;
 }
 

@@ -108,6 +108,26 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     expect(maxRel).toBeLessThan(2e-5);
   }, 600_000);
 
+  it('value loads with and without the prefetch (the default: first batch before the softmax reductions, double-buffered after): the numbers of the CPU cache for fp16 rows, 1/2/4-bit codes and borrowed codes', async () => {
+    const full = await compare({ name: 'full', preset: 'full', qHeads: 8, kvHeads: 2, tuning: { prefetch: false, small: null, workgroup: 32 } }, 70);
+    expect(full.maxRel).toBeLessThan(1e-3);
+    const options = {
+      residualLength: 32,
+      groupSize: 32,
+      valueGroupSize: 32,
+      keys: [{ bits: 2, codesFrom: null }, { bits: 2, codesFrom: 0 }, { bits: 4, codesFrom: null }],
+      values: [{ bits: 1, codesFrom: null }, { bits: 1, codesFrom: 0 }, { bits: 4, codesFrom: null }],
+      keyCalibration: ['eta', 'eta', 'none'],
+      valueCalibration: ['eta', 'least-squares', 'none'],
+    };
+    for (const prefetch of [true, false]) {
+      // batches of 2 tokens per lane: the prefetch in the last iteration reloads its own rows
+      const planned = await compare({ name: 'planned', preset: 'planned', options, qHeads: 8, kvHeads: 2, tuning: { prefetch, small: null, workgroup: 64, slot: 8, valueUnroll: 2 } }, 100, 3);
+      expect(planned.maxRel).toBeLessThan(1e-3);
+    }
+    await expect(DeviceKvCache.create(device!, { layers: 1, qHeads: 2, kvHeads: 1, headDim: 64 }, { kind: 'full' }, { capacity: 64, tuning: { prefetch: 1 as never } })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/prefetch must be/) });
+  }, 600_000);
+
   it('the mid-length geometry (half the main workgroup) runs while the main one has fewer than 512 workgroups and it at least 256', async () => {
     const dev = device!;
     const D = 64;

@@ -42,6 +42,12 @@ export interface DecodeSpec {
   valueUnroll?: number;
   /** Benchmarks only: leave out the packed key reduction or the packed value loop (wrong results) to time the rest. */
   debugSkip?: 'keys' | 'values' | 'both' | 'all';
+  /**
+   * Float value loops (packed or fp16): issue the first batch of value loads before the softmax's reductions, and
+   * each next batch before the current one is mixed (register double-buffering), so their latency overlaps the
+   * barriers and the arithmetic.
+   */
+  prefetch?: boolean;
   /** Channels of a packed value row one thread reads: 8 or 16 (default 16); 8 halves the accumulators. */
   valueSlot?: number;
   /**
@@ -52,15 +58,12 @@ export interface DecodeSpec {
   keyDot?: 'f32' | 'int8';
   /**
    * Packed value mix: `'f32'` (default; token-row layout, exact float arithmetic) or `'int8'` (quad layout: one word =
-   * one byte of 4 consecutive tokens' rows; per {@link VALUE_BLOCK} tokens, value group and head the softmax weight
-   * times the token's scale is rounded to int8 with one step (prepared once per block for every head), the codes mixed
-   * by `dot4I8Packed`).
+   * one byte of 4 consecutive tokens' rows; per `slot` tokens, value group and head the softmax weight times the
+   * token's scale is rounded to int8 with one step, by the thread that computed those exponentials; the codes mixed by
+   * `dot4I8Packed`).
    */
   valueDot?: 'f32' | 'int8';
 }
-
-/** Tokens sharing one int8 weight step in the int8 value mix (four quad words). @internal */
-export const VALUE_BLOCK = 16;
 
 /** Fields of the step uniform shared by every device-cache kernel (u32 unless noted). @internal */
 export const STEP_FIELDS = [
@@ -101,11 +104,17 @@ export function decodeSharedBytes(
   spec: Pick<DecodeSpec, 'workgroup' | 'slot' | 'headsPerGroup' | 'headDim' | 'keyDot' | 'valueDot'> & { valueGroup?: number },
 ): number {
   const hg = spec.headsPerGroup;
-  // int8 values: u8 weights (one word per 4 tokens), their step and zero-point sum per block, group and head
+  // int8 values: int8 weights (one word per 4 tokens) and their step per slot, group and head; the zero-point
+  // partials (one reduction row per group and head) and their sums
   const groups = spec.headDim / (spec.valueGroup ?? spec.headDim);
   const C = chunkTokens(spec);
-  const weights = spec.valueDot === 'int8' ? hg * groups * (C / 4 + (2 * C) / VALUE_BLOCK + 1) : 0;
-  return 4 * (hg * spec.headDim + scratchFloats(spec) + hg * spec.workgroup + weights);
+  const weights = spec.valueDot === 'int8' ? hg * groups * (C / 4 + C / (spec.slot ?? 16) + 1) : 0;
+  return 4 * (hg * spec.headDim + scratchFloats(spec) + reductionRows(spec, groups) * spec.workgroup + weights);
+}
+
+/** Rows of `workgroup` floats in the reduction array `red`: one per head, and with int8 values one per head and value group. */
+function reductionRows(spec: Pick<DecodeSpec, 'headsPerGroup' | 'valueDot'>, valueGroups: number): number {
+  return spec.headsPerGroup * (spec.valueDot === 'int8' ? 1 + valueGroups : 1);
 }
 
 /**
@@ -147,6 +156,16 @@ const f = (x: number): string => {
   const s = String(x);
   return s.includes('.') || s.includes('e') ? s : `${s}.0`;
 };
+
+/**
+ * WGSL packing `round(x · k)` (vec4 x, |x · k| ≤ 127) as four int8 bytes without float-to-int conversions: adding
+ * 1.5·2^23 in one fused multiply-add rounds to the nearest integer (ties to even, as `round`), whose two's-complement
+ * low byte is then the low byte of the float's bits, the byte `pack4xI8` keeps. (`vec4<i32>(round(…))` costs a
+ * rounding and a saturating conversion per component, both slow-rate instructions on NVIDIA GPUs.)
+ */
+function packRounded(x: string, k: string): string {
+  return `pack4xI8(bitcast<vec4<i32>>(fma(${x}, vec4<f32>(${k}), vec4<f32>(12582912.0))))`;
+}
 
 /** Bit positions (within its 16-bit half) of each of the first `n` codes of a run. */
 function positions(bits: GpuBits, n = 16): number[] {
@@ -254,7 +273,7 @@ function int8KeyScores(s: DecodeSpec, kp: { bits: GpuBits; groupSize: number }):
       }
       L.push(`let kq${u} = vec4<f32>(unpack2x16float(ks${u}.x).x, unpack2x16float(ks${u}.y).x, unpack2x16float(ks${u}.z).x, unpack2x16float(ks${u}.w).x);`);
       for (let i = 0; i < HG; i++) {
-        L.push(`let p${u}_${i} = pack4xI8(vec4<i32>(round(qs[${i * Q4}u + qd + ${u}u] * kq${u} * inv${i})));`);
+        L.push(`let p${u}_${i} = ${packRounded(`qs[${i * Q4}u + qd + ${u}u] * kq${u}`, `inv${i}`)};`);
         for (let j = 0; j < SL; j++) L.push(`a${i}_${j} = a${i}_${j} + dot4I8Packed(s${u}_${j}, p${u}_${i});`);
       }
     }
@@ -268,23 +287,47 @@ function int8KeyScores(s: DecodeSpec, kp: { bits: GpuBits; groupSize: number }):
   return L;
 }
 
-/**
- * Packed values mixed with the 4×8-bit integer dot product (values in the quad layout: quad word m of token block
- * b = byte m of the rows of tokens 4b … 4b+3, one per byte). First the workgroup prepares, per {@link VALUE_BLOCK}
- * tokens and value group (every head from one load of the tokens' scale/zero), per head the weights `e_t · scale_t`
- * rounded to int8 with one step `α = max|w|/127` (signed: least squares can fit a negative scale; 4 tokens per word)
- * and the zero-point sum `Σ e_t · zero_t`; then a thread owning quad words m… of the rows mixes `(word >> j·bits) &
- * mask` (channel j of 4 tokens, codes ≤ 15 read as int8) with `dot4I8Packed` and adds `α · Σ` per block in float.
- * Tokens past tv get weight 0 (the ring has its own float loop). Declares the per-thread accumulators `v{i}_{j}`;
- * returns the thread's channel count, token lanes and first channel.
- */
 /** Whether the int8 value mix tiles a geometry: a row's bytes and the workgroup divide one another, whole blocks, a thread's channels inside one group. @internal */
-export function int8ValueGeometryOk(headDim: number, bits: number, workgroup: number, chunk: number, groupSize: number): boolean {
+export function int8ValueGeometryOk(headDim: number, bits: number, workgroup: number, groupSize: number): boolean {
   const RB = (headDim * bits) / 8;
   const MW = Math.max(1, RB / workgroup);
   const tiles = RB <= workgroup ? workgroup % RB === 0 : RB % workgroup === 0;
-  return Number.isInteger(RB) && tiles && chunk % VALUE_BLOCK === 0 && groupSize % ((MW * 8) / bits) === 0;
+  return Number.isInteger(RB) && tiles && groupSize % ((MW * 8) / bits) === 0;
 }
+
+/**
+ * The int8 weights of the value mix, prepared inside the softmax's exponential pass (lines run per head `i` once the
+ * thread's `slot` exponentials `ev{i}_{j}` of tokens `c0 + lid·slot + j` are known, zero past tv): per value group,
+ * `w_j = e_j · scale_j` rounded to int8 with one step `α = max|w|/127` (signed: least squares can fit a negative scale;
+ * 4 tokens per word), and the zero-point partial `Σ e_j · zero_j` into the reduction row of head i and group g. The
+ * thread computed those exponentials itself, so this needs no pass over the chunk and no barrier of its own.
+ */
+function int8ValueWeights(s: DecodeSpec, vp: { bits: GpuBits; groupSize: number }, i: number): string[] {
+  const SL = s.slot ?? 16;
+  const G = s.headDim / vp.groupSize;
+  const WG = s.workgroup;
+  const L: string[] = [];
+  for (let g = 0; g < G; g++) {
+    L.push('{', 'var mx = 0.0;', 'var zs = 0.0;');
+    for (let j = 0; j < SL; j++) L.push(`let w${j} = ev${i}_${j} * vz${j}_${g}.x;`, `zs = fma(ev${i}_${j}, vz${j}_${g}.y, zs);`, `mx = max(mx, abs(w${j}));`);
+    L.push('let inv = select(0.0, 127.0 / mx, mx > 0.0);', `let o = ${(i * G + g) * WG}u + lid;`);
+    for (let q = 0; q < SL / 4; q++) {
+      const w = [0, 1, 2, 3].map((k) => `w${4 * q + k}`).join(', ');
+      L.push(`wq[o * ${SL / 4}u + ${q}u] = ${packRounded(`vec4<f32>(${w})`, 'inv')};`);
+    }
+    L.push('wa[o] = mx / 127.0;', `red[${(s.headsPerGroup + i * G + g) * WG}u + lid] = zs;`, '}');
+  }
+  return L;
+}
+
+/**
+ * Packed values mixed with the 4×8-bit integer dot product (values in the quad layout: quad word m of token block
+ * b = byte m of the rows of tokens 4b … 4b+3, one per byte), from the int8 weights of {@link int8ValueWeights}: a
+ * thread owning quad words m… of the rows mixes `(word >> j·bits) & mask` (channel j of 4 tokens, codes ≤ 15 read
+ * as int8) with `dot4I8Packed` and adds `α · Σ` per slot in float. Tokens past tv have weight 0 (the ring has its own
+ * float loop). Declares the per-thread accumulators `v{i}_{j}`; returns the thread's channel count, token lanes and
+ * first channel.
+ */
 
 function int8ValueMix(s: DecodeSpec, vp: { bits: GpuBits; groupSize: number }): { lines: string[]; channels: number; lanes: number; first: string } {
   const D = s.headDim;
@@ -299,33 +342,11 @@ function int8ValueMix(s: DecodeSpec, vp: { bits: GpuBits; groupSize: number }): 
   const TLN = Math.max(1, WG / RB); // token lanes
   const CH = MW * CPT; // channels per thread (≤ 8, inside one value group)
   const G = D / vp.groupSize;
-  const NSB = C / VALUE_BLOCK;
-  if (!int8ValueGeometryOk(D, b, WG, C, vp.groupSize)) throw new Error(`int8 value mix: unsupported geometry (chunk ${C}, ${b}-bit, head dim ${D})`);
+  const NSB = WG; // weight blocks of the chunk: one per thread's slot
+  if (!int8ValueGeometryOk(D, b, WG, vp.groupSize)) throw new Error(`int8 value mix: unsupported geometry (chunk ${C}, ${b}-bit, head dim ${D})`);
   const mask = ((0x01010101 * ((1 << b) - 1)) >>> 0).toString();
-  const BW = VALUE_BLOCK / 4; // weight words per block
+  const BW = (s.slot ?? 16) / 4; // weight words per block
   const L: string[] = [];
-  // ---- int8 weights: item (group g, block sb) for every head, so each token's scale/zero is loaded once ----
-  L.push(
-    'let tvl = select(0u, S.tv - 1u, S.tv > 0u);',
-    `for (var it = lid; it < ${G * NSB}u; it = it + ${WG}u) {`,
-    `  let sb = it % ${NSB}u;`,
-    `  let g = it / ${NSB}u;`,
-    `  let tb = c0 + sb * ${VALUE_BLOCK}u;`,
-  );
-  for (let k = 0; k < VALUE_BLOCK; k++) L.push(`  let m${k} = unpack2x16float(vm[(kv * S.cap + min(tb + ${k}u, tvl)) * ${G}u + g]);`);
-  for (let i = 0; i < HG; i++) {
-    L.push('  {', '    var mx = 0.0;', '    var zs = 0.0;');
-    for (let k = 0; k < VALUE_BLOCK; k++) {
-      L.push(`    let e${k} = select(0.0, sc[px(${i * C}u + sb * ${VALUE_BLOCK}u + ${k}u)], tb + ${k}u < S.tv);`, `    let w${k} = e${k} * m${k}.x;`, `    zs = fma(e${k}, m${k}.y, zs);`, `    mx = max(mx, abs(w${k}));`);
-    }
-    L.push('    let inv = select(0.0, 127.0 / mx, mx > 0.0);', `    let o = ${i * G * NSB}u + it;`);
-    for (let q = 0; q < BW; q++) {
-      const w = [0, 1, 2, 3].map((k) => `w${4 * q + k}`).join(', ');
-      L.push(`    wq[o * ${BW}u + ${q}u] = pack4xI8(vec4<i32>(round(vec4<f32>(${w}) * inv)));`);
-    }
-    L.push('    wa[o] = mx / 127.0;', '    wz[o] = zs;', '  }');
-  }
-  L.push('}', 'workgroupBarrier();');
   // ---- mix: thread (token lane tg, quad words m0 … m0 + MW − 1) ----
   L.push(TLN > 1 ? `let tg = lid / ${RB}u;` : 'let tg = 0u;', TLN > 1 ? `let m0 = lid % ${RB}u;` : `let m0 = lid * ${MW}u;`);
   L.push(`let vg = (m0 * ${CPT}u) / ${vp.groupSize}u;`, `let qrow = (kv * (S.cap / 4u) + c0 / 4u) * ${RB}u + m0;`);
@@ -358,14 +379,6 @@ function int8ValueMix(s: DecodeSpec, vp: { bits: GpuBits; groupSize: number }): 
       L.push('}');
     }
   }
-  // zero-point sums per head and group
-  L.push(
-    `if (lid < ${HG * G}u) {`,
-    '  var z = 0.0;',
-    `  for (var sb = 0u; sb < ${NSB}u; sb = sb + 1u) { z = z + wz[lid * ${NSB}u + sb]; }`,
-    '  wzs[lid] = z;',
-    '}',
-  );
   return { lines: L, channels: CH, lanes: TLN, first: `m0 * ${CPT}u` };
 }
 
@@ -400,10 +413,13 @@ export function decodeKernelSource(s: DecodeSpec): string {
   push('@group(0) @binding(8) var<uniform> S: Step;');
   push(`var<workgroup> qs: array<vec4<f32>, ${HG * Q4}>;`);
   push(`var<workgroup> sc: array<f32, ${scratchFloats(s, scChannels(s))}>;`);
-  push(`var<workgroup> red: array<f32, ${HG * WG}>;`);
+  const int8Values = vp0 !== null && s.valueDot === 'int8';
+  const VG = vp0 ? D / vp0.groupSize : 1; // value groups per row
+  const RR = reductionRows(s, VG);
+  push(`var<workgroup> red: array<f32, ${RR * WG}>;`);
   if (vp0 && s.valueDot === 'int8') {
     const n = HG * (D / vp0.groupSize);
-    push(`var<workgroup> wq: array<u32, ${(n * C) / 4}>;`, `var<workgroup> wa: array<f32, ${(n * C) / VALUE_BLOCK}>;`, `var<workgroup> wz: array<f32, ${(n * C) / VALUE_BLOCK}>;`, `var<workgroup> wzs: array<f32, ${n}>;`);
+    push(`var<workgroup> wq: array<u32, ${(n * C) / 4}>;`, `var<workgroup> wa: array<f32, ${n * WG}>;`, `var<workgroup> wzs: array<f32, ${n}>;`);
   }
   push(`@compute @workgroup_size(${WG})`);
   push('fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {');
@@ -483,16 +499,17 @@ export function decodeKernelSource(s: DecodeSpec): string {
     push('}');
   }
   // index (within the chunk) of score j of this thread
-  const tl = (j: number) => (kp ? `lid * ${SL}u + ${j}u` : `${j * WG}u + lid`);
+  // (the int8 value weights need each thread's exponentials of consecutive tokens)
+  const tl = (j: number) => (kp || int8Values ? `lid * ${SL}u + ${j}u` : `${j * WG}u + lid`);
   // ---- chunk softmax: scores to workgroup memory, max and sums over the chunk (few barriers, little live state) ----
   for (let i = 0; i < HG; i++) push(`red[${i * WG}u + lid] = lm${i};`);
   // two-level reductions over the workgroup (two barriers, not log2(WG)): the first 16 threads each fold WG/16
   // values (stride 16, so their reads hit distinct banks) back into red[0…15]; the caller folds those 16
   const RL = WG / 16;
-  const tree = (op: (a: string, b: string) => string) => {
+  const tree = (op: (a: string, b: string) => string, rows = HG) => {
     if (s.debugSkip === 'all') return push('workgroupBarrier();');
     push('workgroupBarrier();', 'if (lid < 16u) {');
-    for (let i = 0; i < HG; i++) {
+    for (let i = 0; i < rows; i++) {
       const terms = Array.from({ length: RL }, (_, k) => `red[${i * WG + k * 16}u + lid]`);
       push(`red[${i * WG}u + lid] = ${terms.reduce((a, b) => op(a, b))};`);
     }
@@ -501,20 +518,63 @@ export function decodeKernelSource(s: DecodeSpec): string {
   /** The fold of the 16 partials of head i (after `tree`). */
   const folded = (i: number, op: (a: string, b: string) => string) =>
     Array.from({ length: 16 }, (_, k) => `red[${i * WG + k}u]`).reduce((a, b) => op(a, b));
+  // ---- float value loops: geometry, and with `prefetch` the first batch of loads issued before the trees ----------
+  const VS = s.valueSlot ?? 16;
+  if (VS !== 8 && VS !== 16) throw new Error(`valueSlot must be 8 or 16; got ${VS}`);
+  const skipValues = s.debugSkip === 'values' || s.debugSkip === 'both' || s.debugSkip === 'all';
+  const fCSV = D / (vp ? VS : 8); // threads per row of the float value loops
+  const fTLN = WG / fCSV; // their token lanes
+  const fUV = divisorAtMost(C / fTLN, s.valueUnroll ?? 4);
+  const pf = s.prefetch === true && !int8Values && (vp === null || !skipValues);
+  const pv = vp ? { WV: (D * vp.bits) / 32, GV: D / vp.groupSize, vbits: VS * vp.bits } : null;
+  const pWords = pv ? (pv.vbits === 64 ? ['(cs * 2u)', '(cs * 2u + 1u)'] : [`((cs * ${pv.vbits}u) / 32u)`]) : [];
+  /** Loads of the value batch starting at iteration `it` into `xp{u}_{k}`, `nzp{u}` (packed) or `wp{u}` (fp16). */
+  const loadBatch = (it: string, declare: boolean): string[] => {
+    const v = declare ? 'var ' : '';
+    const out: string[] = [];
+    for (let u = 0; u < fUV; u++) {
+      const t = `c0 + tg + (${it} + ${u}u) * ${fTLN}u`;
+      if (pv) {
+        const r = `rq${u}${declare ? 'p' : 'n'}`;
+        out.push(`let ${r} = kv * S.cap + min(${t}, tvl);`);
+        pWords.forEach((w, k) => out.push(`${v}xp${u}_${k} = vc[${r} * ${pv.WV}u + ${w}];`));
+        out.push(`${v}nzp${u} = vm[${r} * ${pv.GV}u + vg];`);
+      } else {
+        out.push(`${v}wp${u} = vc[(kv * S.cap + min(${t}, S.n - 1u)) * ${fCSV}u + cs];`);
+      }
+    }
+    return out;
+  };
+  if (pf) {
+    push(`let cs = lid % ${fCSV}u;`, `let tg = lid / ${fCSV}u;`);
+    if (vp && pv) {
+      if (pv.vbits < 32) push(`let vsh = (cs * ${pv.vbits}u) % 32u;`);
+      push(`let vg = (cs * ${VS}u) / ${vp.groupSize}u;`, 'let tvl = select(0u, S.tv - 1u, S.tv > 0u);');
+    }
+    push(...loadBatch('0u', true));
+  }
   tree((a, b) => `max(${a}, ${b})`);
   for (let i = 0; i < HG; i++) push(`let mx${i} = ${folded(i, (a, b) => `max(${a}, ${b})`)};`);
   push('workgroupBarrier();');
+  if (int8Values) {
+    // the scale/zero of this thread's tokens, every value group (clamped to a packed row; weight 0 past tv)
+    push('let tvq = select(0u, S.tv - 1u, S.tv > 0u);', `let tq = c0 + lid * ${SL}u;`);
+    for (let j = 0; j < SL; j++) for (let g = 0; g < VG; g++) push(`let vz${j}_${g} = unpack2x16float(vm[(kv * S.cap + min(tq + ${j}u, tvq)) * ${VG}u + ${g}u]);`);
+  }
   for (let i = 0; i < HG; i++) {
     push(`var ls${i} = 0.0;`);
-    for (let j = 0; j < SL; j++) push(`{ let e = exp(sc[px(${i * C}u + ${tl(j)})] - mx${i}); sc[px(${i * C}u + ${tl(j)})] = e; ls${i} = ls${i} + e; }`);
+    for (let j = 0; j < SL; j++) {
+      push(`let e${i}_${j} = exp(sc[px(${i * C}u + ${tl(j)})] - mx${i});`, `sc[px(${i * C}u + ${tl(j)})] = e${i}_${j};`, `ls${i} = ls${i} + e${i}_${j};`);
+      if (int8Values) push(`let ev${i}_${j} = select(0.0, e${i}_${j}, tq + ${j}u < S.tv);`);
+    }
     push(`red[${i * WG}u + lid] = ls${i};`);
+    if (int8Values) push(...int8ValueWeights(s, vp0!, i));
   }
-  tree((a, b) => `${a} + ${b}`);
-  // the chunk sums, before the lane reduction reuses red
+  tree((a, b) => `${a} + ${b}`, RR);
+  // the chunk sums (and with int8 values the zero-point sums per head and group), before the lane reduction reuses red
   for (let i = 0; i < HG; i++) push(`let lsum${i} = ${folded(i, (a, b) => `${a} + ${b}`)};`);
+  if (int8Values) push(`if (lid < ${HG * VG}u) { wzs[lid] = ${Array.from({ length: 16 }, (_, k) => `red[(${HG}u + lid) * ${WG}u + ${k}u]`).join(' + ')}; }`);
   // ---- values -------------------------------------------------------------------------------------------------
-  const VS = s.valueSlot ?? 16;
-  if (VS !== 8 && VS !== 16) throw new Error(`valueSlot must be 8 or 16; got ${VS}`);
   const int8v = vp && s.valueDot === 'int8' ? int8ValueMix(s, vp) : null;
   const SLOT = int8v ? int8v.channels : vp ? VS : 8; // channels per thread
   const CSV = D / SLOT;
@@ -523,8 +583,9 @@ export function decodeKernelSource(s: DecodeSpec): string {
   const UV = divisorAtMost(ITER, s.valueUnroll ?? 4);
   const first = int8v ? int8v.first : `cs * ${SLOT}u`; // first channel of the thread
   if (SLOT !== scChannels(s)) throw new Error(`internal: ${SLOT} value channels per thread, scratch sized for ${scChannels(s)}`);
+  if (!int8v && UV !== fUV) throw new Error(`internal: value unroll ${UV}, prefetch sized for ${fUV}`);
   if (!int8v) {
-    push(`let cs = lid % ${CSV}u;`, `let tg = lid / ${CSV}u;`);
+    if (!pf) push(`let cs = lid % ${CSV}u;`, `let tg = lid / ${CSV}u;`);
     for (let i = 0; i < HG; i++) {
       if (vp) push(`var vb${i} = 0.0;`);
       for (let j = 0; j < SLOT; j++) push(`var v${i}_${j} = 0.0;`);
@@ -538,16 +599,32 @@ export function decodeKernelSource(s: DecodeSpec): string {
     const GV = D / vp.groupSize;
     const vbits = VS * vp.bits; // bits of one thread's channels in a token row: 8…64
     const words = vbits === 64 ? ['(cs * 2u)', '(cs * 2u + 1u)'] : [`((cs * ${vbits}u) / 32u)`];
-    if (vbits < 32) push(`let vsh = (cs * ${vbits}u) % 32u;`);
-    push(`let vg = (cs * ${VS}u) / ${vp.groupSize}u;`);
-    push('let tvl = select(0u, S.tv - 1u, S.tv > 0u);');
-    if (s.debugSkip !== 'values' && s.debugSkip !== 'both' && s.debugSkip !== 'all') {
+    if (!pf) {
+      if (vbits < 32) push(`let vsh = (cs * ${vbits}u) % 32u;`);
+      push(`let vg = (cs * ${VS}u) / ${vp.groupSize}u;`);
+      push('let tvl = select(0u, S.tv - 1u, S.tv > 0u);');
+    }
+    if (!skipValues) {
       // packed rows of the chunk, branch-free: a token past tv reads a clamped row with weight 0
       push(`for (var it = 0u; it < ${ITER}u; it = it + ${UV}u) {`);
+      if (pf) {
+        // this batch from the registers loaded one batch earlier; the next batch's loads issued now (the last
+        // iteration reloads its own batch)
+        for (let u = 0; u < UV; u++) {
+          words.forEach((_, k) => push(`let x${u}_${k} = xp${u}_${k};`));
+          push(`let nzw${u} = nzp${u};`);
+        }
+        push(...loadBatch(`min(it + ${UV}u, ${ITER - UV}u)`, false));
+      }
       for (let u = 0; u < UV; u++) {
-        push(`let tl${u} = tg + (it + ${u}u) * ${TLN}u;`, `let t${u} = c0 + tl${u};`, `let row${u} = kv * S.cap + min(t${u}, tvl);`);
-        words.forEach((w, k) => push(`let x${u}_${k} = vc[row${u} * ${WV}u + ${w}];`));
-        push(`let nz${u} = unpack2x16float(vm[row${u} * ${GV}u + vg]);`);
+        push(`let tl${u} = tg + (it + ${u}u) * ${TLN}u;`, `let t${u} = c0 + tl${u};`);
+        if (pf) {
+          push(`let nz${u} = unpack2x16float(nzw${u});`);
+        } else {
+          push(`let row${u} = kv * S.cap + min(t${u}, tvl);`);
+          words.forEach((w, k) => push(`let x${u}_${k} = vc[row${u} * ${WV}u + ${w}];`));
+          push(`let nz${u} = unpack2x16float(vm[row${u} * ${GV}u + vg]);`);
+        }
       }
       for (let u = 0; u < UV; u++) {
         const xs = words.map((_, k) => `x${u}_${k}`);
@@ -573,8 +650,13 @@ export function decodeKernelSource(s: DecodeSpec): string {
     for (let i = 0; i < HG; i++) for (let j = 0; j < VS; j++) push(`v${i}_${j} = v${i}_${j} * ${f(2 ** -pos[j]!)} + vb${i};`);
   } else {
     push(`for (var it = 0u; it < ${ITER}u; it = it + ${UV}u) {`);
+    if (pf) {
+      for (let u = 0; u < UV; u++) push(`let w${u} = wp${u};`);
+      push(...loadBatch(`min(it + ${UV}u, ${ITER - UV}u)`, false));
+    }
     for (let u = 0; u < UV; u++) {
-      push(`let tl${u} = tg + (it + ${u}u) * ${TLN}u;`, `let t${u} = c0 + tl${u};`, `let w${u} = vc[(kv * S.cap + min(t${u}, S.n - 1u)) * ${CSV}u + cs];`);
+      push(`let tl${u} = tg + (it + ${u}u) * ${TLN}u;`, `let t${u} = c0 + tl${u};`);
+      if (!pf) push(`let w${u} = vc[(kv * S.cap + min(t${u}, S.n - 1u)) * ${CSV}u + cs];`);
     }
     for (let u = 0; u < UV; u++) {
       push(`if (t${u} < S.n) {`);

@@ -105,17 +105,23 @@ export interface DeviceAttentionTuning {
   /**
    * Packed value mix. `'f32'` (default): exact float arithmetic on the codes. `'int8'`: values stored in a quad layout
    * (one word = one byte of 4 consecutive tokens' rows) and mixed with WGSL's packed 4×8-bit integer dot product
-   * (`dot4I8Packed`): per 16 tokens, value group and query head the softmax weights times the tokens' scales are
-   * rounded to int8 with one step `max|w|/127`, so the mix carries that rounding (codes and metadata are the same as
-   * the float32 path's; attention outputs within 2e-2, typically 1–3e-3, of the float32 path in the tests). Needs the
-   * WGSL language feature `packed_4x8_integer_dot_product`, and a row of codes (`headDim · bits / 8` bytes) and the
-   * workgroup that divide one another. Experimental: on an H200 the integer mix is 2.8× faster than the float loop but
-   * preparing the weights in the workgroup costs as much (a tie at 128K tokens, 32/8 heads, head dim 64; slower at 128;
-   * docs/gpu/README.md).
+   * (`dot4I8Packed`): per `slot` tokens, value group and query head the softmax weights times the tokens' scales are
+   * rounded to int8 with one step `max|w|/127` (by the thread that computed those tokens' exponentials), so the mix
+   * carries that rounding (codes and metadata are the same as the float32 path's; attention outputs within 2e-2,
+   * typically 1–3e-3, of the float32 path in the tests). Needs the WGSL language feature
+   * `packed_4x8_integer_dot_product`, and a row of codes (`headDim · bits / 8` bytes) and the workgroup that divide one
+   * another. Experimental: on an H200 it is slower than the float path (1.17× its time at 128K tokens, 32/8 heads, head
+   * dim 64; about 2× at 128), even with the weights prepared at no extra pass (docs/gpu/README.md).
    */
   valueDot?: 'f32' | 'int8';
   /** Benchmarks only (wrong results): leave out the packed key reduction or value loop to time the rest. @internal */
   debugSkip?: 'keys' | 'values' | 'both' | 'all';
+  /**
+   * Float value loops (packed codes and fp16 rows): load the first batch of values before the softmax's reductions
+   * and each next batch while the current one is mixed (register double-buffering). Default `true`: on an H200 it made
+   * every measured row faster, 1–4 % for packed codes and 1–12 % for fp16 rows (docs/gpu/README.md, 2026-12-03e).
+   */
+  prefetch?: boolean;
   /**
    * Geometry for short contexts, used while the main one would leave the GPU idle (fewer than 256 workgroups):
    * default `{ workgroup: 32, slot: 4 }` (128-token chunks). `null`: always the main geometry.
@@ -316,11 +322,12 @@ export class DeviceKvCache {
     const int8Candidate = spec.kind === 'quantized' && rep === 1 && tuning.keyDot === undefined && capacity >= INT8_KEYS_MIN_CAPACITY;
     const best =
       spec.kind === 'full'
-        ? { workgroup: rep > 1 ? 128 : 64, slot: rep > 1 ? 4 : 16, unroll: 8, valueUnroll: 8, valueSlot: 8 }
-        : { workgroup: rep > 1 ? 256 : 128, slot: int8Candidate ? 16 : 8, unroll: 8, valueUnroll: 8, valueSlot: 16 };
+        ? { workgroup: rep > 1 ? 128 : 64, slot: rep > 1 ? 4 : 16, unroll: 8, valueUnroll: 8, valueSlot: 8, prefetch: true }
+        : { workgroup: rep > 1 ? 256 : 128, slot: int8Candidate ? 16 : 8, unroll: 8, valueUnroll: 8, valueSlot: 16, prefetch: true };
     tuning = { ...best, ...tuning };
     const wg = tuning.workgroup ?? 64;
     if (![32, 64, 128, 256].includes(wg)) throw new XqConfigError('E_CONFIG', `workgroup must be 32, 64, 128 or 256; got ${String(wg)}`);
+    if (tuning.prefetch !== undefined && typeof tuning.prefetch !== 'boolean') throw new XqConfigError('E_CONFIG', `prefetch must be true or false; got ${String(tuning.prefetch)}`);
     const slot = tuning.slot ?? 8;
     if (![4, 8, 16].includes(slot)) throw new XqConfigError('E_CONFIG', `slot must be 4, 8 or 16; got ${String(slot)}`);
     let hg = Math.min(tuning.headsPerGroup ?? Math.min(rep, spec.kind === 'full' ? 8 : 2), rep);
@@ -383,7 +390,7 @@ export class DeviceKvCache {
       for (const [name, g] of [['main', { workgroup: wg, slot }], ['short-context', small]] as const) {
         if (!g) continue;
         cfg.values.forEach((v, l) => {
-          if (v.bits !== 16 && !int8ValueGeometryOk(D, v.bits, g.workgroup, chunkTokens(g), valueGroup)) {
+          if (v.bits !== 16 && !int8ValueGeometryOk(D, v.bits, g.workgroup, valueGroup)) {
             throw new XqConfigError('E_CONFIG', `valueDot 'int8': layer ${l}'s ${v.bits}-bit value rows (${(D * v.bits) / 8} bytes) and the ${name} workgroup (${g.workgroup} threads) must divide one another`);
           }
         });
@@ -442,7 +449,7 @@ export class DeviceKvCache {
         valueMetaOffset,
         valueRingOffset: keyRing / 4,
         update: { qHeads, kvHeads, headDim: D, keys, values, residualLength: R, keyMetaOffset, valueMetaOffset, valueRingOffset: keyRing / 4, rope: true, ...(int8 ? { keyLayout: 'quad' as const } : {}), ...(int8Values ? { valueLayout: 'quad' as const } : {}) },
-        decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll, ...dot, ...(tuning.valueUnroll ? { valueUnroll: tuning.valueUnroll } : {}), ...(tuning.valueSlot ? { valueSlot: tuning.valueSlot } : {}), ...(tuning.debugSkip ? { debugSkip: tuning.debugSkip } : {}) },
+        decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll, ...dot, ...(tuning.valueUnroll ? { valueUnroll: tuning.valueUnroll } : {}), ...(tuning.valueSlot ? { valueSlot: tuning.valueSlot } : {}), ...(tuning.debugSkip ? { debugSkip: tuning.debugSkip } : {}), ...(tuning.prefetch === true ? { prefetch: true } : {}) },
         decodeSmall: null,
         decodeMedium: null,
       });
