@@ -118,8 +118,9 @@ export interface DeviceAttentionTuning {
   debugSkip?: 'keys' | 'values' | 'both' | 'all';
   /**
    * Float value loops (packed codes and fp16 rows): load the first batch of values before the softmax's reductions
-   * and each next batch while the current one is mixed (register double-buffering). Default `true`: on an H200 it made
-   * every measured row faster, 1–4 % for packed codes and 1–12 % for fp16 rows (docs/gpu/README.md, 2026-12-03e).
+   * and each next batch while the current one is mixed (register double-buffering). Default `true`: on an H200 the
+   * decode-attention step took 0.3–6 % less time for packed codes and 1–13 % less for fp16 rows with it (32 pairs, GQA
+   * 32/8 and 14/2), and ties to 9 % less in a second run that added rows without GQA (docs/gpu/README.md, 2026-12-03e).
    */
   prefetch?: boolean;
   /**
