@@ -108,6 +108,22 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     expect(maxRel).toBeLessThan(2e-5);
   }, 600_000);
 
+  it('fp16 rows with GQA from head dim 128 default to 256 threads × 4-token slots and at most 4 query heads per workgroup: the numbers of the CPU cache', async () => {
+    const dev = device!;
+    for (const [qHeads, D, want] of [[8, 128, { workgroup: 256, slot: 4, headsPerGroup: 4 }], [14, 128, { workgroup: 256, slot: 4, headsPerGroup: 4 }], [8, 64, { workgroup: 128, slot: 4, headsPerGroup: 4 }]] as const) {
+      const c = await DeviceKvCache.create(dev, { layers: 1, qHeads, kvHeads: 2, headDim: D }, { kind: 'full' }, { capacity: 4096, tuning: { small: null } });
+      const io = { qkv: buffer(dev, new Float32Array((qHeads + 4) * D)), rope: buffer(dev, identityRope(c.capacity, D)), out: buffer(dev, new Float32Array(qHeads * D)) };
+      c.attach(io);
+      c.beginPosition();
+      expect(c.attentionDispatch(0)).toMatchObject(want);
+      c.dispose();
+      for (const b of Object.values(io)) b.destroy();
+    }
+    // 7 query heads per KV head in two workgroups of 4 (the last head repeated, its result not written)
+    const { maxRel } = await compare({ name: 'full', preset: 'full', qHeads: 14, kvHeads: 2, tuning: { small: null } }, 40, 2, 128);
+    expect(maxRel).toBeLessThan(1e-3);
+  }, 600_000);
+
   it('value loads with and without the prefetch (the default: first batch before the softmax reductions, double-buffered after): the numbers of the CPU cache for fp16 rows, 1/2/4-bit codes and borrowed codes', async () => {
     const full = await compare({ name: 'full', preset: 'full', qHeads: 8, kvHeads: 2, tuning: { prefetch: false, small: null, workgroup: 32 } }, 70);
     expect(full.maxRel).toBeLessThan(1e-3);

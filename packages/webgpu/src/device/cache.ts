@@ -65,8 +65,8 @@ export type DeviceCacheSpec = { kind: 'full' } | { kind: 'quantized'; config: De
 
 /**
  * Kernel geometry of the decode-attention pass. Unset fields take the geometry measured fastest on an H200 for the
- * cache's kind (docs/gpu/README.md): fp16 rows 128 threads × 8-token slots with GQA, 64 × 16 without, every query head
- * of a KV head in one workgroup; packed codes 256 threads × 8-token slots with GQA (2 query heads per workgroup), 128 × 16
+ * cache's kind (docs/gpu/README.md): fp16 rows 128 threads × 4-token slots with GQA (256 × 4 and at most 4 query heads
+ * per workgroup from head dim 128), 64 × 16 without, every query head of a KV head in one workgroup; packed codes 256 threads × 8-token slots with GQA (2 query heads per workgroup), 128 × 16
  * without (with int8 key scores; 128 × 8 when the float path is asked for), 16-channel value slots; unroll 8 and value
  * unroll 8 for both.
  */
@@ -74,7 +74,7 @@ export interface DeviceAttentionTuning {
   /** Threads per workgroup: 32, 64, 128 or 256 (a chunk is `slot` × this many tokens). */
   workgroup?: number;
   /**
-   * Query heads one workgroup serves. Default: the whole GQA group (at most 8) for fp16 rows, 2 for packed codes (fewer
+   * Query heads one workgroup serves. Default: the whole GQA group (at most 8; at most 4 from head dim 128) for fp16 rows, 2 for packed codes (fewer
    * accumulators per thread, more workgroups in flight: faster on an H200 although each code is unpacked twice per group
    * of 4; docs/gpu/README.md).
    */
@@ -320,10 +320,13 @@ export class DeviceKvCache {
     // faster than the float path at 32K–128K tokens on an H200, docs/gpu/README.md 2026-12-03d; at 4K the int8
     // short-context geometry measured slower: 0.669 against 0.550 ms of attention per token on the Qwen1.5-0.5B shape);
     // with GQA the float path stays faster
+    // fp16 rows with GQA from head dim 128: 256 threads × 4-token slots, at most 4 query heads per workgroup (11–26 % faster
+    // than 128 × 4 with 32/8 heads at 32K–128K, 5–7 % with 14/2; head dim 64 within ±3 %: docs/gpu/README.md 2026-12-03e)
+    const wideFp16 = spec.kind === 'full' && rep > 1 && D >= 128;
     const int8Candidate = spec.kind === 'quantized' && rep === 1 && tuning.keyDot === undefined && capacity >= INT8_KEYS_MIN_CAPACITY;
     const best =
       spec.kind === 'full'
-        ? { workgroup: rep > 1 ? 128 : 64, slot: rep > 1 ? 4 : 16, unroll: 8, valueUnroll: 8, valueSlot: 8, prefetch: true }
+        ? { workgroup: rep > 1 ? (wideFp16 ? 256 : 128) : 64, slot: rep > 1 ? 4 : 16, unroll: 8, valueUnroll: 8, valueSlot: 8, prefetch: true }
         : { workgroup: rep > 1 ? 256 : 128, slot: int8Candidate ? 16 : 8, unroll: 8, valueUnroll: 8, valueSlot: 16, prefetch: true };
     tuning = { ...best, ...tuning };
     const wg = tuning.workgroup ?? 64;
@@ -331,7 +334,7 @@ export class DeviceKvCache {
     if (tuning.prefetch !== undefined && typeof tuning.prefetch !== 'boolean') throw new XqConfigError('E_CONFIG', `prefetch must be true or false; got ${String(tuning.prefetch)}`);
     const slot = tuning.slot ?? 8;
     if (![4, 8, 16].includes(slot)) throw new XqConfigError('E_CONFIG', `slot must be 4, 8 or 16; got ${String(slot)}`);
-    let hg = Math.min(tuning.headsPerGroup ?? Math.min(rep, spec.kind === 'full' ? 8 : 2), rep);
+    let hg = Math.min(tuning.headsPerGroup ?? Math.min(rep, spec.kind === 'full' ? (wideFp16 ? 4 : 8) : 2), rep);
     if (!Number.isInteger(hg) || hg < 1) throw new XqConfigError('E_CONFIG', `headsPerGroup must be a positive integer; got ${String(tuning.headsPerGroup)}`);
     // a mid-length geometry asked for has no int8 variant: the default then stays float
     const keyDot = tuning.keyDot ?? (int8Candidate && !tuning.medium && int8KeysFit(spec.config, { workgroup: wg, slot }, tuning.small) ? 'int8' : 'f32');
