@@ -109,7 +109,7 @@ function tuningOf(v) {
   if (int8 & 1) t.keyDot = 'int8';
   if (int8 & 2) t.valueDot = 'int8';
   if (int8 & 4) t.keyDot = 'f32'; // the float key scores asked for (packed keys without GQA default to int8)
-  if (skip) t.debugSkip = ['keys', 'values', 'both', 'all'][skip - 1];
+  if (skip) t.debugSkip = ['keys', 'values', 'both', 'all', 'arith'][skip - 1];
   if (unroll) t.unroll = unroll;
   if (valueUnroll) t.valueUnroll = valueUnroll;
   if (headsPerGroup) t.headsPerGroup = headsPerGroup;

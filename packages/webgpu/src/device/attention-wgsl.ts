@@ -40,8 +40,12 @@ export interface DecodeSpec {
   unroll: number;
   /** Value tokens whose loads are issued together (default 4). */
   valueUnroll?: number;
-  /** Benchmarks only: leave out the packed key reduction or the packed value loop (wrong results) to time the rest. */
-  debugSkip?: 'keys' | 'values' | 'both' | 'all';
+  /**
+   * Benchmarks only (wrong results): leave out the packed key reduction or the packed value loop to time the rest;
+   * `'arith'`: the float packed loops load every word as usual but only XOR them together (their loads without their
+   * arithmetic).
+   */
+  debugSkip?: 'keys' | 'values' | 'both' | 'all' | 'arith';
   /**
    * Float value loops (packed or fp16): issue the first batch of value loads before the softmax's reductions, and
    * each next batch before the current one is mixed (register double-buffering), so their latency overlaps the
@@ -455,12 +459,18 @@ export function decodeKernelSource(s: DecodeSpec): string {
     push(`let kg = (kv * (S.cap / ${kp.groupSize}u) + t0 / ${kp.groupSize}u) * ${Q4}u;`);
     const U = divisorAtMost(Q4, s.unroll);
     if (s.debugSkip !== 'keys' && s.debugSkip !== 'both' && s.debugSkip !== 'all') {
+      const arith = s.debugSkip === 'arith';
+      if (arith) push('var ka = 0u;');
       push(`for (var qd = 0u; qd < ${Q4}u; qd = qd + ${U}u) {`);
       for (let u = 0; u < U; u++) {
         for (let k = 0; k < nWords; k++) push(`let w${u}_${k} = kc[kw${k} + qd + ${u}u];`);
         push(`let m${u} = km[kg + qd + ${u}u];`);
       }
-      for (let u = 0; u < U; u++) {
+      for (let u = 0; arith && u < U; u++) {
+        const ws = [...Array.from({ length: nWords }, (_, k) => `w${u}_${k}`), `m${u}`];
+        push(`ka = ka ^ ${ws.map((w) => `${w}.x ^ ${w}.y ^ ${w}.z ^ ${w}.w`).join(' ^ ')};`);
+      }
+      for (let u = 0; !arith && u < U; u++) {
         for (let e = 0; e < 4; e++) {
           const comp = 'xyzw'[e]!;
           push(`let sz${u}_${e} = unpack2x16float(m${u}.${comp});`);
@@ -475,6 +485,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
         }
       }
       push('}');
+      if (arith) push('a0_0 = a0_0 + f32(ka & 1u) * 1e-30;');
     }
     for (let i = 0; i < HG; i++) {
       for (let j = 0; j < SL; j++) {
@@ -606,6 +617,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
     }
     if (!skipValues) {
       // packed rows of the chunk, branch-free: a token past tv reads a clamped row with weight 0
+      if (s.debugSkip === 'arith') push('var va = 0u;');
       push(`for (var it = 0u; it < ${ITER}u; it = it + ${UV}u) {`);
       if (pf) {
         // this batch from the registers loaded one batch earlier; the next batch's loads issued now (the last
@@ -626,7 +638,9 @@ export function decodeKernelSource(s: DecodeSpec): string {
           push(`let nz${u} = unpack2x16float(vm[row${u} * ${GV}u + vg]);`);
         }
       }
-      for (let u = 0; u < UV; u++) {
+      const arith = s.debugSkip === 'arith';
+      if (arith) push(`va = va ^ ${Array.from({ length: UV }, (_, u) => [...words.map((_, k) => `x${u}_${k}`), `bitcast<u32>(nz${u}.x)`].join(' ^ ')).join(' ^ ')};`);
+      for (let u = 0; !arith && u < UV; u++) {
         const xs = words.map((_, k) => `x${u}_${k}`);
         push(...decodeN(vp.bits, vbits < 32 ? [`(${xs[0]} >> vsh)`] : xs.flatMap((x) => [x, `(${x} >> 16u)`]), `d${u}`, VS));
         for (let i = 0; i < HG; i++) {
@@ -636,6 +650,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
         }
       }
       push('}');
+      if (arith) push('v0_0 = v0_0 + f32(va & 1u) * 1e-30;');
       if (s.residual) {
         // full-precision rows of the ring (positions tv … n−1 that fall in this chunk), one token per lane at a time
         push(`for (var t = max(c0, S.tv) + tg; t < min(c0 + ${C}u, S.n); t = t + ${TLN}u) {`, `let rb = (kv * S.vring + t % S.vring) * ${Q4}u + cs * ${VS / 4}u;`);
