@@ -124,6 +124,30 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     expect(maxRel).toBeLessThan(1e-3);
   }, 600_000);
 
+  it("the benchmark-only 'arith' mode (the packed loops' loads without their arithmetic) compiles and runs for both key paths", async () => {
+    const dev = device!;
+    const D = 64;
+    for (const [qHeads, keyDot] of [[8, 'f32'], [2, 'int8']] as const) {
+      const cpu = createKvCache('xquant-1.38', { layers: 2, kvHeads: 2, headDim: D }, { residualLength: 32 }) as unknown as { config: DeviceQuantizedConfig };
+      dev.pushErrorScope('validation');
+      const c = await DeviceKvCache.create(dev, { layers: 2, qHeads, kvHeads: 2, headDim: D }, { kind: 'quantized', config: cpu.config }, { capacity: 128, tuning: { debugSkip: 'arith', keyDot, slot: 16, small: null } });
+      const io = { qkv: buffer(dev, new Float32Array((qHeads + 4) * D)), rope: buffer(dev, identityRope(c.capacity, D)), out: buffer(dev, new Float32Array(qHeads * D)) };
+      c.attach(io);
+      for (let p = 0; p < 40; p++) {
+        c.beginPosition();
+        const enc = dev.createCommandEncoder();
+        const pass = enc.beginComputePass();
+        for (let l = 0; l < 2; l++) c.encodeLayer(pass, l);
+        pass.end();
+        dev.queue.submit([enc.finish()]);
+      }
+      await dev.queue.onSubmittedWorkDone();
+      expect(await dev.popErrorScope()).toBeNull();
+      c.dispose();
+      for (const b of Object.values(io)) b.destroy();
+    }
+  }, 600_000);
+
   it('value loads with and without the prefetch (the default: first batch before the softmax reductions, double-buffered after): the numbers of the CPU cache for fp16 rows, 1/2/4-bit codes and borrowed codes', async () => {
     const full = await compare({ name: 'full', preset: 'full', qHeads: 8, kvHeads: 2, tuning: { prefetch: false, small: null, workgroup: 32 } }, 70);
     expect(full.maxRel).toBeLessThan(1e-3);
