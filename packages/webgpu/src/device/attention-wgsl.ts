@@ -291,7 +291,7 @@ function int8KeyScores(s: DecodeSpec, kp: { bits: GpuBits; groupSize: number }):
   return L;
 }
 
-/** Whether the int8 value mix tiles a geometry: a row's bytes and the workgroup divide one another, whole blocks, a thread's channels inside one group. @internal */
+/** Whether the int8 value mix tiles a geometry: a row's bytes and the workgroup divide one another, a thread's channels inside one group. @internal */
 export function int8ValueGeometryOk(headDim: number, bits: number, workgroup: number, groupSize: number): boolean {
   const RB = (headDim * bits) / 8;
   const MW = Math.max(1, RB / workgroup);
@@ -332,7 +332,6 @@ function int8ValueWeights(s: DecodeSpec, vp: { bits: GpuBits; groupSize: number 
  * float loop). Declares the per-thread accumulators `v{i}_{j}`; returns the thread's channel count, token lanes and
  * first channel.
  */
-
 function int8ValueMix(s: DecodeSpec, vp: { bits: GpuBits; groupSize: number }): { lines: string[]; channels: number; lanes: number; first: string } {
   const D = s.headDim;
   const Q4 = D / 4;
@@ -399,9 +398,9 @@ export function decodeKernelSource(s: DecodeSpec): string {
   const push = (...l: string[]) => L.push(...l);
   const kp = s.keys.kind === 'packed' ? s.keys : null;
   const vp = s.values.kind === 'packed' ? s.values : null;
-  // int8 key scores: name the language feature, so a WGSL without it fails compilation saying so
-  const vp0 = s.values.kind === 'packed' ? s.values : null;
-  if ((kp && s.keyDot === 'int8') || (vp0 && s.valueDot === 'int8')) push('requires packed_4x8_integer_dot_product;');
+  const int8Values = vp !== null && s.valueDot === 'int8';
+  // the int8 paths name the language feature, so a WGSL without it fails compilation saying so
+  if ((kp && s.keyDot === 'int8') || int8Values) push('requires packed_4x8_integer_dot_product;');
   push(stepStruct());
   // scratch index with one padding float per 32: a thread's run of consecutive scores (or value channels) starts in
   // another bank than its neighbour's, so the score writes, the exp pass and the lane reduction are conflict-free
@@ -417,12 +416,11 @@ export function decodeKernelSource(s: DecodeSpec): string {
   push('@group(0) @binding(8) var<uniform> S: Step;');
   push(`var<workgroup> qs: array<vec4<f32>, ${HG * Q4}>;`);
   push(`var<workgroup> sc: array<f32, ${scratchFloats(s, scChannels(s))}>;`);
-  const int8Values = vp0 !== null && s.valueDot === 'int8';
-  const VG = vp0 ? D / vp0.groupSize : 1; // value groups per row
+  const VG = vp ? D / vp.groupSize : 1; // value groups per row
   const RR = reductionRows(s, VG);
   push(`var<workgroup> red: array<f32, ${RR * WG}>;`);
-  if (vp0 && s.valueDot === 'int8') {
-    const n = HG * (D / vp0.groupSize);
+  if (int8Values) {
+    const n = HG * VG;
     push(`var<workgroup> wq: array<u32, ${(n * C) / 4}>;`, `var<workgroup> wa: array<f32, ${n * WG}>;`, `var<workgroup> wzs: array<f32, ${n}>;`);
   }
   push(`@compute @workgroup_size(${WG})`);
@@ -533,36 +531,47 @@ export function decodeKernelSource(s: DecodeSpec): string {
   const VS = s.valueSlot ?? 16;
   if (VS !== 8 && VS !== 16) throw new Error(`valueSlot must be 8 or 16; got ${VS}`);
   const skipValues = s.debugSkip === 'values' || s.debugSkip === 'both' || s.debugSkip === 'all';
-  const fCSV = D / (vp ? VS : 8); // threads per row of the float value loops
-  const fTLN = WG / fCSV; // their token lanes
-  const fUV = divisorAtMost(C / fTLN, s.valueUnroll ?? 4);
-  const pf = s.prefetch === true && !int8Values && (vp === null || !skipValues);
-  const pv = vp ? { WV: (D * vp.bits) / 32, GV: D / vp.groupSize, vbits: VS * vp.bits } : null;
-  const pWords = pv ? (pv.vbits === 64 ? ['(cs * 2u)', '(cs * 2u + 1u)'] : [`((cs * ${pv.vbits}u) / 32u)`]) : [];
-  /** Loads of the value batch starting at iteration `it` into `xp{u}_{k}`, `nzp{u}` (packed) or `wp{u}` (fp16). */
-  const loadBatch = (it: string, declare: boolean): string[] => {
-    const v = declare ? 'var ' : '';
+  // (the int8 mix has its own, see int8ValueMix)
+  const int8v = vp && int8Values ? int8ValueMix(s, vp) : null;
+  const SLOT = int8v ? int8v.channels : vp ? VS : 8; // channels per thread
+  if (SLOT !== scChannels(s)) throw new Error(`internal: ${SLOT} value channels per thread, scratch sized for ${scChannels(s)}`);
+  const CSV = D / SLOT; // threads per row
+  const TLN = int8v ? int8v.lanes : WG / CSV; // token lanes
+  const ITER = C / TLN;
+  const UV = divisorAtMost(ITER, s.valueUnroll ?? 4);
+  const WV = vp ? (D * vp.bits) / 32 : 0; // words of a packed row
+  const GV = vp ? D / vp.groupSize : 0; // value groups of a row
+  const vbits = VS * (vp?.bits ?? 0); // bits of one thread's channels in a packed row: 8…64
+  const words = vbits === 64 ? ['(cs * 2u)', '(cs * 2u + 1u)'] : [`((cs * ${vbits}u) / 32u)`];
+  const pf = s.prefetch === true && !int8v && (vp === null || !skipValues);
+  /**
+   * Loads of the value batch starting at iteration `it`: packed words `x{u}_{k}` and metadata `nzw{u}`, or fp16 row
+   * words `w{u}` — as `let`s of this batch (`'now'`), or into the prefetch registers (`xp…`, `nzp…`, `wp…`) declared
+   * (`'first'`) or reassigned (`'next'`).
+   */
+  const loadBatch = (it: string, mode: 'now' | 'first' | 'next'): string[] => {
     const out: string[] = [];
-    for (let u = 0; u < fUV; u++) {
-      const t = `c0 + tg + (${it} + ${u}u) * ${fTLN}u`;
-      if (pv) {
-        const r = `rq${u}${declare ? 'p' : 'n'}`;
+    const [decl, px_, sfx] = mode === 'now' ? ['let ', '', ''] : mode === 'first' ? ['var ', 'p', 'p'] : ['', 'p', 'n'];
+    for (let u = 0; u < UV; u++) {
+      const t = `c0 + tg + (${it} + ${u}u) * ${TLN}u`;
+      if (vp) {
+        const r = `rq${u}${sfx}`;
         out.push(`let ${r} = kv * S.cap + min(${t}, tvl);`);
-        pWords.forEach((w, k) => out.push(`${v}xp${u}_${k} = vc[${r} * ${pv.WV}u + ${w}];`));
-        out.push(`${v}nzp${u} = vm[${r} * ${pv.GV}u + vg];`);
+        words.forEach((w, k) => out.push(`${decl}x${px_}${u}_${k} = vc[${r} * ${WV}u + ${w}];`));
+        out.push(`${decl}nz${px_ === 'p' ? 'p' : 'w'}${u} = vm[${r} * ${GV}u + vg];`);
       } else {
-        out.push(`${v}wp${u} = vc[(kv * S.cap + min(${t}, S.n - 1u)) * ${fCSV}u + cs];`);
+        out.push(`${decl}w${px_}${u} = vc[(kv * S.cap + min(${t}, S.n - 1u)) * ${CSV}u + cs];`);
       }
     }
     return out;
   };
-  if (pf) {
-    push(`let cs = lid % ${fCSV}u;`, `let tg = lid / ${fCSV}u;`);
-    if (vp && pv) {
-      if (pv.vbits < 32) push(`let vsh = (cs * ${pv.vbits}u) % 32u;`);
+  if (!int8v) {
+    push(`let cs = lid % ${CSV}u;`, `let tg = lid / ${CSV}u;`);
+    if (vp) {
+      if (vbits < 32) push(`let vsh = (cs * ${vbits}u) % 32u;`);
       push(`let vg = (cs * ${VS}u) / ${vp.groupSize}u;`, 'let tvl = select(0u, S.tv - 1u, S.tv > 0u);');
     }
-    push(...loadBatch('0u', true));
+    if (pf) push(...loadBatch('0u', 'first'));
   }
   tree((a, b) => `max(${a}, ${b})`);
   for (let i = 0; i < HG; i++) push(`let mx${i} = ${folded(i, (a, b) => `max(${a}, ${b})`)};`);
@@ -579,24 +588,15 @@ export function decodeKernelSource(s: DecodeSpec): string {
       if (int8Values) push(`let ev${i}_${j} = select(0.0, e${i}_${j}, tq + ${j}u < S.tv);`);
     }
     push(`red[${i * WG}u + lid] = ls${i};`);
-    if (int8Values) push(...int8ValueWeights(s, vp0!, i));
+    if (int8Values) push(...int8ValueWeights(s, vp!, i));
   }
   tree((a, b) => `${a} + ${b}`, RR);
   // the chunk sums (and with int8 values the zero-point sums per head and group), before the lane reduction reuses red
   for (let i = 0; i < HG; i++) push(`let lsum${i} = ${folded(i, (a, b) => `${a} + ${b}`)};`);
   if (int8Values) push(`if (lid < ${HG * VG}u) { wzs[lid] = ${Array.from({ length: 16 }, (_, k) => `red[(${HG}u + lid) * ${WG}u + ${k}u]`).join(' + ')}; }`);
   // ---- values -------------------------------------------------------------------------------------------------
-  const int8v = vp && s.valueDot === 'int8' ? int8ValueMix(s, vp) : null;
-  const SLOT = int8v ? int8v.channels : vp ? VS : 8; // channels per thread
-  const CSV = D / SLOT;
-  const TLN = int8v ? int8v.lanes : WG / CSV;
-  const ITER = C / TLN;
-  const UV = divisorAtMost(ITER, s.valueUnroll ?? 4);
   const first = int8v ? int8v.first : `cs * ${SLOT}u`; // first channel of the thread
-  if (SLOT !== scChannels(s)) throw new Error(`internal: ${SLOT} value channels per thread, scratch sized for ${scChannels(s)}`);
-  if (!int8v && UV !== fUV) throw new Error(`internal: value unroll ${UV}, prefetch sized for ${fUV}`);
   if (!int8v) {
-    if (!pf) push(`let cs = lid % ${CSV}u;`, `let tg = lid / ${CSV}u;`);
     for (let i = 0; i < HG; i++) {
       if (vp) push(`var vb${i} = 0.0;`);
       for (let j = 0; j < SLOT; j++) push(`var v${i}_${j} = 0.0;`);
@@ -606,15 +606,6 @@ export function decodeKernelSource(s: DecodeSpec): string {
     push(...int8v.lines);
   } else if (vp) {
     const pos = positions(vp.bits, VS);
-    const WV = (D * vp.bits) / 32;
-    const GV = D / vp.groupSize;
-    const vbits = VS * vp.bits; // bits of one thread's channels in a token row: 8…64
-    const words = vbits === 64 ? ['(cs * 2u)', '(cs * 2u + 1u)'] : [`((cs * ${vbits}u) / 32u)`];
-    if (!pf) {
-      if (vbits < 32) push(`let vsh = (cs * ${vbits}u) % 32u;`);
-      push(`let vg = (cs * ${VS}u) / ${vp.groupSize}u;`);
-      push('let tvl = select(0u, S.tv - 1u, S.tv > 0u);');
-    }
     if (!skipValues) {
       // packed rows of the chunk, branch-free: a token past tv reads a clamped row with weight 0
       if (s.debugSkip === 'arith') push('var va = 0u;');
@@ -626,18 +617,11 @@ export function decodeKernelSource(s: DecodeSpec): string {
           words.forEach((_, k) => push(`let x${u}_${k} = xp${u}_${k};`));
           push(`let nzw${u} = nzp${u};`);
         }
-        push(...loadBatch(`min(it + ${UV}u, ${ITER - UV}u)`, false));
+        push(...loadBatch(`min(it + ${UV}u, ${ITER - UV}u)`, 'next'));
+      } else {
+        push(...loadBatch('it', 'now'));
       }
-      for (let u = 0; u < UV; u++) {
-        push(`let tl${u} = tg + (it + ${u}u) * ${TLN}u;`, `let t${u} = c0 + tl${u};`);
-        if (pf) {
-          push(`let nz${u} = unpack2x16float(nzw${u});`);
-        } else {
-          push(`let row${u} = kv * S.cap + min(t${u}, tvl);`);
-          words.forEach((w, k) => push(`let x${u}_${k} = vc[row${u} * ${WV}u + ${w}];`));
-          push(`let nz${u} = unpack2x16float(vm[row${u} * ${GV}u + vg]);`);
-        }
-      }
+      for (let u = 0; u < UV; u++) push(`let tl${u} = tg + (it + ${u}u) * ${TLN}u;`, `let t${u} = c0 + tl${u};`, `let nz${u} = unpack2x16float(nzw${u});`);
       const arith = s.debugSkip === 'arith';
       if (arith) push(`va = va ^ ${Array.from({ length: UV }, (_, u) => [...words.map((_, k) => `x${u}_${k}`), `bitcast<u32>(nz${u}.x)`].join(' ^ ')).join(' ^ ')};`);
       for (let u = 0; !arith && u < UV; u++) {
@@ -667,12 +651,11 @@ export function decodeKernelSource(s: DecodeSpec): string {
     push(`for (var it = 0u; it < ${ITER}u; it = it + ${UV}u) {`);
     if (pf) {
       for (let u = 0; u < UV; u++) push(`let w${u} = wp${u};`);
-      push(...loadBatch(`min(it + ${UV}u, ${ITER - UV}u)`, false));
+      push(...loadBatch(`min(it + ${UV}u, ${ITER - UV}u)`, 'next'));
+    } else {
+      push(...loadBatch('it', 'now'));
     }
-    for (let u = 0; u < UV; u++) {
-      push(`let tl${u} = tg + (it + ${u}u) * ${TLN}u;`, `let t${u} = c0 + tl${u};`);
-      if (!pf) push(`let w${u} = vc[(kv * S.cap + min(t${u}, S.n - 1u)) * ${CSV}u + cs];`);
-    }
+    for (let u = 0; u < UV; u++) push(`let tl${u} = tg + (it + ${u}u) * ${TLN}u;`, `let t${u} = c0 + tl${u};`);
     for (let u = 0; u < UV; u++) {
       push(`if (t${u} < S.n) {`);
       push(`let y0 = vec4<f32>(unpack2x16float(w${u}.x), unpack2x16float(w${u}.y));`, `let y1 = vec4<f32>(unpack2x16float(w${u}.z), unpack2x16float(w${u}.w));`);

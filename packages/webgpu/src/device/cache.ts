@@ -66,17 +66,17 @@ export type DeviceCacheSpec = { kind: 'full' } | { kind: 'quantized'; config: De
 /**
  * Kernel geometry of the decode-attention pass. Unset fields take the geometry measured fastest on an H200 for the
  * cache's kind (docs/gpu/README.md): fp16 rows 128 threads × 4-token slots with GQA (256 × 4 and at most 4 query heads
- * per workgroup from head dim 128), 64 × 16 without, every query head of a KV head in one workgroup; packed codes 256 threads × 8-token slots with GQA (2 query heads per workgroup), 128 × 16
- * without (with int8 key scores; 128 × 8 when the float path is asked for), 16-channel value slots; unroll 8 and value
- * unroll 8 for both.
+ * per workgroup from head dim 128), 64 × 16 without, every query head of a KV head in one workgroup; packed codes 256
+ * threads × 8-token slots with GQA (2 query heads per workgroup), 128 × 16 without (with int8 key scores; 128 × 8 when
+ * the float path is asked for), 16-channel value slots; unroll 8, value unroll 8 and the value prefetch for both.
  */
 export interface DeviceAttentionTuning {
   /** Threads per workgroup: 32, 64, 128 or 256 (a chunk is `slot` × this many tokens). */
   workgroup?: number;
   /**
-   * Query heads one workgroup serves. Default: the whole GQA group (at most 8; at most 4 from head dim 128) for fp16 rows, 2 for packed codes (fewer
-   * accumulators per thread, more workgroups in flight: faster on an H200 although each code is unpacked twice per group
-   * of 4; docs/gpu/README.md).
+   * Query heads one workgroup serves. Default: the whole GQA group (at most 8; at most 4 from head dim 128) for fp16
+   * rows, 2 for packed codes (fewer accumulators per thread, more workgroups in flight: faster on an H200 although each
+   * code is unpacked twice per group of 4; docs/gpu/README.md).
    */
   headsPerGroup?: number;
   /** Key channel quads loaded together. */
