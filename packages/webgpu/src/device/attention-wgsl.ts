@@ -43,9 +43,10 @@ export interface DecodeSpec {
   /**
    * Benchmarks only (wrong results): leave out the packed key reduction or the packed value loop to time the rest;
    * `'arith'`: the float packed loops load every word as usual but only XOR them together (their loads without their
-   * arithmetic).
+   * arithmetic); `'nomerge'`: as `'all'`, and the merge dispatch left out; `'empty'`: a main kernel that returns at once
+   * (`'empty-nomerge'`: without the merge dispatch) — the launch and merge costs alone.
    */
-  debugSkip?: 'keys' | 'values' | 'both' | 'all' | 'arith';
+  debugSkip?: 'keys' | 'values' | 'both' | 'all' | 'arith' | 'nomerge' | 'empty' | 'empty-nomerge';
   /**
    * Float value loops (packed or fp16): issue the first batch of value loads before the softmax's reductions, and
    * each next batch before the current one is mixed (register double-buffering), so their latency overlaps the
@@ -386,7 +387,9 @@ function int8ValueMix(s: DecodeSpec, vp: { bits: GpuBits; groupSize: number }): 
 }
 
 /** Main chunk kernel of a {@link DecodeSpec}. @internal */
-export function decodeKernelSource(s: DecodeSpec): string {
+export function decodeKernelSource(spec: DecodeSpec): string {
+  // 'nomerge' differs from 'all' only in the dispatches the cache encodes
+  const s: DecodeSpec = spec.debugSkip === 'nomerge' ? { ...spec, debugSkip: 'all' } : spec;
   const D = s.headDim;
   const HG = s.headsPerGroup;
   const WG = s.workgroup;
@@ -425,6 +428,7 @@ export function decodeKernelSource(s: DecodeSpec): string {
   }
   push(`@compute @workgroup_size(${WG})`);
   push('fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {');
+  if (s.debugSkip === 'empty' || s.debugSkip === 'empty-nomerge') return [...L, '}'].join('\n');
   // the head groups of one chunk are neighbours in x, so they run together and share the chunk's codes in L2
   const NHG = Math.ceil(s.rep / HG);
   push(`let chunk = wid.x / ${NHG}u;`, `let hgi = wid.x % ${NHG}u;`, 'let kv = wid.y;', `let h0 = kv * ${s.rep}u + hgi * ${HG}u;`, `let c0 = chunk * ${C}u;`);

@@ -115,7 +115,7 @@ export interface DeviceAttentionTuning {
    */
   valueDot?: 'f32' | 'int8';
   /** Benchmarks only (wrong results): leave out the packed key reduction or value loop to time the rest. @internal */
-  debugSkip?: 'keys' | 'values' | 'both' | 'all' | 'arith';
+  debugSkip?: 'keys' | 'values' | 'both' | 'all' | 'arith' | 'nomerge' | 'empty' | 'empty-nomerge';
   /**
    * Float value loops (packed codes and fp16 rows): load the first batch of values before the softmax's reductions
    * and each next batch while the current one is mixed (register double-buffering). Default `true`: on an H200 the
@@ -665,6 +665,7 @@ export class DeviceKvCache {
     pass.setPipeline(pipe);
     pass.setBindGroup(0, l.decodeBG!);
     pass.dispatchWorkgroups(this.nc * Math.ceil(rep / spec.headsPerGroup), this.shape.kvHeads);
+    if (spec.debugSkip === 'nomerge' || spec.debugSkip === 'empty-nomerge') return;
     pass.setPipeline(this.combinePipe!);
     pass.setBindGroup(0, l.combineBG!);
     pass.dispatchWorkgroups(this.shape.qHeads);
