@@ -163,7 +163,9 @@ async function attentionBench(T, qHeads, kvHeads, D, cacheName, variant) {
   const mk = (n) => device.createBuffer({ size: 4 * n, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
   const io = { qkv: mk((qHeads + 2 * kvHeads) * D), rope: mk(c.capacity * D), out: mk(qHeads * D) };
   c.attach(io);
-  await c.fillSynthetic(T - 1, 7);
+  // attend T − 1 tokens: T is a multiple of R, and the position completing a key block also flushes it (in the merge
+  // pass, once every R positions); the rows time the other positions (value quantization included), end to end has both
+  await c.fillSynthetic(T - 2, 7);
   c.beginPosition();
   const enc0 = device.createCommandEncoder();
   const p0 = enc0.beginComputePass();

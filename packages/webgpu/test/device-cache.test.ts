@@ -42,7 +42,7 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     expect(maxRel).toBeLessThan(1e-3);
   }, 600_000);
 
-  it('value groups of 128 channels (two elements per thread of the cooperative value quantization), least squares and η, head dim 128', async () => {
+  it('value groups of 128 channels (the cooperative value quantization in half-workgroup segments), least squares and η, head dim 128', async () => {
     const options = {
       residualLength: 32,
       groupSize: 32,

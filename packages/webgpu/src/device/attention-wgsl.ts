@@ -737,9 +737,11 @@ export function decodeKernelSource(spec: DecodeSpec): string {
  * Merge pass: `out[h, d] = Σ_c e^{m_c − M}·o_c[d] / Σ_c e^{m_c − M}·l_c`, one workgroup of 256 threads per query head:
  * the maximum over chunks first (every thread a share of the chunks, then a tree), then the chunks split among
  * `256/D` groups of threads whose loads are independent (no serial chain through memory), then a sum over groups.
+ * With `quantize` (a quantized layer), workgroups from `qHeads` on run the quantization the schedule owes
+ * (`quantizeSource` of update-wgsl.ts): they overlap the merge instead of lengthening the update pass.
  * @internal
  */
-export function combineSource(headDim: number): string {
+export function combineSource(headDim: number, quantize?: { qHeads: number; declarations: string[]; body: string[] }): string {
   const D = headDim;
   const G = Math.floor(256 / D);
   const PS = D + 2;
@@ -748,11 +750,15 @@ export function combineSource(headDim: number): string {
     '@group(0) @binding(0) var<storage, read> parts: array<f32>;',
     '@group(0) @binding(1) var<storage, read_write> out: array<f32>;',
     '@group(0) @binding(2) var<uniform> S: Step;',
+    ...(quantize ? [...quantize.declarations, 'fn quantize(qw: u32, lid: u32) {', ...quantize.body, '}'] : []),
     'var<workgroup> red: array<f32, 256>;',
     'var<workgroup> ro: array<f32, 256>;',
     `var<workgroup> rl: array<f32, ${G}>;`,
     '@compute @workgroup_size(256)',
     'fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {',
+    // workgroups past the query heads quantize what the layer's schedule owes (workgroup-uniform branch)
+    // (in a function of its own: its early returns leave the merge's barriers in uniform control flow)
+    ...(quantize ? [`if (wid.x >= ${quantize.qHeads}u) { quantize(wid.x - ${quantize.qHeads}u, lid); return; }`] : []),
     'let h = wid.x;',
     `let hb = h * S.nc;`,
     'var m = -3.0e38;',

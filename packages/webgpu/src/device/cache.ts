@@ -11,7 +11,7 @@ import {
   type DecodeSpec,
   type DeviceOperand,
 } from './attention-wgsl.js';
-import { UPDATE_WORKGROUP, fillSource, updateKernelSource, updateRoles, type DeviceCalibration, type DeviceStorage, type FillKind, type UpdateSpec } from './update-wgsl.js';
+import { UPDATE_WORKGROUP, fillSource, quantizeSource, updateKernelSource, updateRoles, type DeviceCalibration, type DeviceStorage, type FillKind, type UpdateSpec } from './update-wgsl.js';
 
 const STORAGE = 0x80;
 const COPY_SRC = 0x04;
@@ -188,6 +188,10 @@ interface LayerRes {
   updateBG?: GPUBindGroup;
   decodeBG?: GPUBindGroup;
   combineBG?: GPUBindGroup;
+  /** The merge kernel of the layer: the cache's shared one, or one with the layer's quantization workgroups. */
+  mergePipe?: GPUComputePipeline;
+  /** Workgroups of the merge dispatch past the query heads: the layer's quantization (0: nothing packed). */
+  quantizeWorkgroups: number;
 }
 
 const align = (bytes: number) => Math.ceil(bytes / ALIGN) * ALIGN;
@@ -208,10 +212,12 @@ function int8KeysFit(cfg: DeviceQuantizedConfig, main: { workgroup: number; slot
 /** A binding's buffer type, in binding order of a kernel. */
 export type BindingKind = 'read-only-storage' | 'storage' | 'uniform';
 /** Binding types of each kernel, in binding order (explicit layouts: 'auto' would drop bindings a variant does not read). */
-const LAYOUTS: Record<'update' | 'decode' | 'combine' | 'fill', BindingKind[]> = {
+const LAYOUTS: Record<'update' | 'decode' | 'combine' | 'combineQuantize' | 'fill', BindingKind[]> = {
   update: ['read-only-storage', 'read-only-storage', 'storage', 'storage', 'storage', 'storage', 'read-only-storage', 'read-only-storage', 'uniform'],
   decode: ['read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'storage', 'uniform'],
   combine: ['read-only-storage', 'storage', 'uniform'],
+  // + K, V (written), ring, donor keys, donor values: the quantization the schedule owes
+  combineQuantize: ['read-only-storage', 'storage', 'uniform', 'storage', 'storage', 'read-only-storage', 'read-only-storage', 'read-only-storage'],
   fill: ['storage', 'uniform'],
 };
 
@@ -456,6 +462,7 @@ export class DeviceKvCache {
         decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll, ...dot, ...(tuning.valueUnroll ? { valueUnroll: tuning.valueUnroll } : {}), ...(tuning.valueSlot ? { valueSlot: tuning.valueSlot } : {}), ...(tuning.debugSkip ? { debugSkip: tuning.debugSkip } : {}), ...(tuning.prefetch === true ? { prefetch: true } : {}) },
         decodeSmall: null,
         decodeMedium: null,
+        quantizeWorkgroups: 0,
       });
     }
     this.step = device.createBuffer({ size: STEP_BYTES, usage: UNIFORM | COPY_DST, label: 'device cache step' });
@@ -521,7 +528,10 @@ export class DeviceKvCache {
     this.combinePipe = await k.pipeline(combineSource(this.shape.headDim), LAYOUTS.combine, 'device cache merge');
     await Promise.all(
       this.layers.map(async (l, i) => {
-        [l.updatePipe, l.decodePipe, l.decodePipeSmall, l.decodePipeMedium] = await Promise.all([
+        const q = quantizeSource(l.update);
+        l.quantizeWorkgroups = q?.workgroups ?? 0;
+        [l.mergePipe, l.updatePipe, l.decodePipe, l.decodePipeSmall, l.decodePipeMedium] = await Promise.all([
+          q ? k.pipeline(combineSource(this.shape.headDim, { qHeads: this.shape.qHeads, ...q }), LAYOUTS.combineQuantize, `layer ${i} merge and quantization`) : Promise.resolve(this.combinePipe!),
           k.pipeline(updateKernelSource(l.update), LAYOUTS.update, `layer ${i} update`),
           k.pipeline(decodeKernelSource(l.decode), LAYOUTS.decode, `layer ${i} attention`),
           l.decodeSmall ? k.pipeline(decodeKernelSource(l.decodeSmall), LAYOUTS.decode, `layer ${i} attention (short contexts)`) : Promise.resolve(undefined),
@@ -570,7 +580,18 @@ export class DeviceKvCache {
       });
     }
     const comb = dev.createBindGroup({ layout: this.compiler.layout(LAYOUTS.combine), entries: [whole(this.parts), whole(io.out), whole(this.step)].map((resource, binding) => ({ binding, resource })) });
-    for (const l of this.layers) l.combineBG = comb;
+    for (const l of this.layers) {
+      if (l.quantizeWorkgroups === 0) {
+        l.combineBG = comb;
+        continue;
+      }
+      const dk = l.keyDonor !== null ? this.layers[l.keyDonor]!.K : this.dummy;
+      const dv = l.valueDonor !== null ? this.layers[l.valueDonor]!.V : this.dummy;
+      l.combineBG = dev.createBindGroup({
+        layout: this.compiler.layout(LAYOUTS.combineQuantize),
+        entries: [this.parts, io.out, this.step, l.K, l.V, l.ring!, dk, dv].map((b, binding) => ({ binding, resource: whole(b) })),
+      });
+    }
   }
 
   /**
@@ -603,8 +624,10 @@ export class DeviceKvCache {
       tv: this.quantized ? Math.max(0, p - R) : 0,
       nc: this.nc,
       pos: p,
-      kflush: this.quantized && p > 0 && p % R === 0 ? p - R : NONE,
-      vquant: this.quantized && p - 1 - R >= 0 ? p - 1 - R : NONE,
+      // owed once this position is attended (the merge pass quantizes them): the key block that n completes, and the
+      // value token that leaves the residual window of the next position
+      kflush: this.quantized && n % R === 0 ? n - R : NONE,
+      vquant: this.quantized && p - R >= 0 ? p - R : NONE,
       kring: R + 1,
       vring: R + 2,
       cap: this.capacity,
@@ -627,7 +650,10 @@ export class DeviceKvCache {
     this.encodeAttention(pass, layer);
   }
 
-  /** Encode the update pass alone: rotate q and k, append k and v, quantize what the schedule owes. */
+  /**
+   * Encode the update pass alone: rotate q and k, append k and v. Every position needs both this and
+   * {@link DeviceKvCache.encodeAttention} for every layer (the merge pass quantizes what the schedule owes).
+   */
   encodeUpdate(pass: GPUComputePassEncoder, layer: number): void {
     const l = this.layerOf(layer);
     const wgs = Math.ceil(updateRoles(l.update).total / UPDATE_WORKGROUP);
@@ -657,7 +683,12 @@ export class DeviceKvCache {
     return { spec: l.decode, pipe: l.decodePipe! };
   }
 
-  /** Encode the attention and merge passes alone (the rotated queries must be in {@link DeviceKvCache.queries}). */
+  /**
+   * Encode the attention and merge passes alone (the rotated queries must be in {@link DeviceKvCache.queries}). The
+   * merge pass of a quantized layer also quantizes what the schedule owes once this position is attended (the key
+   * block it completes, the value token leaving the next position's residual window): extra workgroups that overlap
+   * the merge instead of lengthening the update pass. Encoding it again at the same position repeats the same writes.
+   */
   encodeAttention(pass: GPUComputePassEncoder, layer: number): void {
     const l = this.layerOf(layer);
     const rep = this.shape.qHeads / this.shape.kvHeads;
@@ -666,9 +697,9 @@ export class DeviceKvCache {
     pass.setBindGroup(0, l.decodeBG!);
     pass.dispatchWorkgroups(this.nc * Math.ceil(rep / spec.headsPerGroup), this.shape.kvHeads);
     if (spec.debugSkip === 'nomerge' || spec.debugSkip === 'empty-nomerge') return;
-    pass.setPipeline(this.combinePipe!);
+    pass.setPipeline(l.mergePipe!);
     pass.setBindGroup(0, l.combineBG!);
-    pass.dispatchWorkgroups(this.shape.qHeads);
+    pass.dispatchWorkgroups(this.shape.qHeads + l.quantizeWorkgroups);
   }
 
   private layerOf(layer: number): LayerRes {

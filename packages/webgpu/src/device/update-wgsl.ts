@@ -1,9 +1,9 @@
 /**
  * WGSL of the device cache's per-layer update pass, one dispatch per layer and position: rotary embedding of the
  * query and key (tables from the caller), the new key/value written in place (fp16 rows, or the float32 residual
- * rings of a quantized layer), and the quantization the schedule owes from the previous position — a key block of
- * R tokens (per channel, groups along tokens) and one value token (per token, groups along channels), with η or
- * least-squares calibration and cross-layer code sharing. Arithmetic mirrors `@xquant/quant`'s fp16 recipe
+ * rings of a quantized layer); and of the quantization the schedule owes, run by extra workgroups of the merge pass
+ * after this position's attention — a key block of R tokens (per channel, groups along tokens) and one value token
+ * (per token, groups along channels), with η or least-squares calibration and cross-layer code sharing. Arithmetic mirrors `@xquant/quant`'s fp16 recipe
  * (`r(x)` = rounding to fp16): `scale = r(r(max − min)·f(1/m))`, `zero = min`, `code = round(r(r(x − min)/scale))`.
  * @internal
  */
@@ -137,6 +137,8 @@ const SCALE_OF = [
 
 /** Threads per workgroup of the update pass. @internal */
 export const UPDATE_WORKGROUP = 64;
+/** Threads per workgroup of the merge pass, whose extra workgroups run the quantization roles. @internal */
+export const MERGE_WORKGROUP = 256;
 
 const fl = (x: number): string => {
   const s = Math.fround(x).toPrecision(9);
@@ -145,37 +147,44 @@ const fl = (x: number): string => {
 
 /**
  * Whether a layer's value groups are quantized cooperatively (one thread per element, workgroup reductions): value
- * groups of a power of two that tiles the 64-thread workgroup. Other widths keep one thread per group.
+ * groups of a power of two that tiles the merge pass's workgroup. Other widths keep one thread per group.
  * @internal
  */
 export function cooperativeValues(s: Pick<UpdateSpec, 'values'>): boolean {
   if (s.values.kind !== 'packed') return false;
   const n = s.values.groupSize;
-  return (n & (n - 1)) === 0 && (n * s.values.bits) % 32 === 0 && (n <= UPDATE_WORKGROUP ? UPDATE_WORKGROUP % n === 0 : n % UPDATE_WORKGROUP === 0);
+  const W = MERGE_WORKGROUP;
+  return (n & (n - 1)) === 0 && (n * s.values.bits) % 32 === 0 && (n <= W ? W % n === 0 : n % W === 0);
 }
 
-/**
- * Thread counts of the roles, in order: q, k, v, key flush, value quantization. Threads of the first four roles are
- * numbered consecutively; cooperative value quantization starts at workgroup `valueWorkgroup` (its `vq` threads
- * fill whole workgroups). `total` = every thread dispatched (a multiple of the workgroup size).
- * @internal
- */
-export function updateRoles(s: UpdateSpec): { q: number; k: number; v: number; kf: number; vq: number; valueWorkgroup: number; total: number } {
+/** Thread counts of the update pass's roles, in order: q, k, v; `total` = every thread dispatched (whole workgroups). @internal */
+export function updateRoles(s: UpdateSpec): { q: number; k: number; v: number; total: number } {
   const q = (s.qHeads * s.headDim) / 4;
   const k = (s.kvHeads * s.headDim) / 4;
   const v = k;
+  return { q, k, v, total: Math.ceil((q + k + v) / UPDATE_WORKGROUP) * UPDATE_WORKGROUP };
+}
+
+/**
+ * Thread counts of the quantization roles (run by extra workgroups of the merge pass, {@link MERGE_WORKGROUP} threads
+ * each): key flush, then value quantization — one thread per group, or (cooperative) whole workgroups from
+ * `valueWorkgroup`. `workgroups` = every workgroup they need (0: nothing packed).
+ * @internal
+ */
+export function quantizeRoles(s: UpdateSpec): { kf: number; vq: number; valueWorkgroup: number; workgroups: number } {
+  const W = MERGE_WORKGROUP;
   // own codes in the quad layout: one thread per 4 channels (a word holds 4 channels)
   const channelsPerThread = s.keys.kind === 'packed' && s.keyLayout === 'quad' && !s.keys.donor ? 4 : 1;
   const kf = s.keys.kind === 'packed' ? (s.kvHeads * s.headDim * s.residualLength) / s.keys.groupSize / channelsPerThread : 0;
-  const valueWorkgroup = Math.ceil((q + k + v + kf) / UPDATE_WORKGROUP);
-  if (s.values.kind !== 'packed') return { q, k, v, kf, vq: 0, valueWorkgroup, total: valueWorkgroup * UPDATE_WORKGROUP };
+  const valueWorkgroup = Math.ceil(kf / W);
+  if (s.values.kind !== 'packed') return { kf, vq: 0, valueWorkgroup, workgroups: valueWorkgroup };
   if (!cooperativeValues(s)) {
     const vq = (s.kvHeads * s.headDim) / s.values.groupSize;
-    return { q, k, v, kf, vq, valueWorkgroup, total: Math.ceil((q + k + v + kf + vq) / UPDATE_WORKGROUP) * UPDATE_WORKGROUP };
+    return { kf, vq, valueWorkgroup, workgroups: Math.ceil((kf + vq) / W) };
   }
-  const perThread = Math.max(1, s.values.groupSize / UPDATE_WORKGROUP);
-  const vq = Math.ceil((s.kvHeads * s.headDim) / (UPDATE_WORKGROUP * perThread)) * UPDATE_WORKGROUP;
-  return { q, k, v, kf, vq, valueWorkgroup, total: valueWorkgroup * UPDATE_WORKGROUP + vq };
+  const perThread = Math.max(1, s.values.groupSize / W);
+  const vw = Math.ceil((s.kvHeads * s.headDim) / (W * perThread));
+  return { kf, vq: vw * W, valueWorkgroup, workgroups: valueWorkgroup + vw };
 }
 
 interface QuantGroup {
@@ -284,7 +293,7 @@ function leastSquares(n: number, x: (j: string) => string, code: (j: string) => 
 function cooperativeValueRole(s: UpdateSpec): string[] {
   const v = s.values as DeviceStorage & { kind: 'packed' };
   const D = s.headDim;
-  const W = UPDATE_WORKGROUP;
+  const W = MERGE_WORKGROUP;
   const n = v.groupSize;
   const bits = v.bits;
   const M = (1 << bits) - 1;
@@ -367,7 +376,10 @@ function cooperativeValueRole(s: UpdateSpec): string[] {
   return L;
 }
 
-/** The update kernel of one layer (see the module comment). @internal */
+/**
+ * The update kernel of one layer: rotary embedding of q and k, the new key and value stored (fp16 rows or the rings).
+ * The quantization the schedule owes runs in the merge pass ({@link quantizeSource}). @internal
+ */
 export function updateKernelSource(s: UpdateSpec): string {
   const D = s.headDim;
   const Q4 = D / 4;
@@ -421,15 +433,10 @@ export function updateKernelSource(s: UpdateSpec): string {
       );
     }
   };
-  if (s.values.kind === 'packed') push(...valueLayoutHelpers(s));
-  const coop = cooperativeValues(s);
-  if (coop) push(...cooperativeValueRole(s));
   push(`@compute @workgroup_size(${UPDATE_WORKGROUP})`);
   push(
-    'fn main(@builtin(global_invocation_id) gid3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(workgroup_id) wg3: vec3<u32>, @builtin(local_invocation_index) lid: u32) {',
+    'fn main(@builtin(global_invocation_id) gid3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {',
   );
-  // workgroup-uniform branch first: the cooperative role synchronises its workgroups
-  if (coop) push(`let wid = wg3.x + wg3.y * nwg.x;`, `if (wid >= ${r.valueWorkgroup}u) { quantizeValueToken(wid - ${r.valueWorkgroup}u, lid); return; }`);
   push(`let gid = gid3.x + gid3.y * nwg.x * ${UPDATE_WORKGROUP}u;`);
   let at = 0;
   // queries
@@ -448,7 +455,38 @@ export function updateKernelSource(s: UpdateSpec): string {
   push(`let x = array<f32, 4>(qkv[vb], qkv[vb + 1u], qkv[vb + ${H2}u], qkv[vb + ${H2 + 1}u]);`);
   store('V', s.values, `${s.valueRingOffset}u`, 'S.vring');
   push('return;', '}');
-  at += r.v;
+  push('}');
+  return L.join('\n');
+}
+
+/**
+ * The quantization a layer's schedule owes (the key block `S.kflush` and the value token `S.vquant`, read from the
+ * rings), as extra workgroups of the merge pass ({@link MERGE_WORKGROUP} threads): `declarations` (bindings 3–7: K, V
+ * read-write, ring, donor keys, donor values read-only; helpers), `body` run by quantization workgroup `qw` with thread
+ * `lid` (workgroup-uniform on entry; returns), `workgroups` it needs. Null when nothing of the layer is packed.
+ * @internal
+ */
+export function quantizeSource(s: UpdateSpec): { declarations: string[]; body: string[]; workgroups: number } | null {
+  if (s.keys.kind !== 'packed' && s.values.kind !== 'packed') return null;
+  const D = s.headDim;
+  const r = quantizeRoles(s);
+  const declarations: string[] = [
+    '@group(0) @binding(3) var<storage, read_write> K: array<u32>;',
+    '@group(0) @binding(4) var<storage, read_write> V: array<u32>;',
+    '@group(0) @binding(5) var<storage, read> ring: array<f32>;',
+    '@group(0) @binding(6) var<storage, read> dK: array<u32>;',
+    '@group(0) @binding(7) var<storage, read> dV: array<u32>;',
+    ...R16,
+    ...SCALE_OF,
+  ];
+  if (s.values.kind === 'packed') declarations.push(...valueLayoutHelpers(s));
+  const coop = cooperativeValues(s);
+  if (coop) declarations.push(...cooperativeValueRole(s));
+  const L: string[] = [];
+  const push = (...l: string[]) => L.push(...l);
+  // workgroup-uniform branch first: the cooperative role synchronises its workgroups
+  if (coop) push(`if (qw >= ${r.valueWorkgroup}u) { quantizeValueToken(qw - ${r.valueWorkgroup}u, lid); return; }`);
+  push(`let gid = qw * ${MERGE_WORKGROUP}u + lid;`);
   // key block owed by the previous position: thread (kv, d, g)
   if (s.keys.kind === 'packed') {
     const k = s.keys;
@@ -460,7 +498,7 @@ export function updateKernelSource(s: UpdateSpec): string {
     const quad = s.keyLayout === 'quad';
     const TPB = 8 / k.bits; // quad layout: tokens per byte
     const meta = (d: string) => `K[${s.keyMetaOffset}u + (kv * (S.cap / ${gs}u) + tb / ${gs}u) * ${D}u + ${d}] = `;
-    push(`if (gid < ${at + r.kf}u) {`, 'if (S.kflush == 0xffffffffu) { return; }', `let i = gid - ${at}u;`);
+    push(`if (gid < ${r.kf}u) {`, 'if (S.kflush == 0xffffffffu) { return; }', 'let i = gid;');
     if (quad && !k.donor) {
       // thread (kv, channel quad, g): the 4 channels' groups one after the other, then whole words
       push(`let dq = i % ${D / 4}u;`, `let kv = (i / ${D / 4}u) / ${NG}u;`, `let g = (i / ${D / 4}u) % ${NG}u;`, `let tb = S.kflush + g * ${gs}u;`);
@@ -502,7 +540,6 @@ export function updateKernelSource(s: UpdateSpec): string {
       );
     }
     push('return;', '}');
-    at += r.kf;
   }
   // value token owed by the previous position: thread (kv, g)
   if (s.values.kind === 'packed' && !coop) {
@@ -510,7 +547,7 @@ export function updateKernelSource(s: UpdateSpec): string {
     const gv = v.groupSize;
     const G = D / gv;
     const wpg = (gv * v.bits) / 32;
-    push(`if (gid < ${at + r.vq}u) {`, 'if (S.vquant == 0xffffffffu) { return; }', `let i = gid - ${at}u;`);
+    push(`if (gid < ${r.kf + r.vq}u) {`, 'if (S.vquant == 0xffffffffu) { return; }', `let i = gid - ${r.kf}u;`);
     push(`let kv = i / ${G}u;`, `let g = i % ${G}u;`, 'let t = S.vquant;', `let rb = ${s.valueRingOffset}u + (kv * S.vring + t % S.vring) * ${D}u + g * ${gv}u;`);
     push(`let row = kv * S.cap + t;`);
     push(
@@ -527,8 +564,8 @@ export function updateKernelSource(s: UpdateSpec): string {
     );
     push('return;', '}');
   }
-  push('}');
-  return L.join('\n');
+  push('return;');
+  return { declarations, body: L, workgroups: r.workgroups };
 }
 
 /** Kinds of synthetic data {@link fillSource} writes. @internal */
