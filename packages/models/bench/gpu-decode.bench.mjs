@@ -2,7 +2,7 @@
 // decode-attention step alone, with the WGSL read ceiling of the same run. Writes OUT/gpu-decode.json and prints tables.
 //   node gpu-decode.bench.mjs --out DIR --models name=dir[,name=dir…] [--contexts 4096,32768,131072] [--steps 32]
 //        [--caches full,kivi-2,xquant-1.38,plan] [--plan plan.json] [--attention 32768,131072] [--variants 64x8,128x4]
-//        [--tuning 64x8] [--attention-caches xquant,full] [--quick]   (variants/tuning: workgroup x key slot x unroll x value unroll x heads per group x
+//        [--tuning 64x8] [--attention-caches xquant,full] [--attention-flush] [--quick]   (variants/tuning: workgroup x key slot x unroll x value unroll x heads per group x
 //        value slot x debug skip (1-4; 5 = loads without arithmetic; 6 = 4 without the merge; 7 = empty main kernel; 8 = 7 without the merge) x int8 (1 key scores, 2 value mix, 3 both, 4 float key scores) x
 //        prefetch (1 on, 2 off) of the decode-attention kernel; 0 = default)
 // On the GPU machine (no node there) run the bundle that scripts/gpu-carry.sh makes; docs/gpu/README.md has the recipe.
@@ -29,6 +29,8 @@ const { values: o } = parseArgs({
     dims: { type: 'string', default: '128' },
     'attention-heads': { type: 'string', default: '32/32,32/8' },
     'attention-caches': { type: 'string', default: 'xquant,full' },
+    // attention rows attend T tokens (the timed position completes a key block and flushes it) instead of T − 1
+    'attention-flush': { type: 'boolean', default: false },
     tuning: { type: 'string', default: '' },
     'warmup-s': { type: 'string', default: '8' },
   },
@@ -165,7 +167,7 @@ async function attentionBench(T, qHeads, kvHeads, D, cacheName, variant) {
   c.attach(io);
   // attend T − 1 tokens: T is a multiple of R, and the position completing a key block also flushes it (in the merge
   // pass, once every R positions); the rows time the other positions (value quantization included), end to end has both
-  await c.fillSynthetic(T - 2, 7);
+  await c.fillSynthetic(o['attention-flush'] ? T - 1 : T - 2, 7);
   c.beginPosition();
   const enc0 = device.createCommandEncoder();
   const p0 = enc0.beginComputePass();

@@ -204,35 +204,39 @@ interface QuantGroup {
   writeMeta: (m: string) => string;
 }
 
-/** Quantize one group: statistics, codes (own or donor), calibration, metadata. */
+/** Groups up to this many elements are quantized by straight-line code (see {@link quantGroup}). */
+const UNROLL_GROUP = 64;
+
+/**
+ * Quantize one group: statistics, codes (own or donor), calibration, metadata. Groups of up to {@link UNROLL_GROUP}
+ * elements are written out element by element with constant indices: every load is issued before the first is used and
+ * the arrays stay in registers (as loops, a key flush of 32 tokens took 16 µs per layer on an H200, 8 KV heads).
+ */
 function quantGroup(q: QuantGroup): string[] {
   const M = (1 << q.bits) - 1;
   const CPW = 32 / q.bits;
-  const L: string[] = [
-    `var xs: array<f32, ${q.n}>;`,
-    `var cs: array<u32, ${q.n}>;`,
-    'var mn = 3.0e38;',
-    'var mx = -3.0e38;',
-    `for (var j = 0u; j < ${q.n}u; j = j + 1u) {`,
-    `  let x = r16(${q.value('j')});`,
-    '  xs[j] = x;',
-    '  mn = min(mn, x);',
-    '  mx = max(mx, x);',
-    '}',
-    `var s = scaleOf(mn, mx, ${M}.0, ${fl(1 / M)});`,
-    'var z = mn;',
-  ];
-  if (q.donorCode) {
-    L.push(`for (var j = 0u; j < ${q.n}u; j = j + 1u) { cs[j] = ${q.donorCode('j')}; }`);
+  const L: string[] = [`var xs: array<f32, ${q.n}>;`, `var cs: array<u32, ${q.n}>;`, 'var mn = 3.0e38;', 'var mx = -3.0e38;'];
+  const unrolled = q.n <= UNROLL_GROUP;
+  if (unrolled) {
+    for (let j = 0; j < q.n; j++) L.push(`xs[${j}] = r16(${q.value(`${j}u`)});`);
+    for (let j = 0; j < q.n; j++) L.push(`mn = min(mn, xs[${j}]);`, `mx = max(mx, xs[${j}]);`);
   } else {
-    L.push(
-      `for (var j = 0u; j < ${q.n}u; j = j + 1u) {`,
-      '  var c = 0.0;',
-      `  if (s > 0.0) { c = clamp(round(r16(diff(xs[j], mn) / s)), 0.0, ${M}.0); }`,
-      '  cs[j] = u32(c);',
-      '}',
-    );
-    if (q.writeWord) {
+    L.push(`for (var j = 0u; j < ${q.n}u; j = j + 1u) {`, `  let x = r16(${q.value('j')});`, '  xs[j] = x;', '  mn = min(mn, x);', '  mx = max(mx, x);', '}');
+  }
+  L.push(`var s = scaleOf(mn, mx, ${M}.0, ${fl(1 / M)});`, 'var z = mn;');
+  if (q.donorCode) {
+    if (unrolled) for (let j = 0; j < q.n; j++) L.push(`cs[${j}] = ${q.donorCode(`${j}u`)};`);
+    else L.push(`for (var j = 0u; j < ${q.n}u; j = j + 1u) { cs[j] = ${q.donorCode('j')}; }`);
+  } else {
+    const code = (j: string) => `u32(select(0.0, clamp(round(r16(diff(xs[${j}], mn) / s)), 0.0, ${M}.0), s > 0.0))`;
+    if (unrolled) for (let j = 0; j < q.n; j++) L.push(`cs[${j}] = ${code(String(j))};`);
+    else L.push(`for (var j = 0u; j < ${q.n}u; j = j + 1u) { cs[j] = ${code('j')}; }`);
+    if (q.writeWord && unrolled) {
+      for (let k = 0; k < q.n / CPW; k++) {
+        const word = Array.from({ length: CPW }, (_, i) => `(cs[${k * CPW + i}] << ${i * q.bits}u)`).join(' | ');
+        L.push(q.writeWord(`${k}u`, word));
+      }
+    } else if (q.writeWord) {
       L.push(
         `for (var k = 0u; k < ${q.n / CPW}u; k = k + 1u) {`,
         '  var word = 0u;',
@@ -242,7 +246,8 @@ function quantGroup(q: QuantGroup): string[] {
       );
     }
   }
-  if (q.codesOut) L.push(`for (var j = 0u; j < ${q.n}u; j = j + 1u) { ${q.codesOut('j')} }`);
+  if (q.codesOut && unrolled) for (let j = 0; j < q.n; j++) L.push(q.codesOut(`${j}u`));
+  else if (q.codesOut) L.push(`for (var j = 0u; j < ${q.n}u; j = j + 1u) { ${q.codesOut('j')} }`);
   const cal = q.calibration;
   if (cal.kind === 'eta' && cal.eta !== 0) {
     L.push(`let t1 = r16(s * ${M}.0);`, `let t2 = r16(t1 * ${fl(cal.eta)});`, `z = r16(z + t2);`, `s = r16(s * ${fl(1 - 2 * cal.eta)});`);
