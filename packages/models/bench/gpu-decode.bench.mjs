@@ -217,11 +217,13 @@ async function endToEnd(name, dir, contexts, caches, steps) {
       // run 0 is a full-length warm-up (measured: after a cache swap the first one or two 32-token runs stalled on the
       // host at 2-3× the steady time, which a 4-token warm-up and a median of 3 did not absorb)
       const runs = [];
+      const hostRuns = [];
       for (let r = 0; r < Number(o.repeats) + 1; r++) {
         decoder.reset();
         await decoder.fillSynthetic(ctx - 1, 11 + r);
         const res = await decoder.generate({ prompt: [config.bosTokenId ?? 1], maxNewTokens: steps, stopTokens: [] });
         if (r > 0) runs.push(res.msPerToken);
+        if (r > 0) hostRuns.push(res.hostMsPerToken);
       }
       // GPU time per kind of operation (one timed pass each), at the same context
       decoder.reset();
@@ -239,12 +241,13 @@ async function endToEnd(name, dir, contexts, caches, steps) {
       const floorMs = results.ceiling ? readBytes / (results.ceiling.GBps * 1e6) : null;
       const row = {
         model: name, context: ctx, cache: cacheName, tuning: tuningFor(spec.kind) ?? 'default', msPerToken, tokensPerSecond: 1000 / msPerToken, runs,
+        hostMsPerToken: median(hostRuns), hostRuns,
         kvBytes, kvTrueBits: mem.cache.trueBitsPerElement, weightReadBytes: mem.weightReadBytesPerToken,
         peakGpuBytes: mem.weightBytes + mem.scratchBytes + mem.cache.allocatedBytes, floorMs, floorFraction: floorMs ? floorMs / msPerToken : null, profile,
       };
       results.endToEnd.push(row);
       save();
-      log(`${name} ${cacheName} ctx ${ctx}: ${msPerToken.toFixed(3)} ms/token (${row.tokensPerSecond.toFixed(0)} tok/s), KV ${(kvBytes / 2 ** 20).toFixed(1)} MiB (${row.kvTrueBits.toFixed(2)} bits), floor ${floorMs?.toFixed(3)} ms; GPU ${Object.entries(profile ?? {}).map(([k, v]) => `${k} ${typeof v === 'number' ? v.toFixed(3) : v}`).join(' ')}`);
+      log(`${name} ${cacheName} ctx ${ctx}: ${msPerToken.toFixed(3)} ms/token (${row.tokensPerSecond.toFixed(0)} tok/s; host encode ${row.hostMsPerToken.toFixed(3)} ms/token), KV ${(kvBytes / 2 ** 20).toFixed(1)} MiB (${row.kvTrueBits.toFixed(2)} bits), floor ${floorMs?.toFixed(3)} ms; GPU ${Object.entries(profile ?? {}).map(([k, v]) => `${k} ${typeof v === 'number' ? v.toFixed(3) : v}`).join(' ')}`);
     }
   }
   decoder.dispose();

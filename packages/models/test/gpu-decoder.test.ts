@@ -58,6 +58,9 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
           const rest = await decoder.generate({ prompt: first.tokens, maxNewTokens: 31, stopTokens: [] });
           expect([...first.tokens, ...rest.tokens]).toEqual(Array.from(await ref.readRaw(`${w}.greedy_ids`), Number));
           expect(decoder.position).toBe(p.input_ids.length + 31);
+          // the host's encode-and-submit time is part of the wall time (no stop token: every submitted position read back)
+          expect(rest.hostMsPerToken).toBeGreaterThan(0);
+          expect(rest.hostMsPerToken).toBeLessThanOrEqual(rest.msPerToken);
         }
         expect(errors).toEqual([]);
       } finally {

@@ -57,6 +57,12 @@ export interface GpuGenerateResult {
   prefillMs: number;
   /** Wall milliseconds per generated token (first submit to last read back, divided by the tokens). */
   msPerToken: number;
+  /**
+   * Host milliseconds per generated token spent encoding and submitting its position (command encoding of every
+   * layer's passes, uniform writes). Positions are queued `inFlight` ahead, so where this approaches `msPerToken` the
+   * host, not the GPU, bounds the decode.
+   */
+  hostMsPerToken: number;
 }
 
 /** Bytes the decoder holds on the device. */
@@ -526,6 +532,7 @@ export class GpuDecoder {
     const out: number[] = [];
     const t1 = performance.now();
     let submitted = 0;
+    let hostMs = 0;
     let done = false;
     const ring = this.staging.length;
     const take = async (slot: number) => {
@@ -540,8 +547,10 @@ export class GpuDecoder {
       // keep `ring` positions in flight: the last prompt token, then each generated token as its own position
       while (submitted < maxNewTokens && submitted - out.length < ring) {
         const slot = submitted % ring;
+        const h0 = performance.now();
         this.submitPosition(true, temperature, seed, this.staging[slot]!);
         this.pending[slot] = this.staging[slot]!.mapAsync(MAP_READ);
+        hostMs += performance.now() - h0;
         submitted++;
         if (submitted >= maxNewTokens) break;
       }
@@ -553,7 +562,7 @@ export class GpuDecoder {
     // drain what is still in flight (positions computed past a stop token stay in the cache)
     for (let i = out.length; i < submitted; i++) await take(i % ring);
     const msPerToken = (performance.now() - t1) / Math.max(1, out.length);
-    return { tokens: out, prefillMs, msPerToken };
+    return { tokens: out, prefillMs, msPerToken, hostMsPerToken: hostMs / Math.max(1, submitted) };
   }
 
   /**
