@@ -4,7 +4,8 @@
  * rings of a quantized layer); and of the quantization the schedule owes, run by extra workgroups of the merge pass
  * after this position's attention — a key block of R tokens (per channel, groups along tokens) and one value token
  * (per token, groups along channels), with η or least-squares calibration and cross-layer code sharing. Arithmetic
- * mirrors `@xquant/quant`'s fp16 recipe (`r(x)` = rounding to fp16): `scale = r(r(max − min)·f(1/m))`, `zero = min`, `code = round(r(r(x − min)/scale))`.
+ * mirrors `@xquant/quant`'s fp16 recipe (`r(x)` = rounding to fp16): `scale = r(r(max − min)·f(1/m))`, `zero = min`,
+ * `code = round(r(r(x − min)/scale))`.
  * @internal
  */
 import { STEP_FIELDS, stepStruct, type DeviceOperand } from './attention-wgsl.js';
