@@ -124,10 +124,10 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     expect(maxRel).toBeLessThan(1e-3);
   }, 600_000);
 
-  it("the benchmark-only modes ('arith': the packed loops' loads without their arithmetic; 'nomerge', 'empty', 'empty-nomerge': launch and merge costs) compile and run for both key paths", async () => {
+  it("the benchmark-only modes ('arith': the packed loops' loads without their arithmetic; 'nomerge', 'empty', 'empty-nomerge', 'nolanes': launch, merge and lane-reduction costs) compile and run for both key paths", async () => {
     const dev = device!;
     const D = 64;
-    for (const [qHeads, keyDot, debugSkip] of [[8, 'f32', 'arith'], [2, 'int8', 'arith'], [8, 'f32', 'nomerge'], [8, 'f32', 'empty'], [2, 'int8', 'empty-nomerge']] as const) {
+    for (const [qHeads, keyDot, debugSkip] of [[8, 'f32', 'arith'], [2, 'int8', 'arith'], [8, 'f32', 'nomerge'], [8, 'f32', 'empty'], [2, 'int8', 'empty-nomerge'], [8, 'f32', 'nolanes']] as const) {
       const cpu = createKvCache('xquant-1.38', { layers: 2, kvHeads: 2, headDim: D }, { residualLength: 32 }) as unknown as { config: DeviceQuantizedConfig };
       dev.pushErrorScope('validation');
       const c = await DeviceKvCache.create(dev, { layers: 2, qHeads, kvHeads: 2, headDim: D }, { kind: 'quantized', config: cpu.config }, { capacity: 128, tuning: { debugSkip, keyDot, slot: 16, small: null } });

@@ -44,9 +44,10 @@ export interface DecodeSpec {
    * Benchmarks only (wrong results): leave out the packed key reduction or the packed value loop to time the rest;
    * `'arith'`: the float packed loops load every word as usual but only XOR them together (their loads without their
    * arithmetic); `'nomerge'`: as `'all'`, and the merge dispatch left out; `'empty'`: a main kernel that returns at once
-   * (`'empty-nomerge'`: without the merge dispatch) — the launch and merge costs alone.
+   * (`'empty-nomerge'`: without the merge dispatch) — the launch and merge costs alone; `'nolanes'`: as `'all'`, and the
+   * value lane reduction left out.
    */
-  debugSkip?: 'keys' | 'values' | 'both' | 'all' | 'arith' | 'nomerge' | 'empty' | 'empty-nomerge';
+  debugSkip?: 'keys' | 'values' | 'both' | 'all' | 'arith' | 'nomerge' | 'empty' | 'empty-nomerge' | 'nolanes';
   /**
    * Float value loops (packed or fp16): issue the first batch of value loads before the softmax's reductions, and
    * each next batch before the current one is mixed (register double-buffering), so their latency overlaps the
@@ -388,8 +389,9 @@ function int8ValueMix(s: DecodeSpec, vp: { bits: GpuBits; groupSize: number }): 
 
 /** Main chunk kernel of a {@link DecodeSpec}. @internal */
 export function decodeKernelSource(spec: DecodeSpec): string {
-  // 'nomerge' differs from 'all' only in the dispatches the cache encodes
-  const s: DecodeSpec = spec.debugSkip === 'nomerge' ? { ...spec, debugSkip: 'all' } : spec;
+  // 'nomerge' differs from 'all' only in the dispatches the cache encodes; 'nolanes' also leaves out the lane reduction
+  const s: DecodeSpec = spec.debugSkip === 'nomerge' || spec.debugSkip === 'nolanes' ? { ...spec, debugSkip: 'all' } : spec;
+  const skipLanes = spec.debugSkip === 'nolanes';
   const D = s.headDim;
   const HG = s.headsPerGroup;
   const WG = s.workgroup;
@@ -674,7 +676,15 @@ export function decodeKernelSource(spec: DecodeSpec): string {
   // ---- reduce over token lanes, write the chunk partial [o (D), max, sum] ---------------------------------------
   // the scratch holds the lanes of `hpr` heads at a time (it is sized for the chunk's scores, not HG · WG · SLOT)
   const hpr = reduceHeads(s, SLOT);
-  for (let h0r = 0; h0r < HG; h0r += hpr) {
+  if (skipLanes) {
+    // benchmark-only: each thread's own accumulators stand for the reduced row (lanes tg = 0 write them)
+    for (let i = 0; i < HG; i++) {
+      push(`if (tg == 0u && hgi * ${HG}u + ${i}u < ${s.rep}u) {`, `let pb = ((h0 + ${i}u) * S.nc + chunk) * ${D + 2}u;`);
+      for (let j = 0; j < SLOT; j++) push(`parts[pb + ${first} + ${j}u] = v${i}_${j};`);
+      push('}');
+    }
+  }
+  for (let h0r = 0; !skipLanes && h0r < HG; h0r += hpr) {
     const nh = Math.min(hpr, HG - h0r);
     push('workgroupBarrier();');
     for (let i = h0r; i < h0r + nh; i++) for (let j = 0; j < SLOT; j++) push(`sc[px((${(i - h0r) * TLN}u + tg) * ${D}u + ${first} + ${j}u)] = v${i}_${j};`);

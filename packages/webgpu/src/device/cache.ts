@@ -115,7 +115,7 @@ export interface DeviceAttentionTuning {
    */
   valueDot?: 'f32' | 'int8';
   /** Benchmarks only (wrong results): leave out the packed key reduction or value loop to time the rest. @internal */
-  debugSkip?: 'keys' | 'values' | 'both' | 'all' | 'arith' | 'nomerge' | 'empty' | 'empty-nomerge';
+  debugSkip?: 'keys' | 'values' | 'both' | 'all' | 'arith' | 'nomerge' | 'empty' | 'empty-nomerge' | 'nolanes';
   /**
    * Float value loops (packed codes and fp16 rows): load the first batch of values before the softmax's reductions
    * and each next batch while the current one is mixed (register double-buffering). Default `true`: on an H200 the
