@@ -158,6 +158,20 @@ export function cooperativeValues(s: Pick<UpdateSpec, 'values'>): boolean {
   return (n & (n - 1)) === 0 && (n * s.values.bits) % 32 === 0 && (n <= W ? W % n === 0 : n % W === 0);
 }
 
+/**
+ * Whether a layer's key blocks are flushed cooperatively (one thread per element, workgroup reductions): the channel
+ * layout, key groups of a power of two that tile the merge pass's workgroup and fill whole words. Others keep one
+ * thread per channel and group.
+ * @internal
+ */
+export function cooperativeKeys(s: Pick<UpdateSpec, 'keys' | 'keyLayout'>): boolean {
+  if (s.keys.kind !== 'packed') return false;
+  const n = s.keys.groupSize;
+  // quad layout: a word holds 4 channels, so a workgroup's channels must come in whole quads
+  const quadOk = s.keyLayout !== 'quad' || ((MERGE_WORKGROUP / n) % 4 === 0 && (n * s.keys.bits) % 8 === 0);
+  return (n & (n - 1)) === 0 && n <= MERGE_WORKGROUP && (n * s.keys.bits) % 32 === 0 && quadOk;
+}
+
 /** Thread counts of the update pass's roles, in order: q, k, v; `total` = every thread dispatched (whole workgroups). @internal */
 export function updateRoles(s: UpdateSpec): { q: number; k: number; v: number; total: number } {
   const q = (s.qHeads * s.headDim) / 4;
@@ -172,20 +186,110 @@ export function updateRoles(s: UpdateSpec): { q: number; k: number; v: number; t
  * `valueWorkgroup`. `workgroups` = every workgroup they need (0: nothing packed).
  * @internal
  */
-export function quantizeRoles(s: UpdateSpec): { kf: number; vq: number; valueWorkgroup: number; workgroups: number } {
+export function quantizeRoles(s: UpdateSpec): { keyWorkgroups: number; kf: number; vq: number; valueWorkgroup: number; workgroups: number } {
   const W = MERGE_WORKGROUP;
+  // cooperative key flush: the first workgroups, W / groupSize groups (channels) each; the other roles follow them
+  const kg = s.keys.kind === 'packed' ? s.keys.groupSize : 1;
+  const keyWorkgroups = cooperativeKeys(s) ? Math.ceil((s.kvHeads * s.headDim * s.residualLength) / kg / (W / kg)) : 0;
   // own codes in the quad layout: one thread per 4 channels (a word holds 4 channels)
   const channelsPerThread = s.keys.kind === 'packed' && s.keyLayout === 'quad' && !s.keys.donor ? 4 : 1;
-  const kf = s.keys.kind === 'packed' ? (s.kvHeads * s.headDim * s.residualLength) / s.keys.groupSize / channelsPerThread : 0;
+  const kf = s.keys.kind === 'packed' && keyWorkgroups === 0 ? (s.kvHeads * s.headDim * s.residualLength) / s.keys.groupSize / channelsPerThread : 0;
   const valueWorkgroup = Math.ceil(kf / W);
-  if (s.values.kind !== 'packed') return { kf, vq: 0, valueWorkgroup, workgroups: valueWorkgroup };
+  if (s.values.kind !== 'packed') return { keyWorkgroups, kf, vq: 0, valueWorkgroup, workgroups: keyWorkgroups + valueWorkgroup };
   if (!cooperativeValues(s)) {
     const vq = (s.kvHeads * s.headDim) / s.values.groupSize;
-    return { kf, vq, valueWorkgroup, workgroups: Math.ceil((kf + vq) / W) };
+    return { keyWorkgroups, kf, vq, valueWorkgroup, workgroups: keyWorkgroups + Math.ceil((kf + vq) / W) };
   }
   const perThread = Math.max(1, s.values.groupSize / W);
   const vw = Math.ceil((s.kvHeads * s.headDim) / (W * perThread));
-  return { kf, vq: vw * W, valueWorkgroup, workgroups: valueWorkgroup + vw };
+  return { keyWorkgroups, kf, vq: vw * W, valueWorkgroup, workgroups: keyWorkgroups + valueWorkgroup + vw };
+}
+
+/**
+ * The key block owed (`S.kflush`), quantized by whole workgroups: thread (channel `lid % CH`, token `lid / CH`) of
+ * `CH = W / groupSize` channels per workgroup, min/max by tree reduction over the group's tokens in workgroup memory, one
+ * packed word per `32 / bits` tokens of a channel (quad layout: per 4 channels × `8 / bits` tokens), calibration (η,
+ * least squares in the serial kernel's order) by the group's first thread — the same codes and metadata as
+ * {@link quantGroup}.
+ */
+function cooperativeKeyRole(s: UpdateSpec): string[] {
+  const k = s.keys as DeviceStorage & { kind: 'packed' };
+  const D = s.headDim;
+  const W = MERGE_WORKGROUP;
+  const n = k.groupSize;
+  const bits = k.bits;
+  const M = (1 << bits) - 1;
+  const CPW = 32 / bits;
+  const CH = W / n;
+  const NG = s.residualLength / n;
+  const total = s.kvHeads * D * NG;
+  const L: string[] = [
+    `var<workgroup> kx: array<f32, ${W}>;`,
+    `var<workgroup> kcode: array<u32, ${W}>;`,
+    `var<workgroup> kmin: array<f32, ${W}>;`,
+    `var<workgroup> kmax: array<f32, ${W}>;`,
+    'fn flushKeyBlock(kw: u32, lid: u32) {',
+    '  if (S.kflush == 0xffffffffu) { return; }',
+    `  let dl = lid % ${CH}u;`,
+    `  let j = lid / ${CH}u;`,
+    // group (kv, g, d), channel fastest; threads past the last group take part in the barriers only
+    `  let gi = kw * ${CH}u + dl;`,
+    `  let live = gi < ${total}u;`,
+    `  let d = gi % ${D}u;`,
+    `  let g = (gi / ${D}u) % ${NG}u;`,
+    `  let kv = min(gi / ${D * NG}u, ${s.kvHeads - 1}u);`,
+    `  let tb = S.kflush + g * ${n}u;`,
+    `  var x = 0.0;`,
+    `  if (live) { x = r16(ring[(kv * S.kring + (tb + j) % S.kring) * ${D}u + d]); }`,
+    '  kx[lid] = x;',
+    '  kmin[lid] = x;',
+    '  kmax[lid] = x;',
+    '  workgroupBarrier();',
+  ];
+  for (let stride = n / 2; stride >= 1; stride /= 2) {
+    L.push(`  if (j < ${stride}u) { kmin[lid] = min(kmin[lid], kmin[lid + ${stride * CH}u]); kmax[lid] = max(kmax[lid], kmax[lid + ${stride * CH}u]); }`, '  workgroupBarrier();');
+  }
+  L.push('  let mn = kmin[dl];', `  var sc = scaleOf(mn, kmax[dl], ${M}.0, ${fl(1 / M)});`, '  var z = mn;');
+  const nw = `(S.cap / ${CPW}u)`;
+  const quad = s.keyLayout === 'quad';
+  const TPB = 8 / bits; // quad layout: tokens per byte
+  if (k.donor && quad) {
+    L.push(`  kcode[lid] = (dK[(kv * ${nw} + (tb + j) / ${CPW}u) * ${D}u + (d & ~3u) + ((tb + j) / ${TPB}u) % 4u] >> ((d % 4u) * 8u + ((tb + j) % ${TPB}u) * ${bits}u)) & ${M}u;`);
+  } else if (k.donor) {
+    L.push(`  kcode[lid] = (dK[(kv * ${nw} + (tb + j) / ${CPW}u) * ${D}u + d] >> (((tb + j) % ${CPW}u) * ${bits}u)) & ${M}u;`);
+  } else {
+    L.push(`  kcode[lid] = u32(select(0.0, clamp(round(r16(diff(x, mn) / sc)), 0.0, ${M}.0), sc > 0.0));`);
+  }
+  L.push('  workgroupBarrier();', '  if (!live) { return; }');
+  if (!k.donor && quad) {
+    // one word per 4 channels × TPB tokens (byte e = channel 4q + e, bit field t = token), by its first thread
+    L.push(
+      `  if (d % 4u == 0u && j % ${TPB}u == 0u) {`,
+      '    var word = 0u;',
+      `    for (var e = 0u; e < 4u; e = e + 1u) { for (var t = 0u; t < ${TPB}u; t = t + 1u) { word = word | (kcode[(j + t) * ${CH}u + dl + e] << (e * 8u + t * ${bits}u)); } }`,
+      '    let tok = tb + j;',
+      `    K[(kv * ${nw} + tok / ${CPW}u) * ${D}u + d + (tok / ${TPB}u) % 4u] = word;`,
+      '  }',
+    );
+  } else if (!k.donor) {
+    // one word per CPW tokens of the channel, by the word's first thread
+    L.push(
+      `  if (j % ${CPW}u == 0u) {`,
+      '    var word = 0u;',
+      `    for (var i = 0u; i < ${CPW}u; i = i + 1u) { word = word | (kcode[(j + i) * ${CH}u + dl] << (i * ${bits}u)); }`,
+      `    K[(kv * ${nw} + (tb + j) / ${CPW}u) * ${D}u + d] = word;`,
+      '  }',
+    );
+  }
+  L.push('  if (j != 0u) { return; }');
+  const cal = k.calibration ?? { kind: 'none' };
+  if (cal.kind === 'eta' && cal.eta !== 0) {
+    L.push(`  let t1 = r16(sc * ${M}.0);`, `  let t2 = r16(t1 * ${fl(cal.eta)});`, '  z = r16(z + t2);', `  sc = r16(sc * ${fl(1 - 2 * cal.eta)});`);
+  } else if (cal.kind === 'least-squares') {
+    L.push(...leastSquares(n, (jj) => `kx[${jj} * ${CH}u + dl]`, (jj) => `kcode[${jj} * ${CH}u + dl]`, 'sc').map((l) => `  ${l}`));
+  }
+  L.push(`  K[${s.keyMetaOffset}u + (kv * (S.cap / ${n}u) + tb / ${n}u) * ${D}u + d] = pack2x16float(vec2<f32>(sc, z));`, '}');
+  return L;
 }
 
 interface QuantGroup {
@@ -488,13 +592,16 @@ export function quantizeSource(s: UpdateSpec): { declarations: string[]; body: s
   if (s.values.kind === 'packed') declarations.push(...valueLayoutHelpers(s));
   const coop = cooperativeValues(s);
   if (coop) declarations.push(...cooperativeValueRole(s));
+  if (r.keyWorkgroups > 0) declarations.push(...cooperativeKeyRole(s));
   const L: string[] = [];
   const push = (...l: string[]) => L.push(...l);
-  // workgroup-uniform branch first: the cooperative role synchronises its workgroups
-  if (coop) push(`if (qw >= ${r.valueWorkgroup}u) { quantizeValueToken(qw - ${r.valueWorkgroup}u, lid); return; }`);
-  push(`let gid = qw * ${MERGE_WORKGROUP}u + lid;`);
+  // workgroup-uniform branches first: the cooperative roles synchronise their workgroups
+  if (r.keyWorkgroups > 0) push(`if (qw < ${r.keyWorkgroups}u) { flushKeyBlock(qw, lid); return; }`, `let qv = qw - ${r.keyWorkgroups}u;`);
+  else push('let qv = qw;');
+  if (coop) push(`if (qv >= ${r.valueWorkgroup}u) { quantizeValueToken(qv - ${r.valueWorkgroup}u, lid); return; }`);
+  push(`let gid = qv * ${MERGE_WORKGROUP}u + lid;`);
   // key block owed by the previous position: thread (kv, d, g)
-  if (s.keys.kind === 'packed') {
+  if (s.keys.kind === 'packed' && r.keyWorkgroups === 0) {
     const k = s.keys;
     const gs = k.groupSize;
     const CPW = 32 / k.bits;
