@@ -3,6 +3,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKvCache } from '@xquant/tfjs';
 import { DeviceKvCache, INT8_KEYS_MIN_CAPACITY, type DeviceAttentionTuning, type DeviceQuantizedConfig } from '../src/index.js';
+import { cooperativeKeys } from '../src/device/update-wgsl.js';
 import { buffer, compare, device, gpu, identityRope, reason } from './device-compare.js';
 
 describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason || 'WebGPU adapter'})`, () => {
@@ -55,6 +56,14 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     const { maxRel } = await compare({ name: 'planned', preset: 'planned', options, qHeads: 4, kvHeads: 2 }, 44, 2, 128);
     // float32 least squares (the CPU fits in float64)
     expect(maxRel).toBeLessThan(1e-3);
+  }, 600_000);
+
+  it('key blocks flushed cooperatively (groups of 32, channel and quad layouts) and by one thread per group (groups of 48 or 128 in the quad layout): the numbers of the CPU cache', async () => {
+    const packed = (groupSize: number, keyLayout?: 'quad') => ({ keys: { kind: 'packed' as const, bits: 2 as const, groupSize }, ...(keyLayout ? { keyLayout } : {}) });
+    expect([cooperativeKeys(packed(32)), cooperativeKeys(packed(32, 'quad')), cooperativeKeys(packed(48)), cooperativeKeys(packed(128, 'quad'))]).toEqual([true, true, false, false]);
+    // key groups of 48 tokens (R = 48): the per-thread key flush (values in groups of 16 channels)
+    const { maxRel } = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 48, groupSize: 48, valueGroupSize: 16 }, qHeads: 4, kvHeads: 2, tuning: { slot: 16, small: null } }, 130, 1);
+    expect(maxRel).toBeLessThan(2e-5);
   }, 600_000);
 
   it('groups wider than fp16 (values in ±60000): the CPU cache\'s exact range and bounded scale, finite outputs', async () => {
