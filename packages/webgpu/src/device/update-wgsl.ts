@@ -9,6 +9,7 @@
  * @internal
  */
 import { STEP_FIELDS, stepStruct, type DeviceOperand } from './attention-wgsl.js';
+import type { GpuBits } from '../layout.js';
 
 /** Calibration of the stored scale/zero, computable on the device. @internal */
 export type DeviceCalibration = { kind: 'none' } | { kind: 'eta'; eta: number } | { kind: 'least-squares' };
@@ -216,10 +217,7 @@ function cooperativeKeyRole(s: UpdateSpec): string[] {
   const k = s.keys as DeviceStorage & { kind: 'packed' };
   const D = s.headDim;
   const W = MERGE_WORKGROUP;
-  const n = k.groupSize;
-  const bits = k.bits;
-  const M = (1 << bits) - 1;
-  const CPW = 32 / bits;
+  const { n, bits, M, CPW } = groupCodes(k);
   const CH = W / n;
   const NG = s.residualLength / n;
   const total = s.kvHeads * D * NG;
@@ -282,12 +280,7 @@ function cooperativeKeyRole(s: UpdateSpec): string[] {
     );
   }
   L.push('  if (j != 0u) { return; }');
-  const cal = k.calibration ?? { kind: 'none' };
-  if (cal.kind === 'eta' && cal.eta !== 0) {
-    L.push(`  let t1 = r16(sc * ${M}.0);`, `  let t2 = r16(t1 * ${fl(cal.eta)});`, '  z = r16(z + t2);', `  sc = r16(sc * ${fl(1 - 2 * cal.eta)});`);
-  } else if (cal.kind === 'least-squares') {
-    L.push(...leastSquares(n, (jj) => `kx[${jj} * ${CH}u + dl]`, (jj) => `kcode[${jj} * ${CH}u + dl]`, 'sc').map((l) => `  ${l}`));
-  }
+  L.push(...calibrationLines(k.calibration, M, n, 'sc', (jj) => `kx[${jj} * ${CH}u + dl]`, (jj) => `kcode[${jj} * ${CH}u + dl]`).map((l) => `  ${l}`));
   L.push(`  K[${s.keyMetaOffset}u + (kv * (S.cap / ${n}u) + tb / ${n}u) * ${D}u + d] = pack2x16float(vec2<f32>(sc, z));`, '}');
   return L;
 }
@@ -353,14 +346,25 @@ function quantGroup(q: QuantGroup): string[] {
   }
   if (q.codesOut && unrolled) for (let j = 0; j < q.n; j++) L.push(q.codesOut(`${j}u`));
   else if (q.codesOut) L.push(`for (var j = 0u; j < ${q.n}u; j = j + 1u) { ${q.codesOut('j')} }`);
-  const cal = q.calibration;
-  if (cal.kind === 'eta' && cal.eta !== 0) {
-    L.push(`let t1 = r16(s * ${M}.0);`, `let t2 = r16(t1 * ${fl(cal.eta)});`, `z = r16(z + t2);`, `s = r16(s * ${fl(1 - 2 * cal.eta)});`);
-  } else if (cal.kind === 'least-squares') {
-    L.push(...leastSquares(q.n, (j) => `xs[${j}]`, (j) => `cs[${j}]`, 's'));
-  }
+  L.push(...calibrationLines(q.calibration, M, q.n, 's', (j) => `xs[${j}]`, (j) => `cs[${j}]`));
   L.push(q.writeMeta('pack2x16float(vec2<f32>(s, z))'));
   return L;
+}
+
+/** A packed operand's group size `n`, bits, largest code `M` and codes per 32-bit word `CPW`. */
+function groupCodes(op: { groupSize: number; bits: GpuBits }): { n: number; bits: GpuBits; M: number; CPW: number } {
+  return { n: op.groupSize, bits: op.bits, M: (1 << op.bits) - 1, CPW: 32 / op.bits };
+}
+
+/**
+ * Lines calibrating the scale `sv` and zero `z` of a group of `n` elements with `m = 2^bits − 1` levels: η pulls the
+ * levels inward (`z += r(r(sv·m)·η)`, `sv = r(sv·(1 − 2η))`); least squares refits them from the elements `x(j)` and
+ * codes `code(j)`; none leaves them.
+ */
+function calibrationLines(cal: DeviceCalibration | undefined, M: number, n: number, sv: string, x: (j: string) => string, code: (j: string) => string): string[] {
+  if (cal?.kind === 'eta' && cal.eta !== 0) return [`let t1 = r16(${sv} * ${M}.0);`, `let t2 = r16(t1 * ${fl(cal.eta)});`, 'z = r16(z + t2);', `${sv} = r16(${sv} * ${fl(1 - 2 * cal.eta)});`];
+  if (cal?.kind === 'least-squares') return leastSquares(n, x, code, sv);
+  return [];
 }
 
 /**
@@ -404,10 +408,7 @@ function cooperativeValueRole(s: UpdateSpec): string[] {
   const v = s.values as DeviceStorage & { kind: 'packed' };
   const D = s.headDim;
   const W = MERGE_WORKGROUP;
-  const n = v.groupSize;
-  const bits = v.bits;
-  const M = (1 << bits) - 1;
-  const CPW = 32 / bits;
+  const { n, bits, M, CPW } = groupCodes(v);
   const EPT = Math.max(1, n / W);
   const T = Math.min(n, W);
   const E = s.kvHeads * D;
@@ -476,12 +477,7 @@ function cooperativeValueRole(s: UpdateSpec): string[] {
     );
   }
   L.push('  if (tj != 0u) { return; }');
-  const cal = v.calibration ?? { kind: 'none' };
-  if (cal.kind === 'eta' && cal.eta !== 0) {
-    L.push(`  let t1 = r16(sc * ${M}.0);`, `  let t2 = r16(t1 * ${fl(cal.eta)});`, '  z = r16(z + t2);', `  sc = r16(sc * ${fl(1 - 2 * cal.eta)});`);
-  } else if (cal.kind === 'least-squares') {
-    L.push(...leastSquares(n, (j) => `vx[gb + ${j}]`, (j) => `vcode[gb + ${j}]`, 'sc').map((l) => `  ${l}`));
-  }
+  L.push(...calibrationLines(v.calibration, M, n, 'sc', (j) => `vx[gb + ${j}]`, (j) => `vcode[gb + ${j}]`).map((l) => `  ${l}`));
   L.push(`  V[${s.valueMetaOffset}u + row * ${G}u + g] = pack2x16float(vec2<f32>(sc, z));`, '}');
   return L;
 }
