@@ -182,12 +182,12 @@ export function updateRoles(s: UpdateSpec): { q: number; k: number; v: number; t
 }
 
 /**
- * Thread counts of the quantization roles (run by extra workgroups of the merge pass, {@link MERGE_WORKGROUP} threads
- * each): key flush, then value quantization — one thread per group, or (cooperative) whole workgroups from
- * `valueWorkgroup`. `workgroups` = every workgroup they need (0: nothing packed).
+ * Workgroups of the quantization roles (extra workgroups of the merge pass, {@link MERGE_WORKGROUP} threads each), in
+ * order: the cooperative key flush (`keyWorkgroups`), or `kf` threads of the per-thread one; then the value token from
+ * workgroup `valueWorkgroup` (after those). `workgroups` = every workgroup they need (0: nothing packed).
  * @internal
  */
-export function quantizeRoles(s: UpdateSpec): { keyWorkgroups: number; kf: number; vq: number; valueWorkgroup: number; workgroups: number } {
+export function quantizeRoles(s: UpdateSpec): { keyWorkgroups: number; kf: number; valueWorkgroup: number; workgroups: number } {
   const W = MERGE_WORKGROUP;
   // cooperative key flush: the first workgroups, W / groupSize groups (channels) each; the other roles follow them
   const kg = s.keys.kind === 'packed' ? s.keys.groupSize : 1;
@@ -196,14 +196,12 @@ export function quantizeRoles(s: UpdateSpec): { keyWorkgroups: number; kf: numbe
   const channelsPerThread = s.keys.kind === 'packed' && s.keyLayout === 'quad' && !s.keys.donor ? 4 : 1;
   const kf = s.keys.kind === 'packed' && keyWorkgroups === 0 ? (s.kvHeads * s.headDim * s.residualLength) / s.keys.groupSize / channelsPerThread : 0;
   const valueWorkgroup = Math.ceil(kf / W);
-  if (s.values.kind !== 'packed') return { keyWorkgroups, kf, vq: 0, valueWorkgroup, workgroups: keyWorkgroups + valueWorkgroup };
-  if (!cooperativeValues(s)) {
-    const vq = (s.kvHeads * s.headDim) / s.values.groupSize;
-    return { keyWorkgroups, kf, vq, valueWorkgroup, workgroups: keyWorkgroups + Math.ceil((kf + vq) / W) };
-  }
+  if (s.values.kind !== 'packed') return { keyWorkgroups, kf, valueWorkgroup, workgroups: keyWorkgroups + valueWorkgroup };
+  // value groups divide a power-of-two head dim of at most 256 and hold whole words (the cache checks both)
+  if (!cooperativeValues(s)) throw new Error(`internal: value groups of ${s.values.groupSize} channels (${s.values.bits}-bit) do not tile the ${W}-thread workgroup`);
   const perThread = Math.max(1, s.values.groupSize / W);
   const vw = Math.ceil((s.kvHeads * s.headDim) / (W * perThread));
-  return { keyWorkgroups, kf, vq: vw * W, valueWorkgroup, workgroups: keyWorkgroups + valueWorkgroup + vw };
+  return { keyWorkgroups, kf, valueWorkgroup, workgroups: keyWorkgroups + valueWorkgroup + vw };
 }
 
 /**
@@ -585,18 +583,17 @@ export function quantizeSource(s: UpdateSpec): { declarations: string[]; body: s
     ...R16,
     ...SCALE_OF,
   ];
-  if (s.values.kind === 'packed') declarations.push(...valueLayoutHelpers(s));
-  const coop = cooperativeValues(s);
-  if (coop) declarations.push(...cooperativeValueRole(s));
+  // (quantizeRoles has checked that packed values take the cooperative role)
+  if (s.values.kind === 'packed') declarations.push(...valueLayoutHelpers(s), ...cooperativeValueRole(s));
   if (r.keyWorkgroups > 0) declarations.push(...cooperativeKeyRole(s));
   const L: string[] = [];
   const push = (...l: string[]) => L.push(...l);
   // workgroup-uniform branches first: the cooperative roles synchronise their workgroups
   if (r.keyWorkgroups > 0) push(`if (qw < ${r.keyWorkgroups}u) { flushKeyBlock(qw, lid); return; }`, `let qv = qw - ${r.keyWorkgroups}u;`);
   else push('let qv = qw;');
-  if (coop) push(`if (qv >= ${r.valueWorkgroup}u) { quantizeValueToken(qv - ${r.valueWorkgroup}u, lid); return; }`);
+  if (s.values.kind === 'packed') push(`if (qv >= ${r.valueWorkgroup}u) { quantizeValueToken(qv - ${r.valueWorkgroup}u, lid); return; }`);
   push(`let gid = qv * ${MERGE_WORKGROUP}u + lid;`);
-  // key block owed by the previous position: thread (kv, d, g)
+  // the key block owed, one thread per (kv, d, g) where the cooperative flush does not tile the group
   if (s.keys.kind === 'packed' && r.keyWorkgroups === 0) {
     const k = s.keys;
     const gs = k.groupSize;
@@ -648,29 +645,6 @@ export function quantizeSource(s: UpdateSpec): { declarations: string[]; body: s
         }),
       );
     }
-    push('return;', '}');
-  }
-  // value token owed by the previous position: thread (kv, g)
-  if (s.values.kind === 'packed' && !coop) {
-    const v = s.values;
-    const gv = v.groupSize;
-    const G = D / gv;
-    const wpg = (gv * v.bits) / 32;
-    push(`if (gid < ${r.kf + r.vq}u) {`, 'if (S.vquant == 0xffffffffu) { return; }', `let i = gid - ${r.kf}u;`);
-    push(`let kv = i / ${G}u;`, `let g = i % ${G}u;`, 'let t = S.vquant;', `let rb = ${s.valueRingOffset}u + (kv * S.vring + t % S.vring) * ${D}u + g * ${gv}u;`);
-    push(`let row = kv * S.cap + t;`);
-    push(
-      ...quantGroup({
-        n: gv,
-        bits: v.bits,
-        value: (j) => `ring[rb + ${j}]`,
-        ...(v.donor
-          ? { donorCode: (j: string) => `donorValueCode(kv, t, g * ${gv}u + ${j})` }
-          : { writeWord: (kk: string, w: string) => `putValueWord(kv, t, g * ${wpg}u + ${kk}, ${w});` }),
-        calibration: v.calibration ?? { kind: 'none' },
-        writeMeta: (m) => `V[${s.valueMetaOffset}u + row * ${G}u + g] = ${m};`,
-      }),
-    );
     push('return;', '}');
   }
   push('return;');
