@@ -64,6 +64,9 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     // key groups of 48 tokens (R = 48): the per-thread key flush (values in groups of 16 channels)
     const { maxRel } = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 48, groupSize: 48, valueGroupSize: 16 }, qHeads: 4, kvHeads: 2, tuning: { slot: 16, small: null } }, 130, 1);
     expect(maxRel).toBeLessThan(2e-5);
+    // key groups of 128 in the int8 keys' quad layout (R = 128): the per-thread flush writing quad words
+    const quad = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 128, groupSize: 128, valueGroupSize: 32 }, qHeads: 2, kvHeads: 2, tuning: { keyDot: 'int8', slot: 16, small: null } }, 300, 1);
+    expect(quad.maxRel).toBeLessThan(1e-2);
   }, 600_000);
 
   it('groups wider than fp16 (values in ±60000): the CPU cache\'s exact range and bounded scale, finite outputs', async () => {

@@ -213,7 +213,7 @@ function int8KeysFit(cfg: DeviceQuantizedConfig, main: { workgroup: number; slot
 export type BindingKind = 'read-only-storage' | 'storage' | 'uniform';
 /** Binding types of each kernel, in binding order (explicit layouts: 'auto' would drop bindings a variant does not read). */
 const LAYOUTS: Record<'update' | 'decode' | 'combine' | 'combineQuantize' | 'fill', BindingKind[]> = {
-  update: ['read-only-storage', 'read-only-storage', 'storage', 'storage', 'storage', 'storage', 'read-only-storage', 'read-only-storage', 'uniform'],
+  update: ['read-only-storage', 'read-only-storage', 'storage', 'storage', 'storage', 'storage', 'uniform'],
   decode: ['read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'storage', 'uniform'],
   combine: ['read-only-storage', 'storage', 'uniform'],
   // + K, V (written), ring, donor keys, donor values: the quantization the schedule owes
@@ -562,11 +562,9 @@ export class DeviceKvCache {
     const range = (buffer: GPUBuffer, fromWords: number, toBytes?: number): GPUBufferBinding => ({ buffer, offset: fromWords * 4, size: (toBytes ?? buffer.size) - fromWords * 4 });
     const whole = (buffer: GPUBuffer): GPUBufferBinding => ({ buffer });
     for (const l of this.layers) {
-      const dk = l.keyDonor !== null ? this.layers[l.keyDonor]!.K : this.dummy;
-      const dv = l.valueDonor !== null ? this.layers[l.valueDonor]!.V : this.dummy;
       l.updateBG = dev.createBindGroup({
         layout: this.compiler.layout(LAYOUTS.update),
-        entries: [io.qkv, io.rope, this.qbuf, l.K, l.V, l.ring ?? this.dummyRW, dk, dv].map((b, binding) => ({ binding, resource: whole(b) })).concat([{ binding: 8, resource: whole(this.step) }]),
+        entries: [io.qkv, io.rope, this.qbuf, l.K, l.V, l.ring ?? this.dummyRW, this.step].map((b, binding) => ({ binding, resource: whole(b) })),
       });
       const keyCodes = l.keys.kind === 'dense' ? whole(l.K) : l.keyDonor !== null ? range(this.layers[l.keyDonor]!.K, 0, this.layers[l.keyDonor]!.keyMetaOffset * 4) : range(l.K, 0, l.keyMetaOffset * 4);
       const keyMeta = l.keys.kind === 'dense' ? whole(this.dummy) : range(l.K, l.keyMetaOffset);

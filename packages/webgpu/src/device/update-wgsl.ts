@@ -499,10 +499,8 @@ export function updateKernelSource(s: UpdateSpec): string {
   push('@group(0) @binding(3) var<storage, read_write> K: array<u32>;');
   push('@group(0) @binding(4) var<storage, read_write> V: array<u32>;');
   push('@group(0) @binding(5) var<storage, read_write> ring: array<f32>;');
-  push('@group(0) @binding(6) var<storage, read> dK: array<u32>;');
-  push('@group(0) @binding(7) var<storage, read> dV: array<u32>;');
-  push('@group(0) @binding(8) var<uniform> S: Step;');
-  push(...R16, ...SCALE_OF);
+  push('@group(0) @binding(6) var<uniform> S: Step;');
+  push(...R16);
   // rotate channels (c, c+1) and (c + D/2, c + 1 + D/2) of the head starting at `base`
   push(
     'fn rot(base: u32, e: u32) -> array<f32, 4> {',
