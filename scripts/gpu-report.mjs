@@ -12,15 +12,16 @@ const torch = JSON.parse(readFileSync(join(dir, 'torch-peer.json'), 'utf8'));
 const torchBest = (T, kv, D) => torch.rows.find((r) => r.T === T && r.kvHeads === kv && (r.headDim ?? 128) === D && r.backend === 'best')?.ms ?? null;
 
 // attention: the fastest geometry of each cache per shape (debug rows that skip a stage are left out)
-// variant fields: workgroup x slot x unroll x value unroll x heads x value slot x debug skip (1-5) x int8 (1 keys, 2 values, 3 both) x prefetch (1 on, 2 off)
+// variant fields: workgroup x slot x unroll x value unroll x heads x value slot x debug skip (1-9) x int8 (1 keys, 2 values, 3 both, 8 f16 values) x prefetch (1 on, 2 off)
 const field = (v, i) => Number(String(v).split('x')[i] ?? 0);
-const measured = run.attention.filter((r) => !r.error && !(field(r.variant, 6) >= 1 && field(r.variant, 6) <= 5));
+const measured = run.attention.filter((r) => !r.error && !(field(r.variant, 6) >= 1));
 // which key path a row ran: the dispatch says so (since packed keys without GQA default to int8); older runs: the variant
 const keysOf = (r) => r.dispatch?.keyScores ?? (field(r.variant, 7) & 1 ? 'int8' : 'f32');
 const valuesInt8 = (r) => (field(r.variant, 7) & 2) !== 0;
-// the default paths (float32 value mix; keys as the cache chose or were asked); int8 values (opt-in) beside them
-const real = measured.filter((r) => !valuesInt8(r));
-const int8Of = (mode) => measured.filter((r) => (keysOf(r) === 'int8' ? 1 : 0) + (valuesInt8(r) ? 2 : 0) === mode);
+const valuesF16 = (r) => (r.dispatch?.valueMix ?? ((field(r.variant, 7) & 8) !== 0 ? 'f16' : 'f32')) === 'f16';
+// the default paths (float32 value mix; keys as the cache chose or were asked); int8 and f16 values (opt-in) beside them
+const real = measured.filter((r) => !valuesInt8(r) && !valuesF16(r));
+const int8Of = (mode) => measured.filter((r) => !valuesF16(r) && (keysOf(r) === 'int8' ? 1 : 0) + (valuesInt8(r) ? 2 : 0) === mode);
 const shapes = [...new Set(real.map((r) => `${r.T}/${r.qHeads}/${r.kvHeads}/${r.headDim}`))];
 const attention = shapes.map((k) => {
   const [T, qHeads, kvHeads, headDim] = k.split('/').map(Number);
@@ -30,6 +31,7 @@ const attention = shapes.map((k) => {
   const full = best(/full/);
   const fastest = (mode) => int8Of(mode).filter((r) => `${r.T}/${r.qHeads}/${r.kvHeads}/${r.headDim}` === k).sort((a, b) => a.ms - b.ms)[0];
   const [q8, v8, b8] = [fastest(1), fastest(2), fastest(3)];
+  const h16 = measured.filter((r) => valuesF16(r) && `${r.T}/${r.qHeads}/${r.kvHeads}/${r.headDim}` === k).sort((a, b) => a.ms - b.ms)[0];
   return {
     T, qHeads, kvHeads, headDim,
     xquantMs: xq.ms, xquantVariant: xq.variant, xquantKeyScores: keysOf(xq), xquantBytes: xq.bytes, xquantGBps: xq.GBps,
@@ -39,6 +41,7 @@ const attention = shapes.map((k) => {
     ...(q8 ? { xquantInt8KeysMs: q8.ms, xquantInt8KeysVariant: q8.variant } : {}),
     ...(v8 ? { xquantInt8ValuesMs: v8.ms, xquantInt8ValuesVariant: v8.variant } : {}),
     ...(b8 ? { xquantInt8BothMs: b8.ms, xquantInt8BothVariant: b8.variant } : {}),
+    ...(h16 ? { xquantF16ValuesMs: h16.ms, xquantF16ValuesVariant: h16.variant } : {}),
     readCeilingGBps: run.ceiling.GBps,
   };
 });
@@ -53,10 +56,10 @@ writeFileSync('docs/gpu/h200-summary.json', JSON.stringify(summary, null, 1) + '
 const f = (x, d = 3) => (x == null ? '–' : x.toFixed(d));
 const lines = [];
 lines.push('### Decode-attention step alone (one layer, 1 query position, fastest geometry of each kernel)', '');
-lines.push('| T | q/kv heads | d | xquant-1.38 layer (ms) | GB/s | % of read ceiling | int8 keys (ms) | int8 values (ms) | int8 both (ms) | our fp16 (ms) | torch fp16 SDPA (ms) | torch ÷ xquant | torch ÷ int8 values |');
-lines.push('|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+lines.push('| T | q/kv heads | d | xquant-1.38 layer (ms) | GB/s | % of read ceiling | int8 keys (ms) | int8 values (ms) | int8 both (ms) | f16 values (ms) | our fp16 (ms) | torch fp16 SDPA (ms) | torch ÷ xquant | torch ÷ int8 values |');
+lines.push('|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
 for (const a of attention) {
-  lines.push(`| ${a.T} | ${a.qHeads}/${a.kvHeads} | ${a.headDim} | ${f(a.xquantMs, 4)} (${a.xquantVariant}) | ${a.xquantGBps.toFixed(0)} | ${((100 * a.xquantGBps) / a.readCeilingGBps).toFixed(0)}% | ${a.xquantInt8KeysMs ? `${f(a.xquantInt8KeysMs, 4)} (${a.xquantInt8KeysVariant})` : '–'} | ${a.xquantInt8ValuesMs ? `${f(a.xquantInt8ValuesMs, 4)} (${a.xquantInt8ValuesVariant})` : '–'} | ${a.xquantInt8BothMs ? `${f(a.xquantInt8BothMs, 4)} (${a.xquantInt8BothVariant})` : '–'} | ${f(a.fullFp16Ms, 4)} | ${f(a.torchFp16Ms, 4)} | ${a.torchFp16Ms ? (a.torchFp16Ms / a.xquantMs).toFixed(2) + '×' : '–'} | ${a.torchFp16Ms && a.xquantInt8ValuesMs ? (a.torchFp16Ms / a.xquantInt8ValuesMs).toFixed(2) + '×' : '–'} |`);
+  lines.push(`| ${a.T} | ${a.qHeads}/${a.kvHeads} | ${a.headDim} | ${f(a.xquantMs, 4)} (${a.xquantVariant}) | ${a.xquantGBps.toFixed(0)} | ${((100 * a.xquantGBps) / a.readCeilingGBps).toFixed(0)}% | ${a.xquantInt8KeysMs ? `${f(a.xquantInt8KeysMs, 4)} (${a.xquantInt8KeysVariant})` : '–'} | ${a.xquantInt8ValuesMs ? `${f(a.xquantInt8ValuesMs, 4)} (${a.xquantInt8ValuesVariant})` : '–'} | ${a.xquantInt8BothMs ? `${f(a.xquantInt8BothMs, 4)} (${a.xquantInt8BothVariant})` : '–'} | ${a.xquantF16ValuesMs ? `${f(a.xquantF16ValuesMs, 4)} (${a.xquantF16ValuesVariant})` : '–'} | ${f(a.fullFp16Ms, 4)} | ${f(a.torchFp16Ms, 4)} | ${a.torchFp16Ms ? (a.torchFp16Ms / a.xquantMs).toFixed(2) + '×' : '–'} | ${a.torchFp16Ms && a.xquantInt8ValuesMs ? (a.torchFp16Ms / a.xquantInt8ValuesMs).toFixed(2) + '×' : '–'} |`);
 }
 lines.push('', '### End to end (wall ms per generated token, one token id read back per step)', '');
 lines.push('| model | context | cache | ms/token | tok/s | KV MiB | KV true bits | floor (ms) | floor ÷ measured | GPU time (ms) | attention GPU (ms) | host encode (ms/token) |');

@@ -3,6 +3,7 @@
 # unpacks the Vulkan loader and the carry, runs the torch fp16 peer, writes the random-weight checkpoints, runs the
 # benchmark. Results go to $OUT (the device tool brings that folder back). Extra arguments go to the benchmark.
 #   bash scripts/gpu-run.sh [--contexts 4096,32768,131072] [--caches full,kivi-2,xquant-1.38,plan] …
+# CEIL_ARGS: extra arguments of the WGSL ceilings benchmark (e.g. --dawn-flags …).
 # CODEBOOK=1 also runs the codebook (turboquant layout) attention benchmark (CODEBOOK_ARGS: its options).
 set -uo pipefail
 for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -35,6 +36,6 @@ if [ "${CODEBOOK:-0}" = 1 ]; then
   tail -20 "$OUT/codebook.log"
 fi
 if [ "${SKIP_CEILINGS:-0}" != 1 ]; then
-  (cd "$W" && ./node ceil.mjs --out "$OUT" --parts 131072) 2>&1 | grep -v 'Warning: max' > "$OUT/ceilings.log"
+  (cd "$W" && ./node ceil.mjs --out "$OUT" --parts 131072 ${CEIL_ARGS:-}) 2>&1 | grep -v 'Warning: max' > "$OUT/ceilings.log"
   tail -16 "$OUT/ceilings.log"
 fi

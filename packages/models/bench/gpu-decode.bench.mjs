@@ -3,7 +3,7 @@
 //   node gpu-decode.bench.mjs --out DIR --models name=dir[,name=dir…] [--contexts 4096,32768,131072] [--steps 32]
 //        [--caches full,kivi-2,xquant-1.38,plan] [--plan plan.json] [--attention 32768,131072] [--variants 64x8,128x4]
 //        [--tuning 64x8] [--attention-caches xquant,full] [--attention-flush] [--quick]   (variants/tuning: workgroup x key slot x unroll x value unroll x heads per group x
-//        value slot x debug skip (1-4; 5 = loads without arithmetic; 6 = 4 without the merge; 7 = empty main kernel; 8 = 7 without the merge; 9 = 4 without the lane reduction) x int8 (1 key scores, 2 value mix, 3 both, 4 float key scores) x
+//        value slot x debug skip (1-4; 5 = loads without arithmetic; 6 = 4 without the merge; 7 = empty main kernel; 8 = 7 without the merge; 9 = 4 without the lane reduction) x int8 (1 key scores, 2 value mix, 3 both, 4 float key scores, 8 f16 value mix) x
 //        prefetch (1 on, 2 off) of the decode-attention kernel; 0 = default)
 // On the GPU machine (no node there) run the bundle that scripts/gpu-carry.sh makes; docs/gpu/README.md has the recipe.
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
@@ -108,9 +108,10 @@ async function readCeiling(warmMs = 0) {
 function tuningOf(v) {
   const [workgroup, slot, unroll, valueUnroll, headsPerGroup, valueSlot, skip, int8, prefetch] = v.split('x').map(Number);
   const t = { workgroup, slot };
-  // int8 field: 1 = int8 key scores, 2 = int8 value mix, 3 = both; 4 = float key scores asked for
+  // int8 field: 1 = int8 key scores, 2 = int8 value mix, 3 = both; 4 = float key scores asked for; 8 = f16 value mix
   if (int8 & 1) t.keyDot = 'int8';
   if (int8 & 2) t.valueDot = 'int8';
+  if (int8 & 8) t.valueDot = 'f16';
   if (int8 & 4) t.keyDot = 'f32'; // the float key scores asked for (packed keys without GQA default to int8)
   if (skip) t.debugSkip = ['keys', 'values', 'both', 'all', 'arith', 'nomerge', 'empty', 'empty-nomerge', 'nolanes'][skip - 1];
   if (unroll) t.unroll = unroll;

@@ -10,9 +10,10 @@ import { parseArgs } from 'node:util';
 import { DeviceKvCache, requestNodeDevice } from '@xquant/webgpu';
 import { resolveCacheConfig } from '@xquant/tfjs';
 
-const { values: o } = parseArgs({ options: { out: { type: 'string', default: 'bench-out' }, quick: { type: 'boolean', default: false }, parts: { type: 'string', default: '131072' } } });
+const { values: o } = parseArgs({ options: { out: { type: 'string', default: 'bench-out' }, quick: { type: 'boolean', default: false }, parts: { type: 'string', default: '131072' }, 'dawn-flags': { type: 'string', default: '' } } });
 mkdirSync(o.out, { recursive: true });
-const ng = await requestNodeDevice({ flags: ['disable-dawn-features=timestamp_quantization'] });
+// --dawn-flags 'enable-dawn-features=vulkan_enable_f16_on_nvidia' exposes shader-f16 on NVIDIA (Dawn blocks it there)
+const ng = await requestNodeDevice({ flags: ['disable-dawn-features=timestamp_quantization', ...(o['dawn-flags'] ? o['dawn-flags'].split(';') : [])] });
 if (!ng) throw new Error('no WebGPU adapter');
 const { device } = ng;
 const errors = [];
@@ -139,6 +140,56 @@ function dot4Kernel(heads, qSource) {
 }
 
 /**
+ * The packed value loop's arithmetic per token without its loads, as the decode kernel does it: 1-bit codes, 16
+ * channels per thread, `heads` query heads (softmax weight from workgroup memory, times the token's scale, zero-point
+ * term in float32). `'f32'`: one decode (AND/OR, subtraction) and one FMA per code and head; `'f16'`: the
+ * `valueDot: 'f16'` form, channel pairs in `vec2<f16>` (one AND/OR and one half-precision subtraction per two codes,
+ * one half-precision FMA per two products, the weight converted to f16 per head).
+ */
+function valueArith(heads, mode) {
+  const f16 = mode === 'f16';
+  const L = [...(f16 ? ['enable f16;'] : []), 'var<workgroup> sw: array<f32, 1024>;', ...head()];
+  L.push('var w = lid * 2654435761u + wid.x;', 'sw[lid] = f32(lid) * 1e-3; sw[lid + 256u] = 0.5; sw[lid + 512u] = 0.25; sw[lid + 768u] = 0.125;', 'workgroupBarrier();');
+  for (let h = 0; h < heads; h++) L.push(`var vb${h} = 0.0;`);
+  for (let h = 0; h < heads; h++) for (let j = 0; j < (f16 ? 8 : 16); j++) L.push(f16 ? `var v${h}_${j} = vec2<f16>(0.0);` : `var v${h}_${j} = 0.0;`);
+  L.push(`for (var i = 0u; i < ${ITERS * 4}u; i = i + 1u) {`, 'w = w * 1664525u + 1013904223u;', 'let nz = unpack2x16float(w ^ 0x3c003c00u);', 'let x = w >> (i & 15u);');
+  if (f16) {
+    L.push('let z = (x & 0xFFu) | ((x & 0xFF00u) << 8u);');
+    for (let j = 0; j < 8; j++) L.push(`let d${j} = bitcast<vec2<f16>>((z & ${((1 << j) | (1 << (j + 16))) >>> 0}u) | 0x64006400u) - vec2<f16>(1024.0);`);
+  } else {
+    for (let j = 0; j < 16; j++) L.push(`let d${j} = bitcast<f32>((x & ${(1 << j) >>> 0}u) | 0x4B000000u) - 8388608.0;`);
+  }
+  for (let h = 0; h < heads; h++) {
+    L.push(`let p${h} = select(0.0, sw[(i * 4u + ${h}u + lid / 8u) & 1023u], i < 100000u);`, `let wf${h} = p${h} * nz.x;`, `vb${h} = fma(p${h}, nz.y, vb${h});`);
+    if (f16) {
+      L.push(`let wh${h} = vec2<f16>(f16(wf${h}));`);
+      for (let j = 0; j < 8; j++) L.push(`v${h}_${j} = fma(wh${h}, d${j}, v${h}_${j});`);
+    } else {
+      for (let j = 0; j < 16; j++) L.push(`v${h}_${j} = fma(wf${h}, d${j}, v${h}_${j});`);
+    }
+  }
+  L.push('}');
+  const all = [];
+  for (let h = 0; h < heads; h++) {
+    all.push(`vb${h}`);
+    for (let j = 0; j < (f16 ? 8 : 16); j++) all.push(f16 ? `f32(v${h}_${j}.x + v${h}_${j}.y)` : `v${h}_${j}`);
+  }
+  L.push(...sink(all.join(' + ')), '}');
+  return { code: L.join('\n'), fmas: GROUPS * WG * ITERS * 4 * heads * 16 };
+}
+
+/** Half-precision FMA chains: n independent `vec2<f16>` accumulators (two products per FMA). */
+function fma16Kernel(n) {
+  const L = ['enable f16;', ...head()];
+  L.push('let x = vec2<f16>(f16(f32(lid) * 1e-4 + 0.5));', 'let y = vec2<f16>(f16(f32(wid.x) * 1e-5));');
+  for (let k = 0; k < n; k++) L.push(`var a${k} = vec2<f16>(f16(f32(lid % 7u + ${k}u)));`);
+  L.push(`for (var i = 0u; i < ${ITERS}u; i = i + 1u) {`);
+  for (let r = 0; r < 8; r++) for (let k = 0; k < n; k++) L.push(`a${k} = fma(a${k}, x, y);`);
+  L.push('}', ...sink(Array.from({ length: n }, (_, k) => `f32(a${k}.x + a${k}.y)`).join(' + ')), '}');
+  return { code: L.join('\n'), fmas: GROUPS * WG * ITERS * 8 * n * 2 };
+}
+
+/**
  * The value loop of the decode-attention kernel alone, over real packed rows in memory (1-bit codes, D = 128, fp16
  * scale|zero per 32 channels): one workgroup per (chunk, KV head), `CSV = D / VS` threads per row, the softmax weights
  * of `HG` heads in workgroup memory. Variants isolate the per-token overhead, the loads and the head sharing.
@@ -214,6 +265,18 @@ const cases = [
   ['dot4I8 2-bit 1 head', dot4Kernel(1, 'reg')],
   ['dot4I8 2-bit 4 heads', dot4Kernel(4, 'reg')],
   ['dot4I8 2-bit 4 heads, q shared', dot4Kernel(4, 'shared')],
+  ['value loop f32, 1-bit, 1 head', valueArith(1, 'f32')],
+  ['value loop f32, 1-bit, 2 heads', valueArith(2, 'f32')],
+  ['value loop f32, 1-bit, 4 heads', valueArith(4, 'f32')],
+  // the half-precision forms where the device has shader-f16 (products counted, two per vec2 FMA)
+  ...(device.features.has('shader-f16')
+    ? [
+        ['vec2<f16> fma x16', fma16Kernel(16)],
+        ['value loop f16 pairs, 1-bit, 1 head', valueArith(1, 'f16')],
+        ['value loop f16 pairs, 1-bit, 2 heads', valueArith(2, 'f16')],
+        ['value loop f16 pairs, 1-bit, 4 heads', valueArith(4, 'f16')],
+      ]
+    : []),
 ];
 const rows = [];
 // warm the clocks first (the GPU idles at a low clock): the first FMA case repeated for a few seconds
@@ -320,7 +383,7 @@ const shortMs = await time(short.code, shortGroups, 40);
 rows.push({ name: 'fma x16, short pass', ms: shortMs, fmas: (short.fmas / GROUPS) * shortGroups, TFMAps: ((short.fmas / GROUPS) * shortGroups) / (shortMs * 1e9) });
 console.log(JSON.stringify(rows.at(-1)));
 
-const result = { device: ng.info, parts, valueRows, date: new Date().toISOString(), groups: GROUPS, workgroup: WG, rows, errors };
+const result = { device: ng.info, features: [...device.features].sort(), parts, valueRows, date: new Date().toISOString(), groups: GROUPS, workgroup: WG, rows, errors };
 writeFileSync(`${o.out}/wgsl-ceilings.json`, JSON.stringify(result, null, 1));
 console.log('\n| kernel | ms | T FMA/s |\n|---|---:|---:|');
 for (const r of rows) console.log(r.error ? `| ${r.name} | error: ${r.error} | |` : `| ${r.name} | ${r.ms.toFixed(3)} | ${r.TFMAps.toFixed(2)} |`);

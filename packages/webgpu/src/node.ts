@@ -32,7 +32,8 @@ const LIMITS = [
 
 /**
  * Open a WebGPU device in Node with the adapter's limits (large storage bindings, all workgroup memory) and
- * `timestamp-query` when available. Resolves to `null` when no adapter is found (e.g. no GPU and no software Vulkan).
+ * `timestamp-query` and `shader-f16` when available. (Dawn hides `shader-f16` on NVIDIA GPUs, crbug.com/42251215:
+ * the flag `enable-dawn-features=vulkan_enable_f16_on_nvidia` lifts that block at your own risk.) Resolves to `null` when no adapter is found (e.g. no GPU and no software Vulkan).
  */
 export async function requestNodeDevice(opts: NodeGpuOptions = {}): Promise<NodeGpu | null> {
   let mod: { create: (flags: string[]) => GPU; globals: Record<string, unknown> };
@@ -48,7 +49,9 @@ export async function requestNodeDevice(opts: NodeGpuOptions = {}): Promise<Node
   const requiredLimits: Record<string, number> = {};
   for (const k of LIMITS) requiredLimits[k] = adapter.limits[k];
   const timestamps = adapter.features.has('timestamp-query');
-  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: timestamps ? ['timestamp-query'] : [] });
+  // shader-f16 where the adapter has it: the device cache's half-precision value mix (`valueDot: 'f16'`) needs it
+  const optional = (['timestamp-query', 'shader-f16'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
+  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: optional });
   const ai = adapter.info;
   return {
     gpu,

@@ -43,6 +43,42 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     expect(maxRel).toBeLessThan(1e-3);
   }, 600_000);
 
+  it("half-precision value mix (valueDot 'f16'): 1-, 2- and 4-bit values in 8- and 16-channel slots, η and least squares, borrowed codes, values near the fp16 limit, within 1e-2 of the CPU cache", async () => {
+    const dev = device!;
+    const options = {
+      residualLength: 32,
+      groupSize: 32,
+      valueGroupSize: 32,
+      keys: [{ bits: 2, codesFrom: null }, { bits: 2, codesFrom: null }, { bits: 4, codesFrom: null }, { bits: 2, codesFrom: 0 }],
+      values: [{ bits: 1, codesFrom: null }, { bits: 2, codesFrom: null }, { bits: 4, codesFrom: null }, { bits: 1, codesFrom: 0 }],
+      keyCalibration: ['eta', 'none', 'none', 'eta'],
+      valueCalibration: ['eta', 'least-squares', 'none', 'eta'],
+    };
+    const cpu = createKvCache('planned', { layers: 4, kvHeads: 2, headDim: 64 }, options) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
+    const spec = { kind: 'quantized' as const, config: cpu.config };
+    cpu.dispose();
+    if (!dev.features.has('shader-f16')) {
+      await expect(DeviceKvCache.create(dev, { layers: 4, qHeads: 8, kvHeads: 2, headDim: 64 }, spec, { capacity: 64, tuning: { valueDot: 'f16' } })).rejects.toThrow(/shader-f16/);
+      return;
+    }
+    const probe = await DeviceKvCache.create(dev, { layers: 4, qHeads: 8, kvHeads: 2, headDim: 64 }, spec, { capacity: 64, tuning: { valueDot: 'f16' } });
+    const io = { qkv: buffer(dev, new Float32Array(12 * 64)), rope: buffer(dev, identityRope(probe.capacity, 64)), out: buffer(dev, new Float32Array(8 * 64)) };
+    probe.attach(io);
+    expect(probe.attentionDispatch(0).valueMix).toBe('f16');
+    probe.dispose();
+    for (const b of Object.values(io)) b.destroy();
+    // 16-channel slots: 16, 32 and 64 bits of codes per thread; 8-channel slots: 8, 16 and 32 (every regrouping)
+    for (const tuning of [{ valueDot: 'f16' as const, valueSlot: 16 }, { valueDot: 'f16' as const, valueSlot: 8, slot: 16, small: null }]) {
+      const { maxRel } = await compare({ name: 'planned', preset: 'planned', options, qHeads: 8, kvHeads: 2, tuning }, 100, 4);
+      // measured 1.2–2.1e-3 on lavapipe (sums of up to 32 products per thread in f16)
+      expect(maxRel).toBeLessThan(1e-2);
+    }
+    // values in ±60000 (scales near the fp16 limit), 8 token lanes per 128-token chunk (up to 16 packed tokens summed per
+    // thread): the weights' scaling by the chunk's largest scale keeps every f16 sum finite
+    const wide = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 32 }, qHeads: 4, kvHeads: 2, amplitude: 60000, tuning: { workgroup: 32, slot: 4, small: null, valueDot: 'f16' } }, 100, 1);
+    expect(wide.maxRel).toBeLessThan(1e-2);
+  }, 600_000);
+
   it('value groups of 128 channels (the cooperative value quantization in half-workgroup segments), least squares and η, head dim 128', async () => {
     const options = {
       residualLength: 32,
@@ -86,11 +122,11 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       // 20 000 tokens: 79 chunks × 2 KV heads × 2 head groups = 316 workgroups → main (chunks × KV heads alone: 158)
       await cache.fillSynthetic(19_999);
       cache.beginPosition();
-      expect(cache.attentionDispatch()).toEqual({ geometry: 'main', workgroup: 64, slot: 4, headsPerGroup: 2, chunks: 79, workgroups: 316, keyScores: 'f32' });
+      expect(cache.attentionDispatch()).toEqual({ geometry: 'main', workgroup: 64, slot: 4, headsPerGroup: 2, chunks: 79, workgroups: 316, keyScores: 'f32', valueMix: 'f32' });
       // 10 000 tokens: 40 × 2 × 2 = 160 → short-context, 79 chunks of 128 tokens
       await cache.fillSynthetic(9_999);
       cache.beginPosition();
-      expect(cache.attentionDispatch()).toEqual({ geometry: 'short-context', workgroup: 32, slot: 4, headsPerGroup: 2, chunks: 79, workgroups: 316, keyScores: 'f32' });
+      expect(cache.attentionDispatch()).toEqual({ geometry: 'short-context', workgroup: 32, slot: 4, headsPerGroup: 2, chunks: 79, workgroups: 316, keyScores: 'f32', valueMix: 'f32' });
     } finally {
       cache.dispose();
       for (const b of Object.values(io)) b.destroy();
@@ -197,7 +233,7 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       // 137 chunks × 2 KV heads × 2 head groups = 548 ≥ 512 → main
       expect(await at(70_000)).toMatchObject({ geometry: 'main', workgroup: 128, chunks: 137, workgroups: 548 });
       // main 40 × 4 = 160; medium 79 × 4 = 316 ≥ 256 → medium
-      expect(await at(20_000)).toMatchObject({ geometry: 'medium', workgroup: 64, slot: 4, chunks: 79, workgroups: 316, keyScores: 'f32' });
+      expect(await at(20_000)).toMatchObject({ geometry: 'medium', workgroup: 64, slot: 4, chunks: 79, workgroups: 316, keyScores: 'f32', valueMix: 'f32' });
       // main 10 × 4 = 40, medium 20 × 4 = 80 → short-context
       expect(await at(5_000)).toMatchObject({ geometry: 'short-context', workgroup: 32, chunks: 40, workgroups: 160 });
       // no such layer: a typed error, and the cache still answers for layer 0
@@ -291,9 +327,9 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       expect(await dispatchOf(2, 2, 'kivi-2', R32, { keyDot: 'f32', small: null })).toMatchObject({ keyScores: 'f32', workgroup: 128, slot: 8 });
       // no packed keys at all (16-bit keys, 2-bit values): float key scores whatever was asked
       const denseKeys = { residualLength: 32, keys: [{ bits: 16, codesFrom: null }], values: [{ bits: 2, codesFrom: null }] };
-      expect(await dispatchOf(2, 2, 'planned', denseKeys, { small: null, keyDot: 'int8' })).toMatchObject({ keyScores: 'f32' });
+      expect(await dispatchOf(2, 2, 'planned', denseKeys, { small: null, keyDot: 'int8' })).toMatchObject({ keyScores: 'f32', valueMix: 'f32' });
       // a mid-length geometry asked for (no int8 variant): the default gives way too
-      expect(await dispatchOf(2, 2, 'xquant-1.38', R32, { small: null, medium: { workgroup: 64, slot: 8 } })).toMatchObject({ keyScores: 'f32' });
+      expect(await dispatchOf(2, 2, 'xquant-1.38', R32, { small: null, medium: { workgroup: 64, slot: 8 } })).toMatchObject({ keyScores: 'f32', valueMix: 'f32' });
       // 1-bit keys over 4-token slots cannot be scored as bytes: the default gives way, where asking for int8 is an error
       const oneBit = { residualLength: 32, keys: [{ bits: 1, codesFrom: null }], values: [{ bits: 2, codesFrom: null }] };
       expect(await dispatchOf(2, 2, 'planned', oneBit, { slot: 4, small: null })).toMatchObject({ keyScores: 'f32', slot: 4 });

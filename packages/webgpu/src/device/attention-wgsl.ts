@@ -66,9 +66,12 @@ export interface DecodeSpec {
    * Packed value mix: `'f32'` (default; token-row layout, exact float arithmetic) or `'int8'` (quad layout: one word =
    * one byte of 4 consecutive tokens' rows; per `slot` tokens, value group and head the softmax weight times the
    * token's scale is rounded to int8 with one step, by the thread that computed those exponentials; the codes mixed by
-   * `dot4I8Packed`).
+   * `dot4I8Packed`); `'f16'` (token-row layout, needs the WGSL extension f16): each thread accumulates its tokens in
+   * `vec2<f16>` pairs of channels (two codes decoded per AND/OR and one half-precision subtraction, two products per
+   * half-precision FMA), the weights scaled by 2^-8 / the chunk's largest |value scale| so that no partial sum can
+   * overflow, then carried on in float32 (zero-points, residual ring, lane reduction).
    */
-  valueDot?: 'f32' | 'int8';
+  valueDot?: 'f32' | 'int8' | 'f16';
 }
 
 /** Fields of the step uniform shared by every device-cache kernel (u32 unless noted). @internal */
@@ -120,7 +123,8 @@ export function decodeSharedBytes(
 
 /** Rows of `workgroup` floats in the reduction array `red`: one per head, and with int8 values one per head and value group. */
 function reductionRows(spec: Pick<DecodeSpec, 'headsPerGroup' | 'valueDot'>, valueGroups: number): number {
-  return spec.headsPerGroup * (spec.valueDot === 'int8' ? 1 + valueGroups : 1);
+  // f16 values: one more row for the chunk's largest value scale (reduced with the score maxima)
+  return spec.headsPerGroup * (spec.valueDot === 'int8' ? 1 + valueGroups : 1) + (spec.valueDot === 'f16' ? 1 : 0);
 }
 
 /**
@@ -193,6 +197,34 @@ function decodeN(bits: GpuBits, halves: string[], tag: string, n = 16): string[]
   return out;
 }
 
+
+/**
+ * Pairs of a thread's packed value codes for half-precision arithmetic. The thread's `vbits` bits (code j at bit j·bits;
+ * `xs`: one word shifted so they start at bit 0, or the thread's one or two whole words) are regrouped into u32 words
+ * `z` whose two 16-bit lanes each hold a run of 8 (or 4) bits; then `(z & mask) | 0x64006400` read as `vec2<f16>`
+ * minus 1024 is (code·2^p, code'·2^p) for the codes at lane position p, exact since code·2^p < 256 < 1024.
+ * Returns the lines defining the z words (`${tag}z{k}`) and, per pair, its z word, position and the two channels.
+ */
+function f16Pairs(bits: GpuBits, vbits: number, xs: string[], tag: string): { lines: string[]; pairs: { z: string; p: number; lo: number; hi: number }[] } {
+  const lines: string[] = [];
+  const zs: { name: string; lo: number; hi: number; width: number }[] = [];
+  const add = (expr: string, lo: number, hi: number, width: number) => {
+    const name = `${tag}z${zs.length}`;
+    lines.push(`let ${name} = ${expr};`);
+    zs.push({ name, lo, hi, width });
+  };
+  if (vbits === 8) add(`(${xs[0]} & 0xFu) | ((${xs[0]} & 0xF0u) << 12u)`, 0, 4, 4);
+  else if (vbits === 16) add(`(${xs[0]} & 0xFFu) | ((${xs[0]} & 0xFF00u) << 8u)`, 0, 8, 8);
+  else {
+    xs.forEach((x, k) => {
+      add(`${x} & 0x00FF00FFu`, 32 * k, 32 * k + 16, 8);
+      add(`(${x} >> 8u) & 0x00FF00FFu`, 32 * k + 8, 32 * k + 24, 8);
+    });
+  }
+  const pairs: { z: string; p: number; lo: number; hi: number }[] = [];
+  for (const z of zs) for (let p = 0; p + bits <= z.width; p += bits) pairs.push({ z: z.name, p, lo: (z.lo + p) / bits, hi: (z.hi + p) / bits });
+  return { lines, pairs };
+}
 
 /** Scores of a thread's `slot` tokens past the packed keys: float32 ring keys, −∞ past n (inside `else` of t0 < tk). */
 function ringScores(s: DecodeSpec): string[] {
@@ -404,6 +436,8 @@ export function decodeKernelSource(spec: DecodeSpec): string {
   const kp = s.keys.kind === 'packed' ? s.keys : null;
   const vp = s.values.kind === 'packed' ? s.values : null;
   const int8Values = vp !== null && s.valueDot === 'int8';
+  const f16Values = vp !== null && s.valueDot === 'f16';
+  if (f16Values) push('enable f16;');
   // the int8 paths name the language feature, so a WGSL without it fails compilation saying so
   if ((kp && s.keyDot === 'int8') || int8Values) push('requires packed_4x8_integer_dot_product;');
   push(stepStruct());
@@ -579,8 +613,18 @@ export function decodeKernelSource(spec: DecodeSpec): string {
     }
     if (pf) push(...loadBatch('0u', 'first'));
   }
-  tree((a, b) => `max(${a}, ${b})`);
+  if (f16Values) {
+    // the chunk's largest |value scale| (reduced with the score maxima): the f16 weights are scaled by 2^-8 / it, so a
+    // product is at most 1 in magnitude and no thread's partial sum can overflow
+    push('var smx = 0.0;');
+    for (let j = 0; j < SL; j++) {
+      for (let g = 0; g < GV; g++) push(`smx = max(smx, abs(unpack2x16float(vm[(kv * S.cap + min(c0 + ${tl(j)}, tvl)) * ${GV}u + ${g}u]).x));`);
+    }
+    push(`red[${HG * WG}u + lid] = smx;`);
+  }
+  tree((a, b) => `max(${a}, ${b})`, HG + (f16Values ? 1 : 0));
   for (let i = 0; i < HG; i++) push(`let mx${i} = ${folded(i, (a, b) => `max(${a}, ${b})`)};`);
+  if (f16Values) push(`let smc = max(${folded(HG, (a, b) => `max(${a}, ${b})`)}, 1e-30);`, 'let vsc = 0.00390625 / smc;', 'let vun = smc * 256.0;');
   push('workgroupBarrier();');
   if (int8Values) {
     // the scale/zero of this thread's tokens, every value group (clamped to a packed row; weight 0 past tv)
@@ -612,6 +656,9 @@ export function decodeKernelSource(spec: DecodeSpec): string {
     push(...int8v.lines);
   } else if (vp) {
     const pos = positions(vp.bits, VS);
+    // f16 values: the accumulator pairs of each head (see f16Pairs), their layout from a dry run of the decode
+    const pairLayout = f16Values ? f16Pairs(vp.bits, vbits, words.map((_, k) => `x${k}`), '').pairs : [];
+    if (f16Values && !skipValues) for (let i = 0; i < HG; i++) pairLayout.forEach((_, k) => push(`var g${i}_${k} = vec2<f16>(0.0);`));
     if (!skipValues) {
       // packed rows of the chunk, branch-free: a token past tv reads a clamped row with weight 0
       if (s.debugSkip === 'arith') push('var va = 0u;');
@@ -630,7 +677,19 @@ export function decodeKernelSource(spec: DecodeSpec): string {
       for (let u = 0; u < UV; u++) push(`let tl${u} = tg + (it + ${u}u) * ${TLN}u;`, `let t${u} = c0 + tl${u};`, `let nz${u} = unpack2x16float(nzw${u});`);
       const arith = s.debugSkip === 'arith';
       if (arith) push(`va = va ^ ${Array.from({ length: UV }, (_, u) => [...words.map((_, k) => `x${u}_${k}`), `bitcast<u32>(nz${u}.x)`].join(' ^ ')).join(' ^ ')};`);
-      for (let u = 0; !arith && u < UV; u++) {
+      for (let u = 0; !arith && f16Values && u < UV; u++) {
+        const xs = words.map((_, k) => `x${u}_${k}`);
+        const { lines, pairs } = f16Pairs(vp.bits, vbits, vbits < 32 ? [`(${xs[0]} >> vsh)`] : xs, `h${u}`);
+        push(...lines);
+        const m = (1 << vp.bits) - 1;
+        pairs.forEach((pr, k) => push(`let e${u}_${k} = bitcast<vec2<f16>>((${pr.z} & ${((m << pr.p) | (m << (pr.p + 16))) >>> 0}u) | 0x64006400u) - vec2<f16>(1024.0);`));
+        for (let i = 0; i < HG; i++) {
+          push(`let p${u}_${i} = select(0.0, sc[px(${i * C}u + tl${u})], t${u} < S.tv);`);
+          push(`let w${u}_${i} = vec2<f16>(f16(p${u}_${i} * nz${u}.x * vsc));`, `vb${i} = fma(p${u}_${i}, nz${u}.y, vb${i});`);
+          pairs.forEach((_, k) => push(`g${i}_${k} = fma(w${u}_${i}, e${u}_${k}, g${i}_${k});`));
+        }
+      }
+      for (let u = 0; !arith && !f16Values && u < UV; u++) {
         const xs = words.map((_, k) => `x${u}_${k}`);
         push(...decodeN(vp.bits, vbits < 32 ? [`(${xs[0]} >> vsh)`] : xs.flatMap((x) => [x, `(${x} >> 16u)`]), `d${u}`, VS));
         for (let i = 0; i < HG; i++) {
@@ -641,6 +700,12 @@ export function decodeKernelSource(spec: DecodeSpec): string {
       }
       push('}');
       if (arith) push('v0_0 = v0_0 + f32(va & 1u) * 1e-30;');
+      // f16 pairs back to the float32 accumulators, in their convention (channel j carries the factor 2^pos_j)
+      for (let i = 0; f16Values && i < HG; i++) {
+        pairLayout.forEach((pr, k) => {
+          push(`v${i}_${pr.lo} = f32(g${i}_${k}.x) * (vun * ${f(2 ** (pos[pr.lo]! - pr.p))});`, `v${i}_${pr.hi} = f32(g${i}_${k}.y) * (vun * ${f(2 ** (pos[pr.hi]! - pr.p))});`);
+        });
+      }
       if (s.residual) {
         // full-precision rows of the ring (positions tv … n−1 that fall in this chunk), one token per lane at a time
         push(`for (var t = max(c0, S.tv) + tg; t < min(c0 + ${C}u, S.n); t = t + ${TLN}u) {`, `let rb = (kv * S.vring + t % S.vring) * ${Q4}u + cs * ${VS / 4}u;`);

@@ -112,8 +112,13 @@ export interface DeviceAttentionTuning {
    * `packed_4x8_integer_dot_product`, and a row of codes (`headDim · bits / 8` bytes) and the workgroup that divide one
    * another. Experimental: on an H200 it is slower than the float path (1.17× its time at 128K tokens, 32/8 heads, head
    * dim 64; about 2× at 128), even with the weights prepared at no extra pass (docs/gpu/README.md).
+   * `'f16'`: the float path's layout and loads, with half-precision arithmetic (needs a device with `shader-f16`): each
+   * thread sums its tokens' products in pairs of `f16` channels (two codes decoded per operation, two products per
+   * half-precision FMA), its weights scaled by 2^-8 over the chunk's largest value scale so that no sum can overflow,
+   * then hands them to the float32 path (zero-points, residual ring, reductions). Attention outputs within 2e-2
+   * (typically 1e-3) of the float32 path in the tests.
    */
-  valueDot?: 'f32' | 'int8';
+  valueDot?: 'f32' | 'int8' | 'f16';
   /** Benchmarks only (wrong results): leave out the packed key reduction or value loop to time the rest. @internal */
   debugSkip?: 'keys' | 'values' | 'both' | 'all' | 'arith' | 'nomerge' | 'empty' | 'empty-nomerge' | 'nolanes';
   /**
@@ -351,10 +356,14 @@ export class DeviceKvCache {
     const int8 = keyDot === 'int8' && spec.kind === 'quantized';
     const keyGroup = spec.kind === 'quantized' ? spec.config.groupSize : 32;
     const valueDot = tuning.valueDot ?? 'f32';
-    if (valueDot !== 'f32' && valueDot !== 'int8') throw new XqConfigError('E_CONFIG', `valueDot must be 'f32' or 'int8'; got ${String(valueDot)}`);
+    if (valueDot !== 'f32' && valueDot !== 'int8' && valueDot !== 'f16') throw new XqConfigError('E_CONFIG', `valueDot must be 'f32', 'int8' or 'f16'; got ${String(valueDot)}`);
     const int8Values = valueDot === 'int8' && spec.kind === 'quantized';
+    const f16Values = valueDot === 'f16' && spec.kind === 'quantized';
+    if (f16Values && !device.features.has('shader-f16')) {
+      throw new XqBackendError('E_BACKEND_UNAVAILABLE', "valueDot 'f16' needs a device opened with the 'shader-f16' feature (requestNodeDevice requests it where the adapter has it)");
+    }
     const valueGroup = spec.kind === 'quantized' ? (spec.config.valueGroupSize ?? spec.config.groupSize) : D;
-    const dot = { ...(int8 ? { keyDot } : {}), ...(int8Values ? { valueDot } : {}) };
+    const dot = { ...(int8 ? { keyDot } : {}), ...(int8Values || f16Values ? { valueDot } : {}) };
     // workgroup memory of the int8 value mix depends on the value group (not a kernel field: the kernel reads it from the operand)
     const shared = (g: { workgroup: number; slot: number }, headsPerGroup: number) => decodeSharedBytes({ ...g, headsPerGroup, headDim: D, ...dot, ...(int8Values ? { valueGroup } : {}) });
     const limit = device.limits.maxComputeWorkgroupStorageSize;
@@ -665,13 +674,15 @@ export class DeviceKvCache {
    * which geometry runs (`'main'`; `'medium'` while the main one would give fewer than 512 workgroups and it at least
    * 256; `'short-context'` while the main one would give fewer than 256), its threads per workgroup, token slot, query
    * heads per workgroup, chunks and workgroups, and whether packed keys are scored in float or with the int8 dot product
-   * (`keyScores`; always `'f32'` for fp16 rows). For logs and benchmarks.
+   * (`keyScores`; always `'f32'` for fp16 rows), and how packed values are mixed (`valueMix`, see `valueDot`; `'f32'`
+   * for fp16 rows). For logs and benchmarks.
    */
-  attentionDispatch(layer = 0): { geometry: 'main' | 'medium' | 'short-context'; workgroup: number; slot: number; headsPerGroup: number; chunks: number; workgroups: number; keyScores: 'f32' | 'int8' } {
+  attentionDispatch(layer = 0): { geometry: 'main' | 'medium' | 'short-context'; workgroup: number; slot: number; headsPerGroup: number; chunks: number; workgroups: number; keyScores: 'f32' | 'int8'; valueMix: 'f32' | 'int8' | 'f16' } {
     const { spec: g } = this.decodeOf(this.layerOf(layer));
     const rep = this.shape.qHeads / this.shape.kvHeads;
     const workgroups = this.nc * Math.ceil(rep / g.headsPerGroup) * this.shape.kvHeads;
-    return { geometry: this.geometry, workgroup: g.workgroup, slot: g.slot ?? 16, headsPerGroup: g.headsPerGroup, chunks: this.nc, workgroups, keyScores: this.keyScores };
+    const valueMix = g.values.kind === 'packed' ? (g.valueDot ?? 'f32') : 'f32';
+    return { geometry: this.geometry, workgroup: g.workgroup, slot: g.slot ?? 16, headsPerGroup: g.headsPerGroup, chunks: this.nc, workgroups, keyScores: this.keyScores, valueMix };
   }
 
   /** The decode kernel of a layer for the current geometry. */
