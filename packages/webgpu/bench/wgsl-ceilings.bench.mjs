@@ -88,7 +88,7 @@ function vec4Kernel(n) {
  * then heads × 16 FMAs. `pSource` = 'reg' (weights in registers) or 'shared' (read from workgroup memory per step,
  * as the attention kernel reads the softmax weights).
  */
-function decodeKernel(heads, pSource, bits = 2) {
+function decodeKernel(heads, pSource, bits = 2, form = 'magic23') {
   const L = ['var<workgroup> sw: array<f32, 1024>;', ...head()];
   L.push('var w = lid * 2654435761u + wid.x;');
   L.push('sw[lid] = f32(lid) * 1e-3; sw[lid + 256u] = 0.5; sw[lid + 512u] = 0.25; sw[lid + 768u] = 0.125;', 'workgroupBarrier();');
@@ -100,7 +100,13 @@ function decodeKernel(heads, pSource, bits = 2) {
   for (let j = 0; j < 16; j++) {
     const p = (j * bits) % 16;
     const half = bits * j < 16 ? 'w' : '(w >> 16u)';
-    L.push(`let d${j} = bitcast<f32>((${half} & ${(m << p) >>> 0}u) | 0x4B000000u) - 8388608.0;`);
+    const mask = `${(m << p) >>> 0}u`;
+    // the decode forms: 2^23 magic (the kernels'), 1.0 magic (code·2^(p−23)), the 2^23 magic behind a constant the
+    // compiler cannot see (is the magic form recognised and turned into a conversion?), an explicit conversion
+    if (form === 'magic23') L.push(`let d${j} = bitcast<f32>((${half} & ${mask}) | 0x4B000000u) - 8388608.0;`);
+    else if (form === 'magic1') L.push(`let d${j} = bitcast<f32>((${half} & ${mask}) | 0x3F800000u) - 1.0;`);
+    else if (form === 'hidden') L.push(`let d${j} = bitcast<f32>((${half} & ${mask}) ^ 0x4B000000u) + bitcast<f32>(0xCB000000u ^ (i & 0x80000000u));`);
+    else L.push(`let d${j} = f32((${half} >> ${p}u) & ${m}u);`);
   }
   for (let h = 0; h < heads; h++) {
     L.push(pSource === 'shared' ? `let p${h} = sw[(i * 4u + ${h}u + lid / 8u) & 1023u];` : `let p${h} = pr${h} + f32(i);`);
@@ -262,6 +268,9 @@ const cases = [
   ['decode2+fma 4 heads', decodeKernel(4, 'reg')],
   ['decode2+fma 4 heads, p shared', decodeKernel(4, 'shared')],
   ['decode1+fma 4 heads, p shared', decodeKernel(4, 'shared', 1)],
+  ['decode2+fma 4 heads, p shared, magic 1.0', decodeKernel(4, 'shared', 2, 'magic1')],
+  ['decode2+fma 4 heads, p shared, hidden magic', decodeKernel(4, 'shared', 2, 'hidden')],
+  ['decode2+fma 4 heads, p shared, conversion', decodeKernel(4, 'shared', 2, 'convert')],
   ['dot4I8 2-bit 1 head', dot4Kernel(1, 'reg')],
   ['dot4I8 2-bit 4 heads', dot4Kernel(4, 'reg')],
   ['dot4I8 2-bit 4 heads, q shared', dot4Kernel(4, 'shared')],

@@ -810,7 +810,7 @@ export function decodeKernelSource(spec: DecodeSpec): string {
 
 /**
  * Merge pass: `out[h, d] = Σ_c e^{m_c − M}·o_c[d] / Σ_c e^{m_c − M}·l_c`, one workgroup of 256 threads per query head:
- * the maximum over chunks first (every thread a share of the chunks, then a tree), then the chunks split among
+ * the maximum over chunks first (every thread a share of the chunks, then a two-level fold), then the chunks split among
  * `256/D` groups of threads whose loads are independent (no serial chain through memory), then a sum over groups.
  * With `quantize` (a quantized layer), workgroups from `qHeads` on run the quantization the schedule owes
  * (`quantizeSource` of update-wgsl.ts): they overlap the merge instead of lengthening the update pass.
@@ -840,11 +840,11 @@ export function combineSource(headDim: number, quantize?: { qHeads: number; decl
     `for (var c = lid; c < S.nc; c = c + 256u) { m = max(m, parts[(hb + c) * ${PS}u + ${D}u]); }`,
     'red[lid] = m;',
     'workgroupBarrier();',
-    'for (var st = 128u; st >= 1u; st = st >> 1u) {',
-    '  if (lid < st) { red[lid] = max(red[lid], red[lid + st]); }',
-    '  workgroupBarrier();',
-    '}',
-    'let M = red[0];',
+    // two-level fold (two barriers, not eight): 16 threads fold 16 values each (stride 16: distinct banks), then every
+    // thread the 16 partials
+    `if (lid < 16u) { red[lid] = ${Array.from({ length: 16 }, (_, k) => `red[lid + ${16 * k}u]`).reduce((a, b) => `max(${a}, ${b})`)}; }`,
+    'workgroupBarrier();',
+    `let M = ${Array.from({ length: 16 }, (_, k) => `red[${k}u]`).reduce((a, b) => `max(${a}, ${b})`)};`,
     `let d = lid % ${D}u;`,
     `let cg = lid / ${D}u;`,
     // eight chunks per round, their loads independent of each other (no chain through memory per chunk)
