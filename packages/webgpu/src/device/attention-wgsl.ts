@@ -68,8 +68,9 @@ export interface DecodeSpec {
    * token's scale is rounded to int8 with one step, by the thread that computed those exponentials; the codes mixed by
    * `dot4I8Packed`); `'f16'` (token-row layout, needs the WGSL extension f16): each thread accumulates its tokens in
    * `vec2<f16>` pairs of channels (two codes decoded per AND/OR and one half-precision subtraction, two products per
-   * half-precision FMA), the weights scaled by 2^-8 / the chunk's largest |value scale| so that no partial sum can
-   * overflow, then carried on in float32 (zero-points, residual ring, lane reduction).
+   * half-precision FMA), the weights scaled by K / the chunk's largest |value scale| (K: the largest power of two for
+   * which a thread's sum stays under 32768) so that no partial sum can overflow, then carried on in float32
+   * (zero-points, residual ring, lane reduction).
    */
   valueDot?: 'f32' | 'int8' | 'f16';
 }
@@ -614,8 +615,8 @@ export function decodeKernelSource(spec: DecodeSpec): string {
     if (pf) push(...loadBatch('0u', 'first'));
   }
   if (f16Values) {
-    // the chunk's largest |value scale| (reduced with the score maxima): the f16 weights are scaled by 2^-8 / it, so a
-    // product is at most 1 in magnitude and no thread's partial sum can overflow
+    // the chunk's largest |value scale| (reduced with the score maxima): the f16 weights are scaled by K / it (below), so
+    // no thread's partial sum can overflow
     push('var smx = 0.0;');
     for (let j = 0; j < SL; j++) {
       for (let g = 0; g < GV; g++) push(`smx = max(smx, abs(unpack2x16float(vm[(kv * S.cap + min(c0 + ${tl(j)}, tvl)) * ${GV}u + ${g}u]).x));`);
@@ -624,7 +625,12 @@ export function decodeKernelSource(spec: DecodeSpec): string {
   }
   tree((a, b) => `max(${a}, ${b})`, HG + (f16Values ? 1 : 0));
   for (let i = 0; i < HG; i++) push(`let mx${i} = ${folded(i, (a, b) => `max(${a}, ${b})`)};`);
-  if (f16Values) push(`let smc = max(${folded(HG, (a, b) => `max(${a}, ${b})`)}, 1e-30);`, 'let vsc = 0.00390625 / smc;', 'let vun = smc * 256.0;');
+  if (f16Values) {
+    // a thread sums at most ITER products of |p·s/smc · code·2^p| < 256·K: K = the largest power of two keeping that
+    // under 32768 (half the f16 range), so small weights stay as far from the f16 subnormals as the sums allow
+    const K = 2 ** Math.floor(Math.log2(32768 / (256 * ITER)));
+    push(`let smc = max(${folded(HG, (a, b) => `max(${a}, ${b})`)}, 1e-30);`, `let vsc = ${f(K)} / smc;`, `let vun = smc * ${f(1 / K)};`);
+  }
   push('workgroupBarrier();');
   if (int8Values) {
     // the scale/zero of this thread's tokens, every value group (clamped to a packed row; weight 0 past tv)

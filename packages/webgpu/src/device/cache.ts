@@ -114,9 +114,10 @@ export interface DeviceAttentionTuning {
    * dim 64; about 2× at 128), even with the weights prepared at no extra pass (docs/gpu/README.md).
    * `'f16'`: the float path's layout and loads, with half-precision arithmetic (needs a device with `shader-f16`): each
    * thread sums its tokens' products in pairs of `f16` channels (two codes decoded per operation, two products per
-   * half-precision FMA), its weights scaled by 2^-8 over the chunk's largest value scale so that no sum can overflow,
-   * then hands them to the float32 path (zero-points, residual ring, reductions). Attention outputs within 2e-2
-   * (typically 1e-3) of the float32 path in the tests.
+   * half-precision FMA), its weights scaled over the chunk's largest value scale so that no sum can overflow, then hands
+   * them to the float32 path (zero-points, residual ring, reductions). Attention outputs within 1e-2 (typically 2e-3)
+   * of the float32 path in the tests; a token whose weight × scale is below about 1e-5 to 1e-4 (by geometry) of the
+   * chunk's largest value scale falls into f16's subnormal range and keeps less precision.
    */
   valueDot?: 'f32' | 'int8' | 'f16';
   /** Benchmarks only (wrong results): leave out the packed key reduction or value loop to time the rest. @internal */
