@@ -38,6 +38,28 @@ describe.skipIf(!built || !adapter)(`xquant gpu (built CLI, WebGPU adapter) — 
     expect(g.attention).toMatchObject({ keyScores: 'f32', geometry: 'short-context' });
     const text = xquant('gpu', '--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '4', '--cache', 'xquant-1.38');
     expect(text.code, text.stderr).toBe(0);
-    expect(text.stderr).toMatch(/xquant-1\.38 · .* ms\/token · attention short-context geometry, f32 key scores · KV/);
+    expect(text.stderr).toMatch(/xquant-1\.38 · .* ms\/token · attention short-context geometry, f32 key scores, f32 value mix · KV/);
+  }, 600_000);
+
+  test('--value-mix f16 runs the half-precision value mix (or is a typed error without shader-f16); --dawn-flags reach Dawn; bad values exit 2', async () => {
+    expect(xquant('gpu', '--model', MODEL, '--prompt', 'x', '--value-mix', 'f8').stderr).toMatch(/--value-mix must be f32 or f16, got 'f8'/);
+    const g = await requestNodeDevice();
+    const f16 = g?.device.features.has('shader-f16') ?? false;
+    g?.device.destroy();
+    const args = ['--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '4', '--cache', 'xquant-1.38', '--json'];
+    const run = xquant('gpu', ...args, '--value-mix', 'f16', '--dawn-flags', 'enable-dawn-features=skip_validation');
+    if (!f16) {
+      expect(run.code).toBe(1);
+      expect(run.stderr).toMatch(/shader-f16/);
+      return;
+    }
+    expect(run.code, run.stderr).toBe(0);
+    const out = JSON.parse(run.stdout.trim().split('\n').pop()!) as { ids: number[]; attention: { valueMix: string } };
+    expect(out.attention.valueMix).toBe('f16');
+    expect(out.ids).toHaveLength(4);
+    // the flags reach Dawn: asking for an adapter that does not exist leaves none
+    const none = xquant('gpu', ...args, '--dawn-flags', 'adapter=no-such-adapter-xq');
+    expect(none.code).toBe(1);
+    expect(none.stderr).toMatch(/no suitable backends|no WebGPU adapter/);
   }, 600_000);
 });

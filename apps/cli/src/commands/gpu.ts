@@ -22,6 +22,10 @@ options:
   --temperature T         0 = greedy (default 0); > 0 samples on the device (Gumbel-max)
   --seed S                sampler seed (default 0)
   --context N             positions to allocate (default: prompt + new tokens)
+  --value-mix f32|f16     arithmetic of the packed value mix (default f32); f16 needs a GPU with shader-f16
+  --dawn-flags FLAGS      Dawn flags, ';'-separated, e.g. enable-dawn-features=vulkan_enable_f16_on_nvidia
+                          (shader-f16 on NVIDIA) or enable-dawn-features=skip_validation (less host time per
+                          token; invalid API use is no longer caught)
   --json                  print one JSON object instead of text
   -h, --help              show this help`;
 
@@ -35,6 +39,8 @@ export async function run(argv: string[]): Promise<number> {
     temperature: { type: 'string', default: '0' },
     seed: { type: 'string', default: '0' },
     context: { type: 'string' },
+    'value-mix': { type: 'string', default: 'f32' },
+    'dawn-flags': { type: 'string' },
   }, { ints: { 'residual-length': 'one' } });
   if (typeof parsed === 'number') return parsed;
   const v = parsed.values as Record<string, string | boolean | number | undefined>;
@@ -55,8 +61,11 @@ export async function run(argv: string[]): Promise<number> {
   const seed = Number(v.seed);
   if (!Number.isFinite(temperature) || temperature < 0) return usage(`--temperature must be a number ≥ 0, got '${String(v.temperature)}'`);
   if (!Number.isInteger(seed)) return usage(`--seed must be an integer, got '${String(v.seed)}'`);
+  const valueMix = String(v['value-mix']);
+  if (valueMix !== 'f32' && valueMix !== 'f16') return usage(`--value-mix must be f32 or f16, got '${valueMix}'`);
+  const flags = typeof v['dawn-flags'] === 'string' ? v['dawn-flags'].split(';').filter((f) => f !== '') : [];
   process.env.XDG_RUNTIME_DIR ??= '/tmp';
-  const gpu = await requestNodeDevice();
+  const gpu = await requestNodeDevice({ flags });
   if (!gpu) {
     console.error('xquant gpu: no WebGPU adapter found (a GPU with Vulkan, or lavapipe: scripts/setup-webgpu.sh)');
     return 1;
@@ -73,7 +82,7 @@ export async function run(argv: string[]): Promise<number> {
     }
     const shape = { layers: config.numLayers, kvHeads: config.numKvHeads, headDim: config.headDim };
     const spec = cacheId === 'full' ? ({ kind: 'full' } as const) : ({ kind: 'quantized', config: resolveCacheConfig(cacheId, shape, { residualLength: (v['residual-length'] as number | undefined) ?? 32 }) } as const);
-    await decoder.replaceCache(spec, capacity);
+    await decoder.replaceCache(spec, capacity, valueMix === 'f16' ? { valueDot: 'f16' } : undefined);
     try {
       const out = await decoder.generate({ prompt: ids, maxNewTokens: maxNew, temperature, seed });
       const text = tokenizer.decode(out.tokens);
@@ -86,7 +95,7 @@ export async function run(argv: string[]): Promise<number> {
         console.log(v.prompt + text);
         console.error(
           `gpu: ${gpu.info.vendor} ${gpu.info.device || gpu.info.description} · ${cacheId} · ${out.msPerToken.toFixed(2)} ms/token · ` +
-            `attention ${attention.geometry} geometry, ${attention.keyScores} key scores · ` +
+            `attention ${attention.geometry} geometry, ${attention.keyScores} key scores, ${attention.valueMix} value mix · ` +
             `KV ${(mem.cache.usedBytes / 2 ** 20).toFixed(2)} MiB (${mem.cache.trueBitsPerElement.toFixed(2)} stored bits per element) · weights ${(mem.weightBytes / 2 ** 20).toFixed(0)} MiB`,
         );
       }
