@@ -59,28 +59,24 @@ const ITERS = o.quick ? 64 : 1024;
 const sink = (expr) => [`if (${expr} == 1.2345678) { out[lid] = 1u; }`];
 const head = (wg = WG) => ['@group(0) @binding(0) var<storage, read_write> out: array<u32>;', `@compute @workgroup_size(${wg})`, 'fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {'];
 
-/** n independent scalar chains, `form` = fma | muladd. */
-function fmaKernel(n, form) {
-  const L = head();
-  L.push('let x = f32(lid) * 1e-7 + 0.999;', 'let y = f32(wid.x) * 1e-9;');
-  for (let k = 0; k < n; k++) L.push(`var a${k} = f32(lid + ${k}u);`);
+/**
+ * n independent FMA chains of `type`: 'f32' (`form` = fma | muladd), 'vec4' (vec4<f32>) or 'f16x2' (vec2<f16>, needs
+ * shader-f16); `fmas` counts products (4 per vec4 FMA, 2 per vec2<f16> FMA).
+ */
+function fmaKernel(n, form, type = 'f32') {
+  const T = { f32: 'f32', vec4: 'vec4<f32>', f16x2: 'vec2<f16>' }[type];
+  const lanes = { f32: 1, vec4: 4, f16x2: 2 }[type];
+  const L = [...(type === 'f16x2' ? ['enable f16;'] : []), ...head()];
+  if (type === 'f16x2') L.push('let x = vec2<f16>(f16(f32(lid) * 1e-4 + 0.5));', 'let y = vec2<f16>(f16(f32(wid.x) * 1e-5));');
+  else L.push(`let x = ${T}(f32(lid) * 1e-7 + 0.999);`, `let y = ${T}(f32(wid.x) * 1e-9);`);
+  // (f16 chains start small: f16 holds integers exactly only to 2048)
+  for (let k = 0; k < n; k++) L.push(type === 'f16x2' ? `var a${k} = vec2<f16>(f16(f32(lid % 7u + ${k}u)));` : `var a${k} = ${T}(f32(lid + ${k}u));`);
   L.push(`for (var i = 0u; i < ${ITERS}u; i = i + 1u) {`);
-  for (let r = 0; r < 8; r++) for (let k = 0; k < n; k++) L.push(form === 'fma' ? `a${k} = fma(a${k}, x, y);` : `a${k} = a${k} * x + y;`);
+  for (let r = 0; r < 8; r++) for (let k = 0; k < n; k++) L.push(form === 'muladd' ? `a${k} = a${k} * x + y;` : `a${k} = fma(a${k}, x, y);`);
   L.push('}');
-  L.push(...sink(Array.from({ length: n }, (_, k) => `a${k}`).join(' + ')), '}');
-  return { code: L.join('\n'), fmas: GROUPS * WG * ITERS * 8 * n };
-}
-
-/** vec4 chains. */
-function vec4Kernel(n) {
-  const L = head();
-  L.push('let x = vec4<f32>(f32(lid) * 1e-7 + 0.999);', 'let y = vec4<f32>(f32(wid.x) * 1e-9);');
-  for (let k = 0; k < n; k++) L.push(`var a${k} = vec4<f32>(f32(lid + ${k}u));`);
-  L.push(`for (var i = 0u; i < ${ITERS}u; i = i + 1u) {`);
-  for (let r = 0; r < 8; r++) for (let k = 0; k < n; k++) L.push(`a${k} = fma(a${k}, x, y);`);
-  L.push('}');
-  L.push(...sink(Array.from({ length: n }, (_, k) => `dot(a${k}, vec4<f32>(1.0))`).join(' + ')), '}');
-  return { code: L.join('\n'), fmas: GROUPS * WG * ITERS * 8 * n * 4 };
+  const total = (k) => (type === 'f32' ? `a${k}` : type === 'vec4' ? `dot(a${k}, vec4<f32>(1.0))` : `f32(a${k}.x + a${k}.y)`);
+  L.push(...sink(Array.from({ length: n }, (_, k) => total(k)).join(' + ')), '}');
+  return { code: L.join('\n'), fmas: GROUPS * WG * ITERS * 8 * n * lanes };
 }
 
 /**
@@ -184,17 +180,6 @@ function valueArith(heads, mode) {
   return { code: L.join('\n'), fmas: GROUPS * WG * ITERS * 4 * heads * 16 };
 }
 
-/** Half-precision FMA chains: n independent `vec2<f16>` accumulators (two products per FMA). */
-function fma16Kernel(n) {
-  const L = ['enable f16;', ...head()];
-  L.push('let x = vec2<f16>(f16(f32(lid) * 1e-4 + 0.5));', 'let y = vec2<f16>(f16(f32(wid.x) * 1e-5));');
-  for (let k = 0; k < n; k++) L.push(`var a${k} = vec2<f16>(f16(f32(lid % 7u + ${k}u)));`);
-  L.push(`for (var i = 0u; i < ${ITERS}u; i = i + 1u) {`);
-  for (let r = 0; r < 8; r++) for (let k = 0; k < n; k++) L.push(`a${k} = fma(a${k}, x, y);`);
-  L.push('}', ...sink(Array.from({ length: n }, (_, k) => `f32(a${k}.x + a${k}.y)`).join(' + ')), '}');
-  return { code: L.join('\n'), fmas: GROUPS * WG * ITERS * 8 * n * 2 };
-}
-
 /**
  * The value loop of the decode-attention kernel alone, over real packed rows in memory (1-bit codes, D = 128, fp16
  * scale|zero per 32 channels): one workgroup per (chunk, KV head), `CSV = D / VS` threads per row, the softmax weights
@@ -261,8 +246,8 @@ const cases = [
   ['fma x16', fmaKernel(16, 'fma')],
   ['fma x32', fmaKernel(32, 'fma')],
   ['a*b+c x16', fmaKernel(16, 'muladd')],
-  ['vec4 fma x4', vec4Kernel(4)],
-  ['vec4 fma x8', vec4Kernel(8)],
+  ['vec4 fma x4', fmaKernel(4, 'fma', 'vec4')],
+  ['vec4 fma x8', fmaKernel(8, 'fma', 'vec4')],
   ['decode2+fma 1 head', decodeKernel(1, 'reg')],
   ['decode2+fma 2 heads', decodeKernel(2, 'reg')],
   ['decode2+fma 4 heads', decodeKernel(4, 'reg')],
@@ -280,7 +265,7 @@ const cases = [
   // the half-precision forms where the device has shader-f16 (products counted, two per vec2 FMA)
   ...(device.features.has('shader-f16')
     ? [
-        ['vec2<f16> fma x16', fma16Kernel(16)],
+        ['vec2<f16> fma x16', fmaKernel(16, 'fma', 'f16x2')],
         ['value loop f16 pairs, 1-bit, 1 head', valueArith(1, 'f16')],
         ['value loop f16 pairs, 1-bit, 2 heads', valueArith(2, 'f16')],
         ['value loop f16 pairs, 1-bit, 4 heads', valueArith(4, 'f16')],

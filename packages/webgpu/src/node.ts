@@ -33,7 +33,8 @@ const LIMITS = [
 /**
  * Open a WebGPU device in Node with the adapter's limits (large storage bindings, all workgroup memory) and
  * `timestamp-query` and `shader-f16` when available. (Dawn hides `shader-f16` on NVIDIA GPUs, crbug.com/42251215:
- * the flag `enable-dawn-features=vulkan_enable_f16_on_nvidia` lifts that block at your own risk.) Resolves to `null` when no adapter is found (e.g. no GPU and no software Vulkan).
+ * the flag `enable-dawn-features=vulkan_enable_f16_on_nvidia` lifts that block at your own risk.) Resolves to `null`
+ * when no adapter is found (e.g. no GPU and no software Vulkan).
  */
 export async function requestNodeDevice(opts: NodeGpuOptions = {}): Promise<NodeGpu | null> {
   let mod: { create: (flags: string[]) => GPU; globals: Record<string, unknown> };

@@ -43,7 +43,7 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     expect(maxRel).toBeLessThan(1e-3);
   }, 600_000);
 
-  it("half-precision value mix (valueDot 'f16'): 1-, 2- and 4-bit values in 8- and 16-channel slots, η and least squares, borrowed codes, values near the fp16 limit, within 1e-2 of the CPU cache", async () => {
+  it("half-precision value mix (valueDot 'f16'): 1-, 2- and 4-bit values in 8- and 16-channel slots, η and least squares, borrowed codes, values near the fp16 limit, within 1e-2 of the CPU cache; a typed error without shader-f16", async () => {
     const dev = device!;
     const options = {
       residualLength: 32,
@@ -57,10 +57,15 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     const cpu = createKvCache('planned', { layers: 4, kvHeads: 2, headDim: 64 }, options) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
     const spec = { kind: 'quantized' as const, config: cpu.config };
     cpu.dispose();
-    if (!dev.features.has('shader-f16')) {
-      await expect(DeviceKvCache.create(dev, { layers: 4, qHeads: 8, kvHeads: 2, headDim: 64 }, spec, { capacity: 64, tuning: { valueDot: 'f16' } })).rejects.toThrow(/shader-f16/);
-      return;
-    }
+    // a device opened without shader-f16: a typed error before anything is allocated
+    const plainAdapter = await gpu!.gpu.requestAdapter();
+    const plain = await plainAdapter!.requestDevice();
+    await expect(DeviceKvCache.create(plain, { layers: 4, qHeads: 8, kvHeads: 2, headDim: 64 }, spec, { capacity: 64, tuning: { valueDot: 'f16' } })).rejects.toMatchObject({
+      code: 'E_BACKEND_UNAVAILABLE',
+      message: expect.stringMatching(/shader-f16/),
+    });
+    plain.destroy();
+    if (!dev.features.has('shader-f16')) return;
     const probe = await DeviceKvCache.create(dev, { layers: 4, qHeads: 8, kvHeads: 2, headDim: 64 }, spec, { capacity: 64, tuning: { valueDot: 'f16' } });
     const io = { qkv: buffer(dev, new Float32Array(12 * 64)), rope: buffer(dev, identityRope(probe.capacity, 64)), out: buffer(dev, new Float32Array(8 * 64)) };
     probe.attach(io);

@@ -309,27 +309,22 @@ const UNROLL_GROUP = 64;
  * the arrays stay in registers (as loops, a key flush of 32 tokens took 16 µs per layer on an H200, 8 KV heads).
  */
 function quantGroup(q: QuantGroup): string[] {
-  const M = (1 << q.bits) - 1;
-  const CPW = 32 / q.bits;
-  const L: string[] = [`var xs: array<f32, ${q.n}>;`, `var cs: array<u32, ${q.n}>;`, 'var mn = 3.0e38;', 'var mx = -3.0e38;'];
+  const { M, CPW } = groupCodes({ groupSize: q.n, bits: q.bits });
   const unrolled = q.n <= UNROLL_GROUP;
-  if (unrolled) {
-    for (let j = 0; j < q.n; j++) L.push(`xs[${j}] = r16(${q.value(`${j}u`)});`);
-    for (let j = 0; j < q.n; j++) L.push(`mn = min(mn, xs[${j}]);`, `mx = max(mx, xs[${j}]);`);
-  } else {
-    L.push(`for (var j = 0u; j < ${q.n}u; j = j + 1u) {`, `  let x = r16(${q.value('j')});`, '  xs[j] = x;', '  mn = min(mn, x);', '  mx = max(mx, x);', '}');
-  }
+  // one statement per element: written out with constant indices, or as a loop over j
+  const each = (body: (j: string) => string): string[] =>
+    unrolled ? Array.from({ length: q.n }, (_, j) => body(`${j}u`)) : [`for (var j = 0u; j < ${q.n}u; j = j + 1u) { ${body('j')} }`];
+  const L: string[] = [`var xs: array<f32, ${q.n}>;`, `var cs: array<u32, ${q.n}>;`, 'var mn = 3.0e38;', 'var mx = -3.0e38;'];
+  // every load first, then the statistics (unrolled: the loads are all in flight before the first is used)
+  L.push(...each((j) => `xs[${j}] = r16(${q.value(j)});`), ...each((j) => `mn = min(mn, xs[${j}]); mx = max(mx, xs[${j}]);`));
   L.push(`var s = scaleOf(mn, mx, ${M}.0, ${fl(1 / M)});`, 'var z = mn;');
   if (q.donorCode) {
-    if (unrolled) for (let j = 0; j < q.n; j++) L.push(`cs[${j}] = ${q.donorCode(`${j}u`)};`);
-    else L.push(`for (var j = 0u; j < ${q.n}u; j = j + 1u) { cs[j] = ${q.donorCode('j')}; }`);
+    L.push(...each((j) => `cs[${j}] = ${q.donorCode!(j)};`));
   } else {
-    const code = (j: string) => `u32(select(0.0, clamp(round(r16(diff(xs[${j}], mn) / s)), 0.0, ${M}.0), s > 0.0))`;
-    if (unrolled) for (let j = 0; j < q.n; j++) L.push(`cs[${j}] = ${code(String(j))};`);
-    else L.push(`for (var j = 0u; j < ${q.n}u; j = j + 1u) { cs[j] = ${code('j')}; }`);
+    L.push(...each((j) => `cs[${j}] = u32(select(0.0, clamp(round(r16(diff(xs[${j}], mn) / s)), 0.0, ${M}.0), s > 0.0));`));
     if (q.writeWord && unrolled) {
       for (let k = 0; k < q.n / CPW; k++) {
-        const word = Array.from({ length: CPW }, (_, i) => `(cs[${k * CPW + i}] << ${i * q.bits}u)`).join(' | ');
+        const word = Array.from({ length: CPW }, (_, i) => `(cs[${k * CPW + i}u] << ${i * q.bits}u)`).join(' | ');
         L.push(q.writeWord(`${k}u`, word));
       }
     } else if (q.writeWord) {
@@ -342,8 +337,7 @@ function quantGroup(q: QuantGroup): string[] {
       );
     }
   }
-  if (q.codesOut && unrolled) for (let j = 0; j < q.n; j++) L.push(q.codesOut(`${j}u`));
-  else if (q.codesOut) L.push(`for (var j = 0u; j < ${q.n}u; j = j + 1u) { ${q.codesOut('j')} }`);
+  if (q.codesOut) L.push(...each(q.codesOut));
   L.push(...calibrationLines(q.calibration, M, q.n, 's', (j) => `xs[${j}]`, (j) => `cs[${j}]`));
   L.push(q.writeMeta('pack2x16float(vec2<f32>(s, z))'));
   return L;
