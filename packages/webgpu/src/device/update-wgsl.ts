@@ -286,7 +286,7 @@ function cooperativeKeyRole(s: UpdateSpec): string[] {
 interface QuantGroup {
   /** number of elements of the group */
   n: number;
-  bits: number;
+  bits: GpuBits;
   /** expression of element j's source value (j is a u32 loop variable) */
   value: (j: string) => string;
   /** own codes: write packed word k (u32 expression `word`) */
