@@ -4,9 +4,9 @@
  * (or `headsPerGroup` of them), so each packed word is loaded and unpacked once for all of them.
  *
  * Storage read here (all written by the device cache, see `device/cache.ts`):
- * - packed keys `kc`: u32 words `[kvHeads][capacity·bits/32][headDim]` (one word = 32/bits tokens of one channel,
- *   channel-fastest so four channels are one `vec4<u32>`), key meta `km`: `[kvHeads][capacity/groupSize][headDim]`
- *   u32 = f16 scale | f16 zero << 16;
+ * - packed keys `kc`: u32 words `[kvHeads][headDim/4][capacity·bits/32][4]` (one word = 32/bits tokens of one channel;
+ *   four channels are one `vec4<u32>`, and a channel quad's token words follow one another: {@link keyWordIndex}), key
+ *   meta `km`: `[kvHeads][headDim/4][capacity/groupSize][4]` u32 = f16 scale | f16 zero << 16;
  * - packed values `vc`: `[kvHeads][capacity][headDim·bits/32]` words, value meta `vm`: `[kvHeads][capacity][headDim/groupSize]`;
  * - dense (fp16) keys or values: `[kvHeads][capacity][headDim/2]` u32 pairs;
  * - full-precision residual rings `rk`/`rv`: float32 `[kvHeads][ring][headDim]`, token t at slot `t mod ring`.
@@ -99,6 +99,21 @@ export function stepStruct(): string {
   const f = STEP_FIELDS.map((k) => `${k}: ${k === 'scale' ? 'f32' : 'u32'}`);
   while (f.length % 4) f.push(`pad${f.length}: u32`);
   return `struct Step { ${f.join(', ')} };`;
+}
+
+/**
+ * WGSL u32 index of word `col` (0 … headDim − 1) of row `row` of KV head `kv` in a packed key buffer of `rows` rows per
+ * head (a row: one token word of the codes, or one key group of the scale/zero words). Channel-quad-major: the rows of
+ * one channel quad are consecutive vec4s, so the threads of a workgroup, which walk consecutive rows of the same quad
+ * together, read consecutive addresses (a row-major layout made each thread's vec4 a separate cache line). @internal
+ */
+export function keyWordIndex(headDim: number, kv: string, rows: string, row: string, col: string): string {
+  return `((${kv} * ${headDim / 4}u + (${col}) / 4u) * ${rows} + ${row}) * 4u + (${col}) % 4u`;
+}
+
+/** vec4 index of channel quad `quad` of row `row` in the layout of {@link keyWordIndex}. @internal */
+export function keyQuadIndex(headDim: number, kv: string, rows: string, row: string, quad: string): string {
+  return `(${kv} * ${headDim / 4}u + ${quad}) * ${rows} + ${row}`;
 }
 
 /** Bytes of the step uniform. @internal */
@@ -273,11 +288,11 @@ function int8KeyScores(s: DecodeSpec, kp: { bits: GpuBits; groupSize: number }):
   if (SL > G) throw new Error(`int8 key scores: slot ${SL} is longer than the key group ${G}`);
   const mask = ((0x01010101 * ((1 << b) - 1)) >>> 0).toString();
   const L: string[] = [];
-  L.push(`let t0 = c0 + lid * ${SL}u;`, 'if (t0 < S.tk) {', `let tg0 = t0 / ${TPB}u;`, `let kg = (kv * (S.cap / ${G}u) + t0 / ${G}u) * ${Q4}u;`);
+  L.push(`let t0 = c0 + lid * ${SL}u;`, 'if (t0 < S.tk) {', `let tg0 = t0 / ${TPB}u;`, `let kgr = S.cap / ${G}u;`, `let kgi = t0 / ${G}u;`);
   // ---- α and β of this thread's key group, per head (Q4 is a multiple of 4: four quads' loads issued together) ----
   for (let i = 0; i < HG; i++) L.push(`var mx${i} = 0.0;`, `var be${i} = 0.0;`);
   L.push(`for (var qd = 0u; qd < ${Q4}u; qd = qd + 4u) {`);
-  for (let e = 0; e < 4; e++) L.push(`let m${e} = km[kg + qd + ${e}u];`);
+  for (let e = 0; e < 4; e++) L.push(`let m${e} = km[${keyQuadIndex(D, 'kv', 'kgr', 'kgi', `qd + ${e}u`)}];`);
   for (let e = 0; e < 4; e++) {
     L.push(`let sz${e} = mat4x2<f32>(unpack2x16float(m${e}.x), unpack2x16float(m${e}.y), unpack2x16float(m${e}.z), unpack2x16float(m${e}.w));`);
     for (let i = 0; i < HG; i++) {
@@ -294,16 +309,16 @@ function int8KeyScores(s: DecodeSpec, kp: { bits: GpuBits; groupSize: number }):
   const U = divisorAtMost(Q4, s.unroll);
   if (s.debugSkip !== 'keys' && s.debugSkip !== 'both' && s.debugSkip !== 'all') {
     // word w of the thread = token group tg0 + w: vec4 (kv·cap/TPW + (tg0 + w)/4)·Q4 + quad, component (tg0 + w) % 4
-    L.push(`let kb = kv * (S.cap / ${TPW}u);`);
+    L.push(`let kr = S.cap / ${TPW}u;`);
     if (NW < 4) L.push('let wc = tg0 % 4u;');
     L.push(`for (var qd = 0u; qd < ${Q4}u; qd = qd + ${U}u) {`);
     for (let u = 0; u < U; u++) {
       if (NW >= 4) {
-        for (let v = 0; v < NW / 4; v++) L.push(`let y${u}_${v} = kc[(kb + tg0 / 4u + ${v}u) * ${Q4}u + qd + ${u}u];`);
+        for (let v = 0; v < NW / 4; v++) L.push(`let y${u}_${v} = kc[${keyQuadIndex(D, 'kv', 'kr', `tg0 / 4u + ${v}u`, `qd + ${u}u`)}];`);
       } else {
-        L.push(`let y${u}_0 = kc[(kb + tg0 / 4u) * ${Q4}u + qd + ${u}u];`);
+        L.push(`let y${u}_0 = kc[${keyQuadIndex(D, 'kv', 'kr', 'tg0 / 4u', `qd + ${u}u`)}];`);
       }
-      L.push(`let ks${u} = km[kg + qd + ${u}u];`);
+      L.push(`let ks${u} = km[${keyQuadIndex(D, 'kv', 'kgr', 'kgi', `qd + ${u}u`)}];`);
     }
     for (let u = 0; u < U; u++) {
       for (let w = 0; w < NW; w++) {
@@ -492,18 +507,18 @@ export function decodeKernelSource(spec: DecodeSpec): string {
       for (let j = 0; j < SL; j++) push(`var a${i}_${j} = 0.0;`);
     }
     const nWords = sb === 64 ? 2 : 1;
-    push(`let kw0 = (kv * (S.cap / ${TPW}u) + t0 / ${TPW}u) * ${Q4}u;`);
-    if (nWords === 2) push(`let kw1 = kw0 + ${Q4}u;`);
+    push(`let kr = S.cap / ${TPW}u;`, `let kw0 = t0 / ${TPW}u;`);
+    if (nWords === 2) push('let kw1 = kw0 + 1u;');
     if (sb < 32) push(`let ksh = (t0 * ${kp.bits}u) % 32u;`);
-    push(`let kg = (kv * (S.cap / ${kp.groupSize}u) + t0 / ${kp.groupSize}u) * ${Q4}u;`);
+    push(`let kgr = S.cap / ${kp.groupSize}u;`, `let kgi = t0 / ${kp.groupSize}u;`);
     const U = divisorAtMost(Q4, s.unroll);
     if (s.debugSkip !== 'keys' && s.debugSkip !== 'both' && s.debugSkip !== 'all') {
       const arith = s.debugSkip === 'arith';
       if (arith) push('var ka = 0u;');
       push(`for (var qd = 0u; qd < ${Q4}u; qd = qd + ${U}u) {`);
       for (let u = 0; u < U; u++) {
-        for (let k = 0; k < nWords; k++) push(`let w${u}_${k} = kc[kw${k} + qd + ${u}u];`);
-        push(`let m${u} = km[kg + qd + ${u}u];`);
+        for (let k = 0; k < nWords; k++) push(`let w${u}_${k} = kc[${keyQuadIndex(D, 'kv', 'kr', `kw${k}`, `qd + ${u}u`)}];`);
+        push(`let m${u} = km[${keyQuadIndex(D, 'kv', 'kgr', 'kgi', `qd + ${u}u`)}];`);
       }
       for (let u = 0; arith && u < U; u++) {
         const ws = [...Array.from({ length: nWords }, (_, k) => `w${u}_${k}`), `m${u}`];

@@ -8,7 +8,7 @@
  * `code = round(r(r(x − min)/scale))`.
  * @internal
  */
-import { STEP_FIELDS, stepStruct, type DeviceOperand } from './attention-wgsl.js';
+import { STEP_FIELDS, keyWordIndex, stepStruct, type DeviceOperand } from './attention-wgsl.js';
 import type { GpuBits } from '../layout.js';
 
 /** Calibration of the stored scale/zero, computable on the device. @internal */
@@ -40,7 +40,8 @@ export interface UpdateSpec {
   rope: boolean;
   /**
    * Packed key layout: `'channel'` (default) — one word = 32/bits tokens of one channel; `'quad'` — one word = 4
-   * channels (bytes) × 8/bits tokens (bit fields of each byte), read by the int8 dot-product attention kernel.
+   * channels (bytes) × 8/bits tokens (bit fields of each byte), read by the int8 dot-product attention kernel. Either
+   * way the words (and the scale/zero words) are addressed by `keyWordIndex` (channel-quad-major).
    */
   keyLayout?: 'channel' | 'quad';
   /**
@@ -250,9 +251,9 @@ function cooperativeKeyRole(s: UpdateSpec): string[] {
   const quad = s.keyLayout === 'quad';
   const TPB = 8 / bits; // quad layout: tokens per byte
   if (k.donor && quad) {
-    L.push(`  kcode[lid] = (dK[(kv * ${nw} + (tb + j) / ${CPW}u) * ${D}u + (d & ~3u) + ((tb + j) / ${TPB}u) % 4u] >> ((d % 4u) * 8u + ((tb + j) % ${TPB}u) * ${bits}u)) & ${M}u;`);
+    L.push(`  kcode[lid] = (dK[${keyWordIndex(D, 'kv', nw, `(tb + j) / ${CPW}u`, `(d & ~3u) + ((tb + j) / ${TPB}u) % 4u`)}] >> ((d % 4u) * 8u + ((tb + j) % ${TPB}u) * ${bits}u)) & ${M}u;`);
   } else if (k.donor) {
-    L.push(`  kcode[lid] = (dK[(kv * ${nw} + (tb + j) / ${CPW}u) * ${D}u + d] >> (((tb + j) % ${CPW}u) * ${bits}u)) & ${M}u;`);
+    L.push(`  kcode[lid] = (dK[${keyWordIndex(D, 'kv', nw, `(tb + j) / ${CPW}u`, 'd')}] >> (((tb + j) % ${CPW}u) * ${bits}u)) & ${M}u;`);
   } else {
     L.push(`  kcode[lid] = u32(select(0.0, clamp(round(r16(diff(x, mn) / sc)), 0.0, ${M}.0), sc > 0.0));`);
   }
@@ -264,7 +265,7 @@ function cooperativeKeyRole(s: UpdateSpec): string[] {
       '    var word = 0u;',
       `    for (var e = 0u; e < 4u; e = e + 1u) { for (var t = 0u; t < ${TPB}u; t = t + 1u) { word = word | (kcode[(j + t) * ${CH}u + dl + e] << (e * 8u + t * ${bits}u)); } }`,
       '    let tok = tb + j;',
-      `    K[(kv * ${nw} + tok / ${CPW}u) * ${D}u + d + (tok / ${TPB}u) % 4u] = word;`,
+      `    K[${keyWordIndex(D, 'kv', nw, `tok / ${CPW}u`, `d + (tok / ${TPB}u) % 4u`)}] = word;`,
       '  }',
     );
   } else if (!k.donor) {
@@ -273,13 +274,13 @@ function cooperativeKeyRole(s: UpdateSpec): string[] {
       `  if (j % ${CPW}u == 0u) {`,
       '    var word = 0u;',
       `    for (var i = 0u; i < ${CPW}u; i = i + 1u) { word = word | (kcode[(j + i) * ${CH}u + dl] << (i * ${bits}u)); }`,
-      `    K[(kv * ${nw} + (tb + j) / ${CPW}u) * ${D}u + d] = word;`,
+      `    K[${keyWordIndex(D, 'kv', nw, `(tb + j) / ${CPW}u`, 'd')}] = word;`,
       '  }',
     );
   }
   L.push('  if (j != 0u) { return; }');
   L.push(...calibrationLines(k.calibration, M, n, 'sc', (jj) => `kx[${jj} * ${CH}u + dl]`, (jj) => `kcode[${jj} * ${CH}u + dl]`).map((l) => `  ${l}`));
-  L.push(`  K[${s.keyMetaOffset}u + (kv * (S.cap / ${n}u) + tb / ${n}u) * ${D}u + d] = pack2x16float(vec2<f32>(sc, z));`, '}');
+  L.push(`  K[${s.keyMetaOffset}u + ${keyWordIndex(D, 'kv', `(S.cap / ${n}u)`, `tb / ${n}u`, 'd')}] = pack2x16float(vec2<f32>(sc, z));`, '}');
   return L;
 }
 
@@ -595,7 +596,7 @@ export function quantizeSource(s: UpdateSpec): { declarations: string[]; body: s
     const M = (1 << k.bits) - 1;
     const quad = s.keyLayout === 'quad';
     const TPB = 8 / k.bits; // quad layout: tokens per byte
-    const meta = (d: string) => `K[${s.keyMetaOffset}u + (kv * (S.cap / ${gs}u) + tb / ${gs}u) * ${D}u + ${d}] = `;
+    const meta = (d: string) => `K[${s.keyMetaOffset}u + ${keyWordIndex(D, 'kv', `(S.cap / ${gs}u)`, `tb / ${gs}u`, d)}] = `;
     push(`if (gid < ${r.kf}u) {`, 'if (S.kflush == 0xffffffffu) { return; }', 'let i = gid;');
     if (quad && !k.donor) {
       // thread (kv, channel quad, g): the 4 channels' groups one after the other, then whole words
@@ -618,20 +619,20 @@ export function quantizeSource(s: UpdateSpec): { declarations: string[]; body: s
         '  var word = 0u;',
         `  for (var e = 0u; e < 4u; e = e + 1u) { for (var j = 0u; j < ${TPB}u; j = j + 1u) { word = word | (qc[e * ${gs}u + w * ${TPB}u + j] << (e * 8u + j * ${k.bits}u)); } }`,
         `  let tok = tb + w * ${TPB}u;`,
-        `  K[(kv * ${nw} + tok / ${CPW}u) * ${D}u + dq * 4u + (tok / ${TPB}u) % 4u] = word;`,
+        `  K[${keyWordIndex(D, 'kv', nw, `tok / ${CPW}u`, `dq * 4u + (tok / ${TPB}u) % 4u`)}] = word;`,
         '}',
       );
     } else {
       push(`let d = i % ${D}u;`, `let kv = (i / ${D}u) / ${NG}u;`, `let g = (i / ${D}u) % ${NG}u;`, `let tb = S.kflush + g * ${gs}u;`);
       const donorCode = quad
-        ? (j: string) => `(dK[(kv * ${nw} + (tb + ${j}) / ${CPW}u) * ${D}u + (d & ~3u) + ((tb + ${j}) / ${TPB}u) % 4u] >> ((d % 4u) * 8u + ((tb + ${j}) % ${TPB}u) * ${k.bits}u)) & ${M}u`
-        : (j: string) => `(dK[(kv * ${nw} + (tb + ${j}) / ${CPW}u) * ${D}u + d] >> (((tb + ${j}) % ${CPW}u) * ${k.bits}u)) & ${M}u`;
+        ? (j: string) => `(dK[${keyWordIndex(D, 'kv', nw, `(tb + ${j}) / ${CPW}u`, `(d & ~3u) + ((tb + ${j}) / ${TPB}u) % 4u`)}] >> ((d % 4u) * 8u + ((tb + ${j}) % ${TPB}u) * ${k.bits}u)) & ${M}u`
+        : (j: string) => `(dK[${keyWordIndex(D, 'kv', nw, `(tb + ${j}) / ${CPW}u`, 'd')}] >> (((tb + ${j}) % ${CPW}u) * ${k.bits}u)) & ${M}u`;
       push(
         ...quantGroup({
           n: gs,
           bits: k.bits,
           value: (j) => `ring[(kv * S.kring + (tb + ${j}) % S.kring) * ${D}u + d]`,
-          ...(k.donor ? { donorCode } : { writeWord: (kk: string, w: string) => `K[(kv * ${nw} + tb / ${CPW}u + ${kk}) * ${D}u + d] = ${w};` }),
+          ...(k.donor ? { donorCode } : { writeWord: (kk: string, w: string) => `K[${keyWordIndex(D, 'kv', nw, `tb / ${CPW}u + ${kk}`, 'd')}] = ${w};` }),
           calibration: k.calibration ?? { kind: 'none' },
           writeMeta: (m) => `${meta('d')}${m};`,
         }),
