@@ -7,7 +7,8 @@
  * - packed keys `kc`: u32 words `[kvHeads][headDim/4][capacity·bits/32][4]` (one word = 32/bits tokens of one channel;
  *   four channels are one `vec4<u32>`, and a channel quad's token words follow one another: {@link keyWordIndex}), key
  *   meta `km`: `[kvHeads][headDim/4][capacity/groupSize][4]` u32 = f16 scale | f16 zero << 16;
- * - packed values `vc`: `[kvHeads][capacity][headDim·bits/32]` words, value meta `vm`: `[kvHeads][capacity][headDim/groupSize]`;
+ * - packed values `vc`: blocks of 8/bits tokens, each 16-channel slice of a block one `vec4<u32>` ({@link valueCodeAt}),
+ *   value meta `vm`: blocks of 8 tokens, group-major ({@link valueMetaIndex});
  * - dense (fp16) keys or values: `[kvHeads][capacity][headDim/2]` u32 pairs;
  * - full-precision residual rings `rk`/`rv`: float32 `[kvHeads][ring][headDim]`, token t at slot `t mod ring`.
  *
@@ -114,6 +115,36 @@ export function keyWordIndex(headDim: number, kv: string, rows: string, row: str
 /** vec4 index of channel quad `quad` of row `row` in the layout of {@link keyWordIndex}. @internal */
 export function keyQuadIndex(headDim: number, kv: string, rows: string, row: string, quad: string): string {
   return `(${kv} * ${headDim / 4}u + ${quad}) * ${rows} + ${row}`;
+}
+
+/** Tokens of a value block: one 16-channel slice of a block is 128 bits (one `vec4<u32>`). @internal */
+export function valueBlockTokens(bits: GpuBits): number {
+  return 8 / bits;
+}
+
+/**
+ * Where channel `c` of token `t` (KV head `kv`) lies in a packed value buffer (block layout, `bits` per code): u32 index
+ * and bit shift, as WGSL expressions. Tokens come in blocks of {@link valueBlockTokens}; a block is `headDim/16` slices
+ * of 16 channels, each one `vec4<u32>` holding its tokens' codes one after the other (token j at bit `j·16·bits`), so a
+ * thread that mixes 16 channels reads a whole block of tokens with one 128-bit load. @internal
+ */
+export function valueCodeAt(headDim: number, bits: GpuBits, kv: string, t: string, c: string): { index: string; shift: string } {
+  const B = valueBlockTokens(bits);
+  const bit = `((${t}) % ${B}u) * ${16 * bits}u + ((${c}) % 16u) * ${bits}u`;
+  return { index: `((${kv} * (S.cap / ${B}u) + (${t}) / ${B}u) * ${headDim / 16}u + (${c}) / 16u) * 4u + (${bit}) / 32u`, shift: `(${bit}) % 32u` };
+}
+
+/** Tokens of a value metadata block. @internal */
+export const VALUE_META_BLOCK = 8;
+
+/**
+ * u32 index of the scale/zero word of value group `g` of token `t` (KV head `kv`, `groups` groups per row): blocks of
+ * {@link VALUE_META_BLOCK} tokens, group-major inside a block, so the metadata of a thread's block of tokens is
+ * consecutive words. @internal
+ */
+export function valueMetaIndex(groups: number, kv: string, t: string, g: string): string {
+  const B = VALUE_META_BLOCK;
+  return `((${kv} * (S.cap / ${B}u) + (${t}) / ${B}u) * ${groups}u + ${g}) * ${B}u + (${t}) % ${B}u`;
 }
 
 /** Bytes of the step uniform. @internal */
@@ -463,8 +494,8 @@ export function decodeKernelSource(spec: DecodeSpec): string {
   push('@group(0) @binding(0) var<storage, read> qv: array<vec4<f32>>;');
   push(`@group(0) @binding(1) var<storage, read> kc: array<vec4<u32>>;`);
   push('@group(0) @binding(2) var<storage, read> km: array<vec4<u32>>;');
-  push(`@group(0) @binding(3) var<storage, read> vc: array<${vp ? 'u32' : 'vec4<u32>'}>;`);
-  push('@group(0) @binding(4) var<storage, read> vm: array<u32>;');
+  push(`@group(0) @binding(3) var<storage, read> vc: array<${int8Values ? 'u32' : 'vec4<u32>'}>;`);
+  push('@group(0) @binding(4) var<storage, read> vm: array<vec4<u32>>;');
   push('@group(0) @binding(5) var<storage, read> rk: array<vec4<f32>>;');
   push('@group(0) @binding(6) var<storage, read> rv: array<vec4<f32>>;');
   push('@group(0) @binding(7) var<storage, read_write> parts: array<f32>;');
@@ -595,10 +626,25 @@ export function decodeKernelSource(spec: DecodeSpec): string {
   const TLN = int8v ? int8v.lanes : WG / CSV; // token lanes
   const ITER = C / TLN;
   const UV = divisorAtMost(ITER, s.valueUnroll ?? 4);
-  const WV = vp ? (D * vp.bits) / 32 : 0; // words of a packed row
   const GV = vp ? D / vp.groupSize : 0; // value groups of a row
   const vbits = VS * (vp?.bits ?? 0); // bits of one thread's channels in a packed row: 8…64
-  const words = vbits === 64 ? ['(cs * 2u)', '(cs * 2u + 1u)'] : [`((cs * ${vbits}u) / 32u)`];
+  // packed values (block layout, see valueCodeAt): a thread walks blocks of B tokens, one vec4 of codes and the
+  // blocks' scale/zero words (B/4 vec4s, or half of one) per block; UB blocks per batch
+  const B = vp ? valueBlockTokens(vp.bits) : 1;
+  // (a chunk is slot·workgroup tokens, slot ≥ 4, and 1-bit codes need a head dim of at least 32: the lanes' blocks tile it)
+  if (vp && !int8v && C % (B * TLN) !== 0) throw new Error(`internal: ${TLN} lanes × ${B}-token value blocks do not tile a ${C}-token chunk`);
+  const ITB = vp ? C / (B * TLN) : 0;
+  const UB = divisorAtMost(ITB, Math.max(1, Math.round((s.valueUnroll ?? 4) / B)));
+  const NM = Math.max(1, B / 4); // metadata vec4s per block
+  /** Code words (expressions in the block's vec4 `x`) holding token j's bits of this thread: one, with a shift, or whole words. */
+  const tokenWords = (x: string, j: number): string[] => {
+    const start = j * 16 * vp!.bits; // the token's first bit in the slice; the thread's channels start vso bits later
+    if (vbits < 32) return [`(${x}[${Math.floor(start / 32)}u] >> (${start % 32}u${VS === 8 ? ' + vso' : ''}))`];
+    if (vbits === 32) return [VS === 8 ? `${x}[${start / 32}u + cs % 2u]` : `${x}[${start / 32}u]`];
+    return [`${x}[${start / 32}u]`, `${x}[${start / 32 + 1}u]`];
+  };
+  /** Token j's scale/zero word from the metadata vec4s `m…` of a block (`mo`: its offset where a block is half a vec4). */
+  const metaWord = (m: string, j: number, blk: string): string => (B >= 4 ? `${m}_${j >> 2}[${j & 3}u]` : `${m}_0[(${blk} % 2u) * 2u + ${j}u]`);
   const pf = s.prefetch === true && !int8v && (vp === null || !skipValues);
   /**
    * Loads of the value batch starting at iteration `it`: packed words `x{u}_{k}` and metadata `nzw{u}`, or fp16 row
@@ -608,14 +654,16 @@ export function decodeKernelSource(spec: DecodeSpec): string {
   const loadBatch = (it: string, mode: 'now' | 'first' | 'next'): string[] => {
     const out: string[] = [];
     const [decl, px_, sfx] = mode === 'now' ? ['let ', '', ''] : mode === 'first' ? ['var ', 'p', 'p'] : ['', 'p', 'n'];
-    for (let u = 0; u < UV; u++) {
-      const t = `c0 + tg + (${it} + ${u}u) * ${TLN}u`;
+    for (let u = 0; u < (vp ? UB : UV); u++) {
       if (vp) {
-        const r = `rq${u}${sfx}`;
-        out.push(`let ${r} = kv * S.cap + min(${t}, tvl);`);
-        words.forEach((w, k) => out.push(`${decl}x${px_}${u}_${k} = vc[${r} * ${WV}u + ${w}];`));
-        out.push(`${decl}nz${px_ === 'p' ? 'p' : 'w'}${u} = vm[${r} * ${GV}u + vg];`);
+        // block (clamped to the last one holding a packed token; its weights past tv are 0)
+        const bq = `bq${u}${sfx}`;
+        out.push(`let ${bq} = kv * (S.cap / ${B}u) + min(c0 / ${B}u + tg + (${it} + ${u}u) * ${TLN}u, tvb);`);
+        out.push(`${decl}x${px_}${u} = vc[${bq} * ${D / 16}u + vsl];`);
+        out.push(`let mb${u}${sfx} = (${valueMetaIndex(GV, '0u', `${bq} * ${B}u`, 'vg')}) / 4u;`);
+        for (let k = 0; k < NM; k++) out.push(`${decl}m${px_}${u}_${k} = vm[mb${u}${sfx} + ${k}u];`);
       } else {
+        const t = `c0 + tg + (${it} + ${u}u) * ${TLN}u`;
         out.push(`${decl}w${px_}${u} = vc[(kv * S.cap + min(${t}, S.n - 1u)) * ${CSV}u + cs];`);
       }
     }
@@ -624,8 +672,9 @@ export function decodeKernelSource(spec: DecodeSpec): string {
   if (!int8v) {
     push(`let cs = lid % ${CSV}u;`, `let tg = lid / ${CSV}u;`);
     if (vp) {
-      if (vbits < 32) push(`let vsh = (cs * ${vbits}u) % 32u;`);
-      push(`let vg = (cs * ${VS}u) / ${vp.groupSize}u;`, 'let tvl = select(0u, S.tv - 1u, S.tv > 0u);');
+      push(`let vsl = (cs * ${VS}u) / 16u;`);
+      if (VS === 8 && vbits < 32) push(`let vso = (cs % 2u) * ${vbits}u;`);
+      push(`let vg = (cs * ${VS}u) / ${vp.groupSize}u;`, 'let tvl = select(0u, S.tv - 1u, S.tv > 0u);', `let tvb = tvl / ${B}u;`);
     }
     if (pf) push(...loadBatch('0u', 'first'));
   }
@@ -634,7 +683,7 @@ export function decodeKernelSource(spec: DecodeSpec): string {
     // no thread's partial sum can overflow
     push('var smx = 0.0;');
     for (let j = 0; j < SL; j++) {
-      for (let g = 0; g < GV; g++) push(`smx = max(smx, abs(unpack2x16float(vm[(kv * S.cap + min(c0 + ${tl(j)}, tvl)) * ${GV}u + ${g}u]).x));`);
+      for (let g = 0; g < GV; g++) push(`{ let mi = ${valueMetaIndex(GV, 'kv', `min(c0 + ${tl(j)}, tvl)`, `${g}u`)}; smx = max(smx, abs(unpack2x16float(vm[mi / 4u][mi % 4u]).x)); }`);
     }
     push(`red[${HG * WG}u + lid] = smx;`);
   }
@@ -650,7 +699,7 @@ export function decodeKernelSource(spec: DecodeSpec): string {
   if (int8Values) {
     // the scale/zero of this thread's tokens, every value group (clamped to a packed row; weight 0 past tv)
     push('let tvq = select(0u, S.tv - 1u, S.tv > 0u);', `let tq = c0 + lid * ${SL}u;`);
-    for (let j = 0; j < SL; j++) for (let g = 0; g < VG; g++) push(`let vz${j}_${g} = unpack2x16float(vm[(kv * S.cap + min(tq + ${j}u, tvq)) * ${VG}u + ${g}u]);`);
+    for (let j = 0; j < SL; j++) for (let g = 0; g < VG; g++) push(`let vz${j}_${g} = unpack2x16float(vm[(${valueMetaIndex(VG, 'kv', `min(tq + ${j}u, tvq)`, `${g}u`)}) / 4u][(${valueMetaIndex(VG, 'kv', `min(tq + ${j}u, tvq)`, `${g}u`)}) % 4u]);`);
   }
   for (let i = 0; i < HG; i++) {
     push(`var ls${i} = 0.0;`);
@@ -678,45 +727,51 @@ export function decodeKernelSource(spec: DecodeSpec): string {
   } else if (vp) {
     const pos = positions(vp.bits, VS);
     // f16 values: the accumulator pairs of each head (see f16Pairs), their layout from a dry run of the decode
-    const pairLayout = f16Values ? f16Pairs(vp.bits, vbits, words.map((_, k) => `x${k}`), '').pairs : [];
+    const pairLayout = f16Values ? f16Pairs(vp.bits, vbits, tokenWords('x', 0), '').pairs : [];
     if (f16Values && !skipValues) for (let i = 0; i < HG; i++) pairLayout.forEach((_, k) => push(`var g${i}_${k} = vec2<f16>(0.0);`));
     if (!skipValues) {
-      // packed rows of the chunk, branch-free: a token past tv reads a clamped row with weight 0
+      // packed blocks of the chunk, branch-free: a token past tv has weight 0
       if (s.debugSkip === 'arith') push('var va = 0u;');
-      push(`for (var it = 0u; it < ${ITER}u; it = it + ${UV}u) {`);
+      push(`for (var it = 0u; it < ${ITB}u; it = it + ${UB}u) {`);
       if (pf) {
         // this batch from the registers loaded one batch earlier; the next batch's loads issued now (the last
         // iteration reloads its own batch)
-        for (let u = 0; u < UV; u++) {
-          words.forEach((_, k) => push(`let x${u}_${k} = xp${u}_${k};`));
-          push(`let nzw${u} = nzp${u};`);
+        for (let u = 0; u < UB; u++) {
+          push(`let x${u} = xp${u};`);
+          for (let k = 0; k < NM; k++) push(`let m${u}_${k} = mp${u}_${k};`);
         }
-        push(...loadBatch(`min(it + ${UV}u, ${ITER - UV}u)`, 'next'));
+        push(...loadBatch(`min(it + ${UB}u, ${ITB - UB}u)`, 'next'));
       } else {
         push(...loadBatch('it', 'now'));
       }
-      for (let u = 0; u < UV; u++) push(`let tl${u} = tg + (it + ${u}u) * ${TLN}u;`, `let t${u} = c0 + tl${u};`, `let nz${u} = unpack2x16float(nzw${u});`);
       const arith = s.debugSkip === 'arith';
-      if (arith) push(`va = va ^ ${Array.from({ length: UV }, (_, u) => [...words.map((_, k) => `x${u}_${k}`), `bitcast<u32>(nz${u}.x)`].join(' ^ ')).join(' ^ ')};`);
-      for (let u = 0; !arith && f16Values && u < UV; u++) {
-        const xs = words.map((_, k) => `x${u}_${k}`);
-        const { lines, pairs } = f16Pairs(vp.bits, vbits, vbits < 32 ? [`(${xs[0]} >> vsh)`] : xs, `h${u}`);
-        push(...lines);
-        const m = (1 << vp.bits) - 1;
-        pairs.forEach((pr, k) => push(`let e${u}_${k} = bitcast<vec2<f16>>((${pr.z} & ${((m << pr.p) | (m << (pr.p + 16))) >>> 0}u) | 0x64006400u) - vec2<f16>(1024.0);`));
-        for (let i = 0; i < HG; i++) {
-          push(`let p${u}_${i} = select(0.0, sc[px(${i * C}u + tl${u})], t${u} < S.tv);`);
-          push(`let w${u}_${i} = vec2<f16>(f16(p${u}_${i} * nz${u}.x * vsc));`, `vb${i} = fma(p${u}_${i}, nz${u}.y, vb${i});`);
-          pairs.forEach((_, k) => push(`g${i}_${k} = fma(w${u}_${i}, e${u}_${k}, g${i}_${k});`));
-        }
-      }
-      for (let u = 0; !arith && !f16Values && u < UV; u++) {
-        const xs = words.map((_, k) => `x${u}_${k}`);
-        push(...decodeN(vp.bits, vbits < 32 ? [`(${xs[0]} >> vsh)`] : xs.flatMap((x) => [x, `(${x} >> 16u)`]), `d${u}`, VS));
-        for (let i = 0; i < HG; i++) {
-          push(`let p${u}_${i} = select(0.0, sc[px(${i * C}u + tl${u})], t${u} < S.tv);`);
-          push(`let w${u}_${i} = p${u}_${i} * nz${u}.x;`, `vb${i} = fma(p${u}_${i}, nz${u}.y, vb${i});`);
-          for (let j = 0; j < VS; j++) push(`v${i}_${j} = fma(w${u}_${i}, d${u}_${j}, v${i}_${j});`);
+      if (arith) push(`va = va ^ ${Array.from({ length: UB }, (_, u) => [`x${u}.x ^ x${u}.w`, ...Array.from({ length: NM }, (_, k) => `m${u}_${k}.x`)].join(' ^ ')).join(' ^ ')};`);
+      const m = (1 << vp.bits) - 1;
+      for (let u = 0; !arith && u < UB; u++) {
+        push(`let bl${u} = tg + (it + ${u}u) * ${TLN}u;`);
+        for (let j = 0; j < B; j++) {
+          const tag = `${u}_${j}`;
+          push(`let tl${tag} = bl${u} * ${B}u + ${j}u;`, `let ok${tag} = c0 + tl${tag} < S.tv;`);
+          push(`let nz${tag} = unpack2x16float(${metaWord(`m${u}`, j, `bl${u}`)});`);
+          const scIndex = `tl${tag}`;
+          if (f16Values) {
+            const { lines, pairs } = f16Pairs(vp.bits, vbits, tokenWords(`x${u}`, j), `h${tag}`);
+            push(...lines);
+            pairs.forEach((pr, k) => push(`let e${tag}_${k} = bitcast<vec2<f16>>((${pr.z} & ${((m << pr.p) | (m << (pr.p + 16))) >>> 0}u) | 0x64006400u) - vec2<f16>(1024.0);`));
+            for (let i = 0; i < HG; i++) {
+              push(`let p${tag}_${i} = sc[px(${i * C}u + ${scIndex})];`);
+              push(`let w${tag}_${i} = vec2<f16>(f16(select(0.0, p${tag}_${i} * nz${tag}.x * vsc, ok${tag})));`, `vb${i} = vb${i} + select(0.0, p${tag}_${i} * nz${tag}.y, ok${tag});`);
+              pairs.forEach((_, k) => push(`g${i}_${k} = fma(w${tag}_${i}, e${tag}_${k}, g${i}_${k});`));
+            }
+          } else {
+            const xs = tokenWords(`x${u}`, j);
+            push(...decodeN(vp.bits, vbits < 32 ? xs : xs.flatMap((x) => [x, `(${x} >> 16u)`]), `d${tag}`, VS));
+            for (let i = 0; i < HG; i++) {
+              push(`let p${tag}_${i} = sc[px(${i * C}u + ${scIndex})];`);
+              push(`let w${tag}_${i} = select(0.0, p${tag}_${i} * nz${tag}.x, ok${tag});`, `vb${i} = vb${i} + select(0.0, p${tag}_${i} * nz${tag}.y, ok${tag});`);
+              for (let jj = 0; jj < VS; jj++) push(`v${i}_${jj} = fma(w${tag}_${i}, d${tag}_${jj}, v${i}_${jj});`);
+            }
+          }
         }
       }
       push('}');

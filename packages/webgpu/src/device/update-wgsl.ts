@@ -8,7 +8,7 @@
  * `code = round(r(r(x − min)/scale))`.
  * @internal
  */
-import { STEP_FIELDS, keyWordIndex, stepStruct, type DeviceOperand } from './attention-wgsl.js';
+import { STEP_FIELDS, keyWordIndex, stepStruct, valueCodeAt, valueMetaIndex, type DeviceOperand } from './attention-wgsl.js';
 import type { GpuBits } from '../layout.js';
 
 /** Calibration of the stored scale/zero, computable on the device. @internal */
@@ -45,21 +45,23 @@ export interface UpdateSpec {
    */
   keyLayout?: 'channel' | 'quad';
   /**
-   * Packed value layout: `'row'` (default) — a token's row of codes, 32/bits channels per word; `'quad'` — quad word m
-   * of token block b holds byte m of the rows of tokens 4b … 4b+3 (one per byte), read by the int8 value mix.
+   * Packed value layout: `'block'` (default) — blocks of 8/bits tokens, each 16-channel slice of a block one
+   * `vec4<u32>` (`valueCodeAt`); `'quad'` — quad word m of token block b holds byte m of the rows of tokens 4b … 4b+3
+   * (one per byte), read by the int8 value mix. Either way the scale/zero words are addressed by `valueMetaIndex`.
    */
-  valueLayout?: 'row' | 'quad';
+  valueLayout?: 'block' | 'quad';
 }
 
 /**
  * WGSL helpers of a layer's packed value layout, so the quantizers never spell out addresses: `putValueWord(kv, t, w,
- * word)` stores word w of token t's row (own codes), `donorValueCode(kv, t, c)` reads channel c of token t from the
- * donor's codes. Row layout: a token's row of words. Quad layout: quad word m of token block b holds byte m of the rows
- * of tokens 4b … 4b+3, so a store writes four bytes (only this token's byte of each quad word changes).
+ * word)` stores word w of token t's row of codes (32/bits channels), `donorValueCode(kv, t, c)` reads channel c of
+ * token t from the donor's codes. Block layout: see `valueCodeAt` (with 1-bit codes a row word is two 16-bit runs, each
+ * sharing its u32 with another token of the block, so a store keeps that token's half). Quad layout: quad word m of
+ * token block b holds byte m of the rows of tokens 4b … 4b+3, so a store writes four bytes (only this token's byte of
+ * each quad word changes).
  */
 function valueLayoutHelpers(s: UpdateSpec): string[] {
   const v = s.values as DeviceStorage & { kind: 'packed' };
-  const WV = (s.headDim * v.bits) / 32;
   const RB = (s.headDim * v.bits) / 8;
   const M = (1 << v.bits) - 1;
   const quad = s.valueLayout === 'quad';
@@ -73,14 +75,26 @@ function valueLayoutHelpers(s: UpdateSpec): string[] {
           '  for (var i = 0u; i < 4u; i = i + 1u) { V[a + i] = (V[a + i] & keep) | (((word >> (i * 8u)) & 0xffu) << sh); }',
           '}',
         ]
-      : ['fn putValueWord(kv: u32, t: u32, w: u32, word: u32) {', `  V[(kv * S.cap + t) * ${WV}u + w] = word;`, '}'];
+      : v.bits === 1
+        ? [
+            // a row word (32 channels) is two slices' 16-bit runs, each sharing its u32 with the block's other token
+            'fn putValueWord(kv: u32, t: u32, w: u32, word: u32) {',
+            '  for (var h = 0u; h < 2u; h = h + 1u) {',
+            `    let c = w * 32u + h * 16u;`,
+            `    let a = ${valueCodeAt(s.headDim, 1, 'kv', 't', 'c').index};`,
+            `    let sh = ${valueCodeAt(s.headDim, 1, 'kv', 't', 'c').shift};`,
+            '    V[a] = (V[a] & ~(0xffffu << sh)) | (((word >> (h * 16u)) & 0xffffu) << sh);',
+            '  }',
+            '}',
+          ]
+        : ['fn putValueWord(kv: u32, t: u32, w: u32, word: u32) {', `  V[${valueCodeAt(s.headDim, v.bits, 'kv', 't', `w * ${32 / v.bits}u`).index}] = word;`, '}'];
   }
   const bit = `c * ${v.bits}u`;
   return [
     'fn donorValueCode(kv: u32, t: u32, c: u32) -> u32 {',
     quad
       ? `  return (dV[(kv * (S.cap / 4u) + t / 4u) * ${RB}u + (${bit}) / 8u] >> ((t % 4u) * 8u + (${bit}) % 8u)) & ${M}u;`
-      : `  return (dV[(kv * S.cap + t) * ${WV}u + (${bit}) / 32u] >> ((${bit}) % 32u)) & ${M}u;`,
+      : `  return (dV[${valueCodeAt(s.headDim, v.bits, 'kv', 't', 'c').index}] >> (${valueCodeAt(s.headDim, v.bits, 'kv', 't', 'c').shift})) & ${M}u;`,
     '}',
   ];
 }
@@ -449,7 +463,6 @@ function cooperativeValueRole(s: UpdateSpec): string[] {
     `  let ge = base + (seg / ${T}u) * ${n}u;`,
     `  let kv = ge / ${D}u;`,
     `  let g = (ge % ${D}u) / ${n}u;`,
-    '  let row = kv * S.cap + t;',
     `  for (var i = 0u; i < ${EPT}u; i = i + 1u) {`,
     `    let idx = lid + ${W}u * i;`,
     `    if (base + idx < ${E}u) {`,
@@ -471,7 +484,7 @@ function cooperativeValueRole(s: UpdateSpec): string[] {
   }
   L.push('  if (tj != 0u) { return; }');
   L.push(...calibrationLines(v.calibration, M, n, 'sc', (j) => `vx[gb + ${j}]`, (j) => `vcode[gb + ${j}]`).map((l) => `  ${l}`));
-  L.push(`  V[${s.valueMetaOffset}u + row * ${G}u + g] = pack2x16float(vec2<f32>(sc, z));`, '}');
+  L.push(`  V[${s.valueMetaOffset}u + ${valueMetaIndex(G, 'kv', 't', 'g')}] = pack2x16float(vec2<f32>(sc, z));`, '}');
   return L;
 }
 
