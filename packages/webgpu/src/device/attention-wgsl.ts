@@ -64,10 +64,10 @@ export interface DecodeSpec {
    */
   keyDot?: 'f32' | 'int8';
   /**
-   * Packed value mix: `'f32'` (default; token-row layout, exact float arithmetic) or `'int8'` (quad layout: one word =
+   * Packed value mix: `'f32'` (default; token-block layout, exact float arithmetic) or `'int8'` (quad layout: one word =
    * one byte of 4 consecutive tokens' rows; per `slot` tokens, value group and head the softmax weight times the
    * token's scale is rounded to int8 with one step, by the thread that computed those exponentials; the codes mixed by
-   * `dot4I8Packed`); `'f16'` (token-row layout, needs the WGSL extension f16): each thread accumulates its tokens in
+   * `dot4I8Packed`); `'f16'` (token-block layout, needs the WGSL extension f16): each thread accumulates its tokens in
    * `vec2<f16>` pairs of channels (two codes decoded per AND/OR and one half-precision subtraction, two products per
    * half-precision FMA), the weights scaled by K / the chunk's largest |value scale| (K: the largest power of two for
    * which a thread's sum stays under 32768) so that no partial sum can overflow, then carried on in float32
