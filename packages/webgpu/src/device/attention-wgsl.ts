@@ -9,7 +9,7 @@
  *   meta `km`: `[kvHeads][headDim/4][capacity/groupSize][4]` u32 = f16 scale | f16 zero << 16;
  * - packed values `vc`: blocks of 8/bits tokens, each 16-channel slice of a block one `vec4<u32>` ({@link valueCodeAt}),
  *   value meta `vm`: blocks of 8 tokens, group-major ({@link valueMetaIndex});
- * - dense (fp16) keys or values: `[kvHeads][capacity][headDim/2]` u32 pairs;
+ * - dense (fp16) keys: `[kvHeads][headDim/8][capacity]` vec4s ({@link denseKeyIndex}); dense values: `[kvHeads][capacity][headDim/2]` u32 pairs;
  * - full-precision residual rings `rk`/`rv`: float32 `[kvHeads][ring][headDim]`, token t at slot `t mod ring`.
  *
  * Decoding: 16 codes of one channel (keys) or one token (values) come out of one half-word (1 bit), word (2 bits)
@@ -115,6 +115,15 @@ export function keyWordIndex(headDim: number, kv: string, rows: string, row: str
 /** vec4 index of channel quad `quad` of row `row` in the layout of {@link keyWordIndex}. @internal */
 export function keyQuadIndex(headDim: number, kv: string, rows: string, row: string, quad: string): string {
   return `(${kv} * ${headDim / 4}u + ${quad}) * ${rows} + ${row}`;
+}
+
+/**
+ * WGSL u32 index of the fp16 pair `p` (channels 2p, 2p + 1) of token `t` in a dense (fp16) key buffer: channel-octet-
+ * major (`[kvHeads][headDim/8][capacity]` vec4s), so the threads of a workgroup, one token each, read consecutive vec4s
+ * of the same channel octet together. @internal
+ */
+export function denseKeyIndex(headDim: number, kv: string, t: string, p: string): string {
+  return `((${kv} * ${headDim / 8}u + (${p}) / 4u) * S.cap + ${t}) * 4u + (${p}) % 4u`;
 }
 
 /** Tokens of a value block: one 16-channel slice of a block is 128 bits (one `vec4<u32>`). @internal */
@@ -582,9 +591,9 @@ export function decodeKernelSource(spec: DecodeSpec): string {
     // dense fp16 keys: token c0 + j·WG + lid, one row of D/8 vec4<u32> per token
     const O = D / 8;
     push(`for (var j = 0u; j < ${SL}u; j = j + 1u) {`, `let t = c0 + j * ${WG}u + lid;`);
-    // every load of the row first (clamped to a valid row), then the dot products
-    push(`let rb = (kv * S.cap + min(t, S.n - 1u)) * ${O}u;`);
-    for (let o2 = 0; o2 < O; o2++) push(`let w${o2} = kc[rb + ${o2}u];`);
+    // every load of the row first (clamped to a valid row; channel octets apart, see denseKeyIndex), then the dot products
+    push(`let rt = min(t, S.n - 1u);`);
+    for (let o2 = 0; o2 < O; o2++) push(`let w${o2} = kc[(kv * ${O}u + ${o2}u) * S.cap + rt];`);
     for (let i = 0; i < HG; i++) push(`var r${i} = 0.0;`);
     for (let o2 = 0; o2 < O; o2++) {
       push(`let x${o2}a = vec4<f32>(unpack2x16float(w${o2}.x), unpack2x16float(w${o2}.y));`, `let x${o2}b = vec4<f32>(unpack2x16float(w${o2}.z), unpack2x16float(w${o2}.w));`);

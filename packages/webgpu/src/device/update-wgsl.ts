@@ -8,7 +8,7 @@
  * `code = round(r(r(x − min)/scale))`.
  * @internal
  */
-import { STEP_FIELDS, keyWordIndex, stepStruct, valueCodeAt, valueMetaIndex, type DeviceOperand } from './attention-wgsl.js';
+import { STEP_FIELDS, denseKeyIndex, keyWordIndex, stepStruct, valueCodeAt, valueMetaIndex, type DeviceOperand } from './attention-wgsl.js';
 import type { GpuBits } from '../layout.js';
 
 /** Calibration of the stored scale/zero, computable on the device. @internal */
@@ -527,7 +527,12 @@ export function updateKernelSource(s: UpdateSpec): string {
   push('}');
   // store channels (2e, 2e+1, 2e + D/2, 2e + 1 + D/2) of the new token of head kv
   const store = (buf: 'K' | 'V', op: DeviceStorage, ringBase: string, ringLen: string) => {
-    if (op.kind === 'dense') {
+    if (op.kind === 'dense' && buf === 'K') {
+      push(
+        `K[${denseKeyIndex(D, 'kv', 'S.pos', 'e')}] = pack2x16float(vec2<f32>(r16(x[0]), r16(x[1])));`,
+        `K[${denseKeyIndex(D, 'kv', 'S.pos', `e + ${D / 4}u`)}] = pack2x16float(vec2<f32>(r16(x[2]), r16(x[3])));`,
+      );
+    } else if (op.kind === 'dense') {
       push(
         `let row = (kv * S.cap + S.pos) * ${H2}u;`,
         `${buf}[row + e] = pack2x16float(vec2<f32>(r16(x[0]), r16(x[1])));`,
