@@ -20,6 +20,10 @@ pnpm exec esbuild "$BENCH" --bundle --platform=node --format=esm --target=node20
 pnpm exec esbuild packages/webgpu/bench/wgsl-ceilings.bench.mjs --bundle --platform=node --format=esm --target=node20 \
   --outfile="$STAGE/ceil.mjs" --log-level=warning \
   --banner:js="import { createRequire as __xqRequire } from 'node:module'; const require = __xqRequire(import.meta.url);"
+# the packed loops' loads alone with the storage layouts before and after the coalesced ones (same run)
+pnpm exec esbuild packages/webgpu/bench/load-patterns.bench.mjs --bundle --platform=node --format=esm --target=node20 \
+  --outfile="$STAGE/loads.mjs" --log-level=warning \
+  --banner:js="import { createRequire as __xqRequire } from 'node:module'; const require = __xqRequire(import.meta.url);"
 # the codebook (turboquant layout) attention kernels, run after the main benchmark when CODEBOOK=1
 pnpm exec esbuild packages/webgpu/bench/codebook.bench.mjs --bundle --platform=node --format=esm --target=node20 \
   --outfile="$STAGE/cb.mjs" --log-level=warning \

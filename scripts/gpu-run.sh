@@ -3,7 +3,8 @@
 # unpacks the Vulkan loader and the carry, runs the torch fp16 peer, writes the random-weight checkpoints, runs the
 # benchmark. Results go to $OUT (the device tool brings that folder back). Extra arguments go to the benchmark.
 #   bash scripts/gpu-run.sh [--contexts 4096,32768,131072] [--caches full,kivi-2,xquant-1.38,plan] …
-# CEIL_ARGS: extra arguments of the WGSL ceilings benchmark (e.g. --dawn-flags …).
+# CEIL_ARGS: extra arguments of the WGSL ceilings benchmark (e.g. --dawn-flags …); LOADS_ARGS: of the load-pattern one.
+# SKIP_LOADS=1 leaves out the load-pattern benchmark (the packed loops' loads alone, layouts before/now; ~10 s).
 # CODEBOOK=1 also runs the codebook (turboquant layout) attention benchmark (CODEBOOK_ARGS: its options).
 set -uo pipefail
 for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -31,6 +32,10 @@ for m in ${MODELS//,/ }; do
   LIST="$LIST${LIST:+,}$m=$M/$m"
 done
 (cd "$W" && ./node bench.mjs --out "$OUT" --models "$LIST" --plan plan.json "$@") 2>&1 | grep -v 'Warning: max\|DEP0137\|trace-warnings\|file descriptor' | tee "$OUT/bench.log"
+if [ "${SKIP_LOADS:-0}" != 1 ]; then
+  (cd "$W" && ./node loads.mjs --out "$OUT" ${LOADS_ARGS:-}) 2>&1 | grep -v 'Warning: max' > "$OUT/load-patterns.log"
+  tail -14 "$OUT/load-patterns.log"
+fi
 if [ "${CODEBOOK:-0}" = 1 ]; then
   (cd "$W" && ./node cb.mjs --out "$OUT" ${CODEBOOK_ARGS:-}) 2>&1 | grep -v 'Warning: max' > "$OUT/codebook.log"
   tail -20 "$OUT/codebook.log"
