@@ -83,7 +83,10 @@ export interface DeviceAttentionTuning {
   unroll?: number;
   /** Consecutive tokens per thread in the key pass: 4, 8 or 16; fewer means more threads in flight. */
   slot?: number;
-  /** Value tokens whose loads are issued together. */
+  /**
+   * Value tokens whose loads are issued together (fp16 rows: that many rows; packed codes: the nearest whole number of
+   * the layout's blocks of 8/bits tokens, at least one — one 128-bit load of codes per block and thread).
+   */
   valueUnroll?: number;
   /** Channels of a packed value row per thread: 8 or 16. */
   valueSlot?: number;
