@@ -2,7 +2,7 @@
 // Turns one GPU run (the raw JSON that packages/models/bench/gpu-decode.bench.mjs and docs/gpu/torch_peer.py wrote)
 // into docs/gpu/h200-summary.json (one entry per measured row, medians) and the markdown tables of docs/gpu/results.md.
 //   node scripts/gpu-report.mjs docs/gpu/h200-2026-12-02
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const dir = process.argv[2] ?? 'docs/gpu/h200-2026-12-02';
@@ -76,6 +76,13 @@ for (const m of [...new Set(endToEnd.map((e) => e.model))]) {
     return full && xq ? (full.msPerToken / xq.msPerToken).toFixed(2) + '×' : '–';
   };
   lines.push(`| ${m} | ${r(4096)} | ${r(32768)} | ${r(131072)} |`);
+}
+// the load-pattern benchmark of the same call (packages/webgpu/bench/load-patterns.bench.mjs), where it ran
+if (existsSync(join(dir, 'load-patterns.json'))) {
+  const lp = JSON.parse(readFileSync(join(dir, 'load-patterns.json'), 'utf8'));
+  lines.push('', `### The packed loops' loads alone (${lp.tokens} tokens, ${lp.kvHeads} KV heads, head dim ${lp.headDim}; no arithmetic)`, '');
+  lines.push('| loads | layout | MB | ms | GB/s | before ÷ this |', '|---|---|---:|---:|---:|---:|');
+  for (const r of lp.table) lines.push(`| ${r.name} | ${r.layout} | ${r.MB.toFixed(1)} | ${f(r.ms, 4)} | ${r.GBps.toFixed(0)} | ${r.beforeOverThis.toFixed(2)}× |`);
 }
 writeFileSync(join(dir, 'tables.md'), lines.join('\n') + '\n');
 console.log(lines.join('\n'));
