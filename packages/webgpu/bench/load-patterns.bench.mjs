@@ -14,6 +14,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { requestNodeDevice } from '@xquant/webgpu';
+import { timePasses } from './time-passes.mjs';
 
 const { values: o } = parseArgs({ options: { out: { type: 'string', default: 'bench-out' }, tokens: { type: 'string', default: '131072' }, 'dawn-flags': { type: 'string', default: '' }, repeats: { type: 'string', default: '3' } } });
 mkdirSync(o.out, { recursive: true });
@@ -121,31 +122,14 @@ const cases = [
   { name: 'fp16 keys', layout: 'channel-octet-major (now)', body: fp16Keys(true), bytes: bytesOf(['fk']) },
 ];
 
-/** Median GPU ms of one dispatch over the chunks × KV heads, n passes. */
+/** Median GPU ms of one dispatch over the chunks × KV heads, n passes (time-passes.mjs). */
 async function time(code, n = 20) {
   const module = device.createShaderModule({ code });
   const bad = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error');
   if (bad.length) throw new Error(bad.map((m) => `${m.lineNum}: ${m.message}`).join('; '));
   const pipe = await device.createComputePipelineAsync({ layout, compute: { module, entryPoint: 'main' } });
-  const qs = device.createQuerySet({ type: 'timestamp', count: 2 * n });
-  const res = device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
-  const st = device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-  const enc = device.createCommandEncoder();
-  for (let i = 0; i < n; i++) {
-    const p = enc.beginComputePass({ timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } });
-    p.setPipeline(pipe);
-    p.setBindGroup(0, bg);
-    p.dispatchWorkgroups(NCH, KV);
-    p.end();
-  }
-  enc.resolveQuerySet(qs, 0, 2 * n, res, 0);
-  enc.copyBufferToBuffer(res, 0, st, 0, 16 * n);
-  device.queue.submit([enc.finish()]);
-  await st.mapAsync(GPUMapMode.READ);
-  const t = new BigUint64Array(st.getMappedRange().slice(0));
-  for (const b of [st, res, qs]) b.destroy();
-  const each = Array.from({ length: n }, (_, i) => Number(t[2 * i + 1] - t[2 * i]) / 1e6).slice(3).sort((a, b) => a - b);
-  return each[each.length >> 1];
+  const { ms } = await timePasses(device, (p) => { p.setPipeline(pipe); p.setBindGroup(0, bg); p.dispatchWorkgroups(NCH, KV); }, n);
+  return ms;
 }
 
 const rows = [];
