@@ -10,7 +10,6 @@ function evaluate(expr: string, vars: Record<string, number>): number {
   let js = expr.replace(/S\.cap/g, 'cap').replace(/\b(\d+)u\b/g, '$1n');
   for (const name of Object.keys(vars)) js = js.replace(new RegExp(`\\b${name}\\b`, 'g'), `v.${name}`);
   const v = Object.fromEntries(Object.entries(vars).map(([k, x]) => [k, BigInt(x)]));
-  // eslint-disable-next-line @typescript-eslint/no-implied-eval
   return Number(new Function('v', `return ${js};`)(v) as bigint);
 }
 
