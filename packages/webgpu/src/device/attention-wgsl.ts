@@ -754,7 +754,9 @@ export function decodeKernelSource(spec: DecodeSpec): string {
         push(...loadBatch('it', 'now'));
       }
       const arith = s.debugSkip === 'arith';
-      if (arith) push(`va = va ^ ${Array.from({ length: UB }, (_, u) => [`x${u}.x ^ x${u}.w`, ...Array.from({ length: NM }, (_, k) => `m${u}_${k}.x`)].join(' ^ ')).join(' ^ ')};`);
+      // (every component, so no load is narrowed away)
+      const fold = (v: string) => `${v}.x ^ ${v}.y ^ ${v}.z ^ ${v}.w`;
+      if (arith) push(`va = va ^ ${Array.from({ length: UB }, (_, u) => [fold(`x${u}`), ...Array.from({ length: NM }, (_, k) => fold(`m${u}_${k}`))].join(' ^ ')).join(' ^ ')};`);
       const m = (1 << vp.bits) - 1;
       for (let u = 0; !arith && u < UB; u++) {
         push(`let bl${u} = tg + (it + ${u}u) * ${TLN}u;`);
