@@ -24,6 +24,10 @@ pnpm exec esbuild packages/webgpu/bench/wgsl-ceilings.bench.mjs --bundle --platf
 pnpm exec esbuild packages/webgpu/bench/load-patterns.bench.mjs --bundle --platform=node --format=esm --target=node20 \
   --outfile="$STAGE/loads.mjs" --log-level=warning \
   --banner:js="import { createRequire as __xqRequire } from 'node:module'; const require = __xqRequire(import.meta.url);"
+# subgroup matrices (tensor cores through Chromium's experimental WGSL extension): configurations, one checked MMA, rate
+pnpm exec esbuild packages/webgpu/bench/subgroup-matrix.bench.mjs --bundle --platform=node --format=esm --target=node20 \
+  --outfile="$STAGE/sgm.mjs" --log-level=warning \
+  --banner:js="import { createRequire as __xqRequire } from 'node:module'; const require = __xqRequire(import.meta.url);"
 # the codebook (turboquant layout) attention kernels, run after the main benchmark when CODEBOOK=1
 pnpm exec esbuild packages/webgpu/bench/codebook.bench.mjs --bundle --platform=node --format=esm --target=node20 \
   --outfile="$STAGE/cb.mjs" --log-level=warning \

@@ -5,6 +5,7 @@
 #   bash scripts/gpu-run.sh [--contexts 4096,32768,131072] [--caches full,kivi-2,xquant-1.38,plan] …
 # CEIL_ARGS: extra arguments of the WGSL ceilings benchmark (e.g. --dawn-flags …); LOADS_ARGS: of the load-pattern one.
 # SKIP_LOADS=1 leaves out the load-pattern benchmark (the packed loops' loads alone, layouts before/now; ~10 s).
+# SKIP_SGM=1 leaves out the subgroup-matrix probe (run last, 120 s at most: it needs Dawn's unsafe APIs).
 # CODEBOOK=1 also runs the codebook (turboquant layout) attention benchmark (CODEBOOK_ARGS: its options).
 set -uo pipefail
 for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -43,4 +44,8 @@ fi
 if [ "${SKIP_CEILINGS:-0}" != 1 ]; then
   (cd "$W" && ./node ceil.mjs --out "$OUT" --parts 131072 ${CEIL_ARGS:-}) 2>&1 | grep -v 'Warning: max' > "$OUT/ceilings.log"
   tail -16 "$OUT/ceilings.log"
+fi
+if [ "${SKIP_SGM:-0}" != 1 ]; then
+  (cd "$W" && timeout 120 ./node sgm.mjs --out "$OUT") 2>&1 | grep -v 'Warning: max' > "$OUT/subgroup-matrix.log"
+  tail -8 "$OUT/subgroup-matrix.log"
 fi
