@@ -820,7 +820,9 @@ export class DeviceKvCache {
 
   /**
    * Read one layer's storage back (tests, debugging): the raw u32 words of its key and value buffers and the float32
-   * residual rings, with the offsets of the metadata and value ring.
+   * residual rings, with the offsets of the metadata and value ring. The words are in the device layouts (packed keys
+   * and their scale/zero channel-quad-major, packed values in token blocks, their scale/zero in 8-token blocks, fp16
+   * keys channel-octet-major: see the address helpers of `device/attention-wgsl.ts`), not the CPU cache's.
    */
   async readLayer(layer: number): Promise<{ keys: Uint32Array; values: Uint32Array; ring: Float32Array; keyMetaOffset: number; valueMetaOffset: number; valueRingOffset: number }> {
     this.checkAlive();
