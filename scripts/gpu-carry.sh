@@ -5,6 +5,7 @@
 # the Llama R = 32 plan; and the Vulkan/GL loader debs into .gl (both git-ignored through .git/info/exclude).
 # Usage (repo root, after `pnpm install`): bash scripts/gpu-carry.sh   — then see docs/gpu/README.md for the run.
 # BENCH=path/to/other-bench.mjs bundles another benchmark instead (packages/webgpu/bench/pack-carry.sh does).
+# OLD_COMMIT=<commit> adds that commit's decode benchmark for an old/new comparison in one call (see gpu-run.sh).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -32,6 +33,18 @@ pnpm exec esbuild packages/webgpu/bench/subgroup-matrix.bench.mjs --bundle --pla
 pnpm exec esbuild packages/webgpu/bench/codebook.bench.mjs --bundle --platform=node --format=esm --target=node20 \
   --outfile="$STAGE/cb.mjs" --log-level=warning \
   --banner:js="import { createRequire as __xqRequire } from 'node:module'; const require = __xqRequire(import.meta.url);"
+# OLD_COMMIT=<commit>: also bundle that commit's decode benchmark as bench-old.mjs (a worktree, installed and built
+# apart), so gpu-run.sh can time the old and the new kernels in the same call (OLD_ARGS there)
+if [ -n "${OLD_COMMIT:-}" ]; then
+  OLDW=$(mktemp -d)/old
+  git worktree add --detach "$OLDW" "$OLD_COMMIT" >/dev/null
+  (cd "$OLDW" && pnpm install --frozen-lockfile --prefer-offline >/dev/null && pnpm build >/dev/null &&
+    pnpm exec esbuild packages/models/bench/gpu-decode.bench.mjs --bundle --platform=node --format=esm --target=node20 \
+      --outfile="$ROOT/$STAGE/bench-old.mjs" --log-level=warning \
+      --banner:js="import { createRequire as __xqRequire } from 'node:module'; const require = __xqRequire(import.meta.url);")
+  git worktree remove --force "$OLDW"
+  echo "bench-old.mjs: $(git rev-parse --short "$OLD_COMMIT")" > "$STAGE/bench-old.txt"
+fi
 DAWN=$(node -e "const p=require('path');console.log(p.join(p.dirname(require.resolve('webgpu/package.json',{paths:['packages/webgpu']})),'dist/linux-x64/dawn.node'))")
 cp "$DAWN" "$STAGE/dist/linux-x64/dawn.node"
 cp "$(command -v node)" "$STAGE/node"

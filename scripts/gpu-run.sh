@@ -32,6 +32,17 @@ for m in ${MODELS//,/ }; do
   esac
   LIST="$LIST${LIST:+,}$m=$M/$m"
 done
+# OLD_ARGS (with a carry made with OLD_COMMIT): the old and the new decode benchmark with these arguments (attention rows,
+# say), old-new-old-new in separate processes before the main run; scripts/gpu-ab.mjs compares them
+if [ -n "${OLD_ARGS:-}" ] && [ -f "$W/bench-old.mjs" ]; then
+  cat "$W/bench-old.txt" 2>/dev/null
+  for r in 1 2; do
+    for b in old new; do
+      f=bench.mjs; [ $b = old ] && f=bench-old.mjs
+      (cd "$W" && ./node $f --out "$OUT/ab-$b-$r" $OLD_ARGS) 2>&1 | grep 'attention T=' | sed "s/^/$b$r /"
+    done
+  done
+fi
 (cd "$W" && ./node bench.mjs --out "$OUT" --models "$LIST" --plan plan.json "$@") 2>&1 | grep -v 'Warning: max\|DEP0137\|trace-warnings\|file descriptor' | tee "$OUT/bench.log"
 if [ "${SKIP_LOADS:-0}" != 1 ]; then
   (cd "$W" && ./node loads.mjs --out "$OUT" ${LOADS_ARGS:-}) 2>&1 | grep -v 'Warning: max' > "$OUT/load-patterns.log"
