@@ -7,6 +7,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { create, globals } from 'webgpu';
+import { bitsToHalf, halfToBits } from '@xquant/quant';
 import { timePasses } from './time-passes.mjs';
 
 const { values: o } = parseArgs({
@@ -41,27 +42,13 @@ device.addEventListener?.('uncapturederror', (e) => result.errors.push(String(e.
 console.log(`${result.adapter}: subgroups ${adapter.info.subgroupMinSize}–${sgMax}; configs ${JSON.stringify(result.configs)}`);
 
 const BYTES = { f32: 4, f16: 2 };
-/** fp16 bits of a value that f16 holds exactly (the inputs below: multiples of 1/4 in [−1, 1]). */
-function f16Bits(x) {
-  if (x === 0) return 0;
-  const s = x < 0 ? 0x8000 : 0;
-  const a = Math.abs(x);
-  const e = Math.floor(Math.log2(a));
-  return s | ((e + 15) << 10) | Math.round((a / 2 ** e - 1) * 1024);
-}
-function f16Value(b) {
-  const e = (b >> 10) & 31;
-  const m = b & 1023;
-  const v = e === 0 ? m * 2 ** -24 : (1 + m / 1024) * 2 ** (e - 15);
-  return b & 0x8000 ? -v : v;
-}
 /** A typed array of `values` in component type `t`, as bytes. */
 function encode(values, t) {
   if (t === 'f32') return new Float32Array(values).buffer;
-  return new Uint16Array(values.map(f16Bits)).buffer;
+  return new Uint16Array(values.map(halfToBits)).buffer;
 }
 function decode(buf, t) {
-  return t === 'f32' ? [...new Float32Array(buf)] : [...new Uint16Array(buf)].map(f16Value);
+  return t === 'f32' ? [...new Float32Array(buf)] : [...new Uint16Array(buf)].map(bitsToHalf);
 }
 const header = (c) => [
   'enable chromium_experimental_subgroup_matrix;',

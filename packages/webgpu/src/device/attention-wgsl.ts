@@ -109,7 +109,7 @@ export function stepStruct(): string {
  * together, read consecutive addresses (a row-major layout made each thread's vec4 a separate cache line). @internal
  */
 export function keyWordIndex(headDim: number, kv: string, rows: string, row: string, col: string): string {
-  return `((${kv} * ${headDim / 4}u + (${col}) / 4u) * ${rows} + ${row}) * 4u + (${col}) % 4u`;
+  return `(${keyQuadIndex(headDim, kv, rows, row, `(${col}) / 4u`)}) * 4u + (${col}) % 4u`;
 }
 
 /** vec4 index of channel quad `quad` of row `row` in the layout of {@link keyWordIndex}. @internal */
@@ -123,7 +123,12 @@ export function keyQuadIndex(headDim: number, kv: string, rows: string, row: str
  * of the same channel octet together. @internal
  */
 export function denseKeyIndex(headDim: number, kv: string, t: string, p: string): string {
-  return `((${kv} * ${headDim / 8}u + (${p}) / 4u) * S.cap + ${t}) * 4u + (${p}) % 4u`;
+  return `(${denseKeyOctetIndex(headDim, kv, t, `(${p}) / 4u`)}) * 4u + (${p}) % 4u`;
+}
+
+/** vec4 index of channel octet `octet` of token `t` in the layout of {@link denseKeyIndex}. @internal */
+export function denseKeyOctetIndex(headDim: number, kv: string, t: string, octet: string): string {
+  return `(${kv} * ${headDim / 8}u + ${octet}) * S.cap + ${t}`;
 }
 
 /** Tokens of a value block: one 16-channel slice of a block is 128 bits (one `vec4<u32>`). @internal */
@@ -154,6 +159,11 @@ export const VALUE_META_BLOCK = 8;
 export function valueMetaIndex(groups: number, kv: string, t: string, g: string): string {
   const B = VALUE_META_BLOCK;
   return `((${kv} * (S.cap / ${B}u) + (${t}) / ${B}u) * ${groups}u + ${g}) * ${B}u + (${t}) % ${B}u`;
+}
+
+/** WGSL read of scale/zero word `index` from the value metadata `vm` (declared as vec4s). */
+function metaAt(index: string): string {
+  return `vm[(${index}) / 4u][(${index}) % 4u]`;
 }
 
 /** Bytes of the step uniform. @internal */
@@ -593,7 +603,7 @@ export function decodeKernelSource(spec: DecodeSpec): string {
     push(`for (var j = 0u; j < ${SL}u; j = j + 1u) {`, `let t = c0 + j * ${WG}u + lid;`);
     // every load of the row first (clamped to a valid row; channel octets apart, see denseKeyIndex), then the dot products
     push(`let rt = min(t, S.n - 1u);`);
-    for (let o2 = 0; o2 < O; o2++) push(`let w${o2} = kc[(kv * ${O}u + ${o2}u) * S.cap + rt];`);
+    for (let o2 = 0; o2 < O; o2++) push(`let w${o2} = kc[${denseKeyOctetIndex(D, 'kv', 'rt', `${o2}u`)}];`);
     for (let i = 0; i < HG; i++) push(`var r${i} = 0.0;`);
     for (let o2 = 0; o2 < O; o2++) {
       push(`let x${o2}a = vec4<f32>(unpack2x16float(w${o2}.x), unpack2x16float(w${o2}.y));`, `let x${o2}b = vec4<f32>(unpack2x16float(w${o2}.z), unpack2x16float(w${o2}.w));`);
@@ -652,24 +662,25 @@ export function decodeKernelSource(spec: DecodeSpec): string {
     if (vbits === 32) return [VS === 8 ? `${x}[${start / 32}u + cs % 2u]` : `${x}[${start / 32}u]`];
     return [`${x}[${start / 32}u]`, `${x}[${start / 32 + 1}u]`];
   };
-  /** Token j's scale/zero word from the metadata vec4s `m…` of a block (`mo`: its offset where a block is half a vec4). */
+  /** Token j's scale/zero word from the metadata vec4s `m…` of block `blk` (a 2-token block is half a vec4: which half by its parity). */
   const metaWord = (m: string, j: number, blk: string): string => (B >= 4 ? `${m}_${j >> 2}[${j & 3}u]` : `${m}_0[(${blk} % 2u) * 2u + ${j}u]`);
   const pf = s.prefetch === true && !int8v && (vp === null || !skipValues);
   /**
-   * Loads of the value batch starting at iteration `it`: packed words `x{u}_{k}` and metadata `nzw{u}`, or fp16 row
-   * words `w{u}` — as `let`s of this batch (`'now'`), or into the prefetch registers (`xp…`, `nzp…`, `wp…`) declared
-   * (`'first'`) or reassigned (`'next'`).
+   * Loads of the value batch starting at iteration `it`: per packed block its codes `x{u}` and scale/zero vec4s
+   * `m{u}_{k}`, or per fp16 row its words `w{u}` — as `let`s of this batch (`'now'`), or into the prefetch registers
+   * (`xp…`, `mp…`, `wp…`) declared (`'first'`) or reassigned (`'next'`).
    */
   const loadBatch = (it: string, mode: 'now' | 'first' | 'next'): string[] => {
     const out: string[] = [];
     const [decl, px_, sfx] = mode === 'now' ? ['let ', '', ''] : mode === 'first' ? ['var ', 'p', 'p'] : ['', 'p', 'n'];
     for (let u = 0; u < (vp ? UB : UV); u++) {
       if (vp) {
-        // block (clamped to the last one holding a packed token; its weights past tv are 0)
-        const bq = `bq${u}${sfx}`;
-        out.push(`let ${bq} = kv * (S.cap / ${B}u) + min(c0 / ${B}u + tg + (${it} + ${u}u) * ${TLN}u, tvb);`);
-        out.push(`${decl}x${px_}${u} = vc[${bq} * ${D / 16}u + vsl];`);
-        out.push(`let mb${u}${sfx} = (${valueMetaIndex(GV, '0u', `${bq} * ${B}u`, 'vg')}) / 4u;`);
+        // first token of the block (clamped to the last block holding a packed token; its weights past tv are 0): its
+        // slice is one vec4 of codes, its group's scale/zero words start a vec4 (valueCodeAt, valueMetaIndex)
+        const tb = `tb${u}${sfx}`;
+        out.push(`let ${tb} = min(c0 / ${B}u + tg + (${it} + ${u}u) * ${TLN}u, tvb) * ${B}u;`);
+        out.push(`${decl}x${px_}${u} = vc[(${valueCodeAt(D, vp.bits, 'kv', tb, 'vsl * 16u').index}) / 4u];`);
+        out.push(`let mb${u}${sfx} = (${valueMetaIndex(GV, 'kv', tb, 'vg')}) / 4u;`);
         for (let k = 0; k < NM; k++) out.push(`${decl}m${px_}${u}_${k} = vm[mb${u}${sfx} + ${k}u];`);
       } else {
         const t = `c0 + tg + (${it} + ${u}u) * ${TLN}u`;
@@ -692,7 +703,7 @@ export function decodeKernelSource(spec: DecodeSpec): string {
     // no thread's partial sum can overflow
     push('var smx = 0.0;');
     for (let j = 0; j < SL; j++) {
-      for (let g = 0; g < GV; g++) push(`{ let mi = ${valueMetaIndex(GV, 'kv', `min(c0 + ${tl(j)}, tvl)`, `${g}u`)}; smx = max(smx, abs(unpack2x16float(vm[mi / 4u][mi % 4u]).x)); }`);
+      for (let g = 0; g < GV; g++) push(`smx = max(smx, abs(unpack2x16float(${metaAt(valueMetaIndex(GV, 'kv', `min(c0 + ${tl(j)}, tvl)`, `${g}u`))}).x));`);
     }
     push(`red[${HG * WG}u + lid] = smx;`);
   }
@@ -708,7 +719,7 @@ export function decodeKernelSource(spec: DecodeSpec): string {
   if (int8Values) {
     // the scale/zero of this thread's tokens, every value group (clamped to a packed row; weight 0 past tv)
     push('let tvq = select(0u, S.tv - 1u, S.tv > 0u);', `let tq = c0 + lid * ${SL}u;`);
-    for (let j = 0; j < SL; j++) for (let g = 0; g < VG; g++) push(`let vz${j}_${g} = unpack2x16float(vm[(${valueMetaIndex(VG, 'kv', `min(tq + ${j}u, tvq)`, `${g}u`)}) / 4u][(${valueMetaIndex(VG, 'kv', `min(tq + ${j}u, tvq)`, `${g}u`)}) % 4u]);`);
+    for (let j = 0; j < SL; j++) for (let g = 0; g < VG; g++) push(`let vz${j}_${g} = unpack2x16float(${metaAt(valueMetaIndex(VG, 'kv', `min(tq + ${j}u, tvq)`, `${g}u`))});`);
   }
   for (let i = 0; i < HG; i++) {
     push(`var ls${i} = 0.0;`);
@@ -764,13 +775,12 @@ export function decodeKernelSource(spec: DecodeSpec): string {
           const tag = `${u}_${j}`;
           push(`let tl${tag} = bl${u} * ${B}u + ${j}u;`, `let ok${tag} = c0 + tl${tag} < S.tv;`);
           push(`let nz${tag} = unpack2x16float(${metaWord(`m${u}`, j, `bl${u}`)});`);
-          const scIndex = `tl${tag}`;
           if (f16Values) {
             const { lines, pairs } = f16Pairs(vp.bits, vbits, tokenWords(`x${u}`, j), `h${tag}`);
             push(...lines);
             pairs.forEach((pr, k) => push(`let e${tag}_${k} = bitcast<vec2<f16>>((${pr.z} & ${((m << pr.p) | (m << (pr.p + 16))) >>> 0}u) | 0x64006400u) - vec2<f16>(1024.0);`));
             for (let i = 0; i < HG; i++) {
-              push(`let p${tag}_${i} = sc[px(${i * C}u + ${scIndex})];`);
+              push(`let p${tag}_${i} = sc[px(${i * C}u + tl${tag})];`);
               push(`let w${tag}_${i} = vec2<f16>(f16(select(0.0, p${tag}_${i} * nz${tag}.x * vsc, ok${tag})));`, `vb${i} = vb${i} + select(0.0, p${tag}_${i} * nz${tag}.y, ok${tag});`);
               pairs.forEach((_, k) => push(`g${i}_${k} = fma(w${tag}_${i}, e${tag}_${k}, g${i}_${k});`));
             }
@@ -778,7 +788,7 @@ export function decodeKernelSource(spec: DecodeSpec): string {
             const xs = tokenWords(`x${u}`, j);
             push(...decodeN(vp.bits, vbits < 32 ? xs : xs.flatMap((x) => [x, `(${x} >> 16u)`]), `d${tag}`, VS));
             for (let i = 0; i < HG; i++) {
-              push(`let p${tag}_${i} = sc[px(${i * C}u + ${scIndex})];`);
+              push(`let p${tag}_${i} = sc[px(${i * C}u + tl${tag})];`);
               push(`let w${tag}_${i} = select(0.0, p${tag}_${i} * nz${tag}.x, ok${tag});`, `vb${i} = vb${i} + select(0.0, p${tag}_${i} * nz${tag}.y, ok${tag});`);
               for (let jj = 0; jj < VS; jj++) push(`v${i}_${jj} = fma(w${tag}_${i}, d${tag}_${jj}, v${i}_${jj});`);
             }

@@ -65,6 +65,8 @@ function valueLayoutHelpers(s: UpdateSpec): string[] {
   const RB = (s.headDim * v.bits) / 8;
   const M = (1 << v.bits) - 1;
   const quad = s.valueLayout === 'quad';
+  // channel c of token t in the block layout
+  const at = valueCodeAt(s.headDim, v.bits, 'kv', 't', 'c');
   if (!v.donor) {
     return quad
       ? [
@@ -81,8 +83,8 @@ function valueLayoutHelpers(s: UpdateSpec): string[] {
             'fn putValueWord(kv: u32, t: u32, w: u32, word: u32) {',
             '  for (var h = 0u; h < 2u; h = h + 1u) {',
             `    let c = w * 32u + h * 16u;`,
-            `    let a = ${valueCodeAt(s.headDim, 1, 'kv', 't', 'c').index};`,
-            `    let sh = ${valueCodeAt(s.headDim, 1, 'kv', 't', 'c').shift};`,
+            `    let a = ${at.index};`,
+            `    let sh = ${at.shift};`,
             '    V[a] = (V[a] & ~(0xffffu << sh)) | (((word >> (h * 16u)) & 0xffffu) << sh);',
             '  }',
             '}',
@@ -94,7 +96,7 @@ function valueLayoutHelpers(s: UpdateSpec): string[] {
     'fn donorValueCode(kv: u32, t: u32, c: u32) -> u32 {',
     quad
       ? `  return (dV[(kv * (S.cap / 4u) + t / 4u) * ${RB}u + (${bit}) / 8u] >> ((t % 4u) * 8u + (${bit}) % 8u)) & ${M}u;`
-      : `  return (dV[${valueCodeAt(s.headDim, v.bits, 'kv', 't', 'c').index}] >> (${valueCodeAt(s.headDim, v.bits, 'kv', 't', 'c').shift})) & ${M}u;`,
+      : `  return (dV[${at.index}] >> (${at.shift})) & ${M}u;`,
     '}',
   ];
 }
