@@ -31,6 +31,7 @@ const Q4 = D / 4;
 const WG = 128;
 const C = 2048; // tokens per chunk: 128 threads × 16-token slots
 if (!(T >= C && T % C === 0)) throw new Error(`--tokens must be a multiple of ${C}`);
+if (!(Number.isInteger(Number(o.repeats)) && Number(o.repeats) > 0)) throw new Error(`--repeats must be a positive integer; got ${o.repeats}`);
 const NCH = T / C;
 const sizes = { kc: (T * KV * D * 2) / 8, km: (T * KV * D * 4) / 32, vc: (T * KV * D) / 8, vm: T * KV * 2 * 4, fk: T * KV * D * 2 };
 const buffers = Object.fromEntries(Object.entries(sizes).map(([k, b]) => [k, device.createBuffer({ size: b, usage: GPUBufferUsage.STORAGE })]));

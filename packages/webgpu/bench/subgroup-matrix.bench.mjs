@@ -19,6 +19,7 @@ const { values: o } = parseArgs({
     iters: { type: 'string', default: '4096' },
   },
 });
+if (!(Number.isInteger(Number(o.iters)) && Number(o.iters) > 0)) throw new Error(`--iters must be a positive integer; got ${o.iters}`);
 mkdirSync(o.out, { recursive: true });
 Object.assign(globalThis, globals);
 const gpu = create(o['dawn-flags'].split(';').filter(Boolean));
