@@ -12,7 +12,7 @@ const torch = JSON.parse(readFileSync(join(dir, 'torch-peer.json'), 'utf8'));
 const torchBest = (T, kv, D) => torch.rows.find((r) => r.T === T && r.kvHeads === kv && (r.headDim ?? 128) === D && r.backend === 'best')?.ms ?? null;
 
 // attention: the fastest geometry of each cache per shape (debug rows that skip a stage are left out)
-// variant fields: workgroup x slot x unroll x value unroll x heads x value slot x debug skip (1-9) x int8 (1 keys, 2 values, 3 both, 8 f16 values) x prefetch (1 on, 2 off)
+// variant fields: workgroup x slot x unroll x value unroll x heads x value slot x debug skip (1-9) x int8 (1 keys, 2 values, 3 both, 8 f16 values) x prefetch (1 on, 2 off) x subgroups (1 on)
 const field = (v, i) => Number(String(v).split('x')[i] ?? 0);
 const measured = run.attention.filter((r) => !r.error && !(field(r.variant, 6) >= 1));
 // which key path a row ran: the dispatch says so (since packed keys without GQA default to int8); older runs: the variant

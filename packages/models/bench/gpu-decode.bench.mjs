@@ -4,7 +4,7 @@
 //        [--caches full,kivi-2,xquant-1.38,plan] [--plan plan.json] [--attention 32768,131072] [--variants 64x8,128x4]
 //        [--tuning 64x8] [--attention-caches xquant,full] [--attention-flush] [--quick]   (variants/tuning: workgroup x key slot x unroll x value unroll x heads per group x
 //        value slot x debug skip (1-4; 5 = loads without arithmetic; 6 = 4 without the merge; 7 = empty main kernel; 8 = 7 without the merge; 9 = 4 without the lane reduction) x int8 (1 key scores, 2 value mix, 3 both, 4 float key scores, 8 f16 value mix) x
-//        prefetch (1 on, 2 off) of the decode-attention kernel; 0 = default)
+//        prefetch (1 on, 2 off) x subgroup reductions (1 on) of the decode-attention kernel; 0 = default)
 // On the GPU machine (no node there) run the bundle that scripts/gpu-carry.sh makes; docs/gpu/README.md has the recipe.
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -104,10 +104,13 @@ async function readCeiling(warmMs = 0) {
   return { GBps: bytes / (t.ms * 1e6), ms: t.ms };
 }
 
-/** `WGxSLOT[xUNROLLxVALUEUNROLLxHEADSxVALUESLOTxSKIPxINT8xPREFETCH]` (0 = default; prefetch 1 = on, 2 = off) → decode-attention tuning. */
+/** `WGxSLOT[xUNROLLxVALUEUNROLLxHEADSxVALUESLOTxSKIPxINT8xPREFETCHxSUBGROUPS]` (0 = default; prefetch 1 = on, 2 = off; subgroups 1 = on) → decode-attention tuning. */
 function tuningOf(v) {
-  const [workgroup, slot, unroll, valueUnroll, headsPerGroup, valueSlot, skip, int8, prefetch] = v.split('x').map(Number);
-  const t = { workgroup, slot };
+  const [workgroup, slot, unroll, valueUnroll, headsPerGroup, valueSlot, skip, int8, prefetch, subgroups] = v.split('x').map(Number);
+  // (0 = the cache's default, so `0x0x0x0x0x0x0x0x0x1` is the default geometry with subgroup reductions)
+  const t = {};
+  if (workgroup) t.workgroup = workgroup;
+  if (slot) t.slot = slot;
   // int8 field: 1 = int8 key scores, 2 = int8 value mix, 3 = both; 4 = float key scores asked for; 8 = f16 value mix
   if (int8 & 1) t.keyDot = 'int8';
   if (int8 & 2) t.valueDot = 'int8';
@@ -120,6 +123,7 @@ function tuningOf(v) {
   if (valueSlot) t.valueSlot = valueSlot;
   if (prefetch === 1) t.prefetch = true;
   if (prefetch === 2) t.prefetch = false;
+  if (subgroups === 1) t.subgroups = true;
   return t;
 }
 

@@ -32,7 +32,7 @@ const LIMITS = [
 
 /**
  * Open a WebGPU device in Node with the adapter's limits (large storage bindings, all workgroup memory) and
- * `timestamp-query` and `shader-f16` when available. (Dawn hides `shader-f16` on NVIDIA GPUs, crbug.com/42251215:
+ * `timestamp-query`, `shader-f16` and `subgroups` when available. (Dawn hides `shader-f16` on NVIDIA GPUs, crbug.com/42251215:
  * the flag `enable-dawn-features=vulkan_enable_f16_on_nvidia` lifts that block at your own risk.) Resolves to `null`
  * when no adapter is found (e.g. no GPU and no software Vulkan).
  */
@@ -50,8 +50,9 @@ export async function requestNodeDevice(opts: NodeGpuOptions = {}): Promise<Node
   const requiredLimits: Record<string, number> = {};
   for (const k of LIMITS) requiredLimits[k] = adapter.limits[k];
   const timestamps = adapter.features.has('timestamp-query');
-  // shader-f16 where the adapter has it: the device cache's half-precision value mix (`valueDot: 'f16'`) needs it
-  const optional = (['timestamp-query', 'shader-f16'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
+  // shader-f16 and subgroups where the adapter has them: the device cache's half-precision value mix (`valueDot: 'f16'`)
+  // and its subgroup reductions (`subgroups: true`) need them
+  const optional = (['timestamp-query', 'shader-f16', 'subgroups'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
   const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: optional });
   const ai = adapter.info;
   return {

@@ -251,6 +251,62 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     }
   }, 600_000);
 
+  describe('subgroup reductions (subgroups: true; lavapipe has one subgroup size, 8)', () => {
+    // (D = 64 with 16-channel value slots: 4 threads per row, 2 token lanes per 8-lane subgroup, one shuffle step; 8-channel
+    // slots: a subgroup per row, no step; D = 32 with 16-channel slots: 4 lanes, two steps)
+    it('fp16 rows and packed codes, one or two shuffle steps or none, one or two lane rounds, GQA: the numbers of the CPU cache', async () => {
+      if (!device!.features.has('subgroups')) return;
+      const sg = { subgroups: true, small: null } as const;
+      const full = await compare({ name: 'full', preset: 'full', qHeads: 8, kvHeads: 2, tuning: { ...sg, workgroup: 32 } }, 70);
+      expect(full.maxRel).toBeLessThan(1e-3);
+      const full32 = await compare({ name: 'full', preset: 'full', qHeads: 6, kvHeads: 2, tuning: sg }, 40, 2, 32);
+      expect(full32.maxRel).toBeLessThan(1e-3);
+      const kivi = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 32 }, qHeads: 6, kvHeads: 2, tuning: { ...sg, slot: 16, headsPerGroup: 2 } }, 100);
+      expect(kivi.maxRel).toBeLessThan(2e-5);
+      // 4 heads per workgroup, 4 subgroups of 64 channels each: the 128-token chunk's scratch holds two heads per round
+      const xq = await compare({ name: 'xquant', preset: 'xquant-1.38', options: { residualLength: 32 }, qHeads: 8, kvHeads: 2, tuning: { ...sg, slot: 4, workgroup: 32, headsPerGroup: 4 } }, 100);
+      expect(xq.maxRel).toBeLessThan(2e-5);
+      const xq32 = await compare({ name: 'xquant', preset: 'xquant-1.38', options: { residualLength: 32, groupSize: 32 }, qHeads: 8, kvHeads: 2, tuning: { ...sg, workgroup: 64, slot: 4, headsPerGroup: 4 } }, 100, 3, 32);
+      expect(xq32.maxRel).toBeLessThan(2e-5);
+    }, 600_000);
+
+    it("a plan mixing 1/2/4/16 bits with the f16 value mix and the default geometries (short-context included), and the dispatch says so; typed errors without the feature, beside valueDot 'int8', or for a non-boolean", async () => {
+      const dev = device!;
+      const options = {
+        residualLength: 32,
+        groupSize: 32,
+        valueGroupSize: 32,
+        keys: [{ bits: 1, codesFrom: null }, { bits: 4, codesFrom: null }, { bits: 16, codesFrom: null }, { bits: 4, codesFrom: 1 }],
+        values: [{ bits: 1, codesFrom: null }, { bits: 1, codesFrom: 0 }, { bits: 2, codesFrom: null }, { bits: 16, codesFrom: null }],
+        keyCalibration: ['eta', 'eta', 'none', 'least-squares'],
+        valueCalibration: ['eta', 'least-squares', { eta: 0.03 }, 'none'],
+      };
+      const cpu = createKvCache('planned', { layers: 4, kvHeads: 2, headDim: 64 }, options) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
+      const spec = { kind: 'quantized' as const, config: cpu.config };
+      cpu.dispose();
+      const shape = { layers: 4, qHeads: 8, kvHeads: 2, headDim: 64 };
+      const plain = await (await gpu!.gpu.requestAdapter())!.requestDevice();
+      await expect(DeviceKvCache.create(plain, shape, spec, { capacity: 64, tuning: { subgroups: true } })).rejects.toMatchObject({ code: 'E_BACKEND_UNAVAILABLE', message: expect.stringMatching(/'subgroups' feature/) });
+      plain.destroy();
+      await expect(DeviceKvCache.create(dev, shape, spec, { capacity: 64, tuning: { subgroups: 1 as never } })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/subgroups must be true or false/) });
+      if (!dev.features.has('subgroups')) return;
+      await expect(DeviceKvCache.create(dev, shape, spec, { capacity: 64, tuning: { subgroups: true, valueDot: 'int8' } })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/int8/) });
+      const probe = await DeviceKvCache.create(dev, shape, spec, { capacity: 64, tuning: { subgroups: true } });
+      const io = { qkv: buffer(dev, new Float32Array(12 * 64)), rope: buffer(dev, identityRope(probe.capacity, 64)), out: buffer(dev, new Float32Array(8 * 64)) };
+      probe.attach(io);
+      probe.beginPosition();
+      expect(probe.attentionDispatch(0)).toMatchObject({ geometry: 'short-context', subgroups: true });
+      probe.endPosition();
+      probe.dispose();
+      for (const b of Object.values(io)) b.destroy();
+      const planned = await compare({ name: 'planned', preset: 'planned', options, qHeads: 8, kvHeads: 2, tuning: { subgroups: true } }, 100, 4);
+      expect(planned.maxRel).toBeLessThan(1e-3);
+      if (!dev.features.has('shader-f16')) return;
+      const f16 = await compare({ name: 'planned', preset: 'planned', options, qHeads: 8, kvHeads: 2, tuning: { subgroups: true, valueDot: 'f16', small: null } }, 100, 4);
+      expect(f16.maxRel).toBeLessThan(1e-2);
+    }, 600_000);
+  });
+
   describe("valueDot 'int8' (quad value layout, dot4I8Packed mix)", () => {
     it('kivi-2 (2-bit values), R = 32, GQA 3 in groups of 2 heads, 16-token slots', async () => {
       const { maxRel } = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 32 }, qHeads: 6, kvHeads: 2, tuning: { valueDot: 'int8', slot: 16, small: null, headsPerGroup: 2 } }, 100);

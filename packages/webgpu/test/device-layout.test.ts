@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { denseKeyIndex, keyQuadIndex, keyWordIndex, valueCodeAt, valueMetaIndex, VALUE_META_BLOCK } from '../src/device/attention-wgsl.js';
+import { decodeKernelSource, denseKeyIndex, keyQuadIndex, keyWordIndex, valueCodeAt, valueMetaIndex, VALUE_META_BLOCK, type DecodeSpec } from '../src/device/attention-wgsl.js';
 import type { GpuBits } from '../src/layout.js';
 
 // The device cache's address helpers return WGSL u32 expressions (integer literals with a `u` suffix, + − * / %, the
@@ -91,5 +91,50 @@ describe('device cache layouts: every element in its own place, the region fille
     expectTiles(words, (KV * cap * D) / 2);
     // one channel octet of consecutive tokens: consecutive vec4s
     expect(evaluate(denseKeyIndex(D, 'kv', 't', 'p'), { kv: 1, t: 5, p: 4, cap }) - evaluate(denseKeyIndex(D, 'kv', 't', 'p'), { kv: 1, t: 4, p: 4, cap })).toBe(4);
+  });
+});
+
+// The subgroup reductions' numbers are checked on lavapipe against the CPU cache (device-cache.test.ts); here, without
+// a GPU, what they change in the kernel's structure.
+describe('subgroup reductions in the decode kernel', () => {
+  const packed: DecodeSpec = {
+    headDim: 64,
+    rep: 4,
+    headsPerGroup: 2,
+    keys: { kind: 'packed', bits: 2, groupSize: 32 },
+    values: { kind: 'packed', bits: 1, groupSize: 64 },
+    residual: true,
+    workgroup: 256,
+    slot: 8,
+    unroll: 8,
+    valueSlot: 16,
+  };
+  const count = (src: string, what: string) => src.split(what).length - 1;
+
+  test('32-wide subgroups: three barriers fewer in the softmax, a reduce-scatter of log2(32 / 4) steps, both heads in one round', () => {
+    const plain = decodeKernelSource(packed);
+    const sg = decodeKernelSource({ ...packed, subgroupSize: 32 });
+    expect(count(plain, 'subgroup')).toBe(0);
+    expect(sg).toMatch(/^enable subgroups;$/m);
+    expect(count(sg, 'subgroupMax(')).toBe(2);
+    expect(count(sg, 'subgroupAdd(')).toBe(2);
+    // 4 threads per 64-channel row (16-channel slots), 8 token lanes per subgroup: the 32 values of both heads in one
+    // round (the scratch holds 8 subgroups' rows of both; every lane's rows of one head only), 16 + 8 + 4 shuffles
+    expect(count(sg, 'subgroupShuffleXor(')).toBe(16 + 8 + 4);
+    // softmax 5 → 2 barriers; lanes: two rounds of 3 (256 threads over 64 outputs summed 4 partials each) → one of 2
+    expect(count(plain, 'workgroupBarrier()') - count(sg, 'workgroupBarrier()')).toBe(3 + 4);
+    // the fold over 8 subgroups instead of 16 partials
+    expect(sg).toMatch(/let lsum0 = red\[\d+u\](?: \+ red\[\d+u\]){7};/);
+  });
+
+  test('subgroups wider than a row of channel slices or than the workgroup: the workgroup-memory reductions stay', () => {
+    // 64-wide subgroups and a 32-thread workgroup: nothing changes
+    expect(decodeKernelSource({ ...packed, workgroup: 32, subgroupSize: 64 })).toBe(decodeKernelSource({ ...packed, workgroup: 32 }));
+    // 4-wide subgroups and 8 threads per row (8-channel slots): softmax by subgroups, the lanes by workgroup memory
+    const narrow = decodeKernelSource({ ...packed, valueSlot: 8, subgroupSize: 4 });
+    expect(count(narrow, 'subgroupMax(')).toBe(2);
+    expect(count(narrow, 'subgroupShuffleXor(')).toBe(0);
+    expect(() => decodeKernelSource({ ...packed, subgroupSize: 48 })).toThrow(/power of two/);
+    expect(() => decodeKernelSource({ ...packed, valueDot: 'int8', subgroupSize: 32 })).toThrow(/int8/);
   });
 });

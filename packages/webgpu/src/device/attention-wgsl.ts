@@ -74,6 +74,14 @@ export interface DecodeSpec {
    * (zero-points, residual ring, lane reduction).
    */
   valueDot?: 'f32' | 'int8' | 'f16';
+  /**
+   * Subgroup size the kernel may assume (every subgroup full, this size: the adapter's minimum and maximum agree), or
+   * unset for workgroup-memory reductions only. Set, and where it divides the workgroup, the softmax maxima and sums
+   * reduce inside each subgroup first (`subgroupMax` / `subgroupAdd`, one barrier per reduction instead of two, and
+   * no barrier between them), and the value lanes reduce by a subgroup reduce-scatter of shuffles before one
+   * workgroup-memory sum over subgroups. Not with `valueDot: 'int8'`.
+   */
+  subgroupSize?: number;
 }
 
 /** Fields of the step uniform shared by every device-cache kernel (u32 unless noted). @internal */
@@ -503,7 +511,14 @@ export function decodeKernelSource(spec: DecodeSpec): string {
   const vp = s.values.kind === 'packed' ? s.values : null;
   const int8Values = vp !== null && s.valueDot === 'int8';
   const f16Values = vp !== null && s.valueDot === 'f16';
+  const SGS = s.subgroupSize;
+  if (SGS !== undefined && (!Number.isInteger(SGS) || SGS < 4 || SGS > 128 || (SGS & (SGS - 1)) !== 0)) throw new Error(`subgroupSize must be a power of two from 4 to 128; got ${SGS}`);
+  if (SGS !== undefined && int8Values) throw new Error('subgroup reductions are not built for the int8 value mix');
+  // subgroup reductions where the subgroups tile the workgroup (a 32-thread geometry with 64-wide subgroups keeps the old ones)
+  const useSg = SGS !== undefined && WG % SGS === 0;
+  const NS = useSg ? WG / SGS : 0; // subgroups per workgroup
   if (f16Values) push('enable f16;');
+  if (useSg) push('enable subgroups;', 'requires subgroup_id;');
   // the int8 paths name the language feature, so a WGSL without it fails compilation saying so
   if ((kp && s.keyDot === 'int8') || int8Values) push('requires packed_4x8_integer_dot_product;');
   push(stepStruct());
@@ -529,7 +544,14 @@ export function decodeKernelSource(spec: DecodeSpec): string {
     push(`var<workgroup> wq: array<u32, ${(n * C) / 4}>;`, `var<workgroup> wa: array<f32, ${n * WG}>;`, `var<workgroup> wzs: array<f32, ${n}>;`);
   }
   push(`@compute @workgroup_size(${WG})`);
-  push('fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {');
+  if (useSg) {
+    // the thread index from the subgroup's: a subgroup's lanes are consecutive threads whatever order the device
+    // numbers them in, so a shuffle over lane offsets reaches the threads the reductions below expect
+    push('fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) sgid: u32, @builtin(subgroup_invocation_id) sgi: u32) {');
+    push(`let lid = sgid * ${SGS}u + sgi;`);
+  } else {
+    push('fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {');
+  }
   if (s.debugSkip === 'empty' || s.debugSkip === 'empty-nomerge') return [...L, '}'].join('\n');
   // the head groups of one chunk are neighbours in x, so they run together and share the chunk's codes in L2
   const NHG = Math.ceil(s.rep / HG);
@@ -617,7 +639,7 @@ export function decodeKernelSource(spec: DecodeSpec): string {
   // (the int8 value weights need each thread's exponentials of consecutive tokens)
   const tl = (j: number) => (kp || int8Values ? `lid * ${SL}u + ${j}u` : `${j * WG}u + lid`);
   // ---- chunk softmax: scores to workgroup memory, max and sums over the chunk (few barriers, little live state) ----
-  for (let i = 0; i < HG; i++) push(`red[${i * WG}u + lid] = lm${i};`);
+  if (!useSg) for (let i = 0; i < HG; i++) push(`red[${i * WG}u + lid] = lm${i};`);
   // two-level reductions over the workgroup (two barriers, not log2(WG)): the first 16 threads each fold WG/16
   // values (stride 16, so their reads hit distinct banks) back into red[0…15]; the caller folds those 16
   const RL = WG / 16;
@@ -630,9 +652,19 @@ export function decodeKernelSource(spec: DecodeSpec): string {
     }
     push('}', 'workgroupBarrier();');
   };
-  /** The fold of the 16 partials of head i (after `tree`). */
-  const folded = (i: number, op: (a: string, b: string) => string) =>
-    Array.from({ length: 16 }, (_, k) => `red[${i * WG + k}u]`).reduce((a, b) => op(a, b));
+  // with subgroups: each subgroup reduces its lanes' values, its first lane writes them, one barrier; the maxima (region
+  // 0: the heads and the f16 scale row) and the sums (region 1) use separate parts of red, so no barrier between them
+  const sgRegion = (region: number) => region * (HG + 1) * NS;
+  const sgReduce = (fn: 'subgroupMax' | 'subgroupAdd', rows: string[], region: number) => {
+    if (s.debugSkip === 'all') return push('workgroupBarrier();');
+    rows.forEach((e, i) => push(`let sr${region}_${i} = ${fn}(${e});`));
+    push('if (sgi == 0u) {', ...rows.map((_, i) => `red[${sgRegion(region) + i * NS}u + sgid] = sr${region}_${i};`), '}', 'workgroupBarrier();');
+  };
+  /** The fold of the 16 partials of head i (after `tree`), or of its subgroups' (after `sgReduce` into `region`). */
+  const folded = (i: number, op: (a: string, b: string) => string, region = 0) =>
+    useSg
+      ? Array.from({ length: NS }, (_, k) => `red[${sgRegion(region) + i * NS + k}u]`).reduce((a, b) => op(a, b))
+      : Array.from({ length: 16 }, (_, k) => `red[${i * WG + k}u]`).reduce((a, b) => op(a, b));
   // ---- float value loops: geometry, and with `prefetch` the first batch of loads issued before the trees ----------
   const VS = s.valueSlot ?? 16;
   if (VS !== 8 && VS !== 16) throw new Error(`valueSlot must be 8 or 16; got ${VS}`);
@@ -705,9 +737,10 @@ export function decodeKernelSource(spec: DecodeSpec): string {
     for (let j = 0; j < SL; j++) {
       for (let g = 0; g < GV; g++) push(`smx = max(smx, abs(unpack2x16float(${metaAt(valueMetaIndex(GV, 'kv', `min(c0 + ${tl(j)}, tvl)`, `${g}u`))}).x));`);
     }
-    push(`red[${HG * WG}u + lid] = smx;`);
+    if (!useSg) push(`red[${HG * WG}u + lid] = smx;`);
   }
-  tree((a, b) => `max(${a}, ${b})`, HG + (f16Values ? 1 : 0));
+  if (useSg) sgReduce('subgroupMax', [...Array.from({ length: HG }, (_, i) => `lm${i}`), ...(f16Values ? ['smx'] : [])], 0);
+  else tree((a, b) => `max(${a}, ${b})`, HG + (f16Values ? 1 : 0));
   for (let i = 0; i < HG; i++) push(`let mx${i} = ${folded(i, (a, b) => `max(${a}, ${b})`)};`);
   if (f16Values) {
     // a thread sums at most ITER products of |p·s/smc · code·2^p| < 256·K: K = the largest power of two keeping that
@@ -715,7 +748,8 @@ export function decodeKernelSource(spec: DecodeSpec): string {
     const K = 2 ** Math.floor(Math.log2(32768 / (256 * ITER)));
     push(`let smc = max(${folded(HG, (a, b) => `max(${a}, ${b})`)}, 1e-30);`, `let vsc = ${f(K)} / smc;`, `let vun = smc * ${f(1 / K)};`);
   }
-  push('workgroupBarrier();');
+  // (the sums reuse red's rows: every thread must have read the maxima first; the subgroup regions do not overlap)
+  if (!useSg) push('workgroupBarrier();');
   if (int8Values) {
     // the scale/zero of this thread's tokens, every value group (clamped to a packed row; weight 0 past tv)
     push('let tvq = select(0u, S.tv - 1u, S.tv > 0u);', `let tq = c0 + lid * ${SL}u;`);
@@ -727,12 +761,13 @@ export function decodeKernelSource(spec: DecodeSpec): string {
       push(`let e${i}_${j} = exp(sc[px(${i * C}u + ${tl(j)})] - mx${i});`, `sc[px(${i * C}u + ${tl(j)})] = e${i}_${j};`, `ls${i} = ls${i} + e${i}_${j};`);
       if (int8Values) push(`let ev${i}_${j} = select(0.0, e${i}_${j}, tq + ${j}u < S.tv);`);
     }
-    push(`red[${i * WG}u + lid] = ls${i};`);
+    if (!useSg) push(`red[${i * WG}u + lid] = ls${i};`);
     if (int8Values) push(...int8ValueWeights(s, vp!, i));
   }
-  tree((a, b) => `${a} + ${b}`, RR);
+  if (useSg) sgReduce('subgroupAdd', Array.from({ length: HG }, (_, i) => `ls${i}`), 1);
+  else tree((a, b) => `${a} + ${b}`, RR);
   // the chunk sums (and with int8 values the zero-point sums per head and group), before the lane reduction reuses red
-  for (let i = 0; i < HG; i++) push(`let lsum${i} = ${folded(i, (a, b) => `${a} + ${b}`)};`);
+  for (let i = 0; i < HG; i++) push(`let lsum${i} = ${folded(i, (a, b) => `${a} + ${b}`, 1)};`);
   if (int8Values) push(`if (lid < ${HG * VG}u) { wzs[lid] = ${Array.from({ length: 16 }, (_, k) => `red[(${HG}u + lid) * ${WG}u + ${k}u]`).join(' + ')}; }`);
   // ---- values -------------------------------------------------------------------------------------------------
   const first = int8v ? int8v.first : `cs * ${SLOT}u`; // first channel of the thread
@@ -837,7 +872,12 @@ export function decodeKernelSource(spec: DecodeSpec): string {
   }
   // ---- reduce over token lanes, write the chunk partial [o (D), max, sum] ---------------------------------------
   // the scratch holds the lanes of `hpr` heads at a time (it is sized for the chunk's scores, not HG · WG · SLOT)
-  const hpr = reduceHeads(s, SLOT);
+  // with subgroup lanes (below) a head needs only its subgroups' partial rows (NS · D floats), so more heads fit a round
+  const TS = useSg && !int8v && SGS! >= CSV ? SGS! / CSV : 0; // token lanes of one channel slice inside a subgroup
+  const hprSg = TS ? Math.max(1, Math.min(HG, Math.floor(scratchUnpadded(s, SLOT) / (NS * D)))) : 0;
+  const roundsFit = (per: number) => Array.from({ length: Math.ceil(HG / per) }, (_, r) => Math.min(per, HG - r * per)).every((nh) => (nh * SLOT) % TS === 0);
+  const sgLanes = TS > 0 && roundsFit(hprSg);
+  const hpr = sgLanes ? hprSg : reduceHeads(s, SLOT);
   if (skipLanes) {
     // benchmark-only: each thread's own accumulators stand for the reduced row (lanes tg = 0 write them)
     for (let i = 0; i < HG; i++) {
@@ -848,12 +888,7 @@ export function decodeKernelSource(spec: DecodeSpec): string {
   }
   for (let h0r = 0; !skipLanes && h0r < HG; h0r += hpr) {
     const nh = Math.min(hpr, HG - h0r);
-    push('workgroupBarrier();');
-    for (let i = h0r; i < h0r + nh; i++) for (let j = 0; j < SLOT; j++) push(`sc[px((${(i - h0r) * TLN}u + tg) * ${D}u + ${first} + ${j}u)] = v${i}_${j};`);
-    push('workgroupBarrier();');
     const O = nh * D; // outputs of this round
-    // P threads per output, each summing TLN/P lanes (a shorter serial chain), then one thread folds the P partials
-    const P = Math.min(TLN, 2 ** Math.floor(Math.log2(Math.max(1, WG / O))));
     const write = (o: string) => [
       ...(int8v && vp ? [`${o} = ${o} + wzs[i * ${D / vp.groupSize}u + d / ${vp.groupSize}u];`] : []),
       `if (hgi * ${HG}u + i < ${s.rep}u) {`,
@@ -861,6 +896,48 @@ export function decodeKernelSource(spec: DecodeSpec): string {
       `parts[pb + d] = ${o};`,
       '}',
     ];
+    // with subgroups: the TS token lanes of each channel slice inside a subgroup reduce-scatter their N accumulators
+    // with shuffles (each step a lane keeps half its values, adds its partner's copy of that half, and hands over the
+    // other half), so each ends with N/TS sums over the subgroup; one workgroup-memory sum over subgroups follows
+    const N = nh * SLOT;
+    if (sgLanes) {
+      let cur = Array.from({ length: N }, (_, k) => `v${h0r + Math.floor(k / SLOT)}_${k % SLOT}`);
+      const steps = Math.log2(TS);
+      for (let st = 0; st < steps; st++) {
+        const off = CSV << st; // flips bit st of the lane's token index sgi / CSV, keeps its channel slice
+        const hi = `rb${h0r}_${st}`;
+        push(`let ${hi} = (sgi & ${off}u) != 0u;`);
+        const half = cur.length / 2;
+        const next: string[] = [];
+        for (let k = 0; k < half; k++) {
+          const nm = `rr${h0r}_${st}_${k}`;
+          push(`let ${nm} = select(${cur[k]}, ${cur[k + half]}, ${hi}) + subgroupShuffleXor(select(${cur[k + half]}, ${cur[k]}, ${hi}), ${off}u);`);
+          next.push(nm);
+        }
+        cur = next;
+      }
+      // the lane kept the values from (its token index with its `steps` bits reversed) · N/TS on
+      push(steps > 0 ? `let ko${h0r} = (reverseBits(sgi / ${CSV}u) >> ${32 - steps}u) * ${cur.length}u;` : `let ko${h0r} = 0u;`);
+      // (every thread has read the chunk's weights from sc, or the previous round's sums)
+      push('workgroupBarrier();');
+      cur.forEach((nm, r) => push(`{ let k = ko${h0r} + ${r}u; sc[px((sgid * ${nh}u + k / ${SLOT}u) * ${D}u + ${first} + k % ${SLOT}u)] = ${nm}; }`));
+      push('workgroupBarrier();');
+      push(
+        `for (var e = lid; e < ${O}u; e = e + ${WG}u) {`,
+        `let ir = e / ${D}u;`,
+        `let i = ir + ${h0r}u;`,
+        `let d = e % ${D}u;`,
+        `let o = ${Array.from({ length: NS }, (_, g) => `sc[px((${g * nh}u + ir) * ${D}u + d)]`).join(' + ')};`,
+        ...write('o'),
+        '}',
+      );
+      continue;
+    }
+    push('workgroupBarrier();');
+    for (let i = h0r; i < h0r + nh; i++) for (let j = 0; j < SLOT; j++) push(`sc[px((${(i - h0r) * TLN}u + tg) * ${D}u + ${first} + ${j}u)] = v${i}_${j};`);
+    push('workgroupBarrier();');
+    // P threads per output, each summing TLN/P lanes (a shorter serial chain), then one thread folds the P partials
+    const P = Math.min(TLN, 2 ** Math.floor(Math.log2(Math.max(1, WG / O))));
     if (P === 1) {
       push(
         `for (var e = lid; e < ${O}u; e = e + ${WG}u) {`,

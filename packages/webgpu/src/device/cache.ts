@@ -133,6 +133,16 @@ export interface DeviceAttentionTuning {
    */
   prefetch?: boolean;
   /**
+   * Reduce inside subgroups (`subgroupMax`, `subgroupAdd`, `subgroupShuffleXor`) before workgroup memory: the
+   * softmax's maxima and sums take one barrier each instead of two (and none between them), and the value lanes are
+   * reduce-scattered with shuffles, leaving one workgroup-memory sum over subgroups instead of every lane's row. Needs
+   * a device opened with the `subgroups` feature whose adapter has one subgroup size (`subgroupMinSize` =
+   * `subgroupMaxSize`: 32 on NVIDIA GPUs, 8 on lavapipe), the WGSL language feature `subgroup_id`, and not
+   * `valueDot: 'int8'`; a geometry whose workgroup the subgroup size does not divide keeps the workgroup-memory
+   * reductions. Default `false`: correct on lavapipe (the tests), not yet timed on a GPU.
+   */
+  subgroups?: boolean;
+  /**
    * Geometry for short contexts, used while the main one would leave the GPU idle (fewer than 256 workgroups):
    * default `{ workgroup: 32, slot: 4 }` (128-token chunks). `null`: always the main geometry.
    */
@@ -209,6 +219,22 @@ const align = (bytes: number) => Math.ceil(bytes / ALIGN) * ALIGN;
 export const INT8_KEYS_MIN_CAPACITY = 32768;
 
 /** Whether int8 key scores tile a configuration: `slot · bits ≥ 8` and chunk and key group nesting, in the main and short-context geometries. */
+/** The one subgroup size of the device's adapter, checked for the `subgroups` tuning (`asked`: the option's value). */
+function fixedSubgroupSize(device: GPUDevice, asked: unknown): number {
+  if (asked !== true) throw new XqConfigError('E_CONFIG', `subgroups must be true or false; got ${String(asked)}`);
+  if (!device.features.has('subgroups')) {
+    throw new XqBackendError('E_BACKEND_UNAVAILABLE', "subgroups needs a device opened with the 'subgroups' feature (requestNodeDevice requests it where the adapter has it)");
+  }
+  const info = device.adapterInfo as GPUAdapterInfo | undefined;
+  const min = info?.subgroupMinSize;
+  const max = info?.subgroupMaxSize;
+  if (min === undefined || min !== max || !Number.isInteger(min) || min < 4 || min > 128 || (min & (min - 1)) !== 0) {
+    throw new XqBackendError('E_BACKEND_UNAVAILABLE', `subgroups needs one power-of-two subgroup size from 4 to 128; the adapter reports ${String(min)} to ${String(max)}`);
+  }
+  // (a WGSL without the language feature subgroup_id fails the kernel's compilation, which says so: the kernel requires it)
+  return min;
+}
+
 function int8KeysFit(cfg: DeviceQuantizedConfig, main: { workgroup: number; slot: number }, small: DeviceAttentionTuning['small']): boolean {
   const G = cfg.groupSize;
   const geometries = [main, small === undefined ? { workgroup: 32, slot: 8 } : small].filter((g): g is { workgroup: number; slot: number } => g !== null);
@@ -366,6 +392,8 @@ export class DeviceKvCache {
     if (f16Values && !device.features.has('shader-f16')) {
       throw new XqBackendError('E_BACKEND_UNAVAILABLE', "valueDot 'f16' needs a device opened with the 'shader-f16' feature (requestNodeDevice requests it where the adapter has it)");
     }
+    const subgroupSize = tuning.subgroups === undefined || tuning.subgroups === false ? undefined : fixedSubgroupSize(device, tuning.subgroups);
+    if (subgroupSize !== undefined && int8Values) throw new XqConfigError('E_CONFIG', "subgroups: the subgroup reductions are not built for valueDot 'int8'");
     const valueGroup = spec.kind === 'quantized' ? (spec.config.valueGroupSize ?? spec.config.groupSize) : D;
     const dot = { ...(int8 ? { keyDot } : {}), ...(int8Values || f16Values ? { valueDot } : {}) };
     // workgroup memory of the int8 value mix depends on the value group (not a kernel field: the kernel reads it from the operand)
@@ -472,7 +500,7 @@ export class DeviceKvCache {
         valueMetaOffset,
         valueRingOffset: keyRing / 4,
         update: { qHeads, kvHeads, headDim: D, keys, values, residualLength: R, keyMetaOffset, valueMetaOffset, valueRingOffset: keyRing / 4, rope: true, ...(int8 ? { keyLayout: 'quad' as const } : {}), ...(int8Values ? { valueLayout: 'quad' as const } : {}) },
-        decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll, ...dot, ...(tuning.valueUnroll ? { valueUnroll: tuning.valueUnroll } : {}), ...(tuning.valueSlot ? { valueSlot: tuning.valueSlot } : {}), ...(tuning.debugSkip ? { debugSkip: tuning.debugSkip } : {}), ...(tuning.prefetch === true ? { prefetch: true } : {}) },
+        decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll, ...dot, ...(tuning.valueUnroll ? { valueUnroll: tuning.valueUnroll } : {}), ...(tuning.valueSlot ? { valueSlot: tuning.valueSlot } : {}), ...(tuning.debugSkip ? { debugSkip: tuning.debugSkip } : {}), ...(tuning.prefetch === true ? { prefetch: true } : {}), ...(subgroupSize ? { subgroupSize } : {}) },
         decodeSmall: null,
         decodeMedium: null,
         quantizeWorkgroups: 0,
@@ -681,12 +709,23 @@ export class DeviceKvCache {
    * (`keyScores`; always `'f32'` for fp16 rows), and how packed values are mixed (`valueMix`, see `valueDot`; `'f32'`
    * for fp16 rows). For logs and benchmarks.
    */
-  attentionDispatch(layer = 0): { geometry: 'main' | 'medium' | 'short-context'; workgroup: number; slot: number; headsPerGroup: number; chunks: number; workgroups: number; keyScores: 'f32' | 'int8'; valueMix: 'f32' | 'int8' | 'f16' } {
+  attentionDispatch(layer = 0): {
+    geometry: 'main' | 'medium' | 'short-context';
+    workgroup: number;
+    slot: number;
+    headsPerGroup: number;
+    chunks: number;
+    workgroups: number;
+    keyScores: 'f32' | 'int8';
+    valueMix: 'f32' | 'int8' | 'f16';
+    subgroups: boolean;
+  } {
     const { spec: g } = this.decodeOf(this.layerOf(layer));
     const rep = this.shape.qHeads / this.shape.kvHeads;
     const workgroups = this.nc * Math.ceil(rep / g.headsPerGroup) * this.shape.kvHeads;
     const valueMix = g.values.kind === 'packed' ? (g.valueDot ?? 'f32') : 'f32';
-    return { geometry: this.geometry, workgroup: g.workgroup, slot: g.slot ?? 16, headsPerGroup: g.headsPerGroup, chunks: this.nc, workgroups, keyScores: this.keyScores, valueMix };
+    const subgroups = g.subgroupSize !== undefined && g.workgroup % g.subgroupSize === 0;
+    return { geometry: this.geometry, workgroup: g.workgroup, slot: g.slot ?? 16, headsPerGroup: g.headsPerGroup, chunks: this.nc, workgroups, keyScores: this.keyScores, valueMix, subgroups };
   }
 
   /** The decode kernel of a layer for the current geometry. */
