@@ -23,7 +23,7 @@ function xquant(command: string, ...args: string[]) {
 }
 
 describe.skipIf(!built || !adapter)(`xquant gpu (built CLI, WebGPU adapter) — ${!built ? 'needs a pnpm build with the gpu command' : !adapter ? 'no WebGPU adapter (scripts/setup-webgpu.sh)' : 'ready'}`, () => {
-  test('usage errors exit 2; greedy ids with the full cache equal `xquant generate` on the bundled model', () => {
+  test('usage errors exit 2; greedy ids with the full cache, with and without --subgroups, equal `xquant generate` on the bundled model', async () => {
     expect(xquant('gpu', '--prompt', 'x').code).toBe(2);
     expect(xquant('gpu', '--model', MODEL, '--prompt', 'x', '--max-new-tokens', '0').stderr).toMatch(/--max-new-tokens must be a positive integer/);
     const gpu = xquant('gpu', '--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '12', '--json');
@@ -34,6 +34,18 @@ describe.skipIf(!built || !adapter)(`xquant gpu (built CLI, WebGPU adapter) — 
     const c = JSON.parse(cpu.stdout.trim().split('\n').pop()!) as { ids: number[] };
     expect(g.ids).toEqual(c.ids);
     expect(g.memory.cache.tokens).toBeGreaterThan(12);
+    // the subgroup reductions (where the adapter has one subgroup size): the same greedy ids
+    const probe = await requestNodeDevice();
+    const sizes = [probe?.adapter.info?.subgroupMinSize, probe?.adapter.info?.subgroupMaxSize];
+    const subgroups = (probe?.device.features.has('subgroups') ?? false) && sizes[0] !== undefined && sizes[0] === sizes[1];
+    probe?.device.destroy();
+    if (subgroups) {
+      const sg = xquant('gpu', '--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '12', '--subgroups', '--json');
+      expect(sg.code, sg.stderr).toBe(0);
+      const s = JSON.parse(sg.stdout.trim().split('\n').pop()!) as { ids: number[]; attention: { subgroups: boolean } };
+      expect(s.attention.subgroups).toBe(true);
+      expect(s.ids).toEqual(c.ids);
+    }
     // fp16 rows: no packed keys, so float key scores; the short prompt runs the short-context geometry
     expect(g.attention).toMatchObject({ keyScores: 'f32', geometry: 'short-context' });
     const text = xquant('gpu', '--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '4', '--cache', 'xquant-1.38');

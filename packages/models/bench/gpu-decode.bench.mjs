@@ -54,9 +54,11 @@ device.addEventListener('uncapturederror', (e) => {
   console.log('WebGPU error:', e.error.message);
 });
 const features = [...ng.adapter.features].sort();
-log('adapter', JSON.stringify(info), 'features', features.join(','));
+// the subgroup sizes say whether `subgroups: true` can run (one size needed)
+const subgroupSizes = [ng.adapter.info?.subgroupMinSize ?? null, ng.adapter.info?.subgroupMaxSize ?? null];
+log('adapter', JSON.stringify(info), 'features', features.join(','), 'subgroup sizes', subgroupSizes.join('…'));
 log('limits', JSON.stringify({ maxStorageBufferBindingSize: device.limits.maxStorageBufferBindingSize, maxBufferSize: device.limits.maxBufferSize, wg: device.limits.maxComputeWorkgroupStorageSize }));
-const results = { device: info, dawnFlags: o['dawn-flags'], features, node: process.version, date: new Date().toISOString(), ceiling: null, attention: [], endToEnd: [], errors: gpuErrors };
+const results = { device: info, dawnFlags: o['dawn-flags'], features, subgroupSizes, node: process.version, date: new Date().toISOString(), ceiling: null, attention: [], endToEnd: [], errors: gpuErrors };
 const save = () => writeFileSync(`${o.out}/gpu-decode.json`, JSON.stringify(results, null, 1));
 
 // ---- timing helpers --------------------------------------------------------------------------------------------

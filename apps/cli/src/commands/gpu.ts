@@ -23,6 +23,8 @@ options:
   --seed S                sampler seed (default 0)
   --context N             positions to allocate (default: prompt + new tokens)
   --value-mix f32|f16     arithmetic of the packed value mix (default f32); f16 needs a GPU with shader-f16
+  --subgroups             reduce the attention's softmax and value lanes with subgroup operations (needs a GPU
+                          with the subgroups feature and one subgroup size; not yet timed on a GPU, off by default)
   --dawn-flags FLAGS      Dawn flags, ';'-separated, e.g. enable-dawn-features=vulkan_enable_f16_on_nvidia
                           (shader-f16 on NVIDIA) or enable-dawn-features=skip_validation (less host time per
                           token; invalid API use is no longer caught)
@@ -40,6 +42,7 @@ export async function run(argv: string[]): Promise<number> {
     seed: { type: 'string', default: '0' },
     context: { type: 'string' },
     'value-mix': { type: 'string', default: 'f32' },
+    subgroups: { type: 'boolean', default: false },
     'dawn-flags': { type: 'string' },
   }, { ints: { 'residual-length': 'one' } });
   if (typeof parsed === 'number') return parsed;
@@ -82,7 +85,8 @@ export async function run(argv: string[]): Promise<number> {
     }
     const shape = { layers: config.numLayers, kvHeads: config.numKvHeads, headDim: config.headDim };
     const spec = cacheId === 'full' ? ({ kind: 'full' } as const) : ({ kind: 'quantized', config: resolveCacheConfig(cacheId, shape, { residualLength: (v['residual-length'] as number | undefined) ?? 32 }) } as const);
-    await decoder.replaceCache(spec, capacity, valueMix === 'f16' ? { valueDot: 'f16' } : undefined);
+    const tuning = { ...(valueMix === 'f16' ? { valueDot: 'f16' as const } : {}), ...(v.subgroups === true ? { subgroups: true } : {}) };
+    await decoder.replaceCache(spec, capacity, Object.keys(tuning).length > 0 ? tuning : undefined);
     try {
       const out = await decoder.generate({ prompt: ids, maxNewTokens: maxNew, temperature, seed });
       const text = tokenizer.decode(out.tokens);
@@ -95,7 +99,7 @@ export async function run(argv: string[]): Promise<number> {
         console.log(v.prompt + text);
         console.error(
           `gpu: ${gpu.info.vendor} ${gpu.info.device || gpu.info.description} · ${cacheId} · ${out.msPerToken.toFixed(2)} ms/token · ` +
-            `attention ${attention.geometry} geometry, ${attention.keyScores} key scores, ${attention.valueMix} value mix · ` +
+            `attention ${attention.geometry} geometry, ${attention.keyScores} key scores, ${attention.valueMix} value mix${attention.subgroups ? ', subgroup reductions' : ''} · ` +
             `KV ${(mem.cache.usedBytes / 2 ** 20).toFixed(2)} MiB (${mem.cache.trueBitsPerElement.toFixed(2)} stored bits per element) · weights ${(mem.weightBytes / 2 ** 20).toFixed(0)} MiB`,
         );
       }
