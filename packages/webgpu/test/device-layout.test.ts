@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { decodeKernelSource, denseKeyIndex, keyQuadIndex, keyWordIndex, valueCodeAt, valueMetaIndex, VALUE_META_BLOCK, type DecodeSpec } from '../src/device/attention-wgsl.js';
+import { decodeKernelSource, denseKeyIndex, keyQuadIndex, keyWordIndex, valueCodeAt, valueMetaIndex, valueQuadIndex, VALUE_META_BLOCK, type DecodeSpec } from '../src/device/attention-wgsl.js';
 import type { GpuBits } from '../src/layout.js';
 
 // The device cache's address helpers return WGSL u32 expressions (integer literals with a `u` suffix, + − * / %, the
@@ -82,6 +82,25 @@ describe('device cache layouts: every element in its own place, the region fille
       const base = evaluate(valueMetaIndex(groups, 'kv', 't', 'g'), { kv: 1, t: VALUE_META_BLOCK, g: groups - 1, cap });
       for (let j = 0; j < VALUE_META_BLOCK; j++) expect(evaluate(valueMetaIndex(groups, 'kv', 't', 'g'), { kv: 1, t: VALUE_META_BLOCK + j, g: groups - 1, cap })).toBe(base + j);
       expect(base % 4).toBe(0);
+    }
+  });
+
+  test.each([32, 64, 128])("packed values of the int8 mix (quad layout: byte m of 4 tokens' rows per word), head dim %i", (D) => {
+    for (const bits of [1, 2, 4] as const) {
+      const RB = (D * bits) / 8; // bytes of a row
+      const bytes: number[] = [];
+      for (let kv = 0; kv < KV; kv++) {
+        for (let t = 0; t < cap; t++) {
+          for (let m = 0; m < RB; m++) bytes.push(4 * evaluate(valueQuadIndex(D, bits, 'kv', 't', 'm'), { kv, t, m, cap }) + (t % 4));
+        }
+      }
+      expectTiles(bytes, KV * cap * RB);
+      // the mix walks a thread slot's blocks from the chunk's first word: slot sb, block q of it, word w past m0
+      const BW = 4;
+      for (const [c0, sb, q, m0, w] of [[0, 0, 0, 0, 0], [64, 1, 2, 3, 1], [32, 3, 3, RB - 2, 1]] as const) {
+        const qrow = evaluate(valueQuadIndex(D, bits, 'kv', 'c0', 'm0'), { kv: 1, c0, m0, cap });
+        expect(qrow + sb * BW * RB + q * RB + w).toBe(evaluate(valueQuadIndex(D, bits, 'kv', 't', 'm'), { kv: 1, t: c0 + 4 * (sb * BW + q), m: m0 + w, cap }));
+      }
     }
   });
 

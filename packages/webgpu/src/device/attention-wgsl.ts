@@ -156,6 +156,15 @@ export function valueCodeAt(headDim: number, bits: GpuBits, kv: string, t: strin
   return { index: `((${kv} * (S.cap / ${B}u) + (${t}) / ${B}u) * ${headDim / 16}u + (${c}) / 16u) * 4u + (${bit}) / 32u`, shift: `(${bit}) % 32u` };
 }
 
+/**
+ * u32 index of quad word `m` of the 4-token block holding token `t` (KV head `kv`) in the int8 value mix's quad layout:
+ * quad word m holds byte m of the rows of the block's 4 tokens, token t's byte at bit `(t % 4) · 8`; a row is
+ * `headDim · bits / 8` bytes, so a block is that many words. @internal
+ */
+export function valueQuadIndex(headDim: number, bits: GpuBits, kv: string, t: string, m: string): string {
+  return `(${kv} * (S.cap / 4u) + (${t}) / 4u) * ${(headDim * bits) / 8}u + ${m}`;
+}
+
 /** Tokens of a value metadata block. @internal */
 export const VALUE_META_BLOCK = 8;
 
@@ -460,9 +469,10 @@ function int8ValueMix(s: DecodeSpec, vp: { bits: GpuBits; groupSize: number }): 
   const L: string[] = [];
   // ---- mix: thread (token lane tg, quad words m0 … m0 + MW − 1) ----
   L.push(TLN > 1 ? `let tg = lid / ${RB}u;` : 'let tg = 0u;', TLN > 1 ? `let m0 = lid % ${RB}u;` : `let m0 = lid * ${MW}u;`);
-  L.push(`let vg = (m0 * ${CPT}u) / ${vp.groupSize}u;`, `let qrow = (kv * (S.cap / 4u) + c0 / 4u) * ${RB}u + m0;`);
+  L.push(`let vg = (m0 * ${CPT}u) / ${vp.groupSize}u;`, `let qrow = ${valueQuadIndex(D, b, 'kv', 'c0', 'm0')};`);
   for (let i = 0; i < HG; i++) for (let j = 0; j < CH; j++) L.push(`var v${i}_${j} = 0.0;`);
   if (s.debugSkip !== 'values' && s.debugSkip !== 'both' && s.debugSkip !== 'all') {
+    // (thread slot sb holds tokens c0 + 4·BW·sb …: BW blocks of RB words each, consecutive)
     L.push(`for (var sb = tg; sb < ${NSB}u; sb = sb + ${TLN}u) {`, `let qa = qrow + sb * ${BW * RB}u;`);
     for (let q = 0; q < BW; q++) for (let w = 0; w < MW; w++) L.push(`let x${q}_${w} = vc[qa + ${q * RB + w}u];`);
     for (let i = 0; i < HG; i++) {

@@ -8,7 +8,7 @@
  * `code = round(r(r(x − min)/scale))`.
  * @internal
  */
-import { STEP_FIELDS, denseKeyIndex, keyWordIndex, stepStruct, valueCodeAt, valueMetaIndex, type DeviceOperand } from './attention-wgsl.js';
+import { STEP_FIELDS, denseKeyIndex, keyWordIndex, stepStruct, valueCodeAt, valueMetaIndex, valueQuadIndex, type DeviceOperand } from './attention-wgsl.js';
 import type { GpuBits } from '../layout.js';
 
 /** Calibration of the stored scale/zero, computable on the device. @internal */
@@ -62,7 +62,6 @@ export interface UpdateSpec {
  */
 function valueLayoutHelpers(s: UpdateSpec): string[] {
   const v = s.values as DeviceStorage & { kind: 'packed' };
-  const RB = (s.headDim * v.bits) / 8;
   const M = (1 << v.bits) - 1;
   const quad = s.valueLayout === 'quad';
   // channel c of token t in the block layout
@@ -71,7 +70,7 @@ function valueLayoutHelpers(s: UpdateSpec): string[] {
     return quad
       ? [
           'fn putValueWord(kv: u32, t: u32, w: u32, word: u32) {',
-          `  let a = (kv * (S.cap / 4u) + t / 4u) * ${RB}u + w * 4u;`,
+          `  let a = ${valueQuadIndex(s.headDim, v.bits, 'kv', 't', 'w * 4u')};`,
           '  let sh = (t % 4u) * 8u;',
           '  let keep = ~(0xffu << sh);',
           '  for (var i = 0u; i < 4u; i = i + 1u) { V[a + i] = (V[a + i] & keep) | (((word >> (i * 8u)) & 0xffu) << sh); }',
@@ -95,7 +94,7 @@ function valueLayoutHelpers(s: UpdateSpec): string[] {
   return [
     'fn donorValueCode(kv: u32, t: u32, c: u32) -> u32 {',
     quad
-      ? `  return (dV[(kv * (S.cap / 4u) + t / 4u) * ${RB}u + (${bit}) / 8u] >> ((t % 4u) * 8u + (${bit}) % 8u)) & ${M}u;`
+      ? `  return (dV[${valueQuadIndex(s.headDim, v.bits, 'kv', 't', `(${bit}) / 8u`)}] >> ((t % 4u) * 8u + (${bit}) % 8u)) & ${M}u;`
       : `  return (dV[${at.index}] >> (${at.shift})) & ${M}u;`,
     '}',
   ];
