@@ -707,7 +707,8 @@ export class DeviceKvCache {
    * 256; `'short-context'` while the main one would give fewer than 256), its threads per workgroup, token slot, query
    * heads per workgroup, chunks and workgroups, and whether packed keys are scored in float or with the int8 dot product
    * (`keyScores`; always `'f32'` for fp16 rows), and how packed values are mixed (`valueMix`, see `valueDot`; `'f32'`
-   * for fp16 rows). For logs and benchmarks.
+   * for fp16 rows), and whether the kernel reduces with subgroup operations (`subgroups`, see the tuning of that name;
+   * false where the subgroup size does not divide the geometry's workgroup). For logs and benchmarks.
    */
   attentionDispatch(layer = 0): {
     geometry: 'main' | 'medium' | 'short-context';
