@@ -6,6 +6,7 @@
 # CEIL_ARGS: extra arguments of the WGSL ceilings benchmark (e.g. --dawn-flags …); LOADS_ARGS: of the load-pattern one.
 # SKIP_LOADS=1 leaves out the load-pattern benchmark (the packed loops' loads alone, layouts before/now; ~10 s).
 # SKIP_SGM=1 leaves out the subgroup-matrix probe (run last, 120 s at most: it needs Dawn's unsafe APIs).
+# SECOND_ARGS: arguments of a second decode-benchmark process after the main one (results in $OUT/second).
 # CODEBOOK=1 also runs the codebook (turboquant layout) attention benchmark (CODEBOOK_ARGS: its options).
 set -uo pipefail
 for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -44,6 +45,12 @@ if [ -n "${OLD_ARGS:-}" ] && [ -f "$W/bench-old.mjs" ]; then
   done
 fi
 (cd "$W" && ./node bench.mjs --out "$OUT" --models "$LIST" --plan plan.json "$@") 2>&1 | grep -v 'Warning: max\|DEP0137\|trace-warnings\|file descriptor' | tee "$OUT/bench.log"
+# SECOND_ARGS: a second process of the decode benchmark with these arguments (models as above), into $OUT/second —
+# e.g. the same end-to-end rows with another tuning, measured in the same call
+if [ -n "${SECOND_ARGS:-}" ]; then
+  mkdir -p "$OUT/second"
+  (cd "$W" && ./node bench.mjs --out "$OUT/second" --models "$LIST" --plan plan.json $SECOND_ARGS) 2>&1 | grep -v 'Warning: max\|DEP0137\|trace-warnings\|file descriptor' | tee "$OUT/second/bench.log"
+fi
 if [ "${SKIP_LOADS:-0}" != 1 ]; then
   (cd "$W" && ./node loads.mjs --out "$OUT" ${LOADS_ARGS:-}) 2>&1 | grep -v 'Warning: max' > "$OUT/load-patterns.log"
   tail -14 "$OUT/load-patterns.log"
