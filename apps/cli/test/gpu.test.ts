@@ -42,7 +42,8 @@ describe.skipIf(!built || !adapter)(`xquant gpu (built CLI, WebGPU adapter) — 
     if (subgroups) {
       const sg = xquant('gpu', '--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '12', '--subgroups', '--json');
       expect(sg.code, sg.stderr).toBe(0);
-      const s = JSON.parse(sg.stdout.trim().split('\n').pop()!) as { ids: number[]; attention: { subgroups: boolean } };
+      const s = JSON.parse(sg.stdout.trim().split('\n').pop()!) as { ids: number[]; subgroups: boolean; attention: { subgroups: boolean } };
+      expect(s.subgroups).toBe(true);
       expect(s.attention.subgroups).toBe(true);
       expect(s.ids).toEqual(c.ids);
     }

@@ -69,6 +69,46 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
     }, 600_000);
   }
 
+  it('subgroups: true (subgroup reductions in the matrix-vector products and the attention): logits near float64 and the 32 greedy ids of the short prompt equal the reference, full and xquant-1.38 caches; a typed error for a non-boolean', async () => {
+    const sizes = [gpu!.adapter.info?.subgroupMinSize, gpu!.adapter.info?.subgroupMaxSize];
+    await expect(loadGpuDecoder(`${SHARED}/models/xq-llama-20m`, gpu!.device, { cache: { kind: 'full' }, capacity: 64, subgroups: 'yes' as never })).rejects.toMatchObject({ code: 'E_CONFIG' });
+    if (!gpu!.device.features.has('subgroups') || sizes[0] === undefined || sizes[0] !== sizes[1]) return;
+    const p = prompts.find((x) => x.name === 'short')!;
+    for (const name of MODELS) {
+      const ref = await SafetensorsFile.open(`${REFS}/${name}.safetensors`);
+      const fp64 = await SafetensorsFile.open(`${REFS}/${name}.cpu_fp64.safetensors`);
+      const { decoder, config } = await loadGpuDecoder(`${SHARED}/models/${name}`, gpu!.device, { cache: { kind: 'full' }, capacity: 400, subgroups: true });
+      try {
+        expect(decoder.usesSubgroups).toBe(true);
+        const first = await decoder.generate({ prompt: p.input_ids, maxNewTokens: 1, stopTokens: [] });
+        expect(decoder.cache.attentionDispatch(0).subgroups).toBe(true);
+        const got = await decoder.readLogits();
+        const want = (await fp64.readFloat32('short.logits_last4')).subarray(3 * config.vocabSize);
+        let max = 0;
+        let mag = 0;
+        for (let i = 0; i < want.length; i++) {
+          max = Math.max(max, Math.abs(got[i]! - want[i]!));
+          mag = Math.max(mag, Math.abs(want[i]!));
+        }
+        expect(max / mag, `${name}: max |Δ| ${max} over max |logit| ${mag}`).toBeLessThan(1e-2);
+        const rest = await decoder.generate({ prompt: first.tokens, maxNewTokens: 31, stopTokens: [] });
+        expect([...first.tokens, ...rest.tokens]).toEqual(Array.from(await ref.readRaw('short.greedy_ids'), Number));
+        // the quantized cache behind the same weights: its kernels with subgroups too, the same ids as without them
+        const { model } = await loadModel(`${SHARED}/models/${name}`);
+        const config2 = createKvCache('xquant-1.38', model.cacheShape, { residualLength: 32 }).config!;
+        model.dispose();
+        const idsWith = async (subgroups: boolean) => {
+          await decoder.replaceCache({ kind: 'quantized', config: config2 }, 400, { subgroups });
+          return (await decoder.generate({ prompt: p.input_ids, maxNewTokens: 16, stopTokens: [] })).tokens;
+        };
+        expect(await idsWith(true)).toEqual(await idsWith(false));
+        expect(errors).toEqual([]);
+      } finally {
+        decoder.dispose();
+      }
+    }
+  }, 600_000);
+
   it('int8 key scores (the default without GQA) add little to what xquant-1.38 itself costs: KL against the full cache on prose', async () => {
     // xq-llama-20m has GQA, so int8 keys are asked for here; their rounding is the same with or without GQA
     const name = 'xq-llama-20m';

@@ -23,8 +23,9 @@ options:
   --seed S                sampler seed (default 0)
   --context N             positions to allocate (default: prompt + new tokens)
   --value-mix f32|f16     arithmetic of the packed value mix (default f32); f16 needs a GPU with shader-f16
-  --subgroups             reduce the attention's softmax and value lanes with subgroup operations (needs a GPU
-                          with the subgroups feature and one subgroup size; not yet timed on a GPU, off by default)
+  --subgroups             reduce with subgroup operations in every kernel (matrix-vector row sums and norms, the
+                          attention's softmax and value lanes; needs a GPU with the subgroups feature and one
+                          subgroup size; not yet timed on a GPU, off by default)
   --dawn-flags FLAGS      Dawn flags, ';'-separated, e.g. enable-dawn-features=vulkan_enable_f16_on_nvidia
                           (shader-f16 on NVIDIA) or enable-dawn-features=skip_validation (less host time per
                           token; invalid API use is no longer caught)
@@ -76,7 +77,7 @@ export async function run(argv: string[]): Promise<number> {
   try {
     const cacheId = String(v.cache);
     // weights once (with a small full cache), then the requested cache sized for this prompt
-    const { decoder, config, tokenizer } = await loadGpuDecoder(v.model, gpu.device, { cache: { kind: 'full' }, capacity: 16 });
+    const { decoder, config, tokenizer } = await loadGpuDecoder(v.model, gpu.device, { cache: { kind: 'full' }, capacity: 16, ...(v.subgroups === true ? { subgroups: true } : {}) });
     const ids = tokenizer.encode(v.prompt);
     const capacity = contextFlag ?? ids.length + maxNew;
     if (!Number.isInteger(capacity) || capacity < ids.length + maxNew) {
@@ -85,21 +86,21 @@ export async function run(argv: string[]): Promise<number> {
     }
     const shape = { layers: config.numLayers, kvHeads: config.numKvHeads, headDim: config.headDim };
     const spec = cacheId === 'full' ? ({ kind: 'full' } as const) : ({ kind: 'quantized', config: resolveCacheConfig(cacheId, shape, { residualLength: (v['residual-length'] as number | undefined) ?? 32 }) } as const);
-    const tuning = { ...(valueMix === 'f16' ? { valueDot: 'f16' as const } : {}), ...(v.subgroups === true ? { subgroups: true } : {}) };
-    await decoder.replaceCache(spec, capacity, Object.keys(tuning).length > 0 ? tuning : undefined);
+    // (the decoder's subgroups option is the attention kernel's default)
+    await decoder.replaceCache(spec, capacity, valueMix === 'f16' ? { valueDot: 'f16' } : undefined);
     try {
       const out = await decoder.generate({ prompt: ids, maxNewTokens: maxNew, temperature, seed });
       const text = tokenizer.decode(out.tokens);
       const mem = decoder.memory();
       // the decode-attention kernel of the last position: geometry and how packed keys were scored (float or int8)
       const attention = decoder.cache.attentionDispatch(0);
-      const info = { adapter: gpu.info, cache: cacheId, promptTokens: ids.length, ids: out.tokens, text, prefillMs: out.prefillMs, msPerToken: out.msPerToken, hostMsPerToken: out.hostMsPerToken, memory: mem, attention };
+      const info = { adapter: gpu.info, cache: cacheId, promptTokens: ids.length, ids: out.tokens, text, prefillMs: out.prefillMs, msPerToken: out.msPerToken, hostMsPerToken: out.hostMsPerToken, memory: mem, attention, subgroups: decoder.usesSubgroups };
       if (v.json) console.log(JSON.stringify(info));
       else {
         console.log(v.prompt + text);
         console.error(
           `gpu: ${gpu.info.vendor} ${gpu.info.device || gpu.info.description} · ${cacheId} · ${out.msPerToken.toFixed(2)} ms/token · ` +
-            `attention ${attention.geometry} geometry, ${attention.keyScores} key scores, ${attention.valueMix} value mix${attention.subgroups ? ', subgroup reductions' : ''} · ` +
+            `attention ${attention.geometry} geometry, ${attention.keyScores} key scores, ${attention.valueMix} value mix${decoder.usesSubgroups ? ', subgroup reductions' : ''} · ` +
             `KV ${(mem.cache.usedBytes / 2 ** 20).toFixed(2)} MiB (${mem.cache.trueBitsPerElement.toFixed(2)} stored bits per element) · weights ${(mem.weightBytes / 2 ** 20).toFixed(0)} MiB`,
         );
       }

@@ -2,6 +2,7 @@ import { XqBackendError, XqConfigError, XqNumericError, XqShapeError, XqStateErr
 import {
   DeviceKvCache,
   KernelCompiler,
+  requireFixedSubgroupSize,
   type DeviceAttentionTuning,
   type DeviceCacheMemory,
   type DeviceCacheSpec,
@@ -31,6 +32,13 @@ export interface GpuDecoderOptions {
   tuning?: DeviceAttentionTuning;
   /** Decode steps submitted ahead of the token read back (default 2; 1 = fully synchronous). */
   inFlight?: number;
+  /**
+   * Reduce with subgroup operations: in the matrix-vector products (each row's lane partials by shuffles, RMSNorm's sum
+   * of squares by `subgroupAdd`) and, unless `tuning.subgroups` is given, in the cache's attention kernel (see
+   * `DeviceAttentionTuning.subgroups`, also for what the device needs; a typed error without it). Default `false`:
+   * correct on lavapipe, not yet timed on a GPU.
+   */
+  subgroups?: boolean;
 }
 
 /** Options of {@link GpuDecoder.generate}. */
@@ -166,6 +174,8 @@ export class GpuDecoder {
   private disposed = false;
   private readonly stepData = new ArrayBuffer(16);
   private readonly inFlight: number;
+  /** Subgroup size the model's kernels assume (`subgroups: true`), or undefined. */
+  private subgroupSize: number | undefined;
   cache!: DeviceKvCache;
   private x!: GPUBuffer;
   private qkv!: GPUBuffer;
@@ -219,6 +229,7 @@ export class GpuDecoder {
     if (!Number.isInteger(cap) || cap <= 0) throw new XqShapeError(`capacity must be a positive integer; got ${String(cap)}`);
     if (cap > config.maxPositionEmbeddings * 64) throw new XqShapeError(`capacity ${cap} is far beyond the model's ${config.maxPositionEmbeddings} positions`);
     const inFlight = options.inFlight ?? 2;
+    if (options.subgroups !== undefined && typeof options.subgroups !== 'boolean') throw new XqConfigError('E_CONFIG', `subgroups must be true or false; got ${String(options.subgroups)}`);
     if (!Number.isInteger(inFlight) || inFlight < 1 || inFlight > 8) throw new XqConfigError('E_CONFIG', `inFlight must be an integer in [1, 8]; got ${String(inFlight)}`);
     const d = new GpuDecoder(device, config, cap, inFlight);
     try {
@@ -233,6 +244,7 @@ export class GpuDecoder {
   private async build(weights: WeightSource, options: GpuDecoderOptions): Promise<void> {
     const c = this.config;
     const dev = this.device;
+    this.subgroupSize = options.subgroups === true ? requireFixedSubgroupSize(dev) : undefined;
     const H = c.hiddenSize;
     const D = c.headDim;
     const qd = c.numHeads * D;
@@ -282,7 +294,7 @@ export class GpuDecoder {
     this.gu = this.buffer(4 * I, STORAGE, 'swiglu', 'scratch');
     this.logits = this.buffer(4 * c.vocabSize, STORAGE | COPY_SRC, 'logits', 'scratch');
     const matvec = async (spec: MatvecSpec, W: GPUBuffer, x: GPUBuffer, y: GPUBuffer, g: GPUBuffer | null, bias: GPUBuffer | null, label: string): Promise<Matvec> => {
-      const pipe = await k.pipeline(matvecSource(spec), MV, label);
+      const pipe = await k.pipeline(matvecSource(this.subgroupSize ? { ...spec, subgroupSize: this.subgroupSize } : spec), MV, label);
       const bg = dev.createBindGroup({
         layout: k.layout(MV),
         entries: [W, x, y, g ?? dummy, bias ?? dummy].map((buffer, binding) => ({ binding, resource: { buffer } })),
@@ -388,7 +400,9 @@ export class GpuDecoder {
   private async useCache(spec: DeviceCacheSpec, capacity: number, tuning?: DeviceAttentionTuning): Promise<void> {
     const c = this.config;
     const D = c.headDim;
-    const cache = await DeviceKvCache.create(this.device, { layers: c.numLayers, qHeads: c.numHeads, kvHeads: c.numKvHeads, headDim: D }, spec, { capacity, ...(tuning ? { tuning } : {}) });
+    // the decoder's `subgroups` is the attention kernel's default too
+    const t = this.subgroupSize && tuning?.subgroups === undefined ? { ...tuning, subgroups: true } : tuning;
+    const cache = await DeviceKvCache.create(this.device, { layers: c.numLayers, qHeads: c.numHeads, kvHeads: c.numKvHeads, headDim: D }, spec, { capacity, ...(t ? { tuning: t } : {}) });
     // rotary tables for every position, [pos][cos D/2 | sin D/2]
     const inv = ropeInverseFrequencies(D, c.ropeTheta, c.ropeScaling);
     const positions = cache.capacity;
@@ -405,6 +419,11 @@ export class GpuDecoder {
     this.rope = this.upload(rope, 'rotary tables');
     cache.attach({ qkv: this.qkv, rope: this.rope, out: this.attn });
     this.cache = cache;
+  }
+
+  /** Whether the model's kernels reduce with subgroup operations (the `subgroups` option). */
+  get usesSubgroups(): boolean {
+    return this.subgroupSize !== undefined;
   }
 
   /** Positions held (prompt and generated tokens). */

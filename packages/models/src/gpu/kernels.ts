@@ -19,6 +19,12 @@ export interface MatvecSpec {
   bias: boolean;
   /** `'store'`: y = Wx; `'residual'`: y += Wx; `'swiglu'`: y[i] = silu(W[2i]·x)·(W[2i+1]·x). */
   epilogue: 'store' | 'residual' | 'swiglu';
+  /**
+   * Subgroup size the kernel may assume (every subgroup full and this size), or unset: then the RMSNorm's sum of squares
+   * is a `subgroupAdd` and one barrier instead of an eight-step tree, and a row's 32 lane partials are summed by
+   * shuffles inside the subgroup (with subgroups narrower than 32, one workgroup-memory sum of the subgroups' partials).
+   */
+  subgroupSize?: number;
 }
 
 /** Workgroup size of the matrix-vector kernels. @internal */
@@ -41,8 +47,11 @@ export function matvecSource(s: MatvecSpec): string {
   const RPG = s.rowsPerGroup;
   const wRows = s.epilogue === 'swiglu' ? 2 : 1; // W rows per output row
   const RW = RPG * wRows; // W rows per group
+  const SGS = s.subgroupSize;
+  if (SGS !== undefined && (!Number.isInteger(SGS) || SGS < 4 || SGS > 128 || (SGS & (SGS - 1)) !== 0)) throw new Error(`subgroupSize must be a power of two from 4 to 128; got ${SGS}`);
   const L: string[] = [];
   const push = (...l: string[]) => L.push(...l);
+  if (SGS) push('enable subgroups;', 'requires subgroup_id;');
   push(
     '@group(0) @binding(0) var<storage, read> W: array<vec4<u32>>;',
     '@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;',
@@ -55,7 +64,11 @@ export function matvecSource(s: MatvecSpec): string {
   if (norm) push(`var<workgroup> xs: array<vec4<f32>, ${IN / 4}>;`, 'var<workgroup> ss: array<f32, 256>;');
   push(
     '@compute @workgroup_size(256)',
-    'fn main(@builtin(workgroup_id) wid3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {',
+    // with subgroups the thread index comes from the subgroup's, so a subgroup's lanes are consecutive threads
+    SGS
+      ? 'fn main(@builtin(workgroup_id) wid3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_id) sgid: u32, @builtin(subgroup_invocation_id) sgi: u32) {'
+      : 'fn main(@builtin(workgroup_id) wid3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {',
+    ...(SGS ? [`let lid = sgid * ${SGS}u + sgi;`] : []),
     'let wid = wid3.x + wid3.y * nwg.x;',
     'let grp = lid >> 5u;',
     'let lane = lid & 31u;',
@@ -63,16 +76,15 @@ export function matvecSource(s: MatvecSpec): string {
   );
   if (norm) {
     // RMSNorm prologue: sum of squares over the workgroup, normalized x·g into workgroup memory
+    push('var sq = 0.0;', `for (var i = lid; i < ${IN / 4}u; i = i + 256u) { let v = x[i]; sq = sq + dot(v, v); }`);
+    if (SGS) {
+      // each subgroup's sum, then every thread adds the 256 / SGS of them
+      push('let sqs = subgroupAdd(sq);', 'if (sgi == 0u) { ss[sgid] = sqs; }', 'workgroupBarrier();', `var tot = 0.0;`, `for (var i = 0u; i < ${256 / SGS}u; i = i + 1u) { tot = tot + ss[i]; }`);
+    } else {
+      push('ss[lid] = sq;', 'workgroupBarrier();', 'for (var st = 128u; st >= 1u; st = st >> 1u) {', '  if (lid < st) { ss[lid] = ss[lid] + ss[lid + st]; }', '  workgroupBarrier();', '}', 'let tot = ss[0];');
+    }
     push(
-      'var sq = 0.0;',
-      `for (var i = lid; i < ${IN / 4}u; i = i + 256u) { let v = x[i]; sq = sq + dot(v, v); }`,
-      'ss[lid] = sq;',
-      'workgroupBarrier();',
-      'for (var st = 128u; st >= 1u; st = st >> 1u) {',
-      '  if (lid < st) { ss[lid] = ss[lid] + ss[lid + st]; }',
-      '  workgroupBarrier();',
-      '}',
-      `let inv = inverseSqrt(ss[0] / ${IN}.0 + ${s.rmsNormEps!.toExponential(8)});`,
+      `let inv = inverseSqrt(tot / ${IN}.0 + ${s.rmsNormEps!.toExponential(8)});`,
       `for (var i = lid; i < ${IN / 4}u; i = i + 256u) { xs[i] = x[i] * inv * g[i]; }`,
       'workgroupBarrier();',
     );
@@ -98,11 +110,22 @@ export function matvecSource(s: MatvecSpec): string {
     }
   }
   push('}');
-  for (let r = 0; r < RW; r++) push(`red[(grp * ${RW}u + ${r}u) * 32u + lane] = a${r};`);
+  // the 32 lane partials of each row: P of them left after the subgroup's shuffles (1 with subgroups of 32 or more),
+  // written by the lanes that hold them (the same code for every P, so lavapipe's 8-wide subgroups test the H200's path)
+  const SW = SGS ? Math.min(SGS, 32) : 1; // lanes of a group inside one subgroup
+  const P = 32 / SW;
+  if (SGS) {
+    for (let st = SW / 2; st >= 1; st /= 2) for (let r = 0; r < RW; r++) push(`a${r} = a${r} + subgroupShuffleXor(a${r}, ${st}u);`);
+    push(`if (lane % ${SW}u == 0u) {`);
+    for (let r = 0; r < RW; r++) push(`red[(grp * ${RW}u + ${r}u) * ${P}u + lane / ${SW}u] = a${r};`);
+    push('}');
+  } else {
+    for (let r = 0; r < RW; r++) push(`red[(grp * ${RW}u + ${r}u) * 32u + lane] = a${r};`);
+  }
   push('workgroupBarrier();');
-  // one thread per output row of the workgroup sums the 32 lanes
+  // one thread per output row of the workgroup sums the row's P partials
   push(`if (lid < ${8 * RPG}u) {`, `let gr = lid / ${RPG}u;`, `let rr = lid % ${RPG}u;`, `let o = wid * ${8 * RPG}u + lid;`, `if (o < ${s.rows}u) {`);
-  const lanes = (acc: string, wr: string) => `for (var i = 0u; i < 32u; i = i + 1u) { ${acc} = ${acc} + red[(gr * ${RW}u + ${wr}) * 32u + i]; }`;
+  const lanes = (acc: string, wr: string) => `for (var i = 0u; i < ${P}u; i = i + 1u) { ${acc} = ${acc} + red[(gr * ${RW}u + ${wr}) * ${P}u + i]; }`;
   if (wRows === 2) {
     push('var gs = 0.0;', 'var us = 0.0;', lanes('gs', 'rr * 2u'), lanes('us', 'rr * 2u + 1u'));
     if (s.bias) push('gs = gs + bias[2u * o];', 'us = us + bias[2u * o + 1u];');

@@ -218,10 +218,19 @@ const align = (bytes: number) => Math.ceil(bytes / ALIGN) * ALIGN;
 /** Capacity from which packed keys without GQA are scored with int8 by default (see `keyDot`). */
 export const INT8_KEYS_MIN_CAPACITY = 32768;
 
-/** Whether int8 key scores tile a configuration: `slot · bits ≥ 8` and chunk and key group nesting, in the main and short-context geometries. */
 /** The one subgroup size of the device's adapter, checked for the `subgroups` tuning (`asked`: the option's value). */
 function fixedSubgroupSize(device: GPUDevice, asked: unknown): number {
   if (asked !== true) throw new XqConfigError('E_CONFIG', `subgroups must be true or false; got ${String(asked)}`);
+  return requireFixedSubgroupSize(device);
+}
+
+/**
+ * The subgroup size every subgroup of `device` has, for kernels that reduce with subgroup operations and assume it:
+ * needs a device opened with the `subgroups` feature whose adapter reports one size (`subgroupMinSize` =
+ * `subgroupMaxSize`, a power of two from 4 to 128: 32 on NVIDIA GPUs, 8 on lavapipe). Throws `XqBackendError`
+ * (`E_BACKEND_UNAVAILABLE`) otherwise.
+ */
+export function requireFixedSubgroupSize(device: GPUDevice): number {
   if (!device.features.has('subgroups')) {
     throw new XqBackendError('E_BACKEND_UNAVAILABLE', "subgroups needs a device opened with the 'subgroups' feature (requestNodeDevice requests it where the adapter has it)");
   }
@@ -235,6 +244,7 @@ function fixedSubgroupSize(device: GPUDevice, asked: unknown): number {
   return min;
 }
 
+/** Whether int8 key scores tile a configuration: `slot · bits ≥ 8` and chunk and key group nesting, in the main and short-context geometries. */
 function int8KeysFit(cfg: DeviceQuantizedConfig, main: { workgroup: number; slot: number }, small: DeviceAttentionTuning['small']): boolean {
   const G = cfg.groupSize;
   const geometries = [main, small === undefined ? { workgroup: 32, slot: 8 } : small].filter((g): g is { workgroup: number; slot: number } => g !== null);
