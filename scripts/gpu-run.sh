@@ -6,7 +6,7 @@
 # CEIL_ARGS: extra arguments of the WGSL ceilings benchmark (e.g. --dawn-flags …); LOADS_ARGS: of the load-pattern one.
 # SKIP_LOADS=1 leaves out the load-pattern benchmark (the packed loops' loads alone, layouts before/now; ~10 s).
 # SKIP_SGM=1 leaves out the subgroup-matrix probe (run last, 120 s at most: it needs Dawn's unsafe APIs).
-# SECOND_ARGS: arguments of a second decode-benchmark process after the main one (results in $OUT/second).
+# EXTRA_RUNS: '|'-separated argument lists of more decode-benchmark processes after the main one ($OUT/extra-N).
 # CODEBOOK=1 also runs the codebook (turboquant layout) attention benchmark (CODEBOOK_ARGS: its options).
 set -uo pipefail
 for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -45,11 +45,17 @@ if [ -n "${OLD_ARGS:-}" ] && [ -f "$W/bench-old.mjs" ]; then
   done
 fi
 (cd "$W" && ./node bench.mjs --out "$OUT" --models "$LIST" --plan plan.json "$@") 2>&1 | grep -v 'Warning: max\|DEP0137\|trace-warnings\|file descriptor' | tee "$OUT/bench.log"
-# SECOND_ARGS: a second process of the decode benchmark with these arguments (models as above), into $OUT/second —
-# e.g. the same end-to-end rows with another tuning, measured in the same call
-if [ -n "${SECOND_ARGS:-}" ]; then
-  mkdir -p "$OUT/second"
-  (cd "$W" && ./node bench.mjs --out "$OUT/second" --models "$LIST" --plan plan.json $SECOND_ARGS) 2>&1 | grep -v 'Warning: max\|DEP0137\|trace-warnings\|file descriptor' | tee "$OUT/second/bench.log"
+# EXTRA_RUNS: more processes of the decode benchmark after the main one, '|'-separated argument lists (models as above),
+# into $OUT/extra-1, extra-2, … — e.g. the same end-to-end rows with other options, measured in the same call
+if [ -n "${EXTRA_RUNS:-}" ]; then
+  IFS='|' read -ra RUNS <<< "$EXTRA_RUNS"
+  i=0
+  for args in "${RUNS[@]}"; do
+    i=$((i + 1))
+    mkdir -p "$OUT/extra-$i"
+    echo "$args" > "$OUT/extra-$i/args.txt"
+    (cd "$W" && ./node bench.mjs --out "$OUT/extra-$i" --models "$LIST" --plan plan.json $args) 2>&1 | grep -v 'Warning: max\|DEP0137\|trace-warnings\|file descriptor' | tee "$OUT/extra-$i/bench.log"
+  done
 fi
 if [ "${SKIP_LOADS:-0}" != 1 ]; then
   (cd "$W" && ./node loads.mjs --out "$OUT" ${LOADS_ARGS:-}) 2>&1 | grep -v 'Warning: max' > "$OUT/load-patterns.log"

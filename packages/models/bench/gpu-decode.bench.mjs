@@ -2,7 +2,7 @@
 // decode-attention step alone, with the WGSL read ceiling of the same run. Writes OUT/gpu-decode.json and prints tables.
 //   node gpu-decode.bench.mjs --out DIR --models name=dir[,name=dir…] [--contexts 4096,32768,131072] [--steps 32]
 //        [--caches full,kivi-2,xquant-1.38,plan] [--plan plan.json] [--attention 32768,131072] [--variants 64x8,128x4]
-//        [--tuning 64x8] [--subgroups] [--attention-caches xquant,full] [--attention-flush] [--quick]   (variants/tuning: workgroup x key slot x unroll x value unroll x heads per group x
+//        [--tuning 64x8] [--subgroups] [--prefetch-weights] [--attention-caches xquant,full] [--attention-flush] [--quick]   (variants/tuning: workgroup x key slot x unroll x value unroll x heads per group x
 //        value slot x debug skip (1-4; 5 = loads without arithmetic; 6 = 4 without the merge; 7 = empty main kernel; 8 = 7 without the merge; 9 = 4 without the lane reduction) x int8 (1 key scores, 2 value mix, 3 both, 4 float key scores, 8 f16 value mix) x
 //        prefetch (1 on, 2 off) x subgroup reductions (1 on) of the decode-attention kernel; 0 = default)
 // On the GPU machine (no node there) run the bundle that scripts/gpu-carry.sh makes; docs/gpu/README.md has the recipe.
@@ -34,6 +34,8 @@ const { values: o } = parseArgs({
     tuning: { type: 'string', default: '' },
     // end to end: the decoder's subgroup reductions (matrix-vector products and, by default, attention)
     subgroups: { type: 'boolean', default: false },
+    // end to end: the norm'd matrix-vector products issue their first weight loads before the norm
+    'prefetch-weights': { type: 'boolean', default: false },
     'warmup-s': { type: 'string', default: '8' },
   },
 });
@@ -210,7 +212,7 @@ async function endToEnd(name, dir, contexts, caches, steps) {
     return m[kind] ? tuningOf(m[kind]) : undefined;
   };
   const tuning = tuningFor('full');
-  const { decoder, config } = await loadGpuDecoder(dir, device, { cache: first, capacity: cap, ...(tuning ? { tuning } : {}), ...(o.subgroups ? { subgroups: true } : {}) });
+  const { decoder, config } = await loadGpuDecoder(dir, device, { cache: first, capacity: cap, ...(tuning ? { tuning } : {}), ...(o.subgroups ? { subgroups: true } : {}), ...(o['prefetch-weights'] ? { prefetchWeights: true } : {}) });
   log(`${name}: loaded in ${((performance.now() - t) / 1000).toFixed(1)} s`, JSON.stringify({ layers: config.numLayers, hidden: config.hiddenSize, heads: `${config.numHeads}/${config.numKvHeads}`, vocab: config.vocabSize }));
   const shape = { layers: config.numLayers, kvHeads: config.numKvHeads, headDim: config.headDim };
   for (const cacheName of caches) {
@@ -249,7 +251,7 @@ async function endToEnd(name, dir, contexts, caches, steps) {
       const msPerToken = median(runs);
       const floorMs = results.ceiling ? readBytes / (results.ceiling.GBps * 1e6) : null;
       const row = {
-        model: name, context: ctx, cache: cacheName, tuning: tuningFor(spec.kind) ?? 'default', subgroups: decoder.usesSubgroups, msPerToken, tokensPerSecond: 1000 / msPerToken, runs,
+        model: name, context: ctx, cache: cacheName, tuning: tuningFor(spec.kind) ?? 'default', subgroups: decoder.usesSubgroups, prefetchWeights: o['prefetch-weights'], msPerToken, tokensPerSecond: 1000 / msPerToken, runs,
         hostMsPerToken: median(hostRuns), hostRuns,
         kvBytes, kvTrueBits: mem.cache.trueBitsPerElement, weightReadBytes: mem.weightReadBytesPerToken,
         peakGpuBytes: mem.weightBytes + mem.scratchBytes + mem.cache.allocatedBytes, floorMs, floorFraction: floorMs ? floorMs / msPerToken : null, profile,

@@ -69,19 +69,26 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
     }, 600_000);
   }
 
-  it('subgroups: true (subgroup reductions in the matrix-vector products and the attention): logits near float64 and the 32 greedy ids of the short prompt equal the reference, full and xquant-1.38 caches; a typed error for a non-boolean', async () => {
+  it('subgroups (subgroup reductions in the matrix-vector products and the attention) and prefetchWeights (weight loads before the norm), alone and together: logits near float64 and the 32 greedy ids of the short prompt equal the reference, full and xquant-1.38 caches; typed errors for non-booleans', async () => {
     const sizes = [gpu!.adapter.info?.subgroupMinSize, gpu!.adapter.info?.subgroupMaxSize];
-    await expect(loadGpuDecoder(`${SHARED}/models/xq-llama-20m`, gpu!.device, { cache: { kind: 'full' }, capacity: 64, subgroups: 'yes' as never })).rejects.toMatchObject({ code: 'E_CONFIG' });
-    if (!gpu!.device.features.has('subgroups') || sizes[0] === undefined || sizes[0] !== sizes[1]) return;
+    for (const bad of [{ subgroups: 'yes' as never }, { prefetchWeights: 1 as never }]) {
+      await expect(loadGpuDecoder(`${SHARED}/models/xq-llama-20m`, gpu!.device, { cache: { kind: 'full' }, capacity: 64, ...bad })).rejects.toMatchObject({ code: 'E_CONFIG' });
+    }
+    const subgroups = gpu!.device.features.has('subgroups') && sizes[0] !== undefined && sizes[0] === sizes[1];
     const p = prompts.find((x) => x.name === 'short')!;
-    for (const name of MODELS) {
+    const runs = [
+      { name: 'xq-llama-20m', options: { prefetchWeights: true } },
+      ...(subgroups ? [{ name: 'xq-llama-20m', options: { subgroups: true } }, { name: 'xq-qwen2-30m', options: { subgroups: true, prefetchWeights: true } }] : []),
+    ] as const;
+    for (const { name, options } of runs) {
       const ref = await SafetensorsFile.open(`${REFS}/${name}.safetensors`);
       const fp64 = await SafetensorsFile.open(`${REFS}/${name}.cpu_fp64.safetensors`);
-      const { decoder, config } = await loadGpuDecoder(`${SHARED}/models/${name}`, gpu!.device, { cache: { kind: 'full' }, capacity: 400, subgroups: true });
+      const { decoder, config } = await loadGpuDecoder(`${SHARED}/models/${name}`, gpu!.device, { cache: { kind: 'full' }, capacity: 400, ...options });
       try {
-        expect(decoder.usesSubgroups).toBe(true);
+        const sg = 'subgroups' in options;
+        expect(decoder.usesSubgroups).toBe(sg);
         const first = await decoder.generate({ prompt: p.input_ids, maxNewTokens: 1, stopTokens: [] });
-        expect(decoder.cache.attentionDispatch(0).subgroups).toBe(true);
+        expect(decoder.cache.attentionDispatch(0).subgroups).toBe(sg);
         const got = await decoder.readLogits();
         const want = (await fp64.readFloat32('short.logits_last4')).subarray(3 * config.vocabSize);
         let max = 0;
@@ -97,11 +104,11 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
         const { model } = await loadModel(`${SHARED}/models/${name}`);
         const config2 = createKvCache('xquant-1.38', model.cacheShape, { residualLength: 32 }).config!;
         model.dispose();
-        const idsWith = async (subgroups: boolean) => {
-          await decoder.replaceCache({ kind: 'quantized', config: config2 }, 400, { subgroups });
+        const idsWith = async (tuning: { subgroups?: boolean }) => {
+          await decoder.replaceCache({ kind: 'quantized', config: config2 }, 400, tuning);
           return (await decoder.generate({ prompt: p.input_ids, maxNewTokens: 16, stopTokens: [] })).tokens;
         };
-        expect(await idsWith(true)).toEqual(await idsWith(false));
+        expect(await idsWith(sg ? { subgroups: true } : {})).toEqual(await idsWith({ subgroups: false }));
         expect(errors).toEqual([]);
       } finally {
         decoder.dispose();

@@ -20,6 +20,20 @@ describe('matrix-vector kernel with subgroup reductions', () => {
     expect(plain).toContain('for (var i = 0u; i < 32u; i = i + 1u)');
   });
 
+  test('prefetchWeights: the first batch of weight loads comes before the norm prologue; without a norm nothing changes', () => {
+    const src = matvecSource({ ...spec, prefetchWeights: true });
+    const firstBarrier = src.indexOf('workgroupBarrier()');
+    const firstLoad = src.indexOf(' = W[');
+    expect(firstLoad).toBeGreaterThan(0);
+    expect(firstLoad).toBeLessThan(firstBarrier);
+    // 8 columns × 1 row in the first batch, before the norm; the loop then starts at the second batch (none left here)
+    expect(count(src.slice(0, firstBarrier), ' = W[')).toBe(8);
+    expect(src).toContain('for (var kb = 8u; kb < 8u;');
+    expect(matvecSource(spec).indexOf(' = W[')).toBeGreaterThan(matvecSource(spec).indexOf('workgroupBarrier()'));
+    const plain = { ...spec, rmsNormEps: undefined, epilogue: 'residual' as const };
+    expect(matvecSource({ ...plain, prefetchWeights: true })).toBe(matvecSource(plain));
+  });
+
   test('8-wide subgroups (lavapipe): three shuffle steps per row, four partials; SwiGLU rows in pairs', () => {
     const sg = matvecSource({ ...spec, rowsPerGroup: 2, epilogue: 'swiglu', subgroupSize: 8 });
     // 2 output rows × 2 weight rows (gate, up) per group, 3 steps each

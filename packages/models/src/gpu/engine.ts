@@ -39,6 +39,12 @@ export interface GpuDecoderOptions {
    * correct on lavapipe, not yet timed on a GPU.
    */
   subgroups?: boolean;
+  /**
+   * Matrix-vector products with an RMSNorm prologue (q/k/v, gate/up, the output head) issue their first batch of
+   * weight loads before it, so the loads' latency overlaps the norm. Default `false`: correct on lavapipe, not yet
+   * timed on a GPU.
+   */
+  prefetchWeights?: boolean;
 }
 
 /** Options of {@link GpuDecoder.generate}. */
@@ -229,7 +235,9 @@ export class GpuDecoder {
     if (!Number.isInteger(cap) || cap <= 0) throw new XqShapeError(`capacity must be a positive integer; got ${String(cap)}`);
     if (cap > config.maxPositionEmbeddings * 64) throw new XqShapeError(`capacity ${cap} is far beyond the model's ${config.maxPositionEmbeddings} positions`);
     const inFlight = options.inFlight ?? 2;
-    if (options.subgroups !== undefined && typeof options.subgroups !== 'boolean') throw new XqConfigError('E_CONFIG', `subgroups must be true or false; got ${String(options.subgroups)}`);
+    for (const k of ['subgroups', 'prefetchWeights'] as const) {
+      if (options[k] !== undefined && typeof options[k] !== 'boolean') throw new XqConfigError('E_CONFIG', `${k} must be true or false; got ${String(options[k])}`);
+    }
     if (!Number.isInteger(inFlight) || inFlight < 1 || inFlight > 8) throw new XqConfigError('E_CONFIG', `inFlight must be an integer in [1, 8]; got ${String(inFlight)}`);
     const d = new GpuDecoder(device, config, cap, inFlight);
     try {
@@ -294,7 +302,8 @@ export class GpuDecoder {
     this.gu = this.buffer(4 * I, STORAGE, 'swiglu', 'scratch');
     this.logits = this.buffer(4 * c.vocabSize, STORAGE | COPY_SRC, 'logits', 'scratch');
     const matvec = async (spec: MatvecSpec, W: GPUBuffer, x: GPUBuffer, y: GPUBuffer, g: GPUBuffer | null, bias: GPUBuffer | null, label: string): Promise<Matvec> => {
-      const pipe = await k.pipeline(matvecSource(this.subgroupSize ? { ...spec, subgroupSize: this.subgroupSize } : spec), MV, label);
+      const full = { ...spec, ...(this.subgroupSize ? { subgroupSize: this.subgroupSize } : {}), ...(options.prefetchWeights === true ? { prefetchWeights: true } : {}) };
+      const pipe = await k.pipeline(matvecSource(full), MV, label);
       const bg = dev.createBindGroup({
         layout: k.layout(MV),
         entries: [W, x, y, g ?? dummy, bias ?? dummy].map((buffer, binding) => ({ binding, resource: { buffer } })),

@@ -25,6 +25,11 @@ export interface MatvecSpec {
    * shuffles inside the subgroup (with subgroups narrower than 32, one workgroup-memory sum of the subgroups' partials).
    */
   subgroupSize?: number;
+  /**
+   * With an RMSNorm prologue: issue the first batch of weight loads before it (the weights do not depend on the
+   * input), so their latency overlaps the norm's loads and reductions instead of following them.
+   */
+  prefetchWeights?: boolean;
 }
 
 /** Workgroup size of the matrix-vector kernels. @internal */
@@ -74,6 +79,21 @@ export function matvecSource(s: MatvecSpec): string {
     'let lane = lid & 31u;',
     `let r0 = (wid * 8u + grp) * ${RPG}u;`,
   );
+  const rowOf = (r: number) => (wRows === 2 ? `(r0 + ${r >> 1}u) * 2u + ${r & 1}u` : `r0 + ${r}u`);
+  const totalW = s.rows * wRows;
+  // every weight load of UK lane-strided columns × RW rows is issued before the products (loads in flight)
+  const IT = Math.ceil(K / 32);
+  const UK = Math.max(1, Math.min(IT, Math.floor(8 / RW)));
+  const ragged = K % 32 !== 0;
+  /** Loads of the batch starting at column block `kb`: column `k{u}` and weights `w{u}_{r}` (names prefixed). */
+  const loads = (kb: string, pre: string) => {
+    for (let u = 0; u < UK; u++) {
+      push(`let ${pre}k${u} = min(lane + (${kb} + ${u}u) * 32u, ${K - 1}u);`);
+      for (let r = 0; r < RW; r++) push(`let ${pre}w${u}_${r} = W[min(${rowOf(r)}, ${totalW - 1}u) * ${K}u + ${pre}k${u}];`);
+    }
+  };
+  const early = norm && s.prefetchWeights === true;
+  if (early) loads('0u', 'f');
   if (norm) {
     // RMSNorm prologue: sum of squares over the workgroup, normalized x·g into workgroup memory
     push('var sq = 0.0;', `for (var i = lid; i < ${IN / 4}u; i = i + 256u) { let v = x[i]; sq = sq + dot(v, v); }`);
@@ -91,24 +111,22 @@ export function matvecSource(s: MatvecSpec): string {
   }
   const xv = (idx: string) => (norm ? `xs[${idx}]` : `x[${idx}]`);
   for (let r = 0; r < RW; r++) push(`var a${r} = 0.0;`);
-  const rowOf = (r: number) => (wRows === 2 ? `(r0 + ${r >> 1}u) * 2u + ${r & 1}u` : `r0 + ${r}u`);
-  const totalW = s.rows * wRows;
-  // every weight load of UK lane-strided columns × RW rows is issued before the products (loads in flight)
-  const IT = Math.ceil(K / 32);
-  const UK = Math.max(1, Math.min(IT, Math.floor(8 / RW)));
-  const ragged = K % 32 !== 0;
-  push(`for (var kb = 0u; kb < ${IT}u; kb = kb + ${UK}u) {`);
-  for (let u = 0; u < UK; u++) {
-    push(`let k${u} = min(lane + (kb + ${u}u) * 32u, ${K - 1}u);`);
-    for (let r = 0; r < RW; r++) push(`let w${u}_${r} = W[min(${rowOf(r)}, ${totalW - 1}u) * ${K}u + k${u}];`);
-  }
-  for (let u = 0; u < UK; u++) {
-    const live = ragged || IT % UK !== 0 ? `select(0.0, 1.0, lane + (kb + ${u}u) * 32u < ${K}u)` : '';
-    push(`let x${u}a = ${xv(`2u * k${u}`)}${live ? ` * ${live}` : ''};`, `let x${u}b = ${xv(`2u * k${u} + 1u`)}${live ? ` * ${live}` : ''};`);
-    for (let r = 0; r < RW; r++) {
-      push(`a${r} = a${r} + dot(vec4<f32>(unpack2x16float(w${u}_${r}.x), unpack2x16float(w${u}_${r}.y)), x${u}a) + dot(vec4<f32>(unpack2x16float(w${u}_${r}.z), unpack2x16float(w${u}_${r}.w)), x${u}b);`);
+  /** Products of the batch at column block `kb` whose loads have the prefix `pre`. */
+  const products = (kb: string, pre: string) => {
+    for (let u = 0; u < UK; u++) {
+      const live = ragged || IT % UK !== 0 ? `select(0.0, 1.0, lane + (${kb} + ${u}u) * 32u < ${K}u)` : '';
+      push(`let ${pre}x${u}a = ${xv(`2u * ${pre}k${u}`)}${live ? ` * ${live}` : ''};`, `let ${pre}x${u}b = ${xv(`2u * ${pre}k${u} + 1u`)}${live ? ` * ${live}` : ''};`);
+      for (let r = 0; r < RW; r++) {
+        const w = `${pre}w${u}_${r}`;
+        push(`a${r} = a${r} + dot(vec4<f32>(unpack2x16float(${w}.x), unpack2x16float(${w}.y)), ${pre}x${u}a) + dot(vec4<f32>(unpack2x16float(${w}.z), unpack2x16float(${w}.w)), ${pre}x${u}b);`);
+      }
     }
-  }
+  };
+  // the prefetched first batch, then the loop from the second
+  if (early) products('0u', 'f');
+  push(`for (var kb = ${early ? UK : 0}u; kb < ${IT}u; kb = kb + ${UK}u) {`);
+  loads('kb', '');
+  products('kb', '');
   push('}');
   // the 32 lane partials of each row: P of them left after the subgroup's shuffles (1 with subgroups of 32 or more),
   // written by the lanes that hold them (the same code for every P, so lavapipe's 8-wide subgroups test the H200's path)
