@@ -20,18 +20,21 @@ describe('matrix-vector kernel with subgroup reductions', () => {
     expect(plain).toContain('for (var i = 0u; i < 32u; i = i + 1u)');
   });
 
-  test('prefetchWeights: the first batch of weight loads comes before the norm prologue; without a norm nothing changes', () => {
+  test('prefetchWeights: the first batch of weight loads before the norm prologue, each next one before the current products', () => {
     const src = matvecSource({ ...spec, prefetchWeights: true });
     const firstBarrier = src.indexOf('workgroupBarrier()');
-    const firstLoad = src.indexOf(' = W[');
-    expect(firstLoad).toBeGreaterThan(0);
-    expect(firstLoad).toBeLessThan(firstBarrier);
-    // 8 columns × 1 row in the first batch, before the norm; the loop then starts at the second batch (none left here)
+    // 8 columns × 1 row in the first batch, declared as registers before the norm's first barrier
     expect(count(src.slice(0, firstBarrier), ' = W[')).toBe(8);
-    expect(src).toContain('for (var kb = 8u; kb < 8u;');
-    expect(matvecSource(spec).indexOf(' = W[')).toBeGreaterThan(matvecSource(spec).indexOf('workgroupBarrier()'));
-    const plain = { ...spec, rmsNormEps: undefined, epilogue: 'residual' as const };
-    expect(matvecSource({ ...plain, prefetchWeights: true })).toBe(matvecSource(plain));
+    expect(src.slice(0, firstBarrier)).toContain('var fw0_0 = W[');
+    // in the loop: the current batch from the registers, the next one assigned to them before the products
+    const loop = src.slice(src.indexOf('for (var kb = 0u;'));
+    expect(loop.indexOf('let w0_0 = fw0_0;')).toBeLessThan(loop.indexOf('fw0_0 = W['));
+    expect(loop.indexOf('fw7_0 = W[')).toBeLessThan(loop.indexOf('a0 = a0 +'));
+    // the default kernel has none of it
+    expect(matvecSource(spec)).not.toContain('fw0_0');
+    // without a norm (gate/up's 4 batches of 2 columns × 4 rows, here a residual product): one batch ahead as well
+    const down = matvecSource({ inFeatures: 8192, rows: 2048, rowsPerGroup: 1, bias: false, epilogue: 'residual', prefetchWeights: true });
+    expect(down).toContain('min(kb + 8u, 24u)');
   });
 
   test('8-wide subgroups (lavapipe): three shuffle steps per row, four partials; SwiGLU rows in pairs', () => {

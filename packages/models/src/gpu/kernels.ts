@@ -26,8 +26,9 @@ export interface MatvecSpec {
    */
   subgroupSize?: number;
   /**
-   * With an RMSNorm prologue: issue the first batch of weight loads before it (the weights do not depend on the
-   * input), so their latency overlaps the norm's loads and reductions instead of following them.
+   * Keep the weight loads one batch ahead: the first batch is issued before the RMSNorm prologue (the weights do not
+   * depend on the input, so their latency overlaps the norm), and each next batch before the current one's products
+   * (register double-buffering, as the attention's value prefetch).
    */
   prefetchWeights?: boolean;
 }
@@ -85,15 +86,20 @@ export function matvecSource(s: MatvecSpec): string {
   const IT = Math.ceil(K / 32);
   const UK = Math.max(1, Math.min(IT, Math.floor(8 / RW)));
   const ragged = K % 32 !== 0;
-  /** Loads of the batch starting at column block `kb`: column `k{u}` and weights `w{u}_{r}` (names prefixed). */
-  const loads = (kb: string, pre: string) => {
+  /**
+   * Loads of the batch starting at column block `kb`: column `k{u}` and weights `w{u}_{r}` (names prefixed), as new
+   * `let`s, as the prefetch registers' declarations (`var`) or assigned to them.
+   */
+  const loads = (kb: string, pre: string, mode: 'let' | 'var' | 'assign' = 'let') => {
+    const decl = mode === 'assign' ? '' : `${mode} `;
     for (let u = 0; u < UK; u++) {
-      push(`let ${pre}k${u} = min(lane + (${kb} + ${u}u) * 32u, ${K - 1}u);`);
-      for (let r = 0; r < RW; r++) push(`let ${pre}w${u}_${r} = W[min(${rowOf(r)}, ${totalW - 1}u) * ${K}u + ${pre}k${u}];`);
+      push(`${decl}${pre}k${u} = min(lane + (${kb} + ${u}u) * 32u, ${K - 1}u);`);
+      for (let r = 0; r < RW; r++) push(`${decl}${pre}w${u}_${r} = W[min(${rowOf(r)}, ${totalW - 1}u) * ${K}u + ${pre}k${u}];`);
     }
   };
-  const early = norm && s.prefetchWeights === true;
-  if (early) loads('0u', 'f');
+  const prefetch = s.prefetchWeights === true;
+  // the first batch into the prefetch registers, before the norm
+  if (prefetch) loads('0u', 'f', 'var');
   if (norm) {
     // RMSNorm prologue: sum of squares over the workgroup, normalized x·g into workgroup memory
     push('var sq = 0.0;', `for (var i = lid; i < ${IN / 4}u; i = i + 256u) { let v = x[i]; sq = sq + dot(v, v); }`);
@@ -122,10 +128,18 @@ export function matvecSource(s: MatvecSpec): string {
       }
     }
   };
-  // the prefetched first batch, then the loop from the second
-  if (early) products('0u', 'f');
-  push(`for (var kb = ${early ? UK : 0}u; kb < ${IT}u; kb = kb + ${UK}u) {`);
-  loads('kb', '');
+  push(`for (var kb = 0u; kb < ${IT}u; kb = kb + ${UK}u) {`);
+  if (prefetch) {
+    // this batch from the registers loaded one batch earlier; the next batch's loads issued now (the last iteration
+    // reloads its own batch: the columns are clamped, so every load stays inside W)
+    for (let u = 0; u < UK; u++) {
+      push(`let k${u} = fk${u};`);
+      for (let r = 0; r < RW; r++) push(`let w${u}_${r} = fw${u}_${r};`);
+    }
+    loads(`min(kb + ${UK}u, ${Math.floor((IT - 1) / UK) * UK}u)`, 'f', 'assign');
+  } else {
+    loads('kb', '');
+  }
   products('kb', '');
   push('}');
   // the 32 lane partials of each row: P of them left after the subgroup's shuffles (1 with subgroups of 32 or more),

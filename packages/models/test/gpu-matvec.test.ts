@@ -1,0 +1,131 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { bitsToHalf, halfToBits } from '@xquant/quant';
+import { KernelCompiler, requestNodeDevice, type NodeGpu } from '@xquant/webgpu';
+import { matvecRowsPerWorkgroup, matvecSource, type MatvecSpec } from '../src/gpu/kernels.js';
+
+process.env.XDG_RUNTIME_DIR ??= '/tmp';
+process.env.GALLIVM_PERF ??= 'nopt';
+
+let gpu: NodeGpu | null = null;
+let reason = 'no WebGPU adapter (install lavapipe: scripts/setup-webgpu.sh)';
+try {
+  gpu = await requestNodeDevice();
+} catch (e) {
+  reason = `WebGPU unavailable: ${String(e).split('\n')[0]}`;
+}
+
+/** Deterministic uniform [-1, 1) (mulberry32). */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
+  };
+}
+
+const MV = ['read-only-storage', 'read-only-storage', 'storage', 'read-only-storage', 'read-only-storage'] as const;
+
+/** Run one matrix-vector kernel on random data; returns the largest error over the float64 reference, relative to Σ|w·x|. */
+async function check(spec: MatvecSpec, seed: number): Promise<number> {
+  const dev = gpu!.device;
+  const r = rng(seed);
+  const IN = spec.inFeatures;
+  const wRows = spec.epilogue === 'swiglu' ? 2 * spec.rows : spec.rows;
+  // fp16 weights as the kernel reads them: row-major halves, two per u32
+  const w = Float64Array.from({ length: wRows * IN }, () => bitsToHalf(halfToBits(r() * 0.5)));
+  const packed = new Uint32Array((wRows * IN) / 2);
+  for (let i = 0; i < packed.length; i++) packed[i] = (halfToBits(w[2 * i]!) | (halfToBits(w[2 * i + 1]!) << 16)) >>> 0;
+  const x = Float32Array.from({ length: IN }, () => r() * 2);
+  const g = Float32Array.from({ length: IN }, () => 0.5 + r() * 0.25);
+  const bias = Float32Array.from({ length: wRows }, () => r());
+  const y0 = Float32Array.from({ length: spec.rows }, () => r());
+  // the reference in float64 (of the float32 inputs)
+  let xin = Array.from(x, Number);
+  if (spec.rmsNormEps !== undefined) {
+    const ms = xin.reduce((s, v) => s + v * v, 0) / IN;
+    const inv = 1 / Math.sqrt(ms + spec.rmsNormEps);
+    xin = xin.map((v, i) => v * inv * g[i]!);
+  }
+  const dotRow = (row: number) => {
+    let s = 0;
+    let m = 0;
+    for (let i = 0; i < IN; i++) {
+      s += w[row * IN + i]! * xin[i]!;
+      m += Math.abs(w[row * IN + i]! * xin[i]!);
+    }
+    return { s: s + (spec.bias ? bias[row]! : 0), m };
+  };
+  const want: number[] = [];
+  const scale: number[] = [];
+  for (let o = 0; o < spec.rows; o++) {
+    if (spec.epilogue === 'swiglu') {
+      const ga = dotRow(2 * o);
+      const up = dotRow(2 * o + 1);
+      want.push((ga.s / (1 + Math.exp(-ga.s))) * up.s);
+      scale.push((ga.m + Math.abs(ga.s)) * (up.m + Math.abs(up.s)) + 1e-6);
+    } else {
+      const d = dotRow(o);
+      want.push(spec.epilogue === 'residual' ? y0[o]! + d.s : d.s);
+      scale.push(d.m + 1e-6);
+    }
+  }
+  const buf = (data: ArrayBufferView, usage: number) => {
+    const b = dev.createBuffer({ size: Math.max(16, Math.ceil(data.byteLength / 16) * 16), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | usage });
+    dev.queue.writeBuffer(b, 0, data.buffer, data.byteOffset, data.byteLength);
+    return b;
+  };
+  const bufs = [buf(packed, 0), buf(x, 0), buf(y0, GPUBufferUsage.COPY_SRC), buf(g, 0), buf(bias, 0)];
+  const k = new KernelCompiler(dev);
+  const pipe = await k.pipeline(matvecSource(spec), MV, 'matvec under test');
+  const bg = dev.createBindGroup({ layout: k.layout(MV), entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+  const read = dev.createBuffer({ size: bufs[2]!.size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  const enc = dev.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  pass.setPipeline(pipe);
+  pass.setBindGroup(0, bg);
+  const wgs = Math.ceil(spec.rows / matvecRowsPerWorkgroup(spec));
+  pass.dispatchWorkgroups(Math.min(wgs, 65535), Math.ceil(wgs / 65535));
+  pass.end();
+  enc.copyBufferToBuffer(bufs[2]!, 0, read, 0, read.size);
+  dev.queue.submit([enc.finish()]);
+  await read.mapAsync(GPUMapMode.READ);
+  const got = new Float32Array(read.getMappedRange().slice(0));
+  read.destroy();
+  for (const b of bufs) b.destroy();
+  let worst = 0;
+  for (let o = 0; o < spec.rows; o++) worst = Math.max(worst, Math.abs(got[o]! - want[o]!) / scale[o]!);
+  return worst;
+}
+
+describe.skipIf(!gpu)(`matrix-vector kernels on the device vs float64 — ${gpu ? 'adapter found' : reason}`, () => {
+  afterAll(() => gpu?.device.destroy());
+  const subgroupSize = (() => {
+    const info = gpu?.adapter.info;
+    const ok = gpu?.device.features.has('subgroups') && info?.subgroupMinSize !== undefined && info.subgroupMinSize === info.subgroupMaxSize;
+    return ok ? info!.subgroupMinSize : undefined;
+  })();
+  // several weight batches per thread (in 8192: 32 column blocks of 8; in 2056: 9 blocks of 2, the last one ragged),
+  // norm'd and plain products, every epilogue
+  const specs: MatvecSpec[] = [
+    { inFeatures: 2048, rows: 96, rowsPerGroup: 1, rmsNormEps: 1e-5, bias: true, epilogue: 'store' },
+    { inFeatures: 8192, rows: 40, rowsPerGroup: 1, bias: false, epilogue: 'residual' },
+    { inFeatures: 2056, rows: 52, rowsPerGroup: 2, rmsNormEps: 1e-6, bias: true, epilogue: 'swiglu' },
+    { inFeatures: 1032, rows: 70, rowsPerGroup: 4, rmsNormEps: 1e-5, bias: false, epilogue: 'store' },
+  ];
+  const variants: { name: string; extra: Partial<MatvecSpec> }[] = [
+    { name: 'plain', extra: {} },
+    { name: 'prefetchWeights', extra: { prefetchWeights: true } },
+    ...(subgroupSize ? [{ name: 'subgroups', extra: { subgroupSize } }, { name: 'both', extra: { subgroupSize, prefetchWeights: true } }] : []),
+  ];
+  it(`every epilogue, with and without the norm, bias, several and ragged weight batches: ${variants.map((v) => v.name).join(', ')} within float32 rounding of float64`, async () => {
+    for (const [i, spec] of specs.entries()) {
+      for (const v of variants) {
+        const err = await check({ ...spec, ...v.extra }, 11 + i);
+        expect(err, `${v.name} ${JSON.stringify(spec)}`).toBeLessThan(1e-5);
+      }
+    }
+  }, 600_000);
+});
