@@ -1,26 +1,19 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKvCache, selectBackend } from '@xquant/tfjs';
-import { requestNodeDevice, type DeviceAttentionTuning, type DeviceCacheSpec, type NodeGpu } from '@xquant/webgpu';
+import type { DeviceAttentionTuning, DeviceCacheSpec } from '@xquant/webgpu';
 import { accountBits } from '@xquant/cross-layer';
 import { SafetensorsFile, loadModel } from '../src/index.js';
 import { loadGpuDecoder } from '../src/gpu/index.js';
+import { openGpu } from './support/gpu.js';
 
-process.env.XDG_RUNTIME_DIR ??= '/tmp';
-process.env.GALLIVM_PERF ??= 'nopt';
 
 const SHARED = '../shared';
 const REFS = `${SHARED}/eval/refs`;
 const MODELS = ['xq-llama-20m', 'xq-qwen2-30m'] as const;
 const haveRefs = MODELS.every((m) => existsSync(`${SHARED}/models/${m}/config.json`) && existsSync(`${REFS}/${m}.cpu_fp64.safetensors`));
 
-let gpu: NodeGpu | null = null;
-let reason = 'no WebGPU adapter (install lavapipe: scripts/setup-webgpu.sh)';
-try {
-  gpu = await requestNodeDevice();
-} catch (e) {
-  reason = `WebGPU unavailable: ${String(e).split('\n')[0]}`;
-}
+const { gpu, reason } = await openGpu();
 const errors: string[] = [];
 gpu?.device.addEventListener('uncapturederror', (e) => errors.push((e as GPUUncapturedErrorEvent).error.message));
 
