@@ -19,6 +19,19 @@ gpu?.device.addEventListener('uncapturederror', (e) => errors.push((e as GPUUnca
 
 type Prompt = { name: 'short' | 'medium' | 'long'; text: string; input_ids: number[] };
 
+/** The decoder's logits at its last position within 1 % of the largest float64 reference logit of prompt `w`. */
+async function expectLastLogitsNear(decoder: { readLogits(): Promise<Float32Array> }, fp64: SafetensorsFile, w: string, vocab: number): Promise<void> {
+  const got = await decoder.readLogits();
+  const want = (await fp64.readFloat32(`${w}.logits_last4`)).subarray(3 * vocab);
+  let max = 0;
+  let mag = 0;
+  for (let i = 0; i < want.length; i++) {
+    max = Math.max(max, Math.abs(got[i]! - want[i]!));
+    mag = Math.max(mag, Math.abs(want[i]!));
+  }
+  expect(max / mag, `${w}: max |Δ| ${max} over max |logit| ${mag}`).toBeLessThan(1e-2);
+}
+
 describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/refs — ${!gpu ? reason : !haveRefs ? 'refs/models absent' : 'adapter found'}`, () => {
   const prompts: Prompt[] = haveRefs ? JSON.parse(readFileSync(`${SHARED}/eval/prompts.json`, 'utf8')) : [];
   beforeAll(async () => {
@@ -37,16 +50,8 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
           const p = prompts.find((x) => x.name === w)!;
           decoder.reset();
           const first = await decoder.generate({ prompt: p.input_ids, maxNewTokens: 1, stopTokens: [] });
-          const got = await decoder.readLogits();
-          const want = (await fp64.readFloat32(`${w}.logits_last4`)).subarray(3 * config.vocabSize);
-          let max = 0;
-          let mag = 0;
-          for (let i = 0; i < want.length; i++) {
-            max = Math.max(max, Math.abs(got[i]! - want[i]!));
-            mag = Math.max(mag, Math.abs(want[i]!));
-          }
           // fp16 weights (exact for these bf16 / fp16 checkpoints) and fp16 K/V rows: within 1% of the largest logit
-          expect(max / mag, `${w}: max |Δ| ${max} over max |logit| ${mag}`).toBeLessThan(1e-2);
+          await expectLastLogitsNear(decoder, fp64, w, config.vocabSize);
           // continue from the held positions: the sampled token is the next input
           const rest = await decoder.generate({ prompt: first.tokens, maxNewTokens: 31, stopTokens: [] });
           expect([...first.tokens, ...rest.tokens]).toEqual(Array.from(await ref.readRaw(`${w}.greedy_ids`), Number));
@@ -82,15 +87,7 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
         expect(decoder.usesSubgroups).toBe(sg);
         const first = await decoder.generate({ prompt: p.input_ids, maxNewTokens: 1, stopTokens: [] });
         expect(decoder.cache.attentionDispatch(0).subgroups).toBe(sg);
-        const got = await decoder.readLogits();
-        const want = (await fp64.readFloat32('short.logits_last4')).subarray(3 * config.vocabSize);
-        let max = 0;
-        let mag = 0;
-        for (let i = 0; i < want.length; i++) {
-          max = Math.max(max, Math.abs(got[i]! - want[i]!));
-          mag = Math.max(mag, Math.abs(want[i]!));
-        }
-        expect(max / mag, `${name}: max |Δ| ${max} over max |logit| ${mag}`).toBeLessThan(1e-2);
+        await expectLastLogitsNear(decoder, fp64, 'short', config.vocabSize);
         const rest = await decoder.generate({ prompt: first.tokens, maxNewTokens: 31, stopTokens: [] });
         expect([...first.tokens, ...rest.tokens]).toEqual(Array.from(await ref.readRaw('short.greedy_ids'), Number));
         // the quantized cache behind the same weights: its kernels with subgroups too, the same ids as without them
