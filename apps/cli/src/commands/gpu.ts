@@ -23,8 +23,8 @@ options:
   --seed S                sampler seed (default 0)
   --context N             positions to allocate (default: prompt + new tokens)
   --value-mix f32|f16     arithmetic of the packed value mix (default f32); f16 needs a GPU with shader-f16
-  --subgroups             reduce with subgroup operations in every kernel (matrix-vector row sums and norms, the
-                          attention's softmax and value lanes; needs a GPU with the subgroups feature and one
+  --subgroups             reduce with subgroup operations in the matrix-vector products (row sums, norms) and the
+                          attention's softmax and value lanes (needs a GPU with the subgroups feature and one
                           subgroup size; not yet timed on a GPU, off by default)
   --dawn-flags FLAGS      Dawn flags, ';'-separated, e.g. enable-dawn-features=vulkan_enable_f16_on_nvidia
                           (shader-f16 on NVIDIA) or enable-dawn-features=skip_validation (less host time per
