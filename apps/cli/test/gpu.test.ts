@@ -23,7 +23,7 @@ function xquant(command: string, ...args: string[]) {
 }
 
 describe.skipIf(!built || !adapter)(`xquant gpu (built CLI, WebGPU adapter) — ${!built ? 'needs a pnpm build with the gpu command' : !adapter ? 'no WebGPU adapter (scripts/setup-webgpu.sh)' : 'ready'}`, () => {
-  test('usage errors exit 2; greedy ids with the full cache, with and without --subgroups, equal `xquant generate` on the bundled model', async () => {
+  test('usage errors exit 2; greedy ids with the full cache, with and without --subgroups --prefetch-weights, equal `xquant generate` on the bundled model', async () => {
     expect(xquant('gpu', '--prompt', 'x').code).toBe(2);
     expect(xquant('gpu', '--model', MODEL, '--prompt', 'x', '--max-new-tokens', '0').stderr).toMatch(/--max-new-tokens must be a positive integer/);
     const gpu = xquant('gpu', '--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '12', '--json');
@@ -40,10 +40,11 @@ describe.skipIf(!built || !adapter)(`xquant gpu (built CLI, WebGPU adapter) — 
     const subgroups = (probe?.device.features.has('subgroups') ?? false) && sizes[0] !== undefined && sizes[0] === sizes[1];
     probe?.device.destroy();
     if (subgroups) {
-      const sg = xquant('gpu', '--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '12', '--subgroups', '--json');
+      const sg = xquant('gpu', '--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '12', '--subgroups', '--prefetch-weights', '--json');
       expect(sg.code, sg.stderr).toBe(0);
-      const s = JSON.parse(sg.stdout.trim().split('\n').pop()!) as { ids: number[]; subgroups: boolean; attention: { subgroups: boolean } };
+      const s = JSON.parse(sg.stdout.trim().split('\n').pop()!) as { ids: number[]; subgroups: boolean; prefetchWeights: boolean; attention: { subgroups: boolean } };
       expect(s.subgroups).toBe(true);
+      expect(s.prefetchWeights).toBe(true);
       expect(s.attention.subgroups).toBe(true);
       expect(s.ids).toEqual(c.ids);
     }

@@ -26,6 +26,8 @@ options:
   --subgroups             reduce with subgroup operations in the matrix-vector products (row sums, norms) and the
                           attention's softmax and value lanes (needs a GPU with the subgroups feature and one
                           subgroup size; not yet timed on a GPU, off by default)
+  --prefetch-weights      keep the matrix-vector products' weight loads one batch ahead, the first before the norm
+                          (not yet timed on a GPU, off by default)
   --dawn-flags FLAGS      Dawn flags, ';'-separated, e.g. enable-dawn-features=vulkan_enable_f16_on_nvidia
                           (shader-f16 on NVIDIA) or enable-dawn-features=skip_validation (less host time per
                           token; invalid API use is no longer caught)
@@ -44,6 +46,7 @@ export async function run(argv: string[]): Promise<number> {
     context: { type: 'string' },
     'value-mix': { type: 'string', default: 'f32' },
     subgroups: { type: 'boolean', default: false },
+    'prefetch-weights': { type: 'boolean', default: false },
     'dawn-flags': { type: 'string' },
   }, { ints: { 'residual-length': 'one' } });
   if (typeof parsed === 'number') return parsed;
@@ -77,7 +80,12 @@ export async function run(argv: string[]): Promise<number> {
   try {
     const cacheId = String(v.cache);
     // weights once (with a small full cache), then the requested cache sized for this prompt
-    const { decoder, config, tokenizer } = await loadGpuDecoder(v.model, gpu.device, { cache: { kind: 'full' }, capacity: 16, ...(v.subgroups === true ? { subgroups: true } : {}) });
+    const { decoder, config, tokenizer } = await loadGpuDecoder(v.model, gpu.device, {
+      cache: { kind: 'full' },
+      capacity: 16,
+      ...(v.subgroups === true ? { subgroups: true } : {}),
+      ...(v['prefetch-weights'] === true ? { prefetchWeights: true } : {}),
+    });
     const ids = tokenizer.encode(v.prompt);
     const capacity = contextFlag ?? ids.length + maxNew;
     if (!Number.isInteger(capacity) || capacity < ids.length + maxNew) {
@@ -94,7 +102,7 @@ export async function run(argv: string[]): Promise<number> {
       const mem = decoder.memory();
       // the decode-attention kernel of the last position: geometry and how packed keys were scored (float or int8)
       const attention = decoder.cache.attentionDispatch(0);
-      const info = { adapter: gpu.info, cache: cacheId, promptTokens: ids.length, ids: out.tokens, text, prefillMs: out.prefillMs, msPerToken: out.msPerToken, hostMsPerToken: out.hostMsPerToken, memory: mem, attention, subgroups: decoder.usesSubgroups };
+      const info = { adapter: gpu.info, cache: cacheId, promptTokens: ids.length, ids: out.tokens, text, prefillMs: out.prefillMs, msPerToken: out.msPerToken, hostMsPerToken: out.hostMsPerToken, memory: mem, attention, subgroups: decoder.usesSubgroups, prefetchWeights: v['prefetch-weights'] === true };
       if (v.json) console.log(JSON.stringify(info));
       else {
         console.log(v.prompt + text);
