@@ -67,7 +67,7 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
     }, 600_000);
   }
 
-  it('subgroups (subgroup reductions in the matrix-vector products and the attention) and prefetchWeights (weight loads before the norm), alone and together: logits near float64 and the 32 greedy ids of the short prompt equal the reference, full and xquant-1.38 caches; typed errors for non-booleans', async () => {
+  it('subgroups (subgroup reductions in the matrix-vector products and the attention) and prefetchWeights (weight loads before the norm), alone and together: logits near float64 and the 32 greedy ids of the short prompt equal the reference, full and xquant-1.38 caches; typed errors for non-booleans; a failed replaceCache changes nothing', async () => {
     const sizes = [gpu!.adapter.info?.subgroupMinSize, gpu!.adapter.info?.subgroupMaxSize];
     for (const bad of [{ subgroups: 'yes' as never }, { prefetchWeights: 1 as never }]) {
       await expect(loadGpuDecoder(`${SHARED}/models/xq-llama-20m`, gpu!.device, { cache: { kind: 'full' }, capacity: 64, ...bad })).rejects.toMatchObject({ code: 'E_CONFIG' });
@@ -98,7 +98,16 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
           await decoder.replaceCache({ kind: 'quantized', config: config2 }, 400, tuning);
           return (await decoder.generate({ prompt: p.input_ids, maxNewTokens: 16, stopTokens: [] })).tokens;
         };
-        expect(await idsWith(sg ? { subgroups: true } : {})).toEqual(await idsWith({ subgroups: false }));
+        const ids = await idsWith(sg ? { subgroups: true } : {});
+        const plain = await idsWith({ subgroups: false });
+        expect(ids).toEqual(plain);
+        // a replaceCache that fails (a bad tuning) leaves the decoder as it was: the same cache, bytes and ids
+        const [held, bytes] = [decoder.cache, decoder.memory()];
+        await expect(decoder.replaceCache({ kind: 'full' }, 400, { workgroup: 3 })).rejects.toMatchObject({ code: 'E_CONFIG' });
+        expect(decoder.cache).toBe(held);
+        expect(decoder.memory()).toEqual(bytes);
+        decoder.reset();
+        expect((await decoder.generate({ prompt: p.input_ids, maxNewTokens: 16, stopTokens: [] })).tokens).toEqual(plain);
         expect(errors).toEqual([]);
       } finally {
         decoder.dispose();

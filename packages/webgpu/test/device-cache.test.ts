@@ -6,6 +6,19 @@ import { DeviceKvCache, INT8_KEYS_MIN_CAPACITY, type DeviceAttentionTuning, type
 import { cooperativeKeys } from '../src/device/update-wgsl.js';
 import { buffer, compare, device, gpu, identityRope, reason } from './device-compare.js';
 
+/** A 4-layer plan mixing 1/2/4/16-bit keys and values, borrowed codes, η and least squares, with value groups of `valueGroupSize`. */
+function mixedPlan(valueGroupSize: number) {
+  return {
+    residualLength: 32,
+    groupSize: 32,
+    valueGroupSize,
+    keys: [{ bits: 1, codesFrom: null }, { bits: 4, codesFrom: null }, { bits: 16, codesFrom: null }, { bits: 4, codesFrom: 1 }],
+    values: [{ bits: 1, codesFrom: null }, { bits: 1, codesFrom: 0 }, { bits: 2, codesFrom: null }, { bits: 16, codesFrom: null }],
+    keyCalibration: ['eta', 'eta', 'none', 'least-squares'],
+    valueCalibration: ['eta', 'least-squares', { eta: 0.03 }, 'none'],
+  };
+}
+
 describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason || 'WebGPU adapter'})`, () => {
   beforeAll(async () => {
     tf.enableProdMode();
@@ -29,16 +42,7 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
   }, 600_000);
 
   it('a plan mixing 1/2/4/16 bits, value group 64, η and least squares on borrowed codes, GQA 4 served by one workgroup, short-context geometry', async () => {
-    const options = {
-      residualLength: 32,
-      groupSize: 32,
-      valueGroupSize: 64,
-      keys: [{ bits: 1, codesFrom: null }, { bits: 4, codesFrom: null }, { bits: 16, codesFrom: null }, { bits: 4, codesFrom: 1 }],
-      values: [{ bits: 1, codesFrom: null }, { bits: 1, codesFrom: 0 }, { bits: 2, codesFrom: null }, { bits: 16, codesFrom: null }],
-      keyCalibration: ['eta', 'eta', 'none', 'least-squares'],
-      valueCalibration: ['eta', 'least-squares', { eta: 0.03 }, 'none'],
-    };
-    const { maxRel } = await compare({ name: 'planned', preset: 'planned', options, qHeads: 8, kvHeads: 2, tuning: { headsPerGroup: 4 } }, 100, 4);
+    const { maxRel } = await compare({ name: 'planned', preset: 'planned', options: mixedPlan(64), qHeads: 8, kvHeads: 2, tuning: { headsPerGroup: 4 } }, 100, 4);
     // fp16 rows of the 16-bit layers and float32 least squares (the CPU fits in float64)
     expect(maxRel).toBeLessThan(1e-3);
   }, 600_000);
@@ -272,15 +276,7 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
 
     it("a plan mixing 1/2/4/16 bits with the f16 value mix and the default geometries (short-context included), and the dispatch says so; typed errors without the feature, beside valueDot 'int8', or for a non-boolean", async () => {
       const dev = device!;
-      const options = {
-        residualLength: 32,
-        groupSize: 32,
-        valueGroupSize: 32,
-        keys: [{ bits: 1, codesFrom: null }, { bits: 4, codesFrom: null }, { bits: 16, codesFrom: null }, { bits: 4, codesFrom: 1 }],
-        values: [{ bits: 1, codesFrom: null }, { bits: 1, codesFrom: 0 }, { bits: 2, codesFrom: null }, { bits: 16, codesFrom: null }],
-        keyCalibration: ['eta', 'eta', 'none', 'least-squares'],
-        valueCalibration: ['eta', 'least-squares', { eta: 0.03 }, 'none'],
-      };
+      const options = mixedPlan(32);
       const cpu = createKvCache('planned', { layers: 4, kvHeads: 2, headDim: 64 }, options) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
       const spec = { kind: 'quantized' as const, config: cpu.config };
       cpu.dispose();

@@ -40,9 +40,9 @@ export interface GpuDecoderOptions {
    */
   subgroups?: boolean;
   /**
-   * Matrix-vector products with an RMSNorm prologue (q/k/v, gate/up, the output head) issue their first batch of
-   * weight loads before it, so the loads' latency overlaps the norm. Default `false`: correct on lavapipe, not yet
-   * timed on a GPU.
+   * Keep the matrix-vector products' weight loads one batch ahead: the first batch before the RMSNorm prologue (q/k/v,
+   * gate/up, the output head), so its latency overlaps the norm, and each next batch before the current one's products.
+   * Default `false`: correct on lavapipe, not yet timed on a GPU.
    */
   prefetchWeights?: boolean;
 }
@@ -302,8 +302,8 @@ export class GpuDecoder {
     this.gu = this.buffer(4 * I, STORAGE, 'swiglu', 'scratch');
     this.logits = this.buffer(4 * c.vocabSize, STORAGE | COPY_SRC, 'logits', 'scratch');
     const matvec = async (spec: MatvecSpec, W: GPUBuffer, x: GPUBuffer, y: GPUBuffer, g: GPUBuffer | null, bias: GPUBuffer | null, label: string): Promise<Matvec> => {
-      const full = { ...spec, ...(this.subgroupSize ? { subgroupSize: this.subgroupSize } : {}), ...(options.prefetchWeights === true ? { prefetchWeights: true } : {}) };
-      const pipe = await k.pipeline(matvecSource(full), MV, label);
+      const kernel = { ...spec, ...(this.subgroupSize ? { subgroupSize: this.subgroupSize } : {}), ...(options.prefetchWeights === true ? { prefetchWeights: true } : {}) };
+      const pipe = await k.pipeline(matvecSource(kernel), MV, label);
       const bg = dev.createBindGroup({
         layout: k.layout(MV),
         entries: [W, x, y, g ?? dummy, bias ?? dummy].map((buffer, binding) => ({ binding, resource: { buffer } })),
@@ -374,26 +374,33 @@ export class GpuDecoder {
 
   /**
    * Put a new, empty KV cache behind the same weights (e.g. to compare cache configurations without reloading the
-   * model): the old cache and rotary tables are freed.
+   * model): the old cache and rotary tables are freed once the new ones are made, so a call that fails leaves the
+   * decoder as it was (both caches are allocated for that moment).
    */
   async replaceCache(spec: DeviceCacheSpec, capacity: number = this.capacity, tuning?: DeviceAttentionTuning): Promise<void> {
     this.checkAlive();
     if (!Number.isInteger(capacity) || capacity <= 0) throw new XqShapeError(`capacity must be a positive integer; got ${String(capacity)}`);
     await this.device.queue.onSubmittedWorkDone();
-    this.cache.dispose();
-    if (this.rope) {
-      this.weightBytes -= this.rope.size;
-      this.rope.destroy();
-      this.buffers.splice(this.buffers.indexOf(this.rope), 1);
-    }
+    // the new cache first: a call that fails (bad tuning, a feature the device lacks) leaves the old one in place
+    const [oldCache, oldRope] = [this.cache, this.rope];
+    await this.useCache(spec, capacity, tuning);
+    oldCache.dispose();
+    if (oldRope) this.release(oldRope, 'weights');
     this.capacity = capacity;
     const grown = this.buffer(4 * (capacity + 1), STORAGE | COPY_SRC | COPY_DST, 'token ids', 'scratch');
-    this.tokens.destroy();
-    this.scratchBytes -= this.tokens.size;
+    this.release(this.tokens, 'scratch');
     this.tokens = grown;
     this.rebindTokens();
-    await this.useCache(spec, capacity, tuning);
     this.pos = 0;
+  }
+
+  /** Destroy a buffer this decoder made and take it out of the byte counts. */
+  private release(b: GPUBuffer, kind: 'weights' | 'scratch'): void {
+    if (kind === 'weights') this.weightBytes -= b.size;
+    else this.scratchBytes -= b.size;
+    b.destroy();
+    const i = this.buffers.indexOf(b);
+    if (i >= 0) this.buffers.splice(i, 1);
   }
 
   private compiler!: KernelCompiler;
@@ -425,8 +432,16 @@ export class GpuDecoder {
         rope.set(sin.subarray(t * (D / 2), (t + 1) * (D / 2)), (s + t) * D + D / 2);
       }
     }
-    this.rope = this.upload(rope, 'rotary tables');
-    cache.attach({ qkv: this.qkv, rope: this.rope, out: this.attn });
+    let ropeBuffer: GPUBuffer | null = null;
+    try {
+      ropeBuffer = this.upload(rope, 'rotary tables');
+      cache.attach({ qkv: this.qkv, rope: ropeBuffer, out: this.attn });
+    } catch (e) {
+      cache.dispose();
+      if (ropeBuffer) this.release(ropeBuffer, 'weights');
+      throw e;
+    }
+    this.rope = ropeBuffer;
     this.cache = cache;
   }
 

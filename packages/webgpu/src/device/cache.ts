@@ -218,12 +218,6 @@ const align = (bytes: number) => Math.ceil(bytes / ALIGN) * ALIGN;
 /** Capacity from which packed keys without GQA are scored with int8 by default (see `keyDot`). */
 export const INT8_KEYS_MIN_CAPACITY = 32768;
 
-/** The one subgroup size of the device's adapter, checked for the `subgroups` tuning (`asked`: the option's value). */
-function fixedSubgroupSize(device: GPUDevice, asked: unknown): number {
-  if (asked !== true) throw new XqConfigError('E_CONFIG', `subgroups must be true or false; got ${String(asked)}`);
-  return requireFixedSubgroupSize(device);
-}
-
 /**
  * The subgroup size every subgroup of `device` has, for kernels that reduce with subgroup operations and assume it:
  * needs a device opened with the `subgroups` feature whose adapter reports one size (`subgroupMinSize` =
@@ -382,7 +376,9 @@ export class DeviceKvCache {
     tuning = { ...best, ...tuning };
     const wg = tuning.workgroup ?? 64;
     if (![32, 64, 128, 256].includes(wg)) throw new XqConfigError('E_CONFIG', `workgroup must be 32, 64, 128 or 256; got ${String(wg)}`);
-    if (tuning.prefetch !== undefined && typeof tuning.prefetch !== 'boolean') throw new XqConfigError('E_CONFIG', `prefetch must be true or false; got ${String(tuning.prefetch)}`);
+    for (const k of ['prefetch', 'subgroups'] as const) {
+      if (tuning[k] !== undefined && typeof tuning[k] !== 'boolean') throw new XqConfigError('E_CONFIG', `${k} must be true or false; got ${String(tuning[k])}`);
+    }
     const slot = tuning.slot ?? 8;
     if (![4, 8, 16].includes(slot)) throw new XqConfigError('E_CONFIG', `slot must be 4, 8 or 16; got ${String(slot)}`);
     let hg = Math.min(tuning.headsPerGroup ?? Math.min(rep, spec.kind === 'full' ? (wideFp16 ? 4 : 8) : 2), rep);
@@ -402,7 +398,7 @@ export class DeviceKvCache {
     if (f16Values && !device.features.has('shader-f16')) {
       throw new XqBackendError('E_BACKEND_UNAVAILABLE', "valueDot 'f16' needs a device opened with the 'shader-f16' feature (requestNodeDevice requests it where the adapter has it)");
     }
-    const subgroupSize = tuning.subgroups === undefined || tuning.subgroups === false ? undefined : fixedSubgroupSize(device, tuning.subgroups);
+    const subgroupSize = tuning.subgroups === true ? requireFixedSubgroupSize(device) : undefined;
     if (subgroupSize !== undefined && int8Values) throw new XqConfigError('E_CONFIG', "subgroups: the subgroup reductions are not built for valueDot 'int8'");
     const valueGroup = spec.kind === 'quantized' ? (spec.config.valueGroupSize ?? spec.config.groupSize) : D;
     const dot = { ...(int8 ? { keyDot } : {}), ...(int8Values || f16Values ? { valueDot } : {}) };
