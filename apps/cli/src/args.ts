@@ -59,6 +59,8 @@ export const CLI_INT_LIMITS: Readonly<Record<string, number>> = Object.freeze({
   'top-k': 1 << 22,
   /** Positions of the `gpu` decoder's cache. */
   context: 1 << 20,
+  /** Prompt positions per command buffer of the `gpu` decoder's prefill. */
+  'prefill-batch': 256,
 });
 
 /** Limit of an integer flag missing from {@link CLI_INT_LIMITS}. */

@@ -23,7 +23,7 @@ function xquant(command: string, ...args: string[]) {
 }
 
 describe.skipIf(!built || !adapter)(`xquant gpu (built CLI, WebGPU adapter) — ${!built ? 'needs a pnpm build with the gpu command' : !adapter ? 'no WebGPU adapter (scripts/setup-webgpu.sh)' : 'ready'}`, () => {
-  test('usage errors exit 2; greedy ids with the full cache, with and without --subgroups --prefetch-weights, equal `xquant generate` on the bundled model', async () => {
+  test('usage errors exit 2; greedy ids with the full cache, with and without --subgroups --prefetch-weights, and with the prompt one position at a time (--prefill-batch 1), equal `xquant generate` on the bundled model', async () => {
     expect(xquant('gpu', '--prompt', 'x').code).toBe(2);
     expect(xquant('gpu', '--model', MODEL, '--prompt', 'x', '--max-new-tokens', '0').stderr).toMatch(/--max-new-tokens must be a positive integer/);
     const gpu = xquant('gpu', '--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '12', '--json');
@@ -34,6 +34,12 @@ describe.skipIf(!built || !adapter)(`xquant gpu (built CLI, WebGPU adapter) — 
     const c = JSON.parse(cpu.stdout.trim().split('\n').pop()!) as { ids: number[] };
     expect(g.ids).toEqual(c.ids);
     expect(g.memory.cache.tokens).toBeGreaterThan(12);
+    // the prompt one position at a time instead of in one batch: the same ids; bad batch sizes exit 2
+    const one = xquant('gpu', '--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '12', '--prefill-batch', '1', '--json');
+    expect(one.code, one.stderr).toBe(0);
+    expect(JSON.parse(one.stdout.trim().split('\n').pop()!)).toMatchObject({ ids: c.ids, prefillBatch: 1 });
+    expect(xquant('gpu', '--model', MODEL, '--prompt', 'x', '--prefill-batch', '0').stderr).toMatch(/--prefill-batch must be a positive integer/);
+    expect(xquant('gpu', '--model', MODEL, '--prompt', 'x', '--prefill-batch', '257').stderr).toMatch(/--prefill-batch must be at most 256/);
     // the subgroup reductions (where the adapter has one subgroup size): the same greedy ids
     const probe = await requestNodeDevice();
     const sizes = [probe?.adapter.info?.subgroupMinSize, probe?.adapter.info?.subgroupMaxSize];
@@ -52,7 +58,7 @@ describe.skipIf(!built || !adapter)(`xquant gpu (built CLI, WebGPU adapter) — 
     expect(g.attention).toMatchObject({ keyScores: 'f32', geometry: 'short-context' });
     const text = xquant('gpu', '--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '4', '--cache', 'xquant-1.38');
     expect(text.code, text.stderr).toBe(0);
-    expect(text.stderr).toMatch(/xquant-1\.38 · .* ms\/token · attention short-context geometry, f32 key scores, f32 value mix · KV/);
+    expect(text.stderr).toMatch(/xquant-1\.38 · prefill \d+ tokens \d+ ms · .* ms\/token · attention short-context geometry, f32 key scores, f32 value mix · KV/);
   }, 600_000);
 
   test('--value-mix f16 runs the half-precision value mix (or is a typed error without shader-f16); --dawn-flags reach Dawn; bad values exit 2', async () => {

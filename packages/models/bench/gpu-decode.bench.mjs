@@ -2,7 +2,8 @@
 // decode-attention step alone, with the WGSL read ceiling of the same run. Writes OUT/gpu-decode.json and prints tables.
 //   node gpu-decode.bench.mjs --out DIR --models name=dir[,name=dir…] [--contexts 4096,32768,131072] [--steps 32]
 //        [--caches full,kivi-2,xquant-1.38,plan] [--plan plan.json] [--attention 32768,131072] [--variants 64x8,128x4]
-//        [--tuning 64x8] [--subgroups] [--prefetch-weights] [--attention-caches xquant,full] [--attention-flush] [--quick]   (variants/tuning: workgroup x key slot x unroll x value unroll x heads per group x
+//        [--tuning 64x8] [--subgroups] [--prefetch-weights] [--attention-caches xquant,full] [--attention-flush] [--quick]
+//        [--prefill 512,2048 [--prefill-batch 32]]   (prompt positions run in batches of that many against one at a time, alternated)   (variants/tuning: workgroup x key slot x unroll x value unroll x heads per group x
 //        value slot x debug skip (1-4; 5 = loads without arithmetic; 6 = 4 without the merge; 7 = empty main kernel; 8 = 7 without the merge; 9 = 4 without the lane reduction) x int8 (1 key scores, 2 value mix, 3 both, 4 float key scores, 8 f16 value mix) x
 //        prefetch (1 on, 2 off) x subgroup reductions (1 on) of the decode-attention kernel; 0 = default)
 // On the GPU machine (no node there) run the bundle that scripts/gpu-carry.sh makes; docs/gpu/README.md has the recipe.
@@ -37,6 +38,9 @@ const { values: o } = parseArgs({
     // end to end: the norm'd matrix-vector products issue their first weight loads before the norm
     'prefetch-weights': { type: 'boolean', default: false },
     'warmup-s': { type: 'string', default: '8' },
+    // end to end: prompt lengths whose prefill is timed in batches and one position at a time ('' = none)
+    prefill: { type: 'string', default: '' },
+    'prefill-batch': { type: 'string', default: '32' },
   },
 });
 process.env.XDG_RUNTIME_DIR ??= '/tmp';
@@ -62,7 +66,7 @@ const features = [...ng.adapter.features].sort();
 const subgroupSizes = [ng.adapter.info?.subgroupMinSize ?? null, ng.adapter.info?.subgroupMaxSize ?? null];
 log('adapter', JSON.stringify(info), 'features', features.join(','), 'subgroup sizes', subgroupSizes.join('…'));
 log('limits', JSON.stringify({ maxStorageBufferBindingSize: device.limits.maxStorageBufferBindingSize, maxBufferSize: device.limits.maxBufferSize, wg: device.limits.maxComputeWorkgroupStorageSize }));
-const results = { device: info, dawnFlags: o['dawn-flags'], features, subgroupSizes, node: process.version, date: new Date().toISOString(), ceiling: null, attention: [], endToEnd: [], errors: gpuErrors };
+const results = { device: info, dawnFlags: o['dawn-flags'], features, subgroupSizes, node: process.version, date: new Date().toISOString(), ceiling: null, attention: [], endToEnd: [], prefill: [], errors: gpuErrors };
 const save = () => writeFileSync(`${o.out}/gpu-decode.json`, JSON.stringify(results, null, 1));
 
 // ---- timing helpers --------------------------------------------------------------------------------------------
@@ -74,7 +78,9 @@ const timePasses = (encode, n) => {
 
 // ---- WGSL read ceiling -----------------------------------------------------------------------------------------
 async function readCeiling(warmMs = 0) {
-  const bytes = o.quick ? 1 << 24 : 1 << 30;
+  // (at most what one binding may hold: lavapipe allows less than 1 GiB)
+  const unit = 16 * 256 * 16;
+  const bytes = Math.min(o.quick ? 1 << 24 : 1 << 30, Math.floor(device.limits.maxStorageBufferBindingSize / unit) * unit);
   const buf = device.createBuffer({ size: bytes, usage: GPUBufferUsage.STORAGE });
   const out = device.createBuffer({ size: 1 << 20, usage: GPUBufferUsage.STORAGE });
   const k = new KernelCompiler(device);
@@ -200,8 +206,9 @@ async function attentionBench(T, qHeads, kvHeads, D, cacheName, variant) {
 
 // ---- end to end ---------------------------------------------------------------------------------------------------
 async function endToEnd(name, dir, contexts, caches, steps) {
-  const maxCtx = Math.max(...contexts);
-  const cap = maxCtx + steps + 8;
+  const maxCtx = Math.max(0, ...contexts);
+  const prefills = o.prefill ? o.prefill.split(',').map(Number) : [];
+  const cap = Math.max(maxCtx + steps + 8, ...prefills.map((n) => n + 8));
   let t = performance.now();
   const first = cacheSpec('full', null);
   // --tuning V (every cache) or full=V,quantized=V (the best geometry of each kind of cache)
@@ -212,7 +219,15 @@ async function endToEnd(name, dir, contexts, caches, steps) {
     return m[kind] ? tuningOf(m[kind]) : undefined;
   };
   const tuning = tuningFor('full');
-  const { decoder, config } = await loadGpuDecoder(dir, device, { cache: first, capacity: cap, ...(tuning ? { tuning } : {}), ...(o.subgroups ? { subgroups: true } : {}), ...(o['prefetch-weights'] ? { prefetchWeights: true } : {}) });
+  const batch = Number(o['prefill-batch']);
+  const { decoder, config } = await loadGpuDecoder(dir, device, {
+    cache: first,
+    capacity: cap,
+    prefillBatch: batch,
+    ...(tuning ? { tuning } : {}),
+    ...(o.subgroups ? { subgroups: true } : {}),
+    ...(o['prefetch-weights'] ? { prefetchWeights: true } : {}),
+  });
   log(`${name}: loaded in ${((performance.now() - t) / 1000).toFixed(1)} s`, JSON.stringify({ layers: config.numLayers, hidden: config.hiddenSize, heads: `${config.numHeads}/${config.numKvHeads}`, vocab: config.vocabSize }));
   const shape = { layers: config.numLayers, kvHeads: config.numKvHeads, headDim: config.headDim };
   for (const cacheName of caches) {
@@ -260,6 +275,24 @@ async function endToEnd(name, dir, contexts, caches, steps) {
       save();
       log(`${name} ${cacheName} ctx ${ctx}: ${msPerToken.toFixed(3)} ms/token (${row.tokensPerSecond.toFixed(0)} tok/s; host encode ${row.hostMsPerToken.toFixed(3)} ms/token), KV ${(kvBytes / 2 ** 20).toFixed(1)} MiB (${row.kvTrueBits.toFixed(2)} bits), floor ${floorMs?.toFixed(3)} ms; GPU ${Object.entries(profile ?? {}).map(([k, v]) => `${k} ${typeof v === 'number' ? v.toFixed(3) : v}`).join(' ')}`);
     }
+    // prefill: the same prompt in batches and one position at a time, alternated (rounds after a warm-up of each)
+    for (const n of prefills) {
+      const prompt = Array.from({ length: n }, (_, i) => (i * 37 + 5) % config.vocabSize);
+      const ms = { 1: [], [batch]: [] };
+      for (let r = 0; r < Number(o.repeats) + 1; r++) {
+        for (const b of r % 2 ? [batch, 1] : [1, batch]) {
+          decoder.reset();
+          const res = await decoder.generate({ prompt, maxNewTokens: 1, stopTokens: [], prefillBatch: b });
+          if (r > 0) ms[b].push(res.prefillMs);
+        }
+      }
+      const row = { model: name, cache: cacheName, promptTokens: n, prefillBatch: batch, batchedMs: median(ms[batch]), oneAtATimeMs: median(ms[1]), runs: ms };
+      row.tokensPerSecond = ((n - 1) * 1000) / row.batchedMs;
+      row.speedup = row.oneAtATimeMs / row.batchedMs;
+      results.prefill.push(row);
+      log(`${name} ${cacheName} prefill ${n} tokens: ${row.batchedMs.toFixed(1)} ms in batches of ${batch} (${row.tokensPerSecond.toFixed(0)} tok/s) against ${row.oneAtATimeMs.toFixed(1)} ms one at a time: ${row.speedup.toFixed(2)}×`);
+      save();
+    }
   }
   decoder.dispose();
 }
@@ -288,7 +321,7 @@ for (const T of o.attention ? o.attention.split(',').map(Number) : []) {
     }
   }
 }
-const contexts = o.contexts.split(',').map(Number);
+const contexts = o.contexts.split(',').filter(Boolean).map(Number);
 for (const m of o.models ? o.models.split(',') : []) {
   const [name, dir] = m.split('=');
   try {

@@ -115,6 +115,45 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
     }
   }, 600_000);
 
+  it('prefill in batches (prefillBatch: default 32, and 5) gives the logits and greedy ids of one position at a time, full and xquant-1.38 (R = 32, key flushes inside a batch), on a 75-token prose prompt; typed errors for bad batch sizes', async () => {
+    const name = 'xq-llama-20m';
+    for (const bad of [0, 2.5, 257, '8' as never]) {
+      await expect(loadGpuDecoder(`${SHARED}/models/${name}`, gpu!.device, { cache: { kind: 'full' }, capacity: 64, prefillBatch: bad })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/prefillBatch/) });
+    }
+    const ids = (JSON.parse(readFileSync(`${SHARED}/eval/prose_512.jsonl`, 'utf8').split('\n')[0]!) as { input_ids: number[] }).input_ids.slice(0, 75);
+    const { model } = await loadModel(`${SHARED}/models/${name}`);
+    const xq = createKvCache('xquant-1.38', model.cacheShape, { residualLength: 32 }).config!;
+    model.dispose();
+    for (const spec of [{ kind: 'full' }, { kind: 'quantized', config: xq }] as DeviceCacheSpec[]) {
+      const runs: { tokens: number[]; logits: Float32Array }[] = [];
+      for (const prefillBatch of [1, undefined, 5]) {
+        const { decoder } = await loadGpuDecoder(`${SHARED}/models/${name}`, gpu!.device, { cache: spec, capacity: 128, ...(prefillBatch ? { prefillBatch } : {}) });
+        try {
+          const first = await decoder.generate({ prompt: ids, maxNewTokens: 1, stopTokens: [] });
+          const logits = await decoder.readLogits();
+          const rest = await decoder.generate({ prompt: first.tokens, maxNewTokens: 11, stopTokens: [] });
+          expect(decoder.position).toBe(ids.length + 11);
+          runs.push({ tokens: [...first.tokens, ...rest.tokens], logits });
+        } finally {
+          decoder.dispose();
+        }
+      }
+      const [one, ...batched] = runs;
+      for (const b of batched) {
+        expect(b.tokens).toEqual(one!.tokens);
+        let err = 0;
+        let mag = 0;
+        for (let i = 0; i < b.logits.length; i++) {
+          err = Math.max(err, Math.abs(b.logits[i]! - one!.logits[i]!));
+          mag = Math.max(mag, Math.abs(one!.logits[i]!));
+        }
+        // the same kernels' arithmetic up to the order of float sums in the products (and fp16 rounding of the rows they feed)
+        expect(err / mag, `${spec.kind}: max |Δ| ${err} over ${mag}`).toBeLessThan(1e-3);
+      }
+    }
+    expect(errors).toEqual([]);
+  }, 600_000);
+
   it('int8 key scores (the default without GQA) add little to what xquant-1.38 itself costs: KL against the full cache on prose', async () => {
     // xq-llama-20m has GQA, so int8 keys are asked for here; their rounding is the same with or without GQA
     const name = 'xq-llama-20m';

@@ -1,16 +1,20 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { bitsToHalf, halfToBits } from '@xquant/quant';
 import { KernelCompiler } from '@xquant/webgpu';
-import { matvecRowsPerWorkgroup, matvecSource, type MatvecSpec } from '../src/gpu/kernels.js';
+import { matvecRowsPerWorkgroup, matvecRowsSource, matvecRowsTokens, matvecSource, type MatvecSpec } from '../src/gpu/kernels.js';
 import { openGpu } from './support/gpu.js';
 import { randn } from './support/tiny.js';
 
 const { gpu, reason } = await openGpu();
 
 const MV = ['read-only-storage', 'read-only-storage', 'storage', 'read-only-storage', 'read-only-storage'] as const;
+const MVB = [...MV, 'uniform'] as const;
 
-/** Run one matrix-vector kernel on random data; returns the largest error over the float64 reference, relative to Σ|w·x|. */
-async function check(spec: MatvecSpec, seed: number): Promise<number> {
+/**
+ * Run one matrix-vector kernel on random data; returns the largest error over the float64 reference, relative to Σ|w·x|.
+ * `batch`: the prefill form over that many rows of x (y has two more rows, which must come back unchanged).
+ */
+async function check(spec: MatvecSpec, seed: number, batch?: number): Promise<number> {
   const dev = gpu!.device;
   // (roughly normal, about ±4 at most)
   const r = randn(seed);
@@ -20,38 +24,42 @@ async function check(spec: MatvecSpec, seed: number): Promise<number> {
   const w = Float64Array.from({ length: wRows * IN }, () => bitsToHalf(halfToBits(r() * 0.12)));
   const packed = new Uint32Array((wRows * IN) / 2);
   for (let i = 0; i < packed.length; i++) packed[i] = (halfToBits(w[2 * i]!) | (halfToBits(w[2 * i + 1]!) << 16)) >>> 0;
-  const x = Float32Array.from({ length: IN }, () => r() * 0.5);
+  const T = batch ?? 1;
+  const yRows = batch === undefined ? 1 : batch + 2;
+  const x = Float32Array.from({ length: IN * T }, () => r() * 0.5);
   const g = Float32Array.from({ length: IN }, () => 0.5 + r() * 0.06);
   const bias = Float32Array.from({ length: wRows }, () => r() * 0.25);
-  const y0 = Float32Array.from({ length: spec.rows }, () => r() * 0.25);
-  // the reference in float64 (of the float32 inputs)
-  let xin = Array.from(x, Number);
-  if (spec.rmsNormEps !== undefined) {
-    const ms = xin.reduce((s, v) => s + v * v, 0) / IN;
-    const inv = 1 / Math.sqrt(ms + spec.rmsNormEps);
-    xin = xin.map((v, i) => v * inv * g[i]!);
-  }
-  const dotRow = (row: number) => {
-    let s = 0;
-    let m = 0;
-    for (let i = 0; i < IN; i++) {
-      s += w[row * IN + i]! * xin[i]!;
-      m += Math.abs(w[row * IN + i]! * xin[i]!);
-    }
-    return { s: s + (spec.bias ? bias[row]! : 0), m };
-  };
+  const y0 = Float32Array.from({ length: spec.rows * yRows }, () => r() * 0.25);
   const want: number[] = [];
   const scale: number[] = [];
-  for (let o = 0; o < spec.rows; o++) {
-    if (spec.epilogue === 'swiglu') {
-      const ga = dotRow(2 * o);
-      const up = dotRow(2 * o + 1);
-      want.push((ga.s / (1 + Math.exp(-ga.s))) * up.s);
-      scale.push((ga.m + Math.abs(ga.s)) * (up.m + Math.abs(up.s)) + 1e-6);
-    } else {
-      const d = dotRow(o);
-      want.push(spec.epilogue === 'residual' ? y0[o]! + d.s : d.s);
-      scale.push(d.m + 1e-6);
+  for (let t = 0; t < T; t++) {
+    // the reference in float64 (of the float32 inputs)
+    let xin = Array.from(x.subarray(t * IN, (t + 1) * IN), Number);
+    if (spec.rmsNormEps !== undefined) {
+      const ms = xin.reduce((s, v) => s + v * v, 0) / IN;
+      const inv = 1 / Math.sqrt(ms + spec.rmsNormEps);
+      xin = xin.map((v, i) => v * inv * g[i]!);
+    }
+    const dotRow = (row: number) => {
+      let s = 0;
+      let m = 0;
+      for (let i = 0; i < IN; i++) {
+        s += w[row * IN + i]! * xin[i]!;
+        m += Math.abs(w[row * IN + i]! * xin[i]!);
+      }
+      return { s: s + (spec.bias ? bias[row]! : 0), m };
+    };
+    for (let o = 0; o < spec.rows; o++) {
+      if (spec.epilogue === 'swiglu') {
+        const ga = dotRow(2 * o);
+        const up = dotRow(2 * o + 1);
+        want.push((ga.s / (1 + Math.exp(-ga.s))) * up.s);
+        scale.push((ga.m + Math.abs(ga.s)) * (up.m + Math.abs(up.s)) + 1e-6);
+      } else {
+        const d = dotRow(o);
+        want.push(spec.epilogue === 'residual' ? y0[t * spec.rows + o]! + d.s : d.s);
+        scale.push(d.m + 1e-6);
+      }
     }
   }
   const buf = (data: ArrayBufferView, usage: number) => {
@@ -60,16 +68,27 @@ async function check(spec: MatvecSpec, seed: number): Promise<number> {
     return b;
   };
   const bufs = [buf(packed, 0), buf(x, 0), buf(y0, GPUBufferUsage.COPY_SRC), buf(g, 0), buf(bias, 0)];
+  if (batch !== undefined) {
+    // the model step: pos, vocab, temperature, seed, rows
+    const st = dev.createBuffer({ size: 32, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+    dev.queue.writeBuffer(st, 0, new Uint32Array([0, 0, 0, 0, batch, 0, 0, 0]));
+    bufs.push(st);
+  }
+  const layout = batch === undefined ? MV : MVB;
   const k = new KernelCompiler(dev);
-  const pipe = await k.pipeline(matvecSource(spec), MV, 'matvec under test');
-  const bg = dev.createBindGroup({ layout: k.layout(MV), entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+  const pipe = await k.pipeline(batch === undefined ? matvecSource(spec) : matvecRowsSource(spec), layout, 'matvec under test');
+  const bg = dev.createBindGroup({ layout: k.layout(layout), entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) });
   const read = dev.createBuffer({ size: bufs[2]!.size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
   const enc = dev.createCommandEncoder();
   const pass = enc.beginComputePass();
   pass.setPipeline(pipe);
   pass.setBindGroup(0, bg);
-  const wgs = Math.ceil(spec.rows / matvecRowsPerWorkgroup(spec));
-  pass.dispatchWorkgroups(Math.min(wgs, 65535), Math.ceil(wgs / 65535));
+  if (batch === undefined) {
+    const wgs = Math.ceil(spec.rows / matvecRowsPerWorkgroup(spec));
+    pass.dispatchWorkgroups(Math.min(wgs, 65535), Math.ceil(wgs / 65535));
+  } else {
+    pass.dispatchWorkgroups(Math.ceil(spec.rows / 8), Math.ceil(batch / matvecRowsTokens(spec)));
+  }
   pass.end();
   enc.copyBufferToBuffer(bufs[2]!, 0, read, 0, read.size);
   dev.queue.submit([enc.finish()]);
@@ -78,7 +97,9 @@ async function check(spec: MatvecSpec, seed: number): Promise<number> {
   read.destroy();
   for (const b of bufs) b.destroy();
   let worst = 0;
-  for (let o = 0; o < spec.rows; o++) worst = Math.max(worst, Math.abs(got[o]! - want[o]!) / scale[o]!);
+  for (let o = 0; o < spec.rows * T; o++) worst = Math.max(worst, Math.abs(got[o]! - want[o]!) / scale[o]!);
+  // rows past the batch are not written
+  for (let o = spec.rows * T; o < spec.rows * yRows; o++) if (got[o] !== y0[o]) return Infinity;
   return worst;
 }
 
@@ -107,6 +128,14 @@ describe.skipIf(!gpu)(`matrix-vector kernels on the device vs float64 — ${reas
       for (const v of variants) {
         const err = await check({ ...spec, ...v.extra }, 11 + i);
         expect(err, `${v.name} ${JSON.stringify(spec)}`).toBeLessThan(1e-5);
+      }
+    }
+  }, 600_000);
+  it('the prefill form over the rows of a batch (8 tokens per workgroup, 4 with SwiGLU): every epilogue, with and without the norm and bias, full and partial tiles, within float32 rounding of float64; rows past the batch untouched', async () => {
+    for (const [i, spec] of specs.entries()) {
+      for (const batch of [1, 5, 8, 13]) {
+        const err = await check(spec, 31 + i, batch);
+        expect(err, `batch ${batch} ${JSON.stringify(spec)}`).toBeLessThan(1e-5);
       }
     }
   }, 600_000);

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKvCache } from '@xquant/tfjs';
 import { DeviceKvCache, INT8_KEYS_MIN_CAPACITY, type DeviceAttentionTuning, type DeviceQuantizedConfig } from '../src/index.js';
 import { cooperativeKeys } from '../src/device/update-wgsl.js';
-import { buffer, compare, device, gpu, identityRope, reason } from './device-compare.js';
+import { buffer, compare, device, gpu, gpuErrors, identityRope, readF32, reason } from './device-compare.js';
 
 /** A 4-layer plan mixing 1/2/4/16-bit keys and values, borrowed codes, η and least squares, with value groups of `valueGroupSize`. */
 function mixedPlan(valueGroupSize: number) {
@@ -448,4 +448,77 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       b.dispose();
     });
   });
+
+  it('a batch of positions in one command buffer (beginPositions, slot s = row s of qkv and out) gives every position the outputs and leaves the words of one position at a time, across key flushes and value quantizations; typed errors for bad batches', async () => {
+    const dev = gpu!.device;
+    const layers = 2;
+    const D = 64;
+    const shape = { layers, qHeads: 4, kvHeads: 2, headDim: D };
+    const cpu = createKvCache('xquant-1.38', { layers, kvHeads: 2, headDim: D }, { residualLength: 32 }) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
+    const spec = { kind: 'quantized' as const, config: cpu.config };
+    cpu.dispose();
+    const N = 75;
+    const B = 16;
+    const width = (shape.qHeads + 2 * shape.kvHeads) * D;
+    const outW = shape.qHeads * D;
+    const rand = (() => {
+      let s = 12345;
+      return () => ((s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 2 ** 32) * 2 - 1;
+    })();
+    const x = Array.from({ length: N }, () => Array.from({ length: layers }, () => Float32Array.from({ length: width }, (_, i) => rand() + (i >= outW && i % D < 2 ? 3 : 0))));
+    const run = async (batch: number) => {
+      const c = await DeviceKvCache.create(dev, shape, spec, { capacity: N + 1, tuning: { small: null } });
+      const io = { qkv: buffer(dev, new Float32Array(width * batch)), rope: buffer(dev, identityRope(c.capacity, D)), out: buffer(dev, new Float32Array(outW * batch)), rows: batch };
+      c.attach(io);
+      const outs: Float32Array[][] = [];
+      for (let p0 = 0; p0 < N; p0 += batch) {
+        const n = Math.min(batch, N - p0);
+        c.beginPositions(n);
+        for (let l = 0; l < layers; l++) {
+          for (let s = 0; s < n; s++) dev.queue.writeBuffer(io.qkv, s * width * 4, x[p0 + s]![l]!);
+          const enc = dev.createCommandEncoder();
+          const pass = enc.beginComputePass();
+          for (let s = 0; s < n; s++) c.encodeLayer(pass, l, s);
+          pass.end();
+          dev.queue.submit([enc.finish()]);
+          const got = await readF32(dev, io.out, outW * n);
+          for (let s = 0; s < n; s++) (outs[p0 + s] ??= [])[l] = got.slice(s * outW, (s + 1) * outW);
+        }
+        c.endPositions(n);
+      }
+      const words = await Promise.all(Array.from({ length: layers }, (_, l) => c.readLayer(l)));
+      return { c, io, outs, words };
+    };
+    const one = await run(1);
+    const many = await run(B);
+    try {
+      expect(many.c.tokens).toBe(N);
+      for (let p = 0; p < N; p++) for (let l = 0; l < layers; l++) expect(many.outs[p]![l], `position ${p}, layer ${l}`).toEqual(one.outs[p]![l]);
+      for (let l = 0; l < layers; l++) {
+        expect(many.words[l]!.keys).toEqual(one.words[l]!.keys);
+        expect(many.words[l]!.values).toEqual(one.words[l]!.values);
+        expect(many.words[l]!.ring).toEqual(one.words[l]!.ring);
+      }
+      // bad batches: typed errors, and the cache is unchanged
+      const c = many.c;
+      c.reset();
+      expect(() => c.beginPositions(0)).toThrow(expect.objectContaining({ code: 'E_SHAPE' }));
+      expect(() => c.beginPositions(B + 1)).toThrow(/1 to 16 positions/);
+      c.beginPositions(2);
+      const enc = dev.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      expect(() => c.encodeAttention(pass, 0, 2)).toThrow(expect.objectContaining({ code: 'E_STATE', message: expect.stringMatching(/slot 2/) }));
+      pass.end();
+      enc.finish();
+      expect(() => c.endPositions(3)).toThrow(expect.objectContaining({ code: 'E_STATE' }));
+      expect(c.tokens).toBe(0);
+      expect(() => c.attach({ ...many.io, rows: B + 1 })).toThrow(expect.objectContaining({ code: 'E_SHAPE', message: expect.stringMatching(/smaller than 17 ×/) }));
+      expect(gpuErrors).toEqual([]);
+    } finally {
+      for (const r of [one, many]) {
+        r.c.dispose();
+        for (const b of [r.io.qkv, r.io.rope, r.io.out]) b.destroy();
+      }
+    }
+  }, 600_000);
 });

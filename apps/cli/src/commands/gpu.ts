@@ -28,6 +28,8 @@ options:
                           subgroup size; not yet timed on a GPU, off by default)
   --prefetch-weights      keep the matrix-vector products' weight loads one batch ahead, the first before the norm
                           (not yet timed on a GPU, off by default)
+  --prefill-batch N       prompt positions per command buffer (1-256, default 32): each layer's matrix-vector
+                          products run once over the batch, attention position by position; 1 = one at a time
   --dawn-flags FLAGS      Dawn flags, ';'-separated, e.g. enable-dawn-features=vulkan_enable_f16_on_nvidia
                           (shader-f16 on NVIDIA) or enable-dawn-features=skip_validation (less host time per
                           token; invalid API use is no longer caught)
@@ -47,6 +49,7 @@ export async function run(argv: string[]): Promise<number> {
     'value-mix': { type: 'string', default: 'f32' },
     subgroups: { type: 'boolean', default: false },
     'prefetch-weights': { type: 'boolean', default: false },
+    'prefill-batch': { type: 'string', default: '32' },
     'dawn-flags': { type: 'string' },
   }, { ints: { 'residual-length': 'one' } });
   if (typeof parsed === 'number') return parsed;
@@ -58,9 +61,11 @@ export async function run(argv: string[]): Promise<number> {
   if (typeof v.model !== 'string' || typeof v.prompt !== 'string') return usage('--model and --prompt are required');
   let maxNew: number;
   let contextFlag: number | undefined;
+  let prefillBatch: number;
   try {
     maxNew = boundedInt(String(v['max-new-tokens']), 'max-new-tokens', 1)!;
     contextFlag = boundedInt(v.context as string | undefined, 'context', 1);
+    prefillBatch = boundedInt(String(v['prefill-batch']), 'prefill-batch', 1)!;
   } catch (e) {
     return usage((e as Error).message);
   }
@@ -83,6 +88,7 @@ export async function run(argv: string[]): Promise<number> {
     const { decoder, config, tokenizer } = await loadGpuDecoder(v.model, gpu.device, {
       cache: { kind: 'full' },
       capacity: 16,
+      prefillBatch,
       ...(v.subgroups === true ? { subgroups: true } : {}),
       ...(v['prefetch-weights'] === true ? { prefetchWeights: true } : {}),
     });
@@ -102,12 +108,12 @@ export async function run(argv: string[]): Promise<number> {
       const mem = decoder.memory();
       // the decode-attention kernel of the last position: geometry and how packed keys were scored (float or int8)
       const attention = decoder.cache.attentionDispatch(0);
-      const info = { adapter: gpu.info, cache: cacheId, promptTokens: ids.length, ids: out.tokens, text, prefillMs: out.prefillMs, msPerToken: out.msPerToken, hostMsPerToken: out.hostMsPerToken, memory: mem, attention, subgroups: decoder.usesSubgroups, prefetchWeights: v['prefetch-weights'] === true };
+      const info = { adapter: gpu.info, cache: cacheId, promptTokens: ids.length, ids: out.tokens, text, prefillMs: out.prefillMs, msPerToken: out.msPerToken, hostMsPerToken: out.hostMsPerToken, memory: mem, attention, subgroups: decoder.usesSubgroups, prefetchWeights: v['prefetch-weights'] === true, prefillBatch };
       if (v.json) console.log(JSON.stringify(info));
       else {
         console.log(v.prompt + text);
         console.error(
-          `gpu: ${gpu.info.vendor} ${gpu.info.device || gpu.info.description} · ${cacheId} · ${out.msPerToken.toFixed(2)} ms/token · ` +
+          `gpu: ${gpu.info.vendor} ${gpu.info.device || gpu.info.description} · ${cacheId} · prefill ${ids.length} tokens ${out.prefillMs.toFixed(0)} ms · ${out.msPerToken.toFixed(2)} ms/token · ` +
             `attention ${attention.geometry} geometry, ${attention.keyScores} key scores, ${attention.valueMix} value mix${decoder.usesSubgroups ? ', subgroup reductions' : ''} · ` +
             `KV ${(mem.cache.usedBytes / 2 ** 20).toFixed(2)} MiB (${mem.cache.trueBitsPerElement.toFixed(2)} stored bits per element) · weights ${(mem.weightBytes / 2 ** 20).toFixed(0)} MiB`,
         );

@@ -12,7 +12,7 @@ import { validateModelConfig } from '../config.js';
 import type { WeightSource } from '../model.js';
 import { checkWeightsMatchConfig } from '../weight-check.js';
 import { ropeInverseFrequencies, ropeTables } from '../rope.js';
-import { MATVEC_WORKGROUP, SAMPLE_BLOCK, embedSource, matvecRowsPerWorkgroup, matvecSource, sampleSource, type MatvecSpec } from './kernels.js';
+import { MATVEC_WORKGROUP, SAMPLE_BLOCK, embedRowsSource, embedSource, matvecRowsPerWorkgroup, matvecRowsSource, matvecRowsTokens, matvecSource, sampleSource, type MatvecSpec } from './kernels.js';
 
 const SAMPLE_LAYOUT: ('read-only-storage' | 'storage' | 'uniform')[] = ['read-only-storage', 'storage', 'uniform', 'storage'];
 
@@ -45,6 +45,13 @@ export interface GpuDecoderOptions {
    * Default `false`: correct on lavapipe, not yet timed on a GPU.
    */
   prefetchWeights?: boolean;
+  /**
+   * Prompt positions encoded into one command buffer (default 32; 1 = a position at a time, as decoding does). A batch
+   * runs each layer's matrix-vector products once over all its positions (every weight loaded once per 8 positions,
+   * 4 for gate/up, instead of once per position) and then the cache's update and attention position by position, so
+   * each position attends exactly as it would alone: the numbers equal the one-at-a-time path up to the order of float sums.
+   */
+  prefillBatch?: number;
 }
 
 /** Options of {@link GpuDecoder.generate}. */
@@ -61,6 +68,8 @@ export interface GpuGenerateOptions {
   stopTokens?: readonly number[];
   /** Called with each token as it is read back. */
   onToken?: (id: number) => void;
+  /** Prompt positions per prefill submission in this call: 1 … the decoder's `prefillBatch` (its value by default). */
+  prefillBatch?: number;
 }
 
 /** What {@link GpuDecoder.generate} returns. */
@@ -94,6 +103,8 @@ interface Matvec {
   pipe: GPUComputePipeline;
   bg: GPUBindGroup;
   workgroups: number;
+  /** Batch rows one workgroup covers (the prefill form; dispatch y = ⌈rows / tokens⌉). */
+  tokens?: number;
 }
 
 interface LayerOps {
@@ -101,6 +112,8 @@ interface LayerOps {
   o: Matvec;
   gateUp: Matvec;
   down: Matvec;
+  /** The same products over the rows of a prefill batch (absent when `prefillBatch` is 1). */
+  batch: { qkv: Matvec; o: Matvec; gateUp: Matvec; down: Matvec } | null;
 }
 
 /** Kinds of operation {@link GpuDecoder.profile} times. */
@@ -163,6 +176,10 @@ export class GpuDecoder {
   private scratchBytes = 0;
   private readonly layers: LayerOps[] = [];
   private embed!: { pipe: GPUComputePipeline; bg: GPUBindGroup; workgroups: number };
+  /** The embedding gather of a prefill batch (absent when `prefillBatch` is 1). */
+  private embedRows: { pipe: GPUComputePipeline; bg: GPUBindGroup; workgroups: number } | null = null;
+  /** Positions of a prefill batch: rows of the activation buffers. */
+  private readonly batchRows: number;
   private lmHead!: Matvec;
   private sample!: { pipe: GPUComputePipeline; pipe2: GPUComputePipeline; blocks: number; bg: GPUBindGroup };
   private samplePart!: GPUBuffer;
@@ -178,7 +195,8 @@ export class GpuDecoder {
   private readonly pending: (Promise<void> | null)[] = [];
   private pos = 0;
   private disposed = false;
-  private readonly stepData = new ArrayBuffer(16);
+  /** pos, vocab, temperature, seed, rows of the batch (the decode kernels read the first four). */
+  private readonly stepData = new ArrayBuffer(32);
   private readonly inFlight: number;
   /** Subgroup size the model's kernels assume (`subgroups: true`), or undefined. */
   private subgroupSize: number | undefined;
@@ -194,10 +212,12 @@ export class GpuDecoder {
     readonly config: ModelConfig,
     capacity: number,
     inFlight: number,
+    batchRows: number,
   ) {
     this.inFlight = inFlight;
     this.capacity = capacity;
-    this.step = this.buffer(16, UNIFORM | COPY_DST, 'model step', 'scratch');
+    this.batchRows = batchRows;
+    this.step = this.buffer(32, UNIFORM | COPY_DST, 'model step', 'scratch');
     this.tokens = this.buffer(4 * (capacity + 1), STORAGE | COPY_SRC | COPY_DST, 'token ids', 'scratch');
     for (let i = 0; i < inFlight; i++) {
       this.staging.push(this.buffer(4, MAP_READ | COPY_DST, 'token read-back', 'scratch'));
@@ -239,7 +259,9 @@ export class GpuDecoder {
       if (options[k] !== undefined && typeof options[k] !== 'boolean') throw new XqConfigError('E_CONFIG', `${k} must be true or false; got ${String(options[k])}`);
     }
     if (!Number.isInteger(inFlight) || inFlight < 1 || inFlight > 8) throw new XqConfigError('E_CONFIG', `inFlight must be an integer in [1, 8]; got ${String(inFlight)}`);
-    const d = new GpuDecoder(device, config, cap, inFlight);
+    const batch = options.prefillBatch ?? 32;
+    if (!Number.isInteger(batch) || batch < 1 || batch > 256) throw new XqConfigError('E_CONFIG', `prefillBatch must be an integer in [1, 256]; got ${String(options.prefillBatch)}`);
+    const d = new GpuDecoder(device, config, cap, inFlight, batch);
     try {
       await d.build(weights, options);
     } catch (e) {
@@ -294,12 +316,15 @@ export class GpuDecoder {
     };
     const k = new KernelCompiler(dev);
     const MV: ('read-only-storage' | 'storage' | 'uniform')[] = ['read-only-storage', 'read-only-storage', 'storage', 'read-only-storage', 'read-only-storage'];
+    const MVB: ('read-only-storage' | 'storage' | 'uniform')[] = [...MV, 'uniform'];
+    const B = this.batchRows;
     const dummy = this.buffer(16, STORAGE, 'unused binding', 'scratch');
     // activations
-    this.x = this.buffer(4 * H, STORAGE | COPY_SRC | COPY_DST, 'hidden state', 'scratch');
-    this.qkv = this.buffer(4 * (qd + 2 * kvd), STORAGE | COPY_SRC, 'qkv', 'scratch');
-    this.attn = this.buffer(4 * qd, STORAGE | COPY_SRC, 'attention output', 'scratch');
-    this.gu = this.buffer(4 * I, STORAGE, 'swiglu', 'scratch');
+    // one row per position of a prefill batch (decoding uses row 0)
+    this.x = this.buffer(4 * H * B, STORAGE | COPY_SRC | COPY_DST, 'hidden state', 'scratch');
+    this.qkv = this.buffer(4 * (qd + 2 * kvd) * B, STORAGE | COPY_SRC, 'qkv', 'scratch');
+    this.attn = this.buffer(4 * qd * B, STORAGE | COPY_SRC, 'attention output', 'scratch');
+    this.gu = this.buffer(4 * I * B, STORAGE, 'swiglu', 'scratch');
     this.logits = this.buffer(4 * c.vocabSize, STORAGE | COPY_SRC, 'logits', 'scratch');
     const matvec = async (spec: MatvecSpec, W: GPUBuffer, x: GPUBuffer, y: GPUBuffer, g: GPUBuffer | null, bias: GPUBuffer | null, label: string): Promise<Matvec> => {
       const kernel = { ...spec, ...(this.subgroupSize ? { subgroupSize: this.subgroupSize } : {}), ...(options.prefetchWeights === true ? { prefetchWeights: true } : {}) };
@@ -310,6 +335,15 @@ export class GpuDecoder {
       });
       this.matvecBytes += W.size;
       return { pipe, bg, workgroups: Math.ceil(spec.rows / matvecRowsPerWorkgroup(spec)) };
+    };
+    // the same product over the rows of a prefill batch
+    const matvecRows = async (spec: MatvecSpec, W: GPUBuffer, x: GPUBuffer, y: GPUBuffer, g: GPUBuffer | null, bias: GPUBuffer | null, label: string): Promise<Matvec> => {
+      const pipe = await k.pipeline(matvecRowsSource(spec), MVB, `${label} (prefill)`);
+      const bg = dev.createBindGroup({
+        layout: k.layout(MVB),
+        entries: [W, x, y, g ?? dummy, bias ?? dummy, this.step].map((buffer, binding) => ({ binding, resource: { buffer } })),
+      });
+      return { pipe, bg, workgroups: Math.ceil(spec.rows / 8), tokens: matvecRowsTokens(spec) };
     };
     // rows per 32-lane group: more for tall matrices (more loads in flight per thread), 1 for short ones
     const rpg = (rowsOut: number) => (rowsOut >= 65536 ? 4 : rowsOut >= 8192 ? 2 : 1);
@@ -345,12 +379,25 @@ export class GpuDecoder {
         bdown = await vec([`${m}down_proj.bias`], [H], `layer ${l} down bias`);
       }
       const wdown = await rows([`${m}down_proj.weight`], [H], I, `layer ${l} down`);
-      this.layers.push({
-        qkv: await matvec({ inFeatures: H, rows: qd + 2 * kvd, rowsPerGroup: rpg(qd + 2 * kvd), rmsNormEps: eps, bias: bqkv !== null, epilogue: 'store' }, wqkv, this.x, this.qkv, gIn, bqkv, `layer ${l} qkv`),
-        o: await matvec({ inFeatures: qd, rows: H, rowsPerGroup: rpg(H), bias: bo !== null, epilogue: 'residual' }, wo, this.attn, this.x, null, bo, `layer ${l} o`),
-        gateUp: await matvec({ inFeatures: H, rows: I, rowsPerGroup: rpg(2 * I), rmsNormEps: eps, bias: bgu !== null, epilogue: 'swiglu' }, wgu, this.x, this.gu, gPost, bgu, `layer ${l} gate/up`),
-        down: await matvec({ inFeatures: I, rows: H, rowsPerGroup: rpg(H), bias: bdown !== null, epilogue: 'residual' }, wdown, this.gu, this.x, null, bdown, `layer ${l} down`),
+      const specs = {
+        qkv: { inFeatures: H, rows: qd + 2 * kvd, rowsPerGroup: rpg(qd + 2 * kvd), rmsNormEps: eps, bias: bqkv !== null, epilogue: 'store' },
+        o: { inFeatures: qd, rows: H, rowsPerGroup: rpg(H), bias: bo !== null, epilogue: 'residual' },
+        gateUp: { inFeatures: H, rows: I, rowsPerGroup: rpg(2 * I), rmsNormEps: eps, bias: bgu !== null, epilogue: 'swiglu' },
+        down: { inFeatures: I, rows: H, rowsPerGroup: rpg(H), bias: bdown !== null, epilogue: 'residual' },
+      } satisfies Record<string, MatvecSpec>;
+      const args = {
+        qkv: [wqkv, this.x, this.qkv, gIn, bqkv, `layer ${l} qkv`],
+        o: [wo, this.attn, this.x, null, bo, `layer ${l} o`],
+        gateUp: [wgu, this.x, this.gu, gPost, bgu, `layer ${l} gate/up`],
+        down: [wdown, this.gu, this.x, null, bdown, `layer ${l} down`],
+      } as const;
+      const ops = async (make: typeof matvec) => ({
+        qkv: await make(specs.qkv, ...args.qkv),
+        o: await make(specs.o, ...args.o),
+        gateUp: await make(specs.gateUp, ...args.gateUp),
+        down: await make(specs.down, ...args.down),
       });
+      this.layers.push({ ...(await ops(matvec)), batch: B > 1 ? await ops(matvecRows) : null });
     }
     const gFinal = await vec(['model.norm.weight'], [c.hiddenSize], 'final norm');
     const E = await rows(['model.embed_tokens.weight'], [c.vocabSize], H, 'embedding');
@@ -359,6 +406,7 @@ export class GpuDecoder {
     const EL: ('read-only-storage' | 'storage' | 'uniform')[] = ['read-only-storage', 'read-only-storage', 'storage', 'uniform'];
     const ep = await k.pipeline(embedSource(H), EL, 'embedding');
     this.embed = { pipe: ep, bg: null!, workgroups: Math.ceil(H / 2 / 256) };
+    if (B > 1) this.embedRows = { pipe: await k.pipeline(embedRowsSource(H), EL, 'embedding (prefill)'), bg: null!, workgroups: Math.ceil(H / 2 / 256) };
     this.samplePart = this.buffer(8 * Math.ceil(c.vocabSize / SAMPLE_BLOCK), STORAGE, 'sampling partials', 'scratch');
     this.sample = {
       pipe: await k.pipeline(sampleSource(c.vocabSize, 1), SAMPLE_LAYOUT, 'sampling (blocks)'),
@@ -410,6 +458,7 @@ export class GpuDecoder {
     const bind = (kinds: ('read-only-storage' | 'storage' | 'uniform')[], bufs: GPUBuffer[]) =>
       this.device.createBindGroup({ layout: k.layout(kinds), entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) });
     this.embed.bg = bind(['read-only-storage', 'read-only-storage', 'storage', 'uniform'], [this.embedTable!, this.tokens, this.x, this.step]);
+    if (this.embedRows) this.embedRows.bg = bind(['read-only-storage', 'read-only-storage', 'storage', 'uniform'], [this.embedTable!, this.tokens, this.x, this.step]);
     this.sample.bg = bind(SAMPLE_LAYOUT, [this.logits, this.tokens, this.step, this.samplePart]);
   }
 
@@ -435,7 +484,7 @@ export class GpuDecoder {
     let ropeBuffer: GPUBuffer | null = null;
     try {
       ropeBuffer = this.upload(rope, 'rotary tables');
-      cache.attach({ qkv: this.qkv, rope: ropeBuffer, out: this.attn });
+      cache.attach({ qkv: this.qkv, rope: ropeBuffer, out: this.attn, rows: this.batchRows });
     } catch (e) {
       cache.dispose();
       if (ropeBuffer) this.release(ropeBuffer, 'weights');
@@ -459,13 +508,14 @@ export class GpuDecoder {
     if (this.disposed) throw new XqStateError('E_STATE', 'the GPU decoder was disposed');
   }
 
-  private writeStep(temperature: number, seed: number): void {
+  private writeStep(temperature: number, seed: number, rows = 1): void {
     const u = new Uint32Array(this.stepData);
     const f = new Float32Array(this.stepData);
     u[0] = this.pos;
     u[1] = this.config.vocabSize;
     f[2] = temperature;
     u[3] = seed >>> 0;
+    u[4] = rows;
     this.device.queue.writeBuffer(this.step, 0, this.stepData);
   }
 
@@ -523,6 +573,48 @@ export class GpuDecoder {
   }
 
   /**
+   * Run `count` prompt positions (their ids already in `tokens`) without sampling, in batches of up to `batch`:
+   * per layer the batch's matrix-vector products once over all its rows, the cache's update and attention position by
+   * position in between. One command buffer per batch.
+   */
+  private submitPrefill(count: number, batch: number): void {
+    for (let done = 0; done < count; ) {
+      const rows = Math.min(batch, count - done);
+      if (rows === 1 || !this.embedRows) {
+        this.submitPosition(false, 0, 0, null);
+        done++;
+        continue;
+      }
+      if (this.pos + rows > this.cache.capacity || this.pos + rows > this.capacity) throw new XqStateError('E_STATE', `the decoder is full (${this.capacity} positions)`);
+      this.writeStep(0, 0, rows);
+      this.cache.beginPositions(rows);
+      const enc = this.device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      const run = (m: Matvec) => {
+        pass.setPipeline(m.pipe);
+        pass.setBindGroup(0, m.bg);
+        pass.dispatchWorkgroups(m.workgroups, Math.ceil(rows / m.tokens!));
+      };
+      pass.setPipeline(this.embedRows.pipe);
+      pass.setBindGroup(0, this.embedRows.bg);
+      pass.dispatchWorkgroups(this.embedRows.workgroups, rows);
+      for (let l = 0; l < this.layers.length; l++) {
+        const b = this.layers[l]!.batch!;
+        run(b.qkv);
+        for (let s = 0; s < rows; s++) this.cache.encodeLayer(pass, l, s);
+        run(b.o);
+        run(b.gateUp);
+        run(b.down);
+      }
+      pass.end();
+      this.device.queue.submit([enc.finish()]);
+      this.cache.endPositions(rows);
+      this.pos += rows;
+      done += rows;
+    }
+  }
+
+  /**
    * GPU time of each kind of operation in one decode position (timestamp queries; the device needs
    * `timestamp-query`): the position after what the decoder holds runs `steps` times (each a fresh position), one
    * timed compute pass per operation; returns the median milliseconds per kind and their sum.
@@ -565,11 +657,13 @@ export class GpuDecoder {
     if (this.pos + prompt.length + maxNewTokens > this.capacity) {
       throw new XqShapeError(`generate: ${this.pos} held + ${prompt.length} prompt + ${maxNewTokens} new positions exceed the capacity ${this.capacity}`);
     }
+    const batch = opts.prefillBatch ?? this.batchRows;
+    if (!Number.isInteger(batch) || batch < 1 || batch > this.batchRows) throw new XqConfigError('E_CONFIG', `prefillBatch must be an integer in [1, ${this.batchRows}] (the decoder's); got ${String(opts.prefillBatch)}`);
     const stops = new Set(opts.stopTokens ?? this.config.eosTokenIds);
     const seed = opts.seed ?? 0;
     this.device.queue.writeBuffer(this.tokens, 4 * this.pos, new Uint32Array(prompt));
     const t0 = performance.now();
-    for (let i = 0; i < prompt.length - 1; i++) this.submitPosition(false, temperature, seed, null);
+    this.submitPrefill(prompt.length - 1, batch);
     await this.device.queue.onSubmittedWorkDone();
     const prefillMs = performance.now() - t0;
     const out: number[] = [];

@@ -171,6 +171,124 @@ export function matvecSource(s: MatvecSpec): string {
   return L.join('\n');
 }
 
+/** The model step uniform of the prefill kernels: the first position, vocabulary, sampler, and the rows of the batch. */
+const BATCH_STEP = 'struct Step { pos: u32, vocab: u32, temperature: f32, seed: u32, rows: u32 };';
+
+/** Tokens (rows of x and y) one workgroup of {@link matvecRowsSource} computes: 8, or 4 for SwiGLU (two W rows each). @internal */
+export function matvecRowsTokens(s: Pick<MatvecSpec, 'epilogue'>): number {
+  return s.epilogue === 'swiglu' ? 4 : 8;
+}
+
+/**
+ * The matrix-vector product of `s` over the rows of a prefill batch: `y[t] = epilogue(W · prologue(x[t]))` for the
+ * `S.rows` rows t of x (stride `inFeatures`) and y (stride `rows`). Each workgroup computes 8 output rows for
+ * {@link matvecRowsTokens} tokens, so every weight it loads serves that many tokens (a position at a time loads the
+ * weights once per token). Lane `l` of a 32-thread group reads the vec4<u32> columns `l, l+32, …` of its row (as
+ * {@link matvecSource}); with a norm, each workgroup first reduces its tokens' sums of squares. `rowsPerGroup`,
+ * `subgroupSize` and `prefetchWeights` are not used. Bindings: those of {@link matvecSource}, and 5 the step uniform.
+ * Dispatch (⌈rows / 8⌉, ⌈batch / tokens⌉). @internal
+ */
+export function matvecRowsSource(s: MatvecSpec): string {
+  const IN = s.inFeatures;
+  const K = IN / 8;
+  const T = matvecRowsTokens(s);
+  const wRows = s.epilogue === 'swiglu' ? 2 : 1;
+  const totalW = s.rows * wRows;
+  const IT = Math.ceil(K / 32);
+  const norm = s.rmsNormEps !== undefined;
+  const L: string[] = [];
+  const push = (...l: string[]) => L.push(...l);
+  push(
+    BATCH_STEP,
+    '@group(0) @binding(0) var<storage, read> W: array<vec4<u32>>;',
+    '@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;',
+    '@group(0) @binding(2) var<storage, read_write> y: array<f32>;',
+    '@group(0) @binding(3) var<storage, read> g: array<vec4<f32>>;',
+    '@group(0) @binding(4) var<storage, read> bias: array<f32>;',
+    '@group(0) @binding(5) var<uniform> S: Step;',
+    // lane partials of every (row, token), and before them the norm's sums of squares
+    `var<workgroup> red: array<f32, ${256 * wRows * T}>;`,
+  );
+  if (norm) push(`var<workgroup> inv: array<f32, ${T}>;`);
+  push(
+    '@compute @workgroup_size(256)',
+    'fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {',
+    'let grp = lid >> 5u;',
+    'let lane = lid & 31u;',
+    `let t0 = wid.y * ${T}u;`,
+    `let r0 = wid.x * 8u + grp;`,
+  );
+  // x rows past the batch read the last one (their results are not written)
+  for (let j = 0; j < T; j++) push(`let xr${j} = min(t0 + ${j}u, S.rows - 1u) * ${IN / 4}u;`);
+  if (norm) {
+    for (let j = 0; j < T; j++) push(`var sq${j} = 0.0;`);
+    push(`for (var i = lid; i < ${IN / 4}u; i = i + 256u) {`);
+    for (let j = 0; j < T; j++) push(`{ let v = x[xr${j} + i]; sq${j} = sq${j} + dot(v, v); }`);
+    push('}');
+    for (let j = 0; j < T; j++) push(`red[${j * 256}u + lid] = sq${j};`);
+    push('workgroupBarrier();', 'for (var st = 128u; st >= 1u; st = st >> 1u) {', '  if (lid < st) {');
+    for (let j = 0; j < T; j++) push(`    red[${j * 256}u + lid] = red[${j * 256}u + lid] + red[${j * 256}u + lid + st];`);
+    push('  }', '  workgroupBarrier();', '}');
+    push(`if (lid < ${T}u) { inv[lid] = inverseSqrt(red[lid * 256u] / ${IN}.0 + ${s.rmsNormEps!.toExponential(8)}); }`, 'workgroupBarrier();');
+    for (let j = 0; j < T; j++) push(`let n${j} = inv[${j}];`);
+  }
+  for (let r = 0; r < wRows; r++) for (let j = 0; j < T; j++) push(`var a${r}_${j} = 0.0;`);
+  const rowOf = (r: number) => (wRows === 2 ? `r0 * 2u + ${r}u` : 'r0');
+  push(`for (var kb = 0u; kb < ${IT}u; kb = kb + 1u) {`, `let kc = lane + kb * 32u;`, `let k = min(kc, ${K - 1}u);`);
+  push(`let live = select(0.0, 1.0, kc < ${K}u);`);
+  for (let r = 0; r < wRows; r++) {
+    push(`let w${r} = W[min(${rowOf(r)}, ${totalW - 1}u) * ${K}u + k];`);
+    push(`let wa${r} = vec4<f32>(unpack2x16float(w${r}.x), unpack2x16float(w${r}.y));`, `let wb${r} = vec4<f32>(unpack2x16float(w${r}.z), unpack2x16float(w${r}.w));`);
+  }
+  if (norm) push('let ga = g[2u * k] * live;', 'let gb = g[2u * k + 1u] * live;');
+  for (let j = 0; j < T; j++) {
+    const sa = norm ? ` * ga * n${j}` : ' * live';
+    const sb = norm ? ` * gb * n${j}` : ' * live';
+    push(`let xa${j} = x[xr${j} + 2u * k]${sa};`, `let xb${j} = x[xr${j} + 2u * k + 1u]${sb};`);
+    for (let r = 0; r < wRows; r++) push(`a${r}_${j} = a${r}_${j} + dot(wa${r}, xa${j}) + dot(wb${r}, xb${j});`);
+  }
+  push('}');
+  // the norm's last reads of red are behind the barrier above; every (row, token) partial of this lane
+  for (let r = 0; r < wRows; r++) for (let j = 0; j < T; j++) push(`red[((grp * ${wRows}u + ${r}u) * ${T}u + ${j}u) * 32u + lane] = a${r}_${j};`);
+  push('workgroupBarrier();');
+  // one thread per (row, token) of the workgroup sums the row's 32 partials
+  push(`if (lid < ${8 * T}u) {`, `let gr = lid / ${T}u;`, `let j = lid % ${T}u;`, 'let o = wid.x * 8u + gr;', 'let t = t0 + j;', `if (o < ${s.rows}u && t < S.rows) {`);
+  const sum = (acc: string, r: string) => `var ${acc} = 0.0; for (var i = 0u; i < 32u; i = i + 1u) { ${acc} = ${acc} + red[((gr * ${wRows}u + ${r}) * ${T}u + j) * 32u + i]; }`;
+  if (wRows === 2) {
+    push(sum('gs', '0u'), sum('us', '1u'));
+    if (s.bias) push('gs = gs + bias[2u * o];', 'us = us + bias[2u * o + 1u];');
+    push(`y[t * ${s.rows}u + o] = gs / (1.0 + exp(-gs)) * us;`);
+  } else {
+    push(sum('v', '0u'));
+    if (s.bias) push('v = v + bias[o];');
+    push(s.epilogue === 'residual' ? `y[t * ${s.rows}u + o] = y[t * ${s.rows}u + o] + v;` : `y[t * ${s.rows}u + o] = v;`);
+  }
+  push('}', '}', '}');
+  return L.join('\n');
+}
+
+/**
+ * Embedding gather of a prefill batch: row r of x = `E[tokens[pos + r]]` for the `S.rows` rows. Bindings as
+ * {@link embedSource}; dispatch (⌈hidden / 512⌉, rows). @internal
+ */
+export function embedRowsSource(hidden: number): string {
+  return [
+    BATCH_STEP,
+    '@group(0) @binding(0) var<storage, read> E: array<u32>;',
+    '@group(0) @binding(1) var<storage, read> tokens: array<u32>;',
+    '@group(0) @binding(2) var<storage, read_write> x: array<f32>;',
+    '@group(0) @binding(3) var<uniform> S: Step;',
+    '@compute @workgroup_size(256)',
+    'fn main(@builtin(global_invocation_id) gid: vec3<u32>) {',
+    `  let i = gid.x; let r = gid.y; if (i >= ${hidden / 2}u || r >= S.rows) { return; }`,
+    '  let t = min(tokens[S.pos + r], S.vocab - 1u);',
+    `  let w = unpack2x16float(E[t * ${hidden / 2}u + i]);`,
+    `  x[r * ${hidden}u + 2u * i] = w.x;`,
+    `  x[r * ${hidden}u + 2u * i + 1u] = w.y;`,
+    '}',
+  ].join('\n');
+}
+
 /** Embedding gather: `x = E[tokens[pos]]` (fp16 rows → f32). Bindings: 0 E, 1 tokens, 2 x, 3 step. @internal */
 export function embedSource(hidden: number): string {
   return [

@@ -99,6 +99,7 @@ export const STEP_FIELDS = [
   'seed', // synthetic fill seed
   'fill', // synthetic fill: positions to fill
   'scale', // f32 softmax scale
+  'row', // row of the q/k/v and attention-output buffers this position uses (0 when decoding; its slot in a prefill batch)
 ] as const;
 /** Value of `kflush` / `vquant` when nothing is due. @internal */
 export const NONE = 0xffffffff;
@@ -996,11 +997,11 @@ export function decodeKernelSource(spec: DecodeSpec): string {
  * Merge pass: `out[h, d] = Σ_c e^{m_c − M}·o_c[d] / Σ_c e^{m_c − M}·l_c`, one workgroup of 256 threads per query head:
  * the maximum over chunks first (every thread a share of the chunks, then a two-level fold), then the chunks split among
  * `256/D` groups of threads whose loads are independent (no serial chain through memory), then a sum over groups.
- * With `quantize` (a quantized layer), workgroups from `qHeads` on run the quantization the schedule owes
+ * The output is row `S.row` of `out` (`qHeads · D` floats per row). With `quantize` (a quantized layer), workgroups from `qHeads` on run the quantization the schedule owes
  * (`quantizeSource` of update-wgsl.ts): they overlap the merge instead of lengthening the update pass.
  * @internal
  */
-export function combineSource(headDim: number, quantize?: { qHeads: number; declarations: string[]; body: string[] }): string {
+export function combineSource(headDim: number, qHeads: number, quantize?: { declarations: string[]; body: string[] }): string {
   const D = headDim;
   const G = Math.floor(256 / D);
   const PS = D + 2;
@@ -1017,7 +1018,7 @@ export function combineSource(headDim: number, quantize?: { qHeads: number; decl
     'fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {',
     // workgroups past the query heads quantize what the layer's schedule owes (workgroup-uniform branch)
     // (in a function of its own: its early returns leave the merge's barriers in uniform control flow)
-    ...(quantize ? [`if (wid.x >= ${quantize.qHeads}u) { quantize(wid.x - ${quantize.qHeads}u, lid); return; }`] : []),
+    ...(quantize ? [`if (wid.x >= ${qHeads}u) { quantize(wid.x - ${qHeads}u, lid); return; }`] : []),
     'let h = wid.x;',
     `let hb = h * S.nc;`,
     'var m = -3.0e38;',
@@ -1056,7 +1057,7 @@ export function combineSource(headDim: number, quantize?: { qHeads: number; decl
     '  var so = 0.0;',
     '  var sl = 0.0;',
     `  for (var g = 0u; g < ${G}u; g = g + 1u) { so = so + ro[g * ${D}u + lid]; sl = sl + rl[g]; }`,
-    `  out[h * ${D}u + lid] = so / sl;`,
+    `  out[S.row * ${qHeads * D}u + h * ${D}u + lid] = so / sl;`,
     '}',
     '}',
   ].join('\n');

@@ -171,6 +171,12 @@ export interface DeviceCacheIO {
   rope: GPUBuffer;
   /** float32 `[qHeads·D]`: attention output. */
   out: GPUBuffer;
+  /**
+   * Positions `qkv` and `out` hold one after the other (default 1): a batch of up to this many positions can be encoded
+   * into one command buffer (see {@link DeviceKvCache.beginPositions}); position `s` of a batch reads row `s` of `qkv` and
+   * writes row `s` of `out`.
+   */
+  rows?: number;
 }
 
 /** Bytes held by the cache on the device, and what the bit accounting says of the tokens held. */
@@ -249,14 +255,15 @@ function int8KeysFit(cfg: DeviceQuantizedConfig, main: { workgroup: number; slot
 }
 
 /** A binding's buffer type, in binding order of a kernel. */
-export type BindingKind = 'read-only-storage' | 'storage' | 'uniform';
+export type BindingKind = 'read-only-storage' | 'storage' | 'uniform' | 'dynamic-uniform';
 /** Binding types of each kernel, in binding order (explicit layouts: 'auto' would drop bindings a variant does not read). */
 const LAYOUTS: Record<'update' | 'decode' | 'combine' | 'combineQuantize' | 'fill', BindingKind[]> = {
-  update: ['read-only-storage', 'read-only-storage', 'storage', 'storage', 'storage', 'storage', 'uniform'],
-  decode: ['read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'storage', 'uniform'],
-  combine: ['read-only-storage', 'storage', 'uniform'],
+  // the step uniform has a dynamic offset: one slot per position of a batch (see DeviceKvCache.beginPositions)
+  update: ['read-only-storage', 'read-only-storage', 'storage', 'storage', 'storage', 'storage', 'dynamic-uniform'],
+  decode: ['read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'storage', 'dynamic-uniform'],
+  combine: ['read-only-storage', 'storage', 'dynamic-uniform'],
   // + K, V (written), ring, donor keys, donor values: the quantization the schedule owes
-  combineQuantize: ['read-only-storage', 'storage', 'uniform', 'storage', 'storage', 'read-only-storage', 'read-only-storage', 'read-only-storage'],
+  combineQuantize: ['read-only-storage', 'storage', 'dynamic-uniform', 'storage', 'storage', 'read-only-storage', 'read-only-storage', 'read-only-storage'],
   fill: ['storage', 'uniform'],
 };
 
@@ -269,7 +276,9 @@ export class KernelCompiler {
     const key = kinds.join(',');
     let l = this.layouts.get(key);
     if (!l) {
-      l = this.device.createBindGroupLayout({ entries: kinds.map((type, binding) => ({ binding, visibility: 4 /* COMPUTE */, buffer: { type } })) });
+      l = this.device.createBindGroupLayout({
+        entries: kinds.map((type, binding) => ({ binding, visibility: 4 /* COMPUTE */, buffer: type === 'dynamic-uniform' ? { type: 'uniform', hasDynamicOffset: true } : { type } })),
+      });
       this.layouts.set(key, l);
     }
     return l;
@@ -321,9 +330,15 @@ export class DeviceKvCache {
   /** Workgroups per chunk and KV head of the main geometry (query heads ÷ heads per workgroup, rounded up). */
   private readonly headGroups: number;
   private geometry: 'main' | 'medium' | 'short-context' = 'main';
+  /** Per position of the batch begun: its geometry and chunks (slot 0 is also `geometry` / `nc`). */
+  private slots: { geometry: 'main' | 'medium' | 'short-context'; nc: number }[] = [];
+  /** Bytes between the step slots of a batch (the device's uniform offset alignment, at least the struct). */
+  private readonly stepStride: number;
+  /** Positions a batch may hold (`rows` of the attached buffers). */
+  private rows = 1;
   private tokensHeld = 0;
   private readonly layers: LayerRes[];
-  private readonly step: GPUBuffer;
+  private step: GPUBuffer;
   private readonly parts: GPUBuffer;
   private readonly qbuf: GPUBuffer;
   private readonly dummy: GPUBuffer;
@@ -512,7 +527,8 @@ export class DeviceKvCache {
         quantizeWorkgroups: 0,
       });
     }
-    this.step = device.createBuffer({ size: STEP_BYTES, usage: UNIFORM | COPY_DST, label: 'device cache step' });
+    this.stepStride = Math.max(STEP_BYTES, device.limits.minUniformBufferOffsetAlignment ?? 256);
+    this.step = device.createBuffer({ size: this.stepStride, usage: UNIFORM | COPY_DST, label: 'device cache step' });
     if (small && this.smallChunk !== this.chunk) {
       for (const l of this.layers) l.decodeSmall = { ...l.decode, ...small, headsPerGroup: hgSmall };
     }
@@ -572,13 +588,13 @@ export class DeviceKvCache {
 
   private async compile(): Promise<void> {
     const k = this.compiler;
-    this.combinePipe = await k.pipeline(combineSource(this.shape.headDim), LAYOUTS.combine, 'device cache merge');
+    this.combinePipe = await k.pipeline(combineSource(this.shape.headDim, this.shape.qHeads), LAYOUTS.combine, 'device cache merge');
     await Promise.all(
       this.layers.map(async (l, i) => {
         const q = quantizeSource(l.update);
         l.quantizeWorkgroups = q?.workgroups ?? 0;
         [l.mergePipe, l.updatePipe, l.decodePipe, l.decodePipeSmall, l.decodePipeMedium] = await Promise.all([
-          q ? k.pipeline(combineSource(this.shape.headDim, { qHeads: this.shape.qHeads, ...q }), LAYOUTS.combineQuantize, `layer ${i} merge and quantization`) : Promise.resolve(this.combinePipe!),
+          q ? k.pipeline(combineSource(this.shape.headDim, this.shape.qHeads, q), LAYOUTS.combineQuantize, `layer ${i} merge and quantization`) : Promise.resolve(this.combinePipe!),
           k.pipeline(updateKernelSource(l.update), LAYOUTS.update, `layer ${i} update`),
           k.pipeline(decodeKernelSource(l.decode), LAYOUTS.decode, `layer ${i} attention`),
           l.decodeSmall ? k.pipeline(decodeKernelSource(l.decodeSmall), LAYOUTS.decode, `layer ${i} attention (short contexts)`) : Promise.resolve(undefined),
@@ -602,16 +618,25 @@ export class DeviceKvCache {
   attach(io: DeviceCacheIO): void {
     this.checkAlive();
     const { qHeads, kvHeads, headDim: D } = this.shape;
-    if (io.qkv.size < (qHeads + 2 * kvHeads) * D * 4) throw new XqShapeError(`qkv buffer of ${io.qkv.size} bytes is smaller than ${(qHeads + 2 * kvHeads) * D} floats`);
-    if (io.out.size < qHeads * D * 4) throw new XqShapeError(`out buffer of ${io.out.size} bytes is smaller than ${qHeads * D} floats`);
-    this.io = io;
+    const rows = io.rows ?? 1;
+    if (!Number.isInteger(rows) || rows < 1) throw new XqShapeError(`rows must be a positive integer; got ${String(io.rows)}`);
+    if (io.qkv.size < rows * (qHeads + 2 * kvHeads) * D * 4) throw new XqShapeError(`qkv buffer of ${io.qkv.size} bytes is smaller than ${rows} × ${(qHeads + 2 * kvHeads) * D} floats`);
+    if (io.out.size < rows * qHeads * D * 4) throw new XqShapeError(`out buffer of ${io.out.size} bytes is smaller than ${rows} × ${qHeads * D} floats`);
     const dev = this.device;
+    if (rows * this.stepStride > this.step.size) {
+      const grown = dev.createBuffer({ size: rows * this.stepStride, usage: UNIFORM | COPY_DST, label: 'device cache step' });
+      this.step.destroy();
+      this.step = grown;
+    }
+    this.rows = rows;
+    this.io = io;
+    const stepSlot: GPUBufferBinding = { buffer: this.step, offset: 0, size: STEP_BYTES };
     const range = (buffer: GPUBuffer, fromWords: number, toBytes?: number): GPUBufferBinding => ({ buffer, offset: fromWords * 4, size: (toBytes ?? buffer.size) - fromWords * 4 });
     const whole = (buffer: GPUBuffer): GPUBufferBinding => ({ buffer });
     for (const l of this.layers) {
       l.updateBG = dev.createBindGroup({
         layout: this.compiler.layout(LAYOUTS.update),
-        entries: [io.qkv, io.rope, this.qbuf, l.K, l.V, l.ring ?? this.dummyRW, this.step].map((b, binding) => ({ binding, resource: whole(b) })),
+        entries: [...[io.qkv, io.rope, this.qbuf, l.K, l.V, l.ring ?? this.dummyRW].map(whole), stepSlot].map((resource, binding) => ({ binding, resource })),
       });
       const keyCodes = l.keys.kind === 'dense' ? whole(l.K) : l.keyDonor !== null ? range(this.layers[l.keyDonor]!.K, 0, this.layers[l.keyDonor]!.keyMetaOffset * 4) : range(l.K, 0, l.keyMetaOffset * 4);
       const keyMeta = l.keys.kind === 'dense' ? whole(this.dummy) : range(l.K, l.keyMetaOffset);
@@ -621,10 +646,10 @@ export class DeviceKvCache {
       const ringV = l.ring && l.values.kind === 'packed' ? range(l.ring, l.valueRingOffset) : whole(this.dummy);
       l.decodeBG = dev.createBindGroup({
         layout: this.compiler.layout(LAYOUTS.decode),
-        entries: [whole(this.qbuf), keyCodes, keyMeta, valueCodes, valueMeta, ringK, ringV, whole(this.parts), whole(this.step)].map((resource, binding) => ({ binding, resource })),
+        entries: [whole(this.qbuf), keyCodes, keyMeta, valueCodes, valueMeta, ringK, ringV, whole(this.parts), stepSlot].map((resource, binding) => ({ binding, resource })),
       });
     }
-    const comb = dev.createBindGroup({ layout: this.compiler.layout(LAYOUTS.combine), entries: [whole(this.parts), whole(io.out), whole(this.step)].map((resource, binding) => ({ binding, resource })) });
+    const comb = dev.createBindGroup({ layout: this.compiler.layout(LAYOUTS.combine), entries: [whole(this.parts), whole(io.out), stepSlot].map((resource, binding) => ({ binding, resource })) });
     for (const l of this.layers) {
       if (l.quantizeWorkgroups === 0) {
         l.combineBG = comb;
@@ -634,7 +659,7 @@ export class DeviceKvCache {
       const dv = l.valueDonor !== null ? this.layers[l.valueDonor]!.V : this.dummy;
       l.combineBG = dev.createBindGroup({
         layout: this.compiler.layout(LAYOUTS.combineQuantize),
-        entries: [this.parts, io.out, this.step, l.K, l.V, l.ring!, dk, dv].map((b, binding) => ({ binding, resource: whole(b) })),
+        entries: [whole(this.parts), whole(io.out), stepSlot, ...[l.K, l.V, l.ring!, dk, dv].map(whole)].map((resource, binding) => ({ binding, resource })),
       });
     }
   }
@@ -644,66 +669,88 @@ export class DeviceKvCache {
    * value token the schedule quantizes now) for every layer's passes. Call once per position, before encoding layers.
    */
   beginPosition(): void {
-    this.checkAlive();
-    if (!this.io) throw new XqStateError('E_STATE', 'attach(io) must be called before the first position');
-    const p = this.tokensHeld;
-    if (p >= this.capacity) throw new XqStateError('E_STATE', `the device cache is full (${this.capacity} tokens)`);
-    const n = p + 1;
-    const R = this.R;
-    // workgroups = chunks × KV heads × head groups. Main while it gives ≥ 512; else the mid-length geometry while that
-    // gives ≥ 256; else the short-context one (while the main gives < 256). Thresholds from H200 rows (docs/gpu)
-    const kvh = this.shape.kvHeads;
-    const big = Math.ceil(n / this.chunk);
-    const mid = Math.ceil(n / this.mediumChunk);
-    const hasSmall = this.smallChunk !== this.chunk;
-    const hasMedium = this.mediumChunk !== this.chunk;
-    const wMain = big * kvh * this.headGroups;
-    if (hasMedium && wMain < 512 && mid * kvh * this.mediumHeadGroups >= 256) this.geometry = 'medium';
-    else if (hasSmall && wMain < 256) this.geometry = 'short-context';
-    else if (hasMedium && wMain < 512) this.geometry = 'medium';
-    else this.geometry = 'main';
-    this.nc = this.geometry === 'main' ? big : this.geometry === 'medium' ? mid : Math.ceil(n / this.smallChunk);
-    const v: Record<(typeof STEP_FIELDS)[number], number> = {
-      n,
-      tk: this.quantized ? Math.floor(p / R) * R : 0,
-      tv: this.quantized ? Math.max(0, p - R) : 0,
-      nc: this.nc,
-      pos: p,
-      // owed once this position is attended (the merge pass quantizes them): the key block that n completes, and the
-      // value token that leaves the residual window of the next position
-      kflush: this.quantized && n % R === 0 ? n - R : NONE,
-      vquant: this.quantized && p - R >= 0 ? p - R : NONE,
-      kring: R + 1,
-      vring: R + 2,
-      cap: this.capacity,
-      seed: 0,
-      fill: 0,
-      scale: 1 / Math.sqrt(this.shape.headDim),
-    };
-    const u = new Uint32Array(this.stepData);
-    const f = new Float32Array(this.stepData);
-    STEP_FIELDS.forEach((k, i) => {
-      if (k === 'scale') f[i] = v[k];
-      else u[i] = v[k];
-    });
-    this.device.queue.writeBuffer(this.step, 0, this.stepData);
+    this.beginPositions(1);
   }
 
-  /** Encode layer `layer`'s update, attention and merge passes for the current position into `pass`. */
-  encodeLayer(pass: GPUComputePassEncoder, layer: number): void {
-    this.encodeUpdate(pass, layer);
-    this.encodeAttention(pass, layer);
+  /**
+   * Start `count` consecutive positions encoded into one command buffer (a prefill batch; at most the `rows` the attached
+   * buffers hold): position `tokens + s` is slot `s`, whose passes read row `s` of `qkv` and write row `s` of `out`.
+   * Encode every layer of every slot in order (per layer, slot 0's update and attention before slot 1's, …), submit,
+   * then {@link DeviceKvCache.endPositions} with the same count. Each slot's numbers are what the position would give
+   * on its own.
+   */
+  beginPositions(count: number): void {
+    this.checkAlive();
+    if (!this.io) throw new XqStateError('E_STATE', 'attach(io) must be called before the first position');
+    if (!Number.isInteger(count) || count < 1 || count > this.rows) throw new XqShapeError(`a batch holds 1 to ${this.rows} positions (the rows attached); got ${String(count)}`);
+    if (this.tokensHeld + count > this.capacity) throw new XqStateError('E_STATE', `the device cache is full (${this.capacity} tokens; ${this.tokensHeld} held, ${count} more asked)`);
+    const R = this.R;
+    const kvh = this.shape.kvHeads;
+    const hasSmall = this.smallChunk !== this.chunk;
+    const hasMedium = this.mediumChunk !== this.chunk;
+    const data = new ArrayBuffer((count - 1) * this.stepStride + STEP_BYTES);
+    this.slots = [];
+    for (let s = 0; s < count; s++) {
+      const p = this.tokensHeld + s;
+      const n = p + 1;
+      // workgroups = chunks × KV heads × head groups. Main while it gives ≥ 512; else the mid-length geometry while that
+      // gives ≥ 256; else the short-context one (while the main gives < 256). Thresholds from H200 rows (docs/gpu)
+      const big = Math.ceil(n / this.chunk);
+      const mid = Math.ceil(n / this.mediumChunk);
+      const wMain = big * kvh * this.headGroups;
+      let geometry: 'main' | 'medium' | 'short-context';
+      if (hasMedium && wMain < 512 && mid * kvh * this.mediumHeadGroups >= 256) geometry = 'medium';
+      else if (hasSmall && wMain < 256) geometry = 'short-context';
+      else if (hasMedium && wMain < 512) geometry = 'medium';
+      else geometry = 'main';
+      const nc = geometry === 'main' ? big : geometry === 'medium' ? mid : Math.ceil(n / this.smallChunk);
+      this.slots.push({ geometry, nc });
+      const v: Record<(typeof STEP_FIELDS)[number], number> = {
+        n,
+        tk: this.quantized ? Math.floor(p / R) * R : 0,
+        tv: this.quantized ? Math.max(0, p - R) : 0,
+        nc,
+        pos: p,
+        // owed once this position is attended (the merge pass quantizes them): the key block that n completes, and the
+        // value token that leaves the residual window of the next position
+        kflush: this.quantized && n % R === 0 ? n - R : NONE,
+        vquant: this.quantized && p - R >= 0 ? p - R : NONE,
+        kring: R + 1,
+        vring: R + 2,
+        cap: this.capacity,
+        seed: 0,
+        fill: 0,
+        scale: 1 / Math.sqrt(this.shape.headDim),
+        row: s,
+      };
+      const u = new Uint32Array(data, s * this.stepStride, STEP_BYTES / 4);
+      const f = new Float32Array(data, s * this.stepStride, STEP_BYTES / 4);
+      STEP_FIELDS.forEach((k, i) => {
+        if (k === 'scale') f[i] = v[k];
+        else u[i] = v[k];
+      });
+    }
+    this.geometry = this.slots[0]!.geometry;
+    this.nc = this.slots[0]!.nc;
+    this.device.queue.writeBuffer(this.step, 0, data);
+  }
+
+  /** Encode layer `layer`'s update, attention and merge passes for the current position (or slot `slot` of a batch) into `pass`. */
+  encodeLayer(pass: GPUComputePassEncoder, layer: number, slot = 0): void {
+    this.encodeUpdate(pass, layer, slot);
+    this.encodeAttention(pass, layer, slot);
   }
 
   /**
    * Encode the update pass alone: rotate q and k, append k and v. Every position needs both this and
    * {@link DeviceKvCache.encodeAttention} for every layer (the merge pass quantizes what the schedule owes).
    */
-  encodeUpdate(pass: GPUComputePassEncoder, layer: number): void {
+  encodeUpdate(pass: GPUComputePassEncoder, layer: number, slot = 0): void {
     const l = this.layerOf(layer);
+    const offset = this.slotOffset(slot);
     const wgs = Math.ceil(updateRoles(l.update).total / UPDATE_WORKGROUP);
     pass.setPipeline(l.updatePipe!);
-    pass.setBindGroup(0, l.updateBG!);
+    pass.setBindGroup(0, l.updateBG!, [offset]);
     pass.dispatchWorkgroups(Math.min(wgs, 65535), Math.ceil(wgs / 65535));
   }
 
@@ -735,11 +782,19 @@ export class DeviceKvCache {
     return { geometry: this.geometry, workgroup: g.workgroup, slot: g.slot ?? 16, headsPerGroup: g.headsPerGroup, chunks: this.nc, workgroups, keyScores: this.keyScores, valueMix, subgroups };
   }
 
-  /** The decode kernel of a layer for the current geometry. */
-  private decodeOf(l: LayerRes): { spec: DecodeSpec; pipe: GPUComputePipeline } {
-    if (this.geometry === 'medium') return { spec: l.decodeMedium!, pipe: l.decodePipeMedium! };
-    if (this.geometry === 'short-context') return { spec: l.decodeSmall!, pipe: l.decodePipeSmall! };
+  /** The decode kernel of a layer for a geometry (default: the current position's). */
+  private decodeOf(l: LayerRes, geometry = this.geometry): { spec: DecodeSpec; pipe: GPUComputePipeline } {
+    if (geometry === 'medium') return { spec: l.decodeMedium!, pipe: l.decodePipeMedium! };
+    if (geometry === 'short-context') return { spec: l.decodeSmall!, pipe: l.decodePipeSmall! };
     return { spec: l.decode, pipe: l.decodePipe! };
+  }
+
+  /** Byte offset of slot `slot`'s step counters, checked against the batch begun. */
+  private slotOffset(slot: number): number {
+    if (!Number.isInteger(slot) || slot < 0 || slot >= this.slots.length) {
+      throw new XqStateError('E_STATE', `slot ${String(slot)}: the batch begun holds ${this.slots.length} position(s) (beginPositions first)`);
+    }
+    return slot * this.stepStride;
   }
 
   /**
@@ -748,16 +803,18 @@ export class DeviceKvCache {
    * block it completes, the value token leaving the next position's residual window): extra workgroups that overlap
    * the merge instead of lengthening the update pass. Encoding it again at the same position repeats the same writes.
    */
-  encodeAttention(pass: GPUComputePassEncoder, layer: number): void {
+  encodeAttention(pass: GPUComputePassEncoder, layer: number, slot = 0): void {
     const l = this.layerOf(layer);
+    const offset = this.slotOffset(slot);
+    const { geometry, nc } = this.slots[slot]!;
     const rep = this.shape.qHeads / this.shape.kvHeads;
-    const { spec, pipe } = this.decodeOf(l);
+    const { spec, pipe } = this.decodeOf(l, geometry);
     pass.setPipeline(pipe);
-    pass.setBindGroup(0, l.decodeBG!);
-    pass.dispatchWorkgroups(this.nc * Math.ceil(rep / spec.headsPerGroup), this.shape.kvHeads);
+    pass.setBindGroup(0, l.decodeBG!, [offset]);
+    pass.dispatchWorkgroups(nc * Math.ceil(rep / spec.headsPerGroup), this.shape.kvHeads);
     if (spec.debugSkip === 'nomerge' || spec.debugSkip === 'empty-nomerge') return;
     pass.setPipeline(l.mergePipe!);
-    pass.setBindGroup(0, l.combineBG!);
+    pass.setBindGroup(0, l.combineBG!, [offset]);
     pass.dispatchWorkgroups(this.shape.qHeads + l.quantizeWorkgroups);
   }
 
@@ -789,7 +846,15 @@ export class DeviceKvCache {
 
   /** Finish the position: the cache now holds one more token. */
   endPosition(): void {
-    this.tokensHeld++;
+    this.endPositions(1);
+  }
+
+  /** Finish the `count` positions of the batch begun by {@link DeviceKvCache.beginPositions}. */
+  endPositions(count: number): void {
+    this.checkAlive();
+    if (count !== this.slots.length) throw new XqStateError('E_STATE', `endPositions(${String(count)}): the batch begun holds ${this.slots.length} position(s)`);
+    this.tokensHeld += count;
+    this.slots = [];
   }
 
   /**
@@ -837,6 +902,7 @@ export class DeviceKvCache {
     for (const t of temps) t.destroy();
     void cap;
     this.tokensHeld = tokens;
+    this.slots = [];
   }
 
   /** Bytes allocated and used (see {@link DeviceCacheMemory}). */
@@ -894,6 +960,7 @@ export class DeviceKvCache {
   reset(): void {
     this.checkAlive();
     this.tokensHeld = 0;
+    this.slots = [];
   }
 
   /** Free every buffer. */

@@ -554,20 +554,22 @@ export function updateKernelSource(s: UpdateSpec): string {
     'fn main(@builtin(global_invocation_id) gid3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {',
   );
   push(`let gid = gid3.x + gid3.y * nwg.x * ${UPDATE_WORKGROUP}u;`);
+  // this position's q, k, v: row S.row of the qkv buffer
+  push(`let qb = S.row * ${(s.qHeads + 2 * s.kvHeads) * D}u;`);
   let at = 0;
   // queries
-  push(`if (gid < ${r.q}u) {`, `let h = gid / ${Q4}u;`, `let e = gid % ${Q4}u;`, `let x = rot(h * ${D}u, e);`);
+  push(`if (gid < ${r.q}u) {`, `let h = gid / ${Q4}u;`, `let e = gid % ${Q4}u;`, `let x = rot(qb + h * ${D}u, e);`);
   push(`let ob = h * ${D}u + 2u * e;`, 'qout[ob] = x[0];', 'qout[ob + 1u] = x[1];', `qout[ob + ${H2}u] = x[2];`, `qout[ob + ${H2 + 1}u] = x[3];`, 'return;', '}');
   at += r.q;
   // keys
   const kOff = s.qHeads * D;
   const vOff = kOff + s.kvHeads * D;
-  push(`if (gid < ${at + r.k}u) {`, `let i = gid - ${at}u;`, `let kv = i / ${Q4}u;`, `let e = i % ${Q4}u;`, `let x = rot(${kOff}u + kv * ${D}u, e);`);
+  push(`if (gid < ${at + r.k}u) {`, `let i = gid - ${at}u;`, `let kv = i / ${Q4}u;`, `let e = i % ${Q4}u;`, `let x = rot(qb + ${kOff}u + kv * ${D}u, e);`);
   store('K', s.keys, '0u', 'S.kring');
   push('return;', '}');
   at += r.k;
   // values (no rotation)
-  push(`if (gid < ${at + r.v}u) {`, `let i = gid - ${at}u;`, `let kv = i / ${Q4}u;`, `let e = i % ${Q4}u;`, `let vb = ${vOff}u + kv * ${D}u + 2u * e;`);
+  push(`if (gid < ${at + r.v}u) {`, `let i = gid - ${at}u;`, `let kv = i / ${Q4}u;`, `let e = i % ${Q4}u;`, `let vb = qb + ${vOff}u + kv * ${D}u + 2u * e;`);
   push(`let x = array<f32, 4>(qkv[vb], qkv[vb + 1u], qkv[vb + ${H2}u], qkv[vb + ${H2 + 1}u]);`);
   store('V', s.values, `${s.valueRingOffset}u`, 'S.vring');
   push('return;', '}');
