@@ -7,7 +7,9 @@ import { join } from 'node:path';
 
 const dir = process.argv[2] ?? 'docs/gpu/h200-2026-12-02';
 const run = JSON.parse(readFileSync(join(dir, 'gpu-decode.json'), 'utf8'));
-const torch = JSON.parse(readFileSync(join(dir, 'torch-peer.json'), 'utf8'));
+// (a run without the torch peer, e.g. prefill rows only, makes tables but leaves docs/gpu/h200-summary.json alone)
+const hasTorch = existsSync(join(dir, 'torch-peer.json'));
+const torch = hasTorch ? JSON.parse(readFileSync(join(dir, 'torch-peer.json'), 'utf8')) : { rows: [], readCeilingGBps: null };
 // rows without headDim come from runs that measured head_dim 128 only
 const torchBest = (T, kv, D) => torch.rows.find((r) => r.T === T && r.kvHeads === kv && (r.headDim ?? 128) === D && r.backend === 'best')?.ms ?? null;
 
@@ -51,7 +53,8 @@ const endToEnd = run.endToEnd.filter((r) => !r.error).map((r) => ({
   attentionGpuMs: r.profile?.attention ?? null, hostMsPerToken: r.hostMsPerToken ?? null,
 }));
 const summary = { device: run.device, date: run.date, readCeilingGBps: run.ceiling.GBps, torchReadCeilingGBps: torch.readCeilingGBps, attention, endToEnd };
-writeFileSync('docs/gpu/h200-summary.json', JSON.stringify(summary, null, 1) + '\n');
+if (hasTorch) writeFileSync('docs/gpu/h200-summary.json', JSON.stringify(summary, null, 1) + '\n');
+else console.error(`${dir}: no torch-peer.json, so docs/gpu/h200-summary.json is left as it is`);
 
 const f = (x, d = 3) => (x == null ? '–' : x.toFixed(d));
 const lines = [];
@@ -76,6 +79,13 @@ for (const m of [...new Set(endToEnd.map((e) => e.model))]) {
     return full && xq ? (full.msPerToken / xq.msPerToken).toFixed(2) + '×' : '–';
   };
   lines.push(`| ${m} | ${r(4096)} | ${r(32768)} | ${r(131072)} |`);
+}
+// prefill rows (--prefill): the prompt in batches against one position at a time, same process, alternated
+const prefill = (run.prefill ?? []).filter((r) => !r.error);
+if (prefill.length) {
+  lines.push('', '### Prefill (wall ms for the prompt; batches of `prefillBatch` positions per command buffer against one at a time)', '');
+  lines.push('| model | cache | prompt tokens | batch | batched ms | tok/s | one at a time ms | speed-up |', '|---|---|---:|---:|---:|---:|---:|---:|');
+  for (const r of prefill) lines.push(`| ${r.model} | ${r.cache} | ${r.promptTokens} | ${r.prefillBatch} | ${f(r.batchedMs, 1)} | ${r.tokensPerSecond.toFixed(0)} | ${f(r.oneAtATimeMs, 1)} | ${r.speedup.toFixed(2)}× |`);
 }
 // the load-pattern benchmark of the same call (packages/webgpu/bench/load-patterns.bench.mjs), where it ran
 if (existsSync(join(dir, 'load-patterns.json'))) {
