@@ -521,4 +521,31 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       }
     }
   }, 600_000);
+
+  it('a cache whose later layer does not fit the device throws a typed error and leaves no buffer allocated', async () => {
+    const dev = gpu!.device;
+    const limit = dev.limits.maxStorageBufferBindingSize;
+    // layer 0: 1-bit keys and values (small); layer 1: fp16 keys, kvHeads · capacity · headDim · 2 bytes > the limit
+    const cpu = createKvCache('planned', { layers: 2, kvHeads: 2, headDim: 64 }, { residualLength: 32, keys: [{ bits: 1, codesFrom: null }, { bits: 16, codesFrom: null }], values: [{ bits: 1, codesFrom: null }, { bits: 1, codesFrom: null }] }) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
+    const live = new Set<GPUBuffer>();
+    const create = dev.createBuffer.bind(dev);
+    dev.createBuffer = (d: GPUBufferDescriptor) => {
+      const b = create(d);
+      live.add(b);
+      const destroy = b.destroy.bind(b);
+      b.destroy = () => {
+        live.delete(b);
+        destroy();
+      };
+      return b;
+    };
+    try {
+      const capacity = Math.ceil(limit / (2 * 64 * 2)) + 1024;
+      await expect(DeviceKvCache.create(dev, { layers: 2, qHeads: 4, kvHeads: 2, headDim: 64 }, { kind: 'quantized', config: cpu.config }, { capacity })).rejects.toMatchObject({ code: 'E_BACKEND_UNAVAILABLE', message: expect.stringMatching(/layer 1 keys: .* exceed maxStorageBufferBindingSize/) });
+      expect(live.size).toBe(0);
+    } finally {
+      dev.createBuffer = create;
+      cpu.dispose();
+    }
+  }, 600_000);
 });

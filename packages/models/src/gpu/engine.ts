@@ -12,7 +12,7 @@ import { validateModelConfig } from '../config.js';
 import type { WeightSource } from '../model.js';
 import { checkWeightsMatchConfig } from '../weight-check.js';
 import { ropeInverseFrequencies, ropeTables } from '../rope.js';
-import { MATVEC_WORKGROUP, SAMPLE_BLOCK, embedRowsSource, embedSource, matvecRowsPerWorkgroup, matvecRowsSource, matvecRowsTokens, matvecSource, sampleSource, type MatvecSpec } from './kernels.js';
+import { MATVEC_WORKGROUP, SAMPLE_BLOCK, embedSource, matvecRowsPerWorkgroup, matvecRowsSource, matvecRowsTokens, matvecSource, sampleSource, type MatvecSpec } from './kernels.js';
 
 const SAMPLE_LAYOUT: ('read-only-storage' | 'storage' | 'uniform')[] = ['read-only-storage', 'storage', 'uniform', 'storage'];
 
@@ -406,7 +406,7 @@ export class GpuDecoder {
     const EL: ('read-only-storage' | 'storage' | 'uniform')[] = ['read-only-storage', 'read-only-storage', 'storage', 'uniform'];
     const ep = await k.pipeline(embedSource(H), EL, 'embedding');
     this.embed = { pipe: ep, bg: null!, workgroups: Math.ceil(H / 2 / 256) };
-    if (B > 1) this.embedRows = { pipe: await k.pipeline(embedRowsSource(H), EL, 'embedding (prefill)'), bg: null!, workgroups: Math.ceil(H / 2 / 256) };
+    if (B > 1) this.embedRows = { pipe: await k.pipeline(embedSource(H, true), EL, 'embedding (prefill)'), bg: null!, workgroups: Math.ceil(H / 2 / 256) };
     this.samplePart = this.buffer(8 * Math.ceil(c.vocabSize / SAMPLE_BLOCK), STORAGE, 'sampling partials', 'scratch');
     this.sample = {
       pipe: await k.pipeline(sampleSource(c.vocabSize, 1), SAMPLE_LAYOUT, 'sampling (blocks)'),

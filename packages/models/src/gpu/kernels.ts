@@ -268,42 +268,24 @@ export function matvecRowsSource(s: MatvecSpec): string {
 }
 
 /**
- * Embedding gather of a prefill batch: row r of x = `E[tokens[pos + r]]` for the `S.rows` rows. Bindings as
- * {@link embedSource}; dispatch (⌈hidden / 512⌉, rows). @internal
+ * Embedding gather: `x = E[tokens[pos]]` (fp16 rows → f32), or with `batched` row r of x = `E[tokens[pos + r]]` for the
+ * `S.rows` rows of a prefill batch (dispatch y = rows). Bindings: 0 E, 1 tokens, 2 x, 3 step. @internal
  */
-export function embedRowsSource(hidden: number): string {
+export function embedSource(hidden: number, batched = false): string {
+  const at = batched ? `r * ${hidden}u + ` : '';
   return [
-    BATCH_STEP,
+    batched ? BATCH_STEP : 'struct Step { pos: u32, vocab: u32, temperature: f32, seed: u32 };',
     '@group(0) @binding(0) var<storage, read> E: array<u32>;',
     '@group(0) @binding(1) var<storage, read> tokens: array<u32>;',
     '@group(0) @binding(2) var<storage, read_write> x: array<f32>;',
     '@group(0) @binding(3) var<uniform> S: Step;',
     '@compute @workgroup_size(256)',
     'fn main(@builtin(global_invocation_id) gid: vec3<u32>) {',
-    `  let i = gid.x; let r = gid.y; if (i >= ${hidden / 2}u || r >= S.rows) { return; }`,
-    '  let t = min(tokens[S.pos + r], S.vocab - 1u);',
+    batched ? `  let i = gid.x; let r = gid.y; if (i >= ${hidden / 2}u || r >= S.rows) { return; }` : `  let i = gid.x; if (i >= ${hidden / 2}u) { return; }`,
+    `  let t = min(tokens[S.pos${batched ? ' + r' : ''}], S.vocab - 1u);`,
     `  let w = unpack2x16float(E[t * ${hidden / 2}u + i]);`,
-    `  x[r * ${hidden}u + 2u * i] = w.x;`,
-    `  x[r * ${hidden}u + 2u * i + 1u] = w.y;`,
-    '}',
-  ].join('\n');
-}
-
-/** Embedding gather: `x = E[tokens[pos]]` (fp16 rows → f32). Bindings: 0 E, 1 tokens, 2 x, 3 step. @internal */
-export function embedSource(hidden: number): string {
-  return [
-    'struct Step { pos: u32, vocab: u32, temperature: f32, seed: u32 };',
-    '@group(0) @binding(0) var<storage, read> E: array<u32>;',
-    '@group(0) @binding(1) var<storage, read> tokens: array<u32>;',
-    '@group(0) @binding(2) var<storage, read_write> x: array<f32>;',
-    '@group(0) @binding(3) var<uniform> S: Step;',
-    '@compute @workgroup_size(256)',
-    'fn main(@builtin(global_invocation_id) gid: vec3<u32>) {',
-    `  let i = gid.x; if (i >= ${hidden / 2}u) { return; }`,
-    '  let t = min(tokens[S.pos], S.vocab - 1u);',
-    `  let w = unpack2x16float(E[t * ${hidden / 2}u + i]);`,
-    '  x[2u * i] = w.x;',
-    '  x[2u * i + 1u] = w.y;',
+    `  x[${at}2u * i] = w.x;`,
+    `  x[${at}2u * i + 1u] = w.y;`,
     '}',
   ].join('\n');
 }

@@ -475,71 +475,81 @@ export class DeviceKvCache {
     for (const [name, u] of [['unroll', unroll], ['valueUnroll', tuning.valueUnroll ?? 4]] as const) {
       if (!Number.isInteger(u) || u < 1 || u > 32) throw new XqConfigError('E_CONFIG', `${name} must be an integer from 1 to 32; got ${String(u)}`);
     }
+    // every buffer made here, destroyed again if a later layer or buffer throws (nothing is left allocated)
+    const made: GPUBuffer[] = [];
     const make = (size: number, label: string) => {
       if (size > device.limits.maxStorageBufferBindingSize) {
         throw new XqBackendError('E_BACKEND_UNAVAILABLE', `${label}: ${size} bytes exceed maxStorageBufferBindingSize (${device.limits.maxStorageBufferBindingSize}); lower the capacity`);
       }
-      return device.createBuffer({ size: Math.max(ALIGN, size), usage: STORAGE | COPY_SRC | COPY_DST, label });
+      const b = device.createBuffer({ size: Math.max(ALIGN, size), usage: STORAGE | COPY_SRC | COPY_DST, label });
+      made.push(b);
+      return b;
     };
-    const cap = this.capacity;
-    const R = this.R;
-    this.layers = [];
-    for (let l = 0; l < Lc; l++) {
-      const ks = cfg ? cfg.keys[l]! : { bits: 16, codesFrom: null };
-      const vs = cfg ? cfg.values[l]! : { bits: 16, codesFrom: null };
-      const gk = cfg?.groupSize ?? 32;
-      const gv = cfg?.valueGroupSize ?? gk;
-      const storage = (st: DeviceLayerStorage, g: number, cals: DeviceQuantizedConfig['keyCalibrators'], what: string): DeviceStorage =>
-        st.bits === 16
-          ? { kind: 'dense' }
-          : { kind: 'packed', bits: st.bits as 1 | 2 | 4, groupSize: g, donor: st.codesFrom !== null, calibration: calibrationOf(cals?.[l], st.bits, `layer ${l} ${what}`) };
-      const keys = storage(ks, gk, cfg?.keyCalibrators, 'keys');
-      const values = storage(vs, gv, cfg?.valueCalibrators, 'values');
-      // a layer's key or value buffer: dense fp16 rows, or [codes (own only) | fp16 scale/zero]; the same element count
-      // (kvHeads · capacity · headDim) either way, grouped along tokens (keys) or channels (values)
-      const sizes = (st: DeviceStorage): { bytes: number; metaOffset: number } => {
-        const elems = kvHeads * cap * D;
-        if (st.kind === 'dense') return { bytes: elems * 2, metaOffset: 0 };
-        const codes = st.donor ? 0 : align((elems * st.bits) / 8);
-        return { bytes: codes + (elems / st.groupSize) * 4, metaOffset: codes / 4 };
-      };
-      const { bytes: keyBytes, metaOffset: keyMetaOffset } = sizes(keys);
-      const { bytes: valueBytes, metaOffset: valueMetaOffset } = sizes(values);
-      const keyRing = keys.kind === 'packed' ? align(kvHeads * (R + 1) * D * 4) : 0;
-      const valueRing = values.kind === 'packed' ? kvHeads * (R + 2) * D * 4 : 0;
-      const rk: DeviceOperand = keys.kind === 'dense' ? { kind: 'dense' } : { kind: 'packed', bits: keys.bits, groupSize: keys.groupSize };
-      const rv: DeviceOperand = values.kind === 'dense' ? { kind: 'dense' } : { kind: 'packed', bits: values.bits, groupSize: values.groupSize };
-      this.layers.push({
-        keys,
-        values,
-        keyDonor: ks.codesFrom,
-        valueDonor: vs.codesFrom,
-        K: make(keyBytes, `layer ${l} keys`),
-        V: make(valueBytes, `layer ${l} values`),
-        ring: keyRing + valueRing > 0 ? make(keyRing + valueRing, `layer ${l} residual rings`) : null,
-        keyMetaOffset,
-        valueMetaOffset,
-        valueRingOffset: keyRing / 4,
-        update: { qHeads, kvHeads, headDim: D, keys, values, residualLength: R, keyMetaOffset, valueMetaOffset, valueRingOffset: keyRing / 4, rope: true, ...(int8 ? { keyLayout: 'quad' as const } : {}), ...(int8Values ? { valueLayout: 'quad' as const } : {}) },
-        decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll, ...dot, ...(tuning.valueUnroll ? { valueUnroll: tuning.valueUnroll } : {}), ...(tuning.valueSlot ? { valueSlot: tuning.valueSlot } : {}), ...(tuning.debugSkip ? { debugSkip: tuning.debugSkip } : {}), ...(tuning.prefetch === true ? { prefetch: true } : {}), ...(subgroupSize ? { subgroupSize } : {}) },
-        decodeSmall: null,
-        decodeMedium: null,
-        quantizeWorkgroups: 0,
-      });
+    try {
+      const cap = this.capacity;
+      const R = this.R;
+      this.layers = [];
+      for (let l = 0; l < Lc; l++) {
+        const ks = cfg ? cfg.keys[l]! : { bits: 16, codesFrom: null };
+        const vs = cfg ? cfg.values[l]! : { bits: 16, codesFrom: null };
+        const gk = cfg?.groupSize ?? 32;
+        const gv = cfg?.valueGroupSize ?? gk;
+        const storage = (st: DeviceLayerStorage, g: number, cals: DeviceQuantizedConfig['keyCalibrators'], what: string): DeviceStorage =>
+          st.bits === 16
+            ? { kind: 'dense' }
+            : { kind: 'packed', bits: st.bits as 1 | 2 | 4, groupSize: g, donor: st.codesFrom !== null, calibration: calibrationOf(cals?.[l], st.bits, `layer ${l} ${what}`) };
+        const keys = storage(ks, gk, cfg?.keyCalibrators, 'keys');
+        const values = storage(vs, gv, cfg?.valueCalibrators, 'values');
+        // a layer's key or value buffer: dense fp16 rows, or [codes (own only) | fp16 scale/zero]; the same element count
+        // (kvHeads · capacity · headDim) either way, grouped along tokens (keys) or channels (values)
+        const sizes = (st: DeviceStorage): { bytes: number; metaOffset: number } => {
+          const elems = kvHeads * cap * D;
+          if (st.kind === 'dense') return { bytes: elems * 2, metaOffset: 0 };
+          const codes = st.donor ? 0 : align((elems * st.bits) / 8);
+          return { bytes: codes + (elems / st.groupSize) * 4, metaOffset: codes / 4 };
+        };
+        const { bytes: keyBytes, metaOffset: keyMetaOffset } = sizes(keys);
+        const { bytes: valueBytes, metaOffset: valueMetaOffset } = sizes(values);
+        const keyRing = keys.kind === 'packed' ? align(kvHeads * (R + 1) * D * 4) : 0;
+        const valueRing = values.kind === 'packed' ? kvHeads * (R + 2) * D * 4 : 0;
+        const rk: DeviceOperand = keys.kind === 'dense' ? { kind: 'dense' } : { kind: 'packed', bits: keys.bits, groupSize: keys.groupSize };
+        const rv: DeviceOperand = values.kind === 'dense' ? { kind: 'dense' } : { kind: 'packed', bits: values.bits, groupSize: values.groupSize };
+        this.layers.push({
+          keys,
+          values,
+          keyDonor: ks.codesFrom,
+          valueDonor: vs.codesFrom,
+          K: make(keyBytes, `layer ${l} keys`),
+          V: make(valueBytes, `layer ${l} values`),
+          ring: keyRing + valueRing > 0 ? make(keyRing + valueRing, `layer ${l} residual rings`) : null,
+          keyMetaOffset,
+          valueMetaOffset,
+          valueRingOffset: keyRing / 4,
+          update: { qHeads, kvHeads, headDim: D, keys, values, residualLength: R, keyMetaOffset, valueMetaOffset, valueRingOffset: keyRing / 4, rope: true, ...(int8 ? { keyLayout: 'quad' as const } : {}), ...(int8Values ? { valueLayout: 'quad' as const } : {}) },
+          decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll, ...dot, ...(tuning.valueUnroll ? { valueUnroll: tuning.valueUnroll } : {}), ...(tuning.valueSlot ? { valueSlot: tuning.valueSlot } : {}), ...(tuning.debugSkip ? { debugSkip: tuning.debugSkip } : {}), ...(tuning.prefetch === true ? { prefetch: true } : {}), ...(subgroupSize ? { subgroupSize } : {}) },
+          decodeSmall: null,
+          decodeMedium: null,
+          quantizeWorkgroups: 0,
+        });
+      }
+      this.stepStride = Math.max(STEP_BYTES, device.limits.minUniformBufferOffsetAlignment ?? 256);
+      this.step = device.createBuffer({ size: this.stepStride, usage: UNIFORM | COPY_DST, label: 'device cache step' });
+      made.push(this.step);
+      if (small && this.smallChunk !== this.chunk) {
+        for (const l of this.layers) l.decodeSmall = { ...l.decode, ...small, headsPerGroup: hgSmall };
+      }
+      if (medium && this.mediumChunk !== this.chunk) {
+        for (const l of this.layers) l.decodeMedium = { ...l.decode, ...medium, headsPerGroup: hgMedium };
+      }
+      const maxChunks = Math.ceil(cap / Math.min(this.chunk, this.smallChunk, this.mediumChunk));
+      this.parts = make(qHeads * maxChunks * (D + 2) * 4, 'attention partials');
+      this.qbuf = make(qHeads * D * 4, 'rotated queries');
+      this.dummy = make(ALIGN, 'unused binding');
+      this.dummyRW = make(ALIGN, 'unused writable binding');
+    } catch (e) {
+      for (const b of made) b.destroy();
+      throw e;
     }
-    this.stepStride = Math.max(STEP_BYTES, device.limits.minUniformBufferOffsetAlignment ?? 256);
-    this.step = device.createBuffer({ size: this.stepStride, usage: UNIFORM | COPY_DST, label: 'device cache step' });
-    if (small && this.smallChunk !== this.chunk) {
-      for (const l of this.layers) l.decodeSmall = { ...l.decode, ...small, headsPerGroup: hgSmall };
-    }
-    if (medium && this.mediumChunk !== this.chunk) {
-      for (const l of this.layers) l.decodeMedium = { ...l.decode, ...medium, headsPerGroup: hgMedium };
-    }
-    const maxChunks = Math.ceil(cap / Math.min(this.chunk, this.smallChunk, this.mediumChunk));
-    this.parts = make(qHeads * maxChunks * (D + 2) * 4, 'attention partials');
-    this.qbuf = make(qHeads * D * 4, 'rotated queries');
-    this.dummy = make(ALIGN, 'unused binding');
-    this.dummyRW = make(ALIGN, 'unused writable binding');
   }
 
   private checkConfig(cfg: DeviceQuantizedConfig, D: number): void {
