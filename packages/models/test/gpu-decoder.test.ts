@@ -115,7 +115,7 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
     }
   }, 600_000);
 
-  it('prefill in batches (prefillBatch: default 32, and 5) gives the logits and greedy ids of one position at a time, full and xquant-1.38 (R = 32, key flushes inside a batch), on a 75-token prose prompt; typed errors for bad batch sizes', async () => {
+  it('prefill in batches (prefillBatch: default 32, and 5) gives the logits and greedy ids of one position at a time, full and xquant-1.38 (R = 32, key flushes inside a batch), on a 75-token prose prompt and a second 40-token turn; typed errors for bad batch sizes', async () => {
     const name = 'xq-llama-20m';
     for (const bad of [0, 2.5, 257, '8' as never]) {
       await expect(loadGpuDecoder(`${SHARED}/models/${name}`, gpu!.device, { cache: { kind: 'full' }, capacity: 64, prefillBatch: bad })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/prefillBatch/) });
@@ -127,13 +127,16 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
     for (const spec of [{ kind: 'full' }, { kind: 'quantized', config: xq }] as DeviceCacheSpec[]) {
       const runs: { tokens: number[]; logits: Float32Array }[] = [];
       for (const prefillBatch of [1, undefined, 5]) {
-        const { decoder } = await loadGpuDecoder(`${SHARED}/models/${name}`, gpu!.device, { cache: spec, capacity: 128, ...(prefillBatch ? { prefillBatch } : {}) });
+        const { decoder } = await loadGpuDecoder(`${SHARED}/models/${name}`, gpu!.device, { cache: spec, capacity: 160, ...(prefillBatch ? { prefillBatch } : {}) });
         try {
           const first = await decoder.generate({ prompt: ids, maxNewTokens: 1, stopTokens: [] });
           const logits = await decoder.readLogits();
           const rest = await decoder.generate({ prompt: first.tokens, maxNewTokens: 11, stopTokens: [] });
           expect(decoder.position).toBe(ids.length + 11);
-          runs.push({ tokens: [...first.tokens, ...rest.tokens], logits });
+          // a second turn: 40 more prompt positions after those held (batches start at position 86)
+          const turn = await decoder.generate({ prompt: ids.slice(0, 40), maxNewTokens: 4, stopTokens: [] });
+          expect(decoder.position).toBe(ids.length + 11 + 40 + 3);
+          runs.push({ tokens: [...first.tokens, ...rest.tokens, ...turn.tokens], logits });
         } finally {
           decoder.dispose();
         }
