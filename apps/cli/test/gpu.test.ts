@@ -40,6 +40,7 @@ describe.skipIf(!built || !adapter)(`xquant gpu (built CLI, WebGPU adapter) — 
     expect(JSON.parse(one.stdout.trim().split('\n').pop()!)).toMatchObject({ ids: c.ids, prefillBatch: 1 });
     expect(xquant('gpu', '--model', MODEL, '--prompt', 'x', '--prefill-batch', '0').stderr).toMatch(/--prefill-batch must be a positive integer/);
     expect(xquant('gpu', '--model', MODEL, '--prompt', 'x', '--prefill-batch', '257').stderr).toMatch(/--prefill-batch must be at most 256/);
+    expect(xquant('gpu', '--model', MODEL, '--prompt', 'x', '--prefill-attention', 'fp32').stderr).toMatch(/--prefill-attention must be full-precision or cache, got 'fp32'/);
     // the subgroup reductions (where the adapter has one subgroup size): the same greedy ids
     const probe = await requestNodeDevice();
     const sizes = [probe?.adapter.info?.subgroupMinSize, probe?.adapter.info?.subgroupMaxSize];

@@ -269,7 +269,7 @@ async function endToEnd(name, dir, contexts, caches, steps) {
         model: name, context: ctx, cache: cacheName, tuning: tuningFor(spec.kind) ?? 'default', subgroups: decoder.usesSubgroups, prefetchWeights: o['prefetch-weights'], msPerToken, tokensPerSecond: 1000 / msPerToken, runs,
         hostMsPerToken: median(hostRuns), hostRuns,
         kvBytes, kvTrueBits: mem.cache.trueBitsPerElement, weightReadBytes: mem.weightReadBytesPerToken,
-        peakGpuBytes: mem.weightBytes + mem.scratchBytes + mem.cache.allocatedBytes, floorMs, floorFraction: floorMs ? floorMs / msPerToken : null, profile,
+        peakGpuBytes: mem.weightBytes + mem.scratchBytes + mem.prefillBytes + mem.cache.allocatedBytes, floorMs, floorFraction: floorMs ? floorMs / msPerToken : null, profile,
       };
       results.endToEnd.push(row);
       save();

@@ -449,7 +449,7 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     });
   });
 
-  it('a batch of positions in one command buffer (beginPositions, slot s = row s of qkv and out) gives every position the outputs and leaves the words of one position at a time, across key flushes and value quantizations; typed errors for bad batches', async () => {
+  it('a batch of positions in one command buffer (beginPositions, slot s = row s of qkv and out) gives every position the outputs and leaves the words of one position at a time, across key flushes and value quantizations, and so does taking them in without attending (encodeIngest); typed errors for bad batches', async () => {
     const dev = gpu!.device;
     const layers = 2;
     const D = 64;
@@ -466,7 +466,7 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       return () => ((s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 2 ** 32) * 2 - 1;
     })();
     const x = Array.from({ length: N }, () => Array.from({ length: layers }, () => Float32Array.from({ length: width }, (_, i) => rand() + (i >= outW && i % D < 2 ? 3 : 0))));
-    const run = async (batch: number) => {
+    const run = async (batch: number, ingest = false) => {
       const c = await DeviceKvCache.create(dev, shape, spec, { capacity: N + 1, tuning: { small: null } });
       const io = { qkv: buffer(dev, new Float32Array(width * batch)), rope: buffer(dev, identityRope(c.capacity, D)), out: buffer(dev, new Float32Array(outW * batch)), rows: batch };
       c.attach(io);
@@ -478,7 +478,7 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
           for (let s = 0; s < n; s++) dev.queue.writeBuffer(io.qkv, s * width * 4, x[p0 + s]![l]!);
           const enc = dev.createCommandEncoder();
           const pass = enc.beginComputePass();
-          for (let s = 0; s < n; s++) c.encodeLayer(pass, l, s);
+          for (let s = 0; s < n; s++) (ingest ? c.encodeIngest(pass, l, s) : c.encodeLayer(pass, l, s));
           pass.end();
           dev.queue.submit([enc.finish()]);
           const got = await readF32(dev, io.out, outW * n);
@@ -491,7 +491,14 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     };
     const one = await run(1);
     const many = await run(B);
+    // taking positions in without attending (encodeIngest) leaves the same words
+    const ingested = await run(B, true);
     try {
+      for (let l = 0; l < layers; l++) {
+        expect(ingested.words[l]!.keys).toEqual(one.words[l]!.keys);
+        expect(ingested.words[l]!.values).toEqual(one.words[l]!.values);
+        expect(ingested.words[l]!.ring).toEqual(one.words[l]!.ring);
+      }
       expect(many.c.tokens).toBe(N);
       for (let p = 0; p < N; p++) for (let l = 0; l < layers; l++) expect(many.outs[p]![l], `position ${p}, layer ${l}`).toEqual(one.outs[p]![l]);
       for (let l = 0; l < layers; l++) {
@@ -515,7 +522,7 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       expect(() => c.attach({ ...many.io, rows: B + 1 })).toThrow(expect.objectContaining({ code: 'E_SHAPE', message: expect.stringMatching(/smaller than 17 ×/) }));
       expect(gpuErrors).toEqual([]);
     } finally {
-      for (const r of [one, many]) {
+      for (const r of [one, many, ingested]) {
         r.c.dispose();
         for (const b of [r.io.qkv, r.io.rope, r.io.out]) b.destroy();
       }

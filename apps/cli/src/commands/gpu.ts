@@ -30,6 +30,9 @@ options:
                           (not yet timed on a GPU, off by default)
   --prefill-batch N       prompt positions per command buffer (1-256, default 32): each layer's matrix-vector
                           products run once over the batch, attention position by position; 1 = one at a time
+  --prefill-attention full-precision|cache
+                          what prompt positions attend over with a quantized cache (default full-precision: their
+                          fp16 K/V, as the reference implementation's prefill; cache: the quantized cache, as decoding)
   --dawn-flags FLAGS      Dawn flags, ';'-separated, e.g. enable-dawn-features=vulkan_enable_f16_on_nvidia
                           (shader-f16 on NVIDIA) or enable-dawn-features=skip_validation (less host time per
                           token; invalid API use is no longer caught)
@@ -50,6 +53,7 @@ export async function run(argv: string[]): Promise<number> {
     subgroups: { type: 'boolean', default: false },
     'prefetch-weights': { type: 'boolean', default: false },
     'prefill-batch': { type: 'string', default: '32' },
+    'prefill-attention': { type: 'string', default: 'full-precision' },
     'dawn-flags': { type: 'string' },
   }, { ints: { 'residual-length': 'one' } });
   if (typeof parsed === 'number') return parsed;
@@ -75,6 +79,8 @@ export async function run(argv: string[]): Promise<number> {
   if (!Number.isInteger(seed)) return usage(`--seed must be an integer, got '${String(v.seed)}'`);
   const valueMix = String(v['value-mix']);
   if (valueMix !== 'f32' && valueMix !== 'f16') return usage(`--value-mix must be f32 or f16, got '${valueMix}'`);
+  const prefillAttention = String(v['prefill-attention']);
+  if (prefillAttention !== 'full-precision' && prefillAttention !== 'cache') return usage(`--prefill-attention must be full-precision or cache, got '${prefillAttention}'`);
   const flags = typeof v['dawn-flags'] === 'string' ? v['dawn-flags'].split(';').filter((f) => f !== '') : [];
   process.env.XDG_RUNTIME_DIR ??= '/tmp';
   const gpu = await requestNodeDevice({ flags });
@@ -89,6 +95,7 @@ export async function run(argv: string[]): Promise<number> {
       cache: { kind: 'full' },
       capacity: 16,
       prefillBatch,
+      prefillAttention,
       ...(v.subgroups === true ? { subgroups: true } : {}),
       ...(v['prefetch-weights'] === true ? { prefetchWeights: true } : {}),
     });
@@ -108,7 +115,7 @@ export async function run(argv: string[]): Promise<number> {
       const mem = decoder.memory();
       // the decode-attention kernel of the last position: geometry and how packed keys were scored (float or int8)
       const attention = decoder.cache.attentionDispatch(0);
-      const info = { adapter: gpu.info, cache: cacheId, promptTokens: ids.length, ids: out.tokens, text, prefillMs: out.prefillMs, msPerToken: out.msPerToken, hostMsPerToken: out.hostMsPerToken, memory: mem, attention, subgroups: decoder.usesSubgroups, prefetchWeights: v['prefetch-weights'] === true, prefillBatch };
+      const info = { adapter: gpu.info, cache: cacheId, promptTokens: ids.length, ids: out.tokens, text, prefillMs: out.prefillMs, msPerToken: out.msPerToken, hostMsPerToken: out.hostMsPerToken, memory: mem, attention, subgroups: decoder.usesSubgroups, prefetchWeights: v['prefetch-weights'] === true, prefillBatch, prefillAttention };
       if (v.json) console.log(JSON.stringify(info));
       else {
         console.log(v.prompt + text);

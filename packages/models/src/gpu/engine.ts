@@ -52,6 +52,18 @@ export interface GpuDecoderOptions {
    * each position attends exactly as it would alone: the numbers equal the one-at-a-time path up to the order of float sums.
    */
   prefillBatch?: number;
+  /**
+   * What prompt positions attend over when a prompt starts an empty decoder whose cache is quantized.
+   * `'full-precision'` (default): the prompt's fp16 K/V, as the reference implementation's prefill and the tfjs
+   * runtime's `forward` do; the positions are taken into the quantized cache (the words decoding would leave for the
+   * same K/V) without attending over it, and the first new token is sampled from the last prompt position. It needs a
+   * second, fp16 cache for the prompt on the device (`memory().prefillBytes`, kept for the next prompt until
+   * `replaceCache` or `dispose`). `'cache'`: the quantized cache, as in decoding, so every prompt position computes
+   * what it would one at a time — far from the reference for low-bit caches (xquant-1.38 on xq-llama-20m, 75-token
+   * prompt: 0.42 of the largest logit off the reference at the last prompt position, against 2e-4). A prompt that
+   * continues held positions attends as with `'cache'`; with a `full` cache the two are the same.
+   */
+  prefillAttention?: 'cache' | 'full-precision';
 }
 
 /** Options of {@link GpuDecoder.generate}. */
@@ -96,6 +108,8 @@ export interface GpuDecoderMemory {
   weightReadBytesPerToken: number;
   /** Activations, token ids and read-back buffers. */
   scratchBytes: number;
+  /** The fp16 prompt cache of `prefillAttention: 'full-precision'` (0 until a prompt needed it). */
+  prefillBytes: number;
   cache: DeviceCacheMemory;
 }
 
@@ -180,6 +194,10 @@ export class GpuDecoder {
   private embedRows: { pipe: GPUComputePipeline; bg: GPUBindGroup; workgroups: number } | null = null;
   /** Positions of a prefill batch: rows of the activation buffers. */
   private readonly batchRows: number;
+  /** What prompt positions attend over (see {@link GpuDecoderOptions.prefillAttention}). */
+  private prefillAttention: 'cache' | 'full-precision' = 'full-precision';
+  /** The fp16 cache of the prompt for `'full-precision'` prefill (made when first needed). */
+  private promptCache: DeviceKvCache | null = null;
   private lmHead!: Matvec;
   private sample!: { pipe: GPUComputePipeline; pipe2: GPUComputePipeline; blocks: number; bg: GPUBindGroup };
   private samplePart!: GPUBuffer;
@@ -259,9 +277,12 @@ export class GpuDecoder {
       if (options[k] !== undefined && typeof options[k] !== 'boolean') throw new XqConfigError('E_CONFIG', `${k} must be true or false; got ${String(options[k])}`);
     }
     if (!Number.isInteger(inFlight) || inFlight < 1 || inFlight > 8) throw new XqConfigError('E_CONFIG', `inFlight must be an integer in [1, 8]; got ${String(inFlight)}`);
+    const pa = options.prefillAttention ?? 'full-precision';
+    if (pa !== 'cache' && pa !== 'full-precision') throw new XqConfigError('E_CONFIG', `prefillAttention must be 'cache' or 'full-precision'; got ${String(options.prefillAttention)}`);
     const batch = options.prefillBatch ?? 32;
     if (!Number.isInteger(batch) || batch < 1 || batch > 256) throw new XqConfigError('E_CONFIG', `prefillBatch must be an integer in [1, 256]; got ${String(options.prefillBatch)}`);
     const d = new GpuDecoder(device, config, cap, inFlight, batch);
+    d.prefillAttention = pa;
     try {
       await d.build(weights, options);
     } catch (e) {
@@ -318,6 +339,8 @@ export class GpuDecoder {
     const MV: ('read-only-storage' | 'storage' | 'uniform')[] = ['read-only-storage', 'read-only-storage', 'storage', 'read-only-storage', 'read-only-storage'];
     const MVB: ('read-only-storage' | 'storage' | 'uniform')[] = [...MV, 'uniform'];
     const B = this.batchRows;
+    // the batch kernels: for batches of prompt positions, and for the last prompt position of a full-precision prefill
+    const batchKernels = B > 1 || this.prefillAttention === 'full-precision';
     const dummy = this.buffer(16, STORAGE, 'unused binding', 'scratch');
     // activations
     // one row per position of a prefill batch (decoding uses row 0)
@@ -397,7 +420,7 @@ export class GpuDecoder {
         gateUp: await make(specs.gateUp, ...args.gateUp),
         down: await make(specs.down, ...args.down),
       });
-      this.layers.push({ ...(await ops(matvec)), batch: B > 1 ? await ops(matvecRows) : null });
+      this.layers.push({ ...(await ops(matvec)), batch: batchKernels ? await ops(matvecRows) : null });
     }
     const gFinal = await vec(['model.norm.weight'], [c.hiddenSize], 'final norm');
     const E = await rows(['model.embed_tokens.weight'], [c.vocabSize], H, 'embedding');
@@ -406,7 +429,7 @@ export class GpuDecoder {
     const EL: ('read-only-storage' | 'storage' | 'uniform')[] = ['read-only-storage', 'read-only-storage', 'storage', 'uniform'];
     const ep = await k.pipeline(embedSource(H), EL, 'embedding');
     this.embed = { pipe: ep, bg: null!, workgroups: Math.ceil(H / 2 / 256) };
-    if (B > 1) this.embedRows = { pipe: await k.pipeline(embedSource(H, true), EL, 'embedding (prefill)'), bg: null!, workgroups: Math.ceil(H / 2 / 256) };
+    if (batchKernels) this.embedRows = { pipe: await k.pipeline(embedSource(H, true), EL, 'embedding (prefill)'), bg: null!, workgroups: Math.ceil(H / 2 / 256) };
     this.samplePart = this.buffer(8 * Math.ceil(c.vocabSize / SAMPLE_BLOCK), STORAGE, 'sampling partials', 'scratch');
     this.sample = {
       pipe: await k.pipeline(sampleSource(c.vocabSize, 1), SAMPLE_LAYOUT, 'sampling (blocks)'),
@@ -433,6 +456,9 @@ export class GpuDecoder {
     const [oldCache, oldRope] = [this.cache, this.rope];
     await this.useCache(spec, capacity, tuning);
     oldCache.dispose();
+    // (bound to the old rotary tables)
+    this.promptCache?.dispose();
+    this.promptCache = null;
     if (oldRope) this.release(oldRope, 'weights');
     this.capacity = capacity;
     const grown = this.buffer(4 * (capacity + 1), STORAGE | COPY_SRC | COPY_DST, 'token ids', 'scratch');
@@ -573,45 +599,93 @@ export class GpuDecoder {
   }
 
   /**
-   * Run `count` prompt positions (their ids already in `tokens`) without sampling, in batches of up to `batch`:
-   * per layer the batch's matrix-vector products once over all its rows, the cache's update and attention position by
-   * position in between. One command buffer per batch.
+   * Run `count` prompt positions (their ids already in `tokens`) without sampling, in batches of up to `batch`
+   * (see {@link GpuDecoder.submitBatch}); one position at a time through the decode path where a batch would hold one
+   * and attention runs over the cache.
    */
-  private submitPrefill(count: number, batch: number): void {
+  private submitPrefill(count: number, batch: number, fullPrecision: boolean): void {
     for (let done = 0; done < count; ) {
       const rows = Math.min(batch, count - done);
-      if (rows === 1 || !this.embedRows) {
-        this.submitPosition(false, 0, 0, null);
-        done++;
-        continue;
-      }
-      if (this.pos + rows > this.cache.capacity || this.pos + rows > this.capacity) throw new XqStateError('E_STATE', `the decoder is full (${this.capacity} positions)`);
-      this.writeStep(0, 0, rows);
-      this.cache.beginPositions(rows);
-      const enc = this.device.createCommandEncoder();
-      const pass = enc.beginComputePass();
-      const run = (m: Matvec) => {
-        pass.setPipeline(m.pipe);
-        pass.setBindGroup(0, m.bg);
-        pass.dispatchWorkgroups(m.workgroups, Math.ceil(rows / m.tokens!));
-      };
-      pass.setPipeline(this.embedRows.pipe);
-      pass.setBindGroup(0, this.embedRows.bg);
-      pass.dispatchWorkgroups(this.embedRows.workgroups, rows);
-      for (let l = 0; l < this.layers.length; l++) {
-        const b = this.layers[l]!.batch!;
-        run(b.qkv);
-        for (let s = 0; s < rows; s++) this.cache.encodeLayer(pass, l, s);
-        run(b.o);
-        run(b.gateUp);
-        run(b.down);
-      }
-      pass.end();
-      this.device.queue.submit([enc.finish()]);
-      this.cache.endPositions(rows);
-      this.pos += rows;
+      if (!fullPrecision && (rows === 1 || !this.embedRows)) this.submitPosition(false, 0, 0, null);
+      else this.submitBatch(rows, fullPrecision, null);
       done += rows;
     }
+  }
+
+  /**
+   * One command buffer for `rows` consecutive positions: per layer the batch's matrix-vector products once over its
+   * rows, and between them, position by position, the cache's update, attention and merge — or, with `fullPrecision`,
+   * attention over the fp16 prompt cache and the positions taken into the quantized cache without attending. With
+   * `sample` (one row), the next token is sampled on the device and copied to `sample.readback`.
+   */
+  private submitBatch(rows: number, fullPrecision: boolean, sample: { temperature: number; seed: number; readback: GPUBuffer } | null): void {
+    if (this.pos + rows > this.cache.capacity || this.pos + rows > this.capacity) throw new XqStateError('E_STATE', `the decoder is full (${this.capacity} positions)`);
+    const fp = fullPrecision ? this.promptCache! : null;
+    this.writeStep(sample?.temperature ?? 0, sample?.seed ?? 0, rows);
+    this.cache.beginPositions(rows);
+    fp?.beginPositions(rows);
+    const enc = this.device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    const run = (m: Matvec) => {
+      pass.setPipeline(m.pipe);
+      pass.setBindGroup(0, m.bg);
+      pass.dispatchWorkgroups(m.workgroups, Math.ceil(rows / m.tokens!));
+    };
+    const embed = this.embedRows!;
+    pass.setPipeline(embed.pipe);
+    pass.setBindGroup(0, embed.bg);
+    pass.dispatchWorkgroups(embed.workgroups, rows);
+    for (let l = 0; l < this.layers.length; l++) {
+      const b = this.layers[l]!.batch!;
+      run(b.qkv);
+      for (let s = 0; s < rows; s++) {
+        if (fp) {
+          fp.encodeLayer(pass, l, s);
+          this.cache.encodeIngest(pass, l, s);
+        } else {
+          this.cache.encodeLayer(pass, l, s);
+        }
+      }
+      run(b.o);
+      run(b.gateUp);
+      run(b.down);
+    }
+    if (sample) {
+      // one row: the decode kernels of the output head and sampler read row 0
+      pass.setPipeline(this.lmHead.pipe);
+      pass.setBindGroup(0, this.lmHead.bg);
+      pass.dispatchWorkgroups(Math.min(this.lmHead.workgroups, 65535), Math.ceil(this.lmHead.workgroups / 65535));
+      pass.setPipeline(this.sample.pipe);
+      pass.setBindGroup(0, this.sample.bg);
+      pass.dispatchWorkgroups(this.sample.blocks);
+      pass.setPipeline(this.sample.pipe2);
+      pass.dispatchWorkgroups(1);
+    }
+    pass.end();
+    if (sample) enc.copyBufferToBuffer(this.tokens, 4 * (this.pos + 1), sample.readback, 0, 4);
+    this.device.queue.submit([enc.finish()]);
+    this.cache.endPositions(rows);
+    fp?.endPositions(rows);
+    this.pos += rows;
+  }
+
+  /** The fp16 prompt cache, empty and holding at least `positions` (made or grown here). */
+  private async promptCacheFor(positions: number): Promise<DeviceKvCache> {
+    const c = this.config;
+    if (!this.promptCache || this.promptCache.capacity < positions) {
+      this.promptCache?.dispose();
+      this.promptCache = null;
+      const pc = await DeviceKvCache.create(this.device, { layers: c.numLayers, qHeads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim }, { kind: 'full' }, { capacity: positions });
+      try {
+        pc.attach({ qkv: this.qkv, rope: this.rope!, out: this.attn, rows: this.batchRows });
+      } catch (e) {
+        pc.dispose();
+        throw e;
+      }
+      this.promptCache = pc;
+    }
+    this.promptCache.reset();
+    return this.promptCache;
   }
 
   /**
@@ -663,7 +737,11 @@ export class GpuDecoder {
     const seed = opts.seed ?? 0;
     this.device.queue.writeBuffer(this.tokens, 4 * this.pos, new Uint32Array(prompt));
     const t0 = performance.now();
-    this.submitPrefill(prompt.length - 1, batch);
+    // full-precision prefill: a prompt that starts an empty decoder with a quantized cache (the last prompt position
+    // too: the first new token is sampled from it, in the loop below)
+    const fullPrecision = this.prefillAttention === 'full-precision' && this.pos === 0 && this.cache.spec.kind === 'quantized';
+    if (fullPrecision) await this.promptCacheFor(prompt.length);
+    this.submitPrefill(prompt.length - 1, batch, fullPrecision);
     await this.device.queue.onSubmittedWorkDone();
     const prefillMs = performance.now() - t0;
     const out: number[] = [];
@@ -685,7 +763,8 @@ export class GpuDecoder {
       while (submitted < maxNewTokens && submitted - out.length < ring) {
         const slot = submitted % ring;
         const h0 = performance.now();
-        this.submitPosition(true, temperature, seed, this.staging[slot]!);
+        if (fullPrecision && submitted === 0) this.submitBatch(1, true, { temperature, seed, readback: this.staging[slot]! });
+        else this.submitPosition(true, temperature, seed, this.staging[slot]!);
         this.pending[slot] = this.staging[slot]!.mapAsync(MAP_READ);
         hostMs += performance.now() - h0;
         submitted++;
@@ -722,7 +801,7 @@ export class GpuDecoder {
   /** Bytes held on the device. */
   memory(): GpuDecoderMemory {
     this.checkAlive();
-    return { weightBytes: this.weightBytes, weightReadBytesPerToken: this.matvecBytes, scratchBytes: this.scratchBytes, cache: this.cache.memory() };
+    return { weightBytes: this.weightBytes, weightReadBytesPerToken: this.matvecBytes, scratchBytes: this.scratchBytes, prefillBytes: this.promptCache?.memory().allocatedBytes ?? 0, cache: this.cache.memory() };
   }
 
   /** Read the logits of the last sampled position (tests, debugging). */
@@ -745,5 +824,6 @@ export class GpuDecoder {
     this.disposed = true;
     for (const b of this.buffers) b.destroy();
     this.cache?.dispose();
+    this.promptCache?.dispose();
   }
 }

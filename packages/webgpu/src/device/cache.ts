@@ -215,6 +215,8 @@ interface LayerRes {
   combineBG?: GPUBindGroup;
   /** The merge kernel of the layer: the cache's shared one, or one with the layer's quantization workgroups. */
   mergePipe?: GPUComputePipeline;
+  /** The merge pass's quantizing workgroups alone (see {@link DeviceKvCache.encodeIngest}); quantized layers only. */
+  ingestPipe?: GPUComputePipeline;
   /** Workgroups of the merge dispatch past the query heads: the layer's quantization (0: nothing packed). */
   quantizeWorkgroups: number;
 }
@@ -603,8 +605,10 @@ export class DeviceKvCache {
       this.layers.map(async (l, i) => {
         const q = quantizeSource(l.update);
         l.quantizeWorkgroups = q?.workgroups ?? 0;
-        [l.mergePipe, l.updatePipe, l.decodePipe, l.decodePipeSmall, l.decodePipeMedium] = await Promise.all([
+        [l.mergePipe, l.ingestPipe, l.updatePipe, l.decodePipe, l.decodePipeSmall, l.decodePipeMedium] = await Promise.all([
           q ? k.pipeline(combineSource(this.shape.headDim, this.shape.qHeads, q), LAYOUTS.combineQuantize, `layer ${i} merge and quantization`) : Promise.resolve(this.combinePipe!),
+          // (no merge workgroups: every workgroup quantizes)
+          q ? k.pipeline(combineSource(this.shape.headDim, 0, q), LAYOUTS.combineQuantize, `layer ${i} quantization`) : Promise.resolve(undefined),
           k.pipeline(updateKernelSource(l.update), LAYOUTS.update, `layer ${i} update`),
           k.pipeline(decodeKernelSource(l.decode), LAYOUTS.decode, `layer ${i} attention`),
           l.decodeSmall ? k.pipeline(decodeKernelSource(l.decodeSmall), LAYOUTS.decode, `layer ${i} attention (short contexts)`) : Promise.resolve(undefined),
@@ -826,6 +830,21 @@ export class DeviceKvCache {
     pass.setPipeline(l.mergePipe!);
     pass.setBindGroup(0, l.combineBG!, [offset]);
     pass.dispatchWorkgroups(this.shape.qHeads + l.quantizeWorkgroups);
+  }
+
+  /**
+   * Take in the position (or slot `slot` of a batch) without attending: the update pass (rotate and append k and v;
+   * the rotated queries are written but not read) and the quantization the schedule owes once the position is held —
+   * the same words {@link DeviceKvCache.encodeLayer} leaves, without the attention and merge. For a caller that attends
+   * elsewhere, e.g. a prefill whose attention runs over full-precision K/V as the reference implementation's does.
+   */
+  encodeIngest(pass: GPUComputePassEncoder, layer: number, slot = 0): void {
+    this.encodeUpdate(pass, layer, slot);
+    const l = this.layerOf(layer);
+    if (!l.ingestPipe) return;
+    pass.setPipeline(l.ingestPipe);
+    pass.setBindGroup(0, l.combineBG!, [this.slotOffset(slot)]);
+    pass.dispatchWorkgroups(l.quantizeWorkgroups);
   }
 
   private layerOf(layer: number): LayerRes {
