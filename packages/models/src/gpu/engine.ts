@@ -126,7 +126,7 @@ interface LayerOps {
   o: Matvec;
   gateUp: Matvec;
   down: Matvec;
-  /** The same products over the rows of a prefill batch (absent when `prefillBatch` is 1). */
+  /** The same products over the rows of a prefill batch (absent with `prefillBatch` 1 and `prefillAttention: 'cache'`). */
   batch: { qkv: Matvec; o: Matvec; gateUp: Matvec; down: Matvec } | null;
 }
 
@@ -190,7 +190,7 @@ export class GpuDecoder {
   private scratchBytes = 0;
   private readonly layers: LayerOps[] = [];
   private embed!: { pipe: GPUComputePipeline; bg: GPUBindGroup; workgroups: number };
-  /** The embedding gather of a prefill batch (absent when `prefillBatch` is 1). */
+  /** The embedding gather of a prefill batch (absent with `prefillBatch` 1 and `prefillAttention: 'cache'`). */
   private embedRows: { pipe: GPUComputePipeline; bg: GPUBindGroup; workgroups: number } | null = null;
   /** Positions of a prefill batch: rows of the activation buffers. */
   private readonly batchRows: number;
