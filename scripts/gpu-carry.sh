@@ -48,7 +48,7 @@ fi
 DAWN=$(node -e "const p=require('path');console.log(p.join(p.dirname(require.resolve('webgpu/package.json',{paths:['packages/webgpu']})),'dist/linux-x64/dawn.node'))")
 cp "$DAWN" "$STAGE/dist/linux-x64/dawn.node"
 cp "$(command -v node)" "$STAGE/node"
-cp scripts/random-checkpoint.mjs docs/gpu/torch_peer.py "$STAGE/"
+cp scripts/random-checkpoint.mjs docs/gpu/torch_peer.py docs/gpu/torch_prefill.py "$STAGE/"
 cp models/xq-demo/tokenizer.json "$STAGE/tokenizer.json"
 cp docs/report/plans/xq-llama-20m.plan-R32-v64.json "$STAGE/plan.json"
 for m in xq-llama-20m xq-qwen2-30m; do

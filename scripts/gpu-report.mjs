@@ -84,8 +84,14 @@ for (const m of [...new Set(endToEnd.map((e) => e.model))]) {
 const prefill = (run.prefill ?? []).filter((r) => !r.error);
 if (prefill.length) {
   lines.push('', '### Prefill (wall ms for the prompt; batches of `prefillBatch` positions per command buffer against one at a time)', '');
-  lines.push('| model | cache | prompt attends over | prompt tokens | batch | batched ms | tok/s | one at a time ms | speed-up |', '|---|---|---|---:|---:|---:|---:|---:|---:|');
-  for (const r of prefill) lines.push(`| ${r.model} | ${r.cache} | ${r.prefillAttention ?? 'cache'} | ${r.promptTokens} | ${r.prefillBatch} | ${f(r.batchedMs, 1)} | ${r.tokensPerSecond.toFixed(0)} | ${f(r.oneAtATimeMs, 1)} | ${r.speedup.toFixed(2)}× |`);
+  // the plain-PyTorch fp16 prefill of the Llama-3.2-1B shape (PREFILL_PEER=1 of gpu-run.sh), where it ran
+  const peer = existsSync(join(dir, 'torch-prefill.json')) ? JSON.parse(readFileSync(join(dir, 'torch-prefill.json'), 'utf8')) : null;
+  const torchMs = (r) => (r.model === 'llama-3.2-1b' ? (peer?.rows.find((p) => p.promptTokens === r.promptTokens)?.ms ?? null) : null);
+  lines.push('| model | cache | prompt attends over | prompt tokens | batch | batched ms | tok/s | one at a time ms | speed-up | torch fp16 ms | ours ÷ torch |', '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const r of prefill) {
+    const t = torchMs(r);
+    lines.push(`| ${r.model} | ${r.cache} | ${r.prefillAttention ?? 'cache'} | ${r.promptTokens} | ${r.prefillBatch} | ${f(r.batchedMs, 1)} | ${r.tokensPerSecond.toFixed(0)} | ${f(r.oneAtATimeMs, 1)} | ${r.speedup.toFixed(2)}× | ${f(t, 1)} | ${t ? (r.batchedMs / t).toFixed(2) + '×' : '–'} |`);
+  }
 }
 // the load-pattern benchmark of the same call (packages/webgpu/bench/load-patterns.bench.mjs), where it ran
 if (existsSync(join(dir, 'load-patterns.json'))) {

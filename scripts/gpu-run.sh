@@ -5,6 +5,7 @@
 #   bash scripts/gpu-run.sh [--contexts 4096,32768,131072] [--caches full,kivi-2,xquant-1.38,plan] …
 # CEIL_ARGS: extra arguments of the WGSL ceilings benchmark (e.g. --dawn-flags …); LOADS_ARGS: of the load-pattern one.
 # SKIP_LOADS=1 leaves out the load-pattern benchmark (the packed loops' loads alone, layouts before/now; ~10 s).
+# PREFILL_PEER=1 also times a plain-PyTorch fp16 prefill of the Llama-3.2-1B shape (docs/gpu/torch_prefill.py).
 # SKIP_SGM=1 leaves out the subgroup-matrix probe (run last, 120 s at most: it needs Dawn's unsafe APIs).
 # EXTRA_RUNS: '|'-separated argument lists of more decode-benchmark processes after the main one ($OUT/extra-N).
 # CODEBOOK=1 also runs the codebook (turboquant layout) attention benchmark (CODEBOOK_ARGS: its options).
@@ -20,6 +21,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max
 if [ "${SKIP_TORCH:-0}" != 1 ]; then
   (cd "$W" && PYTHONUNBUFFERED=1 timeout 240 python3 torch_peer.py "$OUT/torch-peer.json" 32768 131072) > "$OUT/torch.log" 2>&1
   tail -12 "$OUT/torch.log"
+fi
+# PREFILL_PEER=1: plain-PyTorch fp16 prefill of the Llama-3.2-1B shape (PREFILL_TOKENS, default "512 4096")
+if [ "${PREFILL_PEER:-0}" = 1 ]; then
+  (cd "$W" && PYTHONUNBUFFERED=1 timeout 180 python3 torch_prefill.py "$OUT/torch-prefill.json" ${PREFILL_TOKENS:-512 4096}) > "$OUT/torch-prefill.log" 2>&1
+  tail -4 "$OUT/torch-prefill.log"
 fi
 M=/tmp/models
 MODELS=${MODELS:-llama-3.2-1b,qwen2.5-0.5b,xq-llama-20m,xq-qwen2-30m}
