@@ -53,7 +53,8 @@ export interface GpuDecoderOptions {
    */
   prefillBatch?: number;
   /**
-   * What prompt positions attend over when a prompt starts an empty decoder whose cache is quantized.
+   * What prompt positions attend over when a prompt of two or more tokens starts an empty decoder whose cache is
+   * quantized (a one-token prompt attends over itself alone, from the cache's float32 ring).
    * `'full-precision'` (default): the prompt's fp16 K/V, as the reference implementation's prefill and the tfjs
    * runtime's `forward` do; the positions are taken into the quantized cache (the words decoding would leave for the
    * same K/V) without attending over it, and the first new token is sampled from the last prompt position. It needs a
@@ -600,13 +601,14 @@ export class GpuDecoder {
 
   /**
    * Run `count` prompt positions (their ids already in `tokens`) without sampling, in batches of up to `batch`
-   * (see {@link GpuDecoder.submitBatch}); one position at a time through the decode path where a batch would hold one
-   * and attention runs over the cache.
+   * (see {@link GpuDecoder.submitBatch}); a batch of one position whose attention runs over the cache goes through the
+   * decode path.
    */
   private submitPrefill(count: number, batch: number, fullPrecision: boolean): void {
     for (let done = 0; done < count; ) {
       const rows = Math.min(batch, count - done);
-      if (!fullPrecision && (rows === 1 || !this.embedRows)) this.submitPosition(false, 0, 0, null);
+      // (without the batch kernels the batch is 1: they exist whenever prefillBatch > 1 or the prefill is full-precision)
+      if (!fullPrecision && rows === 1) this.submitPosition(false, 0, 0, null);
       else this.submitBatch(rows, fullPrecision, null);
       done += rows;
     }
@@ -739,7 +741,8 @@ export class GpuDecoder {
     const t0 = performance.now();
     // full-precision prefill: a prompt that starts an empty decoder with a quantized cache (the last prompt position
     // too: the first new token is sampled from it, in the loop below)
-    const fullPrecision = this.prefillAttention === 'full-precision' && this.pos === 0 && this.cache.spec.kind === 'quantized';
+    // (a one-token prompt attends over itself alone: the cache's float32 ring serves it without a prompt cache)
+    const fullPrecision = this.prefillAttention === 'full-precision' && this.pos === 0 && prompt.length > 1 && this.cache.spec.kind === 'quantized';
     if (fullPrecision) await this.promptCacheFor(prompt.length);
     this.submitPrefill(prompt.length - 1, batch, fullPrecision);
     await this.device.queue.onSubmittedWorkDone();
