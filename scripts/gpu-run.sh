@@ -8,6 +8,8 @@
 # PREFILL_PEER=1 also times a plain-PyTorch fp16 prefill of the Llama-3.2-1B shape (docs/gpu/torch_prefill.py).
 # SKIP_SGM=1 leaves out the subgroup-matrix probe (run last, 120 s at most: it needs Dawn's unsafe APIs).
 # EXTRA_RUNS: '|'-separated argument lists of more decode-benchmark processes after the main one ($OUT/extra-N).
+# PACK=1: the results are written to a work folder and packed into $OUT/results.tgz at the end (the device tool returns
+# at most 8 files a call; with PACK=1 one file holds them all).
 # CODEBOOK=1 also runs the codebook (turboquant layout) attention benchmark (CODEBOOK_ARGS: its options).
 set -uo pipefail
 for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -16,6 +18,7 @@ export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json XDG_
 W=/tmp/xq
 mkdir -p "$W" && tar -xJf .gpu-carry/carry.tar.xz -C "$W"
 OUT=${OUT:-$W/out}
+if [ "${PACK:-0}" = 1 ]; then PACKED=$OUT; OUT=$W/results; fi
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv > "$OUT/nvidia-smi.csv" 2>&1
 if [ "${SKIP_TORCH:-0}" != 1 ]; then
@@ -79,3 +82,4 @@ if [ "${SKIP_SGM:-0}" != 1 ]; then
   (cd "$W" && timeout 120 ./node sgm.mjs --out "$OUT") 2>&1 | grep -v 'Warning: max' > "$OUT/subgroup-matrix.log"
   tail -8 "$OUT/subgroup-matrix.log"
 fi
+if [ -n "${PACKED:-}" ]; then tar -czf "$PACKED/results.tgz" -C "$OUT" . && echo "packed $(find "$OUT" -type f | wc -l) files into results.tgz"; fi
