@@ -6,7 +6,7 @@
 //        [--prefill 512,2048 [--prefill-batch 32] [--prefill-attention full-precision|cache]]   (prompt positions run in batches of
 //        that many against one at a time, alternated; what a prompt attends over with a quantized cache)   (variants/tuning: workgroup x key slot x unroll x value unroll x heads per group x
 //        value slot x debug skip (1-4; 5 = loads without arithmetic; 6 = 4 without the merge; 7 = empty main kernel; 8 = 7 without the merge; 9 = 4 without the lane reduction) x int8 (1 key scores, 2 value mix, 3 both, 4 float key scores, 8 f16 value mix) x
-//        prefetch (1 on, 2 off) x subgroup reductions (1 on) of the decode-attention kernel; 0 = default)
+//        prefetch (1 on, 2 off) x subgroup reductions (1 on) x matrix units (1 on, 2 emulated) of the decode-attention kernel; 0 = default)
 // On the GPU machine (no node there) run the bundle that scripts/gpu-carry.sh makes; docs/gpu/README.md has the recipe.
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -121,7 +121,7 @@ async function readCeiling(warmMs = 0) {
 
 /** `WGxSLOT[xUNROLLxVALUEUNROLLxHEADSxVALUESLOTxSKIPxINT8xPREFETCHxSUBGROUPS]` (0 = default; prefetch 1 = on, 2 = off; subgroups 1 = on) → decode-attention tuning. */
 function tuningOf(v) {
-  const [workgroup, slot, unroll, valueUnroll, headsPerGroup, valueSlot, skip, int8, prefetch, subgroups] = v.split('x').map(Number);
+  const [workgroup, slot, unroll, valueUnroll, headsPerGroup, valueSlot, skip, int8, prefetch, subgroups, matrix] = v.split('x').map(Number);
   // (0 = the cache's default, so `0x0x0x0x0x0x0x0x0x1` is the default geometry with subgroup reductions)
   const t = {};
   if (workgroup) t.workgroup = workgroup;
@@ -139,7 +139,60 @@ function tuningOf(v) {
   if (prefetch === 1) t.prefetch = true;
   if (prefetch === 2) t.prefetch = false;
   if (subgroups === 1) t.subgroups = true;
+  // matrix field: 1 = the matrix-unit kernel (subgroup matrices; its own geometry), 2 = the same emulated with loops
+  if (matrix === 1) t.matrix = true;
+  if (matrix === 2) t.matrix = 'emulate';
   return t;
+}
+
+/** Layer 0's attention output of cache `c` (attached to `io`, position begun) against the float kernel's on a cache filled the same way: { maxAbs, relative }. */
+async function againstDefault(c, spec, layers, { qHeads, kvHeads, D, T }, io) {
+  const readOut = async () => {
+    const st = device.createBuffer({ size: qHeads * D * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    const enc = device.createCommandEncoder();
+    enc.copyBufferToBuffer(io.out, 0, st, 0, qHeads * D * 4);
+    device.queue.submit([enc.finish()]);
+    await st.mapAsync(GPUMapMode.READ);
+    const a = new Float32Array(st.getMappedRange().slice(0));
+    st.destroy();
+    return a;
+  };
+  const run = async (cache) => {
+    const enc = device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    cache.encodeAttention(pass, 0);
+    pass.end();
+    device.queue.submit([enc.finish()]);
+    return readOut();
+  };
+  const got = await run(c);
+  // (the float kernel in the matrix kernel's 256-token chunks: the same capacity, so the synthetic fill, which hashes
+  // buffer indices, writes the same data)
+  const ref = await DeviceKvCache.create(device, { layers, qHeads, kvHeads, headDim: D }, spec, { capacity: T + 1, tuning: { workgroup: 64, slot: 4, small: null, medium: null } });
+  if (ref.capacity !== c.capacity) throw new Error(`internal: reference capacity ${ref.capacity} ≠ ${c.capacity}`);
+  try {
+    ref.attach(io);
+    await ref.fillSynthetic(o['attention-flush'] ? T - 1 : T - 2, 7);
+    ref.beginPosition();
+    const enc0 = device.createCommandEncoder();
+    const p0 = enc0.beginComputePass();
+    ref.encodeUpdate(p0, 0);
+    p0.end();
+    device.queue.submit([enc0.finish()]);
+    const want = await run(ref);
+    ref.endPosition();
+    let err = 0;
+    let mag = 0;
+    let finite = true;
+    for (let i = 0; i < want.length; i++) {
+      if (!Number.isFinite(got[i])) finite = false;
+      err = Math.max(err, Math.abs(got[i] - want[i]));
+      mag = Math.max(mag, Math.abs(want[i]));
+    }
+    return { maxAbs: err, relative: finite ? err / mag : Infinity, magnitude: mag };
+  } finally {
+    ref.dispose();
+  }
 }
 
 // ---- cache configurations ----------------------------------------------------------------------------------------
@@ -182,7 +235,7 @@ async function attentionBench(T, qHeads, kvHeads, D, cacheName, variant) {
   const layers = Math.max(1, Math.min(16, Math.ceil((o.quick ? 1 << 20 : 256 << 20) / per)));
   const spec2 = cacheName === 'full' ? spec : { kind: 'quantized', config: resolveCacheConfig('xquant-noshare', { ...shape1, layers }, { residualLength: R }) };
   const c = await DeviceKvCache.create(device, { layers, qHeads, kvHeads, headDim: D }, spec2, { capacity: T + 1, tuning });
-  const mk = (n) => device.createBuffer({ size: 4 * n, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+  const mk = (n) => device.createBuffer({ size: 4 * n, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
   const io = { qkv: mk((qHeads + 2 * kvHeads) * D), rope: mk(c.capacity * D), out: mk(qHeads * D) };
   c.attach(io);
   // attend T − 1 tokens: T is a multiple of R, and the position completing a key block also flushes it (in the merge
@@ -202,9 +255,12 @@ async function attentionBench(T, qHeads, kvHeads, D, cacheName, variant) {
   for (const t0 = performance.now(); performance.now() - t0 < (o.quick ? 0 : 600); ) await timePasses(encode, 20);
   const t = await timePasses(encode, o.quick ? 10 : 60);
   const up = await timePasses((pass, i) => c.encodeUpdate(pass, i % layers), 20);
+  // the matrix kernel checks itself: layer 0's output against the default float kernel's on the same synthetic cache
+  const check = tuning.matrix ? await againstDefault(c, spec2, layers, { qHeads, kvHeads, D, T }, io) : undefined;
   c.dispose();
   for (const b of Object.values(io)) b.destroy();
-  return { T, qHeads, kvHeads, headDim: D, cache: cacheName === 'full' ? 'full (fp16)' : 'xquant-1.38 layer (2-bit K, 1-bit V, η)', variant, dispatch, layersRotated: layers, bytes, ...t, updateMs: up.ms, GBps: bytes / (t.ms * 1e6), GBps_b2b: bytes / (t.b2bMs * 1e6) };
+  return {
+    ...(check ? { check } : {}), T, qHeads, kvHeads, headDim: D, cache: cacheName === 'full' ? 'full (fp16)' : 'xquant-1.38 layer (2-bit K, 1-bit V, η)', variant, dispatch, layersRotated: layers, bytes, ...t, updateMs: up.ms, GBps: bytes / (t.ms * 1e6), GBps_b2b: bytes / (t.b2bMs * 1e6) };
 }
 
 // ---- end to end ---------------------------------------------------------------------------------------------------
@@ -315,7 +371,7 @@ for (const T of o.attention ? o.attention.split(',').map(Number) : []) {
         try {
           const r = await attentionBench(T, qh, kvh, D, cacheName, wg);
           results.attention.push(r);
-          log(`attention T=${T} ${qh}/${kvh} d=${D} ${r.cache} ${wg}: ${r.ms.toFixed(4)} ms (${r.GBps.toFixed(0)} GB/s; b2b ${r.b2bMs.toFixed(4)}), update ${r.updateMs.toFixed(4)} ms`);
+          log(`attention T=${T} ${qh}/${kvh} d=${D} ${r.cache} ${wg}: ${r.ms.toFixed(4)} ms (${r.GBps.toFixed(0)} GB/s; b2b ${r.b2bMs.toFixed(4)}), update ${r.updateMs.toFixed(4)} ms${r.check ? `; against the float kernel: relative ${r.check.relative.toExponential(2)}` : ''}`);
         } catch (e) {
           log(`attention T=${T} ${qh}/${kvh} ${cacheName} wg ${wg}: FAILED ${e.message}`);
           results.attention.push({ T, qHeads: qh, kvHeads: kvh, cache: cacheName, workgroup: wg, error: String(e.message) });

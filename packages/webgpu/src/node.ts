@@ -32,7 +32,7 @@ const LIMITS = [
 
 /**
  * Open a WebGPU device in Node with the adapter's limits (large storage bindings, all workgroup memory) and
- * `timestamp-query`, `shader-f16` and `subgroups` when available. (Dawn hides `shader-f16` on NVIDIA GPUs, crbug.com/42251215:
+ * `timestamp-query`, `shader-f16`, `subgroups` and `chromium-experimental-subgroup-matrix` when available. (Dawn hides `shader-f16` on NVIDIA GPUs, crbug.com/42251215:
  * the flag `enable-dawn-features=vulkan_enable_f16_on_nvidia` lifts that block at your own risk.) Resolves to `null`
  * when no adapter is found (e.g. no GPU and no software Vulkan).
  */
@@ -52,7 +52,8 @@ export async function requestNodeDevice(opts: NodeGpuOptions = {}): Promise<Node
   const timestamps = adapter.features.has('timestamp-query');
   // shader-f16 and subgroups where the adapter has them: the device cache's half-precision value mix (`valueDot: 'f16'`)
   // and its subgroup reductions (`subgroups: true`) need them
-  const optional = (['timestamp-query', 'shader-f16', 'subgroups'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
+  // (and subgroup matrices, which Dawn lists only with its allow_unsafe_apis toggle: the cache's `matrix` tuning)
+  const optional = (['timestamp-query', 'shader-f16', 'subgroups', 'chromium-experimental-subgroup-matrix'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
   const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: optional });
   const ai = adapter.info;
   return {

@@ -11,6 +11,7 @@ import {
   type DecodeSpec,
   type DeviceOperand,
 } from './attention-wgsl.js';
+import { MATRIX_CHUNK, SUBGROUP_MATRIX_FEATURE, matrixDecodeSource, matrixSharedBytes, matrixUnsupported, matrixWorkgroup, type MatrixDecodeSpec } from './matrix-attention-wgsl.js';
 import { UPDATE_WORKGROUP, fillSource, quantizeSource, updateKernelSource, updateRoles, type DeviceCalibration, type DeviceStorage, type FillKind, type UpdateSpec } from './update-wgsl.js';
 
 const STORAGE = 0x80;
@@ -143,6 +144,22 @@ export interface DeviceAttentionTuning {
    */
   subgroups?: boolean;
   /**
+   * Run the decode attention of every layer whose keys and values are both packed codes on the GPU's matrix units
+   * (tensor cores) through Chromium's experimental subgroup matrices: per chunk of 256 tokens and KV head, the codes are
+   * decoded once into f16 tiles in workgroup memory, and the scores (codes × the query times each key group's scales)
+   * and the value mix (codes × the softmax weights times each token's value scales) run as 16 × 8 × 16 f16 matrix
+   * products with f32 results; zero-points, residual rings and the softmax stay float32. Operands in f16 carry its
+   * rounding (relative 2^-11 per query × scale and per weight × scale; attention outputs compared with the float32
+   * path by `gpu-decode.bench.mjs`). Serves 1 to 8 query heads per KV head, head dims that are multiples of 16, key
+   * groups dividing 256 and value groups of 16 or more; other layers (fp16 rows) keep the float kernel in 256-token
+   * chunks, and a full cache ignores the option. Needs a device with `chromium-experimental-subgroup-matrix` (Dawn lists it only with its
+   * `allow_unsafe_apis` toggle), `shader-f16`, `subgroups` with 32-wide subgroups, and an adapter offering f16 × f16 → f32
+   * matrices of 16 × 8 × 16; `XqBackendError` otherwise. Not with the int8 or f16 value paths, nor the small / medium
+   * geometries. `'emulate'` (tests only): the same kernel with the matrix products written as loops over the same
+   * tiles, for adapters without matrix units (slow). Default `false`.
+   */
+  matrix?: boolean | 'emulate';
+  /**
    * Geometry for short contexts, used while the main one would leave the GPU idle (fewer than 256 workgroups):
    * default `{ workgroup: 32, slot: 4 }` (128-token chunks). `null`: always the main geometry.
    */
@@ -204,6 +221,8 @@ interface LayerRes {
   valueRingOffset: number;
   update: UpdateSpec;
   decode: DecodeSpec;
+  /** The matrix kernel of the layer (tuning `matrix`), which then replaces the float one of `decode`. */
+  matrix: MatrixDecodeSpec | null;
   updatePipe?: GPUComputePipeline;
   decodePipe?: GPUComputePipeline;
   decodePipeSmall?: GPUComputePipeline;
@@ -391,6 +410,26 @@ export class DeviceKvCache {
         ? { workgroup: rep > 1 ? (wideFp16 ? 256 : 128) : 64, slot: rep > 1 ? 4 : 16, unroll: 8, valueUnroll: 8, valueSlot: 8, prefetch: true }
         : { workgroup: rep > 1 ? 256 : 128, slot: int8Candidate ? 16 : 8, unroll: 8, valueUnroll: 8, valueSlot: 16, prefetch: true };
     tuning = { ...best, ...tuning };
+    const matrix = tuning.matrix ?? false;
+    if (matrix !== false && matrix !== true && matrix !== 'emulate') throw new XqConfigError('E_CONFIG', `matrix must be true, false or 'emulate'; got ${String(matrix)}`);
+    let matrixSg = 0;
+    // (a full cache has no packed layers: nothing for the matrix kernel, so the option changes nothing there)
+    if (matrix && spec.kind === 'quantized') {
+      if ((tuning.valueDot ?? 'f32') !== 'f32' || (tuning.keyDot ?? 'f32') !== 'f32') throw new XqConfigError('E_CONFIG', "matrix: not with the int8 or f16 key/value paths (keyDot and valueDot 'f32')");
+      if (!device.features.has('shader-f16')) throw new XqBackendError('E_BACKEND_UNAVAILABLE', "matrix needs a device opened with the 'shader-f16' feature");
+      matrixSg = requireFixedSubgroupSize(device);
+      if (matrix === true) {
+        if (!device.features.has(SUBGROUP_MATRIX_FEATURE as GPUFeatureName)) {
+          throw new XqBackendError('E_BACKEND_UNAVAILABLE', `matrix needs a device opened with '${SUBGROUP_MATRIX_FEATURE}' (Dawn lists it with the toggle allow_unsafe_apis: requestNodeDevice({ flags: ['enable-dawn-features=allow_unsafe_apis'] }))`);
+        }
+        const configs = (device.adapterInfo as unknown as { subgroupMatrixConfigs?: Iterable<{ componentType: string; resultComponentType: string; M: number; N: number; K: number }> } | undefined)?.subgroupMatrixConfigs;
+        if (configs && ![...configs].some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === 16 && c.N === 8 && c.K === 16)) {
+          throw new XqBackendError('E_BACKEND_UNAVAILABLE', 'matrix needs f16 × f16 → f32 subgroup matrices of M 16, N 8, K 16; the adapter does not offer them');
+        }
+      }
+      // the float kernel of any layer left to it (fp16 rows) runs in the same 256-token chunks; one geometry throughout
+      tuning = { ...tuning, workgroup: 64, slot: MATRIX_CHUNK / 64, small: null, medium: null, keyDot: 'f32' };
+    }
     const wg = tuning.workgroup ?? 64;
     if (![32, 64, 128, 256].includes(wg)) throw new XqConfigError('E_CONFIG', `workgroup must be 32, 64, 128 or 256; got ${String(wg)}`);
     for (const k of ['prefetch', 'subgroups'] as const) {
@@ -531,12 +570,14 @@ export class DeviceKvCache {
           decode: { headDim: D, rep, headsPerGroup: hg, keys: rk, values: rv, residual: keys.kind === 'packed' || values.kind === 'packed', workgroup: wg, slot, unroll, ...dot, ...(tuning.valueUnroll ? { valueUnroll: tuning.valueUnroll } : {}), ...(tuning.valueSlot ? { valueSlot: tuning.valueSlot } : {}), ...(tuning.debugSkip ? { debugSkip: tuning.debugSkip } : {}), ...(tuning.prefetch === true ? { prefetch: true } : {}), ...(subgroupSize ? { subgroupSize } : {}) },
           decodeSmall: null,
           decodeMedium: null,
+          matrix: null,
           quantizeWorkgroups: 0,
         });
       }
       this.stepStride = Math.max(STEP_BYTES, device.limits.minUniformBufferOffsetAlignment ?? 256);
       this.step = device.createBuffer({ size: this.stepStride, usage: UNIFORM | COPY_DST, label: 'device cache step' });
       made.push(this.step);
+      if (matrix && spec.kind === 'quantized') this.setMatrixLayers(matrix === 'emulate', matrixSg);
       if (small && this.smallChunk !== this.chunk) {
         for (const l of this.layers) l.decodeSmall = { ...l.decode, ...small, headsPerGroup: hgSmall };
       }
@@ -552,6 +593,23 @@ export class DeviceKvCache {
       for (const b of made) b.destroy();
       throw e;
     }
+  }
+
+  /** Layers with packed keys and values take the matrix kernel (its geometry in their decode spec, for dispatch and logs). */
+  private setMatrixLayers(emulate: boolean, subgroupSize: number): void {
+    const { qHeads, kvHeads, headDim: D } = this.shape;
+    const rep = qHeads / kvHeads;
+    const limit = this.device.limits.maxComputeWorkgroupStorageSize;
+    this.layers.forEach((l, i) => {
+      if (l.keys.kind !== 'packed' || l.values.kind !== 'packed') return;
+      const m: MatrixDecodeSpec = { headDim: D, rep, keys: { bits: l.keys.bits, groupSize: l.keys.groupSize }, values: { bits: l.values.bits, groupSize: l.values.groupSize }, subgroupSize, ...(emulate ? { emulate: true } : {}) };
+      const why = matrixUnsupported(m);
+      if (why) throw new XqConfigError('E_CONFIG', `matrix: layer ${i}: ${why}`);
+      if (matrixSharedBytes(m) > limit) throw new XqBackendError('E_BACKEND_UNAVAILABLE', `matrix: the kernel needs ${matrixSharedBytes(m)} bytes of workgroup memory; the device allows ${limit}`);
+      const wg = matrixWorkgroup(m);
+      l.matrix = m;
+      l.decode = { ...l.decode, workgroup: wg, slot: MATRIX_CHUNK / wg, headsPerGroup: rep };
+    });
   }
 
   private checkConfig(cfg: DeviceQuantizedConfig, D: number): void {
@@ -610,7 +668,7 @@ export class DeviceKvCache {
           // (no merge workgroups: every workgroup quantizes)
           q ? k.pipeline(combineSource(this.shape.headDim, 0, q), LAYOUTS.combineQuantize, `layer ${i} quantization`) : Promise.resolve(undefined),
           k.pipeline(updateKernelSource(l.update), LAYOUTS.update, `layer ${i} update`),
-          k.pipeline(decodeKernelSource(l.decode), LAYOUTS.decode, `layer ${i} attention`),
+          k.pipeline(l.matrix ? matrixDecodeSource(l.matrix) : decodeKernelSource(l.decode), LAYOUTS.decode, `layer ${i} attention${l.matrix ? ' (matrix units)' : ''}`),
           l.decodeSmall ? k.pipeline(decodeKernelSource(l.decodeSmall), LAYOUTS.decode, `layer ${i} attention (short contexts)`) : Promise.resolve(undefined),
           l.decodeMedium ? k.pipeline(decodeKernelSource(l.decodeMedium), LAYOUTS.decode, `layer ${i} attention (mid-length contexts)`) : Promise.resolve(undefined),
         ]);
@@ -775,7 +833,8 @@ export class DeviceKvCache {
    * heads per workgroup, chunks and workgroups, and whether packed keys are scored in float or with the int8 dot product
    * (`keyScores`; always `'f32'` for fp16 rows), and how packed values are mixed (`valueMix`, see `valueDot`; `'f32'`
    * for fp16 rows), and whether the kernel reduces with subgroup operations (`subgroups`, see the tuning of that name;
-   * false where the subgroup size does not divide the geometry's workgroup). For logs and benchmarks.
+   * false where the subgroup size does not divide the geometry's workgroup), and whether the layer runs on the matrix
+   * units (`matrix`, see the tuning of that name). For logs and benchmarks.
    */
   attentionDispatch(layer = 0): {
     geometry: 'main' | 'medium' | 'short-context';
@@ -787,13 +846,15 @@ export class DeviceKvCache {
     keyScores: 'f32' | 'int8';
     valueMix: 'f32' | 'int8' | 'f16';
     subgroups: boolean;
+    matrix: boolean;
   } {
-    const { spec: g } = this.decodeOf(this.layerOf(layer));
+    const l = this.layerOf(layer);
+    const { spec: g } = this.decodeOf(l);
     const rep = this.shape.qHeads / this.shape.kvHeads;
     const workgroups = this.nc * Math.ceil(rep / g.headsPerGroup) * this.shape.kvHeads;
     const valueMix = g.values.kind === 'packed' ? (g.valueDot ?? 'f32') : 'f32';
     const subgroups = g.subgroupSize !== undefined && g.workgroup % g.subgroupSize === 0;
-    return { geometry: this.geometry, workgroup: g.workgroup, slot: g.slot ?? 16, headsPerGroup: g.headsPerGroup, chunks: this.nc, workgroups, keyScores: this.keyScores, valueMix, subgroups };
+    return { geometry: this.geometry, workgroup: g.workgroup, slot: g.slot ?? 16, headsPerGroup: g.headsPerGroup, chunks: this.nc, workgroups, keyScores: this.keyScores, valueMix, subgroups: subgroups || l.matrix !== null, matrix: l.matrix !== null };
   }
 
   /** The decode kernel of a layer for a geometry (default: the current position's). */
