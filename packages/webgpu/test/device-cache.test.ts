@@ -4,20 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKvCache } from '@xquant/tfjs';
 import { DeviceKvCache, INT8_KEYS_MIN_CAPACITY, type DeviceAttentionTuning, type DeviceQuantizedConfig } from '../src/index.js';
 import { cooperativeKeys } from '../src/device/update-wgsl.js';
-import { buffer, compare, device, gpu, gpuErrors, identityRope, readF32, reason } from './device-compare.js';
-
-/** A 4-layer plan mixing 1/2/4/16-bit keys and values, borrowed codes, η and least squares, with value groups of `valueGroupSize`. */
-function mixedPlan(valueGroupSize: number) {
-  return {
-    residualLength: 32,
-    groupSize: 32,
-    valueGroupSize,
-    keys: [{ bits: 1, codesFrom: null }, { bits: 4, codesFrom: null }, { bits: 16, codesFrom: null }, { bits: 4, codesFrom: 1 }],
-    values: [{ bits: 1, codesFrom: null }, { bits: 1, codesFrom: 0 }, { bits: 2, codesFrom: null }, { bits: 16, codesFrom: null }],
-    keyCalibration: ['eta', 'eta', 'none', 'least-squares'],
-    valueCalibration: ['eta', 'least-squares', { eta: 0.03 }, 'none'],
-  };
-}
+import { buffer, compare, device, gpu, gpuErrors, identityRope, mixedPlan, readF32, reason } from './device-compare.js';
 
 describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason || 'WebGPU adapter'})`, () => {
   beforeAll(async () => {

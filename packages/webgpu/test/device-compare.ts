@@ -115,3 +115,15 @@ export async function compare(c: Case, steps: number, layers = 3, D = 64): Promi
   return { maxRel, perStep };
 }
 
+/** A 4-layer plan mixing 1/2/4/16-bit keys and values, borrowed codes, η and least squares, with value groups of `valueGroupSize`. */
+export function mixedPlan(valueGroupSize: number) {
+  return {
+    residualLength: 32,
+    groupSize: 32,
+    valueGroupSize,
+    keys: [{ bits: 1, codesFrom: null }, { bits: 4, codesFrom: null }, { bits: 16, codesFrom: null }, { bits: 4, codesFrom: 1 }],
+    values: [{ bits: 1, codesFrom: null }, { bits: 1, codesFrom: 0 }, { bits: 2, codesFrom: null }, { bits: 16, codesFrom: null }],
+    keyCalibration: ['eta', 'eta', 'none', 'least-squares'],
+    valueCalibration: ['eta', 'least-squares', { eta: 0.03 }, 'none'],
+  };
+}
