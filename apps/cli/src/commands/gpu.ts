@@ -28,6 +28,10 @@ options:
                           subgroup size; not yet timed on a GPU, off by default)
   --prefetch-weights      keep the matrix-vector products' weight loads one batch ahead, the first before the norm
                           (not yet timed on a GPU, off by default)
+  --matrix                run the attention of quantized layers on the GPU's matrix units (tensor cores) through
+                          Chromium's experimental subgroup matrices: needs a GPU with subgroup matrices, shader-f16
+                          and 32-wide subgroups, and Dawn's unsafe APIs, e.g. --dawn-flags
+                          enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia
   --prefill-batch N       prompt positions per command buffer (1-256, default 32): each layer's matrix-vector
                           products run once over the batch, attention position by position; 1 = one at a time
   --prefill-attention full-precision|cache
@@ -52,6 +56,7 @@ export async function run(argv: string[]): Promise<number> {
     'value-mix': { type: 'string', default: 'f32' },
     subgroups: { type: 'boolean', default: false },
     'prefetch-weights': { type: 'boolean', default: false },
+    matrix: { type: 'boolean', default: false },
     'prefill-batch': { type: 'string', default: '32' },
     'prefill-attention': { type: 'string', default: 'full-precision' },
     'dawn-flags': { type: 'string' },
@@ -108,7 +113,8 @@ export async function run(argv: string[]): Promise<number> {
     const shape = { layers: config.numLayers, kvHeads: config.numKvHeads, headDim: config.headDim };
     const spec = cacheId === 'full' ? ({ kind: 'full' } as const) : ({ kind: 'quantized', config: resolveCacheConfig(cacheId, shape, { residualLength: (v['residual-length'] as number | undefined) ?? 32 }) } as const);
     // (the decoder's subgroups option is the attention kernel's default)
-    await decoder.replaceCache(spec, capacity, valueMix === 'f16' ? { valueDot: 'f16' } : undefined);
+    const tuning = { ...(valueMix === 'f16' ? { valueDot: 'f16' as const } : {}), ...(v.matrix === true ? { matrix: true } : {}) };
+    await decoder.replaceCache(spec, capacity, Object.keys(tuning).length ? tuning : undefined);
     try {
       const out = await decoder.generate({ prompt: ids, maxNewTokens: maxNew, temperature, seed });
       const text = tokenizer.decode(out.tokens);
@@ -121,7 +127,7 @@ export async function run(argv: string[]): Promise<number> {
         console.log(v.prompt + text);
         console.error(
           `gpu: ${gpu.info.vendor} ${gpu.info.device || gpu.info.description} · ${cacheId} · prefill ${ids.length} tokens ${out.prefillMs.toFixed(0)} ms · ${out.msPerToken.toFixed(2)} ms/token · ` +
-            `attention ${attention.geometry} geometry, ${attention.keyScores} key scores, ${attention.valueMix} value mix${decoder.usesSubgroups ? ', subgroup reductions' : ''} · ` +
+            `attention ${attention.geometry} geometry, ${attention.keyScores} key scores, ${attention.valueMix} value mix${attention.matrix ? ', matrix units' : ''}${decoder.usesSubgroups ? ', subgroup reductions' : ''} · ` +
             `KV ${(mem.cache.usedBytes / 2 ** 20).toFixed(2)} MiB (${mem.cache.trueBitsPerElement.toFixed(2)} stored bits per element) · weights ${(mem.weightBytes / 2 ** 20).toFixed(0)} MiB`,
         );
       }
