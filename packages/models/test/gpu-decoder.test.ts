@@ -115,6 +115,38 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
     }
   }, 600_000);
 
+  it('matrix kernel (tuning matrix, emulated on lavapipe): xquant-1.38 decoding past a 270-token prompt (two 256-token chunks) gives the float kernel\'s greedy ids and logits within f16 rounding', async () => {
+    const dev = gpu!.device;
+    if (!dev.features.has('subgroups') || !dev.features.has('shader-f16')) return;
+    const name = 'xq-llama-20m';
+    const ids = (JSON.parse(readFileSync(`${SHARED}/eval/prose_512.jsonl`, 'utf8').split('\n')[0]!) as { input_ids: number[] }).input_ids.slice(0, 270);
+    const { model } = await loadModel(`${SHARED}/models/${name}`);
+    const xq = createKvCache('xquant-1.38', model.cacheShape, { residualLength: 32 }).config!;
+    model.dispose();
+    const { decoder } = await loadGpuDecoder(`${SHARED}/models/${name}`, dev, { cache: { kind: 'quantized', config: xq }, capacity: 300 });
+    try {
+      const run = async (tuning: { matrix?: 'emulate' }) => {
+        await decoder.replaceCache({ kind: 'quantized', config: xq }, 300, tuning);
+        const out = await decoder.generate({ prompt: ids, maxNewTokens: 12, stopTokens: [] });
+        return { tokens: out.tokens, logits: await decoder.readLogits(), matrix: decoder.cache.attentionDispatch(0).matrix };
+      };
+      const float = await run({});
+      const matrix = await run({ matrix: 'emulate' });
+      expect([float.matrix, matrix.matrix]).toEqual([false, true]);
+      expect(matrix.tokens).toEqual(float.tokens);
+      let err = 0;
+      let mag = 0;
+      for (let i = 0; i < float.logits.length; i++) {
+        err = Math.max(err, Math.abs(matrix.logits[i]! - float.logits[i]!));
+        mag = Math.max(mag, Math.abs(float.logits[i]!));
+      }
+      expect(err / mag).toBeLessThan(1e-2);
+      expect(errors).toEqual([]);
+    } finally {
+      decoder.dispose();
+    }
+  }, 600_000);
+
   it('prefill in batches (prefillBatch: default 32, and 5) gives the logits and greedy ids of one position at a time, full and xquant-1.38 (R = 32, key flushes inside a batch), on a 75-token prose prompt and a second 40-token turn; typed errors for bad batch sizes', async () => {
     const name = 'xq-llama-20m';
     for (const bad of [0, 2.5, 257, '8' as never]) {

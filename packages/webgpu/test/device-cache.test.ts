@@ -118,11 +118,11 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
       // 20 000 tokens: 79 chunks × 2 KV heads × 2 head groups = 316 workgroups → main (chunks × KV heads alone: 158)
       await cache.fillSynthetic(19_999);
       cache.beginPosition();
-      expect(cache.attentionDispatch()).toEqual({ geometry: 'main', workgroup: 64, slot: 4, headsPerGroup: 2, chunks: 79, workgroups: 316, keyScores: 'f32', valueMix: 'f32', subgroups: false });
+      expect(cache.attentionDispatch()).toEqual({ geometry: 'main', workgroup: 64, slot: 4, headsPerGroup: 2, chunks: 79, workgroups: 316, keyScores: 'f32', valueMix: 'f32', subgroups: false, matrix: false });
       // 10 000 tokens: 40 × 2 × 2 = 160 → short-context, 79 chunks of 128 tokens
       await cache.fillSynthetic(9_999);
       cache.beginPosition();
-      expect(cache.attentionDispatch()).toEqual({ geometry: 'short-context', workgroup: 32, slot: 4, headsPerGroup: 2, chunks: 79, workgroups: 316, keyScores: 'f32', valueMix: 'f32', subgroups: false });
+      expect(cache.attentionDispatch()).toEqual({ geometry: 'short-context', workgroup: 32, slot: 4, headsPerGroup: 2, chunks: 79, workgroups: 316, keyScores: 'f32', valueMix: 'f32', subgroups: false, matrix: false });
     } finally {
       cache.dispose();
       for (const b of Object.values(io)) b.destroy();
