@@ -140,7 +140,7 @@ export interface DeviceAttentionTuning {
    * a device opened with the `subgroups` feature whose adapter has one subgroup size (`subgroupMinSize` =
    * `subgroupMaxSize`: 32 on NVIDIA GPUs, 8 on lavapipe), the WGSL language feature `subgroup_id`, and not
    * `valueDot: 'int8'`; a geometry whose workgroup the subgroup size does not divide keeps the workgroup-memory
-   * reductions. Default `false`: correct on lavapipe (the tests), not yet timed on a GPU.
+   * reductions. Default `false`: on an H200 the GQA step took 4–7 % less time with it (docs/gpu/README.md, 2026-12-05b).
    */
   subgroups?: boolean;
   /**
@@ -150,7 +150,8 @@ export interface DeviceAttentionTuning {
    * and the value mix (codes × the softmax weights times each token's value scales) run as 16 × 8 × 16 f16 matrix
    * products with f32 results; zero-points, residual rings and the softmax stay float32. Operands in f16 carry its
    * rounding (relative 2^-11 per query × scale and per weight × scale; attention outputs compared with the float32
-   * path by `gpu-decode.bench.mjs`). Serves 1 to 8 query heads per KV head, head dims that are multiples of 16, key
+   * path by `gpu-decode.bench.mjs`), and a query × key scale beyond f16's range (65504) overflows. Not yet timed on a
+   * GPU (docs/gpu/README.md). Serves 1 to 8 query heads per KV head, head dims that are multiples of 16, key
    * groups dividing 256 and value groups of 16 or more; other layers (fp16 rows) keep the float kernel in 256-token
    * chunks, and a full cache ignores the option. Needs a device with `chromium-experimental-subgroup-matrix` (Dawn lists it only with its
    * `allow_unsafe_apis` toggle), `shader-f16`, `subgroups` with 32-wide subgroups, and an adapter offering f16 × f16 → f32
