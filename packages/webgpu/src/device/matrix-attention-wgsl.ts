@@ -7,7 +7,7 @@
  * on an H200 it runs at 6–10 % of the read ceiling, bound by that arithmetic (docs/gpu/README.md). Here the codes are
  * decoded once into f16 tiles in workgroup memory and the products run as matrix multiplications:
  * - scores of 16 tokens × the group's heads = codes (16 tokens × 16 channels) × Q′ (16 channels × 8 heads), where
- *   Q′ = q ⊙ key scale of the token's key group (f16; rows past `rep` zero), plus q · key zero-point (f32);
+ *   Q′ = q ⊙ key scale of the token's key group (f16; head columns past `rep` zero), plus q · key zero-point (f32);
  * - values: O (16 channels × 8 heads) += codes (16 channels × 16 tokens) × P′ (16 tokens × 8 heads), where
  *   P′ = softmax weight × the token's value scale ÷ the chunk's largest value scale (f16, |P′| ≤ 1), plus Σ weight ×
  *   zero-point (f32).
@@ -15,14 +15,15 @@
  * bit p and 16 + p times 2^p (exact while code · 2^p < 1024; higher positions are shifted down by 6 first); the factor
  * is a token's (keys) or a channel's (values) and is divided out of the scores or outputs.
  *
- * One workgroup per chunk of {@link MATRIX_CHUNK} tokens and KV head, `subgroups` subgroups; the chunk is walked in
+ * One workgroup per chunk of {@link MATRIX_CHUNK} tokens and KV head, `headDim / 16` subgroups (at most 4); the chunk is walked in
  * sub-blocks of 16 tokens per subgroup (decode → barrier → one 16-token tile per subgroup → barrier). The residual
  * rings (float32) and the softmax run on ordinary threads. Writes the same partials as the float kernel, so the merge
  * pass is shared.
  *
  * `emulate`: the matrix products written as ordinary loops over the same workgroup-memory tiles (each lane computes
  * 128 / subgroup size of a tile's 16 × 8 results), so the decode, tiling, softmax and bookkeeping can be tested where
- * the adapter has no subgroup matrices (lavapipe); the only lines that differ are those of {@link mmaLines}.
+ * the adapter has no subgroup matrices (lavapipe); the only lines that differ are those of {@link mmaLines} and the
+ * bounds of the per-thread loops (hidden from the compiler there, so lavapipe's LLVM does not unroll them).
  * @internal
  */
 import type { GpuBits } from '../layout.js';
