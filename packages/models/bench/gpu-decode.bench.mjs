@@ -145,6 +145,22 @@ function tuningOf(v) {
   return t;
 }
 
+/**
+ * Fill `cache` with synthetic tokens and begin the position the attention rows time, its update pass run for the
+ * first `layers` layers. It attends T − 1 tokens: T is a multiple of R, and the position completing a key block also
+ * flushes it (in the merge pass, once every R positions); the rows time the other positions (value quantization
+ * included), end to end has both.
+ */
+async function synthesizePosition(cache, T, layers) {
+  await cache.fillSynthetic(o['attention-flush'] ? T - 1 : T - 2, 7);
+  cache.beginPosition();
+  const enc = device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  for (let l = 0; l < layers; l++) cache.encodeUpdate(pass, l);
+  pass.end();
+  device.queue.submit([enc.finish()]);
+}
+
 /** Layer 0's attention output of cache `c` (attached to `io`, position begun) against the float kernel's on a cache filled the same way: { maxAbs, relative }. */
 async function againstDefault(c, spec, layers, { qHeads, kvHeads, D, T }, io) {
   const readOut = async () => {
@@ -172,13 +188,7 @@ async function againstDefault(c, spec, layers, { qHeads, kvHeads, D, T }, io) {
   if (ref.capacity !== c.capacity) throw new Error(`internal: reference capacity ${ref.capacity} ≠ ${c.capacity}`);
   try {
     ref.attach(io);
-    await ref.fillSynthetic(o['attention-flush'] ? T - 1 : T - 2, 7);
-    ref.beginPosition();
-    const enc0 = device.createCommandEncoder();
-    const p0 = enc0.beginComputePass();
-    ref.encodeUpdate(p0, 0);
-    p0.end();
-    device.queue.submit([enc0.finish()]);
+    await synthesizePosition(ref, T, 1);
     const want = await run(ref);
     ref.endPosition();
     let err = 0;
@@ -238,15 +248,7 @@ async function attentionBench(T, qHeads, kvHeads, D, cacheName, variant) {
   const mk = (n) => device.createBuffer({ size: 4 * n, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
   const io = { qkv: mk((qHeads + 2 * kvHeads) * D), rope: mk(c.capacity * D), out: mk(qHeads * D) };
   c.attach(io);
-  // attend T − 1 tokens: T is a multiple of R, and the position completing a key block also flushes it (in the merge
-  // pass, once every R positions); the rows time the other positions (value quantization included), end to end has both
-  await c.fillSynthetic(o['attention-flush'] ? T - 1 : T - 2, 7);
-  c.beginPosition();
-  const enc0 = device.createCommandEncoder();
-  const p0 = enc0.beginComputePass();
-  for (let l = 0; l < layers; l++) c.encodeUpdate(p0, l);
-  p0.end();
-  device.queue.submit([enc0.finish()]);
+  await synthesizePosition(c, T, layers);
   const bytes = c.attentionBytes(0);
   const dispatch = c.attentionDispatch(0);
   const encode = (pass, i) => c.encodeAttention(pass, i % layers);

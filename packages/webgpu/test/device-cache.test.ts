@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKvCache } from '@xquant/tfjs';
 import { DeviceKvCache, INT8_KEYS_MIN_CAPACITY, type DeviceAttentionTuning, type DeviceQuantizedConfig } from '../src/index.js';
 import { cooperativeKeys } from '../src/device/update-wgsl.js';
-import { buffer, compare, device, gpu, gpuErrors, identityRope, mixedPlan, readF32, reason } from './device-compare.js';
+import { buffer, compare, device, gpu, gpuErrors, identityRope, mixedPlan, readF32, reason, trackBuffers } from './device-compare.js';
 
 describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason || 'WebGPU adapter'})`, () => {
   beforeAll(async () => {
@@ -521,24 +521,13 @@ describe.skipIf(!device)(`device-resident KV cache vs the CPU cache (${reason ||
     const limit = dev.limits.maxStorageBufferBindingSize;
     // layer 0: 1-bit keys and values (small); layer 1: fp16 keys, kvHeads · capacity · headDim · 2 bytes > the limit
     const cpu = createKvCache('planned', { layers: 2, kvHeads: 2, headDim: 64 }, { residualLength: 32, keys: [{ bits: 1, codesFrom: null }, { bits: 16, codesFrom: null }], values: [{ bits: 1, codesFrom: null }, { bits: 1, codesFrom: null }] }) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
-    const live = new Set<GPUBuffer>();
-    const create = dev.createBuffer.bind(dev);
-    dev.createBuffer = (d: GPUBufferDescriptor) => {
-      const b = create(d);
-      live.add(b);
-      const destroy = b.destroy.bind(b);
-      b.destroy = () => {
-        live.delete(b);
-        destroy();
-      };
-      return b;
-    };
+    const { live, restore } = trackBuffers(dev);
     try {
       const capacity = Math.ceil(limit / (2 * 64 * 2)) + 1024;
       await expect(DeviceKvCache.create(dev, { layers: 2, qHeads: 4, kvHeads: 2, headDim: 64 }, { kind: 'quantized', config: cpu.config }, { capacity })).rejects.toMatchObject({ code: 'E_BACKEND_UNAVAILABLE', message: expect.stringMatching(/layer 1 keys: .* exceed maxStorageBufferBindingSize/) });
       expect(live.size).toBe(0);
     } finally {
-      dev.createBuffer = create;
+      restore();
       cpu.dispose();
     }
   }, 600_000);

@@ -127,3 +127,20 @@ export function mixedPlan(valueGroupSize: number) {
     valueCalibration: ['eta', 'least-squares', { eta: 0.03 }, 'none'],
   };
 }
+
+/** Track the buffers `dev` creates and has not destroyed (`live`) until `restore()`. */
+export function trackBuffers(dev: GPUDevice): { live: Set<GPUBuffer>; restore(): void } {
+  const live = new Set<GPUBuffer>();
+  const create = dev.createBuffer.bind(dev);
+  dev.createBuffer = (d: GPUBufferDescriptor) => {
+    const b = create(d);
+    live.add(b);
+    const destroy = b.destroy.bind(b);
+    b.destroy = () => {
+      live.delete(b);
+      destroy();
+    };
+    return b;
+  };
+  return { live, restore: () => void (dev.createBuffer = create) };
+}

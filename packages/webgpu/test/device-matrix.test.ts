@@ -4,7 +4,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { createKvCache } from '@xquant/tfjs';
 import { DeviceKvCache, type DeviceQuantizedConfig } from '../src/index.js';
 import { matrixDecodeSource, matrixSharedBytes, matrixUnsupported } from '../src/device/matrix-attention-wgsl.js';
-import { buffer, compare, device, gpu, identityRope, mixedPlan, reason } from './device-compare.js';
+import { buffer, compare, device, gpu, identityRope, mixedPlan, reason, trackBuffers } from './device-compare.js';
 
 // The matrix kernel (tuning `matrix`) on lavapipe: no subgroup matrices there, so `'emulate'` runs the same kernel with
 // the 16 × 8 × 16 products written as loops over the same workgroup-memory tiles; everything else (decode of the codes
@@ -64,11 +64,18 @@ describe.skipIf(!gpu)(`device cache, matrix kernel (${reason ?? 'lavapipe'})`, (
     await expect(DeviceKvCache.create(dev, shape, spec, { capacity: 64, tuning: { matrix: 'emulate', keyDot: 'int8' } })).rejects.toMatchObject({ code: 'E_CONFIG' });
     if (!dev.features.has('subgroups') || !dev.features.has('shader-f16')) return;
     const cpu9 = createKvCache('xquant-1.38', { layers: 2, kvHeads: 1, headDim: 64 }, { residualLength: 32 }) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
-    await expect(DeviceKvCache.create(dev, { layers: 2, qHeads: 9, kvHeads: 1, headDim: 64 }, { kind: 'quantized', config: cpu9.config }, { capacity: 64, tuning: { matrix: 'emulate' } })).rejects.toMatchObject({
-      code: 'E_CONFIG',
-      message: expect.stringMatching(/layer 0: 9 query heads per KV head/),
-    });
-    cpu9.dispose();
+    // (rejected after the layers' buffers were made: none is left allocated)
+    const { live, restore } = trackBuffers(dev);
+    try {
+      await expect(DeviceKvCache.create(dev, { layers: 2, qHeads: 9, kvHeads: 1, headDim: 64 }, { kind: 'quantized', config: cpu9.config }, { capacity: 64, tuning: { matrix: 'emulate' } })).rejects.toMatchObject({
+        code: 'E_CONFIG',
+        message: expect.stringMatching(/layer 0: 9 query heads per KV head/),
+      });
+      expect(live.size).toBe(0);
+    } finally {
+      restore();
+      cpu9.dispose();
+    }
     const full = await DeviceKvCache.create(dev, shape, { kind: 'full' }, { capacity: 64, tuning: { matrix: true } });
     full.dispose();
   }, 120_000);

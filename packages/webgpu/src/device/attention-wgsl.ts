@@ -179,8 +179,8 @@ export function valueMetaIndex(groups: number, kv: string, t: string, g: string)
   return `((${kv} * (S.cap / ${B}u) + (${t}) / ${B}u) * ${groups}u + ${g}) * ${B}u + (${t}) % ${B}u`;
 }
 
-/** WGSL read of scale/zero word `index` from the value metadata `vm` (declared as vec4s). */
-function metaAt(index: string): string {
+/** WGSL read of scale/zero word `index` from the value metadata `vm` (declared as vec4s). @internal */
+export function metaAt(index: string): string {
   return `vm[(${index}) / 4u][(${index}) % 4u]`;
 }
 

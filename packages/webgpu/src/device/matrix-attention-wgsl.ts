@@ -27,7 +27,7 @@
  * @internal
  */
 import type { GpuBits } from '../layout.js';
-import { keyQuadIndex, stepStruct, valueBlockTokens, valueMetaIndex } from './attention-wgsl.js';
+import { keyQuadIndex, metaAt, stepStruct, valueBlockTokens, valueMetaIndex } from './attention-wgsl.js';
 
 /** Tokens per workgroup (chunk) of the matrix kernel. @internal */
 export const MATRIX_CHUNK = 256;
@@ -48,7 +48,7 @@ export interface MatrixDecodeSpec {
   emulate?: boolean;
 }
 
-/** Subgroups per workgroup: one 16-token tile each per sub-block, and a whole number of 16-channel tiles each. */
+/** Subgroups per workgroup: one 16-token tile each per sub-block, and a whole number of 16-channel tiles each. @internal */
 export function matrixSubgroups(headDim: number): number {
   return Math.max(1, Math.min(4, headDim / 16));
 }
@@ -350,9 +350,4 @@ export function matrixDecodeSource(s: MatrixDecodeSpec): string {
   push(`parts[pb + ${D}u] = m;`, `parts[pb + ${D + 1}u] = ${fold(Array.from({ length: NSG }, (_, q) => `rsum[${q * 8}u + lid]`), (a, b) => `${a} + ${b}`)};`, '}');
   push('}');
   return L.join('\n');
-}
-
-/** WGSL read of scale/zero word `index` from the value metadata `vm` (declared as vec4s). */
-function metaAt(index: string): string {
-  return `vm[(${index}) / 4u][(${index}) % 4u]`;
 }
