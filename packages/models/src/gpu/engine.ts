@@ -616,8 +616,9 @@ export class GpuDecoder {
 
   /**
    * One command buffer for `rows` consecutive positions: per layer the batch's matrix-vector products once over its
-   * rows, and between them, position by position, the cache's update, attention and merge — or, with `fullPrecision`,
-   * attention over the fp16 prompt cache and the positions taken into the quantized cache without attending. With
+   * rows, and between them the cache's update, attention and merge — for fp16 layers the whole batch in three
+   * dispatches (`encodeLayerRows`), for packed layers position by position — or, with `fullPrecision`, attention over
+   * the fp16 prompt cache and the positions taken into the quantized cache without attending. With
    * `sample` (one row), the next token is sampled on the device and copied to `sample.readback`.
    */
   private submitBatch(rows: number, fullPrecision: boolean, sample: { temperature: number; seed: number; readback: GPUBuffer } | null): void {
@@ -640,14 +641,11 @@ export class GpuDecoder {
     for (let l = 0; l < this.layers.length; l++) {
       const b = this.layers[l]!.batch!;
       run(b.qkv);
-      for (let s = 0; s < rows; s++) {
-        if (fp) {
-          fp.encodeLayer(pass, l, s);
-          this.cache.encodeIngest(pass, l, s);
-        } else {
-          this.cache.encodeLayer(pass, l, s);
-        }
-      }
+      // the attention over fp16 rows takes the whole batch in one dispatch; packed layers go position by position
+      const attend = fp ?? this.cache;
+      if (rows > 1 && attend.rowsAttention(l)) attend.encodeLayerRows(pass, l);
+      else for (let s = 0; s < rows; s++) attend.encodeLayer(pass, l, s);
+      if (fp) for (let s = 0; s < rows; s++) this.cache.encodeIngest(pass, l, s);
       run(b.o);
       run(b.gateUp);
       run(b.down);

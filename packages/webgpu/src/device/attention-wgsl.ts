@@ -100,6 +100,9 @@ export const STEP_FIELDS = [
   'fill', // synthetic fill: positions to fill
   'scale', // f32 softmax scale
   'row', // row of the q/k/v and attention-output buffers this position uses (0 when decoding; its slot in a prefill batch)
+  'rows', // positions of the batch begun (1 when decoding)
+  'rchunk', // keys per chunk of the batch's causal attention (rows-attention-wgsl.ts)
+  'rnc', // chunks of the batch's causal attention
 ] as const;
 /** Value of `kflush` / `vquant` when nothing is due. @internal */
 export const NONE = 0xffffffff;
@@ -1001,10 +1004,15 @@ export function decodeKernelSource(spec: DecodeSpec): string {
  * (`quantizeSource` of update-wgsl.ts): they overlap the merge instead of lengthening the update pass.
  * @internal
  */
-export function combineSource(headDim: number, qHeads: number, quantize?: { declarations: string[]; body: string[] }): string {
+export function combineSource(headDim: number, qHeads: number, quantize?: { declarations: string[]; body: string[] }, form: 'position' | 'rows' = 'position'): string {
   const D = headDim;
   const G = Math.floor(256 / D);
   const PS = D + 2;
+  // the rows form merges a prefill batch's causal attention (rows-attention-wgsl.ts): workgroup x = row · qHeads + head,
+  // S.rnc chunks each, output row-major from row 0
+  const nc = form === 'rows' ? 'S.rnc' : 'S.nc';
+  const outAt = form === 'rows' ? `h * ${D}u + lid` : `S.row * ${qHeads * D}u + h * ${D}u + lid`;
+  if (form === 'rows' && quantize) throw new Error('the rows merge has no quantization workgroups');
   return [
     stepStruct(),
     '@group(0) @binding(0) var<storage, read> parts: array<f32>;',
@@ -1020,9 +1028,9 @@ export function combineSource(headDim: number, qHeads: number, quantize?: { decl
     // (in a function of its own: its early returns leave the merge's barriers in uniform control flow)
     ...(quantize ? [`if (wid.x >= ${qHeads}u) { quantize(wid.x - ${qHeads}u, lid); return; }`] : []),
     'let h = wid.x;',
-    `let hb = h * S.nc;`,
+    `let hb = h * ${nc};`,
     'var m = -3.0e38;',
-    `for (var c = lid; c < S.nc; c = c + 256u) { m = max(m, parts[(hb + c) * ${PS}u + ${D}u]); }`,
+    `for (var c = lid; c < ${nc}; c = c + 256u) { m = max(m, parts[(hb + c) * ${PS}u + ${D}u]); }`,
     'red[lid] = m;',
     'workgroupBarrier();',
     // two-level fold (two barriers, not eight): 16 threads fold 16 values each (stride 16: distinct banks), then every
@@ -1034,16 +1042,16 @@ export function combineSource(headDim: number, qHeads: number, quantize?: { decl
     `let cg = lid / ${D}u;`,
     // eight chunks per round, their loads independent of each other (no chain through memory per chunk)
     ...Array.from({ length: 8 }, (_, u) => `var o${u} = 0.0; var l${u} = 0.0;`),
-    `for (var c0 = select(cg, S.nc, cg >= ${G}u); c0 < S.nc; c0 = c0 + ${8 * G}u) {`,
+    `for (var c0 = select(cg, ${nc}, cg >= ${G}u); c0 < ${nc}; c0 = c0 + ${8 * G}u) {`,
     ...Array.from({ length: 8 }, (_, u) => [
-      `  let c${u} = min(c0 + ${u * G}u, S.nc - 1u);`,
+      `  let c${u} = min(c0 + ${u * G}u, ${nc} - 1u);`,
       `  let pb${u} = (hb + c${u}) * ${PS}u;`,
       `  let m${u} = parts[pb${u} + ${D}u];`,
       `  let x${u} = parts[pb${u} + d];`,
       `  let s${u} = parts[pb${u} + ${D + 1}u];`,
     ]).flat(),
     ...Array.from({ length: 8 }, (_, u) => [
-      `  let w${u} = select(0.0, exp(m${u} - M), c0 + ${u * G}u < S.nc);`,
+      `  let w${u} = select(0.0, exp(m${u} - M), c0 + ${u * G}u < ${nc});`,
       `  o${u} = fma(w${u}, x${u}, o${u});`,
       `  l${u} = fma(w${u}, s${u}, l${u});`,
     ]).flat(),
@@ -1057,7 +1065,7 @@ export function combineSource(headDim: number, qHeads: number, quantize?: { decl
     '  var so = 0.0;',
     '  var sl = 0.0;',
     `  for (var g = 0u; g < ${G}u; g = g + 1u) { so = so + ro[g * ${D}u + lid]; sl = sl + rl[g]; }`,
-    `  out[S.row * ${qHeads * D}u + h * ${D}u + lid] = so / sl;`,
+    `  out[${outAt}] = so / sl;`,
     '}',
     '}',
   ].join('\n');

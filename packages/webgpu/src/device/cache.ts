@@ -12,6 +12,7 @@ import {
   type DeviceOperand,
 } from './attention-wgsl.js';
 import { MATRIX_CHUNK, SUBGROUP_MATRIX_FEATURE, matrixDecodeSource, matrixSharedBytes, matrixUnsupported, matrixWorkgroup, type MatrixDecodeSpec } from './matrix-attention-wgsl.js';
+import { ROWS_MAX_CHUNKS, ROWS_QUERIES, rowsAttentionSource, rowsChunkBytes, rowsChunking } from './rows-attention-wgsl.js';
 import { UPDATE_WORKGROUP, fillSource, quantizeSource, updateKernelSource, updateRoles, type DeviceCalibration, type DeviceStorage, type FillKind, type UpdateSpec } from './update-wgsl.js';
 
 const STORAGE = 0x80;
@@ -239,6 +240,10 @@ interface LayerRes {
   ingestPipe?: GPUComputePipeline;
   /** Workgroups of the merge dispatch past the query heads: the layer's quantization (0: nothing packed). */
   quantizeWorkgroups: number;
+  /** fp16 keys and values: a prefill batch attends in one dispatch ({@link DeviceKvCache.encodeLayerRows}). */
+  rowsUpdatePipe?: GPUComputePipeline;
+  rowsUpdateBG?: GPUBindGroup;
+  rowsBG?: GPUBindGroup;
 }
 
 const align = (bytes: number) => Math.ceil(bytes / ALIGN) * ALIGN;
@@ -279,7 +284,7 @@ function int8KeysFit(cfg: DeviceQuantizedConfig, main: { workgroup: number; slot
 /** A binding's buffer type, in binding order of a kernel. */
 export type BindingKind = 'read-only-storage' | 'storage' | 'uniform' | 'dynamic-uniform';
 /** Binding types of each kernel, in binding order (explicit layouts: 'auto' would drop bindings a variant does not read). */
-const LAYOUTS: Record<'update' | 'decode' | 'combine' | 'combineQuantize' | 'fill', BindingKind[]> = {
+const LAYOUTS: Record<'update' | 'decode' | 'combine' | 'combineQuantize' | 'fill' | 'rows', BindingKind[]> = {
   // the step uniform has a dynamic offset: one slot per position of a batch (see DeviceKvCache.beginPositions)
   update: ['read-only-storage', 'read-only-storage', 'storage', 'storage', 'storage', 'storage', 'dynamic-uniform'],
   decode: ['read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'read-only-storage', 'storage', 'dynamic-uniform'],
@@ -287,6 +292,8 @@ const LAYOUTS: Record<'update' | 'decode' | 'combine' | 'combineQuantize' | 'fil
   // + K, V (written), ring, donor keys, donor values: the quantization the schedule owes
   combineQuantize: ['read-only-storage', 'storage', 'dynamic-uniform', 'storage', 'storage', 'read-only-storage', 'read-only-storage', 'read-only-storage'],
   fill: ['storage', 'uniform'],
+  // a prefill batch's causal attention over fp16 rows: rotated queries of the batch, keys, values, partials, step
+  rows: ['read-only-storage', 'read-only-storage', 'read-only-storage', 'storage', 'dynamic-uniform'],
 };
 
 /** Compiles WGSL compute kernels with explicit bind group layouts (one per list of binding types), each source once. */
@@ -367,6 +374,15 @@ export class DeviceKvCache {
   /** Placeholder for writable bindings a layer does not use (a buffer must not be bound writable and read-only at once). */
   private readonly dummyRW: GPUBuffer;
   private combinePipe?: GPUComputePipeline;
+  /** The batch attention of layers with fp16 keys and values, and its merge (compiled where such a layer exists). */
+  private rowsPipe?: GPUComputePipeline;
+  private rowsMergePipe?: GPUComputePipeline;
+  /** Rotated queries and attention partials of a prefill batch (made by attach when it binds more than one row). */
+  private rowQueries: GPUBuffer | null = null;
+  private rowParts: GPUBuffer | null = null;
+  /** Chunks the partials buffer holds per query (at most ROWS_MAX_CHUNKS; fewer where the binding size limit says so). */
+  private rowMaxChunks = 0;
+  private rowsMergeBG?: GPUBindGroup;
   private io?: DeviceCacheIO;
   private disposed = false;
   private stepData = new ArrayBuffer(STEP_BYTES);
@@ -660,15 +676,23 @@ export class DeviceKvCache {
   private async compile(): Promise<void> {
     const k = this.compiler;
     this.combinePipe = await k.pipeline(combineSource(this.shape.headDim, this.shape.qHeads), LAYOUTS.combine, 'device cache merge');
+    const { headDim: D, qHeads, kvHeads } = this.shape;
+    if (this.layers.some((l) => isDense(l))) {
+      [this.rowsPipe, this.rowsMergePipe] = await Promise.all([
+        k.pipeline(rowsAttentionSource(D, qHeads, qHeads / kvHeads), LAYOUTS.rows, 'batch attention (fp16 rows)'),
+        k.pipeline(combineSource(D, qHeads, undefined, 'rows'), LAYOUTS.combine, 'batch attention merge'),
+      ]);
+    }
     await Promise.all(
       this.layers.map(async (l, i) => {
         const q = quantizeSource(l.update);
         l.quantizeWorkgroups = q?.workgroups ?? 0;
-        [l.mergePipe, l.ingestPipe, l.updatePipe, l.decodePipe, l.decodePipeSmall, l.decodePipeMedium] = await Promise.all([
+        [l.mergePipe, l.ingestPipe, l.updatePipe, l.rowsUpdatePipe, l.decodePipe, l.decodePipeSmall, l.decodePipeMedium] = await Promise.all([
           q ? k.pipeline(combineSource(this.shape.headDim, this.shape.qHeads, q), LAYOUTS.combineQuantize, `layer ${i} merge and quantization`) : Promise.resolve(this.combinePipe!),
           // (no merge workgroups: every workgroup quantizes)
           q ? k.pipeline(combineSource(this.shape.headDim, 0, q), LAYOUTS.combineQuantize, `layer ${i} quantization`) : Promise.resolve(undefined),
           k.pipeline(updateKernelSource(l.update), LAYOUTS.update, `layer ${i} update`),
+          isDense(l) ? k.pipeline(updateKernelSource({ ...l.update, batched: true }), LAYOUTS.update, `layer ${i} batch update`) : Promise.resolve(undefined),
           k.pipeline(l.matrix ? matrixDecodeSource(l.matrix) : decodeKernelSource(l.decode), LAYOUTS.decode, `layer ${i} attention${l.matrix ? ' (matrix units)' : ''}`),
           l.decodeSmall ? k.pipeline(decodeKernelSource(l.decodeSmall), LAYOUTS.decode, `layer ${i} attention (short contexts)`) : Promise.resolve(undefined),
           l.decodeMedium ? k.pipeline(decodeKernelSource(l.decodeMedium), LAYOUTS.decode, `layer ${i} attention (mid-length contexts)`) : Promise.resolve(undefined),
@@ -703,6 +727,16 @@ export class DeviceKvCache {
     }
     this.rows = rows;
     this.io = io;
+    this.rowQueries?.destroy();
+    this.rowParts?.destroy();
+    this.rowQueries = this.rowParts = null;
+    if (rows > 1 && this.rowsPipe) {
+      const chunkBytes = rowsChunkBytes(rows, qHeads, D);
+      this.rowMaxChunks = Math.min(ROWS_MAX_CHUNKS, Math.floor(dev.limits.maxStorageBufferBindingSize / chunkBytes));
+      if (this.rowMaxChunks < 1) throw new XqBackendError('E_BACKEND_UNAVAILABLE', `a batch of ${rows} rows needs ${chunkBytes} bytes of attention partials per chunk; the device binds at most ${dev.limits.maxStorageBufferBindingSize}`);
+      this.rowQueries = dev.createBuffer({ size: rows * qHeads * D * 4, usage: STORAGE, label: 'batch rotated queries' });
+      this.rowParts = dev.createBuffer({ size: this.rowMaxChunks * chunkBytes, usage: STORAGE, label: 'batch attention partials' });
+    }
     const stepSlot: GPUBufferBinding = { buffer: this.step, offset: 0, size: STEP_BYTES };
     const range = (buffer: GPUBuffer, fromWords: number, toBytes?: number): GPUBufferBinding => ({ buffer, offset: fromWords * 4, size: (toBytes ?? buffer.size) - fromWords * 4 });
     const whole = (buffer: GPUBuffer): GPUBufferBinding => ({ buffer });
@@ -721,7 +755,20 @@ export class DeviceKvCache {
         layout: this.compiler.layout(LAYOUTS.decode),
         entries: [whole(this.qbuf), keyCodes, keyMeta, valueCodes, valueMeta, ringK, ringV, whole(this.parts), stepSlot].map((resource, binding) => ({ binding, resource })),
       });
+      if (this.rowQueries && this.rowParts && isDense(l)) {
+        l.rowsUpdateBG = dev.createBindGroup({
+          layout: this.compiler.layout(LAYOUTS.update),
+          entries: [...[io.qkv, io.rope, this.rowQueries, l.K, l.V, this.dummyRW].map(whole), stepSlot].map((resource, binding) => ({ binding, resource })),
+        });
+        l.rowsBG = dev.createBindGroup({
+          layout: this.compiler.layout(LAYOUTS.rows),
+          entries: [...[this.rowQueries, l.K, l.V, this.rowParts].map(whole), stepSlot].map((resource, binding) => ({ binding, resource })),
+        });
+      } else {
+        l.rowsUpdateBG = l.rowsBG = undefined;
+      }
     }
+    this.rowsMergeBG = this.rowParts ? dev.createBindGroup({ layout: this.compiler.layout(LAYOUTS.combine), entries: [whole(this.rowParts), whole(io.out), stepSlot].map((resource, binding) => ({ binding, resource })) }) : undefined;
     const comb = dev.createBindGroup({ layout: this.compiler.layout(LAYOUTS.combine), entries: [whole(this.parts), whole(io.out), stepSlot].map((resource, binding) => ({ binding, resource })) });
     for (const l of this.layers) {
       if (l.quantizeWorkgroups === 0) {
@@ -762,6 +809,8 @@ export class DeviceKvCache {
     const hasSmall = this.smallChunk !== this.chunk;
     const hasMedium = this.mediumChunk !== this.chunk;
     const data = new ArrayBuffer((count - 1) * this.stepStride + STEP_BYTES);
+    // the batch attention's chunks (layers with fp16 rows, io of more than one row)
+    const rowChunks = this.rowParts ? rowsChunking(this.tokensHeld + count, this.shape.headDim, this.rowMaxChunks) : { chunk: 0, chunks: 0 };
     this.slots = [];
     for (let s = 0; s < count; s++) {
       const p = this.tokensHeld + s;
@@ -795,6 +844,9 @@ export class DeviceKvCache {
         fill: 0,
         scale: 1 / Math.sqrt(this.shape.headDim),
         row: s,
+        rows: count,
+        rchunk: rowChunks.chunk,
+        rnc: rowChunks.chunks,
       };
       const u = new Uint32Array(data, s * this.stepStride, STEP_BYTES / 4);
       const f = new Float32Array(data, s * this.stepStride, STEP_BYTES / 4);
@@ -812,6 +864,42 @@ export class DeviceKvCache {
   encodeLayer(pass: GPUComputePassEncoder, layer: number, slot = 0): void {
     this.encodeUpdate(pass, layer, slot);
     this.encodeAttention(pass, layer, slot);
+  }
+
+  /**
+   * Whether {@link DeviceKvCache.encodeLayerRows} serves layer `layer`: its keys and values are fp16 rows (every layer of
+   * a `full` cache; the 16-bit layers of a plan) and the attached buffers hold more than one row.
+   */
+  rowsAttention(layer: number): boolean {
+    const l = this.layerOf(layer);
+    return l.rowsBG !== undefined;
+  }
+
+  /**
+   * Encode layer `layer` for every position of the batch begun ({@link DeviceKvCache.beginPositions}) in three
+   * dispatches instead of three per position: the update pass of all rows, their causal attention (row s attends the
+   * positions up to its own), and its merge into rows 0 … count − 1 of `out`. The numbers are each position's own up to
+   * the order of float sums. Layers with {@link DeviceKvCache.rowsAttention} only.
+   */
+  encodeLayerRows(pass: GPUComputePassEncoder, layer: number): void {
+    const l = this.layerOf(layer);
+    if (!l.rowsBG || !l.rowsUpdateBG) {
+      throw new XqStateError('E_STATE', `layer ${layer}: batch attention needs fp16 keys and values and buffers attached with more than one row (rowsAttention(${layer}) is false)`);
+    }
+    const rows = this.slots.length;
+    if (rows === 0) throw new XqStateError('E_STATE', 'encodeLayerRows: no batch begun (beginPositions first)');
+    const { qHeads, kvHeads } = this.shape;
+    const wgs = Math.ceil((rows * updateRoles(l.update).total) / UPDATE_WORKGROUP);
+    pass.setPipeline(l.rowsUpdatePipe!);
+    pass.setBindGroup(0, l.rowsUpdateBG, [0]);
+    pass.dispatchWorkgroups(Math.min(wgs, 65535), Math.ceil(wgs / 65535));
+    const { chunks } = rowsChunking(this.tokensHeld + rows, this.shape.headDim, this.rowMaxChunks);
+    pass.setPipeline(this.rowsPipe!);
+    pass.setBindGroup(0, l.rowsBG, [0]);
+    pass.dispatchWorkgroups(chunks, kvHeads, Math.ceil((rows * (qHeads / kvHeads)) / ROWS_QUERIES));
+    pass.setPipeline(this.rowsMergePipe!);
+    pass.setBindGroup(0, this.rowsMergeBG!, [0]);
+    pass.dispatchWorkgroups(rows * qHeads);
   }
 
   /**
@@ -1001,7 +1089,7 @@ export class DeviceKvCache {
     this.checkAlive();
     const { kvHeads: H, headDim: D, layers: Lc } = this.shape;
     const n = this.tokensHeld;
-    let allocated = this.step.size + this.parts.size + this.qbuf.size + this.dummy.size + this.dummyRW.size;
+    let allocated = this.step.size + this.parts.size + this.qbuf.size + this.dummy.size + this.dummyRW.size + (this.rowQueries?.size ?? 0) + (this.rowParts?.size ?? 0);
     let used = 0;
     const R = this.R;
     // quantized positions after the last completed position's owed flush (the state the CPU cache reports)
@@ -1063,7 +1151,7 @@ export class DeviceKvCache {
       l.V.destroy();
       l.ring?.destroy();
     }
-    for (const b of [this.step, this.parts, this.qbuf, this.dummy, this.dummyRW]) b.destroy();
+    for (const b of [this.step, this.parts, this.qbuf, this.dummy, this.dummyRW, this.rowQueries, this.rowParts]) b?.destroy();
   }
 
   private checkAlive(): void {
@@ -1076,4 +1164,9 @@ function gcd(a: number, b: number): number {
 }
 function lcm(a: number, b: number): number {
   return (a / gcd(a, b)) * b;
+}
+
+/** Keys and values both fp16 rows: the layer can take a prefill batch in one dispatch. */
+function isDense(l: LayerRes): boolean {
+  return l.keys.kind === 'dense' && l.values.kind === 'dense';
 }

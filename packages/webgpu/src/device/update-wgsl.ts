@@ -39,6 +39,12 @@ export interface UpdateSpec {
   /** Apply the rotary tables (false: q and k are copied as they are). */
   rope: boolean;
   /**
+   * The batch form (dense keys and values only): one dispatch takes in the `S.rows` positions of a prefill batch from
+   * `S.pos` on, position `S.pos + r` from row r of `qkv`, its rotated queries written to row r of `qout`
+   * (`[rows][qHeads·D]`); the dispatch covers `rows · updateRoles(s).total` threads.
+   */
+  batched?: boolean;
+  /**
    * Packed key layout: `'channel'` (default) — one word = 32/bits tokens of one channel; `'quad'` — one word = 4
    * channels (bytes) × 8/bits tokens (bit fields of each byte), read by the int8 dot-product attention kernel. Either
    * way the words (and the scale/zero words) are addressed by `keyWordIndex` (channel-quad-major).
@@ -494,6 +500,7 @@ function cooperativeValueRole(s: UpdateSpec): string[] {
  * The quantization the schedule owes runs in the merge pass ({@link quantizeSource}). @internal
  */
 export function updateKernelSource(s: UpdateSpec): string {
+  if (s.batched && (s.keys.kind !== 'dense' || s.values.kind !== 'dense')) throw new Error('the batched update pass is for fp16 (dense) keys and values');
   const D = s.headDim;
   const Q4 = D / 4;
   const H2 = D / 2;
@@ -512,13 +519,13 @@ export function updateKernelSource(s: UpdateSpec): string {
   push(...R16);
   // rotate channels (c, c+1) and (c + D/2, c + 1 + D/2) of the head starting at `base`
   push(
-    'fn rot(base: u32, e: u32) -> array<f32, 4> {',
+    'fn rot(base: u32, e: u32, pos: u32) -> array<f32, 4> {',
     '  let c = 2u * e;',
     `  let a0 = qkv[base + c]; let a1 = qkv[base + c + 1u]; let b0 = qkv[base + c + ${H2}u]; let b1 = qkv[base + c + 1u + ${H2}u];`,
   );
   if (s.rope) {
     push(
-      `  let rb = S.pos * ${D}u + c;`,
+      `  let rb = pos * ${D}u + c;`,
       `  let c0 = rope[rb]; let c1 = rope[rb + 1u]; let s0 = rope[rb + ${H2}u]; let s1 = rope[rb + 1u + ${H2}u];`,
       '  return array<f32, 4>(a0 * c0 - b0 * s0, a1 * c1 - b1 * s1, b0 * c0 + a0 * s0, b1 * c1 + a1 * s1);',
     );
@@ -530,18 +537,18 @@ export function updateKernelSource(s: UpdateSpec): string {
   const store = (buf: 'K' | 'V', op: DeviceStorage, ringBase: string, ringLen: string) => {
     if (op.kind === 'dense' && buf === 'K') {
       push(
-        `K[${denseKeyIndex(D, 'kv', 'S.pos', 'e')}] = pack2x16float(vec2<f32>(r16(x[0]), r16(x[1])));`,
-        `K[${denseKeyIndex(D, 'kv', 'S.pos', `e + ${D / 4}u`)}] = pack2x16float(vec2<f32>(r16(x[2]), r16(x[3])));`,
+        `K[${denseKeyIndex(D, 'kv', 'pos', 'e')}] = pack2x16float(vec2<f32>(r16(x[0]), r16(x[1])));`,
+        `K[${denseKeyIndex(D, 'kv', 'pos', `e + ${D / 4}u`)}] = pack2x16float(vec2<f32>(r16(x[2]), r16(x[3])));`,
       );
     } else if (op.kind === 'dense') {
       push(
-        `let row = (kv * S.cap + S.pos) * ${H2}u;`,
+        `let row = (kv * S.cap + pos) * ${H2}u;`,
         `${buf}[row + e] = pack2x16float(vec2<f32>(r16(x[0]), r16(x[1])));`,
         `${buf}[row + e + ${D / 4}u] = pack2x16float(vec2<f32>(r16(x[2]), r16(x[3])));`,
       );
     } else {
       push(
-        `let rr = ${ringBase} + (kv * ${ringLen} + S.pos % ${ringLen}) * ${D}u + 2u * e;`,
+        `let rr = ${ringBase} + (kv * ${ringLen} + pos % ${ringLen}) * ${D}u + 2u * e;`,
         'ring[rr] = x[0];',
         'ring[rr + 1u] = x[1];',
         `ring[rr + ${H2}u] = x[2];`,
@@ -553,18 +560,25 @@ export function updateKernelSource(s: UpdateSpec): string {
   push(
     'fn main(@builtin(global_invocation_id) gid3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {',
   );
-  push(`let gid = gid3.x + gid3.y * nwg.x * ${UPDATE_WORKGROUP}u;`);
-  // this position's q, k, v: row S.row of the qkv buffer
-  push(`let qb = S.row * ${(s.qHeads + 2 * s.kvHeads) * D}u;`);
+  const stride = (s.qHeads + 2 * s.kvHeads) * D;
+  if (s.batched) {
+    // thread gid of row rr: position S.pos + rr, row rr of qkv and of qout
+    push(`let flat = gid3.x + gid3.y * nwg.x * ${UPDATE_WORKGROUP}u;`, `let rr = flat / ${r.total}u;`, `let gid = flat % ${r.total}u;`);
+    push('if (rr >= S.rows) { return; }', 'let pos = S.pos + rr;', `let qb = rr * ${stride}u;`, `let qo = rr * ${s.qHeads * D}u;`);
+  } else {
+    push(`let gid = gid3.x + gid3.y * nwg.x * ${UPDATE_WORKGROUP}u;`);
+    // this position's q, k, v: row S.row of the qkv buffer
+    push('let pos = S.pos;', `let qb = S.row * ${stride}u;`, 'let qo = 0u;');
+  }
   let at = 0;
   // queries
-  push(`if (gid < ${r.q}u) {`, `let h = gid / ${Q4}u;`, `let e = gid % ${Q4}u;`, `let x = rot(qb + h * ${D}u, e);`);
-  push(`let ob = h * ${D}u + 2u * e;`, 'qout[ob] = x[0];', 'qout[ob + 1u] = x[1];', `qout[ob + ${H2}u] = x[2];`, `qout[ob + ${H2 + 1}u] = x[3];`, 'return;', '}');
+  push(`if (gid < ${r.q}u) {`, `let h = gid / ${Q4}u;`, `let e = gid % ${Q4}u;`, `let x = rot(qb + h * ${D}u, e, pos);`);
+  push(`let ob = qo + h * ${D}u + 2u * e;`, 'qout[ob] = x[0];', 'qout[ob + 1u] = x[1];', `qout[ob + ${H2}u] = x[2];`, `qout[ob + ${H2 + 1}u] = x[3];`, 'return;', '}');
   at += r.q;
   // keys
   const kOff = s.qHeads * D;
   const vOff = kOff + s.kvHeads * D;
-  push(`if (gid < ${at + r.k}u) {`, `let i = gid - ${at}u;`, `let kv = i / ${Q4}u;`, `let e = i % ${Q4}u;`, `let x = rot(qb + ${kOff}u + kv * ${D}u, e);`);
+  push(`if (gid < ${at + r.k}u) {`, `let i = gid - ${at}u;`, `let kv = i / ${Q4}u;`, `let e = i % ${Q4}u;`, `let x = rot(qb + ${kOff}u + kv * ${D}u, e, pos);`);
   store('K', s.keys, '0u', 'S.kring');
   push('return;', '}');
   at += r.k;
