@@ -68,14 +68,17 @@ describe.skipIf(!built || !adapter)(`xquant gpu (built CLI, WebGPU adapter) — 
     const f16 = g?.device.features.has('shader-f16') ?? false;
     g?.device.destroy();
     const args = ['--model', MODEL, '--prompt', 'The configuration file', '--max-new-tokens', '4', '--cache', 'xquant-1.38', '--json'];
-    // --matrix without subgroup matrices on the device (lavapipe has none): a typed error that says what it needs
+    // --matrix / --prefill-matrix without subgroup matrices on the device (lavapipe has none): a typed error that says
+    // what it needs
     const g2 = await requestNodeDevice();
     const sgm = g2?.device.features.has('chromium-experimental-subgroup-matrix' as GPUFeatureName) ?? false;
     g2?.device.destroy();
     if (!sgm) {
-      const m = xquant('gpu', ...args, '--matrix');
-      expect(m.code).toBe(1);
-      expect(m.stderr).toMatch(/allow_unsafe_apis/);
+      for (const flag of ['--matrix', '--prefill-matrix']) {
+        const m = xquant('gpu', ...args, flag);
+        expect(m.code, flag).toBe(1);
+        expect(m.stderr).toMatch(/allow_unsafe_apis/);
+      }
     }
     const run = xquant('gpu', ...args, '--value-mix', 'f16', '--dawn-flags', 'enable-dawn-features=skip_validation');
     if (!f16) {

@@ -3,7 +3,7 @@
 //   node gpu-decode.bench.mjs --out DIR --models name=dir[,name=dir…] [--contexts 4096,32768,131072] [--steps 32]
 //        [--caches full,kivi-2,xquant-1.38,plan] [--plan plan.json] [--attention 32768,131072] [--variants 64x8,128x4]
 //        [--tuning 64x8] [--subgroups] [--prefetch-weights] [--attention-caches xquant,full] [--attention-flush] [--quick]
-//        [--prefill 512,2048 [--prefill-batch 32] [--prefill-attention full-precision|cache]]   (prompt positions run in batches of
+//        [--prefill 512,2048 [--prefill-batch 32] [--prefill-attention full-precision|cache] [--prefill-matrix on|emulate]]   (prompt positions run in batches of
 //        that many against one at a time, alternated; what a prompt attends over with a quantized cache)   (variants/tuning: workgroup x key slot x unroll x value unroll x heads per group x
 //        value slot x debug skip (1-4; 5 = loads without arithmetic; 6 = 4 without the merge; 7 = empty main kernel; 8 = 7 without the merge; 9 = 4 without the lane reduction) x int8 (1 key scores, 2 value mix, 3 both, 4 float key scores, 8 f16 value mix) x
 //        prefetch (1 on, 2 off) x subgroup reductions (1 on) x matrix units (1 on, 2 emulated) of the decode-attention kernel; 0 = default)
@@ -44,6 +44,8 @@ const { values: o } = parseArgs({
     'prefill-batch': { type: 'string', default: '32' },
     // what a prompt attends over with a quantized cache: full-precision (the decoder's default) or cache
     'prefill-attention': { type: 'string', default: 'full-precision' },
+    // the prefill batches' products on the matrix units ('on') or emulated ('emulate'; lavapipe)
+    'prefill-matrix': { type: 'string', default: '' },
   },
 });
 process.env.XDG_RUNTIME_DIR ??= '/tmp';
@@ -289,6 +291,7 @@ async function endToEnd(name, dir, contexts, caches, steps) {
     ...(tuning ? { tuning } : {}),
     ...(o.subgroups ? { subgroups: true } : {}),
     ...(o['prefetch-weights'] ? { prefetchWeights: true } : {}),
+    ...(o['prefill-matrix'] ? { prefillMatrix: o['prefill-matrix'] === 'emulate' ? 'emulate' : true } : {}),
   });
   log(`${name}: loaded in ${((performance.now() - t) / 1000).toFixed(1)} s`, JSON.stringify({ layers: config.numLayers, hidden: config.hiddenSize, heads: `${config.numHeads}/${config.numKvHeads}`, vocab: config.vocabSize }));
   const shape = { layers: config.numLayers, kvHeads: config.numKvHeads, headDim: config.headDim };
@@ -348,11 +351,11 @@ async function endToEnd(name, dir, contexts, caches, steps) {
           if (r > 0) ms[b].push(res.prefillMs);
         }
       }
-      const row = { model: name, cache: cacheName, promptTokens: n, prefillBatch: batch, prefillAttention: cacheName === 'full' ? 'cache' : o['prefill-attention'], batchedMs: median(ms[batch]), oneAtATimeMs: median(ms[1]), runs: ms };
+      const row = { model: name, cache: cacheName, promptTokens: n, prefillBatch: batch, prefillAttention: cacheName === 'full' ? 'cache' : o['prefill-attention'], prefillMatrixProducts: decoder.prefillMatrixProducts, batchedMs: median(ms[batch]), oneAtATimeMs: median(ms[1]), runs: ms };
       row.tokensPerSecond = ((n - 1) * 1000) / row.batchedMs;
       row.speedup = row.oneAtATimeMs / row.batchedMs;
       results.prefill.push(row);
-      log(`${name} ${cacheName} prefill ${n} tokens: ${row.batchedMs.toFixed(1)} ms in batches of ${batch} (${row.tokensPerSecond.toFixed(0)} tok/s) against ${row.oneAtATimeMs.toFixed(1)} ms one at a time: ${row.speedup.toFixed(2)}×`);
+      log(`${name} ${cacheName} prefill ${n} tokens: ${row.batchedMs.toFixed(1)} ms in batches of ${batch}${row.prefillMatrixProducts ? ` (${row.prefillMatrixProducts} products on the matrix units)` : ''} (${row.tokensPerSecond.toFixed(0)} tok/s) against ${row.oneAtATimeMs.toFixed(1)} ms one at a time: ${row.speedup.toFixed(2)}×`);
       save();
     }
   }

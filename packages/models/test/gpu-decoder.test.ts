@@ -189,6 +189,48 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
     expect(errors).toEqual([]);
   }, 600_000);
 
+  it("prefillMatrix 'emulate' (the prefill products on the matrix units, emulated on lavapipe): the greedy ids and, within float32 rounding, the logits of the float prefill kernels — both models, full and xquant-1.38 caches; typed errors", async () => {
+    const ids = (JSON.parse(readFileSync(`${SHARED}/eval/prose_512.jsonl`, 'utf8').split('\n')[0]!) as { input_ids: number[] }).input_ids.slice(0, 75);
+    await expect(loadGpuDecoder(`${SHARED}/models/xq-llama-20m`, gpu!.device, { cache: { kind: 'full' }, capacity: 64, prefillMatrix: 'yes' as never })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/prefillMatrix/) });
+    if (!gpu!.device.features.has('chromium-experimental-subgroup-matrix' as GPUFeatureName)) {
+      await expect(loadGpuDecoder(`${SHARED}/models/xq-llama-20m`, gpu!.device, { cache: { kind: 'full' }, capacity: 64, prefillMatrix: true })).rejects.toMatchObject({ code: 'E_BACKEND_UNAVAILABLE', message: expect.stringMatching(/allow_unsafe_apis/) });
+    }
+    for (const name of MODELS) {
+      const { model } = await loadModel(`${SHARED}/models/${name}`);
+      const xq = createKvCache('xquant-1.38', model.cacheShape, { residualLength: 32 }).config!;
+      model.dispose();
+      for (const spec of (name === 'xq-llama-20m' ? [{ kind: 'full' }, { kind: 'quantized', config: xq }] : [{ kind: 'full' }]) as DeviceCacheSpec[]) {
+        const runs: { tokens: number[]; logits: Float32Array; products: number }[] = [];
+        for (const prefillMatrix of [false, 'emulate'] as const) {
+          const { decoder } = await loadGpuDecoder(`${SHARED}/models/${name}`, gpu!.device, { cache: spec, capacity: 128, prefillMatrix });
+          try {
+            const first = await decoder.generate({ prompt: ids, maxNewTokens: 1, stopTokens: [] });
+            const logits = await decoder.readLogits();
+            const rest = await decoder.generate({ prompt: first.tokens, maxNewTokens: 11, stopTokens: [] });
+            runs.push({ tokens: [...first.tokens, ...rest.tokens], logits, products: decoder.prefillMatrixProducts });
+          } finally {
+            decoder.dispose();
+          }
+        }
+        const [float, matrix] = runs;
+        expect(float!.products).toBe(0);
+        // every product of every layer fits (input features multiples of 32, weight rows of 16)
+        expect(matrix!.products).toBe(4 * 8);
+        expect(matrix!.tokens).toEqual(float!.tokens);
+        let err = 0;
+        let mag = 0;
+        for (let i = 0; i < float!.logits.length; i++) {
+          err = Math.max(err, Math.abs(matrix!.logits[i]! - float!.logits[i]!));
+          mag = Math.max(mag, Math.abs(float!.logits[i]!));
+        }
+        // (float sums in another order, and the fp16 rounding of the K/V rows they feed: measured 1.4e-4 on xq-qwen2-30m;
+        // the products themselves are checked against float64 in gpu-matvec.test.ts)
+        expect(err / mag, `${name} ${spec.kind}: max |Δ| ${err} over ${mag}`).toBeLessThan(1e-3);
+      }
+    }
+    expect(errors).toEqual([]);
+  }, 600_000);
+
   it('int8 key scores (the default without GQA) add little to what xquant-1.38 itself costs: KL against the full cache on prose', async () => {
     // xq-llama-20m has GQA, so int8 keys are asked for here; their rounding is the same with or without GQA
     const name = 'xq-llama-20m';

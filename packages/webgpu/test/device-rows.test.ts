@@ -4,7 +4,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKvCache } from '@xquant/tfjs';
 import { DeviceKvCache, type DeviceCacheSpec, type DeviceQuantizedConfig } from '../src/index.js';
 import { ROWS_MIN_CHUNK, rowsChunking, rowsKeyTile } from '../src/device/rows-attention-wgsl.js';
-import { buffer, device, gpu, gpuErrors, readF32, reason } from './device-compare.js';
+import { QUANTIZE_ROWS_GROUP, quantizeRowsGroups } from '../src/device/update-wgsl.js';
+import { valueBlockTokens } from '../src/device/attention-wgsl.js';
+import { buffer, device, gpu, gpuErrors, mixedPlan as mixedPlanOptions, readF32, reason } from './device-compare.js';
 import { rng } from './helpers.js';
 
 /** A rotary table of random angles (so a position read from the wrong row or slot changes the numbers). */
@@ -20,6 +22,13 @@ function randomRope(positions: number, D: number, seed: number): Float32Array {
   }
   return t;
 }
+
+beforeAll(async () => {
+  tf.enableProdMode();
+  await tf.setBackend('cpu');
+});
+// (one device for the file's describes)
+afterAll(() => gpu?.device.destroy());
 
 interface RowsCase {
   name: string;
@@ -86,12 +95,6 @@ async function runBoth(c: RowsCase) {
 }
 
 describe.skipIf(!device)(`batch attention over fp16 rows (encodeLayerRows) (${reason || 'WebGPU adapter'})`, () => {
-  beforeAll(async () => {
-    tf.enableProdMode();
-    await tf.setBackend('cpu');
-  });
-  afterAll(() => gpu?.device.destroy());
-
   const full = (): DeviceCacheSpec => ({ kind: 'full' });
   const cases: RowsCase[] = [
     // 300 positions: up to 5 chunks of 64 keys; batches that start off the chunk and tile grid (31 after 1, then 5, then 32s)
@@ -192,6 +195,105 @@ describe.skipIf(!device)(`batch attention over fp16 rows (encodeLayerRows) (${re
   });
 });
 
+describe.skipIf(!device)(`a batch taken into packed layers at once (encodeIngestRows) (${reason || 'WebGPU adapter'})`, () => {
+  /**
+   * Take N positions in without attending, slot by slot (encodeIngest) and a batch at a time (encodeIngestRows), in
+   * caches created alike (rings for batches of `batchRows`); returns both caches' words of every layer.
+   */
+  async function ingestBoth(config: DeviceQuantizedConfig, shape: { layers: number; qHeads: number; kvHeads: number; headDim: number }, batches: number[], N: number, tuning = {}) {
+    const dev = gpu!.device;
+    const D = shape.headDim;
+    const width = (shape.qHeads + 2 * shape.kvHeads) * D;
+    const r = rng(5);
+    // value channels 0 and 1 offset (wide groups), as the batch test of device-cache.test.ts
+    const x = Array.from({ length: N }, () => Array.from({ length: shape.layers }, () => Float32Array.from({ length: width }, (_, i) => r() * 2 - 1 + (i >= shape.qHeads * D && i % D < 2 ? 3 : 0))));
+    const batchRows = Math.max(...batches);
+    const run = async (rowsAtOnce: boolean) => {
+      const cache = await DeviceKvCache.create(dev, shape, { kind: 'quantized', config }, { capacity: N + 1, batchRows, tuning });
+      const io = { qkv: buffer(dev, new Float32Array(width * batchRows)), rope: buffer(dev, randomRope(cache.capacity, D, 3)), out: buffer(dev, new Float32Array(shape.qHeads * D * batchRows)), rows: batchRows };
+      cache.attach(io);
+      try {
+        for (let p0 = 0, b = 0; p0 < N; b++) {
+          const n = Math.min(batches[Math.min(b, batches.length - 1)]!, N - p0);
+          cache.beginPositions(n);
+          for (let l = 0; l < shape.layers; l++) {
+            // (each layer's rows go through qkv: one submission per layer, after its rows are written)
+            for (let s = 0; s < n; s++) dev.queue.writeBuffer(io.qkv, s * width * 4, x[p0 + s]![l]!);
+            const enc = dev.createCommandEncoder();
+            const pass = enc.beginComputePass();
+            if (rowsAtOnce && n > 1) cache.encodeIngestRows(pass, l);
+            else for (let s = 0; s < n; s++) cache.encodeIngest(pass, l, s);
+            pass.end();
+            dev.queue.submit([enc.finish()]);
+          }
+          cache.endPositions(n);
+          p0 += n;
+        }
+        return await Promise.all(Array.from({ length: shape.layers }, (_, l) => cache.readLayer(l)));
+      } finally {
+        cache.dispose();
+        for (const b of [io.qkv, io.rope, io.out]) b.destroy();
+      }
+    };
+    return { one: await run(false), rows: await run(true) };
+  }
+
+  const cpuConfig = (preset: string, layers: number, options: Record<string, unknown>) => {
+    const c = createKvCache(preset, { layers, kvHeads: 2, headDim: 64 }, options) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
+    const config = c.config;
+    c.dispose();
+    return config;
+  };
+  const cases: { name: string; config: () => DeviceQuantizedConfig; tuning?: object }[] = [
+    { name: 'xquant-1.38 (1-bit values that share words, borrowed codes, η)', config: () => cpuConfig('xquant-1.38', 4, { residualLength: 32 }) },
+    { name: 'kivi-2', config: () => cpuConfig('kivi-2', 2, { residualLength: 32 }) },
+    { name: "a 1/2/4/16-bit plan with least squares, in the quad layouts (keyDot and valueDot 'int8': 4 tokens share a word)", config: () => cpuConfig('planned', 4, mixedPlanOptions(32)), tuning: { keyDot: 'int8', valueDot: 'int8', small: null } },
+  ];
+  for (const c of cases) {
+    it(`${c.name}: the words, metadata and rings of slot-by-slot ingestion, batches off the 8-position groups and across key flushes`, async () => {
+      const config = c.config();
+      const { one, rows } = await ingestBoth(config, { layers: config.keys.length, qHeads: 4, kvHeads: 2, headDim: 64 }, [1, 21, 5, 32, 30], 200, c.tuning);
+      for (let l = 0; l < one.length; l++) {
+        expect(rows[l]!.keys, `layer ${l} keys`).toEqual(one[l]!.keys);
+        expect(rows[l]!.values, `layer ${l} values`).toEqual(one[l]!.values);
+        expect(rows[l]!.ring, `layer ${l} rings`).toEqual(one[l]!.ring);
+      }
+      expect(gpuErrors).toEqual([]);
+    }, 600_000);
+  }
+
+  it('typed errors: a batch larger than the rings were made for, one row attached, no batch begun, a bad batchRows', async () => {
+    const dev = gpu!.device;
+    const config = cpuConfig('kivi-2', 1, { residualLength: 32 });
+    const shape = { layers: 1, qHeads: 2, kvHeads: 2, headDim: 64 };
+    for (const bad of [0, 2.5, 257, '4' as never]) {
+      await expect(DeviceKvCache.create(dev, shape, { kind: 'quantized', config }, { capacity: 64, batchRows: bad })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/batchRows/) });
+    }
+    const cache = await DeviceKvCache.create(dev, shape, { kind: 'quantized', config }, { capacity: 64, batchRows: 4 });
+    const width = 6 * 64;
+    const bufs = [buffer(dev, new Float32Array(width * 8)), buffer(dev, randomRope(cache.capacity, 64, 1)), buffer(dev, new Float32Array(2 * 64 * 8))];
+    try {
+      cache.attach({ qkv: bufs[0]!, rope: bufs[1]!, out: bufs[2]!, rows: 1 });
+      const enc = dev.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      expect(() => cache.encodeIngestRows(pass, 0)).toThrow(expect.objectContaining({ code: 'E_STATE', message: expect.stringMatching(/no batch begun/) }));
+      cache.beginPositions(1);
+      expect(() => cache.encodeIngestRows(pass, 0)).toThrow(expect.objectContaining({ code: 'E_STATE', message: expect.stringMatching(/more than one row/) }));
+      cache.endPositions(1);
+      cache.attach({ qkv: bufs[0]!, rope: bufs[1]!, out: bufs[2]!, rows: 8 });
+      cache.beginPositions(5);
+      expect(() => cache.encodeIngestRows(pass, 0)).toThrow(expect.objectContaining({ code: 'E_STATE', message: expect.stringMatching(/batchRows 4/) }));
+      cache.endPositions(5);
+      pass.end();
+      enc.finish();
+      expect(gpuErrors).toEqual([]);
+    } finally {
+      cache.dispose();
+      for (const b of bufs) b.destroy();
+    }
+  });
+});
+
 describe('rowsChunking', () => {
   it('covers the batch in at most maxChunks chunks of whole key tiles, each at least the minimum', () => {
     for (const D of [16, 32, 64, 128, 256]) {
@@ -206,6 +308,22 @@ describe('rowsChunking', () => {
           expect(chunk * chunks).toBeGreaterThanOrEqual(end);
           expect(chunk * (chunks - 1)).toBeLessThan(end);
         }
+      }
+    }
+  });
+});
+
+describe('quantizeRowsSource groups', () => {
+  it('no packed value word spans two groups (lavapipe cannot show the race this prevents); the groups cover every batch', () => {
+    // block layout: a vec4 of codes holds a block of valueBlockTokens tokens; quad layout: 4 tokens share a word
+    for (const bits of [1, 2, 4] as const) expect(QUANTIZE_ROWS_GROUP % valueBlockTokens(bits)).toBe(0);
+    expect(QUANTIZE_ROWS_GROUP % 4).toBe(0);
+    for (const pos of [0, 1, 7, 8, 31, 100]) {
+      for (const rows of [1, 2, 8, 9, 32, 256]) {
+        const first = Math.floor(pos / QUANTIZE_ROWS_GROUP) * QUANTIZE_ROWS_GROUP;
+        const g = quantizeRowsGroups(pos, rows);
+        expect(first + g * QUANTIZE_ROWS_GROUP).toBeGreaterThanOrEqual(pos + rows);
+        expect(first + (g - 1) * QUANTIZE_ROWS_GROUP).toBeLessThan(pos + rows);
       }
     }
   });

@@ -32,8 +32,11 @@ options:
                           Chromium's experimental subgroup matrices: needs a GPU with subgroup matrices, shader-f16
                           and 32-wide subgroups, and Dawn's unsafe APIs, e.g. --dawn-flags
                           enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia
+  --prefill-matrix        run the prefill batches' matrix products on the matrix units (each input split into two
+                          f16 parts; needs what --matrix needs; not yet timed on a GPU, off by default)
   --prefill-batch N       prompt positions per command buffer (1-256, default 32): each layer's matrix-vector
-                          products run once over the batch, attention position by position; 1 = one at a time
+                          products run once over the batch, attention over fp16 rows as one causal dispatch, packed
+                          layers position by position; 1 = one at a time
   --prefill-attention full-precision|cache
                           what prompt positions attend over with a quantized cache (default full-precision: their
                           fp16 K/V, as the reference implementation's prefill; cache: the quantized cache, as decoding)
@@ -57,6 +60,7 @@ export async function run(argv: string[]): Promise<number> {
     subgroups: { type: 'boolean', default: false },
     'prefetch-weights': { type: 'boolean', default: false },
     matrix: { type: 'boolean', default: false },
+    'prefill-matrix': { type: 'boolean', default: false },
     'prefill-batch': { type: 'string', default: '32' },
     'prefill-attention': { type: 'string', default: 'full-precision' },
     'dawn-flags': { type: 'string' },
@@ -103,6 +107,7 @@ export async function run(argv: string[]): Promise<number> {
       prefillAttention,
       ...(v.subgroups === true ? { subgroups: true } : {}),
       ...(v['prefetch-weights'] === true ? { prefetchWeights: true } : {}),
+      ...(v['prefill-matrix'] === true ? { prefillMatrix: true } : {}),
     });
     const ids = tokenizer.encode(v.prompt);
     const capacity = contextFlag ?? ids.length + maxNew;
@@ -121,7 +126,7 @@ export async function run(argv: string[]): Promise<number> {
       const mem = decoder.memory();
       // the decode-attention kernel of the last position: geometry and how packed keys were scored (float or int8)
       const attention = decoder.cache.attentionDispatch(0);
-      const info = { adapter: gpu.info, cache: cacheId, promptTokens: ids.length, ids: out.tokens, text, prefillMs: out.prefillMs, msPerToken: out.msPerToken, hostMsPerToken: out.hostMsPerToken, memory: mem, attention, subgroups: decoder.usesSubgroups, prefetchWeights: v['prefetch-weights'] === true, prefillBatch, prefillAttention };
+      const info = { adapter: gpu.info, cache: cacheId, promptTokens: ids.length, ids: out.tokens, text, prefillMs: out.prefillMs, msPerToken: out.msPerToken, hostMsPerToken: out.hostMsPerToken, memory: mem, attention, subgroups: decoder.usesSubgroups, prefetchWeights: v['prefetch-weights'] === true, prefillBatch, prefillAttention, prefillMatrixProducts: decoder.prefillMatrixProducts };
       if (v.json) console.log(JSON.stringify(info));
       else {
         console.log(v.prompt + text);

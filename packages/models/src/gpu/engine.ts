@@ -3,6 +3,7 @@ import {
   DeviceKvCache,
   KernelCompiler,
   requireFixedSubgroupSize,
+  requireMatrixUnits,
   type DeviceAttentionTuning,
   type DeviceCacheMemory,
   type DeviceCacheSpec,
@@ -12,7 +13,7 @@ import { validateModelConfig } from '../config.js';
 import type { WeightSource } from '../model.js';
 import { checkWeightsMatchConfig } from '../weight-check.js';
 import { ropeInverseFrequencies, ropeTables } from '../rope.js';
-import { MATVEC_WORKGROUP, SAMPLE_BLOCK, embedSource, matvecRowsPerWorkgroup, matvecRowsSource, matvecRowsTokens, matvecSource, sampleSource, type MatvecSpec } from './kernels.js';
+import { MATMUL_ROWS, MATMUL_TOKENS, MATVEC_WORKGROUP, SAMPLE_BLOCK, embedSource, matmulRowsSource, matmulUnsupported, matvecRowsPerWorkgroup, matvecRowsSource, matvecRowsTokens, matvecSource, sampleSource, type MatvecSpec } from './kernels.js';
 
 const SAMPLE_LAYOUT: ('read-only-storage' | 'storage' | 'uniform')[] = ['read-only-storage', 'storage', 'uniform', 'storage'];
 
@@ -48,10 +49,22 @@ export interface GpuDecoderOptions {
   /**
    * Prompt positions encoded into one command buffer (default 32; 1 = a position at a time, as decoding does). A batch
    * runs each layer's matrix-vector products once over all its positions (every weight loaded once per 8 positions,
-   * 4 for gate/up, instead of once per position) and then the cache's update and attention position by position, so
-   * each position attends exactly as it would alone: the numbers equal the one-at-a-time path up to the order of float sums.
+   * 4 for gate/up, instead of once per position; see `prefillMatrix`), the attention over fp16 rows (a `full` cache,
+   * the prompt cache of `prefillAttention: 'full-precision'`) as one causal dispatch per layer, and packed layers'
+   * update and attention position by position. Each position attends as it would alone: the numbers equal the
+   * one-at-a-time path up to the order of float sums.
    */
   prefillBatch?: number;
+  /**
+   * Run the prefill batches' products on the GPU's matrix units (tensor cores) through Chromium's experimental subgroup
+   * matrices: 64 weight rows × 32 positions per workgroup, every weight loaded once per 32 positions, each input split
+   * into two f16 parts so the products keep about 22 bits of it. Products whose shapes do not fit (input features not a
+   * multiple of 32, weight rows not of 16) keep the float kernel; `prefillMatrixProducts` counts those that run on the
+   * matrix units. It needs what `DeviceAttentionTuning.matrix` needs (a typed error otherwise). `'emulate'`: the same
+   * kernel with the products as loops (tests on adapters without matrix units; needs `shader-f16`). Default `false`:
+   * correct on lavapipe (emulated), not yet timed on a GPU.
+   */
+  prefillMatrix?: boolean | 'emulate';
   /**
    * What prompt positions attend over when a prompt of two or more tokens starts an empty decoder whose cache is
    * quantized (a one-token prompt attends over itself alone, from the cache's float32 ring).
@@ -195,6 +208,7 @@ export class GpuDecoder {
   private embedRows: { pipe: GPUComputePipeline; bg: GPUBindGroup; workgroups: number } | null = null;
   /** Positions of a prefill batch: rows of the activation buffers. */
   private readonly batchRows: number;
+  private prefillMatrixCount = 0;
   /** What prompt positions attend over (see {@link GpuDecoderOptions.prefillAttention}). */
   private prefillAttention: 'cache' | 'full-precision' = 'full-precision';
   /** The fp16 cache of the prompt for `'full-precision'` prefill (made when first needed). */
@@ -277,6 +291,8 @@ export class GpuDecoder {
     for (const k of ['subgroups', 'prefetchWeights'] as const) {
       if (options[k] !== undefined && typeof options[k] !== 'boolean') throw new XqConfigError('E_CONFIG', `${k} must be true or false; got ${String(options[k])}`);
     }
+    const pm = options.prefillMatrix ?? false;
+    if (pm !== true && pm !== false && pm !== 'emulate') throw new XqConfigError('E_CONFIG', `prefillMatrix must be true, false or 'emulate'; got ${String(options.prefillMatrix)}`);
     if (!Number.isInteger(inFlight) || inFlight < 1 || inFlight > 8) throw new XqConfigError('E_CONFIG', `inFlight must be an integer in [1, 8]; got ${String(inFlight)}`);
     const pa = options.prefillAttention ?? 'full-precision';
     if (pa !== 'cache' && pa !== 'full-precision') throw new XqConfigError('E_CONFIG', `prefillAttention must be 'cache' or 'full-precision'; got ${String(options.prefillAttention)}`);
@@ -297,6 +313,9 @@ export class GpuDecoder {
     const c = this.config;
     const dev = this.device;
     this.subgroupSize = options.subgroups === true ? requireFixedSubgroupSize(dev) : undefined;
+    const prefillMatrix = options.prefillMatrix ?? false;
+    if (prefillMatrix === true) requireMatrixUnits(dev, 'prefillMatrix');
+    if (prefillMatrix === 'emulate' && !dev.features.has('shader-f16')) throw new XqBackendError('E_BACKEND_UNAVAILABLE', "prefillMatrix 'emulate' needs a device opened with the 'shader-f16' feature");
     const H = c.hiddenSize;
     const D = c.headDim;
     const qd = c.numHeads * D;
@@ -361,13 +380,17 @@ export class GpuDecoder {
       return { pipe, bg, workgroups: Math.ceil(spec.rows / matvecRowsPerWorkgroup(spec)) };
     };
     // the same product over the rows of a prefill batch
+    // (on the matrix units with prefillMatrix, where the shape fits)
     const matvecRows = async (spec: MatvecSpec, W: GPUBuffer, x: GPUBuffer, y: GPUBuffer, g: GPUBuffer | null, bias: GPUBuffer | null, label: string): Promise<Matvec> => {
-      const pipe = await k.pipeline(matvecRowsSource(spec), MVB, `${label} (prefill)`);
+      const onMatrix = prefillMatrix !== false && matmulUnsupported(spec) === null;
+      const pipe = await k.pipeline(onMatrix ? matmulRowsSource(spec, prefillMatrix === 'emulate') : matvecRowsSource(spec), MVB, `${label} (prefill${onMatrix ? ', matrix units' : ''})`);
       const bg = dev.createBindGroup({
         layout: k.layout(MVB),
         entries: [W, x, y, g ?? dummy, bias ?? dummy, this.step].map((buffer, binding) => ({ binding, resource: { buffer } })),
       });
-      return { pipe, bg, workgroups: Math.ceil(spec.rows / 8), tokens: matvecRowsTokens(spec) };
+      if (!onMatrix) return { pipe, bg, workgroups: Math.ceil(spec.rows / 8), tokens: matvecRowsTokens(spec) };
+      this.prefillMatrixCount++;
+      return { pipe, bg, workgroups: Math.ceil((spec.rows * (spec.epilogue === 'swiglu' ? 2 : 1)) / MATMUL_ROWS), tokens: MATMUL_TOKENS };
     };
     // rows per 32-lane group: more for tall matrices (more loads in flight per thread), 1 for short ones
     const rpg = (rowsOut: number) => (rowsOut >= 65536 ? 4 : rowsOut >= 8192 ? 2 : 1);
@@ -494,7 +517,8 @@ export class GpuDecoder {
     const D = c.headDim;
     // the decoder's `subgroups` is the attention kernel's default too
     const t = this.subgroupSize && tuning?.subgroups === undefined ? { ...tuning, subgroups: true } : tuning;
-    const cache = await DeviceKvCache.create(this.device, { layers: c.numLayers, qHeads: c.numHeads, kvHeads: c.numKvHeads, headDim: D }, spec, { capacity, ...(t ? { tuning: t } : {}) });
+    // (rings that hold a whole prefill batch: a full-precision prefill takes it into the packed layers in two dispatches)
+    const cache = await DeviceKvCache.create(this.device, { layers: c.numLayers, qHeads: c.numHeads, kvHeads: c.numKvHeads, headDim: D }, spec, { capacity, batchRows: this.batchRows, ...(t ? { tuning: t } : {}) });
     // rotary tables for every position, [pos][cos D/2 | sin D/2]
     const inv = ropeInverseFrequencies(D, c.ropeTheta, c.ropeScaling);
     const positions = cache.capacity;
@@ -519,6 +543,11 @@ export class GpuDecoder {
     }
     this.rope = ropeBuffer;
     this.cache = cache;
+  }
+
+  /** Prefill products (of the four per layer) that run on the matrix units (see {@link GpuDecoderOptions.prefillMatrix}). */
+  get prefillMatrixProducts(): number {
+    return this.prefillMatrixCount;
   }
 
   /** Whether the model's kernels reduce with subgroup operations (the `subgroups` option). */
@@ -645,7 +674,8 @@ export class GpuDecoder {
       const attend = fp ?? this.cache;
       if (rows > 1 && attend.rowsAttention(l)) attend.encodeLayerRows(pass, l);
       else for (let s = 0; s < rows; s++) attend.encodeLayer(pass, l, s);
-      if (fp) for (let s = 0; s < rows; s++) this.cache.encodeIngest(pass, l, s);
+      if (fp && rows > 1) this.cache.encodeIngestRows(pass, l);
+      else if (fp) this.cache.encodeIngest(pass, l, 0);
       run(b.o);
       run(b.gateUp);
       run(b.down);

@@ -348,3 +348,173 @@ export function sampleSource(vocab: number, stage: 1 | 2): string {
   ];
   return [...head, ...body, ...tail].join('\n');
 }
+
+/** Output rows (W rows) one workgroup of {@link matmulRowsSource} computes: four 16-row tiles. @internal */
+export const MATMUL_ROWS = 64;
+/** Batch rows (tokens) one workgroup of {@link matmulRowsSource} computes: four 8-token tiles. @internal */
+export const MATMUL_TOKENS = 32;
+/** Input features staged in workgroup memory at a time. */
+const MATMUL_K_CHUNK = 32;
+
+/** Why {@link matmulRowsSource} cannot compute `s` (null: it can). @internal */
+export function matmulUnsupported(s: Pick<MatvecSpec, 'inFeatures' | 'rows' | 'epilogue'>): string | null {
+  const totalW = s.rows * (s.epilogue === 'swiglu' ? 2 : 1);
+  if (s.inFeatures % MATMUL_K_CHUNK !== 0) return `${s.inFeatures} input features (a multiple of ${MATMUL_K_CHUNK} is needed)`;
+  if (totalW % 16 !== 0) return `${totalW} weight rows (a multiple of 16 is needed)`;
+  return null;
+}
+
+/**
+ * The product of `s` over the rows of a prefill batch on the matrix units (Chromium's experimental subgroup matrices,
+ * f16 × f16 → f32, M 16 × N 8 × K 16): `y[t] = epilogue(W · prologue(x[t]))` as {@link matvecRowsSource}, for
+ * {@link MATMUL_ROWS} weight rows × {@link MATMUL_TOKENS} tokens per workgroup, so every weight serves 32 tokens. Four
+ * 32-lane subgroups own 16 weight rows each; the left operands are loaded from the weights as they lie (fp16 rows), the
+ * right ones from the batch's inputs staged in workgroup memory as f16. Each input is split into two f16 parts, `hi`
+ * = f16(x) and `lo` = f16(x − hi), both multiplied, so the products keep about 22 bits of the float32 input (f16 alone
+ * keeps 11); before the split each token's row is scaled by a power of two that brings its largest |input| near 2^13
+ * (no f16 overflow, few subnormals), undone in the epilogue. Without a norm the prologue still finds that largest |x|.
+ * `emulate`: the same kernel with the products as loops over the same operands (tests on adapters without matrix
+ * units; no subgroup operations). Bindings as {@link matvecRowsSource} (W read as `array<f16>`). Dispatch
+ * (⌈W rows / 64⌉, ⌈batch / 32⌉), 128 threads. @internal
+ */
+export function matmulRowsSource(s: MatvecSpec, emulate: boolean): string {
+  const why = matmulUnsupported(s);
+  if (why) throw new Error(`matmulRowsSource: ${why}`);
+  const IN = s.inFeatures;
+  const wRows = s.epilogue === 'swiglu' ? 2 : 1;
+  const totalW = s.rows * wRows;
+  const norm = s.rmsNormEps !== undefined;
+  const TT = MATMUL_TOKENS;
+  const KC = MATMUL_K_CHUNK;
+  const L: string[] = [];
+  const push = (...l: string[]) => L.push(...l);
+  push('enable f16;');
+  if (!emulate) push('enable subgroups;', 'requires subgroup_id;', 'enable chromium_experimental_subgroup_matrix;', 'alias ML = subgroup_matrix_left<f16, 16, 16>;', 'alias MR = subgroup_matrix_right<f16, 8, 16>;', 'alias MA = subgroup_matrix_result<f32, 8, 16>;');
+  push(
+    BATCH_STEP,
+    '@group(0) @binding(0) var<storage, read> W: array<f16>;',
+    '@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;',
+    '@group(0) @binding(2) var<storage, read_write> y: array<f32>;',
+    '@group(0) @binding(3) var<storage, read> g: array<vec4<f32>>;',
+    '@group(0) @binding(4) var<storage, read> bias: array<f32>;',
+    '@group(0) @binding(5) var<uniform> S: Step;',
+    // the staged inputs [k][token] (hi and lo parts), then the results [W row][token]
+    `var<workgroup> xh: array<f16, ${KC * TT}>;`,
+    `var<workgroup> xl: array<f16, ${KC * TT}>;`,
+    `var<workgroup> ys: array<f32, ${MATMUL_ROWS * TT}>;`,
+    `var<workgroup> red: array<f32, ${4 * TT * 2}>;`,
+    `var<workgroup> tscale: array<f32, ${TT}>;`,
+    `var<workgroup> tnorm: array<f32, ${TT}>;`,
+    '@compute @workgroup_size(128)',
+    // (the matrix units: subgroup sg is the hardware's, 32 lanes; emulated: lanes 32·sg … 32·sg + 31)
+    `fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${emulate ? '' : ', @builtin(subgroup_id) sgid: u32'}) {`,
+    emulate ? 'let sg = lid / 32u;' : 'let sg = sgid;',
+    'let lane = lid % 32u;',
+    `let t0 = wid.y * ${TT}u;`,
+    // a subgroup whose 16 rows lie past the weights computes the last 16 again (no branch around the matrix
+    // operations, which need subgroup-uniform control flow); the epilogue writes only rows that exist
+    `let o0 = min(wid.x * ${MATMUL_ROWS}u + sg * 16u, ${totalW - 16}u);`,
+    // prologue: per token (thread t = lid % 32, quarter lid / 32 of the features) the sum of squares and the largest
+    // |x · g| (|x| without a norm); rows past the batch read the last one (their results are not written)
+    `let pt = min(t0 + lane, S.rows - 1u) * ${IN / 4}u;`,
+    'var sq = 0.0;',
+    'var mx = 0.0;',
+    // (quarter lid / 32, not the subgroup: where lanes fall into hardware subgroups is the implementation's)
+    `for (var i = (lid / 32u) * ${IN / 16}u; i < (lid / 32u + 1u) * ${IN / 16}u; i = i + 1u) {`,
+    '  let v = x[pt + i];',
+    ...(norm ? ['  sq = sq + dot(v, v);', '  mx = max(mx, max(max(abs(v.x * g[i].x), abs(v.y * g[i].y)), max(abs(v.z * g[i].z), abs(v.w * g[i].w))));'] : ['  mx = max(mx, max(max(abs(v.x), abs(v.y)), max(abs(v.z), abs(v.w))));']),
+    '}',
+    `red[lid] = sq;`,
+    `red[${4 * TT}u + lid] = mx;`,
+    'workgroupBarrier();',
+    `if (lid < ${TT}u) {`,
+    `  let q = red[lid] + red[lid + 32u] + red[lid + 64u] + red[lid + 96u];`,
+    `  let inv = ${norm ? `inverseSqrt(q / ${IN}.0 + ${s.rmsNormEps!.toExponential(8)})` : '1.0'};`,
+    `  let m = max(max(red[${4 * TT}u + lid], red[${4 * TT + 32}u + lid]), max(red[${4 * TT + 64}u + lid], red[${4 * TT + 96}u + lid])) * inv;`,
+    // a power of two: the largest scaled |input| in [2^13, 2^14) (1 for an all-zero row)
+    '  let e = select(0.0, 13.0 - floor(log2(m)), m > 0.0);',
+    '  tnorm[lid] = inv;',
+    '  tscale[lid] = exp2(clamp(e, -100.0, 100.0));',
+    '}',
+    'workgroupBarrier();',
+  );
+  if (emulate) {
+    // lane (of the 32 of its subgroup) owns elements lane + 32i of each 16 × 8 result tile (row e / 8, token e % 8)
+    push('var acc: array<array<f32, 4>, 4>;');
+  } else {
+    push('var acc0 = MA(); var acc1 = MA(); var acc2 = MA(); var acc3 = MA();');
+  }
+  push(`for (var k0 = 0u; k0 < ${IN}u; k0 = k0 + ${KC}u) {`);
+  // stage KC features × 32 tokens: thread → (token, 8 consecutive features); hi and lo parts
+  push(
+    '  workgroupBarrier();',
+    `  for (var e = lid; e < ${(KC / 4) * TT}u; e = e + 128u) {`,
+    `    let t = e / ${KC / 4}u;`,
+    `    let kq = e % ${KC / 4}u;`,
+    `    let v = x[min(t0 + t, S.rows - 1u) * ${IN / 4}u + k0 / 4u + kq]${norm ? ' * g[k0 / 4u + kq]' : ''} * (tnorm[t] * tscale[t]);`,
+    // hi: v with its mantissa cut to f16's 10 bits (exact in f16), by a mask the compiler cannot fold away (lavapipe
+    // folds v − f32(f16(v)) to 0); lo: the exact remainder, rounded to f16
+    '    let hb = bitcast<vec4<f32>>(bitcast<vec4<u32>>(v) & vec4<u32>(0xffffe000u));',
+    '    let hi = vec4<f16>(hb);',
+    '    let lo = vec4<f16>(v - hb);',
+    `    for (var c = 0u; c < 4u; c = c + 1u) { xh[(kq * 4u + c) * ${TT}u + t] = hi[c]; xl[(kq * 4u + c) * ${TT}u + t] = lo[c]; }`,
+    '  }',
+    '  workgroupBarrier();',
+  );
+  for (let kk = 0; kk < KC; kk += 16) {
+    if (emulate) {
+      // (runtime loop bounds the compiler cannot see — S.rows ≥ 1, so each min is its constant — because an unrolled
+      // emulation compiles slowly on lavapipe)
+      push(
+        `    for (var nt = 0u; nt < min(4u, S.rows + 15u); nt = nt + 1u) {`,
+        '      for (var i = 0u; i < min(4u, S.rows + 15u); i = i + 1u) {',
+        '        let el = lane + i * 32u;',
+        '        let r = el / 8u;',
+        '        let tc = nt * 8u + el % 8u;',
+        '        var a = 0.0;',
+        `        for (var k = 0u; k < min(16u, S.rows + 15u); k = k + 1u) {`,
+        `          let w = f32(W[(o0 + r) * ${IN}u + k0 + ${kk}u + k]);`,
+        `          a = a + w * f32(xh[(${kk}u + k) * ${TT}u + tc]) + w * f32(xl[(${kk}u + k) * ${TT}u + tc]);`,
+        '        }',
+        '        acc[nt][i] = acc[nt][i] + a;',
+        '      }',
+        '    }',
+      );
+    } else {
+      push(`    let w${kk} = subgroupMatrixLoad<ML>(&W, o0 * ${IN}u + k0 + ${kk}u, false, ${IN}u);`);
+      for (let nt = 0; nt < 4; nt++) {
+        for (const part of ['xh', 'xl']) push(`    acc${nt} = subgroupMatrixMultiplyAccumulate(w${kk}, subgroupMatrixLoad<MR>(&${part}, ${kk * TT + nt * 8}u, false, ${TT}u), acc${nt});`);
+      }
+    }
+  }
+  push('}');
+  // results to workgroup memory [W row of the workgroup][token]
+  push('{');
+  if (emulate) {
+    push('  for (var nt = 0u; nt < 4u; nt = nt + 1u) {', '    for (var i = 0u; i < 4u; i = i + 1u) {', '      let el = lane + i * 32u;', `      ys[(sg * 16u + el / 8u) * ${TT}u + nt * 8u + el % 8u] = acc[nt][i];`, '    }', '  }');
+  } else {
+    for (let nt = 0; nt < 4; nt++) push(`  subgroupMatrixStore(&ys, sg * ${16 * TT}u + ${nt * 8}u, acc${nt}, false, ${TT}u);`);
+  }
+  push('}', 'workgroupBarrier();');
+  // epilogue: thread → (output, token), undoing the token's scale
+  const outs = MATMUL_ROWS / wRows;
+  push(
+    `for (var e = lid; e < ${outs * TT}u; e = e + 128u) {`,
+    `  let j = e / ${TT}u;`,
+    `  let t = e % ${TT}u;`,
+    `  let o = wid.x * ${outs}u + j;`,
+    `  if (o < ${s.rows}u && t0 + t < S.rows) {`,
+    '    let inv = 1.0 / tscale[t];',
+  );
+  if (wRows === 2) {
+    push(`    var gs = ys[(2u * j) * ${TT}u + t] * inv;`, `    var us = ys[(2u * j + 1u) * ${TT}u + t] * inv;`);
+    if (s.bias) push('    gs = gs + bias[2u * o];', '    us = us + bias[2u * o + 1u];');
+    push(`    y[(t0 + t) * ${s.rows}u + o] = gs / (1.0 + exp(-gs)) * us;`);
+  } else {
+    push(`    var v = ys[j * ${TT}u + t] * inv;`);
+    if (s.bias) push('    v = v + bias[o];');
+    push(s.epilogue === 'residual' ? `    y[(t0 + t) * ${s.rows}u + o] = y[(t0 + t) * ${s.rows}u + o] + v;` : `    y[(t0 + t) * ${s.rows}u + o] = v;`);
+  }
+  push('  }', '}', '}');
+  return L.join('\n');
+}

@@ -1018,7 +1018,7 @@ export function combineSource(headDim: number, qHeads: number, quantize?: { decl
     '@group(0) @binding(0) var<storage, read> parts: array<f32>;',
     '@group(0) @binding(1) var<storage, read_write> out: array<f32>;',
     '@group(0) @binding(2) var<uniform> S: Step;',
-    ...(quantize ? [...quantize.declarations, 'fn quantize(qw: u32, lid: u32) {', ...quantize.body, '}'] : []),
+    ...(quantize ? [...quantize.declarations, 'fn quantize(qw: u32, lid: u32, kflush: u32, vquant: u32) {', ...quantize.body, '}'] : []),
     'var<workgroup> red: array<f32, 256>;',
     'var<workgroup> ro: array<f32, 256>;',
     `var<workgroup> rl: array<f32, ${G}>;`,
@@ -1026,7 +1026,7 @@ export function combineSource(headDim: number, qHeads: number, quantize?: { decl
     'fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {',
     // workgroups past the query heads quantize what the layer's schedule owes (workgroup-uniform branch)
     // (in a function of its own: its early returns leave the merge's barriers in uniform control flow)
-    ...(quantize ? [`if (wid.x >= ${qHeads}u) { quantize(wid.x - ${qHeads}u, lid); return; }`] : []),
+    ...(quantize ? [`if (wid.x >= ${qHeads}u) { quantize(wid.x - ${qHeads}u, lid, S.kflush, S.vquant); return; }`] : []),
     'let h = wid.x;',
     `let hb = h * ${nc};`,
     'var m = -3.0e38;',

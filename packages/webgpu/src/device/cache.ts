@@ -13,7 +13,7 @@ import {
 } from './attention-wgsl.js';
 import { MATRIX_CHUNK, SUBGROUP_MATRIX_FEATURE, matrixDecodeSource, matrixSharedBytes, matrixUnsupported, matrixWorkgroup, type MatrixDecodeSpec } from './matrix-attention-wgsl.js';
 import { ROWS_MAX_CHUNKS, ROWS_QUERIES, rowsAttentionSource, rowsChunkBytes, rowsChunking } from './rows-attention-wgsl.js';
-import { UPDATE_WORKGROUP, fillSource, quantizeSource, updateKernelSource, updateRoles, type DeviceCalibration, type DeviceStorage, type FillKind, type UpdateSpec } from './update-wgsl.js';
+import { UPDATE_WORKGROUP, fillSource, quantizeRowsGroups, quantizeRowsSource, quantizeSource, updateKernelSource, updateRoles, type DeviceCalibration, type DeviceStorage, type FillKind, type UpdateSpec } from './update-wgsl.js';
 
 const STORAGE = 0x80;
 const COPY_SRC = 0x04;
@@ -179,6 +179,11 @@ export interface DeviceAttentionTuning {
 export interface DeviceCacheOptions {
   /** Tokens the cache can hold (rounded up to a multiple of the chunk and the residual length). */
   capacity: number;
+  /**
+   * Positions a batch may take into packed layers at once ({@link DeviceKvCache.encodeIngestRows}; default 1, at most
+   * 256): their float32 residual rings get that many more slots (`kvHeads · batchRows · headDim · 8` bytes a layer).
+   */
+  batchRows?: number;
   tuning?: DeviceAttentionTuning;
 }
 
@@ -244,6 +249,8 @@ interface LayerRes {
   rowsUpdatePipe?: GPUComputePipeline;
   rowsUpdateBG?: GPUBindGroup;
   rowsBG?: GPUBindGroup;
+  /** The quantization a whole batch owes in one dispatch (packed layers; see {@link DeviceKvCache.encodeIngestRows}). */
+  ingestRowsPipe?: GPUComputePipeline;
 }
 
 const align = (bytes: number) => Math.ceil(bytes / ALIGN) * ALIGN;
@@ -282,6 +289,25 @@ function int8KeysFit(cfg: DeviceQuantizedConfig, main: { workgroup: number; slot
 }
 
 /** A binding's buffer type, in binding order of a kernel. */
+/**
+ * Check that `device` can run the matrix-unit kernels (`DeviceAttentionTuning.matrix`, the GPU decoder's
+ * `prefillMatrix`): Chromium's experimental subgroup matrices with f16 × f16 → f32 products of M 16, N 8, K 16,
+ * `shader-f16`, and one subgroup size of 32. Throws an `E_BACKEND_UNAVAILABLE` error naming `what` and the missing piece
+ * otherwise.
+ */
+export function requireMatrixUnits(device: GPUDevice, what: string): void {
+  if (!device.features.has('shader-f16')) throw new XqBackendError('E_BACKEND_UNAVAILABLE', `${what} needs a device opened with the 'shader-f16' feature`);
+  if (!device.features.has(SUBGROUP_MATRIX_FEATURE as GPUFeatureName)) {
+    throw new XqBackendError('E_BACKEND_UNAVAILABLE', `${what} needs a device opened with '${SUBGROUP_MATRIX_FEATURE}' (Dawn lists it with the toggle allow_unsafe_apis: requestNodeDevice({ flags: ['enable-dawn-features=allow_unsafe_apis'] }))`);
+  }
+  const configs = (device.adapterInfo as unknown as { subgroupMatrixConfigs?: Iterable<{ componentType: string; resultComponentType: string; M: number; N: number; K: number }> } | undefined)?.subgroupMatrixConfigs;
+  if (configs && ![...configs].some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === 16 && c.N === 8 && c.K === 16)) {
+    throw new XqBackendError('E_BACKEND_UNAVAILABLE', `${what} needs f16 × f16 → f32 subgroup matrices of M 16, N 8, K 16; the adapter does not offer them`);
+  }
+  const size = requireFixedSubgroupSize(device);
+  if (size !== 32) throw new XqBackendError('E_BACKEND_UNAVAILABLE', `${what} needs 32-wide subgroups; the adapter's are ${size} wide`);
+}
+
 export type BindingKind = 'read-only-storage' | 'storage' | 'uniform' | 'dynamic-uniform';
 /** Binding types of each kernel, in binding order (explicit layouts: 'auto' would drop bindings a variant does not read). */
 const LAYOUTS: Record<'update' | 'decode' | 'combine' | 'combineQuantize' | 'fill' | 'rows', BindingKind[]> = {
@@ -388,6 +414,8 @@ export class DeviceKvCache {
   private stepData = new ArrayBuffer(STEP_BYTES);
   private readonly R: number;
   private readonly quantized: boolean;
+  /** Positions a batch may take into packed layers at once (the rings' extra slots). */
+  private readonly batchRows: number;
   private nc = 0;
   private readonly compiler: KernelCompiler;
   /** How packed keys are scored: float arithmetic or the int8 dot product. */
@@ -401,6 +429,7 @@ export class DeviceKvCache {
     readonly spec: DeviceCacheSpec,
     capacity: number,
     tuning: DeviceAttentionTuning,
+    batchRows = 1,
   ) {
     const { layers: Lc, qHeads, kvHeads, headDim: D } = shape;
     for (const [k, v] of Object.entries({ layers: Lc, qHeads, kvHeads, headDim: D })) {
@@ -409,6 +438,8 @@ export class DeviceKvCache {
     if (qHeads % kvHeads !== 0) throw new XqShapeError(`device cache: ${qHeads} query heads is not a multiple of ${kvHeads} KV heads`);
     // the kernels split a row into power-of-two parts per thread (a head dim like 80 or 96 left fractional thread counts)
     if (!Number.isInteger(D) || D < 16 || D > 256 || (D & (D - 1)) !== 0) throw new XqShapeError(`device cache: headDim must be a power of two from 16 to 256; got ${D}`);
+    if (!Number.isInteger(batchRows) || batchRows < 1 || batchRows > 256) throw new XqConfigError('E_CONFIG', `batchRows must be an integer from 1 to 256; got ${String(batchRows)}`);
+    this.batchRows = batchRows;
     this.compiler = new KernelCompiler(device);
     const rep = qHeads / kvHeads;
     // defaults: the geometries measured fastest on an H200 (docs/gpu/README.md, 2026-12-03/04) for dense rows and packed
@@ -435,15 +466,7 @@ export class DeviceKvCache {
       if ((tuning.valueDot ?? 'f32') !== 'f32' || (tuning.keyDot ?? 'f32') !== 'f32') throw new XqConfigError('E_CONFIG', "matrix: not with the int8 or f16 key/value paths (keyDot and valueDot 'f32')");
       if (!device.features.has('shader-f16')) throw new XqBackendError('E_BACKEND_UNAVAILABLE', "matrix needs a device opened with the 'shader-f16' feature");
       matrixSg = requireFixedSubgroupSize(device);
-      if (matrix === true) {
-        if (!device.features.has(SUBGROUP_MATRIX_FEATURE as GPUFeatureName)) {
-          throw new XqBackendError('E_BACKEND_UNAVAILABLE', `matrix needs a device opened with '${SUBGROUP_MATRIX_FEATURE}' (Dawn lists it with the toggle allow_unsafe_apis: requestNodeDevice({ flags: ['enable-dawn-features=allow_unsafe_apis'] }))`);
-        }
-        const configs = (device.adapterInfo as unknown as { subgroupMatrixConfigs?: Iterable<{ componentType: string; resultComponentType: string; M: number; N: number; K: number }> } | undefined)?.subgroupMatrixConfigs;
-        if (configs && ![...configs].some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === 16 && c.N === 8 && c.K === 16)) {
-          throw new XqBackendError('E_BACKEND_UNAVAILABLE', 'matrix needs f16 × f16 → f32 subgroup matrices of M 16, N 8, K 16; the adapter does not offer them');
-        }
-      }
+      if (matrix === true) requireMatrixUnits(device, 'matrix');
       // the float kernel of any layer left to it (fp16 rows) runs in the same 256-token chunks; one geometry throughout
       tuning = { ...tuning, workgroup: 64, slot: MATRIX_CHUNK / 64, small: null, medium: null, keyDot: 'f32' };
     }
@@ -568,8 +591,8 @@ export class DeviceKvCache {
         };
         const { bytes: keyBytes, metaOffset: keyMetaOffset } = sizes(keys);
         const { bytes: valueBytes, metaOffset: valueMetaOffset } = sizes(values);
-        const keyRing = keys.kind === 'packed' ? align(kvHeads * (R + 1) * D * 4) : 0;
-        const valueRing = values.kind === 'packed' ? kvHeads * (R + 2) * D * 4 : 0;
+        const keyRing = keys.kind === 'packed' ? align(kvHeads * (R + batchRows) * D * 4) : 0;
+        const valueRing = values.kind === 'packed' ? kvHeads * (R + batchRows + 1) * D * 4 : 0;
         const rk: DeviceOperand = keys.kind === 'dense' ? { kind: 'dense' } : { kind: 'packed', bits: keys.bits, groupSize: keys.groupSize };
         const rv: DeviceOperand = values.kind === 'dense' ? { kind: 'dense' } : { kind: 'packed', bits: values.bits, groupSize: values.groupSize };
         this.layers.push({
@@ -659,7 +682,7 @@ export class DeviceKvCache {
   /** Allocate a cache on `device` and compile its kernels. */
   static async create(device: GPUDevice, shape: DeviceCacheShape, spec: DeviceCacheSpec, options: DeviceCacheOptions): Promise<DeviceKvCache> {
     const tuning = options.tuning ?? {};
-    const c = new DeviceKvCache(device, shape, spec, options.capacity, tuning);
+    const c = new DeviceKvCache(device, shape, spec, options.capacity, tuning, options.batchRows);
     try {
       await c.compile();
       return c;
@@ -667,7 +690,7 @@ export class DeviceKvCache {
       c.dispose();
       // a WGSL without packed_4x8_integer_dot_product: the default int8 key scores give way to the float path
       if (!c.int8ByDefault || !(e instanceof XqBackendError) || e.code !== 'E_KERNEL_MISSING') throw e;
-      const f = new DeviceKvCache(device, shape, spec, options.capacity, { ...tuning, keyDot: 'f32' });
+      const f = new DeviceKvCache(device, shape, spec, options.capacity, { ...tuning, keyDot: 'f32' }, options.batchRows);
       await f.compile();
       return f;
     }
@@ -687,12 +710,13 @@ export class DeviceKvCache {
       this.layers.map(async (l, i) => {
         const q = quantizeSource(l.update);
         l.quantizeWorkgroups = q?.workgroups ?? 0;
-        [l.mergePipe, l.ingestPipe, l.updatePipe, l.rowsUpdatePipe, l.decodePipe, l.decodePipeSmall, l.decodePipeMedium] = await Promise.all([
+        [l.mergePipe, l.ingestPipe, l.updatePipe, l.rowsUpdatePipe, l.ingestRowsPipe, l.decodePipe, l.decodePipeSmall, l.decodePipeMedium] = await Promise.all([
           q ? k.pipeline(combineSource(this.shape.headDim, this.shape.qHeads, q), LAYOUTS.combineQuantize, `layer ${i} merge and quantization`) : Promise.resolve(this.combinePipe!),
           // (no merge workgroups: every workgroup quantizes)
           q ? k.pipeline(combineSource(this.shape.headDim, 0, q), LAYOUTS.combineQuantize, `layer ${i} quantization`) : Promise.resolve(undefined),
           k.pipeline(updateKernelSource(l.update), LAYOUTS.update, `layer ${i} update`),
-          isDense(l) ? k.pipeline(updateKernelSource({ ...l.update, batched: true }), LAYOUTS.update, `layer ${i} batch update`) : Promise.resolve(undefined),
+          k.pipeline(updateKernelSource({ ...l.update, batched: true }), LAYOUTS.update, `layer ${i} batch update`),
+          q ? k.pipeline(quantizeRowsSource(l.update)!, LAYOUTS.combineQuantize, `layer ${i} batch quantization`) : Promise.resolve(undefined),
           k.pipeline(l.matrix ? matrixDecodeSource(l.matrix) : decodeKernelSource(l.decode), LAYOUTS.decode, `layer ${i} attention${l.matrix ? ' (matrix units)' : ''}`),
           l.decodeSmall ? k.pipeline(decodeKernelSource(l.decodeSmall), LAYOUTS.decode, `layer ${i} attention (short contexts)`) : Promise.resolve(undefined),
           l.decodeMedium ? k.pipeline(decodeKernelSource(l.decodeMedium), LAYOUTS.decode, `layer ${i} attention (mid-length contexts)`) : Promise.resolve(undefined),
@@ -730,12 +754,14 @@ export class DeviceKvCache {
     this.rowQueries?.destroy();
     this.rowParts?.destroy();
     this.rowQueries = this.rowParts = null;
-    if (rows > 1 && this.rowsPipe) {
-      const chunkBytes = rowsChunkBytes(rows, qHeads, D);
-      this.rowMaxChunks = Math.min(ROWS_MAX_CHUNKS, Math.floor(dev.limits.maxStorageBufferBindingSize / chunkBytes));
-      if (this.rowMaxChunks < 1) throw new XqBackendError('E_BACKEND_UNAVAILABLE', `a batch of ${rows} rows needs ${chunkBytes} bytes of attention partials per chunk; the device binds at most ${dev.limits.maxStorageBufferBindingSize}`);
+    if (rows > 1) {
+      if (this.rowsPipe) {
+        const chunkBytes = rowsChunkBytes(rows, qHeads, D);
+        this.rowMaxChunks = Math.min(ROWS_MAX_CHUNKS, Math.floor(dev.limits.maxStorageBufferBindingSize / chunkBytes));
+        if (this.rowMaxChunks < 1) throw new XqBackendError('E_BACKEND_UNAVAILABLE', `a batch of ${rows} rows needs ${chunkBytes} bytes of attention partials per chunk; the device binds at most ${dev.limits.maxStorageBufferBindingSize}`);
+        this.rowParts = dev.createBuffer({ size: this.rowMaxChunks * chunkBytes, usage: STORAGE, label: 'batch attention partials' });
+      }
       this.rowQueries = dev.createBuffer({ size: rows * qHeads * D * 4, usage: STORAGE, label: 'batch rotated queries' });
-      this.rowParts = dev.createBuffer({ size: this.rowMaxChunks * chunkBytes, usage: STORAGE, label: 'batch attention partials' });
     }
     const stepSlot: GPUBufferBinding = { buffer: this.step, offset: 0, size: STEP_BYTES };
     const range = (buffer: GPUBuffer, fromWords: number, toBytes?: number): GPUBufferBinding => ({ buffer, offset: fromWords * 4, size: (toBytes ?? buffer.size) - fromWords * 4 });
@@ -755,17 +781,19 @@ export class DeviceKvCache {
         layout: this.compiler.layout(LAYOUTS.decode),
         entries: [whole(this.qbuf), keyCodes, keyMeta, valueCodes, valueMeta, ringK, ringV, whole(this.parts), stepSlot].map((resource, binding) => ({ binding, resource })),
       });
+      l.rowsUpdateBG = this.rowQueries
+        ? dev.createBindGroup({
+            layout: this.compiler.layout(LAYOUTS.update),
+            entries: [...[io.qkv, io.rope, this.rowQueries, l.K, l.V, l.ring ?? this.dummyRW].map(whole), stepSlot].map((resource, binding) => ({ binding, resource })),
+          })
+        : undefined;
       if (this.rowQueries && this.rowParts && isDense(l)) {
-        l.rowsUpdateBG = dev.createBindGroup({
-          layout: this.compiler.layout(LAYOUTS.update),
-          entries: [...[io.qkv, io.rope, this.rowQueries, l.K, l.V, this.dummyRW].map(whole), stepSlot].map((resource, binding) => ({ binding, resource })),
-        });
         l.rowsBG = dev.createBindGroup({
           layout: this.compiler.layout(LAYOUTS.rows),
           entries: [...[this.rowQueries, l.K, l.V, this.rowParts].map(whole), stepSlot].map((resource, binding) => ({ binding, resource })),
         });
       } else {
-        l.rowsUpdateBG = l.rowsBG = undefined;
+        l.rowsBG = undefined;
       }
     }
     this.rowsMergeBG = this.rowParts ? dev.createBindGroup({ layout: this.compiler.layout(LAYOUTS.combine), entries: [whole(this.rowParts), whole(io.out), stepSlot].map((resource, binding) => ({ binding, resource })) }) : undefined;
@@ -837,8 +865,9 @@ export class DeviceKvCache {
         // value token that leaves the residual window of the next position
         kflush: this.quantized && n % R === 0 ? n - R : NONE,
         vquant: this.quantized && p - R >= 0 ? p - R : NONE,
-        kring: R + 1,
-        vring: R + 2,
+        // (R + 1 and R + 2 slots serve one position at a time; a batch taken in at once needs its rows more)
+        kring: R + this.batchRows,
+        vring: R + this.batchRows + 1,
         cap: this.capacity,
         seed: 0,
         fill: 0,
@@ -889,10 +918,7 @@ export class DeviceKvCache {
     const rows = this.slots.length;
     if (rows === 0) throw new XqStateError('E_STATE', 'encodeLayerRows: no batch begun (beginPositions first)');
     const { qHeads, kvHeads } = this.shape;
-    const wgs = Math.ceil((rows * updateRoles(l.update).total) / UPDATE_WORKGROUP);
-    pass.setPipeline(l.rowsUpdatePipe!);
-    pass.setBindGroup(0, l.rowsUpdateBG, [0]);
-    pass.dispatchWorkgroups(Math.min(wgs, 65535), Math.ceil(wgs / 65535));
+    this.encodeRowsUpdate(pass, l, rows);
     const { chunks } = rowsChunking(this.tokensHeld + rows, this.shape.headDim, this.rowMaxChunks);
     pass.setPipeline(this.rowsPipe!);
     pass.setBindGroup(0, l.rowsBG, [0]);
@@ -900,6 +926,37 @@ export class DeviceKvCache {
     pass.setPipeline(this.rowsMergePipe!);
     pass.setBindGroup(0, this.rowsMergeBG!, [0]);
     pass.dispatchWorkgroups(rows * qHeads);
+  }
+
+  /**
+   * Take in every position of the batch begun without attending, in two dispatches instead of two per position: the
+   * update pass of all rows (their rotated queries are written, not read) and the quantization they owe (the key blocks
+   * they complete, the value tokens leaving the residual window), position after position within each aligned group of
+   * 8 positions. The stored words are those {@link DeviceKvCache.encodeIngest} leaves slot by slot. Needs the buffers
+   * attached with more than one row, and for a layer with packed keys or values a batch of at most the `batchRows` the
+   * cache was created with (its rings hold that many more positions).
+   */
+  encodeIngestRows(pass: GPUComputePassEncoder, layer: number): void {
+    const l = this.layerOf(layer);
+    const rows = this.slots.length;
+    if (rows === 0) throw new XqStateError('E_STATE', 'encodeIngestRows: no batch begun (beginPositions first)');
+    if (!l.rowsUpdateBG) throw new XqStateError('E_STATE', `layer ${layer}: a batch taken in at once needs buffers attached with more than one row`);
+    if (l.ingestRowsPipe && rows > this.batchRows) {
+      throw new XqStateError('E_STATE', `layer ${layer}: a batch of ${rows} positions taken in at once needs rings for it (created with batchRows ${this.batchRows})`);
+    }
+    this.encodeRowsUpdate(pass, l, rows);
+    if (!l.ingestRowsPipe) return;
+    pass.setPipeline(l.ingestRowsPipe);
+    pass.setBindGroup(0, l.combineBG!, [0]);
+    pass.dispatchWorkgroups(l.quantizeWorkgroups, quantizeRowsGroups(this.tokensHeld, rows));
+  }
+
+  /** The update pass of every row of a batch of `rows` positions, in one dispatch. */
+  private encodeRowsUpdate(pass: GPUComputePassEncoder, l: LayerRes, rows: number): void {
+    const wgs = Math.ceil((rows * updateRoles(l.update).total) / UPDATE_WORKGROUP);
+    pass.setPipeline(l.rowsUpdatePipe!);
+    pass.setBindGroup(0, l.rowsUpdateBG!, [0]);
+    pass.dispatchWorkgroups(Math.min(wgs, 65535), Math.ceil(wgs / 65535));
   }
 
   /**

@@ -39,9 +39,10 @@ export interface UpdateSpec {
   /** Apply the rotary tables (false: q and k are copied as they are). */
   rope: boolean;
   /**
-   * The batch form (dense keys and values only): one dispatch takes in the `S.rows` positions of a prefill batch from
-   * `S.pos` on, position `S.pos + r` from row r of `qkv`, its rotated queries written to row r of `qout`
-   * (`[rows][qHeads·D]`); the dispatch covers `rows · updateRoles(s).total` threads.
+   * The batch form: one dispatch takes in the `S.rows` positions of a prefill batch from `S.pos` on, position
+   * `S.pos + r` from row r of `qkv`, its rotated queries written to row r of `qout` (`[rows][qHeads·D]`); the dispatch
+   * covers `rows · updateRoles(s).total` threads. Residual rings must then hold the whole batch (see
+   * {@link quantizeRowsSource}).
    */
   batched?: boolean;
   /**
@@ -227,7 +228,7 @@ export function quantizeRoles(s: UpdateSpec): { keyWorkgroups: number; kf: numbe
 }
 
 /**
- * The key block owed (`S.kflush`), quantized by whole workgroups: thread (channel `lid % CH`, token `lid / CH`) of
+ * The key block owed (`kflush`), quantized by whole workgroups: thread (channel `lid % CH`, token `lid / CH`) of
  * `CH = W / groupSize` channels per workgroup, min/max by tree reduction over the group's tokens in workgroup memory, one
  * packed word per `32 / bits` tokens of a channel (quad layout: per 4 channels × `8 / bits` tokens), calibration (η,
  * least squares in the serial kernel's order) by the group's first thread — the same codes and metadata as
@@ -246,8 +247,8 @@ function cooperativeKeyRole(s: UpdateSpec): string[] {
     `var<workgroup> kcode: array<u32, ${W}>;`,
     `var<workgroup> kmin: array<f32, ${W}>;`,
     `var<workgroup> kmax: array<f32, ${W}>;`,
-    'fn flushKeyBlock(kw: u32, lid: u32) {',
-    '  if (S.kflush == 0xffffffffu) { return; }',
+    'fn flushKeyBlock(kw: u32, lid: u32, kflush: u32) {',
+    '  if (kflush == 0xffffffffu) { return; }',
     `  let dl = lid % ${CH}u;`,
     `  let j = lid / ${CH}u;`,
     // group (kv, g, d), channel fastest; threads past the last group take part in the barriers only
@@ -256,7 +257,7 @@ function cooperativeKeyRole(s: UpdateSpec): string[] {
     `  let d = gi % ${D}u;`,
     `  let g = (gi / ${D}u) % ${NG}u;`,
     `  let kv = min(gi / ${D * NG}u, ${s.kvHeads - 1}u);`,
-    `  let tb = S.kflush + g * ${n}u;`,
+    `  let tb = kflush + g * ${n}u;`,
     `  var x = 0.0;`,
     `  if (live) { x = r16(ring[(kv * S.kring + (tb + j) % S.kring) * ${D}u + d]); }`,
     '  kx[lid] = x;',
@@ -434,9 +435,9 @@ function cooperativeValueRole(s: UpdateSpec): string[] {
     `var<workgroup> vcode: array<u32, ${W * EPT}>;`,
     `var<workgroup> vmin: array<f32, ${W}>;`,
     `var<workgroup> vmax: array<f32, ${W}>;`,
-    'fn quantizeValueToken(vw: u32, lid: u32) {',
-    `  if (vw >= ${NW}u || S.vquant == 0xffffffffu) { return; }`,
-    '  let t = S.vquant;',
+    'fn quantizeValueToken(vw: u32, lid: u32, vquant: u32) {',
+    `  if (vw >= ${NW}u || vquant == 0xffffffffu) { return; }`,
+    '  let t = vquant;',
     `  let base = vw * ${W * EPT}u;`,
     '  var mn = 3.0e38;',
     '  var mx = -3.0e38;',
@@ -500,7 +501,6 @@ function cooperativeValueRole(s: UpdateSpec): string[] {
  * The quantization the schedule owes runs in the merge pass ({@link quantizeSource}). @internal
  */
 export function updateKernelSource(s: UpdateSpec): string {
-  if (s.batched && (s.keys.kind !== 'dense' || s.values.kind !== 'dense')) throw new Error('the batched update pass is for fp16 (dense) keys and values');
   const D = s.headDim;
   const Q4 = D / 4;
   const H2 = D / 2;
@@ -592,7 +592,7 @@ export function updateKernelSource(s: UpdateSpec): string {
 }
 
 /**
- * The quantization a layer's schedule owes (the key block `S.kflush` and the value token `S.vquant`, read from the
+ * The quantization a layer's schedule owes (the key block `kflush` and the value token `vquant`, read from the
  * rings), as extra workgroups of the merge pass ({@link MERGE_WORKGROUP} threads): `declarations` (bindings 3–7: K, V
  * read-write, ring, donor keys, donor values read-only; helpers), `body` run by quantization workgroup `qw` with thread
  * `lid` (workgroup-uniform on entry; returns), `workgroups` it needs. Null when nothing of the layer is packed.
@@ -617,9 +617,9 @@ export function quantizeSource(s: UpdateSpec): { declarations: string[]; body: s
   const L: string[] = [];
   const push = (...l: string[]) => L.push(...l);
   // workgroup-uniform branches first: the cooperative roles synchronise their workgroups
-  if (r.keyWorkgroups > 0) push(`if (qw < ${r.keyWorkgroups}u) { flushKeyBlock(qw, lid); return; }`, `let qv = qw - ${r.keyWorkgroups}u;`);
+  if (r.keyWorkgroups > 0) push(`if (qw < ${r.keyWorkgroups}u) { flushKeyBlock(qw, lid, kflush); return; }`, `let qv = qw - ${r.keyWorkgroups}u;`);
   else push('let qv = qw;');
-  if (s.values.kind === 'packed') push(`if (qv >= ${r.valueWorkgroup}u) { quantizeValueToken(qv - ${r.valueWorkgroup}u, lid); return; }`);
+  if (s.values.kind === 'packed') push(`if (qv >= ${r.valueWorkgroup}u) { quantizeValueToken(qv - ${r.valueWorkgroup}u, lid, vquant); return; }`);
   push(`let gid = qv * ${MERGE_WORKGROUP}u + lid;`);
   // the key block owed, one thread per (kv, d, g) where the cooperative flush does not tile the group
   if (s.keys.kind === 'packed' && r.keyWorkgroups === 0) {
@@ -632,10 +632,10 @@ export function quantizeSource(s: UpdateSpec): { declarations: string[]; body: s
     const quad = s.keyLayout === 'quad';
     const TPB = 8 / k.bits; // quad layout: tokens per byte
     const meta = (d: string) => `K[${s.keyMetaOffset}u + ${keyWordIndex(D, 'kv', `(S.cap / ${gs}u)`, `tb / ${gs}u`, d)}] = `;
-    push(`if (gid < ${r.kf}u) {`, 'if (S.kflush == 0xffffffffu) { return; }', 'let i = gid;');
+    push(`if (gid < ${r.kf}u) {`, 'if (kflush == 0xffffffffu) { return; }', 'let i = gid;');
     if (quad && !k.donor) {
       // thread (kv, channel quad, g): the 4 channels' groups one after the other, then whole words
-      push(`let dq = i % ${D / 4}u;`, `let kv = (i / ${D / 4}u) / ${NG}u;`, `let g = (i / ${D / 4}u) % ${NG}u;`, `let tb = S.kflush + g * ${gs}u;`);
+      push(`let dq = i % ${D / 4}u;`, `let kv = (i / ${D / 4}u) / ${NG}u;`, `let g = (i / ${D / 4}u) % ${NG}u;`, `let tb = kflush + g * ${gs}u;`);
       push(`var qc: array<u32, ${4 * gs}>;`);
       push('for (var e = 0u; e < 4u; e = e + 1u) {', 'let d = dq * 4u + e;');
       push(
@@ -658,7 +658,7 @@ export function quantizeSource(s: UpdateSpec): { declarations: string[]; body: s
         '}',
       );
     } else {
-      push(`let d = i % ${D}u;`, `let kv = (i / ${D}u) / ${NG}u;`, `let g = (i / ${D}u) % ${NG}u;`, `let tb = S.kflush + g * ${gs}u;`);
+      push(`let d = i % ${D}u;`, `let kv = (i / ${D}u) / ${NG}u;`, `let g = (i / ${D}u) % ${NG}u;`, `let tb = kflush + g * ${gs}u;`);
       const donorCode = quad
         ? (j: string) => `(dK[${keyWordIndex(D, 'kv', nw, `(tb + ${j}) / ${CPW}u`, `(d & ~3u) + ((tb + ${j}) / ${TPB}u) % 4u`)}] >> ((d % 4u) * 8u + ((tb + ${j}) % ${TPB}u) * ${k.bits}u)) & ${M}u`
         : (j: string) => `(dK[${keyWordIndex(D, 'kv', nw, `(tb + ${j}) / ${CPW}u`, 'd')}] >> (((tb + ${j}) % ${CPW}u) * ${k.bits}u)) & ${M}u`;
@@ -677,6 +677,57 @@ export function quantizeSource(s: UpdateSpec): { declarations: string[]; body: s
   }
   push('return;');
   return { declarations, body: L, workgroups: r.workgroups };
+}
+
+/** Consecutive positions one workgroup of {@link quantizeRowsSource} takes in order: no packed value word spans two such groups. @internal */
+export const QUANTIZE_ROWS_GROUP = 8;
+
+/**
+ * The quantization a prefill batch owes, in one dispatch after its batched update pass (the rings then hold every
+ * position of the batch, so they need `R + rows` key slots and `R + rows + 1` value slots): workgroup (x, y) runs
+ * quantization workgroup x of {@link quantizeSource} for the positions of group y — the aligned groups of
+ * {@link QUANTIZE_ROWS_GROUP} positions that meet `[S.pos, S.pos + S.rows)`, the first of them group 0 — one position
+ * after the other, each with the key block and value token its position owes (as `beginPositions` computes them).
+ * Tokens that share a packed value word (1-bit rows, the quad layout) fall in one group, so their read-modify-writes
+ * are ordered. Bindings as the merge's with quantization (`parts`, `out` unused). Null when nothing is packed.
+ * @internal
+ */
+export function quantizeRowsSource(s: UpdateSpec): string | null {
+  const q = quantizeSource(s);
+  if (!q) return null;
+  const R = s.residualLength;
+  const G = QUANTIZE_ROWS_GROUP;
+  // (the device cache's residual length is a multiple of 16: position groups and value token groups align)
+  if (R % G !== 0) throw new Error(`quantizeRowsSource: the residual length ${R} is not a multiple of ${G}`);
+  return [
+    stepStruct(),
+    '@group(0) @binding(2) var<uniform> S: Step;',
+    ...q.declarations,
+    'fn quantize(qw: u32, lid: u32, kflush: u32, vquant: u32) {',
+    ...q.body,
+    '}',
+    `@compute @workgroup_size(${MERGE_WORKGROUP})`,
+    'fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {',
+    `  let first = (S.pos / ${G}u + wid.y) * ${G}u;`,
+    `  for (var i = 0u; i < ${G}u; i = i + 1u) {`,
+    '    let p = first + i;',
+    '    if (p < S.pos || p >= S.pos + S.rows) { continue; }',
+    '    let n = p + 1u;',
+    `    let kflush = select(0xffffffffu, n - ${R}u, n % ${R}u == 0u);`,
+    `    let vquant = select(0xffffffffu, p - ${R}u, p >= ${R}u);`,
+    '    quantize(wid.x, lid, kflush, vquant);',
+    // this position's words and workgroup memory before the next position's
+    '    storageBarrier();',
+    '    workgroupBarrier();',
+    '  }',
+    '}',
+  ].join('\n');
+}
+
+/** Aligned groups of {@link QUANTIZE_ROWS_GROUP} positions a batch of `rows` positions from `pos` meets (dispatch y of {@link quantizeRowsSource}). @internal */
+export function quantizeRowsGroups(pos: number, rows: number): number {
+  const G = QUANTIZE_ROWS_GROUP;
+  return Math.floor((pos + rows - 1) / G) - Math.floor(pos / G) + 1;
 }
 
 /** Kinds of synthetic data {@link fillSource} writes. @internal */
