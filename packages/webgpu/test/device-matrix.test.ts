@@ -15,10 +15,12 @@ describe.skipIf(!gpu)(`device cache, matrix kernel (${reason ?? 'lavapipe'})`, (
   beforeAll(async () => {
     await tf.setBackend('cpu');
   });
-  it('xquant-1.38 and kivi-2 over two chunks (300 positions), GQA 4 and 7 heads per KV head, head dims 64 and 32: the CPU cache\'s numbers within f16 rounding', async () => {
+  it('xquant-1.38 and kivi-2 over two chunks (300 positions), GQA 4 and 7 heads per KV head, head dims 64 and 32, the chunk\'s words loaded up front (prefetch, the default) and per sub-block: the CPU cache\'s numbers within f16 rounding', async () => {
     if (!device!.features.has('subgroups') || !device!.features.has('shader-f16')) return;
     const xq = await compare({ name: 'xquant', preset: 'xquant-1.38', options: { residualLength: 32 }, qHeads: 8, kvHeads: 2, tuning: emulate }, 300, 2);
     expect(xq.maxRel).toBeLessThan(5e-3);
+    const perSubBlock = await compare({ name: 'xquant', preset: 'xquant-1.38', options: { residualLength: 32 }, qHeads: 8, kvHeads: 2, tuning: { ...emulate, prefetch: false } }, 300, 2);
+    expect(perSubBlock.maxRel).toBeLessThan(5e-3);
     const kivi = await compare({ name: 'kivi-2', preset: 'kivi-2', options: { residualLength: 32 }, qHeads: 14, kvHeads: 2, tuning: emulate }, 280, 2);
     expect(kivi.maxRel).toBeLessThan(5e-3);
     const xq32 = await compare({ name: 'xquant', preset: 'xquant-1.38', options: { residualLength: 32 }, qHeads: 4, kvHeads: 1, tuning: emulate }, 270, 2, 32);
@@ -93,6 +95,12 @@ describe('matrix kernel source (no GPU)', () => {
     expect(matrixSharedBytes({ ...base, headDim: 128 })).toBeLessThanOrEqual(48 * 1024);
     const emulated = matrixDecodeSource({ ...base, emulate: true, subgroupSize: 8 });
     expect(emulated).not.toContain('subgroupMatrix');
+    // prefetch: the chunk's words in registers, read from them (not from storage) in the sub-block loops
+    const pre = matrixDecodeSource({ ...base, prefetch: true });
+    expect(pre).toMatch(/var kw: array<u32, 8>;/);
+    expect(pre).toMatch(/let w = kw\[sb \* 2u \+ i\];/);
+    expect(pre).toMatch(/let w = vw\[sb \* 1u \+ i\];/);
+    expect(src).not.toContain('var kw');
   });
   it('says why a layer does not fit it', () => {
     expect(matrixUnsupported(base)).toBeNull();

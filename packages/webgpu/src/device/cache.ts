@@ -132,6 +132,8 @@ export interface DeviceAttentionTuning {
    * and each next batch while the current one is mixed (register double-buffering). Default `true`: on an H200 the
    * decode-attention step took 0.3–6 % less time for packed codes and 1–13 % less for fp16 rows with it (32 pairs, GQA
    * 32/8 and 14/2), and ties to 9 % less in a second run that added rows without GQA (docs/gpu/README.md, 2026-12-03e).
+   * With `matrix`: the chunk's key and value words are loaded into registers when the workgroup starts, not per
+   * 64-token sub-block (not yet timed on a GPU; `prefetch: false` gives the per-sub-block loads).
    */
   prefetch?: boolean;
   /**
@@ -617,7 +619,7 @@ export class DeviceKvCache {
       this.stepStride = Math.max(STEP_BYTES, device.limits.minUniformBufferOffsetAlignment ?? 256);
       this.step = device.createBuffer({ size: this.stepStride, usage: UNIFORM | COPY_DST, label: 'device cache step' });
       made.push(this.step);
-      if (matrix && spec.kind === 'quantized') this.setMatrixLayers(matrix === 'emulate', matrixSg);
+      if (matrix && spec.kind === 'quantized') this.setMatrixLayers(matrix === 'emulate', matrixSg, tuning.prefetch === true);
       if (small && this.smallChunk !== this.chunk) {
         for (const l of this.layers) l.decodeSmall = { ...l.decode, ...small, headsPerGroup: hgSmall };
       }
@@ -636,13 +638,13 @@ export class DeviceKvCache {
   }
 
   /** Layers with packed keys and values take the matrix kernel (its geometry in their decode spec, for dispatch and logs). */
-  private setMatrixLayers(emulate: boolean, subgroupSize: number): void {
+  private setMatrixLayers(emulate: boolean, subgroupSize: number, prefetch: boolean): void {
     const { qHeads, kvHeads, headDim: D } = this.shape;
     const rep = qHeads / kvHeads;
     const limit = this.device.limits.maxComputeWorkgroupStorageSize;
     this.layers.forEach((l, i) => {
       if (l.keys.kind !== 'packed' || l.values.kind !== 'packed') return;
-      const m: MatrixDecodeSpec = { headDim: D, rep, keys: { bits: l.keys.bits, groupSize: l.keys.groupSize }, values: { bits: l.values.bits, groupSize: l.values.groupSize }, subgroupSize, ...(emulate ? { emulate: true } : {}) };
+      const m: MatrixDecodeSpec = { headDim: D, rep, keys: { bits: l.keys.bits, groupSize: l.keys.groupSize }, values: { bits: l.values.bits, groupSize: l.values.groupSize }, subgroupSize, ...(emulate ? { emulate: true } : {}), ...(prefetch ? { prefetch: true } : {}) };
       const why = matrixUnsupported(m);
       if (why) throw new XqConfigError('E_CONFIG', `matrix: layer ${i}: ${why}`);
       if (matrixSharedBytes(m) > limit) throw new XqBackendError('E_BACKEND_UNAVAILABLE', `matrix: the kernel needs ${matrixSharedBytes(m)} bytes of workgroup memory; the device allows ${limit}`);

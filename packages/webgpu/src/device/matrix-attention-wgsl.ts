@@ -46,6 +46,12 @@ export interface MatrixDecodeSpec {
   subgroupSize: number;
   /** Matrix products as ordinary loops (tests on adapters without subgroup matrices). */
   emulate?: boolean;
+  /**
+   * Load the chunk's key and value words into registers when the workgroup starts, before the first sub-block, instead
+   * of each sub-block's words at that sub-block: one memory latency per workgroup instead of one per sub-block and
+   * phase, and the value words' latency hidden behind the scores.
+   */
+  prefetch?: boolean;
 }
 
 /** Subgroups per workgroup: one 16-token tile each per sub-block, and a whole number of 16-channel tiles each. @internal */
@@ -216,6 +222,24 @@ export function matrixDecodeSource(s: MatrixDecodeSpec): string {
   push('fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) sgid: u32, @builtin(subgroup_invocation_id) sgi: u32) {');
   push(`let lid = sgid * ${SG}u + sgi;`, 'let chunk = wid.x;', 'let kv = wid.y;', `let h0 = kv * ${rep}u;`, `let c0 = chunk * ${C}u;`);
   push(`let kr = S.cap / ${TPW}u;`, `let kgr = S.cap / ${G}u;`);
+  // a thread's items of a sub-block: key words (word row, channel), value words (slice, block, component)
+  const NK = NR * D;
+  const NB = SB / B;
+  const NV = NSL * NB * 4;
+  const IK = Math.ceil(NK / WG);
+  const IV = Math.ceil(NV / WG);
+  const NSB = C / SB;
+  const keyWord = `kc[${keyQuadIndex(D, 'kv', 'kr', `tb / ${TPW}u + e / ${D}u`, `(e % ${D}u) / 4u`)}][e % 4u]`;
+  const valueWord = `vc[(kv * (S.cap / ${B}u) + tb / ${B}u + (e / 4u) % ${NB}u) * ${NSL}u + e / ${NB * 4}u][e % 4u]`;
+  if (s.prefetch) {
+    // every word of the chunk this thread decodes later, loaded now (their latency overlaps the queries' loads and, for
+    // the values, the whole score phase)
+    push(`var kw: array<u32, ${NSB * IK}>;`, `var vw: array<u32, ${NSB * IV}>;`);
+    push(`for (var sb = 0u; sb < ${NSB}u; sb = sb + 1u) {`, `let tb = c0 + sb * ${SB}u;`);
+    push(`for (var i = 0u; i < ${IK}u; i = i + 1u) { let e = lid + i * ${WG}u; if (tb < S.tk && e < ${NK}u) { kw[sb * ${IK}u + i] = ${keyWord}; } }`);
+    push(`for (var i = 0u; i < ${IV}u; i = i + 1u) { let e = lid + i * ${WG}u; if (tb < S.tv && e < ${NV}u) { vw[sb * ${IV}u + i] = ${valueWord}; } }`);
+    push('}');
+  }
   push(`for (var e = lid; e < ${8 * Q4}u; e = e + ${WG}u) {`, `  let h = e / ${Q4}u;`, `  qs[e] = select(vec4<f32>(0.0), qv[(h0 + min(h, ${rep - 1}u)) * ${Q4}u + e % ${Q4}u], h < ${rep}u);`, '}');
   push('workgroupBarrier();');
   // ---- scores, one sub-block at a time ----
@@ -223,13 +247,13 @@ export function matrixDecodeSource(s: MatrixDecodeSpec): string {
   push('if (tb < S.tk) {');
   // key codes → tile[token][channel]: item = (word row r, channel quad, component), component fastest, so a subgroup's
   // stores of one pair fall on consecutive channels of one token
-  push(`for (var e = lid; e < ${NR * D}u; e = e + ${WG}u) {`);
+  push(`for (var i = 0u; i < ${IK}u; i = i + 1u) {`, `let e = lid + i * ${WG}u;`, `if (e < ${NK}u) {`);
   push(`  let r = e / ${D}u;`, `  let c = e % ${D}u;`);
-  push(`  let w = kc[${keyQuadIndex(D, 'kv', 'kr', `tb / ${TPW}u + r`, 'c / 4u')}][c % 4u];`);
+  push(`  let w = ${s.prefetch ? `kw[sb * ${IK}u + i]` : keyWord};`);
   for (const pr of codePairs(kb)) {
     push(`  { let h2 = ${pairExpr(kb, 'w', pr)};`, `    tile[(r * ${TPW}u + ${pr.bit / kb}u) * ${D}u + c] = h2.x;`, `    tile[(r * ${TPW}u + ${(pr.bit + 16) / kb}u) * ${D}u + c] = h2.y; }`);
   }
-  push('}');
+  push('}', '}');
   // Q′ of the sub-block's key groups: [group][channel][head]
   push(`for (var e = lid; e < ${NGS * D * 8}u; e = e + ${WG}u) {`);
   push(`  let g = tb / ${G}u + e / ${D * 8}u;`, `  let c = (e / 8u) % ${D}u;`, '  let h = e % 8u;');
@@ -309,10 +333,9 @@ export function matrixDecodeSource(s: MatrixDecodeSpec): string {
   push(`for (var sb = 0u; sb < ${C / SB}u; sb = sb + 1u) {`, `let tb = c0 + sb * ${SB}u;`, 'if (tb < S.tv) {');
   // value codes → tile[channel][token]: item = (slice, block, component), component fastest then block, so a
   // subgroup's stores of one pair fall on distinct tokens
-  const NB = SB / B;
-  push(`for (var e = lid; e < ${NSL * NB * 4}u; e = e + ${WG}u) {`);
+  push(`for (var i = 0u; i < ${IV}u; i = i + 1u) {`, `let e = lid + i * ${WG}u;`, `if (e < ${NV}u) {`);
   push(`  let sl = e / ${NB * 4}u;`, `  let blk = (e / 4u) % ${NB}u;`, '  let comp = e % 4u;');
-  push(`  let w = vc[(kv * (S.cap / ${B}u) + tb / ${B}u + blk) * ${NSL}u + sl][comp];`);
+  push(`  let w = ${s.prefetch ? `vw[sb * ${IV}u + i]` : valueWord};`);
   for (const pr of codePairs(vb)) {
     push(`  { let h2 = ${pairExpr(vb, 'w', pr)};`);
     for (const [lane, comp] of [[0, 'x'], [1, 'y']] as const) {
@@ -321,7 +344,7 @@ export function matrixDecodeSource(s: MatrixDecodeSpec): string {
     }
     push('  }');
   }
-  push('}');
+  push('}', '}');
   // P′[group][token][head] = weight · scale / (the chunk's largest scale of the group); 0 past tv and past rep
   push(`for (var e = lid; e < ${NGV * SB * 8}u; e = e + ${WG}u) {`);
   push(`  let g = e / ${SB * 8}u;`, `  let tl = (e / 8u) % ${SB}u;`, '  let h = e % 8u;', '  let t = tb + tl;');
