@@ -670,7 +670,7 @@ export class GpuDecoder {
     for (let l = 0; l < this.layers.length; l++) {
       const b = this.layers[l]!.batch!;
       run(b.qkv);
-      // the attention over fp16 rows takes the whole batch in one dispatch; packed layers go position by position
+      // fp16 rows: the whole batch's update, attention and merge in three dispatches; packed layers position by position
       const attend = fp ?? this.cache;
       if (rows > 1 && attend.rowsAttention(l)) attend.encodeLayerRows(pass, l);
       else for (let s = 0; s < rows; s++) attend.encodeLayer(pass, l, s);

@@ -290,7 +290,6 @@ function int8KeysFit(cfg: DeviceQuantizedConfig, main: { workgroup: number; slot
   });
 }
 
-/** A binding's buffer type, in binding order of a kernel. */
 /**
  * Check that `device` can run the matrix-unit kernels (`DeviceAttentionTuning.matrix`, the GPU decoder's
  * `prefillMatrix`): Chromium's experimental subgroup matrices with f16 × f16 → f32 products of M 16, N 8, K 16,
@@ -310,6 +309,7 @@ export function requireMatrixUnits(device: GPUDevice, what: string): void {
   if (size !== 32) throw new XqBackendError('E_BACKEND_UNAVAILABLE', `${what} needs 32-wide subgroups; the adapter's are ${size} wide`);
 }
 
+/** A binding's buffer type, in binding order of a kernel. */
 export type BindingKind = 'read-only-storage' | 'storage' | 'uniform' | 'dynamic-uniform';
 /** Binding types of each kernel, in binding order (explicit layouts: 'auto' would drop bindings a variant does not read). */
 const LAYOUTS: Record<'update' | 'decode' | 'combine' | 'combineQuantize' | 'fill' | 'rows', BindingKind[]> = {
@@ -746,6 +746,12 @@ export class DeviceKvCache {
     if (io.qkv.size < rows * (qHeads + 2 * kvHeads) * D * 4) throw new XqShapeError(`qkv buffer of ${io.qkv.size} bytes is smaller than ${rows} × ${(qHeads + 2 * kvHeads) * D} floats`);
     if (io.out.size < rows * qHeads * D * 4) throw new XqShapeError(`out buffer of ${io.out.size} bytes is smaller than ${rows} × ${qHeads * D} floats`);
     const dev = this.device;
+    // the batch attention's partials: chunks of every query of a batch (checked before anything changes)
+    const chunkBytes = rowsChunkBytes(rows, qHeads, D);
+    const rowMaxChunks = Math.min(ROWS_MAX_CHUNKS, Math.floor(dev.limits.maxStorageBufferBindingSize / chunkBytes));
+    if (rows > 1 && this.rowsPipe && rowMaxChunks < 1) {
+      throw new XqBackendError('E_BACKEND_UNAVAILABLE', `a batch of ${rows} rows needs ${chunkBytes} bytes of attention partials per chunk; the device binds at most ${dev.limits.maxStorageBufferBindingSize}`);
+    }
     if (rows * this.stepStride > this.step.size) {
       const grown = dev.createBuffer({ size: rows * this.stepStride, usage: UNIFORM | COPY_DST, label: 'device cache step' });
       this.step.destroy();
@@ -758,9 +764,7 @@ export class DeviceKvCache {
     this.rowQueries = this.rowParts = null;
     if (rows > 1) {
       if (this.rowsPipe) {
-        const chunkBytes = rowsChunkBytes(rows, qHeads, D);
-        this.rowMaxChunks = Math.min(ROWS_MAX_CHUNKS, Math.floor(dev.limits.maxStorageBufferBindingSize / chunkBytes));
-        if (this.rowMaxChunks < 1) throw new XqBackendError('E_BACKEND_UNAVAILABLE', `a batch of ${rows} rows needs ${chunkBytes} bytes of attention partials per chunk; the device binds at most ${dev.limits.maxStorageBufferBindingSize}`);
+        this.rowMaxChunks = rowMaxChunks;
         this.rowParts = dev.createBuffer({ size: this.rowMaxChunks * chunkBytes, usage: STORAGE, label: 'batch attention partials' });
       }
       this.rowQueries = dev.createBuffer({ size: rows * qHeads * D * 4, usage: STORAGE, label: 'batch rotated queries' });
