@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { matvecSource, type MatvecSpec } from '../src/gpu/kernels.js';
+import { matmulRowsSource, matvecSource, type MatvecSpec } from '../src/gpu/kernels.js';
 
 // The subgroup reductions' numbers are checked on lavapipe against the float64 reference (gpu-decoder.test.ts); here,
 // without a GPU, what they change in the matrix-vector kernel's structure.
@@ -43,5 +43,34 @@ describe('matrix-vector kernel with subgroup reductions', () => {
     expect(count(sg, 'subgroupShuffleXor(')).toBe(3 * 4);
     expect(sg).toContain('for (var i = 0u; i < 4u; i = i + 1u)');
     expect(() => matvecSource({ ...spec, subgroupSize: 24 })).toThrow(/power of two/);
+  });
+});
+
+// The matrix-unit prefill product runs on lavapipe only emulated (no cooperative matrices there): what the hardware
+// source holds, and that the emulation differs from it only where the products are.
+describe('prefill product on the matrix units (source)', () => {
+  const spec: MatvecSpec = { inFeatures: 2048, rows: 8192, rowsPerGroup: 1, rmsNormEps: 1e-5, bias: true, epilogue: 'swiglu' };
+  const count = (src: string, what: string) => src.split(what).length - 1;
+
+  test('16 × 8 × 16 f16 → f32 tiles: per 32-feature stage, two left loads per subgroup, each times four token tiles and both input parts; no branch around them', () => {
+    const src = matmulRowsSource(spec, false);
+    expect(src).toContain('enable chromium_experimental_subgroup_matrix;');
+    expect(src).toContain('alias ML = subgroup_matrix_left<f16, 16, 16>;');
+    expect(count(src, 'subgroupMatrixLoad<ML>')).toBe(2);
+    expect(count(src, 'subgroupMatrixMultiplyAccumulate(')).toBe(16);
+    expect(count(src, 'subgroupMatrixStore(')).toBe(4);
+    // the subgroup is the hardware's; the matrix operations sit in no conditional
+    expect(src).toContain('let sg = sgid;');
+    expect(src).not.toMatch(/if \([^)]*\) \{\s*let w0 = subgroupMatrixLoad/);
+    // the split by a bit mask (a compiler may fold v − f32(f16(v)) to zero)
+    expect(src).toContain('& vec4<u32>(0xffffe000u)');
+  });
+
+  test('the emulation: the same prologue, staging and epilogue; only the product lines and the subgroup index differ', () => {
+    const hw = matmulRowsSource(spec, false).split('\n');
+    const em = matmulRowsSource(spec, true).split('\n');
+    const isProduct = (l: string) => /subgroupMatrix|acc|alias |enable |requires |let sg = |fn main|let w |for \(var (nt|i|k) = 0u; (nt|i|k) < (min|4u)|let (el|r|tc) = |var a = 0\.0|a = a \+|^\s*\}$|^\{$/.test(l);
+    expect(hw.filter((l) => !isProduct(l))).toEqual(em.filter((l) => !isProduct(l)));
+    expect(em.join('\n')).not.toContain('subgroupMatrix');
   });
 });
