@@ -354,8 +354,13 @@ async function endToEnd(name, dir, contexts, caches, steps) {
       const row = { model: name, cache: cacheName, promptTokens: n, prefillBatch: batch, prefillAttention: cacheName === 'full' ? 'cache' : o['prefill-attention'], prefillMatrixProducts: decoder.prefillMatrixProducts, batchedMs: median(ms[batch]), oneAtATimeMs: median(ms[1]), runs: ms };
       row.tokensPerSecond = ((n - 1) * 1000) / row.batchedMs;
       row.speedup = row.oneAtATimeMs / row.batchedMs;
+      // GPU time of the batched prefill by kind of operation (one more run, each operation in a timed pass of its own)
+      if (device.features.has('timestamp-query')) {
+        decoder.reset();
+        row.profile = await decoder.profilePrefill(prompt, { prefillBatch: batch });
+      }
       results.prefill.push(row);
-      log(`${name} ${cacheName} prefill ${n} tokens: ${row.batchedMs.toFixed(1)} ms in batches of ${batch}${row.prefillMatrixProducts ? ` (${row.prefillMatrixProducts} products on the matrix units)` : ''} (${row.tokensPerSecond.toFixed(0)} tok/s) against ${row.oneAtATimeMs.toFixed(1)} ms one at a time: ${row.speedup.toFixed(2)}×`);
+      log(`${name} ${cacheName} prefill ${n} tokens: ${row.batchedMs.toFixed(1)} ms in batches of ${batch}${row.prefillMatrixProducts ? ` (${row.prefillMatrixProducts} products on the matrix units)` : ''} (${row.tokensPerSecond.toFixed(0)} tok/s) against ${row.oneAtATimeMs.toFixed(1)} ms one at a time: ${row.speedup.toFixed(2)}×${row.profile ? `; GPU ${Object.entries(row.profile).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(' ')} ms` : ''}`);
       save();
     }
   }

@@ -231,6 +231,49 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
     expect(errors).toEqual([]);
   }, 600_000);
 
+  it('profilePrefill: GPU time per kind of operation over the batches of a prompt (ingest only with a quantized cache), the decoder then holding the prompt (with a full cache exactly as generate leaves it); typed errors', async () => {
+    const name = 'xq-llama-20m';
+    const ids = (JSON.parse(readFileSync(`${SHARED}/eval/prose_512.jsonl`, 'utf8').split('\n')[0]!) as { input_ids: number[] }).input_ids.slice(0, 71);
+    const { model } = await loadModel(`${SHARED}/models/${name}`);
+    const xq = createKvCache('xquant-1.38', model.cacheShape, { residualLength: 32 }).config!;
+    model.dispose();
+    for (const spec of [{ kind: 'full' }, { kind: 'quantized', config: xq }] as DeviceCacheSpec[]) {
+      const a = await loadGpuDecoder(`${SHARED}/models/${name}`, gpu!.device, { cache: spec, capacity: 96 });
+      const b = await loadGpuDecoder(`${SHARED}/models/${name}`, gpu!.device, { cache: spec, capacity: 96 });
+      try {
+        await expect(a.decoder.profilePrefill([])).rejects.toMatchObject({ code: 'E_SHAPE' });
+        await expect(a.decoder.profilePrefill([1e9])).rejects.toMatchObject({ code: 'E_CONFIG' });
+        await expect(a.decoder.profilePrefill(ids, { prefillBatch: 33 })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/prefillBatch/) });
+        expect(a.decoder.position).toBe(0);
+        const t = await a.decoder.profilePrefill(ids.slice(0, 70));
+        expect(a.decoder.position).toBe(70);
+        const kinds = ['embed', 'qkv', 'attention', 'o', 'gateUp', 'down', ...(spec.kind === 'quantized' ? ['ingest'] : [])];
+        expect(Object.keys(t).sort()).toEqual([...kinds, 'total'].sort());
+        let sum = 0;
+        for (const k of kinds) {
+          expect(t[k as keyof typeof t], k).toBeGreaterThan(0);
+          sum += t[k as keyof typeof t]!;
+        }
+        expect(t.total).toBeCloseTo(sum, 9);
+        // the next token after the profiled prompt: what generate gives for the whole prompt (the same batches and kernels)
+        const after = await a.decoder.generate({ prompt: ids.slice(70), maxNewTokens: 4, stopTokens: [] });
+        const whole = await b.decoder.generate({ prompt: ids, maxNewTokens: 4, stopTokens: [] });
+        if (spec.kind === 'full') {
+          expect(after.tokens).toEqual(whole.tokens);
+          expect(await a.decoder.readLogits()).toEqual(await b.decoder.readLogits());
+        } else {
+          // (a quantized cache: generate's full-precision prefill attends the last prompt position over the prompt's
+          // fp16 rows, the continued prompt over the quantized cache; the same number of positions either way)
+          expect(a.decoder.position).toBe(b.decoder.position);
+        }
+      } finally {
+        a.decoder.dispose();
+        b.decoder.dispose();
+      }
+    }
+    expect(errors).toEqual([]);
+  }, 600_000);
+
   it('int8 key scores (the default without GQA) add little to what xquant-1.38 itself costs: KL against the full cache on prose', async () => {
     // xq-llama-20m has GQA, so int8 keys are asked for here; their rounding is the same with or without GQA
     const name = 'xq-llama-20m';

@@ -144,8 +144,12 @@ interface LayerOps {
   batch: { qkv: Matvec; o: Matvec; gateUp: Matvec; down: Matvec } | null;
 }
 
-/** Kinds of operation {@link GpuDecoder.profile} times. */
-export type ProfileKind = 'embed' | 'qkv' | 'update' | 'attention' | 'o' | 'gateUp' | 'down' | 'lmHead' | 'sample';
+/**
+ * Kinds of operation {@link GpuDecoder.profile} and {@link GpuDecoder.profilePrefill} time. In a prefill batch,
+ * `attention` is the whole attention step of a layer (update, attention and merge) and `ingest` the batch taken into a
+ * quantized cache without attending (a full-precision prefill).
+ */
+export type ProfileKind = 'embed' | 'qkv' | 'update' | 'attention' | 'ingest' | 'o' | 'gateUp' | 'down' | 'lmHead' | 'sample';
 
 /** Timestamp pairs around the passes of one position, summed per kind. */
 class Profiler {
@@ -650,38 +654,55 @@ export class GpuDecoder {
    * the fp16 prompt cache and the positions taken into the quantized cache without attending. With
    * `sample` (one row), the next token is sampled on the device and copied to `sample.readback`.
    */
-  private submitBatch(rows: number, fullPrecision: boolean, sample: { temperature: number; seed: number; readback: GPUBuffer } | null): void {
+  private submitBatch(rows: number, fullPrecision: boolean, sample: { temperature: number; seed: number; readback: GPUBuffer } | null, profile?: Profiler): void {
     if (this.pos + rows > this.cache.capacity || this.pos + rows > this.capacity) throw new XqStateError('E_STATE', `the decoder is full (${this.capacity} positions)`);
     const fp = fullPrecision ? this.promptCache! : null;
     this.writeStep(sample?.temperature ?? 0, sample?.seed ?? 0, rows);
     this.cache.beginPositions(rows);
     fp?.beginPositions(rows);
     const enc = this.device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    const run = (m: Matvec) => {
-      pass.setPipeline(m.pipe);
-      pass.setBindGroup(0, m.bg);
-      pass.dispatchWorkgroups(m.workgroups, Math.ceil(rows / m.tokens!));
+    // one pass for the whole batch; when profiling (no sampling), one timed pass per operation
+    const shared: GPUComputePassEncoder | null = profile ? null : enc.beginComputePass();
+    const op = (kind: ProfileKind, body: (pass: GPUComputePassEncoder) => void) => {
+      if (shared) return body(shared);
+      const p = enc.beginComputePass({ timestampWrites: profile!.next(kind) });
+      body(p);
+      p.end();
     };
+    const run = (kind: ProfileKind, m: Matvec) =>
+      op(kind, (pass) => {
+        pass.setPipeline(m.pipe);
+        pass.setBindGroup(0, m.bg);
+        pass.dispatchWorkgroups(m.workgroups, Math.ceil(rows / m.tokens!));
+      });
     const embed = this.embedRows!;
-    pass.setPipeline(embed.pipe);
-    pass.setBindGroup(0, embed.bg);
-    pass.dispatchWorkgroups(embed.workgroups, rows);
+    op('embed', (pass) => {
+      pass.setPipeline(embed.pipe);
+      pass.setBindGroup(0, embed.bg);
+      pass.dispatchWorkgroups(embed.workgroups, rows);
+    });
     for (let l = 0; l < this.layers.length; l++) {
       const b = this.layers[l]!.batch!;
-      run(b.qkv);
+      run('qkv', b.qkv);
       // fp16 rows: the whole batch's update, attention and merge in three dispatches; packed layers position by position
       const attend = fp ?? this.cache;
-      if (rows > 1 && attend.rowsAttention(l)) attend.encodeLayerRows(pass, l);
-      else for (let s = 0; s < rows; s++) attend.encodeLayer(pass, l, s);
-      if (fp && rows > 1) this.cache.encodeIngestRows(pass, l);
-      else if (fp) this.cache.encodeIngest(pass, l, 0);
-      run(b.o);
-      run(b.gateUp);
-      run(b.down);
+      op('attention', (pass) => {
+        if (rows > 1 && attend.rowsAttention(l)) attend.encodeLayerRows(pass, l);
+        else for (let s = 0; s < rows; s++) attend.encodeLayer(pass, l, s);
+      });
+      if (fp) {
+        op('ingest', (pass) => {
+          if (rows > 1) this.cache.encodeIngestRows(pass, l);
+          else this.cache.encodeIngest(pass, l, 0);
+        });
+      }
+      run('o', b.o);
+      run('gateUp', b.gateUp);
+      run('down', b.down);
     }
     if (sample) {
-      // one row: the decode kernels of the output head and sampler read row 0
+      // one row: the decode kernels of the output head and sampler read row 0 (never profiled: profilePrefill samples nothing)
+      const pass = shared!;
       pass.setPipeline(this.lmHead.pipe);
       pass.setBindGroup(0, this.lmHead.bg);
       pass.dispatchWorkgroups(Math.min(this.lmHead.workgroups, 65535), Math.ceil(this.lmHead.workgroups / 65535));
@@ -691,7 +712,8 @@ export class GpuDecoder {
       pass.setPipeline(this.sample.pipe2);
       pass.dispatchWorkgroups(1);
     }
-    pass.end();
+    shared?.end();
+    if (profile) profile.resolve(enc);
     if (sample) enc.copyBufferToBuffer(this.tokens, 4 * (this.pos + 1), sample.readback, 0, 4);
     this.device.queue.submit([enc.finish()]);
     this.cache.endPositions(rows);
@@ -737,6 +759,42 @@ export class GpuDecoder {
     const med = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
     const out = Object.fromEntries(Object.entries(per).map(([k, v]) => [k, med(v)])) as Record<ProfileKind | 'total', number>;
     out.total = Object.entries(out).reduce((s2, [k, v]) => (k === 'total' ? s2 : s2 + v), 0);
+    return out;
+  }
+
+  /**
+   * GPU time of a prefill by kind of operation (timestamp queries; the device needs `timestamp-query`): `prompt` runs
+   * after what the decoder holds, in batches of `prefillBatch` (default the decoder's) as `generate` runs a prompt, every
+   * operation of every batch in a timed pass of its own; returns the milliseconds per kind summed over the batches, and
+   * their sum. The decoder then holds the prompt; nothing is sampled. A batch of one position goes through the batch
+   * kernels too. Timed passes add a gap between operations, so the sum exceeds the prefill's wall time.
+   */
+  async profilePrefill(prompt: readonly number[], opts: { prefillBatch?: number } = {}): Promise<Partial<Record<ProfileKind, number>> & { total: number }> {
+    this.checkAlive();
+    if (!this.device.features.has('timestamp-query')) throw new XqBackendError('E_BACKEND_UNAVAILABLE', 'profilePrefill() needs a device with timestamp-query');
+    const V = this.config.vocabSize;
+    if (prompt.length === 0) throw new XqShapeError('profilePrefill: the prompt must hold at least one token');
+    prompt.forEach((id, i) => {
+      if (!Number.isInteger(id) || id < 0 || id >= V) throw new XqConfigError('E_CONFIG', `profilePrefill: token id ${id} at index ${i} is outside the vocabulary [0, ${V})`);
+    });
+    if (this.pos + prompt.length > this.capacity) throw new XqShapeError(`profilePrefill: ${this.pos} held + ${prompt.length} prompt positions exceed the capacity ${this.capacity}`);
+    const batch = opts.prefillBatch ?? this.batchRows;
+    if (!Number.isInteger(batch) || batch < 1 || batch > this.batchRows) throw new XqConfigError('E_CONFIG', `prefillBatch must be an integer in [1, ${this.batchRows}] (the decoder's); got ${String(opts.prefillBatch)}`);
+    if (!this.embedRows) throw new XqStateError('E_STATE', "profilePrefill needs the batch kernels (prefillBatch > 1 or prefillAttention 'full-precision')");
+    this.device.queue.writeBuffer(this.tokens, 4 * this.pos, new Uint32Array(prompt));
+    const fullPrecision = this.prefillAttention === 'full-precision' && this.pos === 0 && prompt.length > 1 && this.cache.spec.kind === 'quantized';
+    if (fullPrecision) await this.promptCacheFor(prompt.length);
+    const out: Partial<Record<ProfileKind, number>> & { total: number } = { total: 0 };
+    for (let done = 0; done < prompt.length; ) {
+      const rows = Math.min(batch, prompt.length - done);
+      const p = new Profiler(this.device, 1 + 6 * this.layers.length);
+      this.submitBatch(rows, fullPrecision, null, p);
+      for (const [k, v] of Object.entries(await p.read())) {
+        out[k as ProfileKind] = (out[k as ProfileKind] ?? 0) + v;
+        out.total += v;
+      }
+      done += rows;
+    }
     return out;
   }
 
