@@ -186,6 +186,21 @@ class Profiler {
   }
 }
 
+/**
+ * The compute passes of one command buffer: every operation in one `shared` pass (to be ended after the last), or, with
+ * a profiler, each operation `op(kind, body)` in a timed pass of its own (`shared` null).
+ */
+function operationPasses(enc: GPUCommandEncoder, profile: Profiler | undefined): { shared: GPUComputePassEncoder | null; op: (kind: ProfileKind, body: (pass: GPUComputePassEncoder) => void) => void } {
+  const shared = profile ? null : enc.beginComputePass();
+  const op = (kind: ProfileKind, body: (pass: GPUComputePassEncoder) => void) => {
+    if (shared) return body(shared);
+    const pass = enc.beginComputePass({ timestampWrites: profile!.next(kind) });
+    body(pass);
+    pass.end();
+  };
+  return { shared, op };
+}
+
 /** float32 → fp16 bit patterns packed two per u32 (round to nearest even), for weights. */
 function toHalfPairs(x: Float32Array, name: string): Uint32Array {
   if (x.length % 2 !== 0) throw new XqShapeError(`${name}: an even number of values is needed for fp16 pairs; got ${x.length}`);
@@ -586,13 +601,7 @@ export class GpuDecoder {
     this.cache.beginPosition();
     const enc = this.device.createCommandEncoder();
     // one pass for the whole position; when profiling, one timed pass per operation
-    let shared: GPUComputePassEncoder | null = profile ? null : enc.beginComputePass();
-    const op = (kind: ProfileKind, body: (pass: GPUComputePassEncoder) => void) => {
-      if (shared) return body(shared);
-      const pass = enc.beginComputePass({ timestampWrites: profile!.next(kind) });
-      body(pass);
-      pass.end();
-    };
+    const { shared, op } = operationPasses(enc, profile);
     const run = (kind: ProfileKind, m: Matvec) =>
       op(kind, (pass) => {
         pass.setPipeline(m.pipe);
@@ -624,7 +633,6 @@ export class GpuDecoder {
       });
     }
     shared?.end();
-    shared = null;
     if (profile) profile.resolve(enc);
     if (readback) enc.copyBufferToBuffer(this.tokens, 4 * (this.pos + 1), readback, 0, 4);
     this.device.queue.submit([enc.finish()]);
@@ -662,13 +670,7 @@ export class GpuDecoder {
     fp?.beginPositions(rows);
     const enc = this.device.createCommandEncoder();
     // one pass for the whole batch; when profiling (no sampling), one timed pass per operation
-    const shared: GPUComputePassEncoder | null = profile ? null : enc.beginComputePass();
-    const op = (kind: ProfileKind, body: (pass: GPUComputePassEncoder) => void) => {
-      if (shared) return body(shared);
-      const p = enc.beginComputePass({ timestampWrites: profile!.next(kind) });
-      body(p);
-      p.end();
-    };
+    const { shared, op } = operationPasses(enc, profile);
     const run = (kind: ProfileKind, m: Matvec) =>
       op(kind, (pass) => {
         pass.setPipeline(m.pipe);
