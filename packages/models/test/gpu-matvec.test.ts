@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { bitsToHalf, halfToBits } from '@xquant/quant';
 import { KernelCompiler } from '@xquant/webgpu';
-import { MATMUL_ROWS, MATMUL_TOKENS, matmulRowsSource, matmulUnsupported, matvecRowsPerWorkgroup, matvecRowsSource, matvecRowsTokens, matvecSource, type MatvecSpec } from '../src/gpu/kernels.js';
+import { MATMUL_TOKENS, matmulRowsSource, matmulUnsupported, matmulWorkgroups, matvecRowsPerWorkgroup, matvecRowsSource, matvecRowsTokens, matvecSource, type MatvecSpec } from '../src/gpu/kernels.js';
 import { openGpu } from './support/gpu.js';
 import { randn } from './support/tiny.js';
 
@@ -93,7 +93,7 @@ async function check(spec: MatvecSpec, seed: number, batch?: number, matrix = fa
     const wgs = Math.ceil(spec.rows / matvecRowsPerWorkgroup(spec));
     pass.dispatchWorkgroups(Math.min(wgs, 65535), Math.ceil(wgs / 65535));
   } else if (matrix) {
-    pass.dispatchWorkgroups(Math.ceil((spec.rows * (spec.epilogue === 'swiglu' ? 2 : 1)) / MATMUL_ROWS), Math.ceil(batch / MATMUL_TOKENS));
+    pass.dispatchWorkgroups(matmulWorkgroups(spec), Math.ceil(batch / MATMUL_TOKENS));
   } else {
     pass.dispatchWorkgroups(Math.ceil(spec.rows / 8), Math.ceil(batch / matvecRowsTokens(spec)));
   }

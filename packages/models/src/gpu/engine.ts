@@ -13,7 +13,7 @@ import { validateModelConfig } from '../config.js';
 import type { WeightSource } from '../model.js';
 import { checkWeightsMatchConfig } from '../weight-check.js';
 import { ropeInverseFrequencies, ropeTables } from '../rope.js';
-import { MATMUL_ROWS, MATMUL_TOKENS, MATVEC_WORKGROUP, SAMPLE_BLOCK, embedSource, matmulRowsSource, matmulUnsupported, matvecRowsPerWorkgroup, matvecRowsSource, matvecRowsTokens, matvecSource, sampleSource, type MatvecSpec } from './kernels.js';
+import { MATMUL_TOKENS, MATVEC_WORKGROUP, SAMPLE_BLOCK, embedSource, matmulRowsSource, matmulWorkgroups, matmulUnsupported, matvecRowsPerWorkgroup, matvecRowsSource, matvecRowsTokens, matvecSource, sampleSource, type MatvecSpec } from './kernels.js';
 
 const SAMPLE_LAYOUT: ('read-only-storage' | 'storage' | 'uniform')[] = ['read-only-storage', 'storage', 'uniform', 'storage'];
 
@@ -409,7 +409,7 @@ export class GpuDecoder {
       });
       if (!onMatrix) return { pipe, bg, workgroups: Math.ceil(spec.rows / 8), tokens: matvecRowsTokens(spec) };
       this.prefillMatrixCount++;
-      return { pipe, bg, workgroups: Math.ceil((spec.rows * (spec.epilogue === 'swiglu' ? 2 : 1)) / MATMUL_ROWS), tokens: MATMUL_TOKENS };
+      return { pipe, bg, workgroups: matmulWorkgroups(spec), tokens: MATMUL_TOKENS };
     };
     // rows per 32-lane group: more for tall matrices (more loads in flight per thread), 1 for short ones
     const rpg = (rowsOut: number) => (rowsOut >= 65536 ? 4 : rowsOut >= 8192 ? 2 : 1);

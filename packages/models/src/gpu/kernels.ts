@@ -356,6 +356,11 @@ export const MATMUL_TOKENS = 32;
 /** Input features staged in workgroup memory at a time. */
 const MATMUL_K_CHUNK = 32;
 
+/** Workgroups along the weight rows of {@link matmulRowsSource} for `s` (dispatch x). @internal */
+export function matmulWorkgroups(s: Pick<MatvecSpec, 'rows' | 'epilogue'>): number {
+  return Math.ceil((s.rows * (s.epilogue === 'swiglu' ? 2 : 1)) / MATMUL_ROWS);
+}
+
 /** Why {@link matmulRowsSource} cannot compute `s` (null: it can). @internal */
 export function matmulUnsupported(s: Pick<MatvecSpec, 'inFeatures' | 'rows' | 'epilogue'>): string | null {
   const totalW = s.rows * (s.epilogue === 'swiglu' ? 2 : 1);

@@ -1004,7 +1004,7 @@ export function decodeKernelSource(spec: DecodeSpec): string {
  * (`quantizeSource` of update-wgsl.ts): they overlap the merge instead of lengthening the update pass.
  * @internal
  */
-export function combineSource(headDim: number, qHeads: number, quantize?: { declarations: string[]; body: string[] }, form: 'position' | 'rows' = 'position'): string {
+export function combineSource(headDim: number, qHeads: number, quantize?: { declarations: string[] }, form: 'position' | 'rows' = 'position'): string {
   const D = headDim;
   const G = Math.floor(256 / D);
   const PS = D + 2;
@@ -1018,7 +1018,7 @@ export function combineSource(headDim: number, qHeads: number, quantize?: { decl
     '@group(0) @binding(0) var<storage, read> parts: array<f32>;',
     '@group(0) @binding(1) var<storage, read_write> out: array<f32>;',
     '@group(0) @binding(2) var<uniform> S: Step;',
-    ...(quantize ? [...quantize.declarations, 'fn quantize(qw: u32, lid: u32, kflush: u32, vquant: u32) {', ...quantize.body, '}'] : []),
+    ...(quantize?.declarations ?? []),
     'var<workgroup> red: array<f32, 256>;',
     'var<workgroup> ro: array<f32, 256>;',
     `var<workgroup> rl: array<f32, ${G}>;`,

@@ -389,6 +389,8 @@ export class DeviceKvCache {
   private geometry: 'main' | 'medium' | 'short-context' = 'main';
   /** Per position of the batch begun: its geometry and chunks (slot 0 is also `geometry` / `nc`). */
   private slots: { geometry: 'main' | 'medium' | 'short-context'; nc: number }[] = [];
+  /** Chunks of the batch attention of the batch begun (see {@link DeviceKvCache.encodeLayerRows}). */
+  private rowChunks = 0;
   /** Bytes between the step slots of a batch (the device's uniform offset alignment, at least the struct). */
   private readonly stepStride: number;
   /** Positions a batch may hold (`rows` of the attached buffers). */
@@ -718,7 +720,7 @@ export class DeviceKvCache {
           q ? k.pipeline(combineSource(this.shape.headDim, 0, q), LAYOUTS.combineQuantize, `layer ${i} quantization`) : Promise.resolve(undefined),
           k.pipeline(updateKernelSource(l.update), LAYOUTS.update, `layer ${i} update`),
           k.pipeline(updateKernelSource({ ...l.update, batched: true }), LAYOUTS.update, `layer ${i} batch update`),
-          q ? k.pipeline(quantizeRowsSource(l.update)!, LAYOUTS.combineQuantize, `layer ${i} batch quantization`) : Promise.resolve(undefined),
+          q ? k.pipeline(quantizeRowsSource(l.update, q), LAYOUTS.combineQuantize, `layer ${i} batch quantization`) : Promise.resolve(undefined),
           k.pipeline(l.matrix ? matrixDecodeSource(l.matrix) : decodeKernelSource(l.decode), LAYOUTS.decode, `layer ${i} attention${l.matrix ? ' (matrix units)' : ''}`),
           l.decodeSmall ? k.pipeline(decodeKernelSource(l.decodeSmall), LAYOUTS.decode, `layer ${i} attention (short contexts)`) : Promise.resolve(undefined),
           l.decodeMedium ? k.pipeline(decodeKernelSource(l.decodeMedium), LAYOUTS.decode, `layer ${i} attention (mid-length contexts)`) : Promise.resolve(undefined),
@@ -845,6 +847,7 @@ export class DeviceKvCache {
     const data = new ArrayBuffer((count - 1) * this.stepStride + STEP_BYTES);
     // the batch attention's chunks (layers with fp16 rows, io of more than one row)
     const rowChunks = this.rowParts ? rowsChunking(this.tokensHeld + count, this.shape.headDim, this.rowMaxChunks) : { chunk: 0, chunks: 0 };
+    this.rowChunks = rowChunks.chunks;
     this.slots = [];
     for (let s = 0; s < count; s++) {
       const p = this.tokensHeld + s;
@@ -925,10 +928,9 @@ export class DeviceKvCache {
     if (rows === 0) throw new XqStateError('E_STATE', 'encodeLayerRows: no batch begun (beginPositions first)');
     const { qHeads, kvHeads } = this.shape;
     this.encodeRowsUpdate(pass, l, rows);
-    const { chunks } = rowsChunking(this.tokensHeld + rows, this.shape.headDim, this.rowMaxChunks);
     pass.setPipeline(this.rowsPipe!);
     pass.setBindGroup(0, l.rowsBG, [0]);
-    pass.dispatchWorkgroups(chunks, kvHeads, Math.ceil((rows * (qHeads / kvHeads)) / ROWS_QUERIES));
+    pass.dispatchWorkgroups(this.rowChunks, kvHeads, Math.ceil((rows * (qHeads / kvHeads)) / ROWS_QUERIES));
     pass.setPipeline(this.rowsMergePipe!);
     pass.setBindGroup(0, this.rowsMergeBG!, [0]);
     pass.dispatchWorkgroups(rows * qHeads);

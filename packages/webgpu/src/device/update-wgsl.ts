@@ -594,11 +594,12 @@ export function updateKernelSource(s: UpdateSpec): string {
 /**
  * The quantization a layer's schedule owes (the key block `kflush` and the value token `vquant`, read from the
  * rings), as extra workgroups of the merge pass ({@link MERGE_WORKGROUP} threads): `declarations` (bindings 3–7: K, V
- * read-write, ring, donor keys, donor values read-only; helpers), `body` run by quantization workgroup `qw` with thread
- * `lid` (workgroup-uniform on entry; returns), `workgroups` it needs. Null when nothing of the layer is packed.
+ * read-write, ring, donor keys, donor values read-only; helpers; and `fn quantize(qw, lid, kflush, vquant)`, run by
+ * quantization workgroup `qw` with thread `lid`, workgroup-uniform on entry, returning), `workgroups` it needs. Null
+ * when nothing of the layer is packed.
  * @internal
  */
-export function quantizeSource(s: UpdateSpec): { declarations: string[]; body: string[]; workgroups: number } | null {
+export function quantizeSource(s: UpdateSpec): { declarations: string[]; workgroups: number } | null {
   if (s.keys.kind !== 'packed' && s.values.kind !== 'packed') return null;
   const D = s.headDim;
   const r = quantizeRoles(s);
@@ -676,7 +677,7 @@ export function quantizeSource(s: UpdateSpec): { declarations: string[]; body: s
     push('return;', '}');
   }
   push('return;');
-  return { declarations, body: L, workgroups: r.workgroups };
+  return { declarations: [...declarations, 'fn quantize(qw: u32, lid: u32, kflush: u32, vquant: u32) {', ...L, '}'], workgroups: r.workgroups };
 }
 
 /** Consecutive positions one workgroup of {@link quantizeRowsSource} takes in order: no packed value word spans two such groups. @internal */
@@ -689,12 +690,10 @@ export const QUANTIZE_ROWS_GROUP = 8;
  * {@link QUANTIZE_ROWS_GROUP} positions that meet `[S.pos, S.pos + S.rows)`, the first of them group 0 — one position
  * after the other, each with the key block and value token its position owes (as `beginPositions` computes them).
  * Tokens that share a packed value word (1-bit rows, the quad layout) fall in one group, so their read-modify-writes
- * are ordered. Bindings as the merge's with quantization (`parts`, `out` unused). Null when nothing is packed.
+ * are ordered. `q`: the layer's {@link quantizeSource}. Bindings as the merge's with quantization (`parts`, `out` unused).
  * @internal
  */
-export function quantizeRowsSource(s: UpdateSpec): string | null {
-  const q = quantizeSource(s);
-  if (!q) return null;
+export function quantizeRowsSource(s: UpdateSpec, q: { declarations: string[] }): string {
   const R = s.residualLength;
   const G = QUANTIZE_ROWS_GROUP;
   // (the device cache's residual length is a multiple of 16: position groups and value token groups align)
@@ -703,9 +702,6 @@ export function quantizeRowsSource(s: UpdateSpec): string | null {
     stepStruct(),
     '@group(0) @binding(2) var<uniform> S: Step;',
     ...q.declarations,
-    'fn quantize(qw: u32, lid: u32, kflush: u32, vquant: u32) {',
-    ...q.body,
-    '}',
     `@compute @workgroup_size(${MERGE_WORKGROUP})`,
     'fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {',
     `  let first = (S.pos / ${G}u + wid.y) * ${G}u;`,
