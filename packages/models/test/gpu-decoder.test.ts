@@ -244,6 +244,7 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
         await expect(a.decoder.profilePrefill([])).rejects.toMatchObject({ code: 'E_SHAPE' });
         await expect(a.decoder.profilePrefill([1e9])).rejects.toMatchObject({ code: 'E_CONFIG' });
         await expect(a.decoder.profilePrefill(ids, { prefillBatch: 33 })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/prefillBatch/) });
+        await expect(a.decoder.profilePrefill(new Array<number>(97).fill(1))).rejects.toMatchObject({ code: 'E_SHAPE', message: expect.stringMatching(/capacity 96/) });
         expect(a.decoder.position).toBe(0);
         const t = await a.decoder.profilePrefill(ids.slice(0, 70));
         expect(a.decoder.position).toBe(70);
