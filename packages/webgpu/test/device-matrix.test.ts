@@ -51,7 +51,7 @@ describe.skipIf(!gpu)(`device cache, matrix kernel (${reason ?? 'lavapipe'})`, (
     }
   }, 900_000);
 
-  it('typed errors: no subgroup matrices on the device, a bad value, the int8 or f16 paths, more than 8 heads per KV head; a full cache ignores the option', async () => {
+  it('typed errors: no subgroup matrices on the device, a bad value, the int8 or f16 paths, more than 8 heads per KV head, a geometry given beside it; a full cache ignores the option', async () => {
     const dev = device!;
     const cpu = createKvCache('xquant-1.38', { layers: 2, kvHeads: 2, headDim: 64 }, { residualLength: 32 }) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
     const spec = { kind: 'quantized' as const, config: cpu.config };
@@ -65,6 +65,7 @@ describe.skipIf(!gpu)(`device cache, matrix kernel (${reason ?? 'lavapipe'})`, (
     await expect(DeviceKvCache.create(dev, shape, spec, { capacity: 64, tuning: { matrix: 'emulate', valueDot: 'f16' } })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/int8 or f16/) });
     await expect(DeviceKvCache.create(dev, shape, spec, { capacity: 64, tuning: { matrix: 'emulate', keyDot: 'int8' } })).rejects.toMatchObject({ code: 'E_CONFIG' });
     if (!dev.features.has('subgroups') || !dev.features.has('shader-f16')) return;
+    await expect(DeviceKvCache.create(dev, shape, spec, { capacity: 64, tuning: { matrix: 'emulate', workgroup: 128, small: { workgroup: 32, slot: 4 } } })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/own geometry.*workgroup, small/) });
     const cpu9 = createKvCache('xquant-1.38', { layers: 2, kvHeads: 1, headDim: 64 }, { residualLength: 32 }) as unknown as { config: DeviceQuantizedConfig; dispose(): void };
     // (rejected after the layers' buffers were made: none is left allocated)
     const { live, restore } = trackBuffers(dev);

@@ -158,8 +158,8 @@ export interface DeviceAttentionTuning {
    * groups dividing 256 and value groups of 16 or more; other layers (fp16 rows) keep the float kernel in 256-token
    * chunks, and a full cache ignores the option. Needs a device with `chromium-experimental-subgroup-matrix` (Dawn lists it only with its
    * `allow_unsafe_apis` toggle), `shader-f16`, `subgroups` with 32-wide subgroups, and an adapter offering f16 × f16 → f32
-   * matrices of 16 × 8 × 16; `XqBackendError` otherwise. Not with the int8 or f16 value paths, nor the small / medium
-   * geometries. `'emulate'` (tests only): the same kernel with the matrix products written as loops over the same
+   * matrices of 16 × 8 × 16; `XqBackendError` otherwise. Not with the int8 or f16 value paths; the kernel has its own geometry,
+   * so a `workgroup`, `slot`, `small` or `medium` given beside it is an `XqConfigError`. `'emulate'` (tests only): the same kernel with the matrix products written as loops over the same
    * tiles, for adapters without matrix units (slow). Default `false`.
    */
   matrix?: boolean | 'emulate';
@@ -461,6 +461,7 @@ export class DeviceKvCache {
       spec.kind === 'full'
         ? { workgroup: rep > 1 ? (wideFp16 ? 256 : 128) : 64, slot: rep > 1 ? 4 : 16, unroll: 8, valueUnroll: 8, valueSlot: 8, prefetch: true }
         : { workgroup: rep > 1 ? 256 : 128, slot: int8Candidate ? 16 : 8, unroll: 8, valueUnroll: 8, valueSlot: 16, prefetch: true };
+    const asked = tuning;
     tuning = { ...best, ...tuning };
     const matrix = tuning.matrix ?? false;
     if (matrix !== false && matrix !== true && matrix !== 'emulate') throw new XqConfigError('E_CONFIG', `matrix must be true, false or 'emulate'; got ${String(matrix)}`);
@@ -471,6 +472,9 @@ export class DeviceKvCache {
       if (!device.features.has('shader-f16')) throw new XqBackendError('E_BACKEND_UNAVAILABLE', "matrix needs a device opened with the 'shader-f16' feature");
       matrixSg = requireFixedSubgroupSize(device);
       if (matrix === true) requireMatrixUnits(device, 'matrix');
+      // the matrix kernel has one geometry: a geometry asked for beside it would be silently replaced
+      const geometry = (['workgroup', 'slot', 'small', 'medium'] as const).filter((k) => asked[k] !== undefined && asked[k] !== null);
+      if (geometry.length > 0) throw new XqConfigError('E_CONFIG', `matrix: the matrix kernel has its own geometry (256-token chunks); leave ${geometry.join(', ')} unset`);
       // the float kernel of any layer left to it (fp16 rows) runs in the same 256-token chunks; one geometry throughout
       tuning = { ...tuning, workgroup: 64, slot: MATRIX_CHUNK / 64, small: null, medium: null, keyDot: 'f32' };
     }
