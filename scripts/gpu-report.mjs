@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Turns one GPU run (the raw JSON that packages/models/bench/gpu-decode.bench.mjs and docs/gpu/torch_peer.py wrote)
-// into docs/gpu/h200-summary.json (one entry per measured row, medians) and the markdown tables of docs/gpu/results.md.
+// into docs/gpu/h200-summary.json (h100-summary.json for a run on an H100; one entry per measured row, medians) and the markdown tables of docs/gpu/results.md.
 //   node scripts/gpu-report.mjs docs/gpu/h200-2026-12-02
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -38,7 +38,7 @@ const attention = shapes.map((k) => {
     T, qHeads, kvHeads, headDim,
     xquantMs: xq.ms, xquantVariant: xq.variant, xquantKeyScores: keysOf(xq), xquantBytes: xq.bytes, xquantGBps: xq.GBps,
     ...(exact && exact !== xq ? { xquantFloatKeysMs: exact.ms, xquantFloatKeysVariant: exact.variant } : {}),
-    fullFp16Ms: full.ms, fullFp16GBps: full.GBps,
+    fullFp16Ms: full?.ms ?? null, fullFp16GBps: full?.GBps ?? null,
     torchFp16Ms: torchBest(T, kvHeads, headDim),
     ...(q8 ? { xquantInt8KeysMs: q8.ms, xquantInt8KeysVariant: q8.variant } : {}),
     ...(v8 ? { xquantInt8ValuesMs: v8.ms, xquantInt8ValuesVariant: v8.variant } : {}),
@@ -53,8 +53,10 @@ const endToEnd = run.endToEnd.filter((r) => !r.error).map((r) => ({
   attentionGpuMs: r.profile?.attention ?? null, hostMsPerToken: r.hostMsPerToken ?? null,
 }));
 const summary = { device: run.device, date: run.date, readCeilingGBps: run.ceiling.GBps, torchReadCeilingGBps: torch.readCeilingGBps, attention, endToEnd };
-if (hasTorch) writeFileSync('docs/gpu/h200-summary.json', JSON.stringify(summary, null, 1) + '\n');
-else console.error(`${dir}: no torch-peer.json, so docs/gpu/h200-summary.json is left as it is`);
+// (the issue's summary is the H200's; a run on another card writes its own, e.g. docs/gpu/h100-summary.json)
+const card = /h100/i.test(JSON.stringify(run.device)) ? 'h100' : 'h200';
+if (hasTorch) writeFileSync(`docs/gpu/${card}-summary.json`, JSON.stringify(summary, null, 1) + '\n');
+else console.error(`${dir}: no torch-peer.json, so docs/gpu/${card}-summary.json is left as it is`);
 
 const f = (x, d = 3) => (x == null ? '–' : x.toFixed(d));
 const lines = [];

@@ -301,9 +301,11 @@ export function requireMatrixUnits(device: GPUDevice, what: string): void {
   if (!device.features.has(SUBGROUP_MATRIX_FEATURE as GPUFeatureName)) {
     throw new XqBackendError('E_BACKEND_UNAVAILABLE', `${what} needs a device opened with '${SUBGROUP_MATRIX_FEATURE}' (Dawn lists it with the toggle allow_unsafe_apis: requestNodeDevice({ flags: ['enable-dawn-features=allow_unsafe_apis'] }))`);
   }
-  const configs = (device.adapterInfo as unknown as { subgroupMatrixConfigs?: Iterable<{ componentType: string; resultComponentType: string; M: number; N: number; K: number }> } | undefined)?.subgroupMatrixConfigs;
-  if (configs && ![...configs].some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === 16 && c.N === 8 && c.K === 16)) {
-    throw new XqBackendError('E_BACKEND_UNAVAILABLE', `${what} needs f16 × f16 → f32 subgroup matrices of M 16, N 8, K 16; the adapter does not offer them`);
+  // (Dawn's device.adapterInfo can list no configurations where the adapter's info lists them: an H100 did, 2026-12-05;
+  // an empty list says nothing, and a configuration the adapter lacks fails the kernel's compilation instead)
+  const configs = [...((device.adapterInfo as unknown as { subgroupMatrixConfigs?: Iterable<{ componentType: string; resultComponentType: string; M: number; N: number; K: number }> } | undefined)?.subgroupMatrixConfigs ?? [])];
+  if (configs.length > 0 && !configs.some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === 16 && c.N === 8 && c.K === 16)) {
+    throw new XqBackendError('E_BACKEND_UNAVAILABLE', `${what} needs f16 × f16 → f32 subgroup matrices of M 16, N 8, K 16; the adapter offers ${configs.map((c) => `${c.componentType} → ${c.resultComponentType} ${c.M}×${c.N}×${c.K}`).join(', ')}`);
   }
   const size = requireFixedSubgroupSize(device);
   if (size !== 32) throw new XqBackendError('E_BACKEND_UNAVAILABLE', `${what} needs 32-wide subgroups; the adapter's are ${size} wide`);
