@@ -301,9 +301,10 @@ export function requireMatrixUnits(device: GPUDevice, what: string): void {
   if (!device.features.has(SUBGROUP_MATRIX_FEATURE as GPUFeatureName)) {
     throw new XqBackendError('E_BACKEND_UNAVAILABLE', `${what} needs a device opened with '${SUBGROUP_MATRIX_FEATURE}' (Dawn lists it with the toggle allow_unsafe_apis: requestNodeDevice({ flags: ['enable-dawn-features=allow_unsafe_apis'] }))`);
   }
-  // (Dawn's device.adapterInfo can list no configurations where the adapter's info lists them: an H100 did, 2026-12-05;
-  // an empty list says nothing, and a configuration the adapter lacks fails the kernel's compilation instead)
-  const configs = [...((device.adapterInfo as unknown as { subgroupMatrixConfigs?: Iterable<{ componentType: string; resultComponentType: string; M: number; N: number; K: number }> } | undefined)?.subgroupMatrixConfigs ?? [])];
+  // (on an H100, 2026-12-05, Dawn's device.adapterInfo did not list the configurations its adapter's info lists: only a
+  // readable list that lacks ours says no; otherwise a configuration the adapter lacks fails the kernel's compilation)
+  const listed = [...((device.adapterInfo as unknown as { subgroupMatrixConfigs?: Iterable<{ componentType: unknown; resultComponentType: unknown; M: unknown; N: unknown; K: unknown }> } | undefined)?.subgroupMatrixConfigs ?? [])];
+  const configs = listed.filter((c) => typeof c.componentType === 'string' && typeof c.M === 'number');
   if (configs.length > 0 && !configs.some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === 16 && c.N === 8 && c.K === 16)) {
     throw new XqBackendError('E_BACKEND_UNAVAILABLE', `${what} needs f16 × f16 → f32 subgroup matrices of M 16, N 8, K 16; the adapter offers ${configs.map((c) => `${c.componentType} → ${c.resultComponentType} ${c.M}×${c.N}×${c.K}`).join(', ')}`);
   }
