@@ -3,7 +3,7 @@
 //   node gpu-decode.bench.mjs --out DIR --models name=dir[,name=dir…] [--contexts 4096,32768,131072] [--steps 32]
 //        [--caches full,kivi-2,xquant-1.38,plan] [--plan plan.json] [--attention 32768,131072] [--variants 64x8,128x4]
 //        [--tuning 64x8] [--subgroups] [--prefetch-weights] [--attention-caches xquant,full] [--attention-flush] [--quick]
-//        [--prefill 512,2048 [--prefill-batch 32] [--prefill-attention full-precision|cache] [--prefill-matrix on|emulate]]   (prompt positions run in batches of
+//        [--prefill 512,2048 [--prefill-batch 32] [--prefill-attention full-precision|cache] [--prefill-matrix on|emulate [--prefill-matrix-min N]]]   (prompt positions run in batches of
 //        that many against one at a time, alternated; what a prompt attends over with a quantized cache)   (variants/tuning: workgroup x key slot x unroll x value unroll x heads per group x
 //        value slot x debug skip (1-4; 5 = loads without arithmetic; 6 = 4 without the merge; 7 = empty main kernel; 8 = 7 without the merge; 9 = 4 without the lane reduction) x int8 (1 key scores, 2 value mix, 3 both, 4 float key scores, 8 f16 value mix) x
 //        prefetch (1 on, 2 off) x subgroup reductions (1 on) x matrix units (1 on, 2 emulated) of the decode-attention kernel; 0 = default)
@@ -46,6 +46,8 @@ const { values: o } = parseArgs({
     'prefill-attention': { type: 'string', default: 'full-precision' },
     // the prefill batches' products on the matrix units ('on') or emulated ('emulate'; lavapipe)
     'prefill-matrix': { type: 'string', default: '' },
+    // the fewest workgroups per batch a product needs to take the matrix units (default: the decoder's, 256; 0 = all)
+    'prefill-matrix-min': { type: 'string', default: '' },
   },
 });
 process.env.XDG_RUNTIME_DIR ??= '/tmp';
@@ -292,6 +294,7 @@ async function endToEnd(name, dir, contexts, caches, steps) {
     ...(o.subgroups ? { subgroups: true } : {}),
     ...(o['prefetch-weights'] ? { prefetchWeights: true } : {}),
     ...(o['prefill-matrix'] ? { prefillMatrix: o['prefill-matrix'] === 'emulate' ? 'emulate' : true } : {}),
+    ...(o['prefill-matrix-min'] !== '' ? { prefillMatrixMinWorkgroups: Number(o['prefill-matrix-min']) } : {}),
   });
   log(`${name}: loaded in ${((performance.now() - t) / 1000).toFixed(1)} s`, JSON.stringify({ layers: config.numLayers, hidden: config.hiddenSize, heads: `${config.numHeads}/${config.numKvHeads}`, vocab: config.vocabSize }));
   const shape = { layers: config.numLayers, kvHeads: config.numKvHeads, headDim: config.headDim };

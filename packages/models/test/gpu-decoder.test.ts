@@ -189,11 +189,19 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
     expect(errors).toEqual([]);
   }, 600_000);
 
-  it("prefillMatrix 'emulate' (the prefill products on the matrix units, emulated on lavapipe): the greedy ids and, within float32 rounding, the logits of the float prefill kernels — both models, full and xquant-1.38 caches; typed errors", async () => {
+  it("prefillMatrix 'emulate' (the prefill products on the matrix units, emulated on lavapipe): the greedy ids and, within float32 rounding, the logits of the float prefill kernels — both models, full and xquant-1.38 caches; only products with enough workgroups per batch (prefillMatrixMinWorkgroups) on them; typed errors", async () => {
     const ids = (JSON.parse(readFileSync(`${SHARED}/eval/prose_512.jsonl`, 'utf8').split('\n')[0]!) as { input_ids: number[] }).input_ids.slice(0, 75);
     await expect(loadGpuDecoder(`${SHARED}/models/xq-llama-20m`, gpu!.device, { cache: { kind: 'full' }, capacity: 64, prefillMatrix: 'yes' as never })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/prefillMatrix/) });
     if (!gpu!.device.features.has('chromium-experimental-subgroup-matrix' as GPUFeatureName)) {
       await expect(loadGpuDecoder(`${SHARED}/models/xq-llama-20m`, gpu!.device, { cache: { kind: 'full' }, capacity: 64, prefillMatrix: true })).rejects.toMatchObject({ code: 'E_BACKEND_UNAVAILABLE', message: expect.stringMatching(/allow_unsafe_apis/) });
+    }
+    await expect(loadGpuDecoder(`${SHARED}/models/xq-llama-20m`, gpu!.device, { cache: { kind: 'full' }, capacity: 64, prefillMatrix: 'emulate', prefillMatrixMinWorkgroups: -1 })).rejects.toMatchObject({ code: 'E_CONFIG', message: expect.stringMatching(/prefillMatrixMinWorkgroups/) });
+    // the workgroup threshold: xq-llama-20m's products have 10 (q/k/v), 6 (o), 32 (gate/up) and 6 (down) workgroups per
+    // batch of 32, so the default (256) leaves all 8 layers' products on the float kernel and 32 moves gate/up alone
+    for (const [min, products] of [[undefined, 0], [32, 8], [33, 0], [6, 32]] as const) {
+      const { decoder } = await loadGpuDecoder(`${SHARED}/models/xq-llama-20m`, gpu!.device, { cache: { kind: 'full' }, capacity: 64, prefillMatrix: 'emulate', ...(min === undefined ? {} : { prefillMatrixMinWorkgroups: min }) });
+      expect(decoder.prefillMatrixProducts, `threshold ${String(min)}`).toBe(products);
+      decoder.dispose();
     }
     for (const name of MODELS) {
       const { model } = await loadModel(`${SHARED}/models/${name}`);
@@ -202,7 +210,8 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
       for (const spec of (name === 'xq-llama-20m' ? [{ kind: 'full' }, { kind: 'quantized', config: xq }] : [{ kind: 'full' }]) as DeviceCacheSpec[]) {
         const runs: { tokens: number[]; logits: Float32Array; products: number }[] = [];
         for (const prefillMatrix of [false, 'emulate'] as const) {
-          const { decoder } = await loadGpuDecoder(`${SHARED}/models/${name}`, gpu!.device, { cache: spec, capacity: 128, prefillMatrix });
+          // (every product on the matrix units, however few its workgroups)
+          const { decoder } = await loadGpuDecoder(`${SHARED}/models/${name}`, gpu!.device, { cache: spec, capacity: 128, prefillMatrix, prefillMatrixMinWorkgroups: 0 });
           try {
             const first = await decoder.generate({ prompt: ids, maxNewTokens: 1, stopTokens: [] });
             const logits = await decoder.readLogits();

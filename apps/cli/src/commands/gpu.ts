@@ -31,9 +31,11 @@ options:
   --matrix                run the attention of quantized layers on the GPU's matrix units (tensor cores) through
                           Chromium's experimental subgroup matrices: needs a GPU with subgroup matrices, shader-f16
                           and 32-wide subgroups, and Dawn's unsafe APIs, e.g. --dawn-flags
-                          enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia
-  --prefill-matrix        run the prefill batches' matrix products on the matrix units (each input split into two
-                          f16 parts; needs what --matrix needs; not yet timed on a GPU, off by default)
+                          enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia (measured 8-22x slower
+                          than the default kernel on an H100: an experiment, off by default)
+  --prefill-matrix        run the prefill batches' larger matrix products (256 or more workgroups per batch, e.g.
+                          gate/up) on the matrix units (each input split into two f16 parts; needs what --matrix
+                          needs; gate/up 1.8x faster on an H100, off by default)
   --prefill-batch N       prompt positions per command buffer (1-256, default 32): each layer's matrix-vector
                           products run once over the batch, attention over fp16 rows as one causal dispatch, packed
                           layers position by position; 1 = one at a time

@@ -23,6 +23,8 @@ const COPY_DST = 0x08;
 const UNIFORM = 0x40;
 const MAP_READ = 0x01;
 
+/** Default of {@link GpuDecoderOptions.prefillMatrixMinWorkgroups} (measured on an H100: see there). */
+export const PREFILL_MATRIX_MIN_WORKGROUPS = 256;
 /** Options of {@link GpuDecoder.create}. */
 export interface GpuDecoderOptions {
   /** The KV cache: `{ kind: 'full' }` (fp16 rows) or `{ kind: 'quantized', config }` with a resolved `@xquant/tfjs` config. */
@@ -61,10 +63,20 @@ export interface GpuDecoderOptions {
    * into two f16 parts so the products keep about 22 bits of it. Products whose shapes do not fit (input features not a
    * multiple of 32, weight rows not of 16) keep the float kernel; `prefillMatrixProducts` counts those that run on the
    * matrix units. It needs what `DeviceAttentionTuning.matrix` needs (a typed error otherwise). `'emulate'`: the same
-   * kernel with the products as loops (tests on adapters without matrix units; needs `shader-f16`). Default `false`:
-   * correct on lavapipe (emulated), not yet timed on a GPU.
+   * kernel with the products as loops (tests on adapters without matrix units; needs `shader-f16`). Only products
+   * with at least `prefillMatrixMinWorkgroups` workgroups per batch take the matrix units. Default `false`: on an H100
+   * (docs/gpu/README.md, 2026-12-05d) a 4096-token prompt of the Llama-3.2-1B shape took 2216 ms with every product on
+   * the matrix units against 1449 ms with none.
    */
   prefillMatrix?: boolean | 'emulate';
+  /**
+   * With `prefillMatrix`: the fewest workgroups a product's dispatch over one batch must have to run on the matrix units
+   * (64 weight rows × 32 positions per workgroup); smaller products keep the float kernel. Default 256: on an H100 the
+   * gate/up product of the Llama-3.2-1B shape (256 workgroups per batch of 32) took 362 ms of GPU time on the matrix
+   * units against 643 ms on the float kernel over a 4096-token prompt, while q/k/v, o and down (48, 32 and 32
+   * workgroups, too few to fill the GPU's 132 multiprocessors) took 1.6–3.3× longer. A non-negative integer.
+   */
+  prefillMatrixMinWorkgroups?: number;
   /**
    * What prompt positions attend over when a prompt of two or more tokens starts an empty decoder whose cache is
    * quantized (a one-token prompt attends over itself alone, from the cache's float32 ring).
@@ -312,6 +324,8 @@ export class GpuDecoder {
     }
     const pm = options.prefillMatrix ?? false;
     if (pm !== true && pm !== false && pm !== 'emulate') throw new XqConfigError('E_CONFIG', `prefillMatrix must be true, false or 'emulate'; got ${String(options.prefillMatrix)}`);
+    const mw = options.prefillMatrixMinWorkgroups ?? PREFILL_MATRIX_MIN_WORKGROUPS;
+    if (!Number.isInteger(mw) || mw < 0) throw new XqConfigError('E_CONFIG', `prefillMatrixMinWorkgroups must be a non-negative integer; got ${String(options.prefillMatrixMinWorkgroups)}`);
     if (!Number.isInteger(inFlight) || inFlight < 1 || inFlight > 8) throw new XqConfigError('E_CONFIG', `inFlight must be an integer in [1, 8]; got ${String(inFlight)}`);
     const pa = options.prefillAttention ?? 'full-precision';
     if (pa !== 'cache' && pa !== 'full-precision') throw new XqConfigError('E_CONFIG', `prefillAttention must be 'cache' or 'full-precision'; got ${String(options.prefillAttention)}`);
@@ -335,6 +349,7 @@ export class GpuDecoder {
     const prefillMatrix = options.prefillMatrix ?? false;
     if (prefillMatrix === true) requireMatrixUnits(dev, 'prefillMatrix');
     if (prefillMatrix === 'emulate' && !dev.features.has('shader-f16')) throw new XqBackendError('E_BACKEND_UNAVAILABLE', "prefillMatrix 'emulate' needs a device opened with the 'shader-f16' feature");
+    const minWorkgroups = options.prefillMatrixMinWorkgroups ?? PREFILL_MATRIX_MIN_WORKGROUPS;
     const H = c.hiddenSize;
     const D = c.headDim;
     const qd = c.numHeads * D;
@@ -401,7 +416,7 @@ export class GpuDecoder {
     // the same product over the rows of a prefill batch
     // (on the matrix units with prefillMatrix, where the shape fits)
     const matvecRows = async (spec: MatvecSpec, W: GPUBuffer, x: GPUBuffer, y: GPUBuffer, g: GPUBuffer | null, bias: GPUBuffer | null, label: string): Promise<Matvec> => {
-      const onMatrix = prefillMatrix !== false && matmulUnsupported(spec) === null;
+      const onMatrix = prefillMatrix !== false && matmulUnsupported(spec) === null && matmulWorkgroups(spec) * Math.ceil(B / MATMUL_TOKENS) >= minWorkgroups;
       const pipe = await k.pipeline(onMatrix ? matmulRowsSource(spec, prefillMatrix === 'emulate') : matvecRowsSource(spec), MVB, `${label} (prefill${onMatrix ? ', matrix units' : ''})`);
       const bg = dev.createBindGroup({
         layout: k.layout(MVB),

@@ -10,5 +10,5 @@ import { nodePlatform } from '../node/fs.js';
 // this entry reads model files by path (Node), like the package's main entry
 setPlatform(nodePlatform);
 
-export { GpuDecoder, type ProfileKind, type GpuDecoderOptions, type GpuGenerateOptions, type GpuGenerateResult, type GpuDecoderMemory } from './engine.js';
+export { GpuDecoder, PREFILL_MATRIX_MIN_WORKGROUPS, type ProfileKind, type GpuDecoderOptions, type GpuGenerateOptions, type GpuGenerateResult, type GpuDecoderMemory } from './engine.js';
 export { loadGpuDecoder, type LoadedGpuDecoder } from '../node/gpu-load.js';

@@ -153,8 +153,9 @@ export interface DeviceAttentionTuning {
    * and the value mix (codes × the softmax weights times each token's value scales) run as 16 × 8 × 16 f16 matrix
    * products with f32 results; zero-points, residual rings and the softmax stay float32. Operands in f16 carry its
    * rounding (relative 2^-11 per query × scale and per weight × scale; attention outputs compared with the float32
-   * path by `gpu-decode.bench.mjs`), and a query × key scale beyond f16's range (65504) overflows. Not yet timed on a
-   * GPU (docs/gpu/README.md). Serves 1 to 8 query heads per KV head, head dims that are multiples of 16, key
+   * path by `gpu-decode.bench.mjs`), and a query × key scale beyond f16's range (65504) overflows. An experiment: on an
+   * H100 (docs/gpu/README.md, 2026-12-05d) it was 7.7–9× slower than the default kernel with GQA (0.903 against 0.117
+   * ms at 128K tokens, 32/8 heads, head dim 64) and 20–22× slower without. Serves 1 to 8 query heads per KV head, head dims that are multiples of 16, key
    * groups dividing 256 and value groups of 16 or more; other layers (fp16 rows) keep the float kernel in 256-token
    * chunks, and a full cache ignores the option. Needs a device with `chromium-experimental-subgroup-matrix` (Dawn lists it only with its
    * `allow_unsafe_apis` toggle), `shader-f16`, `subgroups` with 32-wide subgroups, and an adapter offering f16 × f16 → f32
