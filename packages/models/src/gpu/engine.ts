@@ -66,7 +66,7 @@ export interface GpuDecoderOptions {
    * kernel with the products as loops (tests on adapters without matrix units; needs `shader-f16`). Only products
    * with at least `prefillMatrixMinWorkgroups` workgroups per batch take the matrix units. Default `false`: on an H100
    * (docs/gpu/README.md, 2026-12-05d) a 4096-token prompt of the Llama-3.2-1B shape took 2216 ms with every product on
-   * the matrix units against 1449 ms with none.
+   * the matrix units against 1449 ms with none (two calls on the same kind of machine).
    */
   prefillMatrix?: boolean | 'emulate';
   /**

@@ -147,21 +147,22 @@ export interface DeviceAttentionTuning {
    */
   subgroups?: boolean;
   /**
-   * Run the decode attention of every layer whose keys and values are both packed codes on the GPU's matrix units
-   * (tensor cores) through Chromium's experimental subgroup matrices: per chunk of 256 tokens and KV head, the codes are
-   * decoded once into f16 tiles in workgroup memory, and the scores (codes × the query times each key group's scales)
-   * and the value mix (codes × the softmax weights times each token's value scales) run as 16 × 8 × 16 f16 matrix
-   * products with f32 results; zero-points, residual rings and the softmax stay float32. Operands in f16 carry its
-   * rounding (relative 2^-11 per query × scale and per weight × scale; attention outputs compared with the float32
-   * path by `gpu-decode.bench.mjs`), and a query × key scale beyond f16's range (65504) overflows. An experiment: on an
-   * H100 (docs/gpu/README.md, 2026-12-05d) it was 7.7–9× slower than the default kernel with GQA (0.903 against 0.117
-   * ms at 128K tokens, 32/8 heads, head dim 64) and 20–22× slower without. Serves 1 to 8 query heads per KV head, head dims that are multiples of 16, key
-   * groups dividing 256 and value groups of 16 or more; other layers (fp16 rows) keep the float kernel in 256-token
-   * chunks, and a full cache ignores the option. Needs a device with `chromium-experimental-subgroup-matrix` (Dawn lists it only with its
-   * `allow_unsafe_apis` toggle), `shader-f16`, `subgroups` with 32-wide subgroups, and an adapter offering f16 × f16 → f32
-   * matrices of 16 × 8 × 16; `XqBackendError` otherwise. Not with the int8 or f16 value paths; the kernel has its own geometry,
-   * so a `workgroup`, `slot`, `small` or `medium` given beside it is an `XqConfigError`. `'emulate'` (tests only): the same kernel with the matrix products written as loops over the same
-   * tiles, for adapters without matrix units (slow). Default `false`.
+   * Run the decode attention of every layer whose keys and values are both packed codes on the GPU's matrix units (tensor
+   * cores) through Chromium's experimental subgroup matrices: per chunk of 256 tokens and KV head, the codes are decoded
+   * once into f16 tiles in workgroup memory, and the scores (codes × the query times each key group's scales) and the
+   * value mix (codes × the softmax weights times each token's value scales) run as 16 × 8 × 16 f16 matrix products with
+   * f32 results; zero-points, residual rings and the softmax stay float32. Operands in f16 carry its rounding (relative
+   * 2^-11 per query × scale and per weight × scale; attention outputs compared with the float32 path by
+   * `gpu-decode.bench.mjs`), and a query × key scale beyond f16's range (65504) overflows. An experiment: on an H100
+   * (docs/gpu/README.md, 2026-12-05d) it was 7.7–9× slower than the default kernel with GQA (0.903 against 0.117 ms at
+   * 128K tokens, 32/8 heads, head dim 64) and 20–22× slower without. Serves 1 to 8 query heads per KV head, head dims
+   * that are multiples of 16, key groups dividing 256 and value groups of 16 or more; other layers (fp16 rows) keep the
+   * float kernel in 256-token chunks, and a full cache ignores the option. Needs a device with
+   * `chromium-experimental-subgroup-matrix` (Dawn lists it only with its `allow_unsafe_apis` toggle), `shader-f16`,
+   * `subgroups` with 32-wide subgroups, and an adapter offering f16 × f16 → f32 matrices of 16 × 8 × 16; `XqBackendError`
+   * otherwise. Not with the int8 or f16 value paths; the kernel has its own geometry, so a `workgroup`, `slot`, `small`
+   * or `medium` given beside it is an `XqConfigError`. `'emulate'` (tests only): the same kernel with the matrix products
+   * written as loops over the same tiles, for adapters without matrix units (slow). Default `false`.
    */
   matrix?: boolean | 'emulate';
   /**
