@@ -334,7 +334,7 @@ export class GpuDecoder {
     const d = new GpuDecoder(device, config, cap, inFlight, batch);
     d.prefillAttention = pa;
     try {
-      await d.build(weights, options);
+      await d.build(weights, { ...options, prefillMatrix: pm, prefillMatrixMinWorkgroups: mw });
     } catch (e) {
       d.dispose();
       throw e;
@@ -346,10 +346,11 @@ export class GpuDecoder {
     const c = this.config;
     const dev = this.device;
     this.subgroupSize = options.subgroups === true ? requireFixedSubgroupSize(dev) : undefined;
-    const prefillMatrix = options.prefillMatrix ?? false;
+    // (create resolved both defaults)
+    const prefillMatrix = options.prefillMatrix!;
+    const minWorkgroups = options.prefillMatrixMinWorkgroups!;
     if (prefillMatrix === true) requireMatrixUnits(dev, 'prefillMatrix');
     if (prefillMatrix === 'emulate' && !dev.features.has('shader-f16')) throw new XqBackendError('E_BACKEND_UNAVAILABLE', "prefillMatrix 'emulate' needs a device opened with the 'shader-f16' feature");
-    const minWorkgroups = options.prefillMatrixMinWorkgroups ?? PREFILL_MATRIX_MIN_WORKGROUPS;
     const H = c.hiddenSize;
     const D = c.headDim;
     const qd = c.numHeads * D;
@@ -598,6 +599,30 @@ export class GpuDecoder {
     if (this.disposed) throw new XqStateError('E_STATE', 'the GPU decoder was disposed');
   }
 
+  /** A prompt of `what` (generate, profilePrefill): at least one token, every id inside the vocabulary. */
+  private checkPrompt(what: string, prompt: readonly number[]): void {
+    const V = this.config.vocabSize;
+    if (prompt.length === 0) throw new XqShapeError(`${what}: the prompt must hold at least one token`);
+    prompt.forEach((id, i) => {
+      if (!Number.isInteger(id) || id < 0 || id >= V) throw new XqConfigError('E_CONFIG', `${what}: token id ${id} at index ${i} is outside the vocabulary [0, ${V})`);
+    });
+  }
+
+  /** A call's `prefillBatch` (default the decoder's), checked against the decoder's. */
+  private prefillBatchOf(value: number | undefined): number {
+    const batch = value ?? this.batchRows;
+    if (!Number.isInteger(batch) || batch < 1 || batch > this.batchRows) throw new XqConfigError('E_CONFIG', `prefillBatch must be an integer in [1, ${this.batchRows}] (the decoder's); got ${String(value)}`);
+    return batch;
+  }
+
+  /**
+   * Whether a prompt of `length` tokens takes the full-precision prefill: it starts an empty decoder whose cache is
+   * quantized (a one-token prompt attends over itself alone: the cache's float32 ring serves it without a prompt cache).
+   */
+  private fullPrecisionPrefill(length: number): boolean {
+    return this.prefillAttention === 'full-precision' && this.pos === 0 && length > 1 && this.cache.spec.kind === 'quantized';
+  }
+
   private writeStep(temperature: number, seed: number, rows = 1): void {
     const u = new Uint32Array(this.stepData);
     const f = new Float32Array(this.stepData);
@@ -789,17 +814,12 @@ export class GpuDecoder {
   async profilePrefill(prompt: readonly number[], opts: { prefillBatch?: number } = {}): Promise<Partial<Record<ProfileKind, number>> & { total: number }> {
     this.checkAlive();
     if (!this.device.features.has('timestamp-query')) throw new XqBackendError('E_BACKEND_UNAVAILABLE', 'profilePrefill() needs a device with timestamp-query');
-    const V = this.config.vocabSize;
-    if (prompt.length === 0) throw new XqShapeError('profilePrefill: the prompt must hold at least one token');
-    prompt.forEach((id, i) => {
-      if (!Number.isInteger(id) || id < 0 || id >= V) throw new XqConfigError('E_CONFIG', `profilePrefill: token id ${id} at index ${i} is outside the vocabulary [0, ${V})`);
-    });
+    this.checkPrompt('profilePrefill', prompt);
     if (this.pos + prompt.length > this.capacity) throw new XqShapeError(`profilePrefill: ${this.pos} held + ${prompt.length} prompt positions exceed the capacity ${this.capacity}`);
-    const batch = opts.prefillBatch ?? this.batchRows;
-    if (!Number.isInteger(batch) || batch < 1 || batch > this.batchRows) throw new XqConfigError('E_CONFIG', `prefillBatch must be an integer in [1, ${this.batchRows}] (the decoder's); got ${String(opts.prefillBatch)}`);
+    const batch = this.prefillBatchOf(opts.prefillBatch);
     if (!this.embedRows) throw new XqStateError('E_STATE', "profilePrefill needs the batch kernels (prefillBatch > 1 or prefillAttention 'full-precision')");
     this.device.queue.writeBuffer(this.tokens, 4 * this.pos, new Uint32Array(prompt));
-    const fullPrecision = this.prefillAttention === 'full-precision' && this.pos === 0 && prompt.length > 1 && this.cache.spec.kind === 'quantized';
+    const fullPrecision = this.fullPrecisionPrefill(prompt.length);
     if (fullPrecision) await this.promptCacheFor(prompt.length);
     const out: Partial<Record<ProfileKind, number>> & { total: number } = { total: 0 };
     for (let done = 0; done < prompt.length; ) {
@@ -823,11 +843,7 @@ export class GpuDecoder {
   async generate(opts: GpuGenerateOptions): Promise<GpuGenerateResult> {
     this.checkAlive();
     const { prompt, maxNewTokens } = opts;
-    const V = this.config.vocabSize;
-    if (prompt.length === 0) throw new XqShapeError('generate: the prompt must hold at least one token');
-    prompt.forEach((id, i) => {
-      if (!Number.isInteger(id) || id < 0 || id >= V) throw new XqConfigError('E_CONFIG', `generate: token id ${id} at index ${i} is outside the vocabulary [0, ${V})`);
-    });
+    this.checkPrompt('generate', prompt);
     if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1) throw new XqConfigError('E_CONFIG', `maxNewTokens must be a positive integer; got ${String(maxNewTokens)}`);
     const temperature = opts.temperature ?? 0;
     if (!Number.isFinite(temperature) || temperature < 0 || (temperature > 0 && temperature < 1e-6)) {
@@ -836,16 +852,13 @@ export class GpuDecoder {
     if (this.pos + prompt.length + maxNewTokens > this.capacity) {
       throw new XqShapeError(`generate: ${this.pos} held + ${prompt.length} prompt + ${maxNewTokens} new positions exceed the capacity ${this.capacity}`);
     }
-    const batch = opts.prefillBatch ?? this.batchRows;
-    if (!Number.isInteger(batch) || batch < 1 || batch > this.batchRows) throw new XqConfigError('E_CONFIG', `prefillBatch must be an integer in [1, ${this.batchRows}] (the decoder's); got ${String(opts.prefillBatch)}`);
+    const batch = this.prefillBatchOf(opts.prefillBatch);
     const stops = new Set(opts.stopTokens ?? this.config.eosTokenIds);
     const seed = opts.seed ?? 0;
     this.device.queue.writeBuffer(this.tokens, 4 * this.pos, new Uint32Array(prompt));
     const t0 = performance.now();
-    // full-precision prefill: a prompt that starts an empty decoder with a quantized cache (the last prompt position
-    // too: the first new token is sampled from it, in the loop below)
-    // (a one-token prompt attends over itself alone: the cache's float32 ring serves it without a prompt cache)
-    const fullPrecision = this.prefillAttention === 'full-precision' && this.pos === 0 && prompt.length > 1 && this.cache.spec.kind === 'quantized';
+    // (full-precision: the last prompt position too; the first new token is sampled from it, in the loop below)
+    const fullPrecision = this.fullPrecisionPrefill(prompt.length);
     if (fullPrecision) await this.promptCacheFor(prompt.length);
     this.submitPrefill(prompt.length - 1, batch, fullPrecision);
     await this.device.queue.onSubmittedWorkDone();
