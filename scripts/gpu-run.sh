@@ -6,7 +6,8 @@
 # CEIL_ARGS: extra arguments of the WGSL ceilings benchmark (e.g. --dawn-flags …); LOADS_ARGS: of the load-pattern one.
 # SKIP_LOADS=1 leaves out the load-pattern benchmark (the packed loops' loads alone, layouts before/now; ~10 s).
 # PREFILL_PEER=1 also times a plain-PyTorch fp16 prefill of the Llama-3.2-1B shape (docs/gpu/torch_prefill.py).
-# SKIP_SGM=1 leaves out the subgroup-matrix probe (run last, 120 s at most: it needs Dawn's unsafe APIs).
+# SKIP_SGM=1 leaves out the subgroup-matrix probe (run last, 120 s at most: it needs Dawn's unsafe APIs). SGM_FLAGS:
+# '|'-separated --dawn-flags values, one probe each ($OUT/sgm-N; e.g. with and without disable_robustness).
 # EXTRA_RUNS: '|'-separated argument lists of more decode-benchmark processes after the main one ($OUT/extra-N).
 # PACK=1: the results are written to a work folder and packed into $OUT/results.tgz at the end (the device tool returns
 # at most 8 files a call; with PACK=1 one file holds them all).
@@ -79,7 +80,18 @@ if [ "${SKIP_CEILINGS:-0}" != 1 ]; then
   tail -16 "$OUT/ceilings.log"
 fi
 if [ "${SKIP_SGM:-0}" != 1 ]; then
-  (cd "$W" && timeout 120 ./node sgm.mjs --out "$OUT") 2>&1 | grep -v 'Warning: max' > "$OUT/subgroup-matrix.log"
-  tail -8 "$OUT/subgroup-matrix.log"
+  if [ -n "${SGM_FLAGS:-}" ]; then
+    IFS='|' read -ra SF <<< "$SGM_FLAGS"
+    i=0
+    for fl in "${SF[@]}"; do
+      i=$((i + 1))
+      mkdir -p "$OUT/sgm-$i"
+      (cd "$W" && timeout 120 ./node sgm.mjs --out "$OUT/sgm-$i" --dawn-flags "$fl") 2>&1 | grep -v 'Warning: max' > "$OUT/sgm-$i/subgroup-matrix.log"
+      echo "sgm-$i: $fl"; tail -6 "$OUT/sgm-$i/subgroup-matrix.log"
+    done
+  else
+    (cd "$W" && timeout 120 ./node sgm.mjs --out "$OUT") 2>&1 | grep -v 'Warning: max' > "$OUT/subgroup-matrix.log"
+    tail -8 "$OUT/subgroup-matrix.log"
+  fi
 fi
 if [ -n "${PACKED:-}" ]; then tar -czf "$PACKED/results.tgz" -C "$OUT" . && echo "packed $(find "$OUT" -type f | wc -l) files into results.tgz"; fi

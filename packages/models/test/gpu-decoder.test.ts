@@ -1,4 +1,6 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKvCache, selectBackend } from '@xquant/tfjs';
 import type { DeviceAttentionTuning, DeviceCacheSpec } from '@xquant/webgpu';
@@ -6,6 +8,7 @@ import { accountBits } from '@xquant/cross-layer';
 import { SafetensorsFile, loadModel } from '../src/index.js';
 import { loadGpuDecoder } from '../src/gpu/index.js';
 import { openGpu } from './support/gpu.js';
+import { tinySpec, tinyWeights, writeHfDir } from './support/tiny.js';
 
 
 const SHARED = '../shared';
@@ -437,5 +440,49 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
       cpu.dispose();
       model.dispose();
     }
+  }, 600_000);
+});
+
+// A model whose down product (8192 input features: 32 column blocks a row) takes splitK 4, on random weights: the split
+// and unsplit decoders give the same logits up to float sums and the same greedy ids.
+describe.skipIf(!gpu)(`GPU decoder: splitMatvecs — ${reason}`, () => {
+  it('a tiny Llama with 8192 intermediate features: down split 4 ways (matvecSplits), logits within 1e-5 of the unsplit decoder at every one of 12 positions, the same greedy ids; typed error for a non-boolean', async () => {
+    const spec = { ...tinySpec('llama'), hidden: 64, headDim: 16, intermediate: 8192 };
+    const dir = mkdtempSync(join(tmpdir(), 'xq-split-'));
+    writeHfDir(dir, spec, tinyWeights(spec, 5), 'F16');
+    await expect(loadGpuDecoder(dir, gpu!.device, { cache: { kind: 'full' }, capacity: 64, splitMatvecs: 'yes' as never })).rejects.toMatchObject({ code: 'E_CONFIG' });
+    const run = async (splitMatvecs: boolean) => {
+      const { decoder } = await loadGpuDecoder(dir, gpu!.device, { cache: { kind: 'full' }, capacity: 64, splitMatvecs });
+      try {
+        const splits = decoder.matvecSplits;
+        const logits: Float32Array[] = [];
+        const ids: number[] = [];
+        let next = [0, 5, 9, 13];
+        for (let i = 0; i < 12; i++) {
+          const out = await decoder.generate({ prompt: next, maxNewTokens: 1, stopTokens: [] });
+          logits.push(await decoder.readLogits());
+          ids.push(...out.tokens);
+          next = out.tokens;
+        }
+        return { splits, logits, ids };
+      } finally {
+        decoder.dispose();
+      }
+    };
+    const split = await run(true);
+    const plain = await run(false);
+    expect(split.splits).toEqual({ qkv: 1, o: 1, gateUp: 1, down: 4, lmHead: 1 });
+    expect(plain.splits).toEqual({ qkv: 1, o: 1, gateUp: 1, down: 1, lmHead: 1 });
+    for (let i = 0; i < plain.logits.length; i++) {
+      let max = 0;
+      let mag = 0;
+      for (let j = 0; j < plain.logits[i]!.length; j++) {
+        max = Math.max(max, Math.abs(split.logits[i]![j]! - plain.logits[i]![j]!));
+        mag = Math.max(mag, Math.abs(plain.logits[i]![j]!));
+      }
+      expect(max / mag, `position ${i}`).toBeLessThan(1e-5);
+    }
+    expect(split.ids).toEqual(plain.ids);
+    expect(errors).toEqual([]);
   }, 600_000);
 });

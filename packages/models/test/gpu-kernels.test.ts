@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { matmulRowsSource, matvecSource, type MatvecSpec } from '../src/gpu/kernels.js';
+import { matmulRowsSource, matvecRowsPerWorkgroup, matvecSource, matvecSplit, type MatvecSpec } from '../src/gpu/kernels.js';
 
 // The subgroup reductions' numbers are checked on lavapipe against the float64 reference (gpu-decoder.test.ts); here,
 // without a GPU, what they change in the matrix-vector kernel's structure.
@@ -43,6 +43,34 @@ describe('matrix-vector kernel with subgroup reductions', () => {
     expect(count(sg, 'subgroupShuffleXor(')).toBe(3 * 4);
     expect(sg).toContain('for (var i = 0u; i < 4u; i = i + 1u)');
     expect(() => matvecSource({ ...spec, subgroupSize: 24 })).toThrow(/power of two/);
+  });
+});
+
+// Which decode products split their rows over several thread groups (numbers: gpu-matvec.test.ts on lavapipe).
+describe('matrix-vector kernel: splitK', () => {
+  const shape = (inFeatures: number, rows: number, rowsPerGroup: number, epilogue: MatvecSpec['epilogue']): MatvecSpec => ({ inFeatures, rows, rowsPerGroup, bias: false, epilogue });
+  test('Llama-3.2-1B shapes: gate/up and down split 4 ways (8 weight loads a thread instead of 32); q/k/v and o (8 already) and the 4008-workgroup output head not', () => {
+    const qkv = shape(2048, 3072, 1, 'store');
+    const o = shape(2048, 2048, 1, 'residual');
+    const gateUp = shape(2048, 8192, 2, 'swiglu');
+    const down = shape(8192, 2048, 1, 'residual');
+    const head = shape(2048, 128256, 4, 'store');
+    expect([qkv, o, gateUp, down, head].map(matvecSplit)).toEqual([1, 1, 4, 4, 1]);
+    // rows per workgroup: 8 groups ÷ splitK × rows per group
+    expect(matvecRowsPerWorkgroup({ ...gateUp, splitK: 4 })).toBe(4);
+    expect(matvecRowsPerWorkgroup({ ...down, splitK: 4 })).toBe(2);
+    expect(matvecRowsPerWorkgroup(down)).toBe(8);
+    // a 64K-feature row: 256 blocks, 8 ways at most
+    expect(matvecSplit(shape(65536, 64, 1, 'store'))).toBe(8);
+  });
+  test('the split kernel reads column block (kb + u) · splitK + slice, masks the blocks past the row, and sums splitK · P partials per row', () => {
+    const src = matvecSource({ ...shape(8192, 2048, 1, 'residual'), splitK: 4 });
+    expect(src).toContain('let slice = grp % 4u;');
+    expect(src).toContain('let r0 = (wid * 2u + grp / 4u) * 1u;');
+    expect(src).toContain('min(lane + ((kb + 0u) * 4u + slice) * 32u, 1023u)');
+    expect(src).toContain('for (var kb = 0u; kb < 8u; kb = kb + 8u)');
+    expect(src).toContain('for (var i = 0u; i < 128u; i = i + 1u) { v = v + red[((gr * 4u + i / 32u) * 1u + rr) * 32u + i % 32u]; }');
+    expect(() => matvecSource({ ...shape(2048, 64, 1, 'store'), splitK: 3 })).toThrow(/splitK must be 1, 2, 4 or 8/);
   });
 });
 

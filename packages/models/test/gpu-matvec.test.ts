@@ -139,6 +139,26 @@ describe.skipIf(!gpu)(`matrix-vector kernels on the device vs float64 — ${reas
       }
     }
   }, 600_000);
+  it(`splitK 2, 4, 8 (a row's column blocks shared by that many thread groups; block counts that do not divide, ragged rows, rows past the last workgroup's): every epilogue, norm and bias, ${variants.map((v) => v.name).join(', ')}, within float32 rounding of float64`, async () => {
+    const split: MatvecSpec[] = [
+      // 32 column blocks: 16 per group; 16 blocks: 2 per group (with the norm)
+      { inFeatures: 8192, rows: 45, rowsPerGroup: 1, bias: true, epilogue: 'residual', splitK: 2 },
+      { inFeatures: 4096, rows: 21, rowsPerGroup: 1, rmsNormEps: 1e-5, bias: false, epilogue: 'store', splitK: 8 },
+      // 8 blocks over 4 groups, two W rows each (gate, up)
+      { inFeatures: 2048, rows: 26, rowsPerGroup: 2, rmsNormEps: 1e-6, bias: true, epilogue: 'swiglu', splitK: 4 },
+      // 9 blocks (the last ragged) over 4 and 8 groups: some groups get one block fewer
+      { inFeatures: 2056, rows: 19, rowsPerGroup: 1, bias: false, epilogue: 'residual', splitK: 4 },
+      { inFeatures: 2056, rows: 11, rowsPerGroup: 4, rmsNormEps: 1e-5, bias: true, epilogue: 'store', splitK: 8 },
+      // fewer blocks (2) than groups (4): two groups of each row read nothing
+      { inFeatures: 264, rows: 17, rowsPerGroup: 1, bias: true, epilogue: 'swiglu', splitK: 4 },
+    ];
+    for (const [i, spec] of split.entries()) {
+      for (const v of variants) {
+        const err = await check({ ...spec, ...v.extra }, 71 + i);
+        expect(err, `${v.name} ${JSON.stringify(spec)}`).toBeLessThan(1e-5);
+      }
+    }
+  }, 600_000);
   it('the prefill form over the rows of a batch (8 tokens per workgroup, 4 with SwiGLU): every epilogue, with and without the norm and bias, full and partial tiles, within float32 rounding of float64; rows past the batch untouched', async () => {
     for (const [i, spec] of specs.entries()) {
       for (const batch of [1, 5, 8, 13]) {

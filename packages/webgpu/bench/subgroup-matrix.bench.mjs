@@ -3,6 +3,10 @@
 // exact product of small exact inputs, and how many products per second a kernel doing nothing else reaches (compare
 // with the float32 FMA rate of wgsl-ceilings.bench.mjs). The feature needs Dawn's `allow_unsafe_apis`; adapters
 // without it (lavapipe) report that and exit 0. Writes OUT/subgroup-matrix.json and prints a table.
+// With the operands loaded inside the loop (rows `loads_const` / `loads_dynamic`), the same multiply-accumulates take their four
+// left and right tiles from workgroup memory at constant offsets or at offsets the compiler cannot see (a uniform):
+// Tint's robustness transform guards the second kind (Dawn's `disable_robustness` toggle removes it), so the two rates
+// differ by what that guard costs.
 //   node subgroup-matrix.bench.mjs [--out DIR] [--dawn-flags 'enable-dawn-features=…']
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -122,39 +126,60 @@ async function check(c) {
   return maxErr;
 }
 
-/** Products per second of 4 independent accumulators per subgroup, operands loaded once from workgroup memory. */
-async function rate(c) {
+/**
+ * Products per second of 4 independent accumulators per subgroup. `loads`: undefined = operands loaded once from
+ * workgroup memory; 'const' / 'dynamic' = four left and four right tiles loaded every iteration (after a barrier, so no
+ * load leaves the loop) at constant offsets or at offsets from a uniform that is zero at run time.
+ */
+async function rate(c, loads) {
   const SG = 4; // subgroups per workgroup
   const groups = 132 * 16;
-  const iters = Number(o.iters);
+  const iters = loads ? Math.max(1, Math.floor(Number(o.iters) / 8)) : Number(o.iters);
+  const T = loads ? 4 : 1; // tiles of each operand in workgroup memory
+  const off = (k, size) => (loads === 'dynamic' ? `(u.x + ${k}u) * ${size}` : `${k}u * ${size}`);
   const code = [
     ...header(c),
     '@group(0) @binding(0) var<storage, read_write> r: array<RT>;',
-    'var<workgroup> ta: array<CT, M * K>;',
-    'var<workgroup> tb: array<CT, K * N>;',
+    '@group(0) @binding(1) var<uniform> u: vec4<u32>;',
+    `var<workgroup> ta: array<CT, M * K * ${T}u>;`,
+    `var<workgroup> tb: array<CT, K * N * ${T}u>;`,
     `@compute @workgroup_size(${sgMax * SG})`,
     'fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {',
-    `  for (var i = lid; i < M * K; i = i + ${sgMax * SG}u) { ta[i] = CT(f32(i % 7u) * 0.125); }`,
-    `  for (var i = lid; i < K * N; i = i + ${sgMax * SG}u) { tb[i] = CT(f32(i % 5u) * 0.0625); }`,
+    `  for (var i = lid; i < M * K * ${T}u; i = i + ${sgMax * SG}u) { ta[i] = CT(f32(i % 7u) * 0.125); }`,
+    `  for (var i = lid; i < K * N * ${T}u; i = i + ${sgMax * SG}u) { tb[i] = CT(f32(i % 5u) * 0.0625); }`,
     '  workgroupBarrier();',
-    '  let l = subgroupMatrixLoad<Left>(&ta, 0, false, K);',
-    '  let rr = subgroupMatrixLoad<Right>(&tb, 0, false, N);',
     ...[0, 1, 2, 3].map((k) => `  var a${k} = Result();`),
-    `  for (var i = 0u; i < ${iters}u; i = i + 1u) {`,
-    ...[0, 1, 2, 3].map((k) => `    a${k} = subgroupMatrixMultiplyAccumulate(l, rr, a${k});`),
-    '  }',
+    ...(loads
+      ? [
+          `  for (var i = 0u; i < ${iters}u; i = i + 1u) {`,
+          '    workgroupBarrier();',
+          ...[0, 1, 2, 3].map((k) => `    a${k} = subgroupMatrixMultiplyAccumulate(subgroupMatrixLoad<Left>(&ta, ${off(k, 'M * K')}, false, K), subgroupMatrixLoad<Right>(&tb, ${off(k, 'K * N')}, false, N), a${k});`),
+          '  }',
+        ]
+      : [
+          '  let l = subgroupMatrixLoad<Left>(&ta, 0, false, K);',
+          '  let rr = subgroupMatrixLoad<Right>(&tb, 0, false, N);',
+          `  for (var i = 0u; i < ${iters}u; i = i + 1u) {`,
+          ...[0, 1, 2, 3].map((k) => `    a${k} = subgroupMatrixMultiplyAccumulate(l, rr, a${k});`),
+          '  }',
+        ]),
     ...[0, 1, 2, 3].map((k) => `  subgroupMatrixStore(&r, (wid.x * 4u + ${k}u) * M * N, a${k}, false, N);`),
     '}',
   ].join('\n');
   const pipe = await compile(code);
   const out = device.createBuffer({ size: groups * 4 * c.M * c.N * BYTES[c.resultComponentType], usage: GPUBufferUsage.STORAGE });
-  const bg = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: out } }] });
+  const uni = device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+  device.queue.writeBuffer(uni, 0, new Uint32Array(4));
+  // 'auto' layouts drop bindings a shader does not use: bind the uniform only where it is read
+  const entries = [{ binding: 0, resource: { buffer: out } }, ...(loads === 'dynamic' ? [{ binding: 1, resource: { buffer: uni } }] : [])];
+  const bg = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries });
   const { ms } = await timePasses(device, (p) => {
     p.setPipeline(pipe);
     p.setBindGroup(0, bg);
     p.dispatchWorkgroups(groups);
   }, 8);
   out.destroy();
+  uni.destroy();
   const products = groups * SG * iters * 4 * c.M * c.N * c.K;
   return { ms, productsPerSecond: products / (ms / 1e3) };
 }
@@ -167,6 +192,10 @@ for (const c of result.configs) {
     try {
       row.maxError = await check(c);
       Object.assign(row, await rate(c));
+      for (const loads of ['const', 'dynamic']) {
+        const r = await rate(c, loads);
+        row[`loads_${loads}`] = { ms: r.ms, productsPerSecond: r.productsPerSecond };
+      }
     } catch (e) {
       row.error = String(e.message ?? e);
     }
@@ -175,9 +204,10 @@ for (const c of result.configs) {
   save();
   console.log(JSON.stringify(row));
 }
-console.log('| A, B → C | M×N×K | max error of one MMA | products/s |\n|---|---|---:|---:|');
+const tera = (x) => (x ? (x / 1e12).toFixed(1) + ' T' : '–');
+console.log('| A, B → C | M×N×K | max error of one MMA | products/s | loads at constant offsets | at uniform offsets |\n|---|---|---:|---:|---:|---:|');
 for (const r of result.rows) {
-  console.log(`| ${r.componentType} → ${r.resultComponentType} | ${r.M}×${r.N}×${r.K} | ${r.maxError ?? r.skipped ?? r.error} | ${r.productsPerSecond ? (r.productsPerSecond / 1e12).toFixed(1) + ' T' : '–'} |`);
+  console.log(`| ${r.componentType} → ${r.resultComponentType} | ${r.M}×${r.N}×${r.K} | ${r.maxError ?? r.skipped ?? r.error} | ${tera(r.productsPerSecond)} | ${tera(r.loads_const?.productsPerSecond)} | ${tera(r.loads_dynamic?.productsPerSecond)} |`);
 }
 if (result.errors.length) console.log('WebGPU errors:', result.errors.slice(0, 3));
 save();

@@ -13,7 +13,7 @@ import { validateModelConfig } from '../config.js';
 import type { WeightSource } from '../model.js';
 import { checkWeightsMatchConfig } from '../weight-check.js';
 import { ropeInverseFrequencies, ropeTables } from '../rope.js';
-import { MATMUL_TOKENS, MATVEC_WORKGROUP, SAMPLE_BLOCK, embedSource, matmulRowsSource, matmulWorkgroups, matmulUnsupported, matvecRowsPerWorkgroup, matvecRowsSource, matvecRowsTokens, matvecSource, sampleSource, type MatvecSpec } from './kernels.js';
+import { MATMUL_TOKENS, MATVEC_WORKGROUP, SAMPLE_BLOCK, embedSource, matmulRowsSource, matmulWorkgroups, matmulUnsupported, matvecRowsPerWorkgroup, matvecRowsSource, matvecRowsTokens, matvecSource, matvecSplit, sampleSource, type MatvecSpec } from './kernels.js';
 
 const SAMPLE_LAYOUT: ('read-only-storage' | 'storage' | 'uniform')[] = ['read-only-storage', 'storage', 'uniform', 'storage'];
 
@@ -48,6 +48,13 @@ export interface GpuDecoderOptions {
    * Default `false`: correct on lavapipe, not yet timed on a GPU.
    */
   prefetchWeights?: boolean;
+  /**
+   * Split the rows of the decode matrix-vector products whose dispatch is a single wave and whose threads would walk
+   * several batches of weight loads in a chain (gate/up and down on the Llama-3.2-1B shape) over 2, 4 or 8 thread groups
+   * each, so that every thread issues its loads in one batch (`matvecSplit` of the kernels). Default `true`; `false`
+   * keeps one 32-thread group per row (the kernels before the option). Same numbers up to the order of float sums.
+   */
+  splitMatvecs?: boolean;
   /**
    * Prompt positions encoded into one command buffer (default 32; 1 = a position at a time, as decoding does). A batch
    * runs each layer's matrix-vector products once over all its positions (every weight loaded once per 8 positions,
@@ -140,6 +147,8 @@ export interface GpuDecoderMemory {
 }
 
 interface Matvec {
+  /** Thread groups per row of the decode product (1 for the prefill forms). */
+  splitK?: number;
   pipe: GPUComputePipeline;
   bg: GPUBindGroup;
   workgroups: number;
@@ -319,7 +328,7 @@ export class GpuDecoder {
     if (!Number.isInteger(cap) || cap <= 0) throw new XqShapeError(`capacity must be a positive integer; got ${String(cap)}`);
     if (cap > config.maxPositionEmbeddings * 64) throw new XqShapeError(`capacity ${cap} is far beyond the model's ${config.maxPositionEmbeddings} positions`);
     const inFlight = options.inFlight ?? 2;
-    for (const k of ['subgroups', 'prefetchWeights'] as const) {
+    for (const k of ['subgroups', 'prefetchWeights', 'splitMatvecs'] as const) {
       if (options[k] !== undefined && typeof options[k] !== 'boolean') throw new XqConfigError('E_CONFIG', `${k} must be true or false; got ${String(options[k])}`);
     }
     const pm = options.prefillMatrix ?? false;
@@ -405,14 +414,15 @@ export class GpuDecoder {
     this.gu = this.buffer(4 * I * B, STORAGE, 'swiglu', 'scratch');
     this.logits = this.buffer(4 * c.vocabSize, STORAGE | COPY_SRC, 'logits', 'scratch');
     const matvec = async (spec: MatvecSpec, W: GPUBuffer, x: GPUBuffer, y: GPUBuffer, g: GPUBuffer | null, bias: GPUBuffer | null, label: string): Promise<Matvec> => {
-      const kernel = { ...spec, ...(this.subgroupSize ? { subgroupSize: this.subgroupSize } : {}), ...(options.prefetchWeights === true ? { prefetchWeights: true } : {}) };
+      const splitK = options.splitMatvecs === false ? 1 : matvecSplit(spec);
+      const kernel = { ...spec, splitK, ...(this.subgroupSize ? { subgroupSize: this.subgroupSize } : {}), ...(options.prefetchWeights === true ? { prefetchWeights: true } : {}) };
       const pipe = await k.pipeline(matvecSource(kernel), MV, label);
       const bg = dev.createBindGroup({
         layout: k.layout(MV),
         entries: [W, x, y, g ?? dummy, bias ?? dummy].map((buffer, binding) => ({ binding, resource: { buffer } })),
       });
       this.matvecBytes += W.size;
-      return { pipe, bg, workgroups: Math.ceil(spec.rows / matvecRowsPerWorkgroup(spec)) };
+      return { pipe, bg, workgroups: Math.ceil(spec.rows / matvecRowsPerWorkgroup(kernel)), splitK };
     };
     // the same product over the rows of a prefill batch
     // (on the matrix units with prefillMatrix, where the shape fits)
@@ -578,6 +588,15 @@ export class GpuDecoder {
     }
     this.rope = ropeBuffer;
     this.cache = cache;
+  }
+
+  /**
+   * Thread groups per weight row of each decode matrix-vector product (see {@link GpuDecoderOptions.splitMatvecs}), for
+   * logs and benchmarks: 1 is the unsplit kernel.
+   */
+  get matvecSplits(): { qkv: number; o: number; gateUp: number; down: number; lmHead: number } {
+    const l = this.layers[0]!;
+    return { qkv: l.qkv.splitK ?? 1, o: l.o.splitK ?? 1, gateUp: l.gateUp.splitK ?? 1, down: l.down.splitK ?? 1, lmHead: this.lmHead.splitK ?? 1 };
   }
 
   /** Prefill products (of the four per layer) that run on the matrix units (see {@link GpuDecoderOptions.prefillMatrix}). */

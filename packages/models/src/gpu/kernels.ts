@@ -11,8 +11,14 @@ export interface MatvecSpec {
   inFeatures: number;
   /** Output rows (for `swiglu`: pairs, i.e. W has 2·rows rows, gate and up interleaved). */
   rows: number;
-  /** Rows per 32-thread group (each workgroup of 256 threads computes 8 × this many rows). */
+  /** Rows per 32-thread group (each workgroup of 256 threads computes 8 ÷ `splitK` × this many rows). */
   rowsPerGroup: number;
+  /**
+   * 32-thread groups that share each row (1, 2, 4 or 8; default 1): group `j` of a row's `splitK` reads the row's
+   * column blocks `j, j + splitK, …`, so each thread has `splitK` times fewer weight loads and the dispatch `splitK` times
+   * more workgroups. See {@link matvecSplit}.
+   */
+  splitK?: number;
   /** Normalize the input by RMSNorm with weights `g` first (epsilon). */
   rmsNormEps?: number;
   /** Add a float32 bias per row (for swiglu: per W row, before the activation). */
@@ -38,7 +44,24 @@ export const MATVEC_WORKGROUP = 256;
 
 /** Rows per workgroup of a spec. @internal */
 export function matvecRowsPerWorkgroup(s: MatvecSpec): number {
-  return 8 * s.rowsPerGroup;
+  return (8 / (s.splitK ?? 1)) * s.rowsPerGroup;
+}
+
+/** Weight loads one thread of a decode product makes with `splitK` (column blocks of 32 vec4s × W rows per group). */
+function loadsPerThread(s: Pick<MatvecSpec, 'inFeatures' | 'rowsPerGroup' | 'epilogue'>, splitK: number): number {
+  return Math.ceil(Math.ceil(s.inFeatures / 8 / 32) / splitK) * s.rowsPerGroup * (s.epilogue === 'swiglu' ? 2 : 1);
+}
+
+/**
+ * The `splitK` a decode product takes: 1 where the unsplit dispatch has at least 2048 workgroups (several waves: other
+ * workgroups' loads overlap each one's chain); else the smallest of 1, 2, 4, 8 that leaves each thread at most 8 weight
+ * loads, so that one batch of loads is in flight per thread instead of a chain of several (on the Llama-3.2-1B shape:
+ * gate/up and down, 4 each). @internal
+ */
+export function matvecSplit(s: Pick<MatvecSpec, 'inFeatures' | 'rows' | 'rowsPerGroup' | 'epilogue'>): number {
+  if (Math.ceil(s.rows / (8 * s.rowsPerGroup)) >= 2048) return 1;
+  for (const k of [1, 2, 4]) if (loadsPerThread(s, k) <= 8) return k;
+  return 8;
 }
 
 /**
@@ -55,6 +78,9 @@ export function matvecSource(s: MatvecSpec): string {
   const RW = RPG * wRows; // W rows per group
   const SGS = s.subgroupSize;
   if (SGS !== undefined && (!Number.isInteger(SGS) || SGS < 4 || SGS > 128 || (SGS & (SGS - 1)) !== 0)) throw new Error(`subgroupSize must be a power of two from 4 to 128; got ${SGS}`);
+  const SK = s.splitK ?? 1;
+  if (![1, 2, 4, 8].includes(SK)) throw new Error(`splitK must be 1, 2, 4 or 8; got ${String(s.splitK)}`);
+  const RG = 8 / SK; // row groups per workgroup
   const L: string[] = [];
   const push = (...l: string[]) => L.push(...l);
   if (SGS) push('enable subgroups;', 'requires subgroup_id;');
@@ -78,14 +104,19 @@ export function matvecSource(s: MatvecSpec): string {
     'let wid = wid3.x + wid3.y * nwg.x;',
     'let grp = lid >> 5u;',
     'let lane = lid & 31u;',
-    `let r0 = (wid * 8u + grp) * ${RPG}u;`,
+    // the group's rows, and (split) which of the rows' column-block slices it reads
+    `let r0 = (wid * ${RG}u + grp / ${SK}u) * ${RPG}u;`,
+    ...(SK > 1 ? [`let slice = grp % ${SK}u;`] : []),
   );
   const rowOf = (r: number) => (wRows === 2 ? `(r0 + ${r >> 1}u) * 2u + ${r & 1}u` : `r0 + ${r}u`);
   const totalW = s.rows * wRows;
   // every weight load of UK lane-strided columns × RW rows is issued before the products (loads in flight)
-  const IT = Math.ceil(K / 32);
-  const UK = Math.max(1, Math.min(IT, Math.floor(8 / RW)));
-  const ragged = K % 32 !== 0;
+  const IT = Math.ceil(K / 32); // column blocks of a row
+  const ITS = Math.ceil(IT / SK); // of them, per group
+  const UK = Math.max(1, Math.min(ITS, Math.floor(8 / RW)));
+  const ragged = K % 32 !== 0 || IT % SK !== 0;
+  /** Column (vec4 index in the row) of lane `lane` in this group's block `kb + u`. */
+  const col = (kb: string, u: number) => (SK > 1 ? `lane + ((${kb} + ${u}u) * ${SK}u + slice) * 32u` : `lane + (${kb} + ${u}u) * 32u`);
   /**
    * Loads of the batch starting at column block `kb`: column `k{u}` and weights `w{u}_{r}` (names prefixed), as new
    * `let`s, as the prefetch registers' declarations (`var`) or assigned to them.
@@ -93,7 +124,7 @@ export function matvecSource(s: MatvecSpec): string {
   const loads = (kb: string, pre: string, mode: 'let' | 'var' | 'assign' = 'let') => {
     const decl = mode === 'assign' ? '' : `${mode} `;
     for (let u = 0; u < UK; u++) {
-      push(`${decl}${pre}k${u} = min(lane + (${kb} + ${u}u) * 32u, ${K - 1}u);`);
+      push(`${decl}${pre}k${u} = min(${col(kb, u)}, ${K - 1}u);`);
       for (let r = 0; r < RW; r++) push(`${decl}${pre}w${u}_${r} = W[min(${rowOf(r)}, ${totalW - 1}u) * ${K}u + ${pre}k${u}];`);
     }
   };
@@ -120,7 +151,7 @@ export function matvecSource(s: MatvecSpec): string {
   /** Products of the batch at column block `kb` whose loads have the prefix `pre`. */
   const products = (kb: string, pre: string) => {
     for (let u = 0; u < UK; u++) {
-      const live = ragged || IT % UK !== 0 ? `select(0.0, 1.0, lane + (${kb} + ${u}u) * 32u < ${K}u)` : '';
+      const live = ragged || ITS % UK !== 0 ? `select(0.0, 1.0, ${col(kb, u)} < ${K}u)` : '';
       push(`let ${pre}x${u}a = ${xv(`2u * ${pre}k${u}`)}${live ? ` * ${live}` : ''};`, `let ${pre}x${u}b = ${xv(`2u * ${pre}k${u} + 1u`)}${live ? ` * ${live}` : ''};`);
       for (let r = 0; r < RW; r++) {
         const w = `${pre}w${u}_${r}`;
@@ -128,7 +159,7 @@ export function matvecSource(s: MatvecSpec): string {
       }
     }
   };
-  push(`for (var kb = 0u; kb < ${IT}u; kb = kb + ${UK}u) {`);
+  push(`for (var kb = 0u; kb < ${ITS}u; kb = kb + ${UK}u) {`);
   if (prefetch) {
     // this batch from the registers loaded one batch earlier; the next batch's loads issued now (the last iteration
     // reloads its own batch: the columns are clamped, so every load stays inside W)
@@ -136,7 +167,7 @@ export function matvecSource(s: MatvecSpec): string {
       push(`let k${u} = fk${u};`);
       for (let r = 0; r < RW; r++) push(`let w${u}_${r} = fw${u}_${r};`);
     }
-    loads(`min(kb + ${UK}u, ${Math.floor((IT - 1) / UK) * UK}u)`, 'f', 'assign');
+    loads(`min(kb + ${UK}u, ${Math.floor((ITS - 1) / UK) * UK}u)`, 'f', 'assign');
   } else {
     loads('kb', '');
   }
@@ -155,9 +186,12 @@ export function matvecSource(s: MatvecSpec): string {
     for (let r = 0; r < RW; r++) push(`red[(grp * ${RW}u + ${r}u) * 32u + lane] = a${r};`);
   }
   push('workgroupBarrier();');
-  // one thread per output row of the workgroup sums the row's P partials
-  push(`if (lid < ${8 * RPG}u) {`, `let gr = lid / ${RPG}u;`, `let rr = lid % ${RPG}u;`, `let o = wid * ${8 * RPG}u + lid;`, `if (o < ${s.rows}u) {`);
-  const lanes = (acc: string, wr: string) => `for (var i = 0u; i < ${P}u; i = i + 1u) { ${acc} = ${acc} + red[(gr * ${RW}u + ${wr}) * ${P}u + i]; }`;
+  // one thread per output row of the workgroup sums the row's P partials of each of its SK groups
+  push(`if (lid < ${RG * RPG}u) {`, `let gr = lid / ${RPG}u;`, `let rr = lid % ${RPG}u;`, `let o = wid * ${RG * RPG}u + lid;`, `if (o < ${s.rows}u) {`);
+  const lanes = (acc: string, wr: string) =>
+    SK > 1
+      ? `for (var i = 0u; i < ${SK * P}u; i = i + 1u) { ${acc} = ${acc} + red[((gr * ${SK}u + i / ${P}u) * ${RW}u + ${wr}) * ${P}u + i % ${P}u]; }`
+      : `for (var i = 0u; i < ${P}u; i = i + 1u) { ${acc} = ${acc} + red[(gr * ${RW}u + ${wr}) * ${P}u + i]; }`;
   if (wRows === 2) {
     push('var gs = 0.0;', 'var us = 0.0;', lanes('gs', 'rr * 2u'), lanes('us', 'rr * 2u + 1u'));
     if (s.bias) push('gs = gs + bias[2u * o];', 'us = us + bias[2u * o + 1u];');
