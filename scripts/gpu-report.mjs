@@ -51,6 +51,8 @@ const endToEnd = run.endToEnd.filter((r) => !r.error).map((r) => ({
   model: r.model, context: r.context, cache: r.cache, msPerToken: r.msPerToken, floorMs: r.floorMs,
   tokensPerSecond: r.tokensPerSecond, kvBytes: r.kvBytes, kvTrueBits: r.kvTrueBits, peakGpuBytes: r.peakGpuBytes, gpuMs: r.profile?.total ?? null,
   attentionGpuMs: r.profile?.attention ?? null, hostMsPerToken: r.hostMsPerToken ?? null,
+  // the GPU time of a whole position timed as one pass (runs from 2026-12-05e on)
+  positionGpuMs: r.profile?.position ?? null,
 }));
 const summary = { device: run.device, date: run.date, readCeilingGBps: run.ceiling.GBps, torchReadCeilingGBps: torch.readCeilingGBps, attention, endToEnd };
 // (the issue's summary is the H200's; a run on another card writes its own, e.g. docs/gpu/h100-summary.json)
@@ -67,10 +69,10 @@ for (const a of attention) {
   lines.push(`| ${a.T} | ${a.qHeads}/${a.kvHeads} | ${a.headDim} | ${f(a.xquantMs, 4)} (${a.xquantVariant}) | ${a.xquantGBps.toFixed(0)} | ${((100 * a.xquantGBps) / a.readCeilingGBps).toFixed(0)}% | ${a.xquantInt8KeysMs ? `${f(a.xquantInt8KeysMs, 4)} (${a.xquantInt8KeysVariant})` : '–'} | ${a.xquantInt8ValuesMs ? `${f(a.xquantInt8ValuesMs, 4)} (${a.xquantInt8ValuesVariant})` : '–'} | ${a.xquantInt8BothMs ? `${f(a.xquantInt8BothMs, 4)} (${a.xquantInt8BothVariant})` : '–'} | ${a.xquantF16ValuesMs ? `${f(a.xquantF16ValuesMs, 4)} (${a.xquantF16ValuesVariant})` : '–'} | ${f(a.fullFp16Ms, 4)} | ${f(a.torchFp16Ms, 4)} | ${a.torchFp16Ms ? (a.torchFp16Ms / a.xquantMs).toFixed(2) + '×' : '–'} | ${a.torchFp16Ms && a.xquantInt8ValuesMs ? (a.torchFp16Ms / a.xquantInt8ValuesMs).toFixed(2) + '×' : '–'} |`);
 }
 lines.push('', '### End to end (wall ms per generated token, one token id read back per step)', '');
-lines.push('| model | context | cache | ms/token | tok/s | KV MiB | KV true bits | floor (ms) | floor ÷ measured | GPU time (ms) | attention GPU (ms) | host encode (ms/token) |');
-lines.push('|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+lines.push('| model | context | cache | ms/token | tok/s | KV MiB | KV true bits | floor (ms) | floor ÷ measured | GPU time, pass per operation (ms) | attention GPU (ms) | GPU time, one pass (ms) | host encode (ms/token) |');
+lines.push('|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
 for (const e of endToEnd) {
-  lines.push(`| ${e.model} | ${e.context} | ${e.cache} | ${f(e.msPerToken)} | ${e.tokensPerSecond.toFixed(0)} | ${(e.kvBytes / 2 ** 20).toFixed(1)} | ${e.kvTrueBits.toFixed(2)} | ${f(e.floorMs)} | ${((100 * e.floorMs) / e.msPerToken).toFixed(0)}% | ${f(e.gpuMs)} | ${f(e.attentionGpuMs)} | ${f(e.hostMsPerToken)} |`);
+  lines.push(`| ${e.model} | ${e.context} | ${e.cache} | ${f(e.msPerToken)} | ${e.tokensPerSecond.toFixed(0)} | ${(e.kvBytes / 2 ** 20).toFixed(1)} | ${e.kvTrueBits.toFixed(2)} | ${f(e.floorMs)} | ${((100 * e.floorMs) / e.msPerToken).toFixed(0)}% | ${f(e.gpuMs)} | ${f(e.attentionGpuMs)} | ${f(e.positionGpuMs)} | ${f(e.hostMsPerToken)} |`);
 }
 lines.push('', '### xquant-1.38 against `full`, same model and context (ratio of ms/token; above 1 = xquant faster)', '');
 lines.push('| model | 4K | 32K | 128K |', '|---|---:|---:|---:|');

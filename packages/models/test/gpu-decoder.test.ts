@@ -446,7 +446,7 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
 // A model whose down product (8192 input features: 32 column blocks a row) takes splitK 4, on random weights: the split
 // and unsplit decoders give the same logits up to float sums and the same greedy ids.
 describe.skipIf(!gpu)(`GPU decoder: splitMatvecs — ${reason}`, () => {
-  it('a tiny Llama with 8192 intermediate features: down split 4 ways (matvecSplits), logits within 1e-5 of the unsplit decoder at every one of 12 positions, the same greedy ids; typed error for a non-boolean', async () => {
+  it('a tiny Llama with 8192 intermediate features: down split 4 ways (matvecSplits), logits within 1e-5 of the unsplit decoder at every one of 12 positions, the same greedy ids; typed error for a non-boolean; profile() with the whole position timed in one pass', async () => {
     const spec = { ...tinySpec('llama'), hidden: 64, headDim: 16, intermediate: 8192 };
     const dir = mkdtempSync(join(tmpdir(), 'xq-split-'));
     writeHfDir(dir, spec, tinyWeights(spec, 5), 'F16');
@@ -463,6 +463,16 @@ describe.skipIf(!gpu)(`GPU decoder: splitMatvecs — ${reason}`, () => {
           logits.push(await decoder.readLogits());
           ids.push(...out.tokens);
           next = out.tokens;
+        }
+        if (splitMatvecs) {
+          // profile: per-kind GPU times of 2 positions, then 2 positions in one pass timed whole; typed errors
+          await expect(decoder.profile(0)).rejects.toMatchObject({ code: 'E_SHAPE' });
+          await expect(decoder.profile(30)).rejects.toMatchObject({ code: 'E_SHAPE', message: expect.stringMatching(/capacity 64/) });
+          const held = decoder.position;
+          const prof = await decoder.profile(2);
+          expect(decoder.position).toBe(held + 4);
+          for (const k of ['qkv', 'attention', 'down', 'lmHead', 'position', 'total'] as const) expect(prof[k], k).toBeGreaterThan(0);
+          expect(prof.total).toBeCloseTo(Object.entries(prof).reduce((a, [k, v]) => (k === 'total' || k === 'position' ? a : a + v), 0), 9);
         }
         return { splits, logits, ids };
       } finally {

@@ -175,7 +175,7 @@ export type ProfileKind = 'embed' | 'qkv' | 'update' | 'attention' | 'ingest' | 
 /** Timestamp pairs around the passes of one position, summed per kind. */
 class Profiler {
   private readonly qs: GPUQuerySet;
-  private readonly kinds: ProfileKind[] = [];
+  private readonly kinds: (ProfileKind | 'position')[] = [];
   private readonly resolveBuf: GPUBuffer;
   private readonly staging: GPUBuffer;
   constructor(private readonly device: GPUDevice, private readonly max: number) {
@@ -183,7 +183,7 @@ class Profiler {
     this.resolveBuf = device.createBuffer({ size: 16 * max, usage: 0x0200 /* QUERY_RESOLVE */ | COPY_SRC });
     this.staging = device.createBuffer({ size: 16 * max, usage: MAP_READ | COPY_DST });
   }
-  next(kind: ProfileKind): GPUComputePassTimestampWrites {
+  next(kind: ProfileKind | 'position'): GPUComputePassTimestampWrites {
     const i = this.kinds.length;
     if (i >= this.max) throw new XqStateError('E_STATE', 'profiler: more passes than expected');
     this.kinds.push(kind);
@@ -209,10 +209,11 @@ class Profiler {
 
 /**
  * The compute passes of one command buffer: every operation in one `shared` pass (to be ended after the last), or, with
- * a profiler, each operation `op(kind, body)` in a timed pass of its own (`shared` null).
+ * a profiler, each operation `op(kind, body)` in a timed pass of its own (`shared` null), or (`whole`) every operation in
+ * one shared pass timed as a whole (kind `position`).
  */
-function operationPasses(enc: GPUCommandEncoder, profile: Profiler | undefined): { shared: GPUComputePassEncoder | null; op: (kind: ProfileKind, body: (pass: GPUComputePassEncoder) => void) => void } {
-  const shared = profile ? null : enc.beginComputePass();
+function operationPasses(enc: GPUCommandEncoder, profile: Profiler | undefined, whole = false): { shared: GPUComputePassEncoder | null; op: (kind: ProfileKind, body: (pass: GPUComputePassEncoder) => void) => void } {
+  const shared = !profile ? enc.beginComputePass() : whole ? enc.beginComputePass({ timestampWrites: profile.next('position') }) : null;
   const op = (kind: ProfileKind, body: (pass: GPUComputePassEncoder) => void) => {
     if (shared) return body(shared);
     const pass = enc.beginComputePass({ timestampWrites: profile!.next(kind) });
@@ -654,13 +655,13 @@ export class GpuDecoder {
   }
 
   /** Encode and submit position `pos` (its token is `tokens[pos]` on the device); `sample`: compute the next token. */
-  private submitPosition(sample: boolean, temperature: number, seed: number, readback: GPUBuffer | null, profile?: Profiler): void {
+  private submitPosition(sample: boolean, temperature: number, seed: number, readback: GPUBuffer | null, profile?: Profiler, wholePass = false): void {
     if (this.pos >= this.cache.capacity || this.pos >= this.capacity) throw new XqStateError('E_STATE', `the decoder is full (${this.capacity} positions)`);
     this.writeStep(temperature, seed);
     this.cache.beginPosition();
     const enc = this.device.createCommandEncoder();
     // one pass for the whole position; when profiling, one timed pass per operation
-    const { shared, op } = operationPasses(enc, profile);
+    const { shared, op } = operationPasses(enc, profile, wholePass);
     const run = (kind: ProfileKind, m: Matvec) =>
       op(kind, (pass) => {
         pass.setPipeline(m.pipe);
@@ -804,22 +805,26 @@ export class GpuDecoder {
   /**
    * GPU time of each kind of operation in one decode position (timestamp queries; the device needs
    * `timestamp-query`): the position after what the decoder holds runs `steps` times (each a fresh position), one
-   * timed compute pass per operation; returns the median milliseconds per kind and their sum.
+   * timed compute pass per operation; returns the median milliseconds per kind and their sum (`total`; each timed pass
+   * adds a gap between operations, so it exceeds the untimed position's GPU time). Then `steps` more positions run as
+   * decoding runs them, every operation in one compute pass, timed as a whole: `position` is their median.
    */
-  async profile(steps = 5): Promise<Record<ProfileKind | 'total', number>> {
+  async profile(steps = 5): Promise<Record<ProfileKind | 'total' | 'position', number>> {
     this.checkAlive();
     if (!this.device.features.has('timestamp-query')) throw new XqBackendError('E_BACKEND_UNAVAILABLE', 'profile() needs a device with timestamp-query');
-    if (this.pos + steps > this.capacity) throw new XqShapeError(`profile: ${steps} positions after ${this.pos} exceed the capacity ${this.capacity}`);
+    if (!Number.isInteger(steps) || steps < 1) throw new XqShapeError(`profile: steps must be a positive integer; got ${String(steps)}`);
+    if (this.pos + 2 * steps > this.capacity) throw new XqShapeError(`profile: 2 × ${steps} positions after ${this.pos} exceed the capacity ${this.capacity}`);
     const per: Record<string, number[]> = {};
-    for (let i = 0; i < steps; i++) {
-      const p = new Profiler(this.device, 4 + 6 * this.layers.length);
-      this.submitPosition(true, 0, 0, null, p);
+    for (let i = 0; i < 2 * steps; i++) {
+      const whole = i >= steps;
+      const p = new Profiler(this.device, whole ? 1 : 4 + 6 * this.layers.length);
+      this.submitPosition(true, 0, 0, null, p, whole);
       const t = await p.read();
       for (const [k, v] of Object.entries(t)) (per[k] ??= []).push(v);
     }
     const med = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
-    const out = Object.fromEntries(Object.entries(per).map(([k, v]) => [k, med(v)])) as Record<ProfileKind | 'total', number>;
-    out.total = Object.entries(out).reduce((s2, [k, v]) => (k === 'total' ? s2 : s2 + v), 0);
+    const out = Object.fromEntries(Object.entries(per).map(([k, v]) => [k, med(v)])) as Record<ProfileKind | 'total' | 'position', number>;
+    out.total = Object.entries(out).reduce((s2, [k, v]) => (k === 'total' || k === 'position' ? s2 : s2 + v), 0);
     return out;
   }
 
