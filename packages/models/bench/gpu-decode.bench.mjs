@@ -2,7 +2,7 @@
 // decode-attention step alone, with the WGSL read ceiling of the same run. Writes OUT/gpu-decode.json and prints tables.
 //   node gpu-decode.bench.mjs --out DIR --models name=dir[,name=dir…] [--contexts 4096,32768,131072] [--steps 32]
 //        [--caches full,kivi-2,xquant-1.38,plan] [--plan plan.json] [--attention 32768,131072] [--variants 64x8,128x4]
-//        [--tuning 64x8] [--subgroups] [--prefetch-weights] [--matvec-split auto|off] [--attention-caches xquant,full] [--attention-flush] [--quick]
+//        [--tuning 64x8] [--subgroups] [--prefetch-weights] [--matvec-split auto|off] [--in-flight N] [--attention-caches xquant,full] [--attention-flush] [--quick]
 //        [--prefill 512,2048 [--prefill-batch 32] [--prefill-attention full-precision|cache] [--prefill-matrix on|emulate [--prefill-matrix-min N]]]   (prompt positions run in batches of
 //        that many against one at a time, alternated; what a prompt attends over with a quantized cache)   (variants/tuning: workgroup x key slot x unroll x value unroll x heads per group x
 //        value slot x debug skip (1-4; 5 = loads without arithmetic; 6 = 4 without the merge; 7 = empty main kernel; 8 = 7 without the merge; 9 = 4 without the lane reduction) x int8 (1 key scores, 2 value mix, 3 both, 4 float key scores, 8 f16 value mix) x
@@ -41,6 +41,8 @@ const { values: o } = parseArgs({
     // end to end: the single-wave matrix-vector products' rows split over several thread groups ('auto', the decoder's
     // default) or not ('off')
     'matvec-split': { type: 'string', default: 'auto' },
+    // end to end: decode positions submitted ahead of the token read back (the decoder's inFlight; default 2)
+    'in-flight': { type: 'string', default: '' },
     'warmup-s': { type: 'string', default: '8' },
     // end to end: prompt lengths whose prefill is timed in batches and one position at a time ('' = none)
     prefill: { type: 'string', default: '' },
@@ -298,6 +300,7 @@ async function endToEnd(name, dir, contexts, caches, steps) {
     ...(o.subgroups ? { subgroups: true } : {}),
     ...(o['prefetch-weights'] ? { prefetchWeights: true } : {}),
     ...(o['matvec-split'] === 'off' ? { splitMatvecs: false } : {}),
+    ...(o['in-flight'] !== '' ? { inFlight: Number(o['in-flight']) } : {}),
     ...(o['prefill-matrix'] ? { prefillMatrix: o['prefill-matrix'] === 'emulate' ? 'emulate' : true } : {}),
     ...(o['prefill-matrix-min'] !== '' ? { prefillMatrixMinWorkgroups: Number(o['prefill-matrix-min']) } : {}),
   });
@@ -339,7 +342,7 @@ async function endToEnd(name, dir, contexts, caches, steps) {
       const msPerToken = median(runs);
       const floorMs = results.ceiling ? readBytes / (results.ceiling.GBps * 1e6) : null;
       const row = {
-        model: name, context: ctx, cache: cacheName, tuning: tuningFor(spec.kind) ?? 'default', subgroups: decoder.usesSubgroups, prefetchWeights: o['prefetch-weights'], matvecSplits: decoder.matvecSplits, msPerToken, tokensPerSecond: 1000 / msPerToken, runs,
+        model: name, context: ctx, cache: cacheName, tuning: tuningFor(spec.kind) ?? 'default', subgroups: decoder.usesSubgroups, prefetchWeights: o['prefetch-weights'], matvecSplits: decoder.matvecSplits, inFlight: o['in-flight'] === '' ? 2 : Number(o['in-flight']), msPerToken, tokensPerSecond: 1000 / msPerToken, runs,
         hostMsPerToken: median(hostRuns), hostRuns,
         kvBytes, kvTrueBits: mem.cache.trueBitsPerElement, weightReadBytes: mem.weightReadBytesPerToken,
         peakGpuBytes: mem.weightBytes + mem.scratchBytes + mem.prefillBytes + mem.cache.allocatedBytes, floorMs, floorFraction: floorMs ? floorMs / msPerToken : null, profile,
