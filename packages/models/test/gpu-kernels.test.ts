@@ -49,15 +49,20 @@ describe('matrix-vector kernel with subgroup reductions', () => {
 // Which decode products split their rows over several thread groups (numbers: gpu-matvec.test.ts on lavapipe).
 describe('matrix-vector kernel: splitK', () => {
   const shape = (inFeatures: number, rows: number, rowsPerGroup: number, epilogue: MatvecSpec['epilogue']): MatvecSpec => ({ inFeatures, rows, rowsPerGroup, bias: false, epilogue });
-  test('Llama-3.2-1B shapes: gate/up and down split 4 ways (8 weight loads a thread instead of 32); q/k/v and o (8 already) and the 4008-workgroup output head not', () => {
-    const qkv = shape(2048, 3072, 1, 'store');
+  test('Llama-3.2-1B shapes: down split 4 ways (8 weight loads a thread instead of 32); q/k/v and gate/up (norm prologues), o (8 loads already) and the 4008-workgroup output head not', () => {
+    const norm = { rmsNormEps: 1e-5 };
+    const qkv = { ...shape(2048, 3072, 1, 'store'), ...norm };
     const o = shape(2048, 2048, 1, 'residual');
-    const gateUp = shape(2048, 8192, 2, 'swiglu');
+    const gateUp = { ...shape(2048, 8192, 2, 'swiglu'), ...norm };
     const down = shape(8192, 2048, 1, 'residual');
-    const head = shape(2048, 128256, 4, 'store');
-    expect([qkv, o, gateUp, down, head].map(matvecSplit)).toEqual([1, 1, 4, 4, 1]);
+    const head = { ...shape(2048, 128256, 4, 'store'), ...norm };
+    expect([qkv, o, gateUp, down, head].map(matvecSplit)).toEqual([1, 1, 1, 4, 1]);
+    // gate/up without its norm would split 4 ways (32 loads a thread)
+    expect(matvecSplit(shape(2048, 8192, 2, 'swiglu'))).toBe(4);
+    // Qwen2.5-0.5B's down: 4864 features, 19 column blocks → 4 ways (5 blocks a group)
+    expect(matvecSplit(shape(4864, 896, 1, 'residual'))).toBe(4);
     // rows per workgroup: 8 groups ÷ splitK × rows per group
-    expect(matvecRowsPerWorkgroup({ ...gateUp, splitK: 4 })).toBe(4);
+    expect(matvecRowsPerWorkgroup({ ...shape(2048, 8192, 2, 'swiglu'), splitK: 4 })).toBe(4);
     expect(matvecRowsPerWorkgroup({ ...down, splitK: 4 })).toBe(2);
     expect(matvecRowsPerWorkgroup(down)).toBe(8);
     // a 64K-feature row: 256 blocks, 8 ways at most
