@@ -19,6 +19,8 @@ const haveRefs = MODELS.every((m) => existsSync(`${SHARED}/models/${m}/config.js
 const { gpu, reason } = await openGpu();
 const errors: string[] = [];
 gpu?.device.addEventListener('uncapturederror', (e) => errors.push((e as GPUUncapturedErrorEvent).error.message));
+// (file level: every describe below shares the device)
+afterAll(() => gpu?.device.destroy());
 
 type Prompt = { name: 'short' | 'medium' | 'long'; text: string; input_ids: number[] };
 
@@ -40,7 +42,6 @@ describe.skipIf(!gpu || !haveRefs)(`GPU decoder (raw WebGPU) vs ../shared/eval/r
   beforeAll(async () => {
     await selectBackend({ prefer: 'wasm' });
   });
-  afterAll(() => gpu?.device.destroy());
 
   for (const name of MODELS) {
     const which = name === 'xq-llama-20m' ? (['short', 'medium'] as const) : (['short'] as const);
