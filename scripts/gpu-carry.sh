@@ -29,6 +29,10 @@ pnpm exec esbuild packages/webgpu/bench/load-patterns.bench.mjs --bundle --platf
 pnpm exec esbuild packages/webgpu/bench/subgroup-matrix.bench.mjs --bundle --platform=node --format=esm --target=node20 \
   --outfile="$STAGE/sgm.mjs" --log-level=warning \
   --banner:js="import { createRequire as __xqRequire } from 'node:module'; const require = __xqRequire(import.meta.url);"
+# where the host's time goes per decoded position (WebGPU calls, submit, GC), run after the main benchmark when HOST_ENCODE=1
+pnpm exec esbuild packages/models/bench/host-encode.bench.mjs --bundle --platform=node --format=esm --target=node20 \
+  --outfile="$STAGE/host.mjs" --log-level=warning \
+  --banner:js="import { createRequire as __xqRequire } from 'node:module'; const require = __xqRequire(import.meta.url);"
 # the codebook (turboquant layout) attention kernels, run after the main benchmark when CODEBOOK=1
 pnpm exec esbuild packages/webgpu/bench/codebook.bench.mjs --bundle --platform=node --format=esm --target=node20 \
   --outfile="$STAGE/cb.mjs" --log-level=warning \

@@ -12,6 +12,7 @@
 # PACK=1: the results are written to a work folder and packed into $OUT/results.tgz at the end (the device tool returns
 # at most 8 files a call; with PACK=1 one file holds them all).
 # CODEBOOK=1 also runs the codebook (turboquant layout) attention benchmark (CODEBOOK_ARGS: its options).
+# HOST_ENCODE=1 also runs the host-encode benchmark on the same models (HOST_ARGS: its options, e.g. --contexts 4096).
 set -uo pipefail
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
@@ -66,6 +67,10 @@ if [ -n "${EXTRA_RUNS:-}" ]; then
     echo "$args" > "$OUT/extra-$i/args.txt"
     (cd "$W" && ./node bench.mjs --out "$OUT/extra-$i" --models "$LIST" --plan plan.json $args) 2>&1 | grep -v 'Warning: max\|DEP0137\|trace-warnings\|file descriptor' | tee "$OUT/extra-$i/bench.log"
   done
+fi
+if [ "${HOST_ENCODE:-0}" = 1 ] && [ -n "$LIST" ]; then
+  (cd "$W" && ./node host.mjs --out "$OUT" --models "$LIST" ${HOST_ARGS:-}) 2>&1 | grep -v 'Warning: max\|DEP0137\|trace-warnings\|file descriptor' > "$OUT/host-encode.log"
+  tail -8 "$OUT/host-encode.log"
 fi
 if [ "${SKIP_LOADS:-0}" != 1 ]; then
   (cd "$W" && ./node loads.mjs --out "$OUT" ${LOADS_ARGS:-}) 2>&1 | grep -v 'Warning: max' > "$OUT/load-patterns.log"
