@@ -58,16 +58,22 @@ fi
 (cd "$W" && ./node bench.mjs --out "$OUT" --models "$LIST" --plan plan.json "$@") 2>&1 | grep -v 'Warning: max\|DEP0137\|trace-warnings\|file descriptor' | tee "$OUT/bench.log"
 # EXTRA_RUNS: more processes of the decode benchmark after the main one, '|'-separated argument lists (models as above),
 # into $OUT/extra-1, extra-2, … — e.g. the same end-to-end rows with other options, measured in the same call
-if [ -n "${EXTRA_RUNS:-}" ]; then
-  IFS='|' read -ra RUNS <<< "$EXTRA_RUNS"
-  i=0
-  for args in "${RUNS[@]}"; do
+# numbered PREFIX LIST FN: for each '|'-separated item of LIST, FN DIR ITEM with DIR = $OUT/PREFIX-1, PREFIX-2, … (made)
+numbered() {
+  local prefix=$1 fn=$3 i=0 item
+  local -a items
+  IFS='|' read -ra items <<< "$2"
+  for item in "${items[@]}"; do
     i=$((i + 1))
-    mkdir -p "$OUT/extra-$i"
-    echo "$args" > "$OUT/extra-$i/args.txt"
-    (cd "$W" && ./node bench.mjs --out "$OUT/extra-$i" --models "$LIST" --plan plan.json $args) 2>&1 | grep -v 'Warning: max\|DEP0137\|trace-warnings\|file descriptor' | tee "$OUT/extra-$i/bench.log"
+    mkdir -p "$OUT/$prefix-$i"
+    "$fn" "$OUT/$prefix-$i" "$item"
   done
-fi
+}
+extra_run() {
+  echo "$2" > "$1/args.txt"
+  (cd "$W" && ./node bench.mjs --out "$1" --models "$LIST" --plan plan.json $2) 2>&1 | grep -v 'Warning: max\|DEP0137\|trace-warnings\|file descriptor' | tee "$1/bench.log"
+}
+[ -n "${EXTRA_RUNS:-}" ] && numbered extra "$EXTRA_RUNS" extra_run
 if [ "${HOST_ENCODE:-0}" = 1 ] && [ -n "$LIST" ]; then
   (cd "$W" && ./node host.mjs --out "$OUT" --models "$LIST" ${HOST_ARGS:-}) 2>&1 | grep -v 'Warning: max\|DEP0137\|trace-warnings\|file descriptor' > "$OUT/host-encode.log"
   tail -8 "$OUT/host-encode.log"
@@ -84,19 +90,12 @@ if [ "${SKIP_CEILINGS:-0}" != 1 ]; then
   (cd "$W" && ./node ceil.mjs --out "$OUT" --parts 131072 ${CEIL_ARGS:-}) 2>&1 | grep -v 'Warning: max' > "$OUT/ceilings.log"
   tail -16 "$OUT/ceilings.log"
 fi
+# the probe into DIR (with --dawn-flags FLAGS when given)
+sgm_probe() {
+  (cd "$W" && timeout 120 ./node sgm.mjs --out "$1" ${2:+--dawn-flags "$2"}) 2>&1 | grep -v 'Warning: max' > "$1/subgroup-matrix.log"
+  echo "$1: ${2:-default flags}"; tail -8 "$1/subgroup-matrix.log"
+}
 if [ "${SKIP_SGM:-0}" != 1 ]; then
-  if [ -n "${SGM_FLAGS:-}" ]; then
-    IFS='|' read -ra SF <<< "$SGM_FLAGS"
-    i=0
-    for fl in "${SF[@]}"; do
-      i=$((i + 1))
-      mkdir -p "$OUT/sgm-$i"
-      (cd "$W" && timeout 120 ./node sgm.mjs --out "$OUT/sgm-$i" --dawn-flags "$fl") 2>&1 | grep -v 'Warning: max' > "$OUT/sgm-$i/subgroup-matrix.log"
-      echo "sgm-$i: $fl"; tail -6 "$OUT/sgm-$i/subgroup-matrix.log"
-    done
-  else
-    (cd "$W" && timeout 120 ./node sgm.mjs --out "$OUT") 2>&1 | grep -v 'Warning: max' > "$OUT/subgroup-matrix.log"
-    tail -8 "$OUT/subgroup-matrix.log"
-  fi
+  if [ -n "${SGM_FLAGS:-}" ]; then numbered sgm "$SGM_FLAGS" sgm_probe; else sgm_probe "$OUT"; fi
 fi
 if [ -n "${PACKED:-}" ]; then tar -czf "$PACKED/results.tgz" -C "$OUT" . && echo "packed $(find "$OUT" -type f | wc -l) files into results.tgz"; fi
