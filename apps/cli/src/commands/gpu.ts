@@ -128,7 +128,7 @@ export async function run(argv: string[]): Promise<number> {
       const mem = decoder.memory();
       // the decode-attention kernel of the last position: geometry and how packed keys were scored (float or int8)
       const attention = decoder.cache.attentionDispatch(0);
-      const info = { adapter: gpu.info, cache: cacheId, promptTokens: ids.length, ids: out.tokens, text, prefillMs: out.prefillMs, msPerToken: out.msPerToken, hostMsPerToken: out.hostMsPerToken, memory: mem, attention, subgroups: decoder.usesSubgroups, prefetchWeights: v['prefetch-weights'] === true, prefillBatch, prefillAttention, prefillMatrixProducts: decoder.prefillMatrixProducts };
+      const info = { adapter: gpu.info, cache: cacheId, promptTokens: ids.length, ids: out.tokens, text, prefillMs: out.prefillMs, msPerToken: out.msPerToken, hostMsPerToken: out.hostMsPerToken, memory: mem, attention, subgroups: decoder.usesSubgroups, prefetchWeights: v['prefetch-weights'] === true, prefillBatch, prefillAttention, prefillMatrixProducts: decoder.prefillMatrixProducts, matvecSplits: decoder.matvecSplits };
       if (v.json) console.log(JSON.stringify(info));
       else {
         console.log(v.prompt + text);
