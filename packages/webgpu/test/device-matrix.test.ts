@@ -102,6 +102,19 @@ describe('matrix kernel source (no GPU)', () => {
     expect(pre).toMatch(/let w = kw\[sb \* 2u \+ i\];/);
     expect(pre).toMatch(/let w = vw\[sb \* 1u \+ i\];/);
     expect(src).not.toContain('var kw');
+    // stageMeta: the chunk's 8 key groups × 64 channels and 256 tokens × 2 value groups of scale/zero words in workgroup
+    // memory (4 KiB more), read there; without it every such read goes to storage (km / vm) inside the loops
+    const staged = matrixDecodeSource({ ...base, stageMeta: true });
+    expect(staged).toContain('var<workgroup> kms: array<u32, 512>;');
+    expect(staged).toContain('var<workgroup> vms: array<u32, 512>;');
+    expect(staged.match(/km\[/g)).toHaveLength(1);
+    expect(staged.match(/vm\[/g)).toHaveLength(1);
+    expect(src).not.toContain('kms');
+    expect(src.match(/km\[/g)).toHaveLength(2);
+    expect(src.match(/vm\[/g)).toHaveLength(5); // 2 value groups × (softmax scale, zero-point) + P′
+    expect(matrixSharedBytes({ ...base, stageMeta: true }) - matrixSharedBytes(base)).toBe(4 * 1024);
+    // head dim 128 staged passes 48 KiB (the cache then falls back to unstaged)
+    expect(matrixSharedBytes({ ...base, headDim: 128, stageMeta: true })).toBeGreaterThan(48 * 1024);
   });
   it('says why a layer does not fit it', () => {
     expect(matrixUnsupported(base)).toBeNull();

@@ -655,9 +655,11 @@ export class DeviceKvCache {
     const limit = this.device.limits.maxComputeWorkgroupStorageSize;
     this.layers.forEach((l, i) => {
       if (l.keys.kind !== 'packed' || l.values.kind !== 'packed') return;
-      const m: MatrixDecodeSpec = { headDim: D, rep, keys: { bits: l.keys.bits, groupSize: l.keys.groupSize }, values: { bits: l.values.bits, groupSize: l.values.groupSize }, subgroupSize, ...(emulate ? { emulate: true } : {}), ...(prefetch ? { prefetch: true } : {}) };
+      let m: MatrixDecodeSpec = { headDim: D, rep, keys: { bits: l.keys.bits, groupSize: l.keys.groupSize }, values: { bits: l.values.bits, groupSize: l.values.groupSize }, subgroupSize, stageMeta: true, ...(emulate ? { emulate: true } : {}), ...(prefetch ? { prefetch: true } : {}) };
       const why = matrixUnsupported(m);
       if (why) throw new XqConfigError('E_CONFIG', `matrix: layer ${i}: ${why}`);
+      // the chunk's scale/zero words staged in workgroup memory where they fit beside the tiles
+      if (matrixSharedBytes(m) > limit) m = { ...m, stageMeta: false };
       if (matrixSharedBytes(m) > limit) throw new XqBackendError('E_BACKEND_UNAVAILABLE', `matrix: the kernel needs ${matrixSharedBytes(m)} bytes of workgroup memory; the device allows ${limit}`);
       const wg = matrixWorkgroup(m);
       l.matrix = m;

@@ -18,7 +18,8 @@
  * One workgroup per chunk of {@link MATRIX_CHUNK} tokens and KV head, `headDim / 16` subgroups (at most 4); the chunk is walked in
  * sub-blocks of 16 tokens per subgroup (decode → barrier → one 16-token tile per subgroup → barrier). The residual
  * rings (float32) and the softmax run on ordinary threads. Writes the same partials as the float kernel, so the merge
- * pass is shared.
+ * pass is shared. With `stageMeta` (the cache's choice where it fits the device's workgroup memory) the chunk's key and
+ * value scale/zero words are loaded into workgroup memory once, when the workgroup starts.
  *
  * `emulate`: the matrix products written as ordinary loops over the same workgroup-memory tiles (each lane computes
  * 128 / subgroup size of a tile's 16 × 8 results), so the decode, tiling, softmax and bookkeeping can be tested where
@@ -46,6 +47,12 @@ export interface MatrixDecodeSpec {
   subgroupSize: number;
   /** Matrix products as ordinary loops (tests on adapters without subgroup matrices). */
   emulate?: boolean;
+  /**
+   * Stage the chunk's key and value scale/zero words in workgroup memory when the workgroup starts (NGC·D + C·NGV u32),
+   * so the sub-blocks' Q′, q · zero-point and P′ and the softmax's value scales read them there instead of from global
+   * memory inside their loops (two dependent global round trips per 64-token sub-block without it).
+   */
+  stageMeta?: boolean;
   /**
    * Load the chunk's key and value words into registers when the workgroup starts, before the first sub-block, instead
    * of each sub-block's words at that sub-block: one memory latency per workgroup instead of one per sub-block and
@@ -83,13 +90,15 @@ export function matrixUnsupported(spec: Omit<MatrixDecodeSpec, 'subgroupSize'> &
 }
 
 /** Bytes of workgroup memory the kernel declares. @internal */
-export function matrixSharedBytes(spec: Pick<MatrixDecodeSpec, 'headDim' | 'keys' | 'values'>): number {
+export function matrixSharedBytes(spec: Pick<MatrixDecodeSpec, 'headDim' | 'keys' | 'values' | 'stageMeta'>): number {
   const D = spec.headDim;
   const NSG = matrixSubgroups(D);
   const SB = 16 * NSG;
   const NGS = spec.keys.groupSize < SB ? SB / spec.keys.groupSize : 1;
   const NGV = D / spec.values.groupSize;
-  const floats = 8 * D + MATRIX_CHUNK * 8 + D * 8 + (MATRIX_CHUNK / Math.min(spec.keys.groupSize, MATRIX_CHUNK)) * 8 + NSG * (8 + NGV + 8 + 8 * NGV);
+  const NGC = MATRIX_CHUNK / Math.min(spec.keys.groupSize, MATRIX_CHUNK);
+  // (the chunk's key and value scale/zero words, staged: NGC·D + C·NGV u32)
+  const floats = 8 * D + MATRIX_CHUNK * 8 + D * 8 + NGC * 8 + NSG * (8 + NGV + 8 + 8 * NGV) + (spec.stageMeta ? NGC * D + MATRIX_CHUNK * NGV : 0);
   const halves = SB * D + NGS * D * 8 + NGV * SB * 8;
   return 4 * floats + 2 * halves;
 }
@@ -217,6 +226,15 @@ export function matrixDecodeSource(s: MatrixDecodeSpec): string {
   push(`var<workgroup> pw: array<f16, ${NGV * SB * 8}>;`); // P′ per value group of the sub-block: [group][token][head]
   push(`var<workgroup> ot: array<f32, ${D * 8}>;`); // O [channel][head]
   push(`var<workgroup> kbias: array<f32, ${NGC * 8}>;`); // q · key zero-point per key group of the chunk and head
+  const stage = s.stageMeta === true;
+  if (stage) {
+    push(`var<workgroup> kms: array<u32, ${NGC * D}>;`); // the chunk's key scale/zero words [group][channel]
+    push(`var<workgroup> vms: array<u32, ${C * NGV}>;`); // the chunk's value scale/zero words [token][group]
+  }
+  /** Key scale/zero word of key group `g` (absolute) and channel `c`. */
+  const keyMeta = (g: string, c: string) => (stage ? `kms[(${g} - c0 / ${G}u) * ${D}u + ${c}]` : `km[${keyQuadIndex(D, 'kv', 'kgr', g, `${c} / 4u`)}][${c} % 4u]`);
+  /** Value scale/zero word of group `g` of the chunk's token `tl` (absolute token `t`). */
+  const valueMeta = (tl: string, t: string, g: string) => (stage ? `vms[(${tl}) * ${NGV}u + ${g}]` : metaAt(valueMetaIndex(NGV, 'kv', `min(${t}, tvl)`, g)));
   push(`var<workgroup> rmax: array<f32, ${NSG * 8}>;`, `var<workgroup> rsm: array<f32, ${NSG * NGV}>;`, `var<workgroup> rsum: array<f32, ${NSG * 8}>;`, `var<workgroup> rz: array<f32, ${NSG * 8 * NGV}>;`);
   push(`@compute @workgroup_size(${WG})`);
   push('fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_id) sgid: u32, @builtin(subgroup_invocation_id) sgi: u32) {');
@@ -240,6 +258,15 @@ export function matrixDecodeSource(s: MatrixDecodeSpec): string {
     push(`for (var i = 0u; i < ${IV}u; i = i + 1u) { let e = lid + i * ${WG}u; if (tb < S.tv && e < ${NV}u) { vw[sb * ${IV}u + i] = ${valueWord}; } }`);
     push('}');
   }
+  // the chunk's scale/zero words into workgroup memory once (the sub-blocks' Q′, q · zero, P′ and the softmax's value
+  // scales read them there instead of from global memory inside their loops; 0 past the buffers)
+  push('let tvl = select(0u, S.tv - 1u, S.tv > 0u);');
+  if (stage) {
+    push(`for (var e = lid; e < ${NGC * D}u; e = e + ${WG}u) {`, `  let g = c0 / ${G}u + e / ${D}u;`, `  let c = e % ${D}u;`);
+    push(`  kms[e] = select(0u, km[${keyQuadIndex(D, 'kv', 'kgr', 'min(g, kgr - 1u)', 'c / 4u')}][c % 4u], g < kgr);`, '}');
+    push(`for (var e = lid; e < ${C * NGV}u; e = e + ${WG}u) {`, `  let t = c0 + e / ${NGV}u;`);
+    push(`  vms[e] = ${metaAt(valueMetaIndex(NGV, 'kv', 'min(t, tvl)', `e % ${NGV}u`))};`, '}');
+  }
   push(`for (var e = lid; e < ${8 * Q4}u; e = e + ${WG}u) {`, `  let h = e / ${Q4}u;`, `  qs[e] = select(vec4<f32>(0.0), qv[(h0 + min(h, ${rep - 1}u)) * ${Q4}u + e % ${Q4}u], h < ${rep}u);`, '}');
   push('workgroupBarrier();');
   // ---- scores, one sub-block at a time ----
@@ -257,11 +284,11 @@ export function matrixDecodeSource(s: MatrixDecodeSpec): string {
   // Q′ of the sub-block's key groups: [group][channel][head]
   push(`for (var e = lid; e < ${NGS * D * 8}u; e = e + ${WG}u) {`);
   push(`  let g = tb / ${G}u + e / ${D * 8}u;`, `  let c = (e / 8u) % ${D}u;`, '  let h = e % 8u;');
-  push(`  let sz = unpack2x16float(km[${keyQuadIndex(D, 'kv', 'kgr', 'g', 'c / 4u')}][c % 4u]);`);
+  push(`  let sz = unpack2x16float(${keyMeta('g', 'c')});`);
   push(`  qk[e] = f16(qs[h * ${Q4}u + c / 4u][c % 4u] * sz.x);`, '}');
   // q · zero-point of each (key group, head) of the sub-block: P lanes each, then a shuffle sum (every thread takes part)
   push('{', `let pr = min(lid / ${P}u, ${NGS * 8 - 1}u);`, `let part = lid % ${P}u;`, 'let h = pr % 8u;', `let g = tb / ${G}u + pr / 8u;`, 'var bz = 0.0;');
-  push(`for (var i = 0u; i < ${D / P}u; i = i + 1u) {`, `  let c = part * ${D / P}u + i;`, `  bz = bz + qs[h * ${Q4}u + c / 4u][c % 4u] * unpack2x16float(km[${keyQuadIndex(D, 'kv', 'kgr', 'g', 'c / 4u')}][c % 4u]).y;`, '}');
+  push(`for (var i = 0u; i < ${D / P}u; i = i + 1u) {`, `  let c = part * ${D / P}u + i;`, `  bz = bz + qs[h * ${Q4}u + c / 4u][c % 4u] * unpack2x16float(${keyMeta('g', 'c')}).y;`, '}');
   for (let st = 1; st < P; st *= 2) push(`bz = bz + subgroupShuffleXor(bz, ${st}u);`);
   push(`if (part == 0u && lid / ${P}u < ${NGS * 8}u) { kbias[(g - c0 / ${G}u) * 8u + h] = bz; }`, '}');
   push('}', 'workgroupBarrier();');
@@ -274,7 +301,6 @@ export function matrixDecodeSource(s: MatrixDecodeSpec): string {
   const TPT = C / WG; // tokens per thread
   for (let h = 0; h < rep; h++) push(`var lm${h} = -3.0e38;`);
   for (let g = 0; g < NGV; g++) push(`var sm${g} = 0.0;`);
-  push('let tvl = select(0u, S.tv - 1u, S.tv > 0u);');
   // (runtime loops over a thread's tokens and outputs: few iterations on a GPU; unrolled, the emulation's many took
   // LLVM minutes to compile)
   const bound = (n: number) => (s.emulate ? `min(${n}u, S.cap)` : `${n}u`);
@@ -292,7 +318,7 @@ export function matrixDecodeSource(s: MatrixDecodeSpec): string {
     push('} else {');
     for (let h = 0; h < rep; h++) push(`sc[tl * 8u + ${h}u] = -3.0e38;`);
     push('}');
-    for (let g = 0; g < NGV; g++) push(`sm${g} = max(sm${g}, select(0.0, abs(unpack2x16float(${metaAt(valueMetaIndex(NGV, 'kv', 'min(t, tvl)', `${g}u`))}).x), t < S.tv));`);
+    for (let g = 0; g < NGV; g++) push(`sm${g} = max(sm${g}, select(0.0, abs(unpack2x16float(${valueMeta('tl', 't', `${g}u`)}).x), t < S.tv));`);
     push('}');
   }
   for (let h = 0; h < rep; h++) push(`let xm${h} = subgroupMax(lm${h});`);
@@ -310,7 +336,7 @@ export function matrixDecodeSource(s: MatrixDecodeSpec): string {
   }
   {
     push(`for (var k = 0u; k < ${bound(TPT)}; k = k + 1u) {`, `let tl = lid + k * ${WG}u;`, 'let t = c0 + tl;');
-    for (let g = 0; g < NGV; g++) push(`let z${g} = select(0.0, unpack2x16float(${metaAt(valueMetaIndex(NGV, 'kv', 'min(t, tvl)', `${g}u`))}).y, t < S.tv);`);
+    for (let g = 0; g < NGV; g++) push(`let z${g} = select(0.0, unpack2x16float(${valueMeta('tl', 't', `${g}u`)}).y, t < S.tv);`);
     for (let h = 0; h < rep; h++) {
       push(`{ let p = exp(sc[tl * 8u + ${h}u] - mx${h}); sc[tl * 8u + ${h}u] = p; ls${h} = ls${h} + p;`);
       for (let g = 0; g < NGV; g++) push(`lz${h}_${g} = fma(p, z${g}, lz${h}_${g});`);
@@ -349,7 +375,7 @@ export function matrixDecodeSource(s: MatrixDecodeSpec): string {
   push(`for (var e = lid; e < ${NGV * SB * 8}u; e = e + ${WG}u) {`);
   push(`  let g = e / ${SB * 8}u;`, `  let tl = (e / 8u) % ${SB}u;`, '  let h = e % 8u;', '  let t = tb + tl;');
   push(`  let sm = ${smOf('g')};`);
-  push(`  let sz = unpack2x16float(${metaAt(valueMetaIndex(NGV, 'kv', 'min(t, tvl)', 'g'))}).x;`);
+  push(`  let sz = unpack2x16float(${valueMeta(`sb * ${SB}u + tl`, 't', 'g')}).x;`);
   push(`  pw[e] = f16(select(0.0, sc[(sb * ${SB}u + tl) * 8u + h] * sz / sm, t < S.tv && h < ${rep}u && sm > 0.0));`, '}');
   push('}', 'workgroupBarrier();');
   push('if (tb < S.tv) {');
