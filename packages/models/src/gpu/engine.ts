@@ -661,7 +661,7 @@ export class GpuDecoder {
     this.writeStep(temperature, seed);
     this.cache.beginPosition();
     const enc = this.device.createCommandEncoder();
-    // one pass for the whole position; when profiling, one timed pass per operation
+    // one pass for the whole position; when profiling, one timed pass per operation (wholePass: the one pass, timed)
     const { shared, op } = operationPasses(enc, profile, wholePass);
     const run = (kind: ProfileKind, m: Matvec) =>
       op(kind, (pass) => {
