@@ -42,14 +42,13 @@ const calls = {};
 let armed = false;
 const wrap = (proto, name) => {
   const f = proto[name];
-  const key = name;
-  calls[key] = { n: 0, ms: 0 };
+  calls[name] = { n: 0, ms: 0 };
   proto[name] = function (...a) {
     if (!armed) return f.apply(this, a);
     const t = performance.now();
     const r = f.apply(this, a);
-    calls[key].ms += performance.now() - t;
-    calls[key].n++;
+    calls[name].ms += performance.now() - t;
+    calls[name].n++;
     return r;
   };
 };

@@ -155,7 +155,8 @@ export interface DeviceAttentionTuning {
    * 2^-11 per query × scale and per weight × scale; attention outputs compared with the float32 path by
    * `gpu-decode.bench.mjs`), and a query × key scale beyond f16's range (65504) overflows. An experiment: on an H100
    * (docs/gpu/README.md, 2026-12-05d) it was 7.7–9× slower than the default kernel with GQA (0.903 against 0.117 ms at
-   * 128K tokens, 32/8 heads, head dim 64) and 20–22× slower without. Serves 1 to 8 query heads per KV head, head dims
+   * 128K tokens, 32/8 heads, head dim 64) and 20–22× slower without; Dawn's `disable_robustness` toggle took a third
+   * off (0.598 ms, 2026-12-05e), so its bounds checks are not the main cost. Serves 1 to 8 query heads per KV head, head dims
    * that are multiples of 16, key groups dividing 256 and value groups of 16 or more; other layers (fp16 rows) keep the
    * float kernel in 256-token chunks, and a full cache ignores the option. Needs a device with
    * `chromium-experimental-subgroup-matrix` (Dawn lists it only with its `allow_unsafe_apis` toggle), `shader-f16`,
